@@ -1,0 +1,70 @@
+"""Which compressor sits between the audio encoder and the projector, and what it costs.
+
+Torch-free: the exporter, the runtime and the manifest all describe a compressor with
+`CompressorSpec`. The computations themselves (paper section IV) live in
+`edgelalm.export.compressor` (PyTorch, traced to ONNX) and run from ONNX at run time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgelalm.errors import EdgelalmError
+
+# Qwen2-Audio's audio tower: 100 mel frames/s, conv stride 2, then AvgPool1d(2, 2).
+ENCODER_FRAMES_PER_SECOND = 25.0
+
+COMPRESSOR_DESCRIPTIONS: dict[str, str] = {
+    "none": "identity: every encoder frame becomes an audio token (25 tokens/s)",
+    "avg": "uniform average pooling, kernel K stride K (25/K tokens/s)",
+    "sample": "uniform sampling: keep frames 0, K, 2K, ... (25/K tokens/s)",
+    "unseg": "unsupervised segmentation: average frames between peaks of 1 - cos(z_t, z_t+1) (variable rate)",
+    "mean": "global mean: one token per clip",
+    "max": "global max: one token per clip",
+}
+COMPRESSOR_NAMES = tuple(COMPRESSOR_DESCRIPTIONS)
+FACTOR_COMPRESSORS = ("avg", "sample")
+
+
+@dataclass(frozen=True)
+class CompressorSpec:
+    """A compressor and its factor K (1 for the compressors that take none)."""
+
+    name: str
+    factor: int = 1
+
+    def __post_init__(self) -> None:
+        if self.name not in COMPRESSOR_DESCRIPTIONS:
+            raise EdgelalmError(
+                f"unknown compressor {self.name!r}; choose one of {', '.join(COMPRESSOR_NAMES)}"
+            )
+        if self.factor < 1:
+            raise EdgelalmError(f"--factor must be an integer >= 1, got {self.factor}")
+        if self.name not in FACTOR_COMPRESSORS and self.factor != 1:
+            raise EdgelalmError(
+                f"--factor applies to {' and '.join(FACTOR_COMPRESSORS)} only, not to {self.name!r}"
+            )
+
+    @property
+    def label(self) -> str:
+        """Short name for folders and tables: avg3, sample3, unseg."""
+        return f"{self.name}{self.factor}" if self.name in FACTOR_COMPRESSORS else self.name
+
+    @property
+    def audio_tokens_per_second(self) -> float | None:
+        """Nominal token rate; None where it depends on the audio (unseg, mean, max)."""
+        if self.name == "none":
+            return ENCODER_FRAMES_PER_SECOND
+        if self.name in FACTOR_COMPRESSORS:
+            return ENCODER_FRAMES_PER_SECOND / self.factor
+        return None
+
+    def max_audio_tokens(self, encoder_frames: int) -> int:
+        """Upper bound on the tokens this compressor emits for `encoder_frames` frames."""
+        if encoder_frames <= 0:
+            return 0
+        if self.name in FACTOR_COMPRESSORS:
+            return -(-encoder_frames // self.factor)  # the ragged tail makes one more token
+        if self.name in ("mean", "max"):
+            return 1
+        return encoder_frames  # none; unseg emits at most one token per frame

@@ -1,0 +1,334 @@
+"""`edgelalm export`: checkpoint folder -> bundle folder, atomically.
+
+Steps: open the checkpoint, load the audio tower and projector, trace the encoder, trace the
+compressor + projector, check both graphs against PyTorch on a probe clip, write the manifest.
+Everything is written into a hidden temporary folder beside the target and renamed into place
+at the end, so a failed or interrupted export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgelalm.compression import COMPRESSOR_DESCRIPTIONS, ENCODER_FRAMES_PER_SECOND, CompressorSpec
+from edgelalm.errors import EdgelalmError
+from edgelalm.export.checkpoint import Checkpoint, open_checkpoint
+from edgelalm.export.compressor import (
+    COMPRESSOR_FILE_INPUT,
+    COMPRESSOR_FILE_OUTPUT,
+    CompressorProjector,
+    build_compressor,
+    export_compressor_onnx,
+)
+from edgelalm.export.encoder import (
+    ENCODER_INPUT,
+    ENCODER_OUTPUT,
+    ENCODER_RIGHT_CONTEXT_INPUT,
+    MIN_MEL_FRAMES,
+    RIGHT_CONTEXT_FRAMES,
+    ClipLengthAudioEncoder,
+    EncoderPrecision,
+    export_encoder_onnx,
+)
+from edgelalm.manifest import COMPRESSOR_FILE, ENCODER_FILE, write_manifest
+from edgelalm.progress import Steps
+
+DEFAULT_PROMPT = "Transcribe the audio."
+PROBE_SECONDS = 5.0
+# Stands in for the user's prompt while the chat template is split around it.
+_PROMPT_SENTINEL = "\ue000PROMPT\ue000"
+TOOL_PACKAGES = ("edgelalm", "torch", "transformers", "onnx", "onnxscript", "onnxruntime")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    model_dir: Path
+    out_dir: Path
+    compressor: CompressorSpec
+    encoder_precision: EncoderPrecision = "fp32"
+    force: bool = False
+
+
+def export_bundle(options: ExportOptions) -> Path:
+    """Write the bundle for `options`; returns its folder."""
+    steps = Steps(total=6)
+    with atomic_folder(options.out_dir, options.force) as staging, quiet_exporter():
+        with steps.step(f"Reading checkpoint {options.model_dir}"):
+            checkpoint = open_checkpoint(options.model_dir)
+            prompt = split_chat_template(checkpoint)
+        with steps.step("Loading the audio tower and projector"):
+            tower = checkpoint.load_audio_tower()
+            projector = checkpoint.load_projector()
+            compressor = CompressorProjector(build_compressor(options.compressor), projector).eval()
+        with steps.step(f"Exporting the audio encoder to ONNX ({options.encoder_precision})"):
+            export_encoder_onnx(tower, staging / ENCODER_FILE, options.encoder_precision)
+        with steps.step(f"Exporting compressor {options.compressor.label} + projector to ONNX"):
+            export_compressor_onnx(compressor, tower.config.d_model, staging / COMPRESSOR_FILE)
+        with steps.step("Checking the graphs against PyTorch on a probe clip"):
+            probe = check_against_pytorch(checkpoint, tower, compressor, staging)
+            steps.note(
+                f"encoder {options.encoder_precision} vs PyTorch fp32: max |diff| {probe['encoder_max_abs_diff']:.2e} "
+                f"(largest |value| {probe['encoder_max_abs_value']:.2f}) on a {probe['seconds']:.1f} s probe"
+            )
+            steps.note(
+                f"compressor + projector vs PyTorch: max |diff| {probe['compressor_max_abs_diff']:.2e}, "
+                f"{probe['audio_tokens']} audio tokens from {probe['encoder_frames']} encoder frames"
+            )
+        with steps.step("Writing the manifest"):
+            manifest = write_manifest(staging, manifest_sections(checkpoint, options, prompt, probe))
+            for name, record in manifest["files"].items():
+                steps.note(f"{name}: {record['bytes'] / 1e6:.1f} MB")
+    return options.out_dir
+
+
+def manifest_sections(
+    checkpoint: Checkpoint, options: ExportOptions, prompt: dict[str, str], probe: dict[str, Any]
+) -> dict[str, Any]:
+    config = checkpoint.config
+    extractor = checkpoint.processor.feature_extractor
+    spec = options.compressor
+    return {
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": {
+            "name": checkpoint.name,
+            "source": str(checkpoint.path.resolve()),
+            "architecture": "Qwen2AudioForConditionalGeneration",
+            "audio_width": config.audio_config.d_model,
+            "hidden_size": config.text_config.hidden_size,
+            "vocab_size": config.text_config.vocab_size,
+        },
+        "features": {
+            "kind": "whisper_log_mel",
+            "sampling_rate": extractor.sampling_rate,
+            "num_mel_bins": extractor.feature_size,
+            "n_fft": extractor.n_fft,
+            "hop_length": extractor.hop_length,
+            "window_seconds": extractor.chunk_length,
+            "window_mel_frames": 2 * config.audio_config.max_source_positions,
+        },
+        "encoder": {
+            "file": ENCODER_FILE,
+            "precision": options.encoder_precision,
+            "inputs": {ENCODER_INPUT: "[num_mel_bins, T]", ENCODER_RIGHT_CONTEXT_INPUT: f"[num_mel_bins, {RIGHT_CONTEXT_FRAMES}]"},
+            "output": {ENCODER_OUTPUT: "[floor(((T - 1) // 2 + 1) / 2), audio_width]"},
+            "right_context_frames": RIGHT_CONTEXT_FRAMES,
+            "min_mel_frames": MIN_MEL_FRAMES,
+            "max_mel_frames": 2 * config.audio_config.max_source_positions,
+            "frames_per_second": ENCODER_FRAMES_PER_SECOND,
+            "probe": {
+                "seconds": probe["seconds"],
+                "max_abs_diff_vs_pytorch_fp32": probe["encoder_max_abs_diff"],
+            },
+        },
+        "compressor": {
+            "file": COMPRESSOR_FILE,
+            "name": spec.name,
+            "factor": spec.factor,
+            "description": COMPRESSOR_DESCRIPTIONS[spec.name],
+            "audio_tokens_per_second": spec.audio_tokens_per_second,
+            "includes_projector": True,
+            "inputs": {COMPRESSOR_FILE_INPUT: "[L, audio_width]"},
+            "output": {COMPRESSOR_FILE_OUTPUT: "[N, hidden_size]"},
+        },
+        "decoder": None,
+        "prompt": prompt,
+        "special_tokens": special_tokens(checkpoint),
+        "tools": {name: _version(name) for name in TOOL_PACKAGES},
+    }
+
+
+def split_chat_template(checkpoint: Checkpoint) -> dict[str, str]:
+    """The chat template rendered for one user turn [audio, prompt], cut into the three
+    pieces of text around the audio embeddings and the prompt."""
+    processor = checkpoint.processor
+    template = processor.chat_template
+    if not template:
+        raise EdgelalmError(f"{checkpoint.path}: the processor has no chat template")
+    messages = [{"role": "user", "content": [{"type": "audio", "audio": "clip.wav"}, {"type": "text", "text": _PROMPT_SENTINEL}]}]
+    rendered = processor.tokenizer.apply_chat_template(
+        messages, chat_template=template, add_generation_prompt=True, tokenize=False
+    )
+    audio_block = processor.audio_bos_token + processor.audio_token + processor.audio_eos_token
+    if rendered.count(audio_block) != 1 or rendered.count(_PROMPT_SENTINEL) != 1:
+        raise EdgelalmError(
+            f"{checkpoint.path}: the chat template does not render one audio as {audio_block} followed by the text"
+        )
+    before_audio, after_audio = rendered.split(audio_block)
+    between, after_prompt = after_audio.split(_PROMPT_SENTINEL)
+    return {
+        "chat_template": template,
+        "before_audio": before_audio + processor.audio_bos_token,
+        "after_audio": processor.audio_eos_token + between,
+        "after_prompt": after_prompt,
+        "default_prompt": DEFAULT_PROMPT,
+    }
+
+
+def special_tokens(checkpoint: Checkpoint) -> dict[str, Any]:
+    processor = checkpoint.processor
+    tokenizer = processor.tokenizer
+    named = {
+        "audio": processor.audio_token,
+        "audio_bos": processor.audio_bos_token,
+        "audio_eos": processor.audio_eos_token,
+        "im_start": "<|im_start|>",
+        "im_end": "<|im_end|>",
+        "endoftext": "<|endoftext|>",
+    }
+    tokens: dict[str, Any] = {}
+    for role, text in named.items():
+        token_id = tokenizer.convert_tokens_to_ids(text)
+        if token_id is None or token_id == tokenizer.unk_token_id:
+            raise EdgelalmError(f"{checkpoint.path}: the tokenizer has no {text} token")
+        tokens[role] = {"text": text, "id": int(token_id)}
+    tokens["end_of_turn_ids"] = _end_of_turn_ids(checkpoint, tokens)
+    return tokens
+
+
+def _end_of_turn_ids(checkpoint: Checkpoint, tokens: dict[str, Any]) -> list[int]:
+    generation_file = checkpoint.path / "generation_config.json"
+    if generation_file.is_file():
+        eos = json.loads(generation_file.read_text()).get("eos_token_id")
+        if isinstance(eos, int):
+            return [eos]
+        if isinstance(eos, list) and eos:
+            return [int(i) for i in eos]
+    return [tokens["im_end"]["id"], tokens["endoftext"]["id"]]
+
+
+def probe_features(checkpoint: Checkpoint, seconds: float) -> tuple[np.ndarray, np.ndarray]:
+    """A deterministic chirp-plus-noise clip as transformers' feature extractor sees it:
+    the clip's mel frames and the two frames that follow it in the padded window."""
+    extractor = checkpoint.processor.feature_extractor
+    seconds = min(seconds, float(extractor.chunk_length))
+    rate = extractor.sampling_rate
+    times = np.arange(int(seconds * rate)) / rate
+    chirp = 0.3 * np.sin(2 * np.pi * (150 + 400 * times) * times)
+    noise = 0.02 * np.random.default_rng(0).standard_normal(times.shape)
+    features = extractor(
+        (chirp + noise).astype(np.float32),
+        sampling_rate=rate,
+        return_attention_mask=True,
+        padding="max_length",
+        return_tensors="np",
+    )
+    window = features["input_features"][0]
+    valid = int(features["attention_mask"][0].sum())
+    padded = np.pad(window, ((0, 0), (0, RIGHT_CONTEXT_FRAMES)))
+    return window[:, :valid], padded[:, valid : valid + RIGHT_CONTEXT_FRAMES]
+
+
+def check_against_pytorch(
+    checkpoint: Checkpoint, tower: torch.nn.Module, compressor: CompressorProjector, bundle_dir: Path
+) -> dict[str, Any]:
+    """Run both graphs in onnxruntime and in PyTorch (fp32) on a probe; refuse on mismatch."""
+    import onnx
+    import onnxruntime
+
+    for name in (ENCODER_FILE, COMPRESSOR_FILE):
+        onnx.checker.check_model(str(bundle_dir / name))
+    mel, right_context = probe_features(checkpoint, PROBE_SECONDS)
+    with torch.no_grad():
+        frames_ref = ClipLengthAudioEncoder(tower)(torch.from_numpy(mel), torch.from_numpy(right_context)).numpy()
+    encoder = onnxruntime.InferenceSession(str(bundle_dir / ENCODER_FILE), providers=["CPUExecutionProvider"])
+    frames = encoder.run(None, {ENCODER_INPUT: mel, ENCODER_RIGHT_CONTEXT_INPUT: right_context})[0]
+    compressor_session = onnxruntime.InferenceSession(str(bundle_dir / COMPRESSOR_FILE), providers=["CPUExecutionProvider"])
+    embeddings = compressor_session.run(None, {COMPRESSOR_FILE_INPUT: frames_ref})[0]
+    with torch.no_grad():
+        embeddings_ref = compressor(torch.from_numpy(frames_ref)).numpy()
+    if frames.shape != frames_ref.shape or embeddings.shape != embeddings_ref.shape:
+        raise EdgelalmError(
+            f"exported graphs disagree with PyTorch on shapes: encoder {frames.shape} vs {frames_ref.shape}, "
+            f"compressor {embeddings.shape} vs {embeddings_ref.shape}"
+        )
+    compressor_diff = float(np.abs(embeddings - embeddings_ref).max())
+    scale = max(1.0, float(np.abs(embeddings_ref).max()))
+    if compressor_diff > 1e-4 * scale:
+        raise EdgelalmError(f"compressor ONNX differs from PyTorch by {compressor_diff:.2e}: export is broken")
+    return {
+        "seconds": mel.shape[1] / 100.0,
+        "encoder_frames": int(frames.shape[0]),
+        "audio_tokens": int(embeddings.shape[0]),
+        "encoder_max_abs_diff": float(np.abs(frames - frames_ref).max()),
+        "encoder_max_abs_value": float(np.abs(frames_ref).max()),
+        "compressor_max_abs_diff": compressor_diff,
+    }
+
+
+@contextlib.contextmanager
+def atomic_folder(target: Path, force: bool) -> Iterator[Path]:
+    """Yield an empty staging folder beside `target`; on success it becomes `target`
+    (replacing it only with `force`); on any failure it, and any parent folder created for
+    it, is removed."""
+    target = target.absolute()
+    if target.exists() and not force:
+        raise EdgelalmError(f"{target} already exists; pass --force to replace it")
+    if target.exists() and not target.is_dir():
+        raise EdgelalmError(f"--out {target} is a file, not a folder")
+    created_parents = [p for p in [target.parent, *target.parent.parents] if not p.exists()]
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    except OSError as error:
+        _remove_empty(created_parents)
+        raise EdgelalmError(f"cannot write to {target.parent}: {error.strerror or error}") from None
+    try:
+        yield staging
+        if target.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            target.rename(retired / target.name)
+            staging.rename(target)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        _remove_empty(created_parents)
+        raise
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:  # deepest first
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+@contextlib.contextmanager
+def quiet_exporter() -> Iterator[None]:
+    """Silence torch.onnx's and onnxruntime's chatter so the user sees our steps only."""
+    # The root logger too: onnxruntime's quantizer logs its advice there.
+    names = ("", "torch.onnx", "torch._dynamo", "torch.export", "onnxscript", "onnx_ir")
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    os.environ.setdefault("ORT_LOGGING_LEVEL", "3")
+    try:
+        with warnings.catch_warnings(), open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None

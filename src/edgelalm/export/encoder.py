@@ -1,0 +1,110 @@
+"""The audio tower (Whisper-style encoder) traced to ONNX for the clip's own length.
+
+transformers runs Qwen2-Audio's tower on exactly 2 * max_source_positions mel frames (30 s
+for the 7B) and masks the padding in attention. That pays for 30 s of encoder on a 5 s clip.
+The graph written here takes the clip's own mel frames instead, plus the two frames that
+follow the clip: the stride-2 convolution's last valid position reads them, and feeding the
+same values transformers sees there makes every output frame match the padded, masked run.
+Attention then covers valid positions only, so no mask is needed.
+
+Graph: mel [n_mels, T] + mel_right_context [n_mels, 2] -> audio_frames [floor(((T-1)//2+1)/2), D].
+
+The runtime reads what this module writes in `edgelalm.runtime.encoder`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+ENCODER_INPUT = "mel"
+ENCODER_RIGHT_CONTEXT_INPUT = "mel_right_context"
+ENCODER_OUTPUT = "audio_frames"
+RIGHT_CONTEXT_FRAMES = 2
+# A clip needs 3 mel frames (30 ms) to give one encoder frame.
+MIN_MEL_FRAMES = 3
+
+EncoderPrecision = Literal["fp32", "fp16", "int8"]
+ENCODER_PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+
+
+def encoder_output_frames(mel_frames: int) -> int:
+    """Encoder frames for `mel_frames` valid mel frames: transformers' own length formula."""
+    conv_positions = (mel_frames - 1) // 2 + 1
+    return (conv_positions - 2) // 2 + 1
+
+
+class ClipLengthAudioEncoder(nn.Module):
+    """Qwen2-Audio's audio tower on one clip's own mel frames, in the given dtype."""
+
+    def __init__(self, audio_tower: nn.Module) -> None:
+        super().__init__()
+        self.tower = audio_tower
+
+    def forward(self, mel: torch.Tensor, mel_right_context: torch.Tensor) -> torch.Tensor:
+        tower = self.tower
+        dtype = tower.conv1.weight.dtype
+        features = torch.cat([mel, mel_right_context], dim=1).to(dtype).unsqueeze(0)
+        hidden = nn.functional.gelu(tower.conv1(features))
+        hidden = nn.functional.gelu(tower.conv2(hidden))
+        # Keep the positions transformers treats as valid: the last one only came from the
+        # right context.
+        conv_positions = (mel.shape[1] - 1) // 2 + 1
+        hidden = hidden[:, :, :conv_positions].permute(0, 2, 1)
+        hidden = hidden + tower.embed_positions.weight[:conv_positions]
+        for layer in tower.layers:
+            hidden = layer(hidden, None)
+        hidden = tower.avg_pooler(hidden.permute(0, 2, 1)).permute(0, 2, 1)
+        hidden = tower.layer_norm(hidden)
+        return hidden[0].float()
+
+
+def export_encoder_onnx(audio_tower: nn.Module, path: Path, precision: EncoderPrecision) -> None:
+    """Write the encoder graph at `path` (weights beside it in `<name>.data`).
+
+    fp16 traces the tower in half precision (inputs and outputs stay float32); int8 traces
+    fp32 and then quantizes the MatMul weights dynamically (onnxruntime's quantizer).
+    """
+    config = audio_tower.config
+    max_mel_frames = 2 * config.max_source_positions
+    tower = audio_tower.eval()
+    if precision == "fp16":
+        tower = tower.half()
+    module = ClipLengthAudioEncoder(tower).eval()
+    example_frames = min(max_mel_frames, 200)
+    mel = torch.randn(config.num_mel_bins, example_frames)
+    context = torch.randn(config.num_mel_bins, RIGHT_CONTEXT_FRAMES)
+    mel_frames = torch.export.Dim("mel_frames", min=MIN_MEL_FRAMES, max=max_mel_frames)
+    target = path if precision != "int8" else path.with_name(path.stem + ".fp32.onnx")
+    with torch.no_grad():
+        program = torch.onnx.export(
+            module,
+            (mel, context),
+            dynamic_shapes={"mel": {1: mel_frames}, "mel_right_context": None},
+            input_names=[ENCODER_INPUT, ENCODER_RIGHT_CONTEXT_INPUT],
+            output_names=[ENCODER_OUTPUT],
+            dynamo=True,
+            verbose=False,
+        )
+    program.save(str(target), external_data=True)
+    if precision == "fp16":
+        audio_tower.float()
+    if precision == "int8":
+        _quantize_matmuls_int8(target, path)
+        for leftover in (target, target.with_name(target.name + ".data")):
+            leftover.unlink(missing_ok=True)
+
+
+def _quantize_matmuls_int8(fp32_path: Path, int8_path: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(fp32_path),
+        str(int8_path),
+        op_types_to_quantize=["MatMul"],
+        weight_type=QuantType.QInt8,
+        use_external_data_format=True,
+    )

@@ -1,0 +1,370 @@
+"""Build a fresh Qwen2-Audio checkpoint folder (random weights) laid out like Qwen2-Audio-7B-Instruct.
+
+The folder holds model.safetensors (hub key names: audio_tower., multi_modal_projector.,
+language_model.model., language_model.lm_head.), config.json, generation_config.json,
+preprocessor_config.json, tokenizer.json, tokenizer_config.json, vocab.json, merges.txt,
+chat_template.jinja and processor_config.json, and loads with
+plain `Qwen2AudioForConditionalGeneration.from_pretrained` / `AutoProcessor.from_pretrained`
+(no remote code).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from transformers import (
+    GenerationConfig,
+    Qwen2AudioConfig,
+    Qwen2AudioEncoderConfig,
+    Qwen2AudioForConditionalGeneration,
+    Qwen2AudioProcessor,
+    Qwen2Config,
+    Qwen2Tokenizer,
+    WhisperFeatureExtractor,
+)
+from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX as QWEN2_SPLIT_REGEX
+
+ENDOFTEXT = "<|endoftext|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+AUDIO_TOKEN = "<|AUDIO|>"
+AUDIO_BOS = "<|audio_bos|>"
+AUDIO_EOS = "<|audio_eos|>"
+
+# Qwen2-Audio's added tokens, in the order Qwen numbers them (151643 .. 151648 in the 7B tokenizer).
+SPECIAL_TOKENS: tuple[str, ...] = (ENDOFTEXT, IM_START, IM_END, AUDIO_TOKEN, AUDIO_BOS, AUDIO_EOS)
+
+SAMPLING_RATE = 16_000
+MEL_BINS = 128
+HOP_LENGTH = 160
+N_FFT = 400
+# 100 mel frames per second, halved by the encoder's stride-2 conv -> 50 encoder positions per second.
+ENCODER_POSITIONS_PER_SECOND = 50
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+
+# ChatML as rendered by Qwen2-Audio-Instruct: an implicit default system turn, audio items become
+# "Audio N: <|audio_bos|><|AUDIO|><|audio_eos|>\n", text items are emitted verbatim.
+CHAT_TEMPLATE: str = (
+    "{%- set audio = namespace(count=0) -%}"
+    "{%- for message in messages -%}"
+    "{%- if loop.first and message.role != 'system' -%}"
+    "{{- '<|im_start|>system\\n" + DEFAULT_SYSTEM_PROMPT + "<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{{- '<|im_start|>' + message.role + '\\n' -}}"
+    "{%- if message.content is string -%}"
+    "{{- message.content -}}"
+    "{%- else -%}"
+    "{%- for item in message.content -%}"
+    "{%- if item.type == 'audio' or 'audio' in item or 'audio_url' in item -%}"
+    "{%- set audio.count = audio.count + 1 -%}"
+    "{{- 'Audio ' + audio.count|string + ': <|audio_bos|><|AUDIO|><|audio_eos|>\\n' -}}"
+    "{%- elif 'text' in item -%}"
+    "{{- item.text -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{- '<|im_start|>assistant\\n' -}}"
+    "{%- endif -%}"
+)
+
+SAMPLE_TEXTS: list[str] = [
+    "What's the weather like in Paris today?",
+    "Set an alarm for 6:30 tomorrow morning.",
+    "Remind me to call Alice at 5 pm.",
+    "It's 30°C in Madrid right now, with clear skies.",
+    "The coffee at the café costs €5.",
+    "Play some jazz in the living room.",
+    "How many kilometres is it from Berlin to Munich?",
+    "Turn off the lights in the kitchen, please.",
+    "Send a message to Bob: I'll be 10 minutes late.",
+    "What time is it in Tokyo?",
+    "Convert 100 dollars to euros.",
+    "The meeting starts at 09:15 on Monday, 3 March 2025.",
+    "Call Mum on her mobile.",
+    "Add milk, eggs and bread to my shopping list.",
+    "What is 12 times 34?",
+    "It isn't a naïve question at all.",
+    "Navigate to 221B Baker Street, London.",
+    "How tall is Mount Everest?",
+    "Mount Everest is 8,849 metres tall.",
+    "Start a timer for 25 minutes.",
+    "You've got 3 new emails and 1 missed call.",
+    "Read me the latest news headlines.",
+    "Who won the football match last night?",
+    "The score was 2-1 after extra time.",
+    "Schedule lunch with Chloé next Thursday at noon.",
+    "Is it going to rain in Seattle this weekend?",
+    "There's a 70% chance of rain on Saturday.",
+    "Translate 'good morning' into Spanish.",
+    "In Spanish, that's \"buenos días\".",
+    "What's on my calendar for tomorrow?",
+    "You have a dentist appointment at 14:00.",
+    "Lower the volume to 40 percent.",
+    "Open the garage door.",
+    "Lock the front door and arm the alarm.",
+    "How do I make a soufflé?",
+    "Preheat the oven to 190°C (375°F).",
+    "Order a large pizza from Luigi's.",
+    "Your order #4512 will arrive in about 35 minutes.",
+    "What's the capital of Australia?",
+    "The capital of Australia is Canberra.",
+    "Spell 'necessary' for me.",
+    "N-E-C-E-S-S-A-R-Y.",
+    "Play the next episode of my podcast.",
+    "Skip this song; I don't like it.",
+    "How far is the nearest petrol station?",
+    "The nearest one is 2.4 km away, on Rue de Rivoli.",
+    "Book a table for four at 7:45 pm.",
+    "Wake me up at half past seven.",
+    "I'm feeling a bit tired today.",
+    "Maybe take a short walk and drink some water!",
+    "What's 15% of 240?",
+    "15% of 240 is 36.",
+    "Who wrote 'Pride and Prejudice'?",
+    "Jane Austen wrote it in 1813.",
+    "Remind me to water the plants every Sunday.",
+    "Set the thermostat to 21 degrees.",
+    "How do you say 'thank you' in Japanese?",
+    "It's 'arigatō' (ありがとう).",
+    "What's the exchange rate from pounds to yen?",
+    "£1 is roughly ¥190 today.",
+    "Call the office and put it on speaker.",
+    "Find Italian restaurants near Zürich.",
+    "I found 12 results within 3 km.",
+    "When does the museum close on Fridays?",
+    "It closes at 21:00 on Fridays.",
+    "Show me photos from my trip to Lisbon.",
+    "How many days until Christmas?",
+    "There are 47 days until Christmas.",
+    "What's the square root of 144?",
+    "The square root of 144 is 12.",
+    "Tell me a joke about penguins.",
+    "Why don't penguins fly? They're too well grounded.",
+    "Turn on do-not-disturb until 8 am.",
+    "Text Priya: see you at the station at 6.",
+    "What's the traffic like on the A1?",
+    "Expect a 20-minute delay near the exit.",
+    "Is the pharmacy on Elm Street open?",
+    "Yes, it's open until 10 pm tonight.",
+    "Pause the music.",
+    "Resume playback from where I left off.",
+    "How do I reset my password?",
+    "Go to Settings > Account > Security.",
+    "Add 'buy batteries' to my to-do list.",
+    "What's the population of São Paulo?",
+    "About 12.3 million people live there.",
+    "Dim the bedroom lights to 20%.",
+    "Record a voice memo: call the plumber.",
+    "What's the UV index right now?",
+    "The UV index is 7, which is high.",
+    "Where did I park my car?",
+    "You parked on level -2, spot B17.",
+    "Cancel my 3 o'clock meeting.",
+    "Done. I've notified the 4 attendees.",
+    "How long should I boil an egg?",
+    "About 9–12 minutes for a hard-boiled egg.",
+    "What's the Wi-Fi password?",
+    "Play 'Clair de Lune' by Debussy.",
+    "Flip a coin.",
+    "It landed on heads.",
+    "Good night — see you tomorrow!",
+    "Hello, how can I help you?\n\nJust ask.",
+    "Numbers like 0, 7, 42, 1999 and 3.14159 matter.",
+]
+
+
+def _trained_bpe(texts: Iterable[str], vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Train byte-level BPE with Qwen2's normalizer and pre-tokenizer; return (vocab, merges)."""
+    bpe = Tokenizer(models.BPE())
+    bpe.normalizer = normalizers.NFC()
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=1,
+        special_tokens=[],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(texts, trainer=trainer)
+    model_state = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model_state["merges"]]
+    return dict(model_state["vocab"]), merges
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Qwen2Tokenizer:
+    """Byte-level BPE on `texts` with Qwen2's pre-tokenization; Qwen2-Audio's special tokens follow.
+
+    `vocab_size` is the learned vocabulary (256 byte symbols included); the six SPECIAL_TOKENS get ids
+    vocab_size .. vocab_size + 5 as in Qwen2-Audio. eos is <|im_end|>, pad is <|endoftext|> (Qwen2 chat
+    tokenizers); no bos / unk. CHAT_TEMPLATE is attached.
+    """
+    vocab, merges = _trained_bpe(texts, vocab_size)
+    tokenizer = Qwen2Tokenizer(
+        vocab=vocab,
+        merges=merges,
+        unk_token=None,
+        bos_token=None,
+        eos_token=ENDOFTEXT,  # registers <|endoftext|> first; swapped for <|im_end|> below
+        pad_token=ENDOFTEXT,
+        extra_special_tokens=list(SPECIAL_TOKENS[1:]),
+        errors="replace",
+        split_special_tokens=False,
+        clean_up_tokenization_spaces=False,
+        model_max_length=32768,
+    )
+    tokenizer.eos_token = IM_END
+    tokenizer.chat_template = CHAT_TEMPLATE
+    expected = {token: len(vocab) + i for i, token in enumerate(SPECIAL_TOKENS)}
+    actual = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
+    if actual != expected:
+        raise RuntimeError(f"special token ids {actual} != {expected}")
+    return tokenizer
+
+
+def feature_extractor(window_seconds: int) -> WhisperFeatureExtractor:
+    """Qwen2-Audio's Whisper log-mel front end (128 bins, 16 kHz, 10 ms hop) padded to `window_seconds`."""
+    return WhisperFeatureExtractor(
+        feature_size=MEL_BINS,
+        sampling_rate=SAMPLING_RATE,
+        hop_length=HOP_LENGTH,
+        chunk_length=window_seconds,
+        n_fft=N_FFT,
+        padding_value=0.0,
+        return_attention_mask=True,
+    )
+
+
+def model_config(
+    tokenizer: Qwen2Tokenizer,
+    *,
+    window_seconds: int = 30,
+    encoder_layers: int,
+    encoder_d_model: int,
+    encoder_heads: int,
+    encoder_ffn_dim: int,
+    decoder_layers: int,
+    decoder_hidden: int,
+    decoder_heads: int,
+    decoder_kv_heads: int,
+    decoder_ffn_dim: int,
+    vocab_size: int | None = None,
+    tie_word_embeddings: bool = False,
+    max_position_embeddings: int = 8192,
+) -> Qwen2AudioConfig:
+    """Qwen2AudioConfig with Qwen2-Audio-7B's fixed choices and the given sizes; token ids from `tokenizer`."""
+    if tie_word_embeddings:
+        # Qwen2AudioForConditionalGeneration declares no tied weights: lm_head would silently stay separate.
+        raise NotImplementedError("Qwen2AudioForConditionalGeneration does not tie lm_head to the embeddings")
+    text_vocab = len(tokenizer) if vocab_size is None else vocab_size
+    if text_vocab < len(tokenizer):
+        raise ValueError(f"vocab_size {text_vocab} < tokenizer size {len(tokenizer)}")
+    endoftext_id = tokenizer.convert_tokens_to_ids(ENDOFTEXT)
+    audio_config = Qwen2AudioEncoderConfig(
+        num_mel_bins=MEL_BINS,
+        encoder_layers=encoder_layers,
+        encoder_attention_heads=encoder_heads,
+        encoder_ffn_dim=encoder_ffn_dim,
+        d_model=encoder_d_model,
+        max_source_positions=window_seconds * ENCODER_POSITIONS_PER_SECOND,
+        activation_function="gelu",
+        scale_embedding=False,
+    )
+    text_config = Qwen2Config(
+        vocab_size=text_vocab,
+        hidden_size=decoder_hidden,
+        intermediate_size=decoder_ffn_dim,
+        num_hidden_layers=decoder_layers,
+        num_attention_heads=decoder_heads,
+        num_key_value_heads=decoder_kv_heads,
+        hidden_act="silu",
+        max_position_embeddings=max_position_embeddings,
+        rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        tie_word_embeddings=False,
+        bos_token_id=endoftext_id,  # Qwen's configs use <|endoftext|> as bos
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return Qwen2AudioConfig(
+        audio_config=audio_config,
+        text_config=text_config,
+        audio_token_index=tokenizer.convert_tokens_to_ids(AUDIO_TOKEN),
+    )
+
+
+def window_seconds_of(config: Qwen2AudioConfig) -> int:
+    """Audio window (seconds) that the encoder's position table covers."""
+    return config.audio_config.max_source_positions // ENCODER_POSITIONS_PER_SECOND
+
+
+def generation_config(tokenizer: Qwen2Tokenizer) -> GenerationConfig:
+    """Stops on <|im_end|> or <|endoftext|>, pads with <|endoftext|> (as Qwen2-Audio-Instruct)."""
+    endoftext_id = tokenizer.convert_tokens_to_ids(ENDOFTEXT)
+    return GenerationConfig(
+        bos_token_id=endoftext_id,
+        eos_token_id=[tokenizer.convert_tokens_to_ids(IM_END), endoftext_id],
+        pad_token_id=endoftext_id,
+    )
+
+
+def write_checkpoint(out_dir: Path, config: Qwen2AudioConfig, tokenizer: Qwen2Tokenizer, *, seed: int = 0) -> Path:
+    """Random-init a float32 model from `config` (seeded) and save model, processor and generation config."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = Qwen2AudioForConditionalGeneration(config).to(torch.float32).eval()
+    model.generation_config = generation_config(tokenizer)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    processor = Qwen2AudioProcessor(
+        feature_extractor=feature_extractor(window_seconds_of(config)),
+        tokenizer=tokenizer,
+        chat_template=CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(out_dir)
+    # transformers 5 folds the feature extractor into processor_config.json; Qwen's repos (and converters
+    # reading them) also expect the standalone files below.
+    processor.feature_extractor.save_pretrained(out_dir)
+    _write_vocab_and_merges(out_dir, tokenizer)
+    return out_dir
+
+
+def _write_vocab_and_merges(out_dir: Path, tokenizer: Qwen2Tokenizer) -> None:
+    """vocab.json (learned vocab, no added tokens) and merges.txt, as in Qwen's tokenizer folders."""
+    bpe_state = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    vocab = dict(sorted(bpe_state["vocab"].items(), key=lambda item: item[1]))
+    merges = [m if isinstance(m, str) else " ".join(m) for m in bpe_state["merges"]]
+    (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (out_dir / "merges.txt").write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges), encoding="utf-8")
+
+
+def tiny_checkpoint(out_dir: Path, *, window_seconds: int = 10, seed: int = 0) -> Path:
+    """A seconds-to-build checkpoint for tests: ~600-token vocab, 2+2 layers of width 64."""
+    tokenizer = train_tokenizer(SAMPLE_TEXTS, vocab_size=600)
+    config = model_config(
+        tokenizer,
+        window_seconds=window_seconds,
+        encoder_layers=2,
+        encoder_d_model=64,
+        encoder_heads=4,
+        encoder_ffn_dim=128,
+        decoder_layers=2,
+        decoder_hidden=64,
+        decoder_heads=4,
+        decoder_kv_heads=2,
+        decoder_ffn_dim=128,
+    )
+    return write_checkpoint(out_dir, config, tokenizer, seed=seed)

@@ -1,0 +1,134 @@
+"""The clip-length encoder ONNX against transformers' own Qwen2-Audio path.
+
+Reference: the checkpoint's processor pads the clip to the full window and the full model's
+forward runs the audio tower with its attention mask; we capture the tower's output and keep
+the valid frames. The ONNX graph sees only the clip's mel frames plus two frames of right
+context. Tolerance (fp32): max |diff| <= 5e-5 on layer-normed outputs of magnitude ~3;
+measured 1.4e-6 (width 64) and 3.6e-6 (width 1280).
+"""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+onnxruntime = pytest.importorskip("onnxruntime")
+
+import onnx  # noqa: E402
+
+from edgelalm.export.encoder import RIGHT_CONTEXT_FRAMES, encoder_output_frames, export_encoder_onnx  # noqa: E402
+
+FP32_TOLERANCE = 5e-5
+
+
+def speechlike(seconds: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    n = int(round(seconds * 16000))
+    envelope = 0.5 + 0.5 * np.sin(np.arange(n) / 1600.0)
+    return (0.2 * envelope * rng.standard_normal(n)).astype(np.float32)
+
+
+class TransformersReference:
+    """Valid audio-tower frames as Qwen2AudioForConditionalGeneration computes them."""
+
+    def __init__(self, model, processor):
+        self.model, self.processor = model.eval(), processor
+        self.captured = None
+        model.model.audio_tower.register_forward_hook(self._capture)
+
+    def _capture(self, module, inputs, output):
+        self.captured = output.last_hidden_state
+
+    def __call__(self, audio: np.ndarray):
+        messages = [{"role": "user", "content": [{"type": "audio", "audio": "clip"}, {"type": "text", "text": "hi"}]}]
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        inputs = self.processor(text=text, audio=[audio], sampling_rate=16000, return_tensors="pt")
+        with torch.no_grad():
+            self.model(**inputs)
+        valid_mel = int(inputs["feature_attention_mask"].sum())
+        valid_frames = int((inputs["input_ids"] == self.model.config.audio_token_id).sum())
+        frames = self.captured[0, :valid_frames].numpy()
+        window = inputs["input_features"][0].numpy()
+        padded = np.pad(window, ((0, 0), (0, RIGHT_CONTEXT_FRAMES)))
+        return frames, window[:, :valid_mel], padded[:, valid_mel : valid_mel + RIGHT_CONTEXT_FRAMES]
+
+
+def run_encoder(session, mel, right_context):
+    return session.run(None, {"mel": mel.astype(np.float32), "mel_right_context": right_context.astype(np.float32)})[0]
+
+
+def check_parity(model, processor, tmp_path, window_seconds: float, precision="fp32"):
+    path = tmp_path / f"encoder-{precision}.onnx"
+    export_encoder_onnx(model.model.audio_tower, path, precision)
+    onnx.checker.check_model(str(path))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    reference = TransformersReference(model, processor)
+    worst = 0.0
+    for seed, seconds in enumerate([0.05, 1.0, 3.33, window_seconds - 0.02, window_seconds]):
+        expected, mel, right_context = reference(speechlike(seconds, seed))
+        got = run_encoder(session, mel, right_context)
+        # The graph ran on the clip's own length, not the padded window.
+        assert mel.shape[1] == int(np.ceil(seconds * 100)) or seconds == window_seconds
+        assert got.shape == expected.shape == (encoder_output_frames(mel.shape[1]), expected.shape[1])
+        worst = max(worst, float(np.abs(got - expected).max()))
+    return worst, path
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_checkpoint):
+    model = transformers.Qwen2AudioForConditionalGeneration.from_pretrained(tiny_checkpoint)
+    processor = transformers.AutoProcessor.from_pretrained(tiny_checkpoint)
+    return model, processor
+
+
+def test_tiny_encoder_matches_transformers(tiny, tmp_path):
+    worst, _ = check_parity(*tiny, tmp_path, window_seconds=10.0)
+    assert worst <= FP32_TOLERANCE
+
+
+@pytest.mark.parametrize("precision,tolerance", [("fp16", 2e-2), ("int8", 2e-1)])
+def test_reduced_precision_stays_close_and_shrinks(tiny, tmp_path, precision, tolerance):
+    worst, path = check_parity(*tiny, tmp_path, window_seconds=10.0, precision=precision)
+    assert worst <= tolerance
+    fp32_path = tmp_path / "reference.onnx"
+    export_encoder_onnx(tiny[0].model.audio_tower, fp32_path, "fp32")
+    size = lambda p: sum(f.stat().st_size for f in p.parent.glob(p.name + "*"))  # noqa: E731
+    assert size(path) < 0.8 * size(fp32_path)
+    assert not list(tmp_path.glob("*.fp32.onnx*")), "int8 export must not leave its fp32 intermediate"
+
+
+def test_real_width_encoder_matches_transformers(tmp_path):
+    """Whisper-large-v3's width (d_model 1280, 20 heads) with 2 layers, a 30 s window, random weights."""
+    from edgelalm import scaffold
+
+    tokenizer = scaffold.train_tokenizer(scaffold.SAMPLE_TEXTS[:20], vocab_size=300)
+    config = scaffold.model_config(
+        tokenizer,
+        window_seconds=30,
+        encoder_layers=2,
+        encoder_d_model=1280,
+        encoder_heads=20,
+        encoder_ffn_dim=5120,
+        decoder_layers=1,
+        decoder_hidden=64,
+        decoder_heads=4,
+        decoder_kv_heads=2,
+        decoder_ffn_dim=128,
+    )
+    torch.manual_seed(0)
+    model = transformers.Qwen2AudioForConditionalGeneration(config).eval()
+    processor = transformers.Qwen2AudioProcessor(
+        scaffold.feature_extractor(30), tokenizer, chat_template=scaffold.CHAT_TEMPLATE
+    )
+    worst, _ = check_parity(model, processor, tmp_path, window_seconds=30.0)
+    assert worst <= FP32_TOLERANCE
+
+
+def test_tiny_clip_gives_one_frame_and_dynamic_length_is_one_graph(tiny, tmp_path):
+    path = tmp_path / "encoder.onnx"
+    export_encoder_onnx(tiny[0].model.audio_tower, path, "fp32")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for mel_frames in (3, 4, 5, 6, 101, 1000):
+        out = run_encoder(session, rng.standard_normal((128, mel_frames)), np.zeros((128, 2)))
+        assert out.shape == (encoder_output_frames(mel_frames), 64)

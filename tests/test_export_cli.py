@@ -1,0 +1,221 @@
+"""`edgelalm export` and `edgelalm inspect` through the console entry point."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+import onnx  # noqa: E402
+import onnxruntime  # noqa: E402
+
+from edgelalm.compression import COMPRESSOR_NAMES  # noqa: E402
+from edgelalm.manifest import MANIFEST_FILE, read_manifest, sha256_of  # noqa: E402
+
+
+def edgelalm(*args, cwd=None):
+    """Run the CLI as a user would; returns (exit code, stdout, stderr)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "edgelalm.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
+    return result.returncode, result.stdout, result.stderr
+
+
+def in_process(monkeypatch, capsys, *args):
+    """Same, in this process (torch is imported once): for the many successful exports."""
+    from edgelalm import cli
+
+    monkeypatch.setattr(sys, "argv", ["edgelalm", *map(str, args)])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code, stderr, *fragments):
+    """Exit != 0, no traceback, and one error line (after any steps that completed)."""
+    assert code != 0
+    lines = [line for line in stderr.strip().splitlines() if not re.match(r"^\[\d+/\d+\] .* done \(", line)]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("edgelalm: error: ")
+    assert "Traceback" not in stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.mark.parametrize("compressor", COMPRESSOR_NAMES)
+def test_export_writes_a_valid_bundle(tiny_checkpoint, tmp_path, monkeypatch, capsys, compressor):
+    out = tmp_path / "bundle"
+    factor = ["--factor", "3"] if compressor in ("avg", "sample") else []
+    code, stdout, stderr = in_process(
+        monkeypatch, capsys, "export", "--model", tiny_checkpoint, "--compressor", compressor, *factor, "--out", out
+    )
+    assert code == 0, stderr
+    assert stdout.strip() == str(out)
+    assert "[6/6] Writing the manifest done" in stderr
+    manifest = read_manifest(out)
+    assert manifest["compressor"]["name"] == compressor
+    assert set(manifest["files"]) == {"encoder.onnx", "encoder.onnx.data", "compressor.onnx"}
+    for name in ("encoder.onnx", "compressor.onnx"):
+        onnx.checker.check_model(str(out / name))
+    # No staging folder left beside the bundle.
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
+    # The two graphs chain: a 2 s clip's mel frames -> audio embeddings in the LLM's width.
+    encoder = onnxruntime.InferenceSession(str(out / "encoder.onnx"))
+    compressor_session = onnxruntime.InferenceSession(str(out / "compressor.onnx"))
+    mel = np.random.default_rng(0).standard_normal((128, 200)).astype(np.float32)
+    frames = encoder.run(None, {"mel": mel, "mel_right_context": np.zeros((128, 2), np.float32)})[0]
+    embeddings = compressor_session.run(None, {"audio_frames": frames})[0]
+    assert frames.shape == (50, 64)
+    assert embeddings.shape[1] == manifest["model"]["hidden_size"]
+    expected_tokens = {"none": 50, "avg": 17, "sample": 17, "mean": 1, "max": 1}
+    if compressor in expected_tokens:
+        assert embeddings.shape[0] == expected_tokens[compressor]
+    else:
+        assert 1 <= embeddings.shape[0] < 50
+
+
+def test_manifest_describes_the_model(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "b"
+    code, _, stderr = in_process(monkeypatch, capsys, "export", "--model", tiny_checkpoint, "--compressor", "avg", "--out", out)
+    assert code == 0, stderr
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    assert manifest["compressor"] | {} == manifest["compressor"]
+    assert manifest["compressor"]["factor"] == 2  # the default K
+    assert manifest["compressor"]["audio_tokens_per_second"] == 12.5
+    assert manifest["features"]["window_seconds"] == 10
+    assert manifest["features"]["window_mel_frames"] == 1000
+    prompt = manifest["prompt"]
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_checkpoint)
+    messages = [{"role": "user", "content": [{"type": "audio", "audio": "a"}, {"type": "text", "text": "Say it."}]}]
+    rendered = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert rendered == prompt["before_audio"] + "<|AUDIO|>" + prompt["after_audio"] + "Say it." + prompt["after_prompt"]
+    tokens = manifest["special_tokens"]
+    assert tokens["audio"]["id"] == processor.tokenizer.convert_tokens_to_ids("<|AUDIO|>")
+    assert tokens["im_end"]["id"] in tokens["end_of_turn_ids"]
+    assert manifest["tools"]["torch"] and manifest["tools"]["onnxruntime"]
+    for name, record in manifest["files"].items():
+        assert record["sha256"] == sha256_of(out / name)
+
+
+def test_inspect_verifies_checksums(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "b"
+    assert in_process(monkeypatch, capsys, "export", "--model", tiny_checkpoint, "--compressor", "unseg", "--out", out)[0] == 0
+    code, stdout, _ = in_process(monkeypatch, capsys, "inspect", out)
+    assert code == 0
+    assert "unseg" in stdout and "checksums verified" in stdout
+    with (out / "compressor.onnx").open("ab") as stream:
+        stream.write(b"\0")
+    code, _, stderr = in_process(monkeypatch, capsys, "inspect", out)
+    assert_one_line_error(code, stderr, "compressor.onnx does not match the checksums")
+    (out / "encoder.onnx.data").unlink()
+    code, _, stderr = in_process(monkeypatch, capsys, "inspect", out)
+    assert_one_line_error(code, stderr, "missing encoder.onnx.data", "compressor.onnx does not match")
+
+
+def test_existing_out_needs_force(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    code, _, stderr = in_process(monkeypatch, capsys, "export", "--model", tiny_checkpoint, "--out", out)
+    assert_one_line_error(code, stderr, "already exists", "--force")
+    assert (out / "keep.txt").read_text() == "mine"
+    code, _, stderr = in_process(monkeypatch, capsys, "export", "--model", tiny_checkpoint, "--out", out, "--force")
+    assert code == 0, stderr
+    assert not (out / "keep.txt").exists() and (out / MANIFEST_FILE).exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["b"]
+
+
+def _not_qwen2_audio(path):
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+
+
+def _pickle_only(path, source):
+    shutil.copytree(source, path)
+    (path / "model.safetensors").unlink()
+    (path / "pytorch_model.bin").write_bytes(b"not really a pickle")
+
+
+def _no_config(path):
+    path.mkdir()
+
+
+def _corrupt_weights(path, source):
+    shutil.copytree(source, path)
+    (path / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{bad json")
+
+
+def _wrong_shapes(path, source):
+    # Valid files, but the config promises a wider encoder than the weights hold: fails
+    # after the staging folder exists, which must still be cleaned up.
+    shutil.copytree(source, path)
+    config = json.loads((path / "config.json").read_text())
+    config["audio_config"]["d_model"] = 32
+    config["audio_config"]["encoder_attention_heads"] = 4
+    (path / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize(
+    "case,make,fragments",
+    [
+        ("missing", None, ["model folder not found"]),
+        ("no-config", _no_config, ["no config.json"]),
+        ("not-qwen2-audio", _not_qwen2_audio, ["'llama'", "not Qwen2-Audio"]),
+        ("pickle-only", _pickle_only, ["only pickle weights", "pytorch_model.bin"]),
+        ("corrupt-weights", _corrupt_weights, ["not a readable safetensors file"]),
+        ("wrong-shapes", _wrong_shapes, ["has shape (64,), the config says (32,)"]),
+    ],
+)
+def test_bad_model_folder(tiny_checkpoint, tmp_path, case, make, fragments):
+    model = tmp_path / case
+    if make is _not_qwen2_audio or make is _no_config:
+        make(model)
+    elif make is not None:
+        make(model, tiny_checkpoint)
+    out = tmp_path / "out" / "bundle"
+    code, stdout, stderr = edgelalm("export", "--model", model, "--out", out)
+    assert_one_line_error(code, stderr, *fragments)
+    assert not (tmp_path / "out").exists(), "a failed export must leave no output folder"
+
+
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        (["--compressor", "avg", "--factor", "0"], ["--factor", ">= 1"]),
+        (["--compressor", "sample", "--factor", "-3"], [">= 1"]),
+        (["--compressor", "pool"], ["pool"]),
+        (["--compressor", "unseg", "--factor", "2"], ["applies to avg and sample"]),
+        (["--encoder-precision", "int4"], ["int4"]),
+    ],
+)
+def test_bad_options(tiny_checkpoint, tmp_path, args, fragments):
+    code, _, stderr = edgelalm("export", "--model", tiny_checkpoint, *args, "--out", tmp_path / "b")
+    assert_one_line_error(code, stderr, *fragments)
+    assert not (tmp_path / "b").exists()
+
+
+def test_unwritable_out(tiny_checkpoint, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code, _, stderr = edgelalm("export", "--model", tiny_checkpoint, "--out", blocker / "bundle")
+    assert_one_line_error(code, stderr, "cannot write to")
+    assert blocker.read_text() == ""
+
+
+def test_help_explains_every_option():
+    code, stdout, _ = edgelalm("export", "--help")
+    assert code == 0
+    stdout = " ".join(re.sub("[│╭╮╰╯─]", " ", stdout).split())  # undo rich's box and wrapping
+    for option in ("--model", "--compressor", "--factor", "--encoder-precision", "--out", "--force"):
+        assert option in stdout
+    assert "unsupervised segmentation" in stdout
