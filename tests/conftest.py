@@ -11,3 +11,25 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from edgelalm.scaffold import tiny_checkpoint as build_tiny_checkpoint
 
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny_qwen2_audio"))
+
+
+@pytest.fixture(scope="session")
+def tiny_lora_adapter(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A peft LoRA adapter folder as the paper trains it (rank 16, alpha 32, q_proj/k_proj of
+    every language-model attention layer), with random non-zero A and B: peft initialises B to
+    zero, which would make every merge a no-op and every merge test meaningless."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2AudioForConditionalGeneration
+
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(tiny_checkpoint)
+    config = LoraConfig(r=16, lora_alpha=32, target_modules=r".*language_model.*\.(q_proj|k_proj)")
+    peft_model = get_peft_model(model, config)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    out = tmp_path_factory.mktemp("lora_adapter")
+    peft_model.save_pretrained(out)
+    return out

@@ -59,10 +59,11 @@ def test_export_writes_a_valid_bundle(tiny_checkpoint, tmp_path, monkeypatch, ca
     )
     assert code == 0, stderr
     assert stdout.strip() == str(out)
-    assert "[6/6] Writing the manifest done" in stderr
+    assert "[8/8] Writing the manifest done" in stderr
     manifest = read_manifest(out)
     assert manifest["compressor"]["name"] == compressor
-    assert set(manifest["files"]) == {"encoder.onnx", "encoder.onnx.data", "compressor.onnx"}
+    assert set(manifest["files"]) == {"encoder.onnx", "encoder.onnx.data", "compressor.onnx", "decoder.gguf"}
+    assert manifest["decoder"]["quant"] == "q8_0" and manifest["decoder"]["adapter"] is None
     for name in ("encoder.onnx", "compressor.onnx"):
         onnx.checker.check_model(str(out / name))
     # No staging folder left beside the bundle.
@@ -219,3 +220,66 @@ def test_help_explains_every_option():
     for option in ("--model", "--compressor", "--factor", "--encoder-precision", "--out", "--force"):
         assert option in stdout
     assert "unsupervised segmentation" in stdout
+
+
+def test_complete_bundle_with_adapter_and_k_quant(tiny_checkpoint, tiny_lora_adapter, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "b"
+    code, _, stderr = in_process(
+        monkeypatch, capsys, "export", "--model", tiny_checkpoint, "--adapter", tiny_lora_adapter,
+        "--compressor", "avg", "--factor", "3", "--quant", "q4_k_m", "--out", out,
+    )
+    assert code == 0, stderr
+    assert "with the LoRA merged" in stderr and "decoder.gguf:" in stderr
+    manifest = read_manifest(out)
+    decoder = manifest["decoder"]
+    assert decoder["quant"] == "q4_k_m" and decoder["architecture"] == "qwen2"
+    assert decoder["adapter"]["rank"] == 16 and decoder["adapter"]["alpha"] == 32
+    assert decoder["adapter"]["sha256"] == sha256_of(tiny_lora_adapter / "adapter_model.safetensors")
+    code, stdout, _ = in_process(monkeypatch, capsys, "inspect", out)
+    assert code == 0 and "q4_k_m" in stdout and "LoRA merged (rank 16, alpha 32)" in stdout
+
+
+def _corrupt_adapter(path, adapter):
+    shutil.copytree(adapter, path)
+    (path / "adapter_model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00garbage")
+
+
+def _audio_tower_adapter(path, adapter):
+    shutil.copytree(adapter, path)
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(path / "adapter_model.safetensors")
+    renamed = {k.replace("language_model.layers", "audio_tower.layers"): v for k, v in tensors.items()}
+    save_file(renamed, path / "adapter_model.safetensors")
+
+
+def _other_model_adapter(path, adapter):
+    shutil.copytree(adapter, path)
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(path / "adapter_model.safetensors")
+    widened = {k: (v.repeat(1, 2) if "lora_A" in k else v) for k, v in tensors.items()}
+    save_file(widened, path / "adapter_model.safetensors")
+
+
+@pytest.mark.parametrize(
+    "case,make,fragments",
+    [
+        ("corrupt-adapter", _corrupt_adapter, ["not a readable safetensors file"]),
+        ("audio-tower-adapter", _audio_tower_adapter, ["audio_tower", "only the language model"]),
+        ("other-model-adapter", _other_model_adapter, ["adapter for another model"]),
+    ],
+)
+def test_bad_adapter(tiny_checkpoint, tiny_lora_adapter, tmp_path, case, make, fragments):
+    adapter = tmp_path / case
+    make(adapter, tiny_lora_adapter)
+    out = tmp_path / "out" / "bundle"
+    code, _, stderr = edgelalm("export", "--model", tiny_checkpoint, "--adapter", adapter, "--out", out)
+    assert_one_line_error(code, stderr, *fragments)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_quant(tiny_checkpoint, tmp_path):
+    code, _, stderr = edgelalm("export", "--model", tiny_checkpoint, "--quant", "q3_x", "--out", tmp_path / "b")
+    assert_one_line_error(code, stderr, "q3_x")
+    assert not (tmp_path / "b").exists()

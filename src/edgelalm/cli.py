@@ -29,6 +29,8 @@ app = typer.Typer(
 
 Compressor = enum.Enum("Compressor", {name: name for name in COMPRESSOR_DESCRIPTIONS}, type=str)
 Precision = enum.Enum("Precision", {name: name for name in ("fp32", "fp16", "int8")}, type=str)
+# Mirrors edgelalm.export.decoder.QUANT_TYPES (not imported here: it pulls in torch).
+Quant = enum.Enum("Quant", {name: name for name in ("f32", "f16", "q8_0", "q4_k_m", "q4_0")}, type=str)
 
 _COMPRESSOR_HELP = "Compressor between the audio encoder and the projector: " + "; ".join(
     f"{name} = {text}" for name, text in COMPRESSOR_DESCRIPTIONS.items()
@@ -53,23 +55,42 @@ def export(
             "The measured difference against fp32 is printed."
         ),
     ] = Precision.fp32,
+    quant: Annotated[
+        Quant,
+        typer.Option(
+            help="Decoder GGUF type: f32, f16, or llama.cpp's quantizations q8_0 (8-bit), q4_k_m (4-bit K-quant, "
+            "mixed), q4_0 (4-bit). Norms and biases stay f32."
+        ),
+    ] = Quant.q8_0,
+    adapter: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="peft LoRA adapter folder (adapter_config.json + adapter_model.safetensors) on the language model, "
+            "merged into the decoder before export (W' = W + alpha/r * B @ A)."
+        ),
+    ] = None,
     out: Annotated[
         Optional[Path],
-        typer.Option(help="Bundle folder to write. Default: export/<model>-<compressor><K>-<precision>."),
+        typer.Option(help="Bundle folder to write. Default: export/<model>-<compressor><K>-<quant>."),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
 ) -> None:
-    """Export a checkpoint's audio encoder and compressor + projector to ONNX, as one bundle folder."""
+    """Export a Qwen2-Audio checkpoint as one bundle folder: the audio encoder and the compressor +
+    projector as ONNX (onnxruntime), the decoder with any LoRA merged as GGUF (llama.cpp), and a
+    manifest with every file's checksum."""
     if model is None:
         raise EdgelalmError("no --model given: name a Qwen2-Audio checkpoint folder (edgelalm scaffold makes one)")
     if factor is None:
         factor = 2 if compressor.value in FACTOR_COMPRESSORS else 1
     spec = CompressorSpec(compressor.value, factor)
-    out = out or DEFAULT_EXPORT_ROOT / f"{model.resolve().name}-{spec.label}-{encoder_precision.value}"
+    if out is None:
+        encoder_suffix = "" if encoder_precision.value == "fp32" else f"-encoder-{encoder_precision.value}"
+        out = DEFAULT_EXPORT_ROOT / f"{model.resolve().name}-{spec.label}-{quant.value}{encoder_suffix}"
 
     from edgelalm.export.bundle import ExportOptions, export_bundle
 
-    written = export_bundle(ExportOptions(model, out, spec, encoder_precision.value, force))
+    options = ExportOptions(model, out, spec, encoder_precision.value, quant.value, adapter, force)
+    written = export_bundle(options)
     typer.echo(str(written))
 
 
@@ -89,11 +110,22 @@ def inspect(bundle: Annotated[Path, typer.Argument(help="Bundle folder written b
         f"encoder       {encoder['file']}  {encoder['precision']}, probe max |diff| vs fp32 {encoder['probe']['max_abs_diff_vs_pytorch_fp32']:.2e}",
         f"compressor    {compressor['file']}  {compressor['name']} K={compressor['factor']}: "
         + (f"{rate:.2f} audio tokens/s" if rate else "rate depends on the audio"),
-        f"decoder       {manifest['decoder']['file'] if manifest['decoder'] else 'none yet'}",
+        f"decoder       {describe_decoder(manifest['decoder'])}",
         "files (checksums verified):",
         *(f"  {name:28s} {record['bytes'] / 1e6:10.2f} MB" for name, record in manifest["files"].items()),
     ]
     typer.echo("\n".join(lines))
+
+
+def describe_decoder(decoder: dict | None) -> str:
+    if not decoder:
+        return "none"
+    adapter = decoder.get("adapter")
+    merged = f", LoRA merged (rank {adapter['rank']}, alpha {adapter['alpha']:g})" if adapter else ", no LoRA"
+    return (
+        f"{decoder['file']}  {decoder['architecture']} {decoder['quant']}, {decoder['layers']} layers, "
+        f"hidden {decoder['hidden_size']}, context {decoder['context_length']}{merged}"
+    )
 
 
 class ScaffoldPreset(str, enum.Enum):

@@ -4,7 +4,7 @@ Written last by `edgelalm export` (with a SHA-256 of every file), read first by 
 and `edgelalm inspect`, which refuse a bundle whose files do not match it. Torch-free.
 
 Sections (see README, "The bundle"): format, format_version, created_utc, model, features,
-encoder, compressor, decoder (null until a decoder is exported), prompt, special_tokens,
+encoder, compressor, decoder, prompt, special_tokens,
 tools, files.
 """
 
@@ -22,6 +22,7 @@ BUNDLE_FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 ENCODER_FILE = "encoder.onnx"
 COMPRESSOR_FILE = "compressor.onnx"
+DECODER_FILE = "decoder.gguf"
 
 _CHUNK_BYTES = 1 << 20
 

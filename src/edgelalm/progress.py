@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -19,12 +19,13 @@ class Steps:
         self._notes: list[str] = []
 
     @contextmanager
-    def step(self, title: str) -> Iterator[None]:
+    def step(self, title: str) -> Iterator[Callable[[str], None]]:
+        """Run one step; the yielded function shows a detail beside it (e.g. "12/291 tensors")."""
         label = f"[{self.done + 1}/{self.total}] {title}"
         started = time.perf_counter()
         self._notes = []
-        with self.console.status(label):
-            yield
+        with self.console.status(label) as status:
+            yield lambda detail: status.update(f"{label}: {detail}")
         self.done += 1
         self.console.print(f"{label} [green]done[/green] ({time.perf_counter() - started:.1f} s)", markup=True)
         for note in self._notes:

@@ -27,6 +27,7 @@ import torch
 
 from edgelalm.compression import COMPRESSOR_DESCRIPTIONS, ENCODER_FRAMES_PER_SECOND, CompressorSpec
 from edgelalm.errors import EdgelalmError
+from edgelalm.export.adapter import LoraAdapter, open_adapter
 from edgelalm.export.checkpoint import Checkpoint, open_checkpoint
 from edgelalm.export.compressor import (
     COMPRESSOR_FILE_INPUT,
@@ -45,14 +46,15 @@ from edgelalm.export.encoder import (
     EncoderPrecision,
     export_encoder_onnx,
 )
-from edgelalm.manifest import COMPRESSOR_FILE, ENCODER_FILE, write_manifest
+from edgelalm.export.decoder import GGUF_ARCHITECTURE, QUANT_TYPES, write_decoder
+from edgelalm.manifest import COMPRESSOR_FILE, DECODER_FILE, ENCODER_FILE, write_manifest
 from edgelalm.progress import Steps
 
 DEFAULT_PROMPT = "Transcribe the audio."
 PROBE_SECONDS = 5.0
 # Stands in for the user's prompt while the chat template is split around it.
 _PROMPT_SENTINEL = "\ue000PROMPT\ue000"
-TOOL_PACKAGES = ("edgelalm", "torch", "transformers", "onnx", "onnxscript", "onnxruntime")
+TOOL_PACKAGES = ("edgelalm", "torch", "transformers", "peft", "onnx", "onnxscript", "onnxruntime", "gguf", "llama_cpp_python")
 
 
 @dataclass(frozen=True)
@@ -61,16 +63,24 @@ class ExportOptions:
     out_dir: Path
     compressor: CompressorSpec
     encoder_precision: EncoderPrecision = "fp32"
+    quant: str = "q8_0"
+    adapter_dir: Path | None = None
     force: bool = False
 
 
 def export_bundle(options: ExportOptions) -> Path:
     """Write the bundle for `options`; returns its folder."""
-    steps = Steps(total=6)
+    if options.quant not in QUANT_TYPES:
+        raise EdgelalmError(f"unknown --quant {options.quant!r}; choose one of {', '.join(QUANT_TYPES)}")
+    steps = Steps(total=8)
     with atomic_folder(options.out_dir, options.force) as staging, quiet_exporter():
         with steps.step(f"Reading checkpoint {options.model_dir}"):
             checkpoint = open_checkpoint(options.model_dir)
             prompt = split_chat_template(checkpoint)
+            adapter = open_checkpoint_adapter(checkpoint, options.adapter_dir)
+            if adapter:
+                steps.note(f"LoRA adapter {options.adapter_dir}: rank {adapter.rank}, alpha {adapter.alpha:g}, "
+                           f"{len(adapter.target_modules)} modules")
         with steps.step("Loading the audio tower and projector"):
             tower = checkpoint.load_audio_tower()
             projector = checkpoint.load_projector()
@@ -89,17 +99,54 @@ def export_bundle(options: ExportOptions) -> Path:
                 f"compressor + projector vs PyTorch: max |diff| {probe['compressor_max_abs_diff']:.2e}, "
                 f"{probe['audio_tokens']} audio tokens from {probe['encoder_frames']} encoder frames"
             )
+        del tower, projector, compressor
+        merged = " with the LoRA merged" if adapter else ""
+        with steps.step(f"Writing the decoder to GGUF ({options.quant}){merged}") as show:
+            write_decoder(
+                checkpoint, staging / DECODER_FILE, options.quant, adapter, lambda done, total: show(f"tensor {done}/{total}")
+            )
+        with steps.step("Checking the decoder in llama.cpp"):
+            decoder_check = check_decoder(checkpoint, staging / DECODER_FILE, prompt)
+            steps.note(f"llama.cpp loaded it: {decoder_check['n_vocab']} tokens, width {decoder_check['n_embd']}; "
+                       "prompt token ids equal the checkpoint tokenizer's")
         with steps.step("Writing the manifest"):
-            manifest = write_manifest(staging, manifest_sections(checkpoint, options, prompt, probe))
+            sections = manifest_sections(checkpoint, options, prompt, probe, adapter)
+            manifest = write_manifest(staging, sections)
             for name, record in manifest["files"].items():
-                steps.note(f"{name}: {record['bytes'] / 1e6:.1f} MB")
+                steps.note(f"{name}: {record['bytes'] / 1e6:.2f} MB")
     return options.out_dir
 
 
+def open_checkpoint_adapter(checkpoint: Checkpoint, adapter_dir: Path | None) -> LoraAdapter | None:
+    if adapter_dir is None:
+        return None
+    stored_keys = checkpoint.decoder_tensor_keys()
+    shapes = {name: checkpoint.tensor_shape(key) for name, key in stored_keys.items()}
+    return open_adapter(adapter_dir, shapes)
+
+
+def check_decoder(checkpoint: Checkpoint, gguf_path: Path, prompt: dict[str, str]) -> dict[str, int]:
+    """llama.cpp loads the GGUF and tokenizes the prompt template as the checkpoint does."""
+    from edgelalm.runtime.decoder import LlamaDecoder
+
+    tokenizer = checkpoint.processor.tokenizer
+    with LlamaDecoder(gguf_path, n_ctx=64) as decoder:
+        for text in (prompt["before_audio"], prompt["after_audio"] + prompt["default_prompt"] + prompt["after_prompt"]):
+            expected = tokenizer(text, add_special_tokens=False).input_ids
+            if decoder.tokenize(text) != expected:
+                raise EdgelalmError(f"llama.cpp tokenizes {text!r} differently from the checkpoint's tokenizer")
+        return {"n_vocab": decoder.n_vocab, "n_embd": decoder.n_embd}
+
+
 def manifest_sections(
-    checkpoint: Checkpoint, options: ExportOptions, prompt: dict[str, str], probe: dict[str, Any]
+    checkpoint: Checkpoint,
+    options: ExportOptions,
+    prompt: dict[str, str],
+    probe: dict[str, Any],
+    adapter: LoraAdapter | None,
 ) -> dict[str, Any]:
     config = checkpoint.config
+    text_config = config.text_config
     extractor = checkpoint.processor.feature_extractor
     spec = options.compressor
     return {
@@ -145,7 +192,18 @@ def manifest_sections(
             "inputs": {COMPRESSOR_FILE_INPUT: "[L, audio_width]"},
             "output": {COMPRESSOR_FILE_OUTPUT: "[N, hidden_size]"},
         },
-        "decoder": None,
+        "decoder": {
+            "file": DECODER_FILE,
+            "format": "gguf",
+            "architecture": GGUF_ARCHITECTURE,
+            "quant": options.quant,
+            "layers": text_config.num_hidden_layers,
+            "hidden_size": text_config.hidden_size,
+            "context_length": text_config.max_position_embeddings,
+            "vocab_size": text_config.vocab_size,
+            "tied_embeddings": "lm_head.weight" not in checkpoint.decoder_tensor_keys(),
+            "adapter": adapter.describe() if adapter else None,
+        },
         "prompt": prompt,
         "special_tokens": special_tokens(checkpoint),
         "tools": {name: _version(name) for name in TOOL_PACKAGES},

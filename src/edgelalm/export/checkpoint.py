@@ -23,6 +23,14 @@ PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # carry a `model.` prefix. Accept both.
 AUDIO_TOWER_PREFIXES = ("audio_tower.", "model.audio_tower.")
 PROJECTOR_PREFIXES = ("multi_modal_projector.", "model.multi_modal_projector.")
+# Stored decoder names -> canonical Qwen2ForCausalLM names (model.layers.N..., lm_head.weight),
+# for the release layout and for transformers 5's in-memory layout.
+DECODER_RENAMES = (
+    ("language_model.model.", "model."),
+    ("language_model.lm_head.", "lm_head."),
+    ("model.language_model.", "model."),
+    ("lm_head.", "lm_head."),
+)
 
 
 @dataclass
@@ -51,6 +59,28 @@ class Checkpoint:
             with safe_open(str(file), framework="pt") as weights:
                 for key in keys:
                     yield key[len(prefix):], weights.get_tensor(key)
+
+    def decoder_tensor_keys(self) -> dict[str, str]:
+        """Canonical decoder tensor name (model.layers.0.self_attn.q_proj.weight, lm_head.weight,
+        ...) -> the name stored in the checkpoint."""
+        keys = {}
+        for stored in self.tensor_files:
+            for prefix, canonical_prefix in DECODER_RENAMES:
+                if stored.startswith(prefix):
+                    keys[canonical_prefix + stored[len(prefix):]] = stored
+                    break
+        if not keys:
+            raise EdgelalmError(f"{self.path}: no language-model tensors (language_model.*) in its weights")
+        return keys
+
+    def tensor_shape(self, stored_key: str) -> tuple[int, ...]:
+        """Shape from the safetensors header, without reading the tensor."""
+        with safe_open(str(self.tensor_files[stored_key]), framework="pt") as weights:
+            return tuple(weights.get_slice(stored_key).get_shape())
+
+    def tensor(self, stored_key: str) -> torch.Tensor:
+        with safe_open(str(self.tensor_files[stored_key]), framework="pt") as weights:
+            return weights.get_tensor(stored_key)
 
     def load_audio_tower(self) -> nn.Module:
         """The audio tower in float32, with its weights and nothing else loaded."""

@@ -1,0 +1,181 @@
+"""The language model (+ lm_head), LoRA merged, as a `qwen2` GGUF that stock llama.cpp runs.
+
+Written tensor by tensor with gguf-py's streaming writer: tensor infos first (shapes come
+from the safetensors headers), then each tensor is read, merged with its LoRA delta,
+converted and written before the next is read, so a 7B never sits in memory twice.
+Quantized types (q8_0, q4_k_m, q4_0) are made from an f16 GGUF by llama.cpp's own quantizer.
+
+The runtime reads what this module writes in `edgelalm.runtime.decoder`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import gguf
+import numpy as np
+import torch
+
+from edgelalm.errors import EdgelalmError
+from edgelalm.export.checkpoint import Checkpoint
+
+if TYPE_CHECKING:
+    from edgelalm.export.adapter import LoraAdapter
+
+GGUF_ARCHITECTURE = "qwen2"
+# --quant name -> llama.cpp file type; f32 and f16 are written directly by gguf-py.
+QUANT_TYPES = ("f32", "f16", "q8_0", "q4_k_m", "q4_0")
+_LLAMA_FTYPE_NAMES = {
+    "f32": "LLAMA_FTYPE_ALL_F32",
+    "f16": "LLAMA_FTYPE_MOSTLY_F16",
+    "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
+    "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+    "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
+}
+
+
+def write_decoder(
+    checkpoint: Checkpoint,
+    path: Path,
+    quant: str,
+    adapter: LoraAdapter | None,
+    on_tensor: Callable[[int, int], None] = lambda done, total: None,
+) -> None:
+    """Write the decoder GGUF at `path` in `quant`; `on_tensor(done, total)` reports progress."""
+    if quant not in QUANT_TYPES:
+        raise EdgelalmError(f"unknown --quant {quant!r}; choose one of {', '.join(QUANT_TYPES)}")
+    if quant in ("f32", "f16"):
+        write_float_gguf(checkpoint, path, quant, adapter, on_tensor)
+        return
+    float_path = path.with_name(path.stem + ".f16.gguf")
+    try:
+        write_float_gguf(checkpoint, float_path, "f16", adapter, on_tensor)
+        quantize_gguf(float_path, path, quant)
+    finally:
+        float_path.unlink(missing_ok=True)
+
+
+def write_float_gguf(
+    checkpoint: Checkpoint,
+    path: Path,
+    float_type: str,
+    adapter: LoraAdapter | None,
+    on_tensor: Callable[[int, int], None],
+) -> None:
+    text_config = checkpoint.config.text_config
+    stored_keys = checkpoint.decoder_tensor_keys()
+    check_vocab_sizes(checkpoint, stored_keys)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN2, text_config.num_hidden_layers)
+    plan: list[tuple[str, str, np.dtype]] = []  # (canonical name, gguf name, dtype written)
+    for canonical in stored_keys:
+        gguf_name = names.get_name(canonical, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            raise EdgelalmError(f"{checkpoint.path}: no GGUF name for decoder tensor {canonical}")
+        shape = checkpoint.tensor_shape(stored_keys[canonical])
+        # llama.cpp keeps norms and biases (1-D) in f32.
+        dtype = np.dtype(np.float16 if float_type == "f16" and len(shape) == 2 else np.float32)
+        plan.append((canonical, gguf_name, dtype))
+
+    writer = gguf.GGUFWriter(str(path), GGUF_ARCHITECTURE)
+    add_model_metadata(writer, checkpoint, float_type)
+    add_tokenizer(writer, checkpoint)
+    for canonical, gguf_name, dtype in plan:
+        shape = checkpoint.tensor_shape(stored_keys[canonical])
+        writer.add_tensor_info(gguf_name, shape, dtype, int(np.prod(shape)) * dtype.itemsize)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for done, (canonical, _, dtype) in enumerate(plan, start=1):
+        weight = checkpoint.tensor(stored_keys[canonical]).to(torch.float32)
+        delta = adapter.delta(canonical) if adapter else None
+        if delta is not None:
+            weight = weight + delta
+        writer.write_tensor_data(weight.numpy().astype(dtype, copy=False))
+        del weight, delta
+        on_tensor(done, len(plan))
+    writer.close()
+
+
+def check_vocab_sizes(checkpoint: Checkpoint, stored_keys: dict[str, str]) -> None:
+    """The tokenizer must fit in the embedding rows, and the config must agree with them."""
+    embedding_rows = checkpoint.tensor_shape(stored_keys["model.embed_tokens.weight"])[0]
+    config_vocab = checkpoint.config.text_config.vocab_size
+    tokenizer_size = max(checkpoint.processor.tokenizer.get_vocab().values()) + 1
+    if embedding_rows != config_vocab:
+        raise EdgelalmError(
+            f"{checkpoint.path}: vocab size mismatch: config.json says {config_vocab}, "
+            f"the embeddings have {embedding_rows} rows"
+        )
+    if tokenizer_size > embedding_rows:
+        raise EdgelalmError(
+            f"{checkpoint.path}: vocab size mismatch: the tokenizer has {tokenizer_size} tokens, "
+            f"the embeddings have {embedding_rows} rows"
+        )
+
+
+def add_model_metadata(writer: gguf.GGUFWriter, checkpoint: Checkpoint, float_type: str) -> None:
+    text_config = checkpoint.config.text_config
+    rope = getattr(text_config, "rope_parameters", None) or {}
+    rope_theta = rope.get("rope_theta", getattr(text_config, "rope_theta", 10000.0))
+    writer.add_name(checkpoint.name)
+    writer.add_context_length(text_config.max_position_embeddings)
+    writer.add_embedding_length(text_config.hidden_size)
+    writer.add_block_count(text_config.num_hidden_layers)
+    writer.add_feed_forward_length(text_config.intermediate_size)
+    writer.add_head_count(text_config.num_attention_heads)
+    writer.add_head_count_kv(text_config.num_key_value_heads)
+    writer.add_rope_freq_base(float(rope_theta))
+    writer.add_layer_norm_rms_eps(text_config.rms_norm_eps)
+    file_type = gguf.LlamaFileType.MOSTLY_F16 if float_type == "f16" else gguf.LlamaFileType.ALL_F32
+    writer.add_file_type(file_type)
+
+
+def add_tokenizer(writer: gguf.GGUFWriter, checkpoint: Checkpoint) -> None:
+    """Byte-level BPE as llama.cpp reads Qwen2's: tokens by id, their types, merges,
+    special ids, chat template. Rows past the tokenizer (padded embeddings) become unused
+    [PADn] tokens, as llama.cpp's own converter writes them."""
+    tokenizer = checkpoint.processor.tokenizer
+    vocab_size = checkpoint.config.text_config.vocab_size
+    token_by_id = {token_id: token for token, token_id in tokenizer.get_vocab().items()}
+    added = tokenizer.added_tokens_decoder
+    tokens, token_types = [], []
+    for token_id in range(vocab_size):
+        if token_id in added:
+            tokens.append(added[token_id].content)
+            special = added[token_id].special
+            token_types.append(gguf.TokenType.CONTROL if special else gguf.TokenType.USER_DEFINED)
+        elif token_id in token_by_id:
+            tokens.append(token_by_id[token_id])
+            token_types.append(gguf.TokenType.NORMAL)
+        else:
+            tokens.append(f"[PAD{token_id}]")
+            token_types.append(gguf.TokenType.UNUSED)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("qwen2")
+    writer.add_token_list(tokens)
+    writer.add_token_types(token_types)
+    special_vocab = gguf.SpecialVocab(checkpoint.path, load_merges=True, n_vocab=vocab_size)
+    if not special_vocab.merges:
+        raise EdgelalmError(f"{checkpoint.path}: the tokenizer has no BPE merges (tokenizer.json)")
+    special_vocab.chat_template = checkpoint.processor.chat_template or special_vocab.chat_template
+    special_vocab.add_to_gguf(writer, quiet=True)
+    writer.add_add_bos_token(False)
+
+
+def quantize_gguf(source: Path, target: Path, quant: str) -> None:
+    """llama.cpp's own quantizer (K-quants included), as llama-quantize runs it."""
+    import llama_cpp
+
+    from edgelalm.runtime.decoder import silence_llama_logs
+
+    silence_llama_logs()
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, _LLAMA_FTYPE_NAMES[quant])
+    params.nthread = 0  # all cores
+    status = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
+    if status != 0:
+        target.unlink(missing_ok=True)
+        raise EdgelalmError(f"llama.cpp could not quantize the decoder to {quant} (status {status})")

@@ -1,0 +1,183 @@
+"""The decoder stage at run time: a GGUF in llama.cpp, fed token ids and audio embeddings.
+
+Audio embeddings enter through `llama_batch.embd` (a batch made with `llama_batch_init(n,
+n_embd, 1)`), with positions continuing after the text before them, the way llama.cpp's own
+multimodal code feeds image and audio embeddings. Torch-free.
+
+Reads what `edgelalm.export.decoder` writes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import llama_cpp
+import numpy as np
+
+from edgelalm.errors import EdgelalmError
+
+
+_GGML_TYPES = {"f32": llama_cpp.GGML_TYPE_F32, "f16": llama_cpp.GGML_TYPE_F16}
+
+
+@llama_cpp.llama_log_callback
+def _drop_log(level, text, user_data):  # noqa: ANN001 - ctypes callback
+    return None
+
+
+def silence_llama_logs() -> None:
+    """llama.cpp logs every load and decode to stderr; edgelalm reports for itself."""
+    llama_cpp.llama_log_set(_drop_log, ctypes.c_void_p())
+
+
+class LlamaDecoder:
+    """One sequence at a time: feed tokens and embeddings, read logits, sample."""
+
+    def __init__(
+        self,
+        gguf_path: Path,
+        n_ctx: int,
+        n_threads: int | None = None,
+        n_gpu_layers: int = 0,
+        kv_cache_type: str = "f16",
+    ) -> None:
+        """`kv_cache_type` f16 is llama.cpp's default (half the KV memory). f32 also turns
+        flash attention off, which on CPU accumulates in f16: for exact parity checks."""
+        silence_llama_logs()
+        llama_cpp.llama_backend_init()
+        model_params = llama_cpp.llama_model_default_params()
+        model_params.n_gpu_layers = n_gpu_layers
+        self.model = llama_cpp.llama_model_load_from_file(str(gguf_path).encode(), model_params)
+        if not self.model:
+            raise EdgelalmError(f"llama.cpp could not load {gguf_path}")
+        context_params = llama_cpp.llama_context_default_params()
+        context_params.n_ctx = n_ctx
+        context_params.n_batch = min(n_ctx, 512)
+        context_params.n_ubatch = min(n_ctx, 512)
+        context_params.type_k = context_params.type_v = _GGML_TYPES[kv_cache_type]
+        if kv_cache_type == "f32":
+            context_params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        if n_threads:
+            context_params.n_threads = context_params.n_threads_batch = n_threads
+        self.context = llama_cpp.llama_init_from_model(self.model, context_params)
+        if not self.context:
+            llama_cpp.llama_model_free(self.model)
+            raise EdgelalmError(f"llama.cpp could not create a context of {n_ctx} tokens for {gguf_path}")
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        self.n_embd = llama_cpp.llama_model_n_embd(self.model)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx = llama_cpp.llama_n_ctx(self.context)
+        self.n_batch = context_params.n_batch
+        self.n_past = 0
+
+    def close(self) -> None:
+        if self.context:
+            llama_cpp.llama_free(self.context)
+            self.context = None
+        if self.model:
+            llama_cpp.llama_model_free(self.model)
+            self.model = None
+
+    def __enter__(self) -> LlamaDecoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- text ---------------------------------------------------------------------------
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids for `text`, special tokens (<|im_start|> ...) parsed, nothing added."""
+        data = text.encode()
+        capacity = len(data) + 8
+        buffer = (llama_cpp.llama_token * capacity)()
+        count = llama_cpp.llama_tokenize(self.vocab, data, len(data), buffer, capacity, False, True)
+        if count < 0:
+            capacity = -count
+            buffer = (llama_cpp.llama_token * capacity)()
+            count = llama_cpp.llama_tokenize(self.vocab, data, len(data), buffer, capacity, False, True)
+        return list(buffer[:count])
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes a token stands for (special tokens as their text)."""
+        buffer = ctypes.create_string_buffer(64)
+        length = llama_cpp.llama_token_to_piece(self.vocab, token_id, buffer, len(buffer), 0, True)
+        if length < 0:
+            buffer = ctypes.create_string_buffer(-length)
+            length = llama_cpp.llama_token_to_piece(self.vocab, token_id, buffer, len(buffer), 0, True)
+        return buffer.raw[:length]
+
+    def is_end_of_generation(self, token_id: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token_id))
+
+    # -- evaluation ---------------------------------------------------------------------
+
+    def reset(self) -> None:
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.context), True)
+        self.n_past = 0
+
+    def feed_tokens(self, token_ids: Sequence[int]) -> None:
+        for start in range(0, len(token_ids), self.n_batch):
+            chunk = token_ids[start : start + self.n_batch]
+            batch = llama_cpp.llama_batch_init(len(chunk), 0, 1)
+            try:
+                for i, token_id in enumerate(chunk):
+                    batch.token[i] = token_id
+                self._decode(batch, len(chunk))
+            finally:
+                llama_cpp.llama_batch_free(batch)
+
+    def feed_embeddings(self, embeddings: np.ndarray) -> None:
+        """Embeddings [N, n_embd] (float32) in place of N input tokens."""
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.n_embd:
+            raise EdgelalmError(f"audio embeddings of shape {embeddings.shape} do not fit a decoder of width {self.n_embd}")
+        rows = np.ascontiguousarray(embeddings, dtype=np.float32)
+        for start in range(0, rows.shape[0], self.n_batch):
+            chunk = rows[start : start + self.n_batch]
+            batch = llama_cpp.llama_batch_init(chunk.shape[0], self.n_embd, 1)
+            try:
+                ctypes.memmove(batch.embd, chunk.ctypes.data, chunk.nbytes)
+                self._decode(batch, chunk.shape[0])
+            finally:
+                llama_cpp.llama_batch_free(batch)
+
+    def _decode(self, batch: llama_cpp.llama_batch, count: int) -> None:
+        if self.n_past + count > self.n_ctx:
+            raise EdgelalmError(f"the input needs more than the decoder's context of {self.n_ctx} tokens")
+        batch.n_tokens = count
+        for i in range(count):
+            batch.pos[i] = self.n_past + i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = 0
+            batch.logits[i] = i == count - 1
+        status = llama_cpp.llama_decode(self.context, batch)
+        if status != 0:
+            raise EdgelalmError(f"llama.cpp failed to decode a batch (status {status})")
+        self.n_past += count
+
+    def last_logits(self) -> np.ndarray:
+        """Logits [n_vocab] after the last fed position."""
+        pointer = llama_cpp.llama_get_logits_ith(self.context, -1)
+        return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy()
+
+    def generate(self, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> Iterator[int]:
+        """Sample up to `max_tokens` ids with llama.cpp's sampler chain (greedy at
+        temperature 0), stopping before an end-of-generation token."""
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        if temperature <= 0:
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
+        else:
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(top_p, 1))
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(temperature))
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed))
+        try:
+            for _ in range(max_tokens):
+                token_id = llama_cpp.llama_sampler_sample(chain, self.context, -1)
+                if self.is_end_of_generation(token_id):
+                    return
+                yield token_id
+                self.feed_tokens([token_id])
+        finally:
+            llama_cpp.llama_sampler_free(chain)
