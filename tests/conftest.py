@@ -33,3 +33,24 @@ def tiny_lora_adapter(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFa
     out = tmp_path_factory.mktemp("lora_adapter")
     peft_model.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundles(tiny_checkpoint: Path, tiny_lora_adapter: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Bundles of the tiny checkpoint with its LoRA merged, exported on first use and shared:
+    `tiny_bundles("avg", 3, "f32")`."""
+    cache: dict[tuple[str, int, str], Path] = {}
+
+    def bundle(compressor: str = "unseg", factor: int = 1, quant: str = "q8_0") -> Path:
+        key = (compressor, factor, quant)
+        if key not in cache:
+            from edgelalm.compression import CompressorSpec
+            from edgelalm.export.bundle import ExportOptions, export_bundle
+
+            out = tmp_path_factory.mktemp("bundles") / f"{compressor}{factor}-{quant}"
+            spec = CompressorSpec(compressor, factor)
+            export_bundle(ExportOptions(tiny_checkpoint, out, spec, "fp32", quant, tiny_lora_adapter))
+            cache[key] = out
+        return cache[key]
+
+    return bundle

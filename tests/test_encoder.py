@@ -16,7 +16,8 @@ onnxruntime = pytest.importorskip("onnxruntime")
 
 import onnx  # noqa: E402
 
-from edgelalm.export.encoder import RIGHT_CONTEXT_FRAMES, encoder_output_frames, export_encoder_onnx  # noqa: E402
+from edgelalm.export.encoder import RIGHT_CONTEXT_FRAMES, export_encoder_onnx  # noqa: E402
+from edgelalm.runtime.encoder import encoder_output_frames  # noqa: E402
 
 FP32_TOLERANCE = 5e-5
 

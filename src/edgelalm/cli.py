@@ -29,6 +29,7 @@ app = typer.Typer(
 
 Compressor = enum.Enum("Compressor", {name: name for name in COMPRESSOR_DESCRIPTIONS}, type=str)
 Precision = enum.Enum("Precision", {name: name for name in ("fp32", "fp16", "int8")}, type=str)
+Device = enum.Enum("Device", {name: name for name in ("cpu", "cuda")}, type=str)
 # Mirrors edgelalm.export.decoder.QUANT_TYPES (not imported here: it pulls in torch).
 Quant = enum.Enum("Quant", {name: name for name in ("f32", "f16", "q8_0", "q4_k_m", "q4_0")}, type=str)
 
@@ -92,6 +93,49 @@ def export(
     options = ExportOptions(model, out, spec, encoder_precision.value, quant.value, adapter, force)
     written = export_bundle(options)
     typer.echo(str(written))
+
+
+@app.command()
+def run(
+    audio: Annotated[Path, typer.Argument(help="Audio file: wav, flac, ogg (any sample rate, any channel count).")],
+    bundle: Annotated[
+        Optional[Path],
+        typer.Option(help="Bundle folder. Default: the most recently written bundle under ./export/."),
+    ] = None,
+    prompt: Annotated[
+        Optional[str], typer.Option(help="What to ask about the audio. Default: the bundle's transcription prompt.")
+    ] = None,
+    max_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 256,
+    temperature: Annotated[float, typer.Option(help="0 = greedy (default); above 0 samples with llama.cpp.")] = 0.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling threshold when --temperature > 0.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads. Default: onnxruntime's and llama.cpp's own.")] = None,
+    device: Annotated[
+        Device, typer.Option(help="cpu, or cuda (onnxruntime's CUDA provider and llama.cpp GPU offload).")
+    ] = Device.cpu,
+    json_output: Annotated[
+        bool,
+        typer.Option("--json", help="After the answer, print one JSON line: text, token counts, timings, memory."),
+    ] = False,
+) -> None:
+    """Answer a prompt about an audio clip (default: transcribe it) with a bundle, streaming the answer."""
+    import json
+
+    from edgelalm.runtime.pipeline import Runtime, latest_bundle
+
+    with Runtime(bundle or latest_bundle(DEFAULT_EXPORT_ROOT), threads=threads, device=device.value) as runtime:
+        result = runtime.run(
+            audio,
+            prompt=prompt,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            on_text=lambda piece: print(piece, end="", flush=True),
+        )
+    print(flush=True)
+    if json_output:
+        print(json.dumps(result.to_json(), ensure_ascii=False), flush=True)
 
 
 @app.command()

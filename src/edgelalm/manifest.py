@@ -23,6 +23,8 @@ MANIFEST_FILE = "manifest.json"
 ENCODER_FILE = "encoder.onnx"
 COMPRESSOR_FILE = "compressor.onnx"
 DECODER_FILE = "decoder.gguf"
+# The checkpoint's own mel filterbank [n_fft // 2 + 1, n_mels] (as whisper ships mel_filters.npz).
+MEL_FILTERS_FILE = "mel_filters.npy"
 
 _CHUNK_BYTES = 1 << 20
 

@@ -47,7 +47,7 @@ from edgelalm.export.encoder import (
     export_encoder_onnx,
 )
 from edgelalm.export.decoder import GGUF_ARCHITECTURE, QUANT_TYPES, write_decoder
-from edgelalm.manifest import COMPRESSOR_FILE, DECODER_FILE, ENCODER_FILE, write_manifest
+from edgelalm.manifest import COMPRESSOR_FILE, DECODER_FILE, ENCODER_FILE, MEL_FILTERS_FILE, write_manifest
 from edgelalm.progress import Steps
 
 DEFAULT_PROMPT = "Transcribe the audio."
@@ -87,6 +87,7 @@ def export_bundle(options: ExportOptions) -> Path:
             compressor = CompressorProjector(build_compressor(options.compressor), projector).eval()
         with steps.step(f"Exporting the audio encoder to ONNX ({options.encoder_precision})"):
             export_encoder_onnx(tower, staging / ENCODER_FILE, options.encoder_precision)
+            np.save(staging / MEL_FILTERS_FILE, checkpoint.processor.feature_extractor.mel_filters)
         with steps.step(f"Exporting compressor {options.compressor.label} + projector to ONNX"):
             export_compressor_onnx(compressor, tower.config.d_model, staging / COMPRESSOR_FILE)
         with steps.step("Checking the graphs against PyTorch on a probe clip"):
@@ -167,6 +168,7 @@ def manifest_sections(
             "hop_length": extractor.hop_length,
             "window_seconds": extractor.chunk_length,
             "window_mel_frames": 2 * config.audio_config.max_source_positions,
+            "mel_filters_file": MEL_FILTERS_FILE,
         },
         "encoder": {
             "file": ENCODER_FILE,

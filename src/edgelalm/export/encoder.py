@@ -20,21 +20,15 @@ from typing import Literal
 import torch
 from torch import nn
 
+# The graph's contract, shared with the runtime that feeds it.
+from edgelalm.runtime.features import MIN_MEL_FRAMES, RIGHT_CONTEXT_FRAMES
+
 ENCODER_INPUT = "mel"
 ENCODER_RIGHT_CONTEXT_INPUT = "mel_right_context"
 ENCODER_OUTPUT = "audio_frames"
-RIGHT_CONTEXT_FRAMES = 2
-# A clip needs 3 mel frames (30 ms) to give one encoder frame.
-MIN_MEL_FRAMES = 3
 
 EncoderPrecision = Literal["fp32", "fp16", "int8"]
 ENCODER_PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
-
-
-def encoder_output_frames(mel_frames: int) -> int:
-    """Encoder frames for `mel_frames` valid mel frames: transformers' own length formula."""
-    conv_positions = (mel_frames - 1) // 2 + 1
-    return (conv_positions - 2) // 2 + 1
 
 
 class ClipLengthAudioEncoder(nn.Module):

@@ -52,22 +52,44 @@ class LlamaDecoder:
         self.model = llama_cpp.llama_model_load_from_file(str(gguf_path).encode(), model_params)
         if not self.model:
             raise EdgelalmError(f"llama.cpp could not load {gguf_path}")
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        self.n_embd = llama_cpp.llama_model_n_embd(self.model)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self.model)
+        self.n_threads = n_threads
+        self.kv_cache_type = kv_cache_type
+        self.gguf_path = gguf_path
+        self.context = None
+        self.n_ctx = 0
+        self.n_past = 0
+        try:
+            self.ensure_context(n_ctx)
+        except EdgelalmError:
+            self.close()
+            raise
+
+    def ensure_context(self, n_ctx: int) -> None:
+        """A fresh, empty context of at least `n_ctx` tokens (KV memory grows with it, so
+        each clip gets what it needs, rounded up to 256)."""
+        if self.context and self.n_ctx >= n_ctx:
+            self.reset()
+            return
+        if self.context:
+            llama_cpp.llama_free(self.context)
+            self.context = None
+        n_ctx = -(-n_ctx // 256) * 256
         context_params = llama_cpp.llama_context_default_params()
         context_params.n_ctx = n_ctx
         context_params.n_batch = min(n_ctx, 512)
         context_params.n_ubatch = min(n_ctx, 512)
-        context_params.type_k = context_params.type_v = _GGML_TYPES[kv_cache_type]
-        if kv_cache_type == "f32":
+        context_params.type_k = context_params.type_v = _GGML_TYPES[self.kv_cache_type]
+        if self.kv_cache_type == "f32":
             context_params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        if n_threads:
-            context_params.n_threads = context_params.n_threads_batch = n_threads
+        if self.n_threads:
+            context_params.n_threads = context_params.n_threads_batch = self.n_threads
         self.context = llama_cpp.llama_init_from_model(self.model, context_params)
         if not self.context:
-            llama_cpp.llama_model_free(self.model)
-            raise EdgelalmError(f"llama.cpp could not create a context of {n_ctx} tokens for {gguf_path}")
-        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
-        self.n_embd = llama_cpp.llama_model_n_embd(self.model)
-        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+            raise EdgelalmError(f"llama.cpp could not create a context of {n_ctx} tokens for {self.gguf_path}")
         self.n_ctx = llama_cpp.llama_n_ctx(self.context)
         self.n_batch = context_params.n_batch
         self.n_past = 0

@@ -1,0 +1,38 @@
+"""The encoder stage at run time: encoder.onnx on one window's own mel frames. Torch-free.
+
+Reads what `edgelalm.export.encoder` writes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+
+from edgelalm.runtime.features import WindowFeatures
+
+
+def encoder_output_frames(mel_frames: int) -> int:
+    """Encoder frames for `mel_frames` valid mel frames: transformers' own length formula
+    (stride-2 convolution, then AvgPool1d(2, 2))."""
+    conv_positions = (mel_frames - 1) // 2 + 1
+    return (conv_positions - 2) // 2 + 1
+
+
+def onnx_session(path: Path, providers: list[str], threads: int | None) -> onnxruntime.InferenceSession:
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    if threads:
+        options.intra_op_num_threads = threads
+    return onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
+
+
+class AudioEncoder:
+    def __init__(self, path: Path, providers: list[str], threads: int | None = None) -> None:
+        self.session = onnx_session(path, providers, threads)
+
+    def __call__(self, features: WindowFeatures) -> np.ndarray:
+        """Encoder frames [L, D] at 25 per second."""
+        inputs = {"mel": features.mel, "mel_right_context": features.right_context}
+        return self.session.run(None, inputs)[0]

@@ -1,0 +1,79 @@
+"""Whisper log-mel features in numpy, for the clip's own length. Torch-free.
+
+The same computation as transformers' WhisperFeatureExtractor (periodic Hann window of n_fft,
+hop 160, reflect-padded centred frames, power spectrum, the checkpoint's own mel filters,
+log10 floored at 1e-10, clamped at max - 8, then (x + 4) / 4), but without padding the clip to
+the full window. It also returns the two mel frames after the clip that the padded computation
+would see (the encoder's right context, see edgelalm.export.encoder), so the encoder's output
+equals transformers' padded, masked run. Long audio is cut into windows, each featurised as its
+own clip, as transformers would process each window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# The encoder's stride-2 convolution reads two frames past the clip's last one.
+RIGHT_CONTEXT_FRAMES = 2
+# A clip needs 3 mel frames (30 ms) to give one encoder frame.
+MIN_MEL_FRAMES = 3
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    sampling_rate: int
+    n_fft: int
+    hop_length: int
+    window_samples: int  # samples per encoder window (30 s for Qwen2-Audio-7B)
+    mel_filters: np.ndarray  # [n_fft // 2 + 1, n_mels], the checkpoint's own filters
+
+    @property
+    def window_frames(self) -> int:
+        return self.window_samples // self.hop_length
+
+
+@dataclass(frozen=True)
+class WindowFeatures:
+    mel: np.ndarray  # [n_mels, T] the clip's frames
+    right_context: np.ndarray  # [n_mels, 2] the frames after it (zeros past the window)
+
+
+def split_windows(samples: np.ndarray, settings: FeatureSettings) -> list[np.ndarray]:
+    """Consecutive windows of at most `window_samples`."""
+    return [samples[start : start + settings.window_samples] for start in range(0, len(samples), settings.window_samples)]
+
+
+def mel_frames_for(num_samples: int, settings: FeatureSettings) -> int:
+    """Valid mel frames for a window of `num_samples`: transformers' attention-mask count."""
+    return -(-num_samples // settings.hop_length)
+
+
+def log_mel_window(samples: np.ndarray, settings: FeatureSettings) -> WindowFeatures:
+    """Features of one window (at most `window_samples` samples)."""
+    hop, n_fft = settings.hop_length, settings.n_fft
+    valid_frames = mel_frames_for(len(samples), settings)
+    # Zeros after the clip, as transformers pads to the window, far enough that the frames we
+    # keep never reach the reflect padding at the end; never past the window itself.
+    padded_length = min(valid_frames * hop + 3 * hop + n_fft, settings.window_samples)
+    padded_length = max(padded_length, len(samples))
+    waveform = np.zeros(padded_length, dtype=np.float64)
+    waveform[: len(samples)] = samples
+    waveform = np.pad(waveform, n_fft // 2, mode="reflect")
+    num_frames = 1 + (len(waveform) - n_fft) // hop
+    frame_starts = np.arange(num_frames)[:, None] * hop
+    frames = waveform[frame_starts + np.arange(n_fft)[None, :]]
+    window = np.hanning(n_fft + 1)[:-1]  # periodic Hann
+    power = np.abs(np.fft.rfft(frames * window, n=n_fft, axis=1)) ** 2
+    log_mel = np.log10(np.maximum(power @ settings.mel_filters, 1e-10)).T  # [n_mels, frames]
+    # transformers drops the last frame of the padded window; frames past the window do not exist.
+    kept = min(valid_frames + RIGHT_CONTEXT_FRAMES, settings.window_frames, log_mel.shape[1])
+    log_mel = log_mel[:, :kept]
+    # Frames past the clip in the padded window are silence, log10(1e-10) = -10: never the max.
+    log_mel = np.maximum(log_mel, max(log_mel.max(), -10.0) - 8.0)
+    normalized = ((log_mel + 4.0) / 4.0).astype(np.float32)
+    context = np.zeros((normalized.shape[0], RIGHT_CONTEXT_FRAMES), dtype=np.float32)
+    available = normalized[:, valid_frames : valid_frames + RIGHT_CONTEXT_FRAMES]
+    context[:, : available.shape[1]] = available
+    return WindowFeatures(mel=normalized[:, :valid_frames], right_context=context)

@@ -1,0 +1,277 @@
+"""`Runtime`: load a bundle once, then turn clips into answers.
+
+audio file -> 16 kHz mono -> windows -> log-mel (numpy) -> encoder.onnx -> compressor.onnx
+-> llama.cpp: prompt tokens, audio embeddings (batch.embd), prompt tokens -> sampled text.
+Torch-free: onnxruntime, llama.cpp and numpy only.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import functools
+import resource
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgelalm.compression import ENCODER_FRAMES_PER_SECOND, CompressorSpec
+from edgelalm.errors import EdgelalmError
+from edgelalm.manifest import (
+    COMPRESSOR_FILE,
+    DECODER_FILE,
+    ENCODER_FILE,
+    MANIFEST_FILE,
+    MEL_FILTERS_FILE,
+    read_manifest,
+)
+from edgelalm.runtime.audio import prepare_samples, read_audio
+from edgelalm.runtime.compressor import CompressorProjector
+from edgelalm.runtime.decoder import LlamaDecoder
+from edgelalm.runtime.encoder import AudioEncoder, encoder_output_frames
+from edgelalm.runtime.features import (
+    MIN_MEL_FRAMES,
+    FeatureSettings,
+    log_mel_window,
+    mel_frames_for,
+    split_windows,
+)
+
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass
+class RunResult:
+    text: str
+    audio_seconds: float
+    audio_tokens: int
+    audio_tokens_per_second: float
+    windows: int
+    prompt_tokens: int
+    generated_tokens: int
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    decode_tokens_per_second: float = 0.0
+    peak_rss_mb: float = 0.0
+    context_tokens: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def latest_bundle(root: Path) -> Path:
+    """The most recently written bundle folder under `root` (by its manifest's time)."""
+    manifests = sorted(root.glob(f"*/{MANIFEST_FILE}"), key=lambda path: path.stat().st_mtime)
+    if not manifests:
+        raise EdgelalmError(f"no bundle under {root}/: run `edgelalm export` first, or pass --bundle")
+    return manifests[-1].parent
+
+
+class Runtime:
+    """A bundle, loaded: `Runtime(bundle).run("clip.wav", prompt="...")`."""
+
+    def __init__(
+        self,
+        bundle: Path,
+        threads: int | None = None,
+        device: str = "cpu",
+        kv_cache_type: str = "f16",
+    ) -> None:
+        self.bundle = Path(bundle)
+        self.manifest = read_manifest(self.bundle)
+        if not self.manifest.get("decoder"):
+            raise EdgelalmError(f"bundle {self.bundle} has no decoder; re-export it with this edgelalm")
+        providers, gpu_layers = _device_settings(device)
+        features = self.manifest["features"]
+        self.features = FeatureSettings(
+            sampling_rate=features["sampling_rate"],
+            n_fft=features["n_fft"],
+            hop_length=features["hop_length"],
+            window_samples=features["window_mel_frames"] * features["hop_length"],
+            mel_filters=np.load(self.bundle / MEL_FILTERS_FILE, allow_pickle=False),
+        )
+        compressor = self.manifest["compressor"]
+        self.compressor_spec = CompressorSpec(compressor["name"], compressor["factor"])
+        self.encoder = AudioEncoder(self.bundle / ENCODER_FILE, providers, threads)
+        self.compressor = CompressorProjector(self.bundle / COMPRESSOR_FILE, providers, threads)
+        self.context_limit = int(self.manifest["decoder"]["context_length"])
+        self.decoder = LlamaDecoder(
+            self.bundle / DECODER_FILE, n_ctx=256, n_threads=threads, n_gpu_layers=gpu_layers, kv_cache_type=kv_cache_type
+        )
+        prompt = self.manifest["prompt"]
+        self.before_audio = self.decoder.tokenize(prompt["before_audio"])
+        self.default_prompt = prompt["default_prompt"]
+
+    def close(self) -> None:
+        self.decoder.close()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def prompt_tokens_after_audio(self, prompt: str) -> list[int]:
+        template = self.manifest["prompt"]
+        return self.decoder.tokenize(template["after_audio"] + prompt + template["after_prompt"])
+
+    def run(
+        self,
+        audio: Path | str | np.ndarray,
+        prompt: str | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        sampling_rate: int | None = None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> RunResult:
+        """Answer `prompt` (default: the bundle's transcription prompt) about `audio`, a file
+        or samples at `sampling_rate`; `on_text` receives the answer as it is generated."""
+        if max_tokens < 1:
+            raise EdgelalmError(f"--max-tokens must be >= 1, got {max_tokens}")
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        clock = functools.partial(_lap, timings)
+
+        with clock("features"):
+            samples = self._samples(audio, sampling_rate)
+            windows = split_windows(samples, self.features)
+            # A window (or a tail after full windows) shorter than 30 ms gives the encoder nothing.
+            windows = [w for w in windows if mel_frames_for(len(w), self.features) >= MIN_MEL_FRAMES]
+            if not windows:
+                seconds = len(samples) / self.features.sampling_rate
+                raise EdgelalmError(f"the clip is too short ({seconds * 1000:.0f} ms): the encoder needs at least 30 ms")
+        prompt_ids = self.prompt_tokens_after_audio(self.default_prompt if prompt is None else prompt)
+        text_tokens = len(self.before_audio) + len(prompt_ids)
+        encoder_frames = sum(encoder_output_frames(mel_frames_for(len(w), self.features)) for w in windows)
+        self._check_context(encoder_frames, self.compressor_spec.max_audio_tokens, text_tokens, max_tokens, exact=False)
+
+        embeddings = []
+        for window in windows:
+            with clock("features"):
+                features = log_mel_window(window, self.features)
+            with clock("encoder"):
+                frames = self.encoder(features)
+            with clock("compressor"):
+                embeddings.append(self.compressor(frames))
+        audio_embeddings = np.concatenate(embeddings)
+        audio_tokens = audio_embeddings.shape[0]
+        self._check_context(encoder_frames, lambda _: audio_tokens, text_tokens, max_tokens, exact=True)
+
+        with clock("prefill"):
+            self.decoder.ensure_context(text_tokens + audio_tokens + max_tokens)
+            self.decoder.feed_tokens(self.before_audio)
+            self.decoder.feed_embeddings(audio_embeddings)
+            self.decoder.feed_tokens(prompt_ids)
+        text, generated, first_token_at, decode_started = self._generate(max_tokens, temperature, top_p, seed, on_text)
+        finished = time.perf_counter()
+        timings["decode"] = (finished - decode_started) * 1000
+        timings["time_to_first_token"] = ((first_token_at or finished) - started) * 1000
+        timings["total"] = (finished - started) * 1000
+        audio_seconds = len(samples) / self.features.sampling_rate
+        decode_seconds = finished - decode_started
+        return RunResult(
+            text=text,
+            audio_seconds=round(audio_seconds, 3),
+            audio_tokens=audio_tokens,
+            audio_tokens_per_second=round(audio_tokens / audio_seconds, 3),
+            windows=len(windows),
+            prompt_tokens=text_tokens,
+            generated_tokens=generated,
+            timings_ms={name: round(value, 2) for name, value in timings.items()},
+            decode_tokens_per_second=round(generated / decode_seconds, 2) if generated and decode_seconds > 0 else 0.0,
+            peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            context_tokens=self.decoder.n_ctx,
+        )
+
+    def _samples(self, audio: Path | str | np.ndarray, sampling_rate: int | None) -> np.ndarray:
+        target_rate = self.features.sampling_rate
+        if isinstance(audio, np.ndarray):
+            return prepare_samples(audio, sampling_rate or target_rate, target_rate)
+        return read_audio(Path(audio), target_rate)
+
+    def _generate(
+        self, max_tokens: int, temperature: float, top_p: float, seed: int, on_text: Callable[[str], None] | None
+    ) -> tuple[str, int, float | None, float]:
+        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        pieces: list[str] = []
+        first_token_at = None
+        decode_started = time.perf_counter()
+        generated = 0
+        for token_id in self.decoder.generate(max_tokens, temperature, top_p, seed):
+            if first_token_at is None:
+                first_token_at = decode_started = time.perf_counter()
+            generated += 1
+            piece = utf8.decode(self.decoder.token_bytes(token_id))
+            if piece:
+                pieces.append(piece)
+                if on_text:
+                    on_text(piece)
+        tail = utf8.decode(b"", final=True)
+        if tail:
+            pieces.append(tail)
+            if on_text:
+                on_text(tail)
+        return "".join(pieces), generated, first_token_at, decode_started
+
+    def _check_context(
+        self,
+        encoder_frames: int,
+        audio_tokens_for: Callable[[int], int],
+        text_tokens: int,
+        max_tokens: int,
+        exact: bool,
+    ) -> None:
+        """Refuse a clip the decoder's context cannot hold, naming the limit and a factor that fits."""
+        if not exact and self.compressor_spec.audio_tokens_per_second is None:
+            return  # unseg / mean / max: known after compression
+        needed = text_tokens + audio_tokens_for(encoder_frames) + max_tokens
+        if needed <= self.context_limit:
+            return
+        room = self.context_limit - text_tokens - max_tokens
+        seconds = encoder_frames / ENCODER_FRAMES_PER_SECOND
+        advice = (
+            f"; avg or sample with --factor {-(-encoder_frames // room)} would fit it"
+            if room > 0
+            else "; lower --max-tokens"
+        )
+        raise EdgelalmError(
+            f"the clip ({seconds:.0f} s, {audio_tokens_for(encoder_frames)} audio tokens with "
+            f"{self.compressor_spec.label}) plus {text_tokens} prompt and {max_tokens} answer tokens needs "
+            f"{needed} tokens; the decoder's context is {self.context_limit}{advice}"
+        )
+
+
+@contextlib.contextmanager
+def _lap(timings: dict[str, float], stage: str) -> Iterator[None]:
+    """Add the block's wall time to `timings[stage]`, in milliseconds."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - started) * 1000
+
+
+def _device_settings(device: str) -> tuple[list[str], int]:
+    """onnxruntime providers and llama.cpp GPU layers for `device`, or a clear refusal."""
+    if device == "cpu":
+        return ["CPUExecutionProvider"], 0
+    if device != "cuda":
+        raise EdgelalmError(f"unknown --device {device!r}; choose cpu or cuda")
+    import llama_cpp
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        raise EdgelalmError(
+            "--device cuda: this onnxruntime has no CUDA provider; install onnxruntime-gpu (see runtimes/cuda)"
+        )
+    if not llama_cpp.llama_supports_gpu_offload():
+        raise EdgelalmError(
+            "--device cuda: llama-cpp-python was built without GPU offload; reinstall it with "
+            "CMAKE_ARGS=-DGGML_CUDA=on (see runtimes/cuda)"
+        )
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"], 999
