@@ -15,43 +15,12 @@ transformers = pytest.importorskip("transformers")
 onnxruntime = pytest.importorskip("onnxruntime")
 
 import onnx  # noqa: E402
+from hf_reference import TransformersAudioTower, speechlike  # noqa: E402
 
-from edgelalm.export.encoder import RIGHT_CONTEXT_FRAMES, export_encoder_onnx  # noqa: E402
+from edgelalm.export.encoder import export_encoder_onnx  # noqa: E402
 from edgelalm.runtime.encoder import encoder_output_frames  # noqa: E402
 
 FP32_TOLERANCE = 5e-5
-
-
-def speechlike(seconds: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    n = int(round(seconds * 16000))
-    envelope = 0.5 + 0.5 * np.sin(np.arange(n) / 1600.0)
-    return (0.2 * envelope * rng.standard_normal(n)).astype(np.float32)
-
-
-class TransformersReference:
-    """Valid audio-tower frames as Qwen2AudioForConditionalGeneration computes them."""
-
-    def __init__(self, model, processor):
-        self.model, self.processor = model.eval(), processor
-        self.captured = None
-        model.model.audio_tower.register_forward_hook(self._capture)
-
-    def _capture(self, module, inputs, output):
-        self.captured = output.last_hidden_state
-
-    def __call__(self, audio: np.ndarray):
-        messages = [{"role": "user", "content": [{"type": "audio", "audio": "clip"}, {"type": "text", "text": "hi"}]}]
-        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        inputs = self.processor(text=text, audio=[audio], sampling_rate=16000, return_tensors="pt")
-        with torch.no_grad():
-            self.model(**inputs)
-        valid_mel = int(inputs["feature_attention_mask"].sum())
-        valid_frames = int((inputs["input_ids"] == self.model.config.audio_token_id).sum())
-        frames = self.captured[0, :valid_frames].numpy()
-        window = inputs["input_features"][0].numpy()
-        padded = np.pad(window, ((0, 0), (0, RIGHT_CONTEXT_FRAMES)))
-        return frames, window[:, :valid_mel], padded[:, valid_mel : valid_mel + RIGHT_CONTEXT_FRAMES]
 
 
 def run_encoder(session, mel, right_context):
@@ -63,7 +32,7 @@ def check_parity(model, processor, tmp_path, window_seconds: float, precision="f
     export_encoder_onnx(model.model.audio_tower, path, precision)
     onnx.checker.check_model(str(path))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    reference = TransformersReference(model, processor)
+    reference = TransformersAudioTower(model, processor)
     worst = 0.0
     for seed, seconds in enumerate([0.05, 1.0, 3.33, window_seconds - 0.02, window_seconds]):
         expected, mel, right_context = reference(speechlike(seconds, seed))

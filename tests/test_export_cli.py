@@ -62,7 +62,7 @@ def test_export_writes_a_valid_bundle(tiny_checkpoint, tmp_path, monkeypatch, ca
     assert "[8/8] Writing the manifest done" in stderr
     manifest = read_manifest(out)
     assert manifest["compressor"]["name"] == compressor
-    assert set(manifest["files"]) == {"encoder.onnx", "encoder.onnx.data", "compressor.onnx", "decoder.gguf"}
+    assert set(manifest["files"]) == {"encoder.onnx", "encoder.onnx.data", "compressor.onnx", "decoder.gguf", "mel_filters.npy"}
     assert manifest["decoder"]["quant"] == "q8_0" and manifest["decoder"]["adapter"] is None
     for name in ("encoder.onnx", "compressor.onnx"):
         onnx.checker.check_model(str(out / name))

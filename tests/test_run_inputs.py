@@ -1,0 +1,383 @@
+"""`edgelalm run` on bad and unusual input, through the console entry point.
+
+Every case ends in a correct result (exit 0, the answer on stdout, with --json a last line of
+JSON) or in exactly one `edgelalm: error: ...` line on stderr and a non-zero exit: never a
+traceback, never a hang. The audio is synthesised here (numpy + soundfile).
+"""
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile
+
+pytest.importorskip("torch")  # the tiny_bundles fixture exports with torch
+
+from edgelalm.manifest import MANIFEST_FILE  # noqa: E402
+
+RATE = 16_000
+MAX_TOKENS = 4
+TIMEOUT_S = 180
+TIMING_FIELDS = {"features", "encoder", "compressor", "prefill", "decode", "time_to_first_token", "total"}
+RESULT_FIELDS = {
+    "text": str,
+    "audio_seconds": float,
+    "audio_tokens": int,
+    "audio_tokens_per_second": float,
+    "windows": int,
+    "timings_ms": dict,
+    "decode_tokens_per_second": float,
+    "peak_rss_mb": float,
+}
+_ENV = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def edgelalm(*args, cwd=None, python_args=("-m", "edgelalm.cli")):
+    """Run the CLI as a user would; returns (exit code, stdout, stderr)."""
+    result = subprocess.run(
+        [sys.executable, *python_args, *map(str, args)],
+        capture_output=True,
+        cwd=cwd,
+        env=_ENV,
+        timeout=TIMEOUT_S,
+    )
+    decode = lambda data: data.decode("utf-8", errors="replace")  # noqa: E731
+    return result.returncode, decode(result.stdout), decode(result.stderr)
+
+
+def run(bundle, audio, *extra, cwd=None, python_args=("-m", "edgelalm.cli")):
+    bundle_args = () if bundle is None else ("--bundle", bundle)
+    return edgelalm(
+        "run", audio, *bundle_args, "--max-tokens", MAX_TOKENS, "--json", *extra, cwd=cwd, python_args=python_args
+    )
+
+
+def assert_one_line_error(code, stderr, *fragments):
+    """Exit != 0, no traceback, exactly one line on stderr: `edgelalm: error: ...`."""
+    assert code != 0, stderr
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("edgelalm: error: "), stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+def assert_result(code, stdout, stderr):
+    """Exit 0, the answer streamed on stdout, and a last stdout line of JSON with every field."""
+    assert code == 0, stderr
+    assert "Traceback" not in stderr, stderr
+    assert stdout.endswith("\n"), stdout
+    json_line = stdout[:-1].rsplit("\n", 1)[-1]
+    result = json.loads(json_line)
+    for name, kind in RESULT_FIELDS.items():
+        assert isinstance(result[name], kind) or (kind is float and isinstance(result[name], int)), (name, result)
+    assert set(result["timings_ms"]) >= TIMING_FIELDS, result["timings_ms"]
+    assert all(value >= 0 for value in result["timings_ms"].values())
+    assert result["audio_tokens"] >= 1 and result["windows"] >= 1
+    assert result["peak_rss_mb"] > 0
+    # The streamed answer, then the JSON line.
+    assert stdout == result["text"] + "\n" + json_line + "\n"
+    return result
+
+
+def assert_result_or_error(code, stdout, stderr):
+    if code == 0:
+        return assert_result(code, stdout, stderr)
+    return assert_one_line_error(code, stderr)
+
+
+def speechlike(seconds, rate=RATE, channels=1, seed=0):
+    """Voiced harmonics with a gliding pitch and a syllable-rate envelope, plus breath noise:
+    [frames] or [frames, channels] float32 in [-1, 1]."""
+    n = round(seconds * rate)
+    t = np.arange(n) / rate
+    rng = np.random.default_rng(seed)
+    f0 = 140 + 25 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / rate
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 6))
+    envelope = 0.5 * (1 - np.cos(2 * np.pi * 3.0 * t))
+    signal = envelope * (0.25 * voiced + 0.05 * rng.standard_normal(n))
+    signal = np.clip(signal, -1, 1).astype(np.float32)
+    if channels == 1:
+        return signal
+    return np.stack([signal * (1 - 0.1 * c) for c in range(channels)], axis=1)
+
+
+def write_wav(path, samples, rate=RATE, subtype="PCM_16"):
+    soundfile.write(str(path), samples, rate, subtype=subtype)
+    return path
+
+
+def copy_bundle(bundle, dest):
+    shutil.copytree(bundle, dest)
+    return dest
+
+
+def audio_tokens_for(bundle, audio):
+    return assert_result(*run(bundle, audio))["audio_tokens"]
+
+
+@pytest.fixture(scope="module")
+def avg2(tiny_bundles):
+    return tiny_bundles("avg", 2)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """A 3 s speechlike clip, 16 kHz mono."""
+    return write_wav(tmp_path_factory.mktemp("clip") / "clip.wav", speechlike(3.0))
+
+
+@pytest.fixture(scope="module")
+def clip_tokens(avg2, clip):
+    """The 16 kHz mono clip's audio tokens with avg K=2."""
+    return audio_tokens_for(avg2, clip)
+
+
+# -- unreadable files ---------------------------------------------------------------------
+
+
+def test_missing_audio_file(avg2, tmp_path):
+    code, _, stderr = run(avg2, tmp_path / "nope.wav")
+    assert_one_line_error(code, stderr, "audio file not found", "nope.wav")
+
+
+def test_audio_path_is_a_folder(avg2, tmp_path):
+    code, _, stderr = run(avg2, tmp_path)
+    assert_one_line_error(code, stderr, "not an audio file")
+
+
+def test_empty_audio_file(avg2, tmp_path):
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    code, _, stderr = run(avg2, empty)
+    assert_one_line_error(code, stderr, "empty.wav is empty")
+
+
+def test_text_file_named_wav(avg2, tmp_path):
+    fake = tmp_path / "notes.wav"
+    fake.write_text("this is not audio, only text pretending to be a wav file\n" * 20)
+    code, _, stderr = run(avg2, fake)
+    assert_one_line_error(code, stderr, "cannot read audio from", "notes.wav")
+
+
+@pytest.mark.parametrize("keep", ["half", "inside_header"])
+def test_truncated_wav(avg2, tmp_path, keep):
+    whole = write_wav(tmp_path / "whole.wav", speechlike(2.0)).read_bytes()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(whole[: len(whole) // 2] if keep == "half" else whole[:20])
+    code, stdout, stderr = run(avg2, cut)
+    outcome = assert_result_or_error(code, stdout, stderr)
+    if keep == "half" and code == 0:
+        assert 0 < outcome["audio_seconds"] <= 2.0
+    if keep == "inside_header":
+        assert code != 0  # no samples at all: cannot be a result
+
+
+# -- unusual content ----------------------------------------------------------------------
+
+
+def test_silence_gives_a_result(avg2, tmp_path):
+    silence = write_wav(tmp_path / "silence.wav", np.zeros(2 * RATE, np.float32))
+    result = assert_result(*run(avg2, silence))
+    assert result["audio_seconds"] == 2.0
+    assert result["audio_tokens"] == 25  # 50 encoder frames / K=2
+
+
+def test_50_ms_clip_gives_at_least_one_token(avg2, tmp_path):
+    short = write_wav(tmp_path / "short.wav", speechlike(0.05))
+    result = assert_result(*run(avg2, short))
+    assert result["audio_tokens"] >= 1
+    assert result["audio_seconds"] == 0.05
+
+
+def test_10_ms_clip_is_too_short(avg2, tmp_path):
+    tiny = write_wav(tmp_path / "tiny.wav", speechlike(0.01))
+    code, _, stderr = run(avg2, tiny)
+    assert_one_line_error(code, stderr, "too short", "10 ms", "30 ms")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+def test_non_finite_samples(avg2, tmp_path, bad):
+    samples = speechlike(1.0)
+    samples[RATE // 2] = bad
+    path = write_wav(tmp_path / "bad.wav", samples, subtype="FLOAT")
+    assert not np.isfinite(soundfile.read(str(path), dtype="float32")[0]).all()
+    code, _, stderr = run(avg2, path)
+    assert_one_line_error(code, stderr, "NaN or infinite")
+
+
+@pytest.mark.parametrize(
+    ("rate", "channels"), [(8_000, 1), (48_000, 1), (RATE, 2), (RATE, 6)], ids=["8k", "48k", "stereo", "6ch"]
+)
+def test_other_rates_and_channel_counts_give_the_same_tokens(avg2, clip_tokens, tmp_path, rate, channels):
+    """Resampling and downmix happen before the features: a 3 s clip is 3 s at any rate."""
+    reference = clip_tokens
+    assert reference == 38  # 3 s: 300 mel frames -> 75 encoder frames -> ceil(75 / 2)
+    other = write_wav(tmp_path / f"clip-{rate}-{channels}ch.wav", speechlike(3.0, rate=rate, channels=channels), rate=rate)
+    assert soundfile.info(str(other)).channels == channels
+    result = assert_result(*run(avg2, other))
+    assert result["audio_seconds"] == 3.0
+    assert result["audio_tokens"] == reference
+
+
+# -- long audio ---------------------------------------------------------------------------
+
+
+def test_25_s_clip_runs_in_three_windows(avg2, tmp_path):
+    samples = speechlike(25.0)
+    whole = assert_result(*run(avg2, write_wav(tmp_path / "long.wav", samples)))
+    assert whole["windows"] == 3
+    window = 10 * RATE  # the tiny model's encoder window
+    parts = [samples[start : start + window] for start in range(0, len(samples), window)]
+    assert len(parts) == 3
+    tokens = [audio_tokens_for(avg2, write_wav(tmp_path / f"part{i}.wav", part)) for i, part in enumerate(parts)]
+    assert tokens == [125, 125, 63]
+    assert whole["audio_tokens"] == sum(tokens)
+
+
+@pytest.fixture(scope="module")
+def ten_minutes(tmp_path_factory):
+    # Tiled, not synthesised whole: 9.6 M samples of harmonics would be slow to build.
+    samples = np.tile(speechlike(10.0), 60)
+    return write_wav(tmp_path_factory.mktemp("ten_minutes") / "ten_minutes.wav", samples)
+
+
+def test_ten_minutes_do_not_fit_uncompressed(tiny_bundles, ten_minutes):
+    """600 s = 15000 encoder frames: with `none`, more than the 8192-token context."""
+    code, _, stderr = run(tiny_bundles("none", 1), ten_minutes)
+    line = assert_one_line_error(code, stderr, "context is 8192", "600 s", "15000 audio tokens", "--factor")
+    factor = int(re.search(r"--factor (\d+)", line).group(1))
+    prompt_tokens = int(re.search(r"plus (\d+) prompt", line).group(1))
+    assert factor >= 2 and math.ceil(15000 / factor) + prompt_tokens + MAX_TOKENS <= 8192
+
+
+def test_ten_minutes_fit_compressed(tiny_bundles, ten_minutes):
+    """The factor the error suggests fits: with avg K=2 (7500 tokens) the clip runs."""
+    code, _, stderr = run(tiny_bundles("none", 1), ten_minutes)
+    factor = int(re.search(r"--factor (\d+)", stderr).group(1))
+    result = assert_result(*run(tiny_bundles("avg", factor), ten_minutes))
+    assert result["windows"] == 60
+    assert result["audio_seconds"] == 600.0
+    assert result["audio_tokens"] == math.ceil(15000 / factor)
+
+
+# -- bundle problems ----------------------------------------------------------------------
+
+
+def test_bundle_folder_missing(clip, tmp_path):
+    code, _, stderr = run(tmp_path / "no-such-bundle", clip)
+    assert_one_line_error(code, stderr, "bundle folder not found", "no-such-bundle")
+
+
+@pytest.fixture(scope="module")
+def bundle_files(avg2):
+    return sorted(json.loads((avg2 / MANIFEST_FILE).read_text())["files"])
+
+
+def test_bundle_lists_the_files_checked_below(bundle_files):
+    assert set(bundle_files) >= {"encoder.onnx", "compressor.onnx", "decoder.gguf", "mel_filters.npy"}
+
+
+@pytest.mark.parametrize("name", ["encoder.onnx", "encoder.onnx.data", "compressor.onnx", "decoder.gguf", "mel_filters.npy"])
+def test_bundle_with_a_file_removed(avg2, clip, tmp_path, bundle_files, name):
+    assert name in bundle_files
+    broken = copy_bundle(avg2, tmp_path / "broken")
+    (broken / name).unlink()
+    code, _, stderr = run(broken, clip)
+    assert_one_line_error(code, stderr, f"missing {name}")
+
+
+def test_bundle_without_manifest(avg2, clip, tmp_path):
+    broken = copy_bundle(avg2, tmp_path / "broken")
+    (broken / MANIFEST_FILE).unlink()
+    code, _, stderr = run(broken, clip)
+    assert_one_line_error(code, stderr, "not an edgelalm bundle", MANIFEST_FILE)
+
+
+@pytest.mark.parametrize("name", ["encoder.onnx", "encoder.onnx.data", "compressor.onnx", "decoder.gguf", "mel_filters.npy"])
+def test_bundle_with_a_file_altered(avg2, clip, tmp_path, name):
+    broken = copy_bundle(avg2, tmp_path / "broken")
+    with (broken / name).open("ab") as stream:
+        stream.write(b"\0")
+    code, _, stderr = run(broken, clip)
+    assert_one_line_error(code, stderr, f"{name} does not match the checksums")
+
+
+def test_bundle_from_a_newer_format(avg2, clip, tmp_path):
+    newer = copy_bundle(avg2, tmp_path / "newer")
+    manifest = json.loads((newer / MANIFEST_FILE).read_text())
+    manifest["format_version"] = 99
+    (newer / MANIFEST_FILE).write_text(json.dumps(manifest))
+    code, _, stderr = run(newer, clip)
+    assert_one_line_error(code, stderr, "version 99", "Upgrade edgelalm")
+
+
+def test_no_bundle_and_no_export_folder(clip, tmp_path):
+    code, _, stderr = run(None, clip, cwd=tmp_path)
+    assert_one_line_error(code, stderr, "no bundle under export/", "edgelalm export")
+
+
+def test_no_bundle_picks_the_most_recently_written(avg2, tiny_bundles, clip, tmp_path):
+    """Two bundles under ./export/: the one whose manifest was written last is used, whatever
+    the folder names' order."""
+    a = copy_bundle(avg2, tmp_path / "export" / "a-avg2")
+    b = copy_bundle(tiny_bundles("none", 1), tmp_path / "export" / "b-none")
+    now = time.time()
+    expected_tokens = {"a-avg2": 38, "b-none": 75}  # 3 s = 75 encoder frames
+    for newer, older in ((a, b), (b, a)):
+        os.utime(older / MANIFEST_FILE, (now - 3600, now - 3600))
+        os.utime(newer / MANIFEST_FILE, (now, now))
+        result = assert_result(*run(None, clip, cwd=tmp_path))
+        assert result["audio_tokens"] == expected_tokens[newer.name]
+
+
+# -- options ------------------------------------------------------------------------------
+
+
+def test_max_tokens_zero(avg2, clip):
+    code, _, stderr = edgelalm("run", clip, "--bundle", avg2, "--max-tokens", 0)
+    assert_one_line_error(code, stderr, "--max-tokens must be >= 1")
+
+
+def test_device_cuda(avg2, clip):
+    import llama_cpp
+    import onnxruntime
+
+    code, stdout, stderr = run(avg2, clip, "--device", "cuda")
+    has_cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers() and llama_cpp.llama_supports_gpu_offload()
+    if has_cuda:
+        assert_result(code, stdout, stderr)
+    else:
+        line = assert_one_line_error(code, stderr, "--device cuda")
+        assert "install" in line
+
+
+# -- the run path is torch-free -----------------------------------------------------------
+
+_WITHOUT_TORCH = (
+    "import sys; "
+    "[sys.modules.__setitem__(m, None) for m in ('torch', 'transformers', 'peft', 'onnx', 'onnxscript')]; "
+    "sys.argv = ['edgelalm'] + sys.argv[1:]; "
+    "from edgelalm.cli import main; main()"
+)
+
+
+def test_run_needs_no_torch(avg2, clip):
+    normal = assert_result(*run(avg2, clip))
+    code, stdout, stderr = run(avg2, clip, python_args=("-c", _WITHOUT_TORCH))
+    without = assert_result(code, stdout, stderr)
+    assert without["text"] == normal["text"]
+    assert without["audio_tokens"] == normal["audio_tokens"]

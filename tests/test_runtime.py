@@ -1,0 +1,125 @@
+"""`Runtime` end to end against a reference built from transformers' modules, peft (adapter
+active, unmerged) and the paper's definitions (tests/reference.py) - never edgelalm's own path.
+
+Features: edgelalm's numpy log-mel against WhisperFeatureExtractor, tolerance 1e-4 (measured
+<= 3.1e-5, the extractor's torch STFT is float32).
+"""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+
+import reference  # noqa: E402
+from hf_reference import TransformersAudioTower, speechlike  # noqa: E402
+
+from edgelalm.runtime.features import FeatureSettings, log_mel_window  # noqa: E402
+from edgelalm.runtime.pipeline import Runtime  # noqa: E402
+
+WINDOW_SECONDS = 10  # the tiny checkpoint's encoder window
+FEATURE_TOLERANCE = 1e-4
+PROMPT = "Transcribe the audio."
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_checkpoint, tiny_lora_adapter):
+    base = transformers.Qwen2AudioForConditionalGeneration.from_pretrained(tiny_checkpoint)
+    model = peft.PeftModel.from_pretrained(base, tiny_lora_adapter).eval()
+    processor = transformers.AutoProcessor.from_pretrained(tiny_checkpoint)
+    return model, processor
+
+
+@pytest.mark.parametrize("seconds", [0.05, 1.0, 3.337, WINDOW_SECONDS - 0.01, WINDOW_SECONDS])
+def test_features_match_whisper_feature_extractor(hf, seconds):
+    _, processor = hf
+    extractor = processor.feature_extractor
+    settings = FeatureSettings(16000, extractor.n_fft, extractor.hop_length, WINDOW_SECONDS * 16000, extractor.mel_filters)
+    for audio in (speechlike(seconds, 3), np.zeros(int(seconds * 16000), np.float32)):
+        expected = extractor(audio, sampling_rate=16000, return_attention_mask=True, padding="max_length", return_tensors="np")
+        valid = int(expected["attention_mask"][0].sum())
+        window = expected["input_features"][0]
+        got = log_mel_window(audio, settings)
+        assert got.mel.shape == (128, valid)
+        assert np.abs(got.mel - window[:, :valid]).max() <= FEATURE_TOLERANCE
+        context = np.pad(window, ((0, 0), (0, 2)))[:, valid : valid + 2]
+        assert np.abs(got.right_context - context).max() <= FEATURE_TOLERANCE
+
+
+def reference_answer(hf, audio: np.ndarray, compressor: str, factor: int, max_tokens: int):
+    """Greedy answer and audio-token count, from transformers + peft + the paper's definitions."""
+    model, processor = hf
+    tower = TransformersAudioTower(model, processor)
+    base = model.get_base_model()
+    window = WINDOW_SECONDS * 16000
+    tokens = []
+    for start in range(0, len(audio), window):  # each encoder window as its own clip
+        frames, _, _ = tower(audio[start : start + window])
+        tokens.append(reference.compress(compressor, factor, frames))
+    with torch.no_grad():
+        audio_embeddings = base.model.multi_modal_projector(torch.from_numpy(np.concatenate(tokens)))
+    messages = [{"role": "user", "content": [{"type": "audio", "audio": "clip"}, {"type": "text", "text": PROMPT}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    before, after = text.split(processor.audio_token)
+    tokenizer = processor.tokenizer
+    embed = base.get_input_embeddings()
+    with torch.no_grad():
+        inputs_embeds = torch.cat(
+            [
+                embed(torch.tensor(tokenizer(before, add_special_tokens=False).input_ids)),
+                audio_embeddings,
+                embed(torch.tensor(tokenizer(after, add_special_tokens=False).input_ids)),
+            ]
+        )[None]
+        end_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+        generated = model.generate(
+            inputs_embeds=inputs_embeds,
+            attention_mask=torch.ones(inputs_embeds.shape[:2], dtype=torch.long),
+            max_new_tokens=max_tokens,
+            do_sample=False,
+            eos_token_id=end_ids,
+            pad_token_id=end_ids[-1],
+        )[0].tolist()
+    answer = [t for t in generated if t not in end_ids]
+    return tokenizer.decode(answer), audio_embeddings.shape[0]
+
+
+@pytest.mark.parametrize(
+    "compressor,factor",
+    [("none", 1), ("avg", 2), ("avg", 3), ("sample", 3), ("unseg", 1), ("mean", 1)],
+)
+def test_greedy_run_equals_transformers(hf, tiny_bundles, compressor, factor):
+    bundle = tiny_bundles(compressor, factor, "f32")
+    with Runtime(bundle, kv_cache_type="f32") as runtime:
+        for seconds, seed in ((3.3, 0), (23.0, 1)):
+            audio = speechlike(seconds, seed)
+            expected_text, expected_tokens = reference_answer(hf, audio, compressor, factor, max_tokens=16)
+            result = runtime.run(audio, prompt=PROMPT, max_tokens=16)
+            assert result.audio_tokens == expected_tokens
+            assert result.windows == int(np.ceil(seconds / WINDOW_SECONDS))
+            assert result.text == expected_text
+            assert result.generated_tokens >= 1
+
+
+def test_streamed_pieces_make_the_answer(tiny_bundles):
+    pieces = []
+    with Runtime(tiny_bundles("unseg", 1, "q8_0")) as runtime:
+        result = runtime.run(speechlike(2.0, 4), max_tokens=12, on_text=pieces.append)
+        again = runtime.run(speechlike(2.0, 4), max_tokens=12)
+    assert "".join(pieces) == result.text
+    assert again.text == result.text, "a loaded bundle serves many clips, each from a clean context"
+    timings = result.timings_ms
+    assert set(timings) >= {"features", "encoder", "compressor", "prefill", "decode", "time_to_first_token", "total"}
+    assert timings["total"] >= timings["time_to_first_token"] > 0
+    assert result.peak_rss_mb > 0 and result.audio_seconds == 2.0
+
+
+def test_sampling_uses_the_seed(tiny_bundles):
+    with Runtime(tiny_bundles("avg", 2, "q8_0")) as runtime:
+        audio = speechlike(2.0, 5)
+        first = runtime.run(audio, max_tokens=12, temperature=1.5, seed=7).text
+        second = runtime.run(audio, max_tokens=12, temperature=1.5, seed=7).text
+        others = {runtime.run(audio, max_tokens=12, temperature=1.5, seed=s).text for s in range(8, 14)}
+    assert first == second
+    assert len(others | {first}) > 1
