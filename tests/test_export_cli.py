@@ -283,3 +283,24 @@ def test_unknown_quant(tiny_checkpoint, tmp_path):
     code, _, stderr = edgelalm("export", "--model", tiny_checkpoint, "--quant", "q3_x", "--out", tmp_path / "b")
     assert_one_line_error(code, stderr, "q3_x")
     assert not (tmp_path / "b").exists()
+
+
+def test_terminated_export_leaves_nothing(tiny_checkpoint, tmp_path):
+    """SIGTERM mid-export (as a job scheduler or `kill` sends it) removes the staging folder."""
+    import signal
+    import time
+
+    out = tmp_path / "out" / "bundle"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgelalm.cli", "export", "--model", str(tiny_checkpoint), "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.time() + 60
+    while not list((tmp_path / "out").glob(".bundle.partial-*")) and time.time() < deadline:
+        time.sleep(0.05)
+    assert list((tmp_path / "out").glob(".bundle.partial-*")), "the export never started writing"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert stderr.strip().splitlines()[-1] == "edgelalm: error: interrupted"
+    assert not (tmp_path / "out").exists()

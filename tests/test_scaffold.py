@@ -260,3 +260,25 @@ def test_weights_depend_only_on_seed(tiny_checkpoint: Path, tmp_path: Path) -> N
 
     assert torch.equal(tensor(tiny_checkpoint), tensor(again))
     assert not torch.equal(tensor(tiny_checkpoint), tensor(other))
+
+
+def test_dummy_checkpoint_is_streamed_and_loads(tmp_path):
+    """The layer-by-layer writer gives a sharded checkpoint that transformers and edgelalm load."""
+    from edgelalm.export.checkpoint import open_checkpoint
+
+    tokenizer = scaffold.train_tokenizer(scaffold.SAMPLE_TEXTS[:30], vocab_size=300)
+    shapes = {**scaffold.PRESETS["tiny"], "decoder_layers": 3, "vocab_size": 320}
+    config = scaffold.model_config(tokenizer, **shapes)
+    out = scaffold.write_dummy_checkpoint(tmp_path / "dummy", config, tokenizer)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shard_files = sorted(set(index["weight_map"].values()))
+    assert len(shard_files) == 3 + 4  # one per decoder layer + audio tower, projector, embeddings+norm, lm_head
+    assert all(name.startswith(("audio_tower.", "multi_modal_projector.", "language_model.")) for name in index["weight_map"])
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(out)
+    assert model.model.language_model.embed_tokens.weight.shape == (320, 64)
+    assert model.dtype == torch.float16
+    norm = model.model.language_model.layers[0].input_layernorm.weight
+    assert torch.equal(norm, torch.ones_like(norm))
+    checkpoint = open_checkpoint(out)
+    assert checkpoint.load_audio_tower().conv1.weight.shape == (64, 128, 3)
+    assert len(checkpoint.decoder_tensor_keys()) == len([k for k in index["weight_map"] if k.startswith("language_model.")])

@@ -7,6 +7,8 @@ non-zero exit code; usage errors too. torch is imported only by the commands tha
 from __future__ import annotations
 
 import enum
+import json
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -161,6 +163,45 @@ def inspect(bundle: Annotated[Path, typer.Argument(help="Bundle folder written b
     typer.echo("\n".join(lines))
 
 
+@app.command()
+def bench(
+    model: Annotated[
+        str,
+        typer.Option(help="Checkpoint folder, or a random-weights preset with realistic shapes: tiny, small, qwen2-audio-7b."),
+    ] = "small",
+    compressors: Annotated[str, typer.Option(help="Comma-separated compressors: none, avgK, sampleK, unseg, mean, max.")] = "none,avg2,avg3,avg4,avg6,sample3,unseg",
+    seconds: Annotated[str, typer.Option(help="Comma-separated clip lengths in seconds.")] = "5,30,120,600",
+    repeats: Annotated[int, typer.Option(help="Measured runs per point, after one warm-up run.")] = 3,
+    max_tokens: Annotated[int, typer.Option(help="Tokens generated per run (decode speed).")] = 32,
+    quant: Annotated[Quant, typer.Option(help="Decoder GGUF type.")] = Quant.q8_0,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for both edgelalm and PyTorch.")] = None,
+    reference: Annotated[bool, typer.Option(help="Also measure transformers' PyTorch fp32 model side by side.")] = True,
+    target: Annotated[str, typer.Option(help="A folder under runtimes/ whose settings.json applies (threads, device).")] = "",
+    out: Annotated[Path, typer.Option(help="Folder for models, bundles and results.")] = Path("benchmarks/results/latest"),
+    quick: Annotated[bool, typer.Option("--quick", help="A minute-long smoke run: tiny preset, none and avg3, 3 s and 12 s.")] = False,
+) -> None:
+    """Measure latency and memory per compressor and clip length, and the PyTorch reference beside it."""
+    from edgelalm.bench import QUICK, BenchPlan, parse_compressor, run_bench, target_settings
+
+    labels = tuple(label.strip() for label in compressors.split(",") if label.strip())
+    for label in labels:
+        parse_compressor(label)  # refuse unknown names before any work
+    try:
+        lengths = tuple(float(value) for value in seconds.split(","))
+    except ValueError:
+        raise EdgelalmError(f"--seconds takes comma-separated numbers, got {seconds!r}") from None
+    settings = target_settings(target) if target else {}
+    plan = BenchPlan(model=model, out_dir=out, compressors=labels, seconds=lengths, repeats=repeats,
+                     max_tokens=max_tokens, quant=quant.value, threads=threads or settings.get("threads"),
+                     reference=reference, target=target or "cpu (default settings)", settings=settings)
+    if quick:
+        plan.model, plan.compressors, plan.seconds = QUICK["preset"], QUICK["compressors"], QUICK["seconds"]
+        plan.repeats, plan.max_tokens = QUICK["repeats"], QUICK["max_tokens"]
+    results = run_bench(plan)
+    typer.echo((out / "summary.md").read_text())
+    typer.echo(json.dumps(results["ratios"], indent=2))
+
+
 def describe_decoder(decoder: dict | None) -> str:
     if not decoder:
         return "none"
@@ -172,34 +213,52 @@ def describe_decoder(decoder: dict | None) -> str:
     )
 
 
-class ScaffoldPreset(str, enum.Enum):
-    tiny = "tiny"
+# Mirrors edgelalm.scaffold.PRESETS (not imported here: it pulls in torch).
+ScaffoldPreset = enum.Enum("ScaffoldPreset", {name: name for name in ("tiny", "small", "qwen2-audio-7b")}, type=str)
 
 
 @app.command()
 def scaffold(
     out: Annotated[Path, typer.Option(help="Checkpoint folder to create.")],
-    preset: Annotated[ScaffoldPreset, typer.Option(help="Shapes: tiny = 2+2 layers of width 64, 10 s window.")] = ScaffoldPreset.tiny,
+    preset: Annotated[
+        ScaffoldPreset,
+        typer.Option(
+            help="Shapes: tiny = 2+2 layers of width 64, 10 s window (float32); small = Whisper-small-shaped "
+            "encoder + Qwen2-0.5B-shaped decoder; qwen2-audio-7b = Qwen2-Audio-7B's shapes (about 17 GB). "
+            "small and 7b are written layer by layer in float16."
+        ),
+    ] = ScaffoldPreset.tiny,
     seed: Annotated[int, typer.Option(help="Seed for the random weights.")] = 0,
 ) -> None:
     """Write a Qwen2-Audio checkpoint with random weights (for trying the pipeline, tests, benchmarks)."""
     if out.exists():
         raise EdgelalmError(f"{out} already exists")
-    from edgelalm.scaffold import tiny_checkpoint
+    from edgelalm.scaffold import preset_checkpoint
 
-    typer.echo(str(tiny_checkpoint(out, seed=seed)))
+    typer.echo(str(preset_checkpoint(out, preset.value, seed=seed)))
 
 
 def main() -> None:
     """Console entry point: every failure the user can act on is one line on stderr."""
+    # SIGTERM unwinds like Ctrl-C, so an interrupted export removes its staging folder.
+    signal.signal(signal.SIGTERM, lambda signum, frame: _raise_keyboard_interrupt())
     try:
-        app(standalone_mode=False)
+        # Non-standalone, typer returns an exit code: 130 where it caught a KeyboardInterrupt.
+        exit_code = app(standalone_mode=False)
+        if exit_code == 130:
+            _fail("interrupted", 130)
+        if isinstance(exit_code, int) and exit_code:
+            sys.exit(exit_code)
     except EdgelalmError as error:
         _fail(str(error), 1)
     except (KeyboardInterrupt, typer.Abort):
         _fail("interrupted", 130)
     except TyperException as error:  # usage errors: unknown option, bad value
         _fail(getattr(error, "format_message", error.__str__)(), 2)
+
+
+def _raise_keyboard_interrupt() -> None:
+    raise KeyboardInterrupt
 
 
 def _fail(message: str, exit_code: int) -> None:

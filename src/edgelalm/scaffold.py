@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import (
     GenerationConfig,
@@ -329,6 +330,11 @@ def write_checkpoint(out_dir: Path, config: Qwen2AudioConfig, tokenizer: Qwen2To
     model = Qwen2AudioForConditionalGeneration(config).to(torch.float32).eval()
     model.generation_config = generation_config(tokenizer)
     model.save_pretrained(out_dir, safe_serialization=True)
+    _write_processor(out_dir, config, tokenizer)
+    return out_dir
+
+
+def _write_processor(out_dir: Path, config: Qwen2AudioConfig, tokenizer: Qwen2Tokenizer) -> None:
     processor = Qwen2AudioProcessor(
         feature_extractor=feature_extractor(window_seconds_of(config)),
         tokenizer=tokenizer,
@@ -339,7 +345,83 @@ def write_checkpoint(out_dir: Path, config: Qwen2AudioConfig, tokenizer: Qwen2To
     # reading them) also expect the standalone files below.
     processor.feature_extractor.save_pretrained(out_dir)
     _write_vocab_and_merges(out_dir, tokenizer)
+
+
+# transformers 5's in-memory names -> the release names save_pretrained writes.
+_RELEASE_NAMES = (
+    ("model.audio_tower.", "audio_tower."),
+    ("model.multi_modal_projector.", "multi_modal_projector."),
+    ("model.language_model.", "language_model.model."),
+    ("lm_head.", "language_model.lm_head."),
+)
+
+
+def write_dummy_checkpoint(
+    out_dir: Path, config: Qwen2AudioConfig, tokenizer: Qwen2Tokenizer, *, seed: int = 0, dtype: torch.dtype = torch.float16
+) -> Path:
+    """Random weights at any size, written shard by shard (one decoder layer per shard): the
+    model is built on the meta device for its tensor names and shapes only, so memory holds
+    one layer at a time, never the model (like vLLM's dummy load format, but on disk)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with torch.device("meta"):
+        shapes = {name: tuple(t.shape) for name, t in Qwen2AudioForConditionalGeneration(config).state_dict().items()}
+    shards: dict[str, list[str]] = {}
+    for name in shapes:
+        parts = name.split(".")
+        key = f"layer-{int(parts[3]):03d}" if name.startswith("model.language_model.layers.") else parts[1] if name.startswith("model.") else parts[0]
+        shards.setdefault(key, []).append(name)
+    generator = torch.Generator().manual_seed(seed)
+    weight_map, total_bytes = {}, 0
+    for index, names in enumerate(shards.values(), start=1):
+        file_name = f"model-{index:05d}-of-{len(shards):05d}.safetensors"
+        tensors = {}
+        for name in names:
+            release = next((new + name[len(old):] for old, new in _RELEASE_NAMES if name.startswith(old)), name)
+            tensors[release] = _dummy_tensor(name, shapes[name], generator, dtype)
+            weight_map[release] = file_name
+            total_bytes += tensors[release].numel() * tensors[release].element_size()
+        save_file(tensors, str(out_dir / file_name), metadata={"format": "pt"})
+        del tensors
+    index_file = {"metadata": {"total_size": total_bytes}, "weight_map": weight_map}
+    (out_dir / "model.safetensors.index.json").write_text(json.dumps(index_file, indent=2))
+    config.save_pretrained(out_dir)
+    generation_config(tokenizer).save_pretrained(out_dir)
+    _write_processor(out_dir, config, tokenizer)
     return out_dir
+
+
+def _dummy_tensor(name: str, shape: tuple[int, ...], generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+    """Norm scales 1, biases 0, everything else N(0, 0.02): activations stay in range."""
+    if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
+        return torch.ones(shape, dtype=dtype)
+    if name.endswith(".bias"):
+        return torch.zeros(shape, dtype=dtype)
+    return (torch.randn(shape, generator=generator, dtype=torch.float32) * 0.02).to(dtype)
+
+
+# Realistic shapes for benchmarks (random weights): decoder widths, layer counts, vocabulary and
+# context as the named models; the tokenizer is the small scaffold one, its embeddings padded.
+PRESETS: dict[str, dict[str, int]] = {
+    "tiny": dict(window_seconds=10, encoder_layers=2, encoder_d_model=64, encoder_heads=4, encoder_ffn_dim=128,
+                 decoder_layers=2, decoder_hidden=64, decoder_heads=4, decoder_kv_heads=2, decoder_ffn_dim=128),
+    # Whisper-small-shaped encoder + Qwen2-0.5B-shaped decoder.
+    "small": dict(window_seconds=30, encoder_layers=12, encoder_d_model=768, encoder_heads=12, encoder_ffn_dim=3072,
+                  decoder_layers=24, decoder_hidden=896, decoder_heads=14, decoder_kv_heads=2, decoder_ffn_dim=4864,
+                  vocab_size=151936, max_position_embeddings=32768),
+    # Qwen2-Audio-7B: Whisper-large-v3 encoder + Qwen2-7B-shaped decoder.
+    "qwen2-audio-7b": dict(window_seconds=30, encoder_layers=32, encoder_d_model=1280, encoder_heads=20,
+                           encoder_ffn_dim=5120, decoder_layers=32, decoder_hidden=4096, decoder_heads=32,
+                           decoder_kv_heads=32, decoder_ffn_dim=11008, vocab_size=156032, max_position_embeddings=8192),
+}
+
+
+def preset_checkpoint(out_dir: Path, preset: str, *, seed: int = 0) -> Path:
+    """A random-weights checkpoint with `preset`'s shapes (see PRESETS)."""
+    if preset == "tiny":
+        return tiny_checkpoint(out_dir, seed=seed)
+    tokenizer = train_tokenizer(SAMPLE_TEXTS, vocab_size=600)
+    return write_dummy_checkpoint(out_dir, model_config(tokenizer, **PRESETS[preset]), tokenizer, seed=seed)
 
 
 def _write_vocab_and_merges(out_dir: Path, tokenizer: Qwen2Tokenizer) -> None:
@@ -354,17 +436,5 @@ def _write_vocab_and_merges(out_dir: Path, tokenizer: Qwen2Tokenizer) -> None:
 def tiny_checkpoint(out_dir: Path, *, window_seconds: int = 10, seed: int = 0) -> Path:
     """A seconds-to-build checkpoint for tests: ~600-token vocab, 2+2 layers of width 64."""
     tokenizer = train_tokenizer(SAMPLE_TEXTS, vocab_size=600)
-    config = model_config(
-        tokenizer,
-        window_seconds=window_seconds,
-        encoder_layers=2,
-        encoder_d_model=64,
-        encoder_heads=4,
-        encoder_ffn_dim=128,
-        decoder_layers=2,
-        decoder_hidden=64,
-        decoder_heads=4,
-        decoder_kv_heads=2,
-        decoder_ffn_dim=128,
-    )
+    config = model_config(tokenizer, **{**PRESETS["tiny"], "window_seconds": window_seconds})
     return write_checkpoint(out_dir, config, tokenizer, seed=seed)

@@ -201,6 +201,8 @@ def manifest_sections(
             "quant": options.quant,
             "layers": text_config.num_hidden_layers,
             "hidden_size": text_config.hidden_size,
+            "attention_heads": text_config.num_attention_heads,
+            "kv_heads": text_config.num_key_value_heads,
             "context_length": text_config.max_position_embeddings,
             "vocab_size": text_config.vocab_size,
             "tied_embeddings": "lm_head.weight" not in checkpoint.decoder_tensor_keys(),

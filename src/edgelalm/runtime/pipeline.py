@@ -62,6 +62,18 @@ class RunResult:
         return asdict(self)
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. Linux's VmHWM belongs to the process's own address
+    space; ru_maxrss would carry over a parent's peak across fork and exec."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def latest_bundle(root: Path) -> Path:
     """The most recently written bundle folder under `root` (by its manifest's time)."""
     manifests = sorted(root.glob(f"*/{MANIFEST_FILE}"), key=lambda path: path.stat().st_mtime)
@@ -184,7 +196,7 @@ class Runtime:
             generated_tokens=generated,
             timings_ms={name: round(value, 2) for name, value in timings.items()},
             decode_tokens_per_second=round(generated / decode_seconds, 2) if generated and decode_seconds > 0 else 0.0,
-            peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            peak_rss_mb=round(peak_rss_mb(), 1),
             context_tokens=self.decoder.n_ctx,
         )
 

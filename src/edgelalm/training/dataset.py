@@ -1,0 +1,291 @@
+"""A rendered split on disk, and its reader.
+
+    build_dataset("data/train", "train", count=30000, seed=0)
+    dataset = SpeechDataset("data/train")
+    samples, text = dataset[0]          # float32 at dataset.sampling_rate, normalised text
+
+The folder:
+
+    dataset.json        split, count, seed, sampling rate, shards, espeak-ng and library versions
+    metadata.jsonl      one line per utterance: text, voice, speed, pitch, shard, offset, length, seconds
+    shard-00000.npy     int16, every clip of the shard end to end (plain .npy; never pickled)
+
+Utterance i (in order) is `texts.iter_utterances(split, seed)`'s i-th sentence, spoken by a voice of
+`speech.voices(split)` at a speed and pitch drawn from a generator seeded by (seed, i): the same
+arguments build the same bytes, whatever the number of workers. Clips longer than `max_seconds` are
+skipped and the next sentences rendered instead, so the dataset always holds `count` utterances.
+Augmentation is the training loop's business (`speech.augment`); nothing augmented is stored.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgelalm.errors import EdgelalmError
+from edgelalm.training import speech, texts
+from edgelalm.training.texts import Split
+
+FORMAT = "edgelalm-speech-dataset"
+FORMAT_VERSION = 1
+SPEED_RANGE_WPM = (120, 210)  # espeak-ng's default is 175
+PITCH_RANGE = (25, 75)  # espeak-ng's default is 50
+SHARD_UTTERANCES = 5000
+_INT16_SCALE = 32767.0
+
+
+@dataclass(frozen=True)
+class Utterance:
+    index: int  # position in the split's sentence stream (skipped ones included)
+    text: str
+    voice: str
+    speed: int
+    pitch: int
+
+
+def plan(split: Split, seed: int) -> Iterator[Utterance]:
+    """The endless, deterministic stream of what to render for (split, seed)."""
+    voices = speech.voices(split)
+    for index, text in enumerate(texts.iter_utterances(split, seed)):
+        rng = np.random.default_rng([seed, index, 0x5EEC])
+        voice = voices[int(rng.integers(len(voices)))]
+        speed = int(rng.integers(SPEED_RANGE_WPM[0], SPEED_RANGE_WPM[1] + 1))
+        pitch = int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1))
+        yield Utterance(index, text, voice, speed, pitch)
+
+
+def _render(item: tuple[Utterance, int]) -> tuple[Utterance, np.ndarray]:
+    utterance, sampling_rate = item
+    samples = speech.render(utterance.text, utterance.voice, utterance.speed, utterance.pitch, sampling_rate)
+    audio = np.round(np.clip(samples, -1.0, 1.0) * _INT16_SCALE).astype(np.int16)
+    return utterance, audio
+
+
+class _Progress:
+    """A bar on stderr plus a line per `every` utterances with the time they took."""
+
+    def __init__(self, total: int, title: str, every: int = 100) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.total, self.every = total, every
+        self.progress = Progress(
+            TextColumn(title), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
+            TimeRemainingColumn(), console=Console(stderr=True, highlight=False), transient=False,
+        )
+        self.task = self.progress.add_task(title, total=total)
+        self.progress.start()
+        self.started = self.last = time.perf_counter()
+        self.last_audio_s = 0.0
+
+    def update(self, done: int, audio_s: float) -> None:
+        self.progress.update(self.task, completed=done)
+        if done % self.every == 0 or done == self.total:
+            now = time.perf_counter()
+            took, audio = now - self.last, audio_s - self.last_audio_s
+            self.progress.console.print(
+                f"{done}/{self.total}: {took:.2f} s for the last {self.every if done % self.every == 0 else done % self.every}"
+                f" ({audio:.0f} s of audio, {audio / took if took > 0 else 0:.0f}x real time)",
+                highlight=False,
+            )
+            self.last, self.last_audio_s = now, audio_s
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def _rendered(split: Split, seed: int, sampling_rate: int, workers: int, batch: int) -> Iterator[tuple[Utterance, np.ndarray]]:
+    """(utterance, int16 audio) in plan order, rendered `workers` at a time."""
+    stream = plan(split, seed)
+    if workers <= 1:
+        for utterance in stream:
+            yield _render((utterance, sampling_rate))
+        return
+    context = multiprocessing.get_context("spawn")  # safe whatever the parent has loaded (torch)
+    with context.Pool(workers) as pool:
+        while True:
+            items = [(next(stream), sampling_rate) for _ in range(batch)]
+            yield from pool.imap(_render, items, chunksize=4)
+
+
+def build_dataset(
+    out_dir: str | os.PathLike[str],
+    split: Split,
+    count: int,
+    seed: int,
+    workers: int = 2,
+    progress: bool = True,
+    max_seconds: float = 10.0,
+    sampling_rate: int = speech.SAMPLING_RATE,
+    shard_utterances: int = SHARD_UTTERANCES,
+    overwrite: bool = False,
+) -> Path:
+    """Render `count` utterances of `split` into `out_dir` (see the module docstring); returns it.
+
+    Written into a hidden folder beside `out_dir` and renamed into place at the end: an
+    interrupted build leaves no half dataset. An existing `out_dir` is replaced only with
+    `overwrite`.
+    """
+    if split not in texts.SPLITS:
+        raise EdgelalmError(f"split must be 'train' or 'test', not {split!r}")
+    if count < 1:
+        raise EdgelalmError(f"count must be at least 1, got {count}")
+    if shard_utterances < 1:
+        raise EdgelalmError(f"shard_utterances must be at least 1, got {shard_utterances}")
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise EdgelalmError(f"{out} already exists (pass overwrite=True to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.parent / f".{out.name}.partial"
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir()
+
+    started = time.perf_counter()
+    bar = _Progress(count, f"{split} ({count})") if progress else None
+    shards: list[dict] = []
+    records: list[dict] = []
+    pending: list[np.ndarray] = []
+    pending_samples = 0
+    skipped = 0
+    total_seconds = 0.0
+
+    def flush() -> None:
+        nonlocal pending, pending_samples
+        name = f"shard-{len(shards):05d}.npy"
+        audio = np.concatenate(pending) if pending else np.zeros(0, np.int16)
+        np.save(partial / name, audio, allow_pickle=False)
+        shards.append({"file": name, "utterances": len(pending), "samples": int(audio.size)})
+        pending, pending_samples = [], 0
+
+    try:
+        batch = max(16, min(256, count))
+        with open(partial / "metadata.jsonl", "w", encoding="utf-8") as metadata, \
+                closing(_rendered(split, seed, sampling_rate, workers, batch)) as rendered:
+            for utterance, audio in rendered:
+                seconds = audio.size / sampling_rate
+                if seconds > max_seconds:
+                    skipped += 1
+                    continue
+                record = {
+                    **asdict(utterance),
+                    "shard": len(shards),
+                    "offset": pending_samples,
+                    "length": int(audio.size),
+                    "seconds": round(seconds, 4),
+                }
+                metadata.write(json.dumps(record, ensure_ascii=False) + "\n")
+                records.append(record)
+                pending.append(audio)
+                pending_samples += audio.size
+                total_seconds += seconds
+                if len(pending) == shard_utterances:
+                    flush()
+                if bar:
+                    bar.update(len(records), total_seconds)
+                if len(records) == count:
+                    break
+        if pending:
+            flush()
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    finally:
+        if bar:
+            bar.close()
+
+    info = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "split": split,
+        "count": count,
+        "seed": seed,
+        "sampling_rate": sampling_rate,
+        "dtype": "int16",
+        "max_seconds": max_seconds,
+        "skipped_longer_than_max": skipped,
+        "total_seconds": round(total_seconds, 3),
+        "speed_wpm_range": list(SPEED_RANGE_WPM),
+        "pitch_range": list(PITCH_RANGE),
+        "voices": list(speech.voices(split)),
+        "shards": shards,
+        "versions": _versions(),
+    }
+    (partial / "dataset.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
+    if progress:
+        took = time.perf_counter() - started
+        print(
+            f"{out}: {count} utterances, {total_seconds / 3600:.2f} h of audio "
+            f"({total_seconds / count:.2f} s average), {skipped} longer than {max_seconds:g} s skipped, "
+            f"{took:.1f} s ({1000 * took / count:.1f} ms per utterance)",
+            file=sys.stderr,
+        )
+    return out
+
+
+def _versions() -> dict[str, str]:
+    import soxr
+
+    from edgelalm import __version__
+
+    return {"espeak-ng": speech.espeak_version(), "edgelalm": __version__, "numpy": np.__version__, "soxr": soxr.__version__}
+
+
+class SpeechDataset:
+    """A folder written by `build_dataset`: `dataset[i]` -> (float32 samples, text).
+
+    Shards are memory-mapped on first use in each process (a pickled SpeechDataset, as DataLoader
+    workers get it, carries no mapping). `seconds` (numpy) gives every clip's length for bucketing.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        info_path = self.directory / "dataset.json"
+        if not info_path.is_file():
+            raise EdgelalmError(f"{self.directory} is not a dataset (no dataset.json)")
+        self.info: dict = json.loads(info_path.read_text(encoding="utf-8"))
+        if self.info.get("format") != FORMAT or self.info.get("format_version", 0) > FORMAT_VERSION:
+            raise EdgelalmError(f"{self.directory}: not a dataset this edgelalm reads ({self.info.get('format')!r} v{self.info.get('format_version')})")
+        with open(self.directory / "metadata.jsonl", encoding="utf-8") as lines:
+            self.records: list[dict] = [json.loads(line) for line in lines if line.strip()]
+        self.sampling_rate: int = int(self.info["sampling_rate"])
+        self.texts: list[str] = [record["text"] for record in self.records]
+        self.seconds = np.array([record["seconds"] for record in self.records], dtype=np.float64)
+        self._shards: list[np.ndarray] | None = None
+
+    def _mapped(self) -> list[np.ndarray]:
+        if self._shards is None:
+            self._shards = [np.load(self.directory / shard["file"], mmap_mode="r", allow_pickle=False) for shard in self.info["shards"]]
+        return self._shards
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_shards"] = None
+        return state
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, str]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} utterances")
+        record = self.records[index]
+        start = record["offset"]
+        audio = self._mapped()[record["shard"]][start : start + record["length"]]
+        return (audio.astype(np.float32) / np.float32(_INT16_SCALE)), record["text"]
+
+    def __repr__(self) -> str:
+        return f"SpeechDataset({str(self.directory)!r}: {self.info['split']}, {len(self)} utterances)"

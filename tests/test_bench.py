@@ -1,0 +1,74 @@
+"""`edgelalm bench --quick`: the output is complete and sane (no timing is asserted: machines
+here are shared and noisy; speed targets live in the benchmark's own results)."""
+
+import csv
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("matplotlib")
+
+from edgelalm.bench import kv_cache_mb, parse_compressor, synthetic_clip  # noqa: E402
+from edgelalm.compression import CompressorSpec  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    completed = subprocess.run(
+        [sys.executable, "-m", "edgelalm.cli", "bench", "--quick", "--out", str(out)],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    return out, json.loads((out / "results.json").read_text()), completed.stdout
+
+
+def test_every_point_is_measured(quick_results):
+    out, results, _ = quick_results
+    rows = results["rows"]
+    expected = {(r, c, s) for r in ("edgelalm", "pytorch") for c in ("none", "avg3") for s in (3.0, 12.0)}
+    assert {(row["runtime"], row["compressor"], row["seconds"]) for row in rows} == expected
+    for row in rows:
+        assert "error" not in row, row
+        for stage in ("features", "encoder", "compressor", "prefill", "decode", "time_to_first_token", "total"):
+            timing = row["timings_ms"][stage]
+            assert timing["min"] <= timing["median"] <= timing["max"]
+            assert math.isfinite(timing["median"]) and timing["median"] >= 0
+        assert row["timings_ms"]["total"]["median"] >= row["timings_ms"]["time_to_first_token"]["median"] > 0
+        assert row["peak_rss_mb"] > 10
+        assert row["decode_tokens_per_second"]["median"] > 0
+
+
+def test_token_counts_follow_the_compressor(quick_results):
+    _, results, _ = quick_results
+    tokens = {(row["runtime"], row["compressor"], row["seconds"]): row["audio_tokens"] for row in results["rows"]}
+    for runtime in ("edgelalm", "pytorch"):
+        assert tokens[(runtime, "none", 3.0)] == 75  # 25 per second
+        assert tokens[(runtime, "none", 12.0)] == 300  # two windows (10 s + 2 s) of the tiny model
+        assert tokens[(runtime, "avg3", 3.0)] == 25
+        assert tokens[(runtime, "avg3", 12.0)] == math.ceil(250 / 3) + math.ceil(50 / 3)
+
+
+def test_outputs_are_written(quick_results):
+    out, results, stdout = quick_results
+    assert (out / "bench.png").stat().st_size > 10_000
+    with (out / "results.csv").open() as stream:
+        assert len(list(csv.DictReader(stream))) == len(results["rows"])
+    assert (out / "summary.md").read_text().count("\n") == len(results["rows"]) + 2
+    ratios = results["ratios"]["per_length"]["12.0"]
+    assert ratios["prefill_none_over_avg3"] > 0 and ratios["peak_rss_edgelalm_over_pytorch_none"] > 0
+    assert '"per_length"' in stdout
+
+
+def test_helpers():
+    assert parse_compressor("avg3") == CompressorSpec("avg", 3)
+    assert parse_compressor("unseg") == CompressorSpec("unseg")
+    clip = synthetic_clip(2.0)
+    assert clip.shape == (32000,) and clip.dtype.name == "float32" and 0 < abs(clip).max() <= 1
+    # Qwen2-Audio-7B's decoder: 32 layers, 32 KV heads of 128: 0.5 MiB per token at f16.
+    decoder = {"layers": 32, "kv_heads": 32, "attention_heads": 32, "hidden_size": 4096}
+    assert kv_cache_mb(decoder, 1000) == pytest.approx(500.0)
