@@ -372,14 +372,13 @@ def _remove_empty(folders: list[Path]) -> None:
 
 @contextlib.contextmanager
 def quiet_exporter() -> Iterator[None]:
-    """Silence torch.onnx's and onnxruntime's chatter so the user sees our steps only."""
+    """Silence the exporters' chatter (torch.onnx, onnxscript, the quantizer) so the user sees our steps only."""
     # The root logger too: onnxruntime's quantizer logs its advice there.
     names = ("", "torch.onnx", "torch._dynamo", "torch.export", "onnxscript", "onnx_ir")
     loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
-    os.environ.setdefault("ORT_LOGGING_LEVEL", "3")
     try:
         with warnings.catch_warnings(), open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
             warnings.simplefilter("ignore")

@@ -10,6 +10,7 @@ Reads what `edgelalm.export.decoder` writes.
 from __future__ import annotations
 
 import ctypes
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -56,7 +57,8 @@ class LlamaDecoder:
         self.n_embd = llama_cpp.llama_model_n_embd(self.model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self.model)
-        self.n_threads = n_threads
+        # llama.cpp's own default is 4 threads whatever the machine: oversubscribed on 2 cores.
+        self.n_threads = n_threads or os.cpu_count() or 1
         self.kv_cache_type = kv_cache_type
         self.gguf_path = gguf_path
         self.context = None
@@ -85,8 +87,7 @@ class LlamaDecoder:
         context_params.type_k = context_params.type_v = _GGML_TYPES[self.kv_cache_type]
         if self.kv_cache_type == "f32":
             context_params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        if self.n_threads:
-            context_params.n_threads = context_params.n_threads_batch = self.n_threads
+        context_params.n_threads = context_params.n_threads_batch = self.n_threads
         self.context = llama_cpp.llama_init_from_model(self.model, context_params)
         if not self.context:
             raise EdgelalmError(f"llama.cpp could not create a context of {n_ctx} tokens for {self.gguf_path}")
