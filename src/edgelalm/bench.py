@@ -271,17 +271,15 @@ def _measure_in_subprocess(runtime: str, source: Path, label: str, seconds: floa
 def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The headline comparisons, each measured side by side in this run."""
 
+    measured = {(row["runtime"], row["compressor"], row["seconds"]): row for row in rows if "timings_ms" in row}
+
     def stage(runtime: str, label: str, seconds: float, name: str) -> float | None:
-        for row in rows:
-            if (row["runtime"], row["compressor"], row["seconds"]) == (runtime, label, seconds) and "timings_ms" in row:
-                return row["timings_ms"][name]["median"]
-        return None
+        row = measured.get((runtime, label, seconds))
+        return row["timings_ms"][name]["median"] if row else None
 
     def memory(runtime: str, label: str, seconds: float) -> float | None:
-        for row in rows:
-            if (row["runtime"], row["compressor"], row["seconds"]) == (runtime, label, seconds) and "peak_rss_mb" in row:
-                return row["peak_rss_mb"]
-        return None
+        row = measured.get((runtime, label, seconds))
+        return row["peak_rss_mb"] if row else None
 
     def divide(a: float | None, b: float | None) -> float | None:
         return round(a / b, 3) if a and b else None

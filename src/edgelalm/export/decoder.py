@@ -69,7 +69,7 @@ def write_float_gguf(
     stored_keys = checkpoint.decoder_tensor_keys()
     check_vocab_sizes(checkpoint, stored_keys)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN2, text_config.num_hidden_layers)
-    plan: list[tuple[str, str, np.dtype]] = []  # (canonical name, gguf name, dtype written)
+    plan: list[tuple[str, str, tuple[int, ...], np.dtype]] = []  # (canonical, gguf name, shape, dtype written)
     for canonical in stored_keys:
         gguf_name = names.get_name(canonical, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
@@ -77,18 +77,17 @@ def write_float_gguf(
         shape = checkpoint.tensor_shape(stored_keys[canonical])
         # llama.cpp keeps norms and biases (1-D) in f32.
         dtype = np.dtype(np.float16 if float_type == "f16" and len(shape) == 2 else np.float32)
-        plan.append((canonical, gguf_name, dtype))
+        plan.append((canonical, gguf_name, shape, dtype))
 
     writer = gguf.GGUFWriter(str(path), GGUF_ARCHITECTURE)
     add_model_metadata(writer, checkpoint, float_type)
     add_tokenizer(writer, checkpoint)
-    for canonical, gguf_name, dtype in plan:
-        shape = checkpoint.tensor_shape(stored_keys[canonical])
+    for _, gguf_name, shape, dtype in plan:
         writer.add_tensor_info(gguf_name, shape, dtype, int(np.prod(shape)) * dtype.itemsize)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
-    for done, (canonical, _, dtype) in enumerate(plan, start=1):
+    for done, (canonical, _, _, dtype) in enumerate(plan, start=1):
         weight = checkpoint.tensor(stored_keys[canonical]).to(torch.float32)
         delta = adapter.delta(canonical) if adapter else None
         if delta is not None:
