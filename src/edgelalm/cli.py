@@ -69,23 +69,36 @@ def export(
         Optional[Path],
         typer.Option(
             help="peft LoRA adapter folder (adapter_config.json + adapter_model.safetensors) on the language model, "
-            "merged into the decoder before export (W' = W + alpha/r * B @ A)."
+            "merged into the decoder before export (W' = W + alpha/r * B @ A). With the default model, the adapter "
+            "realigned to --compressor is used unless --no-adapter."
         ),
     ] = None,
+    no_adapter: Annotated[
+        bool, typer.Option("--no-adapter", help="Export the decoder as it is, without any LoRA (to compare).")
+    ] = False,
     out: Annotated[
         Optional[Path],
         typer.Option(help="Bundle folder to write. Default: export/<model>-<compressor><K>-<quant>."),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
 ) -> None:
-    """Export a Qwen2-Audio checkpoint as one bundle folder: the audio encoder and the compressor +
-    projector as ONNX (onnxruntime), the decoder with any LoRA merged as GGUF (llama.cpp), and a
-    manifest with every file's checksum."""
-    if model is None:
-        raise EdgelalmError("no --model given: name a Qwen2-Audio checkpoint folder (edgelalm scaffold makes one)")
+    """Export a Qwen2-Audio checkpoint (default: the small model shipped with edgelalm) as one bundle
+    folder: the audio encoder and the compressor + projector as ONNX (onnxruntime), the decoder with
+    any LoRA merged as GGUF (llama.cpp), and a manifest with every file's checksum."""
+    from edgelalm.pretrained import default_adapter_dir, default_model_dir, shipped_adapters
+
     if factor is None:
         factor = 2 if compressor.value in FACTOR_COMPRESSORS else 1
     spec = CompressorSpec(compressor.value, factor)
+    if adapter is not None and no_adapter:
+        raise EdgelalmError("--adapter and --no-adapter exclude each other")
+    if model is None:
+        model = default_model_dir()
+        if adapter is None and not no_adapter and spec.name != "none":
+            adapter = default_adapter_dir(spec)
+            if adapter is None:
+                _warn(f"the default model has no adapter realigned to {spec.label} (shipped: {', '.join(shipped_adapters()) or 'none'}); "
+                      "exporting without one, so expect more errors (edgelalm finetune makes one)")
     if out is None:
         encoder_suffix = "" if encoder_precision.value == "fp32" else f"-encoder-{encoder_precision.value}"
         out = DEFAULT_EXPORT_ROOT / f"{model.resolve().name}-{spec.label}-{quant.value}{encoder_suffix}"
@@ -202,6 +215,47 @@ def bench(
     typer.echo(json.dumps(results["ratios"], indent=2))
 
 
+@app.command()
+def finetune(
+    data: Annotated[
+        Path,
+        typer.Option(help="Paired audio and text: a dataset folder (recipes/default_model/make_data.py) or a TSV file "
+                     "with 'file' and 'transcript' columns (audio paths relative to it)."),
+    ],
+    model: Annotated[
+        Optional[Path], typer.Option(help="Qwen2-Audio checkpoint folder. Default: the model shipped with edgelalm.")
+    ] = None,
+    compressor: Annotated[Compressor, typer.Option(help=_COMPRESSOR_HELP)] = Compressor.avg,
+    factor: Annotated[Optional[int], typer.Option(help="Compression factor K for avg and sample (default 2).")] = None,
+    out: Annotated[
+        Optional[Path], typer.Option(help="Adapter folder to write. Default: adapters/<model>-<compressor><K>.")
+    ] = None,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 600,
+    batch_size: Annotated[int, typer.Option(help="Clips per step.")] = 16,
+    learning_rate: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warm-up then cosine decay).")] = 1e-3,
+    rank: Annotated[int, typer.Option(help="LoRA rank (the paper: 16).")] = 16,
+    alpha: Annotated[float, typer.Option(help="LoRA alpha (the paper: 32).")] = 32.0,
+    device: Annotated[Device, typer.Option(help="cpu or cuda (PyTorch).")] = Device.cpu,
+    seed: Annotated[int, typer.Option(help="Seed for the LoRA init, batches and augmentation.")] = 0,
+    threads: Annotated[Optional[int], typer.Option(help="PyTorch CPU threads.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
+) -> None:
+    """Realign a checkpoint to a compressor (the paper's method): LoRA on the language model's q_proj and
+    k_proj, trained on paired audio/text with the compressor between the frozen encoder and projector.
+    Writes a peft adapter folder that `edgelalm export --adapter` merges."""
+    from edgelalm.pretrained import default_model_dir
+    from edgelalm.training.finetune import FinetuneOptions, finetune as run_finetune
+
+    if factor is None:
+        factor = 2 if compressor.value in FACTOR_COMPRESSORS else 1
+    spec = CompressorSpec(compressor.value, factor)
+    model = model or default_model_dir()
+    out = out or Path("adapters") / f"{model.resolve().name}-{spec.label}"
+    options = FinetuneOptions(model, data, out, spec, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+                              rank=rank, alpha=alpha, device=device.value, seed=seed, threads=threads, force=force)
+    typer.echo(str(run_finetune(options)))
+
+
 def describe_decoder(decoder: dict | None) -> str:
     if not decoder:
         return "none"
@@ -259,6 +313,10 @@ def main() -> None:
 
 def _raise_keyboard_interrupt() -> None:
     raise KeyboardInterrupt
+
+
+def _warn(message: str) -> None:
+    print(f"edgelalm: warning: {message}", file=sys.stderr)
 
 
 def _fail(message: str, exit_code: int) -> None:

@@ -330,11 +330,12 @@ def write_checkpoint(out_dir: Path, config: Qwen2AudioConfig, tokenizer: Qwen2To
     model = Qwen2AudioForConditionalGeneration(config).to(torch.float32).eval()
     model.generation_config = generation_config(tokenizer)
     model.save_pretrained(out_dir, safe_serialization=True)
-    _write_processor(out_dir, config, tokenizer)
+    write_processor(out_dir, config, tokenizer)
     return out_dir
 
 
-def _write_processor(out_dir: Path, config: Qwen2AudioConfig, tokenizer: Qwen2Tokenizer) -> None:
+def write_processor(out_dir: Path, config: Qwen2AudioConfig, tokenizer: Qwen2Tokenizer) -> None:
+    """Processor files (feature extractor, tokenizer, chat template) as Qwen2-Audio ships them."""
     processor = Qwen2AudioProcessor(
         feature_extractor=feature_extractor(window_seconds_of(config)),
         tokenizer=tokenizer,
@@ -387,7 +388,7 @@ def write_dummy_checkpoint(
     (out_dir / "model.safetensors.index.json").write_text(json.dumps(index_file, indent=2))
     config.save_pretrained(out_dir)
     generation_config(tokenizer).save_pretrained(out_dir)
-    _write_processor(out_dir, config, tokenizer)
+    write_processor(out_dir, config, tokenizer)
     return out_dir
 
 

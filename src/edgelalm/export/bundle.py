@@ -217,10 +217,15 @@ def manifest_sections(
 def split_chat_template(checkpoint: Checkpoint) -> dict[str, str]:
     """The chat template rendered for one user turn [audio, prompt], cut into the three
     pieces of text around the audio embeddings and the prompt."""
-    processor = checkpoint.processor
+    return chat_template_pieces(checkpoint.processor, str(checkpoint.path))
+
+
+def chat_template_pieces(processor: Any, source: str) -> dict[str, str]:
+    """`split_chat_template` for a loaded processor (training builds its sequences from the same
+    pieces the runtime feeds); `source` names the checkpoint in errors."""
     template = processor.chat_template
     if not template:
-        raise EdgelalmError(f"{checkpoint.path}: the processor has no chat template")
+        raise EdgelalmError(f"{source}: the processor has no chat template")
     messages = [{"role": "user", "content": [{"type": "audio", "audio": "clip.wav"}, {"type": "text", "text": _PROMPT_SENTINEL}]}]
     rendered = processor.tokenizer.apply_chat_template(
         messages, chat_template=template, add_generation_prompt=True, tokenize=False
@@ -228,7 +233,7 @@ def split_chat_template(checkpoint: Checkpoint) -> dict[str, str]:
     audio_block = processor.audio_bos_token + processor.audio_token + processor.audio_eos_token
     if rendered.count(audio_block) != 1 or rendered.count(_PROMPT_SENTINEL) != 1:
         raise EdgelalmError(
-            f"{checkpoint.path}: the chat template does not render one audio as {audio_block} followed by the text"
+            f"{source}: the chat template does not render one audio as {audio_block} followed by the text"
         )
     before_audio, after_audio = rendered.split(audio_block)
     between, after_prompt = after_audio.split(_PROMPT_SENTINEL)

@@ -1,0 +1,64 @@
+"""Copy the trained default model and its adapters into the package (src/edgelalm/default_model).
+
+    python recipes/default_model/ship.py base build/default-model/base/final
+    python recipes/default_model/ship.py adapter build/default-model/adapters/avg2 [avg3 ...]
+
+The base checkpoint is stored in float16 (safetensors) with its processor files; an adapter keeps
+only adapter_config.json and adapter_model.safetensors, under the compressor label it was trained
+with (read from edgelalm_finetune.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
+
+from edgelalm.pretrained import DEFAULT_MODEL_NAME, DEFAULT_MODEL_ROOT
+from edgelalm.scaffold import write_processor
+
+
+def ship_base(checkpoint: Path) -> Path:
+    target = DEFAULT_MODEL_ROOT / DEFAULT_MODEL_NAME
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32, use_safetensors=True)
+    processor = Qwen2AudioProcessor.from_pretrained(checkpoint)
+    model.to(torch.float16).save_pretrained(staging, safe_serialization=True)
+    write_processor(staging, model.config, processor.tokenizer)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
+
+
+def ship_adapter(folder: Path) -> Path:
+    label = json.loads((folder / "edgelalm_finetune.json").read_text())["compressor"]
+    target = DEFAULT_MODEL_ROOT / "adapters" / label
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = DEFAULT_MODEL_NAME  # not this machine's path
+    (target / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    shutil.copy2(folder / "adapter_model.safetensors", target / "adapter_model.safetensors")
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("kind", choices=("base", "adapter"))
+    parser.add_argument("folders", nargs="+", type=Path)
+    args = parser.parse_args(argv)
+    for folder in args.folders:
+        shipped = ship_base(folder) if args.kind == "base" else ship_adapter(folder)
+        size = sum(p.stat().st_size for p in shipped.rglob("*") if p.is_file())
+        print(f"{folder} -> {shipped} ({size / 1e6:.1f} MB)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

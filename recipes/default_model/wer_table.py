@@ -1,0 +1,121 @@
+"""WER of the shipped default model on the held-out set, per compressor, without and with its LoRA,
+in PyTorch and through exported bundles (f16 / q8_0 / q4_k_m decoders).
+
+    python recipes/default_model/wer_table.py --data data/test --out recipes/default_model/results
+
+Writes OUT/wer.json and OUT/wer.md (the README's table). Held out: sentences hashed to the test
+split, names and cities that occur only there, and voice/variant pairs never used in training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
+
+from edgelalm.compression import CompressorSpec
+from edgelalm.export.bundle import ExportOptions, export_bundle
+from edgelalm.export.compressor import build_compressor
+from edgelalm.pretrained import default_adapter_dir, default_model_dir
+from edgelalm.training.dataset import SpeechDataset
+from edgelalm.training.evaluate import WerResult, score, transcribe_bundle, transcribe_torch
+
+COMPRESSORS = (CompressorSpec("none", 1), CompressorSpec("avg", 2), CompressorSpec("avg", 3), CompressorSpec("sample", 3), CompressorSpec("unseg", 1))
+QUANTS = ("f16", "q8_0", "q4_k_m")
+
+
+def load_model(model_dir: Path, adapter_dir: Path | None):
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True).eval()
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload().eval()
+    return model
+
+
+def row(result: WerResult) -> dict:
+    return {"wer": result.wer, "errors": result.errors, "words": result.words, "audio_tokens_per_second": result.audio_tokens_per_second,
+            "hypotheses": list(result.hypotheses)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=Path("data/test"))
+    parser.add_argument("--clips", type=int, default=300, help="first N clips of the held-out set")
+    parser.add_argument("--out", type=Path, default=Path("recipes/default_model/results"))
+    parser.add_argument("--no-export", action="store_true", help="PyTorch columns only")
+    parser.add_argument("--compressors", default="none,avg2,avg3,sample3,unseg", help="comma-separated labels")
+    parser.add_argument("--export-compressors", default="none,avg2,avg3,sample3,unseg",
+                        help="labels whose bundles are exported and measured too")
+    args = parser.parse_args(argv)
+
+    data = SpeechDataset(args.data)
+    indices = range(min(args.clips, len(data)))
+    clips = [data[i][0] for i in indices]
+    references = [data[i][1] for i in indices]
+    seconds = sum(len(c) for c in clips) / data.sampling_rate
+    model_dir = default_model_dir()
+    processor = Qwen2AudioProcessor.from_pretrained(model_dir)
+    results: dict[str, dict] = {}
+    started = time.perf_counter()
+
+    def log(message: str) -> None:
+        print(f"[{(time.perf_counter() - started) / 60:5.1f} min] {message}", file=sys.stderr, flush=True)
+
+    wanted = args.compressors.split(",")
+    exported = set(args.export_compressors.split(","))
+    for spec in [c for c in COMPRESSORS if c.label in wanted]:
+        adapter_dir = default_adapter_dir(spec) if spec.name != "none" else None
+        entry: dict[str, dict] = {}
+        for variant, adapter in (("pytorch", None), ("pytorch_lora", adapter_dir)):
+            if variant == "pytorch_lora" and adapter is None:
+                continue
+            model = load_model(model_dir, adapter)
+            texts, tokens = transcribe_torch(model, processor, build_compressor(spec), clips)
+            entry[variant] = row(score(references, texts, tokens, seconds))
+            log(f"{spec.label} {variant}: WER {entry[variant]['wer']:.2%}")
+        if not args.no_export and spec.label in exported:
+            with tempfile.TemporaryDirectory() as scratch:
+                for quant in QUANTS:
+                    bundle = Path(scratch) / f"{spec.label}-{quant}"
+                    export_bundle(ExportOptions(model_dir, bundle, spec, "fp32", quant, adapter_dir, force=True))
+                    texts, tokens = transcribe_bundle(bundle, clips, data.sampling_rate)
+                    entry[f"bundle_{quant}"] = row(score(references, texts, tokens, seconds))
+                    log(f"{spec.label} bundle {quant}: WER {entry[f'bundle_{quant}']['wer']:.2%}")
+        results[spec.label] = entry
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    summary = {"data": str(args.data), "clips": len(clips), "audio_seconds": seconds,
+               "words": next(iter(results.values()))["pytorch"]["words"], "results": results}
+    (args.out / "wer.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (args.out / "wer.md").write_text(markdown_table(summary))
+    print(markdown_table(summary))
+    return 0
+
+
+def markdown_table(summary: dict) -> str:
+    def cell(entry: dict, key: str) -> str:
+        return f"{entry[key]['wer'] * 100:.1f}" if key in entry else "–"
+
+    lines = [
+        f"WER (%) on {summary['clips']} held-out clips ({summary['words']} words, {summary['audio_seconds'] / 60:.1f} min); "
+        "the bundle columns run the realigned model (LoRA merged) through onnxruntime + llama.cpp.",
+        "",
+        "| compressor | audio tokens/s | PyTorch, no LoRA | PyTorch + LoRA | bundle f16 | bundle q8_0 | bundle q4_k_m |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, entry in summary["results"].items():
+        rate = entry["pytorch"]["audio_tokens_per_second"]
+        lines.append(f"| {label} | {rate:.2f} | {cell(entry, 'pytorch')} | {cell(entry, 'pytorch_lora')} | "
+                     f"{cell(entry, 'bundle_f16')} | {cell(entry, 'bundle_q8_0')} | {cell(entry, 'bundle_q4_k_m')} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

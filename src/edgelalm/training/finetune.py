@@ -1,0 +1,159 @@
+"""Realign a Qwen2-Audio checkpoint to a compressor with LoRA: the paper's method.
+
+The compressor sits between the frozen audio tower and the frozen projector, exactly as in the
+exported bundle; LoRA (rank 16, alpha 32 by default) on every q_proj and k_proj of the language
+model learns to read the shorter audio sequence. The result is a standard peft adapter folder
+(adapter_config.json + adapter_model.safetensors) that `edgelalm export --adapter` merges.
+
+Paired data is either a folder written by `edgelalm.training.dataset.build_dataset` or a TSV file
+with a header naming `file` and `transcript` columns (audio paths relative to the TSV).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgelalm.compression import CompressorSpec
+from edgelalm.errors import EdgelalmError
+from edgelalm.runtime.audio import read_audio
+from edgelalm.training.texts import normalize_transcript
+
+# Only the language model's attention: never the audio tower (it has q_proj/k_proj too).
+LORA_TARGET_PATTERN = r".*language_model.*\.(q_proj|k_proj)"
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    model_dir: Path
+    data: Path
+    out_dir: Path
+    compressor: CompressorSpec
+    steps: int = 600
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    rank: int = 16
+    alpha: float = 32.0
+    device: str = "cpu"
+    seed: int = 0
+    threads: int | None = None
+    force: bool = False
+    normalize: bool = True  # lowercase and spell numbers, as the default model's transcripts are
+
+
+class PairedAudio:
+    """(samples, text) pairs from a TSV manifest: `dataset[i]`, `len`, `seconds`, `sampling_rate`."""
+
+    def __init__(self, manifest: Path, sampling_rate: int, normalize: bool) -> None:
+        self.sampling_rate = sampling_rate
+        try:
+            with open(manifest, newline="", encoding="utf-8") as handle:
+                rows = list(csv.DictReader(handle, delimiter="\t"))
+        except (OSError, UnicodeDecodeError, csv.Error) as error:
+            raise EdgelalmError(f"cannot read {manifest}: {error}") from None
+        if not rows or not {"file", "transcript"} <= set(rows[0]):
+            raise EdgelalmError(f"{manifest}: expected a TSV with a header naming 'file' and 'transcript' columns and at least one row")
+        self.clips = [read_audio(manifest.parent / row["file"], sampling_rate) for row in rows]
+        self.texts = [normalize_transcript(row["transcript"]) if normalize else row["transcript"] for row in rows]
+        self.seconds = np.array([len(clip) / sampling_rate for clip in self.clips])
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, str]:
+        return self.clips[index], self.texts[index]
+
+
+def open_paired_data(path: Path, sampling_rate: int, normalize: bool):
+    from edgelalm.training.dataset import SpeechDataset
+
+    if path.is_dir():
+        dataset = SpeechDataset(path / "train" if (path / "train" / "dataset.json").is_file() else path)
+        if dataset.sampling_rate != sampling_rate:
+            raise EdgelalmError(f"{path} is sampled at {dataset.sampling_rate} Hz; the model takes {sampling_rate} Hz")
+        return dataset
+    if path.is_file():
+        return PairedAudio(path, sampling_rate, normalize)
+    raise EdgelalmError(f"training data not found: {path} (a dataset folder or a TSV file with file/transcript columns)")
+
+
+def load_for_training(model_dir: Path, device: str):
+    """The checkpoint in float32 through safetensors (never pickles, never remote code)."""
+    import torch
+    from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
+
+    from edgelalm.export.checkpoint import open_checkpoint
+
+    open_checkpoint(model_dir)  # validates: a Qwen2-Audio checkpoint with safetensors weights
+    if device == "cuda" and not torch.cuda.is_available():
+        raise EdgelalmError("--device cuda: this torch build sees no CUDA GPU")
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True)
+    processor = Qwen2AudioProcessor.from_pretrained(model_dir)
+    return model.to(device).eval(), processor
+
+
+def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
+    """Train a LoRA adapter with the compressor in place; returns the adapter folder."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from edgelalm.export.bundle import atomic_folder
+    from edgelalm.export.compressor import build_compressor
+    from edgelalm.training.train import TrainSettings, plot_losses, train
+
+    if options.steps < 1 or options.batch_size < 1:
+        raise EdgelalmError("--steps and --batch-size must be at least 1")
+    if options.rank < 1 or options.alpha <= 0:
+        raise EdgelalmError("--rank must be at least 1 and --alpha positive")
+    # peft asks transformers a deprecated question; the user can do nothing about it.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    model, processor = load_for_training(options.model_dir, options.device)
+    sampling_rate = processor.feature_extractor.sampling_rate
+    data = open_paired_data(options.data, sampling_rate, options.normalize)
+    window_s = processor.feature_extractor.n_samples / sampling_rate
+    if float(np.max(data.seconds)) > window_s:
+        raise EdgelalmError(f"{options.data}: clips up to {np.max(data.seconds):.1f} s; the encoder window is {window_s:g} s")
+    if len(data) < options.batch_size:
+        raise EdgelalmError(f"{options.data}: {len(data)} clips, fewer than one batch of {options.batch_size}")
+
+    torch.manual_seed(options.seed)
+    lora = LoraConfig(r=options.rank, lora_alpha=options.alpha, lora_dropout=0.0, bias="none", target_modules=LORA_TARGET_PATTERN)
+    peft_model = get_peft_model(model, lora)
+    trained = [p for p in peft_model.parameters() if p.requires_grad]
+    settings = TrainSettings(
+        steps=options.steps,
+        batch_size=options.batch_size,
+        learning_rate=options.learning_rate,
+        warmup_steps=max(1, options.steps // 10),
+        eval_every=options.steps + 1,
+        seed=options.seed,
+        threads=options.threads,
+        bucket_batches=max(1, min(TrainSettings.bucket_batches, len(data) // options.batch_size)),
+    )
+    compressor = build_compressor(options.compressor)
+    with atomic_folder(options.out_dir, options.force) as staging:
+        log = train(peft_model.base_model.model, processor, data, None, staging, settings, compressor=compressor, parameters=trained, progress=progress)
+        peft_model.save_pretrained(staging, safe_serialization=True)
+        meta = {
+            "base_model": str(options.model_dir),
+            "compressor": options.compressor.label,
+            "steps": options.steps,
+            "batch_size": options.batch_size,
+            "learning_rate": options.learning_rate,
+            "seed": options.seed,
+            "data": str(options.data),
+            "clips": len(data),
+            "final_loss": log.records[-1]["loss"],
+        }
+        (staging / "edgelalm_finetune.json").write_text(json.dumps(meta, indent=2) + "\n")
+        try:
+            plot_losses(log, staging / "loss.png", f"LoRA r{options.rank}/a{options.alpha:g} with {options.compressor.label}")
+        except ImportError:
+            print("matplotlib is not installed: no loss.png (pip install 'edgelalm[bench]')", file=sys.stderr)
+    return options.out_dir

@@ -1,0 +1,182 @@
+"""Qwen2-Audio in PyTorch for training and evaluation: the data path of `edgelalm run`, batched.
+
+    waveforms -> log_mel_batch -> encode_batch -> compress_and_project -> decoder_inputs -> logits
+
+Each step computes what transformers computes for one padded clip (Whisper log-mel, the audio
+tower with its attention mask), but at the batch's own length instead of the full window, and
+puts a compressor between the tower and the projector as the bundle does. The text around the
+audio comes from the chat template cut exactly as `export` cuts it, so the model is trained on
+the token sequence the runtime will feed it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from transformers.masking_utils import create_bidirectional_mask
+
+from edgelalm.export.bundle import DEFAULT_PROMPT, chat_template_pieces
+from edgelalm.runtime.encoder import encoder_output_frames
+
+IGNORE_INDEX = -100
+
+
+# ---------------------------------------------------------------------------------------------
+# Features
+
+
+def log_mel_batch(waveforms: list[np.ndarray], feature_extractor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whisper log-mel of each clip as transformers computes it on a zero-padded window.
+
+    Returns mel [B, n_mels, T] and the valid frame count per clip. T is even and leaves the two
+    frames of zero padding the encoder's stride-2 convolution reads after the longest clip, up to
+    the window's end (past it transformers has no frames; the convolution pads with zeros).
+    """
+    hop_length, n_fft = feature_extractor.hop_length, feature_extractor.n_fft
+    window_frames = feature_extractor.nb_max_frames
+    valid_frames = [-(-len(w) // hop_length) for w in waveforms]
+    if max(valid_frames) > window_frames:
+        raise ValueError(f"a clip of {max(valid_frames)} mel frames is longer than the {window_frames}-frame window")
+    frames = max(valid_frames) + 2
+    frames = min(frames + frames % 2, window_frames)
+    # Zeros after every clip, far enough that no kept frame reaches the reflect padding.
+    samples = frames * hop_length + n_fft
+    batch = np.zeros((len(waveforms), samples), dtype=np.float32)
+    for row, waveform in enumerate(waveforms):
+        batch[row, : len(waveform)] = waveform
+    window = torch.hann_window(n_fft)
+    spectrum = torch.stft(torch.from_numpy(batch), n_fft, hop_length, window=window, return_complex=True)
+    power = spectrum[..., :frames].abs() ** 2  # [B, n_fft/2+1, frames]
+    filters = torch.from_numpy(np.asarray(feature_extractor.mel_filters, dtype=np.float32))  # [n_fft/2+1, n_mels]
+    log_mel = torch.clamp(filters.T @ power, min=1e-10).log10()
+    peak = log_mel.amax(dim=(1, 2), keepdim=True)
+    log_mel = torch.maximum(log_mel, peak - 8.0)
+    return (log_mel + 4.0) / 4.0, torch.tensor(valid_frames)
+
+
+# ---------------------------------------------------------------------------------------------
+# Audio tower
+
+
+def sinusoids(positions: int, channels: int, max_timescale: float = 10000.0) -> torch.Tensor:
+    """Whisper's fixed position embeddings (the tower's table is frozen in transformers)."""
+    log_timescale_increment = math.log(max_timescale) / (channels // 2 - 1)
+    inv_timescales = torch.exp(-log_timescale_increment * torch.arange(channels // 2, dtype=torch.float32))
+    scaled_time = torch.arange(positions, dtype=torch.float32)[:, None] * inv_timescales[None, :]
+    return torch.cat([scaled_time.sin(), scaled_time.cos()], dim=1)
+
+
+@dataclass
+class EncodedAudio:
+    frames: torch.Tensor  # [B, F, D] the tower's output at 25 frames/s (padding included)
+    frame_counts: list[int]  # valid output frames per clip
+    positions: torch.Tensor  # [B, P, D] the last layer before pooling, 50 positions/s
+    position_counts: torch.Tensor  # valid positions per clip
+
+
+def encode_batch(audio_tower: nn.Module, mel: torch.Tensor, mel_lengths: torch.Tensor) -> EncodedAudio:
+    """The tower with transformers' padding mask: positions past each clip's valid count are
+    masked as keys, so every valid output frame equals the one-clip, full-window run."""
+    device = audio_tower.conv1.weight.device
+    mel, mel_lengths = mel.to(device), mel_lengths.to(device)
+    hidden = nn.functional.gelu(audio_tower.conv1(mel))
+    hidden = nn.functional.gelu(audio_tower.conv2(hidden)).permute(0, 2, 1)
+    positions = hidden.shape[1]
+    hidden = hidden + audio_tower.embed_positions.weight[:positions]
+    position_counts = (mel_lengths - 1) // 2 + 1
+    valid = (torch.arange(positions, device=device)[None, :] < position_counts[:, None]).long()
+    mask = create_bidirectional_mask(config=audio_tower.config, inputs_embeds=hidden, attention_mask=valid)
+    for layer in audio_tower.layers:
+        hidden = layer(hidden, mask)
+    pooled = audio_tower.layer_norm(audio_tower.avg_pooler(hidden.permute(0, 2, 1)).permute(0, 2, 1))
+    frame_counts = [encoder_output_frames(int(n)) for n in mel_lengths]
+    return EncodedAudio(pooled, frame_counts, hidden, position_counts)
+
+
+def compress_and_project(model: nn.Module, compressor: nn.Module, encoded: EncodedAudio) -> list[torch.Tensor]:
+    """Audio embeddings per clip: valid frames -> compressor -> projector (as the bundle's graph)."""
+    projector = model.model.multi_modal_projector
+    return [projector(compressor(encoded.frames[row, :count])) for row, count in enumerate(encoded.frame_counts)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoder
+
+
+@dataclass(frozen=True)
+class PromptIds:
+    """Token ids around the audio, tokenized piece by piece as the runtime does."""
+
+    before_audio: list[int]  # ... <|audio_bos|>
+    after_audio: list[int]  # <|audio_eos|> ... prompt ... <|im_start|>assistant\n
+    end_of_answer: int  # <|im_end|>: the answer's last label, where generation stops
+
+    @classmethod
+    def from_processor(cls, processor, prompt: str = DEFAULT_PROMPT, source: str = "checkpoint") -> PromptIds:
+        pieces = chat_template_pieces(processor, source)
+        tokenizer = processor.tokenizer
+
+        def ids(text: str) -> list[int]:
+            return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+        return cls(
+            before_audio=ids(pieces["before_audio"]),
+            after_audio=ids(pieces["after_audio"] + prompt + pieces["after_prompt"]),
+            end_of_answer=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        )
+
+
+def decoder_inputs(
+    model: nn.Module, prompt: PromptIds, audio: list[torch.Tensor], answers: list[list[int]] | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """inputs_embeds [B, N, H] right-padded, attention mask [B, N] and labels (answer tokens and
+    <|im_end|> only; None without answers, for generation, where B must be 1)."""
+    embed = model.get_input_embeddings()
+    device = embed.weight.device
+    rows, label_rows = [], []
+    for row, audio_embeddings in enumerate(audio):
+        answer = [] if answers is None else list(answers[row]) + [prompt.end_of_answer]
+        before = embed(torch.tensor(prompt.before_audio, device=device))
+        after = embed(torch.tensor(prompt.after_audio + answer, device=device))
+        rows.append(torch.cat([before, audio_embeddings, after]))
+        context = len(prompt.before_audio) + audio_embeddings.shape[0] + len(prompt.after_audio)
+        label_rows.append([IGNORE_INDEX] * context + answer)
+    length = max(r.shape[0] for r in rows)
+    hidden = rows[0].shape[1]
+    inputs = torch.zeros(len(rows), length, hidden, device=device)
+    mask = torch.zeros(len(rows), length, dtype=torch.long, device=device)
+    labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long, device=device)
+    for row, embeddings in enumerate(rows):
+        inputs[row, : embeddings.shape[0]] = embeddings
+        mask[row, : embeddings.shape[0]] = 1
+        labels[row, : len(label_rows[row])] = torch.tensor(label_rows[row], device=device)
+    return inputs, mask, (labels if answers is not None else None)
+
+
+def answer_loss(model: nn.Module, inputs: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross entropy over the answer tokens."""
+    hidden = model.model.language_model(inputs_embeds=inputs, attention_mask=mask).last_hidden_state
+    # Position i predicts label i + 1; only answer positions reach the head.
+    targets = labels[:, 1:]
+    selected = targets != IGNORE_INDEX
+    logits = model.lm_head(hidden[:, :-1][selected])
+    return nn.functional.cross_entropy(logits, targets[selected])
+
+
+@torch.no_grad()
+def greedy_answer(model: nn.Module, prompt: PromptIds, audio_embeddings: torch.Tensor, end_ids: list[int], max_new_tokens: int = 64) -> list[int]:
+    """Greedy continuation of one clip's prompt (transformers' generate on inputs_embeds)."""
+    inputs, mask, _ = decoder_inputs(model, prompt, [audio_embeddings], None)
+    generated = model.generate(
+        inputs_embeds=inputs,
+        attention_mask=mask,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=end_ids,
+        pad_token_id=end_ids[-1],
+    )[0].tolist()
+    return [token for token in generated if token not in end_ids]

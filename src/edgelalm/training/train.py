@@ -1,0 +1,262 @@
+"""Train a Qwen2-Audio-architecture model from scratch for speech recognition (the default model).
+
+The loss is the answer's cross entropy (the transcript after the chat prompt, audio in between),
+plus a CTC loss over characters on the tower's last layer, a training-only head that is not
+saved: it teaches the encoder to align with speech long before the decoder's attention finds it,
+which is what makes a few thousand CPU steps enough. Every draw (init, batches, augmentation)
+comes from the seed, so the same arguments give the same model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgelalm.training import speech
+from edgelalm.training.dataset import SpeechDataset
+from edgelalm.training.model import PromptIds, answer_loss, compress_and_project, decoder_inputs, encode_batch, log_mel_batch
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    steps: int = 4000  # the length of the learning-rate schedule
+    stop_after: int | None = None  # end early, mid-schedule (how the default model's stage 1 ended)
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    warmup_steps: int = 300
+    final_learning_rate_share: float = 0.05  # cosine decay ends at this share of the peak
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    ctc_weight: float = 0.3
+    augment_probability: float = 0.8
+    eval_every: int = 250
+    eval_clips: int = 64
+    save_every: int = 500
+    seed: int = 0
+    threads: int | None = None
+    bucket_batches: int = 50  # batches drawn together and sorted by length, to limit padding
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches
+
+
+def batch_indices(seconds: np.ndarray, batch_size: int, bucket_batches: int, rng: np.random.Generator) -> Iterator[list[int]]:
+    """Endless batches: draw bucket_batches * batch_size clips, sort them by length, cut them
+    into batches and shuffle those, so a batch holds clips of similar length."""
+    while True:
+        drawn = rng.choice(len(seconds), size=batch_size * bucket_batches, replace=False)
+        drawn = drawn[np.argsort(seconds[drawn], kind="stable")]
+        batches = [drawn[i : i + batch_size].tolist() for i in range(0, len(drawn), batch_size)]
+        for order in rng.permutation(len(batches)):
+            yield batches[order]
+
+
+def fitted_augment(samples: np.ndarray, window_samples: int, rng: np.random.Generator, sampling_rate: int) -> np.ndarray:
+    """`speech.augment` with its silence padding shortened so the clip stays inside one window."""
+    room_s = max(0.0, (window_samples - len(samples)) / 2 / sampling_rate)
+    settings = speech.AugmentSettings(max_silence_s=min(speech.AugmentSettings().max_silence_s, room_s))
+    return speech.augment(samples, rng, settings, sampling_rate)[:window_samples]
+
+
+# ---------------------------------------------------------------------------------------------
+# CTC head (training only)
+
+
+class CharacterCtc(nn.Module):
+    """Linear head from the tower's last layer (50 positions/s) to characters plus a blank."""
+
+    def __init__(self, width: int, alphabet: str) -> None:
+        super().__init__()
+        self.alphabet = alphabet
+        self.head = nn.Linear(width, len(alphabet) + 1)  # index 0 is the blank
+
+    def targets(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = [[self.alphabet.index(c) + 1 for c in text if c in self.alphabet] for text in texts]
+        return torch.tensor([i for row in ids for i in row]), torch.tensor([len(row) for row in ids])
+
+    def loss(self, positions: torch.Tensor, position_counts: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        log_probs = self.head(positions).log_softmax(-1).transpose(0, 1)  # [T, B, C]
+        targets, target_lengths = self.targets(texts)
+        return nn.functional.ctc_loss(log_probs, targets, position_counts, target_lengths, zero_infinity=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclass
+class TrainLog:
+    path: Path
+    records: list[dict] = field(default_factory=list)
+
+    def write(self, record: dict) -> None:
+        self.records.append(record)
+        with open(self.path, "a", encoding="utf-8") as log:
+            log.write(json.dumps(record) + "\n")
+
+
+def learning_rate_at(step: int, settings: TrainSettings) -> float:
+    if step < settings.warmup_steps:
+        return settings.learning_rate * (step + 1) / settings.warmup_steps
+    progress = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
+    floor = settings.final_learning_rate_share
+    return settings.learning_rate * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def batch_loss(
+    model: nn.Module,
+    compressor: nn.Module,
+    prompt: PromptIds,
+    tokenizer,
+    feature_extractor,
+    waveforms: list[np.ndarray],
+    texts: list[str],
+    ctc: CharacterCtc | None,
+    ctc_weight: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    mel, mel_lengths = log_mel_batch(waveforms, feature_extractor)
+    encoded = encode_batch(model.model.audio_tower, mel, mel_lengths)
+    audio = compress_and_project(model, compressor, encoded)
+    answers = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    inputs, mask, labels = decoder_inputs(model, prompt, audio, answers)
+    loss = answer_loss(model, inputs, mask, labels)
+    parts = {"answer_loss": float(loss.detach())}
+    if ctc is not None:
+        ctc_loss = ctc.loss(encoded.positions, encoded.position_counts, texts)
+        parts["ctc_loss"] = float(ctc_loss.detach())
+        loss = loss + ctc_weight * ctc_loss
+    return loss, parts
+
+
+def train(
+    model: nn.Module,
+    processor,
+    train_data: SpeechDataset,
+    test_data: SpeechDataset | None,
+    out_dir: Path,
+    settings: TrainSettings,
+    *,
+    compressor: nn.Module | None = None,
+    ctc_alphabet: str | None = None,
+    parameters: list[nn.Parameter] | None = None,
+    save: Callable[[Path], None] | None = None,
+    progress: bool = True,
+) -> TrainLog:
+    """Train `model` (in place, left in eval mode) and return the log; the caller saves it.
+    `parameters` limits what is trained (LoRA); `save(folder)`, if given, writes a snapshot to
+    out_dir/last every save_every steps (something to fall back on if a long run is stopped)."""
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = TrainLog(out_dir / "train_log.jsonl")
+    log.path.write_text("")
+    (out_dir / "train_settings.json").write_text(json.dumps(asdict(settings), indent=2) + "\n")
+
+    compressor = compressor if compressor is not None else nn.Identity()
+    prompt = PromptIds.from_processor(processor)
+    tokenizer = processor.tokenizer
+    feature_extractor = processor.feature_extractor
+    window_samples = processor.feature_extractor.n_samples
+    sampling_rate = train_data.sampling_rate
+    ctc = CharacterCtc(model.config.audio_config.d_model, ctc_alphabet).to(model.device) if ctc_alphabet else None
+    trained = parameters if parameters is not None else [p for p in model.parameters() if p.requires_grad]
+    if ctc is not None:
+        trained = trained + list(ctc.parameters())
+    decayed = [p for p in trained if p.ndim >= 2]
+    plain = [p for p in trained if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decayed, "weight_decay": settings.weight_decay}, {"params": plain, "weight_decay": 0.0}],
+        lr=settings.learning_rate,
+    )
+    rng = np.random.default_rng(settings.seed)
+    batches = batch_indices(train_data.seconds, settings.batch_size, settings.bucket_batches, rng)
+    eval_indices = list(range(min(settings.eval_clips, len(test_data)))) if test_data is not None else []
+
+    def evaluate() -> float:
+        model.eval()
+        with torch.no_grad():
+            losses = []
+            for start in range(0, len(eval_indices), settings.batch_size):
+                items = [test_data[i] for i in eval_indices[start : start + settings.batch_size]]
+                loss, _ = batch_loss(model, compressor, prompt, tokenizer, feature_extractor, [w for w, _ in items], [t for _, t in items], None, 0.0)
+                losses.append(float(loss) * len(items))
+        model.train()
+        return sum(losses) / len(eval_indices)
+
+    model.train()
+    started = time.perf_counter()
+    window_loss: list[float] = []
+    last_step = min(settings.steps, settings.stop_after or settings.steps)
+    for step in range(last_step):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate_at(step, settings)
+        indices = next(batches)
+        waveforms, texts = [], []
+        for index in indices:
+            samples, text = train_data[index]
+            if rng.random() < settings.augment_probability:
+                samples = fitted_augment(samples, window_samples, rng, sampling_rate)
+            waveforms.append(samples)
+            texts.append(text)
+        loss, parts = batch_loss(model, compressor, prompt, tokenizer, feature_extractor, waveforms, texts, ctc, settings.ctc_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = float(nn.utils.clip_grad_norm_(trained, settings.max_grad_norm))
+        optimizer.step()
+        window_loss.append(float(loss.detach()))
+
+        done = step + 1
+        if done % 25 == 0 or done in (1, last_step):
+            elapsed = time.perf_counter() - started
+            record = {"step": done, "loss": float(np.mean(window_loss)), **parts, "grad_norm": grad_norm,
+                      "learning_rate": learning_rate_at(step, settings), "elapsed_s": round(elapsed, 1)}
+            window_loss = []
+            if eval_indices and (done % settings.eval_every == 0 or done == last_step):
+                record["test_loss"] = evaluate()
+            log.write(record)
+            if progress:
+                eta = elapsed / done * (last_step - done)
+                test = f" test {record['test_loss']:.3f}" if "test_loss" in record else ""
+                print(f"step {done}/{last_step} loss {record['loss']:.3f}{test} lr {record['learning_rate']:.2e} "
+                      f"{elapsed / done:.2f} s/step, {eta / 60:.0f} min left", file=sys.stderr, flush=True)
+        if save is not None and (done % settings.save_every == 0) and done < last_step:
+            save(out_dir / "last")
+    model.eval()
+    return log
+
+
+def plot_losses(log: TrainLog, path: Path, title: str) -> None:
+    """Training and held-out loss against step (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in log.records]
+    figure, axis = plt.subplots(figsize=(7, 4))
+    axis.plot(steps, [r["loss"] for r in log.records], label="train loss (total)")
+    if any("answer_loss" in r for r in log.records):
+        axis.plot(steps, [r.get("answer_loss", np.nan) for r in log.records], label="train answer loss", alpha=0.6)
+    tested = [r for r in log.records if "test_loss" in r]
+    if tested:
+        axis.plot([r["step"] for r in tested], [r["test_loss"] for r in tested], "o-", label="held-out answer loss")
+    axis.set_yscale("log")
+    axis.set_xlabel("step")
+    axis.set_ylabel("loss")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

@@ -1,0 +1,101 @@
+"""The model shipped inside the package, end to end: `edgelalm export` with no --model takes it,
+`edgelalm run` transcribes the example clips (held-out sentences; three of the four voices never
+heard in training), and the exported pipeline says what transformers says."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgelalm.pretrained import DEFAULT_MODEL_NAME, default_model_dir
+from edgelalm.runtime.audio import read_audio
+from edgelalm.runtime.encoder import encoder_output_frames
+from edgelalm.training.evaluate import score, transcribe_bundle, transcribe_torch
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def examples() -> tuple[list, list[str]]:
+    with open(EXAMPLES / "transcripts.tsv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    return [read_audio(EXAMPLES / row["file"], 16000) for row in rows], [row["transcript"] for row in rows]
+
+
+def export(out: Path, *args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "edgelalm.cli", "export", *args, "--out", str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_the_package_ships_the_default_model_as_safetensors():
+    model_dir = default_model_dir()
+    assert model_dir.name == DEFAULT_MODEL_NAME
+    assert (model_dir / "model.safetensors").is_file()
+    assert not list(model_dir.glob("*.bin")) and not list(model_dir.glob("*.pt"))
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["architectures"] == ["Qwen2AudioForConditionalGeneration"]
+
+
+@pytest.fixture(scope="module")
+def none_f16_bundle(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("default") / "bundle"
+    result = export(out, "--compressor", "none", "--quant", "f16")
+    assert "warning" not in result.stderr  # `none` needs no realignment
+    return out
+
+
+def test_default_export_takes_the_shipped_model(none_f16_bundle):
+    manifest = json.loads((none_f16_bundle / "manifest.json").read_text())
+    assert manifest["model"]["name"] == DEFAULT_MODEL_NAME
+    assert manifest["decoder"]["adapter"] is None
+
+
+def test_bundle_transcripts_equal_pytorch_transcripts(none_f16_bundle):
+    """Greedy transcripts of the example clips through onnxruntime + llama.cpp (f16: the shipped
+    weights exactly) equal transformers' greedy generate on the same model."""
+    from torch import nn
+    from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
+
+    model_dir = default_model_dir()
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir).float().eval()
+    processor = Qwen2AudioProcessor.from_pretrained(model_dir)
+    clips, references = examples()
+    reference_texts, reference_tokens = transcribe_torch(model, processor, nn.Identity(), clips)
+    texts, tokens = transcribe_bundle(none_f16_bundle, clips, 16000)
+    assert tokens == reference_tokens
+    assert [t.strip() for t in texts] == [t.strip() for t in reference_texts]
+    assert all(text.strip() for text in texts)
+    seconds = sum(len(c) for c in clips) / 16000
+    # Both say the same words, so both score the same against the true transcripts.
+    assert score(references, texts, tokens, seconds).errors == score(references, reference_texts, tokens, seconds).errors
+
+
+def test_cli_run_prints_a_transcript(none_f16_bundle):
+    result = subprocess.run(
+        [sys.executable, "-m", "edgelalm.cli", "run", str(EXAMPLES / "set-a-timer.wav"), "--bundle", str(none_f16_bundle), "--json"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    samples = read_audio(EXAMPLES / "set-a-timer.wav", 16000)
+    # `none` keeps every encoder frame: 25 per second, by transformers' length formula.
+    assert record["audio_tokens"] == encoder_output_frames(-(-len(samples) // 160))
+    assert record["text"].strip()
+
+
+def test_compressor_without_a_shipped_adapter_warns(tmp_path):
+    result = export(tmp_path / "bundle", "--compressor", "avg", "--factor", "4", "--quant", "f16")
+    assert "edgelalm: warning: the default model has no adapter realigned to avg4" in result.stderr
+    assert json.loads((tmp_path / "bundle" / "manifest.json").read_text())["compressor"]["factor"] == 4
+
+
+def test_adapter_and_no_adapter_exclude_each_other(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "edgelalm.cli", "export", "--adapter", str(tmp_path), "--no-adapter", "--out", str(tmp_path / "b")],
+        capture_output=True, text=True,
+    )
+    assert result.returncode != 0 and "exclude each other" in result.stderr
+    assert not (tmp_path / "b").exists()

@@ -1,0 +1,122 @@
+"""`edgelalm finetune`: LoRA realignment with a compressor in place, written as a peft folder that
+peft itself loads and `export --adapter` merges; the WER scorer against hand-counted edits."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile
+import torch
+from hf_reference import speechlike
+from safetensors.torch import load_file
+
+from edgelalm.compression import CompressorSpec
+from edgelalm.training.evaluate import score, word_errors
+from edgelalm.training.finetune import FinetuneOptions, finetune
+
+TEXTS = ("set a timer", "call anna", "what time is it", "turn on the lights")
+
+
+@pytest.fixture(scope="module")
+def paired_tsv(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("paired")
+    rows = ["file\ttranscript"]
+    for i, text in enumerate(TEXTS):
+        soundfile.write(folder / f"clip{i}.wav", speechlike(1.0 + 0.5 * i, seed=10 + i), 16000)
+        rows.append(f"clip{i}.wav\t{text.capitalize()} 2.")  # normalised to "... two"
+    (folder / "pairs.tsv").write_text("\n".join(rows) + "\n")
+    return folder / "pairs.tsv"
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_checkpoint, paired_tsv, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("finetuned") / "unseg"
+    options = FinetuneOptions(tiny_checkpoint, paired_tsv, out, CompressorSpec("unseg", 1), steps=12, batch_size=4, learning_rate=1e-2)
+    return finetune(options, progress=False)
+
+
+def test_finetune_writes_a_peft_adapter_on_language_model_q_and_k(adapter):
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert (config["r"], config["lora_alpha"]) == (16, 32)
+    tensors = load_file(adapter / "adapter_model.safetensors")
+    assert tensors and all("language_model" in name and ("q_proj" in name or "k_proj" in name) for name in tensors)
+    # peft initialises B to zero; training moved it.
+    assert any(float(t.abs().max()) > 0 for name, t in tensors.items() if "lora_B" in name)
+    meta = json.loads((adapter / "edgelalm_finetune.json").read_text())
+    assert meta["compressor"] == "unseg" and meta["clips"] == len(TEXTS)
+
+
+def test_finetune_lowers_the_loss(adapter):
+    records = [json.loads(line) for line in (adapter / "train_log.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 12
+    first = json.loads((adapter / "train_log.jsonl").read_text().splitlines()[0])
+    assert records[-1]["answer_loss"] < first["answer_loss"]
+
+
+def test_peft_loads_the_adapter_and_export_merges_it(adapter, tiny_checkpoint, tmp_path):
+    from peft import PeftModel
+    from transformers import Qwen2AudioForConditionalGeneration
+
+    base = Qwen2AudioForConditionalGeneration.from_pretrained(tiny_checkpoint)
+    reference = base.model.language_model.layers[0].self_attn.q_proj.weight.detach().clone()
+    merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
+    assert not torch.equal(merged.model.language_model.layers[0].self_attn.q_proj.weight, reference)
+
+    out = tmp_path / "bundle"
+    result = subprocess.run(
+        [sys.executable, "-m", "edgelalm.cli", "export", "--model", str(tiny_checkpoint), "--compressor", "unseg",
+         "--adapter", str(adapter), "--out", str(out)],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["decoder"]["adapter"]["rank"] == 16
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgelalm.cli", "finetune", *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("missing_data", "training data not found"),
+        ("bad_tsv", "'file' and 'transcript'"),
+        ("out_exists", "already exists"),
+        ("not_a_checkpoint", "config.json"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(case, expected, tiny_checkpoint, paired_tsv, tmp_path):
+    out = tmp_path / "adapter"
+    data, model = str(paired_tsv), str(tiny_checkpoint)
+    if case == "missing_data":
+        data = str(tmp_path / "nothing.tsv")
+    elif case == "bad_tsv":
+        (tmp_path / "bad.tsv").write_text("path\ttext\nclip0.wav\thello\n")
+        data = str(tmp_path / "bad.tsv")
+    elif case == "out_exists":
+        out.mkdir()
+        (out / "keep.txt").write_text("mine")
+    elif case == "not_a_checkpoint":
+        model = str(tmp_path)
+    result = run_cli("--model", model, "--data", data, "--out", str(out), "--steps", "1", "--batch-size", "1")
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("edgelalm: error:") and expected in lines[-1], result.stderr
+    assert "Traceback" not in result.stderr
+    if case == "out_exists":
+        assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    else:
+        assert not out.exists()
+
+
+def test_word_errors_counts_substitutions_insertions_and_deletions():
+    assert word_errors("set a timer", "set a timer") == 0
+    assert word_errors("set a timer", "set the timer") == 1
+    assert word_errors("set a timer", "set timer") == 1
+    assert word_errors("set a timer", "please set a timer now") == 2
+    assert word_errors("a b c d", "") == 4
+    result = score(["Set a timer for 20 minutes."], ["set a timer for twenty minutes"], audio_tokens=50, audio_seconds=2.0)
+    assert (result.errors, result.words, result.wer, result.audio_tokens_per_second) == (0, 6, 0.0, 25.0)

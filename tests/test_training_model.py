@@ -1,0 +1,103 @@
+"""The training forward (edgelalm.training.model) against transformers' own Qwen2-Audio forward:
+the batched, trimmed computation must be the one transformers runs on each padded clip."""
+
+import numpy as np
+import pytest
+import torch
+from hf_reference import TransformersAudioTower, speechlike
+from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
+
+from edgelalm.compression import CompressorSpec
+from edgelalm.export.compressor import build_compressor
+from edgelalm.training.model import (
+    IGNORE_INDEX,
+    PromptIds,
+    answer_loss,
+    compress_and_project,
+    decoder_inputs,
+    encode_batch,
+    log_mel_batch,
+)
+
+CLIP_SECONDS = (3.3, 0.4, 9.99, 6.02)
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_checkpoint):
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(tiny_checkpoint).eval()
+    return model, Qwen2AudioProcessor.from_pretrained(tiny_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def clips():
+    return [speechlike(seconds, seed) for seed, seconds in enumerate(CLIP_SECONDS)]
+
+
+def test_log_mel_batch_equals_the_feature_extractor(loaded, clips):
+    _, processor = loaded
+    mel, lengths = log_mel_batch(clips, processor.feature_extractor)
+    for row, clip in enumerate(clips):
+        reference = processor.feature_extractor(clip, sampling_rate=16000, return_attention_mask=True, return_tensors="np")
+        valid = int(reference["attention_mask"].sum())
+        assert int(lengths[row]) == valid
+        # The clip's frames and the two the encoder's convolution reads after them.
+        kept = min(valid + 2, reference["input_features"].shape[-1])
+        np.testing.assert_allclose(mel[row, :, :kept].numpy(), reference["input_features"][0, :, :kept], atol=1e-4)
+
+
+def test_encode_batch_equals_transformers_on_each_padded_clip(loaded, clips):
+    model, processor = loaded
+    mel, lengths = log_mel_batch(clips, processor.feature_extractor)
+    with torch.no_grad():
+        encoded = encode_batch(model.model.audio_tower, mel, lengths)
+    reference_tower = TransformersAudioTower(model, processor)
+    for row, clip in enumerate(clips):
+        frames, _, _ = reference_tower(clip)
+        assert encoded.frame_counts[row] == frames.shape[0]
+        np.testing.assert_allclose(encoded.frames[row, : frames.shape[0]].numpy(), frames, atol=5e-5)
+
+
+def test_answer_loss_equals_transformers_loss(loaded, clips):
+    """The same token sequence through Qwen2AudioForConditionalGeneration with labels (its own
+    audio merge, its own loss) gives the loss the training step computes."""
+    model, processor = loaded
+    prompt = PromptIds.from_processor(processor)
+    tokenizer = processor.tokenizer
+    answers = [tokenizer("set a timer", add_special_tokens=False)["input_ids"], tokenizer("call anna", add_special_tokens=False)["input_ids"]]
+    batch = clips[:2]
+    with torch.no_grad():
+        mel, lengths = log_mel_batch(batch, processor.feature_extractor)
+        audio = compress_and_project(model, build_compressor(CompressorSpec("none", 1)), encode_batch(model.model.audio_tower, mel, lengths))
+        inputs, mask, labels = decoder_inputs(model, prompt, audio, answers)
+        ours = answer_loss(model, inputs, mask, labels)
+
+        audio_id = tokenizer.convert_tokens_to_ids(processor.audio_token)
+        reference_losses, counts = [], []
+        for clip, answer, embeddings in zip(batch, answers, audio, strict=True):
+            ids = prompt.before_audio + [audio_id] * embeddings.shape[0] + prompt.after_audio + answer + [prompt.end_of_answer]
+            row_labels = [IGNORE_INDEX] * (len(ids) - len(answer) - 1) + answer + [prompt.end_of_answer]
+            features = processor.feature_extractor(clip, sampling_rate=16000, return_attention_mask=True, padding="max_length", return_tensors="pt")
+            output = model(
+                input_ids=torch.tensor([ids]),
+                input_features=features["input_features"],
+                feature_attention_mask=features["attention_mask"],
+                labels=torch.tensor([row_labels]),
+            )
+            reference_losses.append(float(output.loss))
+            counts.append(len(answer) + 1)
+    # The batch loss is the mean over all answer tokens of both clips.
+    expected = sum(loss * count for loss, count in zip(reference_losses, counts)) / sum(counts)
+    assert float(ours) == pytest.approx(expected, abs=1e-5)
+    assert (labels != IGNORE_INDEX).sum() == sum(counts)
+
+
+def test_prompt_ids_are_the_runtime_pieces(loaded):
+    from edgelalm.export.bundle import chat_template_pieces
+
+    _, processor = loaded
+    prompt = PromptIds.from_processor(processor, prompt="Transcribe the audio.")
+    pieces = chat_template_pieces(processor, "tiny")
+    tokenizer = processor.tokenizer
+    assert tokenizer.decode(prompt.before_audio) == pieces["before_audio"]
+    assert tokenizer.decode(prompt.after_audio) == pieces["after_audio"] + "Transcribe the audio." + pieces["after_prompt"]
+    assert tokenizer.convert_ids_to_tokens(prompt.end_of_answer) == "<|im_end|>"
