@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edgelalm.pretrained import DEFAULT_MODEL_NAME, default_model_dir
+from edgelalm.pretrained import DEFAULT_MODEL_NAME, default_model_dir, shipped_adapters
 from edgelalm.runtime.audio import read_audio
 from edgelalm.runtime.encoder import encoder_output_frames
 from edgelalm.training.evaluate import score, transcribe_bundle, transcribe_torch
@@ -37,6 +37,7 @@ def test_the_package_ships_the_default_model_as_safetensors():
     assert not list(model_dir.glob("*.bin")) and not list(model_dir.glob("*.pt"))
     config = json.loads((model_dir / "config.json").read_text())
     assert config["architectures"] == ["Qwen2AudioForConditionalGeneration"]
+    assert shipped_adapters() == ["avg2", "avg3", "sample3", "unseg"]
 
 
 @pytest.fixture(scope="module")
