@@ -87,9 +87,7 @@ def export(
     any LoRA merged as GGUF (llama.cpp), and a manifest with every file's checksum."""
     from edgelalm.pretrained import default_adapter_dir, default_model_dir, shipped_adapters
 
-    if factor is None:
-        factor = 2 if compressor.value in FACTOR_COMPRESSORS else 1
-    spec = CompressorSpec(compressor.value, factor)
+    spec = _compressor_spec(compressor, factor)
     if adapter is not None and no_adapter:
         raise EdgelalmError("--adapter and --no-adapter exclude each other")
     if model is None:
@@ -246,9 +244,7 @@ def finetune(
     from edgelalm.pretrained import default_model_dir
     from edgelalm.training.finetune import FinetuneOptions, finetune as run_finetune
 
-    if factor is None:
-        factor = 2 if compressor.value in FACTOR_COMPRESSORS else 1
-    spec = CompressorSpec(compressor.value, factor)
+    spec = _compressor_spec(compressor, factor)
     model = model or default_model_dir()
     out = out or Path("adapters") / f"{model.resolve().name}-{spec.label}"
     options = FinetuneOptions(model, data, out, spec, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
@@ -313,6 +309,13 @@ def main() -> None:
 
 def _raise_keyboard_interrupt() -> None:
     raise KeyboardInterrupt
+
+
+def _compressor_spec(compressor: Compressor, factor: int | None) -> CompressorSpec:
+    """--compressor and --factor as one spec; K defaults to 2 where the compressor takes one."""
+    if factor is None:
+        factor = 2 if compressor.value in FACTOR_COMPRESSORS else 1
+    return CompressorSpec(compressor.value, factor)
 
 
 def _warn(message: str) -> None:
