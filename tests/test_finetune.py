@@ -2,6 +2,7 @@
 peft itself loads and `export --adapter` merges; the WER scorer against hand-counted edits."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     [
         ("missing_data", "training data not found"),
         ("bad_tsv", "'file' and 'transcript'"),
+        ("missing_clip", "audio file not found"),
+        ("not_audio", "cannot read audio"),
         ("out_exists", "already exists"),
         ("not_a_checkpoint", "config.json"),
     ],
@@ -96,6 +99,13 @@ def test_bad_input_is_one_line_and_writes_nothing(case, expected, tiny_checkpoin
     elif case == "bad_tsv":
         (tmp_path / "bad.tsv").write_text("path\ttext\nclip0.wav\thello\n")
         data = str(tmp_path / "bad.tsv")
+    elif case in ("missing_clip", "not_audio"):
+        # every file is checked before training starts, though samples are read lazily
+        shutil.copy(paired_tsv.parent / "clip0.wav", tmp_path / "clip0.wav")
+        if case == "not_audio":
+            (tmp_path / "clip1.wav").write_text("not audio")
+        (tmp_path / "pairs.tsv").write_text("file\ttranscript\nclip0.wav\tcall anna\nclip1.wav\tset a timer\n")
+        data = str(tmp_path / "pairs.tsv")
     elif case == "out_exists":
         out.mkdir()
         (out / "keep.txt").write_text("mine")

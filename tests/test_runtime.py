@@ -115,6 +115,19 @@ def test_streamed_pieces_make_the_answer(tiny_bundles):
     assert result.peak_rss_mb > 0 and result.audio_seconds == 2.0
 
 
+def test_the_cpu_arena_is_a_memory_setting_only(tiny_bundles):
+    """Off by default (lower peak RSS on long windows, benchmarks/cpu_arena.py); on, the same answer."""
+    bundle, audio = tiny_bundles("avg", 2, "q8_0"), speechlike(3.0, 6)
+    with Runtime(bundle) as runtime:
+        assert not runtime.encoder.session.get_session_options().enable_cpu_mem_arena
+        assert not runtime.compressor.session.get_session_options().enable_cpu_mem_arena
+        without = runtime.run(audio, max_tokens=12)
+    with Runtime(bundle, cpu_arena=True) as runtime:
+        assert runtime.encoder.session.get_session_options().enable_cpu_mem_arena
+        with_arena = runtime.run(audio, max_tokens=12)
+    assert with_arena.text == without.text and with_arena.audio_tokens == without.audio_tokens
+
+
 def test_sampling_uses_the_seed(tiny_bundles):
     with Runtime(tiny_bundles("avg", 2, "q8_0")) as runtime:
         audio = speechlike(2.0, 5)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import io
+import json
 import pickle
 import random
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,6 +79,26 @@ def test_held_out_names_and_cities_only_in_test(train_sentences, test_sentences)
     assert sum(not set(s.split()) & held_out for s in test_sentences) > 0.3 * len(test_sentences)
 
 
+@pytest.mark.parametrize("grammar_version", texts.GRAMMAR_VERSIONS)
+def test_every_grammar_version_keeps_the_held_out_words_out_of_train(grammar_version):
+    held_out = set(HELD_OUT_NAMES) | set(HELD_OUT_CITIES)
+    train_words = set(texts.vocabulary("train", grammar_version))
+    assert not train_words & (held_out | {f"{word}'s" for word in held_out})
+    assert all(split_of(s) == "train" for s in utterances("train", 2000, seed=0, grammar_version=grammar_version))
+
+
+def test_grammar_version_2_adds_names_and_cities_and_keeps_version_1():
+    first, second = set(texts.vocabulary("train", 1)), set(texts.vocabulary("train", 2))
+    assert first < second
+    assert {"priscilla", "zelda", "reykjavik", "jakarta"} & second == {"zelda", "reykjavik", "jakarta"}
+    assert not {"zelda", "reykjavik", "jakarta"} & first
+    # the version is part of the stream's identity: the same seed draws other sentences
+    assert utterances("train", 200, seed=0, grammar_version=1) != utterances("train", 200, seed=0, grammar_version=2)
+    assert utterances("train", 200, seed=0) == utterances("train", 200, seed=0, grammar_version=texts.GRAMMAR_VERSION)
+    with pytest.raises(ValueError):
+        utterances("train", 1, seed=0, grammar_version=99)
+
+
 def test_example_sentence_is_in_neither_split(train_sentences, test_sentences, monkeypatch):
     assert split_of(EXAMPLE_SENTENCE) is None
     assert EXAMPLE_SENTENCE not in train_sentences and EXAMPLE_SENTENCE not in test_sentences
@@ -84,7 +107,7 @@ def test_example_sentence_is_in_neither_split(train_sentences, test_sentences, m
     # and the stream drops it when the grammar draws it
     others = [s for s in ("what time is it", "turn off the tv", "snooze", "pause the timer", "next song") if split_of(s) == "train"]
     drawn = iter([EXAMPLE_SENTENCE, others[0], EXAMPLE_SENTENCE, *others[1:]])
-    monkeypatch.setattr(texts, "sample_sentence", lambda split, rng: next(drawn))
+    monkeypatch.setattr(texts, "sample_sentence", lambda split, rng, grammar_version: next(drawn))
     assert texts.utterances("train", len(others), seed=0) == others
 
 
@@ -248,6 +271,7 @@ def test_build_and_read_back_a_dataset(tmp_path):
     assert len(dataset) == 20 and dataset.sampling_rate == 16000
     assert len(dataset.info["shards"]) == 3
     assert dataset.info["versions"]["espeak-ng"] == speech.espeak_version()
+    assert dataset.info["grammar_version"] == texts.GRAMMAR_VERSION
     assert dataset.texts == [r["text"] for r in dataset.records]
     assert dataset.texts == utterances("train", 20, seed=3)  # none of these is over 10 s
     voices = set(speech.voices("train"))
@@ -272,6 +296,27 @@ def test_build_and_read_back_a_dataset(tmp_path):
         assert (out / name).read_bytes() == (again / name).read_bytes(), name
     with pytest.raises(EdgelalmError):
         build_dataset(out, "train", count=20, seed=3, progress=False)
+
+
+@needs_espeak
+def test_make_data_keeps_a_matching_build_and_refuses_a_stale_one(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "recipes" / "default_model" / "make_data.py"
+    command = [sys.executable, str(script), str(tmp_path), "--train-count", "4", "--test-count", "2", "--workers", "1"]
+    assert subprocess.run(command, capture_output=True, text=True).returncode == 0
+    built = (tmp_path / "train" / "shard-00000.npy").stat().st_mtime_ns
+    again = subprocess.run(command, capture_output=True, text=True)
+    assert again.returncode == 0 and again.stderr.count("kept") == 2
+    assert (tmp_path / "train" / "shard-00000.npy").stat().st_mtime_ns == built
+    # a split rendered from an older grammar is not silently reused
+    info_path = tmp_path / "test" / "dataset.json"
+    info = json.loads(info_path.read_text())
+    info["grammar_version"] = texts.GRAMMAR_VERSION - 1
+    info_path.write_text(json.dumps(info))
+    stale = subprocess.run(command, capture_output=True, text=True)
+    assert stale.returncode != 0
+    assert stale.stderr.strip().splitlines() == [f"make_data: error: {tmp_path / 'test'} exists with other settings; pass --force to replace it"]
+    assert subprocess.run(command + ["--force"], capture_output=True, text=True).returncode == 0
+    assert json.loads(info_path.read_text())["grammar_version"] == texts.GRAMMAR_VERSION
 
 
 @needs_espeak

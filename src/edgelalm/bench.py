@@ -92,12 +92,12 @@ def kv_cache_mb(decoder: dict[str, Any], tokens: int, bytes_per_value: int = 2) 
 
 
 def measure_edgelalm(
-    bundle: Path, seconds: float, repeats: int, max_tokens: int, threads: int | None, device: str = "cpu"
+    bundle: Path, seconds: float, repeats: int, max_tokens: int, threads: int | None, device: str = "cpu", cpu_arena: bool = False
 ) -> dict[str, Any]:
     from edgelalm.runtime.pipeline import Runtime
 
     started = time.perf_counter()
-    runtime = Runtime(bundle, threads=threads, device=device)
+    runtime = Runtime(bundle, threads=threads, device=device, cpu_arena=cpu_arena)
     load_ms = (time.perf_counter() - started) * 1000
     audio = synthetic_clip(seconds)
     runtime.run(audio, max_tokens=max_tokens)  # warm-up
@@ -382,10 +382,10 @@ def plot(results: dict[str, Any], out_dir: Path) -> None:
 
 
 def _worker(argv: list[str]) -> None:
-    runtime, source, label, seconds, repeats, max_tokens, threads, device = argv
+    runtime, source, label, seconds, repeats, max_tokens, threads, device, *rest = argv
     args = (float(seconds), int(repeats), int(max_tokens), int(threads) or None)
     if runtime == "edgelalm":
-        result = measure_edgelalm(Path(source), *args, device=device)
+        result = measure_edgelalm(Path(source), *args, device=device, cpu_arena=rest == ["cpu-arena"])
     else:
         result = measure_reference(Path(source), label, *args)
     print(json.dumps(result))

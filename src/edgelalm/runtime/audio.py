@@ -11,15 +11,31 @@ import soxr
 from edgelalm.errors import EdgelalmError
 
 
-def read_audio(path: Path, sampling_rate: int) -> np.ndarray:
-    """Samples of `path` (wav, flac, ogg, ... whatever libsndfile reads), averaged to mono and
-    resampled with soxr to `sampling_rate`."""
+def _check_file(path: Path) -> None:
     if not path.exists():
         raise EdgelalmError(f"audio file not found: {path}")
     if not path.is_file():
         raise EdgelalmError(f"not an audio file: {path}")
     if path.stat().st_size == 0:
         raise EdgelalmError(f"{path} is empty")
+
+
+def audio_seconds(path: Path) -> float:
+    """Duration of `path` from its header alone (no samples read): for listing many files."""
+    _check_file(path)
+    try:
+        info = soundfile.info(str(path))
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
+        raise EdgelalmError(f"cannot read audio from {path}: {error}") from None
+    if info.frames <= 0:
+        raise EdgelalmError(f"{path} holds no audio samples")
+    return info.frames / info.samplerate
+
+
+def read_audio(path: Path, sampling_rate: int) -> np.ndarray:
+    """Samples of `path` (wav, flac, ogg, ... whatever libsndfile reads), averaged to mono and
+    resampled with soxr to `sampling_rate`."""
+    _check_file(path)
     try:
         samples, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:

@@ -13,8 +13,8 @@ from edgelalm.runtime.encoder import onnx_session
 
 
 class CompressorProjector:
-    def __init__(self, path: Path, providers: list[str], threads: int | None = None) -> None:
-        self.session = onnx_session(path, providers, threads)
+    def __init__(self, path: Path, providers: list[str], threads: int | None = None, cpu_arena: bool = False) -> None:
+        self.session = onnx_session(path, providers, threads, cpu_arena)
 
     def __call__(self, audio_frames: np.ndarray) -> np.ndarray:
         """Audio embeddings [N, hidden] in the decoder's input space."""

@@ -45,9 +45,14 @@ def split_windows(samples: np.ndarray, settings: FeatureSettings) -> list[np.nda
     return [samples[start : start + settings.window_samples] for start in range(0, len(samples), settings.window_samples)]
 
 
+def valid_mel_frames(num_samples: int, hop_length: int) -> int:
+    """Valid mel frames for `num_samples` of audio: transformers' attention-mask count."""
+    return -(-num_samples // hop_length)
+
+
 def mel_frames_for(num_samples: int, settings: FeatureSettings) -> int:
-    """Valid mel frames for a window of `num_samples`: transformers' attention-mask count."""
-    return -(-num_samples // settings.hop_length)
+    """Valid mel frames for a window of `num_samples` under `settings`."""
+    return valid_mel_frames(num_samples, settings.hop_length)
 
 
 def log_mel_window(samples: np.ndarray, settings: FeatureSettings) -> WindowFeatures:

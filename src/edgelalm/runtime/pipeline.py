@@ -91,6 +91,7 @@ class Runtime:
         threads: int | None = None,
         device: str = "cpu",
         kv_cache_type: str = "f16",
+        cpu_arena: bool = False,
     ) -> None:
         self.bundle = Path(bundle)
         self.manifest = read_manifest(self.bundle)
@@ -107,8 +108,8 @@ class Runtime:
         )
         compressor = self.manifest["compressor"]
         self.compressor_spec = CompressorSpec(compressor["name"], compressor["factor"])
-        self.encoder = AudioEncoder(self.bundle / ENCODER_FILE, providers, threads)
-        self.compressor = CompressorProjector(self.bundle / COMPRESSOR_FILE, providers, threads)
+        self.encoder = AudioEncoder(self.bundle / ENCODER_FILE, providers, threads, cpu_arena)
+        self.compressor = CompressorProjector(self.bundle / COMPRESSOR_FILE, providers, threads, cpu_arena)
         self.context_limit = int(self.manifest["decoder"]["context_length"])
         self.decoder = LlamaDecoder(
             self.bundle / DECODER_FILE, n_ctx=256, n_threads=threads, n_gpu_layers=gpu_layers, kv_cache_type=kv_cache_type

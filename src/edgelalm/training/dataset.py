@@ -6,11 +6,11 @@
 
 The folder:
 
-    dataset.json        split, count, seed, sampling rate, shards, espeak-ng and library versions
+    dataset.json        split, count, seed, grammar version, sampling rate, shards, espeak-ng and library versions
     metadata.jsonl      one line per utterance: text, voice, speed, pitch, shard, offset, length, seconds
     shard-00000.npy     int16, every clip of the shard end to end (plain .npy; never pickled)
 
-Utterance i (in order) is `texts.iter_utterances(split, seed)`'s i-th sentence, spoken by a voice of
+Utterance i (in order) is `texts.iter_utterances(split, seed, grammar_version)`'s i-th sentence, spoken by a voice of
 `speech.voices(split)` at a speed and pitch drawn from a generator seeded by (seed, i): the same
 arguments build the same bytes, whatever the number of workers. Clips longer than `max_seconds` are
 skipped and the next sentences rendered instead, so the dataset always holds `count` utterances.
@@ -53,10 +53,10 @@ class Utterance:
     pitch: int
 
 
-def plan(split: Split, seed: int) -> Iterator[Utterance]:
-    """The endless, deterministic stream of what to render for (split, seed)."""
+def plan(split: Split, seed: int, grammar_version: int = texts.GRAMMAR_VERSION) -> Iterator[Utterance]:
+    """The endless, deterministic stream of what to render for (split, seed, grammar version)."""
     voices = speech.voices(split)
-    for index, text in enumerate(texts.iter_utterances(split, seed)):
+    for index, text in enumerate(texts.iter_utterances(split, seed, grammar_version)):
         rng = np.random.default_rng([seed, index, 0x5EEC])
         voice = voices[int(rng.integers(len(voices)))]
         speed = int(rng.integers(SPEED_RANGE_WPM[0], SPEED_RANGE_WPM[1] + 1))
@@ -104,9 +104,8 @@ class _Progress:
         self.progress.stop()
 
 
-def _rendered(split: Split, seed: int, sampling_rate: int, workers: int, batch: int) -> Iterator[tuple[Utterance, np.ndarray]]:
+def _rendered(stream: Iterator[Utterance], sampling_rate: int, workers: int, batch: int) -> Iterator[tuple[Utterance, np.ndarray]]:
     """(utterance, int16 audio) in plan order, rendered `workers` at a time."""
-    stream = plan(split, seed)
     if workers <= 1:
         for utterance in stream:
             yield _render((utterance, sampling_rate))
@@ -129,6 +128,7 @@ def build_dataset(
     sampling_rate: int = speech.SAMPLING_RATE,
     shard_utterances: int = SHARD_UTTERANCES,
     overwrite: bool = False,
+    grammar_version: int = texts.GRAMMAR_VERSION,
 ) -> Path:
     """Render `count` utterances of `split` into `out_dir` (see the module docstring); returns it.
 
@@ -142,6 +142,8 @@ def build_dataset(
         raise EdgelalmError(f"count must be at least 1, got {count}")
     if shard_utterances < 1:
         raise EdgelalmError(f"shard_utterances must be at least 1, got {shard_utterances}")
+    if grammar_version not in texts.GRAMMAR_VERSIONS:
+        raise EdgelalmError(f"grammar version must be one of {texts.GRAMMAR_VERSIONS}, got {grammar_version}")
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise EdgelalmError(f"{out} already exists (pass overwrite=True to replace it)")
@@ -171,7 +173,7 @@ def build_dataset(
     try:
         batch = max(16, min(256, count))
         with open(partial / "metadata.jsonl", "w", encoding="utf-8") as metadata, \
-                closing(_rendered(split, seed, sampling_rate, workers, batch)) as rendered:
+                closing(_rendered(plan(split, seed, grammar_version), sampling_rate, workers, batch)) as rendered:
             for utterance, audio in rendered:
                 seconds = audio.size / sampling_rate
                 if seconds > max_seconds:
@@ -210,6 +212,7 @@ def build_dataset(
         "split": split,
         "count": count,
         "seed": seed,
+        "grammar_version": grammar_version,
         "sampling_rate": sampling_rate,
         "dtype": "int16",
         "max_seconds": max_seconds,

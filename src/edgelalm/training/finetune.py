@@ -22,7 +22,7 @@ import numpy as np
 
 from edgelalm.compression import CompressorSpec
 from edgelalm.errors import EdgelalmError
-from edgelalm.runtime.audio import read_audio
+from edgelalm.runtime.audio import audio_seconds, read_audio
 from edgelalm.training.texts import normalize_transcript
 
 # Only the language model's attention: never the audio tower (it has q_proj/k_proj too).
@@ -48,7 +48,11 @@ class FinetuneOptions:
 
 
 class PairedAudio:
-    """(samples, text) pairs from a TSV manifest: `dataset[i]`, `len`, `seconds`, `sampling_rate`."""
+    """(samples, text) pairs from a TSV manifest: `dataset[i]`, `len`, `seconds`, `sampling_rate`.
+
+    Every file is checked up front from its header (so a bad row fails before training starts);
+    samples are read when a batch asks for them, so a large manifest does not fill memory.
+    """
 
     def __init__(self, manifest: Path, sampling_rate: int, normalize: bool) -> None:
         self.sampling_rate = sampling_rate
@@ -59,15 +63,15 @@ class PairedAudio:
             raise EdgelalmError(f"cannot read {manifest}: {error}") from None
         if not rows or not {"file", "transcript"} <= set(rows[0]):
             raise EdgelalmError(f"{manifest}: expected a TSV with a header naming 'file' and 'transcript' columns and at least one row")
-        self.clips = [read_audio(manifest.parent / row["file"], sampling_rate) for row in rows]
+        self.files = [manifest.parent / row["file"] for row in rows]
         self.texts = [normalize_transcript(row["transcript"]) if normalize else row["transcript"] for row in rows]
-        self.seconds = np.array([len(clip) / sampling_rate for clip in self.clips])
+        self.seconds = np.array([audio_seconds(file) for file in self.files])
 
     def __len__(self) -> int:
-        return len(self.clips)
+        return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, str]:
-        return self.clips[index], self.texts[index]
+        return read_audio(self.files[index], self.sampling_rate), self.texts[index]
 
 
 def open_paired_data(path: Path, sampling_rate: int, normalize: bool):

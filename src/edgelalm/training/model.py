@@ -21,6 +21,7 @@ from transformers.masking_utils import create_bidirectional_mask
 
 from edgelalm.export.bundle import DEFAULT_PROMPT, chat_template_pieces
 from edgelalm.runtime.encoder import encoder_output_frames
+from edgelalm.runtime.features import valid_mel_frames
 
 IGNORE_INDEX = -100
 
@@ -38,7 +39,7 @@ def log_mel_batch(waveforms: list[np.ndarray], feature_extractor) -> tuple[torch
     """
     hop_length, n_fft = feature_extractor.hop_length, feature_extractor.n_fft
     window_frames = feature_extractor.nb_max_frames
-    valid_frames = [-(-len(w) // hop_length) for w in waveforms]
+    valid_frames = [valid_mel_frames(len(w), hop_length) for w in waveforms]
     if max(valid_frames) > window_frames:
         raise ValueError(f"a clip of {max(valid_frames)} mel frames is longer than the {window_frames}-frame window")
     frames = max(valid_frames) + 2

@@ -38,6 +38,11 @@ HELD_OUT_NAMES = ("priya", "tobias", "ingrid", "mateo", "yusuf", "keiko", "bruno
 HELD_OUT_CITIES = ("montreal", "nairobi", "osaka", "lisbon", "minneapolis", "brisbane", "santiago", "krakow")
 HELD_OUT_WORDS = frozenset(HELD_OUT_NAMES + HELD_OUT_CITIES)
 
+# Bumped whenever the grammar changes; a dataset records the version it was rendered from.
+# 1: the first default model's stages 1-3; 2: 233 more contact names and 117 more cities.
+GRAMMAR_VERSIONS = (1, 2)
+GRAMMAR_VERSION = GRAMMAR_VERSIONS[-1]
+
 # Share of the sentences without a held-out value that the hash puts in test.
 TEST_FRACTION = 0.1
 
@@ -139,6 +144,42 @@ def _words(text: str) -> list[str]:
     return text.split(",") if "," in text else text.split()
 
 
+# Grammar version 2 adds these contact names and cities, so the model learns to spell names it has
+# never heard (a contact list needs it; the held-out names measure it). Version 1 is kept, so the
+# data of the default model's first stages can be rebuilt.
+_MORE_NAMES = _words(
+    "aaron abby adam adrian alan albert alice amelia andrea andrew angela anita anton arjun arthur "
+    "audrey ava barbara beatrice bella benjamin bianca brandon brian bridget caleb camila carl carmen "
+    "caroline cathy charles charlotte claire clara colin connor craig dana daisy dan deborah dennis "
+    "derek diana dominic donna dylan edward eileen elijah eliza ellen eric erin ethan eva evan felix "
+    "fiona francesca gabriel gavin gemma gina gordon greta gus harold harry heidi helen holly ian "
+    "irene isabel ivan jacob jade jamal jane jason jasmine javier jeff jenny jeremy jill joanna joel "
+    "jordan jose joseph joyce juan julian justin karen karl katie keith kelly kim kyle laila lars "
+    "leah leon liam linda lola louis lucy luis lydia maggie malik marco marcus margaret marie martin "
+    "mason matthew maya megan melissa michael michelle miguel molly monica morgan nadia naomi natalie "
+    "neil nick nicole nora olga oscar owen pablo pam patrick paul penny philip quentin quinn rafael "
+    "ramon rebecca riley rita robert rosa rose roy sabrina samuel sandra santos sean sebastian selena "
+    "simon stella stephen susan tanya teresa theo thomas tim tara trevor vanessa vera vincent walter "
+    "yasmin yvonne zack zeke ali amir anil arun deepa farah hassan ines jun kai kofi lin mei nikhil "
+    "omari ravi rohan sakura sanjay shreya tariq yuki zainab abdul bjorn dmitri enzo fabio giulia "
+    "hiro ivana jorge katya lorenzo magnus nils pedro rosalind sergei stefan tomas ulrich vlad wanda "
+    "xena yolanda zelda"
+)
+_MORE_CITIES = _words(
+    "toledo,orlando,tampa,raleigh,memphis,louisville,kansas city,st louis,omaha,salt lake city,"
+    "sacramento,san jose,oakland,honolulu,anchorage,albuquerque,tucson,el paso,milwaukee,cleveland,"
+    "pittsburgh,baltimore,richmond,buffalo,cincinnati,columbus,indianapolis,jacksonville,savannah,"
+    "boise,spokane,calgary,edmonton,winnipeg,quebec city,halifax,perth,adelaide,wellington,"
+    "christchurch,belfast,cardiff,liverpool,leeds,bristol,birmingham,brussels,antwerp,rotterdam,lyon,"
+    "marseille,nice,bordeaux,milan,naples,venice,florence,turin,seville,valencia,porto,frankfurt,"
+    "cologne,stuttgart,dresden,budapest,bucharest,belgrade,zagreb,riga,tallinn,vilnius,kyiv,"
+    "st petersburg,ankara,tel aviv,beirut,amman,doha,riyadh,karachi,lahore,dhaka,kathmandu,colombo,"
+    "chennai,bangalore,kolkata,hanoi,manila,jakarta,kuala lumpur,taipei,kyoto,sapporo,busan,havana,"
+    "bogota,quito,caracas,montevideo,panama city,san juan,kingston,casablanca,tunis,accra,addis ababa,"
+    "dakar,johannesburg,durban,marrakech,reykjavik,bergen,gothenburg,salzburg,innsbruck"
+)
+
+
 def _durations(singular: bool) -> list[str]:
     """"twenty five minutes" (singular=False) or "twenty five minute" (for "a ... timer")."""
     def unit(n: int, name: str) -> str:
@@ -195,7 +236,7 @@ def _conversions() -> list[str]:
     return out
 
 
-def _grammar(split: Split) -> Grammar:
+def _grammar(split: Split, version: int) -> Grammar:
     weekdays = _words("monday tuesday wednesday thursday friday saturday sunday")
     months = _words("january february march april may june july august september october november december")
     names = _words(
@@ -273,12 +314,12 @@ def _grammar(split: Split) -> Grammar:
     g: Grammar = {
         # --- shared slots
         "name": ["{train_name}", "{held_name}"] if held_names else ["{train_name}"],
-        "train_name": names,
+        "train_name": names + (_MORE_NAMES if version >= 2 else []),
         "held_name": held_names,
         "contact": [("{name}", 6.0), "mom", "dad", "grandma", "grandpa", "my sister", "my brother", "my wife",
                     "my husband", "my boss", "the office", "the doctor", "the dentist", "the school", "home"],
         "city": ["{train_city}", "{held_city}"] if held_cities else ["{train_city}"],
-        "train_city": cities,
+        "train_city": cities + (_MORE_CITIES if version >= 2 else []),
         "held_city": held_cities,
         "n": [number_words(n) for n in range(1, 100)],
         "small": [number_words(n) for n in range(2, 13)],
@@ -487,8 +528,10 @@ _FIXED_SENTENCE_WEIGHT = 0.2
 
 
 @lru_cache(maxsize=None)
-def _compiled(split: Split) -> dict[str, tuple[list[str], list[float]]]:
-    grammar = _grammar(split)
+def _compiled(split: Split, version: int) -> dict[str, tuple[list[str], list[float]]]:
+    if version not in GRAMMAR_VERSIONS:
+        raise ValueError(f"grammar version must be one of {GRAMMAR_VERSIONS}, not {version!r}")
+    grammar = _grammar(split, version)
     compiled = {}
     for symbol, alternatives in grammar.items():
         texts = [a[0] if isinstance(a, tuple) else a for a in alternatives]
@@ -508,11 +551,11 @@ def _expand(grammar: dict[str, tuple[list[str], list[float]]], symbol: str, rng:
     return _SLOT.sub(lambda m: _expand(grammar, m.group(1), rng), text)
 
 
-def sample_sentence(split: Split, rng: random.Random) -> str:
+def sample_sentence(split: Split, rng: random.Random, grammar_version: int = GRAMMAR_VERSION) -> str:
     """One sentence from `split`'s grammar, not yet filtered by the split (see `split_of`)."""
     if split not in SPLITS:
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
-    return " ".join(_expand(_compiled(split), "sentence", rng).split())
+    return " ".join(_expand(_compiled(split, grammar_version), "sentence", rng).split())
 
 
 def _bucket(sentence: str) -> float:
@@ -529,16 +572,16 @@ def split_of(sentence: str) -> Split | None:
     return "test" if _bucket(sentence) < TEST_FRACTION else "train"
 
 
-def iter_utterances(split: Split, seed: int) -> Iterator[str]:
+def iter_utterances(split: Split, seed: int, grammar_version: int = GRAMMAR_VERSION) -> Iterator[str]:
     """Distinct sentences of `split`, an endless deterministic stream for `seed`.
 
-    Any prefix of it is `utterances(split, len(prefix), seed)`.
+    Any prefix of it is `utterances(split, len(prefix), seed, grammar_version)`.
     """
     rng = random.Random(f"edgelalm-texts:{split}:{seed}")
     seen: set[str] = set()
     misses = 0
     while True:
-        sentence = sample_sentence(split, rng)
+        sentence = sample_sentence(split, rng, grammar_version)
         if sentence in seen or split_of(sentence) != split:
             misses += 1
             if misses > 100_000:
@@ -549,20 +592,20 @@ def iter_utterances(split: Split, seed: int) -> Iterator[str]:
         yield sentence
 
 
-def utterances(split: Split, count: int, seed: int) -> list[str]:
-    """`count` distinct sentences of `split`; the same list for the same (split, count, seed).
+def utterances(split: Split, count: int, seed: int, grammar_version: int = GRAMMAR_VERSION) -> list[str]:
+    """`count` distinct sentences of `split`; the same list for the same arguments.
 
     No test sentence is ever a train sentence (whatever the seeds), test alone holds the held-out
     names and cities, and `EXAMPLE_SENTENCE` is in neither.
     """
     if count < 0:
         raise ValueError(f"count must be >= 0, got {count}")
-    stream = iter_utterances(split, seed)
+    stream = iter_utterances(split, seed, grammar_version)
     return [next(stream) for _ in range(count)]
 
 
-def _symbol_sizes(split: Split) -> dict[str, int]:
-    grammar = _compiled(split)
+def _symbol_sizes(split: Split, version: int) -> dict[str, int]:
+    grammar = _compiled(split, version)
     sizes: dict[str, int] = {}
 
     def size(symbol: str) -> int:
@@ -581,17 +624,17 @@ def _symbol_sizes(split: Split) -> dict[str, int]:
     return sizes
 
 
-def derivation_count(split: Split) -> int:
+def derivation_count(split: Split, grammar_version: int = GRAMMAR_VERSION) -> int:
     """How many derivations `split`'s grammar has: an upper bound on its distinct sentences
     (before the hash split, and counting a string reachable in two ways twice)."""
-    return _symbol_sizes(split)["sentence"]
+    return _symbol_sizes(split, grammar_version)["sentence"]
 
 
-def vocabulary(split: Split | None = None) -> list[str]:
+def vocabulary(split: Split | None = None, grammar_version: int = GRAMMAR_VERSION) -> list[str]:
     """Every word a sentence of `split` (None: of either split) can contain, sorted."""
     words: set[str] = set()
     for name in SPLITS if split is None else (split,):
-        grammar = _compiled(name)
+        grammar = _compiled(name, grammar_version)
         for texts, _ in grammar.values():
             for text in texts:
                 words.update(word for word in _SLOT.sub(" ", text).split() if word != "'s")

@@ -1,0 +1,60 @@
+"""onnxruntime's CPU memory arena on and off, side by side: peak RSS and encoder time per clip length.
+
+    python benchmarks/cpu_arena.py benchmarks/results/cpu-x86_64-small/bundles/none-q8_0 \\
+        --seconds 5,30,120 --repeats 3 --out benchmarks/results/cpu-x86_64-small-arena
+
+Each (setting, clip length) runs in a fresh process (edgelalm.bench's worker: a warm-up, then
+`--repeats` runs), alternating the two settings, so both see the same machine. The runtime's
+default is the arena off; this is the measurement behind that choice. Writes OUT/arena.json and
+prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def measure(bundle: Path, seconds: float, repeats: int, max_tokens: int, cpu_arena: bool) -> dict:
+    command = [sys.executable, "-m", "edgelalm.bench", "edgelalm", str(bundle), "-", str(seconds), str(repeats),
+               str(max_tokens), "0", "cpu"] + (["cpu-arena"] if cpu_arena else [])
+    completed = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--seconds", default="5,30,120")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-tokens", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    rows = []
+    for seconds in [float(s) for s in args.seconds.split(",")]:
+        for cpu_arena in (True, False):
+            result = measure(args.bundle, seconds, args.repeats, args.max_tokens, cpu_arena)
+            rows.append({"seconds": seconds, "cpu_arena": cpu_arena, "peak_rss_mb": result["peak_rss_mb"],
+                         "encoder_ms": result["timings_ms"]["encoder"], "total_ms": result["timings_ms"]["total"]})
+            print(f"{seconds:g} s, arena {'on' if cpu_arena else 'off'}: {result['peak_rss_mb']:.0f} MB", file=sys.stderr)
+    lines = ["| clip s | peak RSS MB, arena on | arena off | off/on | encoder ms, arena on | arena off | off/on |",
+             "|---|---|---|---|---|---|---|"]
+    for on, off in zip(rows[::2], rows[1::2]):
+        rss_on, rss_off = on["peak_rss_mb"], off["peak_rss_mb"]
+        enc_on, enc_off = on["encoder_ms"]["median"], off["encoder_ms"]["median"]
+        lines.append(f"| {on['seconds']:g} | {rss_on:.0f} | {rss_off:.0f} | {rss_off / rss_on:.2f} | "
+                     f"{enc_on:.0f} | {enc_off:.0f} | {enc_off / enc_on:.2f} |")
+    table = "\n".join(lines) + "\n"
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "arena.json").write_text(json.dumps({"bundle": str(args.bundle), "rows": rows}, indent=1) + "\n")
+        (args.out / "arena.md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
