@@ -13,16 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
-
-def measure(bundle: Path, seconds: float, repeats: int, max_tokens: int, cpu_arena: bool) -> dict:
-    command = [sys.executable, "-m", "edgelalm.bench", "edgelalm", str(bundle), "-", str(seconds), str(repeats),
-               str(max_tokens), "0", "cpu"] + (["cpu-arena"] if cpu_arena else [])
-    completed = subprocess.run(command, capture_output=True, text=True, check=True)
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+from edgelalm.bench import BenchPlan, measure_in_subprocess
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,10 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    plan = BenchPlan(model=str(args.bundle), out_dir=args.out or Path("."), repeats=args.repeats, max_tokens=args.max_tokens)
     rows = []
     for seconds in [float(s) for s in args.seconds.split(",")]:
         for cpu_arena in (True, False):
-            result = measure(args.bundle, seconds, args.repeats, args.max_tokens, cpu_arena)
+            result = measure_in_subprocess("edgelalm", args.bundle, "-", seconds, plan, cpu_arena=cpu_arena)
+            if "error" in result:
+                raise SystemExit(f"cpu_arena: error: {result['error']}")
             rows.append({"seconds": seconds, "cpu_arena": cpu_arena, "peak_rss_mb": result["peak_rss_mb"],
                          "encoder_ms": result["timings_ms"]["encoder"], "total_ms": result["timings_ms"]["total"]})
             print(f"{seconds:g} s, arena {'on' if cpu_arena else 'off'}: {result['peak_rss_mb']:.0f} MB", file=sys.stderr)

@@ -19,10 +19,15 @@ from edgelalm.training.texts import normalize_transcript
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def examples() -> tuple[list, list[str]]:
+def example_transcripts() -> dict[str, str]:
+    """examples/transcripts.tsv: clip file name -> its true transcript, in the table's order."""
     with open(EXAMPLES / "transcripts.tsv", newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t"))
-    return [read_audio(EXAMPLES / row["file"], 16000) for row in rows], [row["transcript"] for row in rows]
+        return {row["file"]: row["transcript"] for row in csv.DictReader(handle, delimiter="\t")}
+
+
+def examples() -> tuple[list, list[str]]:
+    transcripts = example_transcripts()
+    return [read_audio(EXAMPLES / file, 16000) for file in transcripts], list(transcripts.values())
 
 
 def export(out: Path, *args: str) -> subprocess.CompletedProcess:
@@ -107,9 +112,7 @@ def test_the_readme_set_up_command_gives_the_right_transcript(tmp_path):
     assert manifest["decoder"]["quant"] == "q8_0" and manifest["decoder"]["adapter"] is not None
     result = subprocess.run([sys.executable, "-m", "edgelalm.cli", "run", str(EXAMPLES / "kids-room.wav")], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    with open(EXAMPLES / "transcripts.tsv", newline="", encoding="utf-8") as handle:
-        expected = {row["file"]: row["transcript"] for row in csv.DictReader(handle, delimiter="\t")}["kids-room.wav"]
-    assert normalize_transcript(result.stdout) == normalize_transcript(expected)
+    assert normalize_transcript(result.stdout) == normalize_transcript(example_transcripts()["kids-room.wav"])
 
 
 def test_compressor_without_a_shipped_adapter_warns(tmp_path):

@@ -5,8 +5,9 @@
     python recipes/default_model/make_data.py data-v1 --grammar-version 1 --train-count 30000
 
 Writes OUT/test and OUT/train (see edgelalm.training.dataset for the layout) and OUT/.gitignore, so
-nothing under OUT reaches git. A split already built with the same count, seed and grammar version is kept; any
-other existing split folder is replaced only with --force. The same arguments build the same bytes.
+nothing under OUT reaches git. A split already built with the same count, seed and grammar version
+is kept; any other existing split folder is replaced only with --force. The same arguments build
+the same bytes.
 Needs espeak-ng (Debian/Ubuntu: apt-get install espeak-ng).
 """
 

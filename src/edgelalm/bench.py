@@ -214,7 +214,7 @@ def run_bench(plan: BenchPlan) -> dict[str, Any]:
         for runtime, label, seconds in points:
             progress.update(task, description=f"{runtime} {label} {seconds:g} s")
             source = bundles[label] if runtime == "edgelalm" else model_dir
-            result = _measure_in_subprocess(runtime, source, label, seconds, plan)
+            result = measure_in_subprocess(runtime, source, label, seconds, plan)
             rows.append({"runtime": runtime, "compressor": label, "seconds": seconds, **result})
             progress.advance(task)
     results = {
@@ -258,9 +258,14 @@ def ensure_bundle(model_dir: Path, label: str, plan: BenchPlan) -> Path:
     return folder
 
 
-def _measure_in_subprocess(runtime: str, source: Path, label: str, seconds: float, plan: BenchPlan) -> dict[str, Any]:
+def measure_in_subprocess(
+    runtime: str, source: Path, label: str, seconds: float, plan: BenchPlan, cpu_arena: bool = False
+) -> dict[str, Any]:
+    """One (runtime, compressor, clip length) measured in a fresh process (`_worker`), so its peak
+    RSS is its own; {"error": last stderr line} if it failed."""
     command = [sys.executable, "-m", "edgelalm.bench", runtime, str(source), label, str(seconds), str(plan.repeats),
                str(plan.max_tokens), str(plan.threads or 0), plan.settings.get("device", "cpu")]
+    command += ["cpu-arena"] if cpu_arena else []
     completed = subprocess.run(command, capture_output=True, text=True)
     if completed.returncode != 0:
         last = (completed.stderr.strip().splitlines() or ["no output"])[-1]
