@@ -72,3 +72,33 @@ def test_helpers():
     # Qwen2-Audio-7B's decoder: 32 layers, 32 KV heads of 128: 0.5 MiB per token at f16.
     decoder = {"layers": 32, "kv_heads": 32, "attention_heads": 32, "hidden_size": 4096}
     assert kv_cache_mb(decoder, 1000) == pytest.approx(500.0)
+
+
+def test_bundles_share_the_encoder_and_decoder(quick_results):
+    """Random weights carry no adapter: every compressor's bundle reuses the first one's encoder
+    (a copy) and decoder (a hard link)."""
+    out, _, _ = quick_results
+    none, avg3 = out / "bundles" / "none-q8_0", out / "bundles" / "avg3-q8_0"
+    assert (avg3 / "decoder.gguf").samefile(none / "decoder.gguf")
+    assert (avg3 / "encoder.onnx.data").read_bytes() == (none / "encoder.onnx.data").read_bytes()
+    assert (avg3 / "compressor.onnx").read_bytes() != (none / "compressor.onnx").read_bytes()
+
+
+def test_encoder_precision_benchmark(tmp_path):
+    """benchmarks/encoder_precision.py: an int8-encoder bundle beside the fp32 one (decoder shared),
+    both measured, and a table whose ratios are computed against fp32."""
+    completed = subprocess.run(
+        [sys.executable, "benchmarks/encoder_precision.py", "--model", "tiny", "--seconds", "3", "--repeats", "1",
+         "--max-tokens", "4", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    results = json.loads((tmp_path / "encoder-precision.json").read_text())
+    assert [row["precision"] for row in results["rows"]] == ["fp32", "int8"]
+    fp32, int8 = (tmp_path / "bundles" / "none-q8_0"), (tmp_path / "bundles" / "none-q8_0-encoder-int8")
+    assert (int8 / "decoder.gguf").samefile(fp32 / "decoder.gguf")
+    assert json.loads((int8 / "manifest.json").read_text())["encoder"]["precision"] == "int8"
+    assert results["probe_max_abs_diff"]["fp32"] < 1e-4 < results["probe_max_abs_diff"]["int8"]
+    assert results["encoder_bytes"]["int8"] < results["encoder_bytes"]["fp32"]
+    table = (tmp_path / "encoder-precision.md").read_text().splitlines()
+    assert len(table) == 4 and table[2].split("|")[6].strip() == "1.00"

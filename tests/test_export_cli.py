@@ -304,3 +304,83 @@ def test_terminated_export_leaves_nothing(tiny_checkpoint, tmp_path):
     assert process.returncode == 130
     assert stderr.strip().splitlines()[-1] == "edgelalm: error: interrupted"
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def shared_bundles(tiny_checkpoint, tmp_path_factory):
+    """A none bundle, an avg3 bundle exported with --share-from it, and an avg3 bundle exported
+    on its own (the reference the shared one must match)."""
+    from edgelalm.compression import CompressorSpec
+    from edgelalm.export.bundle import ExportOptions, export_bundle
+
+    root = tmp_path_factory.mktemp("shared")
+    first = export_bundle(ExportOptions(tiny_checkpoint, root / "none", CompressorSpec("none", 1)))
+    shared = export_bundle(ExportOptions(tiny_checkpoint, root / "avg3", CompressorSpec("avg", 3), share_from=first))
+    alone = export_bundle(ExportOptions(tiny_checkpoint, root / "avg3-alone", CompressorSpec("avg", 3)))
+    return first, shared, alone
+
+
+def test_share_from_reuses_what_is_the_same(shared_bundles):
+    first, shared, alone = shared_bundles
+    # The encoder is copied (onnx refuses external weights with several hard links), the decoder linked.
+    for name in ("encoder.onnx", "encoder.onnx.data"):
+        assert not (shared / name).samefile(first / name)
+        assert sha256_of(shared / name) == sha256_of(first / name)
+    assert (shared / "decoder.gguf").samefile(first / "decoder.gguf")
+    manifest = read_manifest(shared)  # verifies every checksum
+    assert manifest["compressor"]["factor"] == 3 and manifest["encoder"]["precision"] == "fp32"
+    # Exported on its own, the decoder is byte for byte the one shared, and the encoder computes the same.
+    assert sha256_of(alone / "decoder.gguf") == sha256_of(shared / "decoder.gguf")
+    from edgelalm.export.encoder import ENCODER_INPUT, ENCODER_RIGHT_CONTEXT_INPUT, RIGHT_CONTEXT_FRAMES
+
+    rng = np.random.default_rng(0)
+    mel_bins = manifest["features"]["num_mel_bins"]
+    inputs = {ENCODER_INPUT: rng.standard_normal((mel_bins, 300)).astype(np.float32),
+              ENCODER_RIGHT_CONTEXT_INPUT: rng.standard_normal((mel_bins, RIGHT_CONTEXT_FRAMES)).astype(np.float32)}
+    outputs = [onnxruntime.InferenceSession(str(bundle / "encoder.onnx"), providers=["CPUExecutionProvider"]).run(None, inputs)[0]
+               for bundle in (shared, alone)]
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
+def test_share_from_on_the_command_line(tiny_checkpoint, tiny_lora_adapter, shared_bundles, tmp_path, monkeypatch, capsys):
+    """Another adapter: only the encoder is reused; the decoder is written with the LoRA merged."""
+    first, _, _ = shared_bundles
+    out = tmp_path / "b"
+    code, _, stderr = in_process(monkeypatch, capsys, "export", "--model", tiny_checkpoint, "--adapter", tiny_lora_adapter,
+                                 "--compressor", "unseg", "--share-from", first, "--out", out)
+    assert code == 0, stderr
+    assert "Copying the audio encoder (fp32)" in stderr and "Writing the decoder to GGUF (q8_0) with the LoRA merged" in stderr
+    assert sha256_of(out / "encoder.onnx.data") == sha256_of(first / "encoder.onnx.data")
+    assert not (out / "decoder.gguf").samefile(first / "decoder.gguf")
+    assert read_manifest(out)["decoder"]["adapter"]["rank"] == 16
+
+
+def _manifest_edit(bundle, path, edit):
+    shutil.copytree(bundle, path)
+    manifest = json.loads((path / MANIFEST_FILE).read_text())
+    edit(manifest)
+    (path / MANIFEST_FILE).write_text(json.dumps(manifest))
+    return path
+
+
+@pytest.mark.parametrize(
+    "case, make, options, fragments",
+    [
+        ("nothing in common", lambda first, path: first, ["--quant", "f16", "--encoder-precision", "int8"],
+         ["nothing to share", "fp32 vs int8", "q8_0 vs f16"]),
+        ("other checkpoint", lambda first, path: _manifest_edit(first, path, lambda m: m["model"].update(source="/elsewhere")), [],
+         ["exported from /elsewhere"]),
+        ("checkpoint changed", lambda first, path: _manifest_edit(first, path, lambda m: m.update(created_utc="2000-01-01T00:00:00+00:00")), [],
+         ["checkpoint changed since"]),
+        ("file replaced", lambda first, path: _manifest_edit(first, path, lambda m: m["files"]["decoder.gguf"].update(bytes=1)), [],
+         ["decoder.gguf is missing or does not match"]),
+        ("not a bundle", lambda first, path: path, [], ["bundle folder not found"]),
+    ],
+)
+def test_share_from_refusals(tiny_checkpoint, shared_bundles, tmp_path, monkeypatch, capsys, case, make, options, fragments):
+    source = make(shared_bundles[0], tmp_path / "source")
+    out = tmp_path / "b"
+    code, _, stderr = in_process(monkeypatch, capsys, "export", "--model", tiny_checkpoint, "--compressor", "none",
+                                 *options, "--share-from", source, "--out", out)
+    assert_one_line_error(code, stderr, "--share-from", *fragments)
+    assert not out.exists()

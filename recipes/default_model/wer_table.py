@@ -3,6 +3,11 @@ in PyTorch and through exported bundles (f16 / q8_0 / q4_k_m decoders).
 
     python recipes/default_model/wer_table.py --data data/test --out recipes/default_model/results
 
+What an int8 (or fp16) encoder costs, on the same clips:
+
+    python recipes/default_model/wer_table.py --compressors none,unseg --quants q8_0 \
+        --encoder-precision int8 --out recipes/default_model/results/encoder-int8
+
 Writes OUT/wer.json and OUT/wer.md (the README's table). Held out: sentences hashed to the test
 split, names and cities that occur only there, and voice/variant pairs never used in training.
 """
@@ -53,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compressors", default="none,avg2,avg3,sample3,unseg", help="comma-separated labels")
     parser.add_argument("--export-compressors", default="none,avg2,avg3,sample3,unseg",
                         help="labels whose bundles are exported and measured too")
+    parser.add_argument("--quants", default=",".join(QUANTS), help="decoder types of the bundle columns")
+    parser.add_argument("--encoder-precision", default="fp32", choices=("fp32", "fp16", "int8"), help="the bundles' encoder")
     args = parser.parse_args(argv)
 
     data = SpeechDataset(args.data)
@@ -82,16 +89,16 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{spec.label} {variant}: WER {entry[variant]['wer']:.2%}")
         if not args.no_export and spec.label in exported:
             with tempfile.TemporaryDirectory() as scratch:
-                for quant in QUANTS:
+                for quant in args.quants.split(","):
                     bundle = Path(scratch) / f"{spec.label}-{quant}"
-                    export_bundle(ExportOptions(model_dir, bundle, spec, "fp32", quant, adapter_dir, force=True))
+                    export_bundle(ExportOptions(model_dir, bundle, spec, args.encoder_precision, quant, adapter_dir, force=True))
                     texts, tokens = transcribe_bundle(bundle, clips, data.sampling_rate)
                     entry[f"bundle_{quant}"] = row(score(references, texts, tokens, seconds))
                     log(f"{spec.label} bundle {quant}: WER {entry[f'bundle_{quant}']['wer']:.2%}")
         results[spec.label] = entry
 
     args.out.mkdir(parents=True, exist_ok=True)
-    summary = {"data": str(args.data), "clips": len(clips), "audio_seconds": seconds,
+    summary = {"data": str(args.data), "clips": len(clips), "audio_seconds": seconds, "encoder_precision": args.encoder_precision,
                "words": next(iter(results.values()))["pytorch"]["words"], "results": results}
     (args.out / "wer.json").write_text(json.dumps(summary, indent=1) + "\n")
     (args.out / "wer.md").write_text(markdown_table(summary))
@@ -105,7 +112,8 @@ def markdown_table(summary: dict) -> str:
 
     lines = [
         f"WER (%) on {summary['clips']} held-out clips ({summary['words']} words, {summary['audio_seconds'] / 60:.1f} min); "
-        "the bundle columns run the realigned model (LoRA merged) through onnxruntime + llama.cpp.",
+        "the bundle columns run the realigned model (LoRA merged) through onnxruntime + llama.cpp, "
+        f"with the encoder in {summary.get('encoder_precision', 'fp32')}.",
         "",
         "| compressor | audio tokens/s | PyTorch, no LoRA | PyTorch + LoRA | bundle f16 | bundle q8_0 | bundle q4_k_m |",
         "|---|---|---|---|---|---|---|",

@@ -43,6 +43,7 @@ class BenchPlan:
     repeats: int = 3
     max_tokens: int = 32
     quant: str = "q8_0"
+    encoder_precision: str = "fp32"
     threads: int | None = None
     reference: bool = True
     target: str = "cpu-x86_64"
@@ -202,7 +203,9 @@ def run_bench(plan: BenchPlan) -> dict[str, Any]:
 
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     model_dir = ensure_model(plan)
-    bundles = {label: ensure_bundle(model_dir, label, plan) for label in plan.compressors}
+    bundles: dict[str, Path] = {}
+    for label in plan.compressors:
+        bundles[label] = ensure_bundle(model_dir, label, plan, share_from=next(iter(bundles.values()), None))
     points = [("edgelalm", label, seconds) for label in plan.compressors for seconds in plan.seconds]
     if plan.reference:
         points += [("pytorch", label, seconds) for label in plan.compressors[:1] + ("avg3",) for seconds in plan.seconds]
@@ -221,6 +224,7 @@ def run_bench(plan: BenchPlan) -> dict[str, Any]:
         "machine": machine_description(plan),
         "model": str(plan.model),
         "quant": plan.quant,
+        "encoder_precision": plan.encoder_precision,
         "repeats": plan.repeats,
         "max_tokens": plan.max_tokens,
         "rows": rows,
@@ -244,17 +248,23 @@ def ensure_model(plan: BenchPlan) -> Path:
     return folder
 
 
-def ensure_bundle(model_dir: Path, label: str, plan: BenchPlan) -> Path:
-    """Reuse a bundle of this model, compressor and quant if one was exported before."""
+def ensure_bundle(model_dir: Path, label: str, plan: BenchPlan, share_from: Path | None = None) -> Path:
+    """Reuse a bundle of this model, compressor, quant and encoder precision if one was exported
+    before; a new one reuses the encoder (a copy) and decoder (a hard link) of `share_from` (the
+    same for every compressor: random weights carry no adapter), which saves most of a large
+    model's export."""
     from edgelalm.export.bundle import ExportOptions, export_bundle
 
-    folder = plan.out_dir / "bundles" / f"{label}-{plan.quant}"
+    encoder_suffix = "" if plan.encoder_precision == "fp32" else f"-encoder-{plan.encoder_precision}"
+    folder = plan.out_dir / "bundles" / f"{label}-{plan.quant}{encoder_suffix}"
     manifest_file = folder / MANIFEST_FILE
     if manifest_file.exists():
         manifest = json.loads(manifest_file.read_text())
-        if manifest["model"]["source"] == str(model_dir.resolve()) and manifest["decoder"]["quant"] == plan.quant:
+        if (manifest["model"]["source"] == str(model_dir.resolve()) and manifest["decoder"]["quant"] == plan.quant
+                and manifest["encoder"]["precision"] == plan.encoder_precision):
             return folder
-    export_bundle(ExportOptions(model_dir, folder, parse_compressor(label), "fp32", plan.quant, None, force=True))
+    export_bundle(ExportOptions(model_dir, folder, parse_compressor(label), plan.encoder_precision, plan.quant, None,
+                                force=True, share_from=share_from))
     return folder
 
 

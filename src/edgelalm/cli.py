@@ -81,6 +81,14 @@ def export(
         typer.Option(help="Bundle folder to write. Default: export/<model>-<compressor><K>-<quant>."),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
+    share_from: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="An earlier bundle of the same checkpoint: its encoder (same --encoder-precision) and decoder (same "
+            "--quant and adapter) are reused (encoder copied, decoder hard-linked) rather than exported again, as when "
+            "exporting several compressors."
+        ),
+    ] = None,
 ) -> None:
     """Export a Qwen2-Audio checkpoint (default: the small model shipped with edgelalm) as one bundle
     folder: the audio encoder and the compressor + projector as ONNX (onnxruntime), the decoder with
@@ -103,7 +111,7 @@ def export(
 
     from edgelalm.export.bundle import ExportOptions, export_bundle
 
-    options = ExportOptions(model, out, spec, encoder_precision.value, quant.value, adapter, force)
+    options = ExportOptions(model, out, spec, encoder_precision.value, quant.value, adapter, force, share_from)
     written = export_bundle(options)
     typer.echo(str(written))
 
@@ -185,6 +193,7 @@ def bench(
     repeats: Annotated[int, typer.Option(help="Measured runs per point, after one warm-up run.")] = 3,
     max_tokens: Annotated[int, typer.Option(help="Tokens generated per run (decode speed).")] = 32,
     quant: Annotated[Quant, typer.Option(help="Decoder GGUF type.")] = Quant.q8_0,
+    encoder_precision: Annotated[Precision, typer.Option(help="Encoder weights in edgelalm's bundles: fp32, fp16, int8.")] = Precision.fp32,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for both edgelalm and PyTorch.")] = None,
     reference: Annotated[bool, typer.Option(help="Also measure transformers' PyTorch fp32 model side by side.")] = True,
     target: Annotated[str, typer.Option(help="A folder under runtimes/ whose settings.json applies (threads, device).")] = "",
@@ -203,7 +212,7 @@ def bench(
         raise EdgelalmError(f"--seconds takes comma-separated numbers, got {seconds!r}") from None
     settings = target_settings(target) if target else {}
     plan = BenchPlan(model=model, out_dir=out, compressors=labels, seconds=lengths, repeats=repeats,
-                     max_tokens=max_tokens, quant=quant.value, threads=threads or settings.get("threads"),
+                     max_tokens=max_tokens, quant=quant.value, encoder_precision=encoder_precision.value, threads=threads or settings.get("threads"),
                      reference=reference, target=target or "cpu (default settings)", settings=settings)
     if quick:
         plan.model, plan.compressors, plan.seconds = QUICK["preset"], QUICK["compressors"], QUICK["seconds"]

@@ -47,7 +47,7 @@ from edgelalm.export.encoder import (
     export_encoder_onnx,
 )
 from edgelalm.export.decoder import GGUF_ARCHITECTURE, QUANT_TYPES, write_decoder
-from edgelalm.manifest import COMPRESSOR_FILE, DECODER_FILE, ENCODER_FILE, MEL_FILTERS_FILE, write_manifest
+from edgelalm.manifest import COMPRESSOR_FILE, DECODER_FILE, ENCODER_FILE, MEL_FILTERS_FILE, read_manifest, write_manifest
 from edgelalm.progress import Steps
 
 DEFAULT_PROMPT = "Transcribe the audio."
@@ -66,6 +66,8 @@ class ExportOptions:
     quant: str = "q8_0"
     adapter_dir: Path | None = None
     force: bool = False
+    # An earlier bundle of the same checkpoint: files this export would write the same are reused.
+    share_from: Path | None = None
 
 
 def export_bundle(options: ExportOptions) -> Path:
@@ -81,13 +83,20 @@ def export_bundle(options: ExportOptions) -> Path:
             if adapter:
                 steps.note(f"LoRA adapter {options.adapter_dir}: rank {adapter.rank}, alpha {adapter.alpha:g}, "
                            f"{len(adapter.target_modules)} modules")
+            shared = shareable_files(checkpoint, options, adapter)
         with steps.step("Loading the audio tower and projector"):
             tower = checkpoint.load_audio_tower()
             projector = checkpoint.load_projector()
             compressor = CompressorProjector(build_compressor(options.compressor), projector).eval()
-        with steps.step(f"Exporting the audio encoder to ONNX ({options.encoder_precision})"):
-            export_encoder_onnx(tower, staging / ENCODER_FILE, options.encoder_precision)
-            np.save(staging / MEL_FILTERS_FILE, checkpoint.processor.feature_extractor.mel_filters)
+        if ENCODER_FILE in shared:
+            # Copied, not linked: onnx refuses external weights that have several hard links.
+            with steps.step(f"Copying the audio encoder ({options.encoder_precision}) from {options.share_from}"):
+                for name in (name for name in shared if name.startswith(ENCODER_FILE)):
+                    shutil.copy2(shared[name], staging / name)
+        else:
+            with steps.step(f"Exporting the audio encoder to ONNX ({options.encoder_precision})"):
+                export_encoder_onnx(tower, staging / ENCODER_FILE, options.encoder_precision)
+        np.save(staging / MEL_FILTERS_FILE, checkpoint.processor.feature_extractor.mel_filters)
         with steps.step(f"Exporting compressor {options.compressor.label} + projector to ONNX"):
             export_compressor_onnx(compressor, tower.config.d_model, staging / COMPRESSOR_FILE)
         with steps.step("Checking the graphs against PyTorch on a probe clip"):
@@ -102,10 +111,14 @@ def export_bundle(options: ExportOptions) -> Path:
             )
         del tower, projector, compressor
         merged = " with the LoRA merged" if adapter else ""
-        with steps.step(f"Writing the decoder to GGUF ({options.quant}){merged}") as show:
-            write_decoder(
-                checkpoint, staging / DECODER_FILE, options.quant, adapter, lambda done, total: show(f"tensor {done}/{total}")
-            )
+        if DECODER_FILE in shared:
+            with steps.step(f"Linking the decoder ({options.quant}){merged} from {options.share_from}"):
+                link_or_copy(shared[DECODER_FILE], staging / DECODER_FILE)
+        else:
+            with steps.step(f"Writing the decoder to GGUF ({options.quant}){merged}") as show:
+                write_decoder(
+                    checkpoint, staging / DECODER_FILE, options.quant, adapter, lambda done, total: show(f"tensor {done}/{total}")
+                )
         with steps.step("Checking the decoder in llama.cpp"):
             decoder_check = check_decoder(checkpoint, staging / DECODER_FILE, prompt)
             steps.note(f"llama.cpp loaded it: {decoder_check['n_vocab']} tokens, width {decoder_check['n_embd']}; "
@@ -113,6 +126,7 @@ def export_bundle(options: ExportOptions) -> Path:
         with steps.step("Writing the manifest"):
             sections = manifest_sections(checkpoint, options, prompt, probe, adapter)
             manifest = write_manifest(staging, sections)
+            check_shared_checksums(manifest, shared)
             for name, record in manifest["files"].items():
                 steps.note(f"{name}: {record['bytes'] / 1e6:.2f} MB")
     return options.out_dir
@@ -124,6 +138,59 @@ def open_checkpoint_adapter(checkpoint: Checkpoint, adapter_dir: Path | None) ->
     stored_keys = checkpoint.decoder_tensor_keys()
     shapes = {name: checkpoint.tensor_shape(key) for name, key in stored_keys.items()}
     return open_adapter(adapter_dir, shapes)
+
+
+def shareable_files(checkpoint: Checkpoint, options: ExportOptions, adapter: LoraAdapter | None) -> dict[str, Path]:
+    """The files of `options.share_from` that this export would otherwise write again: the encoder
+    (graph and external weights) when the encoder precision matches, the decoder when the quant and
+    the merged adapter match.
+    Both bundles must come from this checkpoint, unchanged since the earlier export."""
+    if options.share_from is None:
+        return {}
+    where = f"--share-from {options.share_from}"
+    try:
+        earlier = read_manifest(options.share_from, verify_files=False)
+    except EdgelalmError as error:
+        raise EdgelalmError(f"{where}: {error}") from None
+    source = str(checkpoint.path.resolve())
+    if earlier["model"]["source"] != source:
+        raise EdgelalmError(f"{where}: that bundle was exported from {earlier['model']['source']}, not {source}")
+    # created_utc is rounded down to the second.
+    created = datetime.datetime.fromisoformat(earlier["created_utc"]).timestamp() + 1
+    changed = [file.name for file in set(checkpoint.tensor_files.values()) if file.stat().st_mtime > created]
+    if changed:
+        raise EdgelalmError(f"{where}: the checkpoint changed since that bundle was exported ({', '.join(sorted(changed))})")
+    names = []
+    if earlier["encoder"]["precision"] == options.encoder_precision:
+        names += [name for name in earlier["files"] if name == ENCODER_FILE or name.startswith(ENCODER_FILE + ".")]
+    if earlier["decoder"]["quant"] == options.quant and earlier["decoder"]["adapter"] == (adapter.describe() if adapter else None):
+        names.append(DECODER_FILE)
+    shared = {name: options.share_from / name for name in names}
+    if not shared:
+        raise EdgelalmError(
+            f"{where}: nothing to share (encoder {earlier['encoder']['precision']} vs {options.encoder_precision}; "
+            f"decoder {earlier['decoder']['quant']} vs {options.quant}, or another adapter)"
+        )
+    for name, path in shared.items():
+        if earlier["files"].get(name, {}).get("bytes") != (path.stat().st_size if path.is_file() else None):
+            raise EdgelalmError(f"{where}: {name} is missing or does not match that bundle's manifest")
+    return shared
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """A hard link (no second copy on disk); a copy where the file system refuses one."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def check_shared_checksums(manifest: dict[str, Any], shared: dict[str, Path]) -> None:
+    """A shared file must still be the one its own bundle's manifest describes."""
+    for name, path in shared.items():
+        earlier = read_manifest(path.parent, verify_files=False)["files"][name]["sha256"]
+        if manifest["files"][name]["sha256"] != earlier:
+            raise EdgelalmError(f"--share-from {path.parent}: {name} does not match the checksum in that bundle's manifest")
 
 
 def check_decoder(checkpoint: Checkpoint, gguf_path: Path, prompt: dict[str, str]) -> dict[str, int]:
