@@ -102,3 +102,25 @@ def test_encoder_precision_benchmark(tmp_path):
     assert results["encoder_bytes"]["int8"] < results["encoder_bytes"]["fp32"]
     table = (tmp_path / "encoder-precision.md").read_text().splitlines()
     assert len(table) == 4 and table[2].split("|")[6].strip() == "1.00"
+
+
+def test_gpu_target_without_cuda_refuses_before_exporting(tmp_path):
+    """--target cuda where onnxruntime, llama.cpp or torch cannot reach a GPU: one line naming
+    what is missing, before any model or bundle is written (minutes, for a 7B preset)."""
+    import llama_cpp
+    import onnxruntime
+    import torch
+
+    runtime_has_cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers() and llama_cpp.llama_supports_gpu_offload()
+    if runtime_has_cuda and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the GPU benchmark runs here instead")
+    out = tmp_path / "out"
+    completed = subprocess.run(
+        [sys.executable, "-m", "edgelalm.cli", "bench", "--quick", "--target", "cuda", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode != 0
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("edgelalm: error: ") and "cuda" in lines[0], completed.stderr
+    assert ("onnxruntime" in lines[0] or "llama-cpp-python" in lines[0]) if not runtime_has_cuda else "torch" in lines[0]
+    assert not out.exists()

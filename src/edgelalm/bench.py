@@ -116,10 +116,13 @@ def measure_edgelalm(
     }
 
 
-def measure_reference(model_dir: Path, label: str, seconds: float, repeats: int, max_tokens: int, threads: int | None) -> dict[str, Any]:
+def measure_reference(
+    model_dir: Path, label: str, seconds: float, repeats: int, max_tokens: int, threads: int | None, device: str = "cpu"
+) -> dict[str, Any]:
     """transformers fp32, as a user would run it: the processor pads each window to the
     checkpoint's full window, the tower runs with its mask, then the same compressor in PyTorch,
-    the projector, and greedy decoding with the KV cache."""
+    the projector, and greedy decoding with the KV cache; on the target's device, so that a GPU
+    target compares GPU with GPU."""
     import torch
     from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
     from transformers.masking_utils import create_bidirectional_mask
@@ -128,10 +131,17 @@ def measure_reference(model_dir: Path, label: str, seconds: float, repeats: int,
 
     if threads:
         torch.set_num_threads(threads)
+    on_gpu = device == "cuda"
+
+    def elapsed_ms(since: float) -> float:
+        if on_gpu:  # CUDA kernels run asynchronously: a stage ends when the GPU is done
+            torch.cuda.synchronize()
+        return (time.perf_counter() - since) * 1000
+
     started = time.perf_counter()
-    model = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval().to(device)
     processor = AutoProcessor.from_pretrained(model_dir)
-    load_ms = (time.perf_counter() - started) * 1000
+    load_ms = elapsed_ms(started)
     compressor = build_compressor(parse_compressor(label))
     extractor = processor.feature_extractor
     window = extractor.chunk_length * extractor.sampling_rate
@@ -139,8 +149,8 @@ def measure_reference(model_dir: Path, label: str, seconds: float, repeats: int,
     messages = [{"role": "user", "content": [{"type": "audio", "audio": "clip"}, {"type": "text", "text": "Transcribe the audio."}]}]
     before, after = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False).split(processor.audio_token)
     embed = model.get_input_embeddings()
-    text_before = embed(torch.tensor(processor.tokenizer(before, add_special_tokens=False).input_ids))
-    text_after = embed(torch.tensor(processor.tokenizer(after, add_special_tokens=False).input_ids))
+    text_before = embed(torch.tensor(processor.tokenizer(before, add_special_tokens=False).input_ids, device=device))
+    text_after = embed(torch.tensor(processor.tokenizer(after, add_special_tokens=False).input_ids, device=device))
     audio = synthetic_clip(seconds)
 
     def one_run() -> tuple[dict[str, float], int, int]:
@@ -151,32 +161,34 @@ def measure_reference(model_dir: Path, label: str, seconds: float, repeats: int,
             lap = time.perf_counter()
             features = extractor(audio[start : start + window], sampling_rate=16000, return_attention_mask=True,
                                  padding="max_length", return_tensors="pt")
-            timings["features"] += (time.perf_counter() - lap) * 1000
+            features = features.to(device)
+            timings["features"] += elapsed_ms(lap)
             lap = time.perf_counter()
             valid_mel = features["attention_mask"].sum(-1)
             conv_lengths, frame_lengths = tower._get_feat_extract_output_lengths(valid_mel)
             positions = features["input_features"].shape[-1] // 2
-            mask_2d = (torch.arange(positions)[None] < conv_lengths[:, None]).long()
-            mask = create_bidirectional_mask(config=tower.config, inputs_embeds=torch.zeros(1, positions, 1), attention_mask=mask_2d)
+            mask_2d = (torch.arange(positions, device=device)[None] < conv_lengths[:, None]).long()
+            mask = create_bidirectional_mask(config=tower.config, inputs_embeds=torch.zeros(1, positions, 1, device=device),
+                                             attention_mask=mask_2d)
             frames = tower(features["input_features"], attention_mask=mask).last_hidden_state[0, : int(frame_lengths[0])]
-            timings["encoder"] += (time.perf_counter() - lap) * 1000
+            timings["encoder"] += elapsed_ms(lap)
             lap = time.perf_counter()
             tokens.append(model.model.multi_modal_projector(compressor(frames)))
-            timings["compressor"] += (time.perf_counter() - lap) * 1000
+            timings["compressor"] += elapsed_ms(lap)
         audio_embeddings = torch.cat(tokens)
         lap = time.perf_counter()
         inputs = torch.cat([text_before, audio_embeddings, text_after])[None]
         output = model(inputs_embeds=inputs, use_cache=True)
         next_token = output.logits[0, -1].argmax()
-        timings["prefill"] = (time.perf_counter() - lap) * 1000
-        timings["time_to_first_token"] = (time.perf_counter() - run_started) * 1000
+        timings["prefill"] = elapsed_ms(lap)
+        timings["time_to_first_token"] = elapsed_ms(run_started)
         lap = time.perf_counter()
         cache = output.past_key_values
         for _ in range(max_tokens - 1):
             output = model(input_ids=next_token.view(1, 1), past_key_values=cache, use_cache=True)
             cache, next_token = output.past_key_values, output.logits[0, -1].argmax()
-        timings["decode"] = (time.perf_counter() - lap) * 1000
-        timings["total"] = (time.perf_counter() - run_started) * 1000
+        timings["decode"] = elapsed_ms(lap)
+        timings["total"] = elapsed_ms(run_started)
         return timings, audio_embeddings.shape[0], max_tokens
 
     with torch.inference_mode():
@@ -201,6 +213,7 @@ def run_bench(plan: BenchPlan) -> dict[str, Any]:
 
     from edgelalm.progress import stderr_console
 
+    check_device(plan)
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     model_dir = ensure_model(plan)
     bundles: dict[str, Path] = {}
@@ -232,6 +245,21 @@ def run_bench(plan: BenchPlan) -> dict[str, Any]:
     results["ratios"] = ratios(rows)
     write_results(results, plan.out_dir)
     return results
+
+
+def check_device(plan: BenchPlan) -> None:
+    """Refuse a GPU target on a machine without CUDA before any export: edgelalm's runtime
+    and, with the reference on, torch must both reach the GPU."""
+    from edgelalm.runtime.pipeline import device_settings
+
+    device = plan.settings.get("device", "cpu")
+    device_settings(device)
+    if device == "cuda" and plan.reference:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise EdgelalmError("--target cuda: this torch cannot reach a CUDA GPU, so the reference would run on the CPU; "
+                                "install a CUDA build of torch or pass --no-reference")
 
 
 def ensure_model(plan: BenchPlan) -> Path:
@@ -402,7 +430,7 @@ def _worker(argv: list[str]) -> None:
     if runtime == "edgelalm":
         result = measure_edgelalm(Path(source), *args, device=device, cpu_arena=rest == ["cpu-arena"])
     else:
-        result = measure_reference(Path(source), label, *args)
+        result = measure_reference(Path(source), label, *args, device=device)
     print(json.dumps(result))
 
 

@@ -97,7 +97,7 @@ class Runtime:
         self.manifest = read_manifest(self.bundle)
         if not self.manifest.get("decoder"):
             raise EdgelalmError(f"bundle {self.bundle} has no decoder; re-export it with this edgelalm")
-        providers, gpu_layers = _device_settings(device)
+        providers, gpu_layers = device_settings(device)
         features = self.manifest["features"]
         self.features = FeatureSettings(
             sampling_rate=features["sampling_rate"],
@@ -269,7 +269,7 @@ def _lap(timings: dict[str, float], stage: str) -> Iterator[None]:
         timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - started) * 1000
 
 
-def _device_settings(device: str) -> tuple[list[str], int]:
+def device_settings(device: str) -> tuple[list[str], int]:
     """onnxruntime providers and llama.cpp GPU layers for `device`, or a clear refusal."""
     if device == "cpu":
         return ["CPUExecutionProvider"], 0
