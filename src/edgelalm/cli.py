@@ -196,7 +196,11 @@ def bench(
     encoder_precision: Annotated[Precision, typer.Option(help="Encoder weights in edgelalm's bundles: fp32, fp16, int8.")] = Precision.fp32,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for both edgelalm and PyTorch.")] = None,
     reference: Annotated[bool, typer.Option(help="Also measure transformers' PyTorch fp32 model side by side.")] = True,
-    target: Annotated[str, typer.Option(help="A folder under runtimes/ whose settings.json applies (threads, device).")] = "",
+    target: Annotated[
+        str,
+        typer.Option(help="A folder under runtimes/ whose settings.json applies (threads, device; with cuda the "
+                     "reference runs on the GPU too)."),
+    ] = "",
     out: Annotated[Path, typer.Option(help="Folder for models, bundles and results.")] = Path("benchmarks/results/latest"),
     quick: Annotated[bool, typer.Option("--quick", help="A minute-long smoke run: tiny preset, none and avg3, 3 s and 12 s.")] = False,
 ) -> None:
@@ -212,7 +216,8 @@ def bench(
         raise EdgelalmError(f"--seconds takes comma-separated numbers, got {seconds!r}") from None
     settings = target_settings(target) if target else {}
     plan = BenchPlan(model=model, out_dir=out, compressors=labels, seconds=lengths, repeats=repeats,
-                     max_tokens=max_tokens, quant=quant.value, encoder_precision=encoder_precision.value, threads=threads or settings.get("threads"),
+                     max_tokens=max_tokens, quant=quant.value, encoder_precision=encoder_precision.value,
+                     threads=threads or settings.get("threads"),
                      reference=reference, target=target or "cpu (default settings)", settings=settings)
     if quick:
         plan.model, plan.compressors, plan.seconds = QUICK["preset"], QUICK["compressors"], QUICK["seconds"]
