@@ -21,7 +21,7 @@ from pathlib import Path
 
 from edgelalm.bench import BenchPlan, ensure_bundle, ensure_model, measure_in_subprocess
 from edgelalm.errors import EdgelalmError
-from edgelalm.manifest import ENCODER_FILE, read_manifest
+from edgelalm.manifest import is_encoder_file, read_manifest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
                          "encoder_ms": timings["encoder"], "time_to_first_token_ms": timings["time_to_first_token"]})
             print(f"{seconds:g} s, {precision}: encoder {timings['encoder']['median']:.0f} ms, "
                   f"{result['peak_rss_mb']:.0f} MB", file=sys.stderr)
-    probes = {precision: read_manifest(bundle, verify_files=False)["encoder"] for precision, bundle in bundles.items()}
-    files = {precision: encoder_bytes(bundle) for precision, bundle in bundles.items()}
+    manifests = {precision: read_manifest(bundle, verify_files=False) for precision, bundle in bundles.items()}
+    probes = {precision: manifest["encoder"] for precision, manifest in manifests.items()}
+    files = {precision: encoder_bytes(manifest) for precision, manifest in manifests.items()}
     table = markdown_table(rows, precisions, probes, files)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "encoder-precision.json").write_text(
@@ -68,10 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def encoder_bytes(bundle: Path) -> int:
+def encoder_bytes(manifest: dict) -> int:
     """The encoder graph and its external weights, as the manifest lists them."""
-    files = read_manifest(bundle, verify_files=False)["files"]
-    return sum(record["bytes"] for name, record in files.items() if name.startswith(ENCODER_FILE))
+    return sum(record["bytes"] for name, record in manifest["files"].items() if is_encoder_file(name))
 
 
 def markdown_table(rows: list[dict], precisions: list[str], probes: dict[str, dict], files: dict[str, int]) -> str:

@@ -27,6 +27,7 @@ from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 from edgelalm.compression import CompressorSpec
 from edgelalm.export.bundle import ExportOptions, export_bundle
 from edgelalm.export.compressor import build_compressor
+from edgelalm.export.encoder import ENCODER_PRECISIONS
 from edgelalm.pretrained import default_adapter_dir, default_model_dir
 from edgelalm.training.dataset import SpeechDataset
 from edgelalm.training.evaluate import WerResult, score, transcribe_bundle, transcribe_torch
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export-compressors", default="none,avg2,avg3,sample3,unseg",
                         help="labels whose bundles are exported and measured too")
     parser.add_argument("--quants", default=",".join(QUANTS), help="decoder types of the bundle columns")
-    parser.add_argument("--encoder-precision", default="fp32", choices=("fp32", "fp16", "int8"), help="the bundles' encoder")
+    parser.add_argument("--encoder-precision", default="fp32", choices=ENCODER_PRECISIONS, help="the bundles' encoder")
     args = parser.parse_args(argv)
 
     data = SpeechDataset(args.data)

@@ -25,7 +25,7 @@ import numpy as np
 
 from edgelalm.compression import CompressorSpec
 from edgelalm.errors import EdgelalmError
-from edgelalm.manifest import MANIFEST_FILE
+from edgelalm.manifest import MANIFEST_FILE, bundle_name
 from edgelalm.runtime.pipeline import peak_rss_mb
 
 STAGES = ("features", "encoder", "compressor", "prefill", "decode", "time_to_first_token", "total")
@@ -283,8 +283,7 @@ def ensure_bundle(model_dir: Path, label: str, plan: BenchPlan, share_from: Path
     model's export."""
     from edgelalm.export.bundle import ExportOptions, export_bundle
 
-    encoder_suffix = "" if plan.encoder_precision == "fp32" else f"-encoder-{plan.encoder_precision}"
-    folder = plan.out_dir / "bundles" / f"{label}-{plan.quant}{encoder_suffix}"
+    folder = plan.out_dir / "bundles" / bundle_name(label, plan.quant, plan.encoder_precision)
     manifest_file = folder / MANIFEST_FILE
     if manifest_file.exists():
         manifest = json.loads(manifest_file.read_text())

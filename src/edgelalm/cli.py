@@ -18,6 +18,7 @@ from typer.exceptions import TyperException
 
 from edgelalm.compression import COMPRESSOR_DESCRIPTIONS, FACTOR_COMPRESSORS, CompressorSpec
 from edgelalm.errors import EdgelalmError
+from edgelalm.manifest import bundle_name
 
 DEFAULT_EXPORT_ROOT = Path("export")
 
@@ -106,8 +107,7 @@ def export(
                 _warn(f"the default model has no adapter realigned to {spec.label} (shipped: {', '.join(shipped_adapters()) or 'none'}); "
                       "exporting without one, so expect more errors (edgelalm finetune makes one)")
     if out is None:
-        encoder_suffix = "" if encoder_precision.value == "fp32" else f"-encoder-{encoder_precision.value}"
-        out = DEFAULT_EXPORT_ROOT / f"{model.resolve().name}-{spec.label}-{quant.value}{encoder_suffix}"
+        out = DEFAULT_EXPORT_ROOT / f"{model.resolve().name}-{bundle_name(spec.label, quant.value, encoder_precision.value)}"
 
     from edgelalm.export.bundle import ExportOptions, export_bundle
 

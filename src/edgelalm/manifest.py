@@ -29,6 +29,17 @@ MEL_FILTERS_FILE = "mel_filters.npy"
 _CHUNK_BYTES = 1 << 20
 
 
+def is_encoder_file(name: str) -> bool:
+    """The encoder graph and the external weights beside it (encoder.onnx.data)."""
+    return name == ENCODER_FILE or name.startswith(ENCODER_FILE + ".")
+
+
+def bundle_name(compressor_label: str, quant: str, encoder_precision: str) -> str:
+    """'avg3-q8_0', with '-encoder-int8' (or fp16) when the encoder is not fp32."""
+    encoder_suffix = "" if encoder_precision == "fp32" else f"-encoder-{encoder_precision}"
+    return f"{compressor_label}-{quant}{encoder_suffix}"
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as stream:

@@ -47,7 +47,15 @@ from edgelalm.export.encoder import (
     export_encoder_onnx,
 )
 from edgelalm.export.decoder import GGUF_ARCHITECTURE, QUANT_TYPES, write_decoder
-from edgelalm.manifest import COMPRESSOR_FILE, DECODER_FILE, ENCODER_FILE, MEL_FILTERS_FILE, read_manifest, write_manifest
+from edgelalm.manifest import (
+    COMPRESSOR_FILE,
+    DECODER_FILE,
+    ENCODER_FILE,
+    MEL_FILTERS_FILE,
+    is_encoder_file,
+    read_manifest,
+    write_manifest,
+)
 from edgelalm.progress import Steps
 
 DEFAULT_PROMPT = "Transcribe the audio."
@@ -91,8 +99,8 @@ def export_bundle(options: ExportOptions) -> Path:
         if ENCODER_FILE in shared:
             # Copied, not linked: onnx refuses external weights that have several hard links.
             with steps.step(f"Copying the audio encoder ({options.encoder_precision}) from {options.share_from}"):
-                for name in (name for name in shared if name.startswith(ENCODER_FILE)):
-                    shutil.copy2(shared[name], staging / name)
+                for name in filter(is_encoder_file, shared):
+                    shutil.copy2(options.share_from / name, staging / name)
         else:
             with steps.step(f"Exporting the audio encoder to ONNX ({options.encoder_precision})"):
                 export_encoder_onnx(tower, staging / ENCODER_FILE, options.encoder_precision)
@@ -113,7 +121,7 @@ def export_bundle(options: ExportOptions) -> Path:
         merged = " with the LoRA merged" if adapter else ""
         if DECODER_FILE in shared:
             with steps.step(f"Linking the decoder ({options.quant}){merged} from {options.share_from}"):
-                link_or_copy(shared[DECODER_FILE], staging / DECODER_FILE)
+                link_or_copy(options.share_from / DECODER_FILE, staging / DECODER_FILE)
         else:
             with steps.step(f"Writing the decoder to GGUF ({options.quant}){merged}") as show:
                 write_decoder(
@@ -126,7 +134,7 @@ def export_bundle(options: ExportOptions) -> Path:
         with steps.step("Writing the manifest"):
             sections = manifest_sections(checkpoint, options, prompt, probe, adapter)
             manifest = write_manifest(staging, sections)
-            check_shared_checksums(manifest, shared)
+            check_shared_checksums(manifest, shared, options.share_from)
             for name, record in manifest["files"].items():
                 steps.note(f"{name}: {record['bytes'] / 1e6:.2f} MB")
     return options.out_dir
@@ -140,10 +148,10 @@ def open_checkpoint_adapter(checkpoint: Checkpoint, adapter_dir: Path | None) ->
     return open_adapter(adapter_dir, shapes)
 
 
-def shareable_files(checkpoint: Checkpoint, options: ExportOptions, adapter: LoraAdapter | None) -> dict[str, Path]:
-    """The files of `options.share_from` that this export would otherwise write again: the encoder
-    (graph and external weights) when the encoder precision matches, the decoder when the quant and
-    the merged adapter match.
+def shareable_files(checkpoint: Checkpoint, options: ExportOptions, adapter: LoraAdapter | None) -> dict[str, dict[str, Any]]:
+    """The files of `options.share_from` that this export would otherwise write again, with their
+    records in that bundle's manifest: the encoder (graph and external weights) when the encoder
+    precision matches, the decoder when the quant and the merged adapter match.
     Both bundles must come from this checkpoint, unchanged since the earlier export."""
     if options.share_from is None:
         return {}
@@ -162,19 +170,19 @@ def shareable_files(checkpoint: Checkpoint, options: ExportOptions, adapter: Lor
         raise EdgelalmError(f"{where}: the checkpoint changed since that bundle was exported ({', '.join(sorted(changed))})")
     names = []
     if earlier["encoder"]["precision"] == options.encoder_precision:
-        names += [name for name in earlier["files"] if name == ENCODER_FILE or name.startswith(ENCODER_FILE + ".")]
+        names += [name for name in earlier["files"] if is_encoder_file(name)]
     if earlier["decoder"]["quant"] == options.quant and earlier["decoder"]["adapter"] == (adapter.describe() if adapter else None):
         names.append(DECODER_FILE)
-    shared = {name: options.share_from / name for name in names}
-    if not shared:
+    if not names:
         raise EdgelalmError(
             f"{where}: nothing to share (encoder {earlier['encoder']['precision']} vs {options.encoder_precision}; "
             f"decoder {earlier['decoder']['quant']} vs {options.quant}, or another adapter)"
         )
-    for name, path in shared.items():
+    for name in names:
+        path = options.share_from / name
         if earlier["files"].get(name, {}).get("bytes") != (path.stat().st_size if path.is_file() else None):
             raise EdgelalmError(f"{where}: {name} is missing or does not match that bundle's manifest")
-    return shared
+    return {name: earlier["files"][name] for name in names}
 
 
 def link_or_copy(source: Path, target: Path) -> None:
@@ -185,12 +193,11 @@ def link_or_copy(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def check_shared_checksums(manifest: dict[str, Any], shared: dict[str, Path]) -> None:
+def check_shared_checksums(manifest: dict[str, Any], shared: dict[str, dict[str, Any]], share_from: Path | None) -> None:
     """A shared file must still be the one its own bundle's manifest describes."""
-    for name, path in shared.items():
-        earlier = read_manifest(path.parent, verify_files=False)["files"][name]["sha256"]
-        if manifest["files"][name]["sha256"] != earlier:
-            raise EdgelalmError(f"--share-from {path.parent}: {name} does not match the checksum in that bundle's manifest")
+    for name, earlier in shared.items():
+        if manifest["files"][name]["sha256"] != earlier["sha256"]:
+            raise EdgelalmError(f"--share-from {share_from}: {name} does not match the checksum in that bundle's manifest")
 
 
 def check_decoder(checkpoint: Checkpoint, gguf_path: Path, prompt: dict[str, str]) -> dict[str, int]:
