@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from edgelalm.bench import BenchPlan, ensure_bundle, ensure_model, measure_in_subprocess
+from edgelalm.bench import BenchPlan, ensure_variant_bundles, measure_in_subprocess
 from edgelalm.errors import EdgelalmError
 from edgelalm.manifest import is_encoder_file, read_manifest
 
@@ -36,11 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     precisions = args.precisions.split(",")
     try:
         plan = BenchPlan(model=args.model, out_dir=args.out, compressors=("none",), repeats=args.repeats, max_tokens=args.max_tokens)
-        model_dir = ensure_model(plan)
-        bundles: dict[str, Path] = {}
-        for precision in precisions:
-            plan_for = dataclasses.replace(plan, encoder_precision=precision)
-            bundles[precision] = ensure_bundle(model_dir, "none", plan_for, share_from=bundles.get(precisions[0]))
+        bundles = ensure_variant_bundles(plan, {p: dataclasses.replace(plan, encoder_precision=p) for p in precisions})
     except EdgelalmError as error:
         raise SystemExit(f"encoder_precision: error: {error}") from None
 

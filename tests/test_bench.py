@@ -124,3 +124,53 @@ def test_gpu_target_without_cuda_refuses_before_exporting(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("edgelalm: error: ") and "cuda" in lines[0], completed.stderr
     assert ("onnxruntime" in lines[0] or "llama-cpp-python" in lines[0]) if not runtime_has_cuda else "torch" in lines[0]
     assert not out.exists()
+
+
+def test_a_worker_killed_by_a_signal_is_reported_as_such(tmp_path, monkeypatch):
+    """Every worker crashing (as llama.cpp did on AMX CPUs) is one error naming the signal, not a
+    report of empty rows and null ratios; a partial failure goes on and names the failed points."""
+    from edgelalm import bench
+    from edgelalm.errors import EdgelalmError
+    from edgelalm.isolation import ChildResult
+
+    monkeypatch.setattr(bench, "run_child", lambda command, timeout=None: ChildResult(-11, "", ""))
+    plan = bench.BenchPlan(model="tiny", out_dir=tmp_path, compressors=("none",), seconds=(3.0,), repeats=1,
+                           max_tokens=4, reference=False)
+    with pytest.raises(EdgelalmError, match=r"no measurement succeeded; the first: the edgelalm worker crashed \(SIGSEGV\)"):
+        bench.run_bench(plan)
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_a_partial_failure_is_named_on_stderr(capsys):
+    from edgelalm.bench import check_rows
+
+    rows = [{"runtime": "edgelalm", "compressor": "none", "seconds": 3.0, "timings_ms": {}},
+            {"runtime": "edgelalm", "compressor": "avg3", "seconds": 3.0, "error": "the edgelalm worker crashed (SIGSEGV)"}]
+    check_rows(rows)
+    assert capsys.readouterr().err == "edgelalm: warning: edgelalm avg3 3 s: the edgelalm worker crashed (SIGSEGV)\n"
+
+
+
+def test_extra_buffers_benchmark(tmp_path):
+    """benchmarks/llama_extra_buffers.py: both settings per quant, each in its own worker, and a
+    table of off/on ratios; on a machine where `on` crashes llama.cpp, that row says so."""
+    from edgelalm.runtime.llama_backend import decide_extra_buffers
+
+    completed = subprocess.run(
+        [sys.executable, "benchmarks/llama_extra_buffers.py", "--model", "tiny", "--quants", "q8_0,q4_0", "--seconds", "3",
+         "--repeats", "1", "--max-tokens", "4", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    results = json.loads((tmp_path / "extra-buffers.json").read_text())
+    assert [(r["quant"], r["setting"]) for r in results["rows"]] == [("q8_0", "on"), ("q8_0", "off"), ("q4_0", "on"), ("q4_0", "off")]
+    for row in results["rows"]:
+        if row["setting"] == "on" and not decide_extra_buffers("auto").enabled and "error" in row:
+            assert row["error"].startswith("the edgelalm worker crashed (")  # llama.cpp's AMX buffer, as reported
+            continue
+        assert "error" not in row, row
+        assert row["weight_buffers"]
+        if row["setting"] == "off":
+            assert set(row["weight_buffers"]) <= {"CPU", "CPU_Mapped"}
+    table = (tmp_path / "extra-buffers.md").read_text().splitlines()
+    assert len(table) == 4 and table[2].startswith("| q8_0 | 3 |") and table[3].startswith("| q4_0 | 3 |")

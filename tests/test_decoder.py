@@ -24,6 +24,7 @@ from edgelalm.export.adapter import open_adapter  # noqa: E402
 from edgelalm.export.checkpoint import open_checkpoint  # noqa: E402
 from edgelalm.export.decoder import write_decoder  # noqa: E402
 from edgelalm.runtime.decoder import LlamaDecoder  # noqa: E402
+from edgelalm.runtime.llama_backend import decide_extra_buffers, model_params  # noqa: E402
 
 BEFORE_AUDIO = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nAudio 1: <|audio_bos|>"
 AFTER_AUDIO = "<|audio_eos|>\nTranscribe the audio.<|im_end|>\n<|im_start|>assistant\n"
@@ -142,9 +143,14 @@ def test_llama_cpp_token_ids_equal_the_hf_tokenizer(ggufs, text):
         assert b"".join(decoder.token_bytes(t) for t in expected).decode() == text
 
 
-def test_stock_llama_loads_it_and_completes_text(ggufs):
+def test_stock_llama_loads_it_and_completes_text(ggufs, monkeypatch):
     _, paths = ggufs
+    # Stock Llama takes llama.cpp's default model parameters, whose extra buffers crash on AMX
+    # machines (see edgelalm.runtime.llama_backend): give it the choice edgelalm makes.
+    enabled = decide_extra_buffers("auto").enabled
+    monkeypatch.setattr(llama_cpp.llama_cpp, "llama_model_default_params", lambda: model_params(enabled))
     llm = llama_cpp.Llama(str(paths["q4_k_m"]), n_ctx=128, verbose=False)
+    assert llm.model_params.use_extra_bufts is enabled
     out = llm.create_completion("Set a timer for", max_tokens=6, temperature=0)
     assert out["usage"]["completion_tokens"] >= 1
     assert llm.metadata["general.architecture"] == "qwen2"

@@ -60,6 +60,8 @@ def test_export_writes_a_valid_bundle(tiny_checkpoint, tmp_path, monkeypatch, ca
     assert code == 0, stderr
     assert stdout.strip() == str(out)
     assert "[8/8] Writing the manifest done" in stderr
+    # The decoder check ran real multi-token batches, in a child process.
+    assert "llama.cpp decoded 48 tokens in batches and generated" in stderr
     manifest = read_manifest(out)
     assert manifest["compressor"]["name"] == compressor
     assert set(manifest["files"]) == {"encoder.onnx", "encoder.onnx.data", "compressor.onnx", "decoder.gguf", "mel_filters.npy"}
@@ -81,6 +83,25 @@ def test_export_writes_a_valid_bundle(tiny_checkpoint, tmp_path, monkeypatch, ca
         assert embeddings.shape[0] == expected_tokens[compressor]
     else:
         assert 1 <= embeddings.shape[0] < 50
+
+
+def test_a_decoder_that_crashes_llama_cpp_fails_export_in_one_line(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    """llama.cpp dying by a signal in the decode check (as on AMX CPUs with its AMX buffer) is one
+    error line naming what to try, and leaves no bundle behind."""
+    from edgelalm.isolation import ChildResult
+    from edgelalm.runtime import canary
+
+    monkeypatch.setattr(canary, "run_child", lambda command, timeout=None: ChildResult(-11, "", ""))
+    out = tmp_path / "bundle"
+    code, _, stderr = in_process(monkeypatch, capsys, "export", "--model", tiny_checkpoint, "--compressor", "none", "--out", out)
+    assert code == 1
+    errors = [line for line in stderr.splitlines() if line.startswith("edgelalm: ")]
+    assert errors == [
+        "edgelalm: error: llama.cpp crashed (SIGSEGV) decoding decoder.gguf in a test run in a child process; "
+        "try --llama-extra-buffers off"
+    ]
+    assert "Traceback" not in stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_manifest_describes_the_model(tiny_checkpoint, tmp_path, monkeypatch, capsys):

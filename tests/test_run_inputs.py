@@ -35,6 +35,8 @@ RESULT_FIELDS = {
     "timings_ms": dict,
     "decode_tokens_per_second": float,
     "peak_rss_mb": float,
+    "generated_tokens": int,
+    "warnings": list,
 }
 _ENV = {**os.environ, "PYTHONIOENCODING": "utf-8"}
 
@@ -87,6 +89,10 @@ def assert_result(code, stdout, stderr):
     assert all(value >= 0 for value in result["timings_ms"].values())
     assert result["audio_tokens"] >= 1 and result["windows"] >= 1
     assert result["peak_rss_mb"] > 0
+    # The decode rate counts the tokens after the first, over the time after it (timings are rounded).
+    if result["generated_tokens"] > 1 and result["timings_ms"]["decode"] > 1:
+        after_first = result["decode_tokens_per_second"] * result["timings_ms"]["decode"] / 1000
+        assert after_first == pytest.approx(result["generated_tokens"] - 1, rel=0.05)
     # The streamed answer, then the JSON line.
     assert stdout == result["text"] + "\n" + json_line + "\n"
     return result
@@ -179,11 +185,32 @@ def test_truncated_wav(avg2, tmp_path, keep):
     cut = tmp_path / "cut.wav"
     cut.write_bytes(whole[: len(whole) // 2] if keep == "half" else whole[:20])
     code, stdout, stderr = run(avg2, cut)
-    outcome = assert_result_or_error(code, stdout, stderr)
-    if keep == "half" and code == 0:
-        assert 0 < outcome["audio_seconds"] <= 2.0
     if keep == "inside_header":
-        assert code != 0  # no samples at all: cannot be a result
+        assert_one_line_error(code, stderr)  # no samples at all: cannot be a result
+        return
+    # What is there is transcribed, and the user is told the file is shorter than its header says.
+    assert code == 0, stderr
+    warning = stderr.strip().splitlines()
+    assert len(warning) == 1 and warning[0].startswith("edgelalm: warning: "), stderr
+    assert "declares 2.00 s" in warning[0] and "truncated" in warning[0]
+    outcome = json.loads(stdout.strip().splitlines()[-1])
+    assert 0.9 <= outcome["audio_seconds"] <= 1.0
+    assert outcome["warnings"] == [warning[0].removeprefix("edgelalm: warning: ")]
+
+
+def test_mp3(avg2, tmp_path):
+    """libsndfile reads mp3 (1.1 and later), as the help says."""
+    if "MP3" not in soundfile.available_formats():
+        pytest.skip("this libsndfile has no mp3")
+    path = tmp_path / "clip.mp3"
+    soundfile.write(path, speechlike(2.0), RATE, format="MP3")
+    assert 1.9 <= assert_result(*run(avg2, path))["audio_seconds"] <= 2.2
+
+
+def test_whole_wav_has_no_warning(avg2, tmp_path):
+    code, stdout, stderr = run(avg2, write_wav(tmp_path / "whole.wav", speechlike(2.0)))
+    assert assert_result(code, stdout, stderr)["warnings"] == []
+    assert stderr == ""
 
 
 # -- unusual content ----------------------------------------------------------------------
@@ -282,6 +309,11 @@ def test_bundle_folder_missing(clip, tmp_path):
     assert_one_line_error(code, stderr, "bundle folder not found", "no-such-bundle")
 
 
+def test_bundle_given_as_its_manifest_file(avg2, clip):
+    code, _, stderr = run(avg2 / MANIFEST_FILE, clip)
+    assert_one_line_error(code, stderr, "is a file", "the folder that holds manifest.json")
+
+
 @pytest.fixture(scope="module")
 def bundle_files(avg2):
     return sorted(json.loads((avg2 / MANIFEST_FILE).read_text())["files"])
@@ -340,8 +372,10 @@ def test_no_bundle_picks_the_most_recently_written(avg2, tiny_bundles, clip, tmp
     for newer, older in ((a, b), (b, a)):
         os.utime(older / MANIFEST_FILE, (now - 3600, now - 3600))
         os.utime(newer / MANIFEST_FILE, (now, now))
-        result = assert_result(*run(None, clip, cwd=tmp_path))
-        assert result["audio_tokens"] == expected_tokens[newer.name]
+        code, stdout, stderr = run(None, clip, cwd=tmp_path)
+        # Which bundle served is said on stderr, since the user did not name one.
+        assert stderr.strip() == f"edgelalm: bundle export/{newer.name} (the newest under export/; --bundle picks another)"
+        assert assert_result(code, stdout, "")["audio_tokens"] == expected_tokens[newer.name]
 
 
 # -- options ------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ import csv
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import numpy as np
 
 from edgelalm.compression import CompressorSpec
 from edgelalm.errors import EdgelalmError
+from edgelalm.isolation import run_child
 from edgelalm.manifest import MANIFEST_FILE, bundle_name
 from edgelalm.runtime.pipeline import peak_rss_mb
 
@@ -48,6 +48,7 @@ class BenchPlan:
     reference: bool = True
     target: str = "cpu-x86_64"
     settings: dict[str, Any] = field(default_factory=dict)
+    llama_extra_buffers: str = "auto"  # see edgelalm.runtime.llama_backend
 
 
 def target_settings(target: str) -> dict[str, Any]:
@@ -93,12 +94,19 @@ def kv_cache_mb(decoder: dict[str, Any], tokens: int, bytes_per_value: int = 2) 
 
 
 def measure_edgelalm(
-    bundle: Path, seconds: float, repeats: int, max_tokens: int, threads: int | None, device: str = "cpu", cpu_arena: bool = False
+    bundle: Path,
+    seconds: float,
+    repeats: int,
+    max_tokens: int,
+    threads: int | None,
+    device: str = "cpu",
+    cpu_arena: bool = False,
+    llama_extra_buffers: str = "auto",
 ) -> dict[str, Any]:
     from edgelalm.runtime.pipeline import Runtime
 
     started = time.perf_counter()
-    runtime = Runtime(bundle, threads=threads, device=device, cpu_arena=cpu_arena)
+    runtime = Runtime(bundle, threads=threads, device=device, cpu_arena=cpu_arena, llama_extra_buffers=llama_extra_buffers)
     load_ms = (time.perf_counter() - started) * 1000
     audio = synthetic_clip(seconds)
     runtime.run(audio, max_tokens=max_tokens)  # warm-up
@@ -108,11 +116,13 @@ def measure_edgelalm(
     return {
         "load_ms": load_ms,
         "audio_tokens": last.audio_tokens,
+        "prompt_tokens": last.prompt_tokens,
         "generated_tokens": last.generated_tokens,
         "timings_ms": {stage: summarize([run.timings_ms.get(stage, 0.0) for run in runs]) for stage in STAGES},
         "decode_tokens_per_second": summarize([run.decode_tokens_per_second for run in runs]),
         "kv_cache_mb": kv_cache_mb(runtime.manifest["decoder"], tokens),
         "peak_rss_mb": peak_rss_mb(),
+        "weight_buffers": runtime.decoder.weight_buffers,
     }
 
 
@@ -233,6 +243,7 @@ def run_bench(plan: BenchPlan) -> dict[str, Any]:
             result = measure_in_subprocess(runtime, source, label, seconds, plan)
             rows.append({"runtime": runtime, "compressor": label, "seconds": seconds, **result})
             progress.advance(task)
+    check_rows(rows)
     results = {
         "machine": machine_description(plan),
         "model": str(plan.model),
@@ -295,19 +306,38 @@ def ensure_bundle(model_dir: Path, label: str, plan: BenchPlan, share_from: Path
     return folder
 
 
+def ensure_variant_bundles(plan: BenchPlan, variants: dict[str, BenchPlan], label: str = "none") -> dict[str, Path]:
+    """One `label` bundle per variant of `plan` (another quant, encoder precision...), each new one
+    sharing what it can with the first: for the benchmarks that compare one setting."""
+    model_dir = ensure_model(plan)
+    bundles: dict[str, Path] = {}
+    for name, variant in variants.items():
+        bundles[name] = ensure_bundle(model_dir, label, variant, share_from=next(iter(bundles.values()), None))
+    return bundles
+
+
 def measure_in_subprocess(
     runtime: str, source: Path, label: str, seconds: float, plan: BenchPlan, cpu_arena: bool = False
 ) -> dict[str, Any]:
     """One (runtime, compressor, clip length) measured in a fresh process (`_worker`), so its peak
-    RSS is its own; {"error": last stderr line} if it failed."""
-    command = [sys.executable, "-m", "edgelalm.bench", runtime, str(source), label, str(seconds), str(plan.repeats),
-               str(plan.max_tokens), str(plan.threads or 0), plan.settings.get("device", "cpu")]
-    command += ["cpu-arena"] if cpu_arena else []
-    completed = subprocess.run(command, capture_output=True, text=True)
-    if completed.returncode != 0:
-        last = (completed.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"error": last}
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    RSS is its own; {"error": how it ended} if it failed (a crash is named by its signal)."""
+    job = {"runtime": runtime, "source": str(source), "label": label, "seconds": seconds, "repeats": plan.repeats,
+           "max_tokens": plan.max_tokens, "threads": plan.threads, "device": plan.settings.get("device", "cpu"),
+           "cpu_arena": cpu_arena, "llama_extra_buffers": plan.llama_extra_buffers}
+    result = run_child([sys.executable, "-m", "edgelalm.bench", json.dumps(job)])
+    if not result.ok:
+        return {"error": f"the {runtime} worker {result.failure()}"}
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def check_rows(rows: list[dict[str, Any]]) -> None:
+    """A bench where nothing could be measured is an error, not a report of empty rows; a partial
+    one goes on, and says on stderr which points failed."""
+    failed = [row for row in rows if "error" in row]
+    if failed and len(failed) == len(rows):
+        raise EdgelalmError(f"no measurement succeeded; the first: {failed[0]['error']}")
+    for row in failed:
+        print(f"edgelalm: warning: {row['runtime']} {row['compressor']} {row['seconds']:g} s: {row['error']}", file=sys.stderr)
 
 
 def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -347,9 +377,13 @@ def machine_description(plan: BenchPlan) -> dict[str, Any]:
     import llama_cpp
     import onnxruntime
 
+    from edgelalm.runtime.llama_backend import cpu_name, decide_extra_buffers, llama_system_info
+
     return {
         "target": plan.target,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
+        "llama_cpp_system_info": llama_system_info(),
+        "llama_extra_buffers": decide_extra_buffers(plan.llama_extra_buffers).reason,  # type: ignore[arg-type]
         "cores": os.cpu_count(),
         "threads": plan.threads or "default",
         "python": platform.python_version(),
@@ -424,12 +458,18 @@ def plot(results: dict[str, Any], out_dir: Path) -> None:
 
 
 def _worker(argv: list[str]) -> None:
-    runtime, source, label, seconds, repeats, max_tokens, threads, device, *rest = argv
-    args = (float(seconds), int(repeats), int(max_tokens), int(threads) or None)
-    if runtime == "edgelalm":
-        result = measure_edgelalm(Path(source), *args, device=device, cpu_arena=rest == ["cpu-arena"])
-    else:
-        result = measure_reference(Path(source), label, *args, device=device)
+    """The child side of `measure_in_subprocess`: one JSON job in argv, one JSON result on stdout."""
+    job = json.loads(argv[0])
+    args = (job["seconds"], job["repeats"], job["max_tokens"], job["threads"])
+    try:
+        if job["runtime"] == "edgelalm":
+            result = measure_edgelalm(Path(job["source"]), *args, device=job["device"], cpu_arena=job["cpu_arena"],
+                                      llama_extra_buffers=job["llama_extra_buffers"])
+        else:
+            result = measure_reference(Path(job["source"]), job["label"], *args, device=job["device"])
+    except EdgelalmError as error:
+        print(error, file=sys.stderr)
+        sys.exit(1)
     print(json.dumps(result))
 
 

@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+import typer.core
 from typer.exceptions import TyperException
 
 from edgelalm.compression import COMPRESSOR_DESCRIPTIONS, FACTOR_COMPRESSORS, CompressorSpec
 from edgelalm.errors import EdgelalmError
 from edgelalm.manifest import bundle_name
+from edgelalm.runtime.llama_backend import EXTRA_BUFFER_CHOICES
 
 DEFAULT_EXPORT_ROOT = Path("export")
 
@@ -28,14 +30,24 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Plain click help: it wraps at any width without cutting defaults, and shows flags as flags.
+    rich_markup_mode=None,
 )
 
 Compressor = enum.Enum("Compressor", {name: name for name in COMPRESSOR_DESCRIPTIONS}, type=str)
 Precision = enum.Enum("Precision", {name: name for name in ("fp32", "fp16", "int8")}, type=str)
 Device = enum.Enum("Device", {name: name for name in ("cpu", "cuda")}, type=str)
+ExtraBuffersChoice = enum.Enum("ExtraBuffersChoice", {name: name for name in EXTRA_BUFFER_CHOICES}, type=str)
 # Mirrors edgelalm.export.decoder.QUANT_TYPES (not imported here: it pulls in torch).
 Quant = enum.Enum("Quant", {name: name for name in ("f32", "f16", "q8_0", "q4_k_m", "q4_0")}, type=str)
 
+_EXTRA_BUFFERS_HELP = (
+    "llama.cpp's extra weight buffers (CPU repack, AMX). auto: on, except where llama.cpp was built with AMX and "
+    "the CPU has it (its AMX path crashes decoding batches of more than one token, llama.cpp issue 20824); "
+    "on: llama.cpp's stock setting; off: plain CPU buffers."
+)
+_THREADS_HELP = "CPU threads for onnxruntime and llama.cpp. Default: the cores this process may use."
+_EXPORT_PACKAGES = ("torch", "transformers", "safetensors", "peft", "onnx", "onnxscript", "gguf")
 _COMPRESSOR_HELP = "Compressor between the audio encoder and the projector: " + "; ".join(
     f"{name} = {text}" for name, text in COMPRESSOR_DESCRIPTIONS.items()
 )
@@ -79,7 +91,10 @@ def export(
     ] = False,
     out: Annotated[
         Optional[Path],
-        typer.Option(help="Bundle folder to write. Default: export/<model>-<compressor><K>-<quant>."),
+        typer.Option(
+            help="Bundle folder to write. Default: export/<model>-<compressor><K>-<quant>, with "
+            "-encoder-<precision> when the encoder is not fp32."
+        ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
     share_from: Annotated[
@@ -90,10 +105,14 @@ def export(
             "exporting several compressors."
         ),
     ] = None,
+    llama_extra_buffers: Annotated[
+        ExtraBuffersChoice, typer.Option(help="For the decode check after writing the decoder. " + _EXTRA_BUFFERS_HELP)
+    ] = ExtraBuffersChoice.auto,
 ) -> None:
     """Export a Qwen2-Audio checkpoint (default: the small model shipped with edgelalm) as one bundle
     folder: the audio encoder and the compressor + projector as ONNX (onnxruntime), the decoder with
     any LoRA merged as GGUF (llama.cpp), and a manifest with every file's checksum."""
+    _require_export_extra("export")
     from edgelalm.pretrained import default_adapter_dir, default_model_dir, shipped_adapters
 
     spec = _compressor_spec(compressor, factor)
@@ -111,14 +130,28 @@ def export(
 
     from edgelalm.export.bundle import ExportOptions, export_bundle
 
-    options = ExportOptions(model, out, spec, encoder_precision.value, quant.value, adapter, force, share_from)
+    options = ExportOptions(
+        model, out, spec, encoder_precision.value, quant.value, adapter, force, share_from, llama_extra_buffers.value
+    )
     written = export_bundle(options)
     typer.echo(str(written))
 
 
-@app.command()
+class _PlainUsageCommand(typer.core.TyperCommand):
+    """Usage lines name required arguments the POSIX way (`AUDIO`), not typer's `{AUDIO}`."""
+
+    def collect_usage_pieces(self, ctx):  # noqa: ANN001, ANN201 - click's signature
+        return [piece[1:-1] if piece.startswith("{") and piece.endswith("}") else piece for piece in super().collect_usage_pieces(ctx)]
+
+
+@app.command(cls=_PlainUsageCommand)
 def run(
-    audio: Annotated[Path, typer.Argument(help="Audio file: wav, flac, ogg (any sample rate, any channel count).")],
+    audio: Annotated[
+        Path,
+        typer.Argument(
+            metavar="AUDIO", help="Audio file: wav, flac, ogg, mp3 (what libsndfile reads; any sample rate and channel count)."
+        ),
+    ],
     bundle: Annotated[
         Optional[Path],
         typer.Option(help="Bundle folder. Default: the most recently written bundle under ./export/."),
@@ -130,10 +163,11 @@ def run(
     temperature: Annotated[float, typer.Option(help="0 = greedy (default); above 0 samples with llama.cpp.")] = 0.0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling threshold when --temperature > 0.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads. Default: onnxruntime's and llama.cpp's own.")] = None,
+    threads: Annotated[Optional[int], typer.Option(help=_THREADS_HELP)] = None,
     device: Annotated[
         Device, typer.Option(help="cpu, or cuda (onnxruntime's CUDA provider and llama.cpp GPU offload).")
     ] = Device.cpu,
+    llama_extra_buffers: Annotated[ExtraBuffersChoice, typer.Option(help=_EXTRA_BUFFERS_HELP)] = ExtraBuffersChoice.auto,
     json_output: Annotated[
         bool,
         typer.Option("--json", help="After the answer, print one JSON line: text, token counts, timings, memory."),
@@ -144,7 +178,11 @@ def run(
 
     from edgelalm.runtime.pipeline import Runtime, latest_bundle
 
-    with Runtime(bundle or latest_bundle(DEFAULT_EXPORT_ROOT), threads=threads, device=device.value) as runtime:
+    _warn_if_extra_buffers_crash(llama_extra_buffers)
+    if bundle is None:
+        bundle = latest_bundle(DEFAULT_EXPORT_ROOT)
+        _note(f"bundle {bundle} (the newest under {DEFAULT_EXPORT_ROOT}/; --bundle picks another)")
+    with Runtime(bundle, threads=threads, device=device.value, llama_extra_buffers=llama_extra_buffers.value) as runtime:
         result = runtime.run(
             audio,
             prompt=prompt,
@@ -155,17 +193,20 @@ def run(
             on_text=lambda piece: print(piece, end="", flush=True),
         )
     print(flush=True)
+    for warning in result.warnings:
+        _warn(warning)
     if json_output:
         print(json.dumps(result.to_json(), ensure_ascii=False), flush=True)
 
 
-@app.command()
-def inspect(bundle: Annotated[Path, typer.Argument(help="Bundle folder written by edgelalm export.")]) -> None:
+@app.command(cls=_PlainUsageCommand)
+def inspect(bundle: Annotated[Path, typer.Argument(metavar="BUNDLE", help="Bundle folder written by edgelalm export.")]) -> None:
     """Print a bundle's manifest readably and verify every file's checksum."""
     from edgelalm.manifest import read_manifest
 
     manifest = read_manifest(bundle)
     model, compressor, encoder = manifest["model"], manifest["compressor"], manifest["encoder"]
+    spec = CompressorSpec(compressor["name"], compressor["factor"])
     rate = compressor["audio_tokens_per_second"]
     lines = [
         f"bundle        {bundle}  (format {manifest['format_version']}, written {manifest['created_utc']})",
@@ -173,7 +214,7 @@ def inspect(bundle: Annotated[Path, typer.Argument(help="Bundle folder written b
         f"features      {manifest['features']['num_mel_bins']} mel bins at {manifest['features']['sampling_rate']} Hz, "
         f"window {manifest['features']['window_seconds']} s",
         f"encoder       {encoder['file']}  {encoder['precision']}, probe max |diff| vs fp32 {encoder['probe']['max_abs_diff_vs_pytorch_fp32']:.2e}",
-        f"compressor    {compressor['file']}  {compressor['name']} K={compressor['factor']}: "
+        f"compressor    {compressor['file']}  {spec.label}: "
         + (f"{rate:.2f} audio tokens/s" if rate else "rate depends on the audio"),
         f"decoder       {describe_decoder(manifest['decoder'])}",
         "files (checksums verified):",
@@ -194,7 +235,10 @@ def bench(
     max_tokens: Annotated[int, typer.Option(help="Tokens generated per run (decode speed).")] = 32,
     quant: Annotated[Quant, typer.Option(help="Decoder GGUF type.")] = Quant.q8_0,
     encoder_precision: Annotated[Precision, typer.Option(help="Encoder weights in edgelalm's bundles: fp32, fp16, int8.")] = Precision.fp32,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads for both edgelalm and PyTorch.")] = None,
+    threads: Annotated[
+        Optional[int], typer.Option(help="CPU threads for both edgelalm and PyTorch. Default: the cores this process may use.")
+    ] = None,
+    llama_extra_buffers: Annotated[ExtraBuffersChoice, typer.Option(help=_EXTRA_BUFFERS_HELP)] = ExtraBuffersChoice.auto,
     reference: Annotated[bool, typer.Option(help="Also measure transformers' PyTorch fp32 model side by side.")] = True,
     target: Annotated[
         str,
@@ -205,6 +249,8 @@ def bench(
     quick: Annotated[bool, typer.Option("--quick", help="A minute-long smoke run: tiny preset, none and avg3, 3 s and 12 s.")] = False,
 ) -> None:
     """Measure latency and memory per compressor and clip length, and the PyTorch reference beside it."""
+    _require_export_extra("bench")
+    _warn_if_extra_buffers_crash(llama_extra_buffers)
     from edgelalm.bench import QUICK, BenchPlan, parse_compressor, run_bench, target_settings
 
     labels = tuple(label.strip() for label in compressors.split(",") if label.strip())
@@ -218,7 +264,8 @@ def bench(
     plan = BenchPlan(model=model, out_dir=out, compressors=labels, seconds=lengths, repeats=repeats,
                      max_tokens=max_tokens, quant=quant.value, encoder_precision=encoder_precision.value,
                      threads=threads or settings.get("threads"),
-                     reference=reference, target=target or "cpu (default settings)", settings=settings)
+                     reference=reference, target=target or "cpu (default settings)", settings=settings,
+                     llama_extra_buffers=llama_extra_buffers.value)
     if quick:
         plan.model, plan.compressors, plan.seconds = QUICK["preset"], QUICK["compressors"], QUICK["seconds"]
         plan.repeats, plan.max_tokens = QUICK["repeats"], QUICK["max_tokens"]
@@ -255,6 +302,7 @@ def finetune(
     """Realign a checkpoint to a compressor (the paper's method): LoRA on the language model's q_proj and
     k_proj, trained on paired audio/text with the compressor between the frozen encoder and projector.
     Writes a peft adapter folder that `edgelalm export --adapter` merges."""
+    _require_export_extra("finetune")
     from edgelalm.pretrained import default_model_dir
     from edgelalm.training.finetune import FinetuneOptions, finetune as run_finetune
 
@@ -295,11 +343,38 @@ def scaffold(
     seed: Annotated[int, typer.Option(help="Seed for the random weights.")] = 0,
 ) -> None:
     """Write a Qwen2-Audio checkpoint with random weights (for trying the pipeline, tests, benchmarks)."""
+    _require_export_extra("scaffold")
     if out.exists():
         raise EdgelalmError(f"{out} already exists")
     from edgelalm.scaffold import preset_checkpoint
 
     typer.echo(str(preset_checkpoint(out, preset.value, seed=seed)))
+
+
+@app.command()
+def doctor(
+    bundle: Annotated[
+        Optional[Path],
+        typer.Option(help="Also verify this bundle's files and run it once, in a child process, on a 3 s synthetic clip."),
+    ] = None,
+    threads: Annotated[Optional[int], typer.Option(help=_THREADS_HELP)] = None,
+    device: Annotated[Device, typer.Option(help="cpu or cuda, for the bundle's run.")] = Device.cpu,
+    llama_extra_buffers: Annotated[ExtraBuffersChoice, typer.Option(help=_EXTRA_BUFFERS_HELP)] = ExtraBuffersChoice.auto,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of lines.")] = False,
+) -> None:
+    """What this machine is and whether edgelalm runs on it (paste it into bug reports): versions,
+    CPU features, onnxruntime providers, llama.cpp's build and buffer setting, and with --bundle a
+    verified load and a short run of that bundle."""
+    from edgelalm.doctor import bundle_report, format_bundle, format_machine, machine_report
+
+    machine = machine_report(threads, llama_extra_buffers.value)
+    if not json_output:
+        typer.echo(format_machine(machine))
+    report = bundle_report(bundle, threads, llama_extra_buffers.value, device.value) if bundle else None
+    if json_output:
+        typer.echo(json.dumps({"machine": machine, "bundle": report}, indent=2))
+    elif report:
+        typer.echo(format_bundle(report))
 
 
 def main() -> None:
@@ -308,7 +383,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: _raise_keyboard_interrupt())
     try:
         # Non-standalone, typer returns an exit code: 130 where it caught a KeyboardInterrupt.
-        exit_code = app(standalone_mode=False)
+        exit_code = app(standalone_mode=False, prog_name="edgelalm")
         if exit_code == 130:
             _fail("interrupted", 130)
         if isinstance(exit_code, int) and exit_code:
@@ -318,7 +393,12 @@ def main() -> None:
     except (KeyboardInterrupt, typer.Abort):
         _fail("interrupted", 130)
     except TyperException as error:  # usage errors: unknown option, bad value
-        _fail(getattr(error, "format_message", error.__str__)(), 2)
+        # Plain `edgelalm`: the help, not an error (typer's vendored click class, matched by name as typer does).
+        if type(error).__name__ == "NoArgsIsHelpError":
+            typer.echo(error.format_message())
+            return
+        # Typer validates choices through pydantic, whose wording leaks in.
+        _fail(getattr(error, "format_message", error.__str__)().replace("Value error, ", ""), 2)
 
 
 def _raise_keyboard_interrupt() -> None:
@@ -330,6 +410,29 @@ def _compressor_spec(compressor: Compressor, factor: int | None) -> CompressorSp
     if factor is None:
         factor = 2 if compressor.value in FACTOR_COMPRESSORS else 1
     return CompressorSpec(compressor.value, factor)
+
+
+def _require_export_extra(command: str) -> None:
+    """The commands that write bundles or train need the export extra; a runtime-only install lacks it."""
+    import importlib.util
+
+    missing = [name for name in _EXPORT_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise EdgelalmError(
+            f"edgelalm {command} needs the export extra ({', '.join(missing)} missing): pip install 'edgelalm[export]'"
+        )
+
+
+def _warn_if_extra_buffers_crash(choice: ExtraBuffersChoice) -> None:
+    """`on` where `auto` would have said off: the user asked for the setting that crashes here."""
+    from edgelalm.runtime.llama_backend import decide_extra_buffers
+
+    if choice.value == "on" and not (auto := decide_extra_buffers("auto")).enabled:
+        _warn(f"--llama-extra-buffers on: {auto.reason.removeprefix('off: ')}")
+
+
+def _note(message: str) -> None:
+    print(f"edgelalm: {message}", file=sys.stderr)
 
 
 def _warn(message: str) -> None:

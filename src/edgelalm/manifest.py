@@ -69,6 +69,8 @@ def write_manifest(bundle_dir: Path, sections: dict[str, Any]) -> dict[str, Any]
 def read_manifest(bundle_dir: Path, verify_files: bool = True) -> dict[str, Any]:
     """The manifest of `bundle_dir`; with `verify_files`, every listed file must match it."""
     manifest_path = bundle_dir / MANIFEST_FILE
+    if bundle_dir.is_file():
+        raise EdgelalmError(f"{bundle_dir} is a file; a bundle is the folder that holds {MANIFEST_FILE}")
     if not bundle_dir.is_dir():
         raise EdgelalmError(f"bundle folder not found: {bundle_dir}")
     if not manifest_path.is_file():

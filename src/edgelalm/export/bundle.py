@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import json
 import logging
 import os
@@ -57,6 +58,8 @@ from edgelalm.manifest import (
     write_manifest,
 )
 from edgelalm.progress import Steps
+from edgelalm.runtime.canary import run_canary
+from edgelalm.runtime.llama_backend import ExtraBuffers
 
 DEFAULT_PROMPT = "Transcribe the audio."
 PROBE_SECONDS = 5.0
@@ -76,6 +79,8 @@ class ExportOptions:
     force: bool = False
     # An earlier bundle of the same checkpoint: files this export would write the same are reused.
     share_from: Path | None = None
+    # The decode check runs with the runtime's setting (see edgelalm.runtime.llama_backend).
+    llama_extra_buffers: ExtraBuffers = "auto"
 
 
 def export_bundle(options: ExportOptions) -> Path:
@@ -131,6 +136,12 @@ def export_bundle(options: ExportOptions) -> Path:
             decoder_check = check_decoder(checkpoint, staging / DECODER_FILE, prompt)
             steps.note(f"llama.cpp loaded it: {decoder_check['n_vocab']} tokens, width {decoder_check['n_embd']}; "
                        "prompt token ids equal the checkpoint tokenizer's")
+            canary = run_canary(staging / DECODER_FILE, extra_buffers=options.llama_extra_buffers)
+            steps.note(
+                f"llama.cpp decoded {canary['prefill_tokens']} tokens in batches and generated {canary['generated_tokens']} "
+                f"in a child process ({canary['prefill_ms']:.0f} ms + {canary['decode_ms']:.0f} ms; weights in "
+                f"{', '.join(canary['weight_buffers'])})"
+            )
         with steps.step("Writing the manifest"):
             sections = manifest_sections(checkpoint, options, prompt, probe, adapter)
             manifest = write_manifest(staging, sections)
@@ -201,7 +212,8 @@ def check_shared_checksums(manifest: dict[str, Any], shared: dict[str, dict[str,
 
 
 def check_decoder(checkpoint: Checkpoint, gguf_path: Path, prompt: dict[str, str]) -> dict[str, int]:
-    """llama.cpp loads the GGUF and tokenizes the prompt template as the checkpoint does."""
+    """llama.cpp loads the GGUF and tokenizes the prompt template as the checkpoint does (in this
+    process: loading and tokenizing run no matrix kernels; the decode canary runs those in a child)."""
     from edgelalm.runtime.decoder import LlamaDecoder
 
     tokenizer = checkpoint.processor.tokenizer
@@ -427,7 +439,9 @@ def atomic_folder(target: Path, force: bool) -> Iterator[Path]:
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     except OSError as error:
         _remove_empty(created_parents)
-        raise EdgelalmError(f"cannot write to {target.parent}: {error.strerror or error}") from None
+        # /proc and the like exist but refuse new entries with ENOENT, which would read as "not found".
+        reason = "it does not accept new folders" if target.parent.is_dir() and error.errno == errno.ENOENT else error.strerror
+        raise EdgelalmError(f"cannot write to {target.parent}: {reason or error}") from None
     try:
         yield staging
         if target.exists():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -57,3 +58,43 @@ def prepare_samples(samples: np.ndarray, file_rate: int, sampling_rate: int, sou
     if file_rate != sampling_rate:
         samples = soxr.resample(samples, file_rate, sampling_rate, quality="HQ").astype(np.float32)
     return samples
+
+
+def truncation_warning(path: Path) -> str | None:
+    """A sentence when `path` is a WAV whose header promises more audio than the file holds (a
+    half-downloaded or half-written file), else None. libsndfile reads what is there silently."""
+    declared = _wav_declared_frames(path)
+    if declared is None:
+        return None
+    info = soundfile.info(str(path))
+    if declared <= info.frames:
+        return None
+    return (
+        f"{path}: the header declares {declared / info.samplerate:.2f} s of audio but the file holds "
+        f"{info.frames / info.samplerate:.2f} s (truncated?); using what is there"
+    )
+
+
+def _wav_declared_frames(path: Path) -> int | None:
+    """Frames the RIFF/WAVE header's data chunk declares; None for anything else (RF64, streams
+    written with a placeholder size, files too short to tell)."""
+    with path.open("rb") as stream:
+        if stream.read(4) != b"RIFF" or len(stream.read(4)) != 4 or stream.read(4) != b"WAVE":
+            return None
+        block_align = None
+        while header := stream.read(8):
+            if len(header) < 8:
+                return None
+            chunk_id, size = header[:4], struct.unpack("<I", header[4:])[0]
+            if chunk_id == b"fmt ":
+                body = stream.read(size + size % 2)
+                if len(body) < 14:
+                    return None
+                block_align = struct.unpack("<H", body[12:14])[0]
+            elif chunk_id == b"data":
+                if not block_align or size in (0, 0xFFFFFFFF):
+                    return None
+                return size // block_align
+            else:
+                stream.seek(size + size % 2, 1)
+    return None

@@ -10,7 +10,7 @@ Reads what `edgelalm.export.decoder` writes.
 from __future__ import annotations
 
 import ctypes
-import os
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -18,19 +18,27 @@ import llama_cpp
 import numpy as np
 
 from edgelalm.errors import EdgelalmError
+from edgelalm.runtime.llama_backend import ExtraBuffers, decide_extra_buffers, model_params, usable_cores
 
 
 _GGML_TYPES = {"f32": llama_cpp.GGML_TYPE_F32, "f16": llama_cpp.GGML_TYPE_F16}
 
 
+# llama.cpp logs every load and decode to stderr; edgelalm reports for itself. While a model
+# loads, the lines are kept instead: they are the only place llama.cpp says which buffer types
+# (CPU_Mapped, CPU_REPACK, AMX, CUDA0, ...) hold the weights.
+_load_log: list[str] | None = None
+_BUFFER_LINE = re.compile(r"load_tensors:\s+(\S+) model buffer size")
+
+
 @llama_cpp.llama_log_callback
-def _drop_log(level, text, user_data):  # noqa: ANN001 - ctypes callback
-    return None
+def _keep_load_log(level, text, user_data):  # noqa: ANN001 - ctypes callback
+    if _load_log is not None:
+        _load_log.append(text.decode(errors="replace"))
 
 
 def silence_llama_logs() -> None:
-    """llama.cpp logs every load and decode to stderr; edgelalm reports for itself."""
-    llama_cpp.llama_log_set(_drop_log, ctypes.c_void_p())
+    llama_cpp.llama_log_set(_keep_load_log, ctypes.c_void_p())
 
 
 class LlamaDecoder:
@@ -43,14 +51,24 @@ class LlamaDecoder:
         n_threads: int | None = None,
         n_gpu_layers: int = 0,
         kv_cache_type: str = "f16",
+        extra_buffers: ExtraBuffers = "auto",
     ) -> None:
         """`kv_cache_type` f16 is llama.cpp's default (half the KV memory). f32 also turns
-        flash attention off, which on CPU accumulates in f16: for exact parity checks."""
+        flash attention off, which on CPU accumulates in f16: for exact parity checks.
+        `extra_buffers`: whether llama.cpp may use its extra weight buffer types (auto: not
+        where its AMX buffer would crash; see `llama_backend`)."""
         silence_llama_logs()
         llama_cpp.llama_backend_init()
-        model_params = llama_cpp.llama_model_default_params()
-        model_params.n_gpu_layers = n_gpu_layers
-        self.model = llama_cpp.llama_model_load_from_file(str(gguf_path).encode(), model_params)
+        self.extra_buffers = decide_extra_buffers(extra_buffers)
+        params = model_params(self.extra_buffers.enabled, n_gpu_layers)
+        global _load_log
+        _load_log = []
+        try:
+            self.model = llama_cpp.llama_model_load_from_file(str(gguf_path).encode(), params)
+            # The buffer types holding the weights, as llama.cpp chose them.
+            self.weight_buffers = sorted({m.group(1) for line in _load_log if (m := _BUFFER_LINE.search(line))})
+        finally:
+            _load_log = None
         if not self.model:
             raise EdgelalmError(f"llama.cpp could not load {gguf_path}")
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
@@ -58,7 +76,7 @@ class LlamaDecoder:
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self.model)
         # llama.cpp's own default is 4 threads whatever the machine: oversubscribed on 2 cores.
-        self.n_threads = n_threads or os.cpu_count() or 1
+        self.n_threads = n_threads or usable_cores()
         self.kv_cache_type = kv_cache_type
         self.gguf_path = gguf_path
         self.context = None

@@ -29,7 +29,7 @@ from edgelalm.manifest import (
     MEL_FILTERS_FILE,
     read_manifest,
 )
-from edgelalm.runtime.audio import prepare_samples, read_audio
+from edgelalm.runtime.audio import prepare_samples, read_audio, truncation_warning
 from edgelalm.runtime.compressor import CompressorProjector
 from edgelalm.runtime.decoder import LlamaDecoder
 from edgelalm.runtime.encoder import AudioEncoder, encoder_output_frames
@@ -40,6 +40,7 @@ from edgelalm.runtime.features import (
     mel_frames_for,
     split_windows,
 )
+from edgelalm.runtime.llama_backend import ExtraBuffers, usable_cores
 
 DEVICES = ("cpu", "cuda")
 
@@ -57,6 +58,8 @@ class RunResult:
     decode_tokens_per_second: float = 0.0
     peak_rss_mb: float = 0.0
     context_tokens: int = 0
+    # What the caller should know about the input (a truncated file); the CLI prints them on stderr.
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,8 +95,14 @@ class Runtime:
         device: str = "cpu",
         kv_cache_type: str = "f16",
         cpu_arena: bool = False,
+        llama_extra_buffers: ExtraBuffers = "auto",
     ) -> None:
+        """`llama_extra_buffers`: whether llama.cpp may put weights in its extra buffer types
+        (repack, AMX); "auto" keeps them except where llama.cpp's AMX buffer would crash."""
         self.bundle = Path(bundle)
+        # One count for onnxruntime and llama.cpp: the cores this process may use (llama.cpp's own
+        # default of 4 oversubscribed 2 cores; onnxruntime's counts the host's, not the container's).
+        threads = threads or usable_cores()
         self.manifest = read_manifest(self.bundle)
         if not self.manifest.get("decoder"):
             raise EdgelalmError(f"bundle {self.bundle} has no decoder; re-export it with this edgelalm")
@@ -112,7 +121,12 @@ class Runtime:
         self.compressor = CompressorProjector(self.bundle / COMPRESSOR_FILE, providers, threads, cpu_arena)
         self.context_limit = int(self.manifest["decoder"]["context_length"])
         self.decoder = LlamaDecoder(
-            self.bundle / DECODER_FILE, n_ctx=256, n_threads=threads, n_gpu_layers=gpu_layers, kv_cache_type=kv_cache_type
+            self.bundle / DECODER_FILE,
+            n_ctx=256,
+            n_threads=threads,
+            n_gpu_layers=gpu_layers,
+            kv_cache_type=kv_cache_type,
+            extra_buffers=llama_extra_buffers,
         )
         prompt = self.manifest["prompt"]
         self.before_audio = self.decoder.tokenize(prompt["before_audio"])
@@ -158,6 +172,8 @@ class Runtime:
             if not windows:
                 seconds = len(samples) / self.features.sampling_rate
                 raise EdgelalmError(f"the clip is too short ({seconds * 1000:.0f} ms): the encoder needs at least 30 ms")
+        # After the read: the file is known to exist and to be audio.
+        warnings = [] if isinstance(audio, np.ndarray) else [note for note in [truncation_warning(Path(audio))] if note]
         prompt_ids = self.prompt_tokens_after_audio(self.default_prompt if prompt is None else prompt)
         text_tokens = len(self.before_audio) + len(prompt_ids)
         encoder_frames = sum(encoder_output_frames(mel_frames_for(len(w), self.features)) for w in windows)
@@ -196,9 +212,11 @@ class Runtime:
             prompt_tokens=text_tokens,
             generated_tokens=generated,
             timings_ms={name: round(value, 2) for name, value in timings.items()},
-            decode_tokens_per_second=round(generated / decode_seconds, 2) if generated and decode_seconds > 0 else 0.0,
+            # The first token's time is prefill's: the rate counts the tokens after it.
+            decode_tokens_per_second=round((generated - 1) / decode_seconds, 2) if generated > 1 and decode_seconds > 0 else 0.0,
             peak_rss_mb=round(peak_rss_mb(), 1),
             context_tokens=self.decoder.n_ctx,
+            warnings=warnings,
         )
 
     def _samples(self, audio: Path | str | np.ndarray, sampling_rate: int | None) -> np.ndarray:

@@ -1,0 +1,123 @@
+"""`edgelalm doctor`: what this machine is and whether edgelalm will run on it; what a user
+pastes into a bug report. Torch-free (it says whether the export extra is installed, without
+importing it).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import platform
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from edgelalm.runtime.llama_backend import (
+    ExtraBuffers,
+    cpu_flags,
+    cpu_name,
+    decide_extra_buffers,
+    llama_system_info,
+    usable_cores,
+)
+
+# CPU flags (as /proc/cpuinfo spells them) that decide which kernels llama.cpp and onnxruntime run.
+NOTABLE_CPU_FLAGS = (
+    "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
+    "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "i8mm", "sve",
+)
+EXPORT_PACKAGES = ("torch", "transformers", "peft", "onnx", "gguf")
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine_report(threads: int | None, extra_buffers: ExtraBuffers) -> dict[str, Any]:
+    import llama_cpp
+    import onnxruntime
+
+    flags = cpu_flags()
+    decision = decide_extra_buffers(extra_buffers)
+    return {
+        "edgelalm": _version("edgelalm"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": {
+            "name": cpu_name(),
+            "usable_cores": usable_cores(),
+            "features": [flag for flag in NOTABLE_CPU_FLAGS if flags and flag in flags] if flags is not None else None,
+        },
+        "threads": threads or usable_cores(),
+        "onnxruntime": {"version": onnxruntime.__version__, "providers": onnxruntime.get_available_providers()},
+        "llama_cpp_python": _version("llama_cpp_python"),
+        "llama_cpp": {
+            "system_info": llama_system_info(),
+            "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
+            "extra_buffers": {"enabled": decision.enabled, "reason": decision.reason},
+        },
+        # find_spec, not import: importing torch costs seconds and memory.
+        "export_extra": {name: _version(name) if importlib.util.find_spec(name) else None for name in EXPORT_PACKAGES},
+    }
+
+
+def bundle_report(bundle: Path, threads: int | None, extra_buffers: ExtraBuffers, device: str) -> dict[str, Any]:
+    """Verify every file of `bundle` against its manifest, then run it once in a child process."""
+    from edgelalm.manifest import read_manifest
+    from edgelalm.runtime.canary import run_bundle_canary
+
+    started = time.perf_counter()
+    manifest = read_manifest(bundle)
+    verified_ms = (time.perf_counter() - started) * 1000
+    report: dict[str, Any] = {
+        "path": str(bundle),
+        "model": manifest["model"]["name"],
+        "compressor": manifest["compressor"]["name"],
+        "quant": manifest["decoder"]["quant"],
+        "files_verified": len(manifest["files"]),
+        "verify_ms": round(verified_ms, 1),
+    }
+    report["canary"] = run_bundle_canary(bundle, threads=threads, extra_buffers=extra_buffers, device=device)
+    return report
+
+
+def format_machine(machine: dict[str, Any]) -> str:
+    cpu, llama = machine["cpu"], machine["llama_cpp"]
+    features = " ".join(cpu["features"]) if cpu["features"] is not None else "unknown (no /proc/cpuinfo)"
+    export = machine["export_extra"]
+    missing = [name for name, version in export.items() if version is None]
+    extra = llama["extra_buffers"]
+    lines = [
+        f"edgelalm          {machine['edgelalm']}",
+        f"python            {machine['python']} on {machine['platform']}",
+        f"cpu               {cpu['name']}, {cpu['usable_cores']} usable cores",
+        f"cpu features      {features}",
+        f"threads           {machine['threads']} (onnxruntime and llama.cpp)",
+        f"onnxruntime       {machine['onnxruntime']['version']}; providers: {', '.join(machine['onnxruntime']['providers'])}",
+        f"llama-cpp-python  {machine['llama_cpp_python']}; GPU offload: {'yes' if llama['gpu_offload'] else 'no'}",
+        f"llama.cpp         {llama['system_info']}",
+        f"extra buffers     {extra['reason']}",
+        "export extra      "
+        + (", ".join(f"{name} {version}" for name, version in export.items())
+           if not missing else f"missing {', '.join(missing)} (pip install 'edgelalm[export]' to export bundles)"),
+    ]
+    return "\n".join(lines)
+
+
+def format_bundle(bundle: dict[str, Any]) -> str:
+    canary = bundle["canary"]
+    timings = canary["timings_ms"]
+    lines = [
+        f"bundle            {bundle['path']}: {bundle['model']}, {bundle['compressor']}, {bundle['quant']}; "
+        f"{bundle['files_verified']} files match the manifest ({bundle['verify_ms']:.0f} ms)",
+        f"canary run        ok in a child process: {canary['audio_seconds']:g} s synthetic clip -> "
+        f"{canary['audio_tokens']} audio tokens, {canary['generated_tokens']} tokens generated; weights in "
+        f"{', '.join(canary['weight_buffers'])}",
+        f"canary timings    load {canary['load_ms']:.0f} ms, encoder {timings['encoder']:.0f} ms, prefill "
+        f"{timings['prefill']:.0f} ms, first token {timings['time_to_first_token']:.0f} ms, decode "
+        f"{canary['decode_tokens_per_second']:.1f} tokens/s, peak RSS {canary['peak_rss_mb']:.0f} MB",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,118 @@
+"""llama.cpp's CPU backend on this machine: what it was built with, what the CPU has, and which
+weight buffer types edgelalm lets it use. Torch-free; read by the decoder, `doctor` and `bench`.
+
+Why: llama.cpp puts quantized weights (q8_0, q4_0, q4_k_m) in "extra" buffer types when it can:
+the CPU repack buffer (q4 weights interleaved for AVX2/NEON kernels) and, where llama.cpp was
+built with AMX and the CPU has it (Intel Sapphire Rapids and later), the AMX buffer. On such
+machines (llama-cpp-python 0.3.36 built there), any `llama_decode` of more than one token on an
+AMX-held weight segfaults in `ggml_backend_amx_mul_mat` (llama.cpp issue 20824, closed without a
+fix). `llama_model_params.use_extra_bufts = False` avoids it. llama.cpp offers no switch for the
+AMX buffer alone, and a tensor override to the repack buffer skips the loader's support check
+(llama-model-loader.cpp), so keeping repack without AMX would mean predicting, per llama.cpp
+version, which tensors it repacks. "auto" therefore turns the extra buffers off only where the AMX
+buffer would be used, and keeps llama.cpp's stock setting everywhere else. On x86 the repack
+buffer holds only 4-bit types (q4_0, q4_k_m), so q8_0 loses nothing (measured in the README).
+
+llama_cpp is imported where it is used: the CLI reads the choices from here without loading it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import llama_cpp
+
+ExtraBuffers = Literal["auto", "on", "off"]
+EXTRA_BUFFER_CHOICES: tuple[ExtraBuffers, ...] = ("auto", "on", "off")
+# The CPU flags (as Linux's /proc/cpuinfo spells them) that llama.cpp's AMX kernels need.
+AMX_CPU_FLAGS = frozenset({"amx_tile", "amx_int8"})
+_CPUINFO = Path("/proc/cpuinfo")
+
+
+@dataclass(frozen=True)
+class ExtraBuffersDecision:
+    enabled: bool
+    reason: str
+
+
+def llama_system_info() -> str:
+    """llama.cpp's own line of backend features ("CPU : SSE3 = 1 | AVX2 = 1 | ... |")."""
+    import llama_cpp
+
+    return llama_cpp.llama_print_system_info().decode(errors="replace").strip()
+
+
+def cpu_flags(cpuinfo: str | None = None) -> frozenset[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo (or the given text); None where unknown."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = _CPUINFO.read_text()
+        except OSError:
+            return None
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return None
+
+
+def cpu_name(cpuinfo: str | None = None) -> str:
+    try:
+        cpuinfo = _CPUINFO.read_text() if cpuinfo is None else cpuinfo
+    except OSError:
+        cpuinfo = ""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            return value.strip()
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (a container's CPU set, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def llama_built_with_amx(system_info: str) -> bool:
+    return "AMX_INT8 = 1" in system_info
+
+
+def decide_extra_buffers(
+    choice: ExtraBuffers, system_info: str | None = None, flags: frozenset[str] | None | Literal["read"] = "read"
+) -> ExtraBuffersDecision:
+    """Whether llama.cpp may place weights in its extra buffer types; `system_info` and `flags`
+    default to this machine's (tests pass fakes to cover every CPU on any CPU)."""
+    if choice not in EXTRA_BUFFER_CHOICES:
+        raise ValueError(f"extra buffers must be one of {', '.join(EXTRA_BUFFER_CHOICES)}, got {choice!r}")
+    if choice == "on":
+        return ExtraBuffersDecision(True, "on as asked (llama.cpp's stock setting)")
+    if choice == "off":
+        return ExtraBuffersDecision(False, "off as asked")
+    system_info = llama_system_info() if system_info is None else system_info
+    flags = cpu_flags() if flags == "read" else flags
+    if not llama_built_with_amx(system_info):
+        return ExtraBuffersDecision(True, "on: llama.cpp was built without AMX (stock setting)")
+    if flags is not None and not AMX_CPU_FLAGS <= flags:
+        return ExtraBuffersDecision(True, "on: llama.cpp has AMX kernels but this CPU has no AMX (stock setting)")
+    return ExtraBuffersDecision(
+        False, "off: llama.cpp's AMX buffer crashes multi-token decodes (llama.cpp issue 20824); --llama-extra-buffers on restores it"
+    )
+
+
+def model_params(extra_buffers: bool, n_gpu_layers: int = 0) -> llama_cpp.llama_model_params:
+    """llama.cpp's default model parameters with edgelalm's buffer choice and GPU layers."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_default_params()
+    params.n_gpu_layers = n_gpu_layers
+    params.use_extra_bufts = extra_buffers
+    return params

@@ -1,0 +1,158 @@
+"""The command line as a first-time user meets it: help at 80 columns, plain `edgelalm`, usage
+errors, a runtime-only install, `doctor`, and `inspect`'s wording."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("torch")  # the tiny_bundles fixture exports with torch
+
+from edgelalm.runtime.llama_backend import decide_extra_buffers  # noqa: E402
+
+COMMANDS = ("export", "run", "inspect", "bench", "finetune", "scaffold", "doctor")
+# A Python that cannot import the export extra: what `pip install edgelalm` (no [export]) gives.
+_RUNTIME_ONLY = (
+    "import sys; "
+    "[sys.modules.__setitem__(m, None) for m in ('torch', 'transformers', 'peft', 'onnx', 'onnxscript', 'gguf')]; "
+    "sys.argv = ['edgelalm'] + sys.argv[1:]; "
+    "from edgelalm.cli import main; main()"
+)
+
+
+def edgelalm(*args, columns=None, python_args=("-m", "edgelalm.cli"), cwd=None):
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    if columns:
+        env["COLUMNS"] = str(columns)
+    result = subprocess.run([sys.executable, *python_args, *map(str, args)], capture_output=True, text=True,
+                            env=env, cwd=cwd, timeout=600)
+    return result.returncode, result.stdout, result.stderr
+
+
+def one_error_line(code, stderr):
+    assert code != 0 and "Traceback" not in stderr, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("edgelalm: error: "), stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_at_80_columns_is_whole(command):
+    code, stdout, stderr = edgelalm(command, "--help", columns=80)
+    assert code == 0 and stderr == ""
+    assert "…" not in stdout and "<bool>" not in stdout and "{" not in stdout.splitlines()[0]
+    assert max(len(line) for line in stdout.splitlines()) <= 80
+
+
+def test_help_shows_defaults_and_flags_as_a_user_types_them():
+    _, export_help, _ = edgelalm("export", "--help", columns=80)
+    assert "export/<model>-<compressor><K>-<quant>" in export_help and "-encoder-<precision>" in export_help
+    assert "--llama-extra-buffers" in export_help
+    _, run_help, _ = edgelalm("run", "--help", columns=80)
+    assert run_help.startswith("Usage: edgelalm run [OPTIONS] AUDIO\n")
+    assert "--json " in run_help and "mp3" in run_help
+    assert "the cores this process may use" in run_help and "llama.cpp's own" not in run_help
+    assert "20824" in run_help  # why the extra buffers are off where they are
+
+
+def test_plain_edgelalm_prints_the_help():
+    code, stdout, stderr = edgelalm()
+    assert code == 0 and stderr == ""
+    assert stdout.startswith("Usage: edgelalm") and all(command in stdout for command in COMMANDS)
+
+
+def test_an_unknown_compressor_is_worded_plainly():
+    line = one_error_line(*edgelalm("export", "--compressor", "avgg")[::2])
+    assert "'avgg' is not one of" in line and "Value error" not in line
+
+
+def test_a_flag_takes_no_value():
+    code, _, stderr = edgelalm("run", "x.wav", "--json", "true")
+    assert code == 2 and "Traceback" not in stderr
+
+
+def test_out_in_a_folder_that_takes_no_new_folders(tiny_checkpoint):
+    line = one_error_line(*edgelalm("export", "--model", tiny_checkpoint, "--out", "/proc/edgelalm-x")[::2])
+    assert line == "edgelalm: error: cannot write to /proc: it does not accept new folders"
+
+
+@pytest.mark.parametrize("command", [("export",), ("scaffold", "--out", "x"), ("bench", "--quick"), ("finetune", "--data", "x")])
+def test_a_runtime_only_install_names_the_extra_to_install(command, tmp_path):
+    code, _, stderr = edgelalm(*command, python_args=("-c", _RUNTIME_ONLY), cwd=tmp_path)
+    line = one_error_line(code, stderr)
+    assert f"edgelalm {command[0]} needs the export extra" in line and "pip install 'edgelalm[export]'" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_inspect_names_the_compressor_by_its_label(tiny_bundles):
+    _, unseg, _ = edgelalm("inspect", tiny_bundles("unseg", 1))
+    _, avg3, _ = edgelalm("inspect", tiny_bundles("avg", 3))
+    assert "compressor.onnx  unseg: rate depends on the audio" in unseg and "K=" not in unseg
+    assert "compressor.onnx  avg3: 8.33 audio tokens/s" in avg3
+
+
+# -- doctor --------------------------------------------------------------------------------
+
+
+def test_doctor_describes_this_machine():
+    code, stdout, stderr = edgelalm("doctor")
+    assert code == 0 and stderr == "", stderr
+    fields = dict(line.split(None, 1) if " " in line else (line, "") for line in stdout.splitlines())
+    import llama_cpp
+    import onnxruntime
+
+    assert onnxruntime.__version__ in stdout and llama_cpp.__version__ in stdout
+    assert llama_cpp.llama_print_system_info().decode().strip() in stdout
+    assert decide_extra_buffers("auto").reason in stdout
+    assert fields["threads"].startswith(str(len(os.sched_getaffinity(0))))
+    assert "torch 2" in stdout  # the export extra is installed here
+
+
+def test_doctor_runs_a_bundle_in_a_child_process(tiny_bundles):
+    bundle = tiny_bundles("avg", 3)
+    code, stdout, stderr = edgelalm("doctor", "--bundle", bundle, "--json")
+    assert code == 0, stderr
+    report = json.loads(stdout)
+    assert report["machine"]["llama_cpp"]["extra_buffers"]["enabled"] == decide_extra_buffers("auto").enabled
+    canary = report["bundle"]["canary"]
+    assert report["bundle"]["files_verified"] == 5
+    assert canary["audio_tokens"] == 25 and canary["generated_tokens"] >= 1  # 3 s at avg3
+    assert canary["weight_buffers"] and canary["timings_ms"]["prefill"] > 0
+    code, stdout, _ = edgelalm("doctor", "--bundle", bundle)
+    assert code == 0 and "canary run        ok in a child process" in stdout
+
+
+def test_doctor_with_a_broken_bundle_reports_the_machine_then_one_error(tiny_bundles, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_bundles("avg", 3), broken)
+    with (broken / "decoder.gguf").open("ab") as stream:
+        stream.write(b"\0")
+    code, stdout, stderr = edgelalm("doctor", "--bundle", broken)
+    assert "llama.cpp " in stdout  # the machine report came first
+    assert "decoder.gguf does not match" in one_error_line(code, stderr)
+
+
+def test_forcing_extra_buffers_on_where_they_crash_warns(monkeypatch, capsys):
+    """`--llama-extra-buffers on` on a machine (faked: the AMX Xeon) where auto would turn them off."""
+    from pathlib import Path
+
+    from edgelalm import cli
+    from edgelalm.runtime import llama_backend
+
+    cpus = Path(__file__).parent / "data" / "cpus"
+    for name, expect_warning in (("intel-xeon-amx", True), ("amd-epyc", False)):
+        system_info = (cpus / f"{name}.system_info").read_text().strip()
+        flags = llama_backend.cpu_flags((cpus / f"{name}.cpuinfo").read_text())
+        monkeypatch.setattr(llama_backend, "llama_system_info", lambda: system_info)
+        monkeypatch.setattr(llama_backend, "cpu_flags", lambda cpuinfo=None: flags)
+        cli._warn_if_extra_buffers_crash(cli.ExtraBuffersChoice.on)
+        cli._warn_if_extra_buffers_crash(cli.ExtraBuffersChoice.auto)
+        err = capsys.readouterr().err
+        if expect_warning:
+            assert err.startswith("edgelalm: warning: --llama-extra-buffers on: llama.cpp's AMX buffer crashes") and err.count("\n") == 1
+        else:
+            assert err == ""

@@ -1,0 +1,181 @@
+"""llama.cpp's extra buffer types on every CPU: the choice, faked for machines this one is not,
+and llama.cpp's own load log showing that the choice is what it did.
+
+The machines are described by files in tests/data/cpus (an AMD EPYC without AMX, an Intel Xeon
+with AMX), so the AMX branch runs on an EPYC and the EPYC branch on a Xeon. The multi-token
+decodes that crashed on the AMX machine run here for every quant type, in child processes.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")  # the GGUFs are written from the tiny checkpoint
+llama_cpp = pytest.importorskip("llama_cpp")
+
+from edgelalm.errors import EdgelalmError  # noqa: E402
+from edgelalm.export.checkpoint import open_checkpoint  # noqa: E402
+from edgelalm.export.decoder import QUANT_TYPES, write_decoder  # noqa: E402
+from edgelalm.isolation import ChildResult  # noqa: E402
+from edgelalm.runtime import canary, llama_backend  # noqa: E402
+from edgelalm.runtime.decoder import LlamaDecoder  # noqa: E402
+from edgelalm.runtime.llama_backend import cpu_flags, decide_extra_buffers  # noqa: E402
+
+CPUS = Path(__file__).parent / "data" / "cpus"
+MACHINES = ("amd-epyc", "intel-xeon-amx")
+# What llama.cpp calls the buffers that are not extra: the mapped file and plain host memory.
+PLAIN_BUFFERS = {"CPU", "CPU_Mapped"}
+
+
+def machine(name):
+    return (CPUS / f"{name}.system_info").read_text().strip(), cpu_flags((CPUS / f"{name}.cpuinfo").read_text())
+
+
+@pytest.fixture
+def fake_machine(monkeypatch):
+    """Make this process see `name`'s CPU flags and llama.cpp build."""
+
+    def fake(name):
+        system_info, flags = machine(name)
+        monkeypatch.setattr(llama_backend, "llama_system_info", lambda: system_info)
+        monkeypatch.setattr(llama_backend, "cpu_flags", lambda cpuinfo=None: flags)
+
+    return fake
+
+
+@pytest.fixture(scope="module")
+def ggufs(tiny_checkpoint, tmp_path_factory):
+    checkpoint = open_checkpoint(tiny_checkpoint)
+    folder = tmp_path_factory.mktemp("ggufs")
+    paths = {}
+    for quant in QUANT_TYPES:
+        paths[quant] = folder / f"decoder-{quant}.gguf"
+        write_decoder(checkpoint, paths[quant], quant, None)
+    return paths
+
+
+# -- the choice ----------------------------------------------------------------------------
+
+
+def test_cpu_flags_are_read_from_cpuinfo():
+    epyc, xeon = (cpu_flags((CPUS / f"{name}.cpuinfo").read_text()) for name in MACHINES)
+    assert {"avx2", "avx512f"} <= epyc and not {"amx_tile", "amx_int8"} & epyc
+    assert {"avx2", "avx512f", "amx_tile", "amx_int8"} <= xeon
+    assert cpu_flags("processor\t: 0\nFeatures\t: fp asimd evtstrm aes\n") == {"fp", "asimd", "evtstrm", "aes"}
+    assert cpu_flags("no flags here\n") is None
+
+
+def test_auto_keeps_extra_buffers_without_amx():
+    decision = decide_extra_buffers("auto", *machine("amd-epyc"))
+    assert decision.enabled and "without AMX" in decision.reason
+
+
+def test_auto_turns_extra_buffers_off_where_the_amx_buffer_would_be_used():
+    decision = decide_extra_buffers("auto", *machine("intel-xeon-amx"))
+    assert not decision.enabled
+    assert "20824" in decision.reason and "--llama-extra-buffers on" in decision.reason
+
+
+def test_auto_keeps_extra_buffers_for_an_amx_build_on_a_cpu_without_amx():
+    amx_build, _ = machine("intel-xeon-amx")
+    _, epyc_flags = machine("amd-epyc")
+    assert decide_extra_buffers("auto", amx_build, epyc_flags).enabled
+
+
+def test_auto_is_safe_where_the_cpu_flags_cannot_be_read():
+    amx_build, _ = machine("intel-xeon-amx")
+    assert not decide_extra_buffers("auto", amx_build, None).enabled
+
+
+@pytest.mark.parametrize("name", MACHINES)
+def test_on_and_off_are_obeyed_on_every_machine(name):
+    assert decide_extra_buffers("on", *machine(name)).enabled
+    assert not decide_extra_buffers("off", *machine(name)).enabled
+
+
+def test_an_unknown_choice_is_refused():
+    with pytest.raises(ValueError, match="auto, on, off"):
+        decide_extra_buffers("maybe")  # type: ignore[arg-type]
+
+
+# -- what llama.cpp did with it (its own load log) -------------------------------------------
+
+
+def test_on_the_amx_machine_llama_cpp_uses_no_extra_buffer(ggufs, fake_machine):
+    fake_machine("intel-xeon-amx")
+    with LlamaDecoder(ggufs["q4_0"], n_ctx=64) as decoder:
+        assert not decoder.extra_buffers.enabled
+        assert decoder.weight_buffers and set(decoder.weight_buffers) <= PLAIN_BUFFERS
+
+
+def test_without_amx_llama_cpp_keeps_its_extra_buffers(ggufs, fake_machine):
+    """q4_0 at width 64 is what llama.cpp repacks (CPU_REPACK) on any AVX2 or NEON machine."""
+    fake_machine("amd-epyc")
+    real_info = llama_cpp.llama_print_system_info().decode()
+    with LlamaDecoder(ggufs["q4_0"], n_ctx=64) as decoder:
+        assert decoder.extra_buffers.enabled
+        if "REPACK = 1" in real_info or "AMX_INT8 = 1" in real_info:
+            assert set(decoder.weight_buffers) - PLAIN_BUFFERS, decoder.weight_buffers
+
+
+def test_both_settings_give_the_same_logits(ggufs):
+    """Turning the extra buffers off changes where the weights live, not the model: q4_0 logits
+    with and without llama.cpp's repacked kernels agree (bit for bit on the EPYC; the bound
+    leaves room for kernels that sum in another order)."""
+    if not decide_extra_buffers("auto").enabled:
+        pytest.skip("on this machine llama.cpp's extra buffers crash multi-token decodes (the AMX buffer)")
+    logits = {}
+    for setting in ("on", "off"):
+        with LlamaDecoder(ggufs["q4_0"], n_ctx=64, extra_buffers=setting) as decoder:
+            decoder.feed_tokens(list(range(1, 40)))
+            logits[setting] = decoder.last_logits()
+    scale = np.abs(logits["off"]).max()
+    assert np.abs(logits["on"] - logits["off"]).max() <= 1e-3 * scale
+
+
+# -- the decode canary -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("quant", QUANT_TYPES)
+def test_every_quant_type_decodes_multi_token_batches_in_a_child(ggufs, quant):
+    result = canary.run_canary(ggufs[quant])
+    assert result["prefill_tokens"] == canary.CANARY_TEXT_TOKENS + canary.CANARY_EMBEDDINGS
+    assert result["n_vocab"] == 606 and result["n_embd"] == 64
+    assert result["extra_buffers"] == decide_extra_buffers("auto").enabled
+    assert result["weight_buffers"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "advice"),
+    [("auto", "try --llama-extra-buffers off"), ("off", "edgelalm doctor")],
+)
+def test_a_crashed_canary_is_one_line_naming_what_to_try(ggufs, monkeypatch, setting, advice):
+    monkeypatch.setattr(canary, "run_child", lambda command, timeout=None: ChildResult(-11, "", ""))
+    with pytest.raises(EdgelalmError) as caught:
+        canary.run_canary(ggufs["q8_0"], extra_buffers=setting)
+    message = str(caught.value)
+    assert message.startswith("llama.cpp crashed (SIGSEGV) decoding decoder-q8_0.gguf")
+    assert advice in message and "\n" not in message
+
+
+def test_a_hung_canary_is_reported(ggufs, monkeypatch):
+    monkeypatch.setattr(canary, "run_child", lambda command, timeout=None: ChildResult(None, "", ""))
+    with pytest.raises(EdgelalmError, match="llama.cpp timed out decoding"):
+        canary.run_canary(ggufs["q8_0"])
+
+
+def test_a_file_llama_cpp_cannot_load_is_the_childs_own_error(tmp_path):
+    bad = tmp_path / "decoder.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 64)
+    with pytest.raises(EdgelalmError, match="llama.cpp could not load"):
+        canary.run_canary(bad)
+
+
+# -- the stock API with the same choice --------------------------------------------------------
+
+
+def test_model_params_carry_the_choice():
+    for enabled in (True, False):
+        params = llama_backend.model_params(enabled, n_gpu_layers=0)
+        assert params.use_extra_bufts is enabled and params.n_gpu_layers == 0
