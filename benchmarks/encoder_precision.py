@@ -21,7 +21,7 @@ from pathlib import Path
 
 from edgelalm.bench import BenchPlan, ensure_variant_bundles, measure_in_subprocess
 from edgelalm.errors import EdgelalmError
-from edgelalm.manifest import is_encoder_file, read_manifest
+from edgelalm.manifest import Manifest, is_encoder_file, read_manifest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,25 +52,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{seconds:g} s, {precision}: encoder {timings['encoder']['median']:.0f} ms, "
                   f"{result['peak_rss_mb']:.0f} MB", file=sys.stderr)
     manifests = {precision: read_manifest(bundle, verify_files=False) for precision, bundle in bundles.items()}
-    probes = {precision: manifest["encoder"] for precision, manifest in manifests.items()}
+    probes = {precision: manifest.encoder.probe.max_abs_diff_vs_pytorch_fp32 for precision, manifest in manifests.items()}
     files = {precision: encoder_bytes(manifest) for precision, manifest in manifests.items()}
     table = markdown_table(rows, precisions, probes, files)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "encoder-precision.json").write_text(
         json.dumps({"model": args.model, "bundles": {p: str(b) for p, b in bundles.items()}, "encoder_bytes": files,
-                    "probe_max_abs_diff": {p: e["probe"]["max_abs_diff_vs_pytorch_fp32"] for p, e in probes.items()},
+                    "probe_max_abs_diff": probes,
                     "rows": rows}, indent=1) + "\n")
     (args.out / "encoder-precision.md").write_text(table)
     print(table)
     return 0
 
 
-def encoder_bytes(manifest: dict) -> int:
+def encoder_bytes(manifest: Manifest) -> int:
     """The encoder graph and its external weights, as the manifest lists them."""
-    return sum(record["bytes"] for name, record in manifest["files"].items() if is_encoder_file(name))
+    return sum(record.bytes for name, record in manifest.files.items() if is_encoder_file(name))
 
 
-def markdown_table(rows: list[dict], precisions: list[str], probes: dict[str, dict], files: dict[str, int]) -> str:
+def markdown_table(rows: list[dict], precisions: list[str], probes: dict[str, float], files: dict[str, int]) -> str:
     baseline = precisions[0]
     lines = [f"| clip s | encoder | file MB | probe max abs diff | encoder ms | vs {baseline} | TTFT ms | vs {baseline} | peak RSS MB | vs {baseline} |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -79,7 +79,7 @@ def markdown_table(rows: list[dict], precisions: list[str], probes: dict[str, di
         base = by_key[(row["seconds"], baseline)]
         encoder, ttft = row["encoder_ms"]["median"], row["time_to_first_token_ms"]["median"]
         base_encoder, base_ttft = base["encoder_ms"]["median"], base["time_to_first_token_ms"]["median"]
-        diff = probes[row["precision"]]["probe"]["max_abs_diff_vs_pytorch_fp32"]
+        diff = probes[row["precision"]]
         lines.append(f"| {row['seconds']:g} | {row['precision']} | {files[row['precision']] / 1e6:.0f} | {diff:.1e} | "
                      f"{encoder:.0f} | {encoder / base_encoder:.2f} | {ttft:.0f} | {ttft / base_ttft:.2f} | "
                      f"{row['peak_rss_mb']:.0f} | {row['peak_rss_mb'] / base['peak_rss_mb']:.2f} |")

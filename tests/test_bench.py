@@ -14,6 +14,7 @@ pytest.importorskip("matplotlib")
 
 from edgelalm.bench import kv_cache_mb, parse_compressor, synthetic_clip  # noqa: E402
 from edgelalm.compression import CompressorSpec  # noqa: E402
+from edgelalm.manifest import DecoderInfo  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,9 @@ def test_helpers():
     clip = synthetic_clip(2.0)
     assert clip.shape == (32000,) and clip.dtype.name == "float32" and 0 < abs(clip).max() <= 1
     # Qwen2-Audio-7B's decoder: 32 layers, 32 KV heads of 128: 0.5 MiB per token at f16.
-    decoder = {"layers": 32, "kv_heads": 32, "attention_heads": 32, "hidden_size": 4096}
+    decoder = DecoderInfo(file="decoder.gguf", format="gguf", architecture="qwen2", quant="q8_0", layers=32,
+                          hidden_size=4096, attention_heads=32, kv_heads=32, context_length=8192, vocab_size=156032,
+                          tied_embeddings=False, adapter=None)
     assert kv_cache_mb(decoder, 1000) == pytest.approx(500.0)
 
 
@@ -174,3 +177,12 @@ def test_extra_buffers_benchmark(tmp_path):
             assert set(row["weight_buffers"]) <= {"CPU", "CPU_Mapped"}
     table = (tmp_path / "extra-buffers.md").read_text().splitlines()
     assert len(table) == 4 and table[2].startswith("| q8_0 | 3 |") and table[3].startswith("| q4_0 | 3 |")
+
+
+def test_the_reference_worker_loads_neither_onnxruntime_nor_llama_cpp():
+    """The PyTorch side's peak RSS is the memory ratio's denominator: its worker must measure
+    only what it runs (importing the runtime to read the peak once inflated it)."""
+    code = ("import sys, edgelalm.bench; "
+            "print(sorted(m for m in ('onnxruntime', 'llama_cpp') if m in sys.modules))")
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert completed.stdout.strip() == "[]", completed.stderr

@@ -102,3 +102,39 @@ def test_tiny_clip_gives_one_frame_and_dynamic_length_is_one_graph(tiny, tmp_pat
     for mel_frames in (3, 4, 5, 6, 101, 1000):
         out = run_encoder(session, rng.standard_normal((128, mel_frames)), np.zeros((128, 2)))
         assert out.shape == (encoder_output_frames(mel_frames), 64)
+
+
+def test_fp16_export_leaves_the_callers_tower_in_fp32(tiny, tmp_path):
+    """The fp16 graph is traced from a copy: the tower export checks against keeps its weights,
+    bit for bit (an in-place .half().float() would round them to fp16)."""
+    model, _ = tiny
+    tower = model.model.audio_tower
+    before = {name: tensor.clone() for name, tensor in tower.state_dict().items()}
+    export_encoder_onnx(tower, tmp_path / "encoder.onnx", "fp16")
+    after = tower.state_dict()
+    assert all(after[name].dtype == torch.float32 and torch.equal(after[name], before[name]) for name in before)
+
+
+def test_export_refuses_an_encoder_graph_that_computes_something_else(tiny_checkpoint, tmp_path, monkeypatch):
+    """A broken fp32 encoder graph of the right shape (here: traced from a tower with every weight
+    scaled by 1.5) is caught by export's probe check, not written as a bundle."""
+    import copy
+
+    from edgelalm.compression import CompressorSpec
+    from edgelalm.errors import EdgelalmError
+    from edgelalm.export import bundle
+
+    real_export = bundle.export_encoder_onnx
+
+    def broken_export(tower, path, precision):
+        wrong = copy.deepcopy(tower)
+        with torch.no_grad():
+            for parameter in wrong.parameters():
+                parameter.mul_(1.5)
+        real_export(wrong, path, precision)
+
+    monkeypatch.setattr(bundle, "export_encoder_onnx", broken_export)
+    out = tmp_path / "bundle"
+    with pytest.raises(EdgelalmError, match=r"encoder ONNX \(fp32\) differs from PyTorch fp32 by .* export is broken"):
+        bundle.export_bundle(bundle.ExportOptions(tiny_checkpoint, out, CompressorSpec("none")))
+    assert not out.exists()

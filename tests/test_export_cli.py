@@ -14,7 +14,9 @@ import onnx  # noqa: E402
 import onnxruntime  # noqa: E402
 
 from edgelalm.compression import COMPRESSOR_NAMES  # noqa: E402
-from edgelalm.manifest import MANIFEST_FILE, read_manifest, sha256_of  # noqa: E402
+from edgelalm.constants import MANIFEST_FILE  # noqa: E402
+from edgelalm.files import sha256_of  # noqa: E402
+from edgelalm.manifest import read_manifest  # noqa: E402
 
 
 def edgelalm(*args, cwd=None):
@@ -63,9 +65,9 @@ def test_export_writes_a_valid_bundle(tiny_checkpoint, tmp_path, monkeypatch, ca
     # The decoder check ran real multi-token batches, in a child process.
     assert "llama.cpp decoded 48 tokens in batches and generated" in stderr
     manifest = read_manifest(out)
-    assert manifest["compressor"]["name"] == compressor
-    assert set(manifest["files"]) == {"encoder.onnx", "encoder.onnx.data", "compressor.onnx", "decoder.gguf", "mel_filters.npy"}
-    assert manifest["decoder"]["quant"] == "q8_0" and manifest["decoder"]["adapter"] is None
+    assert manifest.compressor.name == compressor
+    assert set(manifest.files) == {"encoder.onnx", "encoder.onnx.data", "compressor.onnx", "decoder.gguf", "mel_filters.npy"}
+    assert manifest.decoder.quant == "q8_0" and manifest.decoder.adapter is None
     for name in ("encoder.onnx", "compressor.onnx"):
         onnx.checker.check_model(str(out / name))
     # No staging folder left beside the bundle.
@@ -77,7 +79,7 @@ def test_export_writes_a_valid_bundle(tiny_checkpoint, tmp_path, monkeypatch, ca
     frames = encoder.run(None, {"mel": mel, "mel_right_context": np.zeros((128, 2), np.float32)})[0]
     embeddings = compressor_session.run(None, {"audio_frames": frames})[0]
     assert frames.shape == (50, 64)
-    assert embeddings.shape[1] == manifest["model"]["hidden_size"]
+    assert embeddings.shape[1] == manifest.model.hidden_size
     expected_tokens = {"none": 50, "avg": 17, "sample": 17, "mean": 1, "max": 1}
     if compressor in expected_tokens:
         assert embeddings.shape[0] == expected_tokens[compressor]
@@ -213,8 +215,8 @@ def test_bad_model_folder(tiny_checkpoint, tmp_path, case, make, fragments):
 @pytest.mark.parametrize(
     "args,fragments",
     [
-        (["--compressor", "avg", "--factor", "0"], ["--factor", ">= 1"]),
-        (["--compressor", "sample", "--factor", "-3"], [">= 1"]),
+        (["--compressor", "avg", "--factor", "0"], ["--factor", "greater than or equal to 1"]),
+        (["--compressor", "sample", "--factor", "-3"], ["greater than or equal to 1"]),
         (["--compressor", "pool"], ["pool"]),
         (["--compressor", "unseg", "--factor", "2"], ["applies to avg and sample"]),
         (["--encoder-precision", "int4"], ["int4"]),
@@ -252,10 +254,10 @@ def test_complete_bundle_with_adapter_and_k_quant(tiny_checkpoint, tiny_lora_ada
     assert code == 0, stderr
     assert "with the LoRA merged" in stderr and "decoder.gguf:" in stderr
     manifest = read_manifest(out)
-    decoder = manifest["decoder"]
-    assert decoder["quant"] == "q4_k_m" and decoder["architecture"] == "qwen2"
-    assert decoder["adapter"]["rank"] == 16 and decoder["adapter"]["alpha"] == 32
-    assert decoder["adapter"]["sha256"] == sha256_of(tiny_lora_adapter / "adapter_model.safetensors")
+    decoder = manifest.decoder
+    assert decoder.quant == "q4_k_m" and decoder.architecture == "qwen2"
+    assert decoder.adapter["rank"] == 16 and decoder.adapter["alpha"] == 32
+    assert decoder.adapter["sha256"] == sha256_of(tiny_lora_adapter / "adapter_model.safetensors")
     code, stdout, _ = in_process(monkeypatch, capsys, "inspect", out)
     assert code == 0 and "q4_k_m" in stdout and "LoRA merged (rank 16, alpha 32)" in stdout
 
@@ -349,13 +351,13 @@ def test_share_from_reuses_what_is_the_same(shared_bundles):
         assert sha256_of(shared / name) == sha256_of(first / name)
     assert (shared / "decoder.gguf").samefile(first / "decoder.gguf")
     manifest = read_manifest(shared)  # verifies every checksum
-    assert manifest["compressor"]["factor"] == 3 and manifest["encoder"]["precision"] == "fp32"
+    assert manifest.compressor.factor == 3 and manifest.encoder.precision == "fp32"
     # Exported on its own, the decoder is byte for byte the one shared, and the encoder computes the same.
     assert sha256_of(alone / "decoder.gguf") == sha256_of(shared / "decoder.gguf")
-    from edgelalm.export.encoder import ENCODER_INPUT, ENCODER_RIGHT_CONTEXT_INPUT, RIGHT_CONTEXT_FRAMES
+    from edgelalm.constants import ENCODER_INPUT, ENCODER_RIGHT_CONTEXT_INPUT, RIGHT_CONTEXT_FRAMES
 
     rng = np.random.default_rng(0)
-    mel_bins = manifest["features"]["num_mel_bins"]
+    mel_bins = manifest.features.num_mel_bins
     inputs = {ENCODER_INPUT: rng.standard_normal((mel_bins, 300)).astype(np.float32),
               ENCODER_RIGHT_CONTEXT_INPUT: rng.standard_normal((mel_bins, RIGHT_CONTEXT_FRAMES)).astype(np.float32)}
     outputs = [onnxruntime.InferenceSession(str(bundle / "encoder.onnx"), providers=["CPUExecutionProvider"]).run(None, inputs)[0]
@@ -373,7 +375,7 @@ def test_share_from_on_the_command_line(tiny_checkpoint, tiny_lora_adapter, shar
     assert "Copying the audio encoder (fp32)" in stderr and "Writing the decoder to GGUF (q8_0) with the LoRA merged" in stderr
     assert sha256_of(out / "encoder.onnx.data") == sha256_of(first / "encoder.onnx.data")
     assert not (out / "decoder.gguf").samefile(first / "decoder.gguf")
-    assert read_manifest(out)["decoder"]["adapter"]["rank"] == 16
+    assert read_manifest(out).decoder.adapter["rank"] == 16
 
 
 def _manifest_edit(bundle, path, edit):

@@ -5,7 +5,6 @@ The children are real processes doing what a crashed llama.cpp does: die by SIGS
 helper (ggml's backtrace handler starts a debugger) that keeps the child's stdout open.
 """
 
-import os
 import subprocess
 import sys
 import textwrap

@@ -20,7 +20,7 @@ import soundfile
 
 pytest.importorskip("torch")  # the tiny_bundles fixture exports with torch
 
-from edgelalm.manifest import MANIFEST_FILE  # noqa: E402
+from edgelalm.constants import MANIFEST_FILE  # noqa: E402
 
 RATE = 16_000
 MAX_TOKENS = 4
@@ -285,8 +285,8 @@ def ten_minutes(tmp_path_factory):
 def test_ten_minutes_do_not_fit_uncompressed(tiny_bundles, ten_minutes):
     """600 s = 15000 encoder frames: with `none`, more than the 8192-token context."""
     code, _, stderr = run(tiny_bundles("none", 1), ten_minutes)
-    line = assert_one_line_error(code, stderr, "context is 8192", "600 s", "15000 audio tokens", "--factor")
-    factor = int(re.search(r"--factor (\d+)", line).group(1))
+    line = assert_one_line_error(code, stderr, "context is 8192", "600 s", "15000 audio tokens", "factor K=")
+    factor = int(re.search(r"factor K=(\d+)", line).group(1))
     prompt_tokens = int(re.search(r"plus (\d+) prompt", line).group(1))
     assert factor >= 2 and math.ceil(15000 / factor) + prompt_tokens + MAX_TOKENS <= 8192
 
@@ -294,7 +294,7 @@ def test_ten_minutes_do_not_fit_uncompressed(tiny_bundles, ten_minutes):
 def test_ten_minutes_fit_compressed(tiny_bundles, ten_minutes):
     """The factor the error suggests fits: with avg K=2 (7500 tokens) the clip runs."""
     code, _, stderr = run(tiny_bundles("none", 1), ten_minutes)
-    factor = int(re.search(r"--factor (\d+)", stderr).group(1))
+    factor = int(re.search(r"factor K=(\d+)", stderr).group(1))
     result = assert_result(*run(tiny_bundles("avg", factor), ten_minutes))
     assert result["windows"] == 60
     assert result["audio_seconds"] == 600.0
@@ -383,7 +383,7 @@ def test_no_bundle_picks_the_most_recently_written(avg2, tiny_bundles, clip, tmp
 
 def test_max_tokens_zero(avg2, clip):
     code, _, stderr = edgelalm("run", clip, "--bundle", avg2, "--max-tokens", 0)
-    assert_one_line_error(code, stderr, "--max-tokens must be >= 1")
+    assert_one_line_error(code, stderr, "--max-tokens", "greater than or equal to 1")
 
 
 def test_device_cuda(avg2, clip):

@@ -92,12 +92,12 @@ def test_answer_loss_equals_transformers_loss(loaded, clips):
 
 
 def test_prompt_ids_are_the_runtime_pieces(loaded):
-    from edgelalm.export.bundle import chat_template_pieces
+    from edgelalm.prompt import chat_template_pieces
 
     _, processor = loaded
     prompt = PromptIds.from_processor(processor, prompt="Transcribe the audio.")
     pieces = chat_template_pieces(processor, "tiny")
     tokenizer = processor.tokenizer
-    assert tokenizer.decode(prompt.before_audio) == pieces["before_audio"]
-    assert tokenizer.decode(prompt.after_audio) == pieces["after_audio"] + "Transcribe the audio." + pieces["after_prompt"]
+    assert tokenizer.decode(prompt.before_audio) == pieces.before_audio
+    assert tokenizer.decode(prompt.after_audio) == pieces.after_audio + "Transcribe the audio." + pieces.after_prompt
     assert tokenizer.convert_ids_to_tokens(prompt.end_of_answer) == "<|im_end|>"

@@ -19,20 +19,18 @@ from pathlib import Path
 import torch
 from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 
+from edgelalm.files import atomic_folder
 from edgelalm.pretrained import DEFAULT_MODEL_NAME, DEFAULT_MODEL_ROOT
 from edgelalm.scaffold import write_processor
 
 
 def ship_base(checkpoint: Path) -> Path:
     target = DEFAULT_MODEL_ROOT / DEFAULT_MODEL_NAME
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
     model = Qwen2AudioForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32, use_safetensors=True)
     processor = Qwen2AudioProcessor.from_pretrained(checkpoint)
-    model.to(torch.float16).save_pretrained(staging, safe_serialization=True)
-    write_processor(staging, model.config, processor.tokenizer)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
+    with atomic_folder(target, force=True) as staging:
+        model.to(torch.float16).save_pretrained(staging, safe_serialization=True)
+        write_processor(staging, model.config, processor.tokenizer)
     return target
 
 

@@ -21,7 +21,7 @@ import torch
 from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 
 from edgelalm import scaffold
-from edgelalm.export.bundle import chat_template_pieces
+from edgelalm.prompt import chat_template_pieces
 from edgelalm.training import texts
 from edgelalm.training.dataset import SpeechDataset
 from edgelalm.training.model import sinusoids

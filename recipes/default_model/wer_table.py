@@ -27,7 +27,7 @@ from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 from edgelalm.compression import CompressorSpec
 from edgelalm.export.bundle import ExportOptions, export_bundle
 from edgelalm.export.compressor import build_compressor
-from edgelalm.export.encoder import ENCODER_PRECISIONS
+from edgelalm.constants import ENCODER_PRECISIONS
 from edgelalm.pretrained import default_adapter_dir, default_model_dir
 from edgelalm.training.dataset import SpeechDataset
 from edgelalm.training.evaluate import WerResult, score, transcribe_bundle, transcribe_torch

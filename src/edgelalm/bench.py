@@ -25,8 +25,9 @@ import numpy as np
 from edgelalm.compression import CompressorSpec
 from edgelalm.errors import EdgelalmError
 from edgelalm.isolation import run_child
-from edgelalm.manifest import MANIFEST_FILE, bundle_name
-from edgelalm.runtime.pipeline import peak_rss_mb
+from edgelalm.constants import MANIFEST_FILE, SAMPLING_RATE
+from edgelalm.manifest import DecoderInfo, bundle_name, read_manifest
+from edgelalm.runtime.memory import peak_rss_mb
 
 STAGES = ("features", "encoder", "compressor", "prefill", "decode", "time_to_first_token", "total")
 DEFAULT_COMPRESSORS = ("none", "avg2", "avg3", "avg4", "avg6", "sample3", "unseg")
@@ -71,10 +72,10 @@ def synthetic_clip(seconds: float, seed: int = 0) -> np.ndarray:
     plus noise): random-weights models give the same cost for any audio, and unseg sees a
     realistic amount of change between frames."""
     rng = np.random.default_rng(seed)
-    n = int(round(seconds * 16000))
-    times = np.arange(n) / 16000
+    n = int(round(seconds * SAMPLING_RATE))
+    times = np.arange(n) / SAMPLING_RATE
     pitch = 140 + 40 * np.sin(2 * np.pi * 0.3 * times)
-    phase = 2 * np.pi * np.cumsum(pitch) / 16000
+    phase = 2 * np.pi * np.cumsum(pitch) / SAMPLING_RATE
     voiced = sum(np.sin(k * phase) / k for k in range(1, 6))
     envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 4 * times) ** 2
     return (0.2 * envelope * voiced + 0.01 * rng.standard_normal(n)).astype(np.float32)
@@ -84,10 +85,10 @@ def summarize(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def kv_cache_mb(decoder: dict[str, Any], tokens: int, bytes_per_value: int = 2) -> float:
+def kv_cache_mb(decoder: DecoderInfo, tokens: int, bytes_per_value: int = 2) -> float:
     """K and V for `tokens` positions in every layer (llama.cpp's default f16 cache)."""
-    head_dim = decoder["hidden_size"] // decoder["attention_heads"]
-    return 2 * decoder["layers"] * decoder["kv_heads"] * head_dim * tokens * bytes_per_value / 2**20
+    head_dim = decoder.hidden_size // decoder.attention_heads
+    return 2 * decoder.layers * decoder.kv_heads * head_dim * tokens * bytes_per_value / 2**20
 
 
 # -- measurements, each run in its own process ---------------------------------------------
@@ -120,7 +121,7 @@ def measure_edgelalm(
         "generated_tokens": last.generated_tokens,
         "timings_ms": {stage: summarize([run.timings_ms.get(stage, 0.0) for run in runs]) for stage in STAGES},
         "decode_tokens_per_second": summarize([run.decode_tokens_per_second for run in runs]),
-        "kv_cache_mb": kv_cache_mb(runtime.manifest["decoder"], tokens),
+        "kv_cache_mb": kv_cache_mb(runtime.manifest.decoder, tokens),
         "peak_rss_mb": peak_rss_mb(),
         "weight_buffers": runtime.decoder.weight_buffers,
     }
@@ -169,7 +170,7 @@ def measure_reference(
         tokens = []
         for start in range(0, len(audio), window):
             lap = time.perf_counter()
-            features = extractor(audio[start : start + window], sampling_rate=16000, return_attention_mask=True,
+            features = extractor(audio[start : start + window], sampling_rate=SAMPLING_RATE, return_attention_mask=True,
                                  padding="max_length", return_tensors="pt")
             features = features.to(device)
             timings["features"] += elapsed_ms(lap)
@@ -295,11 +296,13 @@ def ensure_bundle(model_dir: Path, label: str, plan: BenchPlan, share_from: Path
     from edgelalm.export.bundle import ExportOptions, export_bundle
 
     folder = plan.out_dir / "bundles" / bundle_name(label, plan.quant, plan.encoder_precision)
-    manifest_file = folder / MANIFEST_FILE
-    if manifest_file.exists():
-        manifest = json.loads(manifest_file.read_text())
-        if (manifest["model"]["source"] == str(model_dir.resolve()) and manifest["decoder"]["quant"] == plan.quant
-                and manifest["encoder"]["precision"] == plan.encoder_precision):
+    if (folder / MANIFEST_FILE).exists():
+        try:
+            manifest = read_manifest(folder, verify_files=False)
+        except EdgelalmError:
+            manifest = None  # unreadable: export it again
+        if (manifest and manifest.decoder and manifest.model.source == str(model_dir.resolve())
+                and manifest.decoder.quant == plan.quant and manifest.encoder.precision == plan.encoder_precision):
             return folder
     export_bundle(ExportOptions(model_dir, folder, parse_compressor(label), plan.encoder_precision, plan.quant, None,
                                 force=True, share_from=share_from))

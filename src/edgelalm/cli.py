@@ -11,16 +11,20 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 import typer.core
 from typer.exceptions import TyperException
 
 from edgelalm.compression import COMPRESSOR_DESCRIPTIONS, FACTOR_COMPRESSORS, CompressorSpec
+from edgelalm.constants import DEVICES, ENCODER_PRECISIONS, QUANT_TYPES
 from edgelalm.errors import EdgelalmError
 from edgelalm.manifest import bundle_name
 from edgelalm.runtime.llama_backend import EXTRA_BUFFER_CHOICES
+
+if TYPE_CHECKING:
+    from edgelalm.manifest import DecoderInfo
 
 DEFAULT_EXPORT_ROOT = Path("export")
 
@@ -35,11 +39,10 @@ app = typer.Typer(
 )
 
 Compressor = enum.Enum("Compressor", {name: name for name in COMPRESSOR_DESCRIPTIONS}, type=str)
-Precision = enum.Enum("Precision", {name: name for name in ("fp32", "fp16", "int8")}, type=str)
-Device = enum.Enum("Device", {name: name for name in ("cpu", "cuda")}, type=str)
+Precision = enum.Enum("Precision", {name: name for name in ENCODER_PRECISIONS}, type=str)
+Device = enum.Enum("Device", {name: name for name in DEVICES}, type=str)
 ExtraBuffersChoice = enum.Enum("ExtraBuffersChoice", {name: name for name in EXTRA_BUFFER_CHOICES}, type=str)
-# Mirrors edgelalm.export.decoder.QUANT_TYPES (not imported here: it pulls in torch).
-Quant = enum.Enum("Quant", {name: name for name in ("f32", "f16", "q8_0", "q4_k_m", "q4_0")}, type=str)
+Quant = enum.Enum("Quant", {name: name for name in QUANT_TYPES}, type=str)
 
 _EXTRA_BUFFERS_HELP = (
     "llama.cpp's extra weight buffers (CPU repack, AMX). auto: on, except where llama.cpp was built with AMX and "
@@ -62,7 +65,7 @@ def export(
     compressor: Annotated[Compressor, typer.Option(help=_COMPRESSOR_HELP)] = Compressor.avg,
     factor: Annotated[
         Optional[int],
-        typer.Option(help=f"Compression factor K for {' and '.join(FACTOR_COMPRESSORS)} (integer >= 1; default 2)."),
+        typer.Option(min=1, help=f"Compression factor K for {' and '.join(FACTOR_COMPRESSORS)} (integer >= 1; default 2)."),
     ] = None,
     encoder_precision: Annotated[
         Precision,
@@ -159,11 +162,11 @@ def run(
     prompt: Annotated[
         Optional[str], typer.Option(help="What to ask about the audio. Default: the bundle's transcription prompt.")
     ] = None,
-    max_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 256,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens to generate.")] = 256,
     temperature: Annotated[float, typer.Option(help="0 = greedy (default); above 0 samples with llama.cpp.")] = 0.0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling threshold when --temperature > 0.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
-    threads: Annotated[Optional[int], typer.Option(help=_THREADS_HELP)] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help=_THREADS_HELP)] = None,
     device: Annotated[
         Device, typer.Option(help="cpu, or cuda (onnxruntime's CUDA provider and llama.cpp GPU offload).")
     ] = Device.cpu,
@@ -205,20 +208,18 @@ def inspect(bundle: Annotated[Path, typer.Argument(metavar="BUNDLE", help="Bundl
     from edgelalm.manifest import read_manifest
 
     manifest = read_manifest(bundle)
-    model, compressor, encoder = manifest["model"], manifest["compressor"], manifest["encoder"]
-    spec = CompressorSpec(compressor["name"], compressor["factor"])
-    rate = compressor["audio_tokens_per_second"]
+    model, features, encoder, compressor = manifest.model, manifest.features, manifest.encoder, manifest.compressor
+    spec = CompressorSpec(compressor.name, compressor.factor)
+    rate = compressor.audio_tokens_per_second
     lines = [
-        f"bundle        {bundle}  (format {manifest['format_version']}, written {manifest['created_utc']})",
-        f"model         {model['name']}  audio width {model['audio_width']}, LLM hidden {model['hidden_size']}, vocab {model['vocab_size']}",
-        f"features      {manifest['features']['num_mel_bins']} mel bins at {manifest['features']['sampling_rate']} Hz, "
-        f"window {manifest['features']['window_seconds']} s",
-        f"encoder       {encoder['file']}  {encoder['precision']}, probe max |diff| vs fp32 {encoder['probe']['max_abs_diff_vs_pytorch_fp32']:.2e}",
-        f"compressor    {compressor['file']}  {spec.label}: "
-        + (f"{rate:.2f} audio tokens/s" if rate else "rate depends on the audio"),
-        f"decoder       {describe_decoder(manifest['decoder'])}",
+        f"bundle        {bundle}  (format {manifest.format_version}, written {manifest.created_utc})",
+        f"model         {model.name}  audio width {model.audio_width}, LLM hidden {model.hidden_size}, vocab {model.vocab_size}",
+        f"features      {features.num_mel_bins} mel bins at {features.sampling_rate} Hz, window {features.window_seconds:g} s",
+        f"encoder       {encoder.file}  {encoder.precision}, probe max |diff| vs fp32 {encoder.probe.max_abs_diff_vs_pytorch_fp32:.2e}",
+        f"compressor    {compressor.file}  {spec.label}: " + (f"{rate:.2f} audio tokens/s" if rate else "rate depends on the audio"),
+        f"decoder       {describe_decoder(manifest.decoder)}",
         "files (checksums verified):",
-        *(f"  {name:28s} {record['bytes'] / 1e6:10.2f} MB" for name, record in manifest["files"].items()),
+        *(f"  {name:28s} {record.bytes / 1e6:10.2f} MB" for name, record in manifest.files.items()),
     ]
     typer.echo("\n".join(lines))
 
@@ -231,8 +232,8 @@ def bench(
     ] = "small",
     compressors: Annotated[str, typer.Option(help="Comma-separated compressors: none, avgK, sampleK, unseg, mean, max.")] = "none,avg2,avg3,avg4,avg6,sample3,unseg",
     seconds: Annotated[str, typer.Option(help="Comma-separated clip lengths in seconds.")] = "5,30,120,600",
-    repeats: Annotated[int, typer.Option(help="Measured runs per point, after one warm-up run.")] = 3,
-    max_tokens: Annotated[int, typer.Option(help="Tokens generated per run (decode speed).")] = 32,
+    repeats: Annotated[int, typer.Option(min=1, help="Measured runs per point, after one warm-up run.")] = 3,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Tokens generated per run (decode speed).")] = 32,
     quant: Annotated[Quant, typer.Option(help="Decoder GGUF type.")] = Quant.q8_0,
     encoder_precision: Annotated[Precision, typer.Option(help="Encoder weights in edgelalm's bundles: fp32, fp16, int8.")] = Precision.fp32,
     threads: Annotated[
@@ -285,15 +286,15 @@ def finetune(
         Optional[Path], typer.Option(help="Qwen2-Audio checkpoint folder. Default: the model shipped with edgelalm.")
     ] = None,
     compressor: Annotated[Compressor, typer.Option(help=_COMPRESSOR_HELP)] = Compressor.avg,
-    factor: Annotated[Optional[int], typer.Option(help="Compression factor K for avg and sample (default 2).")] = None,
+    factor: Annotated[Optional[int], typer.Option(min=1, help="Compression factor K for avg and sample (default 2).")] = None,
     out: Annotated[
         Optional[Path], typer.Option(help="Adapter folder to write. Default: adapters/<model>-<compressor><K>.")
     ] = None,
-    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 600,
-    batch_size: Annotated[int, typer.Option(help="Clips per step.")] = 16,
+    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 600,
+    batch_size: Annotated[int, typer.Option(min=1, help="Clips per step.")] = 16,
     learning_rate: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warm-up then cosine decay).")] = 1e-3,
-    rank: Annotated[int, typer.Option(help="LoRA rank (the paper: 16).")] = 16,
-    alpha: Annotated[float, typer.Option(help="LoRA alpha (the paper: 32).")] = 32.0,
+    rank: Annotated[int, typer.Option(min=1, help="LoRA rank (the paper: 16).")] = 16,
+    alpha: Annotated[float, typer.Option(min=0.001, help="LoRA alpha (the paper: 32).")] = 32.0,
     device: Annotated[Device, typer.Option(help="cpu or cuda (PyTorch).")] = Device.cpu,
     seed: Annotated[int, typer.Option(help="Seed for the LoRA init, batches and augmentation.")] = 0,
     threads: Annotated[Optional[int], typer.Option(help="PyTorch CPU threads.")] = None,
@@ -314,14 +315,16 @@ def finetune(
     typer.echo(str(run_finetune(options)))
 
 
-def describe_decoder(decoder: dict | None) -> str:
-    if not decoder:
+def describe_decoder(decoder: DecoderInfo | None) -> str:
+    if decoder is None:
         return "none"
-    adapter = decoder.get("adapter")
-    merged = f", LoRA merged (rank {adapter['rank']}, alpha {adapter['alpha']:g})" if adapter else ", no LoRA"
+    adapter = decoder.adapter
+    alpha = adapter.get("alpha") if adapter else None
+    alpha_text = f"{alpha:g}" if isinstance(alpha, (int, float)) else alpha
+    merged = f", LoRA merged (rank {adapter.get('rank')}, alpha {alpha_text})" if adapter else ", no LoRA"
     return (
-        f"{decoder['file']}  {decoder['architecture']} {decoder['quant']}, {decoder['layers']} layers, "
-        f"hidden {decoder['hidden_size']}, context {decoder['context_length']}{merged}"
+        f"{decoder.file}  {decoder.architecture} {decoder.quant}, {decoder.layers} layers, "
+        f"hidden {decoder.hidden_size}, context {decoder.context_length}{merged}"
     )
 
 
@@ -357,7 +360,7 @@ def doctor(
         Optional[Path],
         typer.Option(help="Also verify this bundle's files and run it once, in a child process, on a 3 s synthetic clip."),
     ] = None,
-    threads: Annotated[Optional[int], typer.Option(help=_THREADS_HELP)] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help=_THREADS_HELP)] = None,
     device: Annotated[Device, typer.Option(help="cpu or cuda, for the bundle's run.")] = Device.cpu,
     llama_extra_buffers: Annotated[ExtraBuffersChoice, typer.Option(help=_EXTRA_BUFFERS_HELP)] = ExtraBuffersChoice.auto,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of lines.")] = False,

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edgelalm.constants import ENCODER_FRAMES_PER_SECOND
 from edgelalm.errors import EdgelalmError
-
-# Qwen2-Audio's audio tower: 100 mel frames/s, conv stride 2, then AvgPool1d(2, 2).
-ENCODER_FRAMES_PER_SECOND = 25.0
 
 COMPRESSOR_DESCRIPTIONS: dict[str, str] = {
     "none": "identity: every encoder frame becomes an audio token (25 tokens/s)",
@@ -39,7 +37,7 @@ class CompressorSpec:
                 f"unknown compressor {self.name!r}; choose one of {', '.join(COMPRESSOR_NAMES)}"
             )
         if self.factor < 1:
-            raise EdgelalmError(f"--factor must be an integer >= 1, got {self.factor}")
+            raise EdgelalmError(f"the compression factor K must be an integer >= 1, got {self.factor}")
         if self.name not in FACTOR_COMPRESSORS and self.factor != 1:
             raise EdgelalmError(
                 f"--factor applies to {' and '.join(FACTOR_COMPRESSORS)} only, not to {self.name!r}"

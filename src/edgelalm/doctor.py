@@ -74,10 +74,10 @@ def bundle_report(bundle: Path, threads: int | None, extra_buffers: ExtraBuffers
     verified_ms = (time.perf_counter() - started) * 1000
     report: dict[str, Any] = {
         "path": str(bundle),
-        "model": manifest["model"]["name"],
-        "compressor": manifest["compressor"]["name"],
-        "quant": manifest["decoder"]["quant"],
-        "files_verified": len(manifest["files"]),
+        "model": manifest.model.name,
+        "compressor": manifest.compressor.name,
+        "quant": manifest.decoder.quant if manifest.decoder else None,
+        "files_verified": len(manifest.files),
         "verify_ms": round(verified_ms, 1),
     }
     report["canary"] = run_bundle_canary(bundle, threads=threads, extra_buffers=extra_buffers, device=device)

@@ -1,32 +1,44 @@
 """The bundle's manifest: one JSON file that says what every other file in the bundle is.
 
-Written last by `edgelalm export` (with a SHA-256 of every file), read first by the runtime
-and `edgelalm inspect`, which refuse a bundle whose files do not match it. Torch-free.
-
-Sections (see README, "The bundle"): format, format_version, created_utc, model, features,
-encoder, compressor, decoder, prompt, special_tokens,
-tools, files.
+Written last by `edgelalm export` (with a SHA-256 of every file), read first by the runtime,
+`inspect` and `doctor`, which refuse a bundle whose files do not match it. The manifest is typed:
+export builds a `Manifest` and writes it; the reader builds the same dataclasses from the JSON,
+checking every field it will use (presence, type, range, file names that stay inside the bundle)
+and refusing a malformed manifest with one line naming the file and the field, as whisper builds
+`ModelDimensions(**checkpoint["dims"])`. Keys the reader does not know are ignored, so a bundle
+written by another version-1 writer still loads. Torch-free.
 """
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
-from pathlib import Path
-from typing import Any
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar, Union
 
+from edgelalm.constants import (
+    BUNDLE_FORMAT,
+    BUNDLE_FORMAT_VERSION,
+    COMPRESSOR_INPUT,
+    COMPRESSOR_OUTPUT,
+    ENCODER_FILE,
+    ENCODER_FRAMES_PER_SECOND,
+    ENCODER_INPUT,
+    ENCODER_OUTPUT,
+    ENCODER_RIGHT_CONTEXT_INPUT,
+    MANIFEST_FILE,
+    MIN_MEL_FRAMES,
+    RIGHT_CONTEXT_FRAMES,
+)
 from edgelalm.errors import EdgelalmError
+from edgelalm.files import sha256_of
 
-BUNDLE_FORMAT = "edgelalm-bundle"
-BUNDLE_FORMAT_VERSION = 1
-MANIFEST_FILE = "manifest.json"
-ENCODER_FILE = "encoder.onnx"
-COMPRESSOR_FILE = "compressor.onnx"
-DECODER_FILE = "decoder.gguf"
-# The checkpoint's own mel filterbank [n_fft // 2 + 1, n_mels] (as whisper ships mel_filters.npz).
-MEL_FILTERS_FILE = "mel_filters.npy"
-
-_CHUNK_BYTES = 1 << 20
+# Larger than any real width, count or length; small enough for llama.cpp's int32 parameters.
+_MAX_INT = 2**31 - 1
 
 
 def is_encoder_file(name: str) -> bool:
@@ -40,34 +52,168 @@ def bundle_name(compressor_label: str, quant: str, encoder_precision: str) -> st
     return f"{compressor_label}-{quant}{encoder_suffix}"
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
+# -- the sections ------------------------------------------------------------------------------
 
 
-def file_records(bundle_dir: Path) -> dict[str, dict[str, Any]]:
-    """{relative path: {bytes, sha256}} for every file in the bundle but the manifest."""
+def _at_least_one() -> Any:
+    """A count, size or rate the runtime divides by or allocates with: 0 is malformed."""
+    return field(metadata={"min": 1})
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    source: str  # the checkpoint folder it was exported from
+    architecture: str
+    audio_width: int = _at_least_one()
+    hidden_size: int = _at_least_one()
+    vocab_size: int = _at_least_one()
+
+
+@dataclass(frozen=True)
+class FeaturesInfo:
+    kind: str  # whisper_log_mel
+    sampling_rate: int = _at_least_one()
+    num_mel_bins: int = _at_least_one()
+    n_fft: int = _at_least_one()
+    hop_length: int = _at_least_one()
+    window_seconds: float = _at_least_one()
+    window_mel_frames: int = _at_least_one()  # the encoder's window: 2 * max_source_positions
+    mel_filters_file: str
+
+
+@dataclass(frozen=True)
+class ProbeInfo:
+    seconds: float
+    max_abs_diff_vs_pytorch_fp32: float
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    file: str
+    precision: str
+    inputs: dict[str, str]
+    output: dict[str, str]
+    right_context_frames: int
+    min_mel_frames: int
+    max_mel_frames: int = _at_least_one()
+    frames_per_second: float
+    probe: ProbeInfo
+
+
+@dataclass(frozen=True)
+class CompressorInfo:
+    file: str
+    name: str
+    factor: int = _at_least_one()
+    description: str
+    audio_tokens_per_second: float | None  # None: depends on the audio (unseg, mean, max)
+    includes_projector: bool
+    inputs: dict[str, str]
+    output: dict[str, str]
+
+
+@dataclass(frozen=True)
+class DecoderInfo:
+    file: str
+    format: str
+    architecture: str
+    quant: str
+    layers: int = _at_least_one()
+    hidden_size: int = _at_least_one()
+    attention_heads: int = _at_least_one()
+    kv_heads: int = _at_least_one()
+    context_length: int = _at_least_one()
+    vocab_size: int = _at_least_one()
+    tied_embeddings: bool
+    adapter: dict[str, Any] | None  # the merged LoRA's description (rank, alpha, targets, sha256)
+
+
+@dataclass(frozen=True)
+class PromptInfo:
+    """The chat template rendered around one audio and a prompt, cut into its pieces."""
+
+    chat_template: str
+    before_audio: str
+    after_audio: str
+    after_prompt: str
+    default_prompt: str
+
+
+@dataclass(frozen=True)
+class SpecialToken:
+    text: str
+    id: int
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    audio: SpecialToken
+    audio_bos: SpecialToken
+    audio_eos: SpecialToken
+    im_start: SpecialToken
+    im_end: SpecialToken
+    endoftext: SpecialToken
+    end_of_turn_ids: list[int]  # the checkpoint's own stop tokens (generation_config.json)
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    created_utc: str
+    model: ModelInfo
+    features: FeaturesInfo
+    encoder: EncoderInfo
+    compressor: CompressorInfo
+    decoder: DecoderInfo | None  # None only in the first bundles; the runtime refuses them
+    prompt: PromptInfo
+    special_tokens: SpecialTokens
+    tools: dict[str, str | None]  # versions of what wrote the bundle
+    files: dict[str, FileRecord] = field(default_factory=dict)
+    format: str = BUNDLE_FORMAT
+    format_version: int = BUNDLE_FORMAT_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        header = {"format": self.format, "format_version": self.format_version}
+        body = {key: value for key, value in dataclasses.asdict(self).items() if key not in header}
+        return {**header, **body}
+
+    def file_names(self) -> list[str]:
+        """The files each section names (they must be among `files`)."""
+        names = [self.features.mel_filters_file, self.encoder.file, self.compressor.file]
+        return names + ([self.decoder.file] if self.decoder else [])
+
+
+# -- writing -----------------------------------------------------------------------------------
+
+
+def file_records(bundle_dir: Path) -> dict[str, FileRecord]:
+    """{relative path: bytes and sha256} for every file in the bundle but the manifest."""
     records = {}
     for path in sorted(p for p in bundle_dir.rglob("*") if p.is_file()):
         name = path.relative_to(bundle_dir).as_posix()
         if name != MANIFEST_FILE:
-            records[name] = {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
+            records[name] = FileRecord(bytes=path.stat().st_size, sha256=sha256_of(path))
     return records
 
 
-def write_manifest(bundle_dir: Path, sections: dict[str, Any]) -> dict[str, Any]:
-    """Write manifest.json: the format header, `sections`, and the files' checksums."""
-    manifest = {"format": BUNDLE_FORMAT, "format_version": BUNDLE_FORMAT_VERSION, **sections}
-    manifest["files"] = file_records(bundle_dir)
-    (bundle_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+def write_manifest(bundle_dir: Path, manifest: Manifest) -> Manifest:
+    """Write manifest.json: `manifest` with the checksums of the files now in `bundle_dir`."""
+    manifest = dataclasses.replace(manifest, files=file_records(bundle_dir))
+    (bundle_dir / MANIFEST_FILE).write_text(json.dumps(manifest.to_json(), indent=2, ensure_ascii=False) + "\n")
     return manifest
 
 
-def read_manifest(bundle_dir: Path, verify_files: bool = True) -> dict[str, Any]:
-    """The manifest of `bundle_dir`; with `verify_files`, every listed file must match it."""
+# -- reading -----------------------------------------------------------------------------------
+
+
+def read_manifest(bundle_dir: Path, verify_files: bool = True) -> Manifest:
+    """The manifest of `bundle_dir`, validated; with `verify_files`, every listed file must match it."""
     manifest_path = bundle_dir / MANIFEST_FILE
     if bundle_dir.is_file():
         raise EdgelalmError(f"{bundle_dir} is a file; a bundle is the folder that holds {MANIFEST_FILE}")
@@ -76,33 +222,138 @@ def read_manifest(bundle_dir: Path, verify_files: bool = True) -> dict[str, Any]
     if not manifest_path.is_file():
         raise EdgelalmError(f"{bundle_dir} is not an edgelalm bundle: it has no {MANIFEST_FILE}")
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        data = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
         raise EdgelalmError(f"{manifest_path} is not valid JSON: {error}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+    if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
         raise EdgelalmError(f"{manifest_path} is not an edgelalm bundle manifest")
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > BUNDLE_FORMAT_VERSION:
+    version = data.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version > BUNDLE_FORMAT_VERSION:
         raise EdgelalmError(
             f"{bundle_dir} has bundle format version {version}; this edgelalm reads up to "
             f"{BUNDLE_FORMAT_VERSION}. Upgrade edgelalm or re-export the bundle"
         )
+    manifest = _build(Manifest, data, "", manifest_path)
+    _check_file_names(manifest, manifest_path)
+    _check_contract(manifest, manifest_path)
     if verify_files:
         verify_bundle_files(bundle_dir, manifest)
     return manifest
 
 
-def verify_bundle_files(bundle_dir: Path, manifest: dict[str, Any]) -> None:
-    """Raise, naming every file that is missing or differs from its checksum."""
-    missing, altered = [], []
-    for name, record in manifest.get("files", {}).items():
+def verify_bundle_files(bundle_dir: Path, manifest: Manifest) -> None:
+    """Raise, naming every file that is missing or differs from its checksum. Only regular files
+    inside the folder count: a symlink could point anywhere."""
+    missing, links, altered = [], [], []
+    for name, record in manifest.files.items():
         path = bundle_dir / name
-        if not path.is_file():
+        if any(parent.is_symlink() for parent in [path, *path.parents][: len(PurePosixPath(name).parts)]):
+            links.append(name)
+        elif not path.is_file():
             missing.append(name)
-        elif path.stat().st_size != record["bytes"] or sha256_of(path) != record["sha256"]:
+        elif path.stat().st_size != record.bytes or sha256_of(path) != record.sha256:
             altered.append(name)
     problems = [f"missing {', '.join(missing)}"] if missing else []
+    if links:
+        problems.append(f"{', '.join(links)}: symbolic link (a bundle holds its own files)")
     if altered:
         problems.append(f"{', '.join(altered)} {'does' if len(altered) == 1 else 'do'} not match the checksums in {MANIFEST_FILE}")
     if problems:
         raise EdgelalmError(f"bundle {bundle_dir}: {'; '.join(problems)}")
+
+
+def _check_file_names(manifest: Manifest, manifest_path: Path) -> None:
+    """Every file name stays inside the bundle, and every file a section names is listed."""
+    for name in manifest.files:
+        parts = PurePosixPath(name).parts
+        if not name or name.startswith("/") or "\\" in name or ".." in parts or name != PurePosixPath(name).as_posix():
+            raise EdgelalmError(f"{manifest_path}: files: {name!r} is not a plain file name inside the bundle")
+    for name in manifest.file_names():
+        if name not in manifest.files:
+            raise EdgelalmError(f"{manifest_path}: {name!r} is named by a section but not listed in files")
+
+
+def _check_contract(manifest: Manifest, manifest_path: Path) -> None:
+    """The graphs' names and the encoder's arithmetic are what this runtime feeds and reads."""
+    encoder, compressor = manifest.encoder, manifest.compressor
+    expected = {
+        "features.kind": (manifest.features.kind, "whisper_log_mel"),
+        "encoder.inputs": (sorted(encoder.inputs), sorted([ENCODER_INPUT, ENCODER_RIGHT_CONTEXT_INPUT])),
+        "encoder.output": (list(encoder.output), [ENCODER_OUTPUT]),
+        "encoder.right_context_frames": (encoder.right_context_frames, RIGHT_CONTEXT_FRAMES),
+        "encoder.min_mel_frames": (encoder.min_mel_frames, MIN_MEL_FRAMES),
+        "encoder.frames_per_second": (encoder.frames_per_second, ENCODER_FRAMES_PER_SECOND),
+        "encoder.max_mel_frames": (encoder.max_mel_frames, manifest.features.window_mel_frames),
+        "compressor.inputs": (list(compressor.inputs), [COMPRESSOR_INPUT]),
+        "compressor.output": (list(compressor.output), [COMPRESSOR_OUTPUT]),
+        "compressor.includes_projector": (compressor.includes_projector, True),
+    }
+    for name, (found, wanted) in expected.items():
+        if found != wanted:
+            raise EdgelalmError(f"{manifest_path}: {name} is {found!r}; this edgelalm reads {wanted!r}")
+
+
+T = TypeVar("T")
+
+
+def _build(cls: type[T], data: Any, where: str, manifest_path: Path) -> T:
+    """`cls` (a dataclass) from `data`, every field checked against its type hint."""
+    if not isinstance(data, dict):
+        raise EdgelalmError(f"{manifest_path}: {where or 'the manifest'} must be an object")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for spec in dataclasses.fields(cls):  # type: ignore[arg-type]
+        path = f"{where}.{spec.name}" if where else spec.name
+        if spec.name not in data:
+            if spec.default is not dataclasses.MISSING or spec.default_factory is not dataclasses.MISSING:
+                continue
+            raise EdgelalmError(f"{manifest_path}: missing {path}")
+        value = _value(hints[spec.name], data[spec.name], path, manifest_path)
+        if "min" in spec.metadata and value < spec.metadata["min"]:
+            raise EdgelalmError(f"{manifest_path}: {path} must be at least {spec.metadata['min']}, got {value}")
+        values[spec.name] = value
+    return cls(**values)
+
+
+def _value(hint: Any, value: Any, path: str, manifest_path: Path) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [arg for arg in args if arg is not type(None)]
+        return _value(inner, value, path, manifest_path)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, path, manifest_path)
+    if origin is dict:
+        key_type, item_type = args
+        if not isinstance(value, dict):
+            raise EdgelalmError(f"{manifest_path}: {path} must be an object")
+        return {key: _value(item_type, item, f"{path}.{key}", manifest_path) for key, item in value.items()}
+    if origin is list:
+        if not isinstance(value, list):
+            raise EdgelalmError(f"{manifest_path}: {path} must be a list")
+        return [_value(args[0], item, f"{path}[{index}]", manifest_path) for index, item in enumerate(value)]
+    if hint is Any:
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise EdgelalmError(f"{manifest_path}: {path} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MAX_INT:
+            raise EdgelalmError(f"{manifest_path}: {path} must be an integer from 0 to {_MAX_INT}, got {_short(value)}")
+        return value
+    if hint is float:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+            raise EdgelalmError(f"{manifest_path}: {path} must be a finite number >= 0, got {_short(value)}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise EdgelalmError(f"{manifest_path}: {path} must be a string, got {_short(value)}")
+        return value
+    raise TypeError(f"manifest field {path} has a type the reader does not know: {hint}")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

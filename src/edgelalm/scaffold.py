@@ -29,6 +29,8 @@ from transformers import (
 )
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX as QWEN2_SPLIT_REGEX
 
+from edgelalm.constants import SAMPLING_RATE
+
 ENDOFTEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
@@ -39,7 +41,6 @@ AUDIO_EOS = "<|audio_eos|>"
 # Qwen2-Audio's added tokens, in the order Qwen numbers them (151643 .. 151648 in the 7B tokenizer).
 SPECIAL_TOKENS: tuple[str, ...] = (ENDOFTEXT, IM_START, IM_END, AUDIO_TOKEN, AUDIO_BOS, AUDIO_EOS)
 
-SAMPLING_RATE = 16_000
 MEL_BINS = 128
 HOP_LENGTH = 160
 N_FFT = 400

@@ -12,7 +12,6 @@ matches the end of the module's dotted path at a name boundary; the first matchi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -26,6 +25,7 @@ import torch
 from safetensors import safe_open
 
 from edgelalm.errors import EdgelalmError
+from edgelalm.files import sha256_of
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -203,7 +203,7 @@ def open_adapter(path: Path, decoder_shapes: dict[str, tuple[int, ...]]) -> Lora
         rank=rank,
         alpha=alpha,
         target_modules=tuple(sorted(name.removesuffix(".weight") for name in modules)),
-        sha256=file_sha256(weights_file),
+        sha256=sha256_of(weights_file),
         use_rslora=use_rslora,
         peft_type=str(config["peft_type"]),
         base_model_name=str(config["base_model_name_or_path"]) if config.get("base_model_name_or_path") else None,
@@ -218,7 +218,7 @@ def check_adapter_files(path: Path) -> Path:
     if not path.exists():
         raise EdgelalmError(f"adapter folder not found: {path}")
     if not path.is_dir():
-        raise EdgelalmError(f"--adapter must be a peft adapter folder, not a file: {path}")
+        raise EdgelalmError(f"{path} is a file; an adapter is a peft folder (adapter_config.json, adapter_model.safetensors)")
     weights_file = path / WEIGHTS_FILE
     if not weights_file.is_file():
         pickles = [name for name in PICKLE_WEIGHTS_FILES if (path / name).is_file()]
@@ -423,10 +423,3 @@ def check_factor_shapes(
             f"({A_key} {A_shape}, {B_key} {B_shape})"
         )
 
-
-def file_sha256(file: Path) -> str:
-    digest = hashlib.sha256()
-    with file.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

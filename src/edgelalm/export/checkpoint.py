@@ -122,7 +122,7 @@ def open_checkpoint(path: Path) -> Checkpoint:
     if not path.exists():
         raise EdgelalmError(f"model folder not found: {path}")
     if not path.is_dir():
-        raise EdgelalmError(f"--model must be a checkpoint folder, not a file: {path}")
+        raise EdgelalmError(f"{path} is a file; a checkpoint is a folder (config.json, *.safetensors, ...)")
     config_file = path / "config.json"
     if not config_file.is_file():
         raise EdgelalmError(f"{path} is not a Hugging Face checkpoint: it has no config.json")

@@ -19,9 +19,7 @@ import torch
 from torch import nn
 
 from edgelalm.compression import CompressorSpec
-
-COMPRESSOR_FILE_INPUT = "audio_frames"
-COMPRESSOR_FILE_OUTPUT = "audio_embeddings"
+from edgelalm.constants import COMPRESSOR_INPUT, COMPRESSOR_OUTPUT
 # Guards 1 - cos against zero-norm frames (silence after a layer norm can get close).
 COSINE_EPS = 1e-8
 
@@ -151,8 +149,8 @@ def export_compressor_onnx(module: CompressorProjector, encoder_width: int, path
             module,
             (example,),
             dynamic_shapes={"audio_frames": {0: frames}},
-            input_names=[COMPRESSOR_FILE_INPUT],
-            output_names=[COMPRESSOR_FILE_OUTPUT],
+            input_names=[COMPRESSOR_INPUT],
+            output_names=[COMPRESSOR_OUTPUT],
             dynamo=True,
             verbose=False,
         )

@@ -19,15 +19,14 @@ import gguf
 import numpy as np
 import torch
 
+from edgelalm.constants import GGUF_ARCHITECTURE, QUANT_TYPES
 from edgelalm.errors import EdgelalmError
 from edgelalm.export.checkpoint import Checkpoint
 
 if TYPE_CHECKING:
     from edgelalm.export.adapter import LoraAdapter
 
-GGUF_ARCHITECTURE = "qwen2"
-# --quant name -> llama.cpp file type; f32 and f16 are written directly by gguf-py.
-QUANT_TYPES = ("f32", "f16", "q8_0", "q4_k_m", "q4_0")
+# The GGUF type -> llama.cpp file type; f32 and f16 are written directly by gguf-py.
 _LLAMA_FTYPE_NAMES = {
     "f32": "LLAMA_FTYPE_ALL_F32",
     "f16": "LLAMA_FTYPE_MOSTLY_F16",

@@ -14,6 +14,7 @@ The runtime reads what this module writes in `edgelalm.runtime.encoder`.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Literal
 
@@ -21,14 +22,15 @@ import torch
 from torch import nn
 
 # The graph's contract, shared with the runtime that feeds it.
-from edgelalm.runtime.features import MIN_MEL_FRAMES, RIGHT_CONTEXT_FRAMES
+from edgelalm.constants import (
+    ENCODER_INPUT,
+    ENCODER_OUTPUT,
+    ENCODER_RIGHT_CONTEXT_INPUT,
+    MIN_MEL_FRAMES,
+    RIGHT_CONTEXT_FRAMES,
+)
 
-ENCODER_INPUT = "mel"
-ENCODER_RIGHT_CONTEXT_INPUT = "mel_right_context"
-ENCODER_OUTPUT = "audio_frames"
-
-EncoderPrecision = Literal["fp32", "fp16", "int8"]
-ENCODER_PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+EncoderPrecision = Literal["fp32", "fp16", "int8"]  # edgelalm.constants.ENCODER_PRECISIONS
 
 
 class ClipLengthAudioEncoder(nn.Module):
@@ -64,10 +66,10 @@ def export_encoder_onnx(audio_tower: nn.Module, path: Path, precision: EncoderPr
     """
     config = audio_tower.config
     max_mel_frames = 2 * config.max_source_positions
-    tower = audio_tower.eval()
-    if precision == "fp16":
-        tower = tower.half()
-    module = ClipLengthAudioEncoder(tower).eval()
+    # fp16 traces a half-precision copy: the caller's fp32 tower, the reference the export is
+    # checked against, must keep its weights (an in-place .half().float() would round them).
+    tower = copy.deepcopy(audio_tower).half() if precision == "fp16" else audio_tower
+    module = ClipLengthAudioEncoder(tower.eval()).eval()
     example_frames = min(max_mel_frames, 200)
     mel = torch.randn(config.num_mel_bins, example_frames)
     context = torch.randn(config.num_mel_bins, RIGHT_CONTEXT_FRAMES)
@@ -84,8 +86,6 @@ def export_encoder_onnx(audio_tower: nn.Module, path: Path, precision: EncoderPr
             verbose=False,
         )
     program.save(str(target), external_data=True)
-    if precision == "fp16":
-        audio_tower.float()
     if precision == "int8":
         _quantize_matmuls_int8(target, path)
         for leftover in (target, target.with_name(target.name + ".data")):

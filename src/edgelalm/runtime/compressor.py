@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgelalm.constants import COMPRESSOR_INPUT
 from edgelalm.runtime.encoder import onnx_session
 
 
@@ -18,4 +19,4 @@ class CompressorProjector:
 
     def __call__(self, audio_frames: np.ndarray) -> np.ndarray:
         """Audio embeddings [N, hidden] in the decoder's input space."""
-        return self.session.run(None, {"audio_frames": audio_frames})[0]
+        return self.session.run(None, {COMPRESSOR_INPUT: audio_frames})[0]

@@ -203,9 +203,11 @@ class LlamaDecoder:
         pointer = llama_cpp.llama_get_logits_ith(self.context, -1)
         return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy()
 
-    def generate(self, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> Iterator[int]:
+    def generate(
+        self, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, stop_ids: frozenset[int] = frozenset()
+    ) -> Iterator[int]:
         """Sample up to `max_tokens` ids with llama.cpp's sampler chain (greedy at
-        temperature 0), stopping before an end-of-generation token."""
+        temperature 0), stopping before an end-of-generation token (llama.cpp's, or one of `stop_ids`)."""
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         if temperature <= 0:
             llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
@@ -216,7 +218,7 @@ class LlamaDecoder:
         try:
             for _ in range(max_tokens):
                 token_id = llama_cpp.llama_sampler_sample(chain, self.context, -1)
-                if self.is_end_of_generation(token_id):
+                if self.is_end_of_generation(token_id) or token_id in stop_ids:
                     return
                 yield token_id
                 self.feed_tokens([token_id])

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
+from edgelalm.constants import ENCODER_INPUT, ENCODER_RIGHT_CONTEXT_INPUT
 from edgelalm.runtime.features import WindowFeatures
 
 
@@ -38,5 +39,5 @@ class AudioEncoder:
 
     def __call__(self, features: WindowFeatures) -> np.ndarray:
         """Encoder frames [L, D] at 25 per second."""
-        inputs = {"mel": features.mel, "mel_right_context": features.right_context}
+        inputs = {ENCODER_INPUT: features.mel, ENCODER_RIGHT_CONTEXT_INPUT: features.right_context}
         return self.session.run(None, inputs)[0]

@@ -15,10 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# The encoder's stride-2 convolution reads two frames past the clip's last one.
-RIGHT_CONTEXT_FRAMES = 2
-# A clip needs 3 mel frames (30 ms) to give one encoder frame.
-MIN_MEL_FRAMES = 3
+from edgelalm.constants import RIGHT_CONTEXT_FRAMES
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import codecs
 import contextlib
 import functools
-import resource
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -19,30 +18,17 @@ from typing import Any
 
 import numpy as np
 
-from edgelalm.compression import ENCODER_FRAMES_PER_SECOND, CompressorSpec
+from edgelalm.compression import CompressorSpec
+from edgelalm.constants import DEVICES, ENCODER_FRAMES_PER_SECOND, MANIFEST_FILE, MIN_MEL_FRAMES
 from edgelalm.errors import EdgelalmError
-from edgelalm.manifest import (
-    COMPRESSOR_FILE,
-    DECODER_FILE,
-    ENCODER_FILE,
-    MANIFEST_FILE,
-    MEL_FILTERS_FILE,
-    read_manifest,
-)
+from edgelalm.manifest import read_manifest
 from edgelalm.runtime.audio import prepare_samples, read_audio, truncation_warning
 from edgelalm.runtime.compressor import CompressorProjector
 from edgelalm.runtime.decoder import LlamaDecoder
 from edgelalm.runtime.encoder import AudioEncoder, encoder_output_frames
-from edgelalm.runtime.features import (
-    MIN_MEL_FRAMES,
-    FeatureSettings,
-    log_mel_window,
-    mel_frames_for,
-    split_windows,
-)
+from edgelalm.runtime.features import FeatureSettings, log_mel_window, mel_frames_for, split_windows
 from edgelalm.runtime.llama_backend import ExtraBuffers, usable_cores
-
-DEVICES = ("cpu", "cuda")
+from edgelalm.runtime.memory import peak_rss_mb
 
 
 @dataclass
@@ -63,18 +49,6 @@ class RunResult:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory. Linux's VmHWM belongs to the process's own address
-    space; ru_maxrss would carry over a parent's peak across fork and exec."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def latest_bundle(root: Path) -> Path:
@@ -103,34 +77,34 @@ class Runtime:
         # One count for onnxruntime and llama.cpp: the cores this process may use (llama.cpp's own
         # default of 4 oversubscribed 2 cores; onnxruntime's counts the host's, not the container's).
         threads = threads or usable_cores()
-        self.manifest = read_manifest(self.bundle)
-        if not self.manifest.get("decoder"):
+        self.manifest = manifest = read_manifest(self.bundle)
+        if manifest.decoder is None:
             raise EdgelalmError(f"bundle {self.bundle} has no decoder; re-export it with this edgelalm")
         providers, gpu_layers = device_settings(device)
-        features = self.manifest["features"]
+        features = manifest.features
         self.features = FeatureSettings(
-            sampling_rate=features["sampling_rate"],
-            n_fft=features["n_fft"],
-            hop_length=features["hop_length"],
-            window_samples=features["window_mel_frames"] * features["hop_length"],
-            mel_filters=np.load(self.bundle / MEL_FILTERS_FILE, allow_pickle=False),
+            sampling_rate=features.sampling_rate,
+            n_fft=features.n_fft,
+            hop_length=features.hop_length,
+            window_samples=features.window_mel_frames * features.hop_length,
+            mel_filters=load_mel_filters(self.bundle / features.mel_filters_file, features.n_fft, features.num_mel_bins),
         )
-        compressor = self.manifest["compressor"]
-        self.compressor_spec = CompressorSpec(compressor["name"], compressor["factor"])
-        self.encoder = AudioEncoder(self.bundle / ENCODER_FILE, providers, threads, cpu_arena)
-        self.compressor = CompressorProjector(self.bundle / COMPRESSOR_FILE, providers, threads, cpu_arena)
-        self.context_limit = int(self.manifest["decoder"]["context_length"])
+        self.compressor_spec = CompressorSpec(manifest.compressor.name, manifest.compressor.factor)
+        self.encoder = AudioEncoder(self.bundle / manifest.encoder.file, providers, threads, cpu_arena)
+        self.compressor = CompressorProjector(self.bundle / manifest.compressor.file, providers, threads, cpu_arena)
+        self.context_limit = manifest.decoder.context_length
         self.decoder = LlamaDecoder(
-            self.bundle / DECODER_FILE,
+            self.bundle / manifest.decoder.file,
             n_ctx=256,
             n_threads=threads,
             n_gpu_layers=gpu_layers,
             kv_cache_type=kv_cache_type,
             extra_buffers=llama_extra_buffers,
         )
-        prompt = self.manifest["prompt"]
-        self.before_audio = self.decoder.tokenize(prompt["before_audio"])
-        self.default_prompt = prompt["default_prompt"]
+        self.prompt = manifest.prompt
+        self.before_audio = self.decoder.tokenize(self.prompt.before_audio)
+        # The checkpoint's own stop tokens, beside the ones llama.cpp reads from the GGUF.
+        self.stop_ids = frozenset(manifest.special_tokens.end_of_turn_ids)
 
     def close(self) -> None:
         self.decoder.close()
@@ -142,8 +116,7 @@ class Runtime:
         self.close()
 
     def prompt_tokens_after_audio(self, prompt: str) -> list[int]:
-        template = self.manifest["prompt"]
-        return self.decoder.tokenize(template["after_audio"] + prompt + template["after_prompt"])
+        return self.decoder.tokenize(self.prompt.after_audio + prompt + self.prompt.after_prompt)
 
     def run(
         self,
@@ -159,7 +132,7 @@ class Runtime:
         """Answer `prompt` (default: the bundle's transcription prompt) about `audio`, a file
         or samples at `sampling_rate`; `on_text` receives the answer as it is generated."""
         if max_tokens < 1:
-            raise EdgelalmError(f"--max-tokens must be >= 1, got {max_tokens}")
+            raise EdgelalmError(f"max_tokens must be >= 1, got {max_tokens}")
         started = time.perf_counter()
         timings: dict[str, float] = {}
         clock = functools.partial(_lap, timings)
@@ -174,7 +147,7 @@ class Runtime:
                 raise EdgelalmError(f"the clip is too short ({seconds * 1000:.0f} ms): the encoder needs at least 30 ms")
         # After the read: the file is known to exist and to be audio.
         warnings = [] if isinstance(audio, np.ndarray) else [note for note in [truncation_warning(Path(audio))] if note]
-        prompt_ids = self.prompt_tokens_after_audio(self.default_prompt if prompt is None else prompt)
+        prompt_ids = self.prompt_tokens_after_audio(self.prompt.default_prompt if prompt is None else prompt)
         text_tokens = len(self.before_audio) + len(prompt_ids)
         encoder_frames = sum(encoder_output_frames(mel_frames_for(len(w), self.features)) for w in windows)
         self._check_context(encoder_frames, self.compressor_spec.max_audio_tokens, text_tokens, max_tokens, exact=False)
@@ -233,7 +206,7 @@ class Runtime:
         first_token_at = None
         decode_started = time.perf_counter()
         generated = 0
-        for token_id in self.decoder.generate(max_tokens, temperature, top_p, seed):
+        for token_id in self.decoder.generate(max_tokens, temperature, top_p, seed, stop_ids=self.stop_ids):
             if first_token_at is None:
                 first_token_at = decode_started = time.perf_counter()
             generated += 1
@@ -266,7 +239,7 @@ class Runtime:
         room = self.context_limit - text_tokens - max_tokens
         seconds = encoder_frames / ENCODER_FRAMES_PER_SECOND
         advice = (
-            f"; avg or sample with --factor {-(-encoder_frames // room)} would fit it"
+            f"; avg or sample with a factor K={-(-encoder_frames // room)} would fit it"
             if room > 0
             else "; lower --max-tokens"
         )
@@ -287,12 +260,24 @@ def _lap(timings: dict[str, float], stage: str) -> Iterator[None]:
         timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - started) * 1000
 
 
+def load_mel_filters(path: Path, n_fft: int, num_mel_bins: int) -> np.ndarray:
+    """The bundle's mel filterbank, checked against the manifest's feature settings."""
+    try:
+        filters = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise EdgelalmError(f"{path} is not a numpy array file: {error}") from None
+    expected = (n_fft // 2 + 1, num_mel_bins)
+    if filters.shape != expected or not np.issubdtype(filters.dtype, np.floating) or not np.isfinite(filters).all():
+        raise EdgelalmError(f"{path}: expected finite mel filters of shape {expected}, got {filters.dtype} {filters.shape}")
+    return filters
+
+
 def device_settings(device: str) -> tuple[list[str], int]:
     """onnxruntime providers and llama.cpp GPU layers for `device`, or a clear refusal."""
     if device == "cpu":
         return ["CPUExecutionProvider"], 0
-    if device != "cuda":
-        raise EdgelalmError(f"unknown --device {device!r}; choose cpu or cuda")
+    if device not in DEVICES:
+        raise EdgelalmError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
     import llama_cpp
     import onnxruntime
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -32,7 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edgelalm.constants import SAMPLING_RATE
 from edgelalm.errors import EdgelalmError
+from edgelalm.files import atomic_folder
 from edgelalm.training import speech, texts
 from edgelalm.training.texts import Split
 
@@ -125,7 +126,7 @@ def build_dataset(
     workers: int = 2,
     progress: bool = True,
     max_seconds: float = 10.0,
-    sampling_rate: int = speech.SAMPLING_RATE,
+    sampling_rate: int = SAMPLING_RATE,
     shard_utterances: int = SHARD_UTTERANCES,
     overwrite: bool = False,
     grammar_version: int = texts.GRAMMAR_VERSION,
@@ -147,13 +148,35 @@ def build_dataset(
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise EdgelalmError(f"{out} already exists (pass overwrite=True to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.parent / f".{out.name}.partial"
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir()
-
     started = time.perf_counter()
+    with atomic_folder(out, force=True) as partial:
+        info = _render_into(partial, split, count, seed, workers, progress, max_seconds, sampling_rate,
+                            shard_utterances, grammar_version)
+    if progress:
+        took = time.perf_counter() - started
+        total_seconds = info["total_seconds"]
+        print(
+            f"{out}: {count} utterances, {total_seconds / 3600:.2f} h of audio "
+            f"({total_seconds / count:.2f} s average), {info['skipped_longer_than_max']} longer than {max_seconds:g} s "
+            f"skipped, {took:.1f} s ({1000 * took / count:.1f} ms per utterance)",
+            file=sys.stderr,
+        )
+    return out
+
+
+def _render_into(
+    partial: Path,
+    split: Split,
+    count: int,
+    seed: int,
+    workers: int,
+    progress: bool,
+    max_seconds: float,
+    sampling_rate: int,
+    shard_utterances: int,
+    grammar_version: int,
+) -> dict:
+    """Render the utterances into the (staging) folder `partial`; returns dataset.json's content."""
     bar = _Progress(count, f"{split} ({count})") if progress else None
     shards: list[dict] = []
     records: list[dict] = []
@@ -199,9 +222,6 @@ def build_dataset(
                     break
         if pending:
             flush()
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     finally:
         if bar:
             bar.close()
@@ -225,18 +245,7 @@ def build_dataset(
         "versions": _versions(),
     }
     (partial / "dataset.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
-    if progress:
-        took = time.perf_counter() - started
-        print(
-            f"{out}: {count} utterances, {total_seconds / 3600:.2f} h of audio "
-            f"({total_seconds / count:.2f} s average), {skipped} longer than {max_seconds:g} s skipped, "
-            f"{took:.1f} s ({1000 * took / count:.1f} ms per utterance)",
-            file=sys.stderr,
-        )
-    return out
+    return info
 
 
 def _versions() -> dict[str, str]:

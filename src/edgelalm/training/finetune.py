@@ -96,7 +96,7 @@ def load_for_training(model_dir: Path, device: str):
 
     open_checkpoint(model_dir)  # validates: a Qwen2-Audio checkpoint with safetensors weights
     if device == "cuda" and not torch.cuda.is_available():
-        raise EdgelalmError("--device cuda: this torch build sees no CUDA GPU")
+        raise EdgelalmError("device cuda: this torch build sees no CUDA GPU")
     model = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True)
     processor = Qwen2AudioProcessor.from_pretrained(model_dir)
     return model.to(device).eval(), processor
@@ -107,14 +107,14 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from edgelalm.export.bundle import atomic_folder
+    from edgelalm.files import atomic_folder
     from edgelalm.export.compressor import build_compressor
     from edgelalm.training.train import TrainSettings, plot_losses, train
 
     if options.steps < 1 or options.batch_size < 1:
-        raise EdgelalmError("--steps and --batch-size must be at least 1")
+        raise EdgelalmError("steps and batch size must be at least 1")
     if options.rank < 1 or options.alpha <= 0:
-        raise EdgelalmError("--rank must be at least 1 and --alpha positive")
+        raise EdgelalmError("the LoRA rank must be at least 1 and alpha positive")
     # peft asks transformers a deprecated question; the user can do nothing about it.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     model, processor = load_for_training(options.model_dir, options.device)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
 
-from edgelalm.export.bundle import DEFAULT_PROMPT, chat_template_pieces
+from edgelalm.prompt import DEFAULT_PROMPT, chat_template_pieces
 from edgelalm.runtime.encoder import encoder_output_frames
 from edgelalm.runtime.features import valid_mel_frames
 
@@ -125,8 +125,8 @@ class PromptIds:
             return tokenizer(text, add_special_tokens=False)["input_ids"]
 
         return cls(
-            before_audio=ids(pieces["before_audio"]),
-            after_audio=ids(pieces["after_audio"] + prompt + pieces["after_prompt"]),
+            before_audio=ids(pieces.before_audio),
+            after_audio=ids(pieces.after_audio + prompt + pieces.after_prompt),
             end_of_answer=tokenizer.convert_tokens_to_ids("<|im_end|>"),
         )
 

@@ -23,12 +23,12 @@ from functools import lru_cache
 import numpy as np
 import soundfile
 
+from edgelalm.constants import SAMPLING_RATE
 from edgelalm.errors import EdgelalmError
 from edgelalm.runtime.audio import prepare_samples
 from edgelalm.training.texts import Split
 
 ESPEAK = "espeak-ng"
-SAMPLING_RATE = 16000
 
 # espeak-ng's limits for -s and -p
 SPEED_RANGE_WPM = (80, 450)

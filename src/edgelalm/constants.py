@@ -1,0 +1,46 @@
+"""The bundle contract: every name and number that export writes and the runtime reads, in one
+place that both import (as gguf-py's constants.py). Imports nothing: the CLI reads its choices
+from here without loading torch, onnxruntime or llama.cpp.
+"""
+
+from __future__ import annotations
+
+# -- audio ------------------------------------------------------------------------------------
+
+# What every stage after the audio reader expects (Whisper's and Qwen2-Audio's rate).
+SAMPLING_RATE = 16_000
+# Qwen2-Audio's audio tower: 100 mel frames/s, conv stride 2, then AvgPool1d(2, 2).
+ENCODER_FRAMES_PER_SECOND = 25.0
+# The encoder's stride-2 convolution reads two mel frames past the clip's last one.
+RIGHT_CONTEXT_FRAMES = 2
+# A clip needs 3 mel frames (30 ms) to give one encoder frame.
+MIN_MEL_FRAMES = 3
+
+# -- the bundle folder ----------------------------------------------------------------------
+
+BUNDLE_FORMAT = "edgelalm-bundle"
+BUNDLE_FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+ENCODER_FILE = "encoder.onnx"
+COMPRESSOR_FILE = "compressor.onnx"
+DECODER_FILE = "decoder.gguf"
+# The checkpoint's own mel filterbank [n_fft // 2 + 1, n_mels] (as whisper ships mel_filters.npz).
+MEL_FILTERS_FILE = "mel_filters.npy"
+
+# -- graph inputs and outputs ---------------------------------------------------------------
+
+# encoder.onnx: mel [n_mels, T] + mel_right_context [n_mels, 2] -> audio_frames [L, audio_width]
+ENCODER_INPUT = "mel"
+ENCODER_RIGHT_CONTEXT_INPUT = "mel_right_context"
+ENCODER_OUTPUT = "audio_frames"
+# compressor.onnx: audio_frames [L, audio_width] -> audio_embeddings [N, hidden_size]
+COMPRESSOR_INPUT = ENCODER_OUTPUT
+COMPRESSOR_OUTPUT = "audio_embeddings"
+
+# -- choices ---------------------------------------------------------------------------------
+
+ENCODER_PRECISIONS = ("fp32", "fp16", "int8")
+# The decoder's GGUF types: written directly (f32, f16) or by llama.cpp's quantizer.
+QUANT_TYPES = ("f32", "f16", "q8_0", "q4_k_m", "q4_0")
+GGUF_ARCHITECTURE = "qwen2"
+DEVICES = ("cpu", "cuda")

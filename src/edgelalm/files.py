@@ -1,0 +1,73 @@
+"""Files, once each: a folder written atomically, a link that falls back to a copy, a file's SHA-256.
+Torch-free."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from edgelalm.errors import EdgelalmError
+
+_CHUNK_BYTES = 1 << 20
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """A hard link (no second copy on disk); a copy where the file system refuses one."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+@contextlib.contextmanager
+def atomic_folder(target: Path, force: bool) -> Iterator[Path]:
+    """Yield an empty staging folder beside `target`; on success it becomes `target`
+    (replacing it only with `force`); on any failure it, and any parent folder created for
+    it, is removed."""
+    target = target.absolute()
+    if target.exists() and not force:
+        raise EdgelalmError(f"{target} already exists; pass --force to replace it")
+    if target.exists() and not target.is_dir():
+        raise EdgelalmError(f"{target} is a file, not a folder")
+    created_parents = [p for p in [target.parent, *target.parent.parents] if not p.exists()]
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    except OSError as error:
+        _remove_empty(created_parents)
+        # /proc and the like exist but refuse new entries with ENOENT, which would read as "not found".
+        reason = "it does not accept new folders" if target.parent.is_dir() and error.errno == errno.ENOENT else error.strerror
+        raise EdgelalmError(f"cannot write to {target.parent}: {reason or error}") from None
+    try:
+        yield staging
+        if target.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            target.rename(retired / target.name)
+            staging.rename(target)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        _remove_empty(created_parents)
+        raise
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:  # deepest first
+        with contextlib.suppress(OSError):
+            folder.rmdir()

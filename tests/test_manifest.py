@@ -1,0 +1,146 @@
+"""The typed manifest: what export writes reads back equal; a bundle written before still loads;
+a malformed manifest is refused with one line naming the file and the field, never a traceback,
+and nothing it names can lead the reader outside the bundle folder."""
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgelalm.constants import MANIFEST_FILE
+from edgelalm.errors import EdgelalmError
+from edgelalm.manifest import Manifest, read_manifest
+
+BEFORE = Path(__file__).parent / "data" / "bundles" / "manifest-v1-tiny-none-q4_0.json"
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_bundles):
+    pytest.importorskip("torch")
+    return tiny_bundles("avg", 3)
+
+
+@pytest.fixture
+def editable(bundle, tmp_path):
+    """A copy of the bundle whose manifest a test edits as JSON: `edit(lambda m: ...)` -> folder."""
+    folder = tmp_path / "bundle"
+    shutil.copytree(bundle, folder)
+
+    def edit(change):
+        data = json.loads((folder / MANIFEST_FILE).read_text())
+        change(data)
+        (folder / MANIFEST_FILE).write_text(json.dumps(data))
+        return folder
+
+    return edit
+
+
+def test_what_export_writes_reads_back_equal(bundle):
+    manifest = read_manifest(bundle)
+    assert isinstance(manifest, Manifest)
+    assert manifest.to_json() == json.loads((bundle / MANIFEST_FILE).read_text())
+    assert manifest.compressor.name == "avg" and manifest.compressor.factor == 3
+    assert manifest.special_tokens.im_end.text == "<|im_end|>"
+
+
+def test_a_manifest_written_before_the_typed_reader_still_loads(tmp_path):
+    """The manifest of a bundle exported by the previous release (format version 1)."""
+    (tmp_path / MANIFEST_FILE).write_text(BEFORE.read_text())
+    manifest = read_manifest(tmp_path, verify_files=False)
+    assert manifest.decoder.quant == "q4_0" and manifest.features.window_mel_frames == 1000
+    assert manifest.prompt.default_prompt == "Transcribe the audio."
+
+
+def test_unknown_keys_are_ignored(editable):
+    folder = editable(lambda m: (m.update(extra={"from": "a later writer"}), m["decoder"].update(note="x")))
+    read_manifest(folder)
+
+
+def _drop(path):
+    def change(data):
+        *parents, last = path.split(".")
+        for key in parents:
+            data = data[key]
+        del data[last]
+
+    return change
+
+
+def _set(path, value):
+    def change(data):
+        *parents, last = path.split(".")
+        for key in parents:
+            data = data[key]
+        data[last] = value
+
+    return change
+
+
+MALFORMED = [
+    ("prompt deleted", _drop("prompt"), "missing prompt"),
+    ("a nested key deleted", _drop("decoder.quant"), "missing decoder.quant"),
+    ("a section of the wrong type", _set("features", []), "features must be an object"),
+    ("a string where a number belongs", _set("features.sampling_rate", "16000"), "features.sampling_rate must be an integer"),
+    ("a float where an integer belongs", _set("decoder.layers", 2.5), "decoder.layers must be an integer"),
+    ("true where an integer belongs", _set("compressor.factor", True), "compressor.factor must be an integer"),
+    ("a negative number", _set("features.hop_length", -160), "features.hop_length must be an integer from 0"),
+    ("zero where the runtime divides", _set("features.hop_length", 0), "features.hop_length must be at least 1"),
+    ("a huge number", _set("decoder.context_length", 2**40), "decoder.context_length must be an integer from 0 to 2147483647"),
+    ("not a number", _set("features.window_seconds", math.nan), "features.window_seconds must be a finite number"),
+    ("a list where a string belongs", _set("prompt.before_audio", ["<|im_start|>"]), "prompt.before_audio must be a string"),
+    ("a token id that is text", _set("special_tokens.im_end.id", "151645"), "special_tokens.im_end.id must be an integer"),
+    ("an unknown type inside a list", _set("special_tokens.end_of_turn_ids", [1, "x"]), "end_of_turn_ids[1] must be an integer"),
+    ("a graph input renamed", _set("encoder.inputs", {"input_features": "[n, T]"}), "encoder.inputs is ['input_features']"),
+    ("another right context", _set("encoder.right_context_frames", 3), "encoder.right_context_frames is 3; this edgelalm reads 2"),
+    ("a file outside the bundle", lambda m: m["files"].update({"../outside.bin": {"bytes": 1, "sha256": "0"}}),
+     "'../outside.bin' is not a plain file name inside the bundle"),
+    ("an absolute file name", lambda m: m["files"].update({"/etc/passwd": {"bytes": 1, "sha256": "0"}}),
+     "'/etc/passwd' is not a plain file name"),
+    ("a section naming a file outside", _set("decoder.file", "../decoder.gguf"), "'../decoder.gguf' is named by a section but not listed"),
+    ("a section naming an unlisted file", _set("encoder.file", "other.onnx"), "'other.onnx' is named by a section but not listed"),
+    ("a named file without its record", lambda m: m["files"].pop("decoder.gguf"), "'decoder.gguf' is named by a section but not listed"),
+    ("a file record without its checksum", lambda m: m["files"]["decoder.gguf"].pop("sha256"), "missing files.decoder.gguf.sha256"),
+]
+
+
+@pytest.mark.parametrize(("case", "change", "message"), MALFORMED, ids=[case for case, _, _ in MALFORMED])
+def test_a_malformed_manifest_is_one_line_naming_the_field(editable, case, change, message):
+    folder = editable(change)
+    with pytest.raises(EdgelalmError) as caught:
+        read_manifest(folder)
+    text = str(caught.value)
+    assert "\n" not in text and text.startswith(str(folder / MANIFEST_FILE)), text
+    assert message in text, text
+
+
+def test_the_command_line_says_it_in_one_line(editable):
+    folder = editable(_drop("prompt"))
+    for command in (["inspect", str(folder)], ["run", "x.wav", "--bundle", str(folder)], ["doctor", "--bundle", str(folder)]):
+        completed = subprocess.run([sys.executable, "-m", "edgelalm.cli", *command], capture_output=True, text=True, timeout=300)
+        assert completed.returncode == 1 and "Traceback" not in completed.stderr, completed.stderr
+        assert completed.stderr.strip().splitlines()[-1] == f"edgelalm: error: {folder / MANIFEST_FILE}: missing prompt"
+
+
+def test_a_symlink_in_the_bundle_is_refused(bundle, tmp_path):
+    """decoder.gguf replaced by a link to an identical file outside the folder: the checksum would
+    match, but the reader must not follow it out of the bundle."""
+    folder = tmp_path / "bundle"
+    shutil.copytree(bundle, folder)
+    outside = tmp_path / "outside.gguf"
+    shutil.copy2(folder / "decoder.gguf", outside)
+    (folder / "decoder.gguf").unlink()
+    (folder / "decoder.gguf").symlink_to(outside)
+    with pytest.raises(EdgelalmError, match="decoder.gguf: symbolic link"):
+        read_manifest(folder)
+
+
+def test_a_manifest_that_is_not_json_or_too_deep(editable, bundle, tmp_path):
+    folder = tmp_path / "b"
+    shutil.copytree(bundle, folder)
+    (folder / MANIFEST_FILE).write_text("[" * 100000)
+    with pytest.raises(EdgelalmError, match="is not valid JSON"):
+        read_manifest(folder)
