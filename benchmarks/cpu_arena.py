@@ -27,23 +27,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    plan = BenchPlan(model=str(args.bundle), out_dir=args.out or Path("."), repeats=args.repeats, max_tokens=args.max_tokens)
+    plan = BenchPlan(
+        model=str(args.bundle), out_dir=args.out or Path("."), repeats=args.repeats, max_tokens=args.max_tokens
+    )
     rows = []
     for seconds in [float(s) for s in args.seconds.split(",")]:
         for cpu_arena in (True, False):
             result = measure_in_subprocess("edgelalm", args.bundle, "-", seconds, plan, cpu_arena=cpu_arena)
             if "error" in result:
                 raise SystemExit(f"cpu_arena: error: {result['error']}")
-            rows.append({"seconds": seconds, "cpu_arena": cpu_arena, "peak_rss_mb": result["peak_rss_mb"],
-                         "encoder_ms": result["timings_ms"]["encoder"], "total_ms": result["timings_ms"]["total"]})
-            print(f"{seconds:g} s, arena {'on' if cpu_arena else 'off'}: {result['peak_rss_mb']:.0f} MB", file=sys.stderr)
-    lines = ["| clip s | peak RSS MB, arena on | arena off | off/on | encoder ms, arena on | arena off | off/on |",
-             "|---|---|---|---|---|---|---|"]
-    for on, off in zip(rows[::2], rows[1::2]):
+            rows.append(
+                {
+                    "seconds": seconds,
+                    "cpu_arena": cpu_arena,
+                    "peak_rss_mb": result["peak_rss_mb"],
+                    "encoder_ms": result["timings_ms"]["encoder"],
+                    "total_ms": result["timings_ms"]["total"],
+                }
+            )
+            print(
+                f"{seconds:g} s, arena {'on' if cpu_arena else 'off'}: {result['peak_rss_mb']:.0f} MB", file=sys.stderr
+            )
+    lines = [
+        "| clip s | peak RSS MB, arena on | arena off | off/on | encoder ms, arena on | arena off | off/on |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for on, off in zip(rows[::2], rows[1::2], strict=True):
         rss_on, rss_off = on["peak_rss_mb"], off["peak_rss_mb"]
         enc_on, enc_off = on["encoder_ms"]["median"], off["encoder_ms"]["median"]
-        lines.append(f"| {on['seconds']:g} | {rss_on:.0f} | {rss_off:.0f} | {rss_off / rss_on:.2f} | "
-                     f"{enc_on:.0f} | {enc_off:.0f} | {enc_off / enc_on:.2f} |")
+        lines.append(
+            f"| {on['seconds']:g} | {rss_on:.0f} | {rss_off:.0f} | {rss_off / rss_on:.2f} | "
+            f"{enc_on:.0f} | {enc_off:.0f} | {enc_off / enc_on:.2f} |"
+        )
     table = "\n".join(lines) + "\n"
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,9 @@ from edgelalm.manifest import Manifest, is_encoder_file, read_manifest
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="small", help="a preset (tiny, small, qwen2-audio-7b) or a checkpoint folder")
+    parser.add_argument(
+        "--model", default="small", help="a preset (tiny, small, qwen2-audio-7b) or a checkpoint folder"
+    )
     parser.add_argument("--precisions", default="fp32,int8", help="comma-separated; the first is the baseline")
     parser.add_argument("--seconds", default="5,30,120")
     parser.add_argument("--repeats", type=int, default=3)
@@ -35,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     precisions = args.precisions.split(",")
     try:
-        plan = BenchPlan(model=args.model, out_dir=args.out, compressors=("none",), repeats=args.repeats, max_tokens=args.max_tokens)
+        plan = BenchPlan(
+            model=args.model, out_dir=args.out, compressors=("none",), repeats=args.repeats, max_tokens=args.max_tokens
+        )
         bundles = ensure_variant_bundles(plan, {p: dataclasses.replace(plan, encoder_precision=p) for p in precisions})
     except EdgelalmError as error:
         raise SystemExit(f"encoder_precision: error: {error}") from None
@@ -47,19 +51,40 @@ def main(argv: list[str] | None = None) -> int:
             if "error" in result:
                 raise SystemExit(f"encoder_precision: error: {precision}, {seconds:g} s: {result['error']}")
             timings = result["timings_ms"]
-            rows.append({"seconds": seconds, "precision": precision, "peak_rss_mb": result["peak_rss_mb"],
-                         "encoder_ms": timings["encoder"], "time_to_first_token_ms": timings["time_to_first_token"]})
-            print(f"{seconds:g} s, {precision}: encoder {timings['encoder']['median']:.0f} ms, "
-                  f"{result['peak_rss_mb']:.0f} MB", file=sys.stderr)
+            rows.append(
+                {
+                    "seconds": seconds,
+                    "precision": precision,
+                    "peak_rss_mb": result["peak_rss_mb"],
+                    "encoder_ms": timings["encoder"],
+                    "time_to_first_token_ms": timings["time_to_first_token"],
+                }
+            )
+            print(
+                f"{seconds:g} s, {precision}: encoder {timings['encoder']['median']:.0f} ms, "
+                f"{result['peak_rss_mb']:.0f} MB",
+                file=sys.stderr,
+            )
     manifests = {precision: read_manifest(bundle, verify_files=False) for precision, bundle in bundles.items()}
-    probes = {precision: manifest.encoder.probe.max_abs_diff_vs_pytorch_fp32 for precision, manifest in manifests.items()}
+    probes = {
+        precision: manifest.encoder.probe.max_abs_diff_vs_pytorch_fp32 for precision, manifest in manifests.items()
+    }
     files = {precision: encoder_bytes(manifest) for precision, manifest in manifests.items()}
     table = markdown_table(rows, precisions, probes, files)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "encoder-precision.json").write_text(
-        json.dumps({"model": args.model, "bundles": {p: str(b) for p, b in bundles.items()}, "encoder_bytes": files,
-                    "probe_max_abs_diff": probes,
-                    "rows": rows}, indent=1) + "\n")
+        json.dumps(
+            {
+                "model": args.model,
+                "bundles": {p: str(b) for p, b in bundles.items()},
+                "encoder_bytes": files,
+                "probe_max_abs_diff": probes,
+                "rows": rows,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     (args.out / "encoder-precision.md").write_text(table)
     print(table)
     return 0
@@ -72,17 +97,22 @@ def encoder_bytes(manifest: Manifest) -> int:
 
 def markdown_table(rows: list[dict], precisions: list[str], probes: dict[str, float], files: dict[str, int]) -> str:
     baseline = precisions[0]
-    lines = [f"| clip s | encoder | file MB | probe max abs diff | encoder ms | vs {baseline} | TTFT ms | vs {baseline} | peak RSS MB | vs {baseline} |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| clip s | encoder | file MB | probe max abs diff | encoder ms | vs {baseline} | TTFT ms | vs "
+        f"{baseline} | peak RSS MB | vs {baseline} |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     by_key = {(row["seconds"], row["precision"]): row for row in rows}
     for row in rows:
         base = by_key[(row["seconds"], baseline)]
         encoder, ttft = row["encoder_ms"]["median"], row["time_to_first_token_ms"]["median"]
         base_encoder, base_ttft = base["encoder_ms"]["median"], base["time_to_first_token_ms"]["median"]
         diff = probes[row["precision"]]
-        lines.append(f"| {row['seconds']:g} | {row['precision']} | {files[row['precision']] / 1e6:.0f} | {diff:.1e} | "
-                     f"{encoder:.0f} | {encoder / base_encoder:.2f} | {ttft:.0f} | {ttft / base_ttft:.2f} | "
-                     f"{row['peak_rss_mb']:.0f} | {row['peak_rss_mb'] / base['peak_rss_mb']:.2f} |")
+        lines.append(
+            f"| {row['seconds']:g} | {row['precision']} | {files[row['precision']] / 1e6:.0f} | {diff:.1e} | "
+            f"{encoder:.0f} | {encoder / base_encoder:.2f} | {ttft:.0f} | {ttft / base_ttft:.2f} | "
+            f"{row['peak_rss_mb']:.0f} | {row['peak_rss_mb'] / base['peak_rss_mb']:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

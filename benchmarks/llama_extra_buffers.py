@@ -28,7 +28,9 @@ SETTINGS = ("on", "off")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="small", help="a preset (tiny, small, qwen2-audio-7b) or a checkpoint folder")
+    parser.add_argument(
+        "--model", default="small", help="a preset (tiny, small, qwen2-audio-7b) or a checkpoint folder"
+    )
     parser.add_argument("--quants", default="q8_0,q4_0")
     parser.add_argument("--seconds", default="5,30")
     parser.add_argument("--repeats", type=int, default=3)
@@ -37,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     quants = args.quants.split(",")
     try:
-        plan = BenchPlan(model=args.model, out_dir=args.out, compressors=("none",), repeats=args.repeats, max_tokens=args.max_tokens)
+        plan = BenchPlan(
+            model=args.model, out_dir=args.out, compressors=("none",), repeats=args.repeats, max_tokens=args.max_tokens
+        )
         bundles = ensure_variant_bundles(plan, {quant: dataclasses.replace(plan, quant=quant) for quant in quants})
     except EdgelalmError as error:
         raise SystemExit(f"llama_extra_buffers: error: {error}") from None
@@ -46,18 +50,31 @@ def main(argv: list[str] | None = None) -> int:
     for quant in quants:
         for seconds in [float(s) for s in args.seconds.split(",")]:
             for setting in SETTINGS:
-                result = measure_in_subprocess("edgelalm", bundles[quant], "none", seconds,
-                                               dataclasses.replace(plan, llama_extra_buffers=setting))
+                result = measure_in_subprocess(
+                    "edgelalm", bundles[quant], "none", seconds, dataclasses.replace(plan, llama_extra_buffers=setting)
+                )
                 row = {"quant": quant, "seconds": seconds, "setting": setting, **result}
                 rows.append(row)
-                print(f"{quant}, {seconds:g} s, extra buffers {setting}: "
-                      + (row["error"] if "error" in row else f"prefill {row['timings_ms']['prefill']['median']:.0f} ms"),
-                      file=sys.stderr)
+                print(
+                    f"{quant}, {seconds:g} s, extra buffers {setting}: "
+                    + (row["error"] if "error" in row else f"prefill {row['timings_ms']['prefill']['median']:.0f} ms"),
+                    file=sys.stderr,
+                )
     table = markdown_table(rows)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "extra-buffers.json").write_text(
-        json.dumps({"model": args.model, "machine": machine_description(plan), "repeats": args.repeats,
-                    "max_tokens": args.max_tokens, "rows": rows}, indent=1) + "\n")
+        json.dumps(
+            {
+                "model": args.model,
+                "machine": machine_description(plan),
+                "repeats": args.repeats,
+                "max_tokens": args.max_tokens,
+                "rows": rows,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     (args.out / "extra-buffers.md").write_text(table)
     print(table)
     return 0
@@ -65,21 +82,26 @@ def main(argv: list[str] | None = None) -> int:
 
 def markdown_table(rows: list[dict]) -> str:
     """One line per (quant, clip length): both settings and off/on ratios (above 1: off is slower)."""
-    lines = ["| quant | clip s | prompt + audio tokens | weights with extra buffers on | prefill ms, on | off | off/on | "
-             "decode tok/s, on | off | on/off | peak RSS MB, on | off |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| quant | clip s | prompt + audio tokens | weights with extra buffers on | prefill ms, on | off | off/on | "
+        "decode tok/s, on | off | on/off | peak RSS MB, on | off |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     by_key = {(row["quant"], row["seconds"], row["setting"]): row for row in rows}
     for quant, seconds in dict.fromkeys((row["quant"], row["seconds"]) for row in rows):
         on, off = by_key[(quant, seconds, "on")], by_key[(quant, seconds, "off")]
         if "error" in on or "error" in off:
             failed = "on" if "error" in on else "off"
-            lines.append(f"| {quant} | {seconds:g} | | {failed}: {(on if failed == 'on' else off)['error']} | | | | | | | | |")
+            lines.append(
+                f"| {quant} | {seconds:g} | | {failed}: {(on if failed == 'on' else off)['error']} | | | | | | | | |"
+            )
             continue
         prefill_on, prefill_off = on["timings_ms"]["prefill"]["median"], off["timings_ms"]["prefill"]["median"]
         decode_on, decode_off = on["decode_tokens_per_second"]["median"], off["decode_tokens_per_second"]["median"]
         tokens = on["audio_tokens"] + on.get("prompt_tokens", 0)
         lines.append(
-            f"| {quant} | {seconds:g} | {tokens} | {', '.join(on['weight_buffers'])} | {prefill_on:.0f} | {prefill_off:.0f} | "
+            f"| {quant} | {seconds:g} | {tokens} | {', '.join(on['weight_buffers'])} | {prefill_on:.0f} | "
+            f"{prefill_off:.0f} | "
             f"{prefill_off / prefill_on:.2f} | {decode_on:.1f} | {decode_off:.1f} | {decode_on / decode_off:.2f} | "
             f"{on['peak_rss_mb']:.0f} | {off['peak_rss_mb']:.0f} |"
         )

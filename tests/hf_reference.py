@@ -14,7 +14,9 @@ class TransformersAudioTower:
     def __init__(self, model, processor):
         self.model, self.processor = model.eval(), processor
         self.captured = None
-        self.tower = model.get_base_model().model.audio_tower if hasattr(model, "get_base_model") else model.model.audio_tower
+        self.tower = (
+            model.get_base_model().model.audio_tower if hasattr(model, "get_base_model") else model.model.audio_tower
+        )
         self.tower.register_forward_hook(self._capture)
 
     def _capture(self, module, inputs, output):

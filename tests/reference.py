@@ -33,7 +33,7 @@ def segment_boundaries(frames: np.ndarray) -> list[int]:
 def unsupervised_segmentation(frames: np.ndarray) -> np.ndarray:
     starts = [0] + [t + 1 for t in segment_boundaries(frames)]
     ends = starts[1:] + [len(frames)]
-    return np.stack([frames[start:end].mean(axis=0) for start, end in zip(starts, ends)])
+    return np.stack([frames[start:end].mean(axis=0) for start, end in zip(starts, ends, strict=True)])
 
 
 def compress(name: str, factor: int, frames: np.ndarray) -> np.ndarray:

@@ -153,9 +153,7 @@ def test_adapted_modules_per_variant(saved_adapter: SavedAdapter, decoder: Decod
     expected_projections = {
         "paper": ["self_attn.k_proj", "self_attn.q_proj"],
         "rslora": ["self_attn.k_proj", "self_attn.q_proj", "self_attn.v_proj"],
-        "patterns": sorted(
-            [f"self_attn.{p}_proj" for p in "qkvo"] + [f"mlp.{p}_proj" for p in ("gate", "up", "down")]
-        ),
+        "patterns": sorted([f"self_attn.{p}_proj" for p in "qkvo"] + [f"mlp.{p}_proj" for p in ("gate", "up", "down")]),
     }[variant]
     assert summary["layer_modules"] == expected_projections
     assert summary["other_modules"] == (["lm_head"] if variant == "patterns" else [])
@@ -204,9 +202,7 @@ def test_describe(paper_adapter: Path, decoder: Decoder) -> None:
     }
     assert description["base_model"] is not None
     json.dumps(description)
-    assert adapter.target_modules == tuple(
-        f"model.layers.{i}.self_attn.{p}_proj" for i in (0, 1) for p in ("k", "q")
-    )
+    assert adapter.target_modules == tuple(f"model.layers.{i}.self_attn.{p}_proj" for i in (0, 1) for p in ("k", "q"))
     assert adapter.delta("model.layers.0.self_attn.v_proj.weight") is None
     assert adapter.delta("model.layers.0.self_attn.q_proj.bias") is None
     assert adapter.delta("model.norm.weight") is None
@@ -270,7 +266,8 @@ def test_refuses_audio_tower(tiny_checkpoint: Path, decoder: Decoder, tmp_path: 
 
 def test_refuses_projector(paper_adapter: Path, decoder: Decoder, tmp_path: Path) -> None:
     projector = rewrite_adapter(
-        paper_adapter, tmp_path / "projector",
+        paper_adapter,
+        tmp_path / "projector",
         lambda key: key.replace("model.language_model.layers.0.self_attn.q_proj", "model.multi_modal_projector.linear"),
     )
     refused(projector, decoder.shapes, "projector.*only the language model")
@@ -283,8 +280,16 @@ def test_refuses_adapter_for_another_model(tiny_checkpoint: Path, decoder: Decod
 
     config = model_config(
         train_tokenizer(SAMPLE_TEXTS, vocab_size=600),
-        window_seconds=10, encoder_layers=1, encoder_d_model=64, encoder_heads=4, encoder_ffn_dim=128,
-        decoder_layers=2, decoder_hidden=32, decoder_heads=4, decoder_kv_heads=2, decoder_ffn_dim=64,
+        window_seconds=10,
+        encoder_layers=1,
+        encoder_d_model=64,
+        encoder_heads=4,
+        encoder_ffn_dim=128,
+        decoder_layers=2,
+        decoder_hidden=32,
+        decoder_heads=4,
+        decoder_kv_heads=2,
+        decoder_ffn_dim=64,
     )
     torch.manual_seed(0)
     narrow = Qwen2AudioForConditionalGeneration(config).eval()

@@ -12,9 +12,12 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
 
-from edgelalm.bench import kv_cache_mb, parse_compressor, synthetic_clip  # noqa: E402
-from edgelalm.compression import CompressorSpec  # noqa: E402
-from edgelalm.manifest import DecoderInfo  # noqa: E402
+from edgelalm.bench import kv_cache_mb, parse_compressor, synthetic_clip
+from edgelalm.compression import CompressorSpec
+from edgelalm.manifest import DecoderInfo
+
+# Minutes of export, training or benchmarking: `pytest -m 'not slow'` skips them locally; CI runs all.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +25,9 @@ def quick_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     completed = subprocess.run(
         [sys.executable, "-m", "edgelalm.cli", "bench", "--quick", "--out", str(out)],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
     return out, json.loads((out / "results.json").read_text()), completed.stdout
@@ -71,9 +76,20 @@ def test_helpers():
     clip = synthetic_clip(2.0)
     assert clip.shape == (32000,) and clip.dtype.name == "float32" and 0 < abs(clip).max() <= 1
     # Qwen2-Audio-7B's decoder: 32 layers, 32 KV heads of 128: 0.5 MiB per token at f16.
-    decoder = DecoderInfo(file="decoder.gguf", format="gguf", architecture="qwen2", quant="q8_0", layers=32,
-                          hidden_size=4096, attention_heads=32, kv_heads=32, context_length=8192, vocab_size=156032,
-                          tied_embeddings=False, adapter=None)
+    decoder = DecoderInfo(
+        file="decoder.gguf",
+        format="gguf",
+        architecture="qwen2",
+        quant="q8_0",
+        layers=32,
+        hidden_size=4096,
+        attention_heads=32,
+        kv_heads=32,
+        context_length=8192,
+        vocab_size=156032,
+        tied_embeddings=False,
+        adapter=None,
+    )
     assert kv_cache_mb(decoder, 1000) == pytest.approx(500.0)
 
 
@@ -91,9 +107,23 @@ def test_encoder_precision_benchmark(tmp_path):
     """benchmarks/encoder_precision.py: an int8-encoder bundle beside the fp32 one (decoder shared),
     both measured, and a table whose ratios are computed against fp32."""
     completed = subprocess.run(
-        [sys.executable, "benchmarks/encoder_precision.py", "--model", "tiny", "--seconds", "3", "--repeats", "1",
-         "--max-tokens", "4", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "benchmarks/encoder_precision.py",
+            "--model",
+            "tiny",
+            "--seconds",
+            "3",
+            "--repeats",
+            "1",
+            "--max-tokens",
+            "4",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
     results = json.loads((tmp_path / "encoder-precision.json").read_text())
@@ -114,18 +144,24 @@ def test_gpu_target_without_cuda_refuses_before_exporting(tmp_path):
     import onnxruntime
     import torch
 
-    runtime_has_cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers() and llama_cpp.llama_supports_gpu_offload()
+    runtime_has_cuda = (
+        "CUDAExecutionProvider" in onnxruntime.get_available_providers() and llama_cpp.llama_supports_gpu_offload()
+    )
     if runtime_has_cuda and torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the GPU benchmark runs here instead")
     out = tmp_path / "out"
     completed = subprocess.run(
         [sys.executable, "-m", "edgelalm.cli", "bench", "--quick", "--target", "cuda", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert completed.returncode != 0
     lines = completed.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("edgelalm: error: ") and "cuda" in lines[0], completed.stderr
-    assert ("onnxruntime" in lines[0] or "llama-cpp-python" in lines[0]) if not runtime_has_cuda else "torch" in lines[0]
+    assert (
+        ("onnxruntime" in lines[0] or "llama-cpp-python" in lines[0]) if not runtime_has_cuda else "torch" in lines[0]
+    )
     assert not out.exists()
 
 
@@ -137,9 +173,12 @@ def test_a_worker_killed_by_a_signal_is_reported_as_such(tmp_path, monkeypatch):
     from edgelalm.isolation import ChildResult
 
     monkeypatch.setattr(bench, "run_child", lambda command, timeout=None: ChildResult(-11, "", ""))
-    plan = bench.BenchPlan(model="tiny", out_dir=tmp_path, compressors=("none",), seconds=(3.0,), repeats=1,
-                           max_tokens=4, reference=False)
-    with pytest.raises(EdgelalmError, match=r"no measurement succeeded; the first: the edgelalm worker crashed \(SIGSEGV\)"):
+    plan = bench.BenchPlan(
+        model="tiny", out_dir=tmp_path, compressors=("none",), seconds=(3.0,), repeats=1, max_tokens=4, reference=False
+    )
+    with pytest.raises(
+        EdgelalmError, match=r"no measurement succeeded; the first: the edgelalm worker crashed \(SIGSEGV\)"
+    ):
         bench.run_bench(plan)
     assert not (tmp_path / "results.json").exists()
 
@@ -147,11 +186,12 @@ def test_a_worker_killed_by_a_signal_is_reported_as_such(tmp_path, monkeypatch):
 def test_a_partial_failure_is_named_on_stderr(capsys):
     from edgelalm.bench import check_rows
 
-    rows = [{"runtime": "edgelalm", "compressor": "none", "seconds": 3.0, "timings_ms": {}},
-            {"runtime": "edgelalm", "compressor": "avg3", "seconds": 3.0, "error": "the edgelalm worker crashed (SIGSEGV)"}]
+    rows = [
+        {"runtime": "edgelalm", "compressor": "none", "seconds": 3.0, "timings_ms": {}},
+        {"runtime": "edgelalm", "compressor": "avg3", "seconds": 3.0, "error": "the edgelalm worker crashed (SIGSEGV)"},
+    ]
     check_rows(rows)
     assert capsys.readouterr().err == "edgelalm: warning: edgelalm avg3 3 s: the edgelalm worker crashed (SIGSEGV)\n"
-
 
 
 def test_extra_buffers_benchmark(tmp_path):
@@ -160,13 +200,34 @@ def test_extra_buffers_benchmark(tmp_path):
     from edgelalm.runtime.llama_backend import decide_extra_buffers
 
     completed = subprocess.run(
-        [sys.executable, "benchmarks/llama_extra_buffers.py", "--model", "tiny", "--quants", "q8_0,q4_0", "--seconds", "3",
-         "--repeats", "1", "--max-tokens", "4", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "benchmarks/llama_extra_buffers.py",
+            "--model",
+            "tiny",
+            "--quants",
+            "q8_0,q4_0",
+            "--seconds",
+            "3",
+            "--repeats",
+            "1",
+            "--max-tokens",
+            "4",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
     results = json.loads((tmp_path / "extra-buffers.json").read_text())
-    assert [(r["quant"], r["setting"]) for r in results["rows"]] == [("q8_0", "on"), ("q8_0", "off"), ("q4_0", "on"), ("q4_0", "off")]
+    assert [(r["quant"], r["setting"]) for r in results["rows"]] == [
+        ("q8_0", "on"),
+        ("q8_0", "off"),
+        ("q4_0", "on"),
+        ("q4_0", "off"),
+    ]
     for row in results["rows"]:
         if row["setting"] == "on" and not decide_extra_buffers("auto").enabled and "error" in row:
             assert row["error"].startswith("the edgelalm worker crashed (")  # llama.cpp's AMX buffer, as reported
@@ -182,7 +243,6 @@ def test_extra_buffers_benchmark(tmp_path):
 def test_the_reference_worker_loads_neither_onnxruntime_nor_llama_cpp():
     """The PyTorch side's peak RSS is the memory ratio's denominator: its worker must measure
     only what it runs (importing the runtime to read the peak once inflated it)."""
-    code = ("import sys, edgelalm.bench; "
-            "print(sorted(m for m in ('onnxruntime', 'llama_cpp') if m in sys.modules))")
+    code = "import sys, edgelalm.bench; print(sorted(m for m in ('onnxruntime', 'llama_cpp') if m in sys.modules))"
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert completed.stdout.strip() == "[]", completed.stderr

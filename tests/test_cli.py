@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("torch")  # the tiny_bundles fixture exports with torch
 
-from edgelalm.runtime.llama_backend import decide_extra_buffers  # noqa: E402
+from edgelalm.runtime.llama_backend import decide_extra_buffers
 
 COMMANDS = ("export", "run", "inspect", "bench", "finetune", "scaffold", "doctor")
 # A Python that cannot import the export extra: what `pip install edgelalm` (no [export]) gives.
@@ -26,8 +26,9 @@ def edgelalm(*args, columns=None, python_args=("-m", "edgelalm.cli"), cwd=None):
     env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
     if columns:
         env["COLUMNS"] = str(columns)
-    result = subprocess.run([sys.executable, *python_args, *map(str, args)], capture_output=True, text=True,
-                            env=env, cwd=cwd, timeout=600)
+    result = subprocess.run(
+        [sys.executable, *python_args, *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd, timeout=600
+    )
     return result.returncode, result.stdout, result.stderr
 
 
@@ -78,7 +79,9 @@ def test_out_in_a_folder_that_takes_no_new_folders(tiny_checkpoint):
     assert line == "edgelalm: error: cannot write to /proc: it does not accept new folders"
 
 
-@pytest.mark.parametrize("command", [("export",), ("scaffold", "--out", "x"), ("bench", "--quick"), ("finetune", "--data", "x")])
+@pytest.mark.parametrize(
+    "command", [("export",), ("scaffold", "--out", "x"), ("bench", "--quick"), ("finetune", "--data", "x")]
+)
 def test_a_runtime_only_install_names_the_extra_to_install(command, tmp_path):
     code, _, stderr = edgelalm(*command, python_args=("-c", _RUNTIME_ONLY), cwd=tmp_path)
     line = one_error_line(code, stderr)
@@ -147,12 +150,15 @@ def test_forcing_extra_buffers_on_where_they_crash_warns(monkeypatch, capsys):
     for name, expect_warning in (("intel-xeon-amx", True), ("amd-epyc", False)):
         system_info = (cpus / f"{name}.system_info").read_text().strip()
         flags = llama_backend.cpu_flags((cpus / f"{name}.cpuinfo").read_text())
-        monkeypatch.setattr(llama_backend, "llama_system_info", lambda: system_info)
-        monkeypatch.setattr(llama_backend, "cpu_flags", lambda cpuinfo=None: flags)
-        cli._warn_if_extra_buffers_crash(cli.ExtraBuffersChoice.on)
-        cli._warn_if_extra_buffers_crash(cli.ExtraBuffersChoice.auto)
+        monkeypatch.setattr(llama_backend, "llama_system_info", lambda info=system_info: info)
+        monkeypatch.setattr(llama_backend, "cpu_flags", lambda cpuinfo=None, known=flags: known)
+        cli._warn_if_extra_buffers_crash("on")
+        cli._warn_if_extra_buffers_crash("auto")
         err = capsys.readouterr().err
         if expect_warning:
-            assert err.startswith("edgelalm: warning: --llama-extra-buffers on: llama.cpp's AMX buffer crashes") and err.count("\n") == 1
+            assert (
+                err.startswith("edgelalm: warning: --llama-extra-buffers on: llama.cpp's AMX buffer crashes")
+                and err.count("\n") == 1
+            )
         else:
             assert err == ""

@@ -7,8 +7,8 @@ torch = pytest.importorskip("torch")
 onnxruntime = pytest.importorskip("onnxruntime")
 
 import onnx  # noqa: E402
-
 import reference  # noqa: E402
+
 from edgelalm.compression import COMPRESSOR_NAMES, CompressorSpec  # noqa: E402
 from edgelalm.errors import EdgelalmError  # noqa: E402
 from edgelalm.export.compressor import (  # noqa: E402
@@ -59,7 +59,9 @@ def test_unseg_finds_known_segments_exactly():
     rng = np.random.default_rng(1)
     lengths = [3, 2, 5, 4, 2, 6]
     directions = rng.standard_normal((len(lengths), 16)).astype(np.float32)
-    frames = np.concatenate([np.repeat(direction[None], n, axis=0) for direction, n in zip(directions, lengths)])
+    frames = np.concatenate(
+        [np.repeat(direction[None], n, axis=0) for direction, n in zip(directions, lengths, strict=True)]
+    )
     got = run(CompressorSpec("unseg"), frames)
     np.testing.assert_allclose(got, directions, rtol=1e-6)
     starts = segment_starts(torch.from_numpy(frames)).nonzero().flatten().tolist()
@@ -155,7 +157,9 @@ def test_onnx_compressor_projector_matches_pytorch(name, tmp_path):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
         # The projector is applied after the paper's compressor.
         compressed = reference.compress(spec.name, spec.factor, frames)
-        np.testing.assert_allclose(got, module.projector(torch.from_numpy(compressed)).detach().numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            got, module.projector(torch.from_numpy(compressed)).detach().numpy(), rtol=1e-4, atol=1e-5
+        )
         counts.add(got.shape[0])
     if name == "unseg":
         assert len(counts) > 3, "the segment count must follow the input, not be frozen at trace time"

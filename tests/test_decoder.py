@@ -202,7 +202,9 @@ def test_padded_vocabulary_gets_unused_tokens(tiny_checkpoint, tmp_path):
         for key in ("language_model.model.embed_tokens.weight", "language_model.lm_head.weight"):
             tensors[key] = torch.cat([tensors[key], torch.zeros(34, tensors[key].shape[1])])
 
-    padded = _rewrite_checkpoint(tiny_checkpoint, tmp_path / "padded", pad_rows, lambda c: c["text_config"].update(vocab_size=640))
+    padded = _rewrite_checkpoint(
+        tiny_checkpoint, tmp_path / "padded", pad_rows, lambda c: c["text_config"].update(vocab_size=640)
+    )
     path = tmp_path / "padded.gguf"
     write_decoder(open_checkpoint(padded), path, "q8_0", None)
     with LlamaDecoder(path, n_ctx=32) as decoder:
@@ -217,6 +219,8 @@ def test_tokenizer_larger_than_embeddings_is_refused(tiny_checkpoint, tmp_path):
         for key in ("language_model.model.embed_tokens.weight", "language_model.lm_head.weight"):
             tensors[key] = tensors[key][:500].clone()
 
-    small = _rewrite_checkpoint(tiny_checkpoint, tmp_path / "small", shrink, lambda c: c["text_config"].update(vocab_size=500))
+    small = _rewrite_checkpoint(
+        tiny_checkpoint, tmp_path / "small", shrink, lambda c: c["text_config"].update(vocab_size=500)
+    )
     with pytest.raises(EdgelalmError, match="tokenizer has 606 tokens, the embeddings have 500 rows"):
         write_decoder(open_checkpoint(small), tmp_path / "x.gguf", "f16", None)

@@ -12,9 +12,12 @@ import pytest
 
 from edgelalm.pretrained import DEFAULT_MODEL_NAME, default_model_dir, shipped_adapters
 from edgelalm.runtime.audio import read_audio
-from edgelalm.runtime.encoder import encoder_output_frames
+from edgelalm.runtime.features import encoder_output_frames
 from edgelalm.training.evaluate import score, transcribe_bundle, transcribe_torch
 from edgelalm.training.texts import normalize_transcript
+
+# Minutes of export, training or benchmarking: `pytest -m 'not slow'` skips them locally; CI runs all.
+pytestmark = pytest.mark.slow
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -31,7 +34,9 @@ def examples() -> tuple[list, list[str]]:
 
 
 def export(out: Path, *args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "edgelalm.cli", "export", *args, "--out", str(out)], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "edgelalm.cli", "export", *args, "--out", str(out)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     return result
 
@@ -77,13 +82,25 @@ def test_bundle_transcripts_equal_pytorch_transcripts(none_f16_bundle):
     assert all(text.strip() for text in texts)
     seconds = sum(len(c) for c in clips) / 16000
     # Both say the same words, so both score the same against the true transcripts.
-    assert score(references, texts, tokens, seconds).errors == score(references, reference_texts, tokens, seconds).errors
+    assert (
+        score(references, texts, tokens, seconds).errors == score(references, reference_texts, tokens, seconds).errors
+    )
 
 
 def test_cli_run_prints_a_transcript(none_f16_bundle):
     result = subprocess.run(
-        [sys.executable, "-m", "edgelalm.cli", "run", str(EXAMPLES / "set-a-timer.wav"), "--bundle", str(none_f16_bundle), "--json"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "edgelalm.cli",
+            "run",
+            str(EXAMPLES / "set-a-timer.wav"),
+            "--bundle",
+            str(none_f16_bundle),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout.strip().splitlines()[-1])
@@ -100,17 +117,27 @@ def test_example_clips_are_transcribed_within_the_wer_target(none_f16_bundle):
     texts, tokens = transcribe_bundle(none_f16_bundle, clips, 16000)
     result = score(references, texts, tokens, sum(len(c) for c in clips) / 16000)
     assert result.words == 33
-    assert result.wer <= 0.10, list(zip(references, texts))
+    assert result.wer <= 0.10, list(zip(references, texts, strict=True))
 
 
 def test_the_readme_set_up_command_gives_the_right_transcript(tmp_path):
     """README set-up command 1: `edgelalm export --compressor unseg` (the shipped model with its unseg
     adapter, q8_0), then `edgelalm run examples/kids-room.wav` with the newest bundle under ./export."""
-    result = subprocess.run([sys.executable, "-m", "edgelalm.cli", "export", "--compressor", "unseg"], cwd=tmp_path, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "edgelalm.cli", "export", "--compressor", "unseg"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     manifest = json.loads(next((tmp_path / "export").glob("*/manifest.json")).read_text())
     assert manifest["decoder"]["quant"] == "q8_0" and manifest["decoder"]["adapter"] is not None
-    result = subprocess.run([sys.executable, "-m", "edgelalm.cli", "run", str(EXAMPLES / "kids-room.wav")], cwd=tmp_path, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "edgelalm.cli", "run", str(EXAMPLES / "kids-room.wav")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert normalize_transcript(result.stdout) == normalize_transcript(example_transcripts()["kids-room.wav"])
 
@@ -123,8 +150,19 @@ def test_compressor_without_a_shipped_adapter_warns(tmp_path):
 
 def test_adapter_and_no_adapter_exclude_each_other(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "edgelalm.cli", "export", "--adapter", str(tmp_path), "--no-adapter", "--out", str(tmp_path / "b")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "edgelalm.cli",
+            "export",
+            "--adapter",
+            str(tmp_path),
+            "--no-adapter",
+            "--out",
+            str(tmp_path / "b"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode != 0 and "exclude each other" in result.stderr
     assert not (tmp_path / "b").exists()

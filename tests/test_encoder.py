@@ -18,7 +18,7 @@ import onnx  # noqa: E402
 from hf_reference import TransformersAudioTower, speechlike  # noqa: E402
 
 from edgelalm.export.encoder import export_encoder_onnx  # noqa: E402
-from edgelalm.runtime.encoder import encoder_output_frames  # noqa: E402
+from edgelalm.runtime.features import encoder_output_frames  # noqa: E402
 
 FP32_TOLERANCE = 5e-5
 
@@ -67,6 +67,7 @@ def test_reduced_precision_stays_close_and_shrinks(tiny, tmp_path, precision, to
     assert not list(tmp_path.glob("*.fp32.onnx*")), "int8 export must not leave its fp32 intermediate"
 
 
+@pytest.mark.slow
 def test_real_width_encoder_matches_transformers(tmp_path):
     """Whisper-large-v3's width (d_model 1280, 20 heads) with 2 layers, a 30 s window, random weights."""
     from edgelalm import scaffold

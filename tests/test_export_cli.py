@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 pytest.importorskip("torch")
-import onnx  # noqa: E402
-import onnxruntime  # noqa: E402
+import onnx
+import onnxruntime
 
-from edgelalm.compression import COMPRESSOR_NAMES  # noqa: E402
-from edgelalm.constants import MANIFEST_FILE  # noqa: E402
-from edgelalm.files import sha256_of  # noqa: E402
-from edgelalm.manifest import read_manifest  # noqa: E402
+from edgelalm.compression import COMPRESSOR_NAMES
+from edgelalm.constants import MANIFEST_FILE
+from edgelalm.files import sha256_of
+from edgelalm.manifest import read_manifest
 
 
 def edgelalm(*args, cwd=None):
@@ -66,7 +66,13 @@ def test_export_writes_a_valid_bundle(tiny_checkpoint, tmp_path, monkeypatch, ca
     assert "llama.cpp decoded 48 tokens in batches and generated" in stderr
     manifest = read_manifest(out)
     assert manifest.compressor.name == compressor
-    assert set(manifest.files) == {"encoder.onnx", "encoder.onnx.data", "compressor.onnx", "decoder.gguf", "mel_filters.npy"}
+    assert set(manifest.files) == {
+        "encoder.onnx",
+        "encoder.onnx.data",
+        "compressor.onnx",
+        "decoder.gguf",
+        "mel_filters.npy",
+    }
     assert manifest.decoder.quant == "q8_0" and manifest.decoder.adapter is None
     for name in ("encoder.onnx", "compressor.onnx"):
         onnx.checker.check_model(str(out / name))
@@ -95,7 +101,9 @@ def test_a_decoder_that_crashes_llama_cpp_fails_export_in_one_line(tiny_checkpoi
 
     monkeypatch.setattr(canary, "run_child", lambda command, timeout=None: ChildResult(-11, "", ""))
     out = tmp_path / "bundle"
-    code, _, stderr = in_process(monkeypatch, capsys, "export", "--model", tiny_checkpoint, "--compressor", "none", "--out", out)
+    code, _, stderr = in_process(
+        monkeypatch, capsys, "export", "--model", tiny_checkpoint, "--compressor", "none", "--out", out
+    )
     assert code == 1
     errors = [line for line in stderr.splitlines() if line.startswith("edgelalm: ")]
     assert errors == [
@@ -108,7 +116,9 @@ def test_a_decoder_that_crashes_llama_cpp_fails_export_in_one_line(tiny_checkpoi
 
 def test_manifest_describes_the_model(tiny_checkpoint, tmp_path, monkeypatch, capsys):
     out = tmp_path / "b"
-    code, _, stderr = in_process(monkeypatch, capsys, "export", "--model", tiny_checkpoint, "--compressor", "avg", "--out", out)
+    code, _, stderr = in_process(
+        monkeypatch, capsys, "export", "--model", tiny_checkpoint, "--compressor", "avg", "--out", out
+    )
     assert code == 0, stderr
     manifest = json.loads((out / MANIFEST_FILE).read_text())
     assert manifest["compressor"] | {} == manifest["compressor"]
@@ -133,7 +143,10 @@ def test_manifest_describes_the_model(tiny_checkpoint, tmp_path, monkeypatch, ca
 
 def test_inspect_verifies_checksums(tiny_checkpoint, tmp_path, monkeypatch, capsys):
     out = tmp_path / "b"
-    assert in_process(monkeypatch, capsys, "export", "--model", tiny_checkpoint, "--compressor", "unseg", "--out", out)[0] == 0
+    assert (
+        in_process(monkeypatch, capsys, "export", "--model", tiny_checkpoint, "--compressor", "unseg", "--out", out)[0]
+        == 0
+    )
     code, stdout, _ = in_process(monkeypatch, capsys, "inspect", out)
     assert code == 0
     assert "unseg" in stdout and "checksums verified" in stdout
@@ -248,8 +261,21 @@ def test_help_explains_every_option():
 def test_complete_bundle_with_adapter_and_k_quant(tiny_checkpoint, tiny_lora_adapter, tmp_path, monkeypatch, capsys):
     out = tmp_path / "b"
     code, _, stderr = in_process(
-        monkeypatch, capsys, "export", "--model", tiny_checkpoint, "--adapter", tiny_lora_adapter,
-        "--compressor", "avg", "--factor", "3", "--quant", "q4_k_m", "--out", out,
+        monkeypatch,
+        capsys,
+        "export",
+        "--model",
+        tiny_checkpoint,
+        "--adapter",
+        tiny_lora_adapter,
+        "--compressor",
+        "avg",
+        "--factor",
+        "3",
+        "--quant",
+        "q4_k_m",
+        "--out",
+        out,
     )
     assert code == 0, stderr
     assert "with the LoRA merged" in stderr and "decoder.gguf:" in stderr
@@ -316,7 +342,9 @@ def test_terminated_export_leaves_nothing(tiny_checkpoint, tmp_path):
     out = tmp_path / "out" / "bundle"
     process = subprocess.Popen(
         [sys.executable, "-m", "edgelalm.cli", "export", "--model", str(tiny_checkpoint), "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.time() + 60
     while not list((tmp_path / "out").glob(".bundle.partial-*")) and time.time() < deadline:
@@ -358,21 +386,45 @@ def test_share_from_reuses_what_is_the_same(shared_bundles):
 
     rng = np.random.default_rng(0)
     mel_bins = manifest.features.num_mel_bins
-    inputs = {ENCODER_INPUT: rng.standard_normal((mel_bins, 300)).astype(np.float32),
-              ENCODER_RIGHT_CONTEXT_INPUT: rng.standard_normal((mel_bins, RIGHT_CONTEXT_FRAMES)).astype(np.float32)}
-    outputs = [onnxruntime.InferenceSession(str(bundle / "encoder.onnx"), providers=["CPUExecutionProvider"]).run(None, inputs)[0]
-               for bundle in (shared, alone)]
+    inputs = {
+        ENCODER_INPUT: rng.standard_normal((mel_bins, 300)).astype(np.float32),
+        ENCODER_RIGHT_CONTEXT_INPUT: rng.standard_normal((mel_bins, RIGHT_CONTEXT_FRAMES)).astype(np.float32),
+    }
+    outputs = [
+        onnxruntime.InferenceSession(str(bundle / "encoder.onnx"), providers=["CPUExecutionProvider"]).run(
+            None, inputs
+        )[0]
+        for bundle in (shared, alone)
+    ]
     np.testing.assert_array_equal(outputs[0], outputs[1])
 
 
-def test_share_from_on_the_command_line(tiny_checkpoint, tiny_lora_adapter, shared_bundles, tmp_path, monkeypatch, capsys):
+def test_share_from_on_the_command_line(
+    tiny_checkpoint, tiny_lora_adapter, shared_bundles, tmp_path, monkeypatch, capsys
+):
     """Another adapter: only the encoder is reused; the decoder is written with the LoRA merged."""
     first, _, _ = shared_bundles
     out = tmp_path / "b"
-    code, _, stderr = in_process(monkeypatch, capsys, "export", "--model", tiny_checkpoint, "--adapter", tiny_lora_adapter,
-                                 "--compressor", "unseg", "--share-from", first, "--out", out)
+    code, _, stderr = in_process(
+        monkeypatch,
+        capsys,
+        "export",
+        "--model",
+        tiny_checkpoint,
+        "--adapter",
+        tiny_lora_adapter,
+        "--compressor",
+        "unseg",
+        "--share-from",
+        first,
+        "--out",
+        out,
+    )
     assert code == 0, stderr
-    assert "Copying the audio encoder (fp32)" in stderr and "Writing the decoder to GGUF (q8_0) with the LoRA merged" in stderr
+    assert (
+        "Copying the audio encoder (fp32)" in stderr
+        and "Writing the decoder to GGUF (q8_0) with the LoRA merged" in stderr
+    )
     assert sha256_of(out / "encoder.onnx.data") == sha256_of(first / "encoder.onnx.data")
     assert not (out / "decoder.gguf").samefile(first / "decoder.gguf")
     assert read_manifest(out).decoder.adapter["rank"] == 16
@@ -389,21 +441,53 @@ def _manifest_edit(bundle, path, edit):
 @pytest.mark.parametrize(
     "case, make, options, fragments",
     [
-        ("nothing in common", lambda first, path: first, ["--quant", "f16", "--encoder-precision", "int8"],
-         ["nothing to share", "fp32 vs int8", "q8_0 vs f16"]),
-        ("other checkpoint", lambda first, path: _manifest_edit(first, path, lambda m: m["model"].update(source="/elsewhere")), [],
-         ["exported from /elsewhere"]),
-        ("checkpoint changed", lambda first, path: _manifest_edit(first, path, lambda m: m.update(created_utc="2000-01-01T00:00:00+00:00")), [],
-         ["checkpoint changed since"]),
-        ("file replaced", lambda first, path: _manifest_edit(first, path, lambda m: m["files"]["decoder.gguf"].update(bytes=1)), [],
-         ["decoder.gguf is missing or does not match"]),
+        (
+            "nothing in common",
+            lambda first, path: first,
+            ["--quant", "f16", "--encoder-precision", "int8"],
+            ["nothing to share", "fp32 vs int8", "q8_0 vs f16"],
+        ),
+        (
+            "other checkpoint",
+            lambda first, path: _manifest_edit(first, path, lambda m: m["model"].update(source="/elsewhere")),
+            [],
+            ["exported from /elsewhere"],
+        ),
+        (
+            "checkpoint changed",
+            lambda first, path: _manifest_edit(
+                first, path, lambda m: m.update(created_utc="2000-01-01T00:00:00+00:00")
+            ),
+            [],
+            ["checkpoint changed since"],
+        ),
+        (
+            "file replaced",
+            lambda first, path: _manifest_edit(first, path, lambda m: m["files"]["decoder.gguf"].update(bytes=1)),
+            [],
+            ["decoder.gguf is missing or does not match"],
+        ),
         ("not a bundle", lambda first, path: path, [], ["bundle folder not found"]),
     ],
 )
-def test_share_from_refusals(tiny_checkpoint, shared_bundles, tmp_path, monkeypatch, capsys, case, make, options, fragments):
+def test_share_from_refusals(
+    tiny_checkpoint, shared_bundles, tmp_path, monkeypatch, capsys, case, make, options, fragments
+):
     source = make(shared_bundles[0], tmp_path / "source")
     out = tmp_path / "b"
-    code, _, stderr = in_process(monkeypatch, capsys, "export", "--model", tiny_checkpoint, "--compressor", "none",
-                                 *options, "--share-from", source, "--out", out)
+    code, _, stderr = in_process(
+        monkeypatch,
+        capsys,
+        "export",
+        "--model",
+        tiny_checkpoint,
+        "--compressor",
+        "none",
+        *options,
+        "--share-from",
+        source,
+        "--out",
+        out,
+    )
     assert_one_line_error(code, stderr, "--share-from", *fragments)
     assert not out.exists()

@@ -17,6 +17,9 @@ from edgelalm.compression import CompressorSpec
 from edgelalm.training.evaluate import score, word_errors
 from edgelalm.training.finetune import FinetuneOptions, finetune
 
+# Minutes of export, training or benchmarking: `pytest -m 'not slow'` skips them locally; CI runs all.
+pytestmark = pytest.mark.slow
+
 TEXTS = ("set a timer", "call anna", "what time is it", "turn on the lights")
 
 
@@ -34,7 +37,9 @@ def paired_tsv(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def adapter(tiny_checkpoint, paired_tsv, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("finetuned") / "unseg"
-    options = FinetuneOptions(tiny_checkpoint, paired_tsv, out, CompressorSpec("unseg", 1), steps=12, batch_size=4, learning_rate=1e-2)
+    options = FinetuneOptions(
+        tiny_checkpoint, paired_tsv, out, CompressorSpec("unseg", 1), steps=12, batch_size=4, learning_rate=1e-2
+    )
     return finetune(options, progress=False)
 
 
@@ -67,9 +72,22 @@ def test_peft_loads_the_adapter_and_export_merges_it(adapter, tiny_checkpoint, t
 
     out = tmp_path / "bundle"
     result = subprocess.run(
-        [sys.executable, "-m", "edgelalm.cli", "export", "--model", str(tiny_checkpoint), "--compressor", "unseg",
-         "--adapter", str(adapter), "--out", str(out)],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "edgelalm.cli",
+            "export",
+            "--model",
+            str(tiny_checkpoint),
+            "--compressor",
+            "unseg",
+            "--adapter",
+            str(adapter),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "manifest.json").read_text())
@@ -128,5 +146,7 @@ def test_word_errors_counts_substitutions_insertions_and_deletions():
     assert word_errors("set a timer", "set timer") == 1
     assert word_errors("set a timer", "please set a timer now") == 2
     assert word_errors("a b c d", "") == 4
-    result = score(["Set a timer for 20 minutes."], ["set a timer for twenty minutes"], audio_tokens=50, audio_seconds=2.0)
+    result = score(
+        ["Set a timer for 20 minutes."], ["set a timer for twenty minutes"], audio_tokens=50, audio_seconds=2.0
+    )
     assert (result.errors, result.words, result.wer, result.audio_tokens_per_second) == (0, 6, 0.0, 25.0)

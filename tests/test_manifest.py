@@ -84,26 +84,76 @@ MALFORMED = [
     ("prompt deleted", _drop("prompt"), "missing prompt"),
     ("a nested key deleted", _drop("decoder.quant"), "missing decoder.quant"),
     ("a section of the wrong type", _set("features", []), "features must be an object"),
-    ("a string where a number belongs", _set("features.sampling_rate", "16000"), "features.sampling_rate must be an integer"),
+    (
+        "a string where a number belongs",
+        _set("features.sampling_rate", "16000"),
+        "features.sampling_rate must be an integer",
+    ),
     ("a float where an integer belongs", _set("decoder.layers", 2.5), "decoder.layers must be an integer"),
     ("true where an integer belongs", _set("compressor.factor", True), "compressor.factor must be an integer"),
     ("a negative number", _set("features.hop_length", -160), "features.hop_length must be an integer from 0"),
     ("zero where the runtime divides", _set("features.hop_length", 0), "features.hop_length must be at least 1"),
-    ("a huge number", _set("decoder.context_length", 2**40), "decoder.context_length must be an integer from 0 to 2147483647"),
+    (
+        "a huge number",
+        _set("decoder.context_length", 2**40),
+        "decoder.context_length must be an integer from 0 to 2147483647",
+    ),
     ("not a number", _set("features.window_seconds", math.nan), "features.window_seconds must be a finite number"),
-    ("a list where a string belongs", _set("prompt.before_audio", ["<|im_start|>"]), "prompt.before_audio must be a string"),
-    ("a token id that is text", _set("special_tokens.im_end.id", "151645"), "special_tokens.im_end.id must be an integer"),
-    ("an unknown type inside a list", _set("special_tokens.end_of_turn_ids", [1, "x"]), "end_of_turn_ids[1] must be an integer"),
-    ("a graph input renamed", _set("encoder.inputs", {"input_features": "[n, T]"}), "encoder.inputs is ['input_features']"),
-    ("another right context", _set("encoder.right_context_frames", 3), "encoder.right_context_frames is 3; this edgelalm reads 2"),
-    ("a file outside the bundle", lambda m: m["files"].update({"../outside.bin": {"bytes": 1, "sha256": "0"}}),
-     "'../outside.bin' is not a plain file name inside the bundle"),
-    ("an absolute file name", lambda m: m["files"].update({"/etc/passwd": {"bytes": 1, "sha256": "0"}}),
-     "'/etc/passwd' is not a plain file name"),
-    ("a section naming a file outside", _set("decoder.file", "../decoder.gguf"), "'../decoder.gguf' is named by a section but not listed"),
-    ("a section naming an unlisted file", _set("encoder.file", "other.onnx"), "'other.onnx' is named by a section but not listed"),
-    ("a named file without its record", lambda m: m["files"].pop("decoder.gguf"), "'decoder.gguf' is named by a section but not listed"),
-    ("a file record without its checksum", lambda m: m["files"]["decoder.gguf"].pop("sha256"), "missing files.decoder.gguf.sha256"),
+    (
+        "a list where a string belongs",
+        _set("prompt.before_audio", ["<|im_start|>"]),
+        "prompt.before_audio must be a string",
+    ),
+    (
+        "a token id that is text",
+        _set("special_tokens.im_end.id", "151645"),
+        "special_tokens.im_end.id must be an integer",
+    ),
+    (
+        "an unknown type inside a list",
+        _set("special_tokens.end_of_turn_ids", [1, "x"]),
+        "end_of_turn_ids[1] must be an integer",
+    ),
+    (
+        "a graph input renamed",
+        _set("encoder.inputs", {"input_features": "[n, T]"}),
+        "encoder.inputs is ['input_features']",
+    ),
+    (
+        "another right context",
+        _set("encoder.right_context_frames", 3),
+        "encoder.right_context_frames is 3; this edgelalm reads 2",
+    ),
+    (
+        "a file outside the bundle",
+        lambda m: m["files"].update({"../outside.bin": {"bytes": 1, "sha256": "0"}}),
+        "'../outside.bin' is not a plain file name inside the bundle",
+    ),
+    (
+        "an absolute file name",
+        lambda m: m["files"].update({"/etc/passwd": {"bytes": 1, "sha256": "0"}}),
+        "'/etc/passwd' is not a plain file name",
+    ),
+    (
+        "a section naming a file outside",
+        _set("decoder.file", "../decoder.gguf"),
+        "'../decoder.gguf' is named by a section but not listed",
+    ),
+    (
+        "a section naming an unlisted file",
+        _set("encoder.file", "other.onnx"),
+        "'other.onnx' is named by a section but not listed",
+    ),
+    (
+        "a named file without its record",
+        lambda m: m["files"].pop("decoder.gguf"),
+        "'decoder.gguf' is named by a section but not listed",
+    ),
+    (
+        "a file record without its checksum",
+        lambda m: m["files"]["decoder.gguf"].pop("sha256"),
+        "missing files.decoder.gguf.sha256",
+    ),
 ]
 
 
@@ -119,8 +169,14 @@ def test_a_malformed_manifest_is_one_line_naming_the_field(editable, case, chang
 
 def test_the_command_line_says_it_in_one_line(editable):
     folder = editable(_drop("prompt"))
-    for command in (["inspect", str(folder)], ["run", "x.wav", "--bundle", str(folder)], ["doctor", "--bundle", str(folder)]):
-        completed = subprocess.run([sys.executable, "-m", "edgelalm.cli", *command], capture_output=True, text=True, timeout=300)
+    for command in (
+        ["inspect", str(folder)],
+        ["run", "x.wav", "--bundle", str(folder)],
+        ["doctor", "--bundle", str(folder)],
+    ):
+        completed = subprocess.run(
+            [sys.executable, "-m", "edgelalm.cli", *command], capture_output=True, text=True, timeout=300
+        )
         assert completed.returncode == 1 and "Traceback" not in completed.stderr, completed.stderr
         assert completed.stderr.strip().splitlines()[-1] == f"edgelalm: error: {folder / MANIFEST_FILE}: missing prompt"
 

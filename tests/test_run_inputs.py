@@ -20,7 +20,7 @@ import soundfile
 
 pytest.importorskip("torch")  # the tiny_bundles fixture exports with torch
 
-from edgelalm.constants import MANIFEST_FILE  # noqa: E402
+from edgelalm.constants import MANIFEST_FILE
 
 RATE = 16_000
 MAX_TOKENS = 4
@@ -253,7 +253,9 @@ def test_other_rates_and_channel_counts_give_the_same_tokens(avg2, clip_tokens, 
     """Resampling and downmix happen before the features: a 3 s clip is 3 s at any rate."""
     reference = clip_tokens
     assert reference == 38  # 3 s: 300 mel frames -> 75 encoder frames -> ceil(75 / 2)
-    other = write_wav(tmp_path / f"clip-{rate}-{channels}ch.wav", speechlike(3.0, rate=rate, channels=channels), rate=rate)
+    other = write_wav(
+        tmp_path / f"clip-{rate}-{channels}ch.wav", speechlike(3.0, rate=rate, channels=channels), rate=rate
+    )
     assert soundfile.info(str(other)).channels == channels
     result = assert_result(*run(avg2, other))
     assert result["audio_seconds"] == 3.0
@@ -323,7 +325,9 @@ def test_bundle_lists_the_files_checked_below(bundle_files):
     assert set(bundle_files) >= {"encoder.onnx", "compressor.onnx", "decoder.gguf", "mel_filters.npy"}
 
 
-@pytest.mark.parametrize("name", ["encoder.onnx", "encoder.onnx.data", "compressor.onnx", "decoder.gguf", "mel_filters.npy"])
+@pytest.mark.parametrize(
+    "name", ["encoder.onnx", "encoder.onnx.data", "compressor.onnx", "decoder.gguf", "mel_filters.npy"]
+)
 def test_bundle_with_a_file_removed(avg2, clip, tmp_path, bundle_files, name):
     assert name in bundle_files
     broken = copy_bundle(avg2, tmp_path / "broken")
@@ -339,7 +343,9 @@ def test_bundle_without_manifest(avg2, clip, tmp_path):
     assert_one_line_error(code, stderr, "not an edgelalm bundle", MANIFEST_FILE)
 
 
-@pytest.mark.parametrize("name", ["encoder.onnx", "encoder.onnx.data", "compressor.onnx", "decoder.gguf", "mel_filters.npy"])
+@pytest.mark.parametrize(
+    "name", ["encoder.onnx", "encoder.onnx.data", "compressor.onnx", "decoder.gguf", "mel_filters.npy"]
+)
 def test_bundle_with_a_file_altered(avg2, clip, tmp_path, name):
     broken = copy_bundle(avg2, tmp_path / "broken")
     with (broken / name).open("ab") as stream:
@@ -374,7 +380,9 @@ def test_no_bundle_picks_the_most_recently_written(avg2, tiny_bundles, clip, tmp
         os.utime(newer / MANIFEST_FILE, (now, now))
         code, stdout, stderr = run(None, clip, cwd=tmp_path)
         # Which bundle served is said on stderr, since the user did not name one.
-        assert stderr.strip() == f"edgelalm: bundle export/{newer.name} (the newest under export/; --bundle picks another)"
+        assert (
+            stderr.strip() == f"edgelalm: bundle export/{newer.name} (the newest under export/; --bundle picks another)"
+        )
         assert assert_result(code, stdout, "")["audio_tokens"] == expected_tokens[newer.name]
 
 
@@ -391,7 +399,9 @@ def test_device_cuda(avg2, clip):
     import onnxruntime
 
     code, stdout, stderr = run(avg2, clip, "--device", "cuda")
-    has_cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers() and llama_cpp.llama_supports_gpu_offload()
+    has_cuda = (
+        "CUDAExecutionProvider" in onnxruntime.get_available_providers() and llama_cpp.llama_supports_gpu_offload()
+    )
     if has_cuda:
         assert_result(code, stdout, stderr)
     else:

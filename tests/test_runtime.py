@@ -35,9 +35,13 @@ def hf(tiny_checkpoint, tiny_lora_adapter):
 def test_features_match_whisper_feature_extractor(hf, seconds):
     _, processor = hf
     extractor = processor.feature_extractor
-    settings = FeatureSettings(16000, extractor.n_fft, extractor.hop_length, WINDOW_SECONDS * 16000, extractor.mel_filters)
+    settings = FeatureSettings(
+        16000, extractor.n_fft, extractor.hop_length, WINDOW_SECONDS * 16000, extractor.mel_filters
+    )
     for audio in (speechlike(seconds, 3), np.zeros(int(seconds * 16000), np.float32)):
-        expected = extractor(audio, sampling_rate=16000, return_attention_mask=True, padding="max_length", return_tensors="np")
+        expected = extractor(
+            audio, sampling_rate=16000, return_attention_mask=True, padding="max_length", return_tensors="np"
+        )
         valid = int(expected["attention_mask"][0].sum())
         window = expected["input_features"][0]
         got = log_mel_window(audio, settings)

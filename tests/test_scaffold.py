@@ -104,7 +104,7 @@ def test_special_tokens_follow_the_learned_vocab_in_qwen_order(processor, tiny_c
     ids = [tokenizer.convert_tokens_to_ids(token) for token in scaffold.SPECIAL_TOKENS]
     assert ids == list(range(TINY_LEARNED_VOCAB, TINY_LEARNED_VOCAB + 6))
     assert len(tokenizer) == TINY_LEARNED_VOCAB + 6
-    for token, token_id in zip(scaffold.SPECIAL_TOKENS, ids):
+    for token, token_id in zip(scaffold.SPECIAL_TOKENS, ids, strict=True):
         assert tokenizer.encode(token, add_special_tokens=False) == [token_id]
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
     assert tokenizer.bos_token is None
@@ -273,7 +273,9 @@ def test_dummy_checkpoint_is_streamed_and_loads(tmp_path):
     index = json.loads((out / "model.safetensors.index.json").read_text())
     shard_files = sorted(set(index["weight_map"].values()))
     assert len(shard_files) == 3 + 4  # one per decoder layer + audio tower, projector, embeddings+norm, lm_head
-    assert all(name.startswith(("audio_tower.", "multi_modal_projector.", "language_model.")) for name in index["weight_map"])
+    assert all(
+        name.startswith(("audio_tower.", "multi_modal_projector.", "language_model.")) for name in index["weight_map"]
+    )
     model = Qwen2AudioForConditionalGeneration.from_pretrained(out)
     assert model.model.language_model.embed_tokens.weight.shape == (320, 64)
     assert model.dtype == torch.float16
@@ -281,4 +283,20 @@ def test_dummy_checkpoint_is_streamed_and_loads(tmp_path):
     assert torch.equal(norm, torch.ones_like(norm))
     checkpoint = open_checkpoint(out)
     assert checkpoint.load_audio_tower().conv1.weight.shape == (64, 128, 3)
-    assert len(checkpoint.decoder_tensor_keys()) == len([k for k in index["weight_map"] if k.startswith("language_model.")])
+    assert len(checkpoint.decoder_tensor_keys()) == len(
+        [k for k in index["weight_map"] if k.startswith("language_model.")]
+    )
+
+
+def test_the_contract_lists_the_presets_and_quant_types_the_code_has():
+    """edgelalm.constants is where the CLI reads its choices: it must name what the code implements."""
+    from edgelalm.constants import QUANT_TYPES, SCAFFOLD_PRESETS
+    from edgelalm.export.decoder import _LLAMA_FTYPE_NAMES
+
+    assert tuple(scaffold.PRESETS) == SCAFFOLD_PRESETS
+    assert tuple(_LLAMA_FTYPE_NAMES) == QUANT_TYPES
+
+
+def test_the_chat_template_file_renders_the_default_system_prompt():
+    rendered = scaffold.write_processor  # the template is data (src/edgelalm/data/chatml_qwen2_audio.jinja)
+    assert rendered and scaffold.DEFAULT_SYSTEM_PROMPT in scaffold.CHAT_TEMPLATE

@@ -19,7 +19,14 @@ from edgelalm.errors import EdgelalmError
 from edgelalm.training import speech, texts
 from edgelalm.training.dataset import SpeechDataset, build_dataset
 from edgelalm.training.speech import AugmentSettings, add_noise, augment, power, render
-from edgelalm.training.texts import EXAMPLE_SENTENCE, HELD_OUT_CITIES, HELD_OUT_NAMES, normalize_transcript, split_of, utterances
+from edgelalm.training.texts import (
+    EXAMPLE_SENTENCE,
+    HELD_OUT_CITIES,
+    HELD_OUT_NAMES,
+    normalize_transcript,
+    split_of,
+    utterances,
+)
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 
@@ -105,7 +112,11 @@ def test_example_sentence_is_in_neither_split(train_sentences, test_sentences, m
     # the grammar makes sentences of that shape, so the exclusion is what keeps it out
     assert any(s.startswith("set a timer for") and " and remind me to call " in s for s in train_sentences)
     # and the stream drops it when the grammar draws it
-    others = [s for s in ("what time is it", "turn off the tv", "snooze", "pause the timer", "next song") if split_of(s) == "train"]
+    others = [
+        s
+        for s in ("what time is it", "turn off the tv", "snooze", "pause the timer", "next song")
+        if split_of(s) == "train"
+    ]
     drawn = iter([EXAMPLE_SENTENCE, others[0], EXAMPLE_SENTENCE, *others[1:]])
     monkeypatch.setattr(texts, "sample_sentence", lambda split, rng, grammar_version: next(drawn))
     assert texts.utterances("train", len(others), seed=0) == others
@@ -156,7 +167,9 @@ def test_render_is_16k_mono_float32_speech():
     samples = render(text, "en-us", 175, 50)
     assert samples.dtype == np.float32 and samples.ndim == 1
     assert np.sqrt(power(samples)) > 0.01 and np.abs(samples).max() <= 1.0
-    native = subprocess.run(["espeak-ng", "--stdout", "-v", "en-us", "-s", "175", "-p", "50", text], capture_output=True, check=True).stdout
+    native = subprocess.run(
+        ["espeak-ng", "--stdout", "-v", "en-us", "-s", "175", "-p", "50", text], capture_output=True, check=True
+    ).stdout
     raw, rate = soundfile.read(io.BytesIO(native))
     assert rate != 16000  # so the length below checks the resampling
     assert abs(len(samples) - len(raw) * 16000 / rate) <= 2
@@ -206,7 +219,10 @@ def clip() -> np.ndarray:
     t = np.arange(32000) / 16000
     rng = np.random.default_rng(3)  # a speech-like clip without espeak: bursts of harmonics
     envelope = (np.sin(2 * np.pi * 3 * t) > 0).astype(np.float32)
-    return (0.3 * envelope * (np.sin(2 * np.pi * 180 * t) + 0.5 * np.sin(2 * np.pi * 540 * t)) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+    return (
+        0.3 * envelope * (np.sin(2 * np.pi * 180 * t) + 0.5 * np.sin(2 * np.pi * 540 * t))
+        + 0.01 * rng.standard_normal(t.size)
+    ).astype(np.float32)
 
 
 def test_augment_adds_only_silence_to_the_length(clip):
@@ -232,7 +248,9 @@ def test_noise_is_added_at_the_requested_snr(clip, color, snr_db):
 
 
 def test_augment_noise_snr_end_to_end(clip):
-    only_noise = AugmentSettings(gain_db=(0.0, 0.0), reverb_probability=0.0, max_silence_s=0.0, noise_probability=1.0, snr_db=(15.0, 15.0))
+    only_noise = AugmentSettings(
+        gain_db=(0.0, 0.0), reverb_probability=0.0, max_silence_s=0.0, noise_probability=1.0, snr_db=(15.0, 15.0)
+    )
     for seed in range(3):
         out = augment(clip, np.random.default_rng(seed), only_noise)
         assert abs(10 * np.log10(power(clip) / power(out - clip)) - 15.0) < 1.0
@@ -240,9 +258,11 @@ def test_augment_noise_snr_end_to_end(clip):
 
 def test_noise_colors_differ_in_spectrum():
     rng = np.random.default_rng(0)
+
     def low_share(noise):  # share of power below 500 Hz
         spectrum = np.abs(np.fft.rfft(noise)) ** 2
         return spectrum[: int(500 * len(noise) / 16000)].sum() / spectrum.sum()
+
     white, pink, brown = (low_share(speech.colored_noise(16000, c, rng)) for c in ("white", "pink", "brown"))
     assert white < pink < brown
 
@@ -314,7 +334,9 @@ def test_make_data_keeps_a_matching_build_and_refuses_a_stale_one(tmp_path):
     info_path.write_text(json.dumps(info))
     stale = subprocess.run(command, capture_output=True, text=True)
     assert stale.returncode != 0
-    assert stale.stderr.strip().splitlines() == [f"make_data: error: {tmp_path / 'test'} exists with other settings; pass --force to replace it"]
+    assert stale.stderr.strip().splitlines() == [
+        f"make_data: error: {tmp_path / 'test'} exists with other settings; pass --force to replace it"
+    ]
     assert subprocess.run(command + ["--force"], capture_output=True, text=True).returncode == 0
     assert json.loads(info_path.read_text())["grammar_version"] == texts.GRAMMAR_VERSION
 
@@ -328,3 +350,19 @@ def test_long_clips_are_skipped_and_replaced(tmp_path):
     assert dataset.info["skipped_longer_than_max"] > 0
     assert all(split_of(text) == "test" for text in dataset.texts)
     assert not list(tmp_path.glob(".*partial"))
+
+
+def test_a_bad_split_is_the_same_error_everywhere(tmp_path):
+    import random
+
+    from edgelalm.errors import EdgelalmError
+    from edgelalm.training import dataset, speech
+
+    for call in (
+        lambda: texts.sample_sentence("valid", random.Random(0)),  # type: ignore[arg-type]
+        lambda: speech.voices("valid"),  # type: ignore[arg-type]
+        lambda: dataset.build_dataset(tmp_path / "d", "valid", 1, seed=0, progress=False),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(EdgelalmError, match="split must be 'train' or 'test', not 'valid'"):
+            call()
+    assert not (tmp_path / "d").exists()

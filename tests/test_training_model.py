@@ -37,12 +37,34 @@ def test_log_mel_batch_equals_the_feature_extractor(loaded, clips):
     _, processor = loaded
     mel, lengths = log_mel_batch(clips, processor.feature_extractor)
     for row, clip in enumerate(clips):
-        reference = processor.feature_extractor(clip, sampling_rate=16000, return_attention_mask=True, return_tensors="np")
+        reference = processor.feature_extractor(
+            clip, sampling_rate=16000, return_attention_mask=True, return_tensors="np"
+        )
         valid = int(reference["attention_mask"].sum())
         assert int(lengths[row]) == valid
         # The clip's frames and the two the encoder's convolution reads after them.
         kept = min(valid + 2, reference["input_features"].shape[-1])
         np.testing.assert_allclose(mel[row, :, :kept].numpy(), reference["input_features"][0, :, :kept], atol=1e-4)
+
+
+def test_training_and_runtime_log_mel_are_the_same_features(loaded, clips):
+    """What the model is trained on (torch, batched) is what the runtime feeds it (numpy, one
+    window at a time): the clip's frames and the encoder's two frames of right context."""
+    from edgelalm.runtime.features import FeatureSettings, log_mel_window
+
+    _, processor = loaded
+    extractor = processor.feature_extractor
+    settings = FeatureSettings(
+        extractor.sampling_rate, extractor.n_fft, extractor.hop_length, extractor.n_samples, extractor.mel_filters
+    )
+    mel, lengths = log_mel_batch(clips, extractor)
+    for row, clip in enumerate(clips):
+        runtime = log_mel_window(clip, settings)
+        valid = int(lengths[row])
+        assert runtime.mel.shape[1] == valid
+        np.testing.assert_allclose(mel[row, :, :valid].numpy(), runtime.mel, atol=1e-4)
+        context = mel[row, :, valid : valid + 2].numpy()
+        np.testing.assert_allclose(context, runtime.right_context[:, : context.shape[1]], atol=1e-4)
 
 
 def test_encode_batch_equals_transformers_on_each_padded_clip(loaded, clips):
@@ -63,20 +85,33 @@ def test_answer_loss_equals_transformers_loss(loaded, clips):
     model, processor = loaded
     prompt = PromptIds.from_processor(processor)
     tokenizer = processor.tokenizer
-    answers = [tokenizer("set a timer", add_special_tokens=False)["input_ids"], tokenizer("call anna", add_special_tokens=False)["input_ids"]]
+    answers = [
+        tokenizer("set a timer", add_special_tokens=False)["input_ids"],
+        tokenizer("call anna", add_special_tokens=False)["input_ids"],
+    ]
     batch = clips[:2]
     with torch.no_grad():
         mel, lengths = log_mel_batch(batch, processor.feature_extractor)
-        audio = compress_and_project(model, build_compressor(CompressorSpec("none", 1)), encode_batch(model.model.audio_tower, mel, lengths))
+        audio = compress_and_project(
+            model, build_compressor(CompressorSpec("none", 1)), encode_batch(model.model.audio_tower, mel, lengths)
+        )
         inputs, mask, labels = decoder_inputs(model, prompt, audio, answers)
         ours = answer_loss(model, inputs, mask, labels)
 
         audio_id = tokenizer.convert_tokens_to_ids(processor.audio_token)
         reference_losses, counts = [], []
         for clip, answer, embeddings in zip(batch, answers, audio, strict=True):
-            ids = prompt.before_audio + [audio_id] * embeddings.shape[0] + prompt.after_audio + answer + [prompt.end_of_answer]
+            ids = (
+                prompt.before_audio
+                + [audio_id] * embeddings.shape[0]
+                + prompt.after_audio
+                + answer
+                + [prompt.end_of_answer]
+            )
             row_labels = [IGNORE_INDEX] * (len(ids) - len(answer) - 1) + answer + [prompt.end_of_answer]
-            features = processor.feature_extractor(clip, sampling_rate=16000, return_attention_mask=True, padding="max_length", return_tensors="pt")
+            features = processor.feature_extractor(
+                clip, sampling_rate=16000, return_attention_mask=True, padding="max_length", return_tensors="pt"
+            )
             output = model(
                 input_ids=torch.tensor([ids]),
                 input_features=features["input_features"],
@@ -86,7 +121,7 @@ def test_answer_loss_equals_transformers_loss(loaded, clips):
             reference_losses.append(float(output.loss))
             counts.append(len(answer) + 1)
     # The batch loss is the mean over all answer tokens of both clips.
-    expected = sum(loss * count for loss, count in zip(reference_losses, counts)) / sum(counts)
+    expected = sum(loss * count for loss, count in zip(reference_losses, counts, strict=True)) / sum(counts)
     assert float(ours) == pytest.approx(expected, abs=1e-5)
     assert (labels != IGNORE_INDEX).sum() == sum(counts)
 

@@ -30,8 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-count", type=int, default=40000)
     parser.add_argument("--test-count", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--grammar-version", type=int, choices=GRAMMAR_VERSIONS, default=GRAMMAR_VERSION,
-                        help="sentence grammar (1: the shipped model's stages 1-3; default: the latest)")
+    parser.add_argument(
+        "--grammar-version",
+        type=int,
+        choices=GRAMMAR_VERSIONS,
+        default=GRAMMAR_VERSION,
+        help="sentence grammar (1: the shipped model's stages 1-3; default: the latest)",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--max-seconds", type=float, default=10.0, help="skip clips longer than this")
     parser.add_argument("--force", action="store_true", help="replace split folders built with other settings")
@@ -48,14 +53,29 @@ def main(argv: list[str] | None = None) -> int:
         if (target / "dataset.json").is_file():
             info = json.loads((target / "dataset.json").read_text(encoding="utf-8"))
             wanted = (split, count, args.seed, args.max_seconds, args.grammar_version)
-            built = (info.get("split"), info.get("count"), info.get("seed"), info.get("max_seconds"), info.get("grammar_version", 1))
+            built = (
+                info.get("split"),
+                info.get("count"),
+                info.get("seed"),
+                info.get("max_seconds"),
+                info.get("grammar_version", 1),
+            )
             if built == wanted:
                 print(f"{target}: already built ({SpeechDataset(target)!r}), kept", file=sys.stderr)
                 continue
         if target.exists() and not args.force:
             raise EdgelalmError(f"{target} exists with other settings; pass --force to replace it")
-        build_dataset(target, split, count, args.seed, workers=args.workers, progress=True, max_seconds=args.max_seconds,
-                      overwrite=args.force, grammar_version=args.grammar_version)
+        build_dataset(
+            target,
+            split,
+            count,
+            args.seed,
+            workers=args.workers,
+            progress=True,
+            max_seconds=args.max_seconds,
+            overwrite=args.force,
+            grammar_version=args.grammar_version,
+        )
     print(f"done in {time.perf_counter() - started:.1f} s: {args.out / 'train'}, {args.out / 'test'}", file=sys.stderr)
     return 0
 

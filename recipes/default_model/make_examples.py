@@ -35,7 +35,9 @@ def main() -> int:
             raise SystemExit(f"{voice} is not a held-out voice")
         if texts.split_of(text) != "test":
             raise SystemExit(f"{text!r} is not a test-only sentence")
-        soundfile.write(examples / file, speech.render(text, voice, speed, pitch), speech.SAMPLING_RATE, subtype="PCM_16")
+        soundfile.write(
+            examples / file, speech.render(text, voice, speed, pitch), speech.SAMPLING_RATE, subtype="PCM_16"
+        )
         rows = [r for r in rows if not r.startswith(file + "\t")]
         rows.append(f"{file}\t{text}\tespeak-ng {voice}, speed {speed}, pitch {pitch} (held-out voice)")
         print(f"{file}: {text!r} ({voice})", file=sys.stderr)

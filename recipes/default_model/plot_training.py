@@ -32,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     offset, series = 0, {"answer_loss": [], "ctc_loss": [], "test_loss": []}
     for number, stage in enumerate(args.stages, start=1):
         folder, _, stop = stage.partition(":")
-        records = [json.loads(line) for line in (Path(folder) / "train_log.jsonl").read_text().splitlines() if line.strip()]
+        records = [
+            json.loads(line) for line in (Path(folder) / "train_log.jsonl").read_text().splitlines() if line.strip()
+        ]
         if stop:
             records = [r for r in records if r["step"] <= int(stop)]
         (args.out / f"train_log_stage{number}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -43,11 +45,20 @@ def main(argv: list[str] | None = None) -> int:
         offset += records[-1]["step"]
         if number < len(args.stages):
             axis.axvline(offset, color="grey", linestyle=":", linewidth=1)
-    labels = {"answer_loss": "train: answer cross entropy", "ctc_loss": "train: CTC per character (training-only head)",
-              "test_loss": "held-out: answer cross entropy"}
+    labels = {
+        "answer_loss": "train: answer cross entropy",
+        "ctc_loss": "train: CTC per character (training-only head)",
+        "test_loss": "held-out: answer cross entropy",
+    }
     for key, points in series.items():
         if points:
-            axis.plot(*zip(*points), "o-" if key == "test_loss" else "-", label=labels[key], markersize=3, alpha=0.9 if key == "test_loss" else 0.6)
+            axis.plot(
+                *zip(*points, strict=True),
+                "o-" if key == "test_loss" else "-",
+                label=labels[key],
+                markersize=3,
+                alpha=0.9 if key == "test_loss" else 0.6,
+            )
     axis.set_xlabel("step (batch 16); dotted lines: stage boundaries")
     axis.set_ylabel("loss (nats)")
     axis.set_title("default model, base training on 2 CPU cores")

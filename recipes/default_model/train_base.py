@@ -85,29 +85,54 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ctc-weight", type=float, default=TrainSettings.ctc_weight)
     parser.add_argument("--augment-probability", type=float, default=TrainSettings.augment_probability)
     parser.add_argument("--warmup-steps", type=int, default=TrainSettings.warmup_steps)
-    parser.add_argument("--init-from", type=Path, default=None,
-                        help="continue from this checkpoint (weights and tokenizer) with a fresh schedule")
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="continue from this checkpoint (weights and tokenizer) with a fresh schedule",
+    )
     args = parser.parse_args(argv)
 
-    settings = TrainSettings(steps=args.steps, stop_after=args.stop_after, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                             seed=args.seed, threads=args.threads, ctc_weight=args.ctc_weight,
-                             augment_probability=args.augment_probability, warmup_steps=args.warmup_steps)
+    settings = TrainSettings(
+        steps=args.steps,
+        stop_after=args.stop_after,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        threads=args.threads,
+        ctc_weight=args.ctc_weight,
+        augment_probability=args.augment_probability,
+        warmup_steps=args.warmup_steps,
+    )
     train_data, test_data = SpeechDataset(args.data / "train"), SpeechDataset(args.data / "test")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.init_from:
-        model = Qwen2AudioForConditionalGeneration.from_pretrained(args.init_from, dtype=torch.float32, use_safetensors=True)
+        model = Qwen2AudioForConditionalGeneration.from_pretrained(
+            args.init_from, dtype=torch.float32, use_safetensors=True
+        )
         processor = Qwen2AudioProcessor.from_pretrained(args.init_from)
     else:
         model, processor = build_base(args.out, args.seed)
     parameters = sum(p.numel() for p in model.parameters())
-    print(f"model: {parameters / 1e6:.2f} M parameters; tokenizer {len(processor.tokenizer)} tokens; {train_data!r}", file=sys.stderr)
+    print(
+        f"model: {parameters / 1e6:.2f} M parameters; tokenizer {len(processor.tokenizer)} tokens; {train_data!r}",
+        file=sys.stderr,
+    )
     alphabet = "".join(sorted({c for word in texts.vocabulary() for c in word} | {" "}))
     started = time.perf_counter()
     save = saver(model, processor)
     log = train(model, processor, train_data, test_data, args.out, settings, ctc_alphabet=alphabet, save=save)
     save(args.out / "final")
-    plot_losses(log, args.out / "loss.png", f"default model, base training ({parameters / 1e6:.1f} M parameters, batch {settings.batch_size})")
-    summary = {"parameters": parameters, "minutes": round((time.perf_counter() - started) / 60, 1), "final": log.records[-1]}
+    plot_losses(
+        log,
+        args.out / "loss.png",
+        f"default model, base training ({parameters / 1e6:.1f} M parameters, batch {settings.batch_size})",
+    )
+    summary = {
+        "parameters": parameters,
+        "minutes": round((time.perf_counter() - started) / 60, 1),
+        "final": log.records[-1],
+    }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary), file=sys.stderr)
     return 0

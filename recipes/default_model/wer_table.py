@@ -25,19 +25,27 @@ import torch
 from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 
 from edgelalm.compression import CompressorSpec
+from edgelalm.constants import ENCODER_PRECISIONS
 from edgelalm.export.bundle import ExportOptions, export_bundle
 from edgelalm.export.compressor import build_compressor
-from edgelalm.constants import ENCODER_PRECISIONS
 from edgelalm.pretrained import default_adapter_dir, default_model_dir
 from edgelalm.training.dataset import SpeechDataset
 from edgelalm.training.evaluate import WerResult, score, transcribe_bundle, transcribe_torch
 
-COMPRESSORS = (CompressorSpec("none", 1), CompressorSpec("avg", 2), CompressorSpec("avg", 3), CompressorSpec("sample", 3), CompressorSpec("unseg", 1))
+COMPRESSORS = (
+    CompressorSpec("none", 1),
+    CompressorSpec("avg", 2),
+    CompressorSpec("avg", 3),
+    CompressorSpec("sample", 3),
+    CompressorSpec("unseg", 1),
+)
 QUANTS = ("f16", "q8_0", "q4_k_m")
 
 
 def load_model(model_dir: Path, adapter_dir: Path | None):
-    model = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True).eval()
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(
+        model_dir, dtype=torch.float32, use_safetensors=True
+    ).eval()
     if adapter_dir is not None:
         from peft import PeftModel
 
@@ -46,8 +54,13 @@ def load_model(model_dir: Path, adapter_dir: Path | None):
 
 
 def row(result: WerResult) -> dict:
-    return {"wer": result.wer, "errors": result.errors, "words": result.words, "audio_tokens_per_second": result.audio_tokens_per_second,
-            "hypotheses": list(result.hypotheses)}
+    return {
+        "wer": result.wer,
+        "errors": result.errors,
+        "words": result.words,
+        "audio_tokens_per_second": result.audio_tokens_per_second,
+        "hypotheses": list(result.hypotheses),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,8 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("recipes/default_model/results"))
     parser.add_argument("--no-export", action="store_true", help="PyTorch columns only")
     parser.add_argument("--compressors", default="none,avg2,avg3,sample3,unseg", help="comma-separated labels")
-    parser.add_argument("--export-compressors", default="none,avg2,avg3,sample3,unseg",
-                        help="labels whose bundles are exported and measured too")
+    parser.add_argument(
+        "--export-compressors",
+        default="none,avg2,avg3,sample3,unseg",
+        help="labels whose bundles are exported and measured too",
+    )
     parser.add_argument("--quants", default=",".join(QUANTS), help="decoder types of the bundle columns")
     parser.add_argument("--encoder-precision", default="fp32", choices=ENCODER_PRECISIONS, help="the bundles' encoder")
     args = parser.parse_args(argv)
@@ -92,15 +108,23 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.TemporaryDirectory() as scratch:
                 for quant in args.quants.split(","):
                     bundle = Path(scratch) / f"{spec.label}-{quant}"
-                    export_bundle(ExportOptions(model_dir, bundle, spec, args.encoder_precision, quant, adapter_dir, force=True))
+                    export_bundle(
+                        ExportOptions(model_dir, bundle, spec, args.encoder_precision, quant, adapter_dir, force=True)
+                    )
                     texts, tokens = transcribe_bundle(bundle, clips, data.sampling_rate)
                     entry[f"bundle_{quant}"] = row(score(references, texts, tokens, seconds))
                     log(f"{spec.label} bundle {quant}: WER {entry[f'bundle_{quant}']['wer']:.2%}")
         results[spec.label] = entry
 
     args.out.mkdir(parents=True, exist_ok=True)
-    summary = {"data": str(args.data), "clips": len(clips), "audio_seconds": seconds, "encoder_precision": args.encoder_precision,
-               "words": next(iter(results.values()))["pytorch"]["words"], "results": results}
+    summary = {
+        "data": str(args.data),
+        "clips": len(clips),
+        "audio_seconds": seconds,
+        "encoder_precision": args.encoder_precision,
+        "words": next(iter(results.values()))["pytorch"]["words"],
+        "results": results,
+    }
     (args.out / "wer.json").write_text(json.dumps(summary, indent=1) + "\n")
     (args.out / "wer.md").write_text(markdown_table(summary))
     print(markdown_table(summary))
@@ -112,17 +136,21 @@ def markdown_table(summary: dict) -> str:
         return f"{entry[key]['wer'] * 100:.1f}" if key in entry else "–"
 
     lines = [
-        f"WER (%) on {summary['clips']} held-out clips ({summary['words']} words, {summary['audio_seconds'] / 60:.1f} min); "
+        f"WER (%) on {summary['clips']} held-out clips ({summary['words']} words, "
+        f"{summary['audio_seconds'] / 60:.1f} min); "
         "the bundle columns run the realigned model (LoRA merged) through onnxruntime + llama.cpp, "
         f"with the encoder in {summary.get('encoder_precision', 'fp32')}.",
         "",
-        "| compressor | audio tokens/s | PyTorch, no LoRA | PyTorch + LoRA | bundle f16 | bundle q8_0 | bundle q4_k_m |",
+        "| compressor | audio tokens/s | PyTorch, no LoRA | PyTorch + LoRA | bundle f16 | bundle q8_0 | bundle "
+        "q4_k_m |",
         "|---|---|---|---|---|---|---|",
     ]
     for label, entry in summary["results"].items():
         rate = entry["pytorch"]["audio_tokens_per_second"]
-        lines.append(f"| {label} | {rate:.2f} | {cell(entry, 'pytorch')} | {cell(entry, 'pytorch_lora')} | "
-                     f"{cell(entry, 'bundle_f16')} | {cell(entry, 'bundle_q8_0')} | {cell(entry, 'bundle_q4_k_m')} |")
+        lines.append(
+            f"| {label} | {rate:.2f} | {cell(entry, 'pytorch')} | {cell(entry, 'pytorch_lora')} | "
+            f"{cell(entry, 'bundle_f16')} | {cell(entry, 'bundle_q8_0')} | {cell(entry, 'bundle_q4_k_m')} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -18,21 +18,37 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from edgelalm.compression import CompressorSpec
+from edgelalm.constants import (
+    MANIFEST_FILE,
+    SAMPLING_RATE,
+    CompressorName,
+    Device,
+    EncoderPrecision,
+    ExtraBuffers,
+    QuantType,
+)
 from edgelalm.errors import EdgelalmError
 from edgelalm.isolation import run_child
-from edgelalm.constants import MANIFEST_FILE, SAMPLING_RATE
 from edgelalm.manifest import DecoderInfo, bundle_name, read_manifest
+from edgelalm.runtime.features import conv_positions, encoder_output_frames
 from edgelalm.runtime.memory import peak_rss_mb
 
 STAGES = ("features", "encoder", "compressor", "prefill", "decode", "time_to_first_token", "total")
 DEFAULT_COMPRESSORS = ("none", "avg2", "avg3", "avg4", "avg6", "sample3", "unseg")
 DEFAULT_SECONDS = (5.0, 30.0, 120.0, 600.0)
-QUICK = {"preset": "tiny", "compressors": ("none", "avg3"), "seconds": (3.0, 12.0), "repeats": 1, "max_tokens": 8}
+# `bench --quick`: what it changes in the plan.
+QUICK: dict[str, Any] = {
+    "model": "tiny",
+    "compressors": ("none", "avg3"),
+    "seconds": (3.0, 12.0),
+    "repeats": 1,
+    "max_tokens": 8,
+}
 
 
 @dataclass
@@ -43,13 +59,13 @@ class BenchPlan:
     seconds: tuple[float, ...] = DEFAULT_SECONDS
     repeats: int = 3
     max_tokens: int = 32
-    quant: str = "q8_0"
-    encoder_precision: str = "fp32"
+    quant: QuantType = "q8_0"
+    encoder_precision: EncoderPrecision = "fp32"
     threads: int | None = None
     reference: bool = True
     target: str = "cpu-x86_64"
     settings: dict[str, Any] = field(default_factory=dict)
-    llama_extra_buffers: str = "auto"  # see edgelalm.runtime.llama_backend
+    llama_extra_buffers: ExtraBuffers = "auto"  # see edgelalm.runtime.llama_backend
 
 
 def target_settings(target: str) -> dict[str, Any]:
@@ -64,7 +80,8 @@ def parse_compressor(label: str) -> CompressorSpec:
     """'avg3' -> CompressorSpec('avg', 3); 'unseg' -> CompressorSpec('unseg')."""
     name = label.rstrip("0123456789")
     digits = label[len(name) :]
-    return CompressorSpec(name, int(digits) if digits else 1)
+    # CompressorSpec refuses an unknown name.
+    return CompressorSpec(cast(CompressorName, name), int(digits) if digits else 1)
 
 
 def synthetic_clip(seconds: float, seed: int = 0) -> np.ndarray:
@@ -100,14 +117,16 @@ def measure_edgelalm(
     repeats: int,
     max_tokens: int,
     threads: int | None,
-    device: str = "cpu",
+    device: Device = "cpu",
     cpu_arena: bool = False,
-    llama_extra_buffers: str = "auto",
+    llama_extra_buffers: ExtraBuffers = "auto",
 ) -> dict[str, Any]:
     from edgelalm.runtime.pipeline import Runtime
 
     started = time.perf_counter()
-    runtime = Runtime(bundle, threads=threads, device=device, cpu_arena=cpu_arena, llama_extra_buffers=llama_extra_buffers)
+    runtime = Runtime(
+        bundle, threads=threads, device=device, cpu_arena=cpu_arena, llama_extra_buffers=llama_extra_buffers
+    )
     load_ms = (time.perf_counter() - started) * 1000
     audio = synthetic_clip(seconds)
     runtime.run(audio, max_tokens=max_tokens)  # warm-up
@@ -121,7 +140,7 @@ def measure_edgelalm(
         "generated_tokens": last.generated_tokens,
         "timings_ms": {stage: summarize([run.timings_ms.get(stage, 0.0) for run in runs]) for stage in STAGES},
         "decode_tokens_per_second": summarize([run.decode_tokens_per_second for run in runs]),
-        "kv_cache_mb": kv_cache_mb(runtime.manifest.decoder, tokens),
+        "kv_cache_mb": kv_cache_mb(runtime.decoder_info, tokens),
         "peak_rss_mb": peak_rss_mb(),
         "weight_buffers": runtime.decoder.weight_buffers,
     }
@@ -157,8 +176,15 @@ def measure_reference(
     extractor = processor.feature_extractor
     window = extractor.chunk_length * extractor.sampling_rate
     tower = model.model.audio_tower
-    messages = [{"role": "user", "content": [{"type": "audio", "audio": "clip"}, {"type": "text", "text": "Transcribe the audio."}]}]
-    before, after = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False).split(processor.audio_token)
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "audio", "audio": "clip"}, {"type": "text", "text": "Transcribe the audio."}],
+        }
+    ]
+    before, after = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False).split(
+        processor.audio_token
+    )
     embed = model.get_input_embeddings()
     text_before = embed(torch.tensor(processor.tokenizer(before, add_special_tokens=False).input_ids, device=device))
     text_after = embed(torch.tensor(processor.tokenizer(after, add_special_tokens=False).input_ids, device=device))
@@ -170,18 +196,28 @@ def measure_reference(
         tokens = []
         for start in range(0, len(audio), window):
             lap = time.perf_counter()
-            features = extractor(audio[start : start + window], sampling_rate=SAMPLING_RATE, return_attention_mask=True,
-                                 padding="max_length", return_tensors="pt")
+            features = extractor(
+                audio[start : start + window],
+                sampling_rate=SAMPLING_RATE,
+                return_attention_mask=True,
+                padding="max_length",
+                return_tensors="pt",
+            )
             features = features.to(device)
             timings["features"] += elapsed_ms(lap)
             lap = time.perf_counter()
             valid_mel = features["attention_mask"].sum(-1)
-            conv_lengths, frame_lengths = tower._get_feat_extract_output_lengths(valid_mel)
+            mel_frames = int(valid_mel[0])
+            conv_lengths = torch.tensor([conv_positions(mel_frames)], device=device)
+            frame_lengths = [encoder_output_frames(mel_frames)]
             positions = features["input_features"].shape[-1] // 2
             mask_2d = (torch.arange(positions, device=device)[None] < conv_lengths[:, None]).long()
-            mask = create_bidirectional_mask(config=tower.config, inputs_embeds=torch.zeros(1, positions, 1, device=device),
-                                             attention_mask=mask_2d)
-            frames = tower(features["input_features"], attention_mask=mask).last_hidden_state[0, : int(frame_lengths[0])]
+            mask = create_bidirectional_mask(
+                config=tower.config, inputs_embeds=torch.zeros(1, positions, 1, device=device), attention_mask=mask_2d
+            )
+            frames = tower(features["input_features"], attention_mask=mask).last_hidden_state[
+                0, : int(frame_lengths[0])
+            ]
             timings["encoder"] += elapsed_ms(lap)
             lap = time.perf_counter()
             tokens.append(model.model.multi_modal_projector(compressor(frames)))
@@ -220,9 +256,7 @@ def measure_reference(
 
 
 def run_bench(plan: BenchPlan) -> dict[str, Any]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from edgelalm.progress import stderr_console
+    from edgelalm.progress import Bar
 
     check_device(plan)
     plan.out_dir.mkdir(parents=True, exist_ok=True)
@@ -232,18 +266,18 @@ def run_bench(plan: BenchPlan) -> dict[str, Any]:
         bundles[label] = ensure_bundle(model_dir, label, plan, share_from=next(iter(bundles.values()), None))
     points = [("edgelalm", label, seconds) for label in plan.compressors for seconds in plan.seconds]
     if plan.reference:
-        points += [("pytorch", label, seconds) for label in plan.compressors[:1] + ("avg3",) for seconds in plan.seconds]
+        points += [
+            ("pytorch", label, seconds) for label in plan.compressors[:1] + ("avg3",) for seconds in plan.seconds
+        ]
         points = list(dict.fromkeys(points))
     rows = []
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=stderr_console) as progress:
-        task = progress.add_task("benchmarking", total=len(points))
+    with Bar(len(points), "benchmarking") as bar:
         for runtime, label, seconds in points:
-            progress.update(task, description=f"{runtime} {label} {seconds:g} s")
+            bar.update(status=f"{runtime} {label} {seconds:g} s")
             source = bundles[label] if runtime == "edgelalm" else model_dir
             result = measure_in_subprocess(runtime, source, label, seconds, plan)
             rows.append({"runtime": runtime, "compressor": label, "seconds": seconds, **result})
-            progress.advance(task)
+            bar.update(advance=1)
     check_rows(rows)
     results = {
         "machine": machine_description(plan),
@@ -270,8 +304,10 @@ def check_device(plan: BenchPlan) -> None:
         import torch
 
         if not torch.cuda.is_available():
-            raise EdgelalmError("--target cuda: this torch cannot reach a CUDA GPU, so the reference would run on the CPU; "
-                                "install a CUDA build of torch or pass --no-reference")
+            raise EdgelalmError(
+                "--target cuda: this torch cannot reach a CUDA GPU, so the reference would run on the CPU; "
+                "install a CUDA build of torch or pass --no-reference"
+            )
 
 
 def ensure_model(plan: BenchPlan) -> Path:
@@ -284,7 +320,9 @@ def ensure_model(plan: BenchPlan) -> Path:
         return folder
     folder = Path(plan.model)
     if not folder.is_dir():
-        raise EdgelalmError(f"--model {plan.model} is neither a checkpoint folder nor a preset ({', '.join(scaffold.PRESETS)})")
+        raise EdgelalmError(
+            f"--model {plan.model} is neither a checkpoint folder nor a preset ({', '.join(scaffold.PRESETS)})"
+        )
     return folder
 
 
@@ -301,11 +339,26 @@ def ensure_bundle(model_dir: Path, label: str, plan: BenchPlan, share_from: Path
             manifest = read_manifest(folder, verify_files=False)
         except EdgelalmError:
             manifest = None  # unreadable: export it again
-        if (manifest and manifest.decoder and manifest.model.source == str(model_dir.resolve())
-                and manifest.decoder.quant == plan.quant and manifest.encoder.precision == plan.encoder_precision):
+        if (
+            manifest
+            and manifest.decoder
+            and manifest.model.source == str(model_dir.resolve())
+            and manifest.decoder.quant == plan.quant
+            and manifest.encoder.precision == plan.encoder_precision
+        ):
             return folder
-    export_bundle(ExportOptions(model_dir, folder, parse_compressor(label), plan.encoder_precision, plan.quant, None,
-                                force=True, share_from=share_from))
+    export_bundle(
+        ExportOptions(
+            model_dir,
+            folder,
+            parse_compressor(label),
+            plan.encoder_precision,
+            plan.quant,
+            None,
+            force=True,
+            share_from=share_from,
+        )
+    )
     return folder
 
 
@@ -324,9 +377,18 @@ def measure_in_subprocess(
 ) -> dict[str, Any]:
     """One (runtime, compressor, clip length) measured in a fresh process (`_worker`), so its peak
     RSS is its own; {"error": how it ended} if it failed (a crash is named by its signal)."""
-    job = {"runtime": runtime, "source": str(source), "label": label, "seconds": seconds, "repeats": plan.repeats,
-           "max_tokens": plan.max_tokens, "threads": plan.threads, "device": plan.settings.get("device", "cpu"),
-           "cpu_arena": cpu_arena, "llama_extra_buffers": plan.llama_extra_buffers}
+    job = {
+        "runtime": runtime,
+        "source": str(source),
+        "label": label,
+        "seconds": seconds,
+        "repeats": plan.repeats,
+        "max_tokens": plan.max_tokens,
+        "threads": plan.threads,
+        "device": plan.settings.get("device", "cpu"),
+        "cpu_arena": cpu_arena,
+        "llama_extra_buffers": plan.llama_extra_buffers,
+    }
     result = run_child([sys.executable, "-m", "edgelalm.bench", json.dumps(job)])
     if not result.ok:
         return {"error": f"the {runtime} worker {result.failure()}"}
@@ -340,7 +402,10 @@ def check_rows(rows: list[dict[str, Any]]) -> None:
     if failed and len(failed) == len(rows):
         raise EdgelalmError(f"no measurement succeeded; the first: {failed[0]['error']}")
     for row in failed:
-        print(f"edgelalm: warning: {row['runtime']} {row['compressor']} {row['seconds']:g} s: {row['error']}", file=sys.stderr)
+        print(
+            f"edgelalm: warning: {row['runtime']} {row['compressor']} {row['seconds']:g} s: {row['error']}",
+            file=sys.stderr,
+        )
 
 
 def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -363,14 +428,21 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"per_length": {}}
     for seconds in lengths:
         out["per_length"][str(seconds)] = {
-            "prefill_none_over_avg3": divide(stage("edgelalm", "none", seconds, "prefill"), stage("edgelalm", "avg3", seconds, "prefill")),
-            "ttft_pytorch_over_edgelalm_none": divide(
-                stage("pytorch", "none", seconds, "time_to_first_token"), stage("edgelalm", "none", seconds, "time_to_first_token")
+            "prefill_none_over_avg3": divide(
+                stage("edgelalm", "none", seconds, "prefill"), stage("edgelalm", "avg3", seconds, "prefill")
             ),
-            "peak_rss_edgelalm_over_pytorch_none": divide(memory("edgelalm", "none", seconds), memory("pytorch", "none", seconds)),
+            "ttft_pytorch_over_edgelalm_none": divide(
+                stage("pytorch", "none", seconds, "time_to_first_token"),
+                stage("edgelalm", "none", seconds, "time_to_first_token"),
+            ),
+            "peak_rss_edgelalm_over_pytorch_none": divide(
+                memory("edgelalm", "none", seconds), memory("pytorch", "none", seconds)
+            ),
         }
     if 5.0 in lengths and 30.0 in lengths:
-        out["encoder_5s_over_30s"] = divide(stage("edgelalm", "none", 5.0, "encoder"), stage("edgelalm", "none", 30.0, "encoder"))
+        out["encoder_5s_over_30s"] = divide(
+            stage("edgelalm", "none", 5.0, "encoder"), stage("edgelalm", "none", 30.0, "encoder")
+        )
     return out
 
 
@@ -386,7 +458,7 @@ def machine_description(plan: BenchPlan) -> dict[str, Any]:
         "target": plan.target,
         "cpu": cpu_name(),
         "llama_cpp_system_info": llama_system_info(),
-        "llama_extra_buffers": decide_extra_buffers(plan.llama_extra_buffers).reason,  # type: ignore[arg-type]
+        "llama_extra_buffers": decide_extra_buffers(plan.llama_extra_buffers).reason,
         "cores": os.cpu_count(),
         "threads": plan.threads or "default",
         "python": platform.python_version(),
@@ -399,32 +471,58 @@ def write_results(results: dict[str, Any], out_dir: Path) -> None:
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     with (out_dir / "results.csv").open("w", newline="") as stream:
         writer = csv.writer(stream)
-        writer.writerow(["runtime", "compressor", "seconds", "audio_tokens", *[f"{s}_ms" for s in STAGES],
-                         "decode_tokens_per_second", "kv_cache_mb", "peak_rss_mb", "error"])
+        writer.writerow(
+            [
+                "runtime",
+                "compressor",
+                "seconds",
+                "audio_tokens",
+                *[f"{s}_ms" for s in STAGES],
+                "decode_tokens_per_second",
+                "kv_cache_mb",
+                "peak_rss_mb",
+                "error",
+            ]
+        )
         for row in results["rows"]:
             timings = row.get("timings_ms", {})
-            writer.writerow([row["runtime"], row["compressor"], row["seconds"], row.get("audio_tokens"),
-                             *[round(timings[s]["median"], 2) if s in timings else "" for s in STAGES],
-                             round(row["decode_tokens_per_second"]["median"], 2) if "decode_tokens_per_second" in row else "",
-                             round(row["kv_cache_mb"], 2) if "kv_cache_mb" in row else "", row.get("peak_rss_mb", ""),
-                             row.get("error", "")])
+            writer.writerow(
+                [
+                    row["runtime"],
+                    row["compressor"],
+                    row["seconds"],
+                    row.get("audio_tokens"),
+                    *[round(timings[s]["median"], 2) if s in timings else "" for s in STAGES],
+                    round(row["decode_tokens_per_second"]["median"], 2) if "decode_tokens_per_second" in row else "",
+                    round(row["kv_cache_mb"], 2) if "kv_cache_mb" in row else "",
+                    row.get("peak_rss_mb", ""),
+                    row.get("error", ""),
+                ]
+            )
     (out_dir / "summary.md").write_text(summary_markdown(results))
     plot(results, out_dir)
 
 
 def summary_markdown(results: dict[str, Any]) -> str:
-    lines = ["| runtime | compressor | clip s | audio tokens | encoder ms | prefill ms | TTFT ms | decode tok/s | KV MB | peak RSS MB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| runtime | compressor | clip s | audio tokens | encoder ms | prefill ms | TTFT ms | decode tok/s | KV "
+        "MB | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for row in results["rows"]:
         if "timings_ms" not in row:
-            lines.append(f"| {row['runtime']} | {row['compressor']} | {row['seconds']:g} | error: {row.get('error')} | | | | | | |")
+            lines.append(
+                f"| {row['runtime']} | {row['compressor']} | {row['seconds']:g} | error: {row.get('error')} | | "
+                "| | | | |"
+            )
             continue
         t = row["timings_ms"]
         spread = f"{t['prefill']['min']:.0f}-{t['prefill']['max']:.0f}"
         kv = f"{row['kv_cache_mb']:.1f}" if "kv_cache_mb" in row else "-"
         lines.append(
             f"| {row['runtime']} | {row['compressor']} | {row['seconds']:g} | {row['audio_tokens']} | "
-            f"{t['encoder']['median']:.0f} | {t['prefill']['median']:.0f} ({spread}) | {t['time_to_first_token']['median']:.0f} | "
+            f"{t['encoder']['median']:.0f} | {t['prefill']['median']:.0f} ({spread}) | "
+            f"{t['time_to_first_token']['median']:.0f} | "
             f"{row['decode_tokens_per_second']['median']:.1f} | {kv} | {row['peak_rss_mb']:.0f} |"
         )
     return "\n".join(lines) + "\n"
@@ -443,14 +541,35 @@ def plot(results: dict[str, Any], out_dir: Path) -> None:
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     for seconds in lengths:
         present = [label for label in labels if (label, seconds) in by_key]
-        axes[0].plot(present, [by_key[(label, seconds)]["timings_ms"]["prefill"]["median"] for label in present], marker="o", label=f"{seconds:g} s clip")
-        axes[1].plot(present, [by_key[(label, seconds)]["peak_rss_mb"] for label in present], marker="o", label=f"{seconds:g} s clip")
+        axes[0].plot(
+            present,
+            [by_key[(label, seconds)]["timings_ms"]["prefill"]["median"] for label in present],
+            marker="o",
+            label=f"{seconds:g} s clip",
+        )
+        axes[1].plot(
+            present,
+            [by_key[(label, seconds)]["peak_rss_mb"] for label in present],
+            marker="o",
+            label=f"{seconds:g} s clip",
+        )
     for label in labels:
         present = [seconds for seconds in lengths if (label, seconds) in by_key]
-        axes[2].plot(present, [by_key[(label, seconds)]["timings_ms"]["time_to_first_token"]["median"] for seconds in present], marker="o", label=label)
+        axes[2].plot(
+            present,
+            [by_key[(label, seconds)]["timings_ms"]["time_to_first_token"]["median"] for seconds in present],
+            marker="o",
+            label=label,
+        )
     axes[0].set(title="decoder prefill vs compressor", ylabel="ms (median)", yscale="log")
     axes[1].set(title="peak RSS vs compressor", ylabel="MB")
-    axes[2].set(title="time to first token vs audio length", xlabel="clip seconds", ylabel="ms (median)", xscale="log", yscale="log")
+    axes[2].set(
+        title="time to first token vs audio length",
+        xlabel="clip seconds",
+        ylabel="ms (median)",
+        xscale="log",
+        yscale="log",
+    )
     for axis in axes:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
@@ -466,8 +585,13 @@ def _worker(argv: list[str]) -> None:
     args = (job["seconds"], job["repeats"], job["max_tokens"], job["threads"])
     try:
         if job["runtime"] == "edgelalm":
-            result = measure_edgelalm(Path(job["source"]), *args, device=job["device"], cpu_arena=job["cpu_arena"],
-                                      llama_extra_buffers=job["llama_extra_buffers"])
+            result = measure_edgelalm(
+                Path(job["source"]),
+                *args,
+                device=job["device"],
+                cpu_arena=job["cpu_arena"],
+                llama_extra_buffers=job["llama_extra_buffers"],
+            )
         else:
             result = measure_reference(Path(job["source"]), job["label"], *args, device=job["device"])
     except EdgelalmError as error:

@@ -6,22 +6,28 @@ non-zero exit code; usage errors too. torch is imported only by the commands tha
 
 from __future__ import annotations
 
-import enum
+import dataclasses
 import json
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 import typer.core
 from typer.exceptions import TyperException
 
 from edgelalm.compression import COMPRESSOR_DESCRIPTIONS, FACTOR_COMPRESSORS, CompressorSpec
-from edgelalm.constants import DEVICES, ENCODER_PRECISIONS, QUANT_TYPES
+from edgelalm.constants import (
+    CompressorName,
+    Device,
+    EncoderPrecision,
+    ExtraBuffers,
+    QuantType,
+    ScaffoldPreset,
+)
 from edgelalm.errors import EdgelalmError
 from edgelalm.manifest import bundle_name
-from edgelalm.runtime.llama_backend import EXTRA_BUFFER_CHOICES
 
 if TYPE_CHECKING:
     from edgelalm.manifest import DecoderInfo
@@ -38,11 +44,6 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-Compressor = enum.Enum("Compressor", {name: name for name in COMPRESSOR_DESCRIPTIONS}, type=str)
-Precision = enum.Enum("Precision", {name: name for name in ENCODER_PRECISIONS}, type=str)
-Device = enum.Enum("Device", {name: name for name in DEVICES}, type=str)
-ExtraBuffersChoice = enum.Enum("ExtraBuffersChoice", {name: name for name in EXTRA_BUFFER_CHOICES}, type=str)
-Quant = enum.Enum("Quant", {name: name for name in QUANT_TYPES}, type=str)
 
 _EXTRA_BUFFERS_HELP = (
     "llama.cpp's extra weight buffers (CPU repack, AMX). auto: on, except where llama.cpp was built with AMX and "
@@ -59,30 +60,32 @@ _COMPRESSOR_HELP = "Compressor between the audio encoder and the projector: " + 
 @app.command()
 def export(
     model: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(help="Qwen2-Audio checkpoint folder (config.json, *.safetensors, tokenizer, processor)."),
     ] = None,
-    compressor: Annotated[Compressor, typer.Option(help=_COMPRESSOR_HELP)] = Compressor.avg,
+    compressor: Annotated[CompressorName, typer.Option(help=_COMPRESSOR_HELP)] = "avg",
     factor: Annotated[
-        Optional[int],
-        typer.Option(min=1, help=f"Compression factor K for {' and '.join(FACTOR_COMPRESSORS)} (integer >= 1; default 2)."),
+        int | None,
+        typer.Option(
+            min=1, help=f"Compression factor K for {' and '.join(FACTOR_COMPRESSORS)} (integer >= 1; default 2)."
+        ),
     ] = None,
     encoder_precision: Annotated[
-        Precision,
+        EncoderPrecision,
         typer.Option(
             help="Encoder weights: fp32; fp16 (half the size, GPU-friendly); int8 (dynamic quantization of MatMuls). "
             "The measured difference against fp32 is printed."
         ),
-    ] = Precision.fp32,
+    ] = "fp32",
     quant: Annotated[
-        Quant,
+        QuantType,
         typer.Option(
             help="Decoder GGUF type: f32, f16, or llama.cpp's quantizations q8_0 (8-bit), q4_k_m (4-bit K-quant, "
             "mixed), q4_0 (4-bit). Norms and biases stay f32."
         ),
-    ] = Quant.q8_0,
+    ] = "q8_0",
     adapter: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             help="peft LoRA adapter folder (adapter_config.json + adapter_model.safetensors) on the language model, "
             "merged into the decoder before export (W' = W + alpha/r * B @ A). With the default model, the adapter "
@@ -93,7 +96,7 @@ def export(
         bool, typer.Option("--no-adapter", help="Export the decoder as it is, without any LoRA (to compare).")
     ] = False,
     out: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             help="Bundle folder to write. Default: export/<model>-<compressor><K>-<quant>, with "
             "-encoder-<precision> when the encoder is not fp32."
@@ -101,7 +104,7 @@ def export(
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
     share_from: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             help="An earlier bundle of the same checkpoint: its encoder (same --encoder-precision) and decoder (same "
             "--quant and adapter) are reused (encoder copied, decoder hard-linked) rather than exported again, as when "
@@ -109,8 +112,8 @@ def export(
         ),
     ] = None,
     llama_extra_buffers: Annotated[
-        ExtraBuffersChoice, typer.Option(help="For the decode check after writing the decoder. " + _EXTRA_BUFFERS_HELP)
-    ] = ExtraBuffersChoice.auto,
+        ExtraBuffers, typer.Option(help="For the decode check after writing the decoder. " + _EXTRA_BUFFERS_HELP)
+    ] = "auto",
 ) -> None:
     """Export a Qwen2-Audio checkpoint (default: the small model shipped with edgelalm) as one bundle
     folder: the audio encoder and the compressor + projector as ONNX (onnxruntime), the decoder with
@@ -126,16 +129,17 @@ def export(
         if adapter is None and not no_adapter and spec.name != "none":
             adapter = default_adapter_dir(spec)
             if adapter is None:
-                _warn(f"the default model has no adapter realigned to {spec.label} (shipped: {', '.join(shipped_adapters()) or 'none'}); "
-                      "exporting without one, so expect more errors (edgelalm finetune makes one)")
+                _warn(
+                    f"the default model has no adapter realigned to {spec.label} (shipped: "
+                    f"{', '.join(shipped_adapters()) or 'none'}); "
+                    "exporting without one, so expect more errors (edgelalm finetune makes one)"
+                )
     if out is None:
-        out = DEFAULT_EXPORT_ROOT / f"{model.resolve().name}-{bundle_name(spec.label, quant.value, encoder_precision.value)}"
+        out = DEFAULT_EXPORT_ROOT / f"{model.resolve().name}-{bundle_name(spec.label, quant, encoder_precision)}"
 
     from edgelalm.export.bundle import ExportOptions, export_bundle
 
-    options = ExportOptions(
-        model, out, spec, encoder_precision.value, quant.value, adapter, force, share_from, llama_extra_buffers.value
-    )
+    options = ExportOptions(model, out, spec, encoder_precision, quant, adapter, force, share_from, llama_extra_buffers)
     written = export_bundle(options)
     typer.echo(str(written))
 
@@ -143,8 +147,11 @@ def export(
 class _PlainUsageCommand(typer.core.TyperCommand):
     """Usage lines name required arguments the POSIX way (`AUDIO`), not typer's `{AUDIO}`."""
 
-    def collect_usage_pieces(self, ctx):  # noqa: ANN001, ANN201 - click's signature
-        return [piece[1:-1] if piece.startswith("{") and piece.endswith("}") else piece for piece in super().collect_usage_pieces(ctx)]
+    def collect_usage_pieces(self, ctx):
+        return [
+            piece[1:-1] if piece.startswith("{") and piece.endswith("}") else piece
+            for piece in super().collect_usage_pieces(ctx)
+        ]
 
 
 @app.command(cls=_PlainUsageCommand)
@@ -152,25 +159,26 @@ def run(
     audio: Annotated[
         Path,
         typer.Argument(
-            metavar="AUDIO", help="Audio file: wav, flac, ogg, mp3 (what libsndfile reads; any sample rate and channel count)."
+            metavar="AUDIO",
+            help="Audio file: wav, flac, ogg, mp3 (what libsndfile reads; any sample rate and channel count).",
         ),
     ],
     bundle: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(help="Bundle folder. Default: the most recently written bundle under ./export/."),
     ] = None,
     prompt: Annotated[
-        Optional[str], typer.Option(help="What to ask about the audio. Default: the bundle's transcription prompt.")
+        str | None, typer.Option(help="What to ask about the audio. Default: the bundle's transcription prompt.")
     ] = None,
     max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens to generate.")] = 256,
     temperature: Annotated[float, typer.Option(help="0 = greedy (default); above 0 samples with llama.cpp.")] = 0.0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling threshold when --temperature > 0.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
-    threads: Annotated[Optional[int], typer.Option(min=1, help=_THREADS_HELP)] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help=_THREADS_HELP)] = None,
     device: Annotated[
         Device, typer.Option(help="cpu, or cuda (onnxruntime's CUDA provider and llama.cpp GPU offload).")
-    ] = Device.cpu,
-    llama_extra_buffers: Annotated[ExtraBuffersChoice, typer.Option(help=_EXTRA_BUFFERS_HELP)] = ExtraBuffersChoice.auto,
+    ] = "cpu",
+    llama_extra_buffers: Annotated[ExtraBuffers, typer.Option(help=_EXTRA_BUFFERS_HELP)] = "auto",
     json_output: Annotated[
         bool,
         typer.Option("--json", help="After the answer, print one JSON line: text, token counts, timings, memory."),
@@ -185,7 +193,7 @@ def run(
     if bundle is None:
         bundle = latest_bundle(DEFAULT_EXPORT_ROOT)
         _note(f"bundle {bundle} (the newest under {DEFAULT_EXPORT_ROOT}/; --bundle picks another)")
-    with Runtime(bundle, threads=threads, device=device.value, llama_extra_buffers=llama_extra_buffers.value) as runtime:
+    with Runtime(bundle, threads=threads, device=device, llama_extra_buffers=llama_extra_buffers) as runtime:
         result = runtime.run(
             audio,
             prompt=prompt,
@@ -203,7 +211,9 @@ def run(
 
 
 @app.command(cls=_PlainUsageCommand)
-def inspect(bundle: Annotated[Path, typer.Argument(metavar="BUNDLE", help="Bundle folder written by edgelalm export.")]) -> None:
+def inspect(
+    bundle: Annotated[Path, typer.Argument(metavar="BUNDLE", help="Bundle folder written by edgelalm export.")],
+) -> None:
     """Print a bundle's manifest readably and verify every file's checksum."""
     from edgelalm.manifest import read_manifest
 
@@ -213,10 +223,14 @@ def inspect(bundle: Annotated[Path, typer.Argument(metavar="BUNDLE", help="Bundl
     rate = compressor.audio_tokens_per_second
     lines = [
         f"bundle        {bundle}  (format {manifest.format_version}, written {manifest.created_utc})",
-        f"model         {model.name}  audio width {model.audio_width}, LLM hidden {model.hidden_size}, vocab {model.vocab_size}",
-        f"features      {features.num_mel_bins} mel bins at {features.sampling_rate} Hz, window {features.window_seconds:g} s",
-        f"encoder       {encoder.file}  {encoder.precision}, probe max |diff| vs fp32 {encoder.probe.max_abs_diff_vs_pytorch_fp32:.2e}",
-        f"compressor    {compressor.file}  {spec.label}: " + (f"{rate:.2f} audio tokens/s" if rate else "rate depends on the audio"),
+        f"model         {model.name}  audio width {model.audio_width}, LLM hidden {model.hidden_size}, vocab "
+        f"{model.vocab_size}",
+        f"features      {features.num_mel_bins} mel bins at {features.sampling_rate} Hz, window "
+        f"{features.window_seconds:g} s",
+        f"encoder       {encoder.file}  {encoder.precision}, probe max |diff| vs fp32 "
+        f"{encoder.probe.max_abs_diff_vs_pytorch_fp32:.2e}",
+        f"compressor    {compressor.file}  {spec.label}: "
+        + (f"{rate:.2f} audio tokens/s" if rate else "rate depends on the audio"),
         f"decoder       {describe_decoder(manifest.decoder)}",
         "files (checksums verified):",
         *(f"  {name:28s} {record.bytes / 1e6:10.2f} MB" for name, record in manifest.files.items()),
@@ -228,26 +242,39 @@ def inspect(bundle: Annotated[Path, typer.Argument(metavar="BUNDLE", help="Bundl
 def bench(
     model: Annotated[
         str,
-        typer.Option(help="Checkpoint folder, or a random-weights preset with realistic shapes: tiny, small, qwen2-audio-7b."),
+        typer.Option(
+            help="Checkpoint folder, or a random-weights preset with realistic shapes: tiny, small, qwen2-audio-7b."
+        ),
     ] = "small",
-    compressors: Annotated[str, typer.Option(help="Comma-separated compressors: none, avgK, sampleK, unseg, mean, max.")] = "none,avg2,avg3,avg4,avg6,sample3,unseg",
+    compressors: Annotated[
+        str, typer.Option(help="Comma-separated compressors: none, avgK, sampleK, unseg, mean, max.")
+    ] = "none,avg2,avg3,avg4,avg6,sample3,unseg",
     seconds: Annotated[str, typer.Option(help="Comma-separated clip lengths in seconds.")] = "5,30,120,600",
     repeats: Annotated[int, typer.Option(min=1, help="Measured runs per point, after one warm-up run.")] = 3,
     max_tokens: Annotated[int, typer.Option(min=1, help="Tokens generated per run (decode speed).")] = 32,
-    quant: Annotated[Quant, typer.Option(help="Decoder GGUF type.")] = Quant.q8_0,
-    encoder_precision: Annotated[Precision, typer.Option(help="Encoder weights in edgelalm's bundles: fp32, fp16, int8.")] = Precision.fp32,
+    quant: Annotated[QuantType, typer.Option(help="Decoder GGUF type.")] = "q8_0",
+    encoder_precision: Annotated[
+        EncoderPrecision, typer.Option(help="Encoder weights in edgelalm's bundles: fp32, fp16, int8.")
+    ] = "fp32",
     threads: Annotated[
-        Optional[int], typer.Option(help="CPU threads for both edgelalm and PyTorch. Default: the cores this process may use.")
+        int | None,
+        typer.Option(help="CPU threads for both edgelalm and PyTorch. Default: the cores this process may use."),
     ] = None,
-    llama_extra_buffers: Annotated[ExtraBuffersChoice, typer.Option(help=_EXTRA_BUFFERS_HELP)] = ExtraBuffersChoice.auto,
+    llama_extra_buffers: Annotated[ExtraBuffers, typer.Option(help=_EXTRA_BUFFERS_HELP)] = "auto",
     reference: Annotated[bool, typer.Option(help="Also measure transformers' PyTorch fp32 model side by side.")] = True,
     target: Annotated[
         str,
-        typer.Option(help="A folder under runtimes/ whose settings.json applies (threads, device; with cuda the "
-                     "reference runs on the GPU too)."),
+        typer.Option(
+            help="A folder under runtimes/ whose settings.json applies (threads, device; with cuda the "
+            "reference runs on the GPU too)."
+        ),
     ] = "",
-    out: Annotated[Path, typer.Option(help="Folder for models, bundles and results.")] = Path("benchmarks/results/latest"),
-    quick: Annotated[bool, typer.Option("--quick", help="A minute-long smoke run: tiny preset, none and avg3, 3 s and 12 s.")] = False,
+    out: Annotated[Path, typer.Option(help="Folder for models, bundles and results.")] = Path(
+        "benchmarks/results/latest"
+    ),
+    quick: Annotated[
+        bool, typer.Option("--quick", help="A minute-long smoke run: tiny preset, none and avg3, 3 s and 12 s.")
+    ] = False,
 ) -> None:
     """Measure latency and memory per compressor and clip length, and the PyTorch reference beside it."""
     _require_export_extra("bench")
@@ -262,14 +289,23 @@ def bench(
     except ValueError:
         raise EdgelalmError(f"--seconds takes comma-separated numbers, got {seconds!r}") from None
     settings = target_settings(target) if target else {}
-    plan = BenchPlan(model=model, out_dir=out, compressors=labels, seconds=lengths, repeats=repeats,
-                     max_tokens=max_tokens, quant=quant.value, encoder_precision=encoder_precision.value,
-                     threads=threads or settings.get("threads"),
-                     reference=reference, target=target or "cpu (default settings)", settings=settings,
-                     llama_extra_buffers=llama_extra_buffers.value)
+    plan = BenchPlan(
+        model=model,
+        out_dir=out,
+        compressors=labels,
+        seconds=lengths,
+        repeats=repeats,
+        max_tokens=max_tokens,
+        quant=quant,
+        encoder_precision=encoder_precision,
+        threads=threads or settings.get("threads"),
+        reference=reference,
+        target=target or "cpu (default settings)",
+        settings=settings,
+        llama_extra_buffers=llama_extra_buffers,
+    )
     if quick:
-        plan.model, plan.compressors, plan.seconds = QUICK["preset"], QUICK["compressors"], QUICK["seconds"]
-        plan.repeats, plan.max_tokens = QUICK["repeats"], QUICK["max_tokens"]
+        plan = dataclasses.replace(plan, **QUICK)
     results = run_bench(plan)
     typer.echo((out / "summary.md").read_text())
     typer.echo(json.dumps(results["ratios"], indent=2))
@@ -279,25 +315,29 @@ def bench(
 def finetune(
     data: Annotated[
         Path,
-        typer.Option(help="Paired audio and text: a dataset folder (recipes/default_model/make_data.py) or a TSV file "
-                     "with 'file' and 'transcript' columns (audio paths relative to it)."),
+        typer.Option(
+            help="Paired audio and text: a dataset folder (recipes/default_model/make_data.py) or a TSV file "
+            "with 'file' and 'transcript' columns (audio paths relative to it)."
+        ),
     ],
     model: Annotated[
-        Optional[Path], typer.Option(help="Qwen2-Audio checkpoint folder. Default: the model shipped with edgelalm.")
+        Path | None, typer.Option(help="Qwen2-Audio checkpoint folder. Default: the model shipped with edgelalm.")
     ] = None,
-    compressor: Annotated[Compressor, typer.Option(help=_COMPRESSOR_HELP)] = Compressor.avg,
-    factor: Annotated[Optional[int], typer.Option(min=1, help="Compression factor K for avg and sample (default 2).")] = None,
+    compressor: Annotated[CompressorName, typer.Option(help=_COMPRESSOR_HELP)] = "avg",
+    factor: Annotated[
+        int | None, typer.Option(min=1, help="Compression factor K for avg and sample (default 2).")
+    ] = None,
     out: Annotated[
-        Optional[Path], typer.Option(help="Adapter folder to write. Default: adapters/<model>-<compressor><K>.")
+        Path | None, typer.Option(help="Adapter folder to write. Default: adapters/<model>-<compressor><K>.")
     ] = None,
     steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 600,
     batch_size: Annotated[int, typer.Option(min=1, help="Clips per step.")] = 16,
     learning_rate: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warm-up then cosine decay).")] = 1e-3,
     rank: Annotated[int, typer.Option(min=1, help="LoRA rank (the paper: 16).")] = 16,
     alpha: Annotated[float, typer.Option(min=0.001, help="LoRA alpha (the paper: 32).")] = 32.0,
-    device: Annotated[Device, typer.Option(help="cpu or cuda (PyTorch).")] = Device.cpu,
+    device: Annotated[Device, typer.Option(help="cpu or cuda (PyTorch).")] = "cpu",
     seed: Annotated[int, typer.Option(help="Seed for the LoRA init, batches and augmentation.")] = 0,
-    threads: Annotated[Optional[int], typer.Option(help="PyTorch CPU threads.")] = None,
+    threads: Annotated[int | None, typer.Option(help="PyTorch CPU threads.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
 ) -> None:
     """Realign a checkpoint to a compressor (the paper's method): LoRA on the language model's q_proj and
@@ -305,13 +345,27 @@ def finetune(
     Writes a peft adapter folder that `edgelalm export --adapter` merges."""
     _require_export_extra("finetune")
     from edgelalm.pretrained import default_model_dir
-    from edgelalm.training.finetune import FinetuneOptions, finetune as run_finetune
+    from edgelalm.training.finetune import FinetuneOptions
+    from edgelalm.training.finetune import finetune as run_finetune
 
     spec = _compressor_spec(compressor, factor)
     model = model or default_model_dir()
     out = out or Path("adapters") / f"{model.resolve().name}-{spec.label}"
-    options = FinetuneOptions(model, data, out, spec, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
-                              rank=rank, alpha=alpha, device=device.value, seed=seed, threads=threads, force=force)
+    options = FinetuneOptions(
+        model,
+        data,
+        out,
+        spec,
+        steps=steps,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        rank=rank,
+        alpha=alpha,
+        device=device,
+        seed=seed,
+        threads=threads,
+        force=force,
+    )
     typer.echo(str(run_finetune(options)))
 
 
@@ -328,10 +382,6 @@ def describe_decoder(decoder: DecoderInfo | None) -> str:
     )
 
 
-# Mirrors edgelalm.scaffold.PRESETS (not imported here: it pulls in torch).
-ScaffoldPreset = enum.Enum("ScaffoldPreset", {name: name for name in ("tiny", "small", "qwen2-audio-7b")}, type=str)
-
-
 @app.command()
 def scaffold(
     out: Annotated[Path, typer.Option(help="Checkpoint folder to create.")],
@@ -342,7 +392,7 @@ def scaffold(
             "encoder + Qwen2-0.5B-shaped decoder; qwen2-audio-7b = Qwen2-Audio-7B's shapes (about 17 GB). "
             "small and 7b are written layer by layer in float16."
         ),
-    ] = ScaffoldPreset.tiny,
+    ] = "tiny",
     seed: Annotated[int, typer.Option(help="Seed for the random weights.")] = 0,
 ) -> None:
     """Write a Qwen2-Audio checkpoint with random weights (for trying the pipeline, tests, benchmarks)."""
@@ -351,18 +401,20 @@ def scaffold(
         raise EdgelalmError(f"{out} already exists")
     from edgelalm.scaffold import preset_checkpoint
 
-    typer.echo(str(preset_checkpoint(out, preset.value, seed=seed)))
+    typer.echo(str(preset_checkpoint(out, preset, seed=seed)))
 
 
 @app.command()
 def doctor(
     bundle: Annotated[
-        Optional[Path],
-        typer.Option(help="Also verify this bundle's files and run it once, in a child process, on a 3 s synthetic clip."),
+        Path | None,
+        typer.Option(
+            help="Also verify this bundle's files and run it once, in a child process, on a 3 s synthetic clip."
+        ),
     ] = None,
-    threads: Annotated[Optional[int], typer.Option(min=1, help=_THREADS_HELP)] = None,
-    device: Annotated[Device, typer.Option(help="cpu or cuda, for the bundle's run.")] = Device.cpu,
-    llama_extra_buffers: Annotated[ExtraBuffersChoice, typer.Option(help=_EXTRA_BUFFERS_HELP)] = ExtraBuffersChoice.auto,
+    threads: Annotated[int | None, typer.Option(min=1, help=_THREADS_HELP)] = None,
+    device: Annotated[Device, typer.Option(help="cpu or cuda, for the bundle's run.")] = "cpu",
+    llama_extra_buffers: Annotated[ExtraBuffers, typer.Option(help=_EXTRA_BUFFERS_HELP)] = "auto",
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of lines.")] = False,
 ) -> None:
     """What this machine is and whether edgelalm runs on it (paste it into bug reports): versions,
@@ -370,10 +422,10 @@ def doctor(
     verified load and a short run of that bundle."""
     from edgelalm.doctor import bundle_report, format_bundle, format_machine, machine_report
 
-    machine = machine_report(threads, llama_extra_buffers.value)
+    machine = machine_report(threads, llama_extra_buffers)
     if not json_output:
         typer.echo(format_machine(machine))
-    report = bundle_report(bundle, threads, llama_extra_buffers.value, device.value) if bundle else None
+    report = bundle_report(bundle, threads, llama_extra_buffers, device) if bundle else None
     if json_output:
         typer.echo(json.dumps({"machine": machine, "bundle": report}, indent=2))
     elif report:
@@ -408,11 +460,11 @@ def _raise_keyboard_interrupt() -> None:
     raise KeyboardInterrupt
 
 
-def _compressor_spec(compressor: Compressor, factor: int | None) -> CompressorSpec:
+def _compressor_spec(compressor: CompressorName, factor: int | None) -> CompressorSpec:
     """--compressor and --factor as one spec; K defaults to 2 where the compressor takes one."""
     if factor is None:
-        factor = 2 if compressor.value in FACTOR_COMPRESSORS else 1
-    return CompressorSpec(compressor.value, factor)
+        factor = 2 if compressor in FACTOR_COMPRESSORS else 1
+    return CompressorSpec(compressor, factor)
 
 
 def _require_export_extra(command: str) -> None:
@@ -426,11 +478,11 @@ def _require_export_extra(command: str) -> None:
         )
 
 
-def _warn_if_extra_buffers_crash(choice: ExtraBuffersChoice) -> None:
+def _warn_if_extra_buffers_crash(choice: ExtraBuffers) -> None:
     """`on` where `auto` would have said off: the user asked for the setting that crashes here."""
     from edgelalm.runtime.llama_backend import decide_extra_buffers
 
-    if choice.value == "on" and not (auto := decide_extra_buffers("auto")).enabled:
+    if choice == "on" and not (auto := decide_extra_buffers("auto")).enabled:
         _warn(f"--llama-extra-buffers on: {auto.reason.removeprefix('off: ')}")
 
 

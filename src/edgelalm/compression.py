@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgelalm.constants import ENCODER_FRAMES_PER_SECOND
+from edgelalm.constants import COMPRESSOR_NAMES, ENCODER_FRAMES_PER_SECOND, CompressorName
 from edgelalm.errors import EdgelalmError
 
-COMPRESSOR_DESCRIPTIONS: dict[str, str] = {
+COMPRESSOR_DESCRIPTIONS: dict[CompressorName, str] = {
     "none": "identity: every encoder frame becomes an audio token (25 tokens/s)",
     "avg": "uniform average pooling, kernel K stride K (25/K tokens/s)",
     "sample": "uniform sampling: keep frames 0, K, 2K, ... (25/K tokens/s)",
@@ -20,7 +20,6 @@ COMPRESSOR_DESCRIPTIONS: dict[str, str] = {
     "mean": "global mean: one token per clip",
     "max": "global max: one token per clip",
 }
-COMPRESSOR_NAMES = tuple(COMPRESSOR_DESCRIPTIONS)
 FACTOR_COMPRESSORS = ("avg", "sample")
 
 
@@ -28,20 +27,16 @@ FACTOR_COMPRESSORS = ("avg", "sample")
 class CompressorSpec:
     """A compressor and its factor K (1 for the compressors that take none)."""
 
-    name: str
+    name: CompressorName
     factor: int = 1
 
     def __post_init__(self) -> None:
         if self.name not in COMPRESSOR_DESCRIPTIONS:
-            raise EdgelalmError(
-                f"unknown compressor {self.name!r}; choose one of {', '.join(COMPRESSOR_NAMES)}"
-            )
+            raise EdgelalmError(f"unknown compressor {self.name!r}; choose one of {', '.join(COMPRESSOR_NAMES)}")
         if self.factor < 1:
             raise EdgelalmError(f"the compression factor K must be an integer >= 1, got {self.factor}")
         if self.name not in FACTOR_COMPRESSORS and self.factor != 1:
-            raise EdgelalmError(
-                f"--factor applies to {' and '.join(FACTOR_COMPRESSORS)} only, not to {self.name!r}"
-            )
+            raise EdgelalmError(f"--factor applies to {' and '.join(FACTOR_COMPRESSORS)} only, not to {self.name!r}")
 
     @property
     def label(self) -> str:

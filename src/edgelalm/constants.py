@@ -1,9 +1,12 @@
 """The bundle contract: every name and number that export writes and the runtime reads, in one
-place that both import (as gguf-py's constants.py). Imports nothing: the CLI reads its choices
-from here without loading torch, onnxruntime or llama.cpp.
+place that both import (as gguf-py's constants.py). Imports nothing but typing: the CLI reads its
+choices from here without loading torch, onnxruntime or llama.cpp. Each choice is a Literal type
+(for the type checker and the CLI) and the tuple of its values (for messages and loops).
 """
 
 from __future__ import annotations
+
+from typing import Literal, get_args
 
 # -- audio ------------------------------------------------------------------------------------
 
@@ -39,8 +42,19 @@ COMPRESSOR_OUTPUT = "audio_embeddings"
 
 # -- choices ---------------------------------------------------------------------------------
 
-ENCODER_PRECISIONS = ("fp32", "fp16", "int8")
+CompressorName = Literal["none", "avg", "sample", "unseg", "mean", "max"]
+COMPRESSOR_NAMES: tuple[CompressorName, ...] = get_args(CompressorName)
+EncoderPrecision = Literal["fp32", "fp16", "int8"]
+ENCODER_PRECISIONS: tuple[EncoderPrecision, ...] = get_args(EncoderPrecision)
 # The decoder's GGUF types: written directly (f32, f16) or by llama.cpp's quantizer.
-QUANT_TYPES = ("f32", "f16", "q8_0", "q4_k_m", "q4_0")
+QuantType = Literal["f32", "f16", "q8_0", "q4_k_m", "q4_0"]
+QUANT_TYPES: tuple[QuantType, ...] = get_args(QuantType)
 GGUF_ARCHITECTURE = "qwen2"
-DEVICES = ("cpu", "cuda")
+Device = Literal["cpu", "cuda"]
+DEVICES: tuple[Device, ...] = get_args(Device)
+# llama.cpp's extra weight buffers (edgelalm.runtime.llama_backend).
+ExtraBuffers = Literal["auto", "on", "off"]
+EXTRA_BUFFER_CHOICES: tuple[ExtraBuffers, ...] = get_args(ExtraBuffers)
+# Random-weights checkpoints with realistic shapes (edgelalm.scaffold.PRESETS).
+ScaffoldPreset = Literal["tiny", "small", "qwen2-audio-7b"]
+SCAFFOLD_PRESETS: tuple[ScaffoldPreset, ...] = get_args(ScaffoldPreset)

@@ -23,8 +23,22 @@ from edgelalm.runtime.llama_backend import (
 
 # CPU flags (as /proc/cpuinfo spells them) that decide which kernels llama.cpp and onnxruntime run.
 NOTABLE_CPU_FLAGS = (
-    "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
-    "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "i8mm", "sve",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx_vnni",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+    "asimd",
+    "asimddp",
+    "i8mm",
+    "sve",
 )
 EXPORT_PACKAGES = ("torch", "transformers", "peft", "onnx", "gguf")
 
@@ -96,13 +110,17 @@ def format_machine(machine: dict[str, Any]) -> str:
         f"cpu               {cpu['name']}, {cpu['usable_cores']} usable cores",
         f"cpu features      {features}",
         f"threads           {machine['threads']} (onnxruntime and llama.cpp)",
-        f"onnxruntime       {machine['onnxruntime']['version']}; providers: {', '.join(machine['onnxruntime']['providers'])}",
+        f"onnxruntime       {machine['onnxruntime']['version']}; providers: "
+        f"{', '.join(machine['onnxruntime']['providers'])}",
         f"llama-cpp-python  {machine['llama_cpp_python']}; GPU offload: {'yes' if llama['gpu_offload'] else 'no'}",
         f"llama.cpp         {llama['system_info']}",
         f"extra buffers     {extra['reason']}",
         "export extra      "
-        + (", ".join(f"{name} {version}" for name, version in export.items())
-           if not missing else f"missing {', '.join(missing)} (pip install 'edgelalm[export]' to export bundles)"),
+        + (
+            ", ".join(f"{name} {version}" for name, version in export.items())
+            if not missing
+            else f"missing {', '.join(missing)} (pip install 'edgelalm[export]' to export bundles)"
+        ),
     ]
     return "\n".join(lines)
 

@@ -50,7 +50,11 @@ def atomic_folder(target: Path, force: bool) -> Iterator[Path]:
     except OSError as error:
         _remove_empty(created_parents)
         # /proc and the like exist but refuse new entries with ENOENT, which would read as "not found".
-        reason = "it does not accept new folders" if target.parent.is_dir() and error.errno == errno.ENOENT else error.strerror
+        reason = (
+            "it does not accept new folders"
+            if target.parent.is_dir() and error.errno == errno.ENOENT
+            else error.strerror
+        )
         raise EdgelalmError(f"cannot write to {target.parent}: {reason or error}") from None
     try:
         yield staging

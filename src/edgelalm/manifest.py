@@ -18,7 +18,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, TypeVar, Union
+from typing import Any, Literal, TypeVar, Union
 
 from edgelalm.constants import (
     BUNDLE_FORMAT,
@@ -33,6 +33,9 @@ from edgelalm.constants import (
     MANIFEST_FILE,
     MIN_MEL_FRAMES,
     RIGHT_CONTEXT_FRAMES,
+    CompressorName,
+    EncoderPrecision,
+    QuantType,
 )
 from edgelalm.errors import EdgelalmError
 from edgelalm.files import sha256_of
@@ -55,9 +58,8 @@ def bundle_name(compressor_label: str, quant: str, encoder_precision: str) -> st
 # -- the sections ------------------------------------------------------------------------------
 
 
-def _at_least_one() -> Any:
-    """A count, size or rate the runtime divides by or allocates with: 0 is malformed."""
-    return field(metadata={"min": 1})
+# A count, size or rate the runtime divides by or allocates with: 0 is malformed.
+_AT_LEAST_ONE = {"min": 1}
 
 
 @dataclass(frozen=True)
@@ -65,20 +67,20 @@ class ModelInfo:
     name: str
     source: str  # the checkpoint folder it was exported from
     architecture: str
-    audio_width: int = _at_least_one()
-    hidden_size: int = _at_least_one()
-    vocab_size: int = _at_least_one()
+    audio_width: int = field(metadata=_AT_LEAST_ONE)
+    hidden_size: int = field(metadata=_AT_LEAST_ONE)
+    vocab_size: int = field(metadata=_AT_LEAST_ONE)
 
 
 @dataclass(frozen=True)
 class FeaturesInfo:
     kind: str  # whisper_log_mel
-    sampling_rate: int = _at_least_one()
-    num_mel_bins: int = _at_least_one()
-    n_fft: int = _at_least_one()
-    hop_length: int = _at_least_one()
-    window_seconds: float = _at_least_one()
-    window_mel_frames: int = _at_least_one()  # the encoder's window: 2 * max_source_positions
+    sampling_rate: int = field(metadata=_AT_LEAST_ONE)
+    num_mel_bins: int = field(metadata=_AT_LEAST_ONE)
+    n_fft: int = field(metadata=_AT_LEAST_ONE)
+    hop_length: int = field(metadata=_AT_LEAST_ONE)
+    window_seconds: float = field(metadata=_AT_LEAST_ONE)
+    window_mel_frames: int = field(metadata=_AT_LEAST_ONE)  # the encoder's window: 2 * max_source_positions
     mel_filters_file: str
 
 
@@ -91,12 +93,12 @@ class ProbeInfo:
 @dataclass(frozen=True)
 class EncoderInfo:
     file: str
-    precision: str
+    precision: EncoderPrecision
     inputs: dict[str, str]
     output: dict[str, str]
     right_context_frames: int
     min_mel_frames: int
-    max_mel_frames: int = _at_least_one()
+    max_mel_frames: int = field(metadata=_AT_LEAST_ONE)
     frames_per_second: float
     probe: ProbeInfo
 
@@ -104,8 +106,8 @@ class EncoderInfo:
 @dataclass(frozen=True)
 class CompressorInfo:
     file: str
-    name: str
-    factor: int = _at_least_one()
+    name: CompressorName
+    factor: int = field(metadata=_AT_LEAST_ONE)
     description: str
     audio_tokens_per_second: float | None  # None: depends on the audio (unseg, mean, max)
     includes_projector: bool
@@ -118,13 +120,13 @@ class DecoderInfo:
     file: str
     format: str
     architecture: str
-    quant: str
-    layers: int = _at_least_one()
-    hidden_size: int = _at_least_one()
-    attention_heads: int = _at_least_one()
-    kv_heads: int = _at_least_one()
-    context_length: int = _at_least_one()
-    vocab_size: int = _at_least_one()
+    quant: QuantType
+    layers: int = field(metadata=_AT_LEAST_ONE)
+    hidden_size: int = field(metadata=_AT_LEAST_ONE)
+    attention_heads: int = field(metadata=_AT_LEAST_ONE)
+    kv_heads: int = field(metadata=_AT_LEAST_ONE)
+    context_length: int = field(metadata=_AT_LEAST_ONE)
+    vocab_size: int = field(metadata=_AT_LEAST_ONE)
     tied_embeddings: bool
     adapter: dict[str, Any] | None  # the merged LoRA's description (rank, alpha, targets, sha256)
 
@@ -257,7 +259,9 @@ def verify_bundle_files(bundle_dir: Path, manifest: Manifest) -> None:
     if links:
         problems.append(f"{', '.join(links)}: symbolic link (a bundle holds its own files)")
     if altered:
-        problems.append(f"{', '.join(altered)} {'does' if len(altered) == 1 else 'do'} not match the checksums in {MANIFEST_FILE}")
+        problems.append(
+            f"{', '.join(altered)} {'does' if len(altered) == 1 else 'do'} not match the checksums in {MANIFEST_FILE}"
+        )
     if problems:
         raise EdgelalmError(f"bundle {bundle_dir}: {'; '.join(problems)}")
 
@@ -322,7 +326,7 @@ def _value(hint: Any, value: Any, path: str, manifest_path: Path) -> Any:
             return None
         (inner,) = [arg for arg in args if arg is not type(None)]
         return _value(inner, value, path, manifest_path)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value, path, manifest_path)
     if origin is dict:
         key_type, item_type = args
@@ -334,6 +338,12 @@ def _value(hint: Any, value: Any, path: str, manifest_path: Path) -> Any:
             raise EdgelalmError(f"{manifest_path}: {path} must be a list")
         return [_value(args[0], item, f"{path}[{index}]", manifest_path) for index, item in enumerate(value)]
     if hint is Any:
+        return value
+    if origin is Literal:
+        if value not in args:
+            raise EdgelalmError(
+                f"{manifest_path}: {path} must be one of {', '.join(map(str, args))}, got {_short(value)}"
+            )
         return value
     if hint is bool:
         if not isinstance(value, bool):

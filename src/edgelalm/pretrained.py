@@ -3,7 +3,8 @@
     default_model/edgelalm-default/     Qwen2-Audio checkpoint (safetensors fp16, processor)
     default_model/adapters/<label>/     peft LoRA realigned to compressor <label> (avg2, unseg, ...)
 
-recipes/default_model/ makes all of it (results and WER table in recipes/default_model/results/). `edgelalm export` uses it when no --model is named.
+recipes/default_model/ makes all of it (results and WER table in recipes/default_model/results/).
+`edgelalm export` uses it when no --model is named.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ DEFAULT_MODEL_NAME = "edgelalm-default"
 def default_model_dir() -> Path:
     model_dir = DEFAULT_MODEL_ROOT / DEFAULT_MODEL_NAME
     if not (model_dir / "config.json").is_file():
-        raise EdgelalmError(f"the default model is missing from this installation ({model_dir}); name a checkpoint with --model")
+        raise EdgelalmError(
+            f"the default model is missing from this installation ({model_dir}); name a checkpoint with --model"
+        )
     return model_dir
 
 

@@ -34,3 +34,45 @@ class Steps:
     def note(self, text: str) -> None:
         """A result line, printed under the current step when it ends."""
         self._notes.append(text)
+
+
+class Bar:
+    """A bar on stderr for `total` items with elapsed time and ETA, a status beside it, and lines
+    printed above it (`note`): what dataset rendering, training and `bench` show. Where stderr is
+    not a terminal (a log file), only the notes are written."""
+
+    def __init__(self, total: int, title: str, console: Console = stderr_console) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self.title = title
+        self.task = self.progress.add_task(title, total=total)
+
+    def __enter__(self) -> Bar:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def update(self, completed: int | None = None, advance: int = 0, status: str | None = None) -> None:
+        description = f"{self.title}: {status}" if status else self.title
+        self.progress.update(self.task, completed=completed, advance=advance, description=description)
+
+    def note(self, text: str) -> None:
+        self.progress.console.print(text, markup=False, highlight=False)

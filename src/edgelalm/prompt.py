@@ -23,7 +23,12 @@ def chat_template_pieces(processor: Any, source: str) -> PromptInfo:
     template = processor.chat_template
     if not template:
         raise EdgelalmError(f"{source}: the processor has no chat template")
-    messages = [{"role": "user", "content": [{"type": "audio", "audio": "clip.wav"}, {"type": "text", "text": _PROMPT_SENTINEL}]}]
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "audio", "audio": "clip.wav"}, {"type": "text", "text": _PROMPT_SENTINEL}],
+        }
+    ]
     rendered = processor.tokenizer.apply_chat_template(
         messages, chat_template=template, add_generation_prompt=True, tokenize=False
     )

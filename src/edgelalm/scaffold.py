@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -30,6 +31,9 @@ from transformers import (
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX as QWEN2_SPLIT_REGEX
 
 from edgelalm.constants import SAMPLING_RATE
+
+# Text the scaffold ships as data: the chat template and the tokenizer's training sentences.
+DATA = Path(__file__).parent / "data"
 
 ENDOFTEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
@@ -49,138 +53,11 @@ ENCODER_POSITIONS_PER_SECOND = 50
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
-# ChatML as rendered by Qwen2-Audio-Instruct: an implicit default system turn, audio items become
-# "Audio N: <|audio_bos|><|AUDIO|><|audio_eos|>\n", text items are emitted verbatim.
-CHAT_TEMPLATE: str = (
-    "{%- set audio = namespace(count=0) -%}"
-    "{%- for message in messages -%}"
-    "{%- if loop.first and message.role != 'system' -%}"
-    "{{- '<|im_start|>system\\n" + DEFAULT_SYSTEM_PROMPT + "<|im_end|>\\n' -}}"
-    "{%- endif -%}"
-    "{{- '<|im_start|>' + message.role + '\\n' -}}"
-    "{%- if message.content is string -%}"
-    "{{- message.content -}}"
-    "{%- else -%}"
-    "{%- for item in message.content -%}"
-    "{%- if item.type == 'audio' or 'audio' in item or 'audio_url' in item -%}"
-    "{%- set audio.count = audio.count + 1 -%}"
-    "{{- 'Audio ' + audio.count|string + ': <|audio_bos|><|AUDIO|><|audio_eos|>\\n' -}}"
-    "{%- elif 'text' in item -%}"
-    "{{- item.text -}}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- endif -%}"
-    "{{- '<|im_end|>\\n' -}}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}"
-    "{{- '<|im_start|>assistant\\n' -}}"
-    "{%- endif -%}"
-)
-
-SAMPLE_TEXTS: list[str] = [
-    "What's the weather like in Paris today?",
-    "Set an alarm for 6:30 tomorrow morning.",
-    "Remind me to call Alice at 5 pm.",
-    "It's 30°C in Madrid right now, with clear skies.",
-    "The coffee at the café costs €5.",
-    "Play some jazz in the living room.",
-    "How many kilometres is it from Berlin to Munich?",
-    "Turn off the lights in the kitchen, please.",
-    "Send a message to Bob: I'll be 10 minutes late.",
-    "What time is it in Tokyo?",
-    "Convert 100 dollars to euros.",
-    "The meeting starts at 09:15 on Monday, 3 March 2025.",
-    "Call Mum on her mobile.",
-    "Add milk, eggs and bread to my shopping list.",
-    "What is 12 times 34?",
-    "It isn't a naïve question at all.",
-    "Navigate to 221B Baker Street, London.",
-    "How tall is Mount Everest?",
-    "Mount Everest is 8,849 metres tall.",
-    "Start a timer for 25 minutes.",
-    "You've got 3 new emails and 1 missed call.",
-    "Read me the latest news headlines.",
-    "Who won the football match last night?",
-    "The score was 2-1 after extra time.",
-    "Schedule lunch with Chloé next Thursday at noon.",
-    "Is it going to rain in Seattle this weekend?",
-    "There's a 70% chance of rain on Saturday.",
-    "Translate 'good morning' into Spanish.",
-    "In Spanish, that's \"buenos días\".",
-    "What's on my calendar for tomorrow?",
-    "You have a dentist appointment at 14:00.",
-    "Lower the volume to 40 percent.",
-    "Open the garage door.",
-    "Lock the front door and arm the alarm.",
-    "How do I make a soufflé?",
-    "Preheat the oven to 190°C (375°F).",
-    "Order a large pizza from Luigi's.",
-    "Your order #4512 will arrive in about 35 minutes.",
-    "What's the capital of Australia?",
-    "The capital of Australia is Canberra.",
-    "Spell 'necessary' for me.",
-    "N-E-C-E-S-S-A-R-Y.",
-    "Play the next episode of my podcast.",
-    "Skip this song; I don't like it.",
-    "How far is the nearest petrol station?",
-    "The nearest one is 2.4 km away, on Rue de Rivoli.",
-    "Book a table for four at 7:45 pm.",
-    "Wake me up at half past seven.",
-    "I'm feeling a bit tired today.",
-    "Maybe take a short walk and drink some water!",
-    "What's 15% of 240?",
-    "15% of 240 is 36.",
-    "Who wrote 'Pride and Prejudice'?",
-    "Jane Austen wrote it in 1813.",
-    "Remind me to water the plants every Sunday.",
-    "Set the thermostat to 21 degrees.",
-    "How do you say 'thank you' in Japanese?",
-    "It's 'arigatō' (ありがとう).",
-    "What's the exchange rate from pounds to yen?",
-    "£1 is roughly ¥190 today.",
-    "Call the office and put it on speaker.",
-    "Find Italian restaurants near Zürich.",
-    "I found 12 results within 3 km.",
-    "When does the museum close on Fridays?",
-    "It closes at 21:00 on Fridays.",
-    "Show me photos from my trip to Lisbon.",
-    "How many days until Christmas?",
-    "There are 47 days until Christmas.",
-    "What's the square root of 144?",
-    "The square root of 144 is 12.",
-    "Tell me a joke about penguins.",
-    "Why don't penguins fly? They're too well grounded.",
-    "Turn on do-not-disturb until 8 am.",
-    "Text Priya: see you at the station at 6.",
-    "What's the traffic like on the A1?",
-    "Expect a 20-minute delay near the exit.",
-    "Is the pharmacy on Elm Street open?",
-    "Yes, it's open until 10 pm tonight.",
-    "Pause the music.",
-    "Resume playback from where I left off.",
-    "How do I reset my password?",
-    "Go to Settings > Account > Security.",
-    "Add 'buy batteries' to my to-do list.",
-    "What's the population of São Paulo?",
-    "About 12.3 million people live there.",
-    "Dim the bedroom lights to 20%.",
-    "Record a voice memo: call the plumber.",
-    "What's the UV index right now?",
-    "The UV index is 7, which is high.",
-    "Where did I park my car?",
-    "You parked on level -2, spot B17.",
-    "Cancel my 3 o'clock meeting.",
-    "Done. I've notified the 4 attendees.",
-    "How long should I boil an egg?",
-    "About 9–12 minutes for a hard-boiled egg.",
-    "What's the Wi-Fi password?",
-    "Play 'Clair de Lune' by Debussy.",
-    "Flip a coin.",
-    "It landed on heads.",
-    "Good night — see you tomorrow!",
-    "Hello, how can I help you?\n\nJust ask.",
-    "Numbers like 0, 7, 42, 1999 and 3.14159 matter.",
-]
+# ChatML as rendered by Qwen2-Audio-Instruct: an implicit default system turn (DEFAULT_SYSTEM_PROMPT),
+# audio items become "Audio N: <|audio_bos|><|AUDIO|><|audio_eos|>\n", text items are emitted verbatim.
+CHAT_TEMPLATE: str = (DATA / "chatml_qwen2_audio.jinja").read_text(encoding="utf-8")
+# What the scaffold tokenizers are trained on: assistant requests, numbers, unicode, whitespace runs.
+SAMPLE_TEXTS: list[str] = json.loads((DATA / "scaffold_texts.json").read_text(encoding="utf-8"))
 
 
 def _trained_bpe(texts: Iterable[str], vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
@@ -203,7 +80,8 @@ def _trained_bpe(texts: Iterable[str], vocab_size: int) -> tuple[dict[str, int],
     )
     bpe.train_from_iterator(texts, trainer=trainer)
     model_state = json.loads(bpe.to_str())["model"]
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model_state["merges"]]
+    pairs = [m.split(" ") if isinstance(m, str) else m for m in model_state["merges"]]
+    merges = [(str(first), str(second)) for first, second in pairs]
     return dict(model_state["vocab"]), merges
 
 
@@ -359,7 +237,12 @@ _RELEASE_NAMES = (
 
 
 def write_dummy_checkpoint(
-    out_dir: Path, config: Qwen2AudioConfig, tokenizer: Qwen2Tokenizer, *, seed: int = 0, dtype: torch.dtype = torch.float16
+    out_dir: Path,
+    config: Qwen2AudioConfig,
+    tokenizer: Qwen2Tokenizer,
+    *,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float16,
 ) -> Path:
     """Random weights at any size, written shard by shard (one decoder layer per shard): the
     model is built on the meta device for its tensor names and shapes only, so memory holds
@@ -371,7 +254,13 @@ def write_dummy_checkpoint(
     shards: dict[str, list[str]] = {}
     for name in shapes:
         parts = name.split(".")
-        key = f"layer-{int(parts[3]):03d}" if name.startswith("model.language_model.layers.") else parts[1] if name.startswith("model.") else parts[0]
+        key = (
+            f"layer-{int(parts[3]):03d}"
+            if name.startswith("model.language_model.layers.")
+            else parts[1]
+            if name.startswith("model.")
+            else parts[0]
+        )
         shards.setdefault(key, []).append(name)
     generator = torch.Generator().manual_seed(seed)
     weight_map, total_bytes = {}, 0
@@ -379,7 +268,7 @@ def write_dummy_checkpoint(
         file_name = f"model-{index:05d}-of-{len(shards):05d}.safetensors"
         tensors = {}
         for name in names:
-            release = next((new + name[len(old):] for old, new in _RELEASE_NAMES if name.startswith(old)), name)
+            release = next((new + name[len(old) :] for old, new in _RELEASE_NAMES if name.startswith(old)), name)
             tensors[release] = _dummy_tensor(name, shapes[name], generator, dtype)
             weight_map[release] = file_name
             total_bytes += tensors[release].numel() * tensors[release].element_size()
@@ -404,17 +293,49 @@ def _dummy_tensor(name: str, shape: tuple[int, ...], generator: torch.Generator,
 
 # Realistic shapes for benchmarks (random weights): decoder widths, layer counts, vocabulary and
 # context as the named models; the tokenizer is the small scaffold one, its embeddings padded.
-PRESETS: dict[str, dict[str, int]] = {
-    "tiny": dict(window_seconds=10, encoder_layers=2, encoder_d_model=64, encoder_heads=4, encoder_ffn_dim=128,
-                 decoder_layers=2, decoder_hidden=64, decoder_heads=4, decoder_kv_heads=2, decoder_ffn_dim=128),
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        window_seconds=10,
+        encoder_layers=2,
+        encoder_d_model=64,
+        encoder_heads=4,
+        encoder_ffn_dim=128,
+        decoder_layers=2,
+        decoder_hidden=64,
+        decoder_heads=4,
+        decoder_kv_heads=2,
+        decoder_ffn_dim=128,
+    ),
     # Whisper-small-shaped encoder + Qwen2-0.5B-shaped decoder.
-    "small": dict(window_seconds=30, encoder_layers=12, encoder_d_model=768, encoder_heads=12, encoder_ffn_dim=3072,
-                  decoder_layers=24, decoder_hidden=896, decoder_heads=14, decoder_kv_heads=2, decoder_ffn_dim=4864,
-                  vocab_size=151936, max_position_embeddings=32768),
+    "small": dict(
+        window_seconds=30,
+        encoder_layers=12,
+        encoder_d_model=768,
+        encoder_heads=12,
+        encoder_ffn_dim=3072,
+        decoder_layers=24,
+        decoder_hidden=896,
+        decoder_heads=14,
+        decoder_kv_heads=2,
+        decoder_ffn_dim=4864,
+        vocab_size=151936,
+        max_position_embeddings=32768,
+    ),
     # Qwen2-Audio-7B: Whisper-large-v3 encoder + Qwen2-7B-shaped decoder.
-    "qwen2-audio-7b": dict(window_seconds=30, encoder_layers=32, encoder_d_model=1280, encoder_heads=20,
-                           encoder_ffn_dim=5120, decoder_layers=32, decoder_hidden=4096, decoder_heads=32,
-                           decoder_kv_heads=32, decoder_ffn_dim=11008, vocab_size=156032, max_position_embeddings=8192),
+    "qwen2-audio-7b": dict(
+        window_seconds=30,
+        encoder_layers=32,
+        encoder_d_model=1280,
+        encoder_heads=20,
+        encoder_ffn_dim=5120,
+        decoder_layers=32,
+        decoder_hidden=4096,
+        decoder_heads=32,
+        decoder_kv_heads=32,
+        decoder_ffn_dim=11008,
+        vocab_size=156032,
+        max_position_embeddings=8192,
+    ),
 }
 
 

@@ -179,8 +179,12 @@ def open_adapter(path: Path, decoder_shapes: dict[str, tuple[int, ...]]) -> Lora
             missing = "lora_A" if lora_A_key is None else "lora_B"
             raise EdgelalmError(f"{weights_file}: {trained_path} has no {missing} weight; the file is incomplete")
         check_factor_shapes(
-            weights_file, weight_name, decoder_shapes,
-            (lora_A_key, factor_shapes[lora_A_key]), (lora_B_key, factor_shapes[lora_B_key]), module_rank,
+            weights_file,
+            weight_name,
+            decoder_shapes,
+            (lora_A_key, factor_shapes[lora_A_key]),
+            (lora_B_key, factor_shapes[lora_B_key]),
+            module_rank,
         )
         if weight_name in modules:
             raise EdgelalmError(
@@ -218,7 +222,9 @@ def check_adapter_files(path: Path) -> Path:
     if not path.exists():
         raise EdgelalmError(f"adapter folder not found: {path}")
     if not path.is_dir():
-        raise EdgelalmError(f"{path} is a file; an adapter is a peft folder (adapter_config.json, adapter_model.safetensors)")
+        raise EdgelalmError(
+            f"{path} is a file; an adapter is a peft folder (adapter_config.json, adapter_model.safetensors)"
+        )
     weights_file = path / WEIGHTS_FILE
     if not weights_file.is_file():
         pickles = [name for name in PICKLE_WEIGHTS_FILES if (path / name).is_file()]
@@ -387,7 +393,7 @@ def canonical_module(trained_path: str, path: Path) -> str:
     """Canonical Qwen2ForCausalLM module path of a module path as trained."""
     for prefix, canonical_prefix in MODULE_PATH_RENAMES:
         if trained_path.startswith(prefix):
-            return canonical_prefix + trained_path[len(prefix):]
+            return canonical_prefix + trained_path[len(prefix) :]
     raise EdgelalmError(
         f"{path}: the adapter targets {trained_path}, which is not a linear layer of the language model "
         "(an adapter for another model?)"
@@ -422,4 +428,3 @@ def check_factor_shapes(
             f"{weights_file}: rank in {CONFIG_FILE} ({rank} for {module}) disagrees with the tensor shapes "
             f"({A_key} {A_shape}, {B_key} {B_shape})"
         )
-

@@ -40,6 +40,7 @@ from edgelalm.constants import (
     MIN_MEL_FRAMES,
     QUANT_TYPES,
     RIGHT_CONTEXT_FRAMES,
+    QuantType,
 )
 from edgelalm.errors import EdgelalmError
 from edgelalm.export.adapter import LoraAdapter, open_adapter
@@ -47,6 +48,7 @@ from edgelalm.export.checkpoint import Checkpoint, open_checkpoint
 from edgelalm.export.compressor import CompressorProjector, build_compressor, export_compressor_onnx
 from edgelalm.export.decoder import write_decoder
 from edgelalm.export.encoder import ClipLengthAudioEncoder, EncoderPrecision, export_encoder_onnx
+from edgelalm.files import atomic_folder, link_or_copy
 from edgelalm.manifest import (
     CompressorInfo,
     DecoderInfo,
@@ -63,14 +65,23 @@ from edgelalm.manifest import (
     read_manifest,
     write_manifest,
 )
-from edgelalm.files import atomic_folder, link_or_copy
 from edgelalm.progress import Steps
 from edgelalm.prompt import chat_template_pieces
 from edgelalm.runtime.canary import run_canary
 from edgelalm.runtime.llama_backend import ExtraBuffers
 
 PROBE_SECONDS = 5.0
-TOOL_PACKAGES = ("edgelalm", "torch", "transformers", "peft", "onnx", "onnxscript", "onnxruntime", "gguf", "llama_cpp_python")
+TOOL_PACKAGES = (
+    "edgelalm",
+    "torch",
+    "transformers",
+    "peft",
+    "onnx",
+    "onnxscript",
+    "onnxruntime",
+    "gguf",
+    "llama_cpp_python",
+)
 
 
 @dataclass(frozen=True)
@@ -79,7 +90,7 @@ class ExportOptions:
     out_dir: Path
     compressor: CompressorSpec
     encoder_precision: EncoderPrecision = "fp32"
-    quant: str = "q8_0"
+    quant: QuantType = "q8_0"
     adapter_dir: Path | None = None
     force: bool = False
     # An earlier bundle of the same checkpoint: files this export would write the same are reused.
@@ -99,14 +110,16 @@ def export_bundle(options: ExportOptions) -> Path:
             prompt = split_chat_template(checkpoint)
             adapter = open_checkpoint_adapter(checkpoint, options.adapter_dir)
             if adapter:
-                steps.note(f"LoRA adapter {options.adapter_dir}: rank {adapter.rank}, alpha {adapter.alpha:g}, "
-                           f"{len(adapter.target_modules)} modules")
+                steps.note(
+                    f"LoRA adapter {options.adapter_dir}: rank {adapter.rank}, alpha {adapter.alpha:g}, "
+                    f"{len(adapter.target_modules)} modules"
+                )
             shared = shareable_files(checkpoint, options, adapter)
         with steps.step("Loading the audio tower and projector"):
             tower = checkpoint.load_audio_tower()
             projector = checkpoint.load_projector()
             compressor = CompressorProjector(build_compressor(options.compressor), projector).eval()
-        if ENCODER_FILE in shared:
+        if ENCODER_FILE in shared and options.share_from:
             # Copied, not linked: onnx refuses external weights that have several hard links.
             with steps.step(f"Copying the audio encoder ({options.encoder_precision}) from {options.share_from}"):
                 for name in filter(is_encoder_file, shared):
@@ -121,7 +134,8 @@ def export_bundle(options: ExportOptions) -> Path:
             probe = check_against_pytorch(checkpoint, tower, compressor, staging, options.encoder_precision)
             steps.note(
                 f"encoder {options.encoder_precision} vs PyTorch fp32: max |diff| {probe['encoder_max_abs_diff']:.2e} "
-                f"(largest |value| {probe['encoder_max_abs_value']:.2f}; {probe['encoder_relative_rms_diff']:.1e} of its RMS) "
+                f"(largest |value| {probe['encoder_max_abs_value']:.2f}; "
+                f"{probe['encoder_relative_rms_diff']:.1e} of its RMS) "
                 f"on a {probe['seconds']:.1f} s probe"
             )
             steps.note(
@@ -130,21 +144,28 @@ def export_bundle(options: ExportOptions) -> Path:
             )
         del tower, projector, compressor
         merged = " with the LoRA merged" if adapter else ""
-        if DECODER_FILE in shared:
+        if DECODER_FILE in shared and options.share_from:
             with steps.step(f"Linking the decoder ({options.quant}){merged} from {options.share_from}"):
                 link_or_copy(options.share_from / DECODER_FILE, staging / DECODER_FILE)
         else:
             with steps.step(f"Writing the decoder to GGUF ({options.quant}){merged}") as show:
                 write_decoder(
-                    checkpoint, staging / DECODER_FILE, options.quant, adapter, lambda done, total: show(f"tensor {done}/{total}")
+                    checkpoint,
+                    staging / DECODER_FILE,
+                    options.quant,
+                    adapter,
+                    lambda done, total: show(f"tensor {done}/{total}"),
                 )
         with steps.step("Checking the decoder in llama.cpp"):
             decoder_check = check_decoder(checkpoint, staging / DECODER_FILE, prompt)
-            steps.note(f"llama.cpp loaded it: {decoder_check['n_vocab']} tokens, width {decoder_check['n_embd']}; "
-                       "prompt token ids equal the checkpoint tokenizer's")
+            steps.note(
+                f"llama.cpp loaded it: {decoder_check['n_vocab']} tokens, width {decoder_check['n_embd']}; "
+                "prompt token ids equal the checkpoint tokenizer's"
+            )
             canary = run_canary(staging / DECODER_FILE, extra_buffers=options.llama_extra_buffers)
             steps.note(
-                f"llama.cpp decoded {canary['prefill_tokens']} tokens in batches and generated {canary['generated_tokens']} "
+                f"llama.cpp decoded {canary['prefill_tokens']} tokens in batches and generated "
+                f"{canary['generated_tokens']} "
                 f"in a child process ({canary['prefill_ms']:.0f} ms + {canary['decode_ms']:.0f} ms; weights in "
                 f"{', '.join(canary['weight_buffers'])})"
             )
@@ -164,7 +185,9 @@ def open_checkpoint_adapter(checkpoint: Checkpoint, adapter_dir: Path | None) ->
     return open_adapter(adapter_dir, shapes)
 
 
-def shareable_files(checkpoint: Checkpoint, options: ExportOptions, adapter: LoraAdapter | None) -> dict[str, FileRecord]:
+def shareable_files(
+    checkpoint: Checkpoint, options: ExportOptions, adapter: LoraAdapter | None
+) -> dict[str, FileRecord]:
     """The files of `options.share_from` that this export would otherwise write again, with their
     records in that bundle's manifest: the encoder (graph and external weights) when the encoder
     precision matches, the decoder when the quant and the merged adapter match.
@@ -185,7 +208,9 @@ def shareable_files(checkpoint: Checkpoint, options: ExportOptions, adapter: Lor
         raise EdgelalmError(f"{where}: its manifest's created_utc is not a time: {earlier.created_utc!r}") from None
     changed = [file.name for file in set(checkpoint.tensor_files.values()) if file.stat().st_mtime > created]
     if changed:
-        raise EdgelalmError(f"{where}: the checkpoint changed since that bundle was exported ({', '.join(sorted(changed))})")
+        raise EdgelalmError(
+            f"{where}: the checkpoint changed since that bundle was exported ({', '.join(sorted(changed))})"
+        )
     names = []
     if earlier.encoder.precision == options.encoder_precision:
         names += [name for name in earlier.files if is_encoder_file(name)]
@@ -209,7 +234,9 @@ def check_shared_checksums(manifest: Manifest, shared: dict[str, FileRecord], sh
     """A shared file must still be the one its own bundle's manifest describes."""
     for name, earlier in shared.items():
         if manifest.files[name].sha256 != earlier.sha256:
-            raise EdgelalmError(f"--share-from {share_from}: {name} does not match the checksum in that bundle's manifest")
+            raise EdgelalmError(
+                f"--share-from {share_from}: {name} does not match the checksum in that bundle's manifest"
+            )
 
 
 def check_decoder(checkpoint: Checkpoint, gguf_path: Path, prompt: PromptInfo) -> dict[str, int]:
@@ -261,7 +288,10 @@ def build_manifest(
         encoder=EncoderInfo(
             file=ENCODER_FILE,
             precision=options.encoder_precision,
-            inputs={ENCODER_INPUT: "[num_mel_bins, T]", ENCODER_RIGHT_CONTEXT_INPUT: f"[num_mel_bins, {RIGHT_CONTEXT_FRAMES}]"},
+            inputs={
+                ENCODER_INPUT: "[num_mel_bins, T]",
+                ENCODER_RIGHT_CONTEXT_INPUT: f"[num_mel_bins, {RIGHT_CONTEXT_FRAMES}]",
+            },
             output={ENCODER_OUTPUT: "[floor(((T - 1) // 2 + 1) / 2), audio_width]"},
             right_context_frames=RIGHT_CONTEXT_FRAMES,
             min_mel_frames=MIN_MEL_FRAMES,
@@ -382,7 +412,9 @@ def check_against_pytorch(
         frames_ref = ClipLengthAudioEncoder(tower)(torch.from_numpy(mel), torch.from_numpy(right_context)).numpy()
     encoder = onnxruntime.InferenceSession(str(bundle_dir / ENCODER_FILE), providers=["CPUExecutionProvider"])
     frames = encoder.run(None, {ENCODER_INPUT: mel, ENCODER_RIGHT_CONTEXT_INPUT: right_context})[0]
-    compressor_session = onnxruntime.InferenceSession(str(bundle_dir / COMPRESSOR_FILE), providers=["CPUExecutionProvider"])
+    compressor_session = onnxruntime.InferenceSession(
+        str(bundle_dir / COMPRESSOR_FILE), providers=["CPUExecutionProvider"]
+    )
     embeddings = compressor_session.run(None, {COMPRESSOR_INPUT: frames_ref})[0]
     with torch.no_grad():
         embeddings_ref = compressor(torch.from_numpy(frames_ref)).numpy()
@@ -426,7 +458,7 @@ def quiet_exporter() -> Iterator[None]:
             warnings.simplefilter("ignore")
             yield
     finally:
-        for logger, level in zip(loggers, levels):
+        for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
 
 

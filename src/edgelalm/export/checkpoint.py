@@ -10,12 +10,16 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import safe_open
 from torch import nn
 
 from edgelalm.errors import EdgelalmError
+
+if TYPE_CHECKING:  # transformers is imported lazily, when a checkpoint is opened
+    from transformers import Qwen2AudioConfig, Qwen2AudioProcessor
 
 QWEN2_AUDIO_MODEL_TYPE = "qwen2_audio"
 PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -38,8 +42,8 @@ class Checkpoint:
     """A validated checkpoint folder: its config, processor, and where each tensor lives."""
 
     path: Path
-    config: "Qwen2AudioConfig"  # noqa: F821 - transformers type, imported lazily
-    processor: "Qwen2AudioProcessor"  # noqa: F821
+    config: Qwen2AudioConfig
+    processor: Qwen2AudioProcessor
     tensor_files: dict[str, Path]
 
     @property
@@ -58,7 +62,7 @@ class Checkpoint:
         for file, keys in by_file.items():
             with safe_open(str(file), framework="pt") as weights:
                 for key in keys:
-                    yield key[len(prefix):], weights.get_tensor(key)
+                    yield key[len(prefix) :], weights.get_tensor(key)
 
     def decoder_tensor_keys(self) -> dict[str, str]:
         """Canonical decoder tensor name (model.layers.0.self_attn.q_proj.weight, lm_head.weight,
@@ -67,7 +71,7 @@ class Checkpoint:
         for stored in self.tensor_files:
             for prefix, canonical_prefix in DECODER_RENAMES:
                 if stored.startswith(prefix):
-                    keys[canonical_prefix + stored[len(prefix):]] = stored
+                    keys[canonical_prefix + stored[len(prefix) :]] = stored
                     break
         if not keys:
             raise EdgelalmError(f"{self.path}: no language-model tensors (language_model.*) in its weights")

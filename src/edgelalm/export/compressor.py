@@ -20,6 +20,7 @@ from torch import nn
 
 from edgelalm.compression import CompressorSpec
 from edgelalm.constants import COMPRESSOR_INPUT, COMPRESSOR_OUTPUT
+
 # Guards 1 - cos against zero-norm frames (silence after a layer norm can get close).
 COSINE_EPS = 1e-8
 

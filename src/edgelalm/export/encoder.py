@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import nn
@@ -28,9 +27,8 @@ from edgelalm.constants import (
     ENCODER_RIGHT_CONTEXT_INPUT,
     MIN_MEL_FRAMES,
     RIGHT_CONTEXT_FRAMES,
+    EncoderPrecision,
 )
-
-EncoderPrecision = Literal["fp32", "fp16", "int8"]  # edgelalm.constants.ENCODER_PRECISIONS
 
 
 class ClipLengthAudioEncoder(nn.Module):

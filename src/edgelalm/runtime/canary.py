@@ -41,7 +41,9 @@ def decode_canary(
     from edgelalm.runtime.decoder import LlamaDecoder
 
     started = time.perf_counter()
-    with LlamaDecoder(gguf_path, n_ctx=256, n_threads=threads, n_gpu_layers=n_gpu_layers, extra_buffers=extra_buffers) as decoder:
+    with LlamaDecoder(
+        gguf_path, n_ctx=256, n_threads=threads, n_gpu_layers=n_gpu_layers, extra_buffers=extra_buffers
+    ) as decoder:
         loaded = time.perf_counter()
         # Any ids will do: the decode, not the text, is under test.
         token_ids = [(i * 7919 + 1) % decoder.n_vocab for i in range(CANARY_TEXT_TOKENS)]
@@ -95,7 +97,12 @@ def run_canary(
     timeout: float = CANARY_TIMEOUT_SECONDS,
 ) -> dict[str, Any]:
     """`decode_canary` in a child process; a crash, a hang or an error raises one EdgelalmError."""
-    arguments = {"gguf_path": str(gguf_path), "threads": threads, "extra_buffers": extra_buffers, "n_gpu_layers": n_gpu_layers}
+    arguments = {
+        "gguf_path": str(gguf_path),
+        "threads": threads,
+        "extra_buffers": extra_buffers,
+        "n_gpu_layers": n_gpu_layers,
+    }
     return _in_child("decoder", arguments, f"llama.cpp {{failure}} decoding {gguf_path.name}", extra_buffers, timeout)
 
 
@@ -111,15 +118,23 @@ def run_bundle_canary(
     return _in_child("bundle", arguments, f"the runtime {{failure}} running bundle {bundle}", extra_buffers, timeout)
 
 
-def _in_child(kind: str, arguments: dict[str, Any], what: str, extra_buffers: ExtraBuffers, timeout: float) -> dict[str, Any]:
+def _in_child(
+    kind: str, arguments: dict[str, Any], what: str, extra_buffers: ExtraBuffers, timeout: float
+) -> dict[str, Any]:
     """Run `_child` with `kind` and `arguments`; `what` words a crash ({failure} filled in)."""
     command = [sys.executable, "-m", "edgelalm.runtime.canary", kind, json.dumps(arguments)]
     result = run_child(command, timeout=timeout)
     if result.ok:
         return json.loads(result.stdout.strip().splitlines()[-1])
     if result.returncode is not None and result.returncode > 0:  # an error the child worded itself
-        raise EdgelalmError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"the canary {result.failure()}")
-    advice = "try --llama-extra-buffers off" if extra_buffers != "off" else "run `edgelalm doctor` and include its output in a bug report"
+        raise EdgelalmError(
+            result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"the canary {result.failure()}"
+        )
+    advice = (
+        "try --llama-extra-buffers off"
+        if extra_buffers != "off"
+        else "run `edgelalm doctor` and include its output in a bug report"
+    )
     raise EdgelalmError(f"{what.format(failure=result.failure())} in a test run in a child process; {advice}")
 
 

@@ -20,7 +20,6 @@ import numpy as np
 from edgelalm.errors import EdgelalmError
 from edgelalm.runtime.llama_backend import ExtraBuffers, decide_extra_buffers, model_params, usable_cores
 
-
 _GGML_TYPES = {"f32": llama_cpp.GGML_TYPE_F32, "f16": llama_cpp.GGML_TYPE_F16}
 
 
@@ -32,7 +31,7 @@ _BUFFER_LINE = re.compile(r"load_tensors:\s+(\S+) model buffer size")
 
 
 @llama_cpp.llama_log_callback
-def _keep_load_log(level, text, user_data):  # noqa: ANN001 - ctypes callback
+def _keep_load_log(level, text, user_data):
     if _load_log is not None:
         _load_log.append(text.decode(errors="replace"))
 
@@ -81,6 +80,7 @@ class LlamaDecoder:
         self.gguf_path = gguf_path
         self.context = None
         self.n_ctx = 0
+        self.n_batch = 0
         self.n_past = 0
         try:
             self.ensure_context(n_ctx)
@@ -173,7 +173,9 @@ class LlamaDecoder:
     def feed_embeddings(self, embeddings: np.ndarray) -> None:
         """Embeddings [N, n_embd] (float32) in place of N input tokens."""
         if embeddings.ndim != 2 or embeddings.shape[1] != self.n_embd:
-            raise EdgelalmError(f"audio embeddings of shape {embeddings.shape} do not fit a decoder of width {self.n_embd}")
+            raise EdgelalmError(
+                f"audio embeddings of shape {embeddings.shape} do not fit a decoder of width {self.n_embd}"
+            )
         rows = np.ascontiguousarray(embeddings, dtype=np.float32)
         for start in range(0, rows.shape[0], self.n_batch):
             chunk = rows[start : start + self.n_batch]
@@ -189,7 +191,7 @@ class LlamaDecoder:
             raise EdgelalmError(f"the input needs more than the decoder's context of {self.n_ctx} tokens")
         batch.n_tokens = count
         for i in range(count):
-            batch.pos[i] = self.n_past + i
+            batch.pos[i] = self.n_past + i  # type: ignore[call-overload]  # llama_cpp types pos loosely
             batch.n_seq_id[i] = 1
             batch.seq_id[i][0] = 0
             batch.logits[i] = i == count - 1
@@ -204,7 +206,12 @@ class LlamaDecoder:
         return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy()
 
     def generate(
-        self, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, stop_ids: frozenset[int] = frozenset()
+        self,
+        max_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        stop_ids: frozenset[int] = frozenset(),
     ) -> Iterator[int]:
         """Sample up to `max_tokens` ids with llama.cpp's sampler chain (greedy at
         temperature 0), stopping before an end-of-generation token (llama.cpp's, or one of `stop_ids`)."""

@@ -14,14 +14,9 @@ from edgelalm.constants import ENCODER_INPUT, ENCODER_RIGHT_CONTEXT_INPUT
 from edgelalm.runtime.features import WindowFeatures
 
 
-def encoder_output_frames(mel_frames: int) -> int:
-    """Encoder frames for `mel_frames` valid mel frames: transformers' own length formula
-    (stride-2 convolution, then AvgPool1d(2, 2))."""
-    conv_positions = (mel_frames - 1) // 2 + 1
-    return (conv_positions - 2) // 2 + 1
-
-
-def onnx_session(path: Path, providers: list[str], threads: int | None, cpu_arena: bool = False) -> onnxruntime.InferenceSession:
+def onnx_session(
+    path: Path, providers: list[str], threads: int | None, cpu_arena: bool = False
+) -> onnxruntime.InferenceSession:
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only
     # onnxruntime's CPU arena keeps a long window's activations, grown in rounded-up chunks, for the

@@ -37,9 +37,23 @@ class WindowFeatures:
     right_context: np.ndarray  # [n_mels, 2] the frames after it (zeros past the window)
 
 
+def conv_positions(mel_frames: int) -> int:
+    """Positions after the audio tower's stride-2 convolution for `mel_frames` valid mel frames."""
+    return (mel_frames - 1) // 2 + 1
+
+
+def encoder_output_frames(mel_frames: int) -> int:
+    """Encoder frames for `mel_frames` valid mel frames: transformers' own length formula
+    (stride-2 convolution, then AvgPool1d(2, 2)). Here, not beside the encoder session, so that
+    training and the benchmark's PyTorch reference use it without loading onnxruntime."""
+    return (conv_positions(mel_frames) - 2) // 2 + 1
+
+
 def split_windows(samples: np.ndarray, settings: FeatureSettings) -> list[np.ndarray]:
     """Consecutive windows of at most `window_samples`."""
-    return [samples[start : start + settings.window_samples] for start in range(0, len(samples), settings.window_samples)]
+    return [
+        samples[start : start + settings.window_samples] for start in range(0, len(samples), settings.window_samples)
+    ]
 
 
 def valid_mel_frames(num_samples: int, hop_length: int) -> int:

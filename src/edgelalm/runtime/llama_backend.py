@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from edgelalm.constants import EXTRA_BUFFER_CHOICES, ExtraBuffers
+
 if TYPE_CHECKING:
     import llama_cpp
 
-ExtraBuffers = Literal["auto", "on", "off"]
-EXTRA_BUFFER_CHOICES: tuple[ExtraBuffers, ...] = ("auto", "on", "off")
 # The CPU flags (as Linux's /proc/cpuinfo spells them) that llama.cpp's AMX kernels need.
 AMX_CPU_FLAGS = frozenset({"amx_tile", "amx_int8"})
 _CPUINFO = Path("/proc/cpuinfo")
@@ -104,7 +104,9 @@ def decide_extra_buffers(
     if flags is not None and not AMX_CPU_FLAGS <= flags:
         return ExtraBuffersDecision(True, "on: llama.cpp has AMX kernels but this CPU has no AMX (stock setting)")
     return ExtraBuffersDecision(
-        False, "off: llama.cpp's AMX buffer crashes multi-token decodes (llama.cpp issue 20824); --llama-extra-buffers on restores it"
+        False,
+        "off: llama.cpp's AMX buffer crashes multi-token decodes (llama.cpp issue 20824); --llama-extra-buffers "
+        "on restores it",
     )
 
 

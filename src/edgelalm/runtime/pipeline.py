@@ -25,8 +25,14 @@ from edgelalm.manifest import read_manifest
 from edgelalm.runtime.audio import prepare_samples, read_audio, truncation_warning
 from edgelalm.runtime.compressor import CompressorProjector
 from edgelalm.runtime.decoder import LlamaDecoder
-from edgelalm.runtime.encoder import AudioEncoder, encoder_output_frames
-from edgelalm.runtime.features import FeatureSettings, log_mel_window, mel_frames_for, split_windows
+from edgelalm.runtime.encoder import AudioEncoder
+from edgelalm.runtime.features import (
+    FeatureSettings,
+    encoder_output_frames,
+    log_mel_window,
+    mel_frames_for,
+    split_windows,
+)
 from edgelalm.runtime.llama_backend import ExtraBuffers, usable_cores
 from edgelalm.runtime.memory import peak_rss_mb
 
@@ -87,11 +93,14 @@ class Runtime:
             n_fft=features.n_fft,
             hop_length=features.hop_length,
             window_samples=features.window_mel_frames * features.hop_length,
-            mel_filters=load_mel_filters(self.bundle / features.mel_filters_file, features.n_fft, features.num_mel_bins),
+            mel_filters=load_mel_filters(
+                self.bundle / features.mel_filters_file, features.n_fft, features.num_mel_bins
+            ),
         )
         self.compressor_spec = CompressorSpec(manifest.compressor.name, manifest.compressor.factor)
         self.encoder = AudioEncoder(self.bundle / manifest.encoder.file, providers, threads, cpu_arena)
         self.compressor = CompressorProjector(self.bundle / manifest.compressor.file, providers, threads, cpu_arena)
+        self.decoder_info = manifest.decoder
         self.context_limit = manifest.decoder.context_length
         self.decoder = LlamaDecoder(
             self.bundle / manifest.decoder.file,
@@ -129,8 +138,29 @@ class Runtime:
         sampling_rate: int | None = None,
         on_text: Callable[[str], None] | None = None,
     ) -> RunResult:
-        """Answer `prompt` (default: the bundle's transcription prompt) about `audio`, a file
-        or samples at `sampling_rate`; `on_text` receives the answer as it is generated."""
+        """Answer a prompt about one clip.
+
+        Args:
+            audio: a file path (wav, flac, ogg, mp3: whatever libsndfile reads, any rate and channel
+                count) or samples, [frames] or [frames, channels], float.
+            prompt: what to ask; None: the bundle's transcription prompt. Rendered inside the
+                bundle's chat template after the audio.
+            max_tokens: most tokens to generate (>= 1); the decoder's context must hold the
+                prompt, the audio tokens and these, or the clip is refused before any encoding.
+            temperature: 0 for greedy decoding; above 0, llama.cpp samples with this temperature.
+            top_p: nucleus threshold when sampling.
+            seed: the sampler's seed when sampling.
+            sampling_rate: the rate of `audio` when it is samples (default: the bundle's, 16 kHz).
+            on_text: called with each piece of the answer as it is decoded (streaming).
+
+        Returns:
+            RunResult: the text, token counts, per-stage timings in ms, decode rate, peak RSS and
+            warnings about the input (a truncated file).
+
+        Raises:
+            EdgelalmError: unreadable or too short audio, a clip too long for the context,
+                max_tokens < 1; the message is one line, worded for the user.
+        """
         if max_tokens < 1:
             raise EdgelalmError(f"max_tokens must be >= 1, got {max_tokens}")
         started = time.perf_counter()
@@ -144,7 +174,9 @@ class Runtime:
             windows = [w for w in windows if mel_frames_for(len(w), self.features) >= MIN_MEL_FRAMES]
             if not windows:
                 seconds = len(samples) / self.features.sampling_rate
-                raise EdgelalmError(f"the clip is too short ({seconds * 1000:.0f} ms): the encoder needs at least 30 ms")
+                raise EdgelalmError(
+                    f"the clip is too short ({seconds * 1000:.0f} ms): the encoder needs at least 30 ms"
+                )
         # After the read: the file is known to exist and to be audio.
         warnings = [] if isinstance(audio, np.ndarray) else [note for note in [truncation_warning(Path(audio))] if note]
         prompt_ids = self.prompt_tokens_after_audio(self.prompt.default_prompt if prompt is None else prompt)
@@ -186,7 +218,9 @@ class Runtime:
             generated_tokens=generated,
             timings_ms={name: round(value, 2) for name, value in timings.items()},
             # The first token's time is prefill's: the rate counts the tokens after it.
-            decode_tokens_per_second=round((generated - 1) / decode_seconds, 2) if generated > 1 and decode_seconds > 0 else 0.0,
+            decode_tokens_per_second=round((generated - 1) / decode_seconds, 2)
+            if generated > 1 and decode_seconds > 0
+            else 0.0,
             peak_rss_mb=round(peak_rss_mb(), 1),
             context_tokens=self.decoder.n_ctx,
             warnings=warnings,
@@ -268,7 +302,9 @@ def load_mel_filters(path: Path, n_fft: int, num_mel_bins: int) -> np.ndarray:
         raise EdgelalmError(f"{path} is not a numpy array file: {error}") from None
     expected = (n_fft // 2 + 1, num_mel_bins)
     if filters.shape != expected or not np.issubdtype(filters.dtype, np.floating) or not np.isfinite(filters).all():
-        raise EdgelalmError(f"{path}: expected finite mel filters of shape {expected}, got {filters.dtype} {filters.shape}")
+        raise EdgelalmError(
+            f"{path}: expected finite mel filters of shape {expected}, got {filters.dtype} {filters.shape}"
+        )
     return filters
 
 

@@ -24,7 +24,7 @@ import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +34,7 @@ import numpy as np
 from edgelalm.constants import SAMPLING_RATE
 from edgelalm.errors import EdgelalmError
 from edgelalm.files import atomic_folder
+from edgelalm.progress import Bar
 from edgelalm.training import speech, texts
 from edgelalm.training.texts import Split
 
@@ -72,40 +73,35 @@ def _render(item: tuple[Utterance, int]) -> tuple[Utterance, np.ndarray]:
     return utterance, audio
 
 
-class _Progress:
-    """A bar on stderr plus a line per `every` utterances with the time they took."""
+class _RenderProgress:
+    """The rendering's bar, and a line per `every` utterances with the time they took."""
 
     def __init__(self, total: int, title: str, every: int = 100) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
+        self.bar = Bar(total, title).__enter__()
         self.total, self.every = total, every
-        self.progress = Progress(
-            TextColumn(title), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
-            TimeRemainingColumn(), console=Console(stderr=True, highlight=False), transient=False,
-        )
-        self.task = self.progress.add_task(title, total=total)
-        self.progress.start()
-        self.started = self.last = time.perf_counter()
+        self.last = time.perf_counter()
         self.last_audio_s = 0.0
 
     def update(self, done: int, audio_s: float) -> None:
-        self.progress.update(self.task, completed=done)
+        self.bar.update(completed=done)
         if done % self.every == 0 or done == self.total:
             now = time.perf_counter()
             took, audio = now - self.last, audio_s - self.last_audio_s
-            self.progress.console.print(
-                f"{done}/{self.total}: {took:.2f} s for the last {self.every if done % self.every == 0 else done % self.every}"
-                f" ({audio:.0f} s of audio, {audio / took if took > 0 else 0:.0f}x real time)",
-                highlight=False,
+            count = self.every if done % self.every == 0 else done % self.every
+            speed = audio / took if took > 0 else 0
+            self.bar.note(
+                f"{done}/{self.total}: {took:.2f} s for the last {count} "
+                f"({audio:.0f} s of audio, {speed:.0f}x real time)"
             )
             self.last, self.last_audio_s = now, audio_s
 
     def close(self) -> None:
-        self.progress.stop()
+        self.bar.__exit__()
 
 
-def _rendered(stream: Iterator[Utterance], sampling_rate: int, workers: int, batch: int) -> Iterator[tuple[Utterance, np.ndarray]]:
+def _rendered(
+    stream: Iterator[Utterance], sampling_rate: int, workers: int, batch: int
+) -> Generator[tuple[Utterance, np.ndarray], None, None]:
     """(utterance, int16 audio) in plan order, rendered `workers` at a time."""
     if workers <= 1:
         for utterance in stream:
@@ -137,8 +133,7 @@ def build_dataset(
     interrupted build leaves no half dataset. An existing `out_dir` is replaced only with
     `overwrite`.
     """
-    if split not in texts.SPLITS:
-        raise EdgelalmError(f"split must be 'train' or 'test', not {split!r}")
+    texts.check_split(split)
     if count < 1:
         raise EdgelalmError(f"count must be at least 1, got {count}")
     if shard_utterances < 1:
@@ -150,8 +145,18 @@ def build_dataset(
         raise EdgelalmError(f"{out} already exists (pass overwrite=True to replace it)")
     started = time.perf_counter()
     with atomic_folder(out, force=True) as partial:
-        info = _render_into(partial, split, count, seed, workers, progress, max_seconds, sampling_rate,
-                            shard_utterances, grammar_version)
+        info = _render_into(
+            partial,
+            split,
+            count,
+            seed,
+            workers,
+            progress,
+            max_seconds,
+            sampling_rate,
+            shard_utterances,
+            grammar_version,
+        )
     if progress:
         took = time.perf_counter() - started
         total_seconds = info["total_seconds"]
@@ -177,7 +182,7 @@ def _render_into(
     grammar_version: int,
 ) -> dict:
     """Render the utterances into the (staging) folder `partial`; returns dataset.json's content."""
-    bar = _Progress(count, f"{split} ({count})") if progress else None
+    bar = _RenderProgress(count, f"{split} ({count})") if progress else None
     shards: list[dict] = []
     records: list[dict] = []
     pending: list[np.ndarray] = []
@@ -195,8 +200,10 @@ def _render_into(
 
     try:
         batch = max(16, min(256, count))
-        with open(partial / "metadata.jsonl", "w", encoding="utf-8") as metadata, \
-                closing(_rendered(plan(split, seed, grammar_version), sampling_rate, workers, batch)) as rendered:
+        with (
+            open(partial / "metadata.jsonl", "w", encoding="utf-8") as metadata,
+            closing(_rendered(plan(split, seed, grammar_version), sampling_rate, workers, batch)) as rendered,
+        ):
             for utterance, audio in rendered:
                 seconds = audio.size / sampling_rate
                 if seconds > max_seconds:
@@ -253,7 +260,12 @@ def _versions() -> dict[str, str]:
 
     from edgelalm import __version__
 
-    return {"espeak-ng": speech.espeak_version(), "edgelalm": __version__, "numpy": np.__version__, "soxr": soxr.__version__}
+    return {
+        "espeak-ng": speech.espeak_version(),
+        "edgelalm": __version__,
+        "numpy": np.__version__,
+        "soxr": soxr.__version__,
+    }
 
 
 class SpeechDataset:
@@ -270,7 +282,10 @@ class SpeechDataset:
             raise EdgelalmError(f"{self.directory} is not a dataset (no dataset.json)")
         self.info: dict = json.loads(info_path.read_text(encoding="utf-8"))
         if self.info.get("format") != FORMAT or self.info.get("format_version", 0) > FORMAT_VERSION:
-            raise EdgelalmError(f"{self.directory}: not a dataset this edgelalm reads ({self.info.get('format')!r} v{self.info.get('format_version')})")
+            raise EdgelalmError(
+                f"{self.directory}: not a dataset this edgelalm reads ({self.info.get('format')!r} "
+                f"v{self.info.get('format_version')})"
+            )
         with open(self.directory / "metadata.jsonl", encoding="utf-8") as lines:
             self.records: list[dict] = [json.loads(line) for line in lines if line.strip()]
         self.sampling_rate: int = int(self.info["sampling_rate"])
@@ -280,7 +295,10 @@ class SpeechDataset:
 
     def _mapped(self) -> list[np.ndarray]:
         if self._shards is None:
-            self._shards = [np.load(self.directory / shard["file"], mmap_mode="r", allow_pickle=False) for shard in self.info["shards"]]
+            self._shards = [
+                np.load(self.directory / shard["file"], mmap_mode="r", allow_pickle=False)
+                for shard in self.info["shards"]
+            ]
         return self._shards
 
     def __getstate__(self) -> dict:

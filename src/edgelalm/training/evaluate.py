@@ -51,7 +51,9 @@ def score(references: Sequence[str], hypotheses: Sequence[str], audio_tokens: in
     return WerResult(errors, sum(len(r.split()) for r in refs), audio_tokens, audio_seconds, tuple(hyps))
 
 
-def transcribe_torch(model, processor, compressor, clips: Iterable[np.ndarray], max_new_tokens: int = 64) -> tuple[list[str], int]:
+def transcribe_torch(
+    model, processor, compressor, clips: Iterable[np.ndarray], max_new_tokens: int = 64
+) -> tuple[list[str], int]:
     """Greedy transcripts from the PyTorch model with `compressor` in place (clips within one window);
     returns them and the total number of audio tokens."""
     import torch
@@ -72,7 +74,9 @@ def transcribe_torch(model, processor, compressor, clips: Iterable[np.ndarray], 
     return texts, audio_tokens
 
 
-def transcribe_bundle(bundle: Path, clips: Iterable[np.ndarray], sampling_rate: int, threads: int | None = None) -> tuple[list[str], int]:
+def transcribe_bundle(
+    bundle: Path, clips: Iterable[np.ndarray], sampling_rate: int, threads: int | None = None
+) -> tuple[list[str], int]:
     """Greedy transcripts through the torch-free runtime (onnxruntime + llama.cpp)."""
     from edgelalm.runtime.pipeline import Runtime
 

@@ -62,7 +62,9 @@ class PairedAudio:
         except (OSError, UnicodeDecodeError, csv.Error) as error:
             raise EdgelalmError(f"cannot read {manifest}: {error}") from None
         if not rows or not {"file", "transcript"} <= set(rows[0]):
-            raise EdgelalmError(f"{manifest}: expected a TSV with a header naming 'file' and 'transcript' columns and at least one row")
+            raise EdgelalmError(
+                f"{manifest}: expected a TSV with a header naming 'file' and 'transcript' columns and at least one row"
+            )
         self.files = [manifest.parent / row["file"] for row in rows]
         self.texts = [normalize_transcript(row["transcript"]) if normalize else row["transcript"] for row in rows]
         self.seconds = np.array([audio_seconds(file) for file in self.files])
@@ -84,7 +86,9 @@ def open_paired_data(path: Path, sampling_rate: int, normalize: bool):
         return dataset
     if path.is_file():
         return PairedAudio(path, sampling_rate, normalize)
-    raise EdgelalmError(f"training data not found: {path} (a dataset folder or a TSV file with file/transcript columns)")
+    raise EdgelalmError(
+        f"training data not found: {path} (a dataset folder or a TSV file with file/transcript columns)"
+    )
 
 
 def load_for_training(model_dir: Path, device: str):
@@ -107,8 +111,8 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from edgelalm.files import atomic_folder
     from edgelalm.export.compressor import build_compressor
+    from edgelalm.files import atomic_folder
     from edgelalm.training.train import TrainSettings, plot_losses, train
 
     if options.steps < 1 or options.batch_size < 1:
@@ -122,12 +126,16 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
     data = open_paired_data(options.data, sampling_rate, options.normalize)
     window_s = processor.feature_extractor.n_samples / sampling_rate
     if float(np.max(data.seconds)) > window_s:
-        raise EdgelalmError(f"{options.data}: clips up to {np.max(data.seconds):.1f} s; the encoder window is {window_s:g} s")
+        raise EdgelalmError(
+            f"{options.data}: clips up to {np.max(data.seconds):.1f} s; the encoder window is {window_s:g} s"
+        )
     if len(data) < options.batch_size:
         raise EdgelalmError(f"{options.data}: {len(data)} clips, fewer than one batch of {options.batch_size}")
 
     torch.manual_seed(options.seed)
-    lora = LoraConfig(r=options.rank, lora_alpha=options.alpha, lora_dropout=0.0, bias="none", target_modules=LORA_TARGET_PATTERN)
+    lora = LoraConfig(
+        r=options.rank, lora_alpha=options.alpha, lora_dropout=0.0, bias="none", target_modules=LORA_TARGET_PATTERN
+    )
     peft_model = get_peft_model(model, lora)
     trained = [p for p in peft_model.parameters() if p.requires_grad]
     settings = TrainSettings(
@@ -142,7 +150,17 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
     )
     compressor = build_compressor(options.compressor)
     with atomic_folder(options.out_dir, options.force) as staging:
-        log = train(peft_model.base_model.model, processor, data, None, staging, settings, compressor=compressor, parameters=trained, progress=progress)
+        log = train(
+            peft_model.base_model.model,
+            processor,
+            data,
+            None,
+            staging,
+            settings,
+            compressor=compressor,
+            parameters=trained,
+            progress=progress,
+        )
         peft_model.save_pretrained(staging, safe_serialization=True)
         meta = {
             "base_model": str(options.model_dir),
@@ -157,7 +175,9 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
         }
         (staging / "edgelalm_finetune.json").write_text(json.dumps(meta, indent=2) + "\n")
         try:
-            plot_losses(log, staging / "loss.png", f"LoRA r{options.rank}/a{options.alpha:g} with {options.compressor.label}")
+            plot_losses(
+                log, staging / "loss.png", f"LoRA r{options.rank}/a{options.alpha:g} with {options.compressor.label}"
+            )
         except ImportError:
             print("matplotlib is not installed: no loss.png (pip install 'edgelalm[bench]')", file=sys.stderr)
     return options.out_dir

@@ -20,8 +20,7 @@ from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
 
 from edgelalm.prompt import DEFAULT_PROMPT, chat_template_pieces
-from edgelalm.runtime.encoder import encoder_output_frames
-from edgelalm.runtime.features import valid_mel_frames
+from edgelalm.runtime.features import encoder_output_frames, valid_mel_frames
 
 IGNORE_INDEX = -100
 
@@ -169,7 +168,9 @@ def answer_loss(model: nn.Module, inputs: torch.Tensor, mask: torch.Tensor, labe
 
 
 @torch.no_grad()
-def greedy_answer(model: nn.Module, prompt: PromptIds, audio_embeddings: torch.Tensor, end_ids: list[int], max_new_tokens: int = 64) -> list[int]:
+def greedy_answer(
+    model: nn.Module, prompt: PromptIds, audio_embeddings: torch.Tensor, end_ids: list[int], max_new_tokens: int = 64
+) -> list[int]:
     """Greedy continuation of one clip's prompt (transformers' generate on inputs_embeds)."""
     inputs, mask, _ = decoder_inputs(model, prompt, [audio_embeddings], None)
     generated = model.generate(

@@ -26,6 +26,7 @@ import soundfile
 from edgelalm.constants import SAMPLING_RATE
 from edgelalm.errors import EdgelalmError
 from edgelalm.runtime.audio import prepare_samples
+from edgelalm.training import texts
 from edgelalm.training.texts import Split
 
 ESPEAK = "espeak-ng"
@@ -124,8 +125,7 @@ def voice_split(voice: str) -> Split:
 @lru_cache(maxsize=2)
 def voices(split: Split) -> tuple[str, ...]:
     """The voices of `split`, sorted: plain English voices and voice+variant combinations."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    texts.check_split(split)
     every = list(english_voices()) + [f"{v}+{variant}" for v in english_voices() for variant in voice_variants()]
     return tuple(sorted(v for v in every if voice_split(v) == split))
 
@@ -223,7 +223,9 @@ def add_noise(
     return (samples + noise * np.float32(scale)).astype(np.float32)
 
 
-def add_reverb(samples: np.ndarray, rt60_s: float, wet: float, rng: np.random.Generator, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
+def add_reverb(
+    samples: np.ndarray, rt60_s: float, wet: float, rng: np.random.Generator, sampling_rate: int = SAMPLING_RATE
+) -> np.ndarray:
     """A synthetic room: `samples` convolved with exponentially decaying noise (60 dB down after
     `rt60_s`), mixed `wet` to 1 - `wet` with the dry signal, at the dry signal's power and length."""
     length = max(int(rt60_s * sampling_rate), 1)

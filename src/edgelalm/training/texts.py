@@ -19,14 +19,26 @@ Sentences come from a small grammar (`_grammar`): a symbol expands to one of its
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import re
-from collections.abc import Iterator
-from functools import lru_cache
+from collections.abc import Iterator, Sequence
+from functools import cache
+from pathlib import Path
 from typing import Literal
+
+from edgelalm.errors import EdgelalmError
 
 Split = Literal["train", "test"]
 SPLITS: tuple[Split, ...] = ("train", "test")
+
+
+def check_split(split: str) -> Split:
+    """`split` if it is one; the one error every split-taking function gives otherwise."""
+    if split not in SPLITS:
+        raise EdgelalmError(f"split must be 'train' or 'test', not {split!r}")
+    return split
+
 
 # The example clip shipped in examples/set-a-timer.wav: what `edgelalm run` is shown on, so the
 # default model must not have trained on it.
@@ -136,52 +148,34 @@ def normalize_transcript(text: str) -> str:
 # The grammar
 
 Alternative = str | tuple[str, float]  # a template, or (template, weight); weight 1 by default
-Grammar = dict[str, list[Alternative]]
+Grammar = dict[str, Sequence[Alternative]]
 _SLOT = re.compile(r"\{(\w+)\}")
 
 
-def _words(text: str) -> list[str]:
-    return text.split(",") if "," in text else text.split()
+# The grammar's word lists (weekdays, names, cities, items, rooms, ...) are data: data/words.json.
+_WORDS_FILE = Path(__file__).parent / "data" / "words.json"
+
+
+@cache
+def _word_lists() -> dict[str, tuple[str, ...]]:
+    return {name: tuple(words) for name, words in json.loads(_WORDS_FILE.read_text(encoding="utf-8")).items()}
+
+
+def word_list(name: str) -> list[str]:
+    """A fresh copy of one of the grammar's word lists."""
+    return list(_word_lists()[name])
 
 
 # Grammar version 2 adds these contact names and cities, so the model learns to spell names it has
 # never heard (a contact list needs it; the held-out names measure it). Version 1 is kept, so the
 # data of the default model's first stages can be rebuilt.
-_MORE_NAMES = _words(
-    "aaron abby adam adrian alan albert alice amelia andrea andrew angela anita anton arjun arthur "
-    "audrey ava barbara beatrice bella benjamin bianca brandon brian bridget caleb camila carl carmen "
-    "caroline cathy charles charlotte claire clara colin connor craig dana daisy dan deborah dennis "
-    "derek diana dominic donna dylan edward eileen elijah eliza ellen eric erin ethan eva evan felix "
-    "fiona francesca gabriel gavin gemma gina gordon greta gus harold harry heidi helen holly ian "
-    "irene isabel ivan jacob jade jamal jane jason jasmine javier jeff jenny jeremy jill joanna joel "
-    "jordan jose joseph joyce juan julian justin karen karl katie keith kelly kim kyle laila lars "
-    "leah leon liam linda lola louis lucy luis lydia maggie malik marco marcus margaret marie martin "
-    "mason matthew maya megan melissa michael michelle miguel molly monica morgan nadia naomi natalie "
-    "neil nick nicole nora olga oscar owen pablo pam patrick paul penny philip quentin quinn rafael "
-    "ramon rebecca riley rita robert rosa rose roy sabrina samuel sandra santos sean sebastian selena "
-    "simon stella stephen susan tanya teresa theo thomas tim tara trevor vanessa vera vincent walter "
-    "yasmin yvonne zack zeke ali amir anil arun deepa farah hassan ines jun kai kofi lin mei nikhil "
-    "omari ravi rohan sakura sanjay shreya tariq yuki zainab abdul bjorn dmitri enzo fabio giulia "
-    "hiro ivana jorge katya lorenzo magnus nils pedro rosalind sergei stefan tomas ulrich vlad wanda "
-    "xena yolanda zelda"
-)
-_MORE_CITIES = _words(
-    "toledo,orlando,tampa,raleigh,memphis,louisville,kansas city,st louis,omaha,salt lake city,"
-    "sacramento,san jose,oakland,honolulu,anchorage,albuquerque,tucson,el paso,milwaukee,cleveland,"
-    "pittsburgh,baltimore,richmond,buffalo,cincinnati,columbus,indianapolis,jacksonville,savannah,"
-    "boise,spokane,calgary,edmonton,winnipeg,quebec city,halifax,perth,adelaide,wellington,"
-    "christchurch,belfast,cardiff,liverpool,leeds,bristol,birmingham,brussels,antwerp,rotterdam,lyon,"
-    "marseille,nice,bordeaux,milan,naples,venice,florence,turin,seville,valencia,porto,frankfurt,"
-    "cologne,stuttgart,dresden,budapest,bucharest,belgrade,zagreb,riga,tallinn,vilnius,kyiv,"
-    "st petersburg,ankara,tel aviv,beirut,amman,doha,riyadh,karachi,lahore,dhaka,kathmandu,colombo,"
-    "chennai,bangalore,kolkata,hanoi,manila,jakarta,kuala lumpur,taipei,kyoto,sapporo,busan,havana,"
-    "bogota,quito,caracas,montevideo,panama city,san juan,kingston,casablanca,tunis,accra,addis ababa,"
-    "dakar,johannesburg,durban,marrakech,reykjavik,bergen,gothenburg,salzburg,innsbruck"
-)
+_MORE_NAMES = word_list("more_names")
+_MORE_CITIES = word_list("more_cities")
 
 
 def _durations(singular: bool) -> list[str]:
-    """"twenty five minutes" (singular=False) or "twenty five minute" (for "a ... timer")."""
+    """ "twenty five minutes" (singular=False) or "twenty five minute" (for "a ... timer")."""
+
     def unit(n: int, name: str) -> str:
         return f"{number_words(n)} {name}" + ("" if singular or n == 1 else "s")
 
@@ -206,16 +200,45 @@ def _clock_times() -> list[Alternative]:
     out += [(t, 1.0) for t in plain]
     out += [(f"{h} {p}", 2.0) for h in hours for p in periods]
     out += [(f"{t} {p}", 1.0) for t in plain for p in periods]
-    out += [(f"{q} {h}", 2.0) for q in ("quarter past", "half past", "quarter to", "ten past", "twenty past", "five to", "ten to", "twenty to", "twenty five past") for h in hours]
+    out += [
+        (f"{q} {h}", 2.0)
+        for q in (
+            "quarter past",
+            "half past",
+            "quarter to",
+            "ten past",
+            "twenty past",
+            "five to",
+            "ten to",
+            "twenty to",
+            "twenty five past",
+        )
+        for h in hours
+    ]
     out += [("noon", 20.0), ("midnight", 20.0)]
     return out
 
 
 _SINGULAR_UNITS = {
-    "inches": "inch", "feet": "foot", "yards": "yard", "miles": "mile", "centimeters": "centimeter",
-    "meters": "meter", "kilometers": "kilometer", "ounces": "ounce", "pounds": "pound", "grams": "gram",
-    "kilograms": "kilogram", "teaspoons": "teaspoon", "tablespoons": "tablespoon", "cups": "cup",
-    "pints": "pint", "quarts": "quart", "gallons": "gallon", "milliliters": "milliliter", "liters": "liter",
+    "inches": "inch",
+    "feet": "foot",
+    "yards": "yard",
+    "miles": "mile",
+    "centimeters": "centimeter",
+    "meters": "meter",
+    "kilometers": "kilometer",
+    "ounces": "ounce",
+    "pounds": "pound",
+    "grams": "gram",
+    "kilograms": "kilogram",
+    "teaspoons": "teaspoon",
+    "tablespoons": "tablespoon",
+    "cups": "cup",
+    "pints": "pint",
+    "quarts": "quart",
+    "gallons": "gallon",
+    "milliliters": "milliliter",
+    "liters": "liter",
 }
 
 
@@ -231,82 +254,45 @@ def _conversions() -> list[str]:
         pairs += [(a, b) for a in units for b in units if a != b]
     out = []
     for a, b in pairs:
-        out += [f"how many {a} are in {{amount}} {b}", f"convert {{amount}} {a} to {b}", f"what is {{amount}} {a} in {b}", f"how many {a} in a {_SINGULAR_UNITS[b]}"]
-    out += ["what is {amount} degrees fahrenheit in celsius", "convert {amount} degrees celsius to fahrenheit", "what's {amount} degrees celsius in fahrenheit", "convert {amount} dollars to euros", "how much is {amount} euros in dollars", "how much is {amount} pounds in dollars", "convert {amount} yen to dollars"]
+        out += [
+            f"how many {a} are in {{amount}} {b}",
+            f"convert {{amount}} {a} to {b}",
+            f"what is {{amount}} {a} in {b}",
+            f"how many {a} in a {_SINGULAR_UNITS[b]}",
+        ]
+    out += [
+        "what is {amount} degrees fahrenheit in celsius",
+        "convert {amount} degrees celsius to fahrenheit",
+        "what's {amount} degrees celsius in fahrenheit",
+        "convert {amount} dollars to euros",
+        "how much is {amount} euros in dollars",
+        "how much is {amount} pounds in dollars",
+        "convert {amount} yen to dollars",
+    ]
     return out
 
 
 def _grammar(split: Split, version: int) -> Grammar:
-    weekdays = _words("monday tuesday wednesday thursday friday saturday sunday")
-    months = _words("january february march april may june july august september october november december")
-    names = _words(
-        "anna ben carlos david emma fatima george hannah isaac julia kevin laura mike nina oliver paula "
-        "rachel sam sofia tom uma victor wendy xavier yara zoe grace henry lily lucas maria noah olivia "
-        "peter ruby sarah steve tina james jack amy chloe daniel ella frank ivy john kate leo max mia "
-        "nathan omar ryan sophie tyler zara aisha chen diego elena hugo kenji lena mohammed raj sven wei "
-        "ahmed alex lisa mark jessica chris emily luke"
-    )
-    cities = _words(
-        "london,paris,berlin,tokyo,new york,chicago,boston,seattle,san francisco,los angeles,miami,dallas,"
-        "houston,toronto,vancouver,sydney,melbourne,dublin,madrid,rome,amsterdam,vienna,prague,stockholm,"
-        "oslo,copenhagen,helsinki,warsaw,athens,cairo,mumbai,delhi,beijing,shanghai,seoul,singapore,bangkok,"
-        "mexico city,rio de janeiro,buenos aires,lima,cape town,lagos,istanbul,moscow,zurich,geneva,munich,"
-        "hamburg,barcelona,edinburgh,manchester,glasgow,atlanta,phoenix,portland,austin,denver,detroit,"
-        "las vegas,san diego,philadelphia,washington,ottawa,auckland,hong kong,dubai,nashville,new orleans"
-    )
-    items = _words(
-        "milk,eggs,bread,butter,cheese,apples,bananas,oranges,lemons,grapes,strawberries,blueberries,tomatoes,"
-        "potatoes,onions,garlic,carrots,spinach,lettuce,cucumbers,avocados,rice,pasta,flour,sugar,salt,"
-        "olive oil,coffee,tea,orange juice,yogurt,chicken,ground beef,salmon,bacon,ham,cereal,oatmeal,"
-        "peanut butter,jam,honey,cookies,chocolate,chips,ice cream,frozen peas,toilet paper,paper towels,"
-        "dish soap,laundry detergent,shampoo,toothpaste,batteries,light bulbs,trash bags,dog food,cat food,"
-        "diapers,tissues,sparkling water,beer,wine,soda,tortillas,beans,canned tuna,mushrooms,bell peppers,"
-        "broccoli,corn,almonds,granola bars,hot sauce,ketchup,mustard,mayonnaise,vinegar,cinnamon,"
-        "baking soda,sponges,aluminum foil,birthday candles"
-    )
-    rooms = _words(
-        "kitchen,living room,bedroom,bathroom,garage,office,hallway,basement,dining room,kids room,"
-        "guest room,nursery,porch,garden,attic,laundry room,master bedroom,study"
-    )
-    lights = _words("lights,light,lamp,ceiling light,floor lamp,desk lamp,night light,lamps")
-    devices = _words(
-        "fan,ceiling fan,heater,air conditioner,tv,coffee maker,dishwasher,washing machine,dryer,oven,"
-        "speaker,radio,humidifier,air purifier,fireplace,sprinklers,robot vacuum,kettle,computer,printer"
-    )
-    genres = _words(
-        "jazz,rock,classical music,pop,hip hop,country,blues,reggae,lo fi,piano music,relaxing music,"
-        "white noise,rain sounds,ocean sounds,eighties music,nineties hits,christmas music,soul,funk,metal,"
-        "acoustic guitar,something upbeat,something calm,the news,the radio,my podcasts,an audiobook"
-    )
-    playlists = _words("workout,running,dinner,focus,road trip,morning,chill,party,sleep,study,cooking,summer,favorites")
-    pois = _words(
-        "gas station,pharmacy,coffee shop,supermarket,grocery store,restaurant,parking lot,atm,bank,"
-        "hospital,charging station,hardware store,bakery,post office,pizza place,gym,park,library,"
-        "train station,bus stop,hotel,car wash,vet,dentist"
-    )
-    events = _words(
-        "dentist appointment,doctor's appointment,team meeting,soccer practice,piano lesson,yoga class,"
-        "haircut,parent teacher conference,book club,job interview,birthday party,dinner reservation,"
-        "flight,car service,project review,weekly call,gym session,date night,lunch meeting,swimming lesson"
-    )
-    foods = _words("pasta,egg,pizza,laundry,tea,rice,oven,cookie,bread,chicken,potato,soup,cake,bath,study,nap,workout")
-    pets = _words("cat,dog,fish,rabbit,hamster,bird,turtle")
-    colors = _words("red,blue,green,yellow,purple,orange,pink,warm white,cool white,daylight,soft white")
-    countries = _words(
-        "france,germany,japan,canada,australia,brazil,italy,spain,egypt,india,china,mexico,kenya,norway,"
-        "sweden,argentina,peru,turkey,greece,poland,portugal,ireland,scotland,thailand,vietnam,chile,iceland"
-    )
-    spell_words = _words(
-        "necessary,rhythm,restaurant,beautiful,separate,definitely,receipt,calendar,February,Wednesday,"
-        "environment,government,library,neighbor,pharmacy,schedule,tomorrow,vacuum,weird,yacht,"
-        "accommodate,bureaucracy,colonel,queue,mischievous,conscience,broccoli,cinnamon,psychology"
-    )
+    weekdays = word_list("weekdays")
+    months = word_list("months")
+    names = word_list("names")
+    cities = word_list("cities")
+    items = word_list("items")
+    rooms = word_list("rooms")
+    lights = word_list("lights")
+    devices = word_list("devices")
+    genres = word_list("genres")
+    playlists = word_list("playlists")
+    pois = word_list("pois")
+    events = word_list("events")
+    foods = word_list("foods")
+    pets = word_list("pets")
+    colors = word_list("colors")
+    countries = word_list("countries")
+    spell_words = word_list("spell_words")
     spell_words = [w.lower() for w in spell_words]
-    holidays = _words(
-        "christmas,new year's day,halloween,thanksgiving,easter,valentine's day,the weekend,my birthday,"
-        "summer vacation,mother's day,father's day,the fourth of july,spring break"
-    )
-    topics = _words("the meeting,the budget,the trip,dinner,the weekend,the project,the report,tomorrow,the invoice,the party,the kids,the car")
+    holidays = word_list("holidays")
+    topics = word_list("topics")
 
     held_names = list(HELD_OUT_NAMES) if split == "test" else []
     held_cities = list(HELD_OUT_CITIES) if split == "test" else []
@@ -316,15 +302,32 @@ def _grammar(split: Split, version: int) -> Grammar:
         "name": ["{train_name}", "{held_name}"] if held_names else ["{train_name}"],
         "train_name": names + (_MORE_NAMES if version >= 2 else []),
         "held_name": held_names,
-        "contact": [("{name}", 6.0), "mom", "dad", "grandma", "grandpa", "my sister", "my brother", "my wife",
-                    "my husband", "my boss", "the office", "the doctor", "the dentist", "the school", "home"],
+        "contact": [
+            ("{name}", 6.0),
+            "mom",
+            "dad",
+            "grandma",
+            "grandpa",
+            "my sister",
+            "my brother",
+            "my wife",
+            "my husband",
+            "my boss",
+            "the office",
+            "the doctor",
+            "the dentist",
+            "the school",
+            "home",
+        ],
         "city": ["{train_city}", "{held_city}"] if held_cities else ["{train_city}"],
         "train_city": cities + (_MORE_CITIES if version >= 2 else []),
         "held_city": held_cities,
         "n": [number_words(n) for n in range(1, 100)],
         "small": [number_words(n) for n in range(2, 13)],
         "minutes": [number_words(n) for n in range(2, 31)],
-        "amount": [(number_words(n), 1.0) for n in range(1, 101)] + [(number_words(n), 0.5) for n in range(110, 1001, 10)] + ["half a", "a quarter of a"],
+        "amount": [(number_words(n), 1.0) for n in range(1, 101)]
+        + [(number_words(n), 0.5) for n in range(110, 1001, 10)]
+        + ["half a", "a quarter of a"],
         "percent": [number_words(n) for n in range(5, 101, 5)],
         "degrees": [number_words(n) for n in range(16, 31)] + [number_words(n) for n in range(60, 81)],
         "duration": _durations(singular=False),
@@ -332,13 +335,44 @@ def _grammar(split: Split, version: int) -> Grammar:
         "time": _clock_times(),
         "weekday": weekdays,
         "weekdays": [f"{d}s" for d in weekdays] + ["weekdays", "weekends"],
-        "date": [f"{m} {ordinal_words(d)}" for m in months for d in range(1, 32) if not (m == "february" and d > 29) and not (m in ("april", "june", "september", "november") and d > 30)]
-                + [f"the {ordinal_words(d)}" for d in range(1, 32)],
-        "when": [("today", 4.0), ("tomorrow", 6.0), ("tonight", 3.0), "this morning", "this afternoon", "this evening",
-                 "tomorrow morning", "tomorrow afternoon", "tomorrow evening", "tomorrow night", ("on {weekday}", 7.0),
-                 ("next {weekday}", 4.0), ("this {weekday}", 2.0), ("on {weekday} morning", 2.0), ("on {weekday} evening", 2.0),
-                 "this weekend", "next weekend", "next week", "later today", ("on {date}", 3.0)],
-        "day": [("today", 3.0), ("tomorrow", 3.0), ("{weekday}", 4.0), "the weekend", "next week", "tonight", "this weekend"],
+        "date": [
+            f"{m} {ordinal_words(d)}"
+            for m in months
+            for d in range(1, 32)
+            if not (m == "february" and d > 29) and not (m in ("april", "june", "september", "november") and d > 30)
+        ]
+        + [f"the {ordinal_words(d)}" for d in range(1, 32)],
+        "when": [
+            ("today", 4.0),
+            ("tomorrow", 6.0),
+            ("tonight", 3.0),
+            "this morning",
+            "this afternoon",
+            "this evening",
+            "tomorrow morning",
+            "tomorrow afternoon",
+            "tomorrow evening",
+            "tomorrow night",
+            ("on {weekday}", 7.0),
+            ("next {weekday}", 4.0),
+            ("this {weekday}", 2.0),
+            ("on {weekday} morning", 2.0),
+            ("on {weekday} evening", 2.0),
+            "this weekend",
+            "next weekend",
+            "next week",
+            "later today",
+            ("on {date}", 3.0),
+        ],
+        "day": [
+            ("today", 3.0),
+            ("tomorrow", 3.0),
+            ("{weekday}", 4.0),
+            "the weekend",
+            "next week",
+            "tonight",
+            "this weekend",
+        ],
         "item": items,
         "two_items": ["{item} and {item}", "{item} {item} and {item}"],
         "room": rooms,
@@ -348,173 +382,513 @@ def _grammar(split: Split, version: int) -> Grammar:
         "genre": genres,
         "playlist": playlists,
         "poi": pois,
-        "event": [(e, 1.0) for e in events] + [("lunch with {name}", 3.0), ("dinner with {name}", 3.0), ("coffee with {name}", 2.0), ("a call with {name}", 2.0)],
+        "event": [(e, 1.0) for e in events]
+        + [
+            ("lunch with {name}", 3.0),
+            ("dinner with {name}", 3.0),
+            ("coffee with {name}", 2.0),
+            ("a call with {name}", 2.0),
+        ],
         "food": foods,
         "pet": pets,
         "country": countries,
         "spell_word": spell_words,
         "holiday": holidays,
         "topic": topics,
-        "place": ["home", "work", "the office", "the airport", "the train station", "the hospital", "the mall",
-                  "downtown", "the beach", "the gym", "the library", "school", "the stadium", "the city center",
-                  ("{name}'s house", 4.0), ("{city}", 4.0), ("the nearest {poi}", 4.0), ("the closest {poi}", 2.0)],
+        "place": [
+            "home",
+            "work",
+            "the office",
+            "the airport",
+            "the train station",
+            "the hospital",
+            "the mall",
+            "downtown",
+            "the beach",
+            "the gym",
+            "the library",
+            "school",
+            "the stadium",
+            "the city center",
+            ("{name}'s house", 4.0),
+            ("{city}", 4.0),
+            ("the nearest {poi}", 4.0),
+            ("the closest {poi}", 2.0),
+        ],
         "please": [("", 8.0), "please"],
         "ask": [("", 10.0), ("please", 2.0), "can you", "could you", "hey can you", "would you", "can you please"],
         "phone": ["mobile", "cell", "work phone", "home phone", "speaker", "speakerphone"],
-        "message": ["i'm on my way", "i'll be there in {duration}", "i'm running {minutes} minutes late", "i'm running late",
-                    "see you at {time}", "call me back", "can you pick up {item}", "happy birthday", "thank you", "thanks",
-                    "good night", "good morning", "dinner is ready", "don't forget the {item}", "i love you",
-                    "where are you", "i'm home", "let's meet at {place}", "i'll call you later", "on my way home",
-                    "i'm stuck in traffic", "can we talk {when}", "the meeting is at {time}", "we need {item}",
-                    "i'm leaving now", "running {minutes} minutes behind", "did you feed the {pet}", "are you free {when}",
-                    "sounds good", "see you {when}", "i just landed in {city}", "what time are you coming home",
-                    "lunch at {time}", "i can't make it {when}", "meet me at the {poi}"],
-        "task": [("call {contact}", 4.0), "text {contact}", "email {name}", "take out the trash", "water the plants",
-                 ("buy {item}", 3.0), ("pick up {item}", 2.0), "pick up {name} from school", "pick up the kids",
-                 "take my medicine", "take my vitamins", "feed the {pet}", "walk the dog", "pay the electricity bill",
-                 "pay the rent", "book a table for {small}", "check the oven", "charge my phone", "move the car",
-                 "lock the door", "turn off the {device}", "do the laundry", "renew my passport",
-                 "send {name} a birthday card", "stretch", "drink some water", "go to the gym", "submit the report",
-                 "back up my laptop", "check the mail", "clean the {room}", "get gas", "return the library books",
-                 "buy a present for {name}", "reply to {name}", "leave for the airport", "start dinner",
-                 "check on {name}", "book my {event}", "cancel my {event}", "put the {item} in the fridge",
-                 "set the table", "empty the dishwasher", "bring an umbrella", "wish {name} happy birthday"],
+        "message": [
+            "i'm on my way",
+            "i'll be there in {duration}",
+            "i'm running {minutes} minutes late",
+            "i'm running late",
+            "see you at {time}",
+            "call me back",
+            "can you pick up {item}",
+            "happy birthday",
+            "thank you",
+            "thanks",
+            "good night",
+            "good morning",
+            "dinner is ready",
+            "don't forget the {item}",
+            "i love you",
+            "where are you",
+            "i'm home",
+            "let's meet at {place}",
+            "i'll call you later",
+            "on my way home",
+            "i'm stuck in traffic",
+            "can we talk {when}",
+            "the meeting is at {time}",
+            "we need {item}",
+            "i'm leaving now",
+            "running {minutes} minutes behind",
+            "did you feed the {pet}",
+            "are you free {when}",
+            "sounds good",
+            "see you {when}",
+            "i just landed in {city}",
+            "what time are you coming home",
+            "lunch at {time}",
+            "i can't make it {when}",
+            "meet me at the {poi}",
+        ],
+        "task": [
+            ("call {contact}", 4.0),
+            "text {contact}",
+            "email {name}",
+            "take out the trash",
+            "water the plants",
+            ("buy {item}", 3.0),
+            ("pick up {item}", 2.0),
+            "pick up {name} from school",
+            "pick up the kids",
+            "take my medicine",
+            "take my vitamins",
+            "feed the {pet}",
+            "walk the dog",
+            "pay the electricity bill",
+            "pay the rent",
+            "book a table for {small}",
+            "check the oven",
+            "charge my phone",
+            "move the car",
+            "lock the door",
+            "turn off the {device}",
+            "do the laundry",
+            "renew my passport",
+            "send {name} a birthday card",
+            "stretch",
+            "drink some water",
+            "go to the gym",
+            "submit the report",
+            "back up my laptop",
+            "check the mail",
+            "clean the {room}",
+            "get gas",
+            "return the library books",
+            "buy a present for {name}",
+            "reply to {name}",
+            "leave for the airport",
+            "start dinner",
+            "check on {name}",
+            "book my {event}",
+            "cancel my {event}",
+            "put the {item} in the fridge",
+            "set the table",
+            "empty the dishwasher",
+            "bring an umbrella",
+            "wish {name} happy birthday",
+        ],
         # --- categories
         "timer": [
-            "{ask} set a timer for {duration} {please}", ("set a {duration_adj} timer", 2.0), "start a timer for {duration}",
-            "timer for {duration}", "{ask} start a {duration_adj} timer", "set a {food} timer for {duration}",
-            "set a timer for {duration} for the {food}", "how much time is left on the timer",
-            "how much time is left on my {food} timer", "how much time is left", "cancel the timer", "stop the timer",
-            "pause the timer", "resume the timer", "add {duration} to the timer", "cancel all timers",
-            "cancel the {food} timer", "set another timer for {duration}", "show my timers", "restart the timer",
-            "start a countdown for {duration}", "{ask} time {duration} for me",
+            "{ask} set a timer for {duration} {please}",
+            ("set a {duration_adj} timer", 2.0),
+            "start a timer for {duration}",
+            "timer for {duration}",
+            "{ask} start a {duration_adj} timer",
+            "set a {food} timer for {duration}",
+            "set a timer for {duration} for the {food}",
+            "how much time is left on the timer",
+            "how much time is left on my {food} timer",
+            "how much time is left",
+            "cancel the timer",
+            "stop the timer",
+            "pause the timer",
+            "resume the timer",
+            "add {duration} to the timer",
+            "cancel all timers",
+            "cancel the {food} timer",
+            "set another timer for {duration}",
+            "show my timers",
+            "restart the timer",
+            "start a countdown for {duration}",
+            "{ask} time {duration} for me",
         ],
         "alarm": [
-            ("{ask} wake me up at {time}", 3.0), "wake me up at {time} {when}", "wake me up in {duration}",
-            ("{ask} set an alarm for {time}", 3.0), ("set an alarm for {time} {when}", 2.0),
-            "set an alarm for {time} every {weekday}", "set an alarm for {time} on {weekdays}",
-            "set an alarm in {duration}", "turn off my {time} alarm", "cancel my alarm for {when}",
-            "snooze for {minutes} minutes", "snooze", "what time is my alarm", "when is my next alarm", "delete all alarms",
-            "change my {time} alarm to {time}", "move my alarm to {time}", "turn off all alarms for {when}",
-            "set a repeating alarm for {time} on {weekdays}", "do i have an alarm set for {when}",
+            ("{ask} wake me up at {time}", 3.0),
+            "wake me up at {time} {when}",
+            "wake me up in {duration}",
+            ("{ask} set an alarm for {time}", 3.0),
+            ("set an alarm for {time} {when}", 2.0),
+            "set an alarm for {time} every {weekday}",
+            "set an alarm for {time} on {weekdays}",
+            "set an alarm in {duration}",
+            "turn off my {time} alarm",
+            "cancel my alarm for {when}",
+            "snooze for {minutes} minutes",
+            "snooze",
+            "what time is my alarm",
+            "when is my next alarm",
+            "delete all alarms",
+            "change my {time} alarm to {time}",
+            "move my alarm to {time}",
+            "turn off all alarms for {when}",
+            "set a repeating alarm for {time} on {weekdays}",
+            "do i have an alarm set for {when}",
         ],
         "reminder": [
-            ("{ask} remind me to {task}", 2.0), ("remind me to {task} {when}", 3.0), ("remind me to {task} at {time}", 3.0),
-            ("remind me {when} at {time} to {task}", 2.0), ("remind me in {duration} to {task}", 2.0),
-            "remind me to {task} in {duration}", "remind me to {task} when i get home", "remind me to {task} when i leave work",
-            "remind me to {task} every {weekday}", "remind me to {task} on {date}", "remind me about the {event} {when}",
-            "what are my reminders", "what are my reminders for {when}", "delete my reminder to {task}",
-            "create a reminder to {task} {when}", "set a reminder for {time} to {task}", "don't let me forget to {task}",
+            ("{ask} remind me to {task}", 2.0),
+            ("remind me to {task} {when}", 3.0),
+            ("remind me to {task} at {time}", 3.0),
+            ("remind me {when} at {time} to {task}", 2.0),
+            ("remind me in {duration} to {task}", 2.0),
+            "remind me to {task} in {duration}",
+            "remind me to {task} when i get home",
+            "remind me to {task} when i leave work",
+            "remind me to {task} every {weekday}",
+            "remind me to {task} on {date}",
+            "remind me about the {event} {when}",
+            "what are my reminders",
+            "what are my reminders for {when}",
+            "delete my reminder to {task}",
+            "create a reminder to {task} {when}",
+            "set a reminder for {time} to {task}",
+            "don't let me forget to {task}",
         ],
         "weather": [
-            ("what's the weather {when}", 2.0), ("what's the weather in {city} {when}", 2.0), ("what's the weather like in {city}", 2.0),
-            "what's the weather like {when}", "will it rain {when}", "is it going to rain in {city} {when}",
-            "do i need an umbrella {when}", "do i need a jacket {when}", "how hot will it be {when}",
-            "how cold is it going to be {when}", "what's the temperature in {city}", "what's the temperature outside",
-            "is it going to snow {when}", "is it going to snow in {city} {when}", "how windy is it outside",
-            "what's the forecast for {day}", "what's the forecast for {city} {when}", "will it be sunny {when}",
-            "when will it stop raining", "what's the humidity in {city}", "is it cold in {city} right now",
-            "what's the high {when}", "what's the low {when}", "when is sunset {when}", "what time is sunrise {when}",
-            "what's the air quality in {city}", "is there a storm coming", "what's the uv index {when}",
+            ("what's the weather {when}", 2.0),
+            ("what's the weather in {city} {when}", 2.0),
+            ("what's the weather like in {city}", 2.0),
+            "what's the weather like {when}",
+            "will it rain {when}",
+            "is it going to rain in {city} {when}",
+            "do i need an umbrella {when}",
+            "do i need a jacket {when}",
+            "how hot will it be {when}",
+            "how cold is it going to be {when}",
+            "what's the temperature in {city}",
+            "what's the temperature outside",
+            "is it going to snow {when}",
+            "is it going to snow in {city} {when}",
+            "how windy is it outside",
+            "what's the forecast for {day}",
+            "what's the forecast for {city} {when}",
+            "will it be sunny {when}",
+            "when will it stop raining",
+            "what's the humidity in {city}",
+            "is it cold in {city} right now",
+            "what's the high {when}",
+            "what's the low {when}",
+            "when is sunset {when}",
+            "what time is sunrise {when}",
+            "what's the air quality in {city}",
+            "is there a storm coming",
+            "what's the uv index {when}",
         ],
         "call": [
-            ("{ask} call {contact}", 4.0), "call {contact} on {phone}", "call {name}'s {phone}", "video call {contact}",
-            "phone {contact}", ("text {contact} {message}", 3.0), ("send a message to {contact} saying {message}", 3.0),
-            ("tell {contact} {message}", 2.0), "reply {message}", "read my messages", "read my last message from {contact}",
-            "did {name} call", "any new messages", "do i have any missed calls", "send an email to {contact} about {topic}",
-            "email {name} about {topic}", "hang up", "redial", "call back", "who called me {when}", "call my voicemail",
-            "send {name} a text saying {message}", "message {name} {message}", "text {name} that {message}",
-            "what did {name} say", "call {name} back", "start a group call with {name} and {name}",
+            ("{ask} call {contact}", 4.0),
+            "call {contact} on {phone}",
+            "call {name}'s {phone}",
+            "video call {contact}",
+            "phone {contact}",
+            ("text {contact} {message}", 3.0),
+            ("send a message to {contact} saying {message}", 3.0),
+            ("tell {contact} {message}", 2.0),
+            "reply {message}",
+            "read my messages",
+            "read my last message from {contact}",
+            "did {name} call",
+            "any new messages",
+            "do i have any missed calls",
+            "send an email to {contact} about {topic}",
+            "email {name} about {topic}",
+            "hang up",
+            "redial",
+            "call back",
+            "who called me {when}",
+            "call my voicemail",
+            "send {name} a text saying {message}",
+            "message {name} {message}",
+            "text {name} that {message}",
+            "what did {name} say",
+            "call {name} back",
+            "start a group call with {name} and {name}",
         ],
         "home": [
-            ("{ask} turn on the {light} in the {room}", 3.0), ("{ask} turn off the {light} in the {room}", 3.0),
-            ("turn on the {room} {light}", 2.0), ("turn off the {room} {light}", 2.0), "switch on the {device}",
-            "switch off the {device} in the {room}", ("turn on the {device}", 2.0), ("turn off the {device}", 2.0),
-            "turn the {device} in the {room} off", "dim the {room} lights to {percent} percent", "dim the lights",
-            "brighten the lights in the {room}", "set the {room} lights to {percent} percent", "set the {room} lights to {color}",
-            "change the lights to {color}", "set the thermostat to {degrees} degrees", "set the {room} to {degrees} degrees",
-            "make it warmer in the {room}", "make it cooler in here", "turn the heat up", "turn the heat down",
-            "turn up the heat by {small} degrees", "what's the temperature in the {room}", "lock the front door",
-            "unlock the back door", "is the front door locked", "is the garage door closed", "close the garage door",
-            "open the garage door", "open the blinds in the {room}", "close the curtains in the {room}",
-            "start the robot vacuum", "vacuum the {room}", "stop the robot vacuum", "are the lights on in the {room}",
-            "turn everything off", "turn off all the lights", "turn on all the lights downstairs", "good night",
-            "i'm leaving", "i'm home", "start the {device} in {duration}", "turn off the {device} in {duration}",
-            "is the {device} on", "run the dishwasher at {time}", "turn on movie mode", "arm the security system",
-            "show me the front door camera", "set the fan to speed {small}",
+            ("{ask} turn on the {light} in the {room}", 3.0),
+            ("{ask} turn off the {light} in the {room}", 3.0),
+            ("turn on the {room} {light}", 2.0),
+            ("turn off the {room} {light}", 2.0),
+            "switch on the {device}",
+            "switch off the {device} in the {room}",
+            ("turn on the {device}", 2.0),
+            ("turn off the {device}", 2.0),
+            "turn the {device} in the {room} off",
+            "dim the {room} lights to {percent} percent",
+            "dim the lights",
+            "brighten the lights in the {room}",
+            "set the {room} lights to {percent} percent",
+            "set the {room} lights to {color}",
+            "change the lights to {color}",
+            "set the thermostat to {degrees} degrees",
+            "set the {room} to {degrees} degrees",
+            "make it warmer in the {room}",
+            "make it cooler in here",
+            "turn the heat up",
+            "turn the heat down",
+            "turn up the heat by {small} degrees",
+            "what's the temperature in the {room}",
+            "lock the front door",
+            "unlock the back door",
+            "is the front door locked",
+            "is the garage door closed",
+            "close the garage door",
+            "open the garage door",
+            "open the blinds in the {room}",
+            "close the curtains in the {room}",
+            "start the robot vacuum",
+            "vacuum the {room}",
+            "stop the robot vacuum",
+            "are the lights on in the {room}",
+            "turn everything off",
+            "turn off all the lights",
+            "turn on all the lights downstairs",
+            "good night",
+            "i'm leaving",
+            "i'm home",
+            "start the {device} in {duration}",
+            "turn off the {device} in {duration}",
+            "is the {device} on",
+            "run the dishwasher at {time}",
+            "turn on movie mode",
+            "arm the security system",
+            "show me the front door camera",
+            "set the fan to speed {small}",
         ],
         "music": [
-            ("{ask} play some {genre}", 3.0), "play {genre} in the {room}", "play my {playlist} playlist",
-            "play the {playlist} playlist in the {room}", "pause the music", "pause", "resume the music", "stop the music",
-            "next song", "skip this song", "previous track", "play that again", "turn it up", "turn it down",
-            "turn the volume up", "turn the volume down", "set the volume to {n}", "volume {small}",
-            "set the volume to {percent} percent", "who sings this song", "what song is this", "shuffle my music",
-            "repeat this song", "like this song", "add this song to my {playlist} playlist", "play {genre} for {duration}",
-            "stop playing in {duration}", "play something i like", "play music in every room", "mute", "unmute",
-            "play the next episode", "skip ahead {n} seconds", "go back {n} seconds",
+            ("{ask} play some {genre}", 3.0),
+            "play {genre} in the {room}",
+            "play my {playlist} playlist",
+            "play the {playlist} playlist in the {room}",
+            "pause the music",
+            "pause",
+            "resume the music",
+            "stop the music",
+            "next song",
+            "skip this song",
+            "previous track",
+            "play that again",
+            "turn it up",
+            "turn it down",
+            "turn the volume up",
+            "turn the volume down",
+            "set the volume to {n}",
+            "volume {small}",
+            "set the volume to {percent} percent",
+            "who sings this song",
+            "what song is this",
+            "shuffle my music",
+            "repeat this song",
+            "like this song",
+            "add this song to my {playlist} playlist",
+            "play {genre} for {duration}",
+            "stop playing in {duration}",
+            "play something i like",
+            "play music in every room",
+            "mute",
+            "unmute",
+            "play the next episode",
+            "skip ahead {n} seconds",
+            "go back {n} seconds",
         ],
         "shopping": [
-            ("{ask} add {item} to my shopping list", 4.0), ("add {two_items} to the grocery list", 2.0),
-            "put {item} on my list", "put {item} on the shopping list", "remove {item} from my shopping list",
-            "take {item} off the list", "do i need {item}", "is {item} on my shopping list", "what's on my shopping list",
-            "read my shopping list", "clear my shopping list", "add {small} {item} to my list", "i need {item}",
-            "we're out of {item}", "order more {item}", "reorder {item}",
-            "how much is {item}", "add {item} to the list for {name}",
+            ("{ask} add {item} to my shopping list", 4.0),
+            ("add {two_items} to the grocery list", 2.0),
+            "put {item} on my list",
+            "put {item} on the shopping list",
+            "remove {item} from my shopping list",
+            "take {item} off the list",
+            "do i need {item}",
+            "is {item} on my shopping list",
+            "what's on my shopping list",
+            "read my shopping list",
+            "clear my shopping list",
+            "add {small} {item} to my list",
+            "i need {item}",
+            "we're out of {item}",
+            "order more {item}",
+            "reorder {item}",
+            "how much is {item}",
+            "add {item} to the list for {name}",
         ],
-        "conversion": _conversions() + ["how many days until {holiday}", "how many weeks are in a year",
-                                        "how many seconds are in a day", "how many minutes are in {small} hours"],
+        "conversion": _conversions()
+        + [
+            "how many days until {holiday}",
+            "how many weeks are in a year",
+            "how many seconds are in a day",
+            "how many minutes are in {small} hours",
+        ],
         "navigation": [
-            ("{ask} navigate to {place}", 3.0), ("take me to {place}", 2.0), "directions to {place}",
-            ("get directions to {place}", 2.0), "how long does it take to get to {place}", "how far is {city} from here",
-            "how far is it to {place}", "find the nearest {poi}", "is there a {poi} near me", "where's the closest {poi}",
-            "how's the traffic on the way to {place}", "how's traffic to {place}", "avoid highways", "avoid tolls",
-            "what's my eta", "take me home", "share my eta with {name}", "when will i get to {place}",
-            "find a {poi} on the way", "add a stop at the nearest {poi}", "cancel navigation", "how far am i from {place}",
-            "show me the route to {place}", "what's the fastest way to {place}", "walking directions to {place}",
-            "how long is the drive to {city}", "drive to {name}'s house", "find parking near {place}",
-            "is the {poi} open right now", "when does the {poi} close",
+            ("{ask} navigate to {place}", 3.0),
+            ("take me to {place}", 2.0),
+            "directions to {place}",
+            ("get directions to {place}", 2.0),
+            "how long does it take to get to {place}",
+            "how far is {city} from here",
+            "how far is it to {place}",
+            "find the nearest {poi}",
+            "is there a {poi} near me",
+            "where's the closest {poi}",
+            "how's the traffic on the way to {place}",
+            "how's traffic to {place}",
+            "avoid highways",
+            "avoid tolls",
+            "what's my eta",
+            "take me home",
+            "share my eta with {name}",
+            "when will i get to {place}",
+            "find a {poi} on the way",
+            "add a stop at the nearest {poi}",
+            "cancel navigation",
+            "how far am i from {place}",
+            "show me the route to {place}",
+            "what's the fastest way to {place}",
+            "walking directions to {place}",
+            "how long is the drive to {city}",
+            "drive to {name}'s house",
+            "find parking near {place}",
+            "is the {poi} open right now",
+            "when does the {poi} close",
         ],
         "calendar": [
-            ("what's on my calendar {when}", 2.0), ("what do i have {when}", 2.0), ("schedule a meeting with {name} {when} at {time}", 2.0),
-            ("add {event} to my calendar {when} at {time}", 2.0), "add {event} to my calendar on {date}",
-            "cancel my {time} meeting", "move my {event} to {when}", "move my {event} to {time}", "when is my next meeting",
-            "when is my {event}", "am i free {when} at {time}", "am i free {when}", "create an event called {event} {when}",
-            "schedule {event} for {when} at {time}", "what's my first meeting {when}", "do i have anything on {date}",
-            "invite {name} to my {event}", "book a meeting room for {time}", "clear my calendar for {when}",
-            "how many meetings do i have {when}", "when is {name}'s birthday", "what's happening this week",
-            "reschedule my {event} to {date}", "push my {time} meeting back by {duration}",
+            ("what's on my calendar {when}", 2.0),
+            ("what do i have {when}", 2.0),
+            ("schedule a meeting with {name} {when} at {time}", 2.0),
+            ("add {event} to my calendar {when} at {time}", 2.0),
+            "add {event} to my calendar on {date}",
+            "cancel my {time} meeting",
+            "move my {event} to {when}",
+            "move my {event} to {time}",
+            "when is my next meeting",
+            "when is my {event}",
+            "am i free {when} at {time}",
+            "am i free {when}",
+            "create an event called {event} {when}",
+            "schedule {event} for {when} at {time}",
+            "what's my first meeting {when}",
+            "do i have anything on {date}",
+            "invite {name} to my {event}",
+            "book a meeting room for {time}",
+            "clear my calendar for {when}",
+            "how many meetings do i have {when}",
+            "when is {name}'s birthday",
+            "what's happening this week",
+            "reschedule my {event} to {date}",
+            "push my {time} meeting back by {duration}",
         ],
         "question": [
-            ("what time is it", 3.0), ("what time is it in {city}", 2.0), "what's today's date", "what day is it",
-            "what's the date {when}", "what's {n} plus {n}", "what's {n} minus {n}", "what's {n} times {n}",
-            "what is {n} divided by {small}", "what's {percent} percent of {amount}", "what's the square root of {n}",
-            "how do you spell {spell_word}", "what does {spell_word} mean", "spell {spell_word}", "tell me a joke",
-            "tell me a fun fact", "flip a coin", "roll a dice", "pick a number between one and {n}",
-            "what's the capital of {country}", "how many people live in {country}", "what language do they speak in {country}",
-            "what's the time difference between {city} and {city}", "who are you", "what can you do", "thank you",
-            "how are you", "good morning", "good night", "what's the news", "what's the latest news", "stop", "cancel",
-            "never mind", "repeat that", "say that again", "what's the score of the game", "how's my commute",
-            "what's the exchange rate for {country}", "how far is the moon", "how tall is mount everest",
-            "what year is it", "how many days are in {month_name}", "what day of the week is {date}",
-            "set my status to busy", "find my phone", "turn on do not disturb", "turn off do not disturb",
-            "turn on bluetooth", "turn off wifi", "take a screenshot", "open the camera", "take a selfie",
-            "what's my battery level", "turn on the flashlight", "how many calories are in {item}",
-            "what's a good recipe for {item}", "what's on tv tonight",
+            ("what time is it", 3.0),
+            ("what time is it in {city}", 2.0),
+            "what's today's date",
+            "what day is it",
+            "what's the date {when}",
+            "what's {n} plus {n}",
+            "what's {n} minus {n}",
+            "what's {n} times {n}",
+            "what is {n} divided by {small}",
+            "what's {percent} percent of {amount}",
+            "what's the square root of {n}",
+            "how do you spell {spell_word}",
+            "what does {spell_word} mean",
+            "spell {spell_word}",
+            "tell me a joke",
+            "tell me a fun fact",
+            "flip a coin",
+            "roll a dice",
+            "pick a number between one and {n}",
+            "what's the capital of {country}",
+            "how many people live in {country}",
+            "what language do they speak in {country}",
+            "what's the time difference between {city} and {city}",
+            "who are you",
+            "what can you do",
+            "thank you",
+            "how are you",
+            "good morning",
+            "good night",
+            "what's the news",
+            "what's the latest news",
+            "stop",
+            "cancel",
+            "never mind",
+            "repeat that",
+            "say that again",
+            "what's the score of the game",
+            "how's my commute",
+            "what's the exchange rate for {country}",
+            "how far is the moon",
+            "how tall is mount everest",
+            "what year is it",
+            "how many days are in {month_name}",
+            "what day of the week is {date}",
+            "set my status to busy",
+            "find my phone",
+            "turn on do not disturb",
+            "turn off do not disturb",
+            "turn on bluetooth",
+            "turn off wifi",
+            "take a screenshot",
+            "open the camera",
+            "take a selfie",
+            "what's my battery level",
+            "turn on the flashlight",
+            "how many calories are in {item}",
+            "what's a good recipe for {item}",
+            "what's on tv tonight",
         ],
         "month_name": months,
         "compound": [
-            ("set a timer for {duration} and remind me to {task}", 4.0), "set an alarm for {time} and remind me to {task}",
-            "turn off the {light} and play some {genre}", "turn off the {light} in the {room} and lock the front door",
-            "add {item} to my shopping list and remind me to {task}", "call {contact} and tell them {message}",
-            "remind me to {task} and {task}", "pause the music and set a timer for {duration}",
-            "what's the weather {when} and do i need an umbrella", "turn on the {device} and set a timer for {duration}",
-            "play some {genre} and dim the lights", "set a timer for {duration} and turn off the {device}",
+            ("set a timer for {duration} and remind me to {task}", 4.0),
+            "set an alarm for {time} and remind me to {task}",
+            "turn off the {light} and play some {genre}",
+            "turn off the {light} in the {room} and lock the front door",
+            "add {item} to my shopping list and remind me to {task}",
+            "call {contact} and tell them {message}",
+            "remind me to {task} and {task}",
+            "pause the music and set a timer for {duration}",
+            "what's the weather {when} and do i need an umbrella",
+            "turn on the {device} and set a timer for {duration}",
+            "play some {genre} and dim the lights",
+            "set a timer for {duration} and turn off the {device}",
             "navigate to {place} and text {name} {message}",
         ],
         "sentence": [
-            ("{timer}", 12.0), ("{alarm}", 10.0), ("{reminder}", 12.0), ("{weather}", 9.0), ("{call}", 10.0),
-            ("{home}", 12.0), ("{music}", 8.0), ("{shopping}", 7.0), ("{conversion}", 5.0), ("{navigation}", 6.0),
-            ("{calendar}", 7.0), ("{question}", 7.0), ("{compound}", 6.0),
+            ("{timer}", 12.0),
+            ("{alarm}", 10.0),
+            ("{reminder}", 12.0),
+            ("{weather}", 9.0),
+            ("{call}", 10.0),
+            ("{home}", 12.0),
+            ("{music}", 8.0),
+            ("{shopping}", 7.0),
+            ("{conversion}", 5.0),
+            ("{navigation}", 6.0),
+            ("{calendar}", 7.0),
+            ("{question}", 7.0),
+            ("{compound}", 6.0),
         ],
     }
     return g
@@ -522,12 +896,27 @@ def _grammar(split: Split, version: int) -> Grammar:
 
 # The request categories. Their fixed sentences ("snooze", "what time is it") weigh less than their
 # templates by default: a fixed sentence can be drawn only once per list.
-_CATEGORIES = frozenset({"timer", "alarm", "reminder", "weather", "call", "home", "music", "shopping",
-                         "conversion", "navigation", "calendar", "question", "compound"})
+_CATEGORIES = frozenset(
+    {
+        "timer",
+        "alarm",
+        "reminder",
+        "weather",
+        "call",
+        "home",
+        "music",
+        "shopping",
+        "conversion",
+        "navigation",
+        "calendar",
+        "question",
+        "compound",
+    }
+)
 _FIXED_SENTENCE_WEIGHT = 0.2
 
 
-@lru_cache(maxsize=None)
+@cache
 def _compiled(split: Split, version: int) -> dict[str, tuple[list[str], list[float]]]:
     if version not in GRAMMAR_VERSIONS:
         raise ValueError(f"grammar version must be one of {GRAMMAR_VERSIONS}, not {version!r}")
@@ -553,8 +942,7 @@ def _expand(grammar: dict[str, tuple[list[str], list[float]]], symbol: str, rng:
 
 def sample_sentence(split: Split, rng: random.Random, grammar_version: int = GRAMMAR_VERSION) -> str:
     """One sentence from `split`'s grammar, not yet filtered by the split (see `split_of`)."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    check_split(split)
     return " ".join(_expand(_compiled(split, grammar_version), "sentence", rng).split())
 
 

@@ -9,9 +9,9 @@ comes from the seed, so the same arguments give the same model.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -21,9 +21,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgelalm.progress import Bar
 from edgelalm.training import speech
 from edgelalm.training.dataset import SpeechDataset
-from edgelalm.training.model import PromptIds, answer_loss, compress_and_project, decoder_inputs, encode_batch, log_mel_batch
+from edgelalm.training.model import (
+    PromptIds,
+    answer_loss,
+    compress_and_project,
+    decoder_inputs,
+    encode_batch,
+    log_mel_batch,
+)
 
 
 @dataclass(frozen=True)
@@ -50,7 +58,9 @@ class TrainSettings:
 # Batches
 
 
-def batch_indices(seconds: np.ndarray, batch_size: int, bucket_batches: int, rng: np.random.Generator) -> Iterator[list[int]]:
+def batch_indices(
+    seconds: np.ndarray, batch_size: int, bucket_batches: int, rng: np.random.Generator
+) -> Iterator[list[int]]:
     """Endless batches: draw bucket_batches * batch_size clips, sort them by length, cut them
     into batches and shuffle those, so a batch holds clips of similar length."""
     while True:
@@ -61,7 +71,9 @@ def batch_indices(seconds: np.ndarray, batch_size: int, bucket_batches: int, rng
             yield batches[order]
 
 
-def fitted_augment(samples: np.ndarray, window_samples: int, rng: np.random.Generator, sampling_rate: int) -> np.ndarray:
+def fitted_augment(
+    samples: np.ndarray, window_samples: int, rng: np.random.Generator, sampling_rate: int
+) -> np.ndarray:
     """`speech.augment` with its silence padding shortened so the clip stays inside one window."""
     room_s = max(0.0, (window_samples - len(samples)) / 2 / sampling_rate)
     settings = speech.AugmentSettings(max_silence_s=min(speech.AugmentSettings().max_silence_s, room_s))
@@ -184,12 +196,23 @@ def train(
     eval_indices = list(range(min(settings.eval_clips, len(test_data)))) if test_data is not None else []
 
     def evaluate() -> float:
+        assert test_data is not None  # only called when there is a test split
         model.eval()
         with torch.no_grad():
             losses = []
             for start in range(0, len(eval_indices), settings.batch_size):
                 items = [test_data[i] for i in eval_indices[start : start + settings.batch_size]]
-                loss, _ = batch_loss(model, compressor, prompt, tokenizer, feature_extractor, [w for w, _ in items], [t for _, t in items], None, 0.0)
+                loss, _ = batch_loss(
+                    model,
+                    compressor,
+                    prompt,
+                    tokenizer,
+                    feature_extractor,
+                    [w for w, _ in items],
+                    [t for _, t in items],
+                    None,
+                    0.0,
+                )
                 losses.append(float(loss) * len(items))
         model.train()
         return sum(losses) / len(eval_indices)
@@ -198,40 +221,51 @@ def train(
     started = time.perf_counter()
     window_loss: list[float] = []
     last_step = min(settings.steps, settings.stop_after or settings.steps)
-    for step in range(last_step):
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate_at(step, settings)
-        indices = next(batches)
-        waveforms, texts = [], []
-        for index in indices:
-            samples, text = train_data[index]
-            if rng.random() < settings.augment_probability:
-                samples = fitted_augment(samples, window_samples, rng, sampling_rate)
-            waveforms.append(samples)
-            texts.append(text)
-        loss, parts = batch_loss(model, compressor, prompt, tokenizer, feature_extractor, waveforms, texts, ctc, settings.ctc_weight)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = float(nn.utils.clip_grad_norm_(trained, settings.max_grad_norm))
-        optimizer.step()
-        window_loss.append(float(loss.detach()))
+    with Bar(last_step, "training") if progress else contextlib.nullcontext() as bar:
+        for step in range(last_step):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate_at(step, settings)
+            indices = next(batches)
+            waveforms, texts = [], []
+            for index in indices:
+                samples, text = train_data[index]
+                if rng.random() < settings.augment_probability:
+                    samples = fitted_augment(samples, window_samples, rng, sampling_rate)
+                waveforms.append(samples)
+                texts.append(text)
+            loss, parts = batch_loss(
+                model, compressor, prompt, tokenizer, feature_extractor, waveforms, texts, ctc, settings.ctc_weight
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = float(nn.utils.clip_grad_norm_(trained, settings.max_grad_norm))
+            optimizer.step()
+            window_loss.append(float(loss.detach()))
 
-        done = step + 1
-        if done % 25 == 0 or done in (1, last_step):
-            elapsed = time.perf_counter() - started
-            record = {"step": done, "loss": float(np.mean(window_loss)), **parts, "grad_norm": grad_norm,
-                      "learning_rate": learning_rate_at(step, settings), "elapsed_s": round(elapsed, 1)}
-            window_loss = []
-            if eval_indices and (done % settings.eval_every == 0 or done == last_step):
-                record["test_loss"] = evaluate()
-            log.write(record)
-            if progress:
-                eta = elapsed / done * (last_step - done)
-                test = f" test {record['test_loss']:.3f}" if "test_loss" in record else ""
-                print(f"step {done}/{last_step} loss {record['loss']:.3f}{test} lr {record['learning_rate']:.2e} "
-                      f"{elapsed / done:.2f} s/step, {eta / 60:.0f} min left", file=sys.stderr, flush=True)
-        if save is not None and (done % settings.save_every == 0) and done < last_step:
-            save(out_dir / "last")
+            done = step + 1
+            if done % 25 == 0 or done in (1, last_step):
+                elapsed = time.perf_counter() - started
+                record = {
+                    "step": done,
+                    "loss": float(np.mean(window_loss)),
+                    **parts,
+                    "grad_norm": grad_norm,
+                    "learning_rate": learning_rate_at(step, settings),
+                    "elapsed_s": round(elapsed, 1),
+                }
+                window_loss = []
+                if eval_indices and (done % settings.eval_every == 0 or done == last_step):
+                    record["test_loss"] = evaluate()
+                log.write(record)
+                if bar:
+                    test = f" test {record['test_loss']:.3f}" if "test_loss" in record else ""
+                    bar.update(completed=done, status=f"loss {record['loss']:.3f}")
+                    bar.note(
+                        f"step {done}/{last_step} loss {record['loss']:.3f}{test} lr {record['learning_rate']:.2e} "
+                        f"{elapsed / done:.2f} s/step"
+                    )
+            if save is not None and (done % settings.save_every == 0) and done < last_step:
+                save(out_dir / "last")
     model.eval()
     return log
 
