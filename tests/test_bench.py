@@ -70,6 +70,14 @@ def test_outputs_are_written(quick_results):
     assert '"per_length"' in stdout
 
 
+def run_benchmark_script(script, out, *extra):
+    """benchmarks/<script> on the tiny preset, one short run per point, as a user would call it."""
+    command = [sys.executable, f"benchmarks/{script}", "--model", "tiny", "--seconds", "3", "--repeats", "1"]
+    command += ["--max-tokens", "4", "--out", str(out), *extra]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+
+
 def test_helpers():
     assert parse_compressor("avg3") == CompressorSpec("avg", 3)
     assert parse_compressor("unseg") == CompressorSpec("unseg")
@@ -106,26 +114,7 @@ def test_bundles_share_the_encoder_and_decoder(quick_results):
 def test_encoder_precision_benchmark(tmp_path):
     """benchmarks/encoder_precision.py: an int8-encoder bundle beside the fp32 one (decoder shared),
     both measured, and a table whose ratios are computed against fp32."""
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/encoder_precision.py",
-            "--model",
-            "tiny",
-            "--seconds",
-            "3",
-            "--repeats",
-            "1",
-            "--max-tokens",
-            "4",
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert completed.returncode == 0, completed.stderr[-2000:]
+    run_benchmark_script("encoder_precision.py", tmp_path)
     results = json.loads((tmp_path / "encoder-precision.json").read_text())
     assert [row["precision"] for row in results["rows"]] == ["fp32", "int8"]
     fp32, int8 = (tmp_path / "bundles" / "none-q8_0"), (tmp_path / "bundles" / "none-q8_0-encoder-int8")
@@ -172,7 +161,7 @@ def test_a_worker_killed_by_a_signal_is_reported_as_such(tmp_path, monkeypatch):
     from edgelalm.errors import EdgelalmError
     from edgelalm.isolation import ChildResult
 
-    monkeypatch.setattr(bench, "run_child", lambda command, timeout=None: ChildResult(-11, "", ""))
+    monkeypatch.setattr(bench.measure, "run_child", lambda command, timeout=None: ChildResult(-11, "", ""))
     plan = bench.BenchPlan(
         model="tiny", out_dir=tmp_path, compressors=("none",), seconds=(3.0,), repeats=1, max_tokens=4, reference=False
     )
@@ -199,28 +188,7 @@ def test_extra_buffers_benchmark(tmp_path):
     table of off/on ratios; on a machine where `on` crashes llama.cpp, that row says so."""
     from edgelalm.runtime.llama_backend import decide_extra_buffers
 
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/llama_extra_buffers.py",
-            "--model",
-            "tiny",
-            "--quants",
-            "q8_0,q4_0",
-            "--seconds",
-            "3",
-            "--repeats",
-            "1",
-            "--max-tokens",
-            "4",
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert completed.returncode == 0, completed.stderr[-2000:]
+    run_benchmark_script("llama_extra_buffers.py", tmp_path, "--quants", "q8_0,q4_0")
     results = json.loads((tmp_path / "extra-buffers.json").read_text())
     assert [(r["quant"], r["setting"]) for r in results["rows"]] == [
         ("q8_0", "on"),

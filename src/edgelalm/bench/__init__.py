@@ -1,0 +1,100 @@
+"""`edgelalm bench`: latency and memory per compressor and clip length, against PyTorch.
+
+For one model (a checkpoint folder, or a random-weights preset with realistic shapes), it
+exports or reuses a bundle per compressor, then measures each (compressor, clip length) in a
+fresh subprocess, so each peak RSS belongs to one configuration: a warm-up run, then repeats,
+reported as medians with min and max. The reference runs in the same way, side by side:
+transformers' PyTorch model in fp32 with the same compressor in PyTorch between audio tower
+and projector, on the same clips. Results: results.json, results.csv, summary.md, PNG plots.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgelalm.bench.measure import (
+    STAGES,
+    kv_cache_mb,
+    measure_edgelalm,
+    measure_in_subprocess,
+    measure_reference,
+    summarize,
+    synthetic_clip,
+)
+from edgelalm.bench.plan import (
+    DEFAULT_COMPRESSORS,
+    DEFAULT_SECONDS,
+    QUICK,
+    BenchPlan,
+    check_device,
+    ensure_bundle,
+    ensure_model,
+    ensure_variant_bundles,
+    parse_compressor,
+    target_settings,
+)
+from edgelalm.bench.report import check_rows, machine_description, ratios, write_results
+
+__all__ = [
+    "DEFAULT_COMPRESSORS",
+    "DEFAULT_SECONDS",
+    "QUICK",
+    "STAGES",
+    "BenchPlan",
+    "check_device",
+    "check_rows",
+    "ensure_bundle",
+    "ensure_model",
+    "ensure_variant_bundles",
+    "kv_cache_mb",
+    "machine_description",
+    "measure_edgelalm",
+    "measure_in_subprocess",
+    "measure_reference",
+    "parse_compressor",
+    "ratios",
+    "run_bench",
+    "summarize",
+    "synthetic_clip",
+    "target_settings",
+    "write_results",
+]
+
+
+def run_bench(plan: BenchPlan) -> dict[str, Any]:
+    from edgelalm.progress import Bar
+
+    check_device(plan)
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    model_dir = ensure_model(plan)
+    bundles: dict[str, Path] = {}
+    for label in plan.compressors:
+        bundles[label] = ensure_bundle(model_dir, label, plan, share_from=next(iter(bundles.values()), None))
+    points = [("edgelalm", label, seconds) for label in plan.compressors for seconds in plan.seconds]
+    if plan.reference:
+        points += [
+            ("pytorch", label, seconds) for label in plan.compressors[:1] + ("avg3",) for seconds in plan.seconds
+        ]
+        points = list(dict.fromkeys(points))
+    rows = []
+    with Bar(len(points), "benchmarking") as bar:
+        for runtime, label, seconds in points:
+            bar.update(status=f"{runtime} {label} {seconds:g} s")
+            source = bundles[label] if runtime == "edgelalm" else model_dir
+            result = measure_in_subprocess(runtime, source, label, seconds, plan)
+            rows.append({"runtime": runtime, "compressor": label, "seconds": seconds, **result})
+            bar.update(advance=1)
+    check_rows(rows)
+    results = {
+        "machine": machine_description(plan),
+        "model": str(plan.model),
+        "quant": plan.quant,
+        "encoder_precision": plan.encoder_precision,
+        "repeats": plan.repeats,
+        "max_tokens": plan.max_tokens,
+        "rows": rows,
+    }
+    results["ratios"] = ratios(rows)
+    write_results(results, plan.out_dir)
+    return results

@@ -1,0 +1,137 @@
+"""What `edgelalm bench` measures: the plan, the target's settings, and the model and bundles it
+needs (exported or reused)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+from edgelalm.compression import CompressorSpec
+from edgelalm.constants import MANIFEST_FILE, CompressorName, EncoderPrecision, ExtraBuffers, QuantType
+from edgelalm.errors import EdgelalmError
+from edgelalm.manifest import bundle_name, read_manifest
+
+DEFAULT_COMPRESSORS = ("none", "avg2", "avg3", "avg4", "avg6", "sample3", "unseg")
+DEFAULT_SECONDS = (5.0, 30.0, 120.0, 600.0)
+# `bench --quick`: what it changes in the plan.
+QUICK: dict[str, Any] = {
+    "model": "tiny",
+    "compressors": ("none", "avg3"),
+    "seconds": (3.0, 12.0),
+    "repeats": 1,
+    "max_tokens": 8,
+}
+
+
+@dataclass
+class BenchPlan:
+    model: str  # a checkpoint folder or a preset name
+    out_dir: Path
+    compressors: tuple[str, ...] = DEFAULT_COMPRESSORS
+    seconds: tuple[float, ...] = DEFAULT_SECONDS
+    repeats: int = 3
+    max_tokens: int = 32
+    quant: QuantType = "q8_0"
+    encoder_precision: EncoderPrecision = "fp32"
+    threads: int | None = None
+    reference: bool = True
+    target: str = "cpu-x86_64"
+    settings: dict[str, Any] = field(default_factory=dict)
+    llama_extra_buffers: ExtraBuffers = "auto"  # see edgelalm.runtime.llama_backend
+
+
+def target_settings(target: str) -> dict[str, Any]:
+    """runtimes/<target>/settings.json: the threads and device a target's benchmark uses."""
+    path = Path("runtimes") / target / "settings.json"
+    if not path.is_file():
+        raise EdgelalmError(f"--target {target}: no {path}")
+    return json.loads(path.read_text())
+
+
+def parse_compressor(label: str) -> CompressorSpec:
+    """'avg3' -> CompressorSpec('avg', 3); 'unseg' -> CompressorSpec('unseg')."""
+    name = label.rstrip("0123456789")
+    digits = label[len(name) :]
+    # CompressorSpec refuses an unknown name.
+    return CompressorSpec(cast(CompressorName, name), int(digits) if digits else 1)
+
+
+def check_device(plan: BenchPlan) -> None:
+    """Refuse a GPU target on a machine without CUDA before any export: edgelalm's runtime
+    and, with the reference on, torch must both reach the GPU."""
+    from edgelalm.runtime.pipeline import device_settings
+
+    device = plan.settings.get("device", "cpu")
+    device_settings(device)
+    if device == "cuda" and plan.reference:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise EdgelalmError(
+                "--target cuda: this torch cannot reach a CUDA GPU, so the reference would run on the CPU; "
+                "install a CUDA build of torch or pass --no-reference"
+            )
+
+
+def ensure_model(plan: BenchPlan) -> Path:
+    from edgelalm import scaffold
+
+    if plan.model in scaffold.PRESETS:
+        folder = plan.out_dir / "models" / plan.model
+        if not (folder / "config.json").exists():
+            scaffold.preset_checkpoint(folder, plan.model)
+        return folder
+    folder = Path(plan.model)
+    if not folder.is_dir():
+        raise EdgelalmError(
+            f"--model {plan.model} is neither a checkpoint folder nor a preset ({', '.join(scaffold.PRESETS)})"
+        )
+    return folder
+
+
+def ensure_bundle(model_dir: Path, label: str, plan: BenchPlan, share_from: Path | None = None) -> Path:
+    """Reuse a bundle of this model, compressor, quant and encoder precision if one was exported
+    before; a new one reuses the encoder (a copy) and decoder (a hard link) of `share_from` (the
+    same for every compressor: random weights carry no adapter), which saves most of a large
+    model's export."""
+    from edgelalm.export.bundle import ExportOptions, export_bundle
+
+    folder = plan.out_dir / "bundles" / bundle_name(label, plan.quant, plan.encoder_precision)
+    if (folder / MANIFEST_FILE).exists():
+        try:
+            manifest = read_manifest(folder, verify_files=False)
+        except EdgelalmError:
+            manifest = None  # unreadable: export it again
+        if (
+            manifest
+            and manifest.decoder
+            and manifest.model.source == str(model_dir.resolve())
+            and manifest.decoder.quant == plan.quant
+            and manifest.encoder.precision == plan.encoder_precision
+        ):
+            return folder
+    export_bundle(
+        ExportOptions(
+            model_dir,
+            folder,
+            parse_compressor(label),
+            plan.encoder_precision,
+            plan.quant,
+            None,
+            force=True,
+            share_from=share_from,
+        )
+    )
+    return folder
+
+
+def ensure_variant_bundles(plan: BenchPlan, variants: dict[str, BenchPlan], label: str = "none") -> dict[str, Path]:
+    """One `label` bundle per variant of `plan` (another quant, encoder precision...), each new one
+    sharing what it can with the first: for the benchmarks that compare one setting."""
+    model_dir = ensure_model(plan)
+    bundles: dict[str, Path] = {}
+    for name, variant in variants.items():
+        bundles[name] = ensure_bundle(model_dir, label, variant, share_from=next(iter(bundles.values()), None))
+    return bundles

@@ -1,0 +1,199 @@
+"""What `edgelalm bench` writes: the headline ratios, the machine, results.json, results.csv,
+summary.md and bench.png."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from edgelalm.bench.measure import STAGES
+from edgelalm.bench.plan import BenchPlan
+from edgelalm.errors import EdgelalmError
+
+
+def check_rows(rows: list[dict[str, Any]]) -> None:
+    """A bench where nothing could be measured is an error, not a report of empty rows; a partial
+    one goes on, and says on stderr which points failed."""
+    failed = [row for row in rows if "error" in row]
+    if failed and len(failed) == len(rows):
+        raise EdgelalmError(f"no measurement succeeded; the first: {failed[0]['error']}")
+    for row in failed:
+        print(
+            f"edgelalm: warning: {row['runtime']} {row['compressor']} {row['seconds']:g} s: {row['error']}",
+            file=sys.stderr,
+        )
+
+
+def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The headline comparisons, each measured side by side in this run."""
+
+    measured = {(row["runtime"], row["compressor"], row["seconds"]): row for row in rows if "timings_ms" in row}
+
+    def stage(runtime: str, label: str, seconds: float, name: str) -> float | None:
+        row = measured.get((runtime, label, seconds))
+        return row["timings_ms"][name]["median"] if row else None
+
+    def memory(runtime: str, label: str, seconds: float) -> float | None:
+        row = measured.get((runtime, label, seconds))
+        return row["peak_rss_mb"] if row else None
+
+    def divide(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 3) if a and b else None
+
+    lengths = sorted({row["seconds"] for row in rows})
+    out: dict[str, Any] = {"per_length": {}}
+    for seconds in lengths:
+        out["per_length"][str(seconds)] = {
+            "prefill_none_over_avg3": divide(
+                stage("edgelalm", "none", seconds, "prefill"), stage("edgelalm", "avg3", seconds, "prefill")
+            ),
+            "ttft_pytorch_over_edgelalm_none": divide(
+                stage("pytorch", "none", seconds, "time_to_first_token"),
+                stage("edgelalm", "none", seconds, "time_to_first_token"),
+            ),
+            "peak_rss_edgelalm_over_pytorch_none": divide(
+                memory("edgelalm", "none", seconds), memory("pytorch", "none", seconds)
+            ),
+        }
+    if 5.0 in lengths and 30.0 in lengths:
+        out["encoder_5s_over_30s"] = divide(
+            stage("edgelalm", "none", 5.0, "encoder"), stage("edgelalm", "none", 30.0, "encoder")
+        )
+    return out
+
+
+def machine_description(plan: BenchPlan) -> dict[str, Any]:
+    import platform
+
+    import llama_cpp
+    import onnxruntime
+
+    from edgelalm.runtime.llama_backend import cpu_name, decide_extra_buffers, llama_system_info
+
+    return {
+        "target": plan.target,
+        "cpu": cpu_name(),
+        "llama_cpp_system_info": llama_system_info(),
+        "llama_extra_buffers": decide_extra_buffers(plan.llama_extra_buffers).reason,
+        "cores": os.cpu_count(),
+        "threads": plan.threads or "default",
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "llama_cpp_python": llama_cpp.__version__,
+    }
+
+
+def write_results(results: dict[str, Any], out_dir: Path) -> None:
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    with (out_dir / "results.csv").open("w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(
+            [
+                "runtime",
+                "compressor",
+                "seconds",
+                "audio_tokens",
+                *[f"{s}_ms" for s in STAGES],
+                "decode_tokens_per_second",
+                "kv_cache_mb",
+                "peak_rss_mb",
+                "error",
+            ]
+        )
+        for row in results["rows"]:
+            timings = row.get("timings_ms", {})
+            writer.writerow(
+                [
+                    row["runtime"],
+                    row["compressor"],
+                    row["seconds"],
+                    row.get("audio_tokens"),
+                    *[round(timings[s]["median"], 2) if s in timings else "" for s in STAGES],
+                    round(row["decode_tokens_per_second"]["median"], 2) if "decode_tokens_per_second" in row else "",
+                    round(row["kv_cache_mb"], 2) if "kv_cache_mb" in row else "",
+                    row.get("peak_rss_mb", ""),
+                    row.get("error", ""),
+                ]
+            )
+    (out_dir / "summary.md").write_text(summary_markdown(results))
+    plot(results, out_dir)
+
+
+def summary_markdown(results: dict[str, Any]) -> str:
+    lines = [
+        "| runtime | compressor | clip s | audio tokens | encoder ms | prefill ms | TTFT ms | decode tok/s | KV "
+        "MB | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in results["rows"]:
+        if "timings_ms" not in row:
+            lines.append(
+                f"| {row['runtime']} | {row['compressor']} | {row['seconds']:g} | error: {row.get('error')} | | "
+                "| | | | |"
+            )
+            continue
+        t = row["timings_ms"]
+        spread = f"{t['prefill']['min']:.0f}-{t['prefill']['max']:.0f}"
+        kv = f"{row['kv_cache_mb']:.1f}" if "kv_cache_mb" in row else "-"
+        lines.append(
+            f"| {row['runtime']} | {row['compressor']} | {row['seconds']:g} | {row['audio_tokens']} | "
+            f"{t['encoder']['median']:.0f} | {t['prefill']['median']:.0f} ({spread}) | "
+            f"{t['time_to_first_token']['median']:.0f} | "
+            f"{row['decode_tokens_per_second']['median']:.1f} | {kv} | {row['peak_rss_mb']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], out_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [row for row in results["rows"] if row["runtime"] == "edgelalm" and "timings_ms" in row]
+    labels = list(dict.fromkeys(row["compressor"] for row in rows))
+    lengths = sorted({row["seconds"] for row in rows})
+    by_key = {(row["compressor"], row["seconds"]): row for row in rows}
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    for seconds in lengths:
+        present = [label for label in labels if (label, seconds) in by_key]
+        axes[0].plot(
+            present,
+            [by_key[(label, seconds)]["timings_ms"]["prefill"]["median"] for label in present],
+            marker="o",
+            label=f"{seconds:g} s clip",
+        )
+        axes[1].plot(
+            present,
+            [by_key[(label, seconds)]["peak_rss_mb"] for label in present],
+            marker="o",
+            label=f"{seconds:g} s clip",
+        )
+    for label in labels:
+        present = [seconds for seconds in lengths if (label, seconds) in by_key]
+        axes[2].plot(
+            present,
+            [by_key[(label, seconds)]["timings_ms"]["time_to_first_token"]["median"] for seconds in present],
+            marker="o",
+            label=label,
+        )
+    axes[0].set(title="decoder prefill vs compressor", ylabel="ms (median)", yscale="log")
+    axes[1].set(title="peak RSS vs compressor", ylabel="MB")
+    axes[2].set(
+        title="time to first token vs audio length",
+        xlabel="clip seconds",
+        ylabel="ms (median)",
+        xscale="log",
+        yscale="log",
+    )
+    for axis in axes:
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.suptitle(f"edgelalm bench: {results['model']} ({results['quant']}), {results['machine']['target']}")
+    figure.tight_layout()
+    figure.savefig(out_dir / "bench.png", dpi=110)
+    plt.close(figure)
