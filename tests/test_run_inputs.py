@@ -425,3 +425,44 @@ def test_run_needs_no_torch(avg2, clip):
     without = assert_result(code, stdout, stderr)
     assert without["text"] == normal["text"]
     assert without["audio_tokens"] == normal["audio_tokens"]
+
+
+# -- audio that is odd or lies (issue 18) ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("case", "rate", "subtype", "channels", "seconds"),
+    [
+        ("1 Hz float", 1, "FLOAT", 1, 20.0),
+        ("384 kHz 24-bit", 384000, "PCM_24", 1, 2.0),
+        ("8-bit unsigned", RATE, "PCM_U8", 1, 2.0),
+        ("float64", RATE, "DOUBLE", 1, 2.0),
+        ("64 channels", RATE, "PCM_16", 64, 1.0),
+    ],
+)
+def test_unusual_formats_give_a_result(avg2, tmp_path, case, rate, subtype, channels, seconds):
+    samples = (
+        speechlike(seconds, rate=rate, channels=channels) if rate > 1000 else 0.1 * np.random.default_rng(0).random(20)
+    )
+    path = write_wav(tmp_path / "clip.wav", samples.astype(np.float32), rate=rate, subtype=subtype)
+    result = assert_result(*run(avg2, path))
+    assert result["audio_seconds"] == pytest.approx(seconds, abs=0.01)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero"])
+def test_a_stream_is_refused_in_one_line(avg2, tmp_path, kind):
+    path = tmp_path / "fifo.wav"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path = "/dev/zero"
+    assert_one_line_error(*run(avg2, path)[::2], "not an audio file")
+
+
+@pytest.mark.parametrize(("samples", "windows"), [(10 * RATE, 1), (10 * RATE + 1, 1), (10 * RATE + 480, 2)])
+def test_exactly_one_window_and_just_over(avg2, tmp_path, samples, windows):
+    """The tiny model's window is 10 s: one sample more is too short for the encoder (30 ms) and is
+    dropped; 30 ms more makes a second window."""
+    clip = np.resize(speechlike(1.0), samples)
+    result = assert_result(*run(avg2, write_wav(tmp_path / "w.wav", clip)))
+    assert result["windows"] == windows

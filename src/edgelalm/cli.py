@@ -183,6 +183,14 @@ def run(
         bool,
         typer.Option("--json", help="After the answer, print one JSON line: text, token counts, timings, memory."),
     ] = False,
+    prompt_special_tokens: Annotated[
+        bool,
+        typer.Option(
+            "--prompt-special-tokens",
+            help="Read <|im_end|> and the like in --prompt as control tokens. Default: as plain text, so a prompt "
+            "cannot end the user's turn and write the assistant's.",
+        ),
+    ] = False,
 ) -> None:
     """Answer a prompt about an audio clip (default: transcribe it) with a bundle, streaming the answer."""
     import json
@@ -202,6 +210,7 @@ def run(
             top_p=top_p,
             seed=seed,
             on_text=lambda piece: print(piece, end="", flush=True),
+            prompt_special_tokens=prompt_special_tokens,
         )
     print(flush=True)
     for warning in result.warnings:

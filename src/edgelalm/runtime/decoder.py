@@ -129,16 +129,18 @@ class LlamaDecoder:
 
     # -- text ---------------------------------------------------------------------------
 
-    def tokenize(self, text: str) -> list[int]:
-        """Token ids for `text`, special tokens (<|im_start|> ...) parsed, nothing added."""
+    def tokenize(self, text: str, parse_special: bool = True) -> list[int]:
+        """Token ids for `text`, nothing added. With `parse_special`, special tokens written as text
+        (<|im_start|> ...) become their ids: right for the template's own pieces, wrong for text a
+        user supplied, which must stay text."""
         data = text.encode()
         capacity = len(data) + 8
         buffer = (llama_cpp.llama_token * capacity)()
-        count = llama_cpp.llama_tokenize(self.vocab, data, len(data), buffer, capacity, False, True)
+        count = llama_cpp.llama_tokenize(self.vocab, data, len(data), buffer, capacity, False, parse_special)
         if count < 0:
             capacity = -count
             buffer = (llama_cpp.llama_token * capacity)()
-            count = llama_cpp.llama_tokenize(self.vocab, data, len(data), buffer, capacity, False, True)
+            count = llama_cpp.llama_tokenize(self.vocab, data, len(data), buffer, capacity, False, parse_special)
         return list(buffer[:count])
 
     def token_bytes(self, token_id: int) -> bytes:

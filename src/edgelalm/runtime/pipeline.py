@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import functools
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -80,6 +81,9 @@ class Runtime:
         """`llama_extra_buffers`: whether llama.cpp may put weights in its extra buffer types
         (repack, AMX); "auto" keeps them except where llama.cpp's AMX buffer would crash."""
         self.bundle = Path(bundle)
+        # One llama.cpp context and one KV cache per bundle: concurrent runs would corrupt them (a
+        # segfault); they take turns instead.
+        self._lock = threading.Lock()
         # One count for onnxruntime and llama.cpp: the cores this process may use (llama.cpp's own
         # default of 4 oversubscribed 2 cores; onnxruntime's counts the host's, not the container's).
         threads = threads or usable_cores()
@@ -124,8 +128,17 @@ class Runtime:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def prompt_tokens_after_audio(self, prompt: str) -> list[int]:
-        return self.decoder.tokenize(self.prompt.after_audio + prompt + self.prompt.after_prompt)
+    def prompt_tokens_after_audio(self, prompt: str, prompt_special_tokens: bool = False) -> list[int]:
+        """The template's text after the audio, the prompt, the template's text after the prompt.
+        The prompt is the caller's text: `<|im_end|>` in it stays text unless `prompt_special_tokens`,
+        so a prompt cannot close the user's turn and write the assistant's. (The pieces meet at a
+        newline and at special tokens, where the tokenizer splits anyway: the default prompt's ids
+        equal the whole string's, which training uses.)"""
+        return (
+            self.decoder.tokenize(self.prompt.after_audio)
+            + self.decoder.tokenize(prompt, parse_special=prompt_special_tokens)
+            + self.decoder.tokenize(self.prompt.after_prompt)
+        )
 
     def run(
         self,
@@ -137,8 +150,10 @@ class Runtime:
         seed: int = 0,
         sampling_rate: int | None = None,
         on_text: Callable[[str], None] | None = None,
+        prompt_special_tokens: bool = False,
     ) -> RunResult:
-        """Answer a prompt about one clip.
+        """Answer a prompt about one clip. Safe to call from several threads: runs take turns
+        (one llama.cpp context per loaded bundle; a second caller waits).
 
         Args:
             audio: a file path (wav, flac, ogg, mp3: whatever libsndfile reads, any rate and channel
@@ -152,6 +167,8 @@ class Runtime:
             seed: the sampler's seed when sampling.
             sampling_rate: the rate of `audio` when it is samples (default: the bundle's, 16 kHz).
             on_text: called with each piece of the answer as it is decoded (streaming).
+            prompt_special_tokens: read `<|im_end|>` and the like in `prompt` as control tokens
+                (default: as text, so a prompt cannot end the user's turn).
 
         Returns:
             RunResult: the text, token counts, per-stage timings in ms, decode rate, peak RSS and
@@ -161,6 +178,23 @@ class Runtime:
             EdgelalmError: unreadable or too short audio, a clip too long for the context,
                 max_tokens < 1; the message is one line, worded for the user.
         """
+        with self._lock:
+            return self._run(
+                audio, prompt, max_tokens, temperature, top_p, seed, sampling_rate, on_text, prompt_special_tokens
+            )
+
+    def _run(
+        self,
+        audio: Path | str | np.ndarray,
+        prompt: str | None,
+        max_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int,
+        sampling_rate: int | None,
+        on_text: Callable[[str], None] | None,
+        prompt_special_tokens: bool,
+    ) -> RunResult:
         if max_tokens < 1:
             raise EdgelalmError(f"max_tokens must be >= 1, got {max_tokens}")
         started = time.perf_counter()
@@ -179,7 +213,9 @@ class Runtime:
                 )
         # After the read: the file is known to exist and to be audio.
         warnings = [] if isinstance(audio, np.ndarray) else [note for note in [truncation_warning(Path(audio))] if note]
-        prompt_ids = self.prompt_tokens_after_audio(self.prompt.default_prompt if prompt is None else prompt)
+        prompt_ids = self.prompt_tokens_after_audio(
+            self.prompt.default_prompt if prompt is None else prompt, prompt_special_tokens
+        )
         text_tokens = len(self.before_audio) + len(prompt_ids)
         encoder_frames = sum(encoder_output_frames(mel_frames_for(len(w), self.features)) for w in windows)
         self._check_context(encoder_frames, self.compressor_spec.max_audio_tokens, text_tokens, max_tokens, exact=False)
