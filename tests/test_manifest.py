@@ -200,3 +200,56 @@ def test_a_manifest_that_is_not_json_or_too_deep(editable, bundle, tmp_path):
     (folder / MANIFEST_FILE).write_text("[" * 100000)
     with pytest.raises(EdgelalmError, match="is not valid JSON"):
         read_manifest(folder)
+
+
+def _refresh_checksum(folder, name):
+    """Rewrite `name`'s record in the manifest, as an attacker who edits both would."""
+    from edgelalm.files import sha256_of
+
+    data = json.loads((folder / MANIFEST_FILE).read_text())
+    data["files"][name] = {"bytes": (folder / name).stat().st_size, "sha256": sha256_of(folder / name)}
+    (folder / MANIFEST_FILE).write_text(json.dumps(data))
+
+
+def _run_cli(folder, tmp_path):
+    import numpy as np
+    import soundfile
+
+    clip = tmp_path / "clip.wav"
+    soundfile.write(clip, 0.1 * np.sin(np.arange(16000) / 5).astype(np.float32), 16000)
+    completed = subprocess.run(
+        [sys.executable, "-m", "edgelalm.cli", "run", str(clip), "--bundle", str(folder), "--max-tokens", "2"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 1 and "Traceback" not in completed.stderr, completed.stderr
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("edgelalm: error: "), completed.stderr
+    return lines[0]
+
+
+def test_onnx_external_weights_outside_the_bundle_are_refused(bundle, tmp_path):
+    """encoder.onnx rewritten to read its weights from ../outside.data (a real copy), checksum
+    fixed: onnxruntime refuses the path, and the user gets one line."""
+    import onnx
+
+    folder = tmp_path / "bundle"
+    shutil.copytree(bundle, folder)
+    shutil.copy2(folder / "encoder.onnx.data", tmp_path / "outside.data")
+    graph = onnx.load(str(folder / "encoder.onnx"), load_external_data=False)
+    for tensor in graph.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../outside.data"
+    onnx.save(graph, str(folder / "encoder.onnx"))
+    _refresh_checksum(folder, "encoder.onnx")
+    line = _run_cli(folder, tmp_path)
+    assert "onnxruntime cannot load" in line and "escapes model directory" in line
+
+
+def test_a_truncated_gguf_with_its_checksum_fixed_is_one_line(bundle, tmp_path):
+    folder = tmp_path / "bundle"
+    shutil.copytree(bundle, folder)
+    data = (folder / "decoder.gguf").read_bytes()
+    (folder / "decoder.gguf").write_bytes(data[: len(data) // 2])
+    _refresh_checksum(folder, "decoder.gguf")
+    assert "llama.cpp could not load" in _run_cli(folder, tmp_path)

@@ -11,6 +11,7 @@ import numpy as np
 import onnxruntime
 
 from edgelalm.constants import ENCODER_INPUT, ENCODER_RIGHT_CONTEXT_INPUT
+from edgelalm.errors import EdgelalmError
 from edgelalm.runtime.features import WindowFeatures
 
 
@@ -25,7 +26,12 @@ def onnx_session(
     options.enable_cpu_mem_arena = cpu_arena
     if threads:
         options.intra_op_num_threads = threads
-    return onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
+    try:
+        return onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph/... types
+        # onnxruntime refuses, among others, external weights whose path leaves the bundle folder.
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise EdgelalmError(f"onnxruntime cannot load {path}: {reason}") from None
 
 
 class AudioEncoder:
