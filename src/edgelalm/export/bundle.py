@@ -103,6 +103,17 @@ def export_bundle(options: ExportOptions) -> Path:
     """Write the bundle for `options`; returns its folder."""
     if options.quant not in QUANT_TYPES:
         raise EdgelalmError(f"unknown --quant {options.quant!r}; choose one of {', '.join(QUANT_TYPES)}")
+    try:
+        _write_bundle(options)
+    except OSError as error:
+        # A full disk, a file system gone read-only, a quota: the staging folder is already removed.
+        raise EdgelalmError(
+            f"writing the bundle {options.out_dir} failed: {_os_error_reason(error, options.out_dir)}"
+        ) from None
+    return options.out_dir
+
+
+def _write_bundle(options: ExportOptions) -> None:
     steps = Steps(total=8)
     with atomic_folder(options.out_dir, options.force) as staging, quiet_exporter():
         with steps.step(f"Reading checkpoint {options.model_dir}"):
@@ -174,7 +185,15 @@ def export_bundle(options: ExportOptions) -> Path:
             check_shared_checksums(manifest, shared, options.share_from)
             for name, record in manifest.files.items():
                 steps.note(f"{name}: {record.bytes / 1e6:.2f} MB")
-    return options.out_dir
+
+
+def _os_error_reason(error: OSError, out_dir: Path) -> str:
+    reason = error.strerror or str(error)
+    try:
+        free = shutil.disk_usage(out_dir.absolute().parent).free
+    except OSError:
+        return reason
+    return f"{reason} ({free / 1e6:.1f} MB free there)"
 
 
 def open_checkpoint_adapter(checkpoint: Checkpoint, adapter_dir: Path | None) -> LoraAdapter | None:

@@ -1,0 +1,83 @@
+"""Export interrupted at each step, onto a full disk, onto a read-only file system: exit 130 or one
+line, and nothing left behind (issue 18). Real signals to a real `edgelalm export` process; real
+small file systems (tmpfs, mounted by the test where the machine lets it)."""
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+pytestmark = pytest.mark.slow
+
+STEPS = 8
+
+
+def export_command(tiny_checkpoint: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "edgelalm.cli", "export", "--model", str(tiny_checkpoint), "--compressor", "none",
+            "--out", str(out)]  # fmt: skip
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.iterdir())
+
+
+@pytest.mark.parametrize("after_step", range(STEPS))
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_export_exits_130_and_leaves_nothing(tiny_checkpoint, tmp_path, after_step, signal_number):
+    """The signal arrives once `after_step` steps have finished (0: while the first runs)."""
+    out = tmp_path / "out" / "bundle"
+    process = subprocess.Popen(export_command(tiny_checkpoint, out), stderr=subprocess.PIPE, text=True)
+    seen = []
+    assert process.stderr is not None
+    for line in process.stderr:
+        seen.append(line)
+        if sum(" done (" in seen_line for seen_line in seen) >= after_step:
+            break
+    process.send_signal(signal_number)
+    rest = process.communicate(timeout=300)[1]
+    stderr = "".join(seen) + rest
+    if process.returncode == 0:  # the signal came after the last step's work: a whole bundle
+        assert after_step == STEPS - 1 and (out / "manifest.json").is_file()
+        return
+    assert process.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "edgelalm: error: interrupted" and "Traceback" not in stderr
+    assert not (tmp_path / "out").exists() or leftovers(tmp_path / "out") == []
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 700 KB tmpfs: the tiny bundle needs about 1.2 MB."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+
+    def mount(*options: str) -> Path:
+        size = ",".join(["size=700k", *options])
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", size, "tmpfs", str(mount_point)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        return mount_point
+
+    yield mount
+    subprocess.run(["umount", str(mount_point)], capture_output=True)
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(tiny_checkpoint, small_tmpfs):
+    disk = small_tmpfs()
+    done = subprocess.run(export_command(tiny_checkpoint, disk / "bundle"), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert (
+        last.startswith(f"edgelalm: error: writing the bundle {disk / 'bundle'} failed: ") and "MB free there" in last
+    )
+    assert leftovers(disk) == []
+
+
+def test_a_read_only_file_system_is_one_line(tiny_checkpoint, small_tmpfs):
+    disk = small_tmpfs("ro")
+    done = subprocess.run(export_command(tiny_checkpoint, disk / "bundle"), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines() == [f"edgelalm: error: cannot write to {disk}: Read-only file system"]
