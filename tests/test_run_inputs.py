@@ -466,3 +466,50 @@ def test_exactly_one_window_and_just_over(avg2, tmp_path, samples, windows):
     clip = np.resize(speechlike(1.0), samples)
     result = assert_result(*run(avg2, write_wav(tmp_path / "w.wav", clip)))
     assert result["windows"] == windows
+
+
+# -- long files are read window by window (issue 18) ----------------------------------------
+
+_MEASURED = (
+    "import atexit, sys; from edgelalm.runtime.memory import peak_rss_mb; "
+    "atexit.register(lambda: print(f'PEAK {peak_rss_mb():.0f}', file=sys.stderr)); "
+    "sys.argv = ['edgelalm'] + sys.argv[1:]; from edgelalm.cli import main; main()"
+)
+
+
+def _long_wav(path, minutes):
+    """`minutes` of speech-like audio at 8 kHz, written a minute at a time."""
+    minute = speechlike(60.0, rate=8000)
+    with soundfile.SoundFile(path, "w", samplerate=8000, channels=1, subtype="PCM_16") as stream:
+        for _ in range(minutes):
+            stream.write(minute)
+    return path
+
+
+@pytest.mark.slow
+def test_a_long_file_is_refused_partway_with_flat_memory(tiny_bundles, tmp_path):
+    """unseg's token count is known only as it goes: a 20-minute file overflows the tiny model's
+    8192-token context partway and is refused there; its peak memory is a 2-minute file's, not
+    the whole file's (reading it whole took 542 MB for 40 minutes, against 188 MB now)."""
+    unseg = tiny_bundles("unseg", 1)
+    peaks = {}
+    for minutes in (2, 20):
+        code, stdout, stderr = run(
+            unseg, _long_wav(tmp_path / f"{minutes}.wav", minutes), python_args=("-c", _MEASURED)
+        )
+        lines = stderr.strip().splitlines()
+        peaks[minutes] = float(lines[-1].split()[1])
+        if minutes == 2:
+            assert code == 0, stderr
+        else:
+            assert code == 1 and "Traceback" not in stderr and len(lines) == 2, stderr
+            assert lines[0].startswith("edgelalm: error: the clip (1200 s) does not fit the decoder's context of 8192")
+            assert "already give" in lines[0] and "s fit" in lines[0]
+    assert peaks[20] <= peaks[2] + 40, peaks
+
+
+def test_a_fixed_rate_file_too_long_is_refused_from_its_header(avg2, tmp_path):
+    """avg2's tokens are known from the header's duration: nothing is read or encoded."""
+    code, _, stderr = run(avg2, _long_wav(tmp_path / "long.wav", 12), "--max-tokens", "4")
+    line = assert_one_line_error(code, stderr, "the clip (720 s, 9000 audio tokens with avg2)", "factor K=")
+    assert "context is 8192" in line

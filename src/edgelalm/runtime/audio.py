@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,61 @@ def audio_seconds(path: Path) -> float:
     if info.frames <= 0:
         raise EdgelalmError(f"{path} holds no audio samples")
     return info.frames / info.samplerate
+
+
+@dataclass(frozen=True)
+class AudioFileInfo:
+    path: Path
+    frames: int
+    samplerate: int
+    channels: int
+
+    def resampled_length(self, sampling_rate: int) -> int:
+        """Samples after resampling to `sampling_rate` (soxr gives the rounded product)."""
+        return round(self.frames * sampling_rate / self.samplerate)
+
+
+# Samples per channel read at a time: a few MB whatever the rate and channel count.
+_BLOCK_VALUES = 1 << 20
+
+
+def open_audio(path: Path) -> AudioFileInfo:
+    """What `path`'s header says (no samples read): refuses what libsndfile cannot read."""
+    _check_file(path)
+    try:
+        info = soundfile.info(str(path))
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
+        raise EdgelalmError(f"cannot read audio from {path}: {error}") from None
+    if info.frames <= 0:
+        raise EdgelalmError(f"{path} holds no audio samples")
+    return AudioFileInfo(path, info.frames, info.samplerate, info.channels)
+
+
+def stream_audio(info: AudioFileInfo, sampling_rate: int) -> Iterator[np.ndarray]:
+    """`info.path` as consecutive mono float32 chunks at `sampling_rate`, read block by block, so
+    memory stays flat with the file's length. The chunks join to exactly what `read_audio` returns
+    (soxr's stream resampler equals its one-shot one)."""
+    resampler = (
+        soxr.ResampleStream(info.samplerate, sampling_rate, 1, dtype="float32", quality="HQ")
+        if info.samplerate != sampling_rate
+        else None
+    )
+    block = max(1, _BLOCK_VALUES // info.channels)
+    try:
+        with soundfile.SoundFile(str(info.path)) as stream:
+            while True:
+                samples = stream.read(block, dtype="float32", always_2d=True)
+                last = len(samples) < block
+                mono = samples.mean(axis=1, dtype=np.float32) if len(samples) else np.zeros(0, np.float32)
+                if not np.isfinite(mono).all():
+                    raise EdgelalmError(f"{info.path} contains NaN or infinite samples")
+                chunk = resampler.resample_chunk(mono, last=last) if resampler else mono
+                if len(chunk):
+                    yield chunk
+                if last:
+                    return
+    except (soundfile.LibsndfileError, RuntimeError) as error:
+        raise EdgelalmError(f"cannot read audio from {info.path}: {error}") from None
 
 
 def read_audio(path: Path, sampling_rate: int) -> np.ndarray:

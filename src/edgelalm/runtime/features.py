@@ -11,6 +11,7 @@ own clip, as transformers would process each window.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,6 +55,28 @@ def split_windows(samples: np.ndarray, settings: FeatureSettings) -> list[np.nda
     return [
         samples[start : start + settings.window_samples] for start in range(0, len(samples), settings.window_samples)
     ]
+
+
+def stream_windows(chunks: Iterable[np.ndarray], settings: FeatureSettings) -> Iterator[np.ndarray]:
+    """The same windows as `split_windows`, cut from a stream of chunks: one window in memory."""
+    pending: list[np.ndarray] = []
+    held = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        held += len(chunk)
+        while held >= settings.window_samples:
+            joined = np.concatenate(pending)
+            yield joined[: settings.window_samples]
+            rest = joined[settings.window_samples :]
+            pending, held = [rest], len(rest)
+    if held:
+        yield np.concatenate(pending)
+
+
+def window_lengths(total_samples: int, settings: FeatureSettings) -> list[int]:
+    """The sample count of each window of a clip of `total_samples`, without the clip."""
+    full, tail = divmod(total_samples, settings.window_samples)
+    return [settings.window_samples] * full + ([tail] if tail else [])
 
 
 def valid_mel_frames(num_samples: int, hop_length: int) -> int:

@@ -23,7 +23,7 @@ from edgelalm.compression import CompressorSpec
 from edgelalm.constants import DEVICES, ENCODER_FRAMES_PER_SECOND, MANIFEST_FILE, MIN_MEL_FRAMES
 from edgelalm.errors import EdgelalmError
 from edgelalm.manifest import read_manifest
-from edgelalm.runtime.audio import prepare_samples, read_audio, truncation_warning
+from edgelalm.runtime.audio import open_audio, prepare_samples, stream_audio, truncation_warning
 from edgelalm.runtime.compressor import CompressorProjector
 from edgelalm.runtime.decoder import LlamaDecoder
 from edgelalm.runtime.encoder import AudioEncoder
@@ -33,6 +33,8 @@ from edgelalm.runtime.features import (
     log_mel_window,
     mel_frames_for,
     split_windows,
+    stream_windows,
+    window_lengths,
 )
 from edgelalm.runtime.llama_backend import ExtraBuffers, usable_cores
 from edgelalm.runtime.memory import peak_rss_mb
@@ -201,35 +203,53 @@ class Runtime:
         timings: dict[str, float] = {}
         clock = functools.partial(_lap, timings)
 
+        target_rate = self.features.sampling_rate
         with clock("features"):
-            samples = self._samples(audio, sampling_rate)
-            windows = split_windows(samples, self.features)
-            # A window (or a tail after full windows) shorter than 30 ms gives the encoder nothing.
-            windows = [w for w in windows if mel_frames_for(len(w), self.features) >= MIN_MEL_FRAMES]
-            if not windows:
-                seconds = len(samples) / self.features.sampling_rate
-                raise EdgelalmError(
-                    f"the clip is too short ({seconds * 1000:.0f} ms): the encoder needs at least 30 ms"
-                )
-        # After the read: the file is known to exist and to be audio.
-        warnings = [] if isinstance(audio, np.ndarray) else [note for note in [truncation_warning(Path(audio))] if note]
+            if isinstance(audio, np.ndarray):
+                samples = prepare_samples(audio, sampling_rate or target_rate, target_rate)
+                total_samples, windows = len(samples), iter(split_windows(samples, self.features))
+                warnings = []
+            else:
+                # A file is read window by window: memory stays flat with its length, and one too
+                # long for the context is refused from its header, or at the window that overflows.
+                info = open_audio(Path(audio))
+                total_samples = info.resampled_length(target_rate)
+                windows = stream_windows(stream_audio(info, target_rate), self.features)
+                warnings = [note for note in [truncation_warning(info.path)] if note]
         prompt_ids = self.prompt_tokens_after_audio(
             self.prompt.default_prompt if prompt is None else prompt, prompt_special_tokens
         )
         text_tokens = len(self.before_audio) + len(prompt_ids)
-        encoder_frames = sum(encoder_output_frames(mel_frames_for(len(w), self.features)) for w in windows)
+        # A window (or a tail after full windows) shorter than 30 ms gives the encoder nothing.
+        usable = [n for n in window_lengths(total_samples, self.features) if self._usable(n)]
+        if not usable:
+            raise EdgelalmError(
+                f"the clip is too short ({total_samples / target_rate * 1000:.0f} ms): the encoder needs at least 30 ms"
+            )
+        encoder_frames = sum(encoder_output_frames(mel_frames_for(n, self.features)) for n in usable)
         self._check_context(encoder_frames, self.compressor_spec.max_audio_tokens, text_tokens, max_tokens, exact=False)
 
-        embeddings = []
-        for window in windows:
+        embeddings: list[np.ndarray] = []
+        audio_tokens = read_samples = 0
+        while True:
             with clock("features"):
+                window = next(windows, None)
+                if window is None:
+                    break
+                read_samples += len(window)
+                if not self._usable(len(window)):
+                    continue
                 features = log_mel_window(window, self.features)
             with clock("encoder"):
                 frames = self.encoder(features)
             with clock("compressor"):
                 embeddings.append(self.compressor(frames))
+            audio_tokens += embeddings[-1].shape[0]
+            # Variable-rate compressors are known only now: stop at the first window that overflows.
+            if text_tokens + audio_tokens + max_tokens > self.context_limit:
+                self._refuse_partway(audio_tokens, read_samples, total_samples, text_tokens, max_tokens)
+        samples_seen = read_samples
         audio_embeddings = np.concatenate(embeddings)
-        audio_tokens = audio_embeddings.shape[0]
         self._check_context(encoder_frames, lambda _: audio_tokens, text_tokens, max_tokens, exact=True)
 
         with clock("prefill"):
@@ -242,14 +262,14 @@ class Runtime:
         timings["decode"] = (finished - decode_started) * 1000
         timings["time_to_first_token"] = ((first_token_at or finished) - started) * 1000
         timings["total"] = (finished - started) * 1000
-        audio_seconds = len(samples) / self.features.sampling_rate
+        audio_seconds = samples_seen / self.features.sampling_rate
         decode_seconds = finished - decode_started
         return RunResult(
             text=text,
             audio_seconds=round(audio_seconds, 3),
             audio_tokens=audio_tokens,
             audio_tokens_per_second=round(audio_tokens / audio_seconds, 3),
-            windows=len(windows),
+            windows=len(embeddings),
             prompt_tokens=text_tokens,
             generated_tokens=generated,
             timings_ms={name: round(value, 2) for name, value in timings.items()},
@@ -262,11 +282,22 @@ class Runtime:
             warnings=warnings,
         )
 
-    def _samples(self, audio: Path | str | np.ndarray, sampling_rate: int | None) -> np.ndarray:
-        target_rate = self.features.sampling_rate
-        if isinstance(audio, np.ndarray):
-            return prepare_samples(audio, sampling_rate or target_rate, target_rate)
-        return read_audio(Path(audio), target_rate)
+    def _usable(self, window_samples: int) -> bool:
+        """A window gives the encoder at least one frame (30 ms of audio)."""
+        return mel_frames_for(window_samples, self.features) >= MIN_MEL_FRAMES
+
+    def _refuse_partway(
+        self, audio_tokens: int, read_samples: int, total_samples: int, text_tokens: int, max_tokens: int
+    ) -> None:
+        """A variable-rate compressor's tokens overflowed the context before the clip's end."""
+        rate = self.features.sampling_rate
+        fitting_seconds = read_samples / rate * (self.context_limit - text_tokens - max_tokens) / audio_tokens
+        raise EdgelalmError(
+            f"the clip ({total_samples / rate:.0f} s) does not fit the decoder's context of {self.context_limit} "
+            f"tokens: its first {read_samples / rate:.0f} s already give {audio_tokens} audio tokens with "
+            f"{self.compressor_spec.label}, plus {text_tokens} prompt and {max_tokens} answer tokens; "
+            f"at that rate about {fitting_seconds:.0f} s fit"
+        )
 
     def _generate(
         self, max_tokens: int, temperature: float, top_p: float, seed: int, on_text: Callable[[str], None] | None
