@@ -339,10 +339,12 @@ class Runtime:
             return
         room = self.context_limit - text_tokens - max_tokens
         seconds = encoder_frames / ENCODER_FRAMES_PER_SECOND
+        rate = self.compressor_spec.audio_tokens_per_second
+        longest = f" ({self.compressor_spec.label} fits at most {room / rate:.0f} s)" if rate and room > 0 else ""
         advice = (
-            f"; avg or sample with a factor K={-(-encoder_frames // room)} would fit it"
+            f"{longest}; avg or sample with a factor K={-(-encoder_frames // room)} would fit it"
             if room > 0
-            else "; lower --max-tokens"
+            else "; ask for fewer answer tokens"
         )
         raise EdgelalmError(
             f"the clip ({seconds:.0f} s, {audio_tokens_for(encoder_frames)} audio tokens with "
