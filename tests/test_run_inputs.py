@@ -513,3 +513,32 @@ def test_a_fixed_rate_file_too_long_is_refused_from_its_header(avg2, tmp_path):
     code, _, stderr = run(avg2, _long_wav(tmp_path / "long.wav", 12), "--max-tokens", "4")
     line = assert_one_line_error(code, stderr, "the clip (720 s, 9000 audio tokens with avg2)", "factor K=")
     assert "context is 8192" in line
+
+
+def _crafted_wav(path, channels, bits, data, declared=None):
+    """A PCM WAV written byte by byte, so its header can say what the data is not."""
+    import struct
+
+    block = channels * bits // 8
+    fmt = struct.pack("<HHIIHH", 1, channels, RATE, RATE * block, block, bits)
+    size = len(data) if declared is None else declared
+    body = b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt + b"data" + struct.pack("<I", size) + data
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    return path
+
+
+def test_a_header_with_30000_channels_is_one_line(avg2, tmp_path):
+    path = _crafted_wav(tmp_path / "many.wav", 30000, 8, b"\x80" * 30000 * 800)
+    assert_one_line_error(*run(avg2, path)[::2], "cannot read audio from", "channels")
+
+
+def test_1024_channels_give_a_result(avg2, tmp_path):
+    path = _crafted_wav(tmp_path / "wide.wav", 1024, 16, b"\x01" * 1024 * 2 * 1600)
+    assert assert_result(*run(avg2, path))["audio_seconds"] == pytest.approx(0.1)
+
+
+def test_a_header_claiming_18_hours_holding_half_a_second(avg2, tmp_path):
+    path = _crafted_wav(tmp_path / "claims.wav", 1, 16, b"\x01\x00" * 8000, declared=0x7FFFFFF0)
+    code, stdout, stderr = run(avg2, path)
+    assert code == 0 and "declares 67108.86 s of audio but the file holds 0.50 s" in stderr
+    assert json.loads(stdout.strip().splitlines()[-1])["audio_seconds"] == 0.5
