@@ -23,18 +23,6 @@ def _check_file(path: Path) -> None:
         raise EdgelalmError(f"{path} is empty")
 
 
-def audio_seconds(path: Path) -> float:
-    """Duration of `path` from its header alone (no samples read): for listing many files."""
-    _check_file(path)
-    try:
-        info = soundfile.info(str(path))
-    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
-        raise EdgelalmError(f"cannot read audio from {path}: {error}") from None
-    if info.frames <= 0:
-        raise EdgelalmError(f"{path} holds no audio samples")
-    return info.frames / info.samplerate
-
-
 @dataclass(frozen=True)
 class AudioFileInfo:
     path: Path
@@ -61,6 +49,12 @@ def open_audio(path: Path) -> AudioFileInfo:
     if info.frames <= 0:
         raise EdgelalmError(f"{path} holds no audio samples")
     return AudioFileInfo(path, info.frames, info.samplerate, info.channels)
+
+
+def audio_seconds(path: Path) -> float:
+    """Duration of `path` from its header alone (no samples read): for listing many files."""
+    info = open_audio(path)
+    return info.frames / info.samplerate
 
 
 def stream_audio(info: AudioFileInfo, sampling_rate: int) -> Iterator[np.ndarray]:
@@ -117,17 +111,15 @@ def prepare_samples(samples: np.ndarray, file_rate: int, sampling_rate: int, sou
     return samples
 
 
-def truncation_warning(path: Path) -> str | None:
-    """A sentence when `path` is a WAV whose header promises more audio than the file holds (a
-    half-downloaded or half-written file), else None. libsndfile reads what is there silently."""
-    declared = _wav_declared_frames(path)
-    if declared is None:
-        return None
-    info = soundfile.info(str(path))
-    if declared <= info.frames:
+def truncation_warning(info: AudioFileInfo) -> str | None:
+    """A sentence when `info.path` is a WAV whose header promises more audio than the file holds
+    (a half-downloaded or half-written file), else None. libsndfile reads what is there silently
+    (its frame count, in `info`, is what the file holds)."""
+    declared = _wav_declared_frames(info.path)
+    if declared is None or declared <= info.frames:
         return None
     return (
-        f"{path}: the header declares {declared / info.samplerate:.2f} s of audio but the file holds "
+        f"{info.path}: the header declares {declared / info.samplerate:.2f} s of audio but the file holds "
         f"{info.frames / info.samplerate:.2f} s (truncated?); using what is there"
     )
 

@@ -215,7 +215,7 @@ class Runtime:
                 info = open_audio(Path(audio))
                 total_samples = info.resampled_length(target_rate)
                 windows = stream_windows(stream_audio(info, target_rate), self.features)
-                warnings = [note for note in [truncation_warning(info.path)] if note]
+                warnings = [note for note in [truncation_warning(info)] if note]
         prompt_ids = self.prompt_tokens_after_audio(
             self.prompt.default_prompt if prompt is None else prompt, prompt_special_tokens
         )
