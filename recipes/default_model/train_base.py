@@ -24,6 +24,7 @@ from edgelalm import scaffold
 from edgelalm.prompt import chat_template_pieces
 from edgelalm.training import texts
 from edgelalm.training.dataset import SpeechDataset
+from edgelalm.training.encoded import EncodedDataset
 from edgelalm.training.model import sinusoids
 from edgelalm.training.train import TrainSettings, plot_losses, train
 
@@ -86,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--augment-probability", type=float, default=TrainSettings.augment_probability)
     parser.add_argument("--warmup-steps", type=int, default=TrainSettings.warmup_steps)
     parser.add_argument(
+        "--concat-probability",
+        type=float,
+        default=0.15,
+        help="encoded data: share of rows joining 2-4 clips (long answers)",
+    )
+    parser.add_argument(
         "--init-from",
         type=Path,
         default=None,
@@ -103,8 +110,14 @@ def main(argv: list[str] | None = None) -> int:
         ctc_weight=args.ctc_weight,
         augment_probability=args.augment_probability,
         warmup_steps=args.warmup_steps,
+        concat_probability=args.concat_probability,
     )
-    train_data, test_data = SpeechDataset(args.data / "train"), SpeechDataset(args.data / "test")
+    # Encoded data (the frozen Whisper tower's output, make_encoded_data.py) or rendered audio.
+    encoded = "encoded" in json.loads((args.data / "train" / "dataset.json").read_text())["format"]
+    if encoded and not args.init_from:
+        raise SystemExit("encoded data needs --init-from (the checkpoint whose tower encoded it: make_init.py)")
+    reader = EncodedDataset if encoded else SpeechDataset
+    train_data, test_data = reader(args.data / "train"), reader(args.data / "test")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.init_from:
         model = Qwen2AudioForConditionalGeneration.from_pretrained(
@@ -121,7 +134,16 @@ def main(argv: list[str] | None = None) -> int:
     alphabet = "".join(sorted({c for word in texts.vocabulary() for c in word} | {" "}))
     started = time.perf_counter()
     save = saver(model, processor)
-    log = train(model, processor, train_data, test_data, args.out, settings, ctc_alphabet=alphabet, save=save)
+    log = train(
+        model,
+        processor,
+        train_data,
+        test_data,
+        args.out,
+        settings,
+        ctc_alphabet=None if encoded else alphabet,
+        save=save,
+    )
     save(args.out / "final")
     plot_losses(
         log,

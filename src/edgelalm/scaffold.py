@@ -115,10 +115,11 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Qwen2Tokenizer:
     return tokenizer
 
 
-def feature_extractor(window_seconds: int) -> WhisperFeatureExtractor:
-    """Qwen2-Audio's Whisper log-mel front end (128 bins, 16 kHz, 10 ms hop) padded to `window_seconds`."""
+def feature_extractor(window_seconds: int, mel_bins: int = MEL_BINS) -> WhisperFeatureExtractor:
+    """Qwen2-Audio's Whisper log-mel front end (128 bins, 16 kHz, 10 ms hop) padded to `window_seconds`;
+    Whisper's own models before large-v3 take 80 bins."""
     return WhisperFeatureExtractor(
-        feature_size=MEL_BINS,
+        feature_size=mel_bins,
         sampling_rate=SAMPLING_RATE,
         hop_length=HOP_LENGTH,
         chunk_length=window_seconds,
@@ -144,6 +145,7 @@ def model_config(
     vocab_size: int | None = None,
     tie_word_embeddings: bool = False,
     max_position_embeddings: int = 8192,
+    mel_bins: int = MEL_BINS,
 ) -> Qwen2AudioConfig:
     """Qwen2AudioConfig with Qwen2-Audio-7B's fixed choices and the given sizes; token ids from `tokenizer`."""
     if tie_word_embeddings:
@@ -154,7 +156,7 @@ def model_config(
         raise ValueError(f"vocab_size {text_vocab} < tokenizer size {len(tokenizer)}")
     endoftext_id = tokenizer.convert_tokens_to_ids(ENDOFTEXT)
     audio_config = Qwen2AudioEncoderConfig(
-        num_mel_bins=MEL_BINS,
+        num_mel_bins=mel_bins,
         encoder_layers=encoder_layers,
         encoder_attention_heads=encoder_heads,
         encoder_ffn_dim=encoder_ffn_dim,
@@ -216,7 +218,7 @@ def write_checkpoint(out_dir: Path, config: Qwen2AudioConfig, tokenizer: Qwen2To
 def write_processor(out_dir: Path, config: Qwen2AudioConfig, tokenizer: Qwen2Tokenizer) -> None:
     """Processor files (feature extractor, tokenizer, chat template) as Qwen2-Audio ships them."""
     processor = Qwen2AudioProcessor(
-        feature_extractor=feature_extractor(window_seconds_of(config)),
+        feature_extractor=feature_extractor(window_seconds_of(config), config.audio_config.num_mel_bins),
         tokenizer=tokenizer,
         chat_template=CHAT_TEMPLATE,
     )

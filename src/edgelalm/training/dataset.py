@@ -268,6 +268,23 @@ def _versions() -> dict[str, str]:
     }
 
 
+def read_folder(directory: Path, format_name: str, format_version: int) -> tuple[dict, list[dict]]:
+    """A dataset folder's dataset.json (checked to be `format_name`, at most `format_version`)
+    and its metadata.jsonl records."""
+    info_path = directory / "dataset.json"
+    if not info_path.is_file():
+        raise EdgelalmError(f"{directory} is not a dataset (no dataset.json)")
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    if info.get("format") != format_name or info.get("format_version", 0) > format_version:
+        raise EdgelalmError(
+            f"{directory}: not a dataset this edgelalm reads ({info.get('format')!r} v{info.get('format_version')}; "
+            f"expected {format_name!r} v{format_version} or older)"
+        )
+    with open(directory / "metadata.jsonl", encoding="utf-8") as lines:
+        records = [json.loads(line) for line in lines if line.strip()]
+    return info, records
+
+
 class SpeechDataset:
     """A folder written by `build_dataset`: `dataset[i]` -> (float32 samples, text).
 
@@ -277,17 +294,7 @@ class SpeechDataset:
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
-        info_path = self.directory / "dataset.json"
-        if not info_path.is_file():
-            raise EdgelalmError(f"{self.directory} is not a dataset (no dataset.json)")
-        self.info: dict = json.loads(info_path.read_text(encoding="utf-8"))
-        if self.info.get("format") != FORMAT or self.info.get("format_version", 0) > FORMAT_VERSION:
-            raise EdgelalmError(
-                f"{self.directory}: not a dataset this edgelalm reads ({self.info.get('format')!r} "
-                f"v{self.info.get('format_version')})"
-            )
-        with open(self.directory / "metadata.jsonl", encoding="utf-8") as lines:
-            self.records: list[dict] = [json.loads(line) for line in lines if line.strip()]
+        self.info, self.records = read_folder(self.directory, FORMAT, FORMAT_VERSION)
         self.sampling_rate: int = int(self.info["sampling_rate"])
         self.texts: list[str] = [record["text"] for record in self.records]
         self.seconds = np.array([record["seconds"] for record in self.records], dtype=np.float64)

@@ -270,3 +270,31 @@ def augment(
         color = settings.noise_colors[int(rng.integers(len(settings.noise_colors)))]
         out = add_noise(out, rng.uniform(*settings.snr_db), color, rng, speech_power, sampling_rate)
     return np.clip(out, -1.0, 1.0).astype(np.float32)
+
+
+def speed_perturb(samples: np.ndarray, factor: float, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
+    """Played `factor` times faster: tempo and pitch both change (Kaldi's speed perturbation)."""
+    import soxr
+
+    return soxr.resample(samples, sampling_rate * factor, sampling_rate).astype(np.float32)
+
+
+def telephone_band(samples: np.ndarray, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
+    """Through an 8 kHz line: 300-3400 Hz kept, the rest removed."""
+    import soxr
+
+    narrow = soxr.resample(samples, sampling_rate, 8000)
+    spectrum = np.fft.rfft(narrow)
+    frequencies = np.fft.rfftfreq(len(narrow), d=1.0 / 8000)
+    spectrum[(frequencies < 300.0) | (frequencies > 3400.0)] = 0.0
+    return soxr.resample(np.fft.irfft(spectrum, n=len(narrow)), 8000, sampling_rate).astype(np.float32)
+
+
+def silence_or_noise(seconds: float, rng: np.random.Generator, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
+    """A clip without speech: digital silence, or colored noise from -75 to -20 dB below full scale."""
+    length = max(int(seconds * sampling_rate), 1)
+    if rng.random() < 0.2:
+        return np.zeros(length, np.float32)
+    color = NOISE_COLORS[int(rng.integers(len(NOISE_COLORS)))]
+    level = 10.0 ** (rng.uniform(-75.0, -20.0) / 20.0)
+    return (colored_noise(length, color, rng, sampling_rate) * np.float32(level)).astype(np.float32)

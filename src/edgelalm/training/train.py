@@ -24,7 +24,9 @@ from torch import nn
 from edgelalm.progress import Bar
 from edgelalm.training import speech
 from edgelalm.training.dataset import SpeechDataset
+from edgelalm.training.encoded import EncodedDataset
 from edgelalm.training.model import (
+    EncodedAudio,
     PromptIds,
     answer_loss,
     compress_and_project,
@@ -52,6 +54,10 @@ class TrainSettings:
     seed: int = 0
     threads: int | None = None
     bucket_batches: int = 50  # batches drawn together and sorted by length, to limit padding
+    # Encoded (precomputed tower) data only: the share of batch rows that join 2-4 clips end to end,
+    # so the decoder learns long, multi-sentence answers; at most this many frames a row.
+    concat_probability: float = 0.0
+    max_concat_frames: int = 1200
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,11 +156,47 @@ def batch_loss(
     return loss, parts
 
 
+def frames_batch_loss(
+    model: nn.Module, compressor: nn.Module, prompt: PromptIds, tokenizer, frames: list[np.ndarray], texts: list[str]
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """`batch_loss` from the tower's precomputed output (the tower frozen)."""
+    counts = [len(f) for f in frames]
+    padded = torch.zeros(len(frames), max(counts), frames[0].shape[1])
+    for row, rows in enumerate(frames):
+        padded[row, : len(rows)] = torch.from_numpy(np.asarray(rows, dtype=np.float32))
+    empty = torch.zeros(0)
+    audio = compress_and_project(model, compressor, EncodedAudio(padded.to(model.device), counts, empty, empty))
+    answers = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    inputs, mask, labels = decoder_inputs(model, prompt, audio, answers)
+    loss = answer_loss(model, inputs, mask, labels)
+    return loss, {"answer_loss": float(loss.detach())}
+
+
+def encoded_rows(
+    data: EncodedDataset, indices: list[int], rng: np.random.Generator, settings: TrainSettings
+) -> tuple[list[np.ndarray], list[str]]:
+    """The batch's frames and answers; a `concat_probability` share of rows joins 2-4 clips."""
+    frames, answers = [], []
+    for index in indices:
+        clip_frames, text = data[index]
+        parts, words = [clip_frames], [text] if text else []
+        if rng.random() < settings.concat_probability:
+            for extra in rng.choice(len(data), size=int(rng.integers(1, 4)), replace=False):
+                more, more_text = data[int(extra)]
+                if sum(len(p) for p in parts) + len(more) > settings.max_concat_frames:
+                    break
+                parts.append(more)
+                words += [more_text] if more_text else []
+        frames.append(np.concatenate(parts))
+        answers.append(" ".join(words))
+    return frames, answers
+
+
 def train(
     model: nn.Module,
     processor,
-    train_data: SpeechDataset,
-    test_data: SpeechDataset | None,
+    train_data: SpeechDataset | EncodedDataset,
+    test_data: SpeechDataset | EncodedDataset | None,
     out_dir: Path,
     settings: TrainSettings,
     *,
@@ -176,11 +218,25 @@ def train(
     (out_dir / "train_settings.json").write_text(json.dumps(asdict(settings), indent=2) + "\n")
 
     compressor = compressor if compressor is not None else nn.Identity()
+    encoded = isinstance(train_data, EncodedDataset)
+    if encoded:
+        if ctc_alphabet:
+            raise ValueError("the CTC head needs the tower's positions: not with encoded data")
+        model.model.audio_tower.requires_grad_(False)
     prompt = PromptIds.from_processor(processor)
     tokenizer = processor.tokenizer
     feature_extractor = processor.feature_extractor
     window_samples = processor.feature_extractor.n_samples
     sampling_rate = train_data.sampling_rate
+
+    def rows_loss(rows: list, texts: list[str], with_ctc: bool) -> tuple[torch.Tensor, dict[str, float]]:
+        if encoded:
+            return frames_batch_loss(model, compressor, prompt, tokenizer, rows, texts)
+        return batch_loss(
+            model, compressor, prompt, tokenizer, feature_extractor, rows, texts,
+            ctc if with_ctc else None, settings.ctc_weight if with_ctc else 0.0,
+        )  # fmt: skip
+
     ctc = CharacterCtc(model.config.audio_config.d_model, ctc_alphabet).to(model.device) if ctc_alphabet else None
     trained = parameters if parameters is not None else [p for p in model.parameters() if p.requires_grad]
     if ctc is not None:
@@ -202,17 +258,7 @@ def train(
             losses = []
             for start in range(0, len(eval_indices), settings.batch_size):
                 items = [test_data[i] for i in eval_indices[start : start + settings.batch_size]]
-                loss, _ = batch_loss(
-                    model,
-                    compressor,
-                    prompt,
-                    tokenizer,
-                    feature_extractor,
-                    [w for w, _ in items],
-                    [t for _, t in items],
-                    None,
-                    0.0,
-                )
+                loss, _ = rows_loss([w for w, _ in items], [t for _, t in items], with_ctc=False)
                 losses.append(float(loss) * len(items))
         model.train()
         return sum(losses) / len(eval_indices)
@@ -226,16 +272,17 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate_at(step, settings)
             indices = next(batches)
-            waveforms, texts = [], []
-            for index in indices:
-                samples, text = train_data[index]
-                if rng.random() < settings.augment_probability:
-                    samples = fitted_augment(samples, window_samples, rng, sampling_rate)
-                waveforms.append(samples)
-                texts.append(text)
-            loss, parts = batch_loss(
-                model, compressor, prompt, tokenizer, feature_extractor, waveforms, texts, ctc, settings.ctc_weight
-            )
+            if isinstance(train_data, EncodedDataset):
+                rows, texts = encoded_rows(train_data, indices, rng, settings)
+            else:
+                rows, texts = [], []
+                for index in indices:
+                    samples, text = train_data[index]
+                    if rng.random() < settings.augment_probability:
+                        samples = fitted_augment(samples, window_samples, rng, sampling_rate)
+                    rows.append(samples)
+                    texts.append(text)
+            loss, parts = rows_loss(rows, texts, with_ctc=True)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = float(nn.utils.clip_grad_norm_(trained, settings.max_grad_norm))

@@ -1,0 +1,57 @@
+"""Render, augment and encode the default model's data (issue 15; edgelalm.training.encoded).
+
+    python recipes/default_model/make_encoded_data.py --init build/default-model/init --out data3
+
+Writes OUT/test (held-out texts and espeak-ng voices, festival's voices; audio kept for the WER
+table), OUT/unheard (held-out texts spoken by flite, a synthesizer never trained on; audio kept)
+and OUT/train. A split already built is kept. Needs espeak-ng, festival with its English voices
+and flite (Debian/Ubuntu: apt-get install espeak-ng flite festival festvox-kallpc16k
+festvox-kdlpc16k festvox-us-slt-hts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from edgelalm.errors import EdgelalmError
+from edgelalm.training.encoded import build_encoded
+from edgelalm.training.synthesizers import UNHEARD_VOICES
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--init", type=Path, default=Path("build/default-model/init"), help="checkpoint whose tower encodes"
+    )
+    parser.add_argument("--out", type=Path, default=Path("data3"))
+    parser.add_argument("--train-count", type=int, default=40000)
+    parser.add_argument("--test-count", type=int, default=400)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / ".gitignore").write_text("# rendered by recipes/default_model/make_encoded_data.py\n*\n")
+    splits = (
+        ("test", "test", args.test_count, None, True),
+        ("unheard", "test", args.test_count, UNHEARD_VOICES, True),
+        ("train", "train", args.train_count, None, False),
+    )
+    for folder, split, count, voices, keep_audio in splits:
+        target = args.out / folder
+        if (target / "dataset.json").is_file():
+            print(f"{target}: already built, kept", file=sys.stderr)
+            continue
+        build_encoded(
+            target, split, count, args.seed, args.init, voices=voices, keep_audio=keep_audio, workers=args.workers
+        )
+    return 0
+
+
+if __name__ == "__main__":  # the guard matters: the workers are spawned processes
+    try:
+        sys.exit(main())
+    except EdgelalmError as error:
+        print(f"make_encoded_data: error: {error}", file=sys.stderr)
+        sys.exit(1)

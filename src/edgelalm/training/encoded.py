@@ -1,0 +1,328 @@
+"""The default model's training data as the frozen audio tower's output (issue 15).
+
+    build_encoded("data3/train", "train", count=48000, seed=0, checkpoint="build/default-model/init")
+    data = EncodedDataset("data3/train")
+    frames, text = data[0]              # float16 [frames, d_model] at 25 frames/s, normalised text
+
+Each clip is a `corpus` text spoken by a voice of `synthesizers.training_voices(split)` (espeak-ng
+and festival, about half each), or silence/noise for the "silence" kind; then augmented once, all
+draws seeded by (seed, index): speed perturbation, gain, reverb, padding silence, noise, an 8 kHz
+telephone line. The checkpoint's audio tower (frozen in training) encodes it at the clip's own
+length, exactly as the runtime's encoder does. Storing the tower's output instead of audio is what
+makes training fit 2 CPU cores: the tower is most of the compute and never changes.
+
+The folder:
+
+    dataset.json        format, split, count, seed, corpus version, the tower's checkpoint and hash, shards
+    metadata.jsonl      per clip: index, kind, text, voice, tempo, pitch, augment, seconds, shard, offset, frames
+    frames-00000.npy    float16 [frames, d_model], every clip of the shard end to end (plain .npy)
+    audio-00000.npy     int16 16 kHz audio of the same clips (only with keep_audio: evaluation sets)
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Generator, Iterator
+from contextlib import closing
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgelalm.constants import SAMPLING_RATE
+from edgelalm.errors import EdgelalmError
+from edgelalm.files import atomic_folder, sha256_of
+from edgelalm.progress import Bar
+from edgelalm.training import corpus, speech, synthesizers, texts
+from edgelalm.training.dataset import read_folder
+from edgelalm.training.texts import Split
+
+FORMAT = "edgelalm-encoded-dataset"
+FORMAT_VERSION = 1
+SHARD_CLIPS = 4000
+ENGINE_SHARE = {"espeak-ng": 0.55, "festival": 0.45}
+SILENCE_SECONDS = (0.5, 8.0)
+SPEED_PERTURB_PROBABILITY, SPEED_FACTORS = 0.5, (0.9, 1.1)
+TELEPHONE_PROBABILITY = 0.1
+CLEAN_PROBABILITY = 0.15  # left as rendered (only padded with a little silence)
+_INT16_SCALE = 32767.0
+
+
+@dataclass(frozen=True)
+class Clip:
+    index: int
+    kind: str
+    spoken: str
+    text: str
+    voice: str
+    tempo: float
+    pitch: int
+
+
+def plan(split: Split, seed: int, voices: tuple[str, ...] | None = None) -> Iterator[Clip]:
+    """The endless, deterministic stream of clips for (split, seed); `voices` overrides the voice
+    choice (the never-heard set: synthesizers.UNHEARD_VOICES)."""
+    pool = voices or synthesizers.training_voices(split)
+    by_engine: dict[str, list[str]] = {}
+    for voice in pool:
+        by_engine.setdefault(synthesizers.engine_of(voice)[0], []).append(voice)
+    engines = sorted(by_engine)
+    shares = np.array([ENGINE_SHARE.get(engine, 1.0) for engine in engines])
+    shares /= shares.sum()
+    for index, text in enumerate(corpus.iter_texts(split, seed)):
+        rng = np.random.default_rng([seed, index, 0xC11F])
+        engine = engines[int(rng.choice(len(engines), p=shares))]
+        voice = by_engine[engine][int(rng.integers(len(by_engine[engine])))]
+        tempo = round(float(rng.uniform(0.8, 1.25)), 3)
+        pitch = int(rng.integers(25, 76))
+        yield Clip(index, text.kind, text.spoken, text.transcript, voice, tempo, pitch)
+
+
+def augmented(samples: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
+    """One seeded variation of a rendered clip and the names of what was applied."""
+    applied = []
+    if rng.random() < CLEAN_PROBABILITY:
+        quiet = speech.pad_silence(samples, int(rng.integers(0, 4000)), int(rng.integers(0, 4000)))
+        return quiet, ["clean"]
+    if rng.random() < SPEED_PERTURB_PROBABILITY:
+        samples = speech.speed_perturb(samples, float(rng.uniform(*SPEED_FACTORS)))
+        applied.append("speed")
+    samples = speech.augment(samples, rng)
+    applied.append("augment")
+    if rng.random() < TELEPHONE_PROBABILITY:
+        samples = speech.telephone_band(samples)
+        applied.append("telephone")
+    return np.clip(samples, -1.0, 1.0).astype(np.float32), applied
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers: render, augment, encode. The tower is loaded once per worker process.
+
+_TOWER: dict[str, object] = {}
+
+
+def _tower(checkpoint: str):
+    if checkpoint not in _TOWER:
+        import torch
+        from transformers import Qwen2AudioForConditionalGeneration, WhisperFeatureExtractor
+
+        torch.set_num_threads(1)
+        model = Qwen2AudioForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32)
+        _TOWER[checkpoint] = (model.model.audio_tower.eval(), WhisperFeatureExtractor.from_pretrained(checkpoint))
+    return _TOWER[checkpoint]
+
+
+def _work(job: tuple[list[Clip], int, str, float]) -> list[tuple[Clip, np.ndarray, np.ndarray, list[str]]]:
+    import torch
+
+    from edgelalm.training.model import encode_batch, log_mel_batch
+
+    clips, seed, checkpoint, max_seconds = job
+    tower, extractor = _tower(checkpoint)
+    speaking = [clip for clip in clips if clip.kind != "silence"]
+    rendered = dict(
+        zip(
+            (clip.index for clip in speaking),
+            synthesizers.render_all([synthesizers.Request(c.spoken, c.voice, c.tempo, c.pitch) for c in speaking]),
+            strict=True,
+        )
+    )
+    results = []
+    for clip in clips:
+        rng = np.random.default_rng([seed, clip.index, 0xA06])
+        if clip.kind == "silence":
+            samples, applied = speech.silence_or_noise(float(rng.uniform(*SILENCE_SECONDS)), rng), ["silence"]
+        else:
+            samples, applied = augmented(rendered[clip.index], rng)
+        if len(samples) > max_seconds * SAMPLING_RATE:
+            continue
+        results.append((clip, samples, applied))
+    out = []
+    results.sort(key=lambda item: len(item[1]))
+    for start in range(0, len(results), 8):
+        group = results[start : start + 8]
+        mel, lengths = log_mel_batch([samples for _, samples, _ in group], extractor)
+        with torch.no_grad():
+            encoded = encode_batch(tower, mel, lengths)
+        for row, (clip, samples, applied) in enumerate(group):
+            frames = encoded.frames[row, : encoded.frame_counts[row]].numpy().astype(np.float16)
+            audio = np.round(samples * _INT16_SCALE).astype(np.int16)
+            out.append((clip, frames, audio, applied))
+    out.sort(key=lambda item: item[0].index)
+    return out
+
+
+def _encoded(
+    stream: Iterator[Clip], seed: int, checkpoint: str, max_seconds: float, workers: int, chunk: int
+) -> Generator[tuple[Clip, np.ndarray, np.ndarray, list[str]], None, None]:
+    def jobs(how_many: int) -> list[tuple[list[Clip], int, str, float]]:
+        return [([next(stream) for _ in range(chunk)], seed, checkpoint, max_seconds) for _ in range(how_many)]
+
+    if workers <= 1:
+        while True:
+            yield from _work(jobs(1)[0])
+    context = multiprocessing.get_context("spawn")  # safe whatever the parent has loaded (torch)
+    with context.Pool(workers) as pool:
+        while True:  # a bounded batch of jobs at a time: Pool.imap would drain an endless iterable
+            for results in pool.imap(_work, jobs(2 * workers)):
+                yield from results
+
+
+def build_encoded(
+    out_dir: str | os.PathLike[str],
+    split: Split,
+    count: int,
+    seed: int,
+    checkpoint: str | os.PathLike[str],
+    *,
+    voices: tuple[str, ...] | None = None,
+    keep_audio: bool = False,
+    workers: int = 2,
+    max_seconds: float = 30.0,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> Path:
+    """Render, augment and encode `count` clips of `split` into `out_dir` (atomically)."""
+    texts.check_split(split)
+    if count < 1:
+        raise EdgelalmError(f"count must be at least 1, got {count}")
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise EdgelalmError(f"{out} already exists (pass overwrite=True to replace it)")
+    tower_file = Path(checkpoint) / "model.safetensors"
+    started = time.perf_counter()
+    shards: list[dict] = []
+    pending: list[tuple[np.ndarray, np.ndarray]] = []
+    offsets = [0, 0]
+    total_seconds = 0.0
+
+    with atomic_folder(out, force=True) as partial:
+
+        def flush() -> None:
+            number = len(shards)
+            frames = np.concatenate([f for f, _ in pending])
+            np.save(partial / f"frames-{number:05d}.npy", frames, allow_pickle=False)
+            shard = {"frames": f"frames-{number:05d}.npy", "clips": len(pending), "frame_count": int(frames.shape[0])}
+            if keep_audio:
+                np.save(
+                    partial / f"audio-{number:05d}.npy", np.concatenate([a for _, a in pending]), allow_pickle=False
+                )
+                shard["audio"] = f"audio-{number:05d}.npy"
+            shards.append(shard)
+            pending.clear()
+            offsets[:] = [0, 0]
+
+        written = 0
+        with (
+            open(partial / "metadata.jsonl", "w", encoding="utf-8") as metadata,
+            Bar(count, f"{split} ({count})") if progress else _NoBar() as bar,
+            closing(_encoded(plan(split, seed, voices), seed, str(checkpoint), max_seconds, workers, 32)) as stream,
+        ):
+            for clip, frames, audio, applied in stream:
+                seconds = audio.size / SAMPLING_RATE
+                record = {
+                    **asdict(clip),
+                    "augment": applied,
+                    "seconds": round(seconds, 4),
+                    "shard": len(shards),
+                    "offset": offsets[0],
+                    "frames": int(frames.shape[0]),
+                }
+                if keep_audio:
+                    record |= {"audio_offset": offsets[1], "samples": int(audio.size)}
+                metadata.write(json.dumps(record, ensure_ascii=False) + "\n")
+                pending.append((frames, audio))
+                offsets[0] += frames.shape[0]
+                offsets[1] += audio.size
+                total_seconds += seconds
+                written += 1
+                bar.update(completed=written)
+                if len(pending) == SHARD_CLIPS:
+                    flush()
+                if written == count:
+                    break
+        if pending:
+            flush()
+        info = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "split": split,
+            "count": count,
+            "seed": seed,
+            "corpus_version": corpus.CORPUS_VERSION,
+            "voices": list(voices or synthesizers.training_voices(split)),
+            "checkpoint": str(checkpoint),
+            "tower_sha256": sha256_of(tower_file) if tower_file.is_file() else None,
+            "frames_per_second": 25,
+            "sampling_rate": SAMPLING_RATE,
+            "total_seconds": round(total_seconds, 2),
+            "shards": shards,
+        }
+        (partial / "dataset.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    if progress:
+        took = time.perf_counter() - started
+        print(
+            f"{out}: {count} clips, {total_seconds / 3600:.2f} h of audio, {took:.0f} s "
+            f"({1000 * took / count:.0f} ms per clip)",
+            file=sys.stderr,
+        )
+    return out
+
+
+class _NoBar:
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def update(self, **_: object) -> None:
+        pass
+
+
+class EncodedDataset:
+    """A folder written by `build_encoded`: `data[i]` -> (float16 frames [F, D], text);
+    `data.audio(i)` -> float32 samples where the audio was kept."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self.info, self.records = read_folder(self.directory, FORMAT, FORMAT_VERSION)
+        self.texts = [record["text"] for record in self.records]
+        self.seconds = np.array([record["seconds"] for record in self.records], dtype=np.float64)
+        self.frame_counts = np.array([record["frames"] for record in self.records], dtype=np.int64)
+        self.sampling_rate = int(self.info["sampling_rate"])
+        self._mapped: dict[str, np.ndarray] = {}
+
+    def _array(self, name: str) -> np.ndarray:
+        if name not in self._mapped:
+            self._mapped[name] = np.load(self.directory / name, mmap_mode="r", allow_pickle=False)
+        return self._mapped[name]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_mapped": {}}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, str]:
+        record = self.records[index]
+        shard = self.info["shards"][record["shard"]]
+        frames = self._array(shard["frames"])[record["offset"] : record["offset"] + record["frames"]]
+        return np.asarray(frames), record["text"]
+
+    def audio(self, index: int) -> np.ndarray:
+        record = self.records[index]
+        shard = self.info["shards"][record["shard"]]
+        if "audio" not in shard:
+            raise EdgelalmError(f"{self.directory} keeps no audio (built without keep_audio)")
+        start = record["audio_offset"]
+        return self._array(shard["audio"])[start : start + record["samples"]].astype(np.float32) / np.float32(
+            _INT16_SCALE
+        )
+
+    def __repr__(self) -> str:
+        return f"EncodedDataset({str(self.directory)!r}: {self.info['split']}, {len(self)} clips)"

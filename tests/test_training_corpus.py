@@ -1,0 +1,155 @@
+"""The default model's training mixture (edgelalm.training.corpus, synthesizers, encoded): texts
+the decoder cannot predict, several synthesizers, and the frozen tower's output stored instead of
+audio, checked against transformers' own tower on the stored audio."""
+
+import re
+import shutil
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from hf_reference import TransformersAudioTower
+from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
+
+from edgelalm.errors import EdgelalmError
+from edgelalm.training import corpus, synthesizers, texts
+from edgelalm.training.encoded import EncodedDataset, build_encoded, plan
+from edgelalm.training.train import TrainSettings, encoded_rows
+
+COUNT = 3000
+
+
+def _stream(split, seed=0, count=COUNT):
+    stream = corpus.iter_texts(split, seed)
+    return [next(stream) for _ in range(count)]
+
+
+@pytest.fixture(scope="module")
+def train_texts():
+    return _stream("train")
+
+
+@pytest.fixture(scope="module")
+def test_texts():
+    return _stream("test")
+
+
+def test_the_stream_is_deterministic_and_seeded():
+    assert _stream("train", 0, 50) == _stream("train", 0, 50)
+    assert _stream("train", 0, 50) != _stream("train", 1, 50)
+
+
+def test_the_mixture_follows_its_shares(train_texts):
+    counts = Counter(text.kind for text in train_texts)
+    for kind, share in corpus.MIX.items():
+        assert abs(counts[kind] / COUNT - share) < 0.04, (kind, counts)
+
+
+def test_silence_has_an_empty_answer_and_speech_a_normalised_one(train_texts):
+    for text in train_texts:
+        if text.kind == "silence":
+            assert text.spoken == text.transcript == ""
+        else:
+            assert text.transcript and texts.normalize_transcript(text.transcript) == text.transcript
+            # what the synthesizer reads is the transcript with sentence pauses only
+            assert re.sub(r"\.", "", text.spoken) == text.transcript
+
+
+def test_free_word_sequences_use_the_broad_vocabulary(train_texts):
+    allowed = set(corpus.common_words()) | {w for name in corpus._names("train") for w in name.split()}
+    numbers = {w for n in range(10000) for w in texts.number_words(n).split()}
+    words = [w for t in train_texts if t.kind == "words" for w in t.transcript.split()]
+    assert set(words) <= allowed | numbers
+    # far beyond the grammar: hundreds of words it never holds
+    assert len(set(words) - set(texts.vocabulary())) > 1000
+    assert 2 <= min(len(t.transcript.split()) for t in train_texts if t.kind == "words")
+
+
+def test_no_test_text_is_a_train_text_and_held_out_names_stay_in_test(train_texts, test_texts):
+    spoken = {t.transcript for t in train_texts if t.transcript}
+    assert not spoken & {t.transcript for t in test_texts if t.transcript}
+    train_words = {w.removesuffix("'s") for t in train_texts for w in t.transcript.split()}
+    assert not train_words & texts.HELD_OUT_WORDS
+    test_words = {w.removesuffix("'s") for t in test_texts for w in t.transcript.split()}
+    assert test_words & texts.HELD_OUT_WORDS
+
+
+def test_the_never_heard_synthesizer_is_in_no_training_voice():
+    for split in texts.SPLITS:
+        engines = {synthesizers.engine_of(voice)[0] for voice in synthesizers.training_voices(split)}
+        assert engines == {"espeak-ng", "festival"}
+    assert {synthesizers.engine_of(v)[0] for v in synthesizers.UNHEARD_VOICES} == {"flite"}
+
+
+@pytest.mark.parametrize("voice", ["espeak-ng:en-us", "festival:kal_diphone", "flite:awb"])
+def test_every_engine_renders_speech_whose_length_follows_the_tempo(voice):
+    engine = synthesizers.engine_of(voice)[0]
+    if shutil.which(engine) is None:
+        pytest.fail(f"{engine} is not installed (.ci/run installs it)")
+    text = "turn the kitchen lights off and call my brother"
+    slow, fast = synthesizers.render_all(
+        [synthesizers.Request(text, voice, tempo=0.8), synthesizers.Request(text, voice, tempo=1.25)]
+    )
+    for clip in (slow, fast):
+        assert clip.dtype == np.float32 and clip.ndim == 1 and 0.05 < np.abs(clip).max() <= 1.0
+    assert 1.3 < len(slow) / len(fast) < 1.9  # 1.5625 asked
+
+
+@pytest.mark.parametrize(
+    "voice, text", [("festival:kal_diphone", 'a "quoted" (paren) \\ text'), ("flite:rms", "-voice slt")]
+)
+def test_text_is_data_not_a_command(voice, text):
+    (clip,) = synthesizers.render_all([synthesizers.Request(text, voice)])
+    assert len(clip) > 1600
+
+
+def test_bad_requests_are_refused_with_one_error():
+    for request in (
+        synthesizers.Request("hi", "say:hello"),
+        synthesizers.Request("hi", "festival:../../etc"),
+        synthesizers.Request("", "flite:awb"),
+        synthesizers.Request("hi", "flite:awb", tempo=3.0),
+    ):
+        with pytest.raises(EdgelalmError):
+            synthesizers.render_all([request])
+
+
+def test_the_plan_shares_the_engines_and_keeps_the_seed():
+    clips = [clip for clip, _ in zip(plan("train", 0), range(400), strict=False)]
+    engines = Counter(synthesizers.engine_of(c.voice)[0] for c in clips)
+    assert 0.45 < engines["espeak-ng"] / 400 < 0.65
+    assert clips[:20] == [c for c, _ in zip(plan("train", 0), range(20), strict=False)]
+
+
+@pytest.fixture(scope="module")
+def encoded(tiny_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("encoded") / "test"
+    build_encoded(out, "test", 12, 0, tiny_checkpoint, keep_audio=True, workers=1, progress=False, max_seconds=10)
+    return EncodedDataset(out)
+
+
+def test_stored_frames_are_transformers_tower_on_the_stored_audio(encoded, tiny_checkpoint):
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(tiny_checkpoint).eval()
+    tower = TransformersAudioTower(model, Qwen2AudioProcessor.from_pretrained(tiny_checkpoint))
+    assert len(encoded) == 12
+    for index in range(len(encoded)):
+        frames, text = encoded[index]
+        assert frames.dtype == np.float16 and text == encoded.records[index]["text"]
+        with torch.no_grad():
+            reference, _, _ = tower(encoded.audio(index))
+        assert frames.shape == reference.shape
+        # encoded before the audio's int16 rounding, stored as float16: measured up to 2.5e-3 of the scale
+        np.testing.assert_allclose(frames.astype(np.float32), reference, atol=5e-3 * np.abs(reference).max())
+
+
+def test_concatenated_rows_join_frames_and_answers(encoded):
+    rng = np.random.default_rng(0)
+    settings = TrainSettings(concat_probability=1.0, max_concat_frames=10_000)
+    frames, answers = encoded_rows(encoded, [0, 1, 2], rng, settings)
+    for row, index in enumerate([0, 1, 2]):
+        assert len(frames[row]) > len(encoded[index][0])
+        assert answers[row].startswith(encoded[index][1])
+        assert "  " not in answers[row] and answers[row] == answers[row].strip()
+    single, _ = encoded_rows(encoded, [0, 1], rng, TrainSettings(concat_probability=0.0))
+    assert [len(f) for f in single] == [len(encoded[0][0]), len(encoded[1][0])]
