@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 # The graph's contract, shared with the runtime that feeds it.
+from edgelalm import audio_tower as tower_steps
 from edgelalm.constants import (
     ENCODER_INPUT,
     ENCODER_OUTPUT,
@@ -42,18 +43,12 @@ class ClipLengthAudioEncoder(nn.Module):
         tower = self.tower
         dtype = tower.conv1.weight.dtype
         features = torch.cat([mel, mel_right_context], dim=1).to(dtype).unsqueeze(0)
-        hidden = nn.functional.gelu(tower.conv1(features))
-        hidden = nn.functional.gelu(tower.conv2(hidden))
+        hidden = tower_steps.convolutions(tower, features)
         # Keep the positions transformers treats as valid: the last one only came from the
         # right context.
         conv_positions = (mel.shape[1] - 1) // 2 + 1
-        hidden = hidden[:, :, :conv_positions].permute(0, 2, 1)
-        hidden = hidden + tower.embed_positions.weight[:conv_positions]
-        for layer in tower.layers:
-            hidden = layer(hidden, None)
-        hidden = tower.avg_pooler(hidden.permute(0, 2, 1)).permute(0, 2, 1)
-        hidden = tower.layer_norm(hidden)
-        return hidden[0].float()
+        hidden = tower_steps.transformer(tower, hidden[:, :conv_positions], None)
+        return tower_steps.pooled(tower, hidden)[0].float()
 
 
 def export_encoder_onnx(audio_tower: nn.Module, path: Path, precision: EncoderPrecision) -> None:

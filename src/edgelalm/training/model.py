@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
 
+from edgelalm import audio_tower as tower_steps
 from edgelalm.prompt import DEFAULT_PROMPT, chat_template_pieces
 from edgelalm.runtime.features import encoder_output_frames, valid_mel_frames
 
@@ -83,16 +84,13 @@ def encode_batch(audio_tower: nn.Module, mel: torch.Tensor, mel_lengths: torch.T
     masked as keys, so every valid output frame equals the one-clip, full-window run."""
     device = audio_tower.conv1.weight.device
     mel, mel_lengths = mel.to(device), mel_lengths.to(device)
-    hidden = nn.functional.gelu(audio_tower.conv1(mel))
-    hidden = nn.functional.gelu(audio_tower.conv2(hidden)).permute(0, 2, 1)
+    hidden = tower_steps.convolutions(audio_tower, mel)
     positions = hidden.shape[1]
-    hidden = hidden + audio_tower.embed_positions.weight[:positions]
     position_counts = (mel_lengths - 1) // 2 + 1
     valid = (torch.arange(positions, device=device)[None, :] < position_counts[:, None]).long()
     mask = create_bidirectional_mask(config=audio_tower.config, inputs_embeds=hidden, attention_mask=valid)
-    for layer in audio_tower.layers:
-        hidden = layer(hidden, mask)
-    pooled = audio_tower.layer_norm(audio_tower.avg_pooler(hidden.permute(0, 2, 1)).permute(0, 2, 1))
+    hidden = tower_steps.transformer(audio_tower, hidden, mask)
+    pooled = tower_steps.pooled(audio_tower, hidden)
     frame_counts = [encoder_output_frames(int(n)) for n in mel_lengths]
     return EncodedAudio(pooled, frame_counts, hidden, position_counts)
 
