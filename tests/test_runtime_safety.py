@@ -20,31 +20,50 @@ def runtime(tiny_bundles):
         yield loaded
 
 
-def test_runs_from_four_threads_equal_the_single_threaded_answers(runtime):
-    """The obvious way to serve several requests from one loaded model: it once segfaulted (one
-    llama.cpp context, one KV cache, several writers). Every answer must equal the one-thread one."""
-    clips = [speechlike(seconds, seed) for seed, seconds in enumerate((1.5, 3.0, 4.5, 12.0))]
-    expected = [(result.text, result.audio_tokens) for result in (runtime.run(clip, max_tokens=12) for clip in clips)]
+def _serve_from_threads(runtime: Runtime, clips, workers: int, rounds: int) -> dict[tuple[int, int], tuple[str, int]]:
     answers: dict[tuple[int, int], tuple[str, int]] = {}
     errors: list[BaseException] = []
+    start = threading.Barrier(workers)
 
     def serve(worker: int) -> None:
         try:
-            for round_ in range(3):
-                index = (worker + round_) % len(clips)
-                result = runtime.run(clips[index], max_tokens=12)
+            start.wait(timeout=60)
+            for round_ in range(rounds):
+                result = runtime.run(clips[(worker + round_) % len(clips)], max_tokens=12)
                 answers[(worker, round_)] = (result.text, result.audio_tokens)
         except BaseException as error:
             errors.append(error)
 
-    threads = [threading.Thread(target=serve, args=(worker,)) for worker in range(4)]
+    threads = [threading.Thread(target=serve, args=(worker,)) for worker in range(workers)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=600)
-    assert not errors and len(answers) == 12
+    assert not errors, errors
+    return answers
+
+
+@pytest.mark.parametrize("max_concurrent_runs", [1, 2, 4])
+def test_runs_from_four_threads_equal_the_single_threaded_answers(tiny_bundles, max_concurrent_runs):
+    """The obvious way to serve several requests from one loaded model: it once segfaulted (one
+    llama.cpp context, one KV cache, several writers). Now each concurrent run has a context of its
+    own on the shared weights, up to max_concurrent_runs; every answer must equal the one-thread one."""
+    clips = [speechlike(seconds, seed) for seed, seconds in enumerate((1.5, 3.0, 4.5, 12.0))]
+    with Runtime(tiny_bundles("avg", 2, "f32"), max_concurrent_runs=max_concurrent_runs) as runtime:
+        expected = [(r.text, r.audio_tokens) for r in (runtime.run(clip, max_tokens=12) for clip in clips)]
+        assert runtime.contexts_made == 1  # one at a time needs one context
+        answers = _serve_from_threads(runtime, clips, workers=4, rounds=3)
+        assert 1 <= runtime.contexts_made <= max_concurrent_runs
+    assert len(answers) == 12
     for (worker, round_), answer in answers.items():
         assert answer == expected[(worker + round_) % len(clips)]
+
+
+def test_a_runtime_refuses_zero_concurrent_runs(tiny_bundles):
+    from edgelalm.errors import EdgelalmError
+
+    with pytest.raises(EdgelalmError, match="max_concurrent_runs must be >= 1"):
+        Runtime(tiny_bundles("avg", 2, "f32"), max_concurrent_runs=0)
 
 
 def test_special_tokens_in_the_prompt_stay_text(runtime):

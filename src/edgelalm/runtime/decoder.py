@@ -40,13 +40,13 @@ def silence_llama_logs() -> None:
     llama_cpp.llama_log_set(_keep_load_log, ctypes.c_void_p())
 
 
-class LlamaDecoder:
-    """One sequence at a time: feed tokens and embeddings, read logits, sample."""
+class LlamaModel:
+    """A GGUF's weights and vocabulary in llama.cpp, shared by every `LlamaContext` made from it.
+    Tokenizing is read-only and safe from any thread."""
 
     def __init__(
         self,
         gguf_path: Path,
-        n_ctx: int,
         n_threads: int | None = None,
         n_gpu_layers: int = 0,
         kv_cache_type: str = "f16",
@@ -78,54 +78,12 @@ class LlamaDecoder:
         self.n_threads = n_threads or usable_cores()
         self.kv_cache_type = kv_cache_type
         self.gguf_path = gguf_path
-        self.context = None
-        self.n_ctx = 0
-        self.n_batch = 0
-        self.n_past = 0
-        try:
-            self.ensure_context(n_ctx)
-        except EdgelalmError:
-            self.close()
-            raise
-
-    def ensure_context(self, n_ctx: int) -> None:
-        """A fresh, empty context of at least `n_ctx` tokens (KV memory grows with it, so
-        each clip gets what it needs, rounded up to 256)."""
-        if self.context and self.n_ctx >= n_ctx:
-            self.reset()
-            return
-        if self.context:
-            llama_cpp.llama_free(self.context)
-            self.context = None
-        n_ctx = -(-n_ctx // 256) * 256
-        context_params = llama_cpp.llama_context_default_params()
-        context_params.n_ctx = n_ctx
-        context_params.n_batch = min(n_ctx, 512)
-        context_params.n_ubatch = min(n_ctx, 512)
-        context_params.type_k = context_params.type_v = _GGML_TYPES[self.kv_cache_type]
-        if self.kv_cache_type == "f32":
-            context_params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        context_params.n_threads = context_params.n_threads_batch = self.n_threads
-        self.context = llama_cpp.llama_init_from_model(self.model, context_params)
-        if not self.context:
-            raise EdgelalmError(f"llama.cpp could not create a context of {n_ctx} tokens for {self.gguf_path}")
-        self.n_ctx = llama_cpp.llama_n_ctx(self.context)
-        self.n_batch = context_params.n_batch
-        self.n_past = 0
 
     def close(self) -> None:
-        if self.context:
-            llama_cpp.llama_free(self.context)
-            self.context = None
+        """Free the weights (after every context made from them)."""
         if self.model:
             llama_cpp.llama_model_free(self.model)
             self.model = None
-
-    def __enter__(self) -> LlamaDecoder:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- text ---------------------------------------------------------------------------
 
@@ -155,6 +113,49 @@ class LlamaDecoder:
     def is_end_of_generation(self, token_id: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token_id))
 
+
+class LlamaContext:
+    """One sequence on a shared `LlamaModel`: its own KV cache, fed tokens and embeddings, read
+    logits, sampled. One thread at a time per context; several contexts may run at once."""
+
+    def __init__(self, model: LlamaModel, n_ctx: int) -> None:
+        self.llama = model
+        self.context = None
+        self.n_ctx = 0
+        self.n_batch = 0
+        self.n_past = 0
+        self.ensure_context(n_ctx)
+
+    def ensure_context(self, n_ctx: int) -> None:
+        """A fresh, empty context of at least `n_ctx` tokens (KV memory grows with it, so
+        each clip gets what it needs, rounded up to 256)."""
+        if self.context and self.n_ctx >= n_ctx:
+            self.reset()
+            return
+        if self.context:
+            llama_cpp.llama_free(self.context)
+            self.context = None
+        n_ctx = -(-n_ctx // 256) * 256
+        context_params = llama_cpp.llama_context_default_params()
+        context_params.n_ctx = n_ctx
+        context_params.n_batch = min(n_ctx, 512)
+        context_params.n_ubatch = min(n_ctx, 512)
+        context_params.type_k = context_params.type_v = _GGML_TYPES[self.llama.kv_cache_type]
+        if self.llama.kv_cache_type == "f32":
+            context_params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        context_params.n_threads = context_params.n_threads_batch = self.llama.n_threads
+        self.context = llama_cpp.llama_init_from_model(self.llama.model, context_params)
+        if not self.context:
+            raise EdgelalmError(f"llama.cpp could not create a context of {n_ctx} tokens for {self.llama.gguf_path}")
+        self.n_ctx = llama_cpp.llama_n_ctx(self.context)
+        self.n_batch = context_params.n_batch
+        self.n_past = 0
+
+    def close(self) -> None:
+        if self.context:
+            llama_cpp.llama_free(self.context)
+            self.context = None
+
     # -- evaluation ---------------------------------------------------------------------
 
     def reset(self) -> None:
@@ -174,14 +175,14 @@ class LlamaDecoder:
 
     def feed_embeddings(self, embeddings: np.ndarray) -> None:
         """Embeddings [N, n_embd] (float32) in place of N input tokens."""
-        if embeddings.ndim != 2 or embeddings.shape[1] != self.n_embd:
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.llama.n_embd:
             raise EdgelalmError(
-                f"audio embeddings of shape {embeddings.shape} do not fit a decoder of width {self.n_embd}"
+                f"audio embeddings of shape {embeddings.shape} do not fit a decoder of width {self.llama.n_embd}"
             )
         rows = np.ascontiguousarray(embeddings, dtype=np.float32)
         for start in range(0, rows.shape[0], self.n_batch):
             chunk = rows[start : start + self.n_batch]
-            batch = llama_cpp.llama_batch_init(chunk.shape[0], self.n_embd, 1)
+            batch = llama_cpp.llama_batch_init(chunk.shape[0], self.llama.n_embd, 1)
             try:
                 ctypes.memmove(batch.embd, chunk.ctypes.data, chunk.nbytes)
                 self._decode(batch, chunk.shape[0])
@@ -205,7 +206,7 @@ class LlamaDecoder:
     def last_logits(self) -> np.ndarray:
         """Logits [n_vocab] after the last fed position."""
         pointer = llama_cpp.llama_get_logits_ith(self.context, -1)
-        return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy()
+        return np.ctypeslib.as_array(pointer, shape=(self.llama.n_vocab,)).copy()
 
     def generate(
         self,
@@ -227,9 +228,47 @@ class LlamaDecoder:
         try:
             for _ in range(max_tokens):
                 token_id = llama_cpp.llama_sampler_sample(chain, self.context, -1)
-                if self.is_end_of_generation(token_id) or token_id in stop_ids:
+                if self.llama.is_end_of_generation(token_id) or token_id in stop_ids:
                     return
                 yield token_id
                 self.feed_tokens([token_id])
         finally:
             llama_cpp.llama_sampler_free(chain)
+
+
+class LlamaDecoder(LlamaContext):
+    """A model with one context of its own: the simple case (export checks, canary, tests).
+    `Runtime` shares one `LlamaModel` between several contexts instead."""
+
+    def __init__(
+        self,
+        gguf_path: Path,
+        n_ctx: int,
+        n_threads: int | None = None,
+        n_gpu_layers: int = 0,
+        kv_cache_type: str = "f16",
+        extra_buffers: ExtraBuffers = "auto",
+    ) -> None:
+        model = LlamaModel(gguf_path, n_threads, n_gpu_layers, kv_cache_type, extra_buffers)
+        try:
+            super().__init__(model, n_ctx)
+        except EdgelalmError:
+            model.close()
+            raise
+        self.tokenize = model.tokenize
+        self.token_bytes = model.token_bytes
+        self.is_end_of_generation = model.is_end_of_generation
+        self.weight_buffers = model.weight_buffers
+        self.extra_buffers = model.extra_buffers
+        self.n_embd, self.n_vocab, self.n_ctx_train = model.n_embd, model.n_vocab, model.n_ctx_train
+        self.n_threads = model.n_threads
+
+    def close(self) -> None:
+        super().close()
+        self.llama.close()
+
+    def __enter__(self) -> LlamaDecoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

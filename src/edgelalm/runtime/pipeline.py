@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import functools
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +26,7 @@ from edgelalm.errors import EdgelalmError
 from edgelalm.manifest import read_manifest
 from edgelalm.runtime.audio import open_audio, prepare_samples, stream_audio, truncation_warning
 from edgelalm.runtime.compressor import CompressorProjector
-from edgelalm.runtime.decoder import LlamaDecoder
+from edgelalm.runtime.decoder import LlamaContext, LlamaModel
 from edgelalm.runtime.encoder import AudioEncoder
 from edgelalm.runtime.features import (
     FeatureSettings,
@@ -79,13 +80,22 @@ class Runtime:
         kv_cache_type: str = "f16",
         cpu_arena: bool = False,
         llama_extra_buffers: ExtraBuffers = "auto",
+        max_concurrent_runs: int = 2,
     ) -> None:
         """`llama_extra_buffers`: whether llama.cpp may put weights in its extra buffer types
-        (repack, AMX); "auto" keeps them except where llama.cpp's AMX buffer would crash."""
+        (repack, AMX); "auto" keeps them except where llama.cpp's AMX buffer would crash.
+        `max_concurrent_runs`: how many threads may run at once, each with a llama.cpp context
+        (its own KV cache) on the one loaded model; more callers wait for a free context."""
+        if max_concurrent_runs < 1:
+            raise EdgelalmError(f"max_concurrent_runs must be >= 1, got {max_concurrent_runs}")
         self.bundle = Path(bundle)
-        # One llama.cpp context and one KV cache per bundle: concurrent runs would corrupt them (a
-        # segfault); they take turns instead.
-        self._lock = threading.Lock()
+        # A llama.cpp context (KV cache) is one sequence: two runs in one would corrupt it (a
+        # segfault). Each run takes an idle context, or makes one while fewer than
+        # max_concurrent_runs exist, or waits for one; the weights are loaded once and shared.
+        self.max_concurrent_runs = max_concurrent_runs
+        self._idle: queue.LifoQueue[LlamaContext] = queue.LifoQueue()
+        self._contexts: list[LlamaContext] = []
+        self._contexts_lock = threading.Lock()
         # One count for onnxruntime and llama.cpp: the cores this process may use (llama.cpp's own
         # default of 4 oversubscribed 2 cores; onnxruntime's counts the host's, not the container's).
         threads = threads or usable_cores()
@@ -108,21 +118,48 @@ class Runtime:
         self.compressor = CompressorProjector(self.bundle / manifest.compressor.file, providers, threads, cpu_arena)
         self.decoder_info = manifest.decoder
         self.context_limit = manifest.decoder.context_length
-        self.decoder = LlamaDecoder(
+        self.decoder = LlamaModel(
             self.bundle / manifest.decoder.file,
-            n_ctx=256,
             n_threads=threads,
             n_gpu_layers=gpu_layers,
             kv_cache_type=kv_cache_type,
             extra_buffers=llama_extra_buffers,
         )
+        self._release(self._new_context())  # the first context, made now: a failure shows at load
         self.prompt = manifest.prompt
         self.before_audio = self.decoder.tokenize(self.prompt.before_audio)
         # The checkpoint's own stop tokens, beside the ones llama.cpp reads from the GGUF.
         self.stop_ids = frozenset(manifest.special_tokens.end_of_turn_ids)
 
     def close(self) -> None:
+        with self._contexts_lock:
+            for context in self._contexts:
+                context.close()
+            self._contexts.clear()
         self.decoder.close()
+
+    @property
+    def contexts_made(self) -> int:
+        """llama.cpp contexts made so far (at most max_concurrent_runs)."""
+        return len(self._contexts)
+
+    def _new_context(self) -> LlamaContext:
+        context = LlamaContext(self.decoder, 256)
+        self._contexts.append(context)
+        return context
+
+    def _acquire(self) -> LlamaContext:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        with self._contexts_lock:
+            if len(self._contexts) < self.max_concurrent_runs:
+                return self._new_context()
+        return self._idle.get()
+
+    def _release(self, context: LlamaContext) -> None:
+        self._idle.put(context)
 
     def __enter__(self) -> Runtime:
         return self
@@ -154,8 +191,8 @@ class Runtime:
         on_text: Callable[[str], None] | None = None,
         prompt_special_tokens: bool = False,
     ) -> RunResult:
-        """Answer a prompt about one clip. Safe to call from several threads: runs take turns
-        (one llama.cpp context per loaded bundle; a second caller waits).
+        """Answer a prompt about one clip. Safe to call from several threads: up to
+        `max_concurrent_runs` run at once, each in its own llama.cpp context; others wait.
 
         Args:
             audio: a file path (wav, flac, ogg, mp3: whatever libsndfile reads, any rate and channel
@@ -180,13 +217,18 @@ class Runtime:
             EdgelalmError: unreadable or too short audio, a clip too long for the context,
                 max_tokens < 1; the message is one line, worded for the user.
         """
-        with self._lock:
+        context = self._acquire()
+        try:
             return self._run(
-                audio, prompt, max_tokens, temperature, top_p, seed, sampling_rate, on_text, prompt_special_tokens
-            )
+                context,
+                audio, prompt, max_tokens, temperature, top_p, seed, sampling_rate, on_text, prompt_special_tokens,
+            )  # fmt: skip
+        finally:
+            self._release(context)
 
     def _run(
         self,
+        context: LlamaContext,
         audio: Path | str | np.ndarray,
         prompt: str | None,
         max_tokens: int,
@@ -253,11 +295,13 @@ class Runtime:
         self._check_context(encoder_frames, lambda _: audio_tokens, text_tokens, max_tokens, exact=True)
 
         with clock("prefill"):
-            self.decoder.ensure_context(text_tokens + audio_tokens + max_tokens)
-            self.decoder.feed_tokens(self.before_audio)
-            self.decoder.feed_embeddings(audio_embeddings)
-            self.decoder.feed_tokens(prompt_ids)
-        text, generated, first_token_at, decode_started = self._generate(max_tokens, temperature, top_p, seed, on_text)
+            context.ensure_context(text_tokens + audio_tokens + max_tokens)
+            context.feed_tokens(self.before_audio)
+            context.feed_embeddings(audio_embeddings)
+            context.feed_tokens(prompt_ids)
+        text, generated, first_token_at, decode_started = self._generate(
+            context, max_tokens, temperature, top_p, seed, on_text
+        )
         finished = time.perf_counter()
         timings["decode"] = (finished - decode_started) * 1000
         timings["time_to_first_token"] = ((first_token_at or finished) - started) * 1000
@@ -278,7 +322,7 @@ class Runtime:
             if generated > 1 and decode_seconds > 0
             else 0.0,
             peak_rss_mb=round(peak_rss_mb(), 1),
-            context_tokens=self.decoder.n_ctx,
+            context_tokens=context.n_ctx,
             warnings=warnings,
         )
 
@@ -300,14 +344,20 @@ class Runtime:
         )
 
     def _generate(
-        self, max_tokens: int, temperature: float, top_p: float, seed: int, on_text: Callable[[str], None] | None
+        self,
+        context: LlamaContext,
+        max_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int,
+        on_text: Callable[[str], None] | None,
     ) -> tuple[str, int, float | None, float]:
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         pieces: list[str] = []
         first_token_at = None
         decode_started = time.perf_counter()
         generated = 0
-        for token_id in self.decoder.generate(max_tokens, temperature, top_p, seed, stop_ids=self.stop_ids):
+        for token_id in context.generate(max_tokens, temperature, top_p, seed, stop_ids=self.stop_ids):
             if first_token_at is None:
                 first_token_at = decode_started = time.perf_counter()
             generated += 1

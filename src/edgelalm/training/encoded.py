@@ -166,10 +166,16 @@ def _encoded(
         while True:
             yield from _work(jobs(1)[0])
     context = multiprocessing.get_context("spawn")  # safe whatever the parent has loaded (torch)
-    with context.Pool(workers) as pool:
+    pool = context.Pool(workers)
+    try:
         while True:  # a bounded batch of jobs at a time: Pool.imap would drain an endless iterable
             for results in pool.imap(_work, jobs(2 * workers)):
                 yield from results
+    finally:
+        # Closed early (count reached): let the jobs in flight finish; terminating workers mid-send
+        # prints their broken-pipe tracebacks.
+        pool.close()
+        pool.join()
 
 
 def build_encoded(
