@@ -15,7 +15,7 @@ from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 from edgelalm.errors import EdgelalmError
 from edgelalm.training import corpus, synthesizers, texts
 from edgelalm.training.encoded import EncodedDataset, build_encoded, plan
-from edgelalm.training.train import TrainSettings, encoded_rows
+from edgelalm.training.train import encoded_rows
 
 COUNT = 3000
 
@@ -143,13 +143,15 @@ def test_stored_frames_are_transformers_tower_on_the_stored_audio(encoded, tiny_
         np.testing.assert_allclose(frames.astype(np.float32), reference, atol=5e-3 * np.abs(reference).max())
 
 
-def test_concatenated_rows_join_frames_and_answers(encoded):
+def test_joined_rows_join_frames_and_answers(encoded):
     rng = np.random.default_rng(0)
-    settings = TrainSettings(concat_probability=1.0, max_concat_frames=10_000)
-    frames, answers = encoded_rows(encoded, [0, 1, 2], rng, settings)
+    frames, answers = encoded_rows(encoded, [0, 1, 2], rng, joined=True, max_frames=10_000)
     for row, index in enumerate([0, 1, 2]):
         assert len(frames[row]) > len(encoded[index][0])
         assert answers[row].startswith(encoded[index][1])
         assert "  " not in answers[row] and answers[row] == answers[row].strip()
-    single, _ = encoded_rows(encoded, [0, 1], rng, TrainSettings(concat_probability=0.0))
+    single, texts_ = encoded_rows(encoded, [0, 1], rng, joined=False, max_frames=10_000)
     assert [len(f) for f in single] == [len(encoded[0][0]), len(encoded[1][0])]
+    assert texts_ == [encoded[0][1], encoded[1][1]]
+    short, _ = encoded_rows(encoded, [0], rng, joined=True, max_frames=len(encoded[0][0]))
+    assert len(short[0]) == len(encoded[0][0])  # nothing fits beside it

@@ -54,7 +54,7 @@ class TrainSettings:
     seed: int = 0
     threads: int | None = None
     bucket_batches: int = 50  # batches drawn together and sorted by length, to limit padding
-    # Encoded (precomputed tower) data only: the share of batch rows that join 2-4 clips end to end,
+    # Encoded (precomputed tower) data only: the share of batches whose rows join 2-4 clips end to end,
     # so the decoder learns long, multi-sentence answers; at most this many frames a row.
     concat_probability: float = 0.0
     max_concat_frames: int = 1200
@@ -173,17 +173,18 @@ def frames_batch_loss(
 
 
 def encoded_rows(
-    data: EncodedDataset, indices: list[int], rng: np.random.Generator, settings: TrainSettings
+    data: EncodedDataset, indices: list[int], rng: np.random.Generator, joined: bool, max_frames: int
 ) -> tuple[list[np.ndarray], list[str]]:
-    """The batch's frames and answers; a `concat_probability` share of rows joins 2-4 clips."""
+    """The batch's frames and answers; `joined`: each row is its clip followed by 1-3 random clips
+    (up to `max_frames`), a long, multi-sentence example."""
     frames, answers = [], []
     for index in indices:
         clip_frames, text = data[index]
         parts, words = [clip_frames], [text] if text else []
-        if rng.random() < settings.concat_probability:
+        if joined:
             for extra in rng.choice(len(data), size=int(rng.integers(1, 4)), replace=False):
                 more, more_text = data[int(extra)]
-                if sum(len(p) for p in parts) + len(more) > settings.max_concat_frames:
+                if sum(len(p) for p in parts) + len(more) > max_frames:
                     break
                 parts.append(more)
                 words += [more_text] if more_text else []
@@ -273,7 +274,12 @@ def train(
                 group["lr"] = learning_rate_at(step, settings)
             indices = next(batches)
             if isinstance(train_data, EncodedDataset):
-                rows, texts = encoded_rows(train_data, indices, rng, settings)
+                # A whole batch of joined rows (a quarter as many, each several clips long): mixed with
+                # single clips, every row would be padded to the longest.
+                joined = rng.random() < settings.concat_probability
+                if joined:
+                    indices = indices[: max(1, len(indices) // 4)]
+                rows, texts = encoded_rows(train_data, indices, rng, joined, settings.max_concat_frames)
             else:
                 rows, texts = [], []
                 for index in indices:
