@@ -104,6 +104,8 @@ MALFORMED = [
         _set("prompt.before_audio", ["<|im_start|>"]),
         "prompt.before_audio must be a string",
     ),
+    ("an unknown prompt format", _set("prompt.format", "chat"), "prompt.format must be one of"),
+    ("an unknown template source", _set("prompt.template_source", "internet"), "prompt.template_source must be one of"),
     (
         "a token id that is text",
         _set("special_tokens.im_end.id", "151645"),

@@ -23,6 +23,7 @@ from edgelalm.constants import (
     Device,
     EncoderPrecision,
     ExtraBuffers,
+    PromptFormat,
     QuantType,
     ScaffoldPreset,
 )
@@ -114,6 +115,14 @@ def export(
     llama_extra_buffers: Annotated[
         ExtraBuffers, typer.Option(help="For the decode check after writing the decoder. " + _EXTRA_BUFFERS_HELP)
     ] = "auto",
+    prompt_format: Annotated[
+        PromptFormat | None,
+        typer.Option(
+            help="How the model is prompted: instruct (a chat template around the audio and the prompt; a checkpoint "
+            "without one gets Qwen2-Audio-Instruct's) or base (Qwen2-Audio-7B: the audio, then a task text). Default: "
+            "detected (base for a template-less folder named Qwen2-Audio-7B)."
+        ),
+    ] = None,
 ) -> None:
     """Export a Qwen2-Audio checkpoint (default: the small model shipped with edgelalm) as one bundle
     folder: the audio encoder and the compressor + projector as ONNX (onnxruntime), the decoder with
@@ -134,12 +143,14 @@ def export(
                     f"{', '.join(shipped_adapters()) or 'none'}); "
                     "exporting without one, so expect more errors (edgelalm finetune makes one)"
                 )
-    if out is None:
-        out = DEFAULT_EXPORT_ROOT / f"{model.resolve().name}-{bundle_name(spec.label, quant, encoder_precision)}"
-
     from edgelalm.export.bundle import ExportOptions, export_bundle
+    from edgelalm.export.checkpoint import model_name
 
-    options = ExportOptions(model, out, spec, encoder_precision, quant, adapter, force, share_from, llama_extra_buffers)
+    if out is None:
+        out = DEFAULT_EXPORT_ROOT / f"{model_name(model.resolve())}-{bundle_name(spec.label, quant, encoder_precision)}"
+    options = ExportOptions(
+        model, out, spec, encoder_precision, quant, adapter, force, share_from, llama_extra_buffers, prompt_format
+    )
     written = export_bundle(options)
     typer.echo(str(written))
 
@@ -225,6 +236,7 @@ def inspect(
 ) -> None:
     """Print a bundle's manifest readably and verify every file's checksum."""
     from edgelalm.manifest import read_manifest
+    from edgelalm.prompt import TEMPLATE_SOURCE_DESCRIPTIONS
 
     manifest = read_manifest(bundle)
     model, features, encoder, compressor = manifest.model, manifest.features, manifest.encoder, manifest.compressor
@@ -241,6 +253,8 @@ def inspect(
         f"compressor    {compressor.file}  {spec.label}: "
         + (f"{rate:.2f} audio tokens/s" if rate else "rate depends on the audio"),
         f"decoder       {describe_decoder(manifest.decoder)}",
+        f"prompt        {manifest.prompt.format} ({TEMPLATE_SOURCE_DESCRIPTIONS[manifest.prompt.template_source]}), "
+        f"default {manifest.prompt.default_prompt!r}",
         "files (checksums verified):",
         *(f"  {name:28s} {record.bytes / 1e6:10.2f} MB" for name, record in manifest.files.items()),
     ]

@@ -55,6 +55,13 @@ DEVICES: tuple[Device, ...] = get_args(Device)
 # llama.cpp's extra weight buffers (edgelalm.runtime.llama_backend).
 ExtraBuffers = Literal["auto", "on", "off"]
 EXTRA_BUFFER_CHOICES: tuple[ExtraBuffers, ...] = get_args(ExtraBuffers)
+
+# How a checkpoint is prompted: "instruct" (Qwen2-Audio-Instruct: a chat template around the audio
+# and the prompt) or "base" (Qwen2-Audio base: the audio, then a task text, no chat turns).
+PromptFormat = Literal["instruct", "base"]
+PROMPT_FORMATS: tuple[PromptFormat, ...] = get_args(PromptFormat)
+# Where a bundle's chat template came from (edgelalm.prompt).
+TemplateSource = Literal["checkpoint", "edgelalm", "none"]
 # Random-weights checkpoints with realistic shapes (edgelalm.scaffold.PRESETS).
 ScaffoldPreset = Literal["tiny", "small", "qwen2-audio-7b"]
 SCAFFOLD_PRESETS: tuple[ScaffoldPreset, ...] = get_args(ScaffoldPreset)

@@ -35,7 +35,9 @@ from edgelalm.constants import (
     RIGHT_CONTEXT_FRAMES,
     CompressorName,
     EncoderPrecision,
+    PromptFormat,
     QuantType,
+    TemplateSource,
 )
 from edgelalm.errors import EdgelalmError
 from edgelalm.files import sha256_of
@@ -135,11 +137,15 @@ class DecoderInfo:
 class PromptInfo:
     """The chat template rendered around one audio and a prompt, cut into its pieces."""
 
-    chat_template: str
+    chat_template: str  # empty for the base format
     before_audio: str
     after_audio: str
     after_prompt: str
     default_prompt: str
+    format: PromptFormat = "instruct"
+    # Where the template came from: "checkpoint" (its own file), "edgelalm" (Qwen2-Audio-Instruct's
+    # template shipped in edgelalm, for a checkpoint that carries none), "none" (base format).
+    template_source: TemplateSource = "checkpoint"
 
 
 @dataclass(frozen=True)

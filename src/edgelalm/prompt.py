@@ -1,6 +1,11 @@
 """The prompt around the audio: the checkpoint's chat template rendered for one user turn
 [audio, prompt] and cut into the pieces of text the runtime feeds around the audio embeddings.
 
+Two formats, as Qwen2-Audio is published: "instruct" (Qwen2-Audio-7B-Instruct: the chat template;
+a checkpoint that carries none gets Qwen2-Audio-Instruct's own template, shipped here as
+data/chatml_qwen2_audio.jinja, instead of relying on transformers' fallback) and "base"
+(Qwen2-Audio-7B: `<|audio_bos|><|AUDIO|><|audio_eos|>` then a task text, as its model card shows).
+
 Export writes the pieces into the manifest; training builds its sequences from the same pieces,
 so the model learns exactly the token sequence the runtime feeds. Torch-free: it needs only the
 processor's tokenizer.
@@ -8,19 +13,92 @@ processor's tokenizer.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import re
+from pathlib import Path
 from typing import Any
 
+from edgelalm.constants import PromptFormat, TemplateSource
 from edgelalm.errors import EdgelalmError
 from edgelalm.manifest import PromptInfo
 
 DEFAULT_PROMPT = "Transcribe the audio."
+# The base model's task text as its model card shows it (other tasks: --prompt).
+BASE_DEFAULT_PROMPT = "Generate the caption in English:"
+INSTRUCT_TEMPLATE_FILE = Path(__file__).parent / "data" / "chatml_qwen2_audio.jinja"
+TEMPLATE_SOURCE_DESCRIPTIONS: dict[TemplateSource, str] = {
+    "checkpoint": "the checkpoint's chat template",
+    "edgelalm": "Qwen2-Audio-Instruct's template from edgelalm; the checkpoint carries none",
+    "none": "no chat template",
+}
+# The files a Hugging Face checkpoint keeps its chat template in (transformers 4.4x and 5).
+_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+_TEMPLATE_CONFIGS = ("tokenizer_config.json", "processor_config.json")
+# The published base model's folder or repository name: Qwen2-Audio-7B, not ...-Instruct.
+_BASE_NAME = re.compile(r"qwen2-audio-7b", re.IGNORECASE)
+
+
+def instruct_template() -> str:
+    """Qwen2-Audio-Instruct's chat template, as edgelalm ships it."""
+    return INSTRUCT_TEMPLATE_FILE.read_text(encoding="utf-8")
+
+
+def checkpoint_has_template(folder: Path) -> bool:
+    """Whether the checkpoint folder itself carries a chat template (not transformers' fallback)."""
+    if any((folder / name).is_file() for name in _TEMPLATE_FILES):
+        return True
+    for name in _TEMPLATE_CONFIGS:
+        path = folder / name
+        if path.is_file():
+            try:
+                if json.loads(path.read_text(encoding="utf-8")).get("chat_template"):
+                    return True
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+                continue
+    return False
+
+
+def detect_prompt_format(folder: Path, name: str) -> PromptFormat:
+    """ "instruct" for a checkpoint with its own template or not named as the base release;
+    "base" for a template-less checkpoint named Qwen2-Audio-7B (the base model's layout)."""
+    if checkpoint_has_template(folder):
+        return "instruct"
+    return "base" if _BASE_NAME.fullmatch(name) else "instruct"
+
+
+def prompt_pieces(processor: Any, folder: Path, name: str, prompt_format: PromptFormat | None) -> PromptInfo:
+    """The pieces for a checkpoint in `prompt_format` (None: detected)."""
+    prompt_format = prompt_format or detect_prompt_format(folder, name)
+    if prompt_format == "base":
+        return base_prompt_pieces(processor)
+    if checkpoint_has_template(folder):
+        return chat_template_pieces(processor, str(folder))
+    pieces = chat_template_pieces(processor, str(folder), template=instruct_template())
+    return dataclasses.replace(pieces, template_source="edgelalm")
+
+
+def base_prompt_pieces(processor: Any) -> PromptInfo:
+    """Qwen2-Audio base: the audio, then the task text; no chat turns, no system prompt."""
+    return PromptInfo(
+        chat_template="",
+        before_audio=processor.audio_bos_token,
+        after_audio=processor.audio_eos_token,
+        after_prompt="",
+        default_prompt=BASE_DEFAULT_PROMPT,
+        format="base",
+        template_source="none",
+    )
+
+
 # Stands in for the user's prompt while the chat template is split around it.
 _PROMPT_SENTINEL = "\ue000PROMPT\ue000"
 
 
-def chat_template_pieces(processor: Any, source: str) -> PromptInfo:
-    """The pieces for a loaded Qwen2-Audio processor; `source` names the checkpoint in errors."""
-    template = processor.chat_template
+def chat_template_pieces(processor: Any, source: str, template: str | None = None) -> PromptInfo:
+    """The pieces for a loaded Qwen2-Audio processor (its template, or `template`); `source` names
+    the checkpoint in errors."""
+    template = template or processor.chat_template
     if not template:
         raise EdgelalmError(f"{source}: the processor has no chat template")
     messages = [

@@ -40,6 +40,7 @@ from edgelalm.constants import (
     MIN_MEL_FRAMES,
     QUANT_TYPES,
     RIGHT_CONTEXT_FRAMES,
+    PromptFormat,
     QuantType,
 )
 from edgelalm.errors import EdgelalmError
@@ -66,7 +67,7 @@ from edgelalm.manifest import (
     write_manifest,
 )
 from edgelalm.progress import Steps
-from edgelalm.prompt import chat_template_pieces
+from edgelalm.prompt import TEMPLATE_SOURCE_DESCRIPTIONS, prompt_pieces
 from edgelalm.runtime.canary import run_canary
 from edgelalm.runtime.llama_backend import ExtraBuffers
 
@@ -97,6 +98,8 @@ class ExportOptions:
     share_from: Path | None = None
     # The decode check runs with the runtime's setting (see edgelalm.runtime.llama_backend).
     llama_extra_buffers: ExtraBuffers = "auto"
+    # instruct or base (edgelalm.prompt); None: detected from the checkpoint.
+    prompt_format: PromptFormat | None = None
 
 
 def export_bundle(options: ExportOptions) -> Path:
@@ -118,7 +121,8 @@ def _write_bundle(options: ExportOptions) -> None:
     with atomic_folder(options.out_dir, options.force) as staging, quiet_exporter():
         with steps.step(f"Reading checkpoint {options.model_dir}"):
             checkpoint = open_checkpoint(options.model_dir)
-            prompt = split_chat_template(checkpoint)
+            prompt = prompt_pieces(checkpoint.processor, checkpoint.path, checkpoint.name, options.prompt_format)
+            steps.note(_prompt_note(prompt, options.prompt_format))
             adapter = open_checkpoint_adapter(checkpoint, options.adapter_dir)
             if adapter:
                 steps.note(
@@ -348,9 +352,11 @@ def build_manifest(
     )
 
 
-def split_chat_template(checkpoint: Checkpoint) -> PromptInfo:
-    """The chat template rendered for one user turn [audio, prompt], cut around the audio and the prompt."""
-    return chat_template_pieces(checkpoint.processor, str(checkpoint.path))
+def _prompt_note(prompt: PromptInfo, asked: PromptFormat | None) -> str:
+    how = "as asked" if asked else "detected; --prompt-format to choose"
+    if prompt.format == "base":
+        return f"prompt format base ({how}): the audio, then {prompt.default_prompt!r}; no chat template"
+    return f"prompt format instruct ({how}): {TEMPLATE_SOURCE_DESCRIPTIONS[prompt.template_source]}"
 
 
 def special_tokens(checkpoint: Checkpoint) -> SpecialTokens:
@@ -365,9 +371,12 @@ def special_tokens(checkpoint: Checkpoint) -> SpecialTokens:
         "endoftext": "<|endoftext|>",
     }
     tokens: dict[str, SpecialToken] = {}
+    vocabulary = tokenizer.get_vocab()  # added tokens included
     for role, text in named.items():
-        token_id = tokenizer.convert_tokens_to_ids(text)
-        if token_id is None or token_id == tokenizer.unk_token_id:
+        # Membership, not "is not the unknown id": a Qwen2 tokenizer saved from transformers' defaults
+        # has <|endoftext|> as its unk_token, and that is still a real token.
+        token_id = vocabulary.get(text)
+        if token_id is None:
             raise EdgelalmError(f"{checkpoint.path}: the tokenizer has no {text} token")
         tokens[role] = SpecialToken(text=text, id=int(token_id))
     return SpecialTokens(**tokens, end_of_turn_ids=_end_of_turn_ids(checkpoint, tokens))

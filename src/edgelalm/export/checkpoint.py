@@ -48,7 +48,7 @@ class Checkpoint:
 
     @property
     def name(self) -> str:
-        return self.path.name
+        return model_name(self.path)
 
     def tensors(self, prefixes: tuple[str, ...]) -> Iterator[tuple[str, torch.Tensor]]:
         """(name without prefix, tensor) for every tensor under the first prefix present."""
@@ -119,6 +119,16 @@ def _load_exactly(module: nn.Module, state: dict[str, torch.Tensor], path: Path,
                 f"the config says {tuple(expected[key].shape)}"
             )
     module.load_state_dict({k: v.float() for k, v in state.items()})
+
+
+def model_name(path: Path) -> str:
+    """The model's name for a checkpoint folder: the folder's own name, or for a Hugging Face cache
+    snapshot (.../models--Qwen--Qwen2-Audio-7B-Instruct/snapshots/<commit>) the repository's name,
+    not the commit hash."""
+    path = Path(path).absolute()
+    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+        return path.parent.parent.name.split("--")[-1]
+    return path.name
 
 
 def open_checkpoint(path: Path) -> Checkpoint:

@@ -1,0 +1,138 @@
+"""Checkpoint folders as they are found in the wild (issue 14): no chat template (the published
+Qwen2-Audio-7B-Instruct main branch), the base model's prompt, a tokenizer whose unk_token is
+<|endoftext|>, a Hugging Face cache snapshot. References: transformers' own processor output."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from transformers import Qwen2AudioProcessor
+
+from edgelalm.export.bundle import special_tokens
+from edgelalm.export.checkpoint import model_name, open_checkpoint
+from edgelalm.prompt import (
+    BASE_DEFAULT_PROMPT,
+    chat_template_pieces,
+    checkpoint_has_template,
+    detect_prompt_format,
+    prompt_pieces,
+)
+
+
+def _copy(tiny_checkpoint: Path, target: Path, template: bool = True) -> Path:
+    shutil.copytree(tiny_checkpoint, target)
+    if not template:
+        (target / "chat_template.jinja").unlink()
+        for name in ("tokenizer_config.json", "processor_config.json"):
+            config = json.loads((target / name).read_text())
+            config.pop("chat_template", None)
+            (target / name).write_text(json.dumps(config))
+    return target
+
+
+def _ids(processor, text: str) -> list[int]:
+    return processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_a_template_less_instruct_checkpoint_gets_qwen2_audio_instructs_template(tiny_checkpoint, tmp_path):
+    folder = _copy(tiny_checkpoint, tmp_path / "my-finetune", template=False)
+    assert checkpoint_has_template(tiny_checkpoint) and not checkpoint_has_template(folder)
+    checkpoint = open_checkpoint(folder)
+    pieces = prompt_pieces(checkpoint.processor, folder, checkpoint.name, None)
+    assert (pieces.format, pieces.template_source) == ("instruct", "edgelalm")
+    # transformers still falls back to its own Qwen2-Audio template here (for now): the same text.
+    fallback = checkpoint.processor.chat_template
+    assert fallback, "transformers dropped its fallback template: this comparison needs another reference"
+    reference = chat_template_pieces(checkpoint.processor, "fallback", template=fallback)
+    for piece in ("before_audio", "after_audio", "after_prompt"):
+        assert getattr(pieces, piece) == getattr(reference, piece)
+    # and what the processor renders for a real conversation is the pieces around the audio and prompt
+    conversation = [{"role": "user", "content": [{"type": "audio", "audio": "a.wav"}, {"type": "text", "text": "Hi?"}]}]
+    rendered = checkpoint.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    assert rendered == pieces.before_audio + "<|AUDIO|>" + pieces.after_audio + "Hi?" + pieces.after_prompt
+
+
+def test_the_base_model_is_detected_by_name_and_prompted_as_its_model_card_shows(tiny_checkpoint, tmp_path):
+    folder = _copy(tiny_checkpoint, tmp_path / "Qwen2-Audio-7B", template=False)
+    assert detect_prompt_format(folder, "Qwen2-Audio-7B") == "base"
+    assert detect_prompt_format(folder, "Qwen2-Audio-7B-Instruct") == "instruct"
+    assert detect_prompt_format(tiny_checkpoint, "Qwen2-Audio-7B") == "instruct"  # it has a template
+    processor = Qwen2AudioProcessor.from_pretrained(folder)
+    pieces = prompt_pieces(processor, folder, "Qwen2-Audio-7B", None)
+    assert (pieces.format, pieces.template_source, pieces.default_prompt) == ("base", "none", BASE_DEFAULT_PROMPT)
+    # transformers' processor on the model card's text: audio_bos, the audio tokens, audio_eos, the task
+    clip = np.random.default_rng(0).standard_normal(16000 * 2).astype(np.float32) * 0.1
+    text = "<|audio_bos|><|AUDIO|><|audio_eos|>" + BASE_DEFAULT_PROMPT
+    ids = processor(text=text, audio=[clip], sampling_rate=16000, return_tensors="np")["input_ids"][0].tolist()
+    audio_id = processor.tokenizer.convert_tokens_to_ids("<|AUDIO|>")
+    audio_count = ids.count(audio_id)
+    ours = _ids(processor, pieces.before_audio) + [audio_id] * audio_count
+    ours += _ids(processor, pieces.after_audio) + _ids(processor, pieces.default_prompt + pieces.after_prompt)
+    assert audio_count > 10 and ours == ids
+    # forced either way
+    assert prompt_pieces(processor, folder, "Qwen2-Audio-7B", "instruct").format == "instruct"
+    assert prompt_pieces(processor, tiny_checkpoint, "anything", "base").format == "base"
+
+
+def test_an_endoftext_unk_token_is_still_a_token(tiny_checkpoint, tmp_path):
+    """transformers' Qwen2TokenizerFast defaults unk_token to <|endoftext|>: a tokenizer saved from
+    a default-constructed one says so, and the old check (id == unk_token_id) refused it."""
+    folder = _copy(tiny_checkpoint, tmp_path / "unk")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["unk_token"] = "<|endoftext|>"
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    checkpoint = open_checkpoint(folder)
+    tokenizer = checkpoint.processor.tokenizer
+    assert tokenizer.unk_token_id == tokenizer.convert_tokens_to_ids("<|endoftext|>")  # the case itself
+    tokens = special_tokens(checkpoint)
+    assert tokens.endoftext.id == tokenizer.get_vocab()["<|endoftext|>"]
+
+
+def test_a_hugging_face_cache_snapshot_is_named_after_its_repository(tiny_checkpoint, tmp_path):
+    repository = tmp_path / "hub" / "models--Qwen--Qwen2-Audio-7B-Instruct"
+    snapshot = repository / "snapshots" / "0a095220c30b7b31434169c3086508ef3ea5bf0a"
+    blobs = repository / "blobs"
+    blobs.mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for number, file in enumerate(sorted(tiny_checkpoint.iterdir())):
+        blob = blobs / f"{number:040x}"
+        shutil.copy(file, blob)
+        os.symlink(os.path.relpath(blob, snapshot), snapshot / file.name)
+    checkpoint = open_checkpoint(snapshot)
+    assert checkpoint.name == model_name(snapshot) == "Qwen2-Audio-7B-Instruct"
+    assert model_name(tiny_checkpoint) == tiny_checkpoint.name
+    assert special_tokens(checkpoint).audio.text == "<|AUDIO|>"
+
+
+@pytest.mark.parametrize(
+    "folder_name, option, expected",
+    [
+        ("my-finetune", [], ("instruct", "edgelalm", "prompt format instruct (detected")),
+        ("Qwen2-Audio-7B", [], ("base", "none", "prompt format base (detected")),
+        ("Qwen2-Audio-7B", ["--prompt-format", "instruct"], ("instruct", "edgelalm", "(as asked)")),
+    ],
+)
+def test_export_of_a_template_less_checkpoint_says_which_prompt_it_wrote(
+    tiny_checkpoint, tmp_path, monkeypatch, capsys, folder_name, option, expected
+):
+    from test_export_cli import in_process
+
+    from edgelalm.manifest import read_manifest
+
+    folder = _copy(tiny_checkpoint, tmp_path / folder_name, template=False)
+    out = tmp_path / "bundle"
+    code, _, stderr = in_process(
+        monkeypatch, capsys, "export", "--model", folder, "--compressor", "none", "--out", out, *option
+    )
+    assert code == 0, stderr
+    prompt = read_manifest(out).prompt
+    assert (prompt.format, prompt.template_source) == expected[:2]
+    assert expected[2] in stderr
+    if prompt.format == "base":
+        assert prompt.before_audio == "<|audio_bos|>" and prompt.chat_template == ""
