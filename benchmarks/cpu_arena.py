@@ -16,22 +16,19 @@ import json
 import sys
 from pathlib import Path
 
+from side_by_side import add_common_options, clip_seconds
+
 from edgelalm.bench import BenchPlan, measure_in_subprocess
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("bundle", type=Path)
-    parser.add_argument("--seconds", default="5,30,120")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--max-tokens", type=int, default=8)
-    parser.add_argument("--out", type=Path, default=None)
+    add_common_options(parser, seconds="5,30,120", max_tokens=8, model=False)
     args = parser.parse_args(argv)
-    plan = BenchPlan(
-        model=str(args.bundle), out_dir=args.out or Path("."), repeats=args.repeats, max_tokens=args.max_tokens
-    )
+    plan = BenchPlan(model=str(args.bundle), out_dir=args.out, repeats=args.repeats, max_tokens=args.max_tokens)
     rows = []
-    for seconds in [float(s) for s in args.seconds.split(",")]:
+    for seconds in clip_seconds(args):
         for cpu_arena in (True, False):
             result = measure_in_subprocess("edgelalm", args.bundle, "-", seconds, plan, cpu_arena=cpu_arena)
             if "error" in result:

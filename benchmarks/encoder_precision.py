@@ -14,38 +14,25 @@ accuracy is measured on the default model by recipes/default_model/wer_table.py 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
-from pathlib import Path
 
-from edgelalm.bench import BenchPlan, ensure_variant_bundles, measure_in_subprocess
-from edgelalm.errors import EdgelalmError
+from side_by_side import add_common_options, clip_seconds, variant_bundles
+
+from edgelalm.bench import measure_in_subprocess
 from edgelalm.manifest import Manifest, is_encoder_file, read_manifest
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--model", default="small", help="a preset (tiny, small, qwen2-audio-7b) or a checkpoint folder"
-    )
     parser.add_argument("--precisions", default="fp32,int8", help="comma-separated; the first is the baseline")
-    parser.add_argument("--seconds", default="5,30,120")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--max-tokens", type=int, default=8)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/latest"))
+    add_common_options(parser, seconds="5,30,120", max_tokens=8)
     args = parser.parse_args(argv)
     precisions = args.precisions.split(",")
-    try:
-        plan = BenchPlan(
-            model=args.model, out_dir=args.out, compressors=("none",), repeats=args.repeats, max_tokens=args.max_tokens
-        )
-        bundles = ensure_variant_bundles(plan, {p: dataclasses.replace(plan, encoder_precision=p) for p in precisions})
-    except EdgelalmError as error:
-        raise SystemExit(f"encoder_precision: error: {error}") from None
+    plan, bundles = variant_bundles(args, "encoder_precision", {p: {"encoder_precision": p} for p in precisions})
 
     rows = []
-    for seconds in [float(s) for s in args.seconds.split(",")]:
+    for seconds in clip_seconds(args):
         for precision in precisions:
             result = measure_in_subprocess("edgelalm", bundles[precision], "none", seconds, plan)
             if "error" in result:

@@ -18,37 +18,25 @@ import argparse
 import dataclasses
 import json
 import sys
-from pathlib import Path
 
-from edgelalm.bench import BenchPlan, ensure_variant_bundles, machine_description, measure_in_subprocess
-from edgelalm.errors import EdgelalmError
+from side_by_side import add_common_options, clip_seconds, variant_bundles
+
+from edgelalm.bench import machine_description, measure_in_subprocess
 
 SETTINGS = ("on", "off")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--model", default="small", help="a preset (tiny, small, qwen2-audio-7b) or a checkpoint folder"
-    )
     parser.add_argument("--quants", default="q8_0,q4_0")
-    parser.add_argument("--seconds", default="5,30")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/latest"))
+    add_common_options(parser, seconds="5,30", max_tokens=32)
     args = parser.parse_args(argv)
     quants = args.quants.split(",")
-    try:
-        plan = BenchPlan(
-            model=args.model, out_dir=args.out, compressors=("none",), repeats=args.repeats, max_tokens=args.max_tokens
-        )
-        bundles = ensure_variant_bundles(plan, {quant: dataclasses.replace(plan, quant=quant) for quant in quants})
-    except EdgelalmError as error:
-        raise SystemExit(f"llama_extra_buffers: error: {error}") from None
+    plan, bundles = variant_bundles(args, "llama_extra_buffers", {quant: {"quant": quant} for quant in quants})
 
     rows = []
     for quant in quants:
-        for seconds in [float(s) for s in args.seconds.split(",")]:
+        for seconds in clip_seconds(args):
             for setting in SETTINGS:
                 result = measure_in_subprocess(
                     "edgelalm", bundles[quant], "none", seconds, dataclasses.replace(plan, llama_extra_buffers=setting)
