@@ -102,3 +102,39 @@ def test_the_default_prompt_is_tokenized_as_training_saw_it():
         for text, split in ((pieces.after_audio, False), (pieces.default_prompt, True), (pieces.after_prompt, False))
     ]
     assert parts[0] + parts[1] + parts[2] == whole
+
+
+def test_the_prompt_prefix_cache_changes_no_answer(tiny_bundles):
+    """The text before the audio stays in the KV cache between runs; each answer must be the one a
+    fresh context gives, whatever ran before (a longer clip, a different prompt)."""
+    clips = [speechlike(seconds, seed) for seed, seconds in enumerate((2.0, 6.5, 1.2))]
+    order = [0, 1, 0, 2, 2, 1]
+    prompts = [None, "Describe the audio.", None, None, "Transcribe the audio.", None]
+    bundle = tiny_bundles("avg", 2, "f32")
+    with Runtime(bundle, prefix_cache=False, kv_cache_type="f32") as fresh:
+        expected = [fresh.run(clips[i], prompt=p, max_tokens=12) for i, p in zip(order, prompts, strict=True)]
+    assert all(r.reused_prompt_tokens == 0 for r in expected)
+    with Runtime(bundle, kv_cache_type="f32") as cached:
+        got = [cached.run(clips[i], prompt=p, max_tokens=12) for i, p in zip(order, prompts, strict=True)]
+        prefix = len(cached.before_audio)
+    assert [(r.text, r.audio_tokens, r.prompt_tokens) for r in got] == [
+        (r.text, r.audio_tokens, r.prompt_tokens) for r in expected
+    ]
+    assert got[0].reused_prompt_tokens == 0 and all(r.reused_prompt_tokens == prefix for r in got[1:])
+
+
+def test_a_reused_prefix_gives_the_logits_of_a_fresh_context(tiny_bundles):
+    from edgelalm.runtime.decoder import LlamaDecoder
+
+    bundle = tiny_bundles("avg", 2, "f32")
+    with LlamaDecoder(bundle / "decoder.gguf", n_ctx=256, kv_cache_type="f32") as decoder:
+        prefix = decoder.tokenize("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n")
+        assert decoder.start_with(prefix) == 0
+        decoder.feed_tokens(decoder.tokenize("first sequence, long enough to leave cells behind"))
+        assert decoder.start_with(prefix) == len(prefix)
+        decoder.feed_tokens(decoder.tokenize("second"))
+        reused = decoder.last_logits()
+        assert decoder.start_with(prefix, reuse=False) == 0
+        decoder.feed_tokens(decoder.tokenize("second"))
+        fresh = decoder.last_logits()
+    assert (reused == fresh).all()

@@ -124,13 +124,17 @@ class LlamaContext:
         self.n_ctx = 0
         self.n_batch = 0
         self.n_past = 0
+        # The tokens at the start of the KV cache that `start_with` may keep for the next sequence.
+        self.cached_prefix: list[int] = []
         self.ensure_context(n_ctx)
 
-    def ensure_context(self, n_ctx: int) -> None:
+    def ensure_context(self, n_ctx: int, keep_cells: bool = False) -> None:
         """A fresh, empty context of at least `n_ctx` tokens (KV memory grows with it, so
-        each clip gets what it needs, rounded up to 256)."""
+        each clip gets what it needs, rounded up to 256). `keep_cells`: a context that is large
+        enough keeps its KV cells (for `start_with`); a new one starts empty."""
         if self.context and self.n_ctx >= n_ctx:
-            self.reset()
+            if not keep_cells:
+                self.reset()
             return
         if self.context:
             llama_cpp.llama_free(self.context)
@@ -150,6 +154,7 @@ class LlamaContext:
         self.n_ctx = llama_cpp.llama_n_ctx(self.context)
         self.n_batch = context_params.n_batch
         self.n_past = 0
+        self.cached_prefix = []
 
     def close(self) -> None:
         if self.context:
@@ -161,6 +166,22 @@ class LlamaContext:
     def reset(self) -> None:
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.context), True)
         self.n_past = 0
+        self.cached_prefix = []
+
+    def start_with(self, prefix: Sequence[int], reuse: bool = True) -> int:
+        """Begin a new sequence with `prefix` (the text before the audio, the same for every clip):
+        with `reuse`, the KV cells the last sequence left for the same prefix are kept and everything
+        after them removed, so the prefix is not evaluated again. Returns how many tokens were reused."""
+        prefix = list(prefix)
+        if reuse and prefix and self.cached_prefix == prefix and self.n_past >= len(prefix):
+            memory = llama_cpp.llama_get_memory(self.context)
+            if llama_cpp.llama_memory_seq_rm(memory, 0, len(prefix), -1):
+                self.n_past = len(prefix)
+                return len(prefix)
+        self.reset()
+        self.feed_tokens(prefix)
+        self.cached_prefix = prefix if reuse else []
+        return 0
 
     def feed_tokens(self, token_ids: Sequence[int]) -> None:
         for start in range(0, len(token_ids), self.n_batch):

@@ -54,6 +54,8 @@ class RunResult:
     decode_tokens_per_second: float = 0.0
     peak_rss_mb: float = 0.0
     context_tokens: int = 0
+    # Prompt tokens before the audio kept in the KV cache from the previous run (the prefix cache).
+    reused_prompt_tokens: int = 0
     # What the caller should know about the input (a truncated file); the CLI prints them on stderr.
     warnings: list[str] = field(default_factory=list)
 
@@ -81,11 +83,14 @@ class Runtime:
         cpu_arena: bool = False,
         llama_extra_buffers: ExtraBuffers = "auto",
         max_concurrent_runs: int = 2,
+        prefix_cache: bool = True,
     ) -> None:
         """`llama_extra_buffers`: whether llama.cpp may put weights in its extra buffer types
         (repack, AMX); "auto" keeps them except where llama.cpp's AMX buffer would crash.
         `max_concurrent_runs`: how many threads may run at once, each with a llama.cpp context
-        (its own KV cache) on the one loaded model; more callers wait for a free context."""
+        (its own KV cache) on the one loaded model; more callers wait for a free context.
+        `prefix_cache`: keep the prompt's text before the audio (the same for every clip) in each
+        context's KV cache, so a run evaluates only the audio and the text after it."""
         if max_concurrent_runs < 1:
             raise EdgelalmError(f"max_concurrent_runs must be >= 1, got {max_concurrent_runs}")
         self.bundle = Path(bundle)
@@ -93,6 +98,7 @@ class Runtime:
         # segfault). Each run takes an idle context, or makes one while fewer than
         # max_concurrent_runs exist, or waits for one; the weights are loaded once and shared.
         self.max_concurrent_runs = max_concurrent_runs
+        self.prefix_cache = prefix_cache
         self._idle: queue.LifoQueue[LlamaContext] = queue.LifoQueue()
         self._contexts: list[LlamaContext] = []
         self._contexts_lock = threading.Lock()
@@ -295,8 +301,8 @@ class Runtime:
         self._check_context(encoder_frames, lambda _: audio_tokens, text_tokens, max_tokens, exact=True)
 
         with clock("prefill"):
-            context.ensure_context(text_tokens + audio_tokens + max_tokens)
-            context.feed_tokens(self.before_audio)
+            context.ensure_context(text_tokens + audio_tokens + max_tokens, keep_cells=True)
+            reused_tokens = context.start_with(self.before_audio, reuse=self.prefix_cache)
             context.feed_embeddings(audio_embeddings)
             context.feed_tokens(prompt_ids)
         text, generated, first_token_at, decode_started = self._generate(
@@ -323,6 +329,7 @@ class Runtime:
             else 0.0,
             peak_rss_mb=round(peak_rss_mb(), 1),
             context_tokens=context.n_ctx,
+            reused_prompt_tokens=reused_tokens,
             warnings=warnings,
         )
 
