@@ -36,7 +36,7 @@ class CompressorSpec:
         if self.factor < 1:
             raise EdgelalmError(f"the compression factor K must be an integer >= 1, got {self.factor}")
         if self.name not in FACTOR_COMPRESSORS and self.factor != 1:
-            raise EdgelalmError(f"--factor applies to {' and '.join(FACTOR_COMPRESSORS)} only, not to {self.name!r}")
+            raise EdgelalmError(f"a factor applies to {' and '.join(FACTOR_COMPRESSORS)} only, not to {self.name!r}")
 
     @property
     def label(self) -> str:

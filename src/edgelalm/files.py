@@ -40,7 +40,7 @@ def atomic_folder(target: Path, force: bool) -> Iterator[Path]:
     it, is removed."""
     target = target.absolute()
     if target.exists() and not force:
-        raise EdgelalmError(f"{target} already exists; pass --force to replace it")
+        raise EdgelalmError(f"{target} already exists (--force, force=True, replaces it)")
     if target.exists() and not target.is_dir():
         raise EdgelalmError(f"{target} is a file, not a folder")
     created_parents = [p for p in [target.parent, *target.parent.parents] if not p.exists()]

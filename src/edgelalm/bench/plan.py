@@ -46,7 +46,7 @@ def target_settings(target: str) -> dict[str, Any]:
     """runtimes/<target>/settings.json: the threads and device a target's benchmark uses."""
     path = Path("runtimes") / target / "settings.json"
     if not path.is_file():
-        raise EdgelalmError(f"--target {target}: no {path}")
+        raise EdgelalmError(f"target {target!r}: no {path}")
     return json.loads(path.read_text())
 
 

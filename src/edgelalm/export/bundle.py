@@ -105,7 +105,7 @@ class ExportOptions:
 def export_bundle(options: ExportOptions) -> Path:
     """Write the bundle for `options`; returns its folder."""
     if options.quant not in QUANT_TYPES:
-        raise EdgelalmError(f"unknown --quant {options.quant!r}; choose one of {', '.join(QUANT_TYPES)}")
+        raise EdgelalmError(f"unknown quant type {options.quant!r}; choose one of {', '.join(QUANT_TYPES)}")
     try:
         _write_bundle(options)
     except OSError as error:

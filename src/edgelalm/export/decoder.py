@@ -45,7 +45,7 @@ def write_decoder(
 ) -> None:
     """Write the decoder GGUF at `path` in `quant`; `on_tensor(done, total)` reports progress."""
     if quant not in QUANT_TYPES:
-        raise EdgelalmError(f"unknown --quant {quant!r}; choose one of {', '.join(QUANT_TYPES)}")
+        raise EdgelalmError(f"unknown quant type {quant!r}; choose one of {', '.join(QUANT_TYPES)}")
     if quant in ("f32", "f16"):
         write_float_gguf(checkpoint, path, quant, adapter, on_tensor)
         return
