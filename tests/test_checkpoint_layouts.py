@@ -14,7 +14,7 @@ pytest.importorskip("torch")
 
 from transformers import Qwen2AudioProcessor
 
-from edgelalm.export.bundle import special_tokens
+from edgelalm.export.describe import special_tokens
 from edgelalm.export.checkpoint import model_name, open_checkpoint
 from edgelalm.prompt import (
     BASE_DEFAULT_PROMPT,

@@ -44,7 +44,8 @@ def in_process(monkeypatch, capsys, *args):
 def assert_one_line_error(code, stderr, *fragments):
     """Exit != 0, no traceback, and one error line (after any steps that completed)."""
     assert code != 0
-    lines = [line for line in stderr.strip().splitlines() if not re.match(r"^\[\d+/\d+\] .* done \(", line)]
+    # completed steps and their notes (indented) stay visible above the error
+    lines = [line for line in stderr.strip().splitlines() if not re.match(r"^(\[\d+/\d+\] .* done \(|\s+\S)", line)]
     assert len(lines) == 1, stderr
     assert lines[0].startswith("edgelalm: error: ")
     assert "Traceback" not in stderr

@@ -1,0 +1,173 @@
+"""What the manifest says about a bundle: the model, features, graphs, decoder, prompt, special
+tokens and the tools that wrote it (edgelalm.manifest holds the types; this fills them)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+from edgelalm.compression import COMPRESSOR_DESCRIPTIONS
+from edgelalm.constants import (
+    COMPRESSOR_FILE,
+    COMPRESSOR_INPUT,
+    COMPRESSOR_OUTPUT,
+    DECODER_FILE,
+    ENCODER_FILE,
+    ENCODER_FRAMES_PER_SECOND,
+    ENCODER_INPUT,
+    ENCODER_OUTPUT,
+    ENCODER_RIGHT_CONTEXT_INPUT,
+    GGUF_ARCHITECTURE,
+    MEL_FILTERS_FILE,
+    MIN_MEL_FRAMES,
+    RIGHT_CONTEXT_FRAMES,
+)
+from edgelalm.errors import EdgelalmError
+from edgelalm.export.adapter import LoraAdapter
+from edgelalm.export.checkpoint import Checkpoint
+from edgelalm.manifest import (
+    CompressorInfo,
+    DecoderInfo,
+    EncoderInfo,
+    FeaturesInfo,
+    Manifest,
+    ModelInfo,
+    ProbeInfo,
+    PromptInfo,
+    SpecialToken,
+    SpecialTokens,
+)
+
+TOOL_PACKAGES = (
+    "edgelalm",
+    "torch",
+    "transformers",
+    "peft",
+    "onnx",
+    "onnxscript",
+    "onnxruntime",
+    "gguf",
+    "llama_cpp_python",
+)
+
+if TYPE_CHECKING:  # bundle.py imports this module
+    from edgelalm.export.bundle import ExportOptions
+
+
+def build_manifest(
+    checkpoint: Checkpoint,
+    options: ExportOptions,
+    prompt: PromptInfo,
+    probe: dict[str, Any],
+    adapter: LoraAdapter | None,
+) -> Manifest:
+    """What the bundle holds (the files' checksums are added when it is written)."""
+    config = checkpoint.config
+    text_config = config.text_config
+    extractor = checkpoint.processor.feature_extractor
+    spec = options.compressor
+    return Manifest(
+        created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        model=ModelInfo(
+            name=checkpoint.name,
+            source=str(checkpoint.path.resolve()),
+            architecture="Qwen2AudioForConditionalGeneration",
+            audio_width=config.audio_config.d_model,
+            hidden_size=text_config.hidden_size,
+            vocab_size=text_config.vocab_size,
+        ),
+        features=FeaturesInfo(
+            kind="whisper_log_mel",
+            sampling_rate=extractor.sampling_rate,
+            num_mel_bins=extractor.feature_size,
+            n_fft=extractor.n_fft,
+            hop_length=extractor.hop_length,
+            window_seconds=float(extractor.chunk_length),
+            window_mel_frames=2 * config.audio_config.max_source_positions,
+            mel_filters_file=MEL_FILTERS_FILE,
+        ),
+        encoder=EncoderInfo(
+            file=ENCODER_FILE,
+            precision=options.encoder_precision,
+            inputs={
+                ENCODER_INPUT: "[num_mel_bins, T]",
+                ENCODER_RIGHT_CONTEXT_INPUT: f"[num_mel_bins, {RIGHT_CONTEXT_FRAMES}]",
+            },
+            output={ENCODER_OUTPUT: "[floor(((T - 1) // 2 + 1) / 2), audio_width]"},
+            right_context_frames=RIGHT_CONTEXT_FRAMES,
+            min_mel_frames=MIN_MEL_FRAMES,
+            max_mel_frames=2 * config.audio_config.max_source_positions,
+            frames_per_second=ENCODER_FRAMES_PER_SECOND,
+            probe=ProbeInfo(seconds=probe["seconds"], max_abs_diff_vs_pytorch_fp32=probe["encoder_max_abs_diff"]),
+        ),
+        compressor=CompressorInfo(
+            file=COMPRESSOR_FILE,
+            name=spec.name,
+            factor=spec.factor,
+            description=COMPRESSOR_DESCRIPTIONS[spec.name],
+            audio_tokens_per_second=spec.audio_tokens_per_second,
+            includes_projector=True,
+            inputs={COMPRESSOR_INPUT: "[L, audio_width]"},
+            output={COMPRESSOR_OUTPUT: "[N, hidden_size]"},
+        ),
+        decoder=DecoderInfo(
+            file=DECODER_FILE,
+            format="gguf",
+            architecture=GGUF_ARCHITECTURE,
+            quant=options.quant,
+            layers=text_config.num_hidden_layers,
+            hidden_size=text_config.hidden_size,
+            attention_heads=text_config.num_attention_heads,
+            kv_heads=text_config.num_key_value_heads,
+            context_length=text_config.max_position_embeddings,
+            vocab_size=text_config.vocab_size,
+            tied_embeddings="lm_head.weight" not in checkpoint.decoder_tensor_keys(),
+            adapter=adapter.describe() if adapter else None,
+        ),
+        prompt=prompt,
+        special_tokens=special_tokens(checkpoint),
+        tools={name: _version(name) for name in TOOL_PACKAGES},
+    )
+
+
+def special_tokens(checkpoint: Checkpoint) -> SpecialTokens:
+    processor = checkpoint.processor
+    tokenizer = processor.tokenizer
+    named = {
+        "audio": processor.audio_token,
+        "audio_bos": processor.audio_bos_token,
+        "audio_eos": processor.audio_eos_token,
+        "im_start": "<|im_start|>",
+        "im_end": "<|im_end|>",
+        "endoftext": "<|endoftext|>",
+    }
+    tokens: dict[str, SpecialToken] = {}
+    vocabulary = tokenizer.get_vocab()  # added tokens included
+    for role, text in named.items():
+        # Membership, not "is not the unknown id": a Qwen2 tokenizer saved from transformers' defaults
+        # has <|endoftext|> as its unk_token, and that is still a real token.
+        token_id = vocabulary.get(text)
+        if token_id is None:
+            raise EdgelalmError(f"{checkpoint.path}: the tokenizer has no {text} token")
+        tokens[role] = SpecialToken(text=text, id=int(token_id))
+    return SpecialTokens(**tokens, end_of_turn_ids=_end_of_turn_ids(checkpoint, tokens))
+
+
+def _end_of_turn_ids(checkpoint: Checkpoint, tokens: dict[str, SpecialToken]) -> list[int]:
+    generation_file = checkpoint.path / "generation_config.json"
+    if generation_file.is_file():
+        eos = json.loads(generation_file.read_text()).get("eos_token_id")
+        if isinstance(eos, int):
+            return [eos]
+        if isinstance(eos, list) and eos:
+            return [int(i) for i in eos]
+    return [tokens["im_end"].id, tokens["endoftext"].id]
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None

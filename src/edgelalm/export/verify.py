@@ -1,0 +1,119 @@
+"""The export's checks: the encoder and compressor graphs against PyTorch on a probe clip, and the
+decoder GGUF in llama.cpp (its tokenizer against the checkpoint's)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgelalm.constants import (
+    COMPRESSOR_FILE,
+    COMPRESSOR_INPUT,
+    ENCODER_FILE,
+    ENCODER_INPUT,
+    ENCODER_RIGHT_CONTEXT_INPUT,
+    RIGHT_CONTEXT_FRAMES,
+)
+from edgelalm.errors import EdgelalmError
+from edgelalm.export.checkpoint import Checkpoint
+from edgelalm.export.compressor import CompressorProjector
+from edgelalm.export.encoder import ClipLengthAudioEncoder, EncoderPrecision
+from edgelalm.manifest import PromptInfo
+
+PROBE_SECONDS = 5.0
+
+
+def check_decoder(checkpoint: Checkpoint, gguf_path: Path, prompt: PromptInfo) -> dict[str, int]:
+    """llama.cpp loads the GGUF and tokenizes the prompt template as the checkpoint does (in this
+    process: loading and tokenizing run no matrix kernels; the decode canary runs those in a child)."""
+    from edgelalm.runtime.decoder import LlamaDecoder
+
+    tokenizer = checkpoint.processor.tokenizer
+    with LlamaDecoder(gguf_path, n_ctx=64) as decoder:
+        for text in (prompt.before_audio, prompt.after_audio + prompt.default_prompt + prompt.after_prompt):
+            expected = tokenizer(text, add_special_tokens=False).input_ids
+            if decoder.tokenize(text) != expected:
+                raise EdgelalmError(f"llama.cpp tokenizes {text!r} differently from the checkpoint's tokenizer")
+        return {"n_vocab": decoder.n_vocab, "n_embd": decoder.n_embd}
+
+
+def probe_features(checkpoint: Checkpoint, seconds: float) -> tuple[np.ndarray, np.ndarray]:
+    """A deterministic chirp-plus-noise clip as transformers' feature extractor sees it:
+    the clip's mel frames and the two frames that follow it in the padded window."""
+    extractor = checkpoint.processor.feature_extractor
+    seconds = min(seconds, float(extractor.chunk_length))
+    rate = extractor.sampling_rate
+    times = np.arange(int(seconds * rate)) / rate
+    chirp = 0.3 * np.sin(2 * np.pi * (150 + 400 * times) * times)
+    noise = 0.02 * np.random.default_rng(0).standard_normal(times.shape)
+    features = extractor(
+        (chirp + noise).astype(np.float32),
+        sampling_rate=rate,
+        return_attention_mask=True,
+        padding="max_length",
+        return_tensors="np",
+    )
+    window = features["input_features"][0]
+    valid = int(features["attention_mask"][0].sum())
+    padded = np.pad(window, ((0, 0), (0, RIGHT_CONTEXT_FRAMES)))
+    return window[:, :valid], padded[:, valid : valid + RIGHT_CONTEXT_FRAMES]
+
+
+# The encoder graph's largest tolerated difference from the fp32 PyTorch tower, as a share of the
+# reference's own root-mean-square size. Measured: fp32 about 1e-6, fp16 about 1e-3; int8's dynamic
+# quantization about 2-4% on the tiny and default models. A graph that computes something else
+# is off by about 1 (or 1.4 for unrelated values of the same size).
+ENCODER_RELATIVE_RMS_BOUNDS = {"fp32": 1e-4, "fp16": 2e-2, "int8": 0.25}
+
+
+def check_against_pytorch(
+    checkpoint: Checkpoint,
+    tower: torch.nn.Module,
+    compressor: CompressorProjector,
+    bundle_dir: Path,
+    precision: EncoderPrecision = "fp32",
+) -> dict[str, Any]:
+    """Run both graphs in onnxruntime and in PyTorch (fp32) on a probe; refuse on mismatch."""
+    import onnx
+    import onnxruntime
+
+    for name in (ENCODER_FILE, COMPRESSOR_FILE):
+        onnx.checker.check_model(str(bundle_dir / name))
+    mel, right_context = probe_features(checkpoint, PROBE_SECONDS)
+    with torch.no_grad():
+        frames_ref = ClipLengthAudioEncoder(tower)(torch.from_numpy(mel), torch.from_numpy(right_context)).numpy()
+    encoder = onnxruntime.InferenceSession(str(bundle_dir / ENCODER_FILE), providers=["CPUExecutionProvider"])
+    frames = encoder.run(None, {ENCODER_INPUT: mel, ENCODER_RIGHT_CONTEXT_INPUT: right_context})[0]
+    compressor_session = onnxruntime.InferenceSession(
+        str(bundle_dir / COMPRESSOR_FILE), providers=["CPUExecutionProvider"]
+    )
+    embeddings = compressor_session.run(None, {COMPRESSOR_INPUT: frames_ref})[0]
+    with torch.no_grad():
+        embeddings_ref = compressor(torch.from_numpy(frames_ref)).numpy()
+    if frames.shape != frames_ref.shape or embeddings.shape != embeddings_ref.shape:
+        raise EdgelalmError(
+            f"exported graphs disagree with PyTorch on shapes: encoder {frames.shape} vs {frames_ref.shape}, "
+            f"compressor {embeddings.shape} vs {embeddings_ref.shape}"
+        )
+    encoder_relative_rms = float(np.sqrt(np.mean((frames - frames_ref) ** 2) / max(np.mean(frames_ref**2), 1e-30)))
+    if not encoder_relative_rms <= ENCODER_RELATIVE_RMS_BOUNDS[precision]:
+        raise EdgelalmError(
+            f"encoder ONNX ({precision}) differs from PyTorch fp32 by {encoder_relative_rms:.1e} of the output's size "
+            f"(at most {ENCODER_RELATIVE_RMS_BOUNDS[precision]:g} expected): export is broken"
+        )
+    compressor_diff = float(np.abs(embeddings - embeddings_ref).max())
+    scale = max(1.0, float(np.abs(embeddings_ref).max()))
+    if compressor_diff > 1e-4 * scale:
+        raise EdgelalmError(f"compressor ONNX differs from PyTorch by {compressor_diff:.2e}: export is broken")
+    return {
+        "seconds": mel.shape[1] / 100.0,
+        "encoder_frames": int(frames.shape[0]),
+        "audio_tokens": int(embeddings.shape[0]),
+        "encoder_max_abs_diff": float(np.abs(frames - frames_ref).max()),
+        "encoder_max_abs_value": float(np.abs(frames_ref).max()),
+        "encoder_relative_rms_diff": encoder_relative_rms,
+        "compressor_max_abs_diff": compressor_diff,
+    }
