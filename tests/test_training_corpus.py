@@ -155,3 +155,26 @@ def test_joined_rows_join_frames_and_answers(encoded):
     assert texts_ == [encoded[0][1], encoded[1][1]]
     short, _ = encoded_rows(encoded, [0], rng, joined=True, max_frames=len(encoded[0][0]))
     assert len(short[0]) == len(encoded[0][0])  # nothing fits beside it
+
+
+def test_encoded_training_loss_trains_projector_and_decoder_not_the_tower(encoded, tiny_checkpoint):
+    from torch import nn
+
+    from edgelalm.training.model import PromptIds
+    from edgelalm.training.train import CharacterCtc, frames_batch_loss
+
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(tiny_checkpoint)
+    model.model.audio_tower.requires_grad_(False)
+    processor = Qwen2AudioProcessor.from_pretrained(tiny_checkpoint)
+    ctc = CharacterCtc(model.config.text_config.hidden_size, texts.ALPHABET)
+    rows = [encoded[i] for i in range(4)]
+    loss, parts = frames_batch_loss(
+        model, nn.Identity(), PromptIds.from_processor(processor), processor.tokenizer,
+        [f for f, _ in rows], [t for _, t in rows], ctc, 0.5,
+    )  # fmt: skip
+    assert set(parts) == {"answer_loss", "ctc_loss"}
+    assert loss.item() == pytest.approx(parts["answer_loss"] + 0.5 * parts["ctc_loss"], rel=1e-5)
+    loss.backward()
+    assert model.model.multi_modal_projector.linear.weight.grad.abs().sum() > 0
+    assert ctc.head.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.model.audio_tower.parameters())

@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         test_data,
         args.out,
         settings,
-        ctc_alphabet=None if encoded else alphabet,
+        # encoded data: CTC on the projected embeddings (texts.ALPHABET covers the free-word text too)
+        ctc_alphabet=(texts.ALPHABET if settings.ctc_weight > 0 else None) if encoded else alphabet,
         save=save,
     )
     save(args.out / "final")

@@ -157,9 +157,18 @@ def batch_loss(
 
 
 def frames_batch_loss(
-    model: nn.Module, compressor: nn.Module, prompt: PromptIds, tokenizer, frames: list[np.ndarray], texts: list[str]
+    model: nn.Module,
+    compressor: nn.Module,
+    prompt: PromptIds,
+    tokenizer,
+    frames: list[np.ndarray],
+    texts: list[str],
+    ctc: CharacterCtc | None = None,
+    ctc_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """`batch_loss` from the tower's precomputed output (the tower frozen)."""
+    """`batch_loss` from the tower's precomputed output (the tower frozen). The CTC head, if any,
+    reads the projected audio embeddings: with the tower frozen, it is the projector that must learn
+    to carry the speech's characters."""
     counts = [len(f) for f in frames]
     padded = torch.zeros(len(frames), max(counts), frames[0].shape[1])
     for row, rows in enumerate(frames):
@@ -169,7 +178,13 @@ def frames_batch_loss(
     answers = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
     inputs, mask, labels = decoder_inputs(model, prompt, audio, answers)
     loss = answer_loss(model, inputs, mask, labels)
-    return loss, {"answer_loss": float(loss.detach())}
+    parts = {"answer_loss": float(loss.detach())}
+    if ctc is not None:
+        embedded = nn.utils.rnn.pad_sequence(audio, batch_first=True)
+        ctc_loss = ctc.loss(embedded, torch.tensor([len(a) for a in audio]), texts)
+        parts["ctc_loss"] = float(ctc_loss.detach())
+        loss = loss + ctc_weight * ctc_loss
+    return loss, parts
 
 
 def encoded_rows(
@@ -221,8 +236,6 @@ def train(
     compressor = compressor if compressor is not None else nn.Identity()
     encoded = isinstance(train_data, EncodedDataset)
     if encoded:
-        if ctc_alphabet:
-            raise ValueError("the CTC head needs the tower's positions: not with encoded data")
         model.model.audio_tower.requires_grad_(False)
     prompt = PromptIds.from_processor(processor)
     tokenizer = processor.tokenizer
@@ -232,13 +245,18 @@ def train(
 
     def rows_loss(rows: list, texts: list[str], with_ctc: bool) -> tuple[torch.Tensor, dict[str, float]]:
         if encoded:
-            return frames_batch_loss(model, compressor, prompt, tokenizer, rows, texts)
+            return frames_batch_loss(
+                model, compressor, prompt, tokenizer, rows, texts,
+                ctc if with_ctc else None, settings.ctc_weight if with_ctc else 0.0,
+            )  # fmt: skip
         return batch_loss(
             model, compressor, prompt, tokenizer, feature_extractor, rows, texts,
             ctc if with_ctc else None, settings.ctc_weight if with_ctc else 0.0,
         )  # fmt: skip
 
-    ctc = CharacterCtc(model.config.audio_config.d_model, ctc_alphabet).to(model.device) if ctc_alphabet else None
+    # On the tower's last layer when the tower trains; on the projected embeddings when it is frozen.
+    ctc_width = model.config.text_config.hidden_size if encoded else model.config.audio_config.d_model
+    ctc = CharacterCtc(ctc_width, ctc_alphabet).to(model.device) if ctc_alphabet else None
     trained = parameters if parameters is not None else [p for p in model.parameters() if p.requires_grad]
     if ctc is not None:
         trained = trained + list(ctc.parameters())
