@@ -14,8 +14,8 @@ pytest.importorskip("torch")
 
 from transformers import Qwen2AudioProcessor
 
-from edgelalm.export.describe import special_tokens
 from edgelalm.export.checkpoint import model_name, open_checkpoint
+from edgelalm.export.describe import special_tokens
 from edgelalm.prompt import (
     BASE_DEFAULT_PROMPT,
     chat_template_pieces,
@@ -136,3 +136,31 @@ def test_export_of_a_template_less_checkpoint_says_which_prompt_it_wrote(
     assert expected[2] in stderr
     if prompt.format == "base":
         assert prompt.before_audio == "<|audio_bos|>" and prompt.chat_template == ""
+
+
+def test_an_older_save_with_added_tokens_json_exports(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    """Tokenizers saved before tokenizer.json: vocab.json + merges.txt, the special tokens in
+    added_tokens.json and special_tokens_map.json. Same ids as the fast tokenizer, and llama.cpp
+    tokenizes the prompt as transformers does (export's step 7 checks that)."""
+    from test_export_cli import in_process
+    from transformers import AutoTokenizer
+
+    folder = _copy(tiny_checkpoint, tmp_path / "older-save")
+    reference = AutoTokenizer.from_pretrained(tiny_checkpoint)
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"]
+    (folder / "tokenizer.json").unlink()
+    (folder / "added_tokens.json").write_text(json.dumps({t: reference.convert_tokens_to_ids(t) for t in specials}))
+    special_map = {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "additional_special_tokens": specials[1:]}
+    (folder / "special_tokens_map.json").write_text(json.dumps(special_map))
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("extra_special_tokens", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+
+    checkpoint = open_checkpoint(folder)
+    text = "<|im_start|>user\nAudio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\nTranscribe the audio.<|im_end|>"
+    assert checkpoint.processor.tokenizer(text)["input_ids"] == reference(text)["input_ids"]
+    assert special_tokens(checkpoint).audio.id == reference.convert_tokens_to_ids("<|AUDIO|>")
+    out = tmp_path / "bundle"
+    code, _, stderr = in_process(monkeypatch, capsys, "export", "--model", folder, "--compressor", "none", "--out", out)
+    assert code == 0, stderr
+    assert "prompt token ids equal the checkpoint tokenizer's" in stderr
