@@ -12,7 +12,9 @@ from __future__ import annotations
 import ctypes
 import re
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import llama_cpp
 import numpy as np
@@ -38,6 +40,14 @@ def _keep_load_log(level, text, user_data):
 
 def silence_llama_logs() -> None:
     llama_cpp.llama_log_set(_keep_load_log, ctypes.c_void_p())
+
+
+@dataclass(frozen=True)
+class LlamaAdapter:
+    """A LoRA adapter loaded on a `LlamaModel`; a context applies it with `use_adapter`."""
+
+    path: Path
+    pointer: Any
 
 
 class LlamaModel:
@@ -78,9 +88,23 @@ class LlamaModel:
         self.n_threads = n_threads or usable_cores()
         self.kv_cache_type = kv_cache_type
         self.gguf_path = gguf_path
+        self.adapters: list[LlamaAdapter] = []
+
+    def load_adapter(self, path: Path) -> LlamaAdapter:
+        """A LoRA adapter GGUF (edgelalm.export.adapter_gguf) for this model: llama.cpp checks the
+        architecture and every factor's shape against the weights. Freed with the model."""
+        pointer = llama_cpp.llama_adapter_lora_init(self.model, str(path).encode())
+        if not pointer:
+            raise EdgelalmError(f"llama.cpp could not load the LoRA adapter {path} for {self.gguf_path}")
+        adapter = LlamaAdapter(path, pointer)
+        self.adapters.append(adapter)
+        return adapter
 
     def close(self) -> None:
-        """Free the weights (after every context made from them)."""
+        """Free the weights and adapters (after every context made from them)."""
+        for adapter in self.adapters:
+            llama_cpp.llama_adapter_lora_free(adapter.pointer)
+        self.adapters.clear()
         if self.model:
             llama_cpp.llama_model_free(self.model)
             self.model = None
@@ -126,6 +150,8 @@ class LlamaContext:
         self.n_past = 0
         # The tokens at the start of the KV cache that `start_with` may keep for the next sequence.
         self.cached_prefix: list[int] = []
+        self.adapter: LlamaAdapter | None = None
+        self.adapter_scale = 1.0
         self.ensure_context(n_ctx)
 
     def ensure_context(self, n_ctx: int, keep_cells: bool = False) -> None:
@@ -155,6 +181,8 @@ class LlamaContext:
         self.n_batch = context_params.n_batch
         self.n_past = 0
         self.cached_prefix = []
+        if self.adapter is not None:  # a larger context keeps the adapter it had
+            self._apply_adapter()
 
     def close(self) -> None:
         if self.context:
@@ -162,6 +190,27 @@ class LlamaContext:
             self.context = None
 
     # -- evaluation ---------------------------------------------------------------------
+
+    def use_adapter(self, adapter: LlamaAdapter | None, scale: float = 1.0) -> None:
+        """Apply `adapter` to this context's next evaluations (None: the base weights). The weights
+        stay loaded once; only what this context adds to them changes. Cached cells computed
+        without it are dropped."""
+        if adapter is self.adapter and scale == self.adapter_scale:
+            return
+        self.adapter, self.adapter_scale = adapter, scale
+        self._apply_adapter()
+        self.reset()
+
+    def _apply_adapter(self) -> None:
+        adapter, scale = self.adapter, self.adapter_scale
+        if adapter is None:
+            status = llama_cpp.llama_set_adapters_lora(self.context, None, 0, None)
+        else:
+            pointers = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter.pointer)
+            scales = (ctypes.c_float * 1)(scale)
+            status = llama_cpp.llama_set_adapters_lora(self.context, pointers, 1, scales)
+        if status != 0:
+            raise EdgelalmError(f"llama.cpp could not apply the adapter {adapter.path if adapter else None}")
 
     def reset(self) -> None:
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.context), True)
