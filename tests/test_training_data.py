@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import pickle
@@ -366,3 +367,17 @@ def test_a_bad_split_is_the_same_error_everywhere(tmp_path):
         with pytest.raises(EdgelalmError, match="split must be 'train' or 'test', not 'valid'"):
             call()
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("version", texts.GRAMMAR_VERSIONS)
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_the_grammar_file_makes_the_sentences_the_python_grammar_made(split, version):
+    """grammar.json must make exactly what the grammar made when it was Python code: the shipped
+    model's data (and every recipe's seed) depend on it."""
+    recorded = json.loads((Path(__file__).parent / "data" / "grammar_digests.json").read_text())["digests"]
+    dump = {
+        "utterances": texts.utterances(split, 500, seed=3, grammar_version=version),
+        "vocabulary": texts.vocabulary(split, grammar_version=version),
+        "derivations": texts.derivation_count(split, grammar_version=version),
+    }
+    assert hashlib.sha256(json.dumps(dump).encode()).hexdigest() == recorded[f"{split}-v{version}"]

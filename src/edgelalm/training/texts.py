@@ -5,8 +5,12 @@ says them ("set a timer for twenty five minutes", "wake me up at seven thirty a 
 but word-internal apostrophes ("what's", "o'clock", "anna's"). So a rendered clip's transcript is
 its text, and word error rate is computed on `normalize_transcript(hypothesis)` against it.
 
-Sentences come from a small grammar (`_grammar`): a symbol expands to one of its alternatives, and
-`{name}` inside an alternative expands the symbol `name`. The split is by sentence:
+Sentences come from a small grammar: a symbol expands to one of its alternatives, and `{name}`
+inside an alternative expands the symbol `name`. The grammar is data, in `data/grammar.json`
+(symbols, templates, weights, and what grammar version 2 and the test split add) and
+`data/words.json` (its word lists); `_grammar` reads them and fills in what is computed (number
+words, durations, clock times, dates, unit conversions, the held-out values). The split is by
+sentence:
 
 - test-only slot values: a few contact names and cities (`HELD_OUT_NAMES`, `HELD_OUT_CITIES`) are
   in the test grammar only; a sentence holding one is always test;
@@ -22,10 +26,10 @@ import hashlib
 import json
 import random
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from edgelalm.errors import EdgelalmError
 
@@ -51,7 +55,10 @@ HELD_OUT_CITIES = ("montreal", "nairobi", "osaka", "lisbon", "minneapolis", "bri
 HELD_OUT_WORDS = frozenset(HELD_OUT_NAMES + HELD_OUT_CITIES)
 
 # Bumped whenever the grammar changes; a dataset records the version it was rendered from.
-# 1: the first default model's stages 1-3; 2: 233 more contact names and 117 more cities.
+# 1: the first default model's stages 1-3; 2: 233 more contact names and 117 more cities
+# (grammar.json's version_additions), so the model learns to spell names it has never heard (a
+# contact list needs it; the held-out names measure it). Version 1 is kept, so the data of the
+# default model's first stages can be rebuilt.
 GRAMMAR_VERSIONS = (1, 2)
 GRAMMAR_VERSION = GRAMMAR_VERSIONS[-1]
 
@@ -152,7 +159,11 @@ Grammar = dict[str, Sequence[Alternative]]
 _SLOT = re.compile(r"\{(\w+)\}")
 
 
-# The grammar's word lists (weekdays, names, cities, items, rooms, ...) are data: data/words.json.
+# The grammar is data: its symbols, templates and fixed alternatives, and what grammar version 2 and
+# the test split add, are in data/grammar.json; its word lists (weekdays, names, cities, items,
+# rooms, ...) in data/words.json. Only number words, durations, clock times, dates, unit
+# conversions and the held-out values are filled in here.
+_GRAMMAR_FILE = Path(__file__).parent / "data" / "grammar.json"
 _WORDS_FILE = Path(__file__).parent / "data" / "words.json"
 
 
@@ -164,13 +175,6 @@ def _word_lists() -> dict[str, tuple[str, ...]]:
 def word_list(name: str) -> list[str]:
     """A fresh copy of one of the grammar's word lists."""
     return list(_word_lists()[name])
-
-
-# Grammar version 2 adds these contact names and cities, so the model learns to spell names it has
-# never heard (a contact list needs it; the held-out names measure it). Version 1 is kept, so the
-# data of the default model's first stages can be rebuilt.
-_MORE_NAMES = word_list("more_names")
-_MORE_CITIES = word_list("more_cities")
 
 
 def _durations(singular: bool) -> list[str]:
@@ -243,6 +247,7 @@ _SINGULAR_UNITS = {
 
 
 def _conversions() -> list[str]:
+    """Questions converting between every two units of a kind ("convert {amount} feet to meters")."""
     groups = [
         "inches feet yards miles centimeters meters kilometers",
         "ounces pounds grams kilograms",
@@ -260,638 +265,72 @@ def _conversions() -> list[str]:
             f"what is {{amount}} {a} in {b}",
             f"how many {a} in a {_SINGULAR_UNITS[b]}",
         ]
-    out += [
-        "what is {amount} degrees fahrenheit in celsius",
-        "convert {amount} degrees celsius to fahrenheit",
-        "what's {amount} degrees celsius in fahrenheit",
-        "convert {amount} dollars to euros",
-        "how much is {amount} euros in dollars",
-        "how much is {amount} pounds in dollars",
-        "convert {amount} yen to dollars",
+    return out
+
+
+def _dates() -> list[str]:
+    """ "march twenty first" for every day of the year (february 29 too), then "the twenty first"."""
+    short = ("april", "june", "september", "november")
+    out = [
+        f"{m} {ordinal_words(d)}"
+        for m in word_list("months")
+        for d in range(1, 32)
+        if not (m == "february" and d > 29) and not (m in short and d > 30)
     ]
+    return out + [f"the {ordinal_words(d)}" for d in range(1, 32)]
+
+
+# What a {"generated": name} alternative of grammar.json stands for.
+_GENERATED: dict[str, Callable[[], Sequence[Alternative]]] = {
+    "durations": lambda: _durations(singular=False),
+    "singular_durations": lambda: _durations(singular=True),
+    "clock_times": _clock_times,
+    "dates": _dates,
+    "weekday_plurals": lambda: [f"{day}s" for day in word_list("weekdays")],
+    "unit_conversions": _conversions,
+    "held_out_names": lambda: HELD_OUT_NAMES,
+    "held_out_cities": lambda: HELD_OUT_CITIES,
+}
+
+
+@cache
+def _grammar_file() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(_GRAMMAR_FILE.read_text(encoding="utf-8"))
+    return data
+
+
+def _alternatives(entries: list[Any]) -> list[Alternative]:
+    """grammar.json's alternatives of one symbol, its word lists, numbers and generated parts filled in."""
+    out: list[Alternative] = []
+    for entry in entries:
+        if isinstance(entry, str):
+            out.append(entry)
+        elif isinstance(entry, list):
+            text, weight = entry
+            out.append((text, float(weight)))
+        elif "words" in entry:
+            out += [word.lower() for word in _word_lists()[entry["words"]]]
+        elif "numbers" in entry:
+            first, last = entry["numbers"]
+            numbers = [number_words(n) for n in range(first, last + 1, entry.get("step", 1))]
+            out += [(n, float(entry["weight"])) for n in numbers] if "weight" in entry else numbers
+        elif "generated" in entry:
+            out += _GENERATED[entry["generated"]]()
+        else:
+            raise AssertionError(f"grammar.json: unknown alternative {entry!r}")
     return out
 
 
 def _grammar(split: Split, version: int) -> Grammar:
-    weekdays = word_list("weekdays")
-    months = word_list("months")
-    names = word_list("names")
-    cities = word_list("cities")
-    items = word_list("items")
-    rooms = word_list("rooms")
-    lights = word_list("lights")
-    devices = word_list("devices")
-    genres = word_list("genres")
-    playlists = word_list("playlists")
-    pois = word_list("pois")
-    events = word_list("events")
-    foods = word_list("foods")
-    pets = word_list("pets")
-    colors = word_list("colors")
-    countries = word_list("countries")
-    spell_words = word_list("spell_words")
-    spell_words = [w.lower() for w in spell_words]
-    holidays = word_list("holidays")
-    topics = word_list("topics")
-
-    held_names = list(HELD_OUT_NAMES) if split == "test" else []
-    held_cities = list(HELD_OUT_CITIES) if split == "test" else []
-
-    g: Grammar = {
-        # --- shared slots
-        "name": ["{train_name}", "{held_name}"] if held_names else ["{train_name}"],
-        "train_name": names + (_MORE_NAMES if version >= 2 else []),
-        "held_name": held_names,
-        "contact": [
-            ("{name}", 6.0),
-            "mom",
-            "dad",
-            "grandma",
-            "grandpa",
-            "my sister",
-            "my brother",
-            "my wife",
-            "my husband",
-            "my boss",
-            "the office",
-            "the doctor",
-            "the dentist",
-            "the school",
-            "home",
-        ],
-        "city": ["{train_city}", "{held_city}"] if held_cities else ["{train_city}"],
-        "train_city": cities + (_MORE_CITIES if version >= 2 else []),
-        "held_city": held_cities,
-        "n": [number_words(n) for n in range(1, 100)],
-        "small": [number_words(n) for n in range(2, 13)],
-        "minutes": [number_words(n) for n in range(2, 31)],
-        "amount": [(number_words(n), 1.0) for n in range(1, 101)]
-        + [(number_words(n), 0.5) for n in range(110, 1001, 10)]
-        + ["half a", "a quarter of a"],
-        "percent": [number_words(n) for n in range(5, 101, 5)],
-        "degrees": [number_words(n) for n in range(16, 31)] + [number_words(n) for n in range(60, 81)],
-        "duration": _durations(singular=False),
-        "duration_adj": _durations(singular=True),
-        "time": _clock_times(),
-        "weekday": weekdays,
-        "weekdays": [f"{d}s" for d in weekdays] + ["weekdays", "weekends"],
-        "date": [
-            f"{m} {ordinal_words(d)}"
-            for m in months
-            for d in range(1, 32)
-            if not (m == "february" and d > 29) and not (m in ("april", "june", "september", "november") and d > 30)
-        ]
-        + [f"the {ordinal_words(d)}" for d in range(1, 32)],
-        "when": [
-            ("today", 4.0),
-            ("tomorrow", 6.0),
-            ("tonight", 3.0),
-            "this morning",
-            "this afternoon",
-            "this evening",
-            "tomorrow morning",
-            "tomorrow afternoon",
-            "tomorrow evening",
-            "tomorrow night",
-            ("on {weekday}", 7.0),
-            ("next {weekday}", 4.0),
-            ("this {weekday}", 2.0),
-            ("on {weekday} morning", 2.0),
-            ("on {weekday} evening", 2.0),
-            "this weekend",
-            "next weekend",
-            "next week",
-            "later today",
-            ("on {date}", 3.0),
-        ],
-        "day": [
-            ("today", 3.0),
-            ("tomorrow", 3.0),
-            ("{weekday}", 4.0),
-            "the weekend",
-            "next week",
-            "tonight",
-            "this weekend",
-        ],
-        "item": items,
-        "two_items": ["{item} and {item}", "{item} {item} and {item}"],
-        "room": rooms,
-        "light": lights,
-        "device": devices,
-        "color": colors,
-        "genre": genres,
-        "playlist": playlists,
-        "poi": pois,
-        "event": [(e, 1.0) for e in events]
-        + [
-            ("lunch with {name}", 3.0),
-            ("dinner with {name}", 3.0),
-            ("coffee with {name}", 2.0),
-            ("a call with {name}", 2.0),
-        ],
-        "food": foods,
-        "pet": pets,
-        "country": countries,
-        "spell_word": spell_words,
-        "holiday": holidays,
-        "topic": topics,
-        "place": [
-            "home",
-            "work",
-            "the office",
-            "the airport",
-            "the train station",
-            "the hospital",
-            "the mall",
-            "downtown",
-            "the beach",
-            "the gym",
-            "the library",
-            "school",
-            "the stadium",
-            "the city center",
-            ("{name}'s house", 4.0),
-            ("{city}", 4.0),
-            ("the nearest {poi}", 4.0),
-            ("the closest {poi}", 2.0),
-        ],
-        "please": [("", 8.0), "please"],
-        "ask": [("", 10.0), ("please", 2.0), "can you", "could you", "hey can you", "would you", "can you please"],
-        "phone": ["mobile", "cell", "work phone", "home phone", "speaker", "speakerphone"],
-        "message": [
-            "i'm on my way",
-            "i'll be there in {duration}",
-            "i'm running {minutes} minutes late",
-            "i'm running late",
-            "see you at {time}",
-            "call me back",
-            "can you pick up {item}",
-            "happy birthday",
-            "thank you",
-            "thanks",
-            "good night",
-            "good morning",
-            "dinner is ready",
-            "don't forget the {item}",
-            "i love you",
-            "where are you",
-            "i'm home",
-            "let's meet at {place}",
-            "i'll call you later",
-            "on my way home",
-            "i'm stuck in traffic",
-            "can we talk {when}",
-            "the meeting is at {time}",
-            "we need {item}",
-            "i'm leaving now",
-            "running {minutes} minutes behind",
-            "did you feed the {pet}",
-            "are you free {when}",
-            "sounds good",
-            "see you {when}",
-            "i just landed in {city}",
-            "what time are you coming home",
-            "lunch at {time}",
-            "i can't make it {when}",
-            "meet me at the {poi}",
-        ],
-        "task": [
-            ("call {contact}", 4.0),
-            "text {contact}",
-            "email {name}",
-            "take out the trash",
-            "water the plants",
-            ("buy {item}", 3.0),
-            ("pick up {item}", 2.0),
-            "pick up {name} from school",
-            "pick up the kids",
-            "take my medicine",
-            "take my vitamins",
-            "feed the {pet}",
-            "walk the dog",
-            "pay the electricity bill",
-            "pay the rent",
-            "book a table for {small}",
-            "check the oven",
-            "charge my phone",
-            "move the car",
-            "lock the door",
-            "turn off the {device}",
-            "do the laundry",
-            "renew my passport",
-            "send {name} a birthday card",
-            "stretch",
-            "drink some water",
-            "go to the gym",
-            "submit the report",
-            "back up my laptop",
-            "check the mail",
-            "clean the {room}",
-            "get gas",
-            "return the library books",
-            "buy a present for {name}",
-            "reply to {name}",
-            "leave for the airport",
-            "start dinner",
-            "check on {name}",
-            "book my {event}",
-            "cancel my {event}",
-            "put the {item} in the fridge",
-            "set the table",
-            "empty the dishwasher",
-            "bring an umbrella",
-            "wish {name} happy birthday",
-        ],
-        # --- categories
-        "timer": [
-            "{ask} set a timer for {duration} {please}",
-            ("set a {duration_adj} timer", 2.0),
-            "start a timer for {duration}",
-            "timer for {duration}",
-            "{ask} start a {duration_adj} timer",
-            "set a {food} timer for {duration}",
-            "set a timer for {duration} for the {food}",
-            "how much time is left on the timer",
-            "how much time is left on my {food} timer",
-            "how much time is left",
-            "cancel the timer",
-            "stop the timer",
-            "pause the timer",
-            "resume the timer",
-            "add {duration} to the timer",
-            "cancel all timers",
-            "cancel the {food} timer",
-            "set another timer for {duration}",
-            "show my timers",
-            "restart the timer",
-            "start a countdown for {duration}",
-            "{ask} time {duration} for me",
-        ],
-        "alarm": [
-            ("{ask} wake me up at {time}", 3.0),
-            "wake me up at {time} {when}",
-            "wake me up in {duration}",
-            ("{ask} set an alarm for {time}", 3.0),
-            ("set an alarm for {time} {when}", 2.0),
-            "set an alarm for {time} every {weekday}",
-            "set an alarm for {time} on {weekdays}",
-            "set an alarm in {duration}",
-            "turn off my {time} alarm",
-            "cancel my alarm for {when}",
-            "snooze for {minutes} minutes",
-            "snooze",
-            "what time is my alarm",
-            "when is my next alarm",
-            "delete all alarms",
-            "change my {time} alarm to {time}",
-            "move my alarm to {time}",
-            "turn off all alarms for {when}",
-            "set a repeating alarm for {time} on {weekdays}",
-            "do i have an alarm set for {when}",
-        ],
-        "reminder": [
-            ("{ask} remind me to {task}", 2.0),
-            ("remind me to {task} {when}", 3.0),
-            ("remind me to {task} at {time}", 3.0),
-            ("remind me {when} at {time} to {task}", 2.0),
-            ("remind me in {duration} to {task}", 2.0),
-            "remind me to {task} in {duration}",
-            "remind me to {task} when i get home",
-            "remind me to {task} when i leave work",
-            "remind me to {task} every {weekday}",
-            "remind me to {task} on {date}",
-            "remind me about the {event} {when}",
-            "what are my reminders",
-            "what are my reminders for {when}",
-            "delete my reminder to {task}",
-            "create a reminder to {task} {when}",
-            "set a reminder for {time} to {task}",
-            "don't let me forget to {task}",
-        ],
-        "weather": [
-            ("what's the weather {when}", 2.0),
-            ("what's the weather in {city} {when}", 2.0),
-            ("what's the weather like in {city}", 2.0),
-            "what's the weather like {when}",
-            "will it rain {when}",
-            "is it going to rain in {city} {when}",
-            "do i need an umbrella {when}",
-            "do i need a jacket {when}",
-            "how hot will it be {when}",
-            "how cold is it going to be {when}",
-            "what's the temperature in {city}",
-            "what's the temperature outside",
-            "is it going to snow {when}",
-            "is it going to snow in {city} {when}",
-            "how windy is it outside",
-            "what's the forecast for {day}",
-            "what's the forecast for {city} {when}",
-            "will it be sunny {when}",
-            "when will it stop raining",
-            "what's the humidity in {city}",
-            "is it cold in {city} right now",
-            "what's the high {when}",
-            "what's the low {when}",
-            "when is sunset {when}",
-            "what time is sunrise {when}",
-            "what's the air quality in {city}",
-            "is there a storm coming",
-            "what's the uv index {when}",
-        ],
-        "call": [
-            ("{ask} call {contact}", 4.0),
-            "call {contact} on {phone}",
-            "call {name}'s {phone}",
-            "video call {contact}",
-            "phone {contact}",
-            ("text {contact} {message}", 3.0),
-            ("send a message to {contact} saying {message}", 3.0),
-            ("tell {contact} {message}", 2.0),
-            "reply {message}",
-            "read my messages",
-            "read my last message from {contact}",
-            "did {name} call",
-            "any new messages",
-            "do i have any missed calls",
-            "send an email to {contact} about {topic}",
-            "email {name} about {topic}",
-            "hang up",
-            "redial",
-            "call back",
-            "who called me {when}",
-            "call my voicemail",
-            "send {name} a text saying {message}",
-            "message {name} {message}",
-            "text {name} that {message}",
-            "what did {name} say",
-            "call {name} back",
-            "start a group call with {name} and {name}",
-        ],
-        "home": [
-            ("{ask} turn on the {light} in the {room}", 3.0),
-            ("{ask} turn off the {light} in the {room}", 3.0),
-            ("turn on the {room} {light}", 2.0),
-            ("turn off the {room} {light}", 2.0),
-            "switch on the {device}",
-            "switch off the {device} in the {room}",
-            ("turn on the {device}", 2.0),
-            ("turn off the {device}", 2.0),
-            "turn the {device} in the {room} off",
-            "dim the {room} lights to {percent} percent",
-            "dim the lights",
-            "brighten the lights in the {room}",
-            "set the {room} lights to {percent} percent",
-            "set the {room} lights to {color}",
-            "change the lights to {color}",
-            "set the thermostat to {degrees} degrees",
-            "set the {room} to {degrees} degrees",
-            "make it warmer in the {room}",
-            "make it cooler in here",
-            "turn the heat up",
-            "turn the heat down",
-            "turn up the heat by {small} degrees",
-            "what's the temperature in the {room}",
-            "lock the front door",
-            "unlock the back door",
-            "is the front door locked",
-            "is the garage door closed",
-            "close the garage door",
-            "open the garage door",
-            "open the blinds in the {room}",
-            "close the curtains in the {room}",
-            "start the robot vacuum",
-            "vacuum the {room}",
-            "stop the robot vacuum",
-            "are the lights on in the {room}",
-            "turn everything off",
-            "turn off all the lights",
-            "turn on all the lights downstairs",
-            "good night",
-            "i'm leaving",
-            "i'm home",
-            "start the {device} in {duration}",
-            "turn off the {device} in {duration}",
-            "is the {device} on",
-            "run the dishwasher at {time}",
-            "turn on movie mode",
-            "arm the security system",
-            "show me the front door camera",
-            "set the fan to speed {small}",
-        ],
-        "music": [
-            ("{ask} play some {genre}", 3.0),
-            "play {genre} in the {room}",
-            "play my {playlist} playlist",
-            "play the {playlist} playlist in the {room}",
-            "pause the music",
-            "pause",
-            "resume the music",
-            "stop the music",
-            "next song",
-            "skip this song",
-            "previous track",
-            "play that again",
-            "turn it up",
-            "turn it down",
-            "turn the volume up",
-            "turn the volume down",
-            "set the volume to {n}",
-            "volume {small}",
-            "set the volume to {percent} percent",
-            "who sings this song",
-            "what song is this",
-            "shuffle my music",
-            "repeat this song",
-            "like this song",
-            "add this song to my {playlist} playlist",
-            "play {genre} for {duration}",
-            "stop playing in {duration}",
-            "play something i like",
-            "play music in every room",
-            "mute",
-            "unmute",
-            "play the next episode",
-            "skip ahead {n} seconds",
-            "go back {n} seconds",
-        ],
-        "shopping": [
-            ("{ask} add {item} to my shopping list", 4.0),
-            ("add {two_items} to the grocery list", 2.0),
-            "put {item} on my list",
-            "put {item} on the shopping list",
-            "remove {item} from my shopping list",
-            "take {item} off the list",
-            "do i need {item}",
-            "is {item} on my shopping list",
-            "what's on my shopping list",
-            "read my shopping list",
-            "clear my shopping list",
-            "add {small} {item} to my list",
-            "i need {item}",
-            "we're out of {item}",
-            "order more {item}",
-            "reorder {item}",
-            "how much is {item}",
-            "add {item} to the list for {name}",
-        ],
-        "conversion": _conversions()
-        + [
-            "how many days until {holiday}",
-            "how many weeks are in a year",
-            "how many seconds are in a day",
-            "how many minutes are in {small} hours",
-        ],
-        "navigation": [
-            ("{ask} navigate to {place}", 3.0),
-            ("take me to {place}", 2.0),
-            "directions to {place}",
-            ("get directions to {place}", 2.0),
-            "how long does it take to get to {place}",
-            "how far is {city} from here",
-            "how far is it to {place}",
-            "find the nearest {poi}",
-            "is there a {poi} near me",
-            "where's the closest {poi}",
-            "how's the traffic on the way to {place}",
-            "how's traffic to {place}",
-            "avoid highways",
-            "avoid tolls",
-            "what's my eta",
-            "take me home",
-            "share my eta with {name}",
-            "when will i get to {place}",
-            "find a {poi} on the way",
-            "add a stop at the nearest {poi}",
-            "cancel navigation",
-            "how far am i from {place}",
-            "show me the route to {place}",
-            "what's the fastest way to {place}",
-            "walking directions to {place}",
-            "how long is the drive to {city}",
-            "drive to {name}'s house",
-            "find parking near {place}",
-            "is the {poi} open right now",
-            "when does the {poi} close",
-        ],
-        "calendar": [
-            ("what's on my calendar {when}", 2.0),
-            ("what do i have {when}", 2.0),
-            ("schedule a meeting with {name} {when} at {time}", 2.0),
-            ("add {event} to my calendar {when} at {time}", 2.0),
-            "add {event} to my calendar on {date}",
-            "cancel my {time} meeting",
-            "move my {event} to {when}",
-            "move my {event} to {time}",
-            "when is my next meeting",
-            "when is my {event}",
-            "am i free {when} at {time}",
-            "am i free {when}",
-            "create an event called {event} {when}",
-            "schedule {event} for {when} at {time}",
-            "what's my first meeting {when}",
-            "do i have anything on {date}",
-            "invite {name} to my {event}",
-            "book a meeting room for {time}",
-            "clear my calendar for {when}",
-            "how many meetings do i have {when}",
-            "when is {name}'s birthday",
-            "what's happening this week",
-            "reschedule my {event} to {date}",
-            "push my {time} meeting back by {duration}",
-        ],
-        "question": [
-            ("what time is it", 3.0),
-            ("what time is it in {city}", 2.0),
-            "what's today's date",
-            "what day is it",
-            "what's the date {when}",
-            "what's {n} plus {n}",
-            "what's {n} minus {n}",
-            "what's {n} times {n}",
-            "what is {n} divided by {small}",
-            "what's {percent} percent of {amount}",
-            "what's the square root of {n}",
-            "how do you spell {spell_word}",
-            "what does {spell_word} mean",
-            "spell {spell_word}",
-            "tell me a joke",
-            "tell me a fun fact",
-            "flip a coin",
-            "roll a dice",
-            "pick a number between one and {n}",
-            "what's the capital of {country}",
-            "how many people live in {country}",
-            "what language do they speak in {country}",
-            "what's the time difference between {city} and {city}",
-            "who are you",
-            "what can you do",
-            "thank you",
-            "how are you",
-            "good morning",
-            "good night",
-            "what's the news",
-            "what's the latest news",
-            "stop",
-            "cancel",
-            "never mind",
-            "repeat that",
-            "say that again",
-            "what's the score of the game",
-            "how's my commute",
-            "what's the exchange rate for {country}",
-            "how far is the moon",
-            "how tall is mount everest",
-            "what year is it",
-            "how many days are in {month_name}",
-            "what day of the week is {date}",
-            "set my status to busy",
-            "find my phone",
-            "turn on do not disturb",
-            "turn off do not disturb",
-            "turn on bluetooth",
-            "turn off wifi",
-            "take a screenshot",
-            "open the camera",
-            "take a selfie",
-            "what's my battery level",
-            "turn on the flashlight",
-            "how many calories are in {item}",
-            "what's a good recipe for {item}",
-            "what's on tv tonight",
-        ],
-        "month_name": months,
-        "compound": [
-            ("set a timer for {duration} and remind me to {task}", 4.0),
-            "set an alarm for {time} and remind me to {task}",
-            "turn off the {light} and play some {genre}",
-            "turn off the {light} in the {room} and lock the front door",
-            "add {item} to my shopping list and remind me to {task}",
-            "call {contact} and tell them {message}",
-            "remind me to {task} and {task}",
-            "pause the music and set a timer for {duration}",
-            "what's the weather {when} and do i need an umbrella",
-            "turn on the {device} and set a timer for {duration}",
-            "play some {genre} and dim the lights",
-            "set a timer for {duration} and turn off the {device}",
-            "navigate to {place} and text {name} {message}",
-        ],
-        "sentence": [
-            ("{timer}", 12.0),
-            ("{alarm}", 10.0),
-            ("{reminder}", 12.0),
-            ("{weather}", 9.0),
-            ("{call}", 10.0),
-            ("{home}", 12.0),
-            ("{music}", 8.0),
-            ("{shopping}", 7.0),
-            ("{conversion}", 5.0),
-            ("{navigation}", 6.0),
-            ("{calendar}", 7.0),
-            ("{question}", 7.0),
-            ("{compound}", 6.0),
-        ],
-    }
-    return g
+    """`split`'s grammar of `version`: grammar.json's symbols plus the version's and split's additions."""
+    data = _grammar_file()
+    grammar: Grammar = {symbol: _alternatives(entries) for symbol, entries in data["symbols"].items()}
+    additions = [symbols for v, symbols in data["version_additions"].items() if int(v) <= version]
+    additions.append(data["split_additions"].get(split, {}))
+    for symbols in additions:
+        for symbol, entries in symbols.items():
+            grammar[symbol] = [*grammar[symbol], *_alternatives(entries)]
+    return grammar
 
 
 # The request categories. Their fixed sentences ("snooze", "what time is it") weigh less than their
