@@ -1,5 +1,6 @@
 """Shared pytest fixtures."""
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,29 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from edgelalm.scaffold import tiny_checkpoint as build_tiny_checkpoint
 
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny_qwen2_audio"))
+
+
+@pytest.fixture(scope="session")
+def published_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Qwen/Qwen2-Audio-7B-Instruct's folder as published (bf16 shards + index, release names, minimal
+    config.json, no chat template) at tiny widths, with Qwen2's real 151,643-token vocabulary, the
+    audio special tokens and 156,032 embedding rows (see tests/published_layout.py)."""
+    from published_layout import write_published_checkpoint
+
+    return write_published_checkpoint(tmp_path_factory.mktemp("published"))
+
+
+@pytest.fixture(scope="session")
+def qwen2_tokenizer_vectors() -> list[tuple[str, list[int]]]:
+    """llama.cpp's own Qwen2 tokenizer test vectors (models/ggml-vocab-qwen2.gguf.inp/.out), (text,
+    expected ids), from the sdist of the installed llama-cpp-python: downloaded with pip on first
+    use, cached under build/test-data. Fails, never skips, when they cannot be had."""
+    from published_layout import llama_cpp_tokenizer_vectors
+
+    try:
+        return llama_cpp_tokenizer_vectors()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as error:
+        pytest.fail(f"llama.cpp's Qwen2 tokenizer test vectors: {error}", pytrace=False)
 
 
 @pytest.fixture(scope="session")

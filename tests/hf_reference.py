@@ -1,6 +1,7 @@
 """transformers' own Qwen2-Audio path, for tests to compare edgelalm against."""
 
 import numpy as np
+import reference
 import torch
 
 RIGHT_CONTEXT_FRAMES = 2  # the encoder graph's documented input contract
@@ -47,3 +48,43 @@ def speechlike(seconds: float, seed: int) -> np.ndarray:
     n = int(round(seconds * 16000))
     envelope = 0.5 + 0.5 * np.sin(np.arange(n) / 1600.0)
     return (0.2 * envelope * rng.standard_normal(n)).astype(np.float32)
+
+
+def reference_answer(
+    hf, audio: np.ndarray, compressor: str, factor: int, max_tokens: int, prompt: str, window_seconds: int
+):
+    """Greedy answer and audio-token count, from transformers + peft + the paper's definitions."""
+    model, processor = hf
+    tower = TransformersAudioTower(model, processor)
+    base = model.get_base_model()
+    window = window_seconds * 16000
+    tokens = []
+    for start in range(0, len(audio), window):  # each encoder window as its own clip
+        frames, _, _ = tower(audio[start : start + window])
+        tokens.append(reference.compress(compressor, factor, frames))
+    with torch.no_grad():
+        audio_embeddings = base.model.multi_modal_projector(torch.from_numpy(np.concatenate(tokens)))
+    messages = [{"role": "user", "content": [{"type": "audio", "audio": "clip"}, {"type": "text", "text": prompt}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    before, after = text.split(processor.audio_token)
+    tokenizer = processor.tokenizer
+    embed = base.get_input_embeddings()
+    with torch.no_grad():
+        inputs_embeds = torch.cat(
+            [
+                embed(torch.tensor(tokenizer(before, add_special_tokens=False).input_ids)),
+                audio_embeddings,
+                embed(torch.tensor(tokenizer(after, add_special_tokens=False).input_ids)),
+            ]
+        )[None]
+        end_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+        generated = model.generate(
+            inputs_embeds=inputs_embeds,
+            attention_mask=torch.ones(inputs_embeds.shape[:2], dtype=torch.long),
+            max_new_tokens=max_tokens,
+            do_sample=False,
+            eos_token_id=end_ids,
+            pad_token_id=end_ids[-1],
+        )[0].tolist()
+    answer = [t for t in generated if t not in end_ids]
+    return tokenizer.decode(answer), audio_embeddings.shape[0]

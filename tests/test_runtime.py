@@ -12,8 +12,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
-import reference  # noqa: E402
-from hf_reference import TransformersAudioTower, speechlike  # noqa: E402
+from hf_reference import reference_answer, speechlike  # noqa: E402
 
 from edgelalm.runtime.features import FeatureSettings, log_mel_window  # noqa: E402
 from edgelalm.runtime.pipeline import Runtime  # noqa: E402
@@ -51,44 +50,6 @@ def test_features_match_whisper_feature_extractor(hf, seconds):
         assert np.abs(got.right_context - context).max() <= FEATURE_TOLERANCE
 
 
-def reference_answer(hf, audio: np.ndarray, compressor: str, factor: int, max_tokens: int):
-    """Greedy answer and audio-token count, from transformers + peft + the paper's definitions."""
-    model, processor = hf
-    tower = TransformersAudioTower(model, processor)
-    base = model.get_base_model()
-    window = WINDOW_SECONDS * 16000
-    tokens = []
-    for start in range(0, len(audio), window):  # each encoder window as its own clip
-        frames, _, _ = tower(audio[start : start + window])
-        tokens.append(reference.compress(compressor, factor, frames))
-    with torch.no_grad():
-        audio_embeddings = base.model.multi_modal_projector(torch.from_numpy(np.concatenate(tokens)))
-    messages = [{"role": "user", "content": [{"type": "audio", "audio": "clip"}, {"type": "text", "text": PROMPT}]}]
-    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    before, after = text.split(processor.audio_token)
-    tokenizer = processor.tokenizer
-    embed = base.get_input_embeddings()
-    with torch.no_grad():
-        inputs_embeds = torch.cat(
-            [
-                embed(torch.tensor(tokenizer(before, add_special_tokens=False).input_ids)),
-                audio_embeddings,
-                embed(torch.tensor(tokenizer(after, add_special_tokens=False).input_ids)),
-            ]
-        )[None]
-        end_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
-        generated = model.generate(
-            inputs_embeds=inputs_embeds,
-            attention_mask=torch.ones(inputs_embeds.shape[:2], dtype=torch.long),
-            max_new_tokens=max_tokens,
-            do_sample=False,
-            eos_token_id=end_ids,
-            pad_token_id=end_ids[-1],
-        )[0].tolist()
-    answer = [t for t in generated if t not in end_ids]
-    return tokenizer.decode(answer), audio_embeddings.shape[0]
-
-
 @pytest.mark.parametrize(
     "compressor,factor",
     [("none", 1), ("avg", 2), ("avg", 3), ("sample", 3), ("unseg", 1), ("mean", 1)],
@@ -98,7 +59,7 @@ def test_greedy_run_equals_transformers(hf, tiny_bundles, compressor, factor):
     with Runtime(bundle, kv_cache_type="f32") as runtime:
         for seconds, seed in ((3.3, 0), (23.0, 1)):
             audio = speechlike(seconds, seed)
-            expected_text, expected_tokens = reference_answer(hf, audio, compressor, factor, max_tokens=16)
+            expected_text, expected_tokens = reference_answer(hf, audio, compressor, factor, 16, PROMPT, WINDOW_SECONDS)
             result = runtime.run(audio, prompt=PROMPT, max_tokens=16)
             assert result.audio_tokens == expected_tokens
             assert result.windows == int(np.ceil(seconds / WINDOW_SECONDS))
@@ -124,7 +85,8 @@ def test_the_cpu_arena_is_a_memory_setting_only(tiny_bundles):
     bundle, audio = tiny_bundles("avg", 2, "q8_0"), speechlike(3.0, 6)
     with Runtime(bundle) as runtime:
         assert not runtime.encoder.session.get_session_options().enable_cpu_mem_arena
-        assert not runtime.compressor.session.get_session_options().enable_cpu_mem_arena
+        for option in runtime.compressors.values():
+            assert not option.graph.session.get_session_options().enable_cpu_mem_arena
         without = runtime.run(audio, max_tokens=12)
     with Runtime(bundle, cpu_arena=True) as runtime:
         assert runtime.encoder.session.get_session_options().enable_cpu_mem_arena

@@ -31,7 +31,7 @@ from edgelalm.errors import EdgelalmError
 from edgelalm.manifest import bundle_name
 
 if TYPE_CHECKING:
-    from edgelalm.manifest import DecoderInfo
+    from edgelalm.manifest import DecoderInfo, Manifest
 
 DEFAULT_EXPORT_ROOT = Path("export")
 
@@ -64,7 +64,14 @@ def export(
         Path | None,
         typer.Option(help="Qwen2-Audio checkpoint folder (config.json, *.safetensors, tokenizer, processor)."),
     ] = None,
-    compressor: Annotated[CompressorName, typer.Option(help=_COMPRESSOR_HELP)] = "avg",
+    compressor: Annotated[
+        str,
+        typer.Option(
+            help=_COMPRESSOR_HELP + ". A factor may be written in the name (avg3, sample2). A comma-separated list "
+            "(none,avg2,avg3,unseg) writes one bundle offering each, the first the default: one decoder, each "
+            "compressor's LoRA as a llama.cpp adapter applied at run time (edgelalm run --compressor)."
+        ),
+    ] = "avg",
     factor: Annotated[
         int | None,
         typer.Option(
@@ -86,11 +93,20 @@ def export(
         ),
     ] = "q8_0",
     adapter: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             help="peft LoRA adapter folder (adapter_config.json + adapter_model.safetensors) on the language model, "
-            "merged into the decoder before export (W' = W + alpha/r * B @ A). With the default model, the adapter "
-            "realigned to --compressor is used unless --no-adapter."
+            "merged into the decoder before export (W' = W + alpha/r * B @ A). With several compressors: "
+            "LABEL=DIR pairs, comma-separated (avg3=adapters/avg3,unseg=adapters/unseg). With the default model, the "
+            "adapter realigned to each compressor is used unless --no-adapter."
+        ),
+    ] = None,
+    merge_adapter: Annotated[
+        bool | None,
+        typer.Option(
+            "--merge-adapter/--no-merge-adapter",
+            help="Merge the adapter into the decoder (the default for one compressor), or write it as a llama.cpp "
+            "LoRA adapter applied at run time (the only way for several compressors).",
         ),
     ] = None,
     no_adapter: Annotated[
@@ -128,31 +144,71 @@ def export(
     folder: the audio encoder and the compressor + projector as ONNX (onnxruntime), the decoder with
     any LoRA merged as GGUF (llama.cpp), and a manifest with every file's checksum."""
     _require_export_extra("export")
-    from edgelalm.pretrained import default_adapter_dir, default_model_dir, shipped_adapters
+    from edgelalm.pretrained import default_model_dir
 
-    spec = _compressor_spec(compressor, factor)
+    specs = [CompressorSpec.from_label(label, factor) for label in compressor.split(",")]
+    several = len(specs) > 1 or merge_adapter is False
+    if merge_adapter and len(specs) > 1:
+        raise EdgelalmError("--merge-adapter needs one compressor: one decoder cannot hold several merged adapters")
     if adapter is not None and no_adapter:
         raise EdgelalmError("--adapter and --no-adapter exclude each other")
-    if model is None:
-        model = default_model_dir()
-        if adapter is None and not no_adapter and spec.name != "none":
-            adapter = default_adapter_dir(spec)
-            if adapter is None:
-                _warn(
-                    f"the default model has no adapter realigned to {spec.label} (shipped: "
-                    f"{', '.join(shipped_adapters()) or 'none'}); "
-                    "exporting without one, so expect more errors (edgelalm finetune makes one)"
-                )
+    default_model = model is None
+    model = model or default_model_dir()
+    adapters = _adapter_folders(adapter, specs, several, default_model and not no_adapter)
     from edgelalm.export.bundle import ExportOptions, export_bundle
     from edgelalm.export.checkpoint import model_name
 
+    label = "+".join(spec.label for spec in specs) + ("-runtime-lora" if several and len(specs) == 1 else "")
     if out is None:
-        out = DEFAULT_EXPORT_ROOT / f"{model_name(model.resolve())}-{bundle_name(spec.label, quant, encoder_precision)}"
+        out = DEFAULT_EXPORT_ROOT / f"{model_name(model.resolve())}-{bundle_name(label, quant, encoder_precision)}"
     options = ExportOptions(
-        model, out, spec, encoder_precision, quant, adapter, force, share_from, llama_extra_buffers, prompt_format
+        model,
+        out,
+        specs[0],
+        encoder_precision,
+        quant,
+        None if several else adapters[0],
+        force,
+        share_from,
+        llama_extra_buffers,
+        prompt_format,
+        choices=tuple(zip(specs, adapters, strict=True)) if several else (),
     )
     written = export_bundle(options)
     typer.echo(str(written))
+
+
+def _adapter_folders(
+    adapter: str | None, specs: list[CompressorSpec], several: bool, default_model: bool
+) -> list[Path | None]:
+    """Each compressor's adapter folder: --adapter (one DIR, or LABEL=DIR pairs), else the default
+    model's adapter realigned to it (warning where none ships), else none."""
+    from edgelalm.pretrained import default_adapter_dir, shipped_adapters
+
+    labels = [spec.label for spec in specs]
+    if adapter is not None:
+        if "=" not in adapter:
+            if several:
+                raise EdgelalmError("with several compressors, --adapter takes LABEL=DIR pairs (avg3=DIR,unseg=DIR)")
+            return [Path(adapter)]
+        pairs = dict(item.split("=", 1) for item in adapter.split(",") if item)
+        unknown = sorted(set(pairs) - set(labels))
+        if unknown:
+            raise EdgelalmError(f"--adapter names {', '.join(unknown)}, not among the compressors {', '.join(labels)}")
+        return [Path(pairs[label]) if label in pairs else None for label in labels]
+    if not default_model:
+        return [None] * len(specs)
+    folders = []
+    for spec in specs:
+        folder = default_adapter_dir(spec) if spec.name != "none" else None
+        if folder is None and spec.name != "none":
+            _warn(
+                f"the default model has no adapter realigned to {spec.label} (shipped: "
+                f"{', '.join(shipped_adapters()) or 'none'}); "
+                "exporting without one, so expect more errors (edgelalm finetune makes one)"
+            )
+        folders.append(folder)
+    return folders
 
 
 class _PlainUsageCommand(typer.core.TyperCommand):
@@ -202,6 +258,18 @@ def run(
             "cannot end the user's turn and write the assistant's.",
         ),
     ] = False,
+    compressor: Annotated[
+        str | None,
+        typer.Option(
+            help="Which of the bundle's compressors to use (a bundle exported with several: `edgelalm inspect` lists "
+            "them), with its adapter; auto: the least compression whose audio tokens fit the context and "
+            "--max-audio-tokens. Default: the bundle's first."
+        ),
+    ] = None,
+    max_audio_tokens: Annotated[
+        int | None,
+        typer.Option(min=1, help="A budget of audio tokens (fewer: a faster answer); with auto, it steers the choice."),
+    ] = None,
 ) -> None:
     """Answer a prompt about an audio clip (default: transcribe it) with a bundle, streaming the answer."""
     import json
@@ -222,8 +290,12 @@ def run(
             seed=seed,
             on_text=lambda piece: print(piece, end="", flush=True),
             prompt_special_tokens=prompt_special_tokens,
+            compressor=compressor,
+            max_audio_tokens=max_audio_tokens,
         )
     print(flush=True)
+    if result.compressor_choice:
+        _note(result.compressor_choice)
     for warning in result.warnings:
         _warn(warning)
     if json_output:
@@ -252,6 +324,7 @@ def inspect(
         f"{encoder.probe.max_abs_diff_vs_pytorch_fp32:.2e}",
         f"compressor    {compressor.file}  {spec.label}: "
         + (f"{rate:.2f} audio tokens/s" if rate else "rate depends on the audio"),
+        *_describe_choices(manifest),
         f"decoder       {describe_decoder(manifest.decoder)}",
         f"prompt        {manifest.prompt.format} ({TEMPLATE_SOURCE_DESCRIPTIONS[manifest.prompt.template_source]}), "
         f"default {manifest.prompt.default_prompt!r}",
@@ -392,6 +465,25 @@ def finetune(
     typer.echo(str(run_finetune(options)))
 
 
+def _describe_choices(manifest: Manifest) -> list[str]:
+    """A bundle of several compressors: one line each (run --compressor LABEL picks one)."""
+    lines = []
+    for label, choice in manifest.compressors.items():
+        rate = choice.compressor.audio_tokens_per_second
+        adapter = choice.adapter
+        lines.append(
+            f"  {label:10s} {choice.compressor.file}  "
+            + (f"{rate:.2f} tokens/s" if rate else "variable rate")
+            + (
+                f", adapter {adapter.file} (rank {adapter.description.get('rank')}, applied at run time)"
+                if adapter
+                else ", no adapter"
+            )
+            + ("  (default)" if label == next(iter(manifest.compressors)) else "")
+        )
+    return lines
+
+
 def describe_decoder(decoder: DecoderInfo | None) -> str:
     if decoder is None:
         return "none"
@@ -413,7 +505,8 @@ def scaffold(
         typer.Option(
             help="Shapes: tiny = 2+2 layers of width 64, 10 s window (float32); small = Whisper-small-shaped "
             "encoder + Qwen2-0.5B-shaped decoder; qwen2-audio-7b = Qwen2-Audio-7B's shapes (about 17 GB). "
-            "small and 7b are written layer by layer in float16."
+            "small is written layer by layer in float16; qwen2-audio-7b as the hub publishes it (bf16, 5 shards, "
+            "no template)."
         ),
     ] = "tiny",
     seed: Annotated[int, typer.Option(help="Seed for the random weights.")] = 0,

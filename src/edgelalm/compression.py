@@ -7,7 +7,9 @@ Torch-free: the exporter, the runtime and the manifest all describe a compressor
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import cast
 
 from edgelalm.constants import COMPRESSOR_NAMES, ENCODER_FRAMES_PER_SECOND, CompressorName
 from edgelalm.errors import EdgelalmError
@@ -37,6 +39,25 @@ class CompressorSpec:
             raise EdgelalmError(f"the compression factor K must be an integer >= 1, got {self.factor}")
         if self.name not in FACTOR_COMPRESSORS and self.factor != 1:
             raise EdgelalmError(f"a factor applies to {' and '.join(FACTOR_COMPRESSORS)} only, not to {self.name!r}")
+
+    @classmethod
+    def from_label(cls, label: str, factor: int | None = None) -> CompressorSpec:
+        """'avg3' -> avg K=3; 'avg' -> avg with `factor` (default 2); 'unseg', 'none' as they are."""
+        match = re.fullmatch(r"([a-z]+)(\d+)?", label.strip())
+        name = match.group(1) if match else label
+        if not match or name not in COMPRESSOR_DESCRIPTIONS:
+            raise EdgelalmError(
+                f"compressor {label!r} is not one of {', '.join(COMPRESSOR_NAMES)} "
+                f"({' and '.join(FACTOR_COMPRESSORS)} take a factor: avg3, sample2)"
+            )
+        digits = match.group(2)
+        if digits and factor is not None and int(digits) != factor:
+            raise EdgelalmError(f"compressor {label!r} says K={int(digits)} but the factor given is {factor}")
+        if digits:
+            return cls(cast(CompressorName, name), int(digits))
+        if factor is None:
+            factor = 2 if name in FACTOR_COMPRESSORS else 1
+        return cls(cast(CompressorName, name), factor)
 
     @property
     def label(self) -> str:

@@ -22,11 +22,27 @@ MIN_MEL_FRAMES = 3
 # -- the bundle folder ----------------------------------------------------------------------
 
 BUNDLE_FORMAT = "edgelalm-bundle"
-BUNDLE_FORMAT_VERSION = 1
+# The newest format this edgelalm writes and reads. Version 2 adds a choice of compressors per
+# bundle, each with its LoRA as a llama.cpp adapter over one unmerged decoder (issue 19); a bundle
+# of one compressor with its adapter merged is still written as version 1, which older readers read.
+BUNDLE_FORMAT_VERSION = 2
+SINGLE_COMPRESSOR_FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 ENCODER_FILE = "encoder.onnx"
 COMPRESSOR_FILE = "compressor.onnx"
 DECODER_FILE = "decoder.gguf"
+
+
+def compressor_file(label: str) -> str:
+    """A compressor choice's graph in a bundle of several: compressor-avg3.onnx."""
+    return f"compressor-{label}.onnx"
+
+
+def adapter_file(label: str) -> str:
+    """A compressor choice's LoRA as a llama.cpp adapter GGUF: adapter-avg3.gguf."""
+    return f"adapter-{label}.gguf"
+
+
 # The checkpoint's own mel filterbank [n_fft // 2 + 1, n_mels] (as whisper ships mel_filters.npz).
 MEL_FILTERS_FILE = "mel_filters.npy"
 

@@ -33,6 +33,7 @@ from edgelalm.constants import (
     MANIFEST_FILE,
     MIN_MEL_FRAMES,
     RIGHT_CONTEXT_FRAMES,
+    SINGLE_COMPRESSOR_FORMAT_VERSION,
     CompressorName,
     EncoderPrecision,
     PromptFormat,
@@ -118,6 +119,23 @@ class CompressorInfo:
 
 
 @dataclass(frozen=True)
+class AdapterInfo:
+    """A compressor choice's LoRA as a llama.cpp adapter GGUF, applied at run time (issue 19)."""
+
+    file: str
+    description: dict[str, Any]  # rank, alpha, targets, sha256 of the peft weights (as DecoderInfo.adapter)
+    gguf_alpha: float  # adapter.lora.alpha in the GGUF; 0: each module's scaling folded into its B
+
+
+@dataclass(frozen=True)
+class CompressorChoice:
+    """One compressor a bundle of several offers: its graph and its realigned adapter (or none)."""
+
+    compressor: CompressorInfo
+    adapter: AdapterInfo | None
+
+
+@dataclass(frozen=True)
 class DecoderInfo:
     file: str
     format: str
@@ -184,16 +202,23 @@ class Manifest:
     tools: dict[str, str | None]  # versions of what wrote the bundle
     files: dict[str, FileRecord] = field(default_factory=dict)
     format: str = BUNDLE_FORMAT
-    format_version: int = BUNDLE_FORMAT_VERSION
+    format_version: int = SINGLE_COMPRESSOR_FORMAT_VERSION
+    # A bundle of several compressors (format version 2): {label: choice}, in the order exported;
+    # `compressor` is the first, the default. Empty: one compressor, its adapter (if any) merged.
+    compressors: dict[str, CompressorChoice] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         header = {"format": self.format, "format_version": self.format_version}
         body = {key: value for key, value in dataclasses.asdict(self).items() if key not in header}
+        if not self.compressors:
+            del body["compressors"]  # a version-1 bundle, as older writers wrote it
         return {**header, **body}
 
     def file_names(self) -> list[str]:
         """The files each section names (they must be among `files`)."""
         names = [self.features.mel_filters_file, self.encoder.file, self.compressor.file]
+        for choice in self.compressors.values():
+            names += [choice.compressor.file] + ([choice.adapter.file] if choice.adapter else [])
         return names + ([self.decoder.file] if self.decoder else [])
 
 
@@ -285,7 +310,7 @@ def _check_file_names(manifest: Manifest, manifest_path: Path) -> None:
 
 def _check_contract(manifest: Manifest, manifest_path: Path) -> None:
     """The graphs' names and the encoder's arithmetic are what this runtime feeds and reads."""
-    encoder, compressor = manifest.encoder, manifest.compressor
+    encoder = manifest.encoder
     expected = {
         "features.kind": (manifest.features.kind, "whisper_log_mel"),
         "encoder.inputs": (sorted(encoder.inputs), sorted([ENCODER_INPUT, ENCODER_RIGHT_CONTEXT_INPUT])),
@@ -294,13 +319,50 @@ def _check_contract(manifest: Manifest, manifest_path: Path) -> None:
         "encoder.min_mel_frames": (encoder.min_mel_frames, MIN_MEL_FRAMES),
         "encoder.frames_per_second": (encoder.frames_per_second, ENCODER_FRAMES_PER_SECOND),
         "encoder.max_mel_frames": (encoder.max_mel_frames, manifest.features.window_mel_frames),
-        "compressor.inputs": (list(compressor.inputs), [COMPRESSOR_INPUT]),
-        "compressor.output": (list(compressor.output), [COMPRESSOR_OUTPUT]),
-        "compressor.includes_projector": (compressor.includes_projector, True),
     }
+    _expect(expected, manifest_path)
+    compressors = [("compressor", manifest.compressor)] + [
+        (f"compressors.{label}.compressor", choice.compressor) for label, choice in manifest.compressors.items()
+    ]
+    for where, compressor in compressors:
+        expected = {
+            f"{where}.inputs": (list(compressor.inputs), [COMPRESSOR_INPUT]),
+            f"{where}.output": (list(compressor.output), [COMPRESSOR_OUTPUT]),
+            f"{where}.includes_projector": (compressor.includes_projector, True),
+        }
+        _expect(expected, manifest_path)
+    _check_choices(manifest, manifest_path)
+
+
+def _expect(expected: dict[str, tuple[Any, Any]], manifest_path: Path) -> None:
     for name, (found, wanted) in expected.items():
         if found != wanted:
             raise EdgelalmError(f"{manifest_path}: {name} is {found!r}; this edgelalm reads {wanted!r}")
+
+
+def _check_choices(manifest: Manifest, manifest_path: Path) -> None:
+    """A bundle of several compressors (version 2): each named by its label, the first the default,
+    adapters applied at run time over a decoder with none merged."""
+    from edgelalm.compression import CompressorSpec
+
+    choices = manifest.compressors
+    if not choices:
+        if manifest.format_version >= 2:
+            raise EdgelalmError(f"{manifest_path}: format version {manifest.format_version} needs compressors")
+        return
+    if manifest.format_version < 2:
+        raise EdgelalmError(f"{manifest_path}: compressors need format version 2, got {manifest.format_version}")
+    for label, choice in choices.items():
+        try:
+            expected_label = CompressorSpec(choice.compressor.name, choice.compressor.factor).label
+        except EdgelalmError as error:
+            raise EdgelalmError(f"{manifest_path}: compressors.{label}: {error}") from None
+        if label != expected_label:
+            raise EdgelalmError(f"{manifest_path}: compressors.{label} holds {expected_label}")
+    if manifest.compressor != next(iter(choices.values())).compressor:
+        raise EdgelalmError(f"{manifest_path}: compressor is not the first of compressors")
+    if manifest.decoder is not None and manifest.decoder.adapter is not None:
+        raise EdgelalmError(f"{manifest_path}: decoder.adapter: a bundle of several compressors merges no adapter")
 
 
 T = TypeVar("T")

@@ -6,17 +6,21 @@ preprocessor_config.json, tokenizer.json, tokenizer_config.json, vocab.json, mer
 chat_template.jinja and processor_config.json, and loads with
 plain `Qwen2AudioForConditionalGeneration.from_pretrained` / `AutoProcessor.from_pretrained`
 (no remote code).
+
+`write_dummy_checkpoint(..., layout="published")` writes the layout of the published
+Qwen/Qwen2-Audio-7B-Instruct main branch instead: bf16 shards with an index, a minimal
+config.json (`published_config`), no chat template and no processor_config.json.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from safetensors.torch import save_file
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import (
     GenerationConfig,
@@ -88,11 +92,17 @@ def _trained_bpe(texts: Iterable[str], vocab_size: int) -> tuple[dict[str, int],
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Qwen2Tokenizer:
     """Byte-level BPE on `texts` with Qwen2's pre-tokenization; Qwen2-Audio's special tokens follow.
 
-    `vocab_size` is the learned vocabulary (256 byte symbols included); the six SPECIAL_TOKENS get ids
-    vocab_size .. vocab_size + 5 as in Qwen2-Audio. eos is <|im_end|>, pad is <|endoftext|> (Qwen2 chat
-    tokenizers); no bos / unk. CHAT_TEMPLATE is attached.
+    `vocab_size` is the learned vocabulary (256 byte symbols included); see `qwen2_audio_tokenizer`.
     """
     vocab, merges = _trained_bpe(texts, vocab_size)
+    return qwen2_audio_tokenizer(vocab, merges)
+
+
+def qwen2_audio_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Qwen2Tokenizer:
+    """Qwen2-Audio's tokenizer around a byte-level BPE `vocab` and its `merges` (a trained one, or
+    Qwen2's real 151,643-token vocabulary): the six SPECIAL_TOKENS get ids len(vocab) .. len(vocab) + 5
+    as in Qwen2-Audio (151643 .. 151648 with the real vocabulary). eos is <|im_end|>, pad is
+    <|endoftext|> (Qwen2 chat tokenizers); no bos / unk. CHAT_TEMPLATE is attached."""
     tokenizer = Qwen2Tokenizer(
         vocab=vocab,
         merges=merges,
@@ -237,6 +247,19 @@ _RELEASE_NAMES = (
     ("lm_head.", "language_model.lm_head."),
 )
 
+# How `write_dummy_checkpoint` lays a checkpoint out: the scaffold's own "per-layer" layout, or
+# "published", as Qwen/Qwen2-Audio-7B-Instruct (and Qwen2-Audio-7B) are published on the hub.
+CheckpointLayout = Literal["per-layer", "published"]
+# The published main branch: model-0000N-of-00005.safetensors + model.safetensors.index.json, bf16,
+# and a config.json written by transformers 4.38.1.
+PUBLISHED_SHARDS = 5
+PUBLISHED_TRANSFORMERS_VERSION = "4.38.1"
+# The published config.json leaves these to transformers' Qwen2Config defaults (4096, 32, 32, 32:
+# Qwen2-7B's). `published_config` writes one only where a config differs from the default, as a
+# tiny test model must; num_key_value_heads among them, since transformers 5 defaults it to 32
+# whatever num_attention_heads says.
+_QWEN2_DEFAULTED_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
+
 
 def write_dummy_checkpoint(
     out_dir: Path,
@@ -244,17 +267,154 @@ def write_dummy_checkpoint(
     tokenizer: Qwen2Tokenizer,
     *,
     seed: int = 0,
-    dtype: torch.dtype = torch.float16,
+    dtype: torch.dtype | None = None,
+    layout: CheckpointLayout = "per-layer",
+    shards: int = PUBLISHED_SHARDS,
 ) -> Path:
-    """Random weights at any size, written shard by shard (one decoder layer per shard): the
-    model is built on the meta device for its tensor names and shapes only, so memory holds
-    one layer at a time, never the model (like vLLM's dummy load format, but on disk)."""
+    """Random weights at any size, written tensor by tensor: the model is built on the meta device
+    for its tensor names and shapes only, each shard's safetensors header is written first and its
+    tensors are made and written one at a time, so memory holds one tensor, never the model (like
+    vLLM's dummy load format, but on disk). Release tensor names (audio_tower.*, language_model.*).
+
+    `layout` "per-layer": one decoder layer per shard, float16 unless `dtype` says otherwise,
+    config.json as transformers writes it, processor files with the chat template (`write_processor`).
+    "published": as Qwen/Qwen2-Audio-7B-Instruct's main branch is published: `shards` shards of
+    about equal size, bfloat16 unless `dtype` says otherwise, the minimal config.json of
+    `published_config`, tokenizer and feature extractor files with no chat template and no
+    processor_config.json (`write_published_processor`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    dtype = dtype or (torch.bfloat16 if layout == "published" else torch.float16)
     with torch.device("meta"):
         shapes = {name: tuple(t.shape) for name, t in Qwen2AudioForConditionalGeneration(config).state_dict().items()}
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    sizes = {name: _numel(shape) * itemsize for name, shape in shapes.items()}
+    groups = _per_layer_shards(list(shapes)) if layout == "per-layer" else _sized_shards(sizes, shards)
+    generator = torch.Generator().manual_seed(seed)
+    weight_map, total_bytes = {}, 0
+    for index, names in enumerate(groups, start=1):
+        file_name = f"model-{index:05d}-of-{len(groups):05d}.safetensors"
+        entries = [
+            (_release_name(name), shapes[name], partial(_dummy_tensor, name, shapes[name], generator, dtype))
+            for name in names
+        ]
+        total_bytes += _save_streamed(out_dir / file_name, entries, dtype)
+        weight_map.update({_release_name(name): file_name for name in names})
+    index_file = {"metadata": {"total_size": total_bytes}, "weight_map": weight_map}
+    (out_dir / "model.safetensors.index.json").write_text(json.dumps(index_file, indent=2))
+    generation_config(tokenizer).save_pretrained(out_dir)
+    if layout == "published":
+        (out_dir / "config.json").write_text(json.dumps(published_config(config), indent=2) + "\n")
+        write_published_processor(out_dir, config, tokenizer)
+    else:
+        config.save_pretrained(out_dir)
+        write_processor(out_dir, config, tokenizer)
+    return out_dir
+
+
+def published_config(config: Qwen2AudioConfig) -> dict[str, Any]:
+    """config.json as Qwen2-Audio-7B(-Instruct) publishes it: the audio encoder in full, a minimal
+    `text_config` that relies on transformers' Qwen2 defaults for the decoder's width, depth and
+    heads (written only where `config` differs from them), bf16, transformers 4.38.1."""
+    audio, text = config.audio_config, config.text_config
+    rope = getattr(text, "rope_parameters", None) or {}
+    text_config: dict[str, Any] = {
+        "bos_token_id": text.bos_token_id,
+        "eos_token_id": text.eos_token_id,
+        "intermediate_size": text.intermediate_size,
+        "max_position_embeddings": text.max_position_embeddings,
+        "model_type": "qwen2",
+        "rms_norm_eps": text.rms_norm_eps,
+        "rope_theta": rope.get("rope_theta", 10000.0),
+        "sliding_window": 32768,
+        "torch_dtype": "bfloat16",
+        "use_mrope": False,
+        "vocab_size": text.vocab_size,
+    }
+    defaults = Qwen2Config()
+    for key in _QWEN2_DEFAULTED_KEYS:
+        if getattr(text, key) != getattr(defaults, key):
+            text_config[key] = getattr(text, key)
+    audio_config = {
+        "model_type": "qwen2_audio_encoder",
+        "num_mel_bins": audio.num_mel_bins,
+        "encoder_layers": audio.encoder_layers,
+        "encoder_attention_heads": audio.encoder_attention_heads,
+        "encoder_ffn_dim": audio.encoder_ffn_dim,
+        "d_model": audio.d_model,
+        "dropout": 0.0,
+        "attention_dropout": 0.0,
+        "activation_function": audio.activation_function,
+        "activation_dropout": 0.0,
+        "scale_embedding": audio.scale_embedding,
+        "init_std": 0.02,
+        "max_source_positions": audio.max_source_positions,
+    }
+    return {
+        "architectures": ["Qwen2AudioForConditionalGeneration"],
+        "audio_config": audio_config,
+        "audio_token_index": config.audio_token_index,
+        "ignore_index": -100,
+        "model_type": "qwen2_audio",
+        "text_config": dict(sorted(text_config.items())),
+        "torch_dtype": "bfloat16",
+        "transformers_version": PUBLISHED_TRANSFORMERS_VERSION,
+        "vocab_size": text.vocab_size,
+    }
+
+
+def write_published_processor(out_dir: Path, config: Qwen2AudioConfig, tokenizer: Qwen2Tokenizer) -> None:
+    """Processor files as the published Qwen2-Audio-7B(-Instruct) main branch holds them: tokenizer.json,
+    tokenizer_config.json (transformers 4's keys: added_tokens_decoder, additional_special_tokens),
+    vocab.json, merges.txt, preprocessor_config.json; no chat template anywhere, no processor_config.json."""
+    template = tokenizer.chat_template
+    tokenizer.chat_template = None
+    try:
+        tokenizer.save_pretrained(out_dir)
+    finally:
+        tokenizer.chat_template = template
+    config_file = out_dir / "tokenizer_config.json"
+    tokenizer_config = json.loads(config_file.read_text(encoding="utf-8"))
+    tokenizer_config.pop("backend", None)
+    tokenizer_config.pop("chat_template", None)
+    tokenizer_config["additional_special_tokens"] = tokenizer_config.pop("extra_special_tokens", [])
+    tokenizer_config["added_tokens_decoder"] = {
+        str(token_id): {
+            "content": token.content,
+            "lstrip": token.lstrip,
+            "normalized": token.normalized,
+            "rstrip": token.rstrip,
+            "single_word": token.single_word,
+            "special": token.special,
+        }
+        for token_id, token in sorted(tokenizer.added_tokens_decoder.items())
+    }
+    config_file.write_text(json.dumps(dict(sorted(tokenizer_config.items())), indent=2, ensure_ascii=False) + "\n")
+    extractor = feature_extractor(window_seconds_of(config), config.audio_config.num_mel_bins)
+    extractor.save_pretrained(out_dir)
+    preprocessor_file = out_dir / "preprocessor_config.json"
+    preprocessor = json.loads(preprocessor_file.read_text(encoding="utf-8"))
+    preprocessor["processor_class"] = "Qwen2AudioProcessor"  # how AutoProcessor finds the processor
+    preprocessor_file.write_text(json.dumps(dict(sorted(preprocessor.items())), indent=2) + "\n")
+    _write_vocab_and_merges(out_dir, tokenizer)
+
+
+def _release_name(name: str) -> str:
+    return next((new + name[len(old) :] for old, new in _RELEASE_NAMES if name.startswith(old)), name)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
+
+
+def _per_layer_shards(names: list[str]) -> list[list[str]]:
+    """One shard per decoder layer; the audio tower, the projector, the embeddings (+ final norm)
+    and lm_head one each."""
     shards: dict[str, list[str]] = {}
-    for name in shapes:
+    for name in names:
         parts = name.split(".")
         key = (
             f"layer-{int(parts[3]):03d}"
@@ -264,24 +424,55 @@ def write_dummy_checkpoint(
             else parts[0]
         )
         shards.setdefault(key, []).append(name)
-    generator = torch.Generator().manual_seed(seed)
-    weight_map, total_bytes = {}, 0
-    for index, names in enumerate(shards.values(), start=1):
-        file_name = f"model-{index:05d}-of-{len(shards):05d}.safetensors"
-        tensors = {}
-        for name in names:
-            release = next((new + name[len(old) :] for old, new in _RELEASE_NAMES if name.startswith(old)), name)
-            tensors[release] = _dummy_tensor(name, shapes[name], generator, dtype)
-            weight_map[release] = file_name
-            total_bytes += tensors[release].numel() * tensors[release].element_size()
-        save_file(tensors, str(out_dir / file_name), metadata={"format": "pt"})
-        del tensors
-    index_file = {"metadata": {"total_size": total_bytes}, "weight_map": weight_map}
-    (out_dir / "model.safetensors.index.json").write_text(json.dumps(index_file, indent=2))
-    config.save_pretrained(out_dir)
-    generation_config(tokenizer).save_pretrained(out_dir)
-    write_processor(out_dir, config, tokenizer)
-    return out_dir
+    return list(shards.values())
+
+
+def _sized_shards(sizes: dict[str, int], count: int) -> list[list[str]]:
+    """The tensors in order, cut into `count` non-empty shards of about equal size (as
+    save_pretrained's max_shard_size cuts a 7B into five): a tensor opens the next shard when its
+    middle lies past the current shard's share, or when only as many tensors as shards are left."""
+    names = list(sizes)
+    count = max(1, min(count, len(names)))
+    total = sum(sizes.values())
+    shards: list[list[str]] = [[]]
+    offset = 0
+    for position, name in enumerate(names):
+        remaining_shards = count - len(shards)
+        past_share = (offset + sizes[name] / 2) * count > total * len(shards)
+        if shards[-1] and remaining_shards and (past_share or len(names) - position == remaining_shards):
+            shards.append([])
+        shards[-1].append(name)
+        offset += sizes[name]
+    return shards
+
+
+_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+
+
+def _save_streamed(
+    path: Path, entries: Sequence[tuple[str, tuple[int, ...], Callable[[], torch.Tensor]]], dtype: torch.dtype
+) -> int:
+    """A safetensors file whose header is written first and whose tensors (name, shape, make) are
+    made and written one at a time; returns the bytes of tensor data."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, shape, _ in entries:
+        end = offset + _numel(shape) * itemsize
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, end]}
+        offset = end
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
+    with open(path, "wb") as file:
+        file.write(len(encoded).to_bytes(8, "little"))
+        file.write(encoded)
+        for name, shape, make in entries:
+            tensor = make().contiguous()
+            if tuple(tensor.shape) != shape or tensor.dtype != dtype:
+                raise RuntimeError(f"{name}: made {tuple(tensor.shape)} {tensor.dtype}, expected {shape} {dtype}")
+            file.write(tensor.view(torch.uint8).numpy().data)
+            del tensor
+    return offset
 
 
 def _dummy_tensor(name: str, shape: tuple[int, ...], generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
@@ -295,6 +486,7 @@ def _dummy_tensor(name: str, shape: tuple[int, ...], generator: torch.Generator,
 
 # Realistic shapes for benchmarks (random weights): decoder widths, layer counts, vocabulary and
 # context as the named models; the tokenizer is the small scaffold one, its embeddings padded.
+# qwen2-audio-7b is also written in the published layout (PRESET_LAYOUTS).
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
         window_seconds=10,
@@ -341,12 +533,19 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# How each preset written by write_dummy_checkpoint is laid out: Qwen2-Audio-7B's as its folder is
+# published (5 bf16 shards, minimal config.json, no chat template), so benchmarks export what a
+# user downloads; small in the scaffold's own per-layer float16 layout.
+PRESET_LAYOUTS: dict[str, CheckpointLayout] = {"small": "per-layer", "qwen2-audio-7b": "published"}
+
+
 def preset_checkpoint(out_dir: Path, preset: str, *, seed: int = 0) -> Path:
-    """A random-weights checkpoint with `preset`'s shapes (see PRESETS)."""
+    """A random-weights checkpoint with `preset`'s shapes (see PRESETS) and layout (PRESET_LAYOUTS)."""
     if preset == "tiny":
         return tiny_checkpoint(out_dir, seed=seed)
     tokenizer = train_tokenizer(SAMPLE_TEXTS, vocab_size=600)
-    return write_dummy_checkpoint(out_dir, model_config(tokenizer, **PRESETS[preset]), tokenizer, seed=seed)
+    config = model_config(tokenizer, **PRESETS[preset])
+    return write_dummy_checkpoint(out_dir, config, tokenizer, seed=seed, layout=PRESET_LAYOUTS[preset])
 
 
 def _write_vocab_and_merges(out_dir: Path, tokenizer: Qwen2Tokenizer) -> None:

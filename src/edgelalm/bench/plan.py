@@ -6,10 +6,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from edgelalm.compression import CompressorSpec
-from edgelalm.constants import MANIFEST_FILE, CompressorName, EncoderPrecision, ExtraBuffers, QuantType
+from edgelalm.constants import (
+    MANIFEST_FILE,
+    SCAFFOLD_PRESETS,
+    EncoderPrecision,
+    ExtraBuffers,
+    QuantType,
+)
 from edgelalm.errors import EdgelalmError
 from edgelalm.manifest import bundle_name, read_manifest
 
@@ -52,10 +58,7 @@ def target_settings(target: str) -> dict[str, Any]:
 
 def parse_compressor(label: str) -> CompressorSpec:
     """'avg3' -> CompressorSpec('avg', 3); 'unseg' -> CompressorSpec('unseg')."""
-    name = label.rstrip("0123456789")
-    digits = label[len(name) :]
-    # CompressorSpec refuses an unknown name.
-    return CompressorSpec(cast(CompressorName, name), int(digits) if digits else 1)
+    return CompressorSpec.from_label(label)
 
 
 def check_device(plan: BenchPlan) -> None:
@@ -122,6 +125,9 @@ def ensure_bundle(model_dir: Path, label: str, plan: BenchPlan, share_from: Path
             None,
             force=True,
             share_from=share_from,
+            # The presets' tables were measured with Qwen2-Audio-Instruct's prompt; the 7B preset's
+            # folder (the published layout, named like the base model) would be detected as base.
+            prompt_format="instruct" if plan.model in SCAFFOLD_PRESETS else None,
         )
     )
     return folder

@@ -40,8 +40,9 @@ def uniform_alpha(adapter: LoraAdapter) -> float | None:
     return alpha if exact and alpha != 0 else None
 
 
-def write_adapter_gguf(checkpoint: Checkpoint, adapter: LoraAdapter, path: Path, float_type: str = "f32") -> None:
-    """Write `adapter` for `checkpoint`'s decoder as a llama.cpp LoRA GGUF at `path` (f32 or f16 factors)."""
+def write_adapter_gguf(checkpoint: Checkpoint, adapter: LoraAdapter, path: Path, float_type: str = "f32") -> float:
+    """Write `adapter` for `checkpoint`'s decoder as a llama.cpp LoRA GGUF at `path` (f32 or f16
+    factors); returns the alpha written (0: each module's scaling folded into its B)."""
     if float_type not in ("f32", "f16"):
         raise EdgelalmError(f"adapter factors are written as f32 or f16, not {float_type!r}")
     dtype = np.float16 if float_type == "f16" else np.float32
@@ -66,3 +67,4 @@ def write_adapter_gguf(checkpoint: Checkpoint, adapter: LoraAdapter, path: Path,
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    return alpha if alpha is not None else 0.0

@@ -1,7 +1,9 @@
 """`edgelalm export`: checkpoint folder -> bundle folder, atomically.
 
 Steps: open the checkpoint, load the audio tower and projector, trace the encoder, trace the
-compressor + projector, check both graphs against PyTorch on a probe clip, write the manifest.
+compressor + projector (one graph per compressor choice), check the graphs against PyTorch on a
+probe clip, write the decoder (with the adapter merged, or, for several compressors, unmerged with
+each choice's adapter as a llama.cpp LoRA GGUF), check it in llama.cpp, write the manifest.
 Everything is written into a hidden temporary folder beside the target and renamed into place
 at the end, so a failed or interrupted export leaves nothing behind.
 
@@ -32,16 +34,19 @@ from edgelalm.constants import (
     QUANT_TYPES,
     PromptFormat,
     QuantType,
+    adapter_file,
+    compressor_file,
 )
 from edgelalm.errors import EdgelalmError
 from edgelalm.export.adapter import LoraAdapter, open_adapter
+from edgelalm.export.adapter_gguf import write_adapter_gguf
 from edgelalm.export.checkpoint import Checkpoint, open_checkpoint
 from edgelalm.export.compressor import CompressorProjector, build_compressor, export_compressor_onnx
 from edgelalm.export.decoder import write_decoder
-from edgelalm.export.describe import build_manifest
+from edgelalm.export.describe import ExportedChoice, build_manifest
 from edgelalm.export.encoder import EncoderPrecision, export_encoder_onnx
 from edgelalm.export.share import check_shared_checksums, shareable_files
-from edgelalm.export.verify import check_against_pytorch, check_decoder
+from edgelalm.export.verify import check_adapter, check_against_pytorch, check_decoder
 from edgelalm.files import atomic_folder, link_or_copy
 from edgelalm.manifest import (
     PromptInfo,
@@ -69,6 +74,27 @@ class ExportOptions:
     llama_extra_buffers: ExtraBuffers = "auto"
     # instruct or base (edgelalm.prompt); None: detected from the checkpoint.
     prompt_format: PromptFormat | None = None
+    # Several compressors in one bundle (issue 19): (compressor, its adapter folder or None) each,
+    # the first the default, each adapter written as a llama.cpp LoRA GGUF and applied at run time
+    # over one decoder with nothing merged. Empty: the one `compressor`, `adapter_dir` merged.
+    choices: tuple[tuple[CompressorSpec, Path | None], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.choices:
+            labels = [spec.label for spec, _ in self.choices]
+            if len(set(labels)) != len(labels):
+                raise EdgelalmError(f"compressors listed twice: {', '.join(labels)}")
+            if self.compressor != self.choices[0][0] or self.adapter_dir is not None:
+                raise EdgelalmError("with several compressors, each names its own adapter (choices)")
+
+
+def _choices(options: ExportOptions) -> list[ExportedChoice]:
+    if not options.choices:
+        return [ExportedChoice(options.compressor, COMPRESSOR_FILE)]
+    return [
+        ExportedChoice(spec, compressor_file(spec.label), adapter_dir=folder, adapter_file=adapter_file(spec.label))
+        for spec, folder in options.choices
+    ]
 
 
 def export_bundle(options: ExportOptions) -> Path:
@@ -86,7 +112,9 @@ def export_bundle(options: ExportOptions) -> Path:
 
 
 def _write_bundle(options: ExportOptions) -> None:
-    steps = Steps(total=8)
+    choices = _choices(options)
+    several = bool(options.choices)
+    steps = Steps(total=9 if several else 8)
     with atomic_folder(options.out_dir, options.force) as staging, quiet_exporter():
         with steps.step(f"Reading checkpoint {options.model_dir}"):
             checkpoint = open_checkpoint(options.model_dir)
@@ -94,15 +122,26 @@ def _write_bundle(options: ExportOptions) -> None:
             steps.note(_prompt_note(prompt, options.prompt_format))
             adapter = open_checkpoint_adapter(checkpoint, options.adapter_dir)
             if adapter:
-                steps.note(
-                    f"LoRA adapter {options.adapter_dir}: rank {adapter.rank}, alpha {adapter.alpha:g}, "
-                    f"{len(adapter.target_modules)} modules"
-                )
+                steps.note(f"LoRA adapter {options.adapter_dir}: {_adapter_summary(adapter)}")
+            for choice in choices:
+                choice.adapter = open_checkpoint_adapter(checkpoint, choice.adapter_dir)
+                if several:
+                    steps.note(
+                        f"{choice.spec.label}: "
+                        + (
+                            f"adapter {choice.adapter_dir}: {_adapter_summary(choice.adapter)}"
+                            if choice.adapter
+                            else "no adapter"
+                        )
+                    )
             shared = shareable_files(checkpoint, options, adapter)
         with steps.step("Loading the audio tower and projector"):
             tower = checkpoint.load_audio_tower()
             projector = checkpoint.load_projector()
-            compressor = CompressorProjector(build_compressor(options.compressor), projector).eval()
+            compressors = {
+                choice.graph_file: CompressorProjector(build_compressor(choice.spec), projector).eval()
+                for choice in choices
+            }
         if ENCODER_FILE in shared and options.share_from:
             # Copied, not linked: onnx refuses external weights that have several hard links.
             with steps.step(f"Copying the audio encoder ({options.encoder_precision}) from {options.share_from}"):
@@ -112,21 +151,27 @@ def _write_bundle(options: ExportOptions) -> None:
             with steps.step(f"Exporting the audio encoder to ONNX ({options.encoder_precision})"):
                 export_encoder_onnx(tower, staging / ENCODER_FILE, options.encoder_precision)
         np.save(staging / MEL_FILTERS_FILE, checkpoint.processor.feature_extractor.mel_filters)
-        with steps.step(f"Exporting compressor {options.compressor.label} + projector to ONNX"):
-            export_compressor_onnx(compressor, tower.config.d_model, staging / COMPRESSOR_FILE)
+        labels = ", ".join(choice.spec.label for choice in choices)
+        with steps.step(f"Exporting compressor {labels} + projector to ONNX"):
+            for file_name, compressor in compressors.items():
+                export_compressor_onnx(compressor, tower.config.d_model, staging / file_name)
         with steps.step("Checking the graphs against PyTorch on a probe clip"):
-            probe = check_against_pytorch(checkpoint, tower, compressor, staging, options.encoder_precision)
-            steps.note(
-                f"encoder {options.encoder_precision} vs PyTorch fp32: max |diff| {probe['encoder_max_abs_diff']:.2e} "
-                f"(largest |value| {probe['encoder_max_abs_value']:.2f}; "
-                f"{probe['encoder_relative_rms_diff']:.1e} of its RMS) "
-                f"on a {probe['seconds']:.1f} s probe"
-            )
-            steps.note(
-                f"compressor + projector vs PyTorch: max |diff| {probe['compressor_max_abs_diff']:.2e}, "
-                f"{probe['audio_tokens']} audio tokens from {probe['encoder_frames']} encoder frames"
-            )
-        del tower, projector, compressor
+            for file_name, compressor in compressors.items():
+                probe = check_against_pytorch(
+                    checkpoint, tower, compressor, staging, options.encoder_precision, file_name
+                )
+                if file_name == choices[0].graph_file:
+                    steps.note(
+                        f"encoder {options.encoder_precision} vs PyTorch fp32: max |diff| "
+                        f"{probe['encoder_max_abs_diff']:.2e} (largest |value| {probe['encoder_max_abs_value']:.2f}; "
+                        f"{probe['encoder_relative_rms_diff']:.1e} of its RMS) on a {probe['seconds']:.1f} s probe"
+                    )
+                    first_probe = probe
+                steps.note(
+                    f"{file_name} vs PyTorch: max |diff| {probe['compressor_max_abs_diff']:.2e}, "
+                    f"{probe['audio_tokens']} audio tokens from {probe['encoder_frames']} encoder frames"
+                )
+        del tower, projector, compressors
         merged = " with the LoRA merged" if adapter else ""
         if DECODER_FILE in shared and options.share_from:
             with steps.step(f"Linking the decoder ({options.quant}){merged} from {options.share_from}"):
@@ -139,13 +184,28 @@ def _write_bundle(options: ExportOptions) -> None:
                     options.quant,
                     adapter,
                     lambda done, total: show(f"tensor {done}/{total}"),
+                    prompt.chat_template,
                 )
+        if several:
+            adapted = [choice for choice in choices if choice.adapter]
+            # f32 factors beside an f32 decoder (exact parity); f16 otherwise (half the size).
+            float_type = "f32" if options.quant == "f32" else "f16"
+            with steps.step(f"Writing {len(adapted)} adapters as llama.cpp LoRA GGUFs ({float_type})"):
+                for choice in adapted:
+                    assert choice.adapter and choice.adapter_file
+                    choice.gguf_alpha = write_adapter_gguf(
+                        checkpoint, choice.adapter, staging / choice.adapter_file, float_type
+                    )
         with steps.step("Checking the decoder in llama.cpp"):
             decoder_check = check_decoder(checkpoint, staging / DECODER_FILE, prompt)
             steps.note(
                 f"llama.cpp loaded it: {decoder_check['n_vocab']} tokens, width {decoder_check['n_embd']}; "
                 "prompt token ids equal the checkpoint tokenizer's"
             )
+            for choice in choices:
+                if choice.adapter_file and choice.adapter:
+                    check_adapter(staging / DECODER_FILE, staging / choice.adapter_file)
+                    steps.note(f"llama.cpp loaded {choice.adapter_file} onto it")
             canary = run_canary(staging / DECODER_FILE, extra_buffers=options.llama_extra_buffers)
             steps.note(
                 f"llama.cpp decoded {canary['prefill_tokens']} tokens in batches and generated "
@@ -154,10 +214,16 @@ def _write_bundle(options: ExportOptions) -> None:
                 f"{', '.join(canary['weight_buffers'])})"
             )
         with steps.step("Writing the manifest"):
-            manifest = write_manifest(staging, build_manifest(checkpoint, options, prompt, probe, adapter))
+            manifest = write_manifest(
+                staging, build_manifest(checkpoint, options, prompt, first_probe, adapter, choices if several else [])
+            )
             check_shared_checksums(manifest, shared, options.share_from)
             for name, record in manifest.files.items():
                 steps.note(f"{name}: {record.bytes / 1e6:.2f} MB")
+
+
+def _adapter_summary(adapter: LoraAdapter) -> str:
+    return f"rank {adapter.rank}, alpha {adapter.alpha:g}, {len(adapter.target_modules)} modules"
 
 
 def _os_error_reason(error: OSError, out_dir: Path) -> str:

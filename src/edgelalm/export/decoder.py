@@ -42,16 +42,19 @@ def write_decoder(
     quant: str,
     adapter: LoraAdapter | None,
     on_tensor: Callable[[int, int], None] = lambda done, total: None,
+    chat_template: str | None = None,
 ) -> None:
-    """Write the decoder GGUF at `path` in `quant`; `on_tensor(done, total)` reports progress."""
+    """Write the decoder GGUF at `path` in `quant`; `on_tensor(done, total)` reports progress.
+    `chat_template`: the one the bundle's prompt uses ("" for none: the base format); None: the
+    checkpoint's."""
     if quant not in QUANT_TYPES:
         raise EdgelalmError(f"unknown quant type {quant!r}; choose one of {', '.join(QUANT_TYPES)}")
     if quant in ("f32", "f16"):
-        write_float_gguf(checkpoint, path, quant, adapter, on_tensor)
+        write_float_gguf(checkpoint, path, quant, adapter, on_tensor, chat_template)
         return
     float_path = path.with_name(path.stem + ".f16.gguf")
     try:
-        write_float_gguf(checkpoint, float_path, "f16", adapter, on_tensor)
+        write_float_gguf(checkpoint, float_path, "f16", adapter, on_tensor, chat_template)
         quantize_gguf(float_path, path, quant)
     finally:
         float_path.unlink(missing_ok=True)
@@ -63,6 +66,7 @@ def write_float_gguf(
     float_type: str,
     adapter: LoraAdapter | None,
     on_tensor: Callable[[int, int], None],
+    chat_template: str | None = None,
 ) -> None:
     text_config = checkpoint.config.text_config
     stored_keys = checkpoint.decoder_tensor_keys()
@@ -80,7 +84,7 @@ def write_float_gguf(
 
     writer = gguf.GGUFWriter(str(path), GGUF_ARCHITECTURE)
     add_model_metadata(writer, checkpoint, float_type)
-    add_tokenizer(writer, checkpoint)
+    add_tokenizer(writer, checkpoint, chat_template)
     for _, gguf_name, shape, dtype in plan:
         writer.add_tensor_info(gguf_name, shape, dtype, int(np.prod(shape)) * dtype.itemsize)
     writer.write_header_to_file()
@@ -131,7 +135,7 @@ def add_model_metadata(writer: gguf.GGUFWriter, checkpoint: Checkpoint, float_ty
     writer.add_file_type(file_type)
 
 
-def add_tokenizer(writer: gguf.GGUFWriter, checkpoint: Checkpoint) -> None:
+def add_tokenizer(writer: gguf.GGUFWriter, checkpoint: Checkpoint, chat_template: str | None = None) -> None:
     """Byte-level BPE as llama.cpp reads Qwen2's: tokens by id, their types, merges,
     special ids, chat template. Rows past the tokenizer (padded embeddings) become unused
     [PADn] tokens, as llama.cpp's own converter writes them."""
@@ -158,7 +162,10 @@ def add_tokenizer(writer: gguf.GGUFWriter, checkpoint: Checkpoint) -> None:
     special_vocab = gguf.SpecialVocab(checkpoint.path, load_merges=True, n_vocab=vocab_size)
     if not special_vocab.merges:
         raise EdgelalmError(f"{checkpoint.path}: the tokenizer has no BPE merges (tokenizer.json)")
-    special_vocab.chat_template = checkpoint.processor.chat_template or special_vocab.chat_template
+    if chat_template is None:
+        special_vocab.chat_template = checkpoint.processor.chat_template or special_vocab.chat_template
+    else:  # the bundle's own: edgelalm's for a template-less checkpoint, none for the base format
+        special_vocab.chat_template = chat_template or None
     special_vocab.add_to_gguf(writer, quiet=True)
     writer.add_add_bos_token(False)
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import datetime
 import json
+from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgelalm.compression import COMPRESSOR_DESCRIPTIONS
+from edgelalm.compression import COMPRESSOR_DESCRIPTIONS, CompressorSpec
 from edgelalm.constants import (
+    BUNDLE_FORMAT_VERSION,
     COMPRESSOR_FILE,
     COMPRESSOR_INPUT,
     COMPRESSOR_OUTPUT,
@@ -23,11 +26,14 @@ from edgelalm.constants import (
     MEL_FILTERS_FILE,
     MIN_MEL_FRAMES,
     RIGHT_CONTEXT_FRAMES,
+    SINGLE_COMPRESSOR_FORMAT_VERSION,
 )
 from edgelalm.errors import EdgelalmError
 from edgelalm.export.adapter import LoraAdapter
 from edgelalm.export.checkpoint import Checkpoint
 from edgelalm.manifest import (
+    AdapterInfo,
+    CompressorChoice,
     CompressorInfo,
     DecoderInfo,
     EncoderInfo,
@@ -56,18 +62,33 @@ if TYPE_CHECKING:  # bundle.py imports this module
     from edgelalm.export.bundle import ExportOptions
 
 
+@dataclass
+class ExportedChoice:
+    """A compressor of a bundle, as export makes it: its graph and, in a bundle of several, its
+    adapter written as a llama.cpp LoRA GGUF (`gguf_alpha`: the alpha written there)."""
+
+    spec: CompressorSpec
+    graph_file: str
+    adapter_dir: Path | None = None
+    adapter_file: str | None = None
+    adapter: LoraAdapter | None = None
+    gguf_alpha: float = 0.0
+
+
 def build_manifest(
     checkpoint: Checkpoint,
     options: ExportOptions,
     prompt: PromptInfo,
     probe: dict[str, Any],
     adapter: LoraAdapter | None,
+    choices: list[ExportedChoice],
 ) -> Manifest:
-    """What the bundle holds (the files' checksums are added when it is written)."""
+    """What the bundle holds (the files' checksums are added when it is written). `choices`: a
+    bundle of several compressors (format version 2), the first the default; empty for one."""
     config = checkpoint.config
     text_config = config.text_config
     extractor = checkpoint.processor.feature_extractor
-    spec = options.compressor
+    compressors = {choice.spec.label: _choice(choice) for choice in choices}
     return Manifest(
         created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         model=ModelInfo(
@@ -102,16 +123,7 @@ def build_manifest(
             frames_per_second=ENCODER_FRAMES_PER_SECOND,
             probe=ProbeInfo(seconds=probe["seconds"], max_abs_diff_vs_pytorch_fp32=probe["encoder_max_abs_diff"]),
         ),
-        compressor=CompressorInfo(
-            file=COMPRESSOR_FILE,
-            name=spec.name,
-            factor=spec.factor,
-            description=COMPRESSOR_DESCRIPTIONS[spec.name],
-            audio_tokens_per_second=spec.audio_tokens_per_second,
-            includes_projector=True,
-            inputs={COMPRESSOR_INPUT: "[L, audio_width]"},
-            output={COMPRESSOR_OUTPUT: "[N, hidden_size]"},
-        ),
+        compressor=_compressor_info(options.compressor, choices[0].graph_file if choices else COMPRESSOR_FILE),
         decoder=DecoderInfo(
             file=DECODER_FILE,
             format="gguf",
@@ -129,7 +141,31 @@ def build_manifest(
         prompt=prompt,
         special_tokens=special_tokens(checkpoint),
         tools={name: _version(name) for name in TOOL_PACKAGES},
+        compressors=compressors,
+        format_version=BUNDLE_FORMAT_VERSION if compressors else SINGLE_COMPRESSOR_FORMAT_VERSION,
     )
+
+
+def _compressor_info(spec: CompressorSpec, file_name: str) -> CompressorInfo:
+    return CompressorInfo(
+        file=file_name,
+        name=spec.name,
+        factor=spec.factor,
+        description=COMPRESSOR_DESCRIPTIONS[spec.name],
+        audio_tokens_per_second=spec.audio_tokens_per_second,
+        includes_projector=True,
+        inputs={COMPRESSOR_INPUT: "[L, audio_width]"},
+        output={COMPRESSOR_OUTPUT: "[N, hidden_size]"},
+    )
+
+
+def _choice(choice: ExportedChoice) -> CompressorChoice:
+    adapter = None
+    if choice.adapter is not None and choice.adapter_file is not None:
+        adapter = AdapterInfo(
+            file=choice.adapter_file, description=choice.adapter.describe(), gguf_alpha=choice.gguf_alpha
+        )
+    return CompressorChoice(compressor=_compressor_info(choice.spec, choice.graph_file), adapter=adapter)
 
 
 def special_tokens(checkpoint: Checkpoint) -> SpecialTokens:

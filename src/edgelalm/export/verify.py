@@ -40,6 +40,18 @@ def check_decoder(checkpoint: Checkpoint, gguf_path: Path, prompt: PromptInfo) -
         return {"n_vocab": decoder.n_vocab, "n_embd": decoder.n_embd}
 
 
+def check_adapter(gguf_path: Path, adapter_path: Path) -> None:
+    """llama.cpp's own loader takes the adapter GGUF for this decoder (it checks the architecture
+    and every factor's shape against the weights; loading runs no matrix kernels)."""
+    from edgelalm.runtime.decoder import LlamaModel
+
+    model = LlamaModel(gguf_path)
+    try:
+        model.load_adapter(adapter_path)
+    finally:
+        model.close()
+
+
 def probe_features(checkpoint: Checkpoint, seconds: float) -> tuple[np.ndarray, np.ndarray]:
     """A deterministic chirp-plus-noise clip as transformers' feature extractor sees it:
     the clip's mel frames and the two frames that follow it in the padded window."""
@@ -75,12 +87,13 @@ def check_against_pytorch(
     compressor: CompressorProjector,
     bundle_dir: Path,
     precision: EncoderPrecision = "fp32",
+    compressor_file: str = COMPRESSOR_FILE,
 ) -> dict[str, Any]:
     """Run both graphs in onnxruntime and in PyTorch (fp32) on a probe; refuse on mismatch."""
     import onnx
     import onnxruntime
 
-    for name in (ENCODER_FILE, COMPRESSOR_FILE):
+    for name in (ENCODER_FILE, compressor_file):
         onnx.checker.check_model(str(bundle_dir / name))
     mel, right_context = probe_features(checkpoint, PROBE_SECONDS)
     with torch.no_grad():
@@ -88,7 +101,7 @@ def check_against_pytorch(
     encoder = onnxruntime.InferenceSession(str(bundle_dir / ENCODER_FILE), providers=["CPUExecutionProvider"])
     frames = encoder.run(None, {ENCODER_INPUT: mel, ENCODER_RIGHT_CONTEXT_INPUT: right_context})[0]
     compressor_session = onnxruntime.InferenceSession(
-        str(bundle_dir / COMPRESSOR_FILE), providers=["CPUExecutionProvider"]
+        str(bundle_dir / compressor_file), providers=["CPUExecutionProvider"]
     )
     embeddings = compressor_session.run(None, {COMPRESSOR_INPUT: frames_ref})[0]
     with torch.no_grad():
@@ -107,7 +120,7 @@ def check_against_pytorch(
     compressor_diff = float(np.abs(embeddings - embeddings_ref).max())
     scale = max(1.0, float(np.abs(embeddings_ref).max()))
     if compressor_diff > 1e-4 * scale:
-        raise EdgelalmError(f"compressor ONNX differs from PyTorch by {compressor_diff:.2e}: export is broken")
+        raise EdgelalmError(f"{compressor_file} differs from PyTorch by {compressor_diff:.2e}: export is broken")
     return {
         "seconds": mel.shape[1] / 100.0,
         "encoder_frames": int(frames.shape[0]),

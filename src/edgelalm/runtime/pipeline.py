@@ -3,6 +3,10 @@
 audio file -> 16 kHz mono -> windows -> log-mel (numpy) -> encoder.onnx -> compressor.onnx
 -> llama.cpp: prompt tokens, audio embeddings (batch.embd), prompt tokens -> sampled text.
 Torch-free: onnxruntime, llama.cpp and numpy only.
+
+A bundle of several compressors (format version 2) holds one graph per compressor and each one's
+LoRA as a llama.cpp adapter: a run picks one (or `auto`: the least compression that fits), and its
+context applies that adapter over the one loaded decoder.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from edgelalm.errors import EdgelalmError
 from edgelalm.manifest import read_manifest
 from edgelalm.runtime.audio import open_audio, prepare_samples, stream_audio, truncation_warning
 from edgelalm.runtime.compressor import CompressorProjector
-from edgelalm.runtime.decoder import LlamaContext, LlamaModel
+from edgelalm.runtime.decoder import LlamaAdapter, LlamaContext, LlamaModel
 from edgelalm.runtime.encoder import AudioEncoder
 from edgelalm.runtime.features import (
     FeatureSettings,
@@ -58,9 +62,25 @@ class RunResult:
     reused_prompt_tokens: int = 0
     # What the caller should know about the input (a truncated file); the CLI prints them on stderr.
     warnings: list[str] = field(default_factory=list)
+    # The compressor that ran (its label: avg3, unseg), and with `auto`, why it was chosen.
+    compressor: str = ""
+    compressor_choice: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# `Runtime.run(compressor=AUTO)`: the least compression whose audio tokens fit.
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class CompressorOption:
+    """A compressor the loaded bundle offers: its spec, its graph and its adapter (None: none)."""
+
+    spec: CompressorSpec
+    graph: CompressorProjector
+    adapter: LlamaAdapter | None
 
 
 def latest_bundle(root: Path) -> Path:
@@ -121,7 +141,6 @@ class Runtime:
         )
         self.compressor_spec = CompressorSpec(manifest.compressor.name, manifest.compressor.factor)
         self.encoder = AudioEncoder(self.bundle / manifest.encoder.file, providers, threads, cpu_arena)
-        self.compressor = CompressorProjector(self.bundle / manifest.compressor.file, providers, threads, cpu_arena)
         self.decoder_info = manifest.decoder
         self.context_limit = manifest.decoder.context_length
         self.decoder = LlamaModel(
@@ -131,6 +150,16 @@ class Runtime:
             kv_cache_type=kv_cache_type,
             extra_buffers=llama_extra_buffers,
         )
+        # {label: option}: the bundle's compressors, the default first. Each graph is small; each
+        # adapter is loaded once onto the shared weights (a few MB) and applied per context.
+        entries = [(label, choice.compressor, choice.adapter) for label, choice in manifest.compressors.items()]
+        self.compressors: dict[str, CompressorOption] = {}
+        for label, info, adapter in entries or [(self.compressor_spec.label, manifest.compressor, None)]:
+            self.compressors[label] = CompressorOption(
+                CompressorSpec(info.name, info.factor),
+                CompressorProjector(self.bundle / info.file, providers, threads, cpu_arena),
+                self.decoder.load_adapter(self.bundle / adapter.file) if adapter else None,
+            )
         self._release(self._new_context())  # the first context, made now: a failure shows at load
         self.prompt = manifest.prompt
         self.before_audio = self.decoder.tokenize(self.prompt.before_audio)
@@ -196,6 +225,8 @@ class Runtime:
         sampling_rate: int | None = None,
         on_text: Callable[[str], None] | None = None,
         prompt_special_tokens: bool = False,
+        compressor: str | None = None,
+        max_audio_tokens: int | None = None,
     ) -> RunResult:
         """Answer a prompt about one clip. Safe to call from several threads: up to
         `max_concurrent_runs` run at once, each in its own llama.cpp context; others wait.
@@ -214,6 +245,10 @@ class Runtime:
             on_text: called with each piece of the answer as it is decoded (streaming).
             prompt_special_tokens: read `<|im_end|>` and the like in `prompt` as control tokens
                 (default: as text, so a prompt cannot end the user's turn).
+            compressor: which of the bundle's compressors (`Runtime.compressors`: avg3, unseg, ...)
+                with its adapter; None: the bundle's default (the first exported); "auto": the one
+                with the least compression whose audio tokens fit the context and `max_audio_tokens`.
+            max_audio_tokens: with "auto", a budget of audio tokens (fewer tokens, faster answers).
 
         Returns:
             RunResult: the text, token counts, per-stage timings in ms, decode rate, peak RSS and
@@ -228,6 +263,7 @@ class Runtime:
             return self._run(
                 context,
                 audio, prompt, max_tokens, temperature, top_p, seed, sampling_rate, on_text, prompt_special_tokens,
+                self._candidates(compressor, max_audio_tokens), max_audio_tokens,
             )  # fmt: skip
         finally:
             self._release(context)
@@ -244,6 +280,8 @@ class Runtime:
         sampling_rate: int | None,
         on_text: Callable[[str], None] | None,
         prompt_special_tokens: bool,
+        candidates: list[str],
+        max_audio_tokens: int | None,
     ) -> RunResult:
         if max_tokens < 1:
             raise EdgelalmError(f"max_tokens must be >= 1, got {max_tokens}")
@@ -275,10 +313,17 @@ class Runtime:
                 f"the clip is too short ({total_samples / target_rate * 1000:.0f} ms): the encoder needs at least 30 ms"
             )
         encoder_frames = sum(encoder_output_frames(mel_frames_for(n, self.features)) for n in usable)
-        self._check_context(encoder_frames, self.compressor_spec.max_audio_tokens, text_tokens, max_tokens, exact=False)
+        room = self.context_limit - text_tokens - max_tokens
+        budget = min(room, max_audio_tokens) if max_audio_tokens is not None else room
+        specs = [self.compressors[label].spec for label in candidates]
+        if all(spec.audio_tokens_per_second for spec in specs):  # fixed rates: known from the header
+            tightest = min(specs, key=lambda spec: spec.max_audio_tokens(encoder_frames))
+            self._check_context(tightest, encoder_frames, tightest.max_audio_tokens, text_tokens, max_tokens, budget)
 
-        embeddings: list[np.ndarray] = []
-        audio_tokens = read_samples = 0
+        # Each candidate's embeddings; with `auto`, a candidate is dropped once its tokens overflow.
+        embeddings: dict[str, list[np.ndarray]] = {label: [] for label in candidates}
+        tokens = dict.fromkeys(candidates, 0)
+        windows_used = read_samples = 0
         while True:
             with clock("features"):
                 window = next(windows, None)
@@ -290,18 +335,39 @@ class Runtime:
                 features = log_mel_window(window, self.features)
             with clock("encoder"):
                 frames = self.encoder(features)
+            windows_used += 1
             with clock("compressor"):
-                embeddings.append(self.compressor(frames))
-            audio_tokens += embeddings[-1].shape[0]
-            # Variable-rate compressors are known only now: stop at the first window that overflows.
-            if text_tokens + audio_tokens + max_tokens > self.context_limit:
-                self._refuse_partway(audio_tokens, read_samples, total_samples, text_tokens, max_tokens)
+                for label in list(embeddings):
+                    embeddings[label].append(self.compressors[label].graph(frames))
+                    tokens[label] += embeddings[label][-1].shape[0]
+                    # Variable-rate compressors are known only now: stop at the first window that overflows.
+                    if tokens[label] > budget:
+                        if len(embeddings) == 1:
+                            self._refuse_partway(
+                                self.compressors[label].spec, tokens[label], read_samples, total_samples,
+                                text_tokens, max_tokens, budget,
+                            )  # fmt: skip
+                        del embeddings[label]
         samples_seen = read_samples
-        audio_embeddings = np.concatenate(embeddings)
-        self._check_context(encoder_frames, lambda _: audio_tokens, text_tokens, max_tokens, exact=True)
+        # The least compression that fits: the most tokens (the earlier listed on a tie).
+        chosen = max(embeddings, key=lambda label: (tokens[label], -candidates.index(label)))
+        option, audio_tokens = self.compressors[chosen], tokens[chosen]
+        audio_embeddings = np.concatenate(embeddings[chosen])
+        choice_note = ""
+        if len(candidates) > 1:
+            others = ", ".join(
+                f"{label} {tokens[label]}" + ("" if label in embeddings else " (too many)")
+                for label in candidates
+                if label != chosen
+            )
+            limit = f"the budget of {budget}" if budget < room else f"the {room} the context leaves"
+            choice_note = (
+                f"auto chose {chosen}: {audio_tokens} audio tokens, the least compression within {limit} ({others})"
+            )
 
         with clock("prefill"):
             context.ensure_context(text_tokens + audio_tokens + max_tokens, keep_cells=True)
+            context.use_adapter(option.adapter)  # a change drops the cached prefix: its keys differ
             reused_tokens = context.start_with(self.before_audio, reuse=self.prefix_cache)
             context.feed_embeddings(audio_embeddings)
             context.feed_tokens(prompt_ids)
@@ -319,7 +385,7 @@ class Runtime:
             audio_seconds=round(audio_seconds, 3),
             audio_tokens=audio_tokens,
             audio_tokens_per_second=round(audio_tokens / audio_seconds, 3),
-            windows=len(embeddings),
+            windows=windows_used,
             prompt_tokens=text_tokens,
             generated_tokens=generated,
             timings_ms={name: round(value, 2) for name, value in timings.items()},
@@ -331,6 +397,8 @@ class Runtime:
             context_tokens=context.n_ctx,
             reused_prompt_tokens=reused_tokens,
             warnings=warnings,
+            compressor=chosen,
+            compressor_choice=choice_note,
         )
 
     def _usable(self, window_samples: int) -> bool:
@@ -338,17 +406,30 @@ class Runtime:
         return mel_frames_for(window_samples, self.features) >= MIN_MEL_FRAMES
 
     def _refuse_partway(
-        self, audio_tokens: int, read_samples: int, total_samples: int, text_tokens: int, max_tokens: int
+        self,
+        spec: CompressorSpec,
+        audio_tokens: int,
+        read_samples: int,
+        total_samples: int,
+        text_tokens: int,
+        max_tokens: int,
+        budget: int,
     ) -> None:
-        """A variable-rate compressor's tokens overflowed the context before the clip's end."""
+        """A variable-rate compressor's tokens overflowed the context (or the budget) before the clip's end."""
         rate = self.features.sampling_rate
-        fitting_seconds = read_samples / rate * (self.context_limit - text_tokens - max_tokens) / audio_tokens
-        raise EdgelalmError(
-            f"the clip ({total_samples / rate:.0f} s) does not fit the decoder's context of {self.context_limit} "
-            f"tokens: its first {read_samples / rate:.0f} s already give {audio_tokens} audio tokens with "
-            f"{self.compressor_spec.label}, plus {text_tokens} prompt and {max_tokens} answer tokens; "
-            f"at that rate about {fitting_seconds:.0f} s fit"
-        )
+        fitting_seconds = read_samples / rate * budget / audio_tokens
+        if budget < self.context_limit - text_tokens - max_tokens:
+            limit = (
+                f"the audio-token budget of {budget}: its first {read_samples / rate:.0f} s already give {audio_tokens}"
+            )
+        else:
+            limit = (
+                f"the decoder's context of {self.context_limit} tokens: its first {read_samples / rate:.0f} s already "
+                f"give {audio_tokens} audio tokens with {spec.label}, plus {text_tokens} prompt and {max_tokens} "
+                "answer tokens"
+            )
+        advice = f"at that rate about {fitting_seconds:.0f} s fit" if budget > 0 else "ask for fewer answer tokens"
+        raise EdgelalmError(f"the clip ({total_samples / rate:.0f} s) does not fit {limit}; {advice}")
 
     def _generate(
         self,
@@ -382,32 +463,51 @@ class Runtime:
 
     def _check_context(
         self,
+        spec: CompressorSpec,
         encoder_frames: int,
         audio_tokens_for: Callable[[int], int],
         text_tokens: int,
         max_tokens: int,
-        exact: bool,
+        budget: int,
     ) -> None:
-        """Refuse a clip the decoder's context cannot hold, naming the limit and a factor that fits."""
-        if not exact and self.compressor_spec.audio_tokens_per_second is None:
-            return  # unseg / mean / max: known after compression
-        needed = text_tokens + audio_tokens_for(encoder_frames) + max_tokens
-        if needed <= self.context_limit:
+        """Refuse a clip the decoder's context (or the audio-token budget) cannot hold, naming the
+        limit and a factor that fits."""
+        audio_tokens = audio_tokens_for(encoder_frames)
+        if audio_tokens <= budget:
             return
         room = self.context_limit - text_tokens - max_tokens
         seconds = encoder_frames / ENCODER_FRAMES_PER_SECOND
-        rate = self.compressor_spec.audio_tokens_per_second
-        longest = f" ({self.compressor_spec.label} fits at most {room / rate:.0f} s)" if rate and room > 0 else ""
+        if budget < room:
+            raise EdgelalmError(
+                f"the clip ({seconds:.0f} s) gives {audio_tokens} audio tokens with {spec.label}, over the budget "
+                f"of {budget}; avg or sample with a factor K={-(-encoder_frames // budget)} would fit it"
+            )
+        rate = spec.audio_tokens_per_second
+        longest = f" ({spec.label} fits at most {room / rate:.0f} s)" if rate and room > 0 else ""
         advice = (
             f"{longest}; avg or sample with a factor K={-(-encoder_frames // room)} would fit it"
             if room > 0
             else "; ask for fewer answer tokens"
         )
         raise EdgelalmError(
-            f"the clip ({seconds:.0f} s, {audio_tokens_for(encoder_frames)} audio tokens with "
-            f"{self.compressor_spec.label}) plus {text_tokens} prompt and {max_tokens} answer tokens needs "
-            f"{needed} tokens; the decoder's context is {self.context_limit}{advice}"
+            f"the clip ({seconds:.0f} s, {audio_tokens} audio tokens with "
+            f"{spec.label}) plus {text_tokens} prompt and {max_tokens} answer tokens needs "
+            f"{text_tokens + audio_tokens + max_tokens} tokens; the decoder's context is {self.context_limit}{advice}"
         )
+
+    def _candidates(self, compressor: str | None, max_audio_tokens: int | None) -> list[str]:
+        """The compressors a run may use: the one asked for, the default, or all of them for auto."""
+        if max_audio_tokens is not None and max_audio_tokens < 1:
+            raise EdgelalmError(f"max_audio_tokens must be >= 1, got {max_audio_tokens}")
+        if compressor is None:
+            return [self.compressor_spec.label]
+        if compressor == AUTO:
+            return list(self.compressors)
+        if compressor not in self.compressors:
+            raise EdgelalmError(
+                f"this bundle has no compressor {compressor!r}; it has {', '.join(self.compressors)} (or {AUTO})"
+            )
+        return [compressor]
 
 
 @contextlib.contextmanager
