@@ -164,3 +164,20 @@ def test_an_older_save_with_added_tokens_json_exports(tiny_checkpoint, tmp_path,
     code, _, stderr = in_process(monkeypatch, capsys, "export", "--model", folder, "--compressor", "none", "--out", out)
     assert code == 0, stderr
     assert "prompt token ids equal the checkpoint tokenizer's" in stderr
+
+
+def test_finetune_prompts_a_template_less_checkpoint_as_export_does(tiny_checkpoint, tmp_path):
+    """Training must not depend on transformers' fallback template either: the adapter is trained on
+    the prompt the bundle will feed."""
+    from edgelalm.prompt import instruct_template
+    from edgelalm.training.finetune import load_for_training
+    from edgelalm.training.model import PromptIds
+
+    folder = _copy(tiny_checkpoint, tmp_path / "my-finetune", template=False)
+    _, processor = load_for_training(folder, "cpu")
+    assert processor.chat_template == instruct_template()
+    checkpoint = open_checkpoint(folder)
+    pieces = prompt_pieces(checkpoint.processor, folder, checkpoint.name, None)
+    prompt = PromptIds.from_processor(processor)
+    assert prompt.before_audio == _ids(processor, pieces.before_audio)
+    assert prompt.after_audio == _ids(processor, pieces.after_audio + pieces.default_prompt + pieces.after_prompt)
