@@ -14,6 +14,12 @@ compressor, side by side: disk, switching, prefill and decode speed, peak memory
 - memory: peak RSS of a child process that loads the bundle of several and runs every compressor,
   against one that loads a merged bundle and runs it.
 Prints a table and writes OUT/compressor-choices.json.
+
+For a preset with random weights (no realigned adapters), `--random-adapters CHECKPOINT OUT`
+writes rank-16 LoRA adapters on q_proj and k_proj (alpha 32, as the paper trains them) with random
+non-zero factors, one per label (avg2, avg3, unseg), to export the bundles with:
+
+    python benchmarks/compressor_choices.py --random-adapters build/small build/small-adapters
 """
 
 from __future__ import annotations
@@ -65,7 +71,29 @@ def switch_ms(runtime: Runtime, first: str, second: str, repeats: int) -> float:
         runtime._release(context)
 
 
+def random_adapters(checkpoint: Path, out: Path, labels: tuple[str, ...] = ("avg2", "avg3", "unseg")) -> None:
+    """Rank-16 q/k LoRA adapters with random non-zero factors (peft starts B at zero), one per label."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2AudioForConditionalGeneration
+
+    for seed, label in enumerate(labels):
+        model = Qwen2AudioForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32)
+        config = LoraConfig(r=16, lora_alpha=32, target_modules=r".*language_model.*\.(q_proj|k_proj)")
+        peft_model = get_peft_model(model, config)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, parameter in peft_model.named_parameters():
+                if "lora_" in name:
+                    parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.01)
+        peft_model.save_pretrained(out / label)
+        print(out / label)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and len(sys.argv) == 4 and sys.argv[1] == "--random-adapters":
+        random_adapters(Path(sys.argv[2]), Path(sys.argv[3]))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("bundle", type=Path, help="a bundle of several compressors")
     parser.add_argument("--merged", action="append", default=[], help="LABEL=BUNDLE: that compressor merged")

@@ -24,18 +24,14 @@ __init__, which needs setuptools' pkg_resources.
 
 The test vectors (models/ggml-vocab-qwen2.gguf.inp and .out: strings separated by a marker line,
 one line of expected ids per string) are not stored here either: `llama_cpp_tokenizer_vectors`
-takes them from the sdist of the llama-cpp-python release installed here, downloaded with pip once
-and cached under build/ (ignored by git).
+takes them from the sdist of the llama-cpp-python release installed here with
+edgelalm.bench.llama_cpp_source (which the benchmark's mtmd peer uses for llama.cpp's converter):
+downloaded with pip once and cached under build/test-data (ignored by git).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
-import tarfile
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -57,7 +53,6 @@ TINY_WIDTHS = {
     "max_position_embeddings": 8192,
 }
 
-LLAMA_CPP_DISTRIBUTION = "llama-cpp-python"
 VECTOR_FILES = ("ggml-vocab-qwen2.gguf.inp", "ggml-vocab-qwen2.gguf.out")
 # llama.cpp's tests/test-tokenizer-0.cpp splits the .inp file on this line.
 VECTOR_SEPARATOR = "\n__ggml_vocab_test__\n"
@@ -104,52 +99,18 @@ def write_published_checkpoint(parent: Path, name: str = PUBLISHED_NAME, seed: i
 
 def llama_cpp_tokenizer_vectors(cache: Path = VECTOR_CACHE) -> list[tuple[str, list[int]]]:
     """llama.cpp's Qwen2 tokenizer test vectors, (text, expected ids) in file order, from the sdist
-    of the installed llama-cpp-python release (its vendor/llama.cpp/models/). Downloaded with pip
-    once, then read from `cache`; RuntimeError (with pip's own words) when that cannot be done."""
-    version = metadata.version(LLAMA_CPP_DISTRIBUTION)
-    folder = cache / f"{LLAMA_CPP_DISTRIBUTION}-{version}"
-    if not all((folder / name).is_file() for name in VECTOR_FILES):
-        _download_vectors(version, folder)
-    return parse_vectors(*(folder / name for name in VECTOR_FILES))
+    of the installed llama-cpp-python release (its vendor/llama.cpp/models/), through
+    edgelalm.bench.llama_cpp_source: downloaded with pip once, then read from `cache`;
+    RuntimeError (with pip's own words) when that cannot be done."""
+    from edgelalm.bench.llama_cpp_source import llama_cpp_source
+    from edgelalm.errors import EdgelalmError
 
-
-def _download_vectors(version: str, folder: Path) -> None:
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder.parent) as scratch:
-        command = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            f"{LLAMA_CPP_DISTRIBUTION}=={version}",
-            "--no-deps",
-            "--no-binary",
-            ":all:",
-            "--quiet",
-            "--dest",
-            scratch,
-        ]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=900)
-        sdists = sorted(Path(scratch).glob("*.tar.gz"))
-        if result.returncode != 0 or len(sdists) != 1:
-            raise RuntimeError(
-                f"could not download the {LLAMA_CPP_DISTRIBUTION} {version} sdist for llama.cpp's tokenizer "
-                f"test vectors ({' '.join(command[2:])} exited {result.returncode}): {result.stderr.strip()[-2000:]}"
-            )
-        staged = Path(scratch) / "vectors"
-        staged.mkdir()
-        with tarfile.open(sdists[0], "r:gz") as sdist:
-            for member in sdist:
-                file_name = member.name.rsplit("/", 1)[-1]
-                if file_name in VECTOR_FILES and member.name.endswith(f"/vendor/llama.cpp/models/{file_name}"):
-                    source = sdist.extractfile(member)
-                    if source is not None:
-                        (staged / file_name).write_bytes(source.read())
-        missing = [name for name in VECTOR_FILES if not (staged / name).is_file()]
-        if missing:
-            raise RuntimeError(f"{sdists[0].name} has no vendor/llama.cpp/models/{' or '.join(missing)}")
-        shutil.rmtree(folder, ignore_errors=True)
-        staged.rename(folder)
+    paths = [f"models/{name}" for name in VECTOR_FILES]
+    try:
+        root = llama_cpp_source(paths, cache)
+    except EdgelalmError as error:
+        raise RuntimeError(f"llama.cpp's tokenizer test vectors: {error}") from None
+    return parse_vectors(*(root / path for path in paths))
 
 
 def parse_vectors(inputs: Path, outputs: Path) -> list[tuple[str, list[int]]]:

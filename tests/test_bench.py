@@ -163,7 +163,14 @@ def test_a_worker_killed_by_a_signal_is_reported_as_such(tmp_path, monkeypatch):
 
     monkeypatch.setattr(bench.measure, "run_child", lambda command, timeout=None: ChildResult(-11, "", ""))
     plan = bench.BenchPlan(
-        model="tiny", out_dir=tmp_path, compressors=("none",), seconds=(3.0,), repeats=1, max_tokens=4, reference=False
+        model="tiny",
+        out_dir=tmp_path,
+        compressors=("none",),
+        seconds=(3.0,),
+        repeats=1,
+        max_tokens=4,
+        reference=False,
+        mtmd=False,  # its rows are tests/test_mtmd_peer.py's
     )
     with pytest.raises(
         EdgelalmError, match=r"no measurement succeeded; the first: the edgelalm worker crashed \(SIGSEGV\)"

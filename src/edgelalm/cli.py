@@ -358,6 +358,12 @@ def bench(
     ] = None,
     llama_extra_buffers: Annotated[ExtraBuffers, typer.Option(help=_EXTRA_BUFFERS_HELP)] = "auto",
     reference: Annotated[bool, typer.Option(help="Also measure transformers' PyTorch fp32 model side by side.")] = True,
+    mtmd: Annotated[
+        bool,
+        typer.Option(
+            help="Also measure llama.cpp's own audio path (mtmd, with its converter's mmproj) on the same decoder."
+        ),
+    ] = True,
     target: Annotated[
         str,
         typer.Option(
@@ -372,7 +378,7 @@ def bench(
         bool, typer.Option("--quick", help="A minute-long smoke run: tiny preset, none and avg3, 3 s and 12 s.")
     ] = False,
 ) -> None:
-    """Measure latency and memory per compressor and clip length, and the PyTorch reference beside it."""
+    """Measure latency and memory per compressor and clip length, with PyTorch and llama.cpp's mtmd beside it."""
     _require_export_extra("bench")
     _warn_if_extra_buffers_crash(llama_extra_buffers)
     from edgelalm.bench import QUICK, BenchPlan, parse_compressor, run_bench, target_settings
@@ -396,6 +402,7 @@ def bench(
         encoder_precision=encoder_precision,
         threads=threads or settings.get("threads"),
         reference=reference,
+        mtmd=mtmd,
         target=target or "cpu (default settings)",
         settings=settings,
         llama_extra_buffers=llama_extra_buffers,

@@ -1,11 +1,14 @@
-"""`edgelalm bench`: latency and memory per compressor and clip length, against PyTorch.
+"""`edgelalm bench`: latency and memory per compressor and clip length, against PyTorch and
+llama.cpp's own audio path.
 
 For one model (a checkpoint folder, or a random-weights preset with realistic shapes), it
 exports or reuses a bundle per compressor, then measures each (compressor, clip length) in a
 fresh subprocess, so each peak RSS belongs to one configuration: a warm-up run, then repeats,
 reported as medians with min and max. The reference runs in the same way, side by side:
 transformers' PyTorch model in fp32 with the same compressor in PyTorch between audio tower
-and projector, on the same clips. Results: results.json, results.csv, summary.md, PNG plots.
+and projector, on the same clips. So does llama.cpp's mtmd (edgelalm.bench.mtmd): the bundle's
+decoder.gguf with the audio tower converted by llama.cpp's own converter, one row per clip length
+(no compressor). Results: results.json, results.csv, summary.md, PNG plots.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from edgelalm.bench.measure import (
     summarize,
     synthetic_clip,
 )
+from edgelalm.bench.mtmd import MMPROJ_TYPE, MTMD_RUNTIME, ensure_mmproj, explain_failure
 from edgelalm.bench.plan import (
     DEFAULT_COMPRESSORS,
     DEFAULT_SECONDS,
@@ -35,18 +39,22 @@ from edgelalm.bench.plan import (
     target_settings,
 )
 from edgelalm.bench.report import check_rows, machine_description, ratios, write_results
+from edgelalm.errors import EdgelalmError
 
 __all__ = [
     "DEFAULT_COMPRESSORS",
     "DEFAULT_SECONDS",
+    "MTMD_RUNTIME",
     "QUICK",
     "STAGES",
     "BenchPlan",
     "check_device",
     "check_rows",
     "ensure_bundle",
+    "ensure_mmproj",
     "ensure_model",
     "ensure_variant_bundles",
+    "explain_failure",
     "kv_cache_mb",
     "machine_description",
     "measure_edgelalm",
@@ -77,12 +85,32 @@ def run_bench(plan: BenchPlan) -> dict[str, Any]:
             ("pytorch", label, seconds) for label in plan.compressors[:1] + ("avg3",) for seconds in plan.seconds
         ]
         points = list(dict.fromkeys(points))
+    mmproj: Path | None = None
+    mmproj_error = ""
+    if plan.mtmd:
+        # mtmd has no compressor: one row per clip length, on the first bundle's decoder (the
+        # same weights in every bundle here: random or merged checkpoints carry no adapter).
+        points += [(MTMD_RUNTIME, "none", seconds) for seconds in plan.seconds]
+        try:
+            mmproj = ensure_mmproj(model_dir, plan.out_dir)
+        except EdgelalmError as error:
+            mmproj_error = str(error)
     rows = []
     with Bar(len(points), "benchmarking") as bar:
         for runtime, label, seconds in points:
             bar.update(status=f"{runtime} {label} {seconds:g} s")
-            source = bundles[label] if runtime == "edgelalm" else model_dir
-            result = measure_in_subprocess(runtime, source, label, seconds, plan)
+            result: dict[str, Any]
+            if runtime == MTMD_RUNTIME:
+                if mmproj is None:
+                    result = {"error": mmproj_error}
+                else:
+                    first = bundles[plan.compressors[0]]
+                    result = measure_in_subprocess(runtime, first, label, seconds, plan, mmproj=mmproj)
+                if "error" in result:
+                    result["error"] = explain_failure(result["error"], model_dir)
+            else:
+                source = bundles[label] if runtime == "edgelalm" else model_dir
+                result = measure_in_subprocess(runtime, source, label, seconds, plan)
             rows.append({"runtime": runtime, "compressor": label, "seconds": seconds, **result})
             bar.update(advance=1)
     check_rows(rows)
@@ -91,6 +119,7 @@ def run_bench(plan: BenchPlan) -> dict[str, Any]:
         "model": str(plan.model),
         "quant": plan.quant,
         "encoder_precision": plan.encoder_precision,
+        "mmproj_type": MMPROJ_TYPE if plan.mtmd else None,
         "repeats": plan.repeats,
         "max_tokens": plan.max_tokens,
         "rows": rows,

@@ -1,10 +1,12 @@
 """Measurements, each in its own process (so each peak RSS is one configuration's): edgelalm's
-runtime on a bundle, and the PyTorch reference (transformers' model in fp32) on the checkpoint.
-The worker reads one JSON job from argv and prints one JSON result (`python -m edgelalm.bench`)."""
+runtime on a bundle, the PyTorch reference (transformers' model in fp32) on the checkpoint, and
+llama.cpp's own audio path (mtmd, `edgelalm.bench.mtmd`) on the bundle's decoder with llama.cpp's
+mmproj. The worker reads one JSON job from argv and prints one JSON result (`python -m edgelalm.bench`)."""
 
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import sys
 import time
@@ -13,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from edgelalm.bench.mtmd import MTMD_RUNTIME
 from edgelalm.bench.plan import BenchPlan, parse_compressor
 from edgelalm.constants import SAMPLING_RATE, Device, ExtraBuffers
 from edgelalm.errors import EdgelalmError
@@ -190,10 +193,17 @@ def measure_reference(
 
 
 def measure_in_subprocess(
-    runtime: str, source: Path, label: str, seconds: float, plan: BenchPlan, cpu_arena: bool = False
+    runtime: str,
+    source: Path,
+    label: str,
+    seconds: float,
+    plan: BenchPlan,
+    cpu_arena: bool = False,
+    mmproj: Path | None = None,
 ) -> dict[str, Any]:
     """One (runtime, compressor, clip length) measured in a fresh process (`_worker`), so its peak
-    RSS is its own; {"error": how it ended} if it failed (a crash is named by its signal)."""
+    RSS is its own; {"error": how it ended} if it failed (a crash is named by its signal, and by
+    ggml's assertion where one aborted it). `mmproj`: llama.cpp's audio GGUF, for the mtmd runtime."""
     job = {
         "runtime": runtime,
         "source": str(source),
@@ -205,11 +215,24 @@ def measure_in_subprocess(
         "device": plan.settings.get("device", "cpu"),
         "cpu_arena": cpu_arena,
         "llama_extra_buffers": plan.llama_extra_buffers,
+        "mmproj": str(mmproj) if mmproj else None,
     }
     result = run_child([sys.executable, "-m", "edgelalm.bench", json.dumps(job)])
     if not result.ok:
-        return {"error": f"the {runtime} worker {result.failure()}"}
+        error = f"the {runtime} worker {result.failure()}"
+        assertion = ggml_assertion(result.stderr) if result.returncode is not None and result.returncode < 0 else None
+        return {"error": f"{error}: {assertion}" if assertion else error}
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+_ASSERTION = re.compile(r"(?:[\w.-]+:\d+: )?GGML_(?:ASSERT\(.*\) failed|ABORT.*)")
+
+
+def ggml_assertion(stderr: str) -> str | None:
+    """The last of ggml's assertion lines in a crashed worker's output, without the build folder:
+    'whisper-enc.cpp:6: GGML_ASSERT(model.position_embeddings->ne[1] >= n_pos) failed'."""
+    found = [match.group(0) for match in map(_ASSERTION.search, stderr.splitlines()) if match]
+    return found[-1] if found else None
 
 
 def _worker(argv: list[str]) -> None:
@@ -217,7 +240,17 @@ def _worker(argv: list[str]) -> None:
     job = json.loads(argv[0])
     args = (job["seconds"], job["repeats"], job["max_tokens"], job["threads"])
     try:
-        if job["runtime"] == "edgelalm":
+        if job["runtime"] == MTMD_RUNTIME:
+            from edgelalm.bench.mtmd import measure_mtmd
+
+            result = measure_mtmd(
+                Path(job["source"]),
+                Path(job["mmproj"]),
+                *args,
+                device=job["device"],
+                llama_extra_buffers=job["llama_extra_buffers"],
+            )
+        elif job["runtime"] == "edgelalm":
             result = measure_edgelalm(
                 Path(job["source"]),
                 *args,

@@ -21,13 +21,15 @@ from edgelalm.manifest import bundle_name, read_manifest
 
 DEFAULT_COMPRESSORS = ("none", "avg2", "avg3", "avg4", "avg6", "sample3", "unseg")
 DEFAULT_SECONDS = (5.0, 30.0, 120.0, 600.0)
-# `bench --quick`: what it changes in the plan.
+# `bench --quick`: what it changes in the plan. No llama.cpp mtmd column: mtmd cannot run the tiny
+# preset (llama.cpp's converter needs 3 or more tower layers, mtmd a 30 s window).
 QUICK: dict[str, Any] = {
     "model": "tiny",
     "compressors": ("none", "avg3"),
     "seconds": (3.0, 12.0),
     "repeats": 1,
     "max_tokens": 8,
+    "mtmd": False,
 }
 
 
@@ -43,6 +45,8 @@ class BenchPlan:
     encoder_precision: EncoderPrecision = "fp32"
     threads: int | None = None
     reference: bool = True
+    # llama.cpp's own audio path (edgelalm.bench.mtmd) on the same decoder, one row per clip length.
+    mtmd: bool = True
     target: str = "cpu-x86_64"
     settings: dict[str, Any] = field(default_factory=dict)
     llama_extra_buffers: ExtraBuffers = "auto"  # see edgelalm.runtime.llama_backend

