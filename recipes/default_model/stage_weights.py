@@ -37,7 +37,7 @@ KEPT_FILES = (
     "preprocessor_config.json",
     "processor_config.json",
 )
-RECORDS = ("train_log.jsonl", "train_settings.json")
+RECORDS = ("train_log.jsonl", "train_settings.json", "summary.json", "loss.png")
 
 
 def is_tower(name: str) -> bool:
