@@ -23,3 +23,8 @@ python $recipe/train_base.py --data data3 --out build/default-model/base4 --init
   --steps 4500 --warmup-steps 300 --learning-rate 1e-3 --ctc-weight 1.0 --threads 2 --seed 0
 python $recipe/stage_weights.py pack build/default-model/base4/final --out $recipe/stages/base4
 python $recipe/wer_check.py build/default-model/base4/final --data data3 --count 100
+# 6. Base stage 2 (base5): 1800 more steps from base4 (peak 7e-4, warm-up 100, seed 1; 33 min).
+python $recipe/train_base.py --data data3 --out build/default-model/base5 --init-from build/default-model/base4/final \
+  --steps 1800 --warmup-steps 100 --learning-rate 7e-4 --ctc-weight 1.0 --threads 2 --seed 1
+python $recipe/stage_weights.py pack build/default-model/base5/final --out $recipe/stages/base5
+python $recipe/wer_check.py build/default-model/base5/final --data data3 --count 100
