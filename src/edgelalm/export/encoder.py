@@ -20,8 +20,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-# The graph's contract, shared with the runtime that feeds it.
-from edgelalm import audio_tower as tower_steps
 from edgelalm.constants import (
     ENCODER_INPUT,
     ENCODER_OUTPUT,
@@ -30,6 +28,9 @@ from edgelalm.constants import (
     RIGHT_CONTEXT_FRAMES,
     EncoderPrecision,
 )
+
+# The graph's contract, shared with the runtime that feeds it.
+from edgelalm.export import audio_tower as tower_steps
 
 
 class ClipLengthAudioEncoder(nn.Module):

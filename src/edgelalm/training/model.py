@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
 
-from edgelalm import audio_tower as tower_steps
+from edgelalm.export import audio_tower as tower_steps
 from edgelalm.prompt import DEFAULT_PROMPT, chat_template_pieces
 from edgelalm.runtime.features import encoder_output_frames, valid_mel_frames
 
