@@ -46,7 +46,7 @@ from edgelalm.export.decoder import write_decoder
 from edgelalm.export.describe import ExportedChoice, build_manifest
 from edgelalm.export.encoder import EncoderPrecision, export_encoder_onnx
 from edgelalm.export.share import check_shared_checksums, shareable_files
-from edgelalm.export.verify import check_adapter, check_against_pytorch, check_decoder
+from edgelalm.export.verify import check_adapters, check_against_pytorch, check_decoder
 from edgelalm.files import atomic_folder, link_or_copy
 from edgelalm.manifest import (
     PromptInfo,
@@ -202,10 +202,10 @@ def _write_bundle(options: ExportOptions) -> None:
                 f"llama.cpp loaded it: {decoder_check['n_vocab']} tokens, width {decoder_check['n_embd']}; "
                 "prompt token ids equal the checkpoint tokenizer's"
             )
-            for choice in choices:
-                if choice.adapter_file and choice.adapter:
-                    check_adapter(staging / DECODER_FILE, staging / choice.adapter_file)
-                    steps.note(f"llama.cpp loaded {choice.adapter_file} onto it")
+            adapter_files = [choice.adapter_file for choice in choices if choice.adapter_file and choice.adapter]
+            if adapter_files:
+                check_adapters(staging / DECODER_FILE, [staging / name for name in adapter_files])
+                steps.note(f"llama.cpp loaded {', '.join(adapter_files)} onto it")
             canary = run_canary(staging / DECODER_FILE, extra_buffers=options.llama_extra_buffers)
             steps.note(
                 f"llama.cpp decoded {canary['prefill_tokens']} tokens in batches and generated "

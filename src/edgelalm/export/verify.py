@@ -40,14 +40,15 @@ def check_decoder(checkpoint: Checkpoint, gguf_path: Path, prompt: PromptInfo) -
         return {"n_vocab": decoder.n_vocab, "n_embd": decoder.n_embd}
 
 
-def check_adapter(gguf_path: Path, adapter_path: Path) -> None:
-    """llama.cpp's own loader takes the adapter GGUF for this decoder (it checks the architecture
-    and every factor's shape against the weights; loading runs no matrix kernels)."""
+def check_adapters(gguf_path: Path, adapter_paths: list[Path]) -> None:
+    """llama.cpp's own loader takes each adapter GGUF for this decoder, loaded once (it checks the
+    architecture and every factor's shape against the weights; loading runs no matrix kernels)."""
     from edgelalm.runtime.decoder import LlamaModel
 
     model = LlamaModel(gguf_path)
     try:
-        model.load_adapter(adapter_path)
+        for path in adapter_paths:
+            model.load_adapter(path)
     finally:
         model.close()
 

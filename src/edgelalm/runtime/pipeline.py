@@ -318,7 +318,8 @@ class Runtime:
         specs = [self.compressors[label].spec for label in candidates]
         if all(spec.audio_tokens_per_second for spec in specs):  # fixed rates: known from the header
             tightest = min(specs, key=lambda spec: spec.max_audio_tokens(encoder_frames))
-            self._check_context(tightest, encoder_frames, tightest.max_audio_tokens, text_tokens, max_tokens, budget)
+            needed = tightest.max_audio_tokens(encoder_frames)
+            self._check_context(tightest, encoder_frames, needed, text_tokens, max_tokens, budget)
 
         # Each candidate's embeddings; with `auto`, a candidate is dropped once its tokens overflow.
         embeddings: dict[str, list[np.ndarray]] = {label: [] for label in candidates}
@@ -465,14 +466,13 @@ class Runtime:
         self,
         spec: CompressorSpec,
         encoder_frames: int,
-        audio_tokens_for: Callable[[int], int],
+        audio_tokens: int,
         text_tokens: int,
         max_tokens: int,
         budget: int,
     ) -> None:
         """Refuse a clip the decoder's context (or the audio-token budget) cannot hold, naming the
         limit and a factor that fits."""
-        audio_tokens = audio_tokens_for(encoder_frames)
         if audio_tokens <= budget:
             return
         room = self.context_limit - text_tokens - max_tokens
