@@ -72,21 +72,28 @@ def switch_ms(runtime: Runtime, first: str, second: str, repeats: int) -> float:
 
 
 def random_adapters(checkpoint: Path, out: Path, labels: tuple[str, ...] = ("avg2", "avg3", "unseg")) -> None:
-    """Rank-16 q/k LoRA adapters with random non-zero factors (peft starts B at zero), one per label."""
+    """Rank-16 q/k LoRA adapters with random non-zero factors (peft starts B at zero), one per label.
+    peft wraps a model built on the meta device, which gives the adapter's tensor names and shapes
+    without loading any weights (the 7B preset would need 33.6 GB in fp32); the factors are then
+    drawn and saved as peft saves them."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import Qwen2AudioForConditionalGeneration
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, Qwen2AudioForConditionalGeneration
 
+    config = AutoConfig.from_pretrained(checkpoint)
+    lora = LoraConfig(r=16, lora_alpha=32, target_modules=r".*language_model.*\.(q_proj|k_proj)")
+    with torch.device("meta"):
+        peft_model = get_peft_model(Qwen2AudioForConditionalGeneration(config), lora)
+    shapes = {name: tensor.shape for name, tensor in get_peft_model_state_dict(peft_model).items()}
+    lora.base_model_name_or_path = str(checkpoint)
     for seed, label in enumerate(labels):
-        model = Qwen2AudioForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32)
-        config = LoraConfig(r=16, lora_alpha=32, target_modules=r".*language_model.*\.(q_proj|k_proj)")
-        peft_model = get_peft_model(model, config)
         generator = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for name, parameter in peft_model.named_parameters():
-                if "lora_" in name:
-                    parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.01)
-        peft_model.save_pretrained(out / label)
+        factors = {name: torch.randn(shape, generator=generator) * 0.01 for name, shape in sorted(shapes.items())}
+        (out / label).mkdir(parents=True, exist_ok=True)
+        save_file(factors, str(out / label / "adapter_model.safetensors"), metadata={"format": "pt"})
+        lora.save_pretrained(str(out / label))
         print(out / label)
 
 

@@ -178,3 +178,36 @@ def test_adapter_factors_differ_from_zero(multi_bundle):
     reader = gguf.GGUFReader(multi_bundle / "adapter-avg3.gguf")
     lora_b = [tensor for tensor in reader.tensors if tensor.name.endswith(".lora_b")]
     assert lora_b and all(np.abs(np.asarray(tensor.data)).max() > 0 for tensor in lora_b)
+
+
+def test_export_checks_the_encoder_once_and_every_compressor_graph(tiny_checkpoint, tmp_path, monkeypatch):
+    """The probe check runs the encoder graph once for a bundle of several, and still catches a
+    broken compressor graph among them (here: avg3's graph written from a projector scaled by 2)."""
+    import copy
+
+    import torch
+
+    from edgelalm.export import bundle
+
+    encoder_checks = []
+    real_check_encoder = bundle.check_encoder
+    monkeypatch.setattr(
+        bundle, "check_encoder", lambda *a, **k: encoder_checks.append(1) or real_check_encoder(*a, **k)
+    )
+    real_export_compressor = bundle.export_compressor_onnx
+
+    def broken_avg3(compressor, width, path):
+        if path.name == "compressor-avg3.onnx":
+            compressor = copy.deepcopy(compressor)
+            with torch.no_grad():
+                for parameter in compressor.parameters():
+                    parameter.mul_(2.0)
+        real_export_compressor(compressor, width, path)
+
+    choices = tuple((CompressorSpec(name, factor), None) for name, factor, _ in CHOICES[:3])
+    export_bundle(ExportOptions(tiny_checkpoint, tmp_path / "good", choices[0][0], quant="f16", choices=choices))
+    assert encoder_checks == [1]
+    monkeypatch.setattr(bundle, "export_compressor_onnx", broken_avg3)
+    with pytest.raises(EdgelalmError, match=r"compressor-avg3\.onnx differs from PyTorch by .* export is broken"):
+        export_bundle(ExportOptions(tiny_checkpoint, tmp_path / "bad", choices[0][0], quant="f16", choices=choices))
+    assert not (tmp_path / "bad").exists()

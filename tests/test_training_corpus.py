@@ -178,3 +178,39 @@ def test_encoded_training_loss_trains_projector_and_decoder_not_the_tower(encode
     assert model.model.multi_modal_projector.linear.weight.grad.abs().sum() > 0
     assert ctc.head.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.model.audio_tower.parameters())
+
+
+def test_token_ctc_scores_the_decoders_own_embeddings_and_decodes_its_best_path(tiny_checkpoint):
+    """TokenCtc's classes are the decoder's vocabulary (its input embeddings, shared, not copied)
+    plus a blank; frames equal to a text's token embeddings decode back to that text, and the loss
+    is torch's CTC over the tokenizer's ids."""
+    import torch
+
+    from edgelalm.training.train import TokenCtc
+
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(tiny_checkpoint)
+    processor = Qwen2AudioProcessor.from_pretrained(tiny_checkpoint)
+    embeddings = model.get_input_embeddings()
+    with torch.no_grad():  # distinct unit rows, so that each token's own row scores highest
+        rows = torch.randn(embeddings.weight.shape, generator=torch.Generator().manual_seed(0))
+        embeddings.weight.copy_(rows / rows.norm(dim=-1, keepdim=True))
+    ctc = TokenCtc(embeddings, processor.tokenizer)
+    assert ctc.embeddings.weight is embeddings.weight
+    text = texts.utterances("test", 1, 3)[0]
+    ids = processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        ctc.log_scale.fill_(4.0)
+        # each token held for two frames, then a frame of the blank's direction
+        frames = torch.stack([f for i in ids for f in (embeddings.weight[i], 3 * embeddings.weight[i], ctc.blank)])
+    assert ctc.greedy(frames) == processor.tokenizer.decode(ids).strip() == text
+    loss = ctc.loss(frames[None], torch.tensor([len(frames)]), [text])
+    classes = torch.cat([ctc.blank[None], embeddings.weight]).detach()
+    cosine = (frames / frames.norm(dim=-1, keepdim=True)) @ (classes / classes.norm(dim=-1, keepdim=True)).T
+    logits = cosine * float(torch.e**4)
+    expected = torch.nn.functional.ctc_loss(
+        logits.log_softmax(-1)[:, None], torch.tensor([i + 1 for i in ids]),
+        torch.tensor([len(frames)]), torch.tensor([len(ids)]),
+    )  # fmt: skip
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    loss.backward()
+    assert embeddings.weight.grad.abs().sum() > 0 and ctc.blank.grad is not None

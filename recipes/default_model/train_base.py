@@ -84,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--ctc-weight", type=float, default=TrainSettings.ctc_weight)
+    parser.add_argument(
+        "--ctc-target",
+        choices=("characters", "tokens"),
+        default=TrainSettings.ctc_target,
+        help="tokens (encoded data): CTC onto the decoder's vocabulary through its own input embeddings",
+    )
     parser.add_argument("--augment-probability", type=float, default=TrainSettings.augment_probability)
     parser.add_argument("--warmup-steps", type=int, default=TrainSettings.warmup_steps)
     parser.add_argument(
@@ -108,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         threads=args.threads,
         ctc_weight=args.ctc_weight,
+        ctc_target=args.ctc_target,
         augment_probability=args.augment_probability,
         warmup_steps=args.warmup_steps,
         concat_probability=args.concat_probability,

@@ -3,6 +3,11 @@ in PyTorch and through exported bundles (f16 / q8_0 / q4_k_m decoders).
 
     python recipes/default_model/wer_table.py --data data/test --out recipes/default_model/results
 
+The same realigned adapters applied at run time over one unmerged decoder (issue 19: one bundle of
+every compressor, `export --compressor none,avg2,...`), beside the merged bundles:
+
+    python recipes/default_model/wer_table.py --data data/test --runtime-adapter --out recipes/default_model/results
+
 What an int8 (or fp16) encoder costs, on the same clips:
 
     python recipes/default_model/wer_table.py --compressors none,unseg --quants q8_0 \
@@ -76,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         help="labels whose bundles are exported and measured too",
     )
     parser.add_argument("--quants", default=",".join(QUANTS), help="decoder types of the bundle columns")
+    parser.add_argument(
+        "--runtime-adapter",
+        action="store_true",
+        help="also one bundle of all the exported compressors per quant, adapters applied at run time",
+    )
     parser.add_argument("--encoder-precision", default="fp32", choices=ENCODER_PRECISIONS, help="the bundles' encoder")
     args = parser.parse_args(argv)
 
@@ -116,6 +126,23 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"{spec.label} bundle {quant}: WER {entry[f'bundle_{quant}']['wer']:.2%}")
         results[spec.label] = entry
 
+    if args.runtime_adapter and not args.no_export:
+        specs = [c for c in COMPRESSORS if c.label in wanted and c.label in exported]
+        choices = tuple((spec, default_adapter_dir(spec) if spec.name != "none" else None) for spec in specs)
+        with tempfile.TemporaryDirectory() as scratch:
+            for quant in args.quants.split(","):
+                bundle = Path(scratch) / f"all-{quant}"
+                export_bundle(
+                    ExportOptions(
+                        model_dir, bundle, specs[0], args.encoder_precision, quant, force=True, choices=choices
+                    )
+                )
+                for spec in specs:
+                    texts, tokens = transcribe_bundle(bundle, clips, data.sampling_rate, compressor=spec.label)
+                    key = f"runtime_adapter_{quant}"
+                    results[spec.label][key] = row(score(references, texts, tokens, seconds))
+                    log(f"{spec.label} one bundle of {len(specs)}, {quant}: WER {results[spec.label][key]['wer']:.2%}")
+
     args.out.mkdir(parents=True, exist_ok=True)
     summary = {
         "data": str(args.data),
@@ -135,21 +162,28 @@ def markdown_table(summary: dict) -> str:
     def cell(entry: dict, key: str) -> str:
         return f"{entry[key]['wer'] * 100:.1f}" if key in entry else "–"
 
+    runtime_keys = sorted({key for entry in summary["results"].values() for key in entry if key.startswith("runtime_")})
     lines = [
         f"WER (%) on {summary['clips']} held-out clips ({summary['words']} words, "
         f"{summary['audio_seconds'] / 60:.1f} min); "
         "the bundle columns run the realigned model (LoRA merged) through onnxruntime + llama.cpp, "
-        f"with the encoder in {summary.get('encoder_precision', 'fp32')}.",
+        f"with the encoder in {summary.get('encoder_precision', 'fp32')}"
+        + (
+            "; *adapter at run time*: one bundle of every compressor, its LoRA applied to an unmerged decoder."
+            if runtime_keys
+            else "."
+        ),
         "",
-        "| compressor | audio tokens/s | PyTorch, no LoRA | PyTorch + LoRA | bundle f16 | bundle q8_0 | bundle "
-        "q4_k_m |",
-        "|---|---|---|---|---|---|---|",
+        "| compressor | audio tokens/s | PyTorch, no LoRA | PyTorch + LoRA | bundle f16 | bundle q8_0 | bundle q4_k_m |"
+        + "".join(f" {key.removeprefix('runtime_adapter_')}, adapter at run time |" for key in runtime_keys),
+        "|---|---|---|---|---|---|---|" + "---|" * len(runtime_keys),
     ]
     for label, entry in summary["results"].items():
         rate = entry["pytorch"]["audio_tokens_per_second"]
         lines.append(
             f"| {label} | {rate:.2f} | {cell(entry, 'pytorch')} | {cell(entry, 'pytorch_lora')} | "
             f"{cell(entry, 'bundle_f16')} | {cell(entry, 'bundle_q8_0')} | {cell(entry, 'bundle_q4_k_m')} |"
+            + "".join(f" {cell(entry, key)} |" for key in runtime_keys)
         )
     return "\n".join(lines) + "\n"
 

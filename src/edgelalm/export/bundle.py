@@ -46,7 +46,7 @@ from edgelalm.export.decoder import write_decoder
 from edgelalm.export.describe import ExportedChoice, build_manifest
 from edgelalm.export.encoder import EncoderPrecision, export_encoder_onnx
 from edgelalm.export.share import check_shared_checksums, shareable_files
-from edgelalm.export.verify import check_adapters, check_against_pytorch, check_decoder
+from edgelalm.export.verify import check_adapters, check_compressor, check_decoder, check_encoder
 from edgelalm.files import atomic_folder, link_or_copy
 from edgelalm.manifest import (
     PromptInfo,
@@ -156,16 +156,17 @@ def _write_bundle(options: ExportOptions) -> None:
             for file_name, compressor in compressors.items():
                 export_compressor_onnx(compressor, tower.config.d_model, staging / file_name)
         with steps.step("Checking the graphs against PyTorch on a probe clip"):
+            frames, encoder_probe = check_encoder(checkpoint, tower, staging, options.encoder_precision)
+            steps.note(
+                f"encoder {options.encoder_precision} vs PyTorch fp32: "
+                f"max |diff| {encoder_probe['encoder_max_abs_diff']:.2e} "
+                f"(largest |value| {encoder_probe['encoder_max_abs_value']:.2f}; "
+                f"{encoder_probe['encoder_relative_rms_diff']:.1e} of its RMS) "
+                f"on a {encoder_probe['seconds']:.1f} s probe"
+            )
             for file_name, compressor in compressors.items():
-                probe = check_against_pytorch(
-                    checkpoint, tower, compressor, staging, options.encoder_precision, file_name
-                )
+                probe = {**encoder_probe, **check_compressor(frames, compressor, staging, file_name)}
                 if file_name == choices[0].graph_file:
-                    steps.note(
-                        f"encoder {options.encoder_precision} vs PyTorch fp32: max |diff| "
-                        f"{probe['encoder_max_abs_diff']:.2e} (largest |value| {probe['encoder_max_abs_value']:.2f}; "
-                        f"{probe['encoder_relative_rms_diff']:.1e} of its RMS) on a {probe['seconds']:.1f} s probe"
-                    )
                     first_probe = probe
                 steps.note(
                     f"{file_name} vs PyTorch: max |diff| {probe['compressor_max_abs_diff']:.2e}, "

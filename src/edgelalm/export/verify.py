@@ -82,52 +82,57 @@ def probe_features(checkpoint: Checkpoint, seconds: float) -> tuple[np.ndarray, 
 ENCODER_RELATIVE_RMS_BOUNDS = {"fp32": 1e-4, "fp16": 2e-2, "int8": 0.25}
 
 
-def check_against_pytorch(
-    checkpoint: Checkpoint,
-    tower: torch.nn.Module,
-    compressor: CompressorProjector,
-    bundle_dir: Path,
-    precision: EncoderPrecision = "fp32",
-    compressor_file: str = COMPRESSOR_FILE,
-) -> dict[str, Any]:
-    """Run both graphs in onnxruntime and in PyTorch (fp32) on a probe; refuse on mismatch."""
+def check_encoder(
+    checkpoint: Checkpoint, tower: torch.nn.Module, bundle_dir: Path, precision: EncoderPrecision = "fp32"
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Run the encoder graph in onnxruntime and the tower in PyTorch (fp32) on a probe; refuse on
+    mismatch. Returns PyTorch's frames (what each compressor graph is checked on) and the probe's
+    numbers."""
     import onnx
     import onnxruntime
 
-    for name in (ENCODER_FILE, compressor_file):
-        onnx.checker.check_model(str(bundle_dir / name))
+    onnx.checker.check_model(str(bundle_dir / ENCODER_FILE))
     mel, right_context = probe_features(checkpoint, PROBE_SECONDS)
     with torch.no_grad():
         frames_ref = ClipLengthAudioEncoder(tower)(torch.from_numpy(mel), torch.from_numpy(right_context)).numpy()
     encoder = onnxruntime.InferenceSession(str(bundle_dir / ENCODER_FILE), providers=["CPUExecutionProvider"])
     frames = encoder.run(None, {ENCODER_INPUT: mel, ENCODER_RIGHT_CONTEXT_INPUT: right_context})[0]
-    compressor_session = onnxruntime.InferenceSession(
-        str(bundle_dir / compressor_file), providers=["CPUExecutionProvider"]
-    )
-    embeddings = compressor_session.run(None, {COMPRESSOR_INPUT: frames_ref})[0]
-    with torch.no_grad():
-        embeddings_ref = compressor(torch.from_numpy(frames_ref)).numpy()
-    if frames.shape != frames_ref.shape or embeddings.shape != embeddings_ref.shape:
-        raise EdgelalmError(
-            f"exported graphs disagree with PyTorch on shapes: encoder {frames.shape} vs {frames_ref.shape}, "
-            f"compressor {embeddings.shape} vs {embeddings_ref.shape}"
-        )
+    if frames.shape != frames_ref.shape:
+        raise EdgelalmError(f"the encoder graph disagrees with PyTorch on shapes: {frames.shape} vs {frames_ref.shape}")
     encoder_relative_rms = float(np.sqrt(np.mean((frames - frames_ref) ** 2) / max(np.mean(frames_ref**2), 1e-30)))
     if not encoder_relative_rms <= ENCODER_RELATIVE_RMS_BOUNDS[precision]:
         raise EdgelalmError(
             f"encoder ONNX ({precision}) differs from PyTorch fp32 by {encoder_relative_rms:.1e} of the output's size "
             f"(at most {ENCODER_RELATIVE_RMS_BOUNDS[precision]:g} expected): export is broken"
         )
+    return frames_ref, {
+        "seconds": mel.shape[1] / 100.0,
+        "encoder_frames": int(frames.shape[0]),
+        "encoder_max_abs_diff": float(np.abs(frames - frames_ref).max()),
+        "encoder_max_abs_value": float(np.abs(frames_ref).max()),
+        "encoder_relative_rms_diff": encoder_relative_rms,
+    }
+
+
+def check_compressor(
+    frames: np.ndarray, compressor: CompressorProjector, bundle_dir: Path, compressor_file: str = COMPRESSOR_FILE
+) -> dict[str, Any]:
+    """Run one compressor + projector graph in onnxruntime and in PyTorch on the probe's encoder
+    frames; refuse on mismatch."""
+    import onnx
+    import onnxruntime
+
+    onnx.checker.check_model(str(bundle_dir / compressor_file))
+    session = onnxruntime.InferenceSession(str(bundle_dir / compressor_file), providers=["CPUExecutionProvider"])
+    embeddings = session.run(None, {COMPRESSOR_INPUT: frames})[0]
+    with torch.no_grad():
+        embeddings_ref = compressor(torch.from_numpy(frames)).numpy()
+    if embeddings.shape != embeddings_ref.shape:
+        raise EdgelalmError(
+            f"{compressor_file} disagrees with PyTorch on shapes: {embeddings.shape} vs {embeddings_ref.shape}"
+        )
     compressor_diff = float(np.abs(embeddings - embeddings_ref).max())
     scale = max(1.0, float(np.abs(embeddings_ref).max()))
     if compressor_diff > 1e-4 * scale:
         raise EdgelalmError(f"{compressor_file} differs from PyTorch by {compressor_diff:.2e}: export is broken")
-    return {
-        "seconds": mel.shape[1] / 100.0,
-        "encoder_frames": int(frames.shape[0]),
-        "audio_tokens": int(embeddings.shape[0]),
-        "encoder_max_abs_diff": float(np.abs(frames - frames_ref).max()),
-        "encoder_max_abs_value": float(np.abs(frames_ref).max()),
-        "encoder_relative_rms_diff": encoder_relative_rms,
-        "compressor_max_abs_diff": compressor_diff,
-    }
+    return {"audio_tokens": int(embeddings.shape[0]), "compressor_max_abs_diff": compressor_diff}

@@ -75,15 +75,20 @@ def transcribe_torch(
 
 
 def transcribe_bundle(
-    bundle: Path, clips: Iterable[np.ndarray], sampling_rate: int, threads: int | None = None
+    bundle: Path,
+    clips: Iterable[np.ndarray],
+    sampling_rate: int,
+    threads: int | None = None,
+    compressor: str | None = None,
 ) -> tuple[list[str], int]:
-    """Greedy transcripts through the torch-free runtime (onnxruntime + llama.cpp)."""
+    """Greedy transcripts through the torch-free runtime (onnxruntime + llama.cpp); `compressor`:
+    the entry of a bundle of several (its adapter applied at run time)."""
     from edgelalm.runtime.pipeline import Runtime
 
     texts, audio_tokens = [], 0
     with Runtime(bundle, threads=threads) as runtime:
         for clip in clips:
-            result = runtime.run(clip, sampling_rate=sampling_rate, max_tokens=64)
+            result = runtime.run(clip, sampling_rate=sampling_rate, max_tokens=64, compressor=compressor)
             texts.append(result.text)
             audio_tokens += result.audio_tokens
     return texts, audio_tokens

@@ -19,12 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from edgelalm.progress import Bar
 from edgelalm.training import speech
 from edgelalm.training.dataset import SpeechDataset
 from edgelalm.training.encoded import EncodedDataset
+from edgelalm.training.evaluate import word_errors
 from edgelalm.training.model import (
     EncodedAudio,
     PromptIds,
@@ -47,6 +49,9 @@ class TrainSettings:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     ctc_weight: float = 0.3
+    # What the CTC head predicts: "characters" (its own linear head) or, encoded data only,
+    # "tokens" (the decoder's vocabulary through its input embeddings: TokenCtc).
+    ctc_target: str = "characters"
     augment_probability: float = 0.8
     eval_every: int = 250
     eval_clips: int = 64
@@ -108,6 +113,42 @@ class CharacterCtc(nn.Module):
         return nn.functional.ctc_loss(log_probs, targets, position_counts, target_lengths, zero_infinity=True)
 
 
+class TokenCtc(nn.Module):
+    """CTC from the projected audio embeddings onto the decoder's own token vocabulary, scored
+    against the decoder's input embeddings (tied), plus a learned blank. It pulls each frame's
+    embedding toward the embedding of the token being said, so the decoder meets the speech as
+    something close to its own text and transcribing becomes copying, for any word sequence."""
+
+    def __init__(self, embeddings: nn.Embedding, tokenizer) -> None:
+        super().__init__()
+        self.embeddings = embeddings  # the decoder's, not a copy: the CTC gradient reaches them
+        self.tokenizer = tokenizer
+        self.blank = nn.Parameter(torch.randn(embeddings.embedding_dim) * embeddings.weight.detach().std())
+        self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+
+    def log_probs(self, positions: torch.Tensor) -> torch.Tensor:
+        """Scaled cosine similarity: directions are matched, and the embeddings' norms (which the
+        decoder reads too) are left to the answer loss."""
+        vocabulary = torch.cat([self.blank[None], self.embeddings.weight])  # index 0 is the blank
+        cosine = nn.functional.normalize(positions, dim=-1) @ nn.functional.normalize(vocabulary, dim=-1).T
+        return (cosine * self.log_scale.exp()).log_softmax(-1)
+
+    def targets(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = [[i + 1 for i in self.tokenizer(text, add_special_tokens=False)["input_ids"]] for text in texts]
+        return torch.tensor([i for row in ids for i in row], dtype=torch.long), torch.tensor([len(r) for r in ids])
+
+    def loss(self, positions: torch.Tensor, position_counts: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        targets, target_lengths = self.targets(texts)
+        log_probs = self.log_probs(positions).transpose(0, 1)  # [T, B, C]
+        return nn.functional.ctc_loss(log_probs, targets, position_counts, target_lengths, zero_infinity=True)
+
+    def greedy(self, positions: torch.Tensor) -> str:
+        """The best path of one clip's [T, D] embeddings, repeats and blanks removed, as text."""
+        best = self.log_probs(positions).argmax(-1).tolist()
+        ids = [i - 1 for n, i in enumerate(best) if i != 0 and (n == 0 or best[n - 1] != i)]
+        return self.tokenizer.decode(ids).strip()
+
+
 # ---------------------------------------------------------------------------------------------
 # The loop
 
@@ -139,7 +180,7 @@ def batch_loss(
     feature_extractor,
     waveforms: list[np.ndarray],
     texts: list[str],
-    ctc: CharacterCtc | None,
+    ctc: CharacterCtc | TokenCtc | None,
     ctc_weight: float,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     mel, mel_lengths = log_mel_batch(waveforms, feature_extractor)
@@ -156,6 +197,16 @@ def batch_loss(
     return loss, parts
 
 
+def projected_frames(model: nn.Module, compressor: nn.Module, frames: list[np.ndarray]) -> list[torch.Tensor]:
+    """The tower's precomputed output of each clip, compressed and projected: [tokens, hidden] each."""
+    counts = [len(f) for f in frames]
+    padded = torch.zeros(len(frames), max(counts), frames[0].shape[1])
+    for row, rows in enumerate(frames):
+        padded[row, : len(rows)] = torch.from_numpy(np.asarray(rows, dtype=np.float32))
+    empty = torch.zeros(0)
+    return compress_and_project(model, compressor, EncodedAudio(padded.to(model.device), counts, empty, empty))
+
+
 def frames_batch_loss(
     model: nn.Module,
     compressor: nn.Module,
@@ -163,18 +214,13 @@ def frames_batch_loss(
     tokenizer,
     frames: list[np.ndarray],
     texts: list[str],
-    ctc: CharacterCtc | None = None,
+    ctc: CharacterCtc | TokenCtc | None = None,
     ctc_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """`batch_loss` from the tower's precomputed output (the tower frozen). The CTC head, if any,
     reads the projected audio embeddings: with the tower frozen, it is the projector that must learn
     to carry the speech's characters."""
-    counts = [len(f) for f in frames]
-    padded = torch.zeros(len(frames), max(counts), frames[0].shape[1])
-    for row, rows in enumerate(frames):
-        padded[row, : len(rows)] = torch.from_numpy(np.asarray(rows, dtype=np.float32))
-    empty = torch.zeros(0)
-    audio = compress_and_project(model, compressor, EncodedAudio(padded.to(model.device), counts, empty, empty))
+    audio = projected_frames(model, compressor, frames)
     answers = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
     inputs, mask, labels = decoder_inputs(model, prompt, audio, answers)
     loss = answer_loss(model, inputs, mask, labels)
@@ -256,10 +302,17 @@ def train(
 
     # On the tower's last layer when the tower trains; on the projected embeddings when it is frozen.
     ctc_width = model.config.text_config.hidden_size if encoded else model.config.audio_config.d_model
-    ctc = CharacterCtc(ctc_width, ctc_alphabet).to(model.device) if ctc_alphabet else None
+    ctc: CharacterCtc | TokenCtc | None = None
+    if settings.ctc_target == "tokens" and settings.ctc_weight > 0:
+        if not encoded:
+            raise ValueError("ctc_target='tokens' needs encoded data (the CTC reads the projected embeddings)")
+        ctc = TokenCtc(model.get_input_embeddings(), tokenizer)
+    elif ctc_alphabet:
+        ctc = CharacterCtc(ctc_width, ctc_alphabet).to(model.device)
     trained = parameters if parameters is not None else [p for p in model.parameters() if p.requires_grad]
     if ctc is not None:
-        trained = trained + list(ctc.parameters())
+        known = {id(p) for p in trained}  # TokenCtc's embeddings are the model's, trained already
+        trained = trained + [p for p in ctc.parameters() if id(p) not in known]
     decayed = [p for p in trained if p.ndim >= 2]
     plain = [p for p in trained if p.ndim < 2]
     optimizer = torch.optim.AdamW(
@@ -270,17 +323,29 @@ def train(
     batches = batch_indices(train_data.seconds, settings.batch_size, settings.bucket_batches, rng)
     eval_indices = list(range(min(settings.eval_clips, len(test_data)))) if test_data is not None else []
 
-    def evaluate() -> float:
+    def evaluate() -> dict[str, float]:
+        """The held-out answer loss, and with a TokenCtc the WER of its best path (does the
+        projected audio carry the words, whatever the decoder makes of them?)."""
         assert test_data is not None  # only called when there is a test split
         model.eval()
+        losses, references, hypotheses = [], [], []
         with torch.no_grad():
-            losses = []
             for start in range(0, len(eval_indices), settings.batch_size):
                 items = [test_data[i] for i in eval_indices[start : start + settings.batch_size]]
                 loss, _ = rows_loss([w for w, _ in items], [t for _, t in items], with_ctc=False)
                 losses.append(float(loss) * len(items))
+                if isinstance(ctc, TokenCtc):
+                    for (_, text), audio in zip(
+                        items, projected_frames(model, compressor, [f for f, _ in items]), strict=True
+                    ):
+                        references.append(text)
+                        hypotheses.append(ctc.greedy(audio))
         model.train()
-        return sum(losses) / len(eval_indices)
+        result = {"test_loss": sum(losses) / len(eval_indices)}
+        if references:
+            errors = sum(word_errors(r, h) for r, h in zip(references, hypotheses, strict=True))
+            result["test_ctc_wer"] = errors / max(1, sum(len(r.split()) for r in references))
+        return result
 
     model.train()
     started = time.perf_counter()
@@ -326,7 +391,7 @@ def train(
                 }
                 window_loss = []
                 if eval_indices and (done % settings.eval_every == 0 or done == last_step):
-                    record["test_loss"] = evaluate()
+                    record.update(evaluate())
                 log.write(record)
                 if bar:
                     test = f" test {record['test_loss']:.3f}" if "test_loss" in record else ""
@@ -338,6 +403,10 @@ def train(
             if save is not None and (done % settings.save_every == 0) and done < last_step:
                 save(out_dir / "last")
     model.eval()
+    if isinstance(ctc, TokenCtc):  # its blank and scale, for a later look at its best paths
+        save_file(
+            {"blank": ctc.blank.detach(), "log_scale": ctc.log_scale.detach()}, str(out_dir / "ctc_head.safetensors")
+        )
     return log
 
 
