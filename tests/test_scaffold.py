@@ -276,6 +276,9 @@ def test_dummy_checkpoint_is_streamed_and_loads(tmp_path):
     assert all(
         name.startswith(("audio_tower.", "multi_modal_projector.", "language_model.")) for name in index["weight_map"]
     )
+    # a real checkpoint names its class; llama.cpp's converter fails without it ("Failed to detect
+    # model architecture": the `small` preset's mtmd rows once did)
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["Qwen2AudioForConditionalGeneration"]
     model = Qwen2AudioForConditionalGeneration.from_pretrained(out)
     assert model.model.language_model.embed_tokens.weight.shape == (320, 64)
     assert model.dtype == torch.float16

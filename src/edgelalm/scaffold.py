@@ -307,6 +307,8 @@ def write_dummy_checkpoint(
         (out_dir / "config.json").write_text(json.dumps(published_config(config), indent=2) + "\n")
         write_published_processor(out_dir, config, tokenizer)
     else:
+        # As a model's save_pretrained writes it: converters (llama.cpp's) pick their code by it.
+        config.architectures = [Qwen2AudioForConditionalGeneration.__name__]
         config.save_pretrained(out_dir)
         write_processor(out_dir, config, tokenizer)
     return out_dir
