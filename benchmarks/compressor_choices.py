@@ -11,6 +11,8 @@ compressor, side by side: disk, switching, prefill and decode speed, peak memory
   first token of a clip after a switch against after the same compressor;
 - speed: for each adapted compressor, the same clip through the bundle of several (adapter applied)
   and its merged bundle, alternating `--repeats` times after a warm-up, medians of prefill and decode;
+- the adapter's own cost: in one context of the bundle of several, the same 240 tokens prefilled
+  and 32 decoded with an adapter applied and with none, alternating (`adapter_overhead`);
 - memory: peak RSS of a child process that loads the bundle of several and runs every compressor,
   against one that loads a merged bundle and runs it.
 Prints a table and writes OUT/compressor-choices.json.
@@ -31,6 +33,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from edgelalm.manifest import read_manifest
 from edgelalm.runtime.pipeline import Runtime
@@ -97,6 +101,42 @@ def random_adapters(checkpoint: Path, out: Path, labels: tuple[str, ...] = ("avg
         print(out / label)
 
 
+def adapter_overhead(runtime: Runtime, label: str, prompt_tokens: int, decode_tokens: int, repeats: int) -> dict:
+    """The adapter's own cost, in one llama.cpp context of the bundle of several: the same tokens
+    prefilled (then decoded one at a time) with `label`'s adapter applied and with none,
+    alternating, medians. Without the adapter the decoder computes what a merged one does (the same
+    shapes), so this is the overhead against merged without a second model competing for the cache."""
+    context = runtime._acquire()  # the benchmark drives the context directly
+    try:
+        tokens = [int(t) for t in np.random.default_rng(0).integers(100, 20000, prompt_tokens + decode_tokens)]
+        context.ensure_context(len(tokens) + 1)
+        samples: dict[str, dict[str, list[float]]] = {k: {"prefill": [], "decode": []} for k in ("adapter", "none")}
+        for round_index in range(repeats + 1):  # the first round warms up
+            for name, adapter in (("adapter", runtime.compressors[label].adapter), ("none", None)):
+                context.use_adapter(adapter)
+                context.reset()
+                started = time.perf_counter()
+                context.feed_tokens(tokens[:prompt_tokens])
+                prefilled = time.perf_counter()
+                for token in tokens[prompt_tokens:]:
+                    context.feed_tokens([token])
+                if round_index:
+                    samples[name]["prefill"].append((prefilled - started) * 1000)
+                    samples[name]["decode"].append(decode_tokens / (time.perf_counter() - prefilled))
+        medians = {name: {key: statistics.median(v) for key, v in values.items()} for name, values in samples.items()}
+        return {
+            "prompt_tokens": prompt_tokens,
+            "decode_tokens": decode_tokens,
+            "repeats": repeats,
+            "prefill_ms": {name: m["prefill"] for name, m in medians.items()},
+            "decode_tokens_per_second": {name: m["decode"] for name, m in medians.items()},
+            "prefill_adapter_over_none": medians["adapter"]["prefill"] / medians["none"]["prefill"],
+            "decode_none_over_adapter": medians["none"]["decode"] / medians["adapter"]["decode"],
+        }
+    finally:
+        runtime._release(context)
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None and len(sys.argv) == 4 and sys.argv[1] == "--random-adapters":
         random_adapters(Path(sys.argv[2]), Path(sys.argv[3]))
@@ -138,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                     if kind == "same" or result.reused_prompt_tokens == 0:
                         after[kind].append(result.timings_ms["time_to_first_token"])
             report["ttft_ms_after"] = {kind: statistics.median(values) for kind, values in after.items()}
+        if adapted:
+            report["adapter_overhead"] = adapter_overhead(several, adapted[0], 240, 32, max(args.repeats, 10))
         for label in adapted:
             if label not in merged:
                 continue
@@ -181,6 +223,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{label}: prefill {adapter['prefill_ms']:.1f} ms with the adapter vs {single['prefill_ms']:.1f} ms merged "
             f"({adapter['prefill_ms'] / single['prefill_ms']:.3f}x); decode {adapter['decode_tokens_per_second']:.1f} "
             f"vs {single['decode_tokens_per_second']:.1f} tokens/s; same text: {row['same_text']}"
+        )
+    if "adapter_overhead" in report:
+        overhead = report["adapter_overhead"]
+        print(
+            f"in one context, {overhead['prompt_tokens']} tokens: prefill {overhead['prefill_adapter_over_none']:.3f}x "
+            f"with an adapter applied; decode {overhead['decode_none_over_adapter']:.3f}x slower"
         )
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

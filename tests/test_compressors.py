@@ -163,3 +163,32 @@ def test_onnx_compressor_projector_matches_pytorch(name, tmp_path):
         counts.add(got.shape[0])
     if name == "unseg":
         assert len(counts) > 3, "the segment count must follow the input, not be frozen at trace time"
+
+
+def test_unseg_probe_check_avoids_near_ties_and_still_catches_a_wrong_graph(tmp_path):
+    """Export's probe check of the unseg graph (verify.check_compressor) runs on frames whose
+    neighbouring dissimilarities are clear of float rounding: on near-identical frames (as a
+    random-weights 7B tower gives) the peak decisions are ties that onnxruntime and PyTorch may
+    break differently. A graph of a different projector still fails."""
+    from edgelalm.export.verify import PEAK_TIE_MARGIN, check_compressor, peak_margin, untied_probe
+
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal(32).astype(np.float32)
+    alike = np.stack([base + 1e-7 * rng.standard_normal(32).astype(np.float32) for _ in range(40)])
+    assert peak_margin(alike) < PEAK_TIE_MARGIN
+    probe = untied_probe(alike)
+    assert peak_margin(probe) > PEAK_TIE_MARGIN
+    np.testing.assert_array_equal(probe, untied_probe(alike))  # seeded: the same nudge each time
+    # peak_margin measures what segment_starts decides on: its d_t in float64
+    d = probe.astype(np.float64)
+    dissimilarity = 1 - (d[:-1] * d[1:]).sum(-1) / (np.linalg.norm(d[:-1], axis=-1) * np.linalg.norm(d[1:], axis=-1))
+    assert peak_margin(probe) == pytest.approx(float(np.abs(np.diff(dissimilarity)).min()), rel=1e-9)
+
+    torch.manual_seed(0)
+    module = CompressorProjector(build_compressor(CompressorSpec("unseg")), torch.nn.Linear(32, 40)).eval()
+    export_compressor_onnx(module, 32, tmp_path / "compressor.onnx")
+    result = check_compressor(alike, module, tmp_path, "compressor.onnx")
+    assert result["compressor_max_abs_diff"] < 1e-4
+    wrong = CompressorProjector(build_compressor(CompressorSpec("unseg")), torch.nn.Linear(32, 40)).eval()
+    with pytest.raises(EdgelalmError, match="differs from PyTorch"):
+        check_compressor(alike, wrong, tmp_path, "compressor.onnx")

@@ -19,7 +19,7 @@ from edgelalm.constants import (
 )
 from edgelalm.errors import EdgelalmError
 from edgelalm.export.checkpoint import Checkpoint
-from edgelalm.export.compressor import CompressorProjector
+from edgelalm.export.compressor import COSINE_EPS, CompressorProjector, UnsupervisedSegmentation
 from edgelalm.export.encoder import ClipLengthAudioEncoder, EncoderPrecision
 from edgelalm.manifest import PromptInfo
 
@@ -114,14 +114,44 @@ def check_encoder(
     }
 
 
+# unseg's peak test (d_t above both neighbours) has no margin: where two neighbouring
+# dissimilarities are within float rounding of each other, onnxruntime and PyTorch may decide
+# differently, which says nothing about the graph (a random-weights 7B tower's frames are that
+# alike). Its probe is nudged until no two neighbours are this close.
+PEAK_TIE_MARGIN = 1e-5
+
+
+def peak_margin(frames: np.ndarray) -> float:
+    """The smallest gap between neighbouring cosine dissimilarities d_t (float64), as unseg computes them."""
+    current, following = frames[:-1].astype(np.float64), frames[1:].astype(np.float64)
+    norms = np.linalg.norm(current, axis=-1) * np.linalg.norm(following, axis=-1)
+    dissimilarity = 1.0 - (current * following).sum(axis=-1) / np.maximum(norms, COSINE_EPS)
+    return float(np.abs(np.diff(dissimilarity)).min()) if len(dissimilarity) > 1 else float("inf")
+
+
+def untied_probe(frames: np.ndarray, attempts: int = 20) -> np.ndarray:
+    """`frames`, or the first seeded nudge of them (noise at 5% of their spread) whose
+    dissimilarities have no near-tie: the frames a variable-rate graph is checked on."""
+    rng = np.random.default_rng(0)
+    probe = frames
+    for _ in range(attempts):
+        if peak_margin(probe) > PEAK_TIE_MARGIN:
+            break
+        noise = rng.standard_normal(frames.shape).astype(np.float32)
+        probe = frames + 0.05 * float(frames.std()) * noise
+    return probe
+
+
 def check_compressor(
     frames: np.ndarray, compressor: CompressorProjector, bundle_dir: Path, compressor_file: str = COMPRESSOR_FILE
 ) -> dict[str, Any]:
     """Run one compressor + projector graph in onnxruntime and in PyTorch on the probe's encoder
-    frames; refuse on mismatch."""
+    frames (for unseg, frames without near-ties); refuse on mismatch."""
     import onnx
     import onnxruntime
 
+    if isinstance(compressor.compressor, UnsupervisedSegmentation):
+        frames = untied_probe(frames)
     onnx.checker.check_model(str(bundle_dir / compressor_file))
     session = onnxruntime.InferenceSession(str(bundle_dir / compressor_file), providers=["CPUExecutionProvider"])
     embeddings = session.run(None, {COMPRESSOR_INPUT: frames})[0]
