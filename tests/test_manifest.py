@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edgelalm.constants import MANIFEST_FILE
+from edgelalm.constants import DECODER_FILE, MANIFEST_FILE
 from edgelalm.errors import EdgelalmError
 from edgelalm.manifest import Manifest, read_manifest
 
@@ -53,6 +53,19 @@ def test_a_manifest_written_before_the_typed_reader_still_loads(tmp_path):
     manifest = read_manifest(tmp_path, verify_files=False)
     assert manifest.decoder.quant == "q4_0" and manifest.features.window_mel_frames == 1000
     assert manifest.prompt.default_prompt == "Transcribe the audio."
+
+
+def test_a_file_past_2_gb_is_described(editable):
+    """A 7B decoder is 8.2 GB: its size is past int32, which the other fields are held to. (The
+    `qwen2-audio-7b` bundle of several compressors was written and then refused as --share-from.)"""
+    seven_b_decoder = 8_244_998_912
+    folder = editable(lambda m: m["files"][DECODER_FILE].update(bytes=seven_b_decoder))
+    assert read_manifest(folder, verify_files=False).files[DECODER_FILE].bytes == seven_b_decoder
+    too_big = editable(lambda m: m["files"][DECODER_FILE].update(bytes=2**60))
+    with pytest.raises(
+        EdgelalmError, match=r"files\.decoder\.gguf\.bytes must be an integer from 0 to 9007199254740991"
+    ):
+        read_manifest(too_big, verify_files=False)
 
 
 def test_unknown_keys_are_ignored(editable):

@@ -45,6 +45,9 @@ from edgelalm.files import sha256_of
 
 # Larger than any real width, count or length; small enough for llama.cpp's int32 parameters.
 _MAX_INT = 2**31 - 1
+# A file's size: a 7B decoder is 8 GB, past int32; JSON keeps integers exact up to 2**53.
+FileBytes = typing.NewType("FileBytes", int)
+_MAX_FILE_BYTES = 2**53 - 1
 
 
 def is_encoder_file(name: str) -> bool:
@@ -185,7 +188,7 @@ class SpecialTokens:
 
 @dataclass(frozen=True)
 class FileRecord:
-    bytes: int
+    bytes: FileBytes
     sha256: str
 
 
@@ -231,7 +234,7 @@ def file_records(bundle_dir: Path) -> dict[str, FileRecord]:
     for path in sorted(p for p in bundle_dir.rglob("*") if p.is_file()):
         name = path.relative_to(bundle_dir).as_posix()
         if name != MANIFEST_FILE:
-            records[name] = FileRecord(bytes=path.stat().st_size, sha256=sha256_of(path))
+            records[name] = FileRecord(bytes=FileBytes(path.stat().st_size), sha256=sha256_of(path))
     return records
 
 
@@ -417,9 +420,10 @@ def _value(hint: Any, value: Any, path: str, manifest_path: Path) -> Any:
         if not isinstance(value, bool):
             raise EdgelalmError(f"{manifest_path}: {path} must be true or false, got {value!r}")
         return value
-    if hint is int:
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MAX_INT:
-            raise EdgelalmError(f"{manifest_path}: {path} must be an integer from 0 to {_MAX_INT}, got {_short(value)}")
+    if hint is int or hint is FileBytes:
+        limit = _MAX_FILE_BYTES if hint is FileBytes else _MAX_INT
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= limit:
+            raise EdgelalmError(f"{manifest_path}: {path} must be an integer from 0 to {limit}, got {_short(value)}")
         return value
     if hint is float:
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
