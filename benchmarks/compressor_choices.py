@@ -147,6 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clip", type=Path, default=CLIP)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--overhead-repeats", type=int, default=10, help="rounds of the in-context adapter cost")
+    parser.add_argument(
+        "--no-merged-speed",
+        action="store_true",
+        help="skip the clip-through-both-bundles speed (two decoders loaded at once: 16 GB for the 7B)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     merged = {label: Path(folder) for label, folder in (item.split("=", 1) for item in args.merged)}
@@ -179,9 +185,9 @@ def main(argv: list[str] | None = None) -> int:
                         after[kind].append(result.timings_ms["time_to_first_token"])
             report["ttft_ms_after"] = {kind: statistics.median(values) for kind, values in after.items()}
         if adapted:
-            report["adapter_overhead"] = adapter_overhead(several, adapted[0], 240, 32, max(args.repeats, 10))
+            report["adapter_overhead"] = adapter_overhead(several, adapted[0], 240, 32, args.overhead_repeats)
         for label in adapted:
-            if label not in merged:
+            if label not in merged or args.no_merged_speed:
                 continue
             with Runtime(merged[label], max_concurrent_runs=1) as single:
                 samples: dict[str, list[dict]] = {"adapter": [], "merged": []}
