@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 STAGES = ("features", "encoder", "compressor", "prefill", "decode")
@@ -40,32 +41,19 @@ def worker(bundle: Path, seconds: float, session_config: dict[str, str], threads
     steps = {"python": status_mb()}
     import llama_cpp  # noqa: F401  the libraries themselves, before any model
     import numpy as np
-    import onnxruntime
 
+    from edgelalm.constants import SAMPLING_RATE
     from edgelalm.runtime import encoder as encoder_stage
     from edgelalm.runtime.pipeline import Runtime
 
     steps["libraries"] = status_mb()
     if session_config:
-        original = encoder_stage.onnx_session
-
-        def configured(path, providers, threads, cpu_arena=False):
-            if Path(path).name != "encoder.onnx":
-                return original(path, providers, threads, cpu_arena)
-            options = onnxruntime.SessionOptions()
-            options.log_severity_level = 3
-            options.enable_cpu_mem_arena = cpu_arena
-            if threads:
-                options.intra_op_num_threads = threads
-            for key, value in session_config.items():
-                options.add_session_config_entry(key, value)
-            return onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
-
-        encoder_stage.onnx_session = configured
+        # The encoder's session only: the compressor stage holds its own reference to onnx_session.
+        encoder_stage.onnx_session = partial(encoder_stage.onnx_session, config_entries=session_config)
     runtime = Runtime(bundle, threads=threads)
     steps["runtime loaded (encoder, compressor, decoder)"] = status_mb()
     rng = np.random.default_rng(0)
-    clip = (0.1 * rng.standard_normal(int(seconds * 16000))).astype(np.float32)
+    clip = (0.1 * rng.standard_normal(int(seconds * SAMPLING_RATE))).astype(np.float32)
     samples: list[tuple[float, dict[str, float]]] = []
     done = threading.Event()
 
@@ -77,7 +65,7 @@ def worker(bundle: Path, seconds: float, session_config: dict[str, str], threads
     sampler = threading.Thread(target=sample, daemon=True)
     started = time.perf_counter()
     sampler.start()
-    result = runtime.run(clip, sampling_rate=16000, max_tokens=8)
+    result = runtime.run(clip, sampling_rate=SAMPLING_RATE, max_tokens=8)
     done.set()
     sampler.join()
     stages: dict[str, dict[str, float]] = {}

@@ -38,10 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compressor", default=None, help="the entry of a bundle of several compressors")
     args = parser.parse_args(argv)
     clips: list[tuple[str, Path | np.ndarray]] = [(path.name, path) for path in sorted(Path("examples").glob("*.wav"))]
-    if args.seconds:
-        clips = [(f"{float(s):g} s synthetic", synthetic_clip(float(s))) for s in args.seconds.split(",")]
     options = {"max_tokens": args.max_tokens, "compressor": args.compressor}
     if args.seconds:
+        clips = [(f"{float(s):g} s synthetic", synthetic_clip(float(s))) for s in args.seconds.split(",")]
         options["sampling_rate"] = SAMPLING_RATE  # samples, not files
     rows = []
     with Runtime(args.bundle, prefix_cache=True) as cached, Runtime(args.bundle, prefix_cache=False) as fresh:

@@ -60,6 +60,15 @@ class UniformSample(nn.Module):
         return frames[:: self.factor]
 
 
+def cosine_dissimilarity(frames: torch.Tensor) -> torch.Tensor:
+    """[L]: d_t = 1 - cos(z_t, z_{t+1}) for t = 0..L-2; slot L-1 pairs the last frame with itself
+    (so every tensor keeps L rows: onnxruntime mis-shapes reductions over empty tensors, which
+    L = 1 would otherwise produce) and holds no real d_t."""
+    following = torch.cat([frames[1:], frames[-1:]])
+    norms = frames.norm(dim=-1) * following.norm(dim=-1)
+    return 1.0 - (frames * following).sum(dim=-1) / norms.clamp_min(COSINE_EPS)
+
+
 def segment_starts(frames: torch.Tensor) -> torch.Tensor:
     """Bool [L]: True where a segment starts (frame 0 always does).
 
@@ -67,11 +76,7 @@ def segment_starts(frames: torch.Tensor) -> torch.Tensor:
     d_t > d_{t+1}. The first and last d_t have one neighbour only and are never peaks.
     A peak at t is a boundary between frames t and t+1, so frame t+1 starts a segment.
     """
-    # Pair the last frame with itself so every tensor keeps L rows: onnxruntime mis-shapes
-    # reductions over empty tensors, which L = 1 would otherwise produce.
-    following = torch.cat([frames[1:], frames[-1:]])
-    norms = frames.norm(dim=-1) * following.norm(dim=-1)
-    dissimilarity = 1.0 - (frames * following).sum(dim=-1) / norms.clamp_min(COSINE_EPS)
+    dissimilarity = cosine_dissimilarity(frames)
     num_frames = frames.shape[0]
     positions = torch.arange(num_frames, device=frames.device)
     # Slot L-1 holds no real d_t: make it +inf, a neighbour no d_t can exceed (and itself no

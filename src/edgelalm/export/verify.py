@@ -19,7 +19,7 @@ from edgelalm.constants import (
 )
 from edgelalm.errors import EdgelalmError
 from edgelalm.export.checkpoint import Checkpoint
-from edgelalm.export.compressor import COSINE_EPS, CompressorProjector, UnsupervisedSegmentation
+from edgelalm.export.compressor import CompressorProjector, UnsupervisedSegmentation, cosine_dissimilarity
 from edgelalm.export.encoder import ClipLengthAudioEncoder, EncoderPrecision
 from edgelalm.manifest import PromptInfo
 
@@ -122,10 +122,8 @@ PEAK_TIE_MARGIN = 1e-5
 
 
 def peak_margin(frames: np.ndarray) -> float:
-    """The smallest gap between neighbouring cosine dissimilarities d_t (float64), as unseg computes them."""
-    current, following = frames[:-1].astype(np.float64), frames[1:].astype(np.float64)
-    norms = np.linalg.norm(current, axis=-1) * np.linalg.norm(following, axis=-1)
-    dissimilarity = 1.0 - (current * following).sum(axis=-1) / np.maximum(norms, COSINE_EPS)
+    """The smallest gap between neighbouring cosine dissimilarities d_t, unseg's own, in float64."""
+    dissimilarity = cosine_dissimilarity(torch.from_numpy(frames.astype(np.float64)))[:-1].numpy()
     return float(np.abs(np.diff(dissimilarity)).min()) if len(dissimilarity) > 1 else float("inf")
 
 

@@ -16,8 +16,13 @@ from edgelalm.runtime.features import WindowFeatures
 
 
 def onnx_session(
-    path: Path, providers: list[str], threads: int | None, cpu_arena: bool = False
+    path: Path,
+    providers: list[str],
+    threads: int | None,
+    cpu_arena: bool = False,
+    config_entries: dict[str, str] | None = None,
 ) -> onnxruntime.InferenceSession:
+    """`config_entries`: onnxruntime session config keys (benchmarks/memory_components.py tries them)."""
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only
     # onnxruntime's CPU arena keeps a long window's activations, grown in rounded-up chunks, for the
@@ -26,6 +31,8 @@ def onnx_session(
     options.enable_cpu_mem_arena = cpu_arena
     if threads:
         options.intra_op_num_threads = threads
+    for key, value in (config_entries or {}).items():
+        options.add_session_config_entry(key, value)
     try:
         return onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph/... types

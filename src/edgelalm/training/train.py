@@ -26,7 +26,7 @@ from edgelalm.progress import Bar
 from edgelalm.training import speech
 from edgelalm.training.dataset import SpeechDataset
 from edgelalm.training.encoded import EncodedDataset
-from edgelalm.training.evaluate import word_errors
+from edgelalm.training.evaluate import score
 from edgelalm.training.model import (
     EncodedAudio,
     PromptIds,
@@ -343,8 +343,7 @@ def train(
         model.train()
         result = {"test_loss": sum(losses) / len(eval_indices)}
         if references:
-            errors = sum(word_errors(r, h) for r, h in zip(references, hypotheses, strict=True))
-            result["test_ctc_wer"] = errors / max(1, sum(len(r.split()) for r in references))
+            result["test_ctc_wer"] = score(references, hypotheses, 0, 1.0).wer
         return result
 
     model.train()
