@@ -7,6 +7,8 @@ context. Tolerance (fp32): max |diff| <= 5e-5 on layer-normed outputs of magnitu
 measured 1.4e-6 (width 64) and 3.6e-6 (width 1280).
 """
 
+import ctypes
+
 import numpy as np
 import pytest
 
@@ -17,10 +19,16 @@ onnxruntime = pytest.importorskip("onnxruntime")
 import onnx  # noqa: E402
 from hf_reference import TransformersAudioTower, speechlike  # noqa: E402
 
-from edgelalm.export.encoder import export_encoder_onnx  # noqa: E402
+from edgelalm.export.encoder import QUERY_BLOCKS, ClipLengthAudioEncoder, export_encoder_onnx  # noqa: E402
+from edgelalm.runtime.encoder import release_freed_heap  # noqa: E402
 from edgelalm.runtime.features import encoder_output_frames  # noqa: E402
 
 FP32_TOLERANCE = 5e-5
+
+
+def anonymous_mb() -> float:
+    status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines())
+    return int(status["RssAnon"].split()[0]) / 1024
 
 
 def run_encoder(session, mel, right_context):
@@ -99,10 +107,40 @@ def test_tiny_clip_gives_one_frame_and_dynamic_length_is_one_graph(tiny, tmp_pat
     path = tmp_path / "encoder.onnx"
     export_encoder_onnx(tiny[0].model.audio_tower, path, "fp32")
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    tower = tiny[0].model.audio_tower
+    layers = len(tower.layers)
+    graph = onnx.load(str(path), load_external_data=False).graph
+    assert sum(node.op_type == "Attention" for node in graph.node) == layers * QUERY_BLOCKS
     rng = np.random.default_rng(0)
+    unblocked = ClipLengthAudioEncoder(tower).eval()  # transformers' own SDPA, all queries at once
+    # 3 and 4 mel frames: 2 and 3 positions, fewer than the query blocks
     for mel_frames in (3, 4, 5, 6, 101, 1000):
-        out = run_encoder(session, rng.standard_normal((128, mel_frames)), np.zeros((128, 2)))
+        mel, context = rng.standard_normal((128, mel_frames)), rng.standard_normal((128, 2))
+        out = run_encoder(session, mel, context)
         assert out.shape == (encoder_output_frames(mel_frames), 64)
+        with torch.no_grad():
+            expected = unblocked(torch.from_numpy(mel).float(), torch.from_numpy(context).float()).numpy()
+        assert np.abs(out - expected).max() <= FP32_TOLERANCE
+
+
+def test_freed_heap_goes_back_to_the_system():
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, "malloc_trim"):
+        pytest.skip("not glibc: release_freed_heap does nothing")
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    # 64 KB blocks come from the heap (under glibc's mmap threshold); the last one stays allocated,
+    # so free() cannot shrink the heap from its top by itself.
+    blocks = [libc.malloc(64 * 1024) for _ in range(2048)]
+    for block in blocks:
+        ctypes.memset(block, 1, 64 * 1024)
+    for block in blocks[:-1]:
+        libc.free(block)
+    held = anonymous_mb()
+    release_freed_heap()
+    released = held - anonymous_mb()
+    libc.free(blocks[-1])
+    assert released > 100  # of the 128 MB freed
 
 
 def test_fp16_export_leaves_the_callers_tower_in_fp32(tiny, tmp_path):

@@ -2,6 +2,7 @@
 the decoder cannot predict, several synthesizers, and the frozen tower's output stored instead of
 audio, checked against transformers' own tower on the stored audio."""
 
+import json
 import re
 import shutil
 from collections import Counter
@@ -143,6 +144,25 @@ def test_stored_frames_are_transformers_tower_on_the_stored_audio(encoded, tiny_
         np.testing.assert_allclose(frames.astype(np.float32), reference, atol=5e-3 * np.abs(reference).max())
 
 
+def test_folders_of_more_seeds_read_as_one_and_other_splits_are_refused(encoded, tiny_checkpoint, tmp_path):
+    options = {"workers": 1, "progress": False, "max_seconds": 10}
+    more = build_encoded(tmp_path / "more", "test", 3, 1, tiny_checkpoint, keep_audio=True, **options)
+    other = EncodedDataset(more)
+    joined = EncodedDataset(encoded.directory, more)
+    assert len(joined) == len(encoded) + 3
+    for index, (source, at) in enumerate([(encoded, i) for i in range(len(encoded))] + [(other, i) for i in range(3)]):
+        frames, text = joined[index]
+        np.testing.assert_array_equal(frames, source[at][0])
+        np.testing.assert_array_equal(joined.audio(index), source.audio(at))
+        assert text == source[at][1]
+    assert joined.seconds.tolist() == encoded.seconds.tolist() + other.seconds.tolist()
+    train = build_encoded(tmp_path / "train", "train", 2, 0, tiny_checkpoint, **options)
+    with pytest.raises(EdgelalmError, match="cannot be joined"):
+        EncodedDataset(encoded.directory, train)
+    with pytest.raises(EdgelalmError, match="keeps no audio"):
+        EncodedDataset(train).audio(0)
+
+
 def test_joined_rows_join_frames_and_answers(encoded):
     rng = np.random.default_rng(0)
     frames, answers = encoded_rows(encoded, [0, 1, 2], rng, joined=True, max_frames=10_000)
@@ -178,6 +198,32 @@ def test_encoded_training_loss_trains_projector_and_decoder_not_the_tower(encode
     assert model.model.multi_modal_projector.linear.weight.grad.abs().sum() > 0
     assert ctc.head.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.model.audio_tower.parameters())
+
+
+def test_finetune_reads_encoded_frames_of_its_own_tower_only(encoded, tiny_checkpoint, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from edgelalm.compression import CompressorSpec
+    from edgelalm.training.finetune import FinetuneOptions, finetune
+
+    options = FinetuneOptions(
+        tiny_checkpoint, encoded.directory, tmp_path / "avg2", CompressorSpec("avg", 2), steps=6, batch_size=4
+    )
+    adapter = finetune(options, progress=False)
+    records = [json.loads(line) for line in (adapter / "train_log.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 6 and np.isfinite(records[-1]["answer_loss"])
+    assert json.loads((adapter / "edgelalm_finetune.json").read_text())["clips"] == len(encoded)
+    # Another tower (one weight moved): its frames would not be these; refused before training.
+    other = tmp_path / "other"
+    shutil.copytree(tiny_checkpoint, other)
+    weights = load_file(other / "model.safetensors")
+    name = next(key for key in sorted(weights) if "audio_tower" in key and key.endswith("weight"))
+    weights[name] = weights[name] + 1e-3
+    save_file(weights, other / "model.safetensors", metadata={"format": "pt"})
+    refused = FinetuneOptions(other, encoded.directory, tmp_path / "refused", CompressorSpec("avg", 2), steps=2)
+    with pytest.raises(EdgelalmError, match="another audio tower"):
+        finetune(refused, progress=False)
+    assert not (tmp_path / "refused").exists()
 
 
 def test_token_ctc_scores_the_decoders_own_embeddings_and_decodes_its_best_path(tiny_checkpoint):

@@ -30,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-count", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--splits", default="test,unheard,train", help="which of test, unheard, train to build")
+    parser.add_argument(
+        "--train-folder", default="train", help="the training split's folder name (more training clips: another seed)"
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / ".gitignore").write_text("# rendered by recipes/default_model/make_encoded_data.py\n*\n")
@@ -38,7 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         ("unheard", "test", args.test_count, UNHEARD_VOICES, True),
         ("train", "train", args.train_count, None, False),
     )
-    for folder, split, count, voices, keep_audio in splits:
+    wanted = set(args.splits.split(","))
+    for name, split, count, voices, keep_audio in splits:
+        if name not in wanted:
+            continue
+        folder = args.train_folder if name == "train" else name
         target = args.out / folder
         if (target / "dataset.json").is_file():
             print(f"{target}: already built, kept", file=sys.stderr)

@@ -76,6 +76,13 @@ def saver(model, processor):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path("data"), help="folder with train/ and test/ (make_data.py)")
+    parser.add_argument(
+        "--more-train",
+        type=Path,
+        action="append",
+        default=[],
+        help="encoded data: another training folder read with DATA/train (more clips: another seed)",
+    )
     parser.add_argument("--out", type=Path, default=Path("build/default-model/base"))
     parser.add_argument("--steps", type=int, default=TrainSettings.steps, help="length of the learning-rate schedule")
     parser.add_argument("--stop-after", type=int, default=None, help="end after this many steps, mid-schedule")
@@ -123,8 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     encoded = "encoded" in json.loads((args.data / "train" / "dataset.json").read_text())["format"]
     if encoded and not args.init_from:
         raise SystemExit("encoded data needs --init-from (the checkpoint whose tower encoded it: make_init.py)")
+    if args.more_train and not encoded:
+        raise SystemExit("--more-train reads encoded data only")
     reader = EncodedDataset if encoded else SpeechDataset
-    train_data, test_data = reader(args.data / "train"), reader(args.data / "test")
+    train_data = (
+        EncodedDataset(args.data / "train", *args.more_train) if encoded else SpeechDataset(args.data / "train")
+    )
+    test_data = reader(args.data / "test")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.init_from:
         model = Qwen2AudioForConditionalGeneration.from_pretrained(

@@ -5,7 +5,9 @@ from the exported bundles, wer_table.py).
     python recipes/default_model/wer_check.py build/default-model/base3/last --data data3 --count 120
 
 The audio goes through the checkpoint's whole tower (not the stored frames), as at run time. For
-"silence" clips the measure is the share answered with nothing.
+"silence" clips the measure is the share answered with nothing. `--long N` adds N clips of 25-29 s
+per set, consecutive speech clips of the set joined with 0.3 s of silence (the issue's
+multi-sentence 30 s clips; one encoder window each).
 """
 
 from __future__ import annotations
@@ -16,12 +18,34 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 
 from edgelalm.training.encoded import EncodedDataset
 from edgelalm.training.evaluate import score, transcribe_torch
+
+
+def long_clips(data: EncodedDataset, count: int) -> tuple[list[np.ndarray], list[str]]:
+    """`count` clips of 25-29 s: the set's speech clips in order, joined with 0.3 s of silence."""
+    gap = np.zeros(int(0.3 * data.sampling_rate), dtype=np.float32)
+    clips, references, parts, words = [], [], [], []
+    for index in range(len(data)):
+        if data.records[index]["kind"] == "silence":
+            continue
+        audio = data.audio(index)
+        if sum(len(p) for p in parts) + len(audio) > 29 * data.sampling_rate:
+            parts, words = [], []  # would overflow the window: start again
+        parts += [audio, gap]
+        words.append(data.texts[index])
+        if sum(len(p) for p in parts) >= 25 * data.sampling_rate:
+            clips.append(np.concatenate(parts))
+            references.append(" ".join(words))
+            parts, words = [], []
+            if len(clips) == count:
+                break
+    return clips, references
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", default="test,unheard")
     parser.add_argument("--count", type=int, default=120, help="clips per set (the first ones)")
     parser.add_argument("--show", type=int, default=4, help="examples of errors to print per set")
+    parser.add_argument("--long", type=int, default=0, help="also N joined clips of 25-29 s per set")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     model = Qwen2AudioForConditionalGeneration.from_pretrained(args.checkpoint, dtype=torch.float32).eval()
@@ -55,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             result = score([data.texts[i] for i in members], [hypotheses[i] for i in members], 0, 1.0)
             rows[group] = f"{100 * result.wer:.1f}% WER ({len(members)} clips)"
+        if args.long:
+            clips, references = long_clips(data, args.long)
+            answers, _ = transcribe_torch(model, processor, nn.Identity(), clips, max_new_tokens=256)
+            result = score(references, answers, 0, 1.0)
+            rows["long 25-29 s"] = f"{100 * result.wer:.1f}% WER ({len(clips)} clips)"
+            print(f"  long: {references[0]!r} -> {answers[0]!r}", file=sys.stderr)
         report[name] = rows
         print(f"{name}: " + json.dumps(rows, indent=1), file=sys.stderr)
         shown = 0

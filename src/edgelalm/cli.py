@@ -419,8 +419,9 @@ def finetune(
     data: Annotated[
         Path,
         typer.Option(
-            help="Paired audio and text: a dataset folder (recipes/default_model/make_data.py) or a TSV file "
-            "with 'file' and 'transcript' columns (audio paths relative to it)."
+            help="Paired audio and text: a dataset folder (recipes/default_model/make_data.py), a folder of "
+            "the frozen audio tower's output (make_encoded_data.py; the same tower as the model's) or a TSV "
+            "file with 'file' and 'transcript' columns (audio paths relative to it)."
         ),
     ],
     model: Annotated[

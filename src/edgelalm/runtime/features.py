@@ -18,6 +18,8 @@ import numpy as np
 
 from edgelalm.constants import RIGHT_CONTEXT_FRAMES
 
+STFT_BLOCK_FRAMES = 256
+
 
 @dataclass(frozen=True)
 class FeatureSettings:
@@ -101,11 +103,14 @@ def log_mel_window(samples: np.ndarray, settings: FeatureSettings) -> WindowFeat
     waveform[: len(samples)] = samples
     waveform = np.pad(waveform, n_fft // 2, mode="reflect")
     num_frames = 1 + (len(waveform) - n_fft) // hop
-    frame_starts = np.arange(num_frames)[:, None] * hop
-    frames = waveform[frame_starts + np.arange(n_fft)[None, :]]
     window = np.hanning(n_fft + 1)[:-1]  # periodic Hann
-    power = np.abs(np.fft.rfft(frames * window, n=n_fft, axis=1)) ** 2
-    log_mel = np.log10(np.maximum(power @ settings.mel_filters, 1e-10)).T  # [n_mels, frames]
+    mel_power = np.empty((num_frames, settings.mel_filters.shape[1]), dtype=np.float64)
+    # A block of frames at a time: the whole window's float64 frames and spectra would be ~40 MB.
+    for start in range(0, num_frames, STFT_BLOCK_FRAMES):
+        starts = np.arange(start, min(start + STFT_BLOCK_FRAMES, num_frames))[:, None] * hop
+        spectrum = np.fft.rfft(waveform[starts + np.arange(n_fft)[None, :]] * window, n=n_fft, axis=1)
+        mel_power[start : start + len(starts)] = (spectrum.real**2 + spectrum.imag**2) @ settings.mel_filters
+    log_mel = np.log10(np.maximum(mel_power, 1e-10)).T  # [n_mels, frames]
     # transformers drops the last frame of the padded window; frames past the window do not exist.
     kept = min(valid_frames + RIGHT_CONTEXT_FRAMES, settings.window_frames, log_mel.shape[1])
     log_mel = log_mel[:, :kept]

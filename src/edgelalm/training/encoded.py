@@ -52,6 +52,22 @@ CLEAN_PROBABILITY = 0.15  # left as rendered (only padded with a little silence)
 _INT16_SCALE = 32767.0
 
 
+def tower_digest(checkpoint: str | os.PathLike[str]) -> str:
+    """sha256 of the checkpoint's audio-tower tensors, by name, as float32: which tower encoded a
+    folder. The stored dtype does not count (the shipped float16 copy of a tower whose values are
+    float16, as Whisper's are, has the digest of its float32 original)."""
+    import hashlib
+
+    import torch
+
+    from edgelalm.export.checkpoint import AUDIO_TOWER_PREFIXES, open_checkpoint
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(open_checkpoint(Path(checkpoint)).tensors(AUDIO_TOWER_PREFIXES)):
+        digest.update(name.encode() + b"\0" + tensor.to(torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True)
 class Clip:
     index: int
@@ -263,6 +279,7 @@ def build_encoded(
             "voices": list(voices or synthesizers.training_voices(split)),
             "checkpoint": str(checkpoint),
             "tower_sha256": sha256_of(tower_file) if tower_file.is_file() else None,
+            "tower_digest": tower_digest(checkpoint),
             "frames_per_second": 25,
             "sampling_rate": SAMPLING_RATE,
             "total_seconds": round(total_seconds, 2),
@@ -291,22 +308,53 @@ class _NoBar:
 
 
 class EncodedDataset:
-    """A folder written by `build_encoded`: `data[i]` -> (float16 frames [F, D], text);
-    `data.audio(i)` -> float32 samples where the audio was kept."""
+    """Folders written by `build_encoded`, read as one: `data[i]` -> (float16 frames [F, D], text);
+    `data.audio(i)` -> float32 samples where the audio was kept. Several folders (the same split,
+    more seeds) must come from the same tower."""
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
-        self.directory = Path(directory)
-        self.info, self.records = read_folder(self.directory, FORMAT, FORMAT_VERSION)
+    def __init__(self, directory: str | os.PathLike[str], *more: str | os.PathLike[str]) -> None:
+        self.directories = [Path(directory), *map(Path, more)]
+        self.directory = self.directories[0]
+        self.records: list[dict] = []
+        self._folder_of: list[int] = []
+        self._infos: list[dict] = []
+        for number, folder in enumerate(self.directories):
+            info, records = read_folder(folder, FORMAT, FORMAT_VERSION)
+            if self._infos and (info.get("tower_digest"), info["split"]) != (
+                self._infos[0].get("tower_digest"),
+                self._infos[0]["split"],
+            ):
+                raise EdgelalmError(f"{folder}: another tower or split than {self.directory}; cannot be joined")
+            self._infos.append(info)
+            self.records += records
+            self._folder_of += [number] * len(records)
+        self.info = self._infos[0]
         self.texts = [record["text"] for record in self.records]
         self.seconds = np.array([record["seconds"] for record in self.records], dtype=np.float64)
         self.frame_counts = np.array([record["frames"] for record in self.records], dtype=np.int64)
         self.sampling_rate = int(self.info["sampling_rate"])
-        self._mapped: dict[str, np.ndarray] = {}
+        self._mapped: dict[Path, np.ndarray] = {}
 
-    def _array(self, name: str) -> np.ndarray:
-        if name not in self._mapped:
-            self._mapped[name] = np.load(self.directory / name, mmap_mode="r", allow_pickle=False)
-        return self._mapped[name]
+    def check_tower(self, checkpoint: str | os.PathLike[str]) -> None:
+        """Refuse a checkpoint whose audio tower is not the one that encoded these frames."""
+        stored = self.info.get("tower_digest")
+        if stored is None:
+            raise EdgelalmError(f"{self.directory} does not record which audio tower encoded it (no tower_digest)")
+        if tower_digest(checkpoint) != stored:
+            raise EdgelalmError(
+                f"{self.directory} was encoded by another audio tower than {checkpoint}'s "
+                "(frames are only valid for the tower that made them)"
+            )
+
+    def _shard(self, index: int, kind: str) -> np.ndarray:
+        folder = self._folder_of[index]
+        shard = self._infos[folder]["shards"][self.records[index]["shard"]]
+        if kind not in shard:
+            raise EdgelalmError(f"{self.directories[folder]} keeps no {kind} (built without keep_audio)")
+        path = self.directories[folder] / shard[kind]
+        if path not in self._mapped:
+            self._mapped[path] = np.load(path, mmap_mode="r", allow_pickle=False)
+        return self._mapped[path]
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_mapped": {}}
@@ -316,19 +364,15 @@ class EncodedDataset:
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, str]:
         record = self.records[index]
-        shard = self.info["shards"][record["shard"]]
-        frames = self._array(shard["frames"])[record["offset"] : record["offset"] + record["frames"]]
+        frames = self._shard(index, "frames")[record["offset"] : record["offset"] + record["frames"]]
         return np.asarray(frames), record["text"]
 
     def audio(self, index: int) -> np.ndarray:
+        samples = self._shard(index, "audio")
         record = self.records[index]
-        shard = self.info["shards"][record["shard"]]
-        if "audio" not in shard:
-            raise EdgelalmError(f"{self.directory} keeps no audio (built without keep_audio)")
         start = record["audio_offset"]
-        return self._array(shard["audio"])[start : start + record["samples"]].astype(np.float32) / np.float32(
-            _INT16_SCALE
-        )
+        return samples[start : start + record["samples"]].astype(np.float32) / np.float32(_INT16_SCALE)
 
     def __repr__(self) -> str:
-        return f"EncodedDataset({str(self.directory)!r}: {self.info['split']}, {len(self)} clips)"
+        folders = ", ".join(repr(str(directory)) for directory in self.directories)
+        return f"EncodedDataset({folders}: {self.info['split']}, {len(self)} clips)"

@@ -5,8 +5,10 @@ exported bundle; LoRA (rank 16, alpha 32 by default) on every q_proj and k_proj 
 model learns to read the shorter audio sequence. The result is a standard peft adapter folder
 (adapter_config.json + adapter_model.safetensors) that `edgelalm export --adapter` merges.
 
-Paired data is either a folder written by `edgelalm.training.dataset.build_dataset` or a TSV file
-with a header naming `file` and `transcript` columns (audio paths relative to the TSV).
+Paired data is a folder written by `edgelalm.training.dataset.build_dataset`, a folder of the frozen
+tower's output written by `edgelalm.training.encoded.build_encoded` (checked to come from this
+checkpoint's tower; the tower is skipped, so realigning is many times faster), or a TSV file with a
+header naming `file` and `transcript` columns (audio paths relative to the TSV).
 """
 
 from __future__ import annotations
@@ -76,11 +78,20 @@ class PairedAudio:
         return read_audio(self.files[index], self.sampling_rate), self.texts[index]
 
 
-def open_paired_data(path: Path, sampling_rate: int, normalize: bool):
+def open_paired_data(path: Path, sampling_rate: int, normalize: bool, model_dir: Path):
     from edgelalm.training.dataset import SpeechDataset
+    from edgelalm.training.encoded import FORMAT as ENCODED_FORMAT
+    from edgelalm.training.encoded import EncodedDataset
 
     if path.is_dir():
-        dataset = SpeechDataset(path / "train" if (path / "train" / "dataset.json").is_file() else path)
+        folder = path / "train" if (path / "train" / "dataset.json").is_file() else path
+        info = folder / "dataset.json"
+        if info.is_file() and json.loads(info.read_text(encoding="utf-8")).get("format") == ENCODED_FORMAT:
+            # The frozen tower's output, stored: the compressor reads it as it reads the tower's.
+            encoded = EncodedDataset(folder)
+            encoded.check_tower(model_dir)
+            return encoded
+        dataset = SpeechDataset(folder)
         if dataset.sampling_rate != sampling_rate:
             raise EdgelalmError(f"{path} is sampled at {dataset.sampling_rate} Hz; the model takes {sampling_rate} Hz")
         return dataset
@@ -128,7 +139,7 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     model, processor = load_for_training(options.model_dir, options.device)
     sampling_rate = processor.feature_extractor.sampling_rate
-    data = open_paired_data(options.data, sampling_rate, options.normalize)
+    data = open_paired_data(options.data, sampling_rate, options.normalize, options.model_dir)
     window_s = processor.feature_extractor.n_samples / sampling_rate
     if float(np.max(data.seconds)) > window_s:
         raise EdgelalmError(
