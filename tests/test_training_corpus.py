@@ -260,3 +260,21 @@ def test_token_ctc_scores_the_decoders_own_embeddings_and_decodes_its_best_path(
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
     loss.backward()
     assert embeddings.weight.grad.abs().sum() > 0 and ctc.blank.grad is not None
+
+
+def test_a_token_ctc_head_goes_on_in_the_next_stage(tiny_checkpoint, tmp_path):
+    import torch
+
+    from edgelalm.training.train import TokenCtc
+
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(tiny_checkpoint)
+    tokenizer = Qwen2AudioProcessor.from_pretrained(tiny_checkpoint).tokenizer
+    trained = TokenCtc(model.get_input_embeddings(), tokenizer)
+    with torch.no_grad():
+        trained.log_scale.fill_(3.25)
+    trained.save_head(tmp_path / "ctc_head.safetensors")
+    fresh = TokenCtc(model.get_input_embeddings(), tokenizer)
+    assert not torch.equal(fresh.blank, trained.blank)
+    fresh.load_head(tmp_path / "ctc_head.safetensors")
+    assert torch.equal(fresh.blank, trained.blank) and float(fresh.log_scale) == 3.25
+    assert fresh.embeddings is trained.embeddings  # the model's own, never saved with the head

@@ -39,7 +39,8 @@ python $recipe/train_base.py --data data3 --out build/default-model/base6 --init
   --steps 3000 --stop-after 1500 --warmup-steps 200 --learning-rate 7e-4 --ctc-weight 1.0 --ctc-target tokens \
   --threads 2 --seed 2
 python $recipe/stage_weights.py pack build/default-model/base6/final --out $recipe/stages/base6
-# 8. Base stage 4 (base7): from base6 on all 50000 clips, a fresh 3000-step schedule (~70 min).
+# 8. Base stage 4 (base7): from base6 on all 50000 clips, a fresh 3000-step schedule (67 min on 2 cores).
+#    Held-out answer loss 2.92, CTC best path 43.8%; decoder WER 59.3% held-out, 57.3% never-heard.
 python $recipe/train_base.py --data data3 --more-train data3/train-seed1 --out build/default-model/base7 \
   --init-from build/default-model/base6/final --steps 3000 --warmup-steps 100 --learning-rate 5e-4 \
   --ctc-weight 1.0 --ctc-target tokens --threads 2 --seed 3

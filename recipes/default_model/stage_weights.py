@@ -38,6 +38,7 @@ KEPT_FILES = (
     "processor_config.json",
 )
 RECORDS = ("train_log.jsonl", "train_settings.json", "summary.json", "loss.png")
+CTC_HEAD = "ctc_head.safetensors"  # a TokenCtc's blank and scale: the next stage goes on from them
 
 
 def is_tower(name: str) -> bool:
@@ -57,7 +58,7 @@ def pack(checkpoint: Path, init: Path, out: Path) -> None:
     for name in KEPT_FILES:
         if (checkpoint / name).is_file():
             shutil.copy2(checkpoint / name, out / name)
-    for name in RECORDS:  # the run's own log sits beside its final/ folder
+    for name in (*RECORDS, CTC_HEAD):  # the run's own log sits beside its final/ folder
         if (checkpoint.parent / name).is_file():
             shutil.copy2(checkpoint.parent / name, out / name)
     count = sum(t.numel() for t in trained.values())
@@ -78,6 +79,8 @@ def unpack(stage: Path, init: Path, out: Path) -> None:
     for name in KEPT_FILES:
         if (stage / name).is_file():
             shutil.copy2(stage / name, out / name)
+    if (stage / CTC_HEAD).is_file():  # beside the checkpoint folder, where train_base.py looks
+        shutil.copy2(stage / CTC_HEAD, out.parent / CTC_HEAD)
     print(f"{out}: the init's tower and {len(trained)} trained tensors")
 
 

@@ -26,7 +26,7 @@ from edgelalm.training import texts
 from edgelalm.training.dataset import SpeechDataset
 from edgelalm.training.encoded import EncodedDataset
 from edgelalm.training.model import sinusoids
-from edgelalm.training.train import TrainSettings, plot_losses, train
+from edgelalm.training.train import CTC_HEAD_FILE, TrainSettings, plot_losses, train
 
 # The default model's shape (DESIGN.md: ~0.8 s per step at batch 16 on 2 cores).
 DEFAULT_MODEL_SHAPE = dict(
@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         "--init-from",
         type=Path,
         default=None,
-        help="continue from this checkpoint (weights and tokenizer) with a fresh schedule",
+        help="continue from this checkpoint (weights and tokenizer) with a fresh schedule; a TokenCtc head "
+        "saved beside it (its run's ctc_head.safetensors) is continued too",
     )
     args = parser.parse_args(argv)
 
@@ -153,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     alphabet = "".join(sorted({c for word in texts.vocabulary() for c in word} | {" "}))
     started = time.perf_counter()
     save = saver(model, processor)
+    previous_head = args.init_from.parent / CTC_HEAD_FILE if args.init_from else None
     log = train(
         model,
         processor,
@@ -163,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         # encoded data: CTC on the projected embeddings (texts.ALPHABET covers the free-word text too)
         ctc_alphabet=(texts.ALPHABET if settings.ctc_weight > 0 else None) if encoded else alphabet,
         save=save,
+        ctc_head=previous_head if previous_head and previous_head.is_file() else None,
     )
     save(args.out / "final")
     plot_losses(

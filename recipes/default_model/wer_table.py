@@ -13,6 +13,13 @@ What an int8 (or fp16) encoder costs, on the same clips:
     python recipes/default_model/wer_table.py --compressors none,unseg --quants q8_0 \
         --encoder-precision int8 --out recipes/default_model/results/encoder-int8
 
+A candidate before it ships, on a set of make_encoded_data.py (its audio is kept): `--model` and
+`--adapters` (a folder of one adapter folder per compressor label) instead of the shipped ones.
+Silence clips are left out of the WER and counted apart (answered with nothing, or not):
+
+    python recipes/default_model/wer_table.py --model build/default-model/base7/final \
+        --adapters build/default-model/adapters --data data3/unheard --out recipes/default_model/results/unheard
+
 Writes OUT/wer.json and OUT/wer.md (the README's table). Held out: sentences hashed to the test
 split, names and cities that occur only there, and voice/variant pairs never used in training.
 """
@@ -35,6 +42,8 @@ from edgelalm.export.bundle import ExportOptions, export_bundle
 from edgelalm.export.compressor import build_compressor
 from edgelalm.pretrained import default_adapter_dir, default_model_dir
 from edgelalm.training.dataset import SpeechDataset
+from edgelalm.training.encoded import FORMAT as ENCODED_FORMAT
+from edgelalm.training.encoded import EncodedDataset
 from edgelalm.training.evaluate import WerResult, score, transcribe_bundle, transcribe_torch
 
 COMPRESSORS = (
@@ -58,19 +67,44 @@ def load_model(model_dir: Path, adapter_dir: Path | None):
     return model
 
 
-def row(result: WerResult) -> dict:
+def row(result: WerResult, silent_answers: list[str]) -> dict:
     return {
         "wer": result.wer,
         "errors": result.errors,
         "words": result.words,
         "audio_tokens_per_second": result.audio_tokens_per_second,
         "hypotheses": list(result.hypotheses),
+        "silence_empty": sum(1 for answer in silent_answers if not answer.strip()),
+        "silence_clips": len(silent_answers),
     }
+
+
+def held_out_clips(folder: Path, count: int) -> tuple[list, list[str], list, int]:
+    """(speech clips, their transcripts, silence clips, sampling rate): the first `count` clips of a
+    make_data.py set or of a make_encoded_data.py set with its audio kept."""
+    if json.loads((folder / "dataset.json").read_text(encoding="utf-8")).get("format") == ENCODED_FORMAT:
+        encoded = EncodedDataset(folder)
+        indices = range(min(count, len(encoded)))
+        silent = [i for i in indices if encoded.records[i]["kind"] == "silence"]
+        spoken = [i for i in indices if i not in silent]
+        return (
+            [encoded.audio(i) for i in spoken],
+            [encoded.texts[i] for i in spoken],
+            [encoded.audio(i) for i in silent],
+            encoded.sampling_rate,
+        )
+    data = SpeechDataset(folder)
+    indices = range(min(count, len(data)))
+    return [data[i][0] for i in indices], [data[i][1] for i in indices], [], data.sampling_rate
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path("data/test"))
+    parser.add_argument("--model", type=Path, default=None, help="a candidate checkpoint (default: the shipped model)")
+    parser.add_argument(
+        "--adapters", type=Path, default=None, help="a folder of adapter folders by label (default: the shipped ones)"
+    )
     parser.add_argument("--clips", type=int, default=300, help="first N clips of the held-out set")
     parser.add_argument("--out", type=Path, default=Path("recipes/default_model/results"))
     parser.add_argument("--no-export", action="store_true", help="PyTorch columns only")
@@ -89,12 +123,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoder-precision", default="fp32", choices=ENCODER_PRECISIONS, help="the bundles' encoder")
     args = parser.parse_args(argv)
 
-    data = SpeechDataset(args.data)
-    indices = range(min(args.clips, len(data)))
-    clips = [data[i][0] for i in indices]
-    references = [data[i][1] for i in indices]
-    seconds = sum(len(c) for c in clips) / data.sampling_rate
-    model_dir = default_model_dir()
+    clips, references, silent, sampling_rate = held_out_clips(args.data, args.clips)
+    seconds = sum(len(c) for c in clips) / sampling_rate
+    model_dir = args.model or default_model_dir()
+
+    def adapter_of(spec: CompressorSpec) -> Path | None:
+        if spec.name == "none":
+            return None
+        if args.adapters is None:
+            return default_adapter_dir(spec)
+        return args.adapters / spec.label if (args.adapters / spec.label / "adapter_config.json").is_file() else None
+
+    def scored(texts: list[str], tokens: int, silent_texts: list[str]) -> dict:
+        return row(score(references, texts, tokens, seconds), silent_texts)
+
     processor = Qwen2AudioProcessor.from_pretrained(model_dir)
     results: dict[str, dict] = {}
     started = time.perf_counter()
@@ -105,14 +147,15 @@ def main(argv: list[str] | None = None) -> int:
     wanted = args.compressors.split(",")
     exported = set(args.export_compressors.split(","))
     for spec in [c for c in COMPRESSORS if c.label in wanted]:
-        adapter_dir = default_adapter_dir(spec) if spec.name != "none" else None
+        adapter_dir = adapter_of(spec)
         entry: dict[str, dict] = {}
         for variant, adapter in (("pytorch", None), ("pytorch_lora", adapter_dir)):
             if variant == "pytorch_lora" and adapter is None:
                 continue
             model = load_model(model_dir, adapter)
             texts, tokens = transcribe_torch(model, processor, build_compressor(spec), clips)
-            entry[variant] = row(score(references, texts, tokens, seconds))
+            silent_texts, _ = transcribe_torch(model, processor, build_compressor(spec), silent)
+            entry[variant] = scored(texts, tokens, silent_texts)
             log(f"{spec.label} {variant}: WER {entry[variant]['wer']:.2%}")
         if not args.no_export and spec.label in exported:
             with tempfile.TemporaryDirectory() as scratch:
@@ -121,14 +164,15 @@ def main(argv: list[str] | None = None) -> int:
                     export_bundle(
                         ExportOptions(model_dir, bundle, spec, args.encoder_precision, quant, adapter_dir, force=True)
                     )
-                    texts, tokens = transcribe_bundle(bundle, clips, data.sampling_rate)
-                    entry[f"bundle_{quant}"] = row(score(references, texts, tokens, seconds))
+                    texts, tokens = transcribe_bundle(bundle, clips, sampling_rate)
+                    silent_texts, _ = transcribe_bundle(bundle, silent, sampling_rate)
+                    entry[f"bundle_{quant}"] = scored(texts, tokens, silent_texts)
                     log(f"{spec.label} bundle {quant}: WER {entry[f'bundle_{quant}']['wer']:.2%}")
         results[spec.label] = entry
 
     if args.runtime_adapter and not args.no_export:
         specs = [c for c in COMPRESSORS if c.label in wanted and c.label in exported]
-        choices = tuple((spec, default_adapter_dir(spec) if spec.name != "none" else None) for spec in specs)
+        choices = tuple((spec, adapter_of(spec)) for spec in specs)
         with tempfile.TemporaryDirectory() as scratch:
             for quant in args.quants.split(","):
                 bundle = Path(scratch) / f"all-{quant}"
@@ -138,14 +182,16 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )
                 for spec in specs:
-                    texts, tokens = transcribe_bundle(bundle, clips, data.sampling_rate, compressor=spec.label)
+                    texts, tokens = transcribe_bundle(bundle, clips, sampling_rate, compressor=spec.label)
+                    silent_texts, _ = transcribe_bundle(bundle, silent, sampling_rate, compressor=spec.label)
                     key = f"runtime_adapter_{quant}"
-                    results[spec.label][key] = row(score(references, texts, tokens, seconds))
+                    results[spec.label][key] = scored(texts, tokens, silent_texts)
                     log(f"{spec.label} one bundle of {len(specs)}, {quant}: WER {results[spec.label][key]['wer']:.2%}")
 
     args.out.mkdir(parents=True, exist_ok=True)
     summary = {
         "data": str(args.data),
+        "model": str(model_dir),
         "clips": len(clips),
         "audio_seconds": seconds,
         "encoder_precision": args.encoder_precision,
@@ -185,6 +231,14 @@ def markdown_table(summary: dict) -> str:
             f"{cell(entry, 'bundle_f16')} | {cell(entry, 'bundle_q8_0')} | {cell(entry, 'bundle_q4_k_m')} |"
             + "".join(f" {cell(entry, key)} |" for key in runtime_keys)
         )
+    silences = [
+        f"{label} {key.removeprefix('bundle_')} {value['silence_empty']}/{value['silence_clips']}"
+        for label, entry in summary["results"].items()
+        for key, value in entry.items()
+        if value.get("silence_clips")
+    ]
+    if silences:
+        lines += ["", "Silence and noise-only clips answered with nothing: " + ", ".join(silences) + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -14,6 +14,9 @@ import numpy as np
 
 from edgelalm.training.texts import normalize_transcript
 
+# Enough for three requests in one clip (the default model's longest held-out answers, ~60 tokens).
+MAX_ANSWER_TOKENS = 128
+
 
 def word_errors(reference: str, hypothesis: str) -> int:
     """Levenshtein distance between the two word sequences."""
@@ -52,7 +55,7 @@ def score(references: Sequence[str], hypotheses: Sequence[str], audio_tokens: in
 
 
 def transcribe_torch(
-    model, processor, compressor, clips: Iterable[np.ndarray], max_new_tokens: int = 64
+    model, processor, compressor, clips: Iterable[np.ndarray], max_new_tokens: int = MAX_ANSWER_TOKENS
 ) -> tuple[list[str], int]:
     """Greedy transcripts from the PyTorch model with `compressor` in place (clips within one window);
     returns them and the total number of audio tokens."""
@@ -80,6 +83,7 @@ def transcribe_bundle(
     sampling_rate: int,
     threads: int | None = None,
     compressor: str | None = None,
+    max_new_tokens: int = MAX_ANSWER_TOKENS,
 ) -> tuple[list[str], int]:
     """Greedy transcripts through the torch-free runtime (onnxruntime + llama.cpp); `compressor`:
     the entry of a bundle of several (its adapter applied at run time)."""
@@ -88,7 +92,7 @@ def transcribe_bundle(
     texts, audio_tokens = [], 0
     with Runtime(bundle, threads=threads) as runtime:
         for clip in clips:
-            result = runtime.run(clip, sampling_rate=sampling_rate, max_tokens=64, compressor=compressor)
+            result = runtime.run(clip, sampling_rate=sampling_rate, max_tokens=max_new_tokens, compressor=compressor)
             texts.append(result.text)
             audio_tokens += result.audio_tokens
     return texts, audio_tokens

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from edgelalm.progress import Bar
@@ -113,6 +113,9 @@ class CharacterCtc(nn.Module):
         return nn.functional.ctc_loss(log_probs, targets, position_counts, target_lengths, zero_infinity=True)
 
 
+CTC_HEAD_FILE = "ctc_head.safetensors"  # a TokenCtc's own parameters, in the run's folder
+
+
 class TokenCtc(nn.Module):
     """CTC from the projected audio embeddings onto the decoder's own token vocabulary, scored
     against the decoder's input embeddings (tied), plus a learned blank. It pulls each frame's
@@ -141,6 +144,16 @@ class TokenCtc(nn.Module):
         targets, target_lengths = self.targets(texts)
         log_probs = self.log_probs(positions).transpose(0, 1)  # [T, B, C]
         return nn.functional.ctc_loss(log_probs, targets, position_counts, target_lengths, zero_infinity=True)
+
+    def save_head(self, path: Path) -> None:
+        """Its own parameters (the embeddings are the model's, saved with it)."""
+        save_file({"blank": self.blank.detach(), "log_scale": self.log_scale.detach()}, str(path))
+
+    def load_head(self, path: Path) -> None:
+        with torch.no_grad():
+            head = load_file(str(path))
+            self.blank.copy_(head["blank"])
+            self.log_scale.copy_(head["log_scale"])
 
     def greedy(self, positions: torch.Tensor) -> str:
         """The best path of one clip's [T, D] embeddings, repeats and blanks removed, as text."""
@@ -267,10 +280,13 @@ def train(
     parameters: list[nn.Parameter] | None = None,
     save: Callable[[Path], None] | None = None,
     progress: bool = True,
+    ctc_head: Path | None = None,
 ) -> TrainLog:
     """Train `model` (in place, left in eval mode) and return the log; the caller saves it.
     `parameters` limits what is trained (LoRA); `save(folder)`, if given, writes a snapshot to
-    out_dir/last every save_every steps (something to fall back on if a long run is stopped)."""
+    out_dir/last every save_every steps (something to fall back on if a long run is stopped).
+    `ctc_head`: a TokenCtc's blank and scale from an earlier stage (else they start afresh, and
+    the first steps' CTC gradient is large)."""
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
@@ -307,6 +323,8 @@ def train(
         if not encoded:
             raise ValueError("ctc_target='tokens' needs encoded data (the CTC reads the projected embeddings)")
         ctc = TokenCtc(model.get_input_embeddings(), tokenizer)
+        if ctc_head is not None:
+            ctc.load_head(ctc_head)
     elif ctc_alphabet:
         ctc = CharacterCtc(ctc_width, ctc_alphabet).to(model.device)
     trained = parameters if parameters is not None else [p for p in model.parameters() if p.requires_grad]
@@ -401,11 +419,11 @@ def train(
                     )
             if save is not None and (done % settings.save_every == 0) and done < last_step:
                 save(out_dir / "last")
+                if isinstance(ctc, TokenCtc):
+                    ctc.save_head(out_dir / CTC_HEAD_FILE)
     model.eval()
-    if isinstance(ctc, TokenCtc):  # its blank and scale, for a later look at its best paths
-        save_file(
-            {"blank": ctc.blank.detach(), "log_scale": ctc.log_scale.detach()}, str(out_dir / "ctc_head.safetensors")
-        )
+    if isinstance(ctc, TokenCtc):  # its blank and scale: a later stage goes on from them
+        ctc.save_head(out_dir / CTC_HEAD_FILE)
     return log
 
 
