@@ -16,6 +16,12 @@ pytestmark = pytest.mark.slow
 STEPS = 8
 
 
+def _default_sigint() -> None:
+    """In the child, before exec: SIGINT handled by default and not blocked."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def export_command(tiny_checkpoint: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "edgelalm.cli", "export", "--model", str(tiny_checkpoint), "--compressor", "none",
             "--out", str(out)]  # fmt: skip
@@ -30,7 +36,14 @@ def leftovers(folder: Path) -> list[str]:
 def test_an_interrupted_export_exits_130_and_leaves_nothing(tiny_checkpoint, tmp_path, after_step, signal_number):
     """The signal arrives once `after_step` steps have finished (0: while the first runs)."""
     out = tmp_path / "out" / "bundle"
-    process = subprocess.Popen(export_command(tiny_checkpoint, out), stderr=subprocess.PIPE, text=True)
+    # A shell's background job ignores SIGINT and its children inherit that: give the export the
+    # default disposition a user's terminal gives it, however pytest itself was started.
+    process = subprocess.Popen(
+        export_command(tiny_checkpoint, out),
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_sigint,
+    )
     seen = []
     assert process.stderr is not None
     for line in process.stderr:

@@ -67,6 +67,23 @@ def test_free_word_sequences_use_the_broad_vocabulary(train_texts):
     assert 2 <= min(len(t.transcript.split()) for t in train_texts if t.kind == "words")
 
 
+def test_long_texts_join_the_streams_speech_in_order():
+    import itertools
+
+    speech = [t for t in itertools.islice(corpus.iter_texts("test", 5), 400) if t.kind != "silence"]
+    long_texts = list(itertools.islice(corpus.iter_long_texts("test", 5), 5))
+    assert long_texts == list(itertools.islice(corpus.iter_long_texts("test", 5), 5))  # seeded
+    joined = " ".join(t.transcript for t in long_texts)
+    parts = next(n for n in range(len(speech)) if len(" ".join(t.transcript for t in speech[:n])) >= len(joined))
+    assert joined == " ".join(t.transcript for t in speech[:parts])  # the speech texts, in order, none lost
+    for text in long_texts:
+        assert text.kind == "long" and text.spoken.endswith(".")
+        words = len(text.transcript.split())
+        assert corpus.WORDS_PER_LONG_TEXT[0] <= words <= corpus.WORDS_PER_LONG_TEXT[1] + 40
+        # every part read as its own sentence: as many sentence ends as parts
+        assert text.spoken.count(".") >= 2
+
+
 def test_no_test_text_is_a_train_text_and_held_out_names_stay_in_test(train_texts, test_texts):
     spoken = {t.transcript for t in train_texts if t.transcript}
     assert not spoken & {t.transcript for t in test_texts if t.transcript}

@@ -34,6 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--train-folder", default="train", help="the training split's folder name (more training clips: another seed)"
     )
+    parser.add_argument(
+        "--long",
+        action="store_true",
+        help="long clips (corpus.iter_long_texts: 15-30 s, one encoder window each); the held-out sets are "
+        "then written as test-long and unheard-long",
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / ".gitignore").write_text("# rendered by recipes/default_model/make_encoded_data.py\n*\n")
@@ -46,13 +52,21 @@ def main(argv: list[str] | None = None) -> int:
     for name, split, count, voices, keep_audio in splits:
         if name not in wanted:
             continue
-        folder = args.train_folder if name == "train" else name
+        folder = args.train_folder if name == "train" else name + ("-long" if args.long else "")
         target = args.out / folder
         if (target / "dataset.json").is_file():
             print(f"{target}: already built, kept", file=sys.stderr)
             continue
         build_encoded(
-            target, split, count, args.seed, args.init, voices=voices, keep_audio=keep_audio, workers=args.workers
+            target,
+            split,
+            count,
+            args.seed,
+            args.init,
+            voices=voices,
+            keep_audio=keep_audio,
+            workers=args.workers,
+            long=args.long,
         )
     return 0
 

@@ -46,3 +46,12 @@ python $recipe/train_base.py --data data3 --more-train data3/train-seed1 --out b
   --ctc-weight 1.0 --ctc-target tokens --threads 2 --seed 3
 python $recipe/stage_weights.py pack build/default-model/base7/final --out $recipe/stages/base7
 python $recipe/wer_check.py build/default-model/base7/final --data data3 --count 100
+# 9. Long clips (15-30 s of joined texts, each encoded as one window, as the runtime encodes a long
+#    clip): 3000 for training, 40 held-out and 40 never-heard ones (test-long, unheard-long).
+python $recipe/make_encoded_data.py --init build/default-model/init --out data3 --long --splits test,unheard,train \
+  --train-folder train-long-seed2 --seed 2 --train-count 3000 --test-count 40
+# 10. (started at the end of session 10, not finished) Base stage 5 (base8): from base7 with the
+#     long clips mixed in (53000 clips), a fresh 3000-step schedule.
+# python $recipe/train_base.py --data data3 --more-train data3/train-seed1 --more-train data3/train-long-seed2 \
+#   --out build/default-model/base8 --init-from build/default-model/base7/final --steps 3000 --warmup-steps 100 \
+#   --learning-rate 4e-4 --ctc-weight 1.0 --ctc-target tokens --threads 2 --seed 4

@@ -7,7 +7,9 @@ from the exported bundles, wer_table.py).
 The audio goes through the checkpoint's whole tower (not the stored frames), as at run time. For
 "silence" clips the measure is the share answered with nothing. `--long N` adds N clips of 25-29 s
 per set, consecutive speech clips of the set joined with 0.3 s of silence (the issue's
-multi-sentence 30 s clips; one encoder window each).
+multi-sentence 30 s clips; one encoder window each). `--ctc-head` (a TokenCtc's, beside a stage's
+checkpoint) adds its best path's WER per group, from the stored frames: how much of the speech the
+projected audio carries, whatever the decoder makes of it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 
 from edgelalm.training.encoded import EncodedDataset
 from edgelalm.training.evaluate import score, transcribe_torch
+from edgelalm.training.train import TokenCtc, projected_frames
 
 
 def long_clips(data: EncodedDataset, count: int) -> tuple[list[np.ndarray], list[str]]:
@@ -56,10 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=120, help="clips per set (the first ones)")
     parser.add_argument("--show", type=int, default=4, help="examples of errors to print per set")
     parser.add_argument("--long", type=int, default=0, help="also N joined clips of 25-29 s per set")
+    parser.add_argument("--ctc-head", type=Path, default=None, help="a TokenCtc head: its best path's WER too")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     model = Qwen2AudioForConditionalGeneration.from_pretrained(args.checkpoint, dtype=torch.float32).eval()
     processor = Qwen2AudioProcessor.from_pretrained(args.checkpoint)
+    ctc = None
+    if args.ctc_head:
+        ctc = TokenCtc(model.get_input_embeddings(), processor.tokenizer)
+        ctc.load_head(args.ctc_head)
     report = {}
     for name in args.sets.split(","):
         data = EncodedDataset(args.data / name)
@@ -80,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             result = score([data.texts[i] for i in members], [hypotheses[i] for i in members], 0, 1.0)
             rows[group] = f"{100 * result.wer:.1f}% WER ({len(members)} clips)"
+            if ctc is not None:
+                with torch.no_grad():
+                    paths = [ctc.greedy(projected_frames(model, nn.Identity(), [data[i][0]])[0]) for i in members]
+                rows[group] += (
+                    f", CTC best path {100 * score([data.texts[i] for i in members], paths, 0, 1.0).wer:.1f}%"
+                )
         if args.long:
             clips, references = long_clips(data, args.long)
             answers, _ = transcribe_torch(model, processor, nn.Identity(), clips, max_new_tokens=256)

@@ -12,6 +12,9 @@ Kinds, drawn by `MIX`:
 - "silence": no speech at all (the renderer fills the clip with silence or noise); the answer is
   empty.
 
+`iter_long_texts` joins consecutive texts of that stream into "long" ones of 35-65 words (15-30 s
+of speech): the tower encodes them as one window, as the runtime does a long clip's.
+
 Transcripts are normalised as `texts` normalises (lowercase words, numbers as words). A "words"
 or "requests" text is test when a hash of its transcript falls in the test bucket, as grammar
 sentences are; held-out names stay in the test split.
@@ -31,12 +34,13 @@ import numpy as np
 from edgelalm.training import texts
 from edgelalm.training.texts import Split
 
-Kind = Literal["command", "words", "requests", "silence"]
+Kind = Literal["command", "words", "requests", "silence", "long"]
 MIX: dict[Kind, float] = {"command": 0.4, "words": 0.35, "requests": 0.15, "silence": 0.1}
 CORPUS_VERSION = 1  # bumped whenever what iter_texts yields changes
 
 _COMMON_WORDS_FILE = Path(__file__).parent / "data" / "common_words.txt"
 WORDS_PER_SEQUENCE = (2, 14)
+WORDS_PER_LONG_TEXT = (35, 65)
 NUMBER_PROBABILITY = 0.08  # per word position: a number ("four hundred and twelve")
 NAME_PROBABILITY = 0.05  # per word position: a contact name
 # Word rank r is drawn with weight 1 / (r + RANK_OFFSET): frequent words often, rare ones still seen.
@@ -129,3 +133,17 @@ def iter_texts(split: Split, seed: int) -> Iterator[Text]:
     rng = random.Random(f"edgelalm-corpus:{CORPUS_VERSION}:{split}:{seed}")
     while True:
         yield sample_text(split, rng)
+
+
+def iter_long_texts(split: Split, seed: int) -> Iterator[Text]:
+    """The endless, deterministic stream of "long" texts for (split, seed): consecutive speech
+    texts of `iter_texts` joined (each read as its own sentence) until a drawn word count."""
+    rng = random.Random(f"edgelalm-corpus-long:{CORPUS_VERSION}:{split}:{seed}")
+    parts = (text for text in iter_texts(split, seed) if text.kind != "silence")
+    while True:
+        target = rng.randint(*WORDS_PER_LONG_TEXT)
+        joined: list[Text] = []
+        while sum(len(text.transcript.split()) for text in joined) < target:
+            joined.append(next(parts))
+        spoken = " ".join(text.spoken.rstrip(".") + "." for text in joined)
+        yield Text("long", spoken, " ".join(text.transcript for text in joined))

@@ -79,9 +79,9 @@ class Clip:
     pitch: int
 
 
-def plan(split: Split, seed: int, voices: tuple[str, ...] | None = None) -> Iterator[Clip]:
+def plan(split: Split, seed: int, voices: tuple[str, ...] | None = None, long: bool = False) -> Iterator[Clip]:
     """The endless, deterministic stream of clips for (split, seed); `voices` overrides the voice
-    choice (the never-heard set: synthesizers.UNHEARD_VOICES)."""
+    choice (the never-heard set: synthesizers.UNHEARD_VOICES); `long`: corpus.iter_long_texts."""
     pool = voices or synthesizers.training_voices(split)
     by_engine: dict[str, list[str]] = {}
     for voice in pool:
@@ -89,7 +89,7 @@ def plan(split: Split, seed: int, voices: tuple[str, ...] | None = None) -> Iter
     engines = sorted(by_engine)
     shares = np.array([ENGINE_SHARE.get(engine, 1.0) for engine in engines])
     shares /= shares.sum()
-    for index, text in enumerate(corpus.iter_texts(split, seed)):
+    for index, text in enumerate(corpus.iter_long_texts(split, seed) if long else corpus.iter_texts(split, seed)):
         rng = np.random.default_rng([seed, index, 0xC11F])
         engine = engines[int(rng.choice(len(engines), p=shares))]
         voice = by_engine[engine][int(rng.integers(len(by_engine[engine])))]
@@ -207,6 +207,7 @@ def build_encoded(
     max_seconds: float = 30.0,
     progress: bool = True,
     overwrite: bool = False,
+    long: bool = False,
 ) -> Path:
     """Render, augment and encode `count` clips of `split` into `out_dir` (atomically)."""
     texts.check_split(split)
@@ -242,7 +243,9 @@ def build_encoded(
         with (
             open(partial / "metadata.jsonl", "w", encoding="utf-8") as metadata,
             Bar(count, f"{split} ({count})") if progress else _NoBar() as bar,
-            closing(_encoded(plan(split, seed, voices), seed, str(checkpoint), max_seconds, workers, 32)) as stream,
+            closing(
+                _encoded(plan(split, seed, voices, long), seed, str(checkpoint), max_seconds, workers, 32)
+            ) as stream,
         ):
             for clip, frames, audio, applied in stream:
                 seconds = audio.size / SAMPLING_RATE
@@ -276,6 +279,7 @@ def build_encoded(
             "count": count,
             "seed": seed,
             "corpus_version": corpus.CORPUS_VERSION,
+            "long": long,
             "voices": list(voices or synthesizers.training_voices(split)),
             "checkpoint": str(checkpoint),
             "tower_sha256": sha256_of(tower_file) if tower_file.is_file() else None,
