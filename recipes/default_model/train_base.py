@@ -24,7 +24,7 @@ from edgelalm import scaffold
 from edgelalm.prompt import chat_template_pieces
 from edgelalm.training import texts
 from edgelalm.training.dataset import SpeechDataset
-from edgelalm.training.encoded import EncodedDataset
+from edgelalm.training.encoded import EncodedDataset, is_encoded_folder
 from edgelalm.training.model import sinusoids
 from edgelalm.training.train import CTC_HEAD_FILE, TrainSettings, plot_losses, train
 
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         concat_probability=args.concat_probability,
     )
     # Encoded data (the frozen Whisper tower's output, make_encoded_data.py) or rendered audio.
-    encoded = "encoded" in json.loads((args.data / "train" / "dataset.json").read_text())["format"]
+    encoded = is_encoded_folder(args.data / "train")
     if encoded and not args.init_from:
         raise SystemExit("encoded data needs --init-from (the checkpoint whose tower encoded it: make_init.py)")
     if args.more_train and not encoded:

@@ -80,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
             if record["kind"] != "silence":
                 groups[f"engine {record['voice'].split(':')[0]}"].append(i)
                 groups["speech"].append(i)
+        best_paths = {}  # each clip's once: it is in several groups
+        if ctc is not None:
+            with torch.no_grad():
+                for i in indices:
+                    best_paths[i] = ctc.greedy(projected_frames(model, nn.Identity(), [data[i][0]])[0])
         rows = {}
         for group, members in sorted(groups.items()):
             if group == "kind silence":
@@ -89,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             result = score([data.texts[i] for i in members], [hypotheses[i] for i in members], 0, 1.0)
             rows[group] = f"{100 * result.wer:.1f}% WER ({len(members)} clips)"
             if ctc is not None:
-                with torch.no_grad():
-                    paths = [ctc.greedy(projected_frames(model, nn.Identity(), [data[i][0]])[0]) for i in members]
+                paths = [best_paths[i] for i in members]
                 rows[group] += (
                     f", CTC best path {100 * score([data.texts[i] for i in members], paths, 0, 1.0).wer:.1f}%"
                 )

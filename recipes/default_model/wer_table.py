@@ -42,8 +42,7 @@ from edgelalm.export.bundle import ExportOptions, export_bundle
 from edgelalm.export.compressor import build_compressor
 from edgelalm.pretrained import default_adapter_dir, default_model_dir
 from edgelalm.training.dataset import SpeechDataset
-from edgelalm.training.encoded import FORMAT as ENCODED_FORMAT
-from edgelalm.training.encoded import EncodedDataset
+from edgelalm.training.encoded import EncodedDataset, is_encoded_folder
 from edgelalm.training.evaluate import WerResult, score, transcribe_bundle, transcribe_torch
 
 COMPRESSORS = (
@@ -82,7 +81,7 @@ def row(result: WerResult, silent_answers: list[str]) -> dict:
 def held_out_clips(folder: Path, count: int) -> tuple[list, list[str], list, int]:
     """(speech clips, their transcripts, silence clips, sampling rate): the first `count` clips of a
     make_data.py set or of a make_encoded_data.py set with its audio kept."""
-    if json.loads((folder / "dataset.json").read_text(encoding="utf-8")).get("format") == ENCODED_FORMAT:
+    if is_encoded_folder(folder):
         encoded = EncodedDataset(folder)
         indices = range(min(count, len(encoded)))
         silent = [i for i in indices if encoded.records[i]["kind"] == "silence"]

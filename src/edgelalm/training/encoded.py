@@ -35,7 +35,7 @@ import numpy as np
 
 from edgelalm.constants import SAMPLING_RATE
 from edgelalm.errors import EdgelalmError
-from edgelalm.files import atomic_folder, sha256_of
+from edgelalm.files import atomic_folder
 from edgelalm.progress import Bar
 from edgelalm.training import corpus, speech, synthesizers, texts
 from edgelalm.training.dataset import read_folder
@@ -216,7 +216,6 @@ def build_encoded(
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise EdgelalmError(f"{out} already exists (pass overwrite=True to replace it)")
-    tower_file = Path(checkpoint) / "model.safetensors"
     started = time.perf_counter()
     shards: list[dict] = []
     pending: list[tuple[np.ndarray, np.ndarray]] = []
@@ -282,7 +281,6 @@ def build_encoded(
             "long": long,
             "voices": list(voices or synthesizers.training_voices(split)),
             "checkpoint": str(checkpoint),
-            "tower_sha256": sha256_of(tower_file) if tower_file.is_file() else None,
             "tower_digest": tower_digest(checkpoint),
             "frames_per_second": 25,
             "sampling_rate": SAMPLING_RATE,
@@ -309,6 +307,12 @@ class _NoBar:
 
     def update(self, **_: object) -> None:
         pass
+
+
+def is_encoded_folder(folder: str | os.PathLike[str]) -> bool:
+    """Whether `folder` holds a `build_encoded` dataset (else another kind, or none)."""
+    info = Path(folder) / "dataset.json"
+    return info.is_file() and json.loads(info.read_text(encoding="utf-8")).get("format") == FORMAT
 
 
 class EncodedDataset:

@@ -80,13 +80,11 @@ class PairedAudio:
 
 def open_paired_data(path: Path, sampling_rate: int, normalize: bool, model_dir: Path):
     from edgelalm.training.dataset import SpeechDataset
-    from edgelalm.training.encoded import FORMAT as ENCODED_FORMAT
-    from edgelalm.training.encoded import EncodedDataset
+    from edgelalm.training.encoded import EncodedDataset, is_encoded_folder
 
     if path.is_dir():
         folder = path / "train" if (path / "train" / "dataset.json").is_file() else path
-        info = folder / "dataset.json"
-        if info.is_file() and json.loads(info.read_text(encoding="utf-8")).get("format") == ENCODED_FORMAT:
+        if is_encoded_folder(folder):
             # The frozen tower's output, stored: the compressor reads it as it reads the tower's.
             encoded = EncodedDataset(folder)
             encoded.check_tower(model_dir)
