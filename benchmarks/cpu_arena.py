@@ -4,9 +4,10 @@
         --seconds 5,30,120 --repeats 3 --out benchmarks/results/cpu-x86_64-small-arena
 
 Each (setting, clip length) runs in a fresh process (edgelalm.bench's worker: a warm-up, then
-`--repeats` runs), alternating the two settings, so both see the same machine. The runtime's
-default is the arena off; this is the measurement behind that choice. Writes OUT/arena.json and
-prints a markdown table.
+`--repeats` runs), alternating the two settings, so both see the same machine. "on" keeps the
+arena for the session's life (`cpu_arena=True`); "off" is the runtime's default: no arena for the
+compressor, and for the encoder the arena shrunk at the end of every run. Writes OUT/arena.json
+and prints a markdown table.
 """
 
 from __future__ import annotations

@@ -19,7 +19,12 @@ onnxruntime = pytest.importorskip("onnxruntime")
 import onnx  # noqa: E402
 from hf_reference import TransformersAudioTower, speechlike  # noqa: E402
 
-from edgelalm.export.encoder import QUERY_BLOCKS, ClipLengthAudioEncoder, export_encoder_onnx  # noqa: E402
+from edgelalm.export.encoder import (  # noqa: E402
+    FEED_FORWARD_BLOCKS,
+    QUERY_BLOCKS,
+    ClipLengthAudioEncoder,
+    export_encoder_onnx,
+)
 from edgelalm.runtime.encoder import release_freed_heap  # noqa: E402
 from edgelalm.runtime.features import encoder_output_frames  # noqa: E402
 
@@ -73,6 +78,12 @@ def test_reduced_precision_stays_close_and_shrinks(tiny, tmp_path, precision, to
     size = lambda p: sum(f.stat().st_size for f in p.parent.glob(p.name + "*"))  # noqa: E731
     assert size(path) < 0.8 * size(fp32_path)
     assert not list(tmp_path.glob("*.fp32.onnx*")), "int8 export must not leave its fp32 intermediate"
+    if precision == "int8":  # every MatMul weight quantized, fc1 and fc2 (read by each FFN block) too
+        graph = onnx.load(str(path), load_external_data=False).graph
+        weights = {weight.name for weight in graph.initializer}
+        assert not [node.name for node in graph.node if node.op_type == "MatMul" and node.input[1] in weights]
+        quantized = {node.input[1] for node in graph.node if node.op_type == "MatMulInteger"}
+        assert len(quantized & weights) == 6 * len(tiny[0].model.audio_tower.layers)  # q, k, v, out, fc1, fc2
 
 
 @pytest.mark.slow
@@ -111,6 +122,15 @@ def test_tiny_clip_gives_one_frame_and_dynamic_length_is_one_graph(tiny, tmp_pat
     layers = len(tower.layers)
     graph = onnx.load(str(path), load_external_data=False).graph
     assert sum(node.op_type == "Attention" for node in graph.node) == layers * QUERY_BLOCKS
+    # fc1 and fc2 each read FEED_FORWARD_BLOCKS times, from weights stored transposed (no Transpose
+    # left on a weight); no intermediate shapes, so onnxruntime frees each activation after its
+    # last reader (the runtime's encoder memory, README "Encoder speed and memory").
+    weights = {weight.name for weight in graph.initializer}
+    assert not [node for node in graph.node if node.op_type == "Transpose" and node.input[0] in weights]
+    matmuls = [node for node in graph.node if node.op_type == "MatMul" and node.input[1] in weights]
+    assert len(matmuls) == layers * (4 + 2 * FEED_FORWARD_BLOCKS)  # q, k, v, out; fc1, fc2 per block
+    assert len({node.input[1] for node in matmuls}) == layers * 6  # each weight stored once
+    assert not graph.value_info
     rng = np.random.default_rng(0)
     unblocked = ClipLengthAudioEncoder(tower).eval()  # transformers' own SDPA, all queries at once
     # 3 and 4 mel frames: 2 and 3 positions, fewer than the query blocks

@@ -126,6 +126,38 @@ def test_answer_loss_equals_transformers_loss(loaded, clips):
     assert (labels != IGNORE_INDEX).sum() == sum(counts)
 
 
+def test_corrupted_answers_are_read_but_the_labels_stay_true(loaded, clips):
+    """Token corruption (TrainSettings.token_corruption): the decoder reads the replaced tokens at
+    the answer positions, the labels are the true answer, and the replaced share is the one asked."""
+    from edgelalm.training.train import corrupted
+
+    model, processor = loaded
+    prompt = PromptIds.from_processor(processor)
+    tokenizer = processor.tokenizer
+    answers = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in ("set a timer", "call anna now")]
+    rng = np.random.default_rng(0)
+    assert corrupted(answers, 0.0, tokenizer.vocab_size, rng) == answers
+    read = corrupted(answers, 1.0, tokenizer.vocab_size, rng)
+    assert [len(r) for r in read] == [len(a) for a in answers] and read != answers
+    assert all(0 <= token < tokenizer.vocab_size for row in read for token in row)  # never a special token
+    long_answer = [list(range(4000))]
+    replaced = sum(a != b for a, b in zip(corrupted(long_answer, 0.25, 10**6, rng)[0], long_answer[0], strict=True))
+    assert abs(replaced / 4000 - 0.25) < 0.03  # about 4.4 standard deviations of a binomial share
+
+    with torch.no_grad():
+        mel, lengths = log_mel_batch(clips[:2], processor.feature_extractor)
+        audio = compress_and_project(
+            model, build_compressor(CompressorSpec("none", 1)), encode_batch(model.model.audio_tower, mel, lengths)
+        )
+        inputs, mask, labels = decoder_inputs(model, prompt, audio, answers, read)
+        embed = model.get_input_embeddings()
+        for row, (answer, read_row) in enumerate(zip(answers, read, strict=True)):
+            end = int(mask[row].sum())
+            start = end - len(answer) - 1
+            assert torch.equal(inputs[row, start:end], embed(torch.tensor(read_row + [prompt.end_of_answer])))
+            assert labels[row, start:end].tolist() == answer + [prompt.end_of_answer]
+
+
 def test_prompt_ids_are_the_runtime_pieces(loaded):
     from edgelalm.prompt import chat_template_pieces
 

@@ -1,47 +1,53 @@
-"""Render the example clips in examples/ (held-out sentences and voices, never in the training set).
+"""Render the example clips in examples/ from examples/transcripts.tsv (the one home of what each
+clip says and who says it).
 
-    python recipes/default_model/make_examples.py
+    python recipes/default_model/make_examples.py            # every row
+    python recipes/default_model/make_examples.py kids-room.wav
 
-Each clip is a sentence of the test split spoken by a held-out voice, written as 16-bit wav, with
-its transcript appended to examples/transcripts.tsv. The same run writes the same files. The
-sentences were drawn once from texts.utterances("test", 200, seed=2026) (a seed the held-out WER
-set does not use) under grammar version 1; they are written out here so that a later grammar keeps
-the same clips, and each is checked to be test-only still.
+Each row names its file, its transcript (what is read aloud), a voice as synthesizers.py names it
+("espeak-ng:en-us+f4", "festival:kal_diphone", "flite:slt"), a tempo (1.0: the voice's own speed)
+and an espeak-ng pitch. The `heard` column is written here, not by hand: whether the default model's
+training heard that voice ("training voice"), held it out ("held-out voice") or never used its
+synthesizer ("never-heard synthesizer"). A transcript that is a training sentence is refused: an
+example must show the model on speech it was not trained on. The same run writes the same files.
 """
 
 from __future__ import annotations
 
+import csv
 import sys
 from pathlib import Path
 
 import soundfile
 
-from edgelalm.training import speech, texts
+from edgelalm.constants import SAMPLING_RATE
+from edgelalm.training import synthesizers, texts
 
-EXAMPLES = (  # (file, sentence, held-out voice, speed wpm, pitch)
-    ("text-yusuf.wav", "text yusuf that i'll call you later", "en-gb+Andrea", 160, 45),
-    ("kids-room.wav", "set the kids room to sixty seven degrees", "en-us+f4", 170, 60),
-    ("air-quality.wav", "what's the air quality in lisbon", "en-029+edward2", 150, 40),
-)
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+TABLE = EXAMPLES / "transcripts.tsv"
+COLUMNS = ("file", "transcript", "voice", "tempo", "pitch", "heard")
 
 
-def main() -> int:
-    examples = Path(__file__).resolve().parents[2] / "examples"
-    held_out = set(speech.voices("test"))
-    table = examples / "transcripts.tsv"
-    rows = table.read_text(encoding="utf-8").splitlines()
-    for file, text, voice, speed, pitch in EXAMPLES:
-        if voice not in held_out:
-            raise SystemExit(f"{voice} is not a held-out voice")
-        if texts.split_of(text) != "test":
-            raise SystemExit(f"{text!r} is not a test-only sentence")
-        soundfile.write(
-            examples / file, speech.render(text, voice, speed, pitch), speech.SAMPLING_RATE, subtype="PCM_16"
-        )
-        rows = [r for r in rows if not r.startswith(file + "\t")]
-        rows.append(f"{file}\t{text}\tespeak-ng {voice}, speed {speed}, pitch {pitch} (held-out voice)")
-        print(f"{file}: {text!r} ({voice})", file=sys.stderr)
-    table.write_text("\n".join(rows) + "\n", encoding="utf-8")
+def main(argv: list[str] | None = None) -> int:
+    wanted = set(sys.argv[1:] if argv is None else argv)
+    with open(TABLE, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    chosen = [row for row in rows if not wanted or row["file"] in wanted]
+    if wanted - {row["file"] for row in chosen}:
+        raise SystemExit(f"not in {TABLE.name}: {', '.join(sorted(wanted - {row['file'] for row in chosen}))}")
+    for row in chosen:
+        sentence = texts.normalize_transcript(row["transcript"])
+        if texts.split_of(sentence) == "train":
+            raise SystemExit(f"{row['file']}: {sentence!r} is a training sentence")
+        request = synthesizers.Request(row["transcript"], row["voice"], float(row["tempo"]), int(row["pitch"]))
+        (samples,) = synthesizers.render_all([request])
+        soundfile.write(EXAMPLES / row["file"], samples, SAMPLING_RATE, subtype="PCM_16")
+        row["heard"] = synthesizers.heard_in_training(row["voice"])
+        print(f"{row['file']}: {sentence!r} ({row['voice']}, {row['heard']})", file=sys.stderr)
+    with open(TABLE, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, COLUMNS, delimiter="\t", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
     return 0
 
 

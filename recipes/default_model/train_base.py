@@ -106,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
         help="encoded data: share of rows joining 2-4 clips (long answers)",
     )
     parser.add_argument(
+        "--token-corruption",
+        type=float,
+        default=TrainSettings.token_corruption,
+        help="share of answer tokens the decoder reads as random ones in training (the labels stay true)",
+    )
+    parser.add_argument(
         "--init-from",
         type=Path,
         default=None,
@@ -126,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         augment_probability=args.augment_probability,
         warmup_steps=args.warmup_steps,
         concat_probability=args.concat_probability,
+        token_corruption=args.token_corruption,
     )
     # Encoded data (the frozen Whisper tower's output, make_encoded_data.py) or rendered audio.
     encoded = is_encoded_folder(args.data / "train")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,9 +45,26 @@ from edgelalm.export import audio_tower as tower_steps
 ENCODER_OPSET = 23
 # Attention over a block of queries at a time: the kernel's scores for every head of a 30 s window
 # (heads x 1500 x 1500 floats: 108 MB for the `small` preset, 180 MB for the 7B) are the encoder's
-# activation peak; four blocks hold a quarter of them at once, for the same arithmetic.
-QUERY_BLOCKS = 4
+# activation peak; eight blocks hold an eighth of them at once, for the same arithmetic (4 blocks:
+# 9 MB more at the int8 encoder's peak on a 29 s window of `small`).
+QUERY_BLOCKS = 8
 _BLOCKED_ATTENTION = "edgelalm_query_blocks"
+# The feed-forward block (fc1, GELU, fc2) over blocks of positions one after another: its
+# [positions, ffn_dim] activations (17.8 MB each in fp32 on a 29 s window of the `small` preset) are
+# a quarter of that per block. Row-wise arithmetic: the same values.
+FEED_FORWARD_BLOCKS = 4
+
+
+def _position_blocks(hidden: torch.Tensor, blocks: int, dim: int) -> list[torch.Tensor]:
+    """`blocks` consecutive slices of `hidden` along `dim`, after blocks - 1 rows of zeros that keep
+    every block non-empty on the shortest clips (onnxruntime refuses an empty tensor in some kernels)."""
+    pad = [0, 0] * (hidden.dim() - 1 - dim) + [0, blocks - 1]
+    padded = nn.functional.pad(hidden, pad)
+    size = padded.shape[dim] // blocks
+    starts = [size * number for number in range(blocks)]
+    ends = [*starts[1:], padded.shape[dim]]
+    leading = (slice(None),) * dim
+    return [padded[(*leading, slice(start, end))] for start, end in zip(starts, ends, strict=True)]
 
 
 def _query_block_attention(module, query, key, value, attention_mask, **kwargs):
@@ -56,11 +74,7 @@ def _query_block_attention(module, query, key, value, attention_mask, **kwargs):
     positions = query.shape[2]
     # QUERY_BLOCKS - 1 rows of zeros after the queries (dropped from the output) keep every block
     # non-empty on the shortest clips: onnxruntime refuses an empty query.
-    padded = nn.functional.pad(query, (0, 0, 0, QUERY_BLOCKS - 1))
-    size = padded.shape[2] // QUERY_BLOCKS
-    starts = [size * number for number in range(QUERY_BLOCKS)]
-    ends = [*starts[1:], padded.shape[2]]
-    blocks = [padded[:, :, start:end] for start, end in zip(starts, ends, strict=True)]
+    blocks = _position_blocks(query, QUERY_BLOCKS, 2)
     outputs = [sdpa_attention_forward(module, block, key, value, None, **kwargs)[0] for block in blocks]
     return torch.cat(outputs, dim=1)[:, :positions], None
 
@@ -80,6 +94,37 @@ def _blocked_attention(tower: nn.Module) -> Iterator[None]:
     finally:
         for config, implementation in zip(configs, saved, strict=True):
             config._attn_implementation = implementation
+
+
+def _blocked_layer_forward(self, hidden_states, attention_mask, **kwargs):
+    """Qwen2AudioEncoderLayer.forward (eval), the feed-forward block over FEED_FORWARD_BLOCKS blocks of positions."""
+    residual = hidden_states
+    hidden_states = self.self_attn_layer_norm(hidden_states)
+    hidden_states, _ = self.self_attn(hidden_states=hidden_states, attention_mask=attention_mask, **kwargs)
+    hidden_states = residual + hidden_states
+    residual = hidden_states
+    normed = self.final_layer_norm(hidden_states)
+    outputs = [
+        self.fc2(self.activation_fn(self.fc1(block))) for block in _position_blocks(normed, FEED_FORWARD_BLOCKS, 1)
+    ]
+    hidden_states = residual + torch.cat(outputs, dim=1)[:, : normed.shape[1]]
+    if hidden_states.dtype == torch.float16:
+        clamp_value = torch.finfo(hidden_states.dtype).max - 1000
+        hidden_states = torch.clamp(hidden_states, min=-clamp_value, max=clamp_value)
+    return hidden_states
+
+
+@contextlib.contextmanager
+def _blocked_feed_forward(tower: nn.Module) -> Iterator[None]:
+    """The tower's layers run the feed-forward block over blocks of positions while the graph is traced."""
+    layers = list(tower.layers) if FEED_FORWARD_BLOCKS > 1 else []
+    try:
+        for layer in layers:
+            layer.forward = _blocked_layer_forward.__get__(layer)
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward
 
 
 class ClipLengthAudioEncoder(nn.Module):
@@ -118,7 +163,7 @@ def export_encoder_onnx(audio_tower: nn.Module, path: Path, precision: EncoderPr
     context = torch.randn(config.num_mel_bins, RIGHT_CONTEXT_FRAMES)
     mel_frames = torch.export.Dim("mel_frames", min=MIN_MEL_FRAMES, max=max_mel_frames)
     target = path if precision != "int8" else path.with_name(path.stem + ".fp32.onnx")
-    with torch.no_grad(), _blocked_attention(tower):
+    with torch.no_grad(), _blocked_attention(tower), _blocked_feed_forward(tower):
         program = torch.onnx.export(
             module,
             (mel, context),
@@ -130,10 +175,69 @@ def export_encoder_onnx(audio_tower: nn.Module, path: Path, precision: EncoderPr
             verbose=False,
         )
     program.save(str(target), external_data=True)
+    _finish_graph(target)
     if precision == "int8":
         _quantize_matmuls_int8(target, path)
+        _finish_graph(path)  # the quantizer writes intermediate shapes back
         for leftover in (target, target.with_name(target.name + ".data")):
             leftover.unlink(missing_ok=True)
+
+
+def _finish_graph(path: Path) -> None:
+    """Three rewrites of the saved graph, the same arithmetic:
+
+    - Transpose(weight) -> the transposed weight, stored. The exporter folds a weight's transpose
+      into the stored weight when one MatMul reads it; with the feed-forward blocks four do, and it
+      keeps the Transpose: onnxruntime folds it at load anyway, but the int8 quantizer only
+      quantizes a MatMul whose weight is stored (it would leave fc1 and fc2 in fp32).
+    - Identical stored tensors kept once: on a small tower the exporter folds each block's transpose
+      of fc1 and fc2 into a copy of its own (four copies of the feed-forward weights).
+    - No intermediate shapes (value_info). With the exporter's symbolic shapes, onnxruntime plans
+      each intermediate into a buffer shared with earlier ones of the same symbolic size and keeps
+      every such buffer until the run ends: on a 29 s window of the `small` preset about 86 MB held
+      at once, where at most about 40 MB are live. Without them it frees each tensor after its last
+      reader (the runtime's encoder session then allocates from onnxruntime's arena, released
+      after each run: see edgelalm.runtime.encoder).
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    weights = {weight.name: weight for weight in model.graph.initializer}
+    readers: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    folded = []
+    for node in model.graph.node:
+        if node.op_type != "Transpose" or node.input[0] not in weights or readers[node.input[0]] != 1:
+            continue
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        source = weights.pop(node.input[0])
+        value = numpy_helper.to_array(source).transpose(perm)
+        model.graph.initializer.remove(source)
+        model.graph.initializer.append(numpy_helper.from_array(value.copy(), node.output[0]))
+        folded.append(node)
+    for node in folded:
+        model.graph.node.remove(node)
+    first_of: dict[tuple, str] = {}
+    renamed: dict[str, str] = {}
+    for weight in list(model.graph.initializer):
+        content = hashlib.sha256(numpy_helper.to_array(weight).tobytes()).digest()
+        key = (weight.data_type, tuple(weight.dims), content)
+        if key in first_of:
+            renamed[weight.name] = first_of[key]
+            model.graph.initializer.remove(weight)
+        else:
+            first_of[key] = weight.name
+    for node in model.graph.node:
+        for index, name in enumerate(node.input):
+            if name in renamed:
+                node.input[index] = renamed[name]
+    del model.graph.value_info[:]
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)  # onnx appends to an existing external data file
+    onnx.save(model, str(path), save_as_external_data=True, location=data.name)
 
 
 def _quantize_matmuls_int8(fp32_path: Path, int8_path: Path) -> None:

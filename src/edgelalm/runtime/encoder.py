@@ -27,9 +27,9 @@ def onnx_session(
     """`config_entries`: onnxruntime session config keys (benchmarks/memory_components.py tries them)."""
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only
-    # onnxruntime's CPU arena keeps a long window's activations, grown in rounded-up chunks, for the
-    # life of the session; without it a 30 s clip peaks about 300 MB lower at the same encoder
-    # time (benchmarks/cpu_arena.py).
+    # onnxruntime's CPU arena, kept for the life of the session, holds a long window's activations
+    # grown in rounded-up chunks (about 300 MB more at 30 s: benchmarks/cpu_arena.py); the encoder
+    # uses it released after each run (AudioEncoder).
     options.enable_cpu_mem_arena = cpu_arena
     if threads:
         options.intra_op_num_threads = threads
@@ -60,13 +60,25 @@ def _heap_release() -> Callable[[], None]:
 release_freed_heap = _heap_release()
 
 
+# The encoder's activations come from onnxruntime's arena, handed back at the end of each run. The
+# export's graph has no intermediate shapes, so onnxruntime frees each activation after its last
+# reader instead of holding a planned buffer per symbolic size for the whole run
+# (edgelalm.export.encoder). Freed and allocated again hundreds of times a window, they fragment
+# glibc's heap (a 29 s window of `small` peaked 100-280 MB above the session); the arena reuses
+# them in place: about 43 MB (int8 encoder) against 113 MB before (README, "Encoder speed and memory").
+_ARENA_RELEASED_AFTER_RUN = onnxruntime.RunOptions()
+_ARENA_RELEASED_AFTER_RUN.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+
+
 class AudioEncoder:
     def __init__(self, path: Path, providers: list[str], threads: int | None = None, cpu_arena: bool = False) -> None:
-        self.session = onnx_session(path, providers, threads, cpu_arena)
+        """`cpu_arena`: keep the arena's memory for the session's life, not only for each run."""
+        self.session = onnx_session(path, providers, threads, cpu_arena=True)
+        self.run_options = None if cpu_arena else _ARENA_RELEASED_AFTER_RUN
 
     def __call__(self, features: WindowFeatures) -> np.ndarray:
         """Encoder frames [L, D] at 25 per second."""
         inputs = {ENCODER_INPUT: features.mel, ENCODER_RIGHT_CONTEXT_INPUT: features.right_context}
-        frames = self.session.run(None, inputs)[0]
+        frames = self.session.run(None, inputs, self.run_options)[0]
         release_freed_heap()
         return frames

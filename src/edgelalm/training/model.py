@@ -129,17 +129,24 @@ class PromptIds:
 
 
 def decoder_inputs(
-    model: nn.Module, prompt: PromptIds, audio: list[torch.Tensor], answers: list[list[int]] | None
+    model: nn.Module,
+    prompt: PromptIds,
+    audio: list[torch.Tensor],
+    answers: list[list[int]] | None,
+    read_answers: list[list[int]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """inputs_embeds [B, N, H] right-padded, attention mask [B, N] and labels (answer tokens and
-    <|im_end|> only; None without answers, for generation, where B must be 1)."""
+    <|im_end|> only; None without answers, for generation, where B must be 1). `read_answers`
+    (as long as `answers`): the tokens embedded in their place, where they differ from the labels."""
     embed = model.get_input_embeddings()
     device = embed.weight.device
     rows, label_rows = [], []
+    read = read_answers if read_answers is not None else answers
     for row, audio_embeddings in enumerate(audio):
         answer = [] if answers is None else list(answers[row]) + [prompt.end_of_answer]
+        answer_read = [] if read is None else list(read[row]) + [prompt.end_of_answer]
         before = embed(torch.tensor(prompt.before_audio, device=device))
-        after = embed(torch.tensor(prompt.after_audio + answer, device=device))
+        after = embed(torch.tensor(prompt.after_audio + answer_read, device=device))
         rows.append(torch.cat([before, audio_embeddings, after]))
         context = len(prompt.before_audio) + audio_embeddings.shape[0] + len(prompt.after_audio)
         label_rows.append([IGNORE_INDEX] * context + answer)

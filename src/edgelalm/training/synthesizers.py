@@ -63,6 +63,15 @@ def training_voices(split: Split) -> tuple[str, ...]:
     return tuple(f"espeak-ng:{v}" for v in speech.voices(split)) + tuple(f"festival:{v}" for v in FESTIVAL_VOICES)
 
 
+def heard_in_training(voice: str) -> str:
+    """What the default model's training made of `voice`: "training voice", "held-out voice" (an
+    espeak-ng variant kept for the test set) or "never-heard synthesizer" (flite)."""
+    engine_of(voice)
+    if voice in UNHEARD_VOICES:
+        return "never-heard synthesizer"
+    return "training voice" if voice in training_voices("train") else "held-out voice"
+
+
 def _program(name: str, package: str) -> str:
     path = shutil.which(name)
     if path is None:

@@ -63,6 +63,9 @@ class TrainSettings:
     # so the decoder learns long, multi-sentence answers; at most this many frames a row.
     concat_probability: float = 0.0
     max_concat_frames: int = 1200
+    # Share of answer tokens the decoder reads as a random token in training (its labels stay
+    # true): the next word must then come from the audio more than from the words before it.
+    token_corruption: float = 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,6 +92,16 @@ def fitted_augment(
     room_s = max(0.0, (window_samples - len(samples)) / 2 / sampling_rate)
     settings = speech.AugmentSettings(max_silence_s=min(speech.AugmentSettings().max_silence_s, room_s))
     return speech.augment(samples, rng, settings, sampling_rate)[:window_samples]
+
+
+def corrupted(answers: list[list[int]], share: float, vocabulary: int, rng: np.random.Generator) -> list[list[int]]:
+    """The answers as the decoder reads them in training: each token replaced, with probability
+    `share`, by a random one of the first `vocabulary` ids (not a special token)."""
+    if share <= 0:
+        return answers
+    return [
+        [int(rng.integers(vocabulary)) if rng.random() < share else token for token in answer] for answer in answers
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,12 +208,16 @@ def batch_loss(
     texts: list[str],
     ctc: CharacterCtc | TokenCtc | None,
     ctc_weight: float,
+    read_answers: Callable[[list[list[int]]], list[list[int]]] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
+    """`read_answers`: what the decoder reads of the answers (`corrupted`); the labels stay true."""
     mel, mel_lengths = log_mel_batch(waveforms, feature_extractor)
     encoded = encode_batch(model.model.audio_tower, mel, mel_lengths)
     audio = compress_and_project(model, compressor, encoded)
     answers = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
-    inputs, mask, labels = decoder_inputs(model, prompt, audio, answers)
+    inputs, mask, labels = decoder_inputs(
+        model, prompt, audio, answers, read_answers(answers) if read_answers else None
+    )
     loss = answer_loss(model, inputs, mask, labels)
     parts = {"answer_loss": float(loss.detach())}
     if ctc is not None:
@@ -229,13 +246,16 @@ def frames_batch_loss(
     texts: list[str],
     ctc: CharacterCtc | TokenCtc | None = None,
     ctc_weight: float = 0.0,
+    read_answers: Callable[[list[list[int]]], list[list[int]]] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """`batch_loss` from the tower's precomputed output (the tower frozen). The CTC head, if any,
     reads the projected audio embeddings: with the tower frozen, it is the projector that must learn
     to carry the speech's characters."""
     audio = projected_frames(model, compressor, frames)
     answers = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
-    inputs, mask, labels = decoder_inputs(model, prompt, audio, answers)
+    inputs, mask, labels = decoder_inputs(
+        model, prompt, audio, answers, read_answers(answers) if read_answers else None
+    )
     loss = answer_loss(model, inputs, mask, labels)
     parts = {"answer_loss": float(loss.detach())}
     if ctc is not None:
@@ -305,16 +325,15 @@ def train(
     window_samples = processor.feature_extractor.n_samples
     sampling_rate = train_data.sampling_rate
 
-    def rows_loss(rows: list, texts: list[str], with_ctc: bool) -> tuple[torch.Tensor, dict[str, float]]:
+    def read_answers(answers: list[list[int]]) -> list[list[int]]:
+        return corrupted(answers, settings.token_corruption, tokenizer.vocab_size, rng)
+
+    def rows_loss(rows: list, texts: list[str], training: bool) -> tuple[torch.Tensor, dict[str, float]]:
+        """Training: with the CTC loss and the corrupted answer inputs; else the plain answer loss."""
+        extras = (ctc, settings.ctc_weight, read_answers) if training else (None, 0.0, None)
         if encoded:
-            return frames_batch_loss(
-                model, compressor, prompt, tokenizer, rows, texts,
-                ctc if with_ctc else None, settings.ctc_weight if with_ctc else 0.0,
-            )  # fmt: skip
-        return batch_loss(
-            model, compressor, prompt, tokenizer, feature_extractor, rows, texts,
-            ctc if with_ctc else None, settings.ctc_weight if with_ctc else 0.0,
-        )  # fmt: skip
+            return frames_batch_loss(model, compressor, prompt, tokenizer, rows, texts, *extras)
+        return batch_loss(model, compressor, prompt, tokenizer, feature_extractor, rows, texts, *extras)
 
     # On the tower's last layer when the tower trains; on the projected embeddings when it is frozen.
     ctc_width = model.config.text_config.hidden_size if encoded else model.config.audio_config.d_model
@@ -350,7 +369,7 @@ def train(
         with torch.no_grad():
             for start in range(0, len(eval_indices), settings.batch_size):
                 items = [test_data[i] for i in eval_indices[start : start + settings.batch_size]]
-                loss, _ = rows_loss([w for w, _ in items], [t for _, t in items], with_ctc=False)
+                loss, _ = rows_loss([w for w, _ in items], [t for _, t in items], training=False)
                 losses.append(float(loss) * len(items))
                 if isinstance(ctc, TokenCtc):
                     for (_, text), audio in zip(
@@ -388,7 +407,7 @@ def train(
                         samples = fitted_augment(samples, window_samples, rng, sampling_rate)
                     rows.append(samples)
                     texts.append(text)
-            loss, parts = rows_loss(rows, texts, with_ctc=True)
+            loss, parts = rows_loss(rows, texts, training=True)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = float(nn.utils.clip_grad_norm_(trained, settings.max_grad_norm))
