@@ -4,8 +4,10 @@ and the default model's tests run on must be speech the model was not trained on
 import csv
 from pathlib import Path
 
+import pytest
 import soundfile
 
+from edgelalm.errors import EdgelalmError
 from edgelalm.training import synthesizers, texts
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -32,3 +34,5 @@ def test_what_training_heard_follows_the_voice_splits():
     held_out = sorted(set(speech.voices("test")) - set(speech.voices("train")))
     assert held_out and synthesizers.heard_in_training(f"espeak-ng:{held_out[0]}") == "held-out voice"
     assert synthesizers.heard_in_training(f"espeak-ng:{speech.voices('train')[0]}") == "training voice"
+    with pytest.raises(EdgelalmError, match="none of the default model's voices"):
+        synthesizers.heard_in_training("espeak-ng:no-such-voice")

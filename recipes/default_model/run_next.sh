@@ -61,7 +61,6 @@ python $recipe/make_encoded_data.py --init build/default-model/init --out data3 
 python $recipe/train_base.py --data data3 --more-train data3/train-seed1 --more-train data3/train-long-seed2 \
   --out build/default-model/base8 --init-from build/default-model/base7/final --steps 3000 --stop-after 500 \
   --warmup-steps 100 --learning-rate 4e-4 --ctc-weight 1.0 --ctc-target tokens --threads 2 --seed 4
-
 # 11. Base stage 6 (base9): from base8, a fresh 2000-step schedule (peak 3e-4; 57 min on 2 cores).
 #     Held-out answer loss 2.79, CTC best path 40.5%; decoder WER 56.8% held-out, 53.3% never-heard,
 #     84.5% / 84.4% on the long sets (stages/base9/wer_check.json).

@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from edgelalm.training.train import CTC_HEAD_FILE  # a TokenCtc head: the next stage goes on from it
+
 WEIGHTS = "model.safetensors"
 TRAINED = "trained-f16.safetensors"
 # What the stage folder keeps besides the weights (processor files, the stage's record).
@@ -38,7 +40,6 @@ KEPT_FILES = (
     "processor_config.json",
 )
 RECORDS = ("train_log.jsonl", "train_settings.json", "summary.json", "loss.png")
-CTC_HEAD = "ctc_head.safetensors"  # a TokenCtc's blank and scale: the next stage goes on from them
 
 
 def is_tower(name: str) -> bool:
@@ -58,7 +59,7 @@ def pack(checkpoint: Path, init: Path, out: Path) -> None:
     for name in KEPT_FILES:
         if (checkpoint / name).is_file():
             shutil.copy2(checkpoint / name, out / name)
-    for name in (*RECORDS, CTC_HEAD):  # the run's own log sits beside its final/ folder
+    for name in (*RECORDS, CTC_HEAD_FILE):  # the run's own log sits beside its final/ folder
         if (checkpoint.parent / name).is_file():
             shutil.copy2(checkpoint.parent / name, out / name)
     count = sum(t.numel() for t in trained.values())
@@ -79,8 +80,8 @@ def unpack(stage: Path, init: Path, out: Path) -> None:
     for name in KEPT_FILES:
         if (stage / name).is_file():
             shutil.copy2(stage / name, out / name)
-    if (stage / CTC_HEAD).is_file():  # beside the checkpoint folder, where train_base.py looks
-        shutil.copy2(stage / CTC_HEAD, out.parent / CTC_HEAD)
+    if (stage / CTC_HEAD_FILE).is_file():  # beside the checkpoint folder, where train_base.py looks
+        shutil.copy2(stage / CTC_HEAD_FILE, out.parent / CTC_HEAD_FILE)
     print(f"{out}: the init's tower and {len(trained)} trained tensors")
 
 

@@ -69,7 +69,11 @@ def heard_in_training(voice: str) -> str:
     engine_of(voice)
     if voice in UNHEARD_VOICES:
         return "never-heard synthesizer"
-    return "training voice" if voice in training_voices("train") else "held-out voice"
+    if voice in training_voices("train"):
+        return "training voice"
+    if voice in training_voices("test"):
+        return "held-out voice"
+    raise EdgelalmError(f"{voice!r} is none of the default model's voices (synthesizers.training_voices)")
 
 
 def _program(name: str, package: str) -> str:
