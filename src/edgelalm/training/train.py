@@ -66,6 +66,9 @@ class TrainSettings:
     # Share of answer tokens the decoder reads as a random token in training (its labels stay
     # true): the next word must then come from the audio more than from the words before it.
     token_corruption: float = 0.0
+    # Encoded data only: how much likelier a free-word clip (kind "words") is drawn than any other.
+    # No grammar predicts a free word sequence, so more of them should make the decoder listen.
+    words_weight: float = 1.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,12 +76,18 @@ class TrainSettings:
 
 
 def batch_indices(
-    seconds: np.ndarray, batch_size: int, bucket_batches: int, rng: np.random.Generator
+    seconds: np.ndarray,
+    batch_size: int,
+    bucket_batches: int,
+    rng: np.random.Generator,
+    weights: np.ndarray | None = None,
 ) -> Iterator[list[int]]:
-    """Endless batches: draw bucket_batches * batch_size clips, sort them by length, cut them
-    into batches and shuffle those, so a batch holds clips of similar length."""
+    """Endless batches: draw bucket_batches * batch_size clips (each in proportion to its weight,
+    if weights are given), sort them by length, cut them into batches and shuffle those, so a batch
+    holds clips of similar length."""
+    chances = None if weights is None else weights / weights.sum()
     while True:
-        drawn = rng.choice(len(seconds), size=batch_size * bucket_batches, replace=False)
+        drawn = rng.choice(len(seconds), size=batch_size * bucket_batches, replace=False, p=chances)
         drawn = drawn[np.argsort(seconds[drawn], kind="stable")]
         batches = [drawn[i : i + batch_size].tolist() for i in range(0, len(drawn), batch_size)]
         for order in rng.permutation(len(batches)):
@@ -357,7 +366,13 @@ def train(
         lr=settings.learning_rate,
     )
     rng = np.random.default_rng(settings.seed)
-    batches = batch_indices(train_data.seconds, settings.batch_size, settings.bucket_batches, rng)
+    weights = None
+    if settings.words_weight != 1.0:
+        if not encoded:
+            raise ValueError("words_weight needs encoded data (its records name each clip's kind)")
+        kinds = np.array([record["kind"] for record in train_data.records])
+        weights = np.where(kinds == "words", settings.words_weight, 1.0)
+    batches = batch_indices(train_data.seconds, settings.batch_size, settings.bucket_batches, rng, weights)
     eval_indices = list(range(min(settings.eval_clips, len(test_data)))) if test_data is not None else []
 
     def evaluate() -> dict[str, float]:
