@@ -108,7 +108,9 @@ def adapter_overhead(runtime: Runtime, label: str, prompt_tokens: int, decode_to
     shapes), so this is the overhead against merged without a second model competing for the cache."""
     context = runtime._acquire()  # the benchmark drives the context directly
     try:
-        tokens = [int(t) for t in np.random.default_rng(0).integers(100, 20000, prompt_tokens + decode_tokens)]
+        # Ordinary tokens of this vocabulary (past the first 100: bytes and specials in small ones).
+        highest = min(20000, runtime.decoder.n_vocab)
+        tokens = [int(t) for t in np.random.default_rng(0).integers(100, highest, prompt_tokens + decode_tokens)]
         context.ensure_context(len(tokens) + 1)
         samples: dict[str, dict[str, list[float]]] = {k: {"prefill": [], "decode": []} for k in ("adapter", "none")}
         for round_index in range(repeats + 1):  # the first round warms up

@@ -3,7 +3,6 @@
 never heard in training, four of them from a synthesizer training never used), and the exported
 pipeline says what transformers says."""
 
-import csv
 import json
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from edgelalm.files import read_tsv
 from edgelalm.pretrained import DEFAULT_MODEL_NAME, default_model_dir, shipped_adapters
 from edgelalm.runtime.audio import read_audio
 from edgelalm.runtime.features import encoder_output_frames
@@ -27,8 +27,7 @@ HELD_OUT_WER = Path(__file__).resolve().parents[1] / "recipes" / "default_model"
 
 def example_transcripts() -> dict[str, str]:
     """examples/transcripts.tsv: clip file name -> its true transcript, in the table's order."""
-    with open(EXAMPLES / "transcripts.tsv", newline="", encoding="utf-8") as handle:
-        return {row["file"]: row["transcript"] for row in csv.DictReader(handle, delimiter="\t")}
+    return {row["file"]: row["transcript"] for row in read_tsv(EXAMPLES / "transcripts.tsv")}
 
 
 def examples() -> tuple[list, list[str]]:
@@ -126,6 +125,33 @@ def test_example_clips_score_no_worse_than_the_held_out_set(none_f16_bundle):
     held_out = json.loads(HELD_OUT_WER.read_text())["results"]["none"]["pytorch"]
     assert result.words == 53
     assert result.wer <= held_out["wer"], list(zip(references, texts, strict=True))
+
+
+def test_a_clip_past_the_window_comes_back_whole_answered_window_by_window(none_f16_bundle, tmp_path):
+    """`edgelalm run --windows each` on 46 s of the example clips, twice over with pauses between
+    them: two windows, each cut at a pause and answered on its own. The joined transcript scores
+    no worse than the shipped model's own WER on single windows of several sentences (15-30 s,
+    results/test-long, README): the windowing loses nothing the model would have heard in one."""
+    import numpy as np
+    import soundfile
+
+    clips, references = examples()
+    pause = np.zeros(int(0.8 * 16000), np.float32)
+    samples = np.concatenate([part for clip in clips + clips for part in (clip, pause)])
+    soundfile.write(tmp_path / "long.wav", samples, 16000, subtype="PCM_16")
+    result = subprocess.run(
+        [sys.executable, "-m", "edgelalm.cli", "run", str(tmp_path / "long.wav"), "--bundle", str(none_f16_bundle)]
+        + ["--windows", "each", "--json"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert record["windows"] == 2 and record["window_mode"] == "each"
+    scored = score([" ".join(references * 2)], [record["text"]], record["audio_tokens"], len(samples) / 16000)
+    long_clips = json.loads(HELD_OUT_WER.parent.with_name("test-long").joinpath("wer.json").read_text())
+    assert scored.words == 106
+    assert scored.wer <= long_clips["results"]["none"]["pytorch"]["wer"], record["text"]
 
 
 def test_the_readme_set_up_command_gives_the_right_transcript(tmp_path):

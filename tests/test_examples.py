@@ -1,21 +1,20 @@
 """The example clips (examples/, made by recipes/default_model/make_examples.py): what the README
 and the default model's tests run on must be speech the model was not trained on."""
 
-import csv
 from pathlib import Path
 
 import pytest
 import soundfile
 
 from edgelalm.errors import EdgelalmError
+from edgelalm.files import read_tsv
 from edgelalm.training import synthesizers, texts
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def rows() -> list[dict[str, str]]:
-    with open(EXAMPLES / "transcripts.tsv", newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle, delimiter="\t"))
+    return read_tsv(EXAMPLES / "transcripts.tsv")
 
 
 def test_every_example_is_a_16_khz_clip_of_a_sentence_not_trained_on():

@@ -37,6 +37,7 @@ RESULT_FIELDS = {
     "peak_rss_mb": float,
     "generated_tokens": int,
     "warnings": list,
+    "window_mode": str,
 }
 _ENV = {**os.environ, "PYTHONIOENCODING": "utf-8"}
 
@@ -89,10 +90,12 @@ def assert_result(code, stdout, stderr):
     assert all(value >= 0 for value in result["timings_ms"].values())
     assert result["audio_tokens"] >= 1 and result["windows"] >= 1
     assert result["peak_rss_mb"] > 0
-    # The decode rate counts the tokens after the first, over the time after it (timings are rounded).
-    if result["generated_tokens"] > 1 and result["timings_ms"]["decode"] > 1:
+    # The decode rate counts the tokens after the first (of each window answered apart), over the
+    # time after it (timings are rounded).
+    first_tokens = result["windows"] if result["window_mode"] == "each" else 1
+    if result["generated_tokens"] > first_tokens and result["timings_ms"]["decode"] > 1:
         after_first = result["decode_tokens_per_second"] * result["timings_ms"]["decode"] / 1000
-        assert after_first == pytest.approx(result["generated_tokens"] - 1, rel=0.05)
+        assert after_first == pytest.approx(result["generated_tokens"] - first_tokens, rel=0.05)
     # The streamed answer, then the JSON line.
     assert stdout == result["text"] + "\n" + json_line + "\n"
     return result
@@ -291,6 +294,37 @@ def test_ten_minutes_do_not_fit_uncompressed(tiny_bundles, ten_minutes):
     factor = int(re.search(r"factor K=(\d+)", line).group(1))
     prompt_tokens = int(re.search(r"plus (\d+) prompt", line).group(1))
     assert factor >= 2 and math.ceil(15000 / factor) + prompt_tokens + MAX_TOKENS <= 8192
+
+
+def test_ten_minutes_run_uncompressed_window_by_window(tiny_bundles, ten_minutes):
+    """`--windows each`: every window is its own prompt, so any length fits the context."""
+    result = assert_result(*run(tiny_bundles("none", 1), ten_minutes, "--windows", "each"))
+    assert result["audio_seconds"] == 600.0
+    # Cut at pauses, a window ends up to 5 s before the window's 10 s.
+    assert 60 <= result["windows"] <= 120
+    assert result["audio_tokens"] >= 15000
+
+
+def test_shorter_windows_each_answered_apart(avg2, tmp_path):
+    """`--window-seconds 4` with `--windows each`: a 12 s clip (the tiny model's window is 10 s)
+    in windows of 2-4 s, every sample of it read."""
+    result = assert_result(
+        *run(avg2, write_wav(tmp_path / "clip.wav", speechlike(12.0)), "--windows", "each", "--window-seconds", 4)
+    )
+    assert 3 <= result["windows"] <= 6 and result["audio_seconds"] == 12.0
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--window-seconds", 4), "--window-seconds applies to --windows each"),
+        (("--windows", "each", "--window-seconds", 0.5), "from 1 s to the encoder's window of 10 s"),
+        (("--windows", "each", "--window-seconds", 11), "got 11"),
+    ],
+)
+def test_a_window_length_out_of_place_is_one_line(avg2, tmp_path, extra, message):
+    code, _, stderr = run(avg2, write_wav(tmp_path / "clip.wav", speechlike(3.0)), *extra)
+    assert_one_line_error(code, stderr, message)
 
 
 def test_ten_minutes_fit_compressed(tiny_bundles, ten_minutes):

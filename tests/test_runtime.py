@@ -14,7 +14,7 @@ peft = pytest.importorskip("peft")
 
 from hf_reference import reference_answer, speechlike  # noqa: E402
 
-from edgelalm.runtime.features import FeatureSettings, log_mel_window  # noqa: E402
+from edgelalm.runtime.features import FeatureSettings, log_mel_window, split_windows  # noqa: E402
 from edgelalm.runtime.pipeline import Runtime  # noqa: E402
 
 WINDOW_SECONDS = 10  # the tiny checkpoint's encoder window
@@ -106,3 +106,26 @@ def test_sampling_uses_the_seed(tiny_bundles):
         others = {runtime.run(audio, max_tokens=12, temperature=1.5, seed=s).text for s in range(8, 14)}
     assert first == second
     assert len(others | {first}) > 1
+
+
+def test_each_window_is_answered_as_transformers_answers_it_alone(hf, tiny_bundles):
+    """`windows="each"`: a 23 s clip (the tiny model's window is 10 s) is cut at its two pauses
+    and every window answered on its own; the answer is the windows' answers joined, each equal
+    to transformers' answer to that window alone, and the streamed pieces read the same."""
+    audio = speechlike(23.0, 7)
+    for start, end in ((8.0, 8.3), (16.5, 16.8)):
+        audio[int(start * 16000) : int(end * 16000)] = 0
+    settings = FeatureSettings(16000, 400, 160, WINDOW_SECONDS * 16000, np.zeros((201, 128), np.float32))
+    windows = split_windows(audio, settings, cut_at_pauses=True)
+    assert [round(len(w) / 16000, 1) for w in windows] == [8.3, 8.5, 6.2]
+    expected = [reference_answer(hf, w, "avg", 2, 8, PROMPT, WINDOW_SECONDS) for w in windows]
+    assert all(text.strip() for text, _ in expected)
+    pieces: list[str] = []
+    with Runtime(tiny_bundles("avg", 2, "f32"), kv_cache_type="f32") as runtime:
+        result = runtime.run(audio, prompt=PROMPT, max_tokens=8, windows="each", on_text=pieces.append)
+        joined = runtime.run(audio, prompt=PROMPT, max_tokens=8)
+    assert result.windows == 3 and joined.windows == 3
+    assert result.audio_tokens == sum(tokens for _, tokens in expected)
+    assert result.text == " ".join(text.strip() for text, _ in expected if text.strip())
+    assert "".join(pieces) == result.text
+    assert result.reused_prompt_tokens > 0, "windows after the first reuse the prompt's cached prefix"

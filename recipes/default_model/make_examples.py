@@ -14,13 +14,13 @@ example must show the model on speech it was not trained on. The same run writes
 
 from __future__ import annotations
 
-import csv
 import sys
 from pathlib import Path
 
 import soundfile
 
 from edgelalm.constants import SAMPLING_RATE
+from edgelalm.files import read_tsv, write_tsv
 from edgelalm.training import synthesizers, texts
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -30,8 +30,7 @@ COLUMNS = ("file", "transcript", "voice", "tempo", "pitch", "heard")
 
 def main(argv: list[str] | None = None) -> int:
     wanted = set(sys.argv[1:] if argv is None else argv)
-    with open(TABLE, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t"))
+    rows = read_tsv(TABLE)
     chosen = [row for row in rows if not wanted or row["file"] in wanted]
     if wanted - {row["file"] for row in chosen}:
         raise SystemExit(f"not in {TABLE.name}: {', '.join(sorted(wanted - {row['file'] for row in chosen}))}")
@@ -44,10 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         soundfile.write(EXAMPLES / row["file"], samples, SAMPLING_RATE, subtype="PCM_16")
         row["heard"] = synthesizers.heard_in_training(row["voice"])
         print(f"{row['file']}: {sentence!r} ({row['voice']}, {row['heard']})", file=sys.stderr)
-    with open(TABLE, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, COLUMNS, delimiter="\t", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+    write_tsv(TABLE, rows, COLUMNS)
     return 0
 
 

@@ -14,7 +14,6 @@ licence. Writes OUT/<file> as 16 kHz mono 16-bit wav and OUT/transcripts.tsv (fi
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import numpy as np
 import soundfile
 
 from edgelalm.constants import SAMPLING_RATE
+from edgelalm.files import read_tsv, write_tsv
 from edgelalm.runtime.audio import prepare_samples
 
 TABLE = Path(__file__).resolve().parent / "data" / "real_speech.tsv"
@@ -58,8 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path)
     args = parser.parse_args(argv)
-    with open(TABLE, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t"))
+    rows = read_tsv(TABLE)
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         for package in dict.fromkeys(row["package"] for row in rows):
@@ -73,10 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                     samples = clip_samples(member.read(), row["member"])
                     soundfile.write(args.out / row["file"], samples, SAMPLING_RATE, subtype="PCM_16")
                     print(f"{row['file']}: {len(samples) / SAMPLING_RATE:.1f} s, {row['speaker']}", file=sys.stderr)
-    with open(args.out / "transcripts.tsv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-        writer.writerow(["file", "transcript"])
-        writer.writerows([row["file"], row["transcript"]] for row in rows)
+    write_tsv(args.out / "transcripts.tsv", rows, ("file", "transcript"))
     return 0
 
 

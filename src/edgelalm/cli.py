@@ -26,6 +26,7 @@ from edgelalm.constants import (
     PromptFormat,
     QuantType,
     ScaffoldPreset,
+    WindowMode,
 )
 from edgelalm.errors import EdgelalmError
 from edgelalm.manifest import bundle_name
@@ -270,12 +271,31 @@ def run(
         int | None,
         typer.Option(min=1, help="A budget of audio tokens (fewer: a faster answer); with auto, it steers the choice."),
     ] = None,
+    windows: Annotated[
+        WindowMode,
+        typer.Option(
+            help="A clip longer than the encoder's window (30 s): joined = all its audio tokens in one prompt (a "
+            "question about the whole recording; the context must hold them); each = cut at pauses into windows, "
+            "each answered on its own and the answers joined (transcripts of any length; --max-tokens and "
+            "--max-audio-tokens then count per window)."
+        ),
+    ] = "joined",
+    window_seconds: Annotated[
+        float | None,
+        typer.Option(
+            help="With --windows each: shorter windows than the encoder's (each cut at a pause in its second "
+            "half), for a model that answers short clips better than full windows (the default model: README, "
+            "long clips). Default: the encoder's window."
+        ),
+    ] = None,
 ) -> None:
     """Answer a prompt about an audio clip (default: transcribe it) with a bundle, streaming the answer."""
     import json
 
     from edgelalm.runtime.pipeline import Runtime, latest_bundle
 
+    if window_seconds is not None and windows != "each":
+        raise EdgelalmError("--window-seconds applies to --windows each (windows answered each on its own)")
     _warn_if_extra_buffers_crash(llama_extra_buffers)
     if bundle is None:
         bundle = latest_bundle(DEFAULT_EXPORT_ROOT)
@@ -292,6 +312,8 @@ def run(
             prompt_special_tokens=prompt_special_tokens,
             compressor=compressor,
             max_audio_tokens=max_audio_tokens,
+            windows=windows,
+            window_seconds=window_seconds,
         )
     print(flush=True)
     if result.compressor_choice:

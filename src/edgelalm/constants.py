@@ -68,6 +68,11 @@ QUANT_TYPES: tuple[QuantType, ...] = get_args(QuantType)
 GGUF_ARCHITECTURE = "qwen2"
 Device = Literal["cpu", "cuda"]
 DEVICES: tuple[Device, ...] = get_args(Device)
+# How a clip longer than one encoder window is answered: "joined", all its windows' audio tokens in
+# one prompt (a question about the whole recording); "each", every window (cut at a pause) answered
+# on its own and the answers joined (a long transcript from a model trained on single windows).
+WindowMode = Literal["joined", "each"]
+WINDOW_MODES: tuple[WindowMode, ...] = get_args(WindowMode)
 # llama.cpp's extra weight buffers (edgelalm.runtime.llama_backend).
 ExtraBuffers = Literal["auto", "on", "off"]
 EXTRA_BUFFER_CHOICES: tuple[ExtraBuffers, ...] = get_args(ExtraBuffers)

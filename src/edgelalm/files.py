@@ -1,15 +1,16 @@
-"""Files, once each: a folder written atomically, a link that falls back to a copy, a file's SHA-256.
-Torch-free."""
+"""Files, once each: a folder written atomically, a link that falls back to a copy, a file's SHA-256,
+a table of tab-separated rows with a header. Torch-free."""
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
 import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from edgelalm.errors import EdgelalmError
@@ -23,6 +24,22 @@ def sha256_of(path: Path) -> str:
         while chunk := stream.read(_CHUNK_BYTES):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_tsv(path: Path) -> list[dict[str, str]]:
+    """The rows of a tab-separated table whose first line names its columns (UTF-8)."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle, delimiter="\t"))
+
+
+def write_tsv(path: Path, rows: Iterable[dict[str, str]], columns: Iterable[str] | None = None) -> None:
+    """`rows` as a tab-separated table with a header: `columns` (other keys left out), or the first row's keys."""
+    rows = list(rows)
+    header = list(columns) if columns is not None else list(rows[0]) if rows else []
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, header, extrasaction="ignore", delimiter="\t", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def link_or_copy(source: Path, target: Path) -> None:

@@ -52,24 +52,55 @@ def encoder_output_frames(mel_frames: int) -> int:
     return (conv_positions(mel_frames) - 2) // 2 + 1
 
 
-def split_windows(samples: np.ndarray, settings: FeatureSettings) -> list[np.ndarray]:
-    """Consecutive windows of at most `window_samples`."""
-    return [
-        samples[start : start + settings.window_samples] for start in range(0, len(samples), settings.window_samples)
-    ]
+# Cutting at a pause (`cut_at_pauses`): a full window ends at the middle of its quietest 20 ms
+# within its last 5 s (its second half, if shorter), so that a window answered on its own does not
+# cut a word in two.
+PAUSE_SEARCH_SECONDS = 5.0
+PAUSE_FRAME_SECONDS = 0.02
 
 
-def stream_windows(chunks: Iterable[np.ndarray], settings: FeatureSettings) -> Iterator[np.ndarray]:
+def pause_cut(window: np.ndarray, settings: FeatureSettings) -> int:
+    """Where to end `window` (a full one, with audio after it): the sample count to keep."""
+    frame = max(1, round(PAUSE_FRAME_SECONDS * settings.sampling_rate))
+    frames = min(len(window) // 2, round(PAUSE_SEARCH_SECONDS * settings.sampling_rate)) // frame
+    if frames == 0:
+        return len(window)
+    tail = window[len(window) - frames * frame :].astype(np.float64).reshape(frames, frame)
+    energy = (tail**2).sum(axis=1)
+    latest_quietest = frames - 1 - int(np.argmin(energy[::-1]))  # the latest on a tie: longer windows
+    return len(window) - (frames - latest_quietest) * frame + frame // 2
+
+
+def split_windows(samples: np.ndarray, settings: FeatureSettings, cut_at_pauses: bool = False) -> list[np.ndarray]:
+    """Consecutive windows of at most `window_samples` (each but the last ended at a pause, with
+    `cut_at_pauses`)."""
+    windows, start = [], 0
+    while start < len(samples):
+        window = samples[start : start + settings.window_samples]
+        if cut_at_pauses and start + len(window) < len(samples):
+            window = window[: pause_cut(window, settings)]
+        windows.append(window)
+        start += len(window)
+    return windows
+
+
+def stream_windows(
+    chunks: Iterable[np.ndarray], settings: FeatureSettings, cut_at_pauses: bool = False
+) -> Iterator[np.ndarray]:
     """The same windows as `split_windows`, cut from a stream of chunks: one window in memory."""
     pending: list[np.ndarray] = []
     held = 0
     for chunk in chunks:
         pending.append(chunk)
         held += len(chunk)
-        while held >= settings.window_samples:
+        # A window is cut at a pause only once audio is known to follow it, as split_windows does.
+        while held > settings.window_samples or (held == settings.window_samples and not cut_at_pauses):
             joined = np.concatenate(pending)
-            yield joined[: settings.window_samples]
-            rest = joined[settings.window_samples :]
+            window = joined[: settings.window_samples]
+            if cut_at_pauses:
+                window = window[: pause_cut(window, settings)]
+            yield window
+            rest = joined[len(window) :]
             pending, held = [rest], len(rest)
     if held:
         yield np.concatenate(pending)

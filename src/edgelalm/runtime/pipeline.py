@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import dataclasses
 import functools
 import queue
 import threading
@@ -25,7 +26,14 @@ from typing import Any
 import numpy as np
 
 from edgelalm.compression import CompressorSpec
-from edgelalm.constants import DEVICES, ENCODER_FRAMES_PER_SECOND, MANIFEST_FILE, MIN_MEL_FRAMES
+from edgelalm.constants import (
+    DEVICES,
+    ENCODER_FRAMES_PER_SECOND,
+    MANIFEST_FILE,
+    MIN_MEL_FRAMES,
+    WINDOW_MODES,
+    WindowMode,
+)
 from edgelalm.errors import EdgelalmError
 from edgelalm.manifest import read_manifest
 from edgelalm.runtime.audio import open_audio, prepare_samples, stream_audio, truncation_warning
@@ -65,6 +73,9 @@ class RunResult:
     # The compressor that ran (its label: avg3, unseg), and with `auto`, why it was chosen.
     compressor: str = ""
     compressor_choice: str = ""
+    # "joined": one prompt held every window's audio; "each": every window was answered on its own
+    # (prompt_tokens count the prompt once a window, and each window's first token is prefill's).
+    window_mode: WindowMode = "joined"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,6 +92,20 @@ class CompressorOption:
     spec: CompressorSpec
     graph: CompressorProjector
     adapter: LlamaAdapter | None
+
+
+@dataclass
+class _Tally:
+    """What a run counted on its way: audio samples read, tokens, windows, decode time."""
+
+    samples: int = 0
+    audio_tokens: int = 0
+    windows: int = 0
+    prompt_tokens: int = 0
+    generated: int = 0
+    reused_tokens: int = 0
+    decode_seconds: float = 0.0
+    first_token_at: float | None = None
 
 
 def latest_bundle(root: Path) -> Path:
@@ -227,6 +252,8 @@ class Runtime:
         prompt_special_tokens: bool = False,
         compressor: str | None = None,
         max_audio_tokens: int | None = None,
+        windows: WindowMode = "joined",
+        window_seconds: float | None = None,
     ) -> RunResult:
         """Answer a prompt about one clip. Safe to call from several threads: up to
         `max_concurrent_runs` run at once, each in its own llama.cpp context; others wait.
@@ -249,6 +276,12 @@ class Runtime:
                 with its adapter; None: the bundle's default (the first exported); "auto": the one
                 with the least compression whose audio tokens fit the context and `max_audio_tokens`.
             max_audio_tokens: with "auto", a budget of audio tokens (fewer tokens, faster answers).
+            windows: a clip longer than the encoder's window (30 s): "joined" puts every window's
+                audio tokens in one prompt (the context must hold them all); "each" cuts it at
+                pauses into windows, answers each on its own (with `max_tokens` and the audio budget
+                per window) and joins the answers: any length, for transcripts of long recordings.
+            window_seconds: with "each", windows shorter than the encoder's (cut at a pause in
+                their second half): for a model that answers short clips better than full windows.
 
         Returns:
             RunResult: the text, token counts, per-stage timings in ms, decode rate, peak RSS and
@@ -258,12 +291,15 @@ class Runtime:
             EdgelalmError: unreadable or too short audio, a clip too long for the context,
                 max_tokens < 1; the message is one line, worded for the user.
         """
+        if windows not in WINDOW_MODES:
+            raise EdgelalmError(f"windows must be one of {', '.join(WINDOW_MODES)}, got {windows!r}")
+        cut = self._cut_settings(windows, window_seconds)
         context = self._acquire()
         try:
             return self._run(
                 context,
                 audio, prompt, max_tokens, temperature, top_p, seed, sampling_rate, on_text, prompt_special_tokens,
-                self._candidates(compressor, max_audio_tokens), max_audio_tokens,
+                self._candidates(compressor, max_audio_tokens), max_audio_tokens, windows == "each", cut,
             )  # fmt: skip
         finally:
             self._release(context)
@@ -282,6 +318,8 @@ class Runtime:
         prompt_special_tokens: bool,
         candidates: list[str],
         max_audio_tokens: int | None,
+        each_window: bool,
+        cut: FeatureSettings,
     ) -> RunResult:
         if max_tokens < 1:
             raise EdgelalmError(f"max_tokens must be >= 1, got {max_tokens}")
@@ -293,14 +331,15 @@ class Runtime:
         with clock("features"):
             if isinstance(audio, np.ndarray):
                 samples = prepare_samples(audio, sampling_rate or target_rate, target_rate)
-                total_samples, windows = len(samples), iter(split_windows(samples, self.features))
+                total_samples = len(samples)
+                windows = iter(split_windows(samples, cut, cut_at_pauses=each_window))
                 warnings = []
             else:
                 # A file is read window by window: memory stays flat with its length, and one too
                 # long for the context is refused from its header, or at the window that overflows.
                 info = open_audio(Path(audio))
                 total_samples = info.resampled_length(target_rate)
-                windows = stream_windows(stream_audio(info, target_rate), self.features)
+                windows = stream_windows(stream_audio(info, target_rate), cut, cut_at_pauses=each_window)
                 warnings = [note for note in [truncation_warning(info)] if note]
         prompt_ids = self.prompt_tokens_after_audio(
             self.prompt.default_prompt if prompt is None else prompt, prompt_special_tokens
@@ -312,9 +351,15 @@ class Runtime:
             raise EdgelalmError(
                 f"the clip is too short ({total_samples / target_rate * 1000:.0f} ms): the encoder needs at least 30 ms"
             )
-        encoder_frames = sum(encoder_output_frames(mel_frames_for(n, self.features)) for n in usable)
         room = self.context_limit - text_tokens - max_tokens
         budget = min(room, max_audio_tokens) if max_audio_tokens is not None else room
+        if each_window:
+            longest_window = min(total_samples, cut.window_samples)
+            return self._run_each_window(
+                context, windows, longest_window, prompt_ids, text_tokens, max_tokens, budget, candidates,
+                temperature, top_p, seed, on_text, timings, started, warnings,
+            )  # fmt: skip
+        encoder_frames = sum(encoder_output_frames(mel_frames_for(n, self.features)) for n in usable)
         specs = [self.compressors[label].spec for label in candidates]
         if all(spec.audio_tokens_per_second for spec in specs):  # fixed rates: known from the header
             tightest = min(specs, key=lambda spec: spec.max_audio_tokens(encoder_frames))
@@ -367,40 +412,172 @@ class Runtime:
             )
 
         with clock("prefill"):
-            context.ensure_context(text_tokens + audio_tokens + max_tokens, keep_cells=True)
-            context.use_adapter(option.adapter)  # a change drops the cached prefix: its keys differ
-            reused_tokens = context.start_with(self.before_audio, reuse=self.prefix_cache)
-            context.feed_embeddings(audio_embeddings)
-            context.feed_tokens(prompt_ids)
+            reused_tokens = self._prefill(context, option, audio_embeddings, prompt_ids, text_tokens, max_tokens)
         text, generated, first_token_at, decode_started = self._generate(
             context, max_tokens, temperature, top_p, seed, on_text
         )
+        tally = _Tally(samples_seen, audio_tokens, windows_used, text_tokens, generated, reused_tokens)
+        tally.decode_seconds, tally.first_token_at = time.perf_counter() - decode_started, first_token_at
+        return self._result(text, tally, timings, started, context, warnings, chosen, choice_note, "joined")
+
+    def _run_each_window(
+        self,
+        context: LlamaContext,
+        windows: Iterator[np.ndarray],
+        longest_window: int,
+        prompt_ids: list[int],
+        text_tokens: int,
+        max_tokens: int,
+        budget: int,
+        candidates: list[str],
+        temperature: float,
+        top_p: float,
+        seed: int,
+        on_text: Callable[[str], None] | None,
+        timings: dict[str, float],
+        started: float,
+        warnings: list[str],
+    ) -> RunResult:
+        """Each window (cut at a pause) answered on its own, one after another, the answers joined
+        with a space; one window's audio tokens in memory at a time, so a clip may be any length."""
+        clock = functools.partial(_lap, timings)
+        # The compressor is chosen for the longest window a clip of this length can have (header only).
+        window_frames = encoder_output_frames(mel_frames_for(longest_window, self.features))
+        fitting = [
+            label for label in candidates if self.compressors[label].spec.max_audio_tokens(window_frames) <= budget
+        ]
+        if not fitting:
+            tightest = min(candidates, key=lambda label: self.compressors[label].spec.max_audio_tokens(window_frames))
+            spec = self.compressors[tightest].spec
+            self._check_context(
+                spec, window_frames, spec.max_audio_tokens(window_frames), text_tokens, max_tokens, budget
+            )
+        # The least compression that fits (the earlier listed on a tie), as with joined windows.
+        chosen = max(
+            fitting,
+            key=lambda label: (self.compressors[label].spec.max_audio_tokens(window_frames), -candidates.index(label)),
+        )
+        option = self.compressors[chosen]
+        answers: list[str] = []
+        tally = _Tally()
+        # The stream reads as the joined text: a window's answer starts after a space, once something
+        # was said, and without its leading spaces.
+        separator, answer_started = "", False
+
+        def stream(piece: str) -> None:
+            nonlocal answer_started
+            if on_text is None:
+                return
+            if not answer_started:
+                piece = piece.lstrip()
+                if not piece:
+                    return
+                piece, answer_started = separator + piece, True
+            on_text(piece)
+
+        for window in windows:
+            tally.samples += len(window)
+            if not self._usable(len(window)):
+                continue
+            with clock("features"):
+                features = log_mel_window(window, self.features)
+            with clock("encoder"):
+                frames = self.encoder(features)
+            with clock("compressor"):
+                embeddings = option.graph(frames)
+            separator, answer_started = (" " if answers else ""), False
+            with clock("prefill"):
+                tally.reused_tokens += self._prefill(context, option, embeddings, prompt_ids, text_tokens, max_tokens)
+            text, generated, first_token_at, decode_started = self._generate(
+                context, max_tokens, temperature, top_p, seed, stream
+            )
+            tally.decode_seconds += time.perf_counter() - decode_started
+            tally.first_token_at = tally.first_token_at or first_token_at
+            tally.windows += 1
+            tally.audio_tokens += embeddings.shape[0]
+            tally.prompt_tokens += text_tokens  # the prompt is read once per window
+            tally.generated += generated
+            if text.strip():
+                answers.append(text.strip())
+        choice = (
+            f"auto chose {chosen} for each window: at most {option.spec.max_audio_tokens(window_frames)} audio "
+            f"tokens a window, the least compression within {budget}"
+            if len(candidates) > 1
+            else ""
+        )
+        return self._result(" ".join(answers), tally, timings, started, context, warnings, chosen, choice, "each")
+
+    def _prefill(
+        self,
+        context: LlamaContext,
+        option: CompressorOption,
+        embeddings: np.ndarray,
+        prompt_ids: list[int],
+        text_tokens: int,
+        max_tokens: int,
+    ) -> int:
+        """The prompt around one span of audio embeddings into the context; returns the prompt
+        tokens before the audio that the prefix cache kept."""
+        context.ensure_context(text_tokens + embeddings.shape[0] + max_tokens, keep_cells=True)
+        context.use_adapter(option.adapter)  # a change drops the cached prefix: its keys differ
+        reused_tokens = context.start_with(self.before_audio, reuse=self.prefix_cache)
+        context.feed_embeddings(embeddings)
+        context.feed_tokens(prompt_ids)
+        return reused_tokens
+
+    def _result(
+        self,
+        text: str,
+        tally: _Tally,
+        timings: dict[str, float],
+        started: float,
+        context: LlamaContext,
+        warnings: list[str],
+        chosen: str,
+        choice: str,
+        window_mode: WindowMode,
+    ) -> RunResult:
         finished = time.perf_counter()
-        timings["decode"] = (finished - decode_started) * 1000
-        timings["time_to_first_token"] = ((first_token_at or finished) - started) * 1000
+        timings["decode"] = tally.decode_seconds * 1000
+        timings["time_to_first_token"] = ((tally.first_token_at or finished) - started) * 1000
         timings["total"] = (finished - started) * 1000
-        audio_seconds = samples_seen / self.features.sampling_rate
-        decode_seconds = finished - decode_started
+        audio_seconds = tally.samples / self.features.sampling_rate
+        # Each prompt's first token is prefill's: the rate counts the tokens after it.
+        first_tokens = tally.windows if window_mode == "each" else 1
         return RunResult(
             text=text,
             audio_seconds=round(audio_seconds, 3),
-            audio_tokens=audio_tokens,
-            audio_tokens_per_second=round(audio_tokens / audio_seconds, 3),
-            windows=windows_used,
-            prompt_tokens=text_tokens,
-            generated_tokens=generated,
+            audio_tokens=tally.audio_tokens,
+            audio_tokens_per_second=round(tally.audio_tokens / audio_seconds, 3),
+            windows=tally.windows,
+            prompt_tokens=tally.prompt_tokens,
+            generated_tokens=tally.generated,
             timings_ms={name: round(value, 2) for name, value in timings.items()},
-            # The first token's time is prefill's: the rate counts the tokens after it.
-            decode_tokens_per_second=round((generated - 1) / decode_seconds, 2)
-            if generated > 1 and decode_seconds > 0
+            decode_tokens_per_second=round((tally.generated - first_tokens) / tally.decode_seconds, 2)
+            if tally.generated > first_tokens and tally.decode_seconds > 0
             else 0.0,
             peak_rss_mb=round(peak_rss_mb(), 1),
             context_tokens=context.n_ctx,
-            reused_prompt_tokens=reused_tokens,
+            reused_prompt_tokens=tally.reused_tokens,
             warnings=warnings,
             compressor=chosen,
-            compressor_choice=choice_note,
+            compressor_choice=choice,
+            window_mode=window_mode,
         )
+
+    def _cut_settings(self, windows: WindowMode, window_seconds: float | None) -> FeatureSettings:
+        """The features' settings with the window a clip is cut into: the encoder's, or a shorter one."""
+        if window_seconds is None:
+            return self.features
+        encoder_seconds = self.features.window_samples / self.features.sampling_rate
+        if windows != "each":
+            raise EdgelalmError("window_seconds applies to windows answered each on its own (windows='each')")
+        if not 1.0 <= window_seconds <= encoder_seconds:
+            raise EdgelalmError(
+                f"window_seconds must be from 1 s to the encoder's window of {encoder_seconds:g} s, "
+                f"got {window_seconds:g}"
+            )
+        return dataclasses.replace(self.features, window_samples=round(window_seconds * self.features.sampling_rate))
 
     def _usable(self, window_samples: int) -> bool:
         """A window gives the encoder at least one frame (30 ms of audio)."""

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgelalm.constants import WindowMode
 from edgelalm.training.texts import normalize_transcript
 
 # Enough for three requests in one clip (the default model's longest held-out answers, ~60 tokens).
@@ -55,25 +56,51 @@ def score(references: Sequence[str], hypotheses: Sequence[str], audio_tokens: in
 
 
 def transcribe_torch(
-    model, processor, compressor, clips: Iterable[np.ndarray], max_new_tokens: int = MAX_ANSWER_TOKENS
+    model,
+    processor,
+    compressor,
+    clips: Iterable[np.ndarray],
+    max_new_tokens: int = MAX_ANSWER_TOKENS,
+    windows: WindowMode = "joined",
+    window_seconds: float | None = None,
 ) -> tuple[list[str], int]:
-    """Greedy transcripts from the PyTorch model with `compressor` in place (clips within one window);
-    returns them and the total number of audio tokens."""
+    """Greedy transcripts from the PyTorch model with `compressor` in place; returns them and the
+    total number of audio tokens. A clip longer than the encoder's window is cut into windows as the
+    runtime cuts it (`windows`: their embeddings joined into one audio span, or each window, cut at
+    a pause, answered on its own and the answers joined; `window_seconds`: shorter windows)."""
     import torch
 
+    from edgelalm.constants import MIN_MEL_FRAMES
+    from edgelalm.runtime.features import FeatureSettings, split_windows, valid_mel_frames
     from edgelalm.training.model import PromptIds, compress_and_project, encode_batch, greedy_answer, log_mel_batch
 
     prompt = PromptIds.from_processor(processor)
     tokenizer = processor.tokenizer
+    features = processor.feature_extractor
+    window_samples = features.n_samples if window_seconds is None else round(window_seconds * features.sampling_rate)
+    settings = FeatureSettings(
+        features.sampling_rate, features.n_fft, features.hop_length, window_samples, features.mel_filters
+    )
     end_ids = [prompt.end_of_answer, tokenizer.convert_tokens_to_ids("<|endoftext|>")]
     texts, audio_tokens = [], 0
+
+    def embedded(window: np.ndarray) -> torch.Tensor:
+        mel, mel_lengths = log_mel_batch([window], features)
+        return compress_and_project(model, compressor, encode_batch(model.model.audio_tower, mel, mel_lengths))[0]
+
+    def answer(audio: torch.Tensor) -> str:
+        return tokenizer.decode(greedy_answer(model, prompt, audio, end_ids, max_new_tokens), skip_special_tokens=True)
+
     with torch.no_grad():
         for clip in clips:
-            mel, mel_lengths = log_mel_batch([clip], processor.feature_extractor)
-            audio = compress_and_project(model, compressor, encode_batch(model.model.audio_tower, mel, mel_lengths))[0]
-            audio_tokens += audio.shape[0]
-            answer = greedy_answer(model, prompt, audio, end_ids, max_new_tokens)
-            texts.append(tokenizer.decode(answer, skip_special_tokens=True))
+            cut = split_windows(clip, settings, cut_at_pauses=windows == "each")
+            # A tail shorter than 30 ms gives the encoder nothing; the runtime skips it too.
+            usable = [embedded(w) for w in cut if valid_mel_frames(len(w), features.hop_length) >= MIN_MEL_FRAMES]
+            audio_tokens += sum(audio.shape[0] for audio in usable)
+            if windows == "each":
+                texts.append(" ".join(text for text in (answer(audio).strip() for audio in usable) if text))
+            else:
+                texts.append(answer(torch.cat(usable)))
     return texts, audio_tokens
 
 
@@ -84,6 +111,8 @@ def transcribe_bundle(
     threads: int | None = None,
     compressor: str | None = None,
     max_new_tokens: int = MAX_ANSWER_TOKENS,
+    windows: WindowMode = "joined",
+    window_seconds: float | None = None,
 ) -> tuple[list[str], int]:
     """Greedy transcripts through the torch-free runtime (onnxruntime + llama.cpp); `compressor`:
     the entry of a bundle of several (its adapter applied at run time)."""
@@ -92,7 +121,14 @@ def transcribe_bundle(
     texts, audio_tokens = [], 0
     with Runtime(bundle, threads=threads) as runtime:
         for clip in clips:
-            result = runtime.run(clip, sampling_rate=sampling_rate, max_tokens=max_new_tokens, compressor=compressor)
+            result = runtime.run(
+                clip,
+                sampling_rate=sampling_rate,
+                max_tokens=max_new_tokens,
+                compressor=compressor,
+                windows=windows,
+                window_seconds=window_seconds,
+            )
             texts.append(result.text)
             audio_tokens += result.audio_tokens
     return texts, audio_tokens

@@ -24,6 +24,7 @@ import numpy as np
 
 from edgelalm.compression import CompressorSpec
 from edgelalm.errors import EdgelalmError
+from edgelalm.files import read_tsv
 from edgelalm.runtime.audio import audio_seconds, read_audio
 from edgelalm.training.texts import normalize_transcript
 
@@ -59,8 +60,7 @@ class PairedAudio:
     def __init__(self, manifest: Path, sampling_rate: int, normalize: bool) -> None:
         self.sampling_rate = sampling_rate
         try:
-            with open(manifest, newline="", encoding="utf-8") as handle:
-                rows = list(csv.DictReader(handle, delimiter="\t"))
+            rows = read_tsv(manifest)
         except (OSError, UnicodeDecodeError, csv.Error) as error:
             raise EdgelalmError(f"cannot read {manifest}: {error}") from None
         if not rows or not {"file", "transcript"} <= set(rows[0]):
