@@ -16,6 +16,7 @@ from edgelalm.compression import CompressorSpec
 from edgelalm.errors import EdgelalmError
 from edgelalm.export.bundle import ExportOptions, export_bundle
 from edgelalm.manifest import read_manifest
+from edgelalm.runtime.features import split_windows
 from edgelalm.runtime.pipeline import AUTO, Runtime
 
 WINDOW_SECONDS = 10  # the tiny checkpoint's encoder window
@@ -211,3 +212,22 @@ def test_export_checks_the_encoder_once_and_every_compressor_graph(tiny_checkpoi
     with pytest.raises(EdgelalmError, match=r"compressor-avg3\.onnx differs from PyTorch by .* export is broken"):
         export_bundle(ExportOptions(tiny_checkpoint, tmp_path / "bad", choices[0][0], quant="f16", choices=choices))
     assert not (tmp_path / "bad").exists()
+
+
+def test_auto_window_by_window_picks_for_a_full_window_and_answers_each_with_it(multi_bundle):
+    """`windows="each"` with auto: the budget counts per window, so the choice is made for a full
+    10 s window (none and unseg at most 250 tokens, avg3 and sample3 84; avg3 listed first), and
+    every window is answered as that compressor answers the window alone."""
+    audio = speechlike(23.0, 8)
+    with Runtime(multi_bundle) as runtime:
+        result = runtime.run(audio, max_tokens=3, compressor=AUTO, max_audio_tokens=200, windows="each")
+        assert result.compressor == "avg3" and result.compressor_choice.startswith("auto chose avg3 for each window")
+        windows = split_windows(audio, runtime.features, cut_at_pauses=True)
+        alone = [runtime.run(window, max_tokens=3, compressor="avg3") for window in windows]
+        assert result.windows == len(windows) == 3
+        assert result.audio_tokens == sum(one.audio_tokens for one in alone)
+        assert result.text == " ".join(one.text.strip() for one in alone if one.text.strip())
+        with pytest.raises(
+            EdgelalmError, match="a window of 10 s gives up to 84 audio tokens with avg3, over the budget of 83"
+        ):
+            runtime.run(audio, max_tokens=3, compressor=AUTO, max_audio_tokens=83, windows="each")

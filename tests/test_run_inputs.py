@@ -320,6 +320,11 @@ def test_shorter_windows_each_answered_apart(avg2, tmp_path):
         (("--window-seconds", 4), "--window-seconds applies to --windows each"),
         (("--windows", "each", "--window-seconds", 0.5), "from 1 s to the encoder's window of 10 s"),
         (("--windows", "each", "--window-seconds", 11), "got 11"),
+        # A window's tokens must fit what the context leaves after the answer (--max-tokens is per window).
+        (
+            ("--windows", "each", "--max-tokens", 8100),
+            "a window of 3 s gives up to 38 audio tokens with avg2, over the 27",
+        ),
     ],
 )
 def test_a_window_length_out_of_place_is_one_line(avg2, tmp_path, extra, message):

@@ -448,9 +448,22 @@ class Runtime:
         ]
         if not fitting:
             tightest = min(candidates, key=lambda label: self.compressors[label].spec.max_audio_tokens(window_frames))
-            spec = self.compressors[tightest].spec
-            self._check_context(
-                spec, window_frames, spec.max_audio_tokens(window_frames), text_tokens, max_tokens, budget
+            room = self.context_limit - text_tokens - max_tokens
+            limit = (
+                f"the budget of {budget}"
+                if budget < room
+                else f"the {room} the decoder's context of {self.context_limit} leaves after {text_tokens} prompt "
+                f"and {max_tokens} answer tokens"
+            )
+            advice = (
+                f"a shorter window or avg/sample with a factor K={-(-window_frames // budget)} would fit"
+                if budget > 0
+                else "ask for fewer answer tokens"
+            )
+            raise EdgelalmError(
+                f"a window of {longest_window / self.features.sampling_rate:.0f} s gives up to "
+                f"{self.compressors[tightest].spec.max_audio_tokens(window_frames)} audio tokens with {tightest}, "
+                f"over {limit}; {advice}"
             )
         # The least compression that fits (the earlier listed on a tie), as with joined windows.
         chosen = max(
