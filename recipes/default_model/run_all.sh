@@ -125,5 +125,7 @@ done
 python $recipe/real_speech.py build/real-speech
 python $recipe/wer_table.py --data build/real-speech/transcripts.tsv --compressors none,unseg --quants q8_0 \
   --out $recipe/results/real-speech
+python $recipe/wer_table.py --data build/real-speech/transcripts.tsv --compressors none,unseg --quants q8_0 \
+  --windows each --window-seconds 8 --out $recipe/results/real-speech-each-8s
 # 16. The example clips (examples/transcripts.tsv says what each says and who says it).
 python $recipe/make_examples.py
