@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgelalm.constants import RIGHT_CONTEXT_FRAMES
+from edgelalm.constants import MIN_MEL_FRAMES, RIGHT_CONTEXT_FRAMES
 
 STFT_BLOCK_FRAMES = 256
 
@@ -120,6 +120,11 @@ def valid_mel_frames(num_samples: int, hop_length: int) -> int:
 def mel_frames_for(num_samples: int, settings: FeatureSettings) -> int:
     """Valid mel frames for a window of `num_samples` under `settings`."""
     return valid_mel_frames(num_samples, settings.hop_length)
+
+
+def usable_window(num_samples: int, settings: FeatureSettings) -> bool:
+    """A window gives the encoder at least one frame (30 ms of audio); a shorter tail is skipped."""
+    return mel_frames_for(num_samples, settings) >= MIN_MEL_FRAMES
 
 
 def log_mel_window(samples: np.ndarray, settings: FeatureSettings) -> WindowFeatures:

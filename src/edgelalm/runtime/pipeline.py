@@ -30,7 +30,6 @@ from edgelalm.constants import (
     DEVICES,
     ENCODER_FRAMES_PER_SECOND,
     MANIFEST_FILE,
-    MIN_MEL_FRAMES,
     WINDOW_MODES,
     WindowMode,
 )
@@ -47,6 +46,7 @@ from edgelalm.runtime.features import (
     mel_frames_for,
     split_windows,
     stream_windows,
+    usable_window,
     window_lengths,
 )
 from edgelalm.runtime.llama_backend import ExtraBuffers, usable_cores
@@ -346,7 +346,7 @@ class Runtime:
         )
         text_tokens = len(self.before_audio) + len(prompt_ids)
         # A window (or a tail after full windows) shorter than 30 ms gives the encoder nothing.
-        usable = [n for n in window_lengths(total_samples, self.features) if self._usable(n)]
+        usable = [n for n in window_lengths(total_samples, self.features) if usable_window(n, self.features)]
         if not usable:
             raise EdgelalmError(
                 f"the clip is too short ({total_samples / target_rate * 1000:.0f} ms): the encoder needs at least 30 ms"
@@ -376,7 +376,7 @@ class Runtime:
                 if window is None:
                     break
                 read_samples += len(window)
-                if not self._usable(len(window)):
+                if not usable_window(len(window), self.features):
                     continue
                 features = log_mel_window(window, self.features)
             with clock("encoder"):
@@ -490,7 +490,7 @@ class Runtime:
 
         for window in windows:
             tally.samples += len(window)
-            if not self._usable(len(window)):
+            if not usable_window(len(window), self.features):
                 continue
             with clock("features"):
                 features = log_mel_window(window, self.features)
@@ -591,10 +591,6 @@ class Runtime:
                 f"got {window_seconds:g}"
             )
         return dataclasses.replace(self.features, window_samples=round(window_seconds * self.features.sampling_rate))
-
-    def _usable(self, window_samples: int) -> bool:
-        """A window gives the encoder at least one frame (30 ms of audio)."""
-        return mel_frames_for(window_samples, self.features) >= MIN_MEL_FRAMES
 
     def _refuse_partway(
         self,

@@ -70,8 +70,7 @@ def transcribe_torch(
     a pause, answered on its own and the answers joined; `window_seconds`: shorter windows)."""
     import torch
 
-    from edgelalm.constants import MIN_MEL_FRAMES
-    from edgelalm.runtime.features import FeatureSettings, split_windows, valid_mel_frames
+    from edgelalm.runtime.features import FeatureSettings, split_windows, usable_window
     from edgelalm.training.model import PromptIds, compress_and_project, encode_batch, greedy_answer, log_mel_batch
 
     prompt = PromptIds.from_processor(processor)
@@ -94,8 +93,7 @@ def transcribe_torch(
     with torch.no_grad():
         for clip in clips:
             cut = split_windows(clip, settings, cut_at_pauses=windows == "each")
-            # A tail shorter than 30 ms gives the encoder nothing; the runtime skips it too.
-            usable = [embedded(w) for w in cut if valid_mel_frames(len(w), features.hop_length) >= MIN_MEL_FRAMES]
+            usable = [embedded(window) for window in cut if usable_window(len(window), settings)]
             audio_tokens += sum(audio.shape[0] for audio in usable)
             if windows == "each":
                 texts.append(" ".join(text for text in (answer(audio).strip() for audio in usable) if text))
