@@ -184,14 +184,15 @@ def test_joined_rows_join_frames_and_answers(encoded):
     rng = np.random.default_rng(0)
     frames, answers = encoded_rows(encoded, [0, 1, 2], rng, joined=True, max_frames=10_000)
     for row, index in enumerate([0, 1, 2]):
-        assert len(frames[row]) > len(encoded[index][0])
+        assert len(frames[row]) > 1 and frames[row][0] is not None
+        np.testing.assert_array_equal(frames[row][0], encoded[index][0])
         assert answers[row].startswith(encoded[index][1])
         assert "  " not in answers[row] and answers[row] == answers[row].strip()
     single, texts_ = encoded_rows(encoded, [0, 1], rng, joined=False, max_frames=10_000)
-    assert [len(f) for f in single] == [len(encoded[0][0]), len(encoded[1][0])]
+    assert [[len(part) for part in f] for f in single] == [[len(encoded[0][0])], [len(encoded[1][0])]]
     assert texts_ == [encoded[0][1], encoded[1][1]]
     short, _ = encoded_rows(encoded, [0], rng, joined=True, max_frames=len(encoded[0][0]))
-    assert len(short[0]) == len(encoded[0][0])  # nothing fits beside it
+    assert len(short[0]) == 1  # nothing fits beside it
 
 
 def test_encoded_training_loss_trains_projector_and_decoder_not_the_tower(encoded, tiny_checkpoint):
@@ -207,7 +208,7 @@ def test_encoded_training_loss_trains_projector_and_decoder_not_the_tower(encode
     rows = [encoded[i] for i in range(4)]
     loss, parts = frames_batch_loss(
         model, nn.Identity(), PromptIds.from_processor(processor), processor.tokenizer,
-        [f for f, _ in rows], [t for _, t in rows], ctc, 0.5,
+        [[f] for f, _ in rows], [t for _, t in rows], ctc, 0.5,
     )  # fmt: skip
     assert set(parts) == {"answer_loss", "ctc_loss"}
     assert loss.item() == pytest.approx(parts["answer_loss"] + 0.5 * parts["ctc_loss"], rel=1e-5)
@@ -295,3 +296,92 @@ def test_a_token_ctc_head_goes_on_in_the_next_stage(tiny_checkpoint, tmp_path):
     fresh.load_head(tmp_path / "ctc_head.safetensors")
     assert torch.equal(fresh.blank, trained.blank) and float(fresh.log_scale) == 3.25
     assert fresh.embeddings is trained.embeddings  # the model's own, never saved with the head
+
+
+# ---------------------------------------------------------------------------------------------
+# Stored below a tower layer: the layers above train (train_base.py --tune-tower-from)
+
+
+@pytest.fixture(scope="module")
+def encoded_below(tiny_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("encoded-below") / "test"
+    options = {"keep_audio": True, "workers": 1, "progress": False, "max_seconds": 10, "below_layer": 1}
+    build_encoded(out, "test", 6, 0, tiny_checkpoint, **options)
+    return EncodedDataset(out)
+
+
+def test_stored_below_a_layer_then_the_layers_above_give_transformers_tower(encoded_below, tiny_checkpoint):
+    from edgelalm.training.model import encode_above
+
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(tiny_checkpoint).eval()
+    tower = TransformersAudioTower(model, Qwen2AudioProcessor.from_pretrained(tiny_checkpoint))
+    assert encoded_below.below_layer == 1 and encoded_below.info["frames_per_second"] == 50
+    stored = [encoded_below[i][0] for i in range(len(encoded_below))]
+    padded = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(s.astype(np.float32)) for s in stored], batch_first=True)
+    with torch.no_grad():
+        above = encode_above(model.model.audio_tower, padded, torch.tensor([len(s) for s in stored]), 1)
+    for index in range(len(encoded_below)):
+        with torch.no_grad():
+            reference, _, _ = tower(encoded_below.audio(index))
+        frames = above.frames[index, : above.frame_counts[index]].numpy()
+        assert frames.shape == reference.shape
+        np.testing.assert_allclose(frames, reference, atol=5e-3 * np.abs(reference).max())
+
+
+def test_a_folder_stored_below_a_layer_outlives_tuning_above_it_only(encoded_below, tiny_checkpoint, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    encoded_below.check_tower(tiny_checkpoint)
+    for moved, kept in (
+        ("audio_tower.layers.1.", True),
+        ("audio_tower.layer_norm.", True),
+        ("audio_tower.layers.0.", False),
+    ):
+        other = tmp_path / moved
+        shutil.copytree(tiny_checkpoint, other)
+        weights = load_file(other / "model.safetensors")
+        name = next(key for key in sorted(weights) if moved in key and key.endswith("weight"))
+        weights[name] = weights[name] + 1e-3
+        save_file(weights, other / "model.safetensors", metadata={"format": "pt"})
+        if kept:
+            encoded_below.check_tower(other)
+        else:
+            with pytest.raises(EdgelalmError, match="another audio tower"):
+                encoded_below.check_tower(other)
+    with pytest.raises(EdgelalmError, match="cannot be joined"):  # the same clips, stored at another layer
+        build_encoded(tmp_path / "top", "test", 2, 0, tiny_checkpoint, workers=1, progress=False, max_seconds=10)
+        EncodedDataset(encoded_below.directory, tmp_path / "top")
+
+
+def test_tuning_the_tower_from_a_layer_trains_that_layer_up_and_nothing_below(encoded_below, tiny_checkpoint, tmp_path):
+    from edgelalm.training.train import TrainSettings, train
+
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(tiny_checkpoint)
+    processor = Qwen2AudioProcessor.from_pretrained(tiny_checkpoint)
+    tower = model.model.audio_tower
+    before = {name: p.detach().clone() for name, p in tower.named_parameters()}
+    settings = TrainSettings(
+        steps=3, batch_size=2, warmup_steps=1, learning_rate=1e-2, ctc_weight=0.0, eval_every=3, eval_clips=2,
+        tune_tower_from=1, concat_probability=0.5, bucket_batches=1,
+    )  # fmt: skip
+    log = train(model, processor, encoded_below, encoded_below, tmp_path / "run", settings, progress=False)
+    assert np.isfinite(log.records[-1]["test_loss"])
+    moved = {name for name, p in tower.named_parameters() if not torch.equal(p, before[name])}
+    assert moved and all(name.startswith(("layers.1.", "layer_norm.")) for name in moved)
+    assert any(name.startswith("layers.1.") for name in moved) and any(n.startswith("layer_norm.") for n in moved)
+    with pytest.raises(ValueError, match="stored below it"):  # layer 0 is not in the stored data
+        train(model, processor, encoded_below, None, tmp_path / "no", TrainSettings(steps=1, tune_tower_from=0))
+
+
+def test_finetune_reads_a_folder_stored_below_a_layer(encoded_below, tiny_checkpoint, tmp_path):
+    """The realignment runs the (frozen) layers above the stored ones itself."""
+    from edgelalm.compression import CompressorSpec
+    from edgelalm.training.finetune import FinetuneOptions, finetune
+
+    options = FinetuneOptions(
+        tiny_checkpoint, encoded_below.directory, tmp_path / "avg2", CompressorSpec("avg", 2), steps=3, batch_size=2
+    )
+    records = [
+        json.loads(line) for line in (finetune(options, progress=False) / "train_log.jsonl").read_text().splitlines()
+    ]
+    assert records[-1]["step"] == 3 and np.isfinite(records[-1]["answer_loss"])

@@ -40,6 +40,13 @@ def main(argv: list[str] | None = None) -> int:
         help="long clips (corpus.iter_long_texts: 15-30 s, one encoder window each); the held-out sets are "
         "then written as test-long and unheard-long",
     )
+    parser.add_argument(
+        "--below-layer",
+        type=int,
+        default=None,
+        help="store the tower's hidden states entering this layer (50/s) instead of its output, so that "
+        "training can tune the layers above (train_base.py --tune-tower)",
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / ".gitignore").write_text("# rendered by recipes/default_model/make_encoded_data.py\n*\n")
@@ -67,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             keep_audio=keep_audio,
             workers=args.workers,
             long=args.long,
+            below_layer=args.below_layer,
         )
     return 0
 

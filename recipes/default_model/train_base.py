@@ -118,6 +118,19 @@ def main(argv: list[str] | None = None) -> int:
         help="how much likelier a free-word clip is drawn than any other (encoded data only)",
     )
     parser.add_argument(
+        "--tune-tower-from",
+        type=int,
+        default=None,
+        help="train the audio tower's layers from this one up and its final layer norm too (encoded data "
+        "stored below that layer: make_encoded_data.py --below-layer); else the tower stays frozen",
+    )
+    parser.add_argument(
+        "--tower-learning-rate-share",
+        type=float,
+        default=TrainSettings.tower_learning_rate_share,
+        help="the tuned tower layers' learning rate, as a share of --learning-rate",
+    )
+    parser.add_argument(
         "--init-from",
         type=Path,
         default=None,
@@ -140,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         concat_probability=args.concat_probability,
         token_corruption=args.token_corruption,
         words_weight=args.words_weight,
+        tune_tower_from=args.tune_tower_from,
+        tower_learning_rate_share=args.tower_learning_rate_share,
     )
     # Encoded data (the frozen Whisper tower's output, make_encoded_data.py) or rendered audio.
     encoded = is_encoded_folder(args.data / "train")

@@ -84,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         if ctc is not None:
             with torch.no_grad():
                 for i in indices:
-                    best_paths[i] = ctc.greedy(projected_frames(model, nn.Identity(), [data[i][0]])[0])
+                    best_paths[i] = ctc.greedy(
+                        projected_frames(model, nn.Identity(), [[data[i][0]]], data.below_layer)[0]
+                    )
         rows = {}
         for group, members in sorted(groups.items()):
             if group == "kind silence":

@@ -21,10 +21,19 @@ def convolutions(tower: nn.Module, mel: torch.Tensor) -> torch.Tensor:
     return nn.functional.gelu(tower.conv2(hidden)).permute(0, 2, 1)
 
 
-def transformer(tower: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Whisper's fixed positions added, then every encoder layer (`mask`: transformers' attention mask or None)."""
-    hidden = hidden + tower.embed_positions.weight[: hidden.shape[1]]
-    for layer in tower.layers:
+def transformer(
+    tower: nn.Module,
+    hidden: torch.Tensor,
+    mask: torch.Tensor | None,
+    first_layer: int = 0,
+    end_layer: int | None = None,
+) -> torch.Tensor:
+    """Whisper's fixed positions added, then the encoder layers (`mask`: transformers' attention
+    mask or None). `first_layer` / `end_layer`: only layers [first, end), for training data stored
+    part of the way up (the positions are added before the first layer only)."""
+    if first_layer == 0:
+        hidden = hidden + tower.embed_positions.weight[: hidden.shape[1]]
+    for layer in tower.layers[first_layer:end_layer]:
         hidden = layer(hidden, mask)
     return hidden
 

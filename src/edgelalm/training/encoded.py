@@ -3,13 +3,16 @@
     build_encoded("data3/train", "train", count=48000, seed=0, checkpoint="build/default-model/init")
     data = EncodedDataset("data3/train")
     frames, text = data[0]              # float16 [frames, d_model] at 25 frames/s, normalised text
+    build_encoded(..., below_layer=2)   # or the hidden states entering layer 2, 50 positions/s,
+                                        # so that training can tune the layers above
 
 Each clip is a `corpus` text spoken by a voice of `synthesizers.training_voices(split)` (espeak-ng
 and festival, about half each), or silence/noise for the "silence" kind; then augmented once, all
 draws seeded by (seed, index): speed perturbation, gain, reverb, padding silence, noise, an 8 kHz
 telephone line. The checkpoint's audio tower (frozen in training) encodes it at the clip's own
 length, exactly as the runtime's encoder does. Storing the tower's output instead of audio is what
-makes training fit 2 CPU cores: the tower is most of the compute and never changes.
+makes training fit 2 CPU cores: the tower is most of the compute and never changes. Stored part of
+the way up (`below_layer`), the frozen lower layers are computed once and the top ones can train.
 
 The folder:
 
@@ -52,19 +55,29 @@ CLEAN_PROBABILITY = 0.15  # left as rendered (only padded with a little silence)
 _INT16_SCALE = 32767.0
 
 
-def tower_digest(checkpoint: str | os.PathLike[str]) -> str:
+def tower_digest(checkpoint: str | os.PathLike[str], below_layer: int | None = None) -> str:
     """sha256 of the checkpoint's audio-tower tensors, by name, as float32: which tower encoded a
     folder. The stored dtype does not count (the shipped float16 copy of a tower whose values are
-    float16, as Whisper's are, has the digest of its float32 original)."""
+    float16, as Whisper's are, has the digest of its float32 original). `below_layer`: only what
+    runs below that layer (the convolutions, positions and lower layers), for a folder that stores
+    the hidden states there: the layers above may be tuned without invalidating it."""
     import hashlib
+    import re
 
     import torch
 
     from edgelalm.export.checkpoint import AUDIO_TOWER_PREFIXES, open_checkpoint
 
+    def below(name: str) -> bool:  # names without the tower's prefix: layers.3.fc1.weight
+        layer = re.match(r"layers\.(\d+)\.", name)
+        if layer:
+            return below_layer is not None and int(layer.group(1)) < below_layer
+        return not name.startswith("layer_norm.")
+
     digest = hashlib.sha256()
     for name, tensor in sorted(open_checkpoint(Path(checkpoint)).tensors(AUDIO_TOWER_PREFIXES)):
-        digest.update(name.encode() + b"\0" + tensor.to(torch.float32).contiguous().numpy().tobytes())
+        if below_layer is None or below(name):
+            digest.update(name.encode() + b"\0" + tensor.to(torch.float32).contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -132,12 +145,14 @@ def _tower(checkpoint: str):
     return _TOWER[checkpoint]
 
 
-def _work(job: tuple[list[Clip], int, str, float]) -> list[tuple[Clip, np.ndarray, np.ndarray, list[str]]]:
+def _work(
+    job: tuple[list[Clip], int, str, float, int | None],
+) -> list[tuple[Clip, np.ndarray, np.ndarray, list[str]]]:
     import torch
 
-    from edgelalm.training.model import encode_batch, log_mel_batch
+    from edgelalm.training.model import encode_batch, encode_below, log_mel_batch
 
-    clips, seed, checkpoint, max_seconds = job
+    clips, seed, checkpoint, max_seconds, below_layer = job
     tower, extractor = _tower(checkpoint)
     speaking = [clip for clip in clips if clip.kind != "silence"]
     rendered = dict(
@@ -163,9 +178,14 @@ def _work(job: tuple[list[Clip], int, str, float]) -> list[tuple[Clip, np.ndarra
         group = results[start : start + 8]
         mel, lengths = log_mel_batch([samples for _, samples, _ in group], extractor)
         with torch.no_grad():
-            encoded = encode_batch(tower, mel, lengths)
+            if below_layer is None:
+                encoded = encode_batch(tower, mel, lengths)
+                stored, counts = encoded.frames, encoded.frame_counts
+            else:
+                stored, position_counts = encode_below(tower, mel, lengths, below_layer)
+                counts = [int(count) for count in position_counts]
         for row, (clip, samples, applied) in enumerate(group):
-            frames = encoded.frames[row, : encoded.frame_counts[row]].numpy().astype(np.float16)
+            frames = stored[row, : counts[row]].numpy().astype(np.float16)
             audio = np.round(samples * _INT16_SCALE).astype(np.int16)
             out.append((clip, frames, audio, applied))
     out.sort(key=lambda item: item[0].index)
@@ -173,10 +193,18 @@ def _work(job: tuple[list[Clip], int, str, float]) -> list[tuple[Clip, np.ndarra
 
 
 def _encoded(
-    stream: Iterator[Clip], seed: int, checkpoint: str, max_seconds: float, workers: int, chunk: int
+    stream: Iterator[Clip],
+    seed: int,
+    checkpoint: str,
+    max_seconds: float,
+    workers: int,
+    chunk: int,
+    below_layer: int | None,
 ) -> Generator[tuple[Clip, np.ndarray, np.ndarray, list[str]], None, None]:
-    def jobs(how_many: int) -> list[tuple[list[Clip], int, str, float]]:
-        return [([next(stream) for _ in range(chunk)], seed, checkpoint, max_seconds) for _ in range(how_many)]
+    def jobs(how_many: int) -> list[tuple[list[Clip], int, str, float, int | None]]:
+        return [
+            ([next(stream) for _ in range(chunk)], seed, checkpoint, max_seconds, below_layer) for _ in range(how_many)
+        ]
 
     if workers <= 1:
         while True:
@@ -208,8 +236,11 @@ def build_encoded(
     progress: bool = True,
     overwrite: bool = False,
     long: bool = False,
+    below_layer: int | None = None,
 ) -> Path:
-    """Render, augment and encode `count` clips of `split` into `out_dir` (atomically)."""
+    """Render, augment and encode `count` clips of `split` into `out_dir` (atomically).
+    `below_layer`: store the tower's hidden states entering that layer (50 positions/s) instead of
+    its output, so that training can tune the layers above."""
     texts.check_split(split)
     if count < 1:
         raise EdgelalmError(f"count must be at least 1, got {count}")
@@ -243,7 +274,7 @@ def build_encoded(
             open(partial / "metadata.jsonl", "w", encoding="utf-8") as metadata,
             Bar(count, f"{split} ({count})") if progress else _NoBar() as bar,
             closing(
-                _encoded(plan(split, seed, voices, long), seed, str(checkpoint), max_seconds, workers, 32)
+                _encoded(plan(split, seed, voices, long), seed, str(checkpoint), max_seconds, workers, 32, below_layer)
             ) as stream,
         ):
             for clip, frames, audio, applied in stream:
@@ -281,8 +312,9 @@ def build_encoded(
             "long": long,
             "voices": list(voices or synthesizers.training_voices(split)),
             "checkpoint": str(checkpoint),
-            "tower_digest": tower_digest(checkpoint),
-            "frames_per_second": 25,
+            "tower_digest": tower_digest(checkpoint, below_layer),
+            "below_layer": below_layer,
+            "frames_per_second": 25 if below_layer is None else 50,
             "sampling_rate": SAMPLING_RATE,
             "total_seconds": round(total_seconds, 2),
             "shards": shards,
@@ -328,9 +360,10 @@ class EncodedDataset:
         self._infos: list[dict] = []
         for number, folder in enumerate(self.directories):
             info, records = read_folder(folder, FORMAT, FORMAT_VERSION)
-            if self._infos and (info.get("tower_digest"), info["split"]) != (
+            if self._infos and (info.get("tower_digest"), info["split"], info.get("below_layer")) != (
                 self._infos[0].get("tower_digest"),
                 self._infos[0]["split"],
+                self._infos[0].get("below_layer"),
             ):
                 raise EdgelalmError(f"{folder}: another tower or split than {self.directory}; cannot be joined")
             self._infos.append(info)
@@ -341,6 +374,9 @@ class EncodedDataset:
         self.seconds = np.array([record["seconds"] for record in self.records], dtype=np.float64)
         self.frame_counts = np.array([record["frames"] for record in self.records], dtype=np.int64)
         self.sampling_rate = int(self.info["sampling_rate"])
+        # None: `data[i]` is the tower's output (25 frames/s); else the hidden states entering this
+        # layer (50 positions/s), for training that tunes the layers above (model.encode_above).
+        self.below_layer: int | None = self.info.get("below_layer")
         self._mapped: dict[Path, np.ndarray] = {}
 
     def check_tower(self, checkpoint: str | os.PathLike[str]) -> None:
@@ -348,7 +384,7 @@ class EncodedDataset:
         stored = self.info.get("tower_digest")
         if stored is None:
             raise EdgelalmError(f"{self.directory} does not record which audio tower encoded it (no tower_digest)")
-        if tower_digest(checkpoint) != stored:
+        if tower_digest(checkpoint, self.below_layer) != stored:
             raise EdgelalmError(
                 f"{self.directory} was encoded by another audio tower than {checkpoint}'s "
                 "(frames are only valid for the tower that made them)"

@@ -21,7 +21,7 @@ from transformers.masking_utils import create_bidirectional_mask
 
 from edgelalm.export import audio_tower as tower_steps
 from edgelalm.prompt import DEFAULT_PROMPT, chat_template_pieces
-from edgelalm.runtime.features import encoder_output_frames, valid_mel_frames
+from edgelalm.runtime.features import valid_mel_frames
 
 IGNORE_INDEX = -100
 
@@ -82,17 +82,40 @@ class EncodedAudio:
 def encode_batch(audio_tower: nn.Module, mel: torch.Tensor, mel_lengths: torch.Tensor) -> EncodedAudio:
     """The tower with transformers' padding mask: positions past each clip's valid count are
     masked as keys, so every valid output frame equals the one-clip, full-window run."""
+    hidden, position_counts = encode_below(audio_tower, mel, mel_lengths, len(audio_tower.layers))
+    return encode_above(audio_tower, hidden, position_counts, len(audio_tower.layers))
+
+
+def encode_below(
+    audio_tower: nn.Module, mel: torch.Tensor, mel_lengths: torch.Tensor, end_layer: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tower up to (not including) layer `end_layer`: hidden [B, P, D] at 50 positions/s and
+    the valid positions per clip. What training data stores when the layers above are tuned."""
     device = audio_tower.conv1.weight.device
     mel, mel_lengths = mel.to(device), mel_lengths.to(device)
     hidden = tower_steps.convolutions(audio_tower, mel)
-    positions = hidden.shape[1]
     position_counts = (mel_lengths - 1) // 2 + 1
-    valid = (torch.arange(positions, device=device)[None, :] < position_counts[:, None]).long()
-    mask = create_bidirectional_mask(config=audio_tower.config, inputs_embeds=hidden, attention_mask=valid)
-    hidden = tower_steps.transformer(audio_tower, hidden, mask)
-    pooled = tower_steps.pooled(audio_tower, hidden)
-    frame_counts = [encoder_output_frames(int(n)) for n in mel_lengths]
-    return EncodedAudio(pooled, frame_counts, hidden, position_counts)
+    mask = _padding_mask(audio_tower, hidden, position_counts)
+    return tower_steps.transformer(audio_tower, hidden, mask, 0, end_layer), position_counts
+
+
+def encode_above(
+    audio_tower: nn.Module, hidden: torch.Tensor, position_counts: torch.Tensor, first_layer: int
+) -> EncodedAudio:
+    """The rest of the tower from layer `first_layer` on `encode_below`'s output, then the pool
+    and the final layer norm (25 frames/s; the last position of an odd count is dropped, as
+    transformers' length formula says)."""
+    position_counts = position_counts.to(hidden.device)
+    mask = _padding_mask(audio_tower, hidden, position_counts)
+    hidden = tower_steps.transformer(audio_tower, hidden, mask, first_layer)
+    frame_counts = [int(count) // 2 for count in position_counts]
+    return EncodedAudio(tower_steps.pooled(audio_tower, hidden), frame_counts, hidden, position_counts)
+
+
+def _padding_mask(audio_tower: nn.Module, hidden: torch.Tensor, position_counts: torch.Tensor) -> torch.Tensor:
+    """transformers' bidirectional mask with each clip's padding masked as keys."""
+    valid = (torch.arange(hidden.shape[1], device=hidden.device)[None, :] < position_counts[:, None]).long()
+    return create_bidirectional_mask(config=audio_tower.config, inputs_embeds=hidden, attention_mask=valid)
 
 
 def compress_and_project(model: nn.Module, compressor: nn.Module, encoded: EncodedAudio) -> list[torch.Tensor]:

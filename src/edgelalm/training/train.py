@@ -33,6 +33,7 @@ from edgelalm.training.model import (
     answer_loss,
     compress_and_project,
     decoder_inputs,
+    encode_above,
     encode_batch,
     log_mel_batch,
 )
@@ -69,6 +70,11 @@ class TrainSettings:
     # Encoded data only: how much likelier a free-word clip (kind "words") is drawn than any other.
     # No grammar predicts a free word sequence, so more of them should make the decoder listen.
     words_weight: float = 1.0
+    # Encoded data stored below a tower layer (`build_encoded(below_layer=)`) only: the tower's
+    # layers from this one up and its final layer norm train too (None: the tower stays frozen),
+    # at this share of the learning rate, so that the pretrained layers move less than the new ones.
+    tune_tower_from: int | None = None
+    tower_learning_rate_share: float = 0.3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,14 +242,38 @@ def batch_loss(
     return loss, parts
 
 
-def projected_frames(model: nn.Module, compressor: nn.Module, frames: list[np.ndarray]) -> list[torch.Tensor]:
-    """The tower's precomputed output of each clip, compressed and projected: [tokens, hidden] each."""
-    counts = [len(f) for f in frames]
-    padded = torch.zeros(len(frames), max(counts), frames[0].shape[1])
-    for row, rows in enumerate(frames):
-        padded[row, : len(rows)] = torch.from_numpy(np.asarray(rows, dtype=np.float32))
+def _padded(arrays: list[np.ndarray] | list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """[B, longest, D] float32, zeros after each."""
+    tensors = [torch.as_tensor(np.asarray(a, dtype=np.float32)) if isinstance(a, np.ndarray) else a for a in arrays]
+    return nn.utils.rnn.pad_sequence(tensors, batch_first=True).to(device)
+
+
+def tower_output(model: nn.Module, rows: list[list[np.ndarray]], below_layer: int | None) -> list[torch.Tensor]:
+    """Each row's tower output [frames, d_model]: its stored clips end to end. Clips stored below a
+    layer first go through the layers above, each clip alone, as the runtime encodes each window
+    alone (with gradients where those layers train)."""
+    if below_layer is None:
+        return [torch.from_numpy(np.concatenate(parts).astype(np.float32)).to(model.device) for parts in rows]
+    clips = [clip for parts in rows for clip in parts]
+    tower = model.model.audio_tower
+    encoded = encode_above(tower, _padded(clips, model.device), torch.tensor([len(c) for c in clips]), below_layer)
+    frames = [encoded.frames[n, :count] for n, count in enumerate(encoded.frame_counts)]
+    joined, start = [], 0
+    for parts in rows:
+        joined.append(torch.cat(frames[start : start + len(parts)]))
+        start += len(parts)
+    return joined
+
+
+def projected_frames(
+    model: nn.Module, compressor: nn.Module, rows: list[list[np.ndarray]], below_layer: int | None = None
+) -> list[torch.Tensor]:
+    """The stored clips of each row (`encoded_rows`), through the rest of the tower if stored below
+    a layer, compressed and projected: [tokens, hidden] each."""
+    frames = tower_output(model, rows, below_layer)
     empty = torch.zeros(0)
-    return compress_and_project(model, compressor, EncodedAudio(padded.to(model.device), counts, empty, empty))
+    encoded = EncodedAudio(_padded(frames, model.device), [len(f) for f in frames], empty, empty)
+    return compress_and_project(model, compressor, encoded)
 
 
 def frames_batch_loss(
@@ -251,16 +281,18 @@ def frames_batch_loss(
     compressor: nn.Module,
     prompt: PromptIds,
     tokenizer,
-    frames: list[np.ndarray],
+    rows: list[list[np.ndarray]],
     texts: list[str],
     ctc: CharacterCtc | TokenCtc | None = None,
     ctc_weight: float = 0.0,
     read_answers: Callable[[list[list[int]]], list[list[int]]] | None = None,
+    below_layer: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """`batch_loss` from the tower's precomputed output (the tower frozen). The CTC head, if any,
-    reads the projected audio embeddings: with the tower frozen, it is the projector that must learn
-    to carry the speech's characters."""
-    audio = projected_frames(model, compressor, frames)
+    """`batch_loss` from precomputed tower data (`encoded_rows`; the tower frozen, or its top layers
+    run here when `below_layer` says where the data was stored). The CTC head, if any, reads the
+    projected audio embeddings: it is the projector (and tuned layers) that must learn to carry the
+    speech's tokens."""
+    audio = projected_frames(model, compressor, rows, below_layer)
     answers = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
     inputs, mask, labels = decoder_inputs(
         model, prompt, audio, answers, read_answers(answers) if read_answers else None
@@ -277,9 +309,9 @@ def frames_batch_loss(
 
 def encoded_rows(
     data: EncodedDataset, indices: list[int], rng: np.random.Generator, joined: bool, max_frames: int
-) -> tuple[list[np.ndarray], list[str]]:
-    """The batch's frames and answers; `joined`: each row is its clip followed by 1-3 random clips
-    (up to `max_frames`), a long, multi-sentence example."""
+) -> tuple[list[list[np.ndarray]], list[str]]:
+    """The batch's stored clips and answers, a list of clips per row; `joined`: each row is its clip
+    followed by 1-3 random clips (up to `max_frames` stored frames), a long, multi-sentence example."""
     frames, answers = [], []
     for index in indices:
         clip_frames, text = data[index]
@@ -291,7 +323,7 @@ def encoded_rows(
                     break
                 parts.append(more)
                 words += [more_text] if more_text else []
-        frames.append(np.concatenate(parts))
+        frames.append(parts)
         answers.append(" ".join(words))
     return frames, answers
 
@@ -326,8 +358,22 @@ def train(
 
     compressor = compressor if compressor is not None else nn.Identity()
     encoded = isinstance(train_data, EncodedDataset)
+    below_layer = train_data.below_layer if isinstance(train_data, EncodedDataset) else None
+    tower = model.model.audio_tower
     if encoded:
-        model.model.audio_tower.requires_grad_(False)
+        tower.requires_grad_(False)
+        if test_data is not None and getattr(test_data, "below_layer", None) != below_layer:
+            raise ValueError("the held-out data is stored at another tower layer than the training data")
+    tuned_tower: list[nn.Parameter] = []
+    if settings.tune_tower_from is not None:
+        if below_layer is None or settings.tune_tower_from < below_layer:
+            raise ValueError(
+                f"tuning the tower from layer {settings.tune_tower_from} needs encoded data stored below it "
+                f"(this data: {'the tower output' if below_layer is None else f'below layer {below_layer}'})"
+            )
+        for module in [*tower.layers[settings.tune_tower_from :], tower.layer_norm]:
+            module.requires_grad_(True)
+            tuned_tower += list(module.parameters())
     prompt = PromptIds.from_processor(processor)
     tokenizer = processor.tokenizer
     feature_extractor = processor.feature_extractor
@@ -339,10 +385,12 @@ def train(
 
     def rows_loss(rows: list, texts: list[str], training: bool) -> tuple[torch.Tensor, dict[str, float]]:
         """Training: with the CTC loss and the corrupted answer inputs; else the plain answer loss."""
-        extras = (ctc, settings.ctc_weight, read_answers) if training else (None, 0.0, None)
+        head, weight, reader = (ctc, settings.ctc_weight, read_answers) if training else (None, 0.0, None)
         if encoded:
-            return frames_batch_loss(model, compressor, prompt, tokenizer, rows, texts, *extras)
-        return batch_loss(model, compressor, prompt, tokenizer, feature_extractor, rows, texts, *extras)
+            return frames_batch_loss(
+                model, compressor, prompt, tokenizer, rows, texts, head, weight, reader, below_layer=below_layer
+            )
+        return batch_loss(model, compressor, prompt, tokenizer, feature_extractor, rows, texts, head, weight, reader)
 
     # On the tower's last layer when the tower trains; on the projected embeddings when it is frozen.
     ctc_width = model.config.text_config.hidden_size if encoded else model.config.audio_config.d_model
@@ -359,12 +407,17 @@ def train(
     if ctc is not None:
         known = {id(p) for p in trained}  # TokenCtc's embeddings are the model's, trained already
         trained = trained + [p for p in ctc.parameters() if id(p) not in known]
-    decayed = [p for p in trained if p.ndim >= 2]
-    plain = [p for p in trained if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decayed, "weight_decay": settings.weight_decay}, {"params": plain, "weight_decay": 0.0}],
-        lr=settings.learning_rate,
-    )
+    in_tower = {id(p) for p in tuned_tower}
+    groups = []
+    for share, members in (
+        (1.0, [p for p in trained if id(p) not in in_tower]),
+        (settings.tower_learning_rate_share, tuned_tower),
+    ):
+        groups += [
+            {"params": [p for p in members if p.ndim >= 2], "weight_decay": settings.weight_decay, "share": share},
+            {"params": [p for p in members if p.ndim < 2], "weight_decay": 0.0, "share": share},
+        ]
+    optimizer = torch.optim.AdamW([group for group in groups if group["params"]], lr=settings.learning_rate)
     rng = np.random.default_rng(settings.seed)
     weights = None
     if settings.words_weight != 1.0:
@@ -384,11 +437,12 @@ def train(
         with torch.no_grad():
             for start in range(0, len(eval_indices), settings.batch_size):
                 items = [test_data[i] for i in eval_indices[start : start + settings.batch_size]]
-                loss, _ = rows_loss([w for w, _ in items], [t for _, t in items], training=False)
+                rows: list = [[w] for w, _ in items] if encoded else [w for w, _ in items]
+                loss, _ = rows_loss(rows, [t for _, t in items], training=False)
                 losses.append(float(loss) * len(items))
                 if isinstance(ctc, TokenCtc):
                     for (_, text), audio in zip(
-                        items, projected_frames(model, compressor, [f for f, _ in items]), strict=True
+                        items, projected_frames(model, compressor, rows, below_layer), strict=True
                     ):
                         references.append(text)
                         hypotheses.append(ctc.greedy(audio))
@@ -405,15 +459,18 @@ def train(
     with Bar(last_step, "training") if progress else contextlib.nullcontext() as bar:
         for step in range(last_step):
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate_at(step, settings)
+                group["lr"] = learning_rate_at(step, settings) * group.get("share", 1.0)
             indices = next(batches)
+            rows: list  # stored clips per row (encoded data) or waveforms
             if isinstance(train_data, EncodedDataset):
                 # A whole batch of joined rows (a quarter as many, each several clips long): mixed with
                 # single clips, every row would be padded to the longest.
                 joined = rng.random() < settings.concat_probability
                 if joined:
                     indices = indices[: max(1, len(indices) // 4)]
-                rows, texts = encoded_rows(train_data, indices, rng, joined, settings.max_concat_frames)
+                # max_concat_frames counts the tower's output frames; data stored below a layer has two per frame
+                per_frame = 2 if below_layer is not None else 1
+                rows, texts = encoded_rows(train_data, indices, rng, joined, settings.max_concat_frames * per_frame)
             else:
                 rows, texts = [], []
                 for index in indices:
