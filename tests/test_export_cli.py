@@ -14,7 +14,7 @@ import onnx
 import onnxruntime
 
 from edgelalm.compression import COMPRESSOR_NAMES
-from edgelalm.constants import MANIFEST_FILE
+from edgelalm.constants import MANIFEST_FILE, WINDOWS_ADVICE_FILE
 from edgelalm.files import sha256_of
 from edgelalm.manifest import read_manifest
 
@@ -140,6 +140,17 @@ def test_manifest_describes_the_model(tiny_checkpoint, tmp_path, monkeypatch, ca
     assert manifest["tools"]["torch"] and manifest["tools"]["onnxruntime"]
     for name, record in manifest["files"].items():
         assert record["sha256"] == sha256_of(out / name)
+    assert "windows" not in manifest  # the checkpoint advises nothing: run's default (joined)
+
+
+def test_the_checkpoints_window_advice_goes_into_the_manifest(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    model = tmp_path / "advising"
+    shutil.copytree(tiny_checkpoint, model)
+    (model / WINDOWS_ADVICE_FILE).write_text(json.dumps({"mode": "each", "seconds": 4}))
+    code, _, stderr = in_process(monkeypatch, capsys, "export", "--model", model, "--compressor", "none", "--out",
+                                 tmp_path / "b")  # fmt: skip
+    assert code == 0, stderr
+    assert json.loads((tmp_path / "b" / MANIFEST_FILE).read_text())["windows"] == {"mode": "each", "seconds": 4.0}
 
 
 def test_inspect_verifies_checksums(tiny_checkpoint, tmp_path, monkeypatch, capsys):
@@ -203,10 +214,20 @@ def _wrong_shapes(path, source):
     (path / "config.json").write_text(json.dumps(config))
 
 
+def _bad_window_advice(path, source):
+    shutil.copytree(source, path)
+    (path / WINDOWS_ADVICE_FILE).write_text(json.dumps({"mode": "each", "seconds": 40}))
+
+
 @pytest.mark.parametrize(
     "case,make,fragments",
     [
         ("missing", None, ["model folder not found"]),
+        (
+            "bad-window-advice",
+            _bad_window_advice,
+            [WINDOWS_ADVICE_FILE, "windows.seconds must be from 1 to the encoder's window of 10 s, got 40"],
+        ),
         ("no-config", _no_config, ["no config.json"]),
         ("not-qwen2-audio", _not_qwen2_audio, ["'llama'", "not Qwen2-Audio"]),
         ("pickle-only", _pickle_only, ["only pickle weights", "pytorch_model.bin"]),

@@ -164,6 +164,23 @@ MALFORMED = [
         lambda m: m["files"].pop("decoder.gguf"),
         "'decoder.gguf' is named by a section but not listed",
     ),
+    ("an unknown window mode", _set("windows", {"mode": "halves"}), "windows.mode must be one of joined, each"),
+    (
+        "a window length for joined windows",
+        _set("windows", {"mode": "joined", "seconds": 8}),
+        "windows.seconds applies to mode each",
+    ),
+    (
+        "a window shorter than a second",
+        _set("windows", {"mode": "each", "seconds": 0.5}),
+        "windows.seconds must be from 1 to the encoder's window of 10 s, got 0.5",
+    ),
+    (
+        "a window longer than the encoder's",
+        _set("windows", {"mode": "each", "seconds": 11}),
+        "windows.seconds must be from 1 to the encoder's window of 10 s, got 11",
+    ),
+    ("a window length that is text", _set("windows", {"mode": "each", "seconds": "8"}), "windows.seconds must be"),
     (
         "a file record without its checksum",
         lambda m: m["files"]["decoder.gguf"].pop("sha256"),

@@ -5,6 +5,7 @@ JSON) or in exactly one `edgelalm: error: ...` line on stderr and a non-zero exi
 traceback, never a hang. The audio is synthesised here (numpy + soundfile).
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -330,6 +331,34 @@ def test_shorter_windows_each_answered_apart(avg2, tmp_path):
 def test_a_window_length_out_of_place_is_one_line(avg2, tmp_path, extra, message):
     code, _, stderr = run(avg2, write_wav(tmp_path / "clip.wav", speechlike(3.0)), *extra)
     assert_one_line_error(code, stderr, message)
+
+
+@pytest.fixture(scope="module")
+def advising(avg2, tmp_path_factory):
+    """The avg2 bundle advising 4 s windows answered each on its own (the manifest's `windows`, as
+    export writes it from a checkpoint's edgelalm_windows.json)."""
+    from edgelalm.manifest import WindowsInfo, read_manifest, write_manifest
+
+    folder = tmp_path_factory.mktemp("advising") / "bundle"
+    shutil.copytree(avg2, folder)
+    write_manifest(folder, dataclasses.replace(read_manifest(folder), windows=WindowsInfo("each", 4.0)))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("extra", "mode", "windows"),
+    [
+        ((), "each", (3, 6)),  # the advice: 4 s windows of the 12 s clip
+        (("--windows", "each"), "each", (3, 6)),  # the advice's length
+        (("--windows", "each", "--window-seconds", 10), "each", (2, 2)),  # the caller's length
+        (("--windows", "joined"), "joined", (2, 2)),  # the encoder's 10 s windows in one prompt
+    ],
+)
+def test_the_bundle_advises_the_windows_and_the_caller_overrides(advising, tmp_path, extra, mode, windows):
+    result = assert_result(*run(advising, write_wav(tmp_path / "clip.wav", speechlike(12.0)), *extra))
+    assert result["window_mode"] == mode and windows[0] <= result["windows"] <= windows[1]
+    code, stdout, _ = edgelalm("inspect", advising)
+    assert code == 0 and "windows       each, 4 s windows (the checkpoint's advice" in stdout
 
 
 def test_ten_minutes_fit_compressed(tiny_bundles, ten_minutes):

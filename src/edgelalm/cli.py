@@ -272,20 +272,21 @@ def run(
         typer.Option(min=1, help="A budget of audio tokens (fewer: a faster answer); with auto, it steers the choice."),
     ] = None,
     windows: Annotated[
-        WindowMode,
+        WindowMode | None,
         typer.Option(
             help="A clip longer than the encoder's window (30 s): joined = all its audio tokens in one prompt (a "
             "question about the whole recording; the context must hold them); each = cut at pauses into windows, "
             "each answered on its own and the answers joined (transcripts of any length; --max-tokens and "
-            "--max-audio-tokens then count per window)."
+            "--max-audio-tokens then count per window). Default: what the bundle advises (`edgelalm inspect`: "
+            "the default model answers 8 s windows best), else joined."
         ),
-    ] = "joined",
+    ] = None,
     window_seconds: Annotated[
         float | None,
         typer.Option(
             help="With --windows each: shorter windows than the encoder's (each cut at a pause in its second "
             "half), for a model that answers short clips better than full windows (the default model: README, "
-            "long clips). Default: the encoder's window."
+            "long clips). Default: the bundle's advice with each, else the encoder's window."
         ),
     ] = None,
 ) -> None:
@@ -294,13 +295,17 @@ def run(
 
     from edgelalm.runtime.pipeline import Runtime, latest_bundle
 
-    if window_seconds is not None and windows != "each":
-        raise EdgelalmError("--window-seconds applies to --windows each (windows answered each on its own)")
+    def check_window_seconds(mode: WindowMode | None) -> None:
+        if window_seconds is not None and mode == "joined":
+            raise EdgelalmError("--window-seconds applies to --windows each (windows answered each on its own)")
+
+    check_window_seconds(windows)
     _warn_if_extra_buffers_crash(llama_extra_buffers)
     if bundle is None:
         bundle = latest_bundle(DEFAULT_EXPORT_ROOT)
         _note(f"bundle {bundle} (the newest under {DEFAULT_EXPORT_ROOT}/; --bundle picks another)")
     with Runtime(bundle, threads=threads, device=device, llama_extra_buffers=llama_extra_buffers) as runtime:
+        check_window_seconds(runtime.windows_for(windows, None)[0])  # the bundle's advice, when not given
         result = runtime.run(
             audio,
             prompt=prompt,
@@ -350,6 +355,7 @@ def inspect(
         f"decoder       {describe_decoder(manifest.decoder)}",
         f"prompt        {manifest.prompt.format} ({TEMPLATE_SOURCE_DESCRIPTIONS[manifest.prompt.template_source]}), "
         f"default {manifest.prompt.default_prompt!r}",
+        f"windows       {describe_windows(manifest)}",
         "files (checksums verified):",
         *(f"  {name:28s} {record.bytes / 1e6:10.2f} MB" for name, record in manifest.files.items()),
     ]
@@ -525,6 +531,15 @@ def describe_decoder(decoder: DecoderInfo | None) -> str:
         f"{decoder.file}  {decoder.architecture} {decoder.quant}, {decoder.layers} layers, "
         f"hidden {decoder.hidden_size}, context {decoder.context_length}{merged}"
     )
+
+
+def describe_windows(manifest: Manifest) -> str:
+    """How `run` cuts long clips when not told (`Runtime.windows_for`)."""
+    advice = manifest.windows
+    if advice is None:
+        return "joined (the default; run --windows overrides)"
+    length = f", {advice.seconds:g} s windows" if advice.seconds is not None else ""
+    return f"{advice.mode}{length} (the checkpoint's advice; run --windows overrides)"
 
 
 @app.command()

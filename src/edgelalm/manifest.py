@@ -34,11 +34,13 @@ from edgelalm.constants import (
     MIN_MEL_FRAMES,
     RIGHT_CONTEXT_FRAMES,
     SINGLE_COMPRESSOR_FORMAT_VERSION,
+    WINDOWS_ADVICE_FILE,
     CompressorName,
     EncoderPrecision,
     PromptFormat,
     QuantType,
     TemplateSource,
+    WindowMode,
 )
 from edgelalm.errors import EdgelalmError
 from edgelalm.files import sha256_of
@@ -193,6 +195,15 @@ class FileRecord:
 
 
 @dataclass(frozen=True)
+class WindowsInfo:
+    """How `run` cuts a clip by default when the caller does not say (`run --windows`): the
+    checkpoint's advice (its WINDOWS_ADVICE_FILE), for a model that answers some windows better."""
+
+    mode: WindowMode
+    seconds: float | None = None  # with "each": windows this long, cut at a pause; None: the encoder's
+
+
+@dataclass(frozen=True)
 class Manifest:
     created_utc: str
     model: ModelInfo
@@ -209,12 +220,15 @@ class Manifest:
     # A bundle of several compressors (format version 2): {label: choice}, in the order exported;
     # `compressor` is the first, the default. Empty: one compressor, its adapter (if any) merged.
     compressors: dict[str, CompressorChoice] = field(default_factory=dict)
+    windows: WindowsInfo | None = None  # None: joined, the encoder's window (as bundles before it)
 
     def to_json(self) -> dict[str, Any]:
         header = {"format": self.format, "format_version": self.format_version}
         body = {key: value for key, value in dataclasses.asdict(self).items() if key not in header}
         if not self.compressors:
             del body["compressors"]  # a version-1 bundle, as older writers wrote it
+        if self.windows is None:
+            del body["windows"]
         return {**header, **body}
 
     def file_names(self) -> list[str]:
@@ -335,6 +349,41 @@ def _check_contract(manifest: Manifest, manifest_path: Path) -> None:
         }
         _expect(expected, manifest_path)
     _check_choices(manifest, manifest_path)
+    if manifest.windows is not None:
+        check_windows(manifest.windows, manifest.features.window_seconds, manifest_path)
+
+
+def check_windows(windows: WindowsInfo, encoder_seconds: float, source: Path) -> None:
+    """A window length only for "each", from 1 s to the encoder's window."""
+    if windows.seconds is None:
+        return
+    if windows.mode != "each":
+        raise EdgelalmError(f"{source}: windows.seconds applies to mode each (windows answered each on its own)")
+    if not 1.0 <= windows.seconds <= encoder_seconds:
+        raise EdgelalmError(
+            f"{source}: windows.seconds must be from 1 to the encoder's window of {encoder_seconds:g} s, "
+            f"got {windows.seconds:g}"
+        )
+
+
+def read_windows_advice(checkpoint_dir: Path, encoder_seconds: float) -> WindowsInfo | None:
+    """The checkpoint's WINDOWS_ADVICE_FILE, checked as the manifest's section is; None without one."""
+    path = checkpoint_dir / WINDOWS_ADVICE_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+        raise EdgelalmError(f"{path} is not valid JSON: {error}") from None
+    windows = _build(WindowsInfo, data, "windows", path)
+    check_windows(windows, encoder_seconds, path)
+    return windows
+
+
+def write_windows_advice(checkpoint_dir: Path, windows: WindowsInfo) -> Path:
+    path = checkpoint_dir / WINDOWS_ADVICE_FILE
+    path.write_text(json.dumps(dataclasses.asdict(windows), indent=2) + "\n", encoding="utf-8")
+    return path
 
 
 def _expect(expected: dict[str, tuple[Any, Any]], manifest_path: Path) -> None:

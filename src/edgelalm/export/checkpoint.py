@@ -17,6 +17,7 @@ from safetensors import safe_open
 from torch import nn
 
 from edgelalm.errors import EdgelalmError
+from edgelalm.manifest import WindowsInfo, read_windows_advice
 
 if TYPE_CHECKING:  # transformers is imported lazily, when a checkpoint is opened
     from transformers import Qwen2AudioConfig, Qwen2AudioProcessor
@@ -45,6 +46,7 @@ class Checkpoint:
     config: Qwen2AudioConfig
     processor: Qwen2AudioProcessor
     tensor_files: dict[str, Path]
+    windows_advice: WindowsInfo | None = None  # its WINDOWS_ADVICE_FILE, for the manifest
 
     @property
     def name(self) -> str:
@@ -157,7 +159,8 @@ def open_checkpoint(path: Path) -> Checkpoint:
         processor = Qwen2AudioProcessor.from_pretrained(path)
     except (OSError, ValueError, TypeError) as error:
         raise EdgelalmError(f"{path}: cannot load its processor (tokenizer + feature extractor): {error}") from None
-    return Checkpoint(path=path, config=config, processor=processor, tensor_files=tensor_files)
+    advice = read_windows_advice(path, float(processor.feature_extractor.chunk_length))
+    return Checkpoint(path=path, config=config, processor=processor, tensor_files=tensor_files, windows_advice=advice)
 
 
 def _index_safetensors(path: Path) -> dict[str, Path]:

@@ -143,6 +143,7 @@ def build_manifest(
         tools={name: _version(name) for name in TOOL_PACKAGES},
         compressors=compressors,
         format_version=BUNDLE_FORMAT_VERSION if compressors else SINGLE_COMPRESSOR_FORMAT_VERSION,
+        windows=checkpoint.windows_advice,
     )
 
 

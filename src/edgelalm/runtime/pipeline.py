@@ -252,7 +252,7 @@ class Runtime:
         prompt_special_tokens: bool = False,
         compressor: str | None = None,
         max_audio_tokens: int | None = None,
-        windows: WindowMode = "joined",
+        windows: WindowMode | None = None,
         window_seconds: float | None = None,
     ) -> RunResult:
         """Answer a prompt about one clip. Safe to call from several threads: up to
@@ -280,8 +280,10 @@ class Runtime:
                 audio tokens in one prompt (the context must hold them all); "each" cuts it at
                 pauses into windows, answers each on its own (with `max_tokens` and the audio budget
                 per window) and joins the answers: any length, for transcripts of long recordings.
+                None: the bundle's advice (`manifest.windows`, from its checkpoint), else "joined".
             window_seconds: with "each", windows shorter than the encoder's (cut at a pause in
                 their second half): for a model that answers short clips better than full windows.
+                None: the bundle's advice when it advises "each", else the encoder's window.
 
         Returns:
             RunResult: the text, token counts, per-stage timings in ms, decode rate, peak RSS and
@@ -291,8 +293,7 @@ class Runtime:
             EdgelalmError: unreadable or too short audio, a clip too long for the context,
                 max_tokens < 1; the message is one line, worded for the user.
         """
-        if windows not in WINDOW_MODES:
-            raise EdgelalmError(f"windows must be one of {', '.join(WINDOW_MODES)}, got {windows!r}")
+        windows, window_seconds = self.windows_for(windows, window_seconds)
         cut = self._cut_settings(windows, window_seconds)
         context = self._acquire()
         try:
@@ -577,6 +578,17 @@ class Runtime:
             compressor_choice=choice,
             window_mode=window_mode,
         )
+
+    def windows_for(self, windows: WindowMode | None, window_seconds: float | None) -> tuple[WindowMode, float | None]:
+        """The window mode and length a run uses: the caller's, else the bundle's advice, else joined."""
+        advice = self.manifest.windows
+        if windows is None:
+            windows = advice.mode if advice is not None else "joined"
+        if windows not in WINDOW_MODES:
+            raise EdgelalmError(f"windows must be one of {', '.join(WINDOW_MODES)}, got {windows!r}")
+        if window_seconds is None and windows == "each" and advice is not None and advice.mode == "each":
+            window_seconds = advice.seconds
+        return windows, window_seconds
 
     def _cut_settings(self, windows: WindowMode, window_seconds: float | None) -> FeatureSettings:
         """The features' settings with the window a clip is cut into: the encoder's, or a shorter one."""
