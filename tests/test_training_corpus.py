@@ -385,3 +385,20 @@ def test_finetune_reads_a_folder_stored_below_a_layer(encoded_below, tiny_checkp
         json.loads(line) for line in (finetune(options, progress=False) / "train_log.jsonl").read_text().splitlines()
     ]
     assert records[-1]["step"] == 3 and np.isfinite(records[-1]["answer_loss"])
+
+
+def test_a_folder_carried_further_up_is_what_the_tower_stores_there(encoded_below, encoded, tiny_checkpoint, tmp_path):
+    """`encode_further` to the tower's output: the clips of a folder built that way (the same seed),
+    within float16 rounding, checked against the tower that carried it; never downwards."""
+    from edgelalm.training.encoded import encode_further
+
+    carried = EncodedDataset(encode_further(encoded_below.directory, tmp_path / "out", tiny_checkpoint, progress=False))
+    assert carried.below_layer is None and carried.info["frames_per_second"] == 25
+    carried.check_tower(tiny_checkpoint)
+    assert carried.texts == encoded.texts[: len(carried)]
+    for index in range(len(carried)):
+        reference = encoded[index][0].astype(np.float32)
+        np.testing.assert_allclose(carried[index][0].astype(np.float32), reference, atol=5e-3 * np.abs(reference).max())
+        np.testing.assert_array_equal(carried.audio(index), encoded_below.audio(index))
+    with pytest.raises(EdgelalmError, match="cannot be carried"):
+        encode_further(tmp_path / "out", tmp_path / "back", tiny_checkpoint, 1, progress=False)

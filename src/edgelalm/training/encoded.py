@@ -330,6 +330,98 @@ def build_encoded(
     return out
 
 
+def encode_further(
+    source: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str],
+    below_layer: int | None = None,
+    *,
+    batch_clips: int = 32,
+    progress: bool = True,
+) -> Path:
+    """A folder stored below a tower layer, carried further up by `checkpoint`'s tower: to below
+    `below_layer`, or (None) to the tower's output at 25 frames/s, as `build_encoded` would have
+    stored it with that tower. What stays frozen is then computed once instead of every step: a
+    training run that tunes only the top layer, or a realignment of a tuned model. The clips,
+    texts and audio are the source's (audio shards hard-linked when the file system allows)."""
+    import torch
+    from transformers import Qwen2AudioForConditionalGeneration
+
+    from edgelalm.training.model import encode_above, encode_between
+
+    data = EncodedDataset(source)
+    data.check_tower(checkpoint)
+    start = data.below_layer
+    if start is None or (below_layer is not None and below_layer <= start):
+        raise EdgelalmError(
+            f"{source}: stored {'as the tower output' if start is None else f'below layer {start}'}; "
+            f"cannot be carried to {'the output' if below_layer is None else f'below layer {below_layer}'}"
+        )
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32, use_safetensors=True)
+    tower = model.model.audio_tower.eval()
+    out = Path(out_dir)
+    if out.exists():
+        raise EdgelalmError(f"{out} already exists")
+    records: list[dict] = []
+    shards: list[dict] = []
+    with (
+        atomic_folder(out, force=False) as partial,
+        Bar(len(data), f"{source} -> {out}") if progress else _NoBar() as bar,
+    ):
+        for number, shard in enumerate(data.info["shards"]):
+            members = [i for i, record in enumerate(data.records) if record["shard"] == number]
+            carried: dict[int, np.ndarray] = {}
+            by_length = sorted(members, key=lambda i: data.records[i]["frames"])  # little padding
+            for first in range(0, len(by_length), batch_clips):
+                batch = by_length[first : first + batch_clips]
+                clips = [torch.from_numpy(data[i][0].astype(np.float32)) for i in batch]
+                counts = torch.tensor([len(clip) for clip in clips])
+                padded = torch.nn.utils.rnn.pad_sequence(clips, batch_first=True)
+                with torch.no_grad():
+                    if below_layer is None:
+                        encoded = encode_above(tower, padded, counts, start)
+                        hidden, kept = encoded.frames, encoded.frame_counts
+                    else:
+                        hidden = encode_between(tower, padded, counts, start, below_layer)
+                        kept = [int(count) for count in counts]
+                for row, index in enumerate(batch):
+                    carried[index] = hidden[row, : kept[row]].numpy().astype(np.float16)
+                bar.update(completed=len(records) + len(carried))
+            offset = 0
+            for index in members:
+                records.append({**data.records[index], "offset": offset, "frames": int(carried[index].shape[0])})
+                offset += carried[index].shape[0]
+            frames_file = f"frames-{number:05d}.npy"
+            np.save(partial / frames_file, np.concatenate([carried[i] for i in members]), allow_pickle=False)
+            entry = {**shard, "frames": frames_file, "frame_count": offset}
+            if "audio" in shard:
+                _link_or_copy(Path(source) / shard["audio"], partial / shard["audio"])
+            shards.append(entry)
+        with open(partial / "metadata.jsonl", "w", encoding="utf-8") as metadata:
+            for record in records:
+                metadata.write(json.dumps(record, ensure_ascii=False) + "\n")
+        info = {
+            **data.info,
+            "checkpoint": str(checkpoint),
+            "tower_digest": tower_digest(checkpoint, below_layer),
+            "below_layer": below_layer,
+            "frames_per_second": 25 if below_layer is None else 50,
+            "shards": shards,
+            "carried_from": {"folder": str(source), "below_layer": start},
+        }
+        (partial / "dataset.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    import shutil
+
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
 class _NoBar:
     def __enter__(self) -> _NoBar:
         return self

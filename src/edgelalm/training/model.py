@@ -95,7 +95,7 @@ def encode_below(
     mel, mel_lengths = mel.to(device), mel_lengths.to(device)
     hidden = tower_steps.convolutions(audio_tower, mel)
     position_counts = (mel_lengths - 1) // 2 + 1
-    mask = _padding_mask(audio_tower, hidden, position_counts)
+    mask = padding_mask(audio_tower, hidden, position_counts)
     return tower_steps.transformer(audio_tower, hidden, mask, 0, end_layer), position_counts
 
 
@@ -106,13 +106,20 @@ def encode_above(
     and the final layer norm (25 frames/s; the last position of an odd count is dropped, as
     transformers' length formula says)."""
     position_counts = position_counts.to(hidden.device)
-    mask = _padding_mask(audio_tower, hidden, position_counts)
-    hidden = tower_steps.transformer(audio_tower, hidden, mask, first_layer)
+    hidden = encode_between(audio_tower, hidden, position_counts, first_layer, None)
     frame_counts = [int(count) // 2 for count in position_counts]
     return EncodedAudio(tower_steps.pooled(audio_tower, hidden), frame_counts, hidden, position_counts)
 
 
-def _padding_mask(audio_tower: nn.Module, hidden: torch.Tensor, position_counts: torch.Tensor) -> torch.Tensor:
+def encode_between(
+    audio_tower: nn.Module, hidden: torch.Tensor, position_counts: torch.Tensor, first_layer: int, end_layer: int | None
+) -> torch.Tensor:
+    """Layers [first_layer, end_layer) on hidden states stored below `first_layer` (None: to the last)."""
+    mask = padding_mask(audio_tower, hidden, position_counts)
+    return tower_steps.transformer(audio_tower, hidden, mask, first_layer, end_layer)
+
+
+def padding_mask(audio_tower: nn.Module, hidden: torch.Tensor, position_counts: torch.Tensor) -> torch.Tensor:
     """transformers' bidirectional mask with each clip's padding masked as keys."""
     valid = (torch.arange(hidden.shape[1], device=hidden.device)[None, :] < position_counts[:, None]).long()
     return create_bidirectional_mask(config=audio_tower.config, inputs_embeds=hidden, attention_mask=valid)
