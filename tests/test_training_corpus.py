@@ -402,3 +402,32 @@ def test_a_folder_carried_further_up_is_what_the_tower_stores_there(encoded_belo
         np.testing.assert_array_equal(carried.audio(index), encoded_below.audio(index))
     with pytest.raises(EdgelalmError, match="cannot be carried"):
         encode_further(tmp_path / "out", tmp_path / "back", tiny_checkpoint, 1, progress=False)
+
+
+def test_the_language_model_loss_reads_plain_sentences(encoded, tiny_checkpoint, tmp_path):
+    """`lm_texts`: a next-token loss on sentences with no prompt and no audio, beside the answers;
+    its labels are the sentence between two <|endoftext|>, as transformers' causal LM scores it."""
+    from edgelalm.training.model import answer_loss, text_inputs
+    from edgelalm.training.train import TrainSettings, train
+
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(tiny_checkpoint).eval()
+    processor = Qwen2AudioProcessor.from_pretrained(tiny_checkpoint)
+    tokenizer = processor.tokenizer
+    boundary = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    rows = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in ("set a timer", "call mom now please")]
+    with torch.no_grad():
+        loss = answer_loss(model, *text_inputs(model, rows, boundary))
+        reference = [  # each sentence alone, unpadded, through transformers' own forward
+            torch.nn.functional.cross_entropy(
+                model(input_ids=torch.tensor([[boundary, *row, boundary]])).logits[0, :-1],
+                torch.tensor([*row, boundary]),
+                reduction="sum",
+            )
+            for row in rows
+        ]
+    assert loss.item() == pytest.approx(float(sum(reference)) / sum(len(row) + 1 for row in rows), rel=1e-4)
+    settings = TrainSettings(steps=2, batch_size=2, warmup_steps=1, ctc_weight=0.0, bucket_batches=1, lm_weight=0.5)
+    log = train(
+        model, processor, encoded, None, tmp_path / "run", settings, progress=False, lm_texts=["hello there"] * 3
+    )
+    assert np.isfinite(log.records[-1]["lm_loss"]) and log.records[-1]["lm_loss"] > 0

@@ -131,6 +131,15 @@ def main(argv: list[str] | None = None) -> int:
         help="the tuned tower layers' learning rate, as a share of --learning-rate",
     )
     parser.add_argument(
+        "--lm-text",
+        type=Path,
+        default=None,
+        help="sentences, one per line (make_lm_text.py): a language-model loss on them beside the transcripts",
+    )
+    parser.add_argument(
+        "--lm-weight", type=float, default=0.3, help="the language-model loss's weight (with --lm-text)"
+    )
+    parser.add_argument(
         "--init-from",
         type=Path,
         default=None,
@@ -155,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         words_weight=args.words_weight,
         tune_tower_from=args.tune_tower_from,
         tower_learning_rate_share=args.tower_learning_rate_share,
+        lm_weight=args.lm_weight if args.lm_text else 0.0,
     )
     # Encoded data (the frozen Whisper tower's output, make_encoded_data.py) or rendered audio.
     encoded = is_encoded_folder(args.data / "train")
@@ -195,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         ctc_alphabet=(texts.ALPHABET if settings.ctc_weight > 0 else None) if encoded else alphabet,
         save=save,
         ctc_head=previous_head if previous_head and previous_head.is_file() else None,
+        lm_texts=args.lm_text.read_text(encoding="utf-8").splitlines() if args.lm_text else None,
     )
     save(args.out / "final")
     plot_losses(

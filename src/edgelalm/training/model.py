@@ -192,6 +192,25 @@ def decoder_inputs(
     return inputs, mask, (labels if answers is not None else None)
 
 
+def text_inputs(
+    model: nn.Module, rows: list[list[int]], boundary: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Plain text for the decoder's language-model loss, no prompt and no audio: each row's
+    tokens between two `boundary` tokens (<|endoftext|>), right-padded; inputs, mask, labels."""
+    embed = model.get_input_embeddings()
+    device = embed.weight.device
+    framed = [[boundary, *row, boundary] for row in rows]
+    length = max(len(row) for row in framed)
+    ids = torch.full((len(rows), length), boundary, dtype=torch.long, device=device)
+    labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long, device=device)
+    mask = torch.zeros(len(rows), length, dtype=torch.long, device=device)
+    for row, tokens in enumerate(framed):
+        ids[row, : len(tokens)] = torch.tensor(tokens, device=device)
+        labels[row, : len(tokens)] = torch.tensor(tokens, device=device)
+        mask[row, : len(tokens)] = 1
+    return embed(ids), mask, labels
+
+
 def answer_loss(model: nn.Module, inputs: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross entropy over the answer tokens."""
     hidden = model.model.language_model(inputs_embeds=inputs, attention_mask=mask).last_hidden_state

@@ -36,6 +36,7 @@ from edgelalm.training.model import (
     encode_above,
     encode_batch,
     log_mel_batch,
+    text_inputs,
 )
 
 
@@ -75,6 +76,12 @@ class TrainSettings:
     # at this share of the learning rate, so that the pretrained layers move less than the new ones.
     tune_tower_from: int | None = None
     tower_learning_rate_share: float = 0.3
+    # With `train(lm_texts=)`: a language-model loss on that many plain sentences a step (no audio,
+    # no prompt), at this weight, so the decoder learns English words and sentences beyond the
+    # transcripts (encoded data only).
+    lm_weight: float = 0.0
+    lm_batch_size: int = 16
+    lm_max_tokens: int = 64
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,6 +349,7 @@ def train(
     save: Callable[[Path], None] | None = None,
     progress: bool = True,
     ctc_head: Path | None = None,
+    lm_texts: list[str] | None = None,
 ) -> TrainLog:
     """Train `model` (in place, left in eval mode) and return the log; the caller saves it.
     `parameters` limits what is trained (LoRA); `save(folder)`, if given, writes a snapshot to
@@ -376,6 +384,7 @@ def train(
             tuned_tower += list(module.parameters())
     prompt = PromptIds.from_processor(processor)
     tokenizer = processor.tokenizer
+    lm_boundary = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     feature_extractor = processor.feature_extractor
     window_samples = processor.feature_extractor.n_samples
     sampling_rate = train_data.sampling_rate
@@ -480,6 +489,14 @@ def train(
                     rows.append(samples)
                     texts.append(text)
             loss, parts = rows_loss(rows, texts, training=True)
+            if lm_texts and settings.lm_weight > 0:
+                drawn = [lm_texts[int(i)] for i in rng.integers(len(lm_texts), size=settings.lm_batch_size)]
+                token_rows = [
+                    ids[: settings.lm_max_tokens] for ids in tokenizer(drawn, add_special_tokens=False)["input_ids"]
+                ]
+                lm_loss = answer_loss(model, *text_inputs(model, token_rows, lm_boundary))
+                parts["lm_loss"] = float(lm_loss.detach())
+                loss = loss + settings.lm_weight * lm_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = float(nn.utils.clip_grad_norm_(trained, settings.max_grad_norm))
