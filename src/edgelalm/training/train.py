@@ -78,7 +78,7 @@ class TrainSettings:
     tower_learning_rate_share: float = 0.3
     # With `train(lm_texts=)`: a language-model loss on that many plain sentences a step (no audio,
     # no prompt), at this weight, so the decoder learns English words and sentences beyond the
-    # transcripts (encoded data only).
+    # transcripts.
     lm_weight: float = 0.0
     lm_batch_size: int = 16
     lm_max_tokens: int = 64
