@@ -295,17 +295,14 @@ def run(
 
     from edgelalm.runtime.pipeline import Runtime, latest_bundle
 
-    def check_window_seconds(mode: WindowMode | None) -> None:
-        if window_seconds is not None and mode == "joined":
-            raise EdgelalmError("--window-seconds applies to --windows each (windows answered each on its own)")
-
-    check_window_seconds(windows)
     _warn_if_extra_buffers_crash(llama_extra_buffers)
     if bundle is None:
         bundle = latest_bundle(DEFAULT_EXPORT_ROOT)
         _note(f"bundle {bundle} (the newest under {DEFAULT_EXPORT_ROOT}/; --bundle picks another)")
     with Runtime(bundle, threads=threads, device=device, llama_extra_buffers=llama_extra_buffers) as runtime:
-        check_window_seconds(runtime.windows_for(windows, None)[0])  # the bundle's advice, when not given
+        # Worded for the command line: the mode given, else the bundle's advice.
+        if window_seconds is not None and runtime.windows_for(windows, None)[0] == "joined":
+            raise EdgelalmError("--window-seconds applies to --windows each (windows answered each on its own)")
         result = runtime.run(
             audio,
             prompt=prompt,

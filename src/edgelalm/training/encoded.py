@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgelalm.constants import SAMPLING_RATE
+from edgelalm.constants import ENCODER_FRAMES_PER_SECOND, SAMPLING_RATE
 from edgelalm.errors import EdgelalmError
 from edgelalm.files import atomic_folder
 from edgelalm.progress import Bar
@@ -53,6 +53,17 @@ SPEED_PERTURB_PROBABILITY, SPEED_FACTORS = 0.5, (0.9, 1.1)
 TELEPHONE_PROBABILITY = 0.1
 CLEAN_PROBABILITY = 0.15  # left as rendered (only padded with a little silence)
 _INT16_SCALE = 32767.0
+# Stored below a tower layer, a clip has two positions per output frame (the tower's stride-2 pool).
+POSITIONS_PER_FRAME = 2
+
+
+def stored_per_frame(below_layer: int | None) -> int:
+    """Stored rows per tower output frame: 1 for the output itself, 2 below a layer."""
+    return 1 if below_layer is None else POSITIONS_PER_FRAME
+
+
+def _stored_rate(below_layer: int | None) -> int:
+    return int(ENCODER_FRAMES_PER_SECOND) * stored_per_frame(below_layer)
 
 
 def tower_digest(checkpoint: str | os.PathLike[str], below_layer: int | None = None) -> str:
@@ -244,6 +255,9 @@ def build_encoded(
     texts.check_split(split)
     if count < 1:
         raise EdgelalmError(f"count must be at least 1, got {count}")
+    if below_layer is not None and below_layer < 1:
+        # Whisper's positions are added before layer 0: stored there, the layers above would add them again.
+        raise EdgelalmError(f"below_layer must be at least 1, got {below_layer}")
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise EdgelalmError(f"{out} already exists (pass overwrite=True to replace it)")
@@ -314,7 +328,7 @@ def build_encoded(
             "checkpoint": str(checkpoint),
             "tower_digest": tower_digest(checkpoint, below_layer),
             "below_layer": below_layer,
-            "frames_per_second": 25 if below_layer is None else 50,
+            "frames_per_second": _stored_rate(below_layer),
             "sampling_rate": SAMPLING_RATE,
             "total_seconds": round(total_seconds, 2),
             "shards": shards,
@@ -357,11 +371,11 @@ def encode_further(
             f"{source}: stored {'as the tower output' if start is None else f'below layer {start}'}; "
             f"cannot be carried to {'the output' if below_layer is None else f'below layer {below_layer}'}"
         )
-    model = Qwen2AudioForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32, use_safetensors=True)
-    tower = model.model.audio_tower.eval()
     out = Path(out_dir)
     if out.exists():
         raise EdgelalmError(f"{out} already exists")
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32, use_safetensors=True)
+    tower = model.model.audio_tower.eval()
     records: list[dict] = []
     shards: list[dict] = []
     with (
@@ -405,7 +419,7 @@ def encode_further(
             "checkpoint": str(checkpoint),
             "tower_digest": tower_digest(checkpoint, below_layer),
             "below_layer": below_layer,
-            "frames_per_second": 25 if below_layer is None else 50,
+            "frames_per_second": _stored_rate(below_layer),
             "shards": shards,
             "carried_from": {"folder": str(source), "below_layer": start},
         }

@@ -115,6 +115,8 @@ def encode_between(
     audio_tower: nn.Module, hidden: torch.Tensor, position_counts: torch.Tensor, first_layer: int, end_layer: int | None
 ) -> torch.Tensor:
     """Layers [first_layer, end_layer) on hidden states stored below `first_layer` (None: to the last)."""
+    if not audio_tower.layers[first_layer:end_layer]:
+        return hidden  # none to run (the pool after the whole tower): no mask to build
     mask = padding_mask(audio_tower, hidden, position_counts)
     return tower_steps.transformer(audio_tower, hidden, mask, first_layer, end_layer)
 

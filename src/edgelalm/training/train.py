@@ -25,7 +25,7 @@ from torch import nn
 from edgelalm.progress import Bar
 from edgelalm.training import speech
 from edgelalm.training.dataset import SpeechDataset
-from edgelalm.training.encoded import EncodedDataset
+from edgelalm.training.encoded import EncodedDataset, stored_per_frame
 from edgelalm.training.evaluate import score
 from edgelalm.training.model import (
     EncodedAudio,
@@ -477,9 +477,9 @@ def train(
                 joined = rng.random() < settings.concat_probability
                 if joined:
                     indices = indices[: max(1, len(indices) // 4)]
-                # max_concat_frames counts the tower's output frames; data stored below a layer has two per frame
-                per_frame = 2 if below_layer is not None else 1
-                rows, texts = encoded_rows(train_data, indices, rng, joined, settings.max_concat_frames * per_frame)
+                # max_concat_frames counts the tower's output frames, not the stored rows
+                most = settings.max_concat_frames * stored_per_frame(below_layer)
+                rows, texts = encoded_rows(train_data, indices, rng, joined, most)
             else:
                 rows, texts = [], []
                 for index in indices:
