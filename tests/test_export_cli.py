@@ -178,9 +178,18 @@ def test_existing_out_needs_force(tiny_checkpoint, tmp_path, monkeypatch, capsys
     code, _, stderr = in_process(monkeypatch, capsys, "export", "--model", tiny_checkpoint, "--out", out)
     assert_one_line_error(code, stderr, "already exists", "--force")
     assert (out / "keep.txt").read_text() == "mine"
+    # --force replaces an earlier bundle (or an empty folder), never a folder of other files: a
+    # mistyped --out (say `.`) must not delete the user's work.
+    code, _, stderr = in_process(monkeypatch, capsys, "export", "--model", tiny_checkpoint, "--out", out, "--force")
+    assert_one_line_error(code, stderr, "holds files and no manifest.json", "not replaced even with --force")
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
     code, _, stderr = in_process(monkeypatch, capsys, "export", "--model", tiny_checkpoint, "--out", out, "--force")
     assert code == 0, stderr
-    assert not (out / "keep.txt").exists() and (out / MANIFEST_FILE).exists()
+    (out / "extra.txt").write_text("left by the user in a bundle")
+    code, _, stderr = in_process(monkeypatch, capsys, "export", "--model", tiny_checkpoint, "--out", out, "--force")
+    assert code == 0, stderr
+    assert not (out / "extra.txt").exists() and (out / MANIFEST_FILE).exists()
     assert [p.name for p in tmp_path.iterdir()] == ["b"]
 
 
@@ -205,13 +214,24 @@ def _corrupt_weights(path, source):
 
 
 def _wrong_shapes(path, source):
-    # Valid files, but the config promises a wider encoder than the weights hold: fails
-    # after the staging folder exists, which must still be cleaned up.
+    # Valid files, but the config promises a narrower encoder than the weights hold.
     shutil.copytree(source, path)
     config = json.loads((path / "config.json").read_text())
     config["audio_config"]["d_model"] = 32
     config["audio_config"]["encoder_attention_heads"] = 4
     (path / "config.json").write_text(json.dumps(config))
+
+
+def _config_edited(section, field, value):
+    """A copy whose config.json gives `field` of `section` the value `value`."""
+
+    def make(path, source):
+        shutil.copytree(source, path)
+        config = json.loads((path / "config.json").read_text())
+        config[section][field] = value
+        (path / "config.json").write_text(json.dumps(config))
+
+    return make
 
 
 def _bad_window_advice(path, source):
@@ -233,11 +253,34 @@ def _bad_window_advice(path, source):
         ("pickle-only", _pickle_only, ["only pickle weights", "pytorch_model.bin"]),
         ("corrupt-weights", _corrupt_weights, ["not a readable safetensors file"]),
         ("wrong-shapes", _wrong_shapes, ["has shape (64,), the config says (32,)"]),
+        (
+            "negative-mel-bins",
+            _config_edited("audio_config", "num_mel_bins", -3),
+            ["audio_config.num_mel_bins must be a positive integer, not -3"],
+        ),
+        (
+            "heads-that-do-not-divide",
+            _config_edited("audio_config", "encoder_attention_heads", 5),
+            ["audio_config.d_model (64) is not a multiple of audio_config.encoder_attention_heads (5)"],
+        ),
+        ("a-word-for-a-size", _config_edited("text_config", "num_hidden_layers", "two"), ["num_hidden_layers", "int"]),
+        # 10^9 positions would be 256 GB of float32: refused from the headers before anything is allocated.
+        (
+            "positions-past-the-weights",
+            _config_edited("audio_config", "max_source_positions", 10**9),
+            ["embed_positions.weight has shape (500, 64), the config says (1000000000, 64)"],
+        ),
+        # Refused in the decoder's own words, not as a GGUF that llama.cpp cannot load.
+        (
+            "decoder-heads",
+            _config_edited("text_config", "num_attention_heads", 8),
+            ["decoder tensor model.layers.0.self_attn.k_proj", "has shape (32,), the config says (16,)"],
+        ),
     ],
 )
 def test_bad_model_folder(tiny_checkpoint, tmp_path, case, make, fragments):
     model = tmp_path / case
-    if make is _not_qwen2_audio or make is _no_config:
+    if make in (_not_qwen2_audio, _no_config):
         make(model)
     elif make is not None:
         make(model, tiny_checkpoint)

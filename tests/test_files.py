@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from edgelalm.files import read_tsv, write_tsv
+import os
+from pathlib import Path
+
+import pytest
+
+from edgelalm.errors import EdgelalmError
+from edgelalm.files import atomic_folder, read_tsv, write_tsv
 
 
 def test_a_table_is_tab_separated_text_with_a_header_and_reads_back(tmp_path):
@@ -20,3 +26,39 @@ def test_without_columns_the_first_row_names_them(tmp_path):
     table = tmp_path / "t.tsv"
     write_tsv(table, [{"x": "1", "y": "é"}])
     assert read_tsv(table) == [{"x": "1", "y": "é"}]
+
+
+def _write_into(target, force, marker):
+    with atomic_folder(target, force, marker=marker) as staging:
+        (staging / "marker.json").write_text("{}")
+        (staging / "new.txt").write_text("new")
+
+
+def test_force_replaces_only_an_earlier_output_or_an_empty_folder(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "thesis.tex").write_text("years of it")
+    with pytest.raises(EdgelalmError, match="already exists"):
+        _write_into(work, False, "marker.json")
+    with pytest.raises(EdgelalmError, match="holds files and no marker.json"):
+        _write_into(work, True, "marker.json")
+    assert (work / "thesis.tex").read_text() == "years of it"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]  # no staging folder left
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _write_into(empty, True, "marker.json")
+    assert (empty / "new.txt").read_text() == "new"
+    (empty / "new.txt").write_text("old")
+    _write_into(empty, True, "marker.json")  # an earlier output: replaced whole
+    assert (empty / "new.txt").read_text() == "new"
+
+
+def test_force_never_replaces_the_working_folder(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    with pytest.raises(EdgelalmError, match="not replaced even with --force"):
+        _write_into(Path("."), True, "marker.json")
+    assert os.listdir(work) == ["notes.txt"]

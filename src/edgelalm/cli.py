@@ -120,7 +120,9 @@ def export(
             "-encoder-<precision> when the encoder is not fp32."
         ),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace --out if it is an earlier output or empty (never other files).")
+    ] = False,
     share_from: Annotated[
         Path | None,
         typer.Option(
@@ -467,7 +469,9 @@ def finetune(
     device: Annotated[Device, typer.Option(help="cpu or cuda (PyTorch).")] = "cpu",
     seed: Annotated[int, typer.Option(help="Seed for the LoRA init, batches and augmentation.")] = 0,
     threads: Annotated[int | None, typer.Option(help="PyTorch CPU threads.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace --out if it is an earlier output or empty (never other files).")
+    ] = False,
 ) -> None:
     """Realign a checkpoint to a compressor (the paper's method): LoRA on the language model's q_proj and
     k_proj, trained on paired audio/text with the compressor between the frozen encoder and projector.

@@ -31,6 +31,8 @@ MANIFEST_FILE = "manifest.json"
 ENCODER_FILE = "encoder.onnx"
 COMPRESSOR_FILE = "compressor.onnx"
 DECODER_FILE = "decoder.gguf"
+# peft's adapter config: what marks a folder as a LoRA adapter (finetune writes it, export reads it).
+ADAPTER_CONFIG_FILE = "adapter_config.json"
 
 
 def compressor_file(label: str) -> str:

@@ -50,16 +50,28 @@ def link_or_copy(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-@contextlib.contextmanager
-def atomic_folder(target: Path, force: bool) -> Iterator[Path]:
-    """Yield an empty staging folder beside `target`; on success it becomes `target`
-    (replacing it only with `force`); on any failure it, and any parent folder created for
-    it, is removed."""
-    target = target.absolute()
+def check_replaceable(target: Path, force: bool, marker: str | None = None) -> None:
+    """Refuse, in one line, an output folder that atomic_folder would refuse (callers with a long
+    load before writing check first)."""
     if target.exists() and not force:
-        raise EdgelalmError(f"{target} already exists (--force, force=True, replaces it)")
+        raise EdgelalmError(f"{target} already exists (--force replaces it)")
     if target.exists() and not target.is_dir():
         raise EdgelalmError(f"{target} is a file, not a folder")
+    if target.exists() and marker is not None and not (target / marker).is_file() and any(target.iterdir()):
+        raise EdgelalmError(
+            f"{target} holds files and no {marker}: not an earlier output, so it is not replaced even with --force"
+        )
+
+
+@contextlib.contextmanager
+def atomic_folder(target: Path, force: bool, marker: str | None = None) -> Iterator[Path]:
+    """Yield an empty staging folder beside `target`; on success it becomes `target`
+    (replacing it only with `force`); on any failure it, and any parent folder created for
+    it, is removed. `marker`: a file every folder of this kind holds; `force` replaces an
+    existing folder only if it is empty or holds it, so a mistyped --out never deletes, say,
+    the user's working folder."""
+    target = target.absolute()
+    check_replaceable(target, force, marker)
     created_parents = [p for p in [target.parent, *target.parent.parents] if not p.exists()]
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

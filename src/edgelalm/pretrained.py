@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgelalm.compression import CompressorSpec
+from edgelalm.constants import ADAPTER_CONFIG_FILE
 from edgelalm.errors import EdgelalmError
 
 DEFAULT_MODEL_ROOT = Path(__file__).parent / "default_model"
@@ -30,10 +31,10 @@ def default_model_dir() -> Path:
 def shipped_adapters() -> list[str]:
     """Compressor labels with a shipped adapter, e.g. ['avg2', 'avg3', 'sample3', 'unseg']."""
     root = DEFAULT_MODEL_ROOT / "adapters"
-    return sorted(p.name for p in root.iterdir() if (p / "adapter_config.json").is_file()) if root.is_dir() else []
+    return sorted(p.name for p in root.iterdir() if (p / ADAPTER_CONFIG_FILE).is_file()) if root.is_dir() else []
 
 
 def default_adapter_dir(spec: CompressorSpec) -> Path | None:
     """The default model's adapter realigned to `spec`, if one is shipped."""
     folder = DEFAULT_MODEL_ROOT / "adapters" / spec.label
-    return folder if (folder / "adapter_config.json").is_file() else None
+    return folder if (folder / ADAPTER_CONFIG_FILE).is_file() else None

@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from edgelalm.constants import ADAPTER_CONFIG_FILE
 from edgelalm.errors import EdgelalmError
 from edgelalm.files import sha256_of
 
-CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 PICKLE_WEIGHTS_FILES = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
 # peft's LoraConfig defaults, used when adapter_config.json leaves a field out.
@@ -161,7 +161,7 @@ def open_adapter(path: Path, decoder_shapes: dict[str, tuple[int, ...]]) -> Lora
     """Validate the peft LoRA adapter folder `path` against the decoder (canonical name -> shape)."""
     path = Path(path)
     weights_file = check_adapter_files(path)
-    config = read_adapter_config(path / CONFIG_FILE)
+    config = read_adapter_config(path / ADAPTER_CONFIG_FILE)
     check_supported(config, path)
     rank, alpha = config_rank(config, path), config_alpha(config, path)
     use_rslora = bool(config.get("use_rslora", False))
@@ -235,8 +235,8 @@ def check_adapter_files(path: Path) -> Path:
                 "save_pretrained(..., safe_serialization=True) from a source you trust"
             )
         raise EdgelalmError(f"{path} is not a peft adapter folder: it has no {WEIGHTS_FILE}")
-    if not (path / CONFIG_FILE).is_file():
-        raise EdgelalmError(f"{path} is not a peft adapter folder: it has no {CONFIG_FILE}")
+    if not (path / ADAPTER_CONFIG_FILE).is_file():
+        raise EdgelalmError(f"{path} is not a peft adapter folder: it has no {ADAPTER_CONFIG_FILE}")
     return weights_file
 
 
@@ -274,14 +274,14 @@ def check_supported(config: dict[str, Any], path: Path) -> None:
 def config_rank(config: dict[str, Any], path: Path) -> int:
     rank = config.get("r", DEFAULT_RANK)
     if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
-        raise EdgelalmError(f"{path / CONFIG_FILE}: r must be a positive integer, not {rank!r}")
+        raise EdgelalmError(f"{path / ADAPTER_CONFIG_FILE}: r must be a positive integer, not {rank!r}")
     return rank
 
 
 def config_alpha(config: dict[str, Any], path: Path) -> float:
     alpha = config.get("lora_alpha", DEFAULT_ALPHA)
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
-        raise EdgelalmError(f"{path / CONFIG_FILE}: lora_alpha must be a number, not {alpha!r}")
+        raise EdgelalmError(f"{path / ADAPTER_CONFIG_FILE}: lora_alpha must be a number, not {alpha!r}")
     return float(alpha)
 
 
@@ -289,15 +289,17 @@ def config_pattern(config: dict[str, Any], key: str, path: Path) -> dict[str, An
     """rank_pattern / alpha_pattern: module pattern -> number, in file order (peft's first match wins)."""
     pattern = config.get(key) or {}
     if not isinstance(pattern, dict):
-        raise EdgelalmError(f"{path / CONFIG_FILE}: {key} must be an object (pattern -> value)")
+        raise EdgelalmError(f"{path / ADAPTER_CONFIG_FILE}: {key} must be an object (pattern -> value)")
     for module_pattern, value in pattern.items():
         valid = isinstance(value, int) and value > 0 if key == "rank_pattern" else isinstance(value, (int, float))
         if isinstance(value, bool) or not valid:
-            raise EdgelalmError(f"{path / CONFIG_FILE}: {key}[{module_pattern!r}] = {value!r} is not valid")
+            raise EdgelalmError(f"{path / ADAPTER_CONFIG_FILE}: {key}[{module_pattern!r}] = {value!r} is not valid")
         try:
             re.compile(module_pattern)
         except re.error as error:
-            raise EdgelalmError(f"{path / CONFIG_FILE}: {key} key {module_pattern!r} is not a regex: {error}") from None
+            raise EdgelalmError(
+                f"{path / ADAPTER_CONFIG_FILE}: {key} key {module_pattern!r} is not a regex: {error}"
+            ) from None
     return pattern
 
 
@@ -425,6 +427,6 @@ def check_factor_shapes(
         )
     if A_shape[0] != rank or B_shape[1] != rank:
         raise EdgelalmError(
-            f"{weights_file}: rank in {CONFIG_FILE} ({rank} for {module}) disagrees with the tensor shapes "
+            f"{weights_file}: rank in {ADAPTER_CONFIG_FILE} ({rank} for {module}) disagrees with the tensor shapes "
             f"({A_key} {A_shape}, {B_key} {B_shape})"
         )

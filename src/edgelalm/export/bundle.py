@@ -30,6 +30,7 @@ from edgelalm.constants import (
     COMPRESSOR_FILE,
     DECODER_FILE,
     ENCODER_FILE,
+    MANIFEST_FILE,
     MEL_FILTERS_FILE,
     QUANT_TYPES,
     PromptFormat,
@@ -115,7 +116,7 @@ def _write_bundle(options: ExportOptions) -> None:
     choices = _choices(options)
     several = bool(options.choices)
     steps = Steps(total=9 if several else 8)
-    with atomic_folder(options.out_dir, options.force) as staging, quiet_exporter():
+    with atomic_folder(options.out_dir, options.force, marker=MANIFEST_FILE) as staging, quiet_exporter():
         with steps.step(f"Reading checkpoint {options.model_dir}"):
             checkpoint = open_checkpoint(options.model_dir)
             prompt = prompt_pieces(checkpoint.processor, checkpoint.path, checkpoint.name, options.prompt_format)

@@ -52,11 +52,15 @@ class Checkpoint:
     def name(self) -> str:
         return model_name(self.path)
 
-    def tensors(self, prefixes: tuple[str, ...]) -> Iterator[tuple[str, torch.Tensor]]:
-        """(name without prefix, tensor) for every tensor under the first prefix present."""
+    def _first_prefix(self, prefixes: tuple[str, ...]) -> str:
         prefix = next((p for p in prefixes if any(k.startswith(p) for k in self.tensor_files)), None)
         if prefix is None:
             raise EdgelalmError(f"{self.path}: no tensors named {' or '.join(p + '*' for p in prefixes)}")
+        return prefix
+
+    def tensors(self, prefixes: tuple[str, ...]) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name without prefix, tensor) for every tensor under the first prefix present."""
+        prefix = self._first_prefix(prefixes)
         by_file: dict[Path, list[str]] = {}
         for key, file in self.tensor_files.items():
             if key.startswith(prefix):
@@ -79,6 +83,31 @@ class Checkpoint:
             raise EdgelalmError(f"{self.path}: no language-model tensors (language_model.*) in its weights")
         return keys
 
+    def check_shapes(self) -> None:
+        """The tower's, projector's and decoder's stored tensors are those the config describes,
+        shape for shape: the headers against models built on the meta device, so a config that
+        disagrees with its weights (say a max_source_positions of 10^9) is refused before anything
+        is allocated or written."""
+        from transformers import Qwen2ForCausalLM
+        from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
+
+        with torch.device("meta"):
+            tower = Qwen2AudioEncoder(self.config.audio_config)
+            projector = self._new_projector()
+            decoder = Qwen2ForCausalLM(self.config.text_config)
+        _check_shapes(tower, self._stored_shapes(AUDIO_TOWER_PREFIXES), self.path, "audio tower")
+        projector_shapes = {k.removeprefix("linear."): v for k, v in self._stored_shapes(PROJECTOR_PREFIXES).items()}
+        _check_shapes(projector, projector_shapes, self.path, "projector")
+        decoder_shapes = {canonical: self.tensor_shape(key) for canonical, key in self.decoder_tensor_keys().items()}
+        # Without its own lm_head llama.cpp reads the embeddings as the output layer (tied).
+        decoder_shapes.setdefault("lm_head.weight", decoder_shapes.get("model.embed_tokens.weight", ()))
+        _check_shapes(decoder, decoder_shapes, self.path, "decoder")
+
+    def _stored_shapes(self, prefixes: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+        """(name without prefix -> shape) under the first prefix present, from the headers."""
+        prefix = self._first_prefix(prefixes)
+        return {key[len(prefix) :]: self.tensor_shape(key) for key in self.tensor_files if key.startswith(prefix)}
+
     def tensor_shape(self, stored_key: str) -> tuple[int, ...]:
         """Shape from the safetensors header, without reading the tensor."""
         with safe_open(str(self.tensor_files[stored_key]), framework="pt") as weights:
@@ -96,31 +125,86 @@ class Checkpoint:
         _load_exactly(tower, dict(self.tensors(AUDIO_TOWER_PREFIXES)), self.path, "audio tower")
         return tower.float().eval()
 
+    def _new_projector(self) -> nn.Linear:
+        return nn.Linear(self.config.audio_config.d_model, self.config.text_config.hidden_size)
+
     def load_projector(self) -> nn.Linear:
-        audio_width = self.config.audio_config.d_model
-        hidden = self.config.text_config.hidden_size
-        projector = nn.Linear(audio_width, hidden)
+        projector = self._new_projector()
         state = {k.removeprefix("linear."): v for k, v in self.tensors(PROJECTOR_PREFIXES)}
         _load_exactly(projector, state, self.path, "projector")
         return projector.float().eval()
 
 
-def _load_exactly(module: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str) -> None:
+def _check_shapes(module: nn.Module, stored_shapes: dict[str, tuple[int, ...]], path: Path, what: str) -> None:
+    """The stored tensors are exactly the module's, shape for shape; else one line naming the first."""
     expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+    missing = sorted(set(expected) - set(stored_shapes))
+    unexpected = sorted(set(stored_shapes) - set(expected))
     if missing or unexpected:
         raise EdgelalmError(
             f"{path}: the {what} weights do not fit the config "
             f"(missing: {', '.join(missing[:3]) or 'none'}; unexpected: {', '.join(unexpected[:3]) or 'none'})"
         )
-    for key, tensor in state.items():
-        if tensor.shape != expected[key].shape:
+    for key, shape in stored_shapes.items():
+        if tuple(shape) != tuple(expected[key].shape):
             raise EdgelalmError(
-                f"{path}: {what} tensor {key} has shape {tuple(tensor.shape)}, "
-                f"the config says {tuple(expected[key].shape)}"
+                f"{path}: {what} tensor {key} has shape {tuple(shape)}, the config says {tuple(expected[key].shape)}"
             )
+
+
+def _load_exactly(module: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str) -> None:
+    _check_shapes(module, {key: tuple(tensor.shape) for key, tensor in state.items()}, path, what)
     module.load_state_dict({k: v.float() for k, v in state.items()})
+
+
+# Sizes a config must give as positive integers: transformers checks their types, not their values.
+POSITIVE_AUDIO_FIELDS = (
+    "num_mel_bins",
+    "d_model",
+    "encoder_layers",
+    "encoder_attention_heads",
+    "encoder_ffn_dim",
+    "max_source_positions",
+)
+POSITIVE_TEXT_FIELDS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "vocab_size",
+)
+
+
+def _check_config(config_file: Path, config: Qwen2AudioConfig) -> None:
+    """Sizes that cannot build a model are refused here, in one line, not by torch or llama.cpp."""
+    sections = (
+        ("audio_config", config.audio_config, POSITIVE_AUDIO_FIELDS),
+        ("text_config", config.text_config, POSITIVE_TEXT_FIELDS),
+    )
+    for section_name, section, fields in sections:
+        for field_name in fields:
+            value = getattr(section, field_name, None)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise EdgelalmError(
+                    f"{config_file}: {section_name}.{field_name} must be a positive integer, not {value!r}"
+                )
+    audio, text = config.audio_config, config.text_config
+    divisions = (
+        ("audio_config.d_model", audio.d_model, "audio_config.encoder_attention_heads", audio.encoder_attention_heads),
+        ("text_config.hidden_size", text.hidden_size, "text_config.num_attention_heads", text.num_attention_heads),
+        (
+            "text_config.num_attention_heads",
+            text.num_attention_heads,
+            "text_config.num_key_value_heads",
+            text.num_key_value_heads,
+        ),
+    )
+    for whole_name, whole, part_name, part in divisions:
+        if whole % part:
+            raise EdgelalmError(f"{config_file}: {whole_name} ({whole}) is not a multiple of {part_name} ({part})")
+    if not text.rms_norm_eps > 0:
+        raise EdgelalmError(f"{config_file}: text_config.rms_norm_eps must be positive, not {text.rms_norm_eps!r}")
 
 
 def model_name(path: Path) -> str:
@@ -152,15 +236,25 @@ def open_checkpoint(path: Path) -> Checkpoint:
         )
     tensor_files = _index_safetensors(path)
 
+    from huggingface_hub.errors import StrictDataclassError
     from transformers import Qwen2AudioConfig, Qwen2AudioProcessor
 
-    config = Qwen2AudioConfig.from_pretrained(path)
+    try:
+        config = Qwen2AudioConfig.from_pretrained(path)
+    except (StrictDataclassError, TypeError, ValueError) as error:  # transformers checks each field's type
+        cause = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise EdgelalmError(f"{config_file}: {cause[-1] if cause else type(error).__name__}") from None
+    _check_config(config_file, config)
     try:
         processor = Qwen2AudioProcessor.from_pretrained(path)
     except (OSError, ValueError, TypeError) as error:
         raise EdgelalmError(f"{path}: cannot load its processor (tokenizer + feature extractor): {error}") from None
     advice = read_windows_advice(path, float(processor.feature_extractor.chunk_length))
-    return Checkpoint(path=path, config=config, processor=processor, tensor_files=tensor_files, windows_advice=advice)
+    checkpoint = Checkpoint(
+        path=path, config=config, processor=processor, tensor_files=tensor_files, windows_advice=advice
+    )
+    checkpoint.check_shapes()
+    return checkpoint
 
 
 def _index_safetensors(path: Path) -> dict[str, Path]:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgelalm.compression import CompressorSpec
+from edgelalm.constants import ADAPTER_CONFIG_FILE
 from edgelalm.errors import EdgelalmError
 from edgelalm.files import read_tsv
 from edgelalm.runtime.audio import audio_seconds, read_audio
@@ -126,7 +127,7 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
     from peft import LoraConfig, get_peft_model
 
     from edgelalm.export.compressor import build_compressor
-    from edgelalm.files import atomic_folder
+    from edgelalm.files import atomic_folder, check_replaceable
     from edgelalm.training.train import TrainSettings, plot_losses, train
 
     if options.steps < 1 or options.batch_size < 1:
@@ -135,6 +136,7 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
         raise EdgelalmError("the LoRA rank must be at least 1 and alpha positive")
     # peft asks transformers a deprecated question; the user can do nothing about it.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    check_replaceable(options.out_dir.absolute(), options.force, marker=ADAPTER_CONFIG_FILE)
     model, processor = load_for_training(options.model_dir, options.device)
     sampling_rate = processor.feature_extractor.sampling_rate
     data = open_paired_data(options.data, sampling_rate, options.normalize, options.model_dir)
@@ -163,7 +165,7 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
         bucket_batches=max(1, min(TrainSettings.bucket_batches, len(data) // options.batch_size)),
     )
     compressor = build_compressor(options.compressor)
-    with atomic_folder(options.out_dir, options.force) as staging:
+    with atomic_folder(options.out_dir, options.force, marker=ADAPTER_CONFIG_FILE) as staging:
         log = train(
             peft_model.base_model.model,
             processor,
