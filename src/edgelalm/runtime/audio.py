@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,8 +97,33 @@ def read_audio(path: Path, sampling_rate: int) -> np.ndarray:
     return prepare_samples(samples, file_rate, sampling_rate, str(path))
 
 
-def prepare_samples(samples: np.ndarray, file_rate: int, sampling_rate: int, source: str = "the audio") -> np.ndarray:
+def samples_in_memory(audio: np.ndarray | Sequence[float], source: str = "the audio") -> np.ndarray:
+    """Samples handed to `Runtime.run` -> float32, [frames] or [frames, channels]. Float samples
+    (and lists of numbers, which declare no width) are taken as they are; an integer PCM array
+    (int16, int32, uint8) is scaled to [-1, 1) as libsndfile reads it from a file."""
+    try:
+        samples = np.asarray(audio) if isinstance(audio, np.ndarray) else np.asarray(audio, dtype=np.float32)
+    except (TypeError, ValueError) as error:
+        raise EdgelalmError(f"{source}: samples must be numbers ({error})") from None
+    if samples.dtype.kind in "iu":
+        samples = pcm_to_float(samples)
+    elif samples.dtype.kind != "f":
+        raise EdgelalmError(f"{source}: samples must be float or integer PCM, not {samples.dtype}")
+    if samples.ndim == 2 and samples.shape[1] > samples.shape[0]:
+        # Too short to encode either way; a channels-first array is the likely mistake.
+        raise EdgelalmError(
+            f"{source}: shaped {samples.shape}, that is {samples.shape[0]} frames of {samples.shape[1]} channels; "
+            "samples go [frames, channels] (transpose channels-first audio)"
+        )
+    return samples.astype(np.float32, copy=False)
+
+
+def prepare_samples(samples: np.ndarray, file_rate: float, sampling_rate: int, source: str = "the audio") -> np.ndarray:
     """[frames] or [frames, channels] at `file_rate` -> mono float32 at `sampling_rate`."""
+    if isinstance(file_rate, bool) or not isinstance(file_rate, numbers.Real) or not 0 < file_rate < math.inf:
+        raise EdgelalmError(
+            f"{source}: the sampling rate must be a positive number of samples a second, not {file_rate!r}"
+        )
     samples = np.asarray(samples, dtype=np.float32)
     if samples.ndim == 2:
         samples = samples.mean(axis=1)
@@ -109,6 +136,13 @@ def prepare_samples(samples: np.ndarray, file_rate: int, sampling_rate: int, sou
     if file_rate != sampling_rate:
         samples = soxr.resample(samples, file_rate, sampling_rate, quality="HQ").astype(np.float32)
     return samples
+
+
+def pcm_to_float(samples: np.ndarray) -> np.ndarray:
+    """Integer PCM -> float in [-1, 1): signed by 2^(bits-1); unsigned (8-bit WAV) about its midpoint."""
+    full_scale = float(2 ** (8 * samples.dtype.itemsize - 1))
+    offset = full_scale if samples.dtype.kind == "u" else 0.0
+    return (samples.astype(np.float64) - offset) / full_scale
 
 
 def truncation_warning(info: AudioFileInfo) -> str | None:

@@ -15,10 +15,11 @@ import codecs
 import contextlib
 import dataclasses
 import functools
+import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from edgelalm.constants import (
 )
 from edgelalm.errors import EdgelalmError
 from edgelalm.manifest import read_manifest
-from edgelalm.runtime.audio import open_audio, prepare_samples, stream_audio, truncation_warning
+from edgelalm.runtime.audio import open_audio, prepare_samples, samples_in_memory, stream_audio, truncation_warning
 from edgelalm.runtime.compressor import CompressorProjector
 from edgelalm.runtime.decoder import LlamaAdapter, LlamaContext, LlamaModel
 from edgelalm.runtime.encoder import AudioEncoder
@@ -241,7 +242,7 @@ class Runtime:
 
     def run(
         self,
-        audio: Path | str | np.ndarray,
+        audio: Path | str | np.ndarray | Sequence[float],
         prompt: str | None = None,
         max_tokens: int = 256,
         temperature: float = 0.0,
@@ -260,7 +261,9 @@ class Runtime:
 
         Args:
             audio: a file path (wav, flac, ogg, mp3: whatever libsndfile reads, any rate and channel
-                count) or samples, [frames] or [frames, channels], float.
+                count) or samples, [frames] or [frames, channels]: float in [-1, 1] (an array or a
+                list), or an integer PCM array (int16, int32, uint8), scaled as libsndfile scales a
+                file's.
             prompt: what to ask; None: the bundle's transcription prompt. Rendered inside the
                 bundle's chat template after the audio.
             max_tokens: most tokens to generate (>= 1); the decoder's context must hold the
@@ -308,7 +311,7 @@ class Runtime:
     def _run(
         self,
         context: LlamaContext,
-        audio: Path | str | np.ndarray,
+        audio: Path | str | np.ndarray | Sequence[float],
         prompt: str | None,
         max_tokens: int,
         temperature: float,
@@ -330,8 +333,9 @@ class Runtime:
 
         target_rate = self.features.sampling_rate
         with clock("features"):
-            if isinstance(audio, np.ndarray):
-                samples = prepare_samples(audio, sampling_rate or target_rate, target_rate)
+            if not isinstance(audio, (str, os.PathLike)):  # samples: an array, or a list of numbers
+                file_rate = target_rate if sampling_rate is None else sampling_rate
+                samples = prepare_samples(samples_in_memory(audio), file_rate, target_rate)
                 total_samples = len(samples)
                 windows = iter(split_windows(samples, cut, cut_at_pauses=each_window))
                 warnings = []
