@@ -91,10 +91,14 @@ class Checkpoint:
         from transformers import Qwen2ForCausalLM
         from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
 
-        with torch.device("meta"):
-            tower = Qwen2AudioEncoder(self.config.audio_config)
-            projector = self._new_projector()
-            decoder = Qwen2ForCausalLM(self.config.text_config)
+        self.check_vocab_sizes()  # first: a tokenizer past the embeddings says more than a shape
+        try:
+            with torch.device("meta"):
+                tower = Qwen2AudioEncoder(self.config.audio_config)
+                projector = self._new_projector()
+                decoder = Qwen2ForCausalLM(self.config.text_config)
+        except (AssertionError, RuntimeError, TypeError, ValueError) as error:  # e.g. a pad token past the vocabulary
+            raise EdgelalmError(f"{self.path}: its config.json does not describe a buildable model: {error}") from None
         _check_shapes(tower, self._stored_shapes(AUDIO_TOWER_PREFIXES), self.path, "audio tower")
         projector_shapes = {k.removeprefix("linear."): v for k, v in self._stored_shapes(PROJECTOR_PREFIXES).items()}
         _check_shapes(projector, projector_shapes, self.path, "projector")
@@ -102,6 +106,25 @@ class Checkpoint:
         # Without its own lm_head llama.cpp reads the embeddings as the output layer (tied).
         decoder_shapes.setdefault("lm_head.weight", decoder_shapes.get("model.embed_tokens.weight", ()))
         _check_shapes(decoder, decoder_shapes, self.path, "decoder")
+
+    def check_vocab_sizes(self) -> None:
+        """The tokenizer must fit in the embedding rows, and the config must agree with them."""
+        embeddings = self.decoder_tensor_keys().get("model.embed_tokens.weight")
+        if embeddings is None:
+            return  # check_shapes names it as missing
+        embedding_rows = self.tensor_shape(embeddings)[0]
+        config_vocab = self.config.text_config.vocab_size
+        tokenizer_size = max(self.processor.tokenizer.get_vocab().values()) + 1
+        if embedding_rows != config_vocab:
+            raise EdgelalmError(
+                f"{self.path}: vocab size mismatch: config.json says {config_vocab}, "
+                f"the embeddings have {embedding_rows} rows"
+            )
+        if tokenizer_size > embedding_rows:
+            raise EdgelalmError(
+                f"{self.path}: vocab size mismatch: the tokenizer has {tokenizer_size} tokens, "
+                f"the embeddings have {embedding_rows} rows"
+            )
 
     def _stored_shapes(self, prefixes: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
         """(name without prefix -> shape) under the first prefix present, from the headers."""

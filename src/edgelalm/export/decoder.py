@@ -70,7 +70,6 @@ def write_float_gguf(
 ) -> None:
     text_config = checkpoint.config.text_config
     stored_keys = checkpoint.decoder_tensor_keys()
-    check_vocab_sizes(checkpoint, stored_keys)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN2, text_config.num_hidden_layers)
     plan: list[tuple[str, str, tuple[int, ...], np.dtype]] = []  # (canonical, gguf name, shape, dtype written)
     for canonical in stored_keys:
@@ -99,23 +98,6 @@ def write_float_gguf(
         del weight, delta
         on_tensor(done, len(plan))
     writer.close()
-
-
-def check_vocab_sizes(checkpoint: Checkpoint, stored_keys: dict[str, str]) -> None:
-    """The tokenizer must fit in the embedding rows, and the config must agree with them."""
-    embedding_rows = checkpoint.tensor_shape(stored_keys["model.embed_tokens.weight"])[0]
-    config_vocab = checkpoint.config.text_config.vocab_size
-    tokenizer_size = max(checkpoint.processor.tokenizer.get_vocab().values()) + 1
-    if embedding_rows != config_vocab:
-        raise EdgelalmError(
-            f"{checkpoint.path}: vocab size mismatch: config.json says {config_vocab}, "
-            f"the embeddings have {embedding_rows} rows"
-        )
-    if tokenizer_size > embedding_rows:
-        raise EdgelalmError(
-            f"{checkpoint.path}: vocab size mismatch: the tokenizer has {tokenizer_size} tokens, "
-            f"the embeddings have {embedding_rows} rows"
-        )
 
 
 def add_model_metadata(writer: gguf.GGUFWriter, checkpoint: Checkpoint, float_type: str) -> None:
