@@ -53,6 +53,7 @@ _EXTRA_BUFFERS_HELP = (
     "on: llama.cpp's stock setting; off: plain CPU buffers."
 )
 _THREADS_HELP = "CPU threads for onnxruntime and llama.cpp. Default: the cores this process may use."
+_FORCE_HELP = "Replace --out if it is an earlier output or empty (never other files)."
 _EXPORT_PACKAGES = ("torch", "transformers", "safetensors", "peft", "onnx", "onnxscript", "gguf")
 _COMPRESSOR_HELP = "Compressor between the audio encoder and the projector: " + "; ".join(
     f"{name} = {text}" for name, text in COMPRESSOR_DESCRIPTIONS.items()
@@ -120,9 +121,7 @@ def export(
             "-encoder-<precision> when the encoder is not fp32."
         ),
     ] = None,
-    force: Annotated[
-        bool, typer.Option("--force", help="Replace --out if it is an earlier output or empty (never other files).")
-    ] = False,
+    force: Annotated[bool, typer.Option("--force", help=_FORCE_HELP)] = False,
     share_from: Annotated[
         Path | None,
         typer.Option(
@@ -469,9 +468,7 @@ def finetune(
     device: Annotated[Device, typer.Option(help="cpu or cuda (PyTorch).")] = "cpu",
     seed: Annotated[int, typer.Option(help="Seed for the LoRA init, batches and augmentation.")] = 0,
     threads: Annotated[int | None, typer.Option(help="PyTorch CPU threads.")] = None,
-    force: Annotated[
-        bool, typer.Option("--force", help="Replace --out if it is an earlier output or empty (never other files).")
-    ] = False,
+    force: Annotated[bool, typer.Option("--force", help=_FORCE_HELP)] = False,
 ) -> None:
     """Realign a checkpoint to a compressor (the paper's method): LoRA on the language model's q_proj and
     k_proj, trained on paired audio/text with the compressor between the frozen encoder and projector.

@@ -53,11 +53,13 @@ def link_or_copy(source: Path, target: Path) -> None:
 def check_replaceable(target: Path, force: bool, marker: str | None = None) -> None:
     """Refuse, in one line, an output folder that atomic_folder would refuse (callers with a long
     load before writing check first)."""
-    if target.exists() and not force:
+    if not target.exists():
+        return
+    if not force:
         raise EdgelalmError(f"{target} already exists (--force replaces it)")
-    if target.exists() and not target.is_dir():
+    if not target.is_dir():
         raise EdgelalmError(f"{target} is a file, not a folder")
-    if target.exists() and marker is not None and not (target / marker).is_file() and any(target.iterdir()):
+    if marker is not None and not (target / marker).is_file() and any(target.iterdir()):
         raise EdgelalmError(
             f"{target} holds files and no {marker}: not an earlier output, so it is not replaced even with --force"
         )

@@ -145,7 +145,8 @@ class Checkpoint:
         from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
 
         tower = Qwen2AudioEncoder(self.config.audio_config)
-        _load_exactly(tower, dict(self.tensors(AUDIO_TOWER_PREFIXES)), self.path, "audio tower")
+        # open_checkpoint has checked every stored shape against the config (check_shapes).
+        tower.load_state_dict({k: v.float() for k, v in self.tensors(AUDIO_TOWER_PREFIXES)})
         return tower.float().eval()
 
     def _new_projector(self) -> nn.Linear:
@@ -153,8 +154,7 @@ class Checkpoint:
 
     def load_projector(self) -> nn.Linear:
         projector = self._new_projector()
-        state = {k.removeprefix("linear."): v for k, v in self.tensors(PROJECTOR_PREFIXES)}
-        _load_exactly(projector, state, self.path, "projector")
+        projector.load_state_dict({k.removeprefix("linear."): v.float() for k, v in self.tensors(PROJECTOR_PREFIXES)})
         return projector.float().eval()
 
 
@@ -173,11 +173,6 @@ def _check_shapes(module: nn.Module, stored_shapes: dict[str, tuple[int, ...]], 
             raise EdgelalmError(
                 f"{path}: {what} tensor {key} has shape {tuple(shape)}, the config says {tuple(expected[key].shape)}"
             )
-
-
-def _load_exactly(module: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str) -> None:
-    _check_shapes(module, {key: tuple(tensor.shape) for key, tensor in state.items()}, path, what)
-    module.load_state_dict({k: v.float() for k, v in state.items()})
 
 
 # Sizes a config must give as positive integers: transformers checks their types, not their values.
