@@ -157,6 +157,26 @@ def test_a_clip_past_the_window_comes_back_whole_in_the_windows_the_model_advise
     assert scored.wer <= in_8s_windows["results"]["none"]["pytorch"]["wer"], record["text"]
 
 
+def test_bundle_windows_each_cut_as_pytorch_cuts_not_as_the_bundle_advises(none_f16_bundle):
+    """wer_table's bundle columns with --windows each and no --window-seconds compare with PyTorch
+    cut at the encoder's 30 s window: transcribe_bundle must not take the bundle's advice (8 s) for
+    it. 46 s of the example clips with pauses: the same windows give the same transcripts."""
+    import numpy as np
+    from torch import nn
+    from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
+
+    model_dir = default_model_dir()
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir).float().eval()
+    processor = Qwen2AudioProcessor.from_pretrained(model_dir)
+    clips, _ = examples()
+    pause = np.zeros(int(0.8 * 16000), np.float32)
+    samples = np.concatenate([part for clip in clips + clips for part in (clip, pause)])
+    expected, expected_tokens = transcribe_torch(model, processor, nn.Identity(), [samples], 320, "each")
+    texts, tokens = transcribe_bundle(none_f16_bundle, [samples], 16000, max_new_tokens=320, windows="each")
+    assert tokens == expected_tokens
+    assert [t.strip() for t in texts] == [t.strip() for t in expected]
+
+
 def test_the_readme_set_up_command_gives_the_right_transcript(tmp_path):
     """README set-up command 1: `edgelalm export --compressor unseg` (the shipped model with its unseg
     adapter, q8_0), then `edgelalm run examples/kids-room.wav` with the newest bundle under ./export."""

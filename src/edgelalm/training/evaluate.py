@@ -112,12 +112,17 @@ def transcribe_bundle(
     windows: WindowMode = "joined",
     window_seconds: float | None = None,
 ) -> tuple[list[str], int]:
-    """Greedy transcripts through the torch-free runtime (onnxruntime + llama.cpp); `compressor`:
-    the entry of a bundle of several (its adapter applied at run time)."""
+    """Greedy transcripts through the torch-free runtime (onnxruntime + llama.cpp), cut into windows
+    as `transcribe_torch` cuts them; `compressor`: the entry of a bundle of several (its adapter
+    applied at run time)."""
     from edgelalm.runtime.pipeline import Runtime
 
     texts, audio_tokens = [], 0
     with Runtime(bundle, threads=threads) as runtime:
+        if windows == "each" and window_seconds is None:
+            # The encoder's own window, as transcribe_torch cuts, not the shorter one a bundle may
+            # advise `run` to use (the default model's: 8 s).
+            window_seconds = runtime.features.window_samples / runtime.features.sampling_rate
         for clip in clips:
             result = runtime.run(
                 clip,
