@@ -35,6 +35,24 @@ def examples() -> tuple[list, list[str]]:
     return [read_audio(EXAMPLES / file, 16000) for file in transcripts], list(transcripts.values())
 
 
+def examples_twice_with_pauses():
+    """46 s: the example clips twice over, 0.8 s of silence after each (past the 30 s window)."""
+    import numpy as np
+
+    clips, references = examples()
+    pause = np.zeros(int(0.8 * 16000), np.float32)
+    return np.concatenate([part for clip in clips + clips for part in (clip, pause)]), references * 2
+
+
+def pytorch_default_model():
+    """transformers' own model of the shipped checkpoint in float32, and its processor: the reference."""
+    from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
+
+    model_dir = default_model_dir()
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir).float().eval()
+    return model, Qwen2AudioProcessor.from_pretrained(model_dir)
+
+
 def export(out: Path, *args: str) -> subprocess.CompletedProcess:
     result = subprocess.run(
         [sys.executable, "-m", "edgelalm.cli", "export", *args, "--out", str(out)], capture_output=True, text=True
@@ -73,11 +91,8 @@ def test_bundle_transcripts_equal_pytorch_transcripts(none_f16_bundle):
     """Greedy transcripts of the example clips through onnxruntime + llama.cpp (f16: the shipped
     weights exactly) equal transformers' greedy generate on the same model."""
     from torch import nn
-    from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 
-    model_dir = default_model_dir()
-    model = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir).float().eval()
-    processor = Qwen2AudioProcessor.from_pretrained(model_dir)
+    model, processor = pytorch_default_model()
     clips, references = examples()
     reference_texts, reference_tokens = transcribe_torch(model, processor, nn.Identity(), clips)
     texts, tokens = transcribe_bundle(none_f16_bundle, clips, 16000)
@@ -135,12 +150,9 @@ def test_a_clip_past_the_window_comes_back_whole_in_the_windows_the_model_advise
     at pauses into windows of 4-8 s, each answered on its own. The joined transcript scores no worse
     than the shipped model's measured WER in 8 s windows on held-out clips of several sentences
     (15-30 s, results/test-long-each-8s, README): the windowing loses nothing it was measured with."""
-    import numpy as np
     import soundfile
 
-    clips, references = examples()
-    pause = np.zeros(int(0.8 * 16000), np.float32)
-    samples = np.concatenate([part for clip in clips + clips for part in (clip, pause)])
+    samples, references = examples_twice_with_pauses()
     soundfile.write(tmp_path / "long.wav", samples, 16000, subtype="PCM_16")
     result = subprocess.run(
         [sys.executable, "-m", "edgelalm.cli", "run", str(tmp_path / "long.wav"), "--bundle", str(none_f16_bundle)]
@@ -151,7 +163,7 @@ def test_a_clip_past_the_window_comes_back_whole_in_the_windows_the_model_advise
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout.strip().splitlines()[-1])
     assert record["window_mode"] == "each" and 6 <= record["windows"] <= 12, record
-    scored = score([" ".join(references * 2)], [record["text"]], record["audio_tokens"], len(samples) / 16000)
+    scored = score([" ".join(references)], [record["text"]], record["audio_tokens"], len(samples) / 16000)
     in_8s_windows = json.loads(HELD_OUT_WER.parent.with_name("test-long-each-8s").joinpath("wer.json").read_text())
     assert scored.words == 106
     assert scored.wer <= in_8s_windows["results"]["none"]["pytorch"]["wer"], record["text"]
@@ -161,16 +173,10 @@ def test_bundle_windows_each_cut_as_pytorch_cuts_not_as_the_bundle_advises(none_
     """wer_table's bundle columns with --windows each and no --window-seconds compare with PyTorch
     cut at the encoder's 30 s window: transcribe_bundle must not take the bundle's advice (8 s) for
     it. 46 s of the example clips with pauses: the same windows give the same transcripts."""
-    import numpy as np
     from torch import nn
-    from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 
-    model_dir = default_model_dir()
-    model = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir).float().eval()
-    processor = Qwen2AudioProcessor.from_pretrained(model_dir)
-    clips, _ = examples()
-    pause = np.zeros(int(0.8 * 16000), np.float32)
-    samples = np.concatenate([part for clip in clips + clips for part in (clip, pause)])
+    model, processor = pytorch_default_model()
+    samples, _ = examples_twice_with_pauses()
     expected, expected_tokens = transcribe_torch(model, processor, nn.Identity(), [samples], 320, "each")
     texts, tokens = transcribe_bundle(none_f16_bundle, [samples], 16000, max_new_tokens=320, windows="each")
     assert tokens == expected_tokens

@@ -33,6 +33,10 @@ class FeatureSettings:
     def window_frames(self) -> int:
         return self.window_samples // self.hop_length
 
+    @property
+    def window_seconds(self) -> float:
+        return self.window_samples / self.sampling_rate
+
 
 @dataclass(frozen=True)
 class WindowFeatures:

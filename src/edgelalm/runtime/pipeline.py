@@ -598,7 +598,7 @@ class Runtime:
         """The features' settings with the window a clip is cut into: the encoder's, or a shorter one."""
         if window_seconds is None:
             return self.features
-        encoder_seconds = self.features.window_samples / self.features.sampling_rate
+        encoder_seconds = self.features.window_seconds
         if windows != "each":
             raise EdgelalmError("window_seconds applies to windows answered each on its own (windows='each')")
         if not 1.0 <= window_seconds <= encoder_seconds:

@@ -122,7 +122,7 @@ def transcribe_bundle(
         if windows == "each" and window_seconds is None:
             # The encoder's own window, as transcribe_torch cuts, not the shorter one a bundle may
             # advise `run` to use (the default model's: 8 s).
-            window_seconds = runtime.features.window_samples / runtime.features.sampling_rate
+            window_seconds = runtime.features.window_seconds
         for clip in clips:
             result = runtime.run(
                 clip,
