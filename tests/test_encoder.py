@@ -7,6 +7,7 @@ context. Tolerance (fp32): max |diff| <= 5e-5 on layer-normed outputs of magnitu
 measured 1.4e-6 (width 64) and 3.6e-6 (width 1280).
 """
 
+import copy
 import ctypes
 
 import numpy as np
@@ -84,6 +85,37 @@ def test_reduced_precision_stays_close_and_shrinks(tiny, tmp_path, precision, to
         assert not [node.name for node in graph.node if node.op_type == "MatMul" and node.input[1] in weights]
         quantized = {node.input[1] for node in graph.node if node.op_type == "MatMulInteger"}
         assert len(quantized & weights) == 6 * len(tiny[0].model.audio_tower.layers)  # q, k, v, out, fc1, fc2
+
+
+def test_fp16_weights_compute_in_fp32_and_are_not_widened_at_load(tiny, tmp_path):
+    """fp16w: against transformers' tower with the same weights rounded to float16, the fp32
+    bound holds (the arithmetic is float32); onnxruntime's optimized graph keeps them float16."""
+    model, processor = tiny
+    rounded = copy.deepcopy(model)
+    matmul_weights = [
+        linear.weight
+        for layer in rounded.model.audio_tower.layers
+        for linear in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj)
+        + (layer.self_attn.out_proj, layer.fc1, layer.fc2)
+    ]
+    with torch.no_grad():
+        for weight in matmul_weights:
+            weight.copy_(weight.half().float())
+    worst, path = check_parity(rounded, processor, tmp_path, window_seconds=10.0, precision="fp16w")
+    assert worst <= FP32_TOLERANCE
+    graph = onnx.load(str(path), load_external_data=False).graph
+    stored_fp16 = {weight.name for weight in graph.initializer if weight.data_type == onnx.TensorProto.FLOAT16}
+    assert len(stored_fp16) == len(matmul_weights)
+    # What onnxruntime runs: constant folding would turn each Cast back into a float32 weight.
+    options = onnxruntime.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(str(tmp_path / "optimized.onnx")).graph
+    float32_bytes = lambda g: sum(  # noqa: E731
+        int(np.prod(weight.dims)) * 4 for weight in g.initializer if weight.data_type == onnx.TensorProto.FLOAT
+    )
+    assert {w.name for w in optimized.initializer if w.data_type == onnx.TensorProto.FLOAT16} == stored_fp16
+    assert float32_bytes(optimized) <= float32_bytes(graph)
 
 
 @pytest.mark.slow

@@ -62,7 +62,7 @@ COMPRESSOR_OUTPUT = "audio_embeddings"
 
 CompressorName = Literal["none", "avg", "sample", "unseg", "mean", "max"]
 COMPRESSOR_NAMES: tuple[CompressorName, ...] = get_args(CompressorName)
-EncoderPrecision = Literal["fp32", "fp16", "int8"]
+EncoderPrecision = Literal["fp32", "fp16w", "fp16", "int8"]
 ENCODER_PRECISIONS: tuple[EncoderPrecision, ...] = get_args(EncoderPrecision)
 # The decoder's GGUF types: written directly (f32, f16) or by llama.cpp's quantizer.
 QuantType = Literal["f32", "f16", "q8_0", "q4_k_m", "q4_0"]

@@ -19,6 +19,7 @@ import copy
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -36,6 +37,9 @@ from edgelalm.constants import (
 
 # The graph's contract, shared with the runtime that feeds it.
 from edgelalm.export import audio_tower as tower_steps
+
+if TYPE_CHECKING:
+    import onnx
 
 # Opset 23 has attention as one op (Attention), which the exporter writes for the tower's scaled
 # dot-product attention; onnxruntime's kernel for it (>= 1.23) does not keep the softmax input
@@ -149,7 +153,8 @@ class ClipLengthAudioEncoder(nn.Module):
 def export_encoder_onnx(audio_tower: nn.Module, path: Path, precision: EncoderPrecision) -> None:
     """Write the encoder graph at `path` (weights beside it in `<name>.data`).
 
-    fp16 traces the tower in half precision (inputs and outputs stay float32); int8 traces
+    fp16 traces the tower in half precision (inputs and outputs stay float32); fp16w stores the
+    MatMul weights in float16 and computes in float32, as llama.cpp's f16 mmproj does; int8 traces
     fp32 and then quantizes the MatMul weights dynamically (onnxruntime's quantizer).
     """
     config = audio_tower.config
@@ -176,6 +181,8 @@ def export_encoder_onnx(audio_tower: nn.Module, path: Path, precision: EncoderPr
         )
     program.save(str(target), external_data=True)
     _finish_graph(target)
+    if precision == "fp16w":
+        _widen_float16_weights_lazily(target)
     if precision == "int8":
         _quantize_matmuls_int8(target, path)
         _finish_graph(path)  # the quantizer writes intermediate shapes back
@@ -235,9 +242,85 @@ def _finish_graph(path: Path) -> None:
             if name in renamed:
                 node.input[index] = renamed[name]
     del model.graph.value_info[:]
+    _save_with_external_data(model, path)
+
+
+def _widen_float16_weights_lazily(path: Path) -> None:
+    """MatMul weights stored in float16, widened to float32 by each MatMul when it runs.
+
+    Every MatMul that reads a stored weight becomes If(its input is not empty) { Cast(weight) ->
+    MatMul }. onnxruntime runs a subgraph only when its If runs and frees what it made there, so
+    one weight's float32 copy is alive at a time. A plain Cast before each MatMul does not save
+    memory: onnxruntime runs such casts early (twelve before the first layer) and keeps their
+    copies to the end, and constant folding turns them back into float32 weights at load. The
+    float16 weights are therefore also listed as graph inputs (their stored values the defaults):
+    onnxruntime does not fold an initializer that a caller may override. `small` preset, 29 s
+    window: peak 300 MB against fp32's 454, float32 arithmetic on the same float16 values
+    (README, "Encoder speed and memory").
+    """
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    weights = {weight.name: weight for weight in graph.initializer}
+    matmul_weights = {node.input[1] for node in graph.node if node.op_type == "MatMul" and node.input[1] in weights}
+    for name in sorted(matmul_weights):
+        value = numpy_helper.to_array(weights[name]).astype(np.float16)
+        weights[name].CopyFrom(numpy_helper.from_array(value, name))
+        graph.input.append(helper.make_tensor_value_info(name, TensorProto.FLOAT16, list(value.shape)))
+    zero = "edgelalm_zero"
+    graph.initializer.append(numpy_helper.from_array(np.array(0, dtype=np.int64), zero))
+    condition_of: dict[str, str] = {}  # activation -> "it is not empty", computed once
+    nodes = []
+    for node in graph.node:
+        if node.op_type != "MatMul" or node.input[1] not in matmul_weights:
+            nodes.append(node)
+            continue
+        activation, weight, output = node.input[0], node.input[1], node.output[0]
+        if activation not in condition_of:
+            size, condition = f"{activation}_size", f"{activation}_not_empty"
+            nodes.append(helper.make_node("Size", [activation], [size]))
+            nodes.append(helper.make_node("Greater", [size, zero], [condition]))
+            condition_of[activation] = condition
+        nodes.append(
+            helper.make_node(
+                "If",
+                [condition_of[activation]],
+                [output],
+                then_branch=_widening_matmul(activation, weight, output, "then"),
+                else_branch=_widening_matmul(activation, weight, output, "else"),
+            )
+        )
+    del graph.node[:]
+    graph.node.extend(nodes)
+    _save_with_external_data(model, path)
+
+
+def _save_with_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """`path` and its weights beside it in `<name>.data`, replacing both."""
+    import onnx
+
     data = path.with_name(path.name + ".data")
     data.unlink(missing_ok=True)  # onnx appends to an existing external data file
     onnx.save(model, str(path), save_as_external_data=True, location=data.name)
+
+
+def _widening_matmul(activation: str, weight: str, output: str, label: str) -> onnx.GraphProto:
+    """The subgraph Cast(weight, float32) -> MatMul(activation, it); names from the outer graph."""
+    from onnx import TensorProto, helper
+
+    widened, product = f"{output}_{label}_weight", f"{output}_{label}"
+    return helper.make_graph(
+        [
+            helper.make_node("Cast", [weight], [widened], to=TensorProto.FLOAT),
+            helper.make_node("MatMul", [activation, widened], [product]),
+        ],
+        f"{output}_{label}",
+        [],
+        [helper.make_tensor_value_info(product, TensorProto.FLOAT, None)],
+    )
 
 
 def _quantize_matmuls_int8(fp32_path: Path, int8_path: Path) -> None:
