@@ -32,6 +32,11 @@ python $recipe/make_encoded_data.py --init build/default-model/init --out data3 
 #     WER more than any change of recipe on the same clips.
 python $recipe/make_encoded_data.py --init build/default-model/init --out data3 --splits train \
   --train-folder train-seed3 --seed 3 --train-count 36000
+# 4d. 36000 more training clips, a fourth seed, and 2000 long clips of a new seed (~50 min): base12.
+python $recipe/make_encoded_data.py --init build/default-model/init --out data3 --splits train \
+  --train-folder train-seed4 --seed 4 --train-count 36000
+python $recipe/make_encoded_data.py --init build/default-model/init --out data3 --long --splits train \
+  --train-folder train-long-seed5 --seed 5 --train-count 2000
 # 5. Base stage 1 (base4): 4500 steps, CTC on the projected embeddings at weight 1, the tower frozen
 #    (75 min on 2 cores). Its trained tensors are kept in git (stage_weights.py); to start from them
 #    instead: python $recipe/stage_weights.py unpack $recipe/stages/base4 --out build/default-model/base4/final
@@ -87,6 +92,12 @@ python $recipe/train_base.py --data data3 --more-train data3/train-seed1 --more-
   --more-train data3/train-seed3 --out build/default-model/base11 --init-from build/default-model/base10/final \
   --steps 2500 --warmup-steps 50 --learning-rate 3e-4 --ctc-weight 1.0 --ctc-target tokens --threads 2 --seed 8
 keep_stage base11
+# 12c. Base stage 9 (base12): from base11 on the first seed's clips and the fourth seed's 38000 new
+#      ones (short and long), a fresh 2500-step schedule (peak 3e-4, seed 9).
+python $recipe/train_base.py --data data3 --more-train data3/train-seed4 --more-train data3/train-long-seed5 \
+  --out build/default-model/base12 --init-from build/default-model/base11/final \
+  --steps 2500 --warmup-steps 50 --learning-rate 3e-4 --ctc-weight 1.0 --ctc-target tokens --threads 2 --seed 9
+keep_stage base12
 # 13. Realignment per compressor: LoRA rank 16 on q_proj/k_proj on the encoded training clips with
 #     the compressor between the frozen tower and the projector: 1000 steps for avg2, sample3 and
 #     unseg, 2000 for avg3 (0.36-0.4 s a step on 2 cores). At 300 steps they stayed 2.3 (avg2), 2.8

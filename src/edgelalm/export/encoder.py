@@ -265,7 +265,12 @@ def _widen_float16_weights_lazily(path: Path) -> None:
     model = onnx.load(str(path))
     graph = model.graph
     weights = {weight.name: weight for weight in graph.initializer}
-    matmul_weights = {node.input[1] for node in graph.node if node.op_type == "MatMul" and node.input[1] in weights}
+    read_as_matmul_weight = {node.input[1] for node in graph.node if node.op_type == "MatMul"}
+    read_otherwise = {
+        name for node in graph.node for index, name in enumerate(node.input) if node.op_type != "MatMul" or index != 1
+    }
+    # Only weights that nothing else reads (another reader would expect float32).
+    matmul_weights = (read_as_matmul_weight - read_otherwise) & weights.keys()
     for name in sorted(matmul_weights):
         value = numpy_helper.to_array(weights[name]).astype(np.float16)
         weights[name].CopyFrom(numpy_helper.from_array(value, name))
