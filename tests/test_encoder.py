@@ -20,6 +20,7 @@ onnxruntime = pytest.importorskip("onnxruntime")
 import onnx  # noqa: E402
 from hf_reference import TransformersAudioTower, speechlike  # noqa: E402
 
+from edgelalm.errors import EdgelalmError  # noqa: E402
 from edgelalm.export.encoder import (  # noqa: E402
     FEED_FORWARD_BLOCKS,
     QUERY_BLOCKS,
@@ -116,6 +117,14 @@ def test_fp16_weights_compute_in_fp32_and_are_not_widened_at_load(tiny, tmp_path
     )
     assert {w.name for w in optimized.initializer if w.data_type == onnx.TensorProto.FLOAT16} == stored_fp16
     assert float32_bytes(optimized) <= float32_bytes(graph)
+
+
+def test_fp16_weights_refuse_a_weight_beyond_float16s_range(tiny, tmp_path):
+    huge = copy.deepcopy(tiny[0])
+    with torch.no_grad():
+        huge.model.audio_tower.layers[0].fc1.weight[0, 0] = 1e5
+    with pytest.raises(EdgelalmError, match="float16's range"):
+        export_encoder_onnx(huge.model.audio_tower, tmp_path / "encoder.onnx", "fp16w")
 
 
 @pytest.mark.slow

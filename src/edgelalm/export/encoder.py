@@ -26,6 +26,7 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+# The graph's contract, shared with the runtime that feeds it.
 from edgelalm.constants import (
     ENCODER_INPUT,
     ENCODER_OUTPUT,
@@ -34,8 +35,7 @@ from edgelalm.constants import (
     RIGHT_CONTEXT_FRAMES,
     EncoderPrecision,
 )
-
-# The graph's contract, shared with the runtime that feeds it.
+from edgelalm.errors import EdgelalmError
 from edgelalm.export import audio_tower as tower_steps
 
 if TYPE_CHECKING:
@@ -273,6 +273,8 @@ def _widen_float16_weights_lazily(path: Path) -> None:
     matmul_weights = (read_as_matmul_weight - read_otherwise) & weights.keys()
     for name in sorted(matmul_weights):
         value = numpy_helper.to_array(weights[name]).astype(np.float16)
+        if not np.isfinite(value).all():
+            raise EdgelalmError(f"encoder weight {name} exceeds float16's range (65504): export it as fp32")
         weights[name].CopyFrom(numpy_helper.from_array(value, name))
         graph.input.append(helper.make_tensor_value_info(name, TensorProto.FLOAT16, list(value.shape)))
     zero = "edgelalm_zero"
