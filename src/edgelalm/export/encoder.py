@@ -180,9 +180,7 @@ def export_encoder_onnx(audio_tower: nn.Module, path: Path, precision: EncoderPr
             verbose=False,
         )
     program.save(str(target), external_data=True)
-    _finish_graph(target)
-    if precision == "fp16w":
-        _widen_float16_weights_lazily(target)
+    _finish_graph(target, float16_weights=precision == "fp16w")
     if precision == "int8":
         _quantize_matmuls_int8(target, path)
         _finish_graph(path)  # the quantizer writes intermediate shapes back
@@ -190,8 +188,9 @@ def export_encoder_onnx(audio_tower: nn.Module, path: Path, precision: EncoderPr
             leftover.unlink(missing_ok=True)
 
 
-def _finish_graph(path: Path) -> None:
-    """Three rewrites of the saved graph, the same arithmetic:
+def _finish_graph(path: Path, float16_weights: bool = False) -> None:
+    """Three rewrites of the saved graph, the same arithmetic (with `float16_weights`, then
+    `_widen_float16_weights_lazily`'s too; the graph is saved once):
 
     - Transpose(weight) -> the transposed weight, stored. The exporter folds a weight's transpose
       into the stored weight when one MatMul reads it; with the feed-forward blocks four do, and it
@@ -242,10 +241,12 @@ def _finish_graph(path: Path) -> None:
             if name in renamed:
                 node.input[index] = renamed[name]
     del model.graph.value_info[:]
+    if float16_weights:
+        _widen_float16_weights_lazily(model)
     _save_with_external_data(model, path)
 
 
-def _widen_float16_weights_lazily(path: Path) -> None:
+def _widen_float16_weights_lazily(model: onnx.ModelProto) -> None:
     """MatMul weights stored in float16, widened to float32 by each MatMul when it runs.
 
     Every MatMul that reads a stored weight becomes If(its input is not empty) { Cast(weight) ->
@@ -259,10 +260,8 @@ def _widen_float16_weights_lazily(path: Path) -> None:
     (README, "Encoder speed and memory").
     """
     import numpy as np
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    model = onnx.load(str(path))
     graph = model.graph
     weights = {weight.name: weight for weight in graph.initializer}
     read_as_matmul_weight = {node.input[1] for node in graph.node if node.op_type == "MatMul"}
@@ -302,7 +301,6 @@ def _widen_float16_weights_lazily(path: Path) -> None:
         )
     del graph.node[:]
     graph.node.extend(nodes)
-    _save_with_external_data(model, path)
 
 
 def _save_with_external_data(model: onnx.ModelProto, path: Path) -> None:
