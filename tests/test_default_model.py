@@ -83,6 +83,8 @@ def test_default_export_takes_the_shipped_model(none_f16_bundle):
     manifest = json.loads((none_f16_bundle / "manifest.json").read_text())
     assert manifest["model"]["name"] == DEFAULT_MODEL_NAME
     assert manifest["decoder"]["adapter"] is None
+    # --encoder-precision auto: the shipped tower is float16, so its MatMul weights stay float16.
+    assert manifest["encoder"]["precision"] == "fp16w"
     # Its advice for long clips (recipes/default_model/ship.py), which `run` follows unless told.
     assert manifest["windows"] == {"mode": "each", "seconds": 8.0}
 
@@ -193,7 +195,7 @@ def test_the_readme_set_up_command_gives_the_right_transcript(tmp_path):
         text=True,
     )
     assert result.returncode == 0, result.stderr
-    manifest = json.loads(next((tmp_path / "export").glob("*/manifest.json")).read_text())
+    manifest = json.loads((tmp_path / "export" / "edgelalm-default-unseg-q8_0" / "manifest.json").read_text())
     assert manifest["decoder"]["quant"] == "q8_0" and manifest["decoder"]["adapter"] is not None
     result = subprocess.run(
         [sys.executable, "-m", "edgelalm.cli", "run", str(EXAMPLES / "kids-room.wav")],

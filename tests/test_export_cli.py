@@ -143,6 +143,39 @@ def test_manifest_describes_the_model(tiny_checkpoint, tmp_path, monkeypatch, ca
     assert "windows" not in manifest  # the checkpoint advises nothing: run's default (joined)
 
 
+def test_auto_encoder_precision_keeps_the_towers_own_width(tiny_checkpoint, published_checkpoint):
+    """--encoder-precision auto (the default) reads the safetensors headers: a tower stored in
+    float16 (the shipped model) or bfloat16 (the published 7B layout) gets fp16w, its own values in
+    16 bits; a float32 one keeps fp32, never rounded without being asked; a folder that is no
+    checkpoint gets fp32, and export then names its fault."""
+    from safetensors import safe_open
+
+    from edgelalm.export.checkpoint import auto_encoder_precision
+    from edgelalm.pretrained import default_model_dir
+
+    def tower_dtypes(folder):
+        dtypes = set()
+        for file in folder.glob("*.safetensors"):
+            with safe_open(str(file), framework="pt") as weights:
+                dtypes |= {str(weights.get_tensor(k).dtype) for k in weights.keys() if k.startswith("audio_tower.")}
+        return dtypes
+
+    cases = [(default_model_dir(), "fp16w"), (published_checkpoint, "fp16w"), (tiny_checkpoint, "fp32")]
+    assert [tower_dtypes(folder) for folder, _ in cases] == [{"torch.float16"}, {"torch.bfloat16"}, {"torch.float32"}]
+    for folder, expected in cases:
+        assert auto_encoder_precision(folder) == expected, folder
+    assert auto_encoder_precision(tiny_checkpoint / "config.json") == "fp32"
+
+
+def test_default_bundle_names_say_a_precision_only_when_one_is_named(tiny_checkpoint, tmp_path):
+    """export/<model>-<compressor>-<quant> for auto; -encoder-<precision> added for one named, fp32 too."""
+    for args, folder in (([], "avg2-q8_0"), (["--encoder-precision", "fp32"], "avg2-q8_0-encoder-fp32")):
+        code, _, stderr = edgelalm("export", "--model", tiny_checkpoint, *args, cwd=tmp_path)
+        assert code == 0, stderr
+        manifest = read_manifest(tmp_path / "export" / f"{tiny_checkpoint.name}-{folder}")
+        assert manifest.encoder.precision == "fp32"
+
+
 def test_the_checkpoints_window_advice_goes_into_the_manifest(tiny_checkpoint, tmp_path, monkeypatch, capsys):
     model = tmp_path / "advising"
     shutil.copytree(tiny_checkpoint, model)

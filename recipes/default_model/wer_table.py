@@ -49,6 +49,7 @@ from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 from edgelalm.compression import CompressorSpec
 from edgelalm.constants import ENCODER_PRECISIONS, SAMPLING_RATE, WINDOW_MODES
 from edgelalm.export.bundle import ExportOptions, export_bundle
+from edgelalm.export.checkpoint import auto_encoder_precision
 from edgelalm.export.compressor import build_compressor
 from edgelalm.pretrained import default_adapter_dir, default_model_dir
 from edgelalm.training.dataset import SpeechDataset
@@ -135,7 +136,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also one bundle of all the exported compressors per quant, adapters applied at run time",
     )
-    parser.add_argument("--encoder-precision", default="fp32", choices=ENCODER_PRECISIONS, help="the bundles' encoder")
+    parser.add_argument(
+        "--encoder-precision",
+        default="auto",
+        choices=("auto", *ENCODER_PRECISIONS),
+        help="the bundles' encoder (auto: as `edgelalm export` picks it, fp16w for the shipped model)",
+    )
     parser.add_argument(
         "--max-answer-tokens",
         type=int,
@@ -154,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     clips, references, silent, sampling_rate = held_out_clips(args.data, args.clips)
     seconds = sum(len(c) for c in clips) / sampling_rate
     model_dir = args.model or default_model_dir()
+    if args.encoder_precision == "auto":
+        args.encoder_precision = auto_encoder_precision(model_dir)
 
     def adapter_of(spec: CompressorSpec) -> Path | None:
         if spec.name == "none":

@@ -22,6 +22,7 @@ from edgelalm.constants import (
     CompressorName,
     Device,
     EncoderPrecision,
+    EncoderPrecisionChoice,
     ExtraBuffers,
     PromptFormat,
     QuantType,
@@ -81,14 +82,16 @@ def export(
         ),
     ] = None,
     encoder_precision: Annotated[
-        EncoderPrecision,
+        EncoderPrecisionChoice,
         typer.Option(
-            help="Encoder weights: fp32; fp16w (MatMul weights stored in float16, float32 arithmetic, as "
-            "llama.cpp's f16 mmproj: half the size, about 150 MB less memory on a Whisper-small-sized encoder); "
-            "fp16 (half-precision arithmetic too, GPU-friendly); int8 (dynamic quantization of MatMuls). "
-            "The measured difference against fp32 is printed."
+            help="Encoder weights: auto (default: fp16w when the checkpoint stores its audio tower in float16 "
+            "or bfloat16, as the default model and Qwen2-Audio-7B do, fp32 otherwise); fp32; fp16w (MatMul "
+            "weights stored in float16, float32 arithmetic, as llama.cpp's f16 mmproj: half the size, about "
+            "150 MB less memory on a Whisper-small-sized encoder); fp16 (half-precision arithmetic too, "
+            "GPU-friendly); int8 (dynamic quantization of MatMuls). The measured difference against fp32 is "
+            "printed. A precision named here is added to the default bundle folder's name (-encoder-int8)."
         ),
-    ] = "fp32",
+    ] = "auto",
     quant: Annotated[
         QuantType,
         typer.Option(
@@ -120,7 +123,7 @@ def export(
         Path | None,
         typer.Option(
             help="Bundle folder to write. Default: export/<model>-<compressor><K>-<quant>, with "
-            "-encoder-<precision> when the encoder is not fp32."
+            "-encoder-<precision> when --encoder-precision names one."
         ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help=_FORCE_HELP)] = False,
@@ -160,7 +163,7 @@ def export(
     model = model or default_model_dir()
     adapters = _adapter_folders(adapter, specs, several, default_model and not no_adapter)
     from edgelalm.export.bundle import ExportOptions, export_bundle
-    from edgelalm.export.checkpoint import model_name
+    from edgelalm.export.checkpoint import auto_encoder_precision, model_name
 
     label = "+".join(spec.label for spec in specs) + ("-runtime-lora" if several and len(specs) == 1 else "")
     if out is None:
@@ -169,7 +172,7 @@ def export(
         model,
         out,
         specs[0],
-        encoder_precision,
+        auto_encoder_precision(model) if encoder_precision == "auto" else encoder_precision,
         quant,
         None if several else adapters[0],
         force,

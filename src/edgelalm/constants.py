@@ -64,6 +64,9 @@ CompressorName = Literal["none", "avg", "sample", "unseg", "mean", "max"]
 COMPRESSOR_NAMES: tuple[CompressorName, ...] = get_args(CompressorName)
 EncoderPrecision = Literal["fp32", "fp16w", "fp16", "int8"]
 ENCODER_PRECISIONS: tuple[EncoderPrecision, ...] = get_args(EncoderPrecision)
+# What `export` is asked for: a precision, or "auto", the checkpoint's own (fp16w for a tower stored
+# in 16 bits, fp32 otherwise; export.checkpoint.auto_encoder_precision).
+EncoderPrecisionChoice = Literal["auto", EncoderPrecision]
 # The decoder's GGUF types: written directly (f32, f16) or by llama.cpp's quantizer.
 QuantType = Literal["f32", "f16", "q8_0", "q4_k_m", "q4_0"]
 QUANT_TYPES: tuple[QuantType, ...] = get_args(QuantType)

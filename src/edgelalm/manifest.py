@@ -58,8 +58,9 @@ def is_encoder_file(name: str) -> bool:
 
 
 def bundle_name(compressor_label: str, quant: str, encoder_precision: str) -> str:
-    """'avg3-q8_0', with '-encoder-int8' (or fp16) when the encoder is not fp32."""
-    encoder_suffix = "" if encoder_precision == "fp32" else f"-encoder-{encoder_precision}"
+    """'avg3-q8_0' for the checkpoint's own encoder precision ("auto"); 'avg3-q8_0-encoder-int8'
+    (or fp32, fp16w, fp16) for one asked for by name."""
+    encoder_suffix = "" if encoder_precision == "auto" else f"-encoder-{encoder_precision}"
     return f"{compressor_label}-{quant}{encoder_suffix}"
 
 

@@ -16,6 +16,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from edgelalm.constants import EncoderPrecision
 from edgelalm.errors import EdgelalmError
 from edgelalm.manifest import WindowsInfo, read_windows_advice
 
@@ -28,6 +29,9 @@ PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # carry a `model.` prefix. Accept both.
 AUDIO_TOWER_PREFIXES = ("audio_tower.", "model.audio_tower.")
 PROJECTOR_PREFIXES = ("multi_modal_projector.", "model.multi_modal_projector.")
+# safetensors dtypes of a tower whose MatMul weights fp16w stores as they are: float16 exactly, and
+# bfloat16 too but for magnitudes below float16's normal range (6.1e-5), rounded by at most 3e-8.
+SIXTEEN_BIT_DTYPES = {"F16", "BF16"}
 # Stored decoder names -> canonical Qwen2ForCausalLM names (model.layers.N..., lm_head.weight),
 # for the release layout and for transformers 5's in-memory layout.
 DECODER_RENAMES = (
@@ -273,6 +277,25 @@ def open_checkpoint(path: Path) -> Checkpoint:
     )
     checkpoint.check_shapes()
     return checkpoint
+
+
+def auto_encoder_precision(path: Path) -> EncoderPrecision:
+    """`export --encoder-precision auto`: fp16w where the checkpoint stores its audio tower in 16 bits
+    (the weights it holds, half fp32's memory, float32 arithmetic), fp32 otherwise. Reads the
+    safetensors headers only; a folder that is no checkpoint gets fp32, and export names its fault."""
+    if not path.is_dir():
+        return "fp32"
+    try:
+        tensor_files = _index_safetensors(path)
+    except EdgelalmError:
+        return "fp32"
+    dtypes = set()
+    for file in set(tensor_files.values()):
+        with safe_open(str(file), framework="pt") as weights:
+            dtypes |= {
+                weights.get_slice(key).get_dtype() for key in weights.keys() if key.startswith(AUDIO_TOWER_PREFIXES)
+            }
+    return "fp16w" if dtypes and dtypes <= SIXTEEN_BIT_DTYPES else "fp32"
 
 
 def _index_safetensors(path: Path) -> dict[str, Path]:
