@@ -87,7 +87,7 @@ python $recipe/train_base.py --data data3 --more-train data3/train-seed1 --more-
 keep_stage base10
 # 12b. Base stage 8 (base11): from base10 with the third seed's clips too (89000), a fresh 2500-step
 #      schedule (peak 3e-4, seed 8; 60 min). Held-out answer loss 2.50; decoder WER 47.4% held-out,
-#      50.2% never-heard, 79.2% / 82.6% long. The shipped model (step 14).
+#      50.2% never-heard, 79.2% / 82.6% long. Shipped before base12.
 python $recipe/train_base.py --data data3 --more-train data3/train-seed1 --more-train data3/train-long-seed2 \
   --more-train data3/train-seed3 --out build/default-model/base11 --init-from build/default-model/base10/final \
   --steps 2500 --warmup-steps 50 --learning-rate 3e-4 --ctc-weight 1.0 --ctc-target tokens --threads 2 --seed 8
@@ -95,7 +95,7 @@ keep_stage base11
 # 12c. Base stage 9 (base12): from base11 on the first seed's clips and the fourth seed's 38000 new
 #      ones (short and long), a fresh 2500-step schedule (peak 3e-4, seed 9; 59 min). Held-out answer
 #      loss 2.41 (base11 2.50); on 100 clips a set 47.4% held out (47.4), 43.7% never heard (50.2),
-#      78.2% / 78.0% on 15-30 s clips (79.2 / 82.6). Kept; its adapters and tables come next.
+#      78.2% / 78.0% on 15-30 s clips (79.2 / 82.6). The shipped model (step 14).
 python $recipe/train_base.py --data data3 --more-train data3/train-seed4 --more-train data3/train-long-seed5 \
   --out build/default-model/base12 --init-from build/default-model/base11/final \
   --steps 2500 --warmup-steps 50 --learning-rate 3e-4 --ctc-weight 1.0 --ctc-target tokens --threads 2 --seed 9
@@ -108,20 +108,20 @@ keep_stage base12
 for compressor in avg2 avg3 sample3 unseg; do
   name=${compressor%%[0-9]*}; factor=${compressor#"$name"}
   steps=1000; case $compressor in avg3) steps=2000 ;; esac
-  edgelalm finetune --data data3 --model build/default-model/base11/final --compressor "$name" ${factor:+--factor "$factor"} \
+  edgelalm finetune --data data3 --model build/default-model/base12/final --compressor "$name" ${factor:+--factor "$factor"} \
     --steps $steps --threads 2 --out build/default-model/adapters/$compressor --force
   cp build/default-model/adapters/$compressor/edgelalm_finetune.json $recipe/results/lora-$compressor.json
   cp build/default-model/adapters/$compressor/train_log.jsonl $recipe/results/train_log_lora_$compressor.jsonl
   cp build/default-model/adapters/$compressor/loss.png $recipe/results/loss-lora-$compressor.png
 done
-# 14. Into the package: base11 in float16 and the four adapters.
-python $recipe/ship.py base build/default-model/base11/final
+# 14. Into the package: base12 in float16 and the four adapters.
+python $recipe/ship.py base build/default-model/base12/final
 python $recipe/ship.py adapter build/default-model/adapters/{avg2,avg3,sample3,unseg}
 # 15. The loss curve over the stages, and the WER tables of the shipped model: held-out voices and
 #     texts, the never-heard synthesizer, 15-30 s clips of each.
 python $recipe/plot_training.py build/default-model/base4 build/default-model/base5 build/default-model/base6:1500 \
   build/default-model/base7 build/default-model/base8:500 build/default-model/base9 build/default-model/base10 \
-  build/default-model/base11 --out $recipe/results
+  build/default-model/base11 build/default-model/base12 --out $recipe/results
 python $recipe/wer_table.py --data data3/test --clips 200 --quants q8_0,q4_k_m --out $recipe/results/test
 python $recipe/wer_table.py --data data3/unheard --clips 200 --quants q8_0 --out $recipe/results/unheard
 python $recipe/wer_table.py --data data3/test-long --clips 40 --compressors none,unseg --quants q8_0 \
