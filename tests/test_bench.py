@@ -117,7 +117,7 @@ def test_encoder_precision_benchmark(tmp_path):
     run_benchmark_script("encoder_precision.py", tmp_path)
     results = json.loads((tmp_path / "encoder-precision.json").read_text())
     assert [row["precision"] for row in results["rows"]] == ["fp32", "int8"]
-    fp32, int8 = (tmp_path / "bundles" / "none-q8_0-encoder-fp32"), (tmp_path / "bundles" / "none-q8_0-encoder-int8")
+    fp32, int8 = (tmp_path / "bundles" / "none-q8_0"), (tmp_path / "bundles" / "none-q8_0-encoder-int8")
     assert (int8 / "decoder.gguf").samefile(fp32 / "decoder.gguf")
     assert json.loads((int8 / "manifest.json").read_text())["encoder"]["precision"] == "int8"
     assert results["probe_max_abs_diff"]["fp32"] < 1e-4 < results["probe_max_abs_diff"]["int8"]

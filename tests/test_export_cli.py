@@ -167,13 +167,25 @@ def test_auto_encoder_precision_keeps_the_towers_own_width(tiny_checkpoint, publ
     assert auto_encoder_precision(tiny_checkpoint / "config.json") == "fp32"
 
 
-def test_default_bundle_names_say_a_precision_only_when_one_is_named(tiny_checkpoint, tmp_path):
-    """export/<model>-<compressor>-<quant> for auto; -encoder-<precision> added for one named, fp32 too."""
-    for args, folder in (([], "avg2-q8_0"), (["--encoder-precision", "fp32"], "avg2-q8_0-encoder-fp32")):
-        code, _, stderr = edgelalm("export", "--model", tiny_checkpoint, *args, cwd=tmp_path)
+def test_default_bundle_names_say_the_precision_when_it_is_not_the_checkpoints_own(tiny_checkpoint, tmp_path):
+    """export/<model>-<compressor>-<quant> for an encoder at the checkpoint's own width (what auto
+    picks, or the same named), -encoder-<precision> for any other: one name for one content."""
+    from edgelalm.export.checkpoint import auto_encoder_precision
+    from edgelalm.manifest import bundle_name
+    from edgelalm.pretrained import default_model_dir
+
+    cases = ([], "avg2-q8_0", "fp32"), (["--encoder-precision", "fp32"], "avg2-q8_0", "fp32")
+    cases += ((["--encoder-precision", "fp16w"], "avg2-q8_0-encoder-fp16w", "fp16w"),)
+    for number, (args, folder, precision) in enumerate(cases):
+        (tmp_path / str(number)).mkdir()
+        code, _, stderr = edgelalm("export", "--model", tiny_checkpoint, *args, cwd=tmp_path / str(number))
         assert code == 0, stderr
-        manifest = read_manifest(tmp_path / "export" / f"{tiny_checkpoint.name}-{folder}")
-        assert manifest.encoder.precision == "fp32"
+        bundle = tmp_path / str(number) / "export" / f"{tiny_checkpoint.name}-{folder}"
+        assert read_manifest(bundle).encoder.precision == precision
+    # The shipped model's own width is fp16w: its fp32 bundle is the one with a suffix.
+    shipped = auto_encoder_precision(default_model_dir())
+    assert bundle_name("unseg", "q8_0", "fp16w", shipped) == "unseg-q8_0"
+    assert bundle_name("unseg", "q8_0", "fp32", shipped) == "unseg-q8_0-encoder-fp32"
 
 
 def test_the_checkpoints_window_advice_goes_into_the_manifest(tiny_checkpoint, tmp_path, monkeypatch, capsys):

@@ -123,7 +123,7 @@ def export(
         Path | None,
         typer.Option(
             help="Bundle folder to write. Default: export/<model>-<compressor><K>-<quant>, with "
-            "-encoder-<precision> when --encoder-precision names one."
+            "-encoder-<precision> when the encoder is not the checkpoint's own width (auto)."
         ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help=_FORCE_HELP)] = False,
@@ -166,13 +166,17 @@ def export(
     from edgelalm.export.checkpoint import auto_encoder_precision, model_name
 
     label = "+".join(spec.label for spec in specs) + ("-runtime-lora" if several and len(specs) == 1 else "")
+    own_precision = auto_encoder_precision(model)
+    precision = own_precision if encoder_precision == "auto" else encoder_precision
     if out is None:
-        out = DEFAULT_EXPORT_ROOT / f"{model_name(model.resolve())}-{bundle_name(label, quant, encoder_precision)}"
+        out = (
+            DEFAULT_EXPORT_ROOT / f"{model_name(model.resolve())}-{bundle_name(label, quant, precision, own_precision)}"
+        )
     options = ExportOptions(
         model,
         out,
         specs[0],
-        auto_encoder_precision(model) if encoder_precision == "auto" else encoder_precision,
+        precision,
         quant,
         None if several else adapters[0],
         force,

@@ -57,10 +57,11 @@ def is_encoder_file(name: str) -> bool:
     return name == ENCODER_FILE or name.startswith(ENCODER_FILE + ".")
 
 
-def bundle_name(compressor_label: str, quant: str, encoder_precision: str) -> str:
-    """'avg3-q8_0' for the checkpoint's own encoder precision ("auto"); 'avg3-q8_0-encoder-int8'
-    (or fp32, fp16w, fp16) for one asked for by name."""
-    encoder_suffix = "" if encoder_precision == "auto" else f"-encoder-{encoder_precision}"
+def bundle_name(compressor_label: str, quant: str, encoder_precision: str, plain_precision: str = "fp32") -> str:
+    """'avg3-q8_0' for an encoder in `plain_precision` (export: the checkpoint's own width, what
+    `auto` picks; the bench: fp32), else 'avg3-q8_0-encoder-int8' (fp32, fp16w, fp16): one name
+    for one content."""
+    encoder_suffix = "" if encoder_precision == plain_precision else f"-encoder-{encoder_precision}"
     return f"{compressor_label}-{quant}{encoder_suffix}"
 
 
