@@ -89,7 +89,8 @@ def export(
             "weights stored in float16, float32 arithmetic, as llama.cpp's f16 mmproj: half the size, about "
             "150 MB less memory on a Whisper-small-sized encoder); fp16 (half-precision arithmetic too, "
             "GPU-friendly); int8 (dynamic quantization of MatMuls). The measured difference against fp32 is "
-            "printed. A precision named here is added to the default bundle folder's name (-encoder-int8)."
+            "printed. A precision other than the checkpoint's own goes into the default bundle folder's name "
+            "(-encoder-int8)."
         ),
     ] = "auto",
     quant: Annotated[
