@@ -37,26 +37,31 @@ def qwen2_tokenizer_vectors() -> list[tuple[str, list[int]]]:
         pytest.fail(f"llama.cpp's Qwen2 tokenizer test vectors: {error}", pytrace=False)
 
 
-@pytest.fixture(scope="session")
-def tiny_lora_adapter(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A peft LoRA adapter folder as the paper trains it (rank 16, alpha 32, q_proj/k_proj of
-    every language-model attention layer), with random non-zero A and B: peft initialises B to
-    zero, which would make every merge a no-op and every merge test meaningless."""
+def random_lora_adapter(checkpoint: Path, out: Path, target_modules: str) -> Path:
+    """A peft LoRA adapter folder (rank 16, alpha 32) on `target_modules`, with random non-zero A
+    and B: peft initialises B to zero, which would make every merge a no-op and every merge test
+    meaningless."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen2AudioForConditionalGeneration
 
-    model = Qwen2AudioForConditionalGeneration.from_pretrained(tiny_checkpoint)
-    config = LoraConfig(r=16, lora_alpha=32, target_modules=r".*language_model.*\.(q_proj|k_proj)")
-    peft_model = get_peft_model(model, config)
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(checkpoint)
+    peft_model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=target_modules))
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, parameter in peft_model.named_parameters():
             if "lora_" in name:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
-    out = tmp_path_factory.mktemp("lora_adapter")
     peft_model.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_lora_adapter(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The paper's adapter: q_proj/k_proj of every language-model attention layer."""
+    return random_lora_adapter(
+        tiny_checkpoint, tmp_path_factory.mktemp("lora_adapter"), r".*language_model.*\.(q_proj|k_proj)"
+    )
 
 
 @pytest.fixture(scope="session")

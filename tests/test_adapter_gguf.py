@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import random_lora_adapter
 
 pytest.importorskip("torch")
 
@@ -31,11 +32,19 @@ def _logits(decoder: LlamaDecoder, tokens: list[int], width: int) -> list[np.nda
     return [after_tokens, decoder.last_logits()]
 
 
-@pytest.fixture(scope="module")
-def ggufs(tiny_checkpoint, tiny_lora_adapter, tmp_path_factory):
+# Every projection of each decoder layer (`finetune --lora-modules`), beside the paper's q_proj/k_proj.
+ALL_PROJECTIONS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+@pytest.fixture(scope="module", params=["paper", "all projections"])
+def ggufs(request, tiny_checkpoint, tiny_lora_adapter, tmp_path_factory):
     folder = tmp_path_factory.mktemp("adapter_gguf")
     checkpoint = open_checkpoint(tiny_checkpoint)
-    adapter = open_checkpoint_adapter(checkpoint, tiny_lora_adapter)
+    if request.param == "paper":
+        adapter_dir = tiny_lora_adapter
+    else:
+        adapter_dir = random_lora_adapter(tiny_checkpoint, folder / "peft", ALL_PROJECTIONS)
+    adapter = open_checkpoint_adapter(checkpoint, adapter_dir)
     write_decoder(checkpoint, folder / "base.gguf", "f32", None)
     write_decoder(checkpoint, folder / "merged.gguf", "f32", adapter)
     write_adapter_gguf(checkpoint, adapter, folder / "lora.gguf")
@@ -44,6 +53,8 @@ def ggufs(tiny_checkpoint, tiny_lora_adapter, tmp_path_factory):
 
 def test_the_adapter_gguf_applied_at_run_time_equals_the_merged_decoder(ggufs):
     folder, _, adapter = ggufs
+    projections = {module.rsplit(".", 1)[-1] for module in adapter.target_modules}
+    assert projections in ({"q_proj", "k_proj"}, set(ALL_PROJECTIONS.split("(")[1].rstrip(")").split("|")))
     assert uniform_alpha(adapter) == 32.0  # rank 16, alpha 32 everywhere: written as trained
     with LlamaDecoder(folder / "merged.gguf", n_ctx=256, kv_cache_type="f32") as merged:
         tokens = merged.tokenize(PROMPT)

@@ -12,6 +12,7 @@ import soundfile
 import torch
 from hf_reference import speechlike
 from safetensors.torch import load_file
+from transformers import AutoConfig
 
 from edgelalm.compression import CompressorSpec
 from edgelalm.training.evaluate import score, word_errors
@@ -52,6 +53,29 @@ def test_finetune_writes_a_peft_adapter_on_language_model_q_and_k(adapter):
     assert any(float(t.abs().max()) > 0 for name, t in tensors.items() if "lora_B" in name)
     meta = json.loads((adapter / "edgelalm_finetune.json").read_text())
     assert meta["compressor"] == "unseg" and meta["clips"] == len(TEXTS)
+
+
+def test_finetune_adapts_the_named_projections_of_the_language_model_only(tiny_checkpoint, paired_tsv, tmp_path):
+    options = FinetuneOptions(
+        tiny_checkpoint,
+        paired_tsv,
+        tmp_path / "adapter",
+        CompressorSpec("avg", 2),
+        steps=2,
+        batch_size=4,
+        lora_modules=("v_proj", "o_proj", "down_proj"),
+    )
+    tensors = load_file(finetune(options, progress=False) / "adapter_model.safetensors")
+    # The tower has v_proj too, and out_proj/fc2 where the decoder has o_proj/down_proj: none adapted.
+    adapted = {name.split(".lora_")[0] for name in tensors}
+    layers = AutoConfig.from_pretrained(tiny_checkpoint).text_config.num_hidden_layers
+    assert adapted == {
+        f"base_model.model.model.language_model.layers.{layer}.{part}"
+        for layer in range(layers)
+        for part in ("self_attn.v_proj", "self_attn.o_proj", "mlp.down_proj")
+    }
+    meta = json.loads((tmp_path / "adapter" / "edgelalm_finetune.json").read_text())
+    assert meta["lora_modules"] == ["v_proj", "o_proj", "down_proj"]
 
 
 def test_finetune_lowers_the_loss(adapter):
@@ -107,6 +131,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         ("not_audio", "cannot read audio"),
         ("out_exists", "already exists"),
         ("not_a_checkpoint", "config.json"),
+        ("unknown_lora_module", "lm_head; choose among q_proj, k_proj"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(case, expected, tiny_checkpoint, paired_tsv, tmp_path):
@@ -129,7 +154,8 @@ def test_bad_input_is_one_line_and_writes_nothing(case, expected, tiny_checkpoin
         (out / "keep.txt").write_text("mine")
     elif case == "not_a_checkpoint":
         model = str(tmp_path)
-    result = run_cli("--model", model, "--data", data, "--out", str(out), "--steps", "1", "--batch-size", "1")
+    extra = ["--lora-modules", "q_proj,lm_head"] if case == "unknown_lora_module" else []
+    result = run_cli("--model", model, "--data", data, "--out", str(out), "--steps", "1", "--batch-size", "1", *extra)
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("edgelalm: error:") and expected in lines[-1], result.stderr

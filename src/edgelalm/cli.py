@@ -478,14 +478,23 @@ def finetune(
     learning_rate: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warm-up then cosine decay).")] = 1e-3,
     rank: Annotated[int, typer.Option(min=1, help="LoRA rank (the paper: 16).")] = 16,
     alpha: Annotated[float, typer.Option(min=0.001, help="LoRA alpha (the paper: 32).")] = 32.0,
+    lora_modules: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated projections of each decoder layer to adapt: q_proj, k_proj, v_proj, o_proj, "
+            "gate_proj, up_proj, down_proj (the paper: q_proj,k_proj). The audio tower and projector are never "
+            "adapted."
+        ),
+    ] = "q_proj,k_proj",
     device: Annotated[Device, typer.Option(help="cpu or cuda (PyTorch).")] = "cpu",
     seed: Annotated[int, typer.Option(help="Seed for the LoRA init, batches and augmentation.")] = 0,
     threads: Annotated[int | None, typer.Option(help="PyTorch CPU threads.")] = None,
     force: Annotated[bool, typer.Option("--force", help=_FORCE_HELP)] = False,
 ) -> None:
     """Realign a checkpoint to a compressor (the paper's method): LoRA on the language model's q_proj and
-    k_proj, trained on paired audio/text with the compressor between the frozen encoder and projector.
-    Writes a peft adapter folder that `edgelalm export --adapter` merges."""
+    k_proj (or the projections --lora-modules names), trained on paired audio/text with the compressor
+    between the frozen encoder and projector. Writes a peft adapter folder that `edgelalm export
+    --adapter` merges."""
     _require_export_extra("finetune")
     from edgelalm.pretrained import default_model_dir
     from edgelalm.training.finetune import FinetuneOptions
@@ -504,6 +513,7 @@ def finetune(
         learning_rate=learning_rate,
         rank=rank,
         alpha=alpha,
+        lora_modules=tuple(name.strip() for name in lora_modules.split(",") if name.strip()),
         device=device,
         seed=seed,
         threads=threads,

@@ -2,7 +2,8 @@
 
 The compressor sits between the frozen audio tower and the frozen projector, exactly as in the
 exported bundle; LoRA (rank 16, alpha 32 by default) on every q_proj and k_proj of the language
-model learns to read the shorter audio sequence. The result is a standard peft adapter folder
+model (the paper's choice; `lora_modules` can name other projections of each decoder layer) learns
+to read the shorter audio sequence. The result is a standard peft adapter folder
 (adapter_config.json + adapter_model.safetensors) that `edgelalm export --adapter` merges.
 
 Paired data is a folder written by `edgelalm.training.dataset.build_dataset`, a folder of the frozen
@@ -29,8 +30,20 @@ from edgelalm.files import read_tsv
 from edgelalm.runtime.audio import audio_seconds, read_audio
 from edgelalm.training.texts import normalize_transcript
 
-# Only the language model's attention: never the audio tower (it has q_proj/k_proj too).
-LORA_TARGET_PATTERN = r".*language_model.*\.(q_proj|k_proj)"
+# The linear projections of a Qwen2 decoder layer, and the paper's choice among them.
+DECODER_LAYER_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+PAPER_LORA_MODULES = ("q_proj", "k_proj")
+
+
+def lora_target_pattern(modules: tuple[str, ...]) -> str:
+    """peft's target_modules regex: those projections of the language model only, never the audio
+    tower's (it has q_proj, k_proj, v_proj too)."""
+    unknown = sorted(set(modules) - set(DECODER_LAYER_PROJECTIONS))
+    if not modules or unknown:
+        raise EdgelalmError(
+            f"LoRA modules: {', '.join(unknown) or 'none named'}; choose among {', '.join(DECODER_LAYER_PROJECTIONS)}"
+        )
+    return rf".*language_model.*\.({'|'.join(dict.fromkeys(modules))})"
 
 
 @dataclass(frozen=True)
@@ -44,6 +57,7 @@ class FinetuneOptions:
     learning_rate: float = 1e-3
     rank: int = 16
     alpha: float = 32.0
+    lora_modules: tuple[str, ...] = PAPER_LORA_MODULES
     device: str = "cpu"
     seed: int = 0
     threads: int | None = None
@@ -134,6 +148,7 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
         raise EdgelalmError("steps and batch size must be at least 1")
     if options.rank < 1 or options.alpha <= 0:
         raise EdgelalmError("the LoRA rank must be at least 1 and alpha positive")
+    target_pattern = lora_target_pattern(options.lora_modules)
     # peft asks transformers a deprecated question; the user can do nothing about it.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     check_replaceable(options.out_dir.absolute(), options.force, marker=ADAPTER_CONFIG_FILE)
@@ -150,7 +165,7 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
 
     torch.manual_seed(options.seed)
     lora = LoraConfig(
-        r=options.rank, lora_alpha=options.alpha, lora_dropout=0.0, bias="none", target_modules=LORA_TARGET_PATTERN
+        r=options.rank, lora_alpha=options.alpha, lora_dropout=0.0, bias="none", target_modules=target_pattern
     )
     peft_model = get_peft_model(model, lora)
     trained = [p for p in peft_model.parameters() if p.requires_grad]
@@ -185,6 +200,7 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
             "batch_size": options.batch_size,
             "learning_rate": options.learning_rate,
             "seed": options.seed,
+            "lora_modules": list(dict.fromkeys(options.lora_modules)),
             "data": str(options.data),
             "clips": len(data),
             "final_loss": log.records[-1]["loss"],
