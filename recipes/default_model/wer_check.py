@@ -9,7 +9,8 @@ The audio goes through the checkpoint's whole tower (not the stored frames), as 
 per set, consecutive speech clips of the set joined with 0.3 s of silence (the issue's
 multi-sentence 30 s clips; one encoder window each). `--ctc-head` (a TokenCtc's, beside a stage's
 checkpoint) adds its best path's WER per group, from the stored frames: how much of the speech the
-projected audio carries, whatever the decoder makes of it.
+projected audio carries, whatever the decoder makes of it. `--tsv` adds a set of clips with
+`file` and `transcript` columns (real_speech.py's real human voices), its audio through the tower.
 """
 
 from __future__ import annotations
@@ -27,7 +28,28 @@ from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 
 from edgelalm.training.encoded import EncodedDataset
 from edgelalm.training.evaluate import score, transcribe_torch
+from edgelalm.training.finetune import PairedAudio
+from edgelalm.training.model import encode_batch, log_mel_batch
 from edgelalm.training.train import TokenCtc, projected_frames
+
+
+def check_tsv(model, processor, ctc: TokenCtc | None, manifest: Path) -> dict[str, str]:
+    """The decoder's WER on a TSV set's clips and, with a CTC head, its best path's: the audio
+    through the whole tower here, as there are no stored frames."""
+    paired = PairedAudio(manifest, processor.feature_extractor.sampling_rate, normalize=True)
+    clips = [paired[i][0] for i in range(len(paired))]
+    hypotheses, _ = transcribe_torch(model, processor, nn.Identity(), clips)
+    rows = {"speech": f"{100 * score(paired.texts, hypotheses, 0, 1.0).wer:.1f}% WER ({len(clips)} clips)"}
+    if ctc is not None:
+        paths = []
+        with torch.no_grad():
+            for clip in clips:
+                mel, lengths = log_mel_batch([clip], processor.feature_extractor)
+                encoded = encode_batch(model.model.audio_tower, mel, lengths)
+                frames = encoded.frames[0, : encoded.frame_counts[0]].numpy()
+                paths.append(ctc.greedy(projected_frames(model, nn.Identity(), [[frames]])[0]))
+        rows["speech"] += f", CTC best path {100 * score(paired.texts, paths, 0, 1.0).wer:.1f}%"
+    return rows
 
 
 def long_clips(data: EncodedDataset, count: int) -> tuple[list[np.ndarray], list[str]]:
@@ -60,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--show", type=int, default=4, help="examples of errors to print per set")
     parser.add_argument("--long", type=int, default=0, help="also N joined clips of 25-29 s per set")
     parser.add_argument("--ctc-head", type=Path, default=None, help="a TokenCtc head: its best path's WER too")
+    parser.add_argument("--tsv", type=Path, action="append", default=[], help="a set of file/transcript clips too")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     model = Qwen2AudioForConditionalGeneration.from_pretrained(args.checkpoint, dtype=torch.float32).eval()
@@ -69,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         ctc = TokenCtc(model.get_input_embeddings(), processor.tokenizer)
         ctc.load_head(args.ctc_head)
     report = {}
-    for name in args.sets.split(","):
+    for name in filter(None, args.sets.split(",")):
         data = EncodedDataset(args.data / name)
         indices = range(min(args.count, len(data)))
         hypotheses, _ = transcribe_torch(model, processor, nn.Identity(), (data.audio(i) for i in indices))
@@ -113,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
             if hypotheses[i] != data.texts[i] and shown < args.show:
                 print(f"  {data.records[i]['voice']}: {data.texts[i]!r} -> {hypotheses[i]!r}", file=sys.stderr)
                 shown += 1
+    for manifest in args.tsv:
+        report[manifest.parent.name] = check_tsv(model, processor, ctc, manifest)
+        print(f"{manifest.parent.name}: " + json.dumps(report[manifest.parent.name], indent=1), file=sys.stderr)
     print(json.dumps(report))
     return 0
 
