@@ -18,6 +18,7 @@ from edgelalm.export.bundle import open_checkpoint_adapter
 from edgelalm.export.checkpoint import open_checkpoint
 from edgelalm.export.decoder import write_decoder
 from edgelalm.runtime.decoder import LlamaDecoder
+from edgelalm.training.finetune import DECODER_LAYER_PROJECTIONS, lora_target_pattern
 
 PROMPT = "<|im_start|>user\nAudio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\nTranscribe the audio.<|im_end|>\n"
 
@@ -33,7 +34,7 @@ def _logits(decoder: LlamaDecoder, tokens: list[int], width: int) -> list[np.nda
 
 
 # Every projection of each decoder layer (`finetune --lora-modules`), beside the paper's q_proj/k_proj.
-ALL_PROJECTIONS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+ALL_PROJECTIONS = lora_target_pattern(DECODER_LAYER_PROJECTIONS)
 
 
 @pytest.fixture(scope="module", params=["paper", "all projections"])
@@ -54,7 +55,7 @@ def ggufs(request, tiny_checkpoint, tiny_lora_adapter, tmp_path_factory):
 def test_the_adapter_gguf_applied_at_run_time_equals_the_merged_decoder(ggufs):
     folder, _, adapter = ggufs
     projections = {module.rsplit(".", 1)[-1] for module in adapter.target_modules}
-    assert projections in ({"q_proj", "k_proj"}, set(ALL_PROJECTIONS.split("(")[1].rstrip(")").split("|")))
+    assert projections in ({"q_proj", "k_proj"}, set(DECODER_LAYER_PROJECTIONS))
     assert uniform_alpha(adapter) == 32.0  # rank 16, alpha 32 everywhere: written as trained
     with LlamaDecoder(folder / "merged.gguf", n_ctx=256, kv_cache_type="f32") as merged:
         tokens = merged.tokenize(PROMPT)

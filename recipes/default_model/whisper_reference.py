@@ -31,6 +31,7 @@ from whisper_tiny_en import load_whisper, transcribe
 from edgelalm.progress import Bar
 from edgelalm.training.encoded import EncodedDataset, is_encoded_folder
 from edgelalm.training.evaluate import score
+from edgelalm.training.texts import normalize_transcript
 
 # Tokens per answer: a 30 s window of speech is at most about 90 words.
 MAX_ANSWER_TOKENS = 220
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         groups["Whisper did not loop"] = [
             index
             for index, (reference, answer) in enumerate(zip(references, answers, strict=True))
-            if len(score([""], [answer], 0, 1.0).hypotheses[0].split()) <= 2 * len(reference.split()) + 2
+            if len(normalize_transcript(answer).split()) <= 2 * len(reference.split()) + 2
         ]
         table = {}
         for group, indices in groups.items():
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {name} | {table[group]['clips']}{f' ({words})' if indices is None else ''} | {group} "
                 f"| {table[group]['whisper']} | {table[group]['default model'] or ''} |"
             )
-        silent_nothing = sum(not score([""], [answer], 0, 1.0).hypotheses[0] for answer in silence_answers)
+        silent_nothing = sum(not normalize_transcript(answer) for answer in silence_answers)
         if silence_answers:
             rows.append(f"| {name} | {len(silence_answers)} | silence answered with nothing | {silent_nothing} | |")
         record = {
