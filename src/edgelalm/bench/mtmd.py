@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import re
 import sys
 import time
 from collections import deque
@@ -138,8 +139,11 @@ def mtmd_prompt(prompt: PromptInfo, marker: str) -> str:
     )
 
 
-# mtmd's log lines at ggml's ERROR level (4), kept for a failure's message; the rest is dropped.
+# mtmd's log lines at ggml's ERROR level (4), kept for a failure's message; of the rest only the
+# size of the compute buffer it reserves for the tower (its activations), for memory reports.
 _errors: deque[str] = deque(maxlen=5)
+_COMPUTE_BUFFER = re.compile(r"compute buffer size\s*=\s*([0-9.]+) MiB")
+_compute_buffer_mib: list[float] = []
 
 
 def _last_error() -> str:
@@ -178,9 +182,13 @@ def measure_mtmd(
 
     @llama_cpp.llama_log_callback
     def keep_errors(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        line = text.decode(errors="replace")
         if level == 4:
-            _errors.append(text.decode(errors="replace"))
+            _errors.append(line)
+        elif found := _COMPUTE_BUFFER.search(line):
+            _compute_buffer_mib.append(float(found.group(1)))
 
+    _compute_buffer_mib.clear()
     started = time.perf_counter()
     model = LlamaModel(
         bundle / manifest.decoder.file,
@@ -303,6 +311,8 @@ def measure_mtmd(
         "peak_rss_mb": peak_rss_mb(),
         "weight_buffers": model.weight_buffers,
         "mmproj": f"{mmproj.name} ({mmproj.stat().st_size / 1e6:.1f} MB)",
+        # What mtmd reserved for the tower's activations (MiB, as its log says), if it said.
+        "encoder_compute_buffer_mib": max(_compute_buffer_mib, default=None),
     }
     context.close()
     mtmd_cpp.mtmd_free(media)
