@@ -140,6 +140,28 @@ def test_the_plan_shares_the_engines_and_keeps_the_seed():
     assert clips[:20] == [c for c, _ in zip(plan("train", 0), range(20), strict=False)]
 
 
+def test_a_sentence_file_is_said_whole_each_sentence_once_a_pass_in_a_seeded_order(tmp_path):
+    path = tmp_path / "sentences.txt"
+    path.write_text("It was the best of times.\n\nCall me at 7pm, said Anna!\nThe third one\n", encoding="utf-8")
+    expected = {"it was the best of times", "call me at seven p m said anna", "the third one"}
+
+    def first(seed, count):
+        stream = corpus.iter_sentence_texts(path, seed)
+        return [next(stream) for _ in range(count)]
+
+    six = first(0, 6)
+    assert {text.transcript for text in six[:3]} == {text.transcript for text in six[3:]} == expected
+    assert all(text.kind == "prose" and text.spoken == text.transcript for text in six)
+    assert first(0, 6) == six and {tuple(first(seed, 3)) for seed in range(6)} != {tuple(six[:3])}
+    # the plan says them, with the training voices and its own tempo and pitch
+    clips = [clip for clip, _ in zip(plan("train", 0, sentences=path), range(6), strict=False)]
+    assert [(clip.kind, clip.text) for clip in clips] == [(text.kind, text.transcript) for text in six]
+    assert {clip.voice for clip in clips} <= set(synthesizers.training_voices("train"))
+    (tmp_path / "empty.txt").write_text("\n ... \n", encoding="utf-8")
+    with pytest.raises(ValueError, match="no sentences"):
+        next(corpus.iter_sentence_texts(tmp_path / "empty.txt", 0))
+
+
 @pytest.fixture(scope="module")
 def encoded(tiny_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("encoded") / "test"

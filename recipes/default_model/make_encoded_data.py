@@ -4,9 +4,10 @@
 
 Writes OUT/test (held-out texts and espeak-ng voices, festival's voices; audio kept for the WER
 table), OUT/unheard (held-out texts spoken by flite, a synthesizer never trained on; audio kept)
-and OUT/train. A split already built is kept. Needs espeak-ng, festival with its English voices
-and flite (Debian/Ubuntu: apt-get install espeak-ng flite festival festvox-kallpc16k
-festvox-kdlpc16k festvox-us-slt-hts).
+and OUT/train. A split already built is kept. `--sentences FILE` makes the clips say a file's
+sentences (make_lm_text.py's prose) instead of the mixture: OUT/<train-folder>, or OUT/test-prose.
+Needs espeak-ng, festival with its English voices and flite (Debian/Ubuntu: apt-get install
+espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts).
 """
 
 from __future__ import annotations
@@ -47,7 +48,16 @@ def main(argv: list[str] | None = None) -> int:
         help="store the tower's hidden states entering this layer (50/s) instead of its output, so that "
         "training can tune the layers above (train_base.py --tune-tower)",
     )
+    parser.add_argument(
+        "--sentences",
+        type=Path,
+        default=None,
+        help="the clips say these sentences (one per line, e.g. make_lm_text.py's prose) instead of the "
+        "mixture: --splits train (its voices, --train-folder) or test (held-out voices, audio kept, test-prose)",
+    )
     args = parser.parse_args(argv)
+    if args.sentences and (args.splits not in ("train", "test") or args.long):
+        parser.error("--sentences: one of --splits train or test, without --long")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / ".gitignore").write_text("# rendered by recipes/default_model/make_encoded_data.py\n*\n")
     splits = (
@@ -60,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         if name not in wanted:
             continue
         folder = args.train_folder if name == "train" else name + ("-long" if args.long else "")
+        folder += "-prose" if args.sentences and name != "train" else ""
         target = args.out / folder
         if (target / "dataset.json").is_file():
             print(f"{target}: already built, kept", file=sys.stderr)
@@ -75,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
             long=args.long,
             below_layer=args.below_layer,
+            sentences=args.sentences,
         )
     return 0
 

@@ -14,6 +14,8 @@ Kinds, drawn by `MIX`:
 
 `iter_long_texts` joins consecutive texts of that stream into "long" ones of 35-65 words (15-30 s
 of speech): the tower encodes them as one window, as the runtime does a long clip's.
+`iter_sentence_texts` reads sentences from a file instead (kind "prose": English prose, for
+clips of words in the contexts people say them; recipes/default_model/make_lm_text.py writes one).
 
 Transcripts are normalised as `texts` normalises (lowercase words, numbers as words). A "words"
 or "requests" text is test when a hash of its transcript falls in the test bucket, as grammar
@@ -34,7 +36,7 @@ import numpy as np
 from edgelalm.training import texts
 from edgelalm.training.texts import Split
 
-Kind = Literal["command", "words", "requests", "silence", "long"]
+Kind = Literal["command", "words", "requests", "silence", "long", "prose"]
 MIX: dict[Kind, float] = {"command": 0.4, "words": 0.35, "requests": 0.15, "silence": 0.1}
 CORPUS_VERSION = 1  # bumped whenever what iter_texts yields changes
 
@@ -133,6 +135,19 @@ def iter_texts(split: Split, seed: int) -> Iterator[Text]:
     rng = random.Random(f"edgelalm-corpus:{CORPUS_VERSION}:{split}:{seed}")
     while True:
         yield sample_text(split, rng)
+
+
+def iter_sentence_texts(path: Path, seed: int) -> Iterator[Text]:
+    """The sentences of `path` (one per line), normalised as transcripts are, each once in a
+    seeded order, then again in another: the endless stream of "prose" texts for `seed`."""
+    lines = (texts.normalize_transcript(line) for line in path.read_text(encoding="utf-8").splitlines())
+    sentences = [line for line in lines if line]
+    if not sentences:
+        raise ValueError(f"{path} holds no sentences")
+    rng = random.Random(f"edgelalm-corpus-sentences:{CORPUS_VERSION}:{seed}")
+    while True:
+        for sentence in rng.sample(sentences, len(sentences)):
+            yield Text("prose", sentence, sentence)
 
 
 def iter_long_texts(split: Split, seed: int) -> Iterator[Text]:

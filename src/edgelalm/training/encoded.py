@@ -103,9 +103,16 @@ class Clip:
     pitch: int
 
 
-def plan(split: Split, seed: int, voices: tuple[str, ...] | None = None, long: bool = False) -> Iterator[Clip]:
+def plan(
+    split: Split,
+    seed: int,
+    voices: tuple[str, ...] | None = None,
+    long: bool = False,
+    sentences: Path | None = None,
+) -> Iterator[Clip]:
     """The endless, deterministic stream of clips for (split, seed); `voices` overrides the voice
-    choice (the never-heard set: synthesizers.UNHEARD_VOICES); `long`: corpus.iter_long_texts."""
+    choice (the never-heard set: synthesizers.UNHEARD_VOICES); `long`: corpus.iter_long_texts;
+    `sentences`: a file's sentences instead of the mixture (corpus.iter_sentence_texts)."""
     pool = voices or synthesizers.training_voices(split)
     by_engine: dict[str, list[str]] = {}
     for voice in pool:
@@ -113,7 +120,11 @@ def plan(split: Split, seed: int, voices: tuple[str, ...] | None = None, long: b
     engines = sorted(by_engine)
     shares = np.array([ENGINE_SHARE.get(engine, 1.0) for engine in engines])
     shares /= shares.sum()
-    for index, text in enumerate(corpus.iter_long_texts(split, seed) if long else corpus.iter_texts(split, seed)):
+    if sentences is not None:
+        stream = corpus.iter_sentence_texts(sentences, seed)
+    else:
+        stream = corpus.iter_long_texts(split, seed) if long else corpus.iter_texts(split, seed)
+    for index, text in enumerate(stream):
         rng = np.random.default_rng([seed, index, 0xC11F])
         engine = engines[int(rng.choice(len(engines), p=shares))]
         voice = by_engine[engine][int(rng.integers(len(by_engine[engine])))]
@@ -248,10 +259,12 @@ def build_encoded(
     overwrite: bool = False,
     long: bool = False,
     below_layer: int | None = None,
+    sentences: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Render, augment and encode `count` clips of `split` into `out_dir` (atomically).
     `below_layer`: store the tower's hidden states entering that layer (50 positions/s) instead of
-    its output, so that training can tune the layers above."""
+    its output, so that training can tune the layers above. `sentences`: a file of sentences, one
+    per line, read instead of the mixture (training prose: they are not checked against the splits)."""
     texts.check_split(split)
     if count < 1:
         raise EdgelalmError(f"count must be at least 1, got {count}")
@@ -288,7 +301,15 @@ def build_encoded(
             open(partial / "metadata.jsonl", "w", encoding="utf-8") as metadata,
             Bar(count, f"{split} ({count})") if progress else _NoBar() as bar,
             closing(
-                _encoded(plan(split, seed, voices, long), seed, str(checkpoint), max_seconds, workers, 32, below_layer)
+                _encoded(
+                    plan(split, seed, voices, long, Path(sentences) if sentences else None),
+                    seed,
+                    str(checkpoint),
+                    max_seconds,
+                    workers,
+                    32,
+                    below_layer,
+                )  # fmt: skip
             ) as stream,
         ):
             for clip, frames, audio, applied in stream:
@@ -324,6 +345,7 @@ def build_encoded(
             "seed": seed,
             "corpus_version": corpus.CORPUS_VERSION,
             "long": long,
+            "sentences": str(sentences) if sentences else None,
             "voices": list(voices or synthesizers.training_voices(split)),
             "checkpoint": str(checkpoint),
             "tower_digest": tower_digest(checkpoint, below_layer),
