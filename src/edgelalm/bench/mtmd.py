@@ -206,6 +206,9 @@ def measure_mtmd(
         raise EdgelalmError(f"mtmd could not load {mmproj}{_last_error()}")
     if not mtmd_cpp.mtmd_support_audio(media):
         raise EdgelalmError(f"{mmproj} has no audio encoder")
+    # mtmd reserves the tower's compute buffer while it loads (its warm-up); read before any llama.cpp
+    # context, whose own buffers log the same words where mtmd's log setting reaches llama.cpp's too.
+    encoder_compute_buffer_mib = max(_compute_buffer_mib, default=None)
     load_ms = (time.perf_counter() - started) * 1000
 
     text = mtmd_prompt(manifest.prompt, mtmd_cpp.mtmd_default_marker().decode()).encode()
@@ -312,7 +315,7 @@ def measure_mtmd(
         "weight_buffers": model.weight_buffers,
         "mmproj": f"{mmproj.name} ({mmproj.stat().st_size / 1e6:.1f} MB)",
         # What mtmd reserved for the tower's activations (MiB, as its log says), if it said.
-        "encoder_compute_buffer_mib": max(_compute_buffer_mib, default=None),
+        "encoder_compute_buffer_mib": encoder_compute_buffer_mib,
     }
     context.close()
     mtmd_cpp.mtmd_free(media)

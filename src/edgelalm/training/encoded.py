@@ -309,7 +309,7 @@ def build_encoded(
                     workers,
                     32,
                     below_layer,
-                )  # fmt: skip
+                )
             ) as stream,
         ):
             for clip, frames, audio, applied in stream:
