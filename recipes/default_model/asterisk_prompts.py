@@ -23,6 +23,8 @@ from pathlib import Path
 import soundfile
 import soxr
 
+from edgelalm.files import write_tsv
+
 PACKAGES = ("asterisk-core-sounds-en-wav", "asterisk-core-sounds-en")
 SOUNDS = Path("usr/share/asterisk/sounds/en_US_f_Allison")
 TRANSCRIPTS = Path("usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run(["dpkg-deb", "-x", str(deb), str(root / "tree")], check=True)
         prompts = spoken_prompts(root / "tree" / TRANSCRIPTS)
         args.out.mkdir(parents=True, exist_ok=True)
-        rows, seconds = ["file\ttranscript"], 0.0
+        rows, seconds = [], 0.0
         for name, text in sorted(prompts.items()):
             source = root / "tree" / SOUNDS / f"{name}.wav"
             if not source.is_file():
@@ -65,10 +67,10 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             target = name.replace("/", "_") + ".wav"
             soundfile.write(args.out / target, soxr.resample(audio, rate, SAMPLING_RATE), SAMPLING_RATE)
-            rows.append(f"{target}\t{' '.join(text.split())}")
+            rows.append({"file": target, "transcript": " ".join(text.split())})
             seconds += len(audio) / rate
-    (args.out / "transcripts.tsv").write_text("\n".join(rows) + "\n")
-    print(f"{args.out}: {len(rows) - 1} prompts, {seconds / 60:.1f} min", file=sys.stderr)
+    write_tsv(args.out / "transcripts.tsv", rows, ("file", "transcript"))
+    print(f"{args.out}: {len(rows)} prompts, {seconds / 60:.1f} min", file=sys.stderr)
     return 0
 
 

@@ -67,8 +67,10 @@ def synthesizer(voice: str):
 def texts(data: Path, count: int) -> list[dict]:
     """index, spoken text and transcript of the set's first `count` speech clips."""
     if data.is_file():
-        with data.open(newline="") as file:
-            rows = list(csv.DictReader(file, delimiter="\t", quoting=csv.QUOTE_NONE))[:count]
+        # read as edgelalm.files.read_tsv reads (not importable in this venv): its writer quotes a
+        # transcript that holds a double quote
+        with data.open(newline="", encoding="utf-8") as file:
+            rows = list(csv.DictReader(file, delimiter="\t"))[:count]
         return [{"index": i, "spoken": row["transcript"], "text": row["transcript"]} for i, row in enumerate(rows)]
     records = [json.loads(line) for line in (data / "metadata.jsonl").read_text().splitlines()]
     return [record for record in sorted(records, key=lambda r: r["index"])[:count] if record["kind"] != "silence"]
