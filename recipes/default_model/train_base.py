@@ -83,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="encoded data: another training folder read with DATA/train (more clips: another seed)",
     )
+    parser.add_argument(
+        "--train-clips",
+        type=int,
+        default=None,
+        help="encoded data: read only the first N clips of DATA/train (the --more-train folders whole)",
+    )
     parser.add_argument("--out", type=Path, default=Path("build/default-model/base"))
     parser.add_argument("--steps", type=int, default=TrainSettings.steps, help="length of the learning-rate schedule")
     parser.add_argument("--stop-after", type=int, default=None, help="end after this many steps, mid-schedule")
@@ -170,11 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     encoded = is_encoded_folder(args.data / "train")
     if encoded and not args.init_from:
         raise SystemExit("encoded data needs --init-from (the checkpoint whose tower encoded it: make_init.py)")
-    if args.more_train and not encoded:
-        raise SystemExit("--more-train reads encoded data only")
+    if (args.more_train or args.train_clips) and not encoded:
+        raise SystemExit("--more-train and --train-clips read encoded data only")
     reader = EncodedDataset if encoded else SpeechDataset
     train_data = (
-        EncodedDataset(args.data / "train", *args.more_train) if encoded else SpeechDataset(args.data / "train")
+        EncodedDataset(args.data / "train", *args.more_train, first_clips=args.train_clips)
+        if encoded
+        else SpeechDataset(args.data / "train")
     )
     test_data = reader(args.data / "test")
     args.out.mkdir(parents=True, exist_ok=True)

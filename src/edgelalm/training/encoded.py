@@ -478,9 +478,13 @@ def is_encoded_folder(folder: str | os.PathLike[str]) -> bool:
 class EncodedDataset:
     """Folders written by `build_encoded`, read as one: `data[i]` -> (float16 frames [F, D], text);
     `data.audio(i)` -> float32 samples where the audio was kept. Several folders (the same split,
-    more seeds) must come from the same tower."""
+    more seeds) must come from the same tower. `first_clips`: read only that many clips of the
+    first folder (a seed's stream is the same whatever count it was built with, so these are the
+    clips a build of that count holds); the others whole."""
 
-    def __init__(self, directory: str | os.PathLike[str], *more: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, directory: str | os.PathLike[str], *more: str | os.PathLike[str], first_clips: int | None = None
+    ) -> None:
         self.directories = [Path(directory), *map(Path, more)]
         self.directory = self.directories[0]
         self.records: list[dict] = []
@@ -488,6 +492,10 @@ class EncodedDataset:
         self._infos: list[dict] = []
         for number, folder in enumerate(self.directories):
             info, records = read_folder(folder, FORMAT, FORMAT_VERSION)
+            if number == 0 and first_clips is not None:
+                if not 1 <= first_clips <= len(records):
+                    raise EdgelalmError(f"{folder}: first_clips must be 1-{len(records)}, got {first_clips}")
+                records = records[:first_clips]
             if self._infos and (info.get("tower_digest"), info["split"], info.get("below_layer")) != (
                 self._infos[0].get("tower_digest"),
                 self._infos[0]["split"],
