@@ -11,6 +11,12 @@ projector and the language model (about 10 M parameters, 20 MB in float16). `pac
 tower is bit-identical to the init's and stores the other tensors, the tokenizer and processor
 files, and the stage's training log; `unpack` rebuilds the whole checkpoint on a fresh machine from
 the init (run make_init.py first; it is seeded, and unpack checks the tokenizer is the same).
+
+    python recipes/default_model/stage_weights.py average build/default-model/base14/final \
+        --with build/default-model/base12/final --out build/default-model/base14avg/final
+
+`average` writes the mean of two checkpoints of the same init and tokenizer, tensor by tensor (the
+frozen tower stays the init's), with the first one's files: a stage of its own, packed as any other.
 """
 
 from __future__ import annotations
@@ -85,14 +91,35 @@ def unpack(stage: Path, init: Path, out: Path) -> None:
     print(f"{out}: the init's tower and {len(trained)} trained tensors")
 
 
+def average(checkpoint: Path, other: Path, out: Path) -> None:
+    first, second = load_file(checkpoint / WEIGHTS), load_file(other / WEIGHTS)
+    if set(first) != set(second):
+        raise SystemExit(f"{checkpoint} and {other} hold different tensors: not stages of one init")
+    if (checkpoint / "tokenizer.json").read_bytes() != (other / "tokenizer.json").read_bytes():
+        raise SystemExit(f"{checkpoint} and {other} have different tokenizers")
+    weights = {n: ((t.float() + second[n].float()) / 2).to(t.dtype) for n, t in first.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(weights, out / WEIGHTS, metadata={"format": "pt"})
+    for name in KEPT_FILES:
+        if (checkpoint / name).is_file():
+            shutil.copy2(checkpoint / name, out / name)
+    print(f"{out}: the mean of {checkpoint} and {other}, {len(weights)} tensors")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("action", choices=("pack", "unpack"))
-    parser.add_argument("source", type=Path, help="pack: the stage's checkpoint; unpack: the stage folder")
+    parser.add_argument("action", choices=("pack", "unpack", "average"))
+    parser.add_argument("source", type=Path, help="pack, average: the stage's checkpoint; unpack: the stage folder")
     parser.add_argument("--init", type=Path, default=Path("build/default-model/init"))
+    parser.add_argument("--with", dest="other", type=Path, default=None, help="average: the other checkpoint")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    (pack if args.action == "pack" else unpack)(args.source, args.init, args.out)
+    if args.action == "average":
+        if args.other is None:
+            parser.error("average needs --with CHECKPOINT")
+        average(args.source, args.other, args.out)
+    else:
+        (pack if args.action == "pack" else unpack)(args.source, args.init, args.out)
     return 0
 
 

@@ -1,0 +1,57 @@
+"""recipes/default_model/stage_weights.py: a stage kept in git rebuilds its checkpoint, and two
+stages of one init average tensor by tensor."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+SCRIPT = Path(__file__).resolve().parents[1] / "recipes" / "default_model" / "stage_weights.py"
+
+
+def stage_weights(*arguments: object) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, arguments)], capture_output=True, text=True)
+
+
+def trained_copy(init: Path, out: Path, seed: int) -> dict[str, torch.Tensor]:
+    """`init` with every tensor outside the audio tower moved, as training would (fp16-exact values)."""
+    shutil.copytree(init, out)
+    generator = torch.Generator().manual_seed(seed)
+    weights = load_file(init / "model.safetensors")
+    for name, tensor in weights.items():
+        if "audio_tower." not in name:
+            moved = tensor + 0.01 * torch.randn(tensor.shape, generator=generator)
+            weights[name] = moved.to(torch.float16).to(tensor.dtype)
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    return weights
+
+
+def test_a_stage_packs_unpacks_and_two_average(tiny_checkpoint, tmp_path):
+    first = trained_copy(tiny_checkpoint, tmp_path / "a", 0)
+    second = trained_copy(tiny_checkpoint, tmp_path / "b", 1)
+    init = ("--init", tiny_checkpoint)
+    assert stage_weights("pack", tmp_path / "a", *init, "--out", tmp_path / "stage").returncode == 0
+    assert stage_weights("unpack", tmp_path / "stage", *init, "--out", tmp_path / "again").returncode == 0
+    rebuilt = load_file(tmp_path / "again" / "model.safetensors")
+    assert rebuilt.keys() == first.keys() and all(torch.equal(rebuilt[n], first[n]) for n in first)
+
+    done = stage_weights("average", tmp_path / "a", "--with", tmp_path / "b", "--out", tmp_path / "mean")
+    assert done.returncode == 0, done.stderr
+    mean = load_file(tmp_path / "mean" / "model.safetensors")
+    for name, tensor in first.items():
+        torch.testing.assert_close(mean[name], (tensor.double() + second[name].double()).div(2).to(tensor.dtype))
+    assert (tmp_path / "mean" / "tokenizer.json").read_bytes() == (tmp_path / "a" / "tokenizer.json").read_bytes()
+    # the tower stays the init's, so the mean packs as a stage of its own
+    assert stage_weights("pack", tmp_path / "mean", *init, "--out", tmp_path / "mean-stage").returncode == 0
+
+    (tmp_path / "b" / "tokenizer.json").write_text("{}")
+    refused = stage_weights("average", tmp_path / "a", "--with", tmp_path / "b", "--out", tmp_path / "bad")
+    assert refused.returncode != 0 and "different tokenizers" in refused.stderr
+    assert not (tmp_path / "bad").exists()
+    missing = stage_weights("average", tmp_path / "a", "--out", tmp_path / "bad")
+    assert missing.returncode != 0 and "--with" in missing.stderr
