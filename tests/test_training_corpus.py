@@ -196,11 +196,11 @@ def test_folders_of_more_seeds_read_as_one_and_other_splits_are_refused(encoded,
         assert text == source[at][1]
     assert joined.seconds.tolist() == encoded.seconds.tolist() + other.seconds.tolist()
     # a build's first clips are a smaller build of the same seed, clip for clip (train_base.py --train-clips)
-    three = build_encoded(tmp_path / "three", "test", 3, 0, tiny_checkpoint, keep_audio=True, **options)
+    three = EncodedDataset(build_encoded(tmp_path / "three", "test", 3, 0, tiny_checkpoint, keep_audio=True, **options))
     first = EncodedDataset(encoded.directory, more, first_clips=3)
-    assert len(first) == 6 and first.texts == EncodedDataset(three).texts + other.texts
+    assert len(first) == 6 and first.texts == three.texts + other.texts
     for index in range(3):
-        np.testing.assert_array_equal(first[index][0], EncodedDataset(three)[index][0])
+        np.testing.assert_array_equal(first[index][0], three[index][0])
     with pytest.raises(EdgelalmError, match="first_clips must be 1-12"):
         EncodedDataset(encoded.directory, first_clips=13)
     train = build_encoded(tmp_path / "train", "train", 2, 0, tiny_checkpoint, **options)

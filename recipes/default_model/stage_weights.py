@@ -46,10 +46,19 @@ KEPT_FILES = (
     "processor_config.json",
 )
 RECORDS = ("train_log.jsonl", "train_settings.json", "summary.json", "loss.png")
+# What must be byte-identical for two checkpoints' token ids to mean the same.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt")
 
 
 def is_tower(name: str) -> bool:
     return "audio_tower." in name
+
+
+def copy_files(names: tuple[str, ...], source: Path, out: Path) -> None:
+    """Those of `names` that `source` has, into `out`."""
+    for name in names:
+        if (source / name).is_file():
+            shutil.copy2(source / name, out / name)
 
 
 def pack(checkpoint: Path, init: Path, out: Path) -> None:
@@ -62,19 +71,15 @@ def pack(checkpoint: Path, init: Path, out: Path) -> None:
     trained = {n: t.to(torch.float16).contiguous() for n, t in weights.items() if not is_tower(n)}
     out.mkdir(parents=True, exist_ok=True)
     save_file(trained, out / TRAINED, metadata={"init_tower_tensors": str(sum(map(is_tower, weights)))})
-    for name in KEPT_FILES:
-        if (checkpoint / name).is_file():
-            shutil.copy2(checkpoint / name, out / name)
-    for name in (*RECORDS, CTC_HEAD_FILE):  # the run's own log sits beside its final/ folder
-        if (checkpoint.parent / name).is_file():
-            shutil.copy2(checkpoint.parent / name, out / name)
+    copy_files(KEPT_FILES, checkpoint, out)
+    copy_files((*RECORDS, CTC_HEAD_FILE), checkpoint.parent, out)  # the run's own log sits beside its final/ folder
     count = sum(t.numel() for t in trained.values())
     print(f"{out}: {len(trained)} tensors, {count / 1e6:.2f} M parameters in float16")
 
 
 def unpack(stage: Path, init: Path, out: Path) -> None:
     initial, trained = load_file(init / WEIGHTS), load_file(stage / TRAINED)
-    for name in ("tokenizer.json", "vocab.json", "merges.txt"):
+    for name in TOKENIZER_FILES:
         if (init / name).read_bytes() != (stage / name).read_bytes():
             raise SystemExit(f"{init}/{name} differs from the stage's: make the init with make_init.py's seed")
     unknown = set(trained) - set(initial)
@@ -83,9 +88,7 @@ def unpack(stage: Path, init: Path, out: Path) -> None:
     weights = {n: (trained[n].to(t.dtype) if n in trained else t) for n, t in initial.items()}
     out.mkdir(parents=True, exist_ok=True)
     save_file(weights, out / WEIGHTS, metadata={"format": "pt"})
-    for name in KEPT_FILES:
-        if (stage / name).is_file():
-            shutil.copy2(stage / name, out / name)
+    copy_files(KEPT_FILES, stage, out)
     if (stage / CTC_HEAD_FILE).is_file():  # beside the checkpoint folder, where train_base.py looks
         shutil.copy2(stage / CTC_HEAD_FILE, out.parent / CTC_HEAD_FILE)
     print(f"{out}: the init's tower and {len(trained)} trained tensors")
@@ -95,14 +98,13 @@ def average(checkpoint: Path, other: Path, out: Path) -> None:
     first, second = load_file(checkpoint / WEIGHTS), load_file(other / WEIGHTS)
     if set(first) != set(second):
         raise SystemExit(f"{checkpoint} and {other} hold different tensors: not stages of one init")
-    if (checkpoint / "tokenizer.json").read_bytes() != (other / "tokenizer.json").read_bytes():
-        raise SystemExit(f"{checkpoint} and {other} have different tokenizers")
+    for name in TOKENIZER_FILES:
+        if (checkpoint / name).read_bytes() != (other / name).read_bytes():
+            raise SystemExit(f"{checkpoint} and {other} have different tokenizers ({name})")
     weights = {n: ((t.float() + second[n].float()) / 2).to(t.dtype) for n, t in first.items()}
     out.mkdir(parents=True, exist_ok=True)
     save_file(weights, out / WEIGHTS, metadata={"format": "pt"})
-    for name in KEPT_FILES:
-        if (checkpoint / name).is_file():
-            shutil.copy2(checkpoint / name, out / name)
+    copy_files(KEPT_FILES, checkpoint, out)
     print(f"{out}: the mean of {checkpoint} and {other}, {len(weights)} tensors")
 
 
