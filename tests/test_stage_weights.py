@@ -49,6 +49,20 @@ def test_a_stage_packs_unpacks_and_two_average(tiny_checkpoint, tmp_path):
     # the tower stays the init's, so the mean packs as a stage of its own
     assert stage_weights("pack", tmp_path / "mean", *init, "--out", tmp_path / "mean-stage").returncode == 0
 
+    weighed = stage_weights(
+        "average", tmp_path / "a", "--with", tmp_path / "b", "--share", "0.3", "--out", tmp_path / "w"
+    )
+    assert weighed.returncode == 0, weighed.stderr
+    mix = load_file(tmp_path / "w" / "model.safetensors")
+    for name, tensor in first.items():
+        expected = (0.3 * tensor.double() + 0.7 * second[name].double()).to(tensor.dtype)
+        torch.testing.assert_close(mix[name], expected)
+    out_of_range = stage_weights(
+        "average", tmp_path / "a", "--with", tmp_path / "b", "--share", "1.5", "--out", tmp_path / "bad"
+    )
+    assert out_of_range.returncode != 0 and "--share" in out_of_range.stderr
+    assert not (tmp_path / "bad").exists()
+
     (tmp_path / "b" / "tokenizer.json").write_text("{}")
     refused = stage_weights("average", tmp_path / "a", "--with", tmp_path / "b", "--out", tmp_path / "bad")
     assert refused.returncode != 0 and "different tokenizers" in refused.stderr

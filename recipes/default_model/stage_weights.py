@@ -17,6 +17,7 @@ the init (run make_init.py first; it is seeded, and unpack checks the tokenizer 
 
 `average` writes the mean of two checkpoints of the same init and tokenizer, tensor by tensor (the
 frozen tower stays the init's), with the first one's files: a stage of its own, packed as any other.
+`--share S` weighs the first checkpoint S and the other 1 - S (default 0.5, the plain mean).
 """
 
 from __future__ import annotations
@@ -94,18 +95,18 @@ def unpack(stage: Path, init: Path, out: Path) -> None:
     print(f"{out}: the init's tower and {len(trained)} trained tensors")
 
 
-def average(checkpoint: Path, other: Path, out: Path) -> None:
+def average(checkpoint: Path, other: Path, out: Path, share: float = 0.5) -> None:
     first, second = load_file(checkpoint / WEIGHTS), load_file(other / WEIGHTS)
     if set(first) != set(second):
         raise SystemExit(f"{checkpoint} and {other} hold different tensors: not stages of one init")
     for name in TOKENIZER_FILES:
         if (checkpoint / name).read_bytes() != (other / name).read_bytes():
             raise SystemExit(f"{checkpoint} and {other} have different tokenizers ({name})")
-    weights = {n: ((t.float() + second[n].float()) / 2).to(t.dtype) for n, t in first.items()}
+    weights = {n: (share * t.float() + (1 - share) * second[n].float()).to(t.dtype) for n, t in first.items()}
     out.mkdir(parents=True, exist_ok=True)
     save_file(weights, out / WEIGHTS, metadata={"format": "pt"})
     copy_files(KEPT_FILES, checkpoint, out)
-    print(f"{out}: the mean of {checkpoint} and {other}, {len(weights)} tensors")
+    print(f"{out}: {share:g} of {checkpoint} and {1 - share:g} of {other}, {len(weights)} tensors")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,12 +115,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("source", type=Path, help="pack, average: the stage's checkpoint; unpack: the stage folder")
     parser.add_argument("--init", type=Path, default=Path("build/default-model/init"))
     parser.add_argument("--with", dest="other", type=Path, default=None, help="average: the other checkpoint")
+    parser.add_argument("--share", type=float, default=0.5, help="average: the first checkpoint's weight, 0-1")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.action == "average":
         if args.other is None:
             parser.error("average needs --with CHECKPOINT")
-        average(args.source, args.other, args.out)
+        if not 0 <= args.share <= 1:
+            parser.error(f"--share must be between 0 and 1, not {args.share}")
+        average(args.source, args.other, args.out, args.share)
     else:
         (pack if args.action == "pack" else unpack)(args.source, args.init, args.out)
     return 0
