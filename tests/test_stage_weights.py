@@ -57,6 +57,24 @@ def test_a_stage_packs_unpacks_and_two_average(tiny_checkpoint, tmp_path):
     for name, tensor in first.items():
         expected = (0.3 * tensor.double() + 0.7 * second[name].double()).to(tensor.dtype)
         torch.testing.assert_close(mix[name], expected)
+    # the runs' CTC heads beside their checkpoints average the same way, beside the output
+    heads = []
+    for run, folder, seed in (("run-a", "a", 2), ("run-b", "b", 3)):
+        shutil.copytree(tmp_path / folder, tmp_path / run / "final")
+        generator = torch.Generator().manual_seed(seed)
+        head = {"blank": torch.randn(8, generator=generator), "log_scale": torch.randn((), generator=generator)}
+        save_file(head, tmp_path / run / "ctc_head.safetensors")
+        heads.append(head)
+    both = ("--with", tmp_path / "run-b" / "final", "--share", "0.3", "--out", tmp_path / "run-w" / "final")
+    assert stage_weights("average", tmp_path / "run-a" / "final", *both).returncode == 0
+    mean_head = load_file(tmp_path / "run-w" / "ctc_head.safetensors")
+    for name, tensor in heads[0].items():
+        torch.testing.assert_close(mean_head[name], 0.3 * tensor + 0.7 * heads[1][name])
+    assert mean_head["log_scale"].shape == ()  # as TokenCtc saves and loads it
+    headless = stage_weights("average", tmp_path / "a", *both[:2], "--out", tmp_path / "half" / "final")
+    assert headless.returncode == 0 and "starts a fresh one" in headless.stdout
+    assert not (tmp_path / "half" / "ctc_head.safetensors").exists()
+
     out_of_range = stage_weights(
         "average", tmp_path / "a", "--with", tmp_path / "b", "--share", "1.5", "--out", tmp_path / "bad"
     )

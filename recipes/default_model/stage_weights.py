@@ -17,7 +17,9 @@ the init (run make_init.py first; it is seeded, and unpack checks the tokenizer 
 
 `average` writes the mean of two checkpoints of the same init and tokenizer, tensor by tensor (the
 frozen tower stays the init's), with the first one's files: a stage of its own, packed as any other.
-`--share S` weighs the first checkpoint S and the other 1 - S (default 0.5, the plain mean).
+`--share S` weighs the first checkpoint S and the other 1 - S (default 0.5, the plain mean). Where
+both runs kept a CTC head beside their checkpoints, their heads are averaged the same way, beside
+the output, so that a stage continuing from the mean goes on with it.
 """
 
 from __future__ import annotations
@@ -107,6 +109,18 @@ def average(checkpoint: Path, other: Path, out: Path, share: float = 0.5) -> Non
     save_file(weights, out / WEIGHTS, metadata={"format": "pt"})
     copy_files(KEPT_FILES, checkpoint, out)
     print(f"{out}: {share:g} of {checkpoint} and {1 - share:g} of {other}, {len(weights)} tensors")
+    # Their runs' CTC heads too, beside the checkpoint as train_base.py looks for them: a stage that
+    # continues the mean with a fresh head starts at a CTC loss of about 140 and loses what the
+    # projected audio carried (base15, README).
+    heads = [checkpoint.parent / CTC_HEAD_FILE, other.parent / CTC_HEAD_FILE]
+    if all(head.is_file() for head in heads):
+        first_head, second_head = (load_file(head) for head in heads)
+        mean_head = {n: share * t + (1 - share) * second_head[n] for n, t in first_head.items()}
+        save_file(mean_head, out.parent / CTC_HEAD_FILE)
+        print(f"{out.parent / CTC_HEAD_FILE}: their CTC heads, weighed the same")
+    else:
+        missing = " or ".join(str(head.parent) for head in heads if not head.is_file())
+        print(f"no CTC head beside {missing}: a stage from {out} starts a fresh one")
 
 
 def main(argv: list[str] | None = None) -> int:
