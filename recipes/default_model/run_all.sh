@@ -290,7 +290,7 @@ build/voices-venv/bin/python $recipe/render_voices.py --data build/real-speech/t
   --out build/voices/real-speech-piper-joe
 python $recipe/wer_table.py --data build/voices/real-speech-piper-joe/transcripts.tsv --no-export --compressors none \
   --out $recipe/results/voices/real-speech-piper-joe
-# What the projected audio carries (CTC best path): base12's head (base14avg, an average, has none).
+# What the projected audio carries (CTC best path): base12's head (base14avg, an average, has only its halves' heads averaged).
 python $recipe/wer_check.py build/default-model/base12/final --sets "" --tsv build/real-speech/transcripts.tsv \
   --tsv build/voices/real-speech-piper-joe/transcripts.tsv --tsv build/voices/piper-joe/transcripts.tsv \
   --ctc-head $recipe/stages/base12/ctc_head.safetensors
