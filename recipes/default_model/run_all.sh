@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The default model from nothing, on 2 CPU cores: Whisper tiny.en's encoder from PyPI, encoded data
 # (~5.6 h), eleven base stages and an average of two (~9.7 h; base13 and base14 are kept but not
-# shipped; base15, tried, 0.8 h), four LoRA realignments (8-16 min each), shipping base14avg into the package, the WER
-# tables (~1 h). Each stage is also kept in git (stages/), so a later step can start there.
+# shipped; base15, tried, 0.8 h), four LoRA realignments (8-16 min each), shipping base14avg into
+# the package, the WER tables (~1 h). Each stage is also kept in git (stages/), so a later step can start there.
 #   bash recipes/default_model/run_all.sh
 # Needs: apt-get install -y espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k \
 #   festvox-us-slt-hts wamerican

@@ -97,6 +97,13 @@ def unpack(stage: Path, init: Path, out: Path) -> None:
     print(f"{out}: the init's tower and {len(trained)} trained tensors")
 
 
+def weighted_mean(
+    first: dict[str, torch.Tensor], second: dict[str, torch.Tensor], share: float
+) -> dict[str, torch.Tensor]:
+    """`share` of each of `first`'s tensors and 1 - share of `second`'s, in float32, kept in `first`'s dtype."""
+    return {n: (share * t.float() + (1 - share) * second[n].float()).to(t.dtype) for n, t in first.items()}
+
+
 def average(checkpoint: Path, other: Path, out: Path, share: float = 0.5) -> None:
     first, second = load_file(checkpoint / WEIGHTS), load_file(other / WEIGHTS)
     if set(first) != set(second):
@@ -104,7 +111,7 @@ def average(checkpoint: Path, other: Path, out: Path, share: float = 0.5) -> Non
     for name in TOKENIZER_FILES:
         if (checkpoint / name).read_bytes() != (other / name).read_bytes():
             raise SystemExit(f"{checkpoint} and {other} have different tokenizers ({name})")
-    weights = {n: (share * t.float() + (1 - share) * second[n].float()).to(t.dtype) for n, t in first.items()}
+    weights = weighted_mean(first, second, share)
     out.mkdir(parents=True, exist_ok=True)
     save_file(weights, out / WEIGHTS, metadata={"format": "pt"})
     copy_files(KEPT_FILES, checkpoint, out)
@@ -114,9 +121,7 @@ def average(checkpoint: Path, other: Path, out: Path, share: float = 0.5) -> Non
     # projected audio carried (base15, README).
     heads = [checkpoint.parent / CTC_HEAD_FILE, other.parent / CTC_HEAD_FILE]
     if all(head.is_file() for head in heads):
-        first_head, second_head = (load_file(head) for head in heads)
-        mean_head = {n: share * t + (1 - share) * second_head[n] for n, t in first_head.items()}
-        save_file(mean_head, out.parent / CTC_HEAD_FILE)
+        save_file(weighted_mean(*(load_file(head) for head in heads), share), out.parent / CTC_HEAD_FILE)
         print(f"{out.parent / CTC_HEAD_FILE}: their CTC heads, weighed the same")
     else:
         missing = " or ".join(str(head.parent) for head in heads if not head.is_file())
