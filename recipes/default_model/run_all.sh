@@ -209,6 +209,21 @@ cp build/default-model/base15-avghead/{train_log.jsonl,summary.json} $recipe/res
 python $recipe/stage_weights.py average build/default-model/base15/final --with build/default-model/base14avg/final \
   --out build/default-model/base15avg/final
 measure_widely base15avg $recipe/results/base15avg
+# 12h. base16: base15's clips, seed and schedule at peak 1e-4 with base14avg's averaged CTC head;
+#      base16avg (it and base14avg averaged) and avg14w65 (base14 0.65, base12 0.35). Tried, not kept
+#      (results/base16*, results/avg14w65; README "continuing the averaged model").
+python $recipe/train_base.py --data data3 --train-clips 5000 --more-train data3/train-seed17 \
+  --more-train data3/train-prose-seed18 --more-train data3/train-long-seed19 --out build/default-model/base16 \
+  --init-from build/default-model/base14avg/final --steps 1500 --warmup-steps 50 --learning-rate 1e-4 \
+  --ctc-weight 1.0 --ctc-target tokens --threads 2 --seed 17
+measure_widely base16 $recipe/results/base16
+cp build/default-model/base16/{train_log.jsonl,summary.json,loss.png} $recipe/results/base16/
+python $recipe/stage_weights.py average build/default-model/base16/final --with build/default-model/base14avg/final \
+  --out build/default-model/base16avg/final
+measure_widely base16avg $recipe/results/base16avg
+python $recipe/stage_weights.py average build/default-model/base14/final --with build/default-model/base12/final \
+  --share 0.65 --out build/default-model/avg14w65/final
+measure_widely avg14w65 $recipe/results/avg14w65
 # 13. Realignment per compressor: LoRA rank 16 on q_proj/k_proj on the encoded training clips with
 #     the compressor between the frozen tower and the projector: 1000 steps for avg2, sample3 and
 #     unseg, 2000 for avg3 (0.36-0.4 s a step on 2 cores). On base10, at 300 steps they stayed 2.3 (avg2), 2.8
