@@ -3,6 +3,7 @@ errors, a runtime-only install, `doctor`, and `inspect`'s wording."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -162,3 +163,53 @@ def test_forcing_extra_buffers_on_where_they_crash_warns(monkeypatch, capsys):
             )
         else:
             assert err == ""
+
+
+# A command in place of the CLI's app: it signals its own process, as `kill` or Ctrl-C would.
+_SIGNALLED_APP = """
+import os, signal, sys
+from pathlib import Path
+import edgelalm.cli as cli
+
+def app(**_):
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("the signal did not interrupt")
+    except KeyboardInterrupt as interrupt:
+        {unwinding}
+
+cli.app = app
+cli.main()
+"""
+
+
+def _run_signalled_app(unwinding: str, tmp_path, preexec_fn=None):
+    script = _SIGNALLED_APP.format(unwinding=unwinding.replace("\n", "\n        "))
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=60, preexec_fn=preexec_fn
+    )
+
+
+def test_an_interrupt_a_library_rewraps_still_exits_130(tmp_path):
+    """torch's exporter can turn the KeyboardInterrupt into an error of its own (seen as a traceback
+    and status 1): once signalled, any error on the way out is the interrupt."""
+    done = _run_signalled_app(
+        'raise RuntimeError("Failed to export the model. See the stack trace above.") from interrupt', tmp_path
+    )
+    assert (done.returncode, done.stderr) == (130, "edgelalm: error: interrupted\n")
+
+
+def test_a_second_signal_cannot_cut_the_cleanup_short(tmp_path):
+    """A scheduler's repeated SIGTERM or an impatient second Ctrl-C arrives while the unwinding
+    removes the half-written output: it is ignored, the cleanup finishes, the exit is 130."""
+    done = _run_signalled_app(
+        'os.kill(os.getpid(), signal.SIGINT)\nPath("cleaned").write_text("yes")\nraise interrupt', tmp_path
+    )
+    assert (done.returncode, done.stderr) == (130, "edgelalm: error: interrupted\n")
+    assert (tmp_path / "cleaned").read_text() == "yes"
+
+
+def test_a_signal_the_parent_ignores_stays_ignored(tmp_path):
+    """A background job of a shell ignores SIGTERM/SIGINT from its parent: the CLI keeps that."""
+    done = _run_signalled_app("pass", tmp_path, preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN))
+    assert done.returncode != 130 and "the signal did not interrupt" in done.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -616,21 +617,31 @@ def doctor(
 
 def main() -> None:
     """Console entry point: every failure the user can act on is one line on stderr."""
-    # SIGTERM unwinds like Ctrl-C, so an interrupted export removes its staging folder.
-    signal.signal(signal.SIGTERM, lambda signum, frame: _raise_keyboard_interrupt())
+    # SIGTERM unwinds like Ctrl-C, so an interrupted export removes its staging folder. A signal
+    # the parent ignores (a shell's background job ignores SIGINT) stays ignored.
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signal_number) != signal.SIG_IGN:
+            signal.signal(signal_number, _interrupt)
     try:
         # Non-standalone, typer returns an exit code: 130 where it caught a KeyboardInterrupt.
         exit_code = app(standalone_mode=False, prog_name="edgelalm")
         if exit_code == 130:
-            _fail("interrupted", 130)
+            _fail_interrupted()
         if isinstance(exit_code, int) and exit_code:
             sys.exit(exit_code)
-    except EdgelalmError as error:
-        _fail(str(error), 1)
-    except (KeyboardInterrupt, typer.Abort):
-        _fail("interrupted", 130)
-    except TyperException as error:  # usage errors: unknown option, bad value
-        # Plain `edgelalm`: the help, not an error (typer's vendored click class, matched by name as typer does).
+    except SystemExit:
+        raise
+    except BaseException as error:
+        # Once signalled, whatever the unwinding raised says "interrupted": torch's exporter can
+        # rewrap the KeyboardInterrupt as an error of its own.
+        if _interrupted or isinstance(error, KeyboardInterrupt | typer.Abort):
+            _fail_interrupted()
+        if isinstance(error, EdgelalmError):
+            _fail(str(error), 1)
+        if not isinstance(error, TyperException):
+            raise
+        # Usage errors: unknown option, bad value. Plain `edgelalm`: the help, not an error (typer's
+        # vendored click class, matched by name as typer does).
         if type(error).__name__ == "NoArgsIsHelpError":
             typer.echo(error.format_message())
             return
@@ -638,8 +649,29 @@ def main() -> None:
         _fail(getattr(error, "format_message", error.__str__)().replace("Value error, ", ""), 2)
 
 
-def _raise_keyboard_interrupt() -> None:
+_interrupted = False
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGINT/SIGTERM: raise KeyboardInterrupt. A second signal is ignored, so it cannot cut the
+    removal of a half-written output short; a third ends the process at once."""
+    global _interrupted
+    if _interrupted:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        return
+    _interrupted = True
     raise KeyboardInterrupt
+
+
+def _fail_interrupted() -> None:
+    """Exit 130 after one line. os._exit, because CI once saw this process end by SIGINT (status
+    -2) after printing this line: CPython may re-raise at exit an interrupt it saw unhandled in
+    native code. The unwinding has already removed any half-written output."""
+    print("edgelalm: error: interrupted", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
 
 
 def _compressor_spec(compressor: CompressorName, factor: int | None) -> CompressorSpec:

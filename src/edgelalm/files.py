@@ -75,19 +75,19 @@ def atomic_folder(target: Path, force: bool, marker: str | None = None) -> Itera
     target = target.absolute()
     check_replaceable(target, force, marker)
     created_parents = [p for p in [target.parent, *target.parent.parents] if not p.exists()]
+    staging: Path | None = None
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    except OSError as error:
-        _remove_empty(created_parents)
-        # /proc and the like exist but refuse new entries with ENOENT, which would read as "not found".
-        reason = (
-            "it does not accept new folders"
-            if target.parent.is_dir() and error.errno == errno.ENOENT
-            else error.strerror
-        )
-        raise EdgelalmError(f"cannot write to {target.parent}: {reason or error}") from None
-    try:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+        except OSError as error:
+            # /proc and the like exist but refuse new entries with ENOENT, which would read as "not found".
+            reason = (
+                "it does not accept new folders"
+                if target.parent.is_dir() and error.errno == errno.ENOENT
+                else error.strerror
+            )
+            raise EdgelalmError(f"cannot write to {target.parent}: {reason or error}") from None
         yield staging
         if target.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
@@ -97,7 +97,10 @@ def atomic_folder(target: Path, force: bool, marker: str | None = None) -> Itera
         else:
             staging.rename(target)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        # One handler from the staging folder's creation on: a signal that lands between its
+        # creation and the yield removes it too.
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         _remove_empty(created_parents)
         raise
 
