@@ -230,6 +230,10 @@ for stage in avg14w65 base14avg; do
   python $recipe/wer_check.py build/default-model/$stage/final --data data3 --sets test,unheard --count 200 \
     > $recipe/results/avg14w65/$([ $stage = base14avg ] && echo base14avg-)wer_check-200.json
 done
+# 12i. Tried, not adopted: greedy decoding with the decoder's text-only prior divided out (README
+#      "dividing out the decoder's text prior"): worse at every weight on every set.
+python $recipe/prior_decoding.py build/default-model/base14avg/final --count 60 --weights 0,0.3,0.6,1.0 \
+  --tsv build/real-speech/transcripts.tsv > $recipe/results/prior-decoding/wer.json
 # 13. Realignment per compressor: LoRA rank 16 on q_proj/k_proj on the encoded training clips with
 #     the compressor between the frozen tower and the projector: 1000 steps for avg2, sample3 and
 #     unseg, 2000 for avg3 (0.36-0.4 s a step on 2 cores). On base10, at 300 steps they stayed 2.3 (avg2), 2.8
