@@ -80,6 +80,35 @@ def test_out_in_a_folder_that_takes_no_new_folders(tiny_checkpoint):
     assert line == "edgelalm: error: cannot write to /proc: it does not accept new folders"
 
 
+def test_scaffold_refuses_in_one_line_and_leaves_nothing(tmp_path):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("mine")
+    line = one_error_line(*edgelalm("scaffold", "--out", blocker / "ckpt")[::2])
+    assert line == f"edgelalm: error: cannot write to {blocker}: it is not a folder"
+    (tmp_path / "taken").mkdir()
+    line = one_error_line(*edgelalm("scaffold", "--out", tmp_path / "taken")[::2])
+    assert line == f"edgelalm: error: {tmp_path / 'taken'} already exists"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "taken"] and blocker.read_text() == "mine"
+
+
+def test_a_full_disk_during_scaffold_is_one_line_and_leaves_nothing(tmp_path):
+    """The checkpoint is written beside --out and renamed into place: a write that fails halfway
+    (ENOSPC raised after the first files) leaves no half checkpoint."""
+    script = (
+        "import errno, sys; import edgelalm.scaffold as scaffold\n"
+        "def half(out, *args, **kwargs):\n"
+        "    (out / 'config.json').write_text('{}')\n"
+        "    raise OSError(errno.ENOSPC, 'No space left on device')\n"
+        "scaffold.preset_checkpoint = half\n"
+        "sys.argv = ['edgelalm', 'scaffold', '--out', 'ckpt']\n"
+        "from edgelalm.cli import main; main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    line = one_error_line(done.returncode, done.stderr)
+    assert line.startswith("edgelalm: error: writing the checkpoint ckpt failed: No space left on device (")
+    assert line.endswith(" MB free there)") and list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     "command", [("export",), ("scaffold", "--out", "x"), ("bench", "--quick"), ("finetune", "--data", "x")]
 )

@@ -355,7 +355,10 @@ def test_unwritable_out(tiny_checkpoint, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     code, _, stderr = edgelalm("export", "--model", tiny_checkpoint, "--out", blocker / "bundle")
-    assert_one_line_error(code, stderr, "cannot write to")
+    # "File exists" or "Not a directory" is what the OS says; the line names the file in the way.
+    assert_one_line_error(code, stderr, f"cannot write to {blocker}: it is not a folder")
+    code, _, stderr = edgelalm("export", "--model", tiny_checkpoint, "--out", blocker / "deeper" / "bundle")
+    assert_one_line_error(code, stderr, f"cannot write to {blocker / 'deeper'}: {blocker} is not a folder")
     assert blocker.read_text() == ""
 
 

@@ -6,6 +6,7 @@ non-zero exit code; usage errors too. torch is imported only by the commands tha
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -582,9 +583,16 @@ def scaffold(
     _require_export_extra("scaffold")
     if out.exists():
         raise EdgelalmError(f"{out} already exists")
+    from edgelalm.files import atomic_folder, write_failed
     from edgelalm.scaffold import preset_checkpoint
 
-    typer.echo(str(preset_checkpoint(out, preset, seed=seed)))
+    try:
+        # Written beside `out` and renamed into place: an interrupted or failed scaffold leaves nothing.
+        with atomic_folder(out, force=False) as staging:
+            preset_checkpoint(staging, preset, seed=seed)
+    except OSError as error:
+        raise write_failed("the checkpoint", out, error) from None
+    typer.echo(str(out))
 
 
 @app.command()
@@ -668,9 +676,10 @@ def _fail_interrupted() -> None:
     """Exit 130 after one line. os._exit, because CI once saw this process end by SIGINT (status
     -2) after printing this line: CPython may re-raise at exit an interrupt it saw unhandled in
     native code. The unwinding has already removed any half-written output."""
-    print("edgelalm: error: interrupted", file=sys.stderr)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream, text in ((sys.stdout, ""), (sys.stderr, "edgelalm: error: interrupted\n")):
+        with contextlib.suppress(OSError, ValueError):  # a reader gone (`| head`), a stream closed
+            stream.write(text)
+            stream.flush()
     os._exit(130)
 
 

@@ -50,6 +50,15 @@ def link_or_copy(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
+def write_failed(what: str, out_dir: Path, error: OSError) -> EdgelalmError:
+    """One line for an OSError while writing `out_dir` (a full disk, a file system gone read-only,
+    a quota), with the space left there; atomic_folder has already removed the staging folder."""
+    reason = error.strerror or str(error)
+    with contextlib.suppress(OSError):
+        reason += f" ({shutil.disk_usage(out_dir.absolute().parent).free / 1e6:.1f} MB free there)"
+    return EdgelalmError(f"writing {what} {out_dir} failed: {reason}")
+
+
 def check_replaceable(target: Path, force: bool, marker: str | None = None) -> None:
     """Refuse, in one line, an output folder that atomic_folder would refuse (callers with a long
     load before writing check first)."""
@@ -81,12 +90,15 @@ def atomic_folder(target: Path, force: bool, marker: str | None = None) -> Itera
             target.parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
         except OSError as error:
-            # /proc and the like exist but refuse new entries with ENOENT, which would read as "not found".
-            reason = (
-                "it does not accept new folders"
-                if target.parent.is_dir() and error.errno == errno.ENOENT
-                else error.strerror
-            )
+            # /proc and the like exist but refuse new entries with ENOENT, which would read as "not found";
+            # a file on the way (--out notes.txt/bundle) reads as "File exists" or "Not a directory".
+            on_the_way = next(p for p in [target.parent, *target.parent.parents] if p.exists())
+            if not on_the_way.is_dir():
+                reason = f"{'it' if on_the_way == target.parent else on_the_way} is not a folder"
+            elif target.parent.is_dir() and error.errno == errno.ENOENT:
+                reason = "it does not accept new folders"
+            else:
+                reason = error.strerror
             raise EdgelalmError(f"cannot write to {target.parent}: {reason or error}") from None
         yield staging
         if target.exists():

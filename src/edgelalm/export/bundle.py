@@ -48,7 +48,7 @@ from edgelalm.export.describe import ExportedChoice, build_manifest
 from edgelalm.export.encoder import EncoderPrecision, export_encoder_onnx
 from edgelalm.export.share import check_shared_checksums, shareable_files
 from edgelalm.export.verify import check_adapters, check_compressor, check_decoder, check_encoder
-from edgelalm.files import atomic_folder, link_or_copy
+from edgelalm.files import atomic_folder, link_or_copy, write_failed
 from edgelalm.manifest import (
     PromptInfo,
     is_encoder_file,
@@ -106,9 +106,7 @@ def export_bundle(options: ExportOptions) -> Path:
         _write_bundle(options)
     except OSError as error:
         # A full disk, a file system gone read-only, a quota: the staging folder is already removed.
-        raise EdgelalmError(
-            f"writing the bundle {options.out_dir} failed: {_os_error_reason(error, options.out_dir)}"
-        ) from None
+        raise write_failed("the bundle", options.out_dir, error) from None
     return options.out_dir
 
 
@@ -226,15 +224,6 @@ def _write_bundle(options: ExportOptions) -> None:
 
 def _adapter_summary(adapter: LoraAdapter) -> str:
     return f"rank {adapter.rank}, alpha {adapter.alpha:g}, {len(adapter.target_modules)} modules"
-
-
-def _os_error_reason(error: OSError, out_dir: Path) -> str:
-    reason = error.strerror or str(error)
-    try:
-        free = shutil.disk_usage(out_dir.absolute().parent).free
-    except OSError:
-        return reason
-    return f"{reason} ({free / 1e6:.1f} MB free there)"
 
 
 def open_checkpoint_adapter(checkpoint: Checkpoint, adapter_dir: Path | None) -> LoraAdapter | None:

@@ -15,6 +15,7 @@ header naming `file` and `transcript` columns (audio paths relative to the TSV).
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import sys
 import warnings
@@ -108,11 +109,16 @@ def open_paired_data(path: Path, sampling_rate: int, normalize: bool, model_dir:
         if dataset.sampling_rate != sampling_rate:
             raise EdgelalmError(f"{path} is sampled at {dataset.sampling_rate} Hz; the model takes {sampling_rate} Hz")
         return dataset
-    if path.is_file():
-        return PairedAudio(path, sampling_rate, normalize)
-    raise EdgelalmError(
-        f"training data not found: {path} (a dataset folder or a TSV file with file/transcript columns)"
-    )
+    check_paired_data_exists(path)
+    return PairedAudio(path, sampling_rate, normalize)
+
+
+def check_paired_data_exists(path: Path) -> None:
+    """Refuse missing training data in one line (before the model's load, which takes a while)."""
+    if not path.is_dir() and not path.is_file():
+        raise EdgelalmError(
+            f"training data not found: {path} (a dataset folder or a TSV file with file/transcript columns)"
+        )
 
 
 def load_for_training(model_dir: Path, device: str):
@@ -141,7 +147,7 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
     from peft import LoraConfig, get_peft_model
 
     from edgelalm.export.compressor import build_compressor
-    from edgelalm.files import atomic_folder, check_replaceable
+    from edgelalm.files import atomic_folder, check_replaceable, write_failed
     from edgelalm.training.train import TrainSettings, plot_losses, train
 
     if options.steps < 1 or options.batch_size < 1:
@@ -152,6 +158,7 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
     # peft asks transformers a deprecated question; the user can do nothing about it.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     check_replaceable(options.out_dir.absolute(), options.force, marker=ADAPTER_CONFIG_FILE)
+    check_paired_data_exists(options.data)
     model, processor = load_for_training(options.model_dir, options.device)
     sampling_rate = processor.feature_extractor.sampling_rate
     data = open_paired_data(options.data, sampling_rate, options.normalize, options.model_dir)
@@ -180,36 +187,44 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
         bucket_batches=max(1, min(TrainSettings.bucket_batches, len(data) // options.batch_size)),
     )
     compressor = build_compressor(options.compressor)
-    with atomic_folder(options.out_dir, options.force, marker=ADAPTER_CONFIG_FILE) as staging:
-        log = train(
-            peft_model.base_model.model,
-            processor,
-            data,
-            None,
-            staging,
-            settings,
-            compressor=compressor,
-            parameters=trained,
-            progress=progress,
-        )
-        peft_model.save_pretrained(staging, safe_serialization=True)
-        meta = {
-            "base_model": str(options.model_dir),
-            "compressor": options.compressor.label,
-            "steps": options.steps,
-            "batch_size": options.batch_size,
-            "learning_rate": options.learning_rate,
-            "seed": options.seed,
-            "lora_modules": list(dict.fromkeys(options.lora_modules)),
-            "data": str(options.data),
-            "clips": len(data),
-            "final_loss": log.records[-1]["loss"],
-        }
-        (staging / "edgelalm_finetune.json").write_text(json.dumps(meta, indent=2) + "\n")
-        try:
-            plot_losses(
-                log, staging / "loss.png", f"LoRA r{options.rank}/a{options.alpha:g} with {options.compressor.label}"
+    try:
+        with atomic_folder(options.out_dir, options.force, marker=ADAPTER_CONFIG_FILE) as staging:
+            log = train(
+                peft_model.base_model.model,
+                processor,
+                data,
+                None,
+                staging,
+                settings,
+                compressor=compressor,
+                parameters=trained,
+                progress=progress,
             )
-        except ImportError:
-            print("matplotlib is not installed: no loss.png (pip install 'edgelalm[bench]')", file=sys.stderr)
+            peft_model.save_pretrained(staging, safe_serialization=True)
+            meta = {
+                "base_model": str(options.model_dir),
+                "compressor": options.compressor.label,
+                "steps": options.steps,
+                "batch_size": options.batch_size,
+                "learning_rate": options.learning_rate,
+                "seed": options.seed,
+                "lora_modules": list(dict.fromkeys(options.lora_modules)),
+                "data": str(options.data),
+                "clips": len(data),
+                "final_loss": log.records[-1]["loss"],
+            }
+            (staging / "edgelalm_finetune.json").write_text(json.dumps(meta, indent=2) + "\n")
+            try:
+                plot_losses(
+                    log,
+                    staging / "loss.png",
+                    f"LoRA r{options.rank}/a{options.alpha:g} with {options.compressor.label}",
+                )
+            except ImportError:
+                print("matplotlib is not installed: no loss.png (pip install 'edgelalm[bench]')", file=sys.stderr)
+    except OSError as error:
+        # Only what writing can cause: any other OSError (a clip that cannot be read) is not this.
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        raise write_failed("the adapter", options.out_dir, error) from None
     return options.out_dir
