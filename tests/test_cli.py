@@ -126,6 +126,40 @@ def test_inspect_names_the_compressor_by_its_label(tiny_bundles):
     assert "compressor.onnx  avg3: 8.33 audio tokens/s" in avg3
 
 
+def test_more_threads_than_cpus_are_refused_in_one_line(tmp_path):
+    """100000 threads once held 16 GB in thread stacks before the first token."""
+    cpus = os.cpu_count()
+    for command in (("doctor",), ("bench", "--quick", "--out", tmp_path / "b"), ("finetune", "--data", "x")):
+        line = one_error_line(*edgelalm(*command, "--threads", cpus + 1)[::2])
+        assert line == f"edgelalm: error: threads must be from 1 to this machine's {cpus} logical CPUs, got {cpus + 1}"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_threads_defaults_to_the_usable_cores_and_takes_up_to_the_cpus(monkeypatch):
+    from edgelalm.errors import EdgelalmError
+    from edgelalm.runtime import llama_backend
+
+    monkeypatch.setattr(llama_backend.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(llama_backend, "usable_cores", lambda: 3)
+    assert llama_backend.check_threads(None) == 3
+    assert llama_backend.check_threads(8) == 8
+    for threads in (0, 9):
+        with pytest.raises(EdgelalmError, match=f"from 1 to this machine's 8 logical CPUs, got {threads}"):
+            llama_backend.check_threads(threads)
+
+
+@pytest.mark.parametrize("out", ["/proc/edgelalm-bench", "a-file", "a-file/deeper"])
+def test_bench_out_that_cannot_be_a_folder_is_one_line(tmp_path, out):
+    (tmp_path / "a-file").write_text("mine")
+    line = one_error_line(*edgelalm("bench", "--quick", "--out", out, cwd=tmp_path)[::2])
+    expected = {
+        "/proc/edgelalm-bench": "cannot write to /proc: it does not accept new folders",
+        "a-file": f"{tmp_path / 'a-file'} is a file, not a folder",
+        "a-file/deeper": f"cannot write to {tmp_path / 'a-file'}: it is not a folder",
+    }[out]
+    assert line == f"edgelalm: error: {expected}" and (tmp_path / "a-file").read_text() == "mine"
+
+
 # -- doctor --------------------------------------------------------------------------------
 
 

@@ -55,7 +55,10 @@ _EXTRA_BUFFERS_HELP = (
     "the CPU has it (its AMX path crashes decoding batches of more than one token, llama.cpp issue 20824); "
     "on: llama.cpp's stock setting; off: plain CPU buffers."
 )
-_THREADS_HELP = "CPU threads for onnxruntime and llama.cpp. Default: the cores this process may use."
+_THREADS_HELP = (
+    "CPU threads for onnxruntime and llama.cpp, up to the machine's logical CPUs. "
+    "Default: the cores this process may use."
+)
 _FORCE_HELP = "Replace --out if it is an earlier output or empty (never other files)."
 _EXPORT_PACKAGES = ("torch", "transformers", "safetensors", "peft", "onnx", "onnxscript", "gguf")
 _COMPRESSOR_HELP = "Compressor between the audio encoder and the projector: " + "; ".join(
@@ -395,7 +398,7 @@ def bench(
     ] = "fp32",
     threads: Annotated[
         int | None,
-        typer.Option(help="CPU threads for both edgelalm and PyTorch. Default: the cores this process may use."),
+        typer.Option(min=1, help="CPU threads for both edgelalm and PyTorch. Default: the cores this process may use."),
     ] = None,
     llama_extra_buffers: Annotated[ExtraBuffers, typer.Option(help=_EXTRA_BUFFERS_HELP)] = "auto",
     reference: Annotated[bool, typer.Option(help="Also measure transformers' PyTorch fp32 model side by side.")] = True,
@@ -441,7 +444,7 @@ def bench(
         max_tokens=max_tokens,
         quant=quant,
         encoder_precision=encoder_precision,
-        threads=threads or settings.get("threads"),
+        threads=_checked_threads(threads or settings.get("threads")),
         reference=reference,
         mtmd=mtmd,
         target=target or "cpu (default settings)",
@@ -490,7 +493,7 @@ def finetune(
     ] = "q_proj,k_proj",
     device: Annotated[Device, typer.Option(help="cpu or cuda (PyTorch).")] = "cpu",
     seed: Annotated[int, typer.Option(help="Seed for the LoRA init, batches and augmentation.")] = 0,
-    threads: Annotated[int | None, typer.Option(help="PyTorch CPU threads.")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="PyTorch CPU threads.")] = None,
     force: Annotated[bool, typer.Option("--force", help=_FORCE_HELP)] = False,
 ) -> None:
     """Realign a checkpoint to a compressor (the paper's method): LoRA on the language model's q_proj and
@@ -518,7 +521,7 @@ def finetune(
         lora_modules=tuple(name.strip() for name in lora_modules.split(",") if name.strip()),
         device=device,
         seed=seed,
-        threads=threads,
+        threads=_checked_threads(threads),
         force=force,
     )
     typer.echo(str(run_finetune(options)))
@@ -681,6 +684,13 @@ def _fail_interrupted() -> None:
             stream.write(text)
             stream.flush()
     os._exit(130)
+
+
+def _checked_threads(threads: int | None) -> int | None:
+    """--threads as given (None: each stage's default), refused in one line beyond the machine's CPUs."""
+    from edgelalm.runtime.llama_backend import check_threads
+
+    return None if threads is None else check_threads(threads)
 
 
 def _compressor_spec(compressor: CompressorName, factor: int | None) -> CompressorSpec:

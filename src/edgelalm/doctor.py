@@ -14,6 +14,7 @@ from typing import Any
 
 from edgelalm.runtime.llama_backend import (
     ExtraBuffers,
+    check_threads,
     cpu_flags,
     cpu_name,
     decide_extra_buffers,
@@ -65,7 +66,7 @@ def machine_report(threads: int | None, extra_buffers: ExtraBuffers) -> dict[str
             "usable_cores": usable_cores(),
             "features": [flag for flag in NOTABLE_CPU_FLAGS if flags and flag in flags] if flags is not None else None,
         },
-        "threads": threads or usable_cores(),
+        "threads": check_threads(threads),
         "onnxruntime": {"version": onnxruntime.__version__, "providers": onnxruntime.get_available_providers()},
         "llama_cpp_python": _version("llama_cpp_python"),
         "llama_cpp": {

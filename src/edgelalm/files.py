@@ -74,6 +74,30 @@ def check_replaceable(target: Path, force: bool, marker: str | None = None) -> N
         )
 
 
+def make_output_folder(folder: Path) -> None:
+    """mkdir -p for an output folder that is filled over time (a benchmark's), refused in one line."""
+    if folder.exists() and not folder.is_dir():
+        raise EdgelalmError(f"{folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise cannot_write_in(folder.parent, error) from None
+
+
+def cannot_write_in(parent: Path, error: OSError) -> EdgelalmError:
+    """One line for a folder that could not be made in `parent`. /proc and the like exist but
+    refuse new entries with ENOENT, which would read as "not found"; a file on the way (--out
+    notes.txt/bundle) reads as "File exists" or "Not a directory"."""
+    on_the_way = next(p for p in [parent, *parent.parents] if p.exists())
+    if not on_the_way.is_dir():
+        reason = f"{'it' if on_the_way == parent else on_the_way} is not a folder"
+    elif parent.is_dir() and error.errno == errno.ENOENT:
+        reason = "it does not accept new folders"
+    else:
+        reason = error.strerror or str(error)
+    return EdgelalmError(f"cannot write to {parent}: {reason}")
+
+
 @contextlib.contextmanager
 def atomic_folder(target: Path, force: bool, marker: str | None = None) -> Iterator[Path]:
     """Yield an empty staging folder beside `target`; on success it becomes `target`
@@ -90,16 +114,7 @@ def atomic_folder(target: Path, force: bool, marker: str | None = None) -> Itera
             target.parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
         except OSError as error:
-            # /proc and the like exist but refuse new entries with ENOENT, which would read as "not found";
-            # a file on the way (--out notes.txt/bundle) reads as "File exists" or "Not a directory".
-            on_the_way = next(p for p in [target.parent, *target.parent.parents] if p.exists())
-            if not on_the_way.is_dir():
-                reason = f"{'it' if on_the_way == target.parent else on_the_way} is not a folder"
-            elif target.parent.is_dir() and error.errno == errno.ENOENT:
-                reason = "it does not accept new folders"
-            else:
-                reason = error.strerror
-            raise EdgelalmError(f"cannot write to {target.parent}: {reason or error}") from None
+            raise cannot_write_in(target.parent, error) from None
         yield staging
         if target.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))

@@ -71,10 +71,11 @@ __all__ = [
 
 
 def run_bench(plan: BenchPlan) -> dict[str, Any]:
+    from edgelalm.files import make_output_folder
     from edgelalm.progress import Bar
 
     check_device(plan)
-    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    make_output_folder(plan.out_dir.absolute())
     model_dir = ensure_model(plan)
     bundles: dict[str, Path] = {}
     for label in plan.compressors:

@@ -169,7 +169,7 @@ def measure_mtmd(
 
     from edgelalm.bench.measure import STAGES, kv_cache_mb, summarize, synthetic_clip
     from edgelalm.runtime.decoder import LlamaContext, LlamaModel
-    from edgelalm.runtime.llama_backend import usable_cores
+    from edgelalm.runtime.llama_backend import check_threads
     from edgelalm.runtime.memory import peak_rss_mb
 
     manifest = read_manifest(bundle, verify_files=False)
@@ -178,7 +178,7 @@ def measure_mtmd(
     on_gpu = device == "cuda"
     if on_gpu and not llama_cpp.llama_supports_gpu_offload():
         raise EdgelalmError("--target cuda: llama-cpp-python was built without GPU offload")
-    threads = threads or usable_cores()
+    threads = check_threads(threads)
 
     @llama_cpp.llama_log_callback
     def keep_errors(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:

@@ -50,7 +50,7 @@ from edgelalm.runtime.features import (
     usable_window,
     window_lengths,
 )
-from edgelalm.runtime.llama_backend import ExtraBuffers, usable_cores
+from edgelalm.runtime.llama_backend import ExtraBuffers, check_threads
 from edgelalm.runtime.memory import peak_rss_mb
 
 
@@ -150,7 +150,7 @@ class Runtime:
         self._contexts_lock = threading.Lock()
         # One count for onnxruntime and llama.cpp: the cores this process may use (llama.cpp's own
         # default of 4 oversubscribed 2 cores; onnxruntime's counts the host's, not the container's).
-        threads = threads or usable_cores()
+        threads = check_threads(threads)
         self.manifest = manifest = read_manifest(self.bundle)
         if manifest.decoder is None:
             raise EdgelalmError(f"bundle {self.bundle} has no decoder; re-export it with this edgelalm")
