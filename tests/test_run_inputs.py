@@ -297,6 +297,23 @@ def test_ten_minutes_do_not_fit_uncompressed(tiny_bundles, ten_minutes):
     assert factor >= 2 and math.ceil(15000 / factor) + prompt_tokens + MAX_TOKENS <= 8192
 
 
+@pytest.mark.parametrize(
+    "prompt_words, max_tokens, advice",
+    [
+        (9000, 8, "the prompt alone is over the context: a shorter prompt"),
+        (10, 8180, "ask for fewer answer tokens"),
+        (4000, 4180, "a shorter prompt or fewer answer tokens"),
+    ],
+)
+def test_no_room_for_audio_names_what_takes_it(tiny_bundles, tmp_path, prompt_words, max_tokens, advice):
+    """The prompt and the answer leave no room in the context for any audio: the advice names the larger."""
+    clip = write_wav(tmp_path / "clip.wav", speechlike(3.0))
+    prompt = " ".join(["word"] * prompt_words)
+    code, _, stderr = run(tiny_bundles("none", 1), clip, "--prompt", prompt, "--max-tokens", str(max_tokens))
+    line = assert_one_line_error(code, stderr, "the decoder's context is 8192")
+    assert line.endswith(f"; {advice}"), line
+
+
 def test_ten_minutes_run_uncompressed_window_by_window(tiny_bundles, ten_minutes):
     """`--windows each`: every window is its own prompt, so any length fits the context."""
     result = assert_result(*run(tiny_bundles("none", 1), ten_minutes, "--windows", "each"))

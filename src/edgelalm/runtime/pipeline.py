@@ -463,7 +463,7 @@ class Runtime:
             advice = (
                 f"a shorter window or avg/sample with a factor K={-(-window_frames // budget)} would fit"
                 if budget > 0
-                else "ask for fewer answer tokens"
+                else self._advice_without_room(text_tokens, max_tokens)
             )
             raise EdgelalmError(
                 f"a window of {longest_window / self.features.sampling_rate:.0f} s gives up to "
@@ -631,7 +631,11 @@ class Runtime:
                 f"give {audio_tokens} audio tokens with {spec.label}, plus {text_tokens} prompt and {max_tokens} "
                 "answer tokens"
             )
-        advice = f"at that rate about {fitting_seconds:.0f} s fit" if budget > 0 else "ask for fewer answer tokens"
+        advice = (
+            f"at that rate about {fitting_seconds:.0f} s fit"
+            if budget > 0
+            else self._advice_without_room(text_tokens, max_tokens)
+        )
         raise EdgelalmError(f"the clip ({total_samples / rate:.0f} s) does not fit {limit}; {advice}")
 
     def _generate(
@@ -689,13 +693,19 @@ class Runtime:
         advice = (
             f"{longest}; avg or sample with a factor K={-(-encoder_frames // room)} would fit it"
             if room > 0
-            else "; ask for fewer answer tokens"
+            else "; " + self._advice_without_room(text_tokens, max_tokens)
         )
         raise EdgelalmError(
             f"the clip ({seconds:.0f} s, {audio_tokens} audio tokens with "
             f"{spec.label}) plus {text_tokens} prompt and {max_tokens} answer tokens needs "
             f"{text_tokens + audio_tokens + max_tokens} tokens; the decoder's context is {self.context_limit}{advice}"
         )
+
+    def _advice_without_room(self, text_tokens: int, max_tokens: int) -> str:
+        """What to change when the prompt and the answer leave no room for audio: the larger of them."""
+        if text_tokens >= self.context_limit:
+            return "the prompt alone is over the context: a shorter prompt"
+        return "ask for fewer answer tokens" if max_tokens >= text_tokens else "a shorter prompt or fewer answer tokens"
 
     def _candidates(self, compressor: str | None, max_audio_tokens: int | None) -> list[str]:
         """The compressors a run may use: the one asked for, the default, or all of them for auto."""
