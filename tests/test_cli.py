@@ -246,6 +246,23 @@ cli.main()
 """
 
 
+_DEFERRED_APP = """
+import os, signal
+from pathlib import Path
+import edgelalm.cli as cli
+from edgelalm.interrupts import deferred
+
+def app(**_):
+    with deferred():
+        os.kill(os.getpid(), signal.SIGTERM)
+        Path("block").write_text("finished")
+    Path("after").write_text("the interrupt did not come")
+
+cli.app = app
+cli.main()
+"""
+
+
 def _run_signalled_app(unwinding: str, tmp_path, preexec_fn=None):
     script = _SIGNALLED_APP.format(unwinding=unwinding.replace("\n", "\n        "))
     return subprocess.run(
@@ -270,6 +287,20 @@ def test_a_second_signal_cannot_cut_the_cleanup_short(tmp_path):
     )
     assert (done.returncode, done.stderr) == (130, "edgelalm: error: interrupted\n")
     assert (tmp_path / "cleaned").read_text() == "yes"
+
+
+def test_an_interrupt_waits_for_a_deferred_block_to_end(tmp_path):
+    """Inside torch's exporter an interrupt raised mid-trace aborted the process (SIGABRT, staging
+    folder left): there the signal waits for the export call to return, then unwinds as usual."""
+    done = subprocess.run(
+        [sys.executable, "-c", _DEFERRED_APP], capture_output=True, text=True, cwd=tmp_path, timeout=60
+    )
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.splitlines() == [
+        "edgelalm: interrupting once the current export call returns",
+        "edgelalm: error: interrupted",
+    ]
+    assert (tmp_path / "block").read_text() == "finished" and not (tmp_path / "after").exists()
 
 
 def test_a_signal_the_parent_ignores_stays_ignored(tmp_path):

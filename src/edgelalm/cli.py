@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -19,6 +18,7 @@ import typer
 import typer.core
 from typer.exceptions import TyperException
 
+from edgelalm import interrupts
 from edgelalm.compression import COMPRESSOR_DESCRIPTIONS, FACTOR_COMPRESSORS, CompressorSpec
 from edgelalm.constants import (
     CompressorName,
@@ -628,11 +628,8 @@ def doctor(
 
 def main() -> None:
     """Console entry point: every failure the user can act on is one line on stderr."""
-    # SIGTERM unwinds like Ctrl-C, so an interrupted export removes its staging folder. A signal
-    # the parent ignores (a shell's background job ignores SIGINT) stays ignored.
-    for signal_number in (signal.SIGINT, signal.SIGTERM):
-        if signal.getsignal(signal_number) != signal.SIG_IGN:
-            signal.signal(signal_number, _interrupt)
+    # SIGTERM unwinds like Ctrl-C, so an interrupted export removes its staging folder.
+    interrupts.install()
     try:
         # Non-standalone, typer returns an exit code: 130 where it caught a KeyboardInterrupt.
         exit_code = app(standalone_mode=False, prog_name="edgelalm")
@@ -645,7 +642,7 @@ def main() -> None:
     except BaseException as error:
         # Once signalled, whatever the unwinding raised says "interrupted": torch's exporter can
         # rewrap the KeyboardInterrupt as an error of its own.
-        if _interrupted or isinstance(error, KeyboardInterrupt | typer.Abort):
+        if interrupts.interrupted() or isinstance(error, KeyboardInterrupt | typer.Abort):
             _fail_interrupted()
         if isinstance(error, EdgelalmError):
             _fail(str(error), 1)
@@ -658,21 +655,6 @@ def main() -> None:
             return
         # Typer validates choices through pydantic, whose wording leaks in.
         _fail(getattr(error, "format_message", error.__str__)().replace("Value error, ", ""), 2)
-
-
-_interrupted = False
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    """SIGINT/SIGTERM: raise KeyboardInterrupt. A second signal is ignored, so it cannot cut the
-    removal of a half-written output short; a third ends the process at once."""
-    global _interrupted
-    if _interrupted:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        return
-    _interrupted = True
-    raise KeyboardInterrupt
 
 
 def _fail_interrupted() -> None:

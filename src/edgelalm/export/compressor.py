@@ -20,6 +20,7 @@ from torch import nn
 
 from edgelalm.compression import CompressorSpec
 from edgelalm.constants import COMPRESSOR_INPUT, COMPRESSOR_OUTPUT
+from edgelalm.interrupts import deferred
 
 # Guards 1 - cos against zero-norm frames (silence after a layer norm can get close).
 COSINE_EPS = 1e-8
@@ -150,7 +151,7 @@ def export_compressor_onnx(module: CompressorProjector, encoder_width: int, path
     module.eval()
     example = torch.randn(40, encoder_width)
     frames = torch.export.Dim("audio_frames", min=1, max=100_000)
-    with torch.no_grad():
+    with deferred(), torch.no_grad():  # see edgelalm.interrupts
         program = torch.onnx.export(
             module,
             (example,),

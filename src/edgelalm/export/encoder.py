@@ -37,6 +37,7 @@ from edgelalm.constants import (
 )
 from edgelalm.errors import EdgelalmError
 from edgelalm.export import audio_tower as tower_steps
+from edgelalm.interrupts import deferred
 
 if TYPE_CHECKING:
     import onnx
@@ -168,7 +169,8 @@ def export_encoder_onnx(audio_tower: nn.Module, path: Path, precision: EncoderPr
     context = torch.randn(config.num_mel_bins, RIGHT_CONTEXT_FRAMES)
     mel_frames = torch.export.Dim("mel_frames", min=MIN_MEL_FRAMES, max=max_mel_frames)
     target = path if precision != "int8" else path.with_name(path.stem + ".fp32.onnx")
-    with torch.no_grad(), _blocked_attention(tower), _blocked_feed_forward(tower):
+    # deferred(): an interrupt raised inside torch's tracing can abort the process (edgelalm.interrupts).
+    with deferred(), torch.no_grad(), _blocked_attention(tower), _blocked_feed_forward(tower):
         program = torch.onnx.export(
             module,
             (mel, context),
