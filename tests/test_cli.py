@@ -103,7 +103,7 @@ def test_a_full_disk_during_scaffold_is_one_line_and_leaves_nothing(tmp_path):
         "sys.argv = ['edgelalm', 'scaffold', '--out', 'ckpt']\n"
         "from edgelalm.cli import main; main()\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    done = _python(script, tmp_path)
     line = one_error_line(done.returncode, done.stderr)
     assert line.startswith("edgelalm: error: writing the checkpoint ckpt failed: No space left on device (")
     assert line.endswith(" MB free there)") and list(tmp_path.iterdir()) == []
@@ -263,11 +263,15 @@ cli.main()
 """
 
 
-def _run_signalled_app(unwinding: str, tmp_path, preexec_fn=None):
-    script = _SIGNALLED_APP.format(unwinding=unwinding.replace("\n", "\n        "))
+def _python(script: str, cwd, preexec_fn=None) -> subprocess.CompletedProcess:
+    """`script` in a fresh Python in `cwd` (a replaced app, a replaced writer: things the CLI cannot be told)."""
     return subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=60, preexec_fn=preexec_fn
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=cwd, timeout=120, preexec_fn=preexec_fn
     )
+
+
+def _run_signalled_app(unwinding: str, tmp_path, preexec_fn=None):
+    return _python(_SIGNALLED_APP.format(unwinding=unwinding.replace("\n", "\n        ")), tmp_path, preexec_fn)
 
 
 def test_an_interrupt_a_library_rewraps_still_exits_130(tmp_path):
@@ -292,9 +296,7 @@ def test_a_second_signal_cannot_cut_the_cleanup_short(tmp_path):
 def test_an_interrupt_waits_for_a_deferred_block_to_end(tmp_path):
     """Inside torch's exporter an interrupt raised mid-trace aborted the process (SIGABRT, staging
     folder left): there the signal waits for the export call to return, then unwinds as usual."""
-    done = subprocess.run(
-        [sys.executable, "-c", _DEFERRED_APP], capture_output=True, text=True, cwd=tmp_path, timeout=60
-    )
+    done = _python(_DEFERRED_APP, tmp_path)
     assert done.returncode == 130, done.stderr
     assert done.stderr.splitlines() == [
         "edgelalm: interrupting once the current export call returns",
