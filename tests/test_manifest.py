@@ -285,3 +285,203 @@ def test_a_truncated_gguf_with_its_checksum_fixed_is_one_line(bundle, tmp_path):
     (folder / "decoder.gguf").write_bytes(data[: len(data) // 2])
     _refresh_checksum(folder, "decoder.gguf")
     assert "llama.cpp could not load" in _run_cli(folder, tmp_path)
+
+
+# -- a hostile bundle: its files rewritten and the checksums recomputed to fit ---------------------
+
+
+def _copy(bundle, tmp_path):
+    folder = tmp_path / "bundle"
+    shutil.copytree(bundle, folder)
+    return folder
+
+
+def test_a_file_the_manifest_does_not_list_is_refused(bundle, tmp_path):
+    """A graph may read any file beside it as its external weights, and only listed files are
+    checked: the encoder's weights dropped from `files` and zeroed gave an empty answer, exit 0."""
+    folder = _copy(bundle, tmp_path)
+    (folder / "notes.bin").write_bytes(b"\0" * 16)
+    with pytest.raises(EdgelalmError, match=r"notes\.bin: not listed in manifest\.json"):
+        read_manifest(folder)
+    (folder / "notes.bin").unlink()
+    data = json.loads((folder / MANIFEST_FILE).read_text())
+    del data["files"]["encoder.onnx.data"]
+    (folder / MANIFEST_FILE).write_text(json.dumps(data))
+    with pytest.raises(EdgelalmError, match=r"encoder\.onnx\.data: not listed"):
+        read_manifest(folder)
+
+
+def test_a_linked_manifest_is_refused(bundle, tmp_path):
+    folder = _copy(bundle, tmp_path)
+    outside = tmp_path / "manifest-outside.json"
+    (folder / MANIFEST_FILE).rename(outside)
+    (folder / MANIFEST_FILE).symlink_to(outside)
+    with pytest.raises(EdgelalmError, match=r"manifest\.json: symbolic link"):
+        read_manifest(folder)
+
+
+def test_a_number_of_more_digits_than_python_reads_is_one_line(bundle, tmp_path):
+    folder = _copy(bundle, tmp_path)
+    text = (folder / MANIFEST_FILE).read_text()
+    (folder / MANIFEST_FILE).write_text(text.replace('"n_fft": 400', '"n_fft": ' + "9" * 5001, 1))
+    with pytest.raises(EdgelalmError, match="is not valid JSON: Exceeds the limit"):
+        read_manifest(folder)
+
+
+def test_checksums_in_capitals_are_the_same_checksums(editable):
+    folder = editable(lambda m: [record.update(sha256=record["sha256"].upper()) for record in m["files"].values()])
+    read_manifest(folder)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_set("format_version", "1"), "format_version must be an integer from 1, got '1'"),
+        (_set("format_version", 0), "format_version must be an integer from 1, got 0"),
+        (_set("features.sampling_rate", 1), "features: sampling_rate 1 is outside 4000-192000 Hz"),
+        (_set("features.hop_length", 100000), "features: hop_length 100000 is longer than n_fft"),
+        (_set("features.window_seconds", 3.0), "are not window_seconds 3 at 16000 Hz"),
+    ],
+    ids=["version-as-text", "version-0", "sampling-rate", "hop-length", "window"],
+)
+def test_settings_that_disagree_are_refused(editable, change, message):
+    """Each read as a number of the right type, but not a bundle any export writes: a sampling
+    rate of 1 said "clip is too short (3000 ms)", a format version "1" said "upgrade edgelalm"."""
+    with pytest.raises(EdgelalmError) as caught:
+        read_manifest(editable(change))
+    assert message in str(caught.value)
+
+
+def test_control_characters_in_the_manifest_are_printed_escaped(editable):
+    """A model name with terminal escapes (a window title, a cleared screen) is the bundle author's
+    text: inspect shows it escaped."""
+    folder = editable(_set("model.name", "tiny\x1b]0;owned\x07\x1b[2J"))
+    completed = subprocess.run(
+        [sys.executable, "-m", "edgelalm.cli", "inspect", str(folder)], capture_output=True, text=True, timeout=300
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "\x1b" not in completed.stdout and "tiny\\x1b]0;owned\\x07\\x1b[2J" in completed.stdout
+
+
+def test_mel_filters_that_are_empty_or_overflow_are_one_line(bundle, tmp_path):
+    """An empty .npy raised EOFError, which the command line reported as "interrupted"."""
+    import numpy as np
+
+    folder = _copy(bundle, tmp_path)
+    (folder / "mel_filters.npy").write_bytes(b"")
+    _refresh_checksum(folder, "mel_filters.npy")
+    assert "mel_filters.npy is not a numpy array file" in _run_cli(folder, tmp_path)
+    shape = np.load(bundle / "mel_filters.npy").shape
+    np.save(folder / "mel_filters.npy", np.full(shape, 1e308))
+    _refresh_checksum(folder, "mel_filters.npy")
+    assert "mel filters must be finite weights from 0 to 1" in _run_cli(folder, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("block_count", 0, "block_count is 0; the manifest says"),
+        ("attention.layer_norm_rms_epsilon", math.nan, "layer_norm_rms_epsilon must be a positive number, got nan"),
+        ("rope.freq_base", 0.0, "rope.freq_base must be a positive number, got 0.0"),
+    ],
+)
+def test_a_decoder_header_llama_cpp_would_abort_on_is_one_line(bundle, tmp_path, field, value, message):
+    """llama.cpp asserts on these (block_count 0: GGML_ASSERT, the process killed by SIGABRT) or
+    computes garbage (rope base 0); the header is read first and held to the manifest."""
+    from gguf import GGUFReader
+
+    folder = _copy(bundle, tmp_path)
+    reader = GGUFReader(folder / "decoder.gguf", "r+")
+    entry = reader.fields[f"qwen2.{field}"]
+    entry.parts[entry.data[0]][...] = value
+    reader.data.flush()
+    del reader
+    _refresh_checksum(folder, "decoder.gguf")
+    assert message in _run_cli(folder, tmp_path)
+
+
+def _replace_compressor(folder, graph):
+    """The bundle's compressor graph replaced by `graph` (an onnx GraphProto), checksum fixed."""
+    import onnx
+
+    name = read_manifest(folder, verify_files=False).compressor.file
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 20)], ir_version=10)
+    onnx.save(model, str(folder / name))
+    _refresh_checksum(folder, name)
+
+
+def test_a_graph_of_another_stage_or_with_non_finite_output_is_one_line(bundle, tmp_path):
+    """The encoder's graph in the compressor's place gave onnxruntime's ValueError traceback; a
+    compressor that answers NaN gave "!!!!!!" with exit 0."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    manifest = read_manifest(bundle)
+    folder = _copy(bundle, tmp_path)
+    shutil.copy2(folder / "encoder.onnx", folder / manifest.compressor.file)
+    _refresh_checksum(folder, manifest.compressor.file)
+    assert "reads mel, mel_right_context; this stage feeds audio_frames" in _run_cli(folder, tmp_path)
+    width, hidden = manifest.model.audio_width, manifest.model.hidden_size
+    nan_weights = numpy_helper.from_array(np.full((width, hidden), np.nan, np.float32), "weights")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["audio_frames", "weights"], ["audio_embeddings"])],
+        "nan",
+        [helper.make_tensor_value_info("audio_frames", TensorProto.FLOAT, ["frames", width])],
+        [helper.make_tensor_value_info("audio_embeddings", TensorProto.FLOAT, ["frames", hidden])],
+        [nan_weights],
+    )
+    _replace_compressor(folder, graph)
+    assert "gave values that are not finite" in _run_cli(folder, tmp_path)
+
+
+def test_a_signal_stops_a_graph_that_runs_for_ever(bundle, tmp_path):
+    """A compressor graph with a Loop of 10**15 turns: Python's handler cannot run inside
+    onnxruntime, so SIGTERM was ignored and only SIGKILL ended it. The interrupt watcher stops the
+    run (RunOptions.terminate): one line, status 130."""
+    import signal
+    import time
+
+    import numpy as np
+    import soundfile
+    from onnx import TensorProto, helper
+
+    manifest = read_manifest(bundle)
+    folder = _copy(bundle, tmp_path)
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond"], ["cond_out"]), helper.make_node("Identity", ["x"], ["x_out"])],
+        "body",
+        [
+            helper.make_tensor_value_info("turn", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, None),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("x_out", TensorProto.FLOAT, None),
+        ],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["turns", "keep_going", "audio_frames"], ["audio_embeddings"], body=body)],
+        "for-ever",
+        [helper.make_tensor_value_info("audio_frames", TensorProto.FLOAT, ["frames", manifest.model.audio_width])],
+        [helper.make_tensor_value_info("audio_embeddings", TensorProto.FLOAT, None)],
+        [
+            helper.make_tensor("turns", TensorProto.INT64, [], [10**15]),
+            helper.make_tensor("keep_going", TensorProto.BOOL, [], [True]),
+        ],
+    )
+    _replace_compressor(folder, graph)
+    clip = tmp_path / "clip.wav"
+    soundfile.write(clip, 0.1 * np.sin(np.arange(16000) / 5).astype(np.float32), 16000)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgelalm.cli", "run", str(clip), "--bundle", str(folder)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(10)  # loaded and inside the loop (the tiny bundle loads in a second or two)
+        assert process.poll() is None, process.communicate()
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130 and stderr.strip().splitlines() == ["edgelalm: error: interrupted"], stderr

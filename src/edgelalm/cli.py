@@ -372,7 +372,9 @@ def inspect(
         "files (checksums verified):",
         *(f"  {name:28s} {record.bytes / 1e6:10.2f} MB" for name, record in manifest.files.items()),
     ]
-    typer.echo("\n".join(lines))
+    # A manifest's strings are the bundle author's: escape control characters (a terminal title, a
+    # cleared screen, a forged line).
+    typer.echo("\n".join(_printable(line) for line in lines))
 
 
 @app.command()
@@ -630,6 +632,8 @@ def main() -> None:
     """Console entry point: every failure the user can act on is one line on stderr."""
     # SIGTERM unwinds like Ctrl-C, so an interrupted export removes its staging folder.
     interrupts.install()
+    # Where llama.cpp aborts in this process, its assertion line is enough: no debugger's backtrace.
+    os.environ.setdefault("GGML_NO_BACKTRACE", "1")
     try:
         # Non-standalone, typer returns an exit code: 130 where it caught a KeyboardInterrupt.
         exit_code = app(standalone_mode=False, prog_name="edgelalm")
@@ -643,6 +647,10 @@ def main() -> None:
         # Once signalled, whatever the unwinding raised says "interrupted": torch's exporter can
         # rewrap the KeyboardInterrupt as an error of its own.
         if interrupts.interrupted() or isinstance(error, KeyboardInterrupt | typer.Abort):
+            if isinstance(error.__cause__, EOFError) and not interrupts.interrupted():
+                # click turns an EOFError into Abort, as if Ctrl-D had answered a prompt; here
+                # no prompt asks anything, so it is a file that ended early: not an interrupt.
+                raise error.__cause__ from None
             _fail_interrupted()
         if isinstance(error, EdgelalmError):
             _fail(str(error), 1)
@@ -701,16 +709,21 @@ def _warn_if_extra_buffers_crash(choice: ExtraBuffers) -> None:
         _warn(f"--llama-extra-buffers on: {auto.reason.removeprefix('off: ')}")
 
 
+def _printable(text: str) -> str:
+    """`text` with control and other unprintable characters escaped (\\n, \\x1b): one line, as written."""
+    return "".join(character if character.isprintable() else repr(character)[1:-1] for character in text)
+
+
 def _note(message: str) -> None:
-    print(f"edgelalm: {message}", file=sys.stderr)
+    print(f"edgelalm: {_printable(message)}", file=sys.stderr)
 
 
 def _warn(message: str) -> None:
-    print(f"edgelalm: warning: {message}", file=sys.stderr)
+    print(f"edgelalm: warning: {_printable(message)}", file=sys.stderr)
 
 
 def _fail(message: str, exit_code: int) -> None:
-    print(f"edgelalm: error: {message}", file=sys.stderr)
+    print(f"edgelalm: error: {_printable(message)}", file=sys.stderr)
     sys.exit(exit_code)
 
 

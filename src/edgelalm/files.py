@@ -67,7 +67,7 @@ def check_replaceable(target: Path, force: bool, marker: str | None = None) -> N
     if not force:
         raise EdgelalmError(f"{target} already exists (--force replaces it)")
     if not target.is_dir():
-        raise EdgelalmError(f"{target} is a file, not a folder")
+        raise _not_a_folder(target)
     if marker is not None and not (target / marker).is_file() and any(target.iterdir()):
         raise EdgelalmError(
             f"{target} holds files and no {marker}: not an earlier output, so it is not replaced even with --force"
@@ -77,11 +77,15 @@ def check_replaceable(target: Path, force: bool, marker: str | None = None) -> N
 def make_output_folder(folder: Path) -> None:
     """mkdir -p for an output folder that is filled over time (a benchmark's), refused in one line."""
     if folder.exists() and not folder.is_dir():
-        raise EdgelalmError(f"{folder} is a file, not a folder")
+        raise _not_a_folder(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise cannot_write_in(folder.parent, error) from None
+
+
+def _not_a_folder(path: Path) -> EdgelalmError:
+    return EdgelalmError(f"{path} is a file, not a folder")
 
 
 def cannot_write_in(parent: Path, error: OSError) -> EdgelalmError:

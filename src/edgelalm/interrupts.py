@@ -5,26 +5,74 @@ under C++ dispatch-mode guards, and an exception raised in the middle of one lef
 inconsistent and the process aborting (SIGABRT, a staging folder left behind; seen once in 24
 random SIGTERMs), so there the interrupt waits for the export call to return. A second signal is
 ignored, so it cannot cut the cleanup short; a third ends the process at once.
+
+Python runs a signal handler only between bytecodes, so a signal that comes during a long
+native call (an onnxruntime run) would wait for the call to return; a graph that loops for ever
+would never see it. A watcher thread reads the signals as they arrive (signal.set_wakeup_fd):
+on the first it stops the native calls running inside `stoppable()` (onnxruntime's
+RunOptions.terminate), and on the third it ends the process even while the main thread is
+still inside one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 
+_HANDLED = (signal.SIGINT, signal.SIGTERM)
 _signals_seen = 0
 _deferring = 0
 _pending = False
+_stoppers: set[Callable[[], None]] = set()
+_stoppers_lock = threading.Lock()
 
 
 def install() -> None:
     """Handle SIGINT and SIGTERM so; a signal the parent ignores (a shell's background job
     ignores SIGINT) stays ignored."""
-    for signal_number in (signal.SIGINT, signal.SIGTERM):
-        if signal.getsignal(signal_number) != signal.SIG_IGN:
-            signal.signal(signal_number, _on_signal)
+    handled = [number for number in _HANDLED if signal.getsignal(number) != signal.SIG_IGN]
+    for signal_number in handled:
+        signal.signal(signal_number, _on_signal)
+    if handled:
+        read_end, write_end = os.pipe()
+        os.set_blocking(write_end, False)
+        signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+        threading.Thread(target=_watch, args=(read_end,), name="edgelalm-signals", daemon=True).start()
+
+
+@contextlib.contextmanager
+def stoppable(stop: Callable[[], None]) -> Iterator[None]:
+    """A native call that `stop()` ends early (from another thread) when a signal comes."""
+    with _stoppers_lock:
+        _stoppers.add(stop)
+    try:
+        yield
+    finally:
+        with _stoppers_lock:
+            _stoppers.discard(stop)
+
+
+def _watch(read_end: int) -> None:
+    """The signals as the C-level handler sees them, whatever the main thread is doing."""
+    seen = 0
+    while chunk := os.read(read_end, 64):
+        for number in chunk:
+            if number not in _HANDLED:
+                continue
+            seen += 1
+            if seen == 1:
+                with _stoppers_lock:
+                    stops = list(_stoppers)
+                for stop in stops:
+                    stop()
+            elif seen >= 3:
+                with contextlib.suppress(OSError):
+                    os.write(2, b"edgelalm: error: interrupted\n")
+                os._exit(130)
 
 
 def interrupted() -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -271,16 +272,20 @@ def read_manifest(bundle_dir: Path, verify_files: bool = True) -> Manifest:
         raise EdgelalmError(f"{bundle_dir} is a file; a bundle is the folder that holds {MANIFEST_FILE}")
     if not bundle_dir.is_dir():
         raise EdgelalmError(f"bundle folder not found: {bundle_dir}")
+    if manifest_path.is_symlink():
+        raise EdgelalmError(f"bundle {bundle_dir}: {MANIFEST_FILE}: symbolic link (a bundle holds its own files)")
     if not manifest_path.is_file():
         raise EdgelalmError(f"{bundle_dir} is not an edgelalm bundle: it has no {MANIFEST_FILE}")
-    try:
-        data = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
-        raise EdgelalmError(f"{manifest_path} is not valid JSON: {error}") from None
+    data = _read_json(manifest_path)
     if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
         raise EdgelalmError(f"{manifest_path} is not an edgelalm bundle manifest")
     version = data.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool) or version > BUNDLE_FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version < SINGLE_COMPRESSOR_FORMAT_VERSION:
+        raise EdgelalmError(
+            f"{manifest_path}: format_version must be an integer from {SINGLE_COMPRESSOR_FORMAT_VERSION}, "
+            f"got {_short(version)}"
+        )
+    if version > BUNDLE_FORMAT_VERSION:
         raise EdgelalmError(
             f"{bundle_dir} has bundle format version {version}; this edgelalm reads up to "
             f"{BUNDLE_FORMAT_VERSION}. Upgrade edgelalm or re-export the bundle"
@@ -303,9 +308,12 @@ def verify_bundle_files(bundle_dir: Path, manifest: Manifest) -> None:
             links.append(name)
         elif not path.is_file():
             missing.append(name)
-        elif path.stat().st_size != record.bytes or sha256_of(path) != record.sha256:
+        elif path.stat().st_size != record.bytes or sha256_of(path) != record.sha256.lower():
             altered.append(name)
     problems = [f"missing {', '.join(missing)}"] if missing else []
+    if unlisted := _unlisted_files(bundle_dir, manifest):
+        # A graph may name any file beside it as its external weights: each one must be checked.
+        problems.append(f"{', '.join(unlisted)}: not listed in {MANIFEST_FILE} (a bundle holds only its own files)")
     if links:
         problems.append(f"{', '.join(links)}: symbolic link (a bundle holds its own files)")
     if altered:
@@ -314,6 +322,28 @@ def verify_bundle_files(bundle_dir: Path, manifest: Manifest) -> None:
         )
     if problems:
         raise EdgelalmError(f"bundle {bundle_dir}: {'; '.join(problems)}")
+
+
+def _unlisted_files(bundle_dir: Path, manifest: Manifest) -> list[str]:
+    """Whatever the folder holds beside the manifest and its listed files (links to folders too)."""
+    listed = {*manifest.files, MANIFEST_FILE}
+    found = []
+    for root, folders, names in os.walk(bundle_dir):
+        linked_folders = [name for name in folders if os.path.islink(os.path.join(root, name))]
+        for name in names + linked_folders:
+            relative = Path(root, name).relative_to(bundle_dir).as_posix()
+            if relative not in listed:
+                found.append(relative)
+    return sorted(found)
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON file, refused in one line when it is not (ValueError: also an integer of more
+    digits than Python converts)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
+        raise EdgelalmError(f"{path} is not valid JSON: {error}") from None
 
 
 def _check_file_names(manifest: Manifest, manifest_path: Path) -> None:
@@ -340,6 +370,7 @@ def _check_contract(manifest: Manifest, manifest_path: Path) -> None:
         "encoder.max_mel_frames": (encoder.max_mel_frames, manifest.features.window_mel_frames),
     }
     _expect(expected, manifest_path)
+    _check_features(manifest.features, manifest_path)
     compressors = [("compressor", manifest.compressor)] + [
         (f"compressors.{label}.compressor", choice.compressor) for label, choice in manifest.compressors.items()
     ]
@@ -353,6 +384,29 @@ def _check_contract(manifest: Manifest, manifest_path: Path) -> None:
     _check_choices(manifest, manifest_path)
     if manifest.windows is not None:
         check_windows(manifest.windows, manifest.features.window_seconds, manifest_path)
+
+
+# Audio rates a feature extractor is made for (Whisper's is 16 kHz); past them, resampling a clip
+# to the rate would take gigabytes.
+_SAMPLING_RATES = (4000, 192000)
+
+
+def _check_features(features: FeaturesInfo, manifest_path: Path) -> None:
+    """The feature settings agree with each other: a window's samples are what its seconds say."""
+    low, high = _SAMPLING_RATES
+    problem = (
+        f"sampling_rate {features.sampling_rate} is outside {low}-{high} Hz"
+        if not low <= features.sampling_rate <= high
+        else f"hop_length {features.hop_length} is longer than n_fft {features.n_fft}"
+        if features.hop_length > features.n_fft
+        else f"window_mel_frames {features.window_mel_frames} of {features.hop_length} samples are not "
+        f"window_seconds {features.window_seconds:g} at {features.sampling_rate} Hz"
+        if abs(features.window_mel_frames * features.hop_length - features.window_seconds * features.sampling_rate)
+        > features.hop_length
+        else None
+    )
+    if problem:
+        raise EdgelalmError(f"{manifest_path}: features: {problem}")
 
 
 def check_windows(windows: WindowsInfo, encoder_seconds: float, source: Path) -> None:
@@ -373,10 +427,7 @@ def read_windows_advice(checkpoint_dir: Path, encoder_seconds: float) -> Windows
     path = checkpoint_dir / WINDOWS_ADVICE_FILE
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
-        raise EdgelalmError(f"{path} is not valid JSON: {error}") from None
+    data = _read_json(path)
     windows = _build(WindowsInfo, data, "windows", path)
     check_windows(windows, encoder_seconds, path)
     return windows

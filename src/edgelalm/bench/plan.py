@@ -53,11 +53,27 @@ class BenchPlan:
 
 
 def target_settings(target: str) -> dict[str, Any]:
-    """runtimes/<target>/settings.json: the threads and device a target's benchmark uses."""
-    path = Path("runtimes") / target / "settings.json"
-    if not path.is_file():
-        raise EdgelalmError(f"target {target!r}: no {path}")
-    return json.loads(path.read_text())
+    """runtimes/<target>/settings.json: the threads and device a target's benchmark uses
+    ({"device": "cpu" or "cuda", "threads": a count or null for the usable cores})."""
+    runtimes = Path("runtimes")
+    known = sorted(p.parent.name for p in runtimes.glob("*/settings.json"))
+    path = runtimes / target / "settings.json"
+    if Path(target).name != target or target in ("", ".", "..") or not path.is_file():
+        raise EdgelalmError(
+            f"target {target!r}: not one of {runtimes.absolute()}'s targets ({', '.join(known) or 'none found here'})"
+        )
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as error:
+        raise EdgelalmError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(settings, dict):
+        raise EdgelalmError(f"{path} must hold an object")
+    device, threads = settings.get("device", "cpu"), settings.get("threads")
+    if device not in ("cpu", "cuda"):
+        raise EdgelalmError(f"{path}: device must be cpu or cuda, got {device!r}")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise EdgelalmError(f"{path}: threads must be a count of at least 1 or null, got {threads!r}")
+    return settings
 
 
 def parse_compressor(label: str) -> CompressorSpec:

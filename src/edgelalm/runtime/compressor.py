@@ -9,14 +9,17 @@ from pathlib import Path
 
 import numpy as np
 
-from edgelalm.constants import COMPRESSOR_INPUT
-from edgelalm.runtime.encoder import onnx_session
+from edgelalm.constants import COMPRESSOR_INPUT, COMPRESSOR_OUTPUT
+from edgelalm.runtime.encoder import onnx_session, run_graph
 
 
 class CompressorProjector:
     def __init__(self, path: Path, providers: list[str], threads: int | None = None, cpu_arena: bool = False) -> None:
-        self.session = onnx_session(path, providers, threads, cpu_arena)
+        self.path = path
+        self.session = onnx_session(
+            path, providers, threads, cpu_arena, inputs=(COMPRESSOR_INPUT,), output=COMPRESSOR_OUTPUT
+        )
 
     def __call__(self, audio_frames: np.ndarray) -> np.ndarray:
         """Audio embeddings [N, hidden] in the decoder's input space."""
-        return self.session.run(None, {COMPRESSOR_INPUT: audio_frames})[0]
+        return run_graph(self.session, {COMPRESSOR_INPUT: audio_frames}, self.path)

@@ -10,17 +10,21 @@ Reads what `edgelalm.export.decoder` writes.
 from __future__ import annotations
 
 import ctypes
+import math
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import llama_cpp
 import numpy as np
 
 from edgelalm.errors import EdgelalmError
 from edgelalm.runtime.llama_backend import ExtraBuffers, decide_extra_buffers, model_params, usable_cores
+
+if TYPE_CHECKING:
+    from edgelalm.manifest import DecoderInfo
 
 _GGML_TYPES = {"f32": llama_cpp.GGML_TYPE_F32, "f16": llama_cpp.GGML_TYPE_F16}
 
@@ -42,6 +46,101 @@ def silence_llama_logs() -> None:
     llama_cpp.llama_log_set(_keep_load_log, ctypes.c_void_p())
 
 
+# -- the GGUF's header, read before llama.cpp loads it -----------------------------------------
+#
+# llama.cpp's loader asserts on some header values (block_count 0 or past 512, a NaN epsilon)
+# and aborts the process: a bundle's file whose checksums were rewritten to fit would kill `run`.
+# Its own GGUF reader (ggml's gguf_* API, no tensors loaded) reads them first, and they must be
+# what the manifest says the export wrote (edgelalm.export.decoder.add_model_metadata).
+
+_GGUF_UINTS = {0: ctypes.c_uint8, 2: ctypes.c_uint16, 4: ctypes.c_uint32, 10: ctypes.c_uint64}
+_GGUF_FLOATS = {6: ctypes.c_float, 12: ctypes.c_double}
+_GGUF_STRING = 8
+_GGUF_TYPE_NAMES = {1: "i8", 3: "i16", 5: "i32", 7: "bool", 9: "array", 11: "i64"}
+_MAX_LAYERS = 512  # llama.cpp's LLAMA_MAX_LAYERS
+
+
+class _GgufInitParams(ctypes.Structure):
+    _fields_ = [("no_alloc", ctypes.c_bool), ("ctx", ctypes.c_void_p)]
+
+
+def _gguf_api() -> Any | None:
+    """ggml's gguf_* functions (in ggml-base, found through llama-cpp-python's ggml library);
+    None where this build does not expose them."""
+    try:
+        from llama_cpp import _ggml
+
+        library = _ggml.libggml
+        library.gguf_init_from_file.argtypes = [ctypes.c_char_p, _GgufInitParams]
+    except (ImportError, AttributeError, OSError):
+        return None
+    library.gguf_init_from_file.restype = ctypes.c_void_p
+    library.gguf_free.argtypes = [ctypes.c_void_p]
+    library.gguf_find_key.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    library.gguf_find_key.restype = ctypes.c_int64
+    library.gguf_get_kv_type.argtypes = [ctypes.c_void_p, ctypes.c_int64]
+    library.gguf_get_kv_type.restype = ctypes.c_int
+    library.gguf_get_val_data.argtypes = [ctypes.c_void_p, ctypes.c_int64]
+    library.gguf_get_val_data.restype = ctypes.c_void_p
+    library.gguf_get_val_str.argtypes = [ctypes.c_void_p, ctypes.c_int64]
+    library.gguf_get_val_str.restype = ctypes.c_char_p
+    return library
+
+
+def read_gguf_header(gguf_path: Path, keys: Sequence[str]) -> dict[str, int | float | str]:
+    """{key: value} for those of `keys` the GGUF holds (numbers and strings); {} where ggml's
+    reader is not reachable. A file ggml cannot read, or a key of another type, is refused."""
+    api = _gguf_api()
+    if api is None:
+        return {}
+    context = api.gguf_init_from_file(str(gguf_path).encode(), _GgufInitParams(True, None))
+    if not context:
+        raise EdgelalmError(f"{gguf_path} is not a GGUF file llama.cpp can read")
+    values: dict[str, int | float | str] = {}
+    try:
+        for key in keys:
+            key_id = api.gguf_find_key(context, key.encode())
+            if key_id < 0:
+                continue
+            kind = api.gguf_get_kv_type(context, key_id)
+            if kind == _GGUF_STRING:
+                values[key] = api.gguf_get_val_str(context, key_id).decode(errors="replace")
+            elif number := _GGUF_UINTS.get(kind) or _GGUF_FLOATS.get(kind):
+                values[key] = ctypes.cast(api.gguf_get_val_data(context, key_id), ctypes.POINTER(number))[0]
+            else:
+                raise EdgelalmError(f"{gguf_path}: {key} is a {_GGUF_TYPE_NAMES.get(kind, kind)}; expected a number")
+    finally:
+        api.gguf_free(context)
+    return values
+
+
+def check_gguf_header(gguf_path: Path, expected: DecoderInfo) -> None:
+    """The decoder's shape in the GGUF is the manifest's, and its other numbers are in range."""
+    arch = expected.architecture
+    shape = {
+        "general.architecture": arch,
+        f"{arch}.block_count": expected.layers,
+        f"{arch}.embedding_length": expected.hidden_size,
+        f"{arch}.attention.head_count": expected.attention_heads,
+        f"{arch}.attention.head_count_kv": expected.kv_heads,
+        f"{arch}.context_length": expected.context_length,
+    }
+    positive = [f"{arch}.attention.layer_norm_rms_epsilon", f"{arch}.rope.freq_base"]
+    found = read_gguf_header(gguf_path, [*shape, *positive, f"{arch}.expert_count"])
+    if not found:
+        return
+    for key, value in shape.items():
+        if found.get(key) != value:
+            raise EdgelalmError(f"{gguf_path}: {key} is {found.get(key, 'missing')}; the manifest says {value}")
+    for key in positive:
+        if key in found and not 0 < found[key] < math.inf:  # type: ignore[operator]
+            raise EdgelalmError(f"{gguf_path}: {key} must be a positive number, got {found[key]}")
+    if not 1 <= expected.layers <= _MAX_LAYERS:
+        raise EdgelalmError(f"{gguf_path}: {expected.layers} layers; llama.cpp loads 1 to {_MAX_LAYERS}")
+    if found.get(f"{arch}.expert_count", 0):
+        raise EdgelalmError(f"{gguf_path}: experts in a {arch} decoder, which edgelalm does not write")
+
+
 @dataclass(frozen=True)
 class LlamaAdapter:
     """A LoRA adapter loaded on a `LlamaModel`; a context applies it with `use_adapter`."""
@@ -61,12 +160,16 @@ class LlamaModel:
         n_gpu_layers: int = 0,
         kv_cache_type: str = "f16",
         extra_buffers: ExtraBuffers = "auto",
+        expected: DecoderInfo | None = None,
     ) -> None:
         """`kv_cache_type` f16 is llama.cpp's default (half the KV memory). f32 also turns
         flash attention off, which on CPU accumulates in f16: for exact parity checks.
         `extra_buffers`: whether llama.cpp may use its extra weight buffer types (auto: not
-        where its AMX buffer would crash; see `llama_backend`)."""
+        where its AMX buffer would crash; see `llama_backend`). `expected`: the bundle manifest's
+        description of the GGUF, checked before llama.cpp reads it."""
         silence_llama_logs()
+        if expected is not None:
+            check_gguf_header(gguf_path, expected)
         llama_cpp.llama_backend_init()
         self.extra_buffers = decide_extra_buffers(extra_buffers)
         params = model_params(self.extra_buffers.enabled, n_gpu_layers)

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
-from edgelalm.constants import ENCODER_INPUT, ENCODER_RIGHT_CONTEXT_INPUT
+from edgelalm import interrupts
+from edgelalm.constants import ENCODER_INPUT, ENCODER_OUTPUT, ENCODER_RIGHT_CONTEXT_INPUT
 from edgelalm.errors import EdgelalmError
 from edgelalm.runtime.features import WindowFeatures
 
@@ -23,8 +24,16 @@ def onnx_session(
     threads: int | None,
     cpu_arena: bool = False,
     config_entries: dict[str, str] | None = None,
+    inputs: tuple[str, ...] | None = None,
+    output: str | None = None,
 ) -> onnxruntime.InferenceSession:
-    """`config_entries`: onnxruntime session config keys (benchmarks/memory_components.py tries them)."""
+    """`config_entries`: onnxruntime session config keys (benchmarks/memory_components.py tries them).
+    `inputs`, `output`: the graph's I/O names, as the export writes them (checked at load, so
+    that a graph of another kind is refused in one line, not at its first run)."""
+    try:
+        str(path).encode()
+    except UnicodeEncodeError:
+        raise EdgelalmError(f"onnxruntime cannot open {path!r}: its name is not valid UTF-8 (rename it)") from None
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only
     # onnxruntime's CPU arena, kept for the life of the session, holds a long window's activations
@@ -36,11 +45,48 @@ def onnx_session(
     for key, value in (config_entries or {}).items():
         options.add_session_config_entry(key, value)
     try:
-        return onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
+        session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph/... types
         # onnxruntime refuses, among others, external weights whose path leaves the bundle folder.
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise EdgelalmError(f"onnxruntime cannot load {path}: {reason}") from None
+        raise EdgelalmError(f"onnxruntime cannot load {path}: {_first_line(error)}") from None
+    found_inputs = tuple(sorted(node.name for node in session.get_inputs()))
+    found_outputs = [node.name for node in session.get_outputs()]
+    if inputs is not None and found_inputs != tuple(sorted(inputs)):
+        raise EdgelalmError(f"{path} reads {', '.join(found_inputs)}; this stage feeds {', '.join(sorted(inputs))}")
+    if output is not None and found_outputs[:1] != [output]:
+        raise EdgelalmError(f"{path} gives {', '.join(found_outputs)}; this stage reads {output}")
+    return session
+
+
+def run_graph(
+    session: onnxruntime.InferenceSession, feeds: dict[str, np.ndarray], path: Path, shrink_arena: bool = False
+) -> np.ndarray:
+    """The graph's first output for `feeds`: a finite [rows, width] array, or one line saying why
+    not. A signal stops the run part-way (interrupts.stoppable), where Python's own handler would
+    wait for it to end. `shrink_arena`: hand the run's activations back to onnxruntime's arena."""
+    run_options = onnxruntime.RunOptions()
+    run_options.log_severity_level = 4  # a failed run is raised, and said once, below
+    if shrink_arena:
+        run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+
+    def stop() -> None:
+        run_options.terminate = True
+
+    try:
+        with interrupts.stoppable(stop):
+            result = session.run(None, feeds, run_options)[0]
+    except Exception as error:  # onnxruntime's Fail, RuntimeException (bad_alloc), ValueError, ...
+        raise EdgelalmError(f"onnxruntime failed running {path}: {_first_line(error)}") from None
+    if not isinstance(result, np.ndarray) or result.ndim != 2:
+        raise EdgelalmError(f"{path} gave an output of shape {np.shape(result)}; expected [rows, width]")
+    if not np.isfinite(result).all():
+        raise EdgelalmError(f"{path} gave values that are not finite (NaN or infinity) for this audio")
+    return result
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _heap_release() -> Callable[[], None]:
@@ -60,25 +106,29 @@ def _heap_release() -> Callable[[], None]:
 release_freed_heap = _heap_release()
 
 
-# The encoder's activations come from onnxruntime's arena, handed back at the end of each run. The
-# export's graph has no intermediate shapes, so onnxruntime frees each activation after its last
-# reader instead of holding a planned buffer per symbolic size for the whole run
-# (edgelalm.export.encoder). Freed and allocated again hundreds of times a window, they fragment
-# glibc's heap (a 29 s window of `small` peaked 100-280 MB above the session); the arena reuses
-# them in place: about 43 MB (int8 encoder) against 113 MB before (README, "Encoder speed and memory").
-_ARENA_RELEASED_AFTER_RUN = onnxruntime.RunOptions()
-_ARENA_RELEASED_AFTER_RUN.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+ENCODER_INPUTS = (ENCODER_INPUT, ENCODER_RIGHT_CONTEXT_INPUT)
 
 
 class AudioEncoder:
     def __init__(self, path: Path, providers: list[str], threads: int | None = None, cpu_arena: bool = False) -> None:
         """`cpu_arena`: keep the arena's memory for the session's life, not only for each run."""
-        self.session = onnx_session(path, providers, threads, cpu_arena=True)
-        self.run_options = None if cpu_arena else _ARENA_RELEASED_AFTER_RUN
+        self.path = path
+        self.session = onnx_session(
+            path, providers, threads, cpu_arena=True, inputs=ENCODER_INPUTS, output=ENCODER_OUTPUT
+        )
+        # The encoder's activations come from onnxruntime's arena, handed back at the end of each
+        # run. The export's graph has no intermediate shapes, so onnxruntime frees each activation
+        # after its last reader instead of holding a planned buffer per symbolic size for the whole
+        # run (edgelalm.export.encoder). Freed and allocated again hundreds of times a window, they
+        # fragment glibc's heap (a 29 s window of `small` peaked 100-280 MB above the session); the
+        # arena reuses them in place: about 43 MB (int8 encoder) against 113 MB before (README,
+        # "Encoder speed and memory").
+        self.shrink_arena = not cpu_arena
 
     def __call__(self, features: WindowFeatures) -> np.ndarray:
         """Encoder frames [L, D] at 25 per second."""
-        inputs = {ENCODER_INPUT: features.mel, ENCODER_RIGHT_CONTEXT_INPUT: features.right_context}
-        frames = self.session.run(None, inputs, self.run_options)[0]
-        release_freed_heap()
-        return frames
+        feeds = {ENCODER_INPUT: features.mel, ENCODER_RIGHT_CONTEXT_INPUT: features.right_context}
+        try:
+            return run_graph(self.session, feeds, self.path, self.shrink_arena)
+        finally:
+            release_freed_heap()

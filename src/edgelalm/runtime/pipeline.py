@@ -175,6 +175,7 @@ class Runtime:
             n_gpu_layers=gpu_layers,
             kv_cache_type=kv_cache_type,
             extra_buffers=llama_extra_buffers,
+            expected=manifest.decoder,
         )
         # {label: option}: the bundle's compressors, the default first. Each graph is small; each
         # adapter is loaded once onto the shared weights (a few MB) and applied per context.
@@ -736,13 +737,16 @@ def load_mel_filters(path: Path, n_fft: int, num_mel_bins: int) -> np.ndarray:
     """The bundle's mel filterbank, checked against the manifest's feature settings."""
     try:
         filters = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise EdgelalmError(f"{path} is not a numpy array file: {error}") from None
+    except (OSError, ValueError, EOFError) as error:  # EOFError: an empty file
+        raise EdgelalmError(f"{path} is not a numpy array file: {error or 'it is empty'}") from None
     expected = (n_fft // 2 + 1, num_mel_bins)
-    if filters.shape != expected or not np.issubdtype(filters.dtype, np.floating) or not np.isfinite(filters).all():
+    if filters.shape != expected or not np.issubdtype(filters.dtype, np.floating):
         raise EdgelalmError(
             f"{path}: expected finite mel filters of shape {expected}, got {filters.dtype} {filters.shape}"
         )
+    # Triangular weights (Whisper's peak at about 0.03): anything else overflows the log-mel.
+    if not (np.isfinite(filters).all() and filters.min() >= 0 and filters.max() <= 1):
+        raise EdgelalmError(f"{path}: mel filters must be finite weights from 0 to 1")
     return filters
 
 
