@@ -12,6 +12,7 @@ import pytest
 pytest.importorskip("torch")
 import onnx
 import onnxruntime
+import torch
 
 from edgelalm.compression import COMPRESSOR_NAMES
 from edgelalm.constants import MANIFEST_FILE, WINDOWS_ADVICE_FILE
@@ -279,6 +280,62 @@ def _config_edited(section, field, value):
     return make
 
 
+def _extractor_edited(field, change):
+    """A copy whose feature extractor's `field` becomes change(value), in every processor file."""
+
+    def make(path, source):
+        shutil.copytree(source, path)
+        for name in ("preprocessor_config.json", "processor_config.json"):
+            if (path / name).is_file():
+                data = json.loads((path / name).read_text())
+                for section in (data, data.get("feature_extractor")):
+                    if isinstance(section, dict) and field in section:
+                        section[field] = change(section[field])
+                (path / name).write_text(json.dumps(data))
+
+    return make
+
+
+def _template(text):
+    def make(path, source):
+        shutil.copytree(source, path)
+        (path / "chat_template.jinja").write_text(text)
+
+    return make
+
+
+def _shards_with_a_pickle(path, source):
+    """Two shards and an index that names a pickle for one tensor: transformers' loader (finetune)
+    would torch.load it; export read every *.safetensors and never looked at the index."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(source, path)
+    weights = load_file(path / "model.safetensors")
+    (path / "model.safetensors").unlink()
+    keys = sorted(weights)
+    shards = {
+        name: keys[i::2]
+        for i, name in enumerate(("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"))
+    }
+    weight_map = {}
+    for name, shard_keys in shards.items():
+        save_file({key: weights[key] for key in shard_keys}, path / name, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard_keys, name))
+    torch.save({keys[0]: weights[keys[0]]}, path / "00-weights.bin")
+    weight_map[keys[0]] = "00-weights.bin"
+    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+def _integer_tensor(path, source):
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(source, path)
+    weights = load_file(path / "model.safetensors")
+    key = next(k for k in sorted(weights) if k.endswith("bias"))
+    weights[key] = weights[key].to(torch.int32)
+    save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
+
+
 def _bad_window_advice(path, source):
     shutil.copytree(source, path)
     (path / WINDOWS_ADVICE_FILE).write_text(json.dumps({"mode": "each", "seconds": 40}))
@@ -315,6 +372,43 @@ def _bad_window_advice(path, source):
             _config_edited("audio_config", "max_source_positions", 10**9),
             ["embed_positions.weight has shape (500, 64), the config says (1000000000, 64)"],
         ),
+        # transformers' config makes a list entry per layer: 10^9 layers hung it for minutes.
+        (
+            "layers-past-llama-cpp",
+            _config_edited("text_config", "num_hidden_layers", 10**9),
+            ["text_config.num_hidden_layers is 1000000000; llama.cpp loads up to 512"],
+        ),
+        (
+            "layers-the-weights-lack",
+            _config_edited("audio_config", "encoder_layers", 3),
+            ["audio_config.encoder_layers is 3; its weights hold 2 layers"],
+        ),
+        (
+            "scaled-rope",
+            _config_edited(
+                "text_config",
+                "rope_parameters",
+                {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0, "original_max_position_embeddings": 2048},
+            ),
+            ["rope_type 'yarn': edgelalm exports plain RoPE only"],
+        ),
+        ("unknown-activation", _config_edited("text_config", "hidden_act", "garbage"), ["unknown name 'garbage'"]),
+        # The filterbank is computed as the extractor loads: 10^7 took gigabytes before the kernel's kill.
+        ("fft-of-gigabytes", _extractor_edited("n_fft", lambda _: 10**7), ["n_fft must be an integer from 1 to 16384"]),
+        ("hop-of-zero", _extractor_edited("hop_length", lambda _: 0), ["hop_length must be an integer from 1"]),
+        (
+            "mel-bins-the-tower-does-not-read",
+            _extractor_edited("feature_size", lambda bins: bins + 8),
+            ["its feature extractor makes", "mel bins; the audio tower reads"],
+        ),
+        ("template-syntax", _template("{% for %}"), ["its chat template cannot be rendered"]),
+        (
+            "template-for-ever",
+            _template("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"),
+            ["its chat template cannot be rendered: rendering took more than 5 s"],
+        ),
+        ("index-naming-a-pickle", _shards_with_a_pickle, ["'00-weights.bin' is not a .safetensors file in the folder"]),
+        ("integer-weights", _integer_tensor, ["is I32; weights are F32, F16, BF16 or F64"]),
         # Refused in the decoder's own words, not as a GGUF that llama.cpp cannot load.
         (
             "decoder-heads",
@@ -605,3 +699,35 @@ def test_share_from_refusals(
     )
     assert_one_line_error(code, stderr, "--share-from", *fragments)
     assert not out.exists()
+
+
+def test_finetune_reads_the_files_export_checks(tiny_checkpoint, tmp_path, monkeypatch):
+    """finetune loads through transformers' from_pretrained, which follows the shard index: the
+    index's names are checked first, so nothing is ever handed to torch.load."""
+    from edgelalm.errors import EdgelalmError
+    from edgelalm.training.finetune import load_for_training
+
+    model = tmp_path / "sharded"
+    _shards_with_a_pickle(model, tiny_checkpoint)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.load was called")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    with pytest.raises(EdgelalmError, match=r"'00-weights\.bin' is not a \.safetensors file"):
+        load_for_training(model, "cpu")
+
+
+def test_non_finite_decoder_weights_are_named_at_f16(tiny_checkpoint, tmp_path):
+    """q8_0's quantizer refuses NaN in two lines of its own; f32 and f16 wrote it with exit 0."""
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "nan"
+    shutil.copytree(tiny_checkpoint, model)
+    weights = load_file(model / "model.safetensors")
+    key = next(k for k in sorted(weights) if "mlp.up_proj.weight" in k)
+    weights[key][0, 0] = float("nan")
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    code, _, stderr = edgelalm("export", "--model", model, "--quant", "f16", "--out", tmp_path / "out" / "b")
+    assert_one_line_error(code, stderr, f"decoder tensor {key} holds NaN or infinite values")
+    assert not (tmp_path / "out").exists()

@@ -62,3 +62,22 @@ def test_force_never_replaces_the_working_folder(tmp_path, monkeypatch):
     with pytest.raises(EdgelalmError, match="not replaced even with --force"):
         _write_into(Path("."), True, "marker.json")
     assert os.listdir(work) == ["notes.txt"]
+
+
+def test_a_link_to_nothing_is_refused_before_any_work(tmp_path):
+    """export ran every step and then failed to rename onto a dangling --out link."""
+    target = tmp_path / "bundle"
+    target.symlink_to(tmp_path / "gone")
+    with pytest.raises(EdgelalmError, match="is a symbolic link to nothing"):
+        with atomic_folder(target, force=True):
+            raise AssertionError("the block must not run")
+    assert target.is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+def test_the_longest_name_the_file_system_allows_is_written(tmp_path):
+    """A 240-character name was refused with "File name too long": its staging folder's name
+    added a prefix and a suffix to it."""
+    target = tmp_path / ("b" * 240)
+    with atomic_folder(target, force=False) as staging:
+        (staging / "manifest.json").write_text("{}")
+    assert (target / "manifest.json").is_file() and sorted(p.name for p in tmp_path.iterdir()) == [target.name]

@@ -62,6 +62,8 @@ def write_failed(what: str, out_dir: Path, error: OSError) -> EdgelalmError:
 def check_replaceable(target: Path, force: bool, marker: str | None = None) -> None:
     """Refuse, in one line, an output folder that atomic_folder would refuse (callers with a long
     load before writing check first)."""
+    if target.is_symlink() and not target.exists():
+        raise EdgelalmError(f"{target} is a symbolic link to nothing (remove it, or name another folder)")
     if not target.exists():
         return
     if not force:
@@ -102,6 +104,9 @@ def cannot_write_in(parent: Path, error: OSError) -> EdgelalmError:
     return EdgelalmError(f"cannot write to {parent}: {reason}")
 
 
+_NAME_KEPT = 100  # of the target's name in its staging folder's
+
+
 @contextlib.contextmanager
 def atomic_folder(target: Path, force: bool, marker: str | None = None) -> Iterator[Path]:
     """Yield an empty staging folder beside `target`; on success it becomes `target`
@@ -116,12 +121,13 @@ def atomic_folder(target: Path, force: bool, marker: str | None = None) -> Itera
     try:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+            # A name as long as the file system allows leaves no room for more: the staging name takes part of it.
+            staging = Path(tempfile.mkdtemp(prefix=f".{target.name[:_NAME_KEPT]}.partial-", dir=target.parent))
         except OSError as error:
             raise cannot_write_in(target.parent, error) from None
         yield staging
         if target.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            retired = Path(tempfile.mkdtemp(prefix=f".{target.name[:_NAME_KEPT]}.old-", dir=target.parent))
             target.rename(retired / target.name)
             staging.rename(target)
             shutil.rmtree(retired, ignore_errors=True)

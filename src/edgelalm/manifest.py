@@ -370,7 +370,7 @@ def _check_contract(manifest: Manifest, manifest_path: Path) -> None:
         "encoder.max_mel_frames": (encoder.max_mel_frames, manifest.features.window_mel_frames),
     }
     _expect(expected, manifest_path)
-    _check_features(manifest.features, manifest_path)
+    check_features(manifest.features, manifest_path)
     compressors = [("compressor", manifest.compressor)] + [
         (f"compressors.{label}.compressor", choice.compressor) for label, choice in manifest.compressors.items()
     ]
@@ -387,16 +387,20 @@ def _check_contract(manifest: Manifest, manifest_path: Path) -> None:
 
 
 # Audio rates a feature extractor is made for (Whisper's is 16 kHz); past them, resampling a clip
-# to the rate would take gigabytes.
-_SAMPLING_RATES = (4000, 192000)
+# to the rate would take gigabytes. The FFT: Whisper's is 400; the filterbank grows with it.
+SAMPLING_RATES = (4000, 192000)
+MAX_N_FFT = 16384
 
 
-def _check_features(features: FeaturesInfo, manifest_path: Path) -> None:
-    """The feature settings agree with each other: a window's samples are what its seconds say."""
-    low, high = _SAMPLING_RATES
+def check_features(features: FeaturesInfo, source: Path) -> None:
+    """The feature settings agree with each other: a window's samples are what its seconds say
+    (the manifest's, and export's from a checkpoint's feature extractor and tower)."""
+    low, high = SAMPLING_RATES
     problem = (
         f"sampling_rate {features.sampling_rate} is outside {low}-{high} Hz"
         if not low <= features.sampling_rate <= high
+        else f"n_fft {features.n_fft} is over {MAX_N_FFT}"
+        if features.n_fft > MAX_N_FFT
         else f"hop_length {features.hop_length} is longer than n_fft {features.n_fft}"
         if features.hop_length > features.n_fft
         else f"window_mel_frames {features.window_mel_frames} of {features.hop_length} samples are not "
@@ -406,7 +410,7 @@ def _check_features(features: FeaturesInfo, manifest_path: Path) -> None:
         else None
     )
     if problem:
-        raise EdgelalmError(f"{manifest_path}: features: {problem}")
+        raise EdgelalmError(f"{source}: features: {problem}")
 
 
 def check_windows(windows: WindowsInfo, encoder_seconds: float, source: Path) -> None:

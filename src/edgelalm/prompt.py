@@ -13,9 +13,13 @@ processor's tokenizer.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +95,32 @@ def base_prompt_pieces(processor: Any) -> PromptInfo:
     )
 
 
+# A chat template renders one turn in milliseconds; a hostile one may loop for hours or render
+# gigabytes (nested range(100000) loops: 24 GB before the kernel killed the export).
+_RENDER_SECONDS = 5.0
+_MAX_RENDERED_CHARACTERS = 1_000_000
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Raise TimeoutError in the block after `seconds` (a SIGALRM timer; the main thread only,
+    elsewhere no limit). Jinja runs Python code, where the handler can raise."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        raise TimeoutError(f"rendering took more than {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 # Stands in for the user's prompt while the chat template is split around it.
 _PROMPT_SENTINEL = "\ue000PROMPT\ue000"
 
@@ -107,9 +137,18 @@ def chat_template_pieces(processor: Any, source: str, template: str | None = Non
             "content": [{"type": "audio", "audio": "clip.wav"}, {"type": "text", "text": _PROMPT_SENTINEL}],
         }
     ]
-    rendered = processor.tokenizer.apply_chat_template(
-        messages, chat_template=template, add_generation_prompt=True, tokenize=False
-    )
+    try:
+        with _time_limit(_RENDER_SECONDS):
+            rendered = processor.tokenizer.apply_chat_template(
+                messages, chat_template=template, add_generation_prompt=True, tokenize=False
+            )
+    except Exception as error:  # jinja's syntax, undefined and sandbox errors, a raise_exception(), ...
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise EdgelalmError(
+            f"{source}: its chat template cannot be rendered: {lines[-1][:300] if lines else type(error).__name__}"
+        ) from None
+    if not isinstance(rendered, str) or len(rendered) > _MAX_RENDERED_CHARACTERS:
+        raise EdgelalmError(f"{source}: its chat template renders more than {_MAX_RENDERED_CHARACTERS} characters")
     audio_block = processor.audio_bos_token + processor.audio_token + processor.audio_eos_token
     if rendered.count(audio_block) != 1 or rendered.count(_PROMPT_SENTINEL) != 1:
         raise EdgelalmError(

@@ -7,6 +7,7 @@ needs: exporting the audio half of a 7B never loads its 7B decoder.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +17,16 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from edgelalm.constants import EncoderPrecision
+from edgelalm.constants import MEL_FILTERS_FILE, EncoderPrecision
 from edgelalm.errors import EdgelalmError
-from edgelalm.manifest import WindowsInfo, read_windows_advice
+from edgelalm.manifest import (
+    MAX_N_FFT,
+    SAMPLING_RATES,
+    FeaturesInfo,
+    WindowsInfo,
+    check_features,
+    read_windows_advice,
+)
 
 if TYPE_CHECKING:  # transformers is imported lazily, when a checkpoint is opened
     from transformers import Qwen2AudioConfig, Qwen2AudioProcessor
@@ -32,6 +40,7 @@ PROJECTOR_PREFIXES = ("multi_modal_projector.", "model.multi_modal_projector.")
 # safetensors dtypes of a tower whose MatMul weights fp16w stores as they are: float16 exactly, and
 # bfloat16 too but for magnitudes below float16's normal range (6.1e-5), rounded by at most 3e-8.
 SIXTEEN_BIT_DTYPES = {"F16", "BF16"}
+FLOAT_DTYPES = {"F32", "F16", "BF16", "F64"}
 # Stored decoder names -> canonical Qwen2ForCausalLM names (model.layers.N..., lm_head.weight),
 # for the release layout and for transformers 5's in-memory layout.
 DECODER_RENAMES = (
@@ -55,6 +64,20 @@ class Checkpoint:
     @property
     def name(self) -> str:
         return model_name(self.path)
+
+    def features(self) -> FeaturesInfo:
+        """The manifest's feature settings: the feature extractor's, and the tower's window."""
+        extractor = self.processor.feature_extractor
+        return FeaturesInfo(
+            kind="whisper_log_mel",
+            sampling_rate=extractor.sampling_rate,
+            num_mel_bins=extractor.feature_size,
+            n_fft=extractor.n_fft,
+            hop_length=extractor.hop_length,
+            window_seconds=float(extractor.chunk_length),
+            window_mel_frames=2 * self.config.audio_config.max_source_positions,
+            mel_filters_file=MEL_FILTERS_FILE,
+        )
 
     def _first_prefix(self, prefixes: tuple[str, ...]) -> str:
         prefix = next((p for p in prefixes if any(k.startswith(p) for k in self.tensor_files)), None)
@@ -96,13 +119,32 @@ class Checkpoint:
         from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
 
         self.check_vocab_sizes()  # first: a tokenizer past the embeddings says more than a shape
+        # Before building: a config of 10^9 layers would take hours and gigabytes on the meta device.
+        stored_layers = {
+            "audio_config.encoder_layers": (
+                self.config.audio_config.encoder_layers,
+                list(self._stored_shapes(AUDIO_TOWER_PREFIXES)),
+            ),
+            "text_config.num_hidden_layers": (
+                self.config.text_config.num_hidden_layers,
+                list(self.decoder_tensor_keys()),
+            ),
+        }
+        for field_name, (layers, names) in stored_layers.items():
+            held = len({match[1] for name in names if (match := _LAYER_NAME.match(name))})
+            if layers != held:
+                raise EdgelalmError(
+                    f"{self.path}: config.json's {field_name} is {layers}; its weights hold {held} layers"
+                )
         try:
             with torch.device("meta"):
                 tower = Qwen2AudioEncoder(self.config.audio_config)
                 projector = self._new_projector()
                 decoder = Qwen2ForCausalLM(self.config.text_config)
-        except (AssertionError, RuntimeError, TypeError, ValueError) as error:  # e.g. a pad token past the vocabulary
-            raise EdgelalmError(f"{self.path}: its config.json does not describe a buildable model: {error}") from None
+        except Exception as error:  # a pad token past the vocabulary, an unknown activation (KeyError), ...
+            raise EdgelalmError(
+                f"{self.path}: its config.json does not describe a buildable model: {_gist(error)}"
+            ) from None
         _check_shapes(tower, self._stored_shapes(AUDIO_TOWER_PREFIXES), self.path, "audio tower")
         projector_shapes = {k.removeprefix("linear."): v for k, v in self._stored_shapes(PROJECTOR_PREFIXES).items()}
         _check_shapes(projector, projector_shapes, self.path, "projector")
@@ -160,6 +202,28 @@ class Checkpoint:
         projector = self._new_projector()
         projector.load_state_dict({k.removeprefix("linear."): v.float() for k, v in self.tensors(PROJECTOR_PREFIXES)})
         return projector.float().eval()
+
+
+# A layer's tensors: layers.N.* in the tower, model.layers.N.* in the decoder.
+_LAYER_NAME = re.compile(r"(?:model\.)?layers\.(\d+)\.")
+
+
+# llama.cpp's LLAMA_MAX_LAYERS: the most layers a decoder (or, generously, a tower) may have.
+MAX_LAYERS = 512
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _gist(error: BaseException) -> str:
+    """The last non-empty line of a library's error (transformers and pydantic put the cause
+    last); a KeyError's bare key says which name was unknown."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[-1] if lines else type(error).__name__
+    text = text if len(text) <= 300 else text[:297] + "..."  # transformers may list every model type
+    return f"unknown name {text}" if isinstance(error, KeyError) else text
 
 
 def _check_shapes(module: nn.Module, stored_shapes: dict[str, tuple[int, ...]], path: Path, what: str) -> None:
@@ -227,6 +291,18 @@ def _check_config(config_file: Path, config: Qwen2AudioConfig) -> None:
             raise EdgelalmError(f"{config_file}: {whole_name} ({whole}) is not a multiple of {part_name} ({part})")
     if not text.rms_norm_eps > 0:
         raise EdgelalmError(f"{config_file}: text_config.rms_norm_eps must be positive, not {text.rms_norm_eps!r}")
+    # The GGUF carries plain RoPE and full attention (edgelalm.export.decoder): a decoder trained
+    # with scaled RoPE or sliding windows would export with exit 0 and answer wrongly in llama.cpp.
+    rope = getattr(text, "rope_parameters", None) or {}
+    rope_type, rope_theta = rope.get("rope_type", "default"), rope.get("rope_theta", getattr(text, "rope_theta", 1.0))
+    if rope_type != "default":
+        raise EdgelalmError(f"{config_file}: text_config's rope_type {rope_type!r}: edgelalm exports plain RoPE only")
+    if not isinstance(rope_theta, int | float) or not 0 < rope_theta < float("inf"):
+        raise EdgelalmError(f"{config_file}: text_config's rope_theta must be a positive number, not {rope_theta!r}")
+    if getattr(text, "use_sliding_window", False) or "sliding_attention" in (getattr(text, "layer_types", None) or []):
+        raise EdgelalmError(
+            f"{config_file}: text_config uses sliding-window attention; edgelalm exports full attention only"
+        )
 
 
 def model_name(path: Path) -> str:
@@ -248,35 +324,88 @@ def open_checkpoint(path: Path) -> Checkpoint:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise EdgelalmError(f"{path} is not a Hugging Face checkpoint: it has no config.json")
-    try:
-        model_type = json.loads(config_file.read_text()).get("model_type")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
-        raise EdgelalmError(f"{config_file} is not valid JSON: {error}") from None
+    config_data = _read_json_object(config_file)
+    model_type = config_data.get("model_type")
     if model_type != QWEN2_AUDIO_MODEL_TYPE:
         raise EdgelalmError(
-            f"{path} holds a {model_type or 'unknown'!r} model, not Qwen2-Audio (model_type 'qwen2_audio')"
+            f"{path} holds a {_short(model_type) if model_type else 'unknown'} model, not Qwen2-Audio "
+            "(model_type 'qwen2_audio')"
         )
+    # Before transformers reads them: its config makes a list entry per layer (10^9 layers hung).
+    for section_name, field_name in (("audio_config", "encoder_layers"), ("text_config", "num_hidden_layers")):
+        section = config_data.get(section_name)
+        value = section.get(field_name) if isinstance(section, dict) else None
+        if isinstance(value, int) and value > MAX_LAYERS:
+            raise EdgelalmError(
+                f"{config_file}: {section_name}.{field_name} is {value}; llama.cpp loads up to {MAX_LAYERS}"
+            )
     tensor_files = _index_safetensors(path)
 
-    from huggingface_hub.errors import StrictDataclassError
     from transformers import Qwen2AudioConfig, Qwen2AudioProcessor
 
     try:
         config = Qwen2AudioConfig.from_pretrained(path)
-    except (StrictDataclassError, TypeError, ValueError) as error:  # transformers checks each field's type
-        cause = [line.strip() for line in str(error).splitlines() if line.strip()]
-        raise EdgelalmError(f"{config_file}: {cause[-1] if cause else type(error).__name__}") from None
+    except Exception as error:  # transformers checks each field's type (StrictDataclassError, ...)
+        raise EdgelalmError(f"{config_file}: {_gist(error)}") from None
     _check_config(config_file, config)
+    # The feature extractor computes its filterbank as it loads: an n_fft of 10^7 took gigabytes.
+    for file_name in ("preprocessor_config.json", "processor_config.json"):
+        if (path / file_name).is_file():
+            _check_extractor_sizes(path / file_name)
     try:
         processor = Qwen2AudioProcessor.from_pretrained(path)
-    except (OSError, ValueError, TypeError) as error:
-        raise EdgelalmError(f"{path}: cannot load its processor (tokenizer + feature extractor): {error}") from None
-    advice = read_windows_advice(path, float(processor.feature_extractor.chunk_length))
-    checkpoint = Checkpoint(
-        path=path, config=config, processor=processor, tensor_files=tensor_files, windows_advice=advice
-    )
+    except Exception as error:  # a tokenizer file of the wrong shape, a garbled BPE, ...
+        raise EdgelalmError(
+            f"{path}: cannot load its processor (tokenizer + feature extractor): {_gist(error)}"
+        ) from None
+    checkpoint = Checkpoint(path=path, config=config, processor=processor, tensor_files=tensor_files)
+    extractor = processor.feature_extractor
+    for field_name in _EXTRACTOR_SIZES:
+        value = getattr(extractor, field_name, None)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise EdgelalmError(
+                f"{path}: its feature extractor's {field_name} must be a positive integer, not {value!r}"
+            )
+    if extractor.feature_size != config.audio_config.num_mel_bins:
+        raise EdgelalmError(
+            f"{path}: its feature extractor makes {extractor.feature_size} mel bins; "
+            f"the audio tower reads {config.audio_config.num_mel_bins}"
+        )
     checkpoint.check_shapes()
+    check_features(checkpoint.features(), path)  # the extractor's window is the tower's
+    checkpoint.windows_advice = read_windows_advice(path, float(extractor.chunk_length))
     return checkpoint
+
+
+# The feature extractor's sizes, checked in its files before it loads and after.
+_EXTRACTOR_SIZES = {
+    "sampling_rate": SAMPLING_RATES[1],
+    "feature_size": 1024,
+    "n_fft": MAX_N_FFT,
+    "hop_length": MAX_N_FFT,
+    "chunk_length": 3600,
+}
+
+
+def _check_extractor_sizes(file: Path) -> None:
+    """A processor file's feature-extractor sizes (at its top level or under feature_extractor)."""
+    data = _read_json_object(file)
+    nested = data.get("feature_extractor")
+    for section in [data, nested] if isinstance(nested, dict) else [data]:
+        for field_name, limit in _EXTRACTOR_SIZES.items():
+            value = section.get(field_name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit):
+                raise EdgelalmError(f"{file}: {field_name} must be an integer from 1 to {limit}, not {value!r}")
+
+
+def _read_json_object(file: Path) -> dict:
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as error:  # ValueError: bad JSON, UTF-8 or a 5000-digit number
+        raise EdgelalmError(f"{file} is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise EdgelalmError(f"{file} must hold a JSON object, not a {type(data).__name__}")
+    return data
 
 
 def auto_encoder_precision(path: Path) -> EncoderPrecision:
@@ -298,9 +427,34 @@ def auto_encoder_precision(path: Path) -> EncoderPrecision:
     return "fp16w" if dtypes and dtypes <= SIXTEEN_BIT_DTYPES else "fp32"
 
 
+SINGLE_WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
+
+
+def _weight_files(path: Path) -> list[Path]:
+    """The files transformers' from_pretrained reads (finetune loads through it): model.safetensors,
+    else the shards model.safetensors.index.json names, else (a folder that is neither) every
+    *.safetensors. The index's names are held to plain .safetensors files in the folder: its
+    loader would unpickle any other file, or read one outside."""
+    if (path / SINGLE_WEIGHTS_FILE).is_file():
+        return [path / SINGLE_WEIGHTS_FILE]
+    index_file = path / WEIGHTS_INDEX_FILE
+    if not index_file.is_file():
+        return sorted(path.glob("*.safetensors"))
+    weight_map = _read_json_object(index_file).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(name, str) for name in weight_map.values()):
+        raise EdgelalmError(f"{index_file}: weight_map must map tensor names to shard file names")
+    for name in sorted(set(weight_map.values())):
+        if Path(name).name != name or not name.endswith(".safetensors") or name.startswith("."):
+            raise EdgelalmError(f"{index_file}: {name!r} is not a .safetensors file in the folder")
+        if not (path / name).is_file():
+            raise EdgelalmError(f"{index_file}: names {name}, which the folder does not hold")
+    return [path / name for name in sorted(set(weight_map.values()))]
+
+
 def _index_safetensors(path: Path) -> dict[str, Path]:
     """tensor name -> the .safetensors file holding it (single file or sharded index)."""
-    weight_files = sorted(path.glob("*.safetensors"))
+    weight_files = _weight_files(path)
     if not weight_files:
         pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_WEIGHT_SUFFIXES)
         if pickles:
@@ -314,8 +468,14 @@ def _index_safetensors(path: Path) -> dict[str, Path]:
     for file in weight_files:
         try:
             with safe_open(str(file), framework="pt") as weights:
-                for key in weights.keys():
-                    tensor_files[key] = file
+                dtypes = {key: weights.get_slice(key).get_dtype() for key in weights.keys()}
         except Exception as error:  # safetensors raises its own error types for corrupt headers
             raise EdgelalmError(f"{file} is not a readable safetensors file: {error}") from None
+        for key, dtype in dtypes.items():
+            if dtype not in FLOAT_DTYPES:  # an int, bool, fp8 or complex tensor would be cast silently
+                raise EdgelalmError(f"{file}: tensor {key} is {dtype}; weights are F32, F16, BF16 or F64")
+        for key in dtypes:
+            if key in tensor_files:
+                raise EdgelalmError(f"{path}: tensor {key} is in both {tensor_files[key].name} and {file.name}")
+            tensor_files[key] = file
     return tensor_files

@@ -94,8 +94,14 @@ def write_float_gguf(
         delta = adapter.delta(canonical) if adapter else None
         if delta is not None:
             weight = weight + delta
-        writer.write_tensor_data(weight.numpy().astype(dtype, copy=False))
-        del weight, delta
+        data = weight.numpy().astype(dtype, copy=False)
+        if not np.isfinite(data).all():  # f32 and f16 would write it as it is (q8_0's quantizer refuses)
+            raise EdgelalmError(
+                f"{checkpoint.path}: decoder tensor {stored_keys[canonical]} holds NaN or infinite values"
+                + (" (or values past float16's range)" if dtype == np.float16 else "")
+            )
+        writer.write_tensor_data(data)
+        del weight, delta, data
         on_tensor(done, len(plan))
     writer.close()
 

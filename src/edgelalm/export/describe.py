@@ -23,7 +23,6 @@ from edgelalm.constants import (
     ENCODER_OUTPUT,
     ENCODER_RIGHT_CONTEXT_INPUT,
     GGUF_ARCHITECTURE,
-    MEL_FILTERS_FILE,
     MIN_MEL_FRAMES,
     RIGHT_CONTEXT_FRAMES,
     SINGLE_COMPRESSOR_FORMAT_VERSION,
@@ -37,7 +36,6 @@ from edgelalm.manifest import (
     CompressorInfo,
     DecoderInfo,
     EncoderInfo,
-    FeaturesInfo,
     Manifest,
     ModelInfo,
     ProbeInfo,
@@ -87,7 +85,6 @@ def build_manifest(
     bundle of several compressors (format version 2), the first the default; empty for one."""
     config = checkpoint.config
     text_config = config.text_config
-    extractor = checkpoint.processor.feature_extractor
     compressors = {choice.spec.label: _choice(choice) for choice in choices}
     return Manifest(
         created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -99,16 +96,7 @@ def build_manifest(
             hidden_size=text_config.hidden_size,
             vocab_size=text_config.vocab_size,
         ),
-        features=FeaturesInfo(
-            kind="whisper_log_mel",
-            sampling_rate=extractor.sampling_rate,
-            num_mel_bins=extractor.feature_size,
-            n_fft=extractor.n_fft,
-            hop_length=extractor.hop_length,
-            window_seconds=float(extractor.chunk_length),
-            window_mel_frames=2 * config.audio_config.max_source_positions,
-            mel_filters_file=MEL_FILTERS_FILE,
-        ),
+        features=checkpoint.features(),
         encoder=EncoderInfo(
             file=ENCODER_FILE,
             precision=options.encoder_precision,
