@@ -29,6 +29,7 @@ _deferring = 0
 _pending = False
 _stoppers: set[Callable[[], None]] = set()
 _stoppers_lock = threading.Lock()
+_watching = False
 
 
 def install() -> None:
@@ -37,7 +38,9 @@ def install() -> None:
     handled = [number for number in _HANDLED if signal.getsignal(number) != signal.SIG_IGN]
     for signal_number in handled:
         signal.signal(signal_number, _on_signal)
-    if handled:
+    global _watching
+    if handled and not _watching:  # once per process (tests call the CLI's main many times)
+        _watching = True
         read_end, write_end = os.pipe()
         os.set_blocking(write_end, False)
         signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
