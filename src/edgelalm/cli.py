@@ -669,7 +669,7 @@ def _fail_interrupted() -> None:
     """Exit 130 after one line. os._exit, because CI once saw this process end by SIGINT (status
     -2) after printing this line: CPython may re-raise at exit an interrupt it saw unhandled in
     native code. The unwinding has already removed any half-written output."""
-    for stream, text in ((sys.stdout, ""), (sys.stderr, "edgelalm: error: interrupted\n")):
+    for stream, text in ((sys.stdout, ""), (sys.stderr, interrupts.INTERRUPTED_LINE)):
         with contextlib.suppress(OSError, ValueError):  # a reader gone (`| head`), a stream closed
             stream.write(text)
             stream.flush()

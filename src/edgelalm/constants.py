@@ -71,6 +71,8 @@ EncoderPrecisionChoice = Literal["auto", EncoderPrecision]
 QuantType = Literal["f32", "f16", "q8_0", "q4_k_m", "q4_0"]
 QUANT_TYPES: tuple[QuantType, ...] = get_args(QuantType)
 GGUF_ARCHITECTURE = "qwen2"
+# llama.cpp's LLAMA_MAX_LAYERS: its loader aborts on a decoder with more (export and runtime refuse first).
+LLAMA_MAX_LAYERS = 512
 Device = Literal["cpu", "cuda"]
 DEVICES: tuple[Device, ...] = get_args(Device)
 # How a clip longer than one encoder window is answered: "joined", all its windows' audio tokens in

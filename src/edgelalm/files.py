@@ -7,11 +7,13 @@ import contextlib
 import csv
 import errno
 import hashlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from edgelalm.errors import EdgelalmError
 
@@ -40,6 +42,23 @@ def write_tsv(path: Path, rows: Iterable[dict[str, str]], columns: Iterable[str]
         writer = csv.DictWriter(handle, header, extrasaction="ignore", delimiter="\t", lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file, refused in one line when it is not (ValueError: bad JSON or UTF-8, also an
+    integer of more digits than Python converts; RecursionError: nesting too deep)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as error:
+        raise EdgelalmError(f"{path} is not valid JSON: {error}") from None
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """`read_json` for a file that must hold an object."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise EdgelalmError(f"{path} must hold a JSON object, not a {type(data).__name__}")
+    return data
 
 
 def link_or_copy(source: Path, target: Path) -> None:

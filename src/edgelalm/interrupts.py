@@ -24,6 +24,8 @@ import threading
 from collections.abc import Callable, Iterator
 
 _HANDLED = (signal.SIGINT, signal.SIGTERM)
+# What the CLI prints when a signal ends it (cli._fail_interrupted, and the watcher's third signal).
+INTERRUPTED_LINE = "edgelalm: error: interrupted\n"
 _signals_seen = 0
 _deferring = 0
 _pending = False
@@ -74,7 +76,7 @@ def _watch(read_end: int) -> None:
                     stop()
             elif seen >= 3:
                 with contextlib.suppress(OSError):
-                    os.write(2, b"edgelalm: error: interrupted\n")
+                    os.write(2, INTERRUPTED_LINE.encode())
                 os._exit(130)
 
 

@@ -44,7 +44,7 @@ from edgelalm.constants import (
     WindowMode,
 )
 from edgelalm.errors import EdgelalmError
-from edgelalm.files import sha256_of
+from edgelalm.files import read_json, sha256_of
 
 # Larger than any real width, count or length; small enough for llama.cpp's int32 parameters.
 _MAX_INT = 2**31 - 1
@@ -276,7 +276,7 @@ def read_manifest(bundle_dir: Path, verify_files: bool = True) -> Manifest:
         raise EdgelalmError(f"bundle {bundle_dir}: {MANIFEST_FILE}: symbolic link (a bundle holds its own files)")
     if not manifest_path.is_file():
         raise EdgelalmError(f"{bundle_dir} is not an edgelalm bundle: it has no {MANIFEST_FILE}")
-    data = _read_json(manifest_path)
+    data = read_json(manifest_path)
     if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
         raise EdgelalmError(f"{manifest_path} is not an edgelalm bundle manifest")
     version = data.get("format_version")
@@ -335,15 +335,6 @@ def _unlisted_files(bundle_dir: Path, manifest: Manifest) -> list[str]:
             if relative not in listed:
                 found.append(relative)
     return sorted(found)
-
-
-def _read_json(path: Path) -> Any:
-    """A JSON file, refused in one line when it is not (ValueError: also an integer of more
-    digits than Python converts)."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError) as error:
-        raise EdgelalmError(f"{path} is not valid JSON: {error}") from None
 
 
 def _check_file_names(manifest: Manifest, manifest_path: Path) -> None:
@@ -431,7 +422,7 @@ def read_windows_advice(checkpoint_dir: Path, encoder_seconds: float) -> Windows
     path = checkpoint_dir / WINDOWS_ADVICE_FILE
     if not path.is_file():
         return None
-    data = _read_json(path)
+    data = read_json(path)
     windows = _build(WindowsInfo, data, "windows", path)
     check_windows(windows, encoder_seconds, path)
     return windows

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from edgelalm.constants import PromptFormat, TemplateSource
-from edgelalm.errors import EdgelalmError
+from edgelalm.errors import EdgelalmError, error_gist
 from edgelalm.manifest import PromptInfo
 
 DEFAULT_PROMPT = "Transcribe the audio."
@@ -143,10 +143,7 @@ def chat_template_pieces(processor: Any, source: str, template: str | None = Non
                 messages, chat_template=template, add_generation_prompt=True, tokenize=False
             )
     except Exception as error:  # jinja's syntax, undefined and sandbox errors, a raise_exception(), ...
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        raise EdgelalmError(
-            f"{source}: its chat template cannot be rendered: {lines[-1][:300] if lines else type(error).__name__}"
-        ) from None
+        raise EdgelalmError(f"{source}: its chat template cannot be rendered: {error_gist(error)}") from None
     if not isinstance(rendered, str) or len(rendered) > _MAX_RENDERED_CHARACTERS:
         raise EdgelalmError(f"{source}: its chat template renders more than {_MAX_RENDERED_CHARACTERS} characters")
     audio_block = processor.audio_bos_token + processor.audio_token + processor.audio_eos_token

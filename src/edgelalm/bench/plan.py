@@ -3,7 +3,6 @@ needs (exported or reused)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from edgelalm.constants import (
     QuantType,
 )
 from edgelalm.errors import EdgelalmError
+from edgelalm.files import read_json_object
 from edgelalm.manifest import bundle_name, read_manifest
 
 DEFAULT_COMPRESSORS = ("none", "avg2", "avg3", "avg4", "avg6", "sample3", "unseg")
@@ -62,12 +62,7 @@ def target_settings(target: str) -> dict[str, Any]:
         raise EdgelalmError(
             f"target {target!r}: not one of {runtimes.absolute()}'s targets ({', '.join(known) or 'none found here'})"
         )
-    try:
-        settings = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as error:
-        raise EdgelalmError(f"{path} is not valid JSON: {error}") from None
-    if not isinstance(settings, dict):
-        raise EdgelalmError(f"{path} must hold an object")
+    settings = read_json_object(path)
     device, threads = settings.get("device", "cpu"), settings.get("threads")
     if device not in ("cpu", "cuda"):
         raise EdgelalmError(f"{path}: device must be cpu or cuda, got {device!r}")

@@ -6,7 +6,6 @@ needs: exporting the audio half of a 7B never loads its 7B decoder.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,8 +16,9 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from edgelalm.constants import MEL_FILTERS_FILE, EncoderPrecision
-from edgelalm.errors import EdgelalmError
+from edgelalm.constants import LLAMA_MAX_LAYERS, MEL_FILTERS_FILE, EncoderPrecision
+from edgelalm.errors import EdgelalmError, error_gist
+from edgelalm.files import read_json_object
 from edgelalm.manifest import (
     MAX_N_FFT,
     SAMPLING_RATES,
@@ -143,7 +143,7 @@ class Checkpoint:
                 decoder = Qwen2ForCausalLM(self.config.text_config)
         except Exception as error:  # a pad token past the vocabulary, an unknown activation (KeyError), ...
             raise EdgelalmError(
-                f"{self.path}: its config.json does not describe a buildable model: {_gist(error)}"
+                f"{self.path}: its config.json does not describe a buildable model: {error_gist(error)}"
             ) from None
         _check_shapes(tower, self._stored_shapes(AUDIO_TOWER_PREFIXES), self.path, "audio tower")
         projector_shapes = {k.removeprefix("linear."): v for k, v in self._stored_shapes(PROJECTOR_PREFIXES).items()}
@@ -208,22 +208,9 @@ class Checkpoint:
 _LAYER_NAME = re.compile(r"(?:model\.)?layers\.(\d+)\.")
 
 
-# llama.cpp's LLAMA_MAX_LAYERS: the most layers a decoder (or, generously, a tower) may have.
-MAX_LAYERS = 512
-
-
 def _short(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _gist(error: BaseException) -> str:
-    """The last non-empty line of a library's error (transformers and pydantic put the cause
-    last); a KeyError's bare key says which name was unknown."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    text = lines[-1] if lines else type(error).__name__
-    text = text if len(text) <= 300 else text[:297] + "..."  # transformers may list every model type
-    return f"unknown name {text}" if isinstance(error, KeyError) else text
 
 
 def _check_shapes(module: nn.Module, stored_shapes: dict[str, tuple[int, ...]], path: Path, what: str) -> None:
@@ -324,7 +311,7 @@ def open_checkpoint(path: Path) -> Checkpoint:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise EdgelalmError(f"{path} is not a Hugging Face checkpoint: it has no config.json")
-    config_data = _read_json_object(config_file)
+    config_data = read_json_object(config_file)
     model_type = config_data.get("model_type")
     if model_type != QWEN2_AUDIO_MODEL_TYPE:
         raise EdgelalmError(
@@ -335,9 +322,9 @@ def open_checkpoint(path: Path) -> Checkpoint:
     for section_name, field_name in (("audio_config", "encoder_layers"), ("text_config", "num_hidden_layers")):
         section = config_data.get(section_name)
         value = section.get(field_name) if isinstance(section, dict) else None
-        if isinstance(value, int) and value > MAX_LAYERS:
+        if isinstance(value, int) and value > LLAMA_MAX_LAYERS:
             raise EdgelalmError(
-                f"{config_file}: {section_name}.{field_name} is {value}; llama.cpp loads up to {MAX_LAYERS}"
+                f"{config_file}: {section_name}.{field_name} is {value}; llama.cpp loads up to {LLAMA_MAX_LAYERS}"
             )
     tensor_files = _index_safetensors(path)
 
@@ -346,26 +333,25 @@ def open_checkpoint(path: Path) -> Checkpoint:
     try:
         config = Qwen2AudioConfig.from_pretrained(path)
     except Exception as error:  # transformers checks each field's type (StrictDataclassError, ...)
-        raise EdgelalmError(f"{config_file}: {_gist(error)}") from None
+        raise EdgelalmError(f"{config_file}: {error_gist(error)}") from None
     _check_config(config_file, config)
     # The feature extractor computes its filterbank as it loads: an n_fft of 10^7 took gigabytes.
     for file_name in ("preprocessor_config.json", "processor_config.json"):
         if (path / file_name).is_file():
-            _check_extractor_sizes(path / file_name)
+            _check_extractor_file(path / file_name)
     try:
         processor = Qwen2AudioProcessor.from_pretrained(path)
     except Exception as error:  # a tokenizer file of the wrong shape, a garbled BPE, ...
         raise EdgelalmError(
-            f"{path}: cannot load its processor (tokenizer + feature extractor): {_gist(error)}"
+            f"{path}: cannot load its processor (tokenizer + feature extractor): {error_gist(error)}"
         ) from None
     checkpoint = Checkpoint(path=path, config=config, processor=processor, tensor_files=tensor_files)
     extractor = processor.feature_extractor
-    for field_name in _EXTRACTOR_SIZES:
-        value = getattr(extractor, field_name, None)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise EdgelalmError(
-                f"{path}: its feature extractor's {field_name} must be a positive integer, not {value!r}"
-            )
+    _check_extractor_sizes(
+        {field_name: getattr(extractor, field_name, None) for field_name in _EXTRACTOR_SIZES},
+        f"{path}: its feature extractor's",
+        required=True,
+    )
     if extractor.feature_size != config.audio_config.num_mel_bins:
         raise EdgelalmError(
             f"{path}: its feature extractor makes {extractor.feature_size} mel bins; "
@@ -387,25 +373,22 @@ _EXTRACTOR_SIZES = {
 }
 
 
-def _check_extractor_sizes(file: Path) -> None:
+def _check_extractor_file(file: Path) -> None:
     """A processor file's feature-extractor sizes (at its top level or under feature_extractor)."""
-    data = _read_json_object(file)
+    data = read_json_object(file)
     nested = data.get("feature_extractor")
     for section in [data, nested] if isinstance(nested, dict) else [data]:
-        for field_name, limit in _EXTRACTOR_SIZES.items():
-            value = section.get(field_name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit):
-                raise EdgelalmError(f"{file}: {field_name} must be an integer from 1 to {limit}, not {value!r}")
+        _check_extractor_sizes(section, f"{file}:", required=False)
 
 
-def _read_json_object(file: Path) -> dict:
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as error:  # ValueError: bad JSON, UTF-8 or a 5000-digit number
-        raise EdgelalmError(f"{file} is not valid JSON: {error}") from None
-    if not isinstance(data, dict):
-        raise EdgelalmError(f"{file} must hold a JSON object, not a {type(data).__name__}")
-    return data
+def _check_extractor_sizes(values: dict, where: str, required: bool) -> None:
+    """Each of _EXTRACTOR_SIZES in `values` an integer within its bound (absent allowed unless `required`)."""
+    for field_name, limit in _EXTRACTOR_SIZES.items():
+        value = values.get(field_name)
+        if (value is not None or required) and (
+            not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit
+        ):
+            raise EdgelalmError(f"{where} {field_name} must be an integer from 1 to {limit}, not {value!r}")
 
 
 def auto_encoder_precision(path: Path) -> EncoderPrecision:
@@ -441,15 +424,16 @@ def _weight_files(path: Path) -> list[Path]:
     index_file = path / WEIGHTS_INDEX_FILE
     if not index_file.is_file():
         return sorted(path.glob("*.safetensors"))
-    weight_map = _read_json_object(index_file).get("weight_map")
+    weight_map = read_json_object(index_file).get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(name, str) for name in weight_map.values()):
         raise EdgelalmError(f"{index_file}: weight_map must map tensor names to shard file names")
-    for name in sorted(set(weight_map.values())):
+    shard_names = sorted(set(weight_map.values()))
+    for name in shard_names:
         if Path(name).name != name or not name.endswith(".safetensors") or name.startswith("."):
             raise EdgelalmError(f"{index_file}: {name!r} is not a .safetensors file in the folder")
         if not (path / name).is_file():
             raise EdgelalmError(f"{index_file}: names {name}, which the folder does not hold")
-    return [path / name for name in sorted(set(weight_map.values()))]
+    return [path / name for name in shard_names]
 
 
 def _index_safetensors(path: Path) -> dict[str, Path]:

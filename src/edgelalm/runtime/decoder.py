@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import llama_cpp
 import numpy as np
 
+from edgelalm.constants import LLAMA_MAX_LAYERS
 from edgelalm.errors import EdgelalmError
 from edgelalm.runtime.llama_backend import ExtraBuffers, decide_extra_buffers, model_params, usable_cores
 
@@ -57,7 +58,6 @@ _GGUF_UINTS = {0: ctypes.c_uint8, 2: ctypes.c_uint16, 4: ctypes.c_uint32, 10: ct
 _GGUF_FLOATS = {6: ctypes.c_float, 12: ctypes.c_double}
 _GGUF_STRING = 8
 _GGUF_TYPE_NAMES = {1: "i8", 3: "i16", 5: "i32", 7: "bool", 9: "array", 11: "i64"}
-_MAX_LAYERS = 512  # llama.cpp's LLAMA_MAX_LAYERS
 
 
 class _GgufInitParams(ctypes.Structure):
@@ -135,8 +135,8 @@ def check_gguf_header(gguf_path: Path, expected: DecoderInfo) -> None:
     for key in positive:
         if key in found and not 0 < found[key] < math.inf:  # type: ignore[operator]
             raise EdgelalmError(f"{gguf_path}: {key} must be a positive number, got {found[key]}")
-    if not 1 <= expected.layers <= _MAX_LAYERS:
-        raise EdgelalmError(f"{gguf_path}: {expected.layers} layers; llama.cpp loads 1 to {_MAX_LAYERS}")
+    if not 1 <= expected.layers <= LLAMA_MAX_LAYERS:
+        raise EdgelalmError(f"{gguf_path}: {expected.layers} layers; llama.cpp loads 1 to {LLAMA_MAX_LAYERS}")
     if found.get(f"{arch}.expert_count", 0):
         raise EdgelalmError(f"{gguf_path}: experts in a {arch} decoder, which edgelalm does not write")
 

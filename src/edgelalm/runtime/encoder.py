@@ -14,7 +14,7 @@ import onnxruntime
 
 from edgelalm import interrupts
 from edgelalm.constants import ENCODER_INPUT, ENCODER_OUTPUT, ENCODER_RIGHT_CONTEXT_INPUT
-from edgelalm.errors import EdgelalmError
+from edgelalm.errors import EdgelalmError, error_gist
 from edgelalm.runtime.features import WindowFeatures
 
 
@@ -48,7 +48,7 @@ def onnx_session(
         session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph/... types
         # onnxruntime refuses, among others, external weights whose path leaves the bundle folder.
-        raise EdgelalmError(f"onnxruntime cannot load {path}: {_first_line(error)}") from None
+        raise EdgelalmError(f"onnxruntime cannot load {path}: {error_gist(error, last_line=False)}") from None
     found_inputs = tuple(sorted(node.name for node in session.get_inputs()))
     found_outputs = [node.name for node in session.get_outputs()]
     if inputs is not None and found_inputs != tuple(sorted(inputs)):
@@ -76,17 +76,12 @@ def run_graph(
         with interrupts.stoppable(stop):
             result = session.run(None, feeds, run_options)[0]
     except Exception as error:  # onnxruntime's Fail, RuntimeException (bad_alloc), ValueError, ...
-        raise EdgelalmError(f"onnxruntime failed running {path}: {_first_line(error)}") from None
+        raise EdgelalmError(f"onnxruntime failed running {path}: {error_gist(error, last_line=False)}") from None
     if not isinstance(result, np.ndarray) or result.ndim != 2:
         raise EdgelalmError(f"{path} gave an output of shape {np.shape(result)}; expected [rows, width]")
     if not np.isfinite(result).all():
         raise EdgelalmError(f"{path} gave values that are not finite (NaN or infinity) for this audio")
     return result
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _heap_release() -> Callable[[], None]:
