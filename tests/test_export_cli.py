@@ -718,16 +718,27 @@ def test_finetune_reads_the_files_export_checks(tiny_checkpoint, tmp_path, monke
         load_for_training(model, "cpu")
 
 
-def test_non_finite_decoder_weights_are_named_at_f16(tiny_checkpoint, tmp_path):
-    """q8_0's quantizer refuses NaN in two lines of its own; f32 and f16 wrote it with exit 0."""
+@pytest.mark.parametrize(
+    ("part", "stored", "named"),
+    [
+        ("decoder", "mlp.up_proj.weight", "decoder tensor {key}"),
+        ("audio tower", "audio_tower.layers.0.fc1.weight", "audio tower tensor {short}"),
+        ("projector", "multi_modal_projector.linear.weight", "projector tensor {short}"),
+    ],
+)
+def test_non_finite_weights_are_named(tiny_checkpoint, tmp_path, part, stored, named):
+    """q8_0's quantizer refuses NaN in two lines of its own; f32 and f16 wrote it with exit 0. In
+    the tower or the projector, NaN made the export's self-check blame the export ("export is
+    broken")."""
     from safetensors.torch import load_file, save_file
 
     model = tmp_path / "nan"
     shutil.copytree(tiny_checkpoint, model)
     weights = load_file(model / "model.safetensors")
-    key = next(k for k in sorted(weights) if "mlp.up_proj.weight" in k)
-    weights[key][0, 0] = float("nan")
+    key = next(k for k in sorted(weights) if stored in k)
+    weights[key].view(-1)[0] = float("nan")
     save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
     code, _, stderr = edgelalm("export", "--model", model, "--quant", "f16", "--out", tmp_path / "out" / "b")
-    assert_one_line_error(code, stderr, f"decoder tensor {key} holds NaN or infinite values")
+    short = key.split("audio_tower.")[-1].split("multi_modal_projector.")[-1]
+    assert_one_line_error(code, stderr, named.format(key=key, short=short) + " holds NaN or infinite values")
     assert not (tmp_path / "out").exists()

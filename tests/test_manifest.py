@@ -363,6 +363,14 @@ def test_control_characters_in_the_manifest_are_printed_escaped(editable):
     assert "\x1b" not in completed.stdout and "tiny\\x1b]0;owned\\x07\\x1b[2J" in completed.stdout
 
 
+def test_a_default_prompt_longer_than_the_context_blames_the_bundle(editable, tmp_path):
+    """A run said the caller's clip did not fit, where the bundle's own prompt filled the context."""
+    folder = editable(_set("prompt.default_prompt", "word " * 20000))
+    line = _run_cli(folder, tmp_path)
+    assert f"{folder / MANIFEST_FILE}: its prompt (before_audio, default_prompt) takes" in line
+    assert "leaves no room for audio in the decoder's context" in line
+
+
 def test_mel_filters_that_are_empty_or_overflow_are_one_line(bundle, tmp_path):
     """An empty .npy raised EOFError, which the command line reported as "interrupted"."""
     import numpy as np

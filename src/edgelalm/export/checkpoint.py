@@ -186,13 +186,23 @@ class Checkpoint:
         with safe_open(str(self.tensor_files[stored_key]), framework="pt") as weights:
             return weights.get_tensor(stored_key)
 
+    def finite_float_tensors(self, prefixes: tuple[str, ...], what: str) -> dict[str, torch.Tensor]:
+        """`tensors(prefixes)` in float32, refusing NaN or infinite values by name: they would
+        otherwise surface later as an export that disagrees with itself."""
+        state = {}
+        for name, tensor in self.tensors(prefixes):
+            state[name] = tensor.float()
+            if not torch.isfinite(state[name]).all():
+                raise EdgelalmError(f"{self.path}: {what} tensor {name} holds NaN or infinite values")
+        return state
+
     def load_audio_tower(self) -> nn.Module:
         """The audio tower in float32, with its weights and nothing else loaded."""
         from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
 
         tower = Qwen2AudioEncoder(self.config.audio_config)
         # open_checkpoint has checked every stored shape against the config (check_shapes).
-        tower.load_state_dict({k: v.float() for k, v in self.tensors(AUDIO_TOWER_PREFIXES)})
+        tower.load_state_dict(self.finite_float_tensors(AUDIO_TOWER_PREFIXES, "audio tower"))
         return tower.float().eval()
 
     def _new_projector(self) -> nn.Linear:
@@ -200,7 +210,8 @@ class Checkpoint:
 
     def load_projector(self) -> nn.Linear:
         projector = self._new_projector()
-        projector.load_state_dict({k.removeprefix("linear."): v.float() for k, v in self.tensors(PROJECTOR_PREFIXES)})
+        state = self.finite_float_tensors(PROJECTOR_PREFIXES, "projector")
+        projector.load_state_dict({k.removeprefix("linear."): v for k, v in state.items()})
         return projector.float().eval()
 
 

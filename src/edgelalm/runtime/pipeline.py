@@ -190,6 +190,14 @@ class Runtime:
         self._release(self._new_context())  # the first context, made now: a failure shows at load
         self.prompt = manifest.prompt
         self.before_audio = self.decoder.tokenize(self.prompt.before_audio)
+        # The bundle's own text must leave room for audio and an answer: a run would otherwise
+        # blame the caller's clip or prompt for what the manifest wrote.
+        own_text_tokens = len(self.before_audio) + len(self.prompt_tokens_after_audio(self.prompt.default_prompt))
+        if own_text_tokens + 2 > self.context_limit:
+            raise EdgelalmError(
+                f"{self.bundle / MANIFEST_FILE}: its prompt (before_audio, default_prompt) takes {own_text_tokens} "
+                f"tokens, which leaves no room for audio in the decoder's context of {self.context_limit}"
+            )
         # The checkpoint's own stop tokens, beside the ones llama.cpp reads from the GGUF.
         self.stop_ids = frozenset(manifest.special_tokens.end_of_turn_ids)
 
