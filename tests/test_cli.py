@@ -3,6 +3,7 @@ errors, a runtime-only install, `doctor`, and `inspect`'s wording."""
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -65,6 +66,37 @@ def test_plain_edgelalm_prints_the_help():
     assert stdout.startswith("Usage: edgelalm") and all(command in stdout for command in COMMANDS)
 
 
+def test_version_and_short_help():
+    from edgelalm import __version__
+
+    assert edgelalm("--version")[:2] == (0, f"edgelalm {__version__}\n")
+    assert edgelalm("-V")[:2] == (0, f"edgelalm {__version__}\n")
+    code, stdout, _ = edgelalm("run", "-h")
+    assert code == 0 and stdout.startswith("Usage: edgelalm run [OPTIONS] AUDIO")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_standard_output_that_refuses_writes_is_one_line(tiny_bundles):
+    """A full disk under stdout gave a traceback; stdout closed lost the answer with exit 0."""
+    bundle = tiny_bundles("avg", 3)
+    command = [sys.executable, "-m", "edgelalm.cli", "inspect", str(bundle)]
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert one_error_line(result.returncode, result.stderr) == (
+        "edgelalm: error: cannot write to standard output: No space left on device"
+    )
+    result = subprocess.run(
+        " ".join(map(shlex.quote, command)) + " >&-", shell=True, stderr=subprocess.PIPE, text=True, timeout=300
+    )
+    assert "standard output is closed" in one_error_line(result.returncode, result.stderr)
+    # A reader that leaves (`| head -c 5`): quietly, no traceback.
+    result = subprocess.run(
+        " ".join(map(shlex.quote, command)) + " | head -c 5 >/dev/null; exit ${PIPESTATUS[0]}",
+        shell=True, executable="/bin/bash", stderr=subprocess.PIPE, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode in (0, 1) and result.stderr == "", result.stderr
+
+
 def test_an_unknown_compressor_is_worded_plainly():
     line = one_error_line(*edgelalm("export", "--compressor", "avgg")[::2])
     assert "'avgg' is not one of" in line and "Value error" not in line
@@ -89,6 +121,12 @@ def test_scaffold_refuses_in_one_line_and_leaves_nothing(tmp_path):
     line = one_error_line(*edgelalm("scaffold", "--out", tmp_path / "taken")[::2])
     assert line == f"edgelalm: error: {tmp_path / 'taken'} already exists"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "taken"] and blocker.read_text() == "mine"
+
+
+def test_scaffold_writes_no_progress_bar_into_a_log(tmp_path):
+    """transformers' shard bar wrote carriage returns into a non-terminal stderr."""
+    code, stdout, stderr = edgelalm("scaffold", "--out", tmp_path / "ckpt")
+    assert code == 0 and stdout.strip() == str(tmp_path / "ckpt") and "\r" not in stderr, stderr
 
 
 def test_a_full_disk_during_scaffold_is_one_line_and_leaves_nothing(tmp_path):
@@ -160,6 +198,14 @@ def test_bench_out_that_cannot_be_a_folder_is_one_line(tmp_path, out):
     assert line == f"edgelalm: error: {expected}" and (tmp_path / "a-file").read_text() == "mine"
 
 
+@pytest.mark.parametrize("seconds", ["nan", "0", "-1", "inf", "1e9"])
+def test_bench_clip_lengths_are_checked_before_any_work(tmp_path, seconds):
+    """Each failed only after the bench's exports, in numpy's words (`Unable to allocate 116. TiB`)."""
+    line = one_error_line(*edgelalm("bench", "--quick", "--seconds", seconds, "--out", tmp_path / "b")[::2])
+    assert "--seconds takes clip lengths above 0 and up to 3600 s" in line
+    assert not (tmp_path / "b").exists()
+
+
 # -- doctor --------------------------------------------------------------------------------
 
 
@@ -182,6 +228,7 @@ def test_doctor_runs_a_bundle_in_a_child_process(tiny_bundles):
     code, stdout, stderr = edgelalm("doctor", "--bundle", bundle, "--json")
     assert code == 0, stderr
     report = json.loads(stdout)
+    assert report["bundle"]["ok"] is True
     assert report["machine"]["llama_cpp"]["extra_buffers"]["enabled"] == decide_extra_buffers("auto").enabled
     canary = report["bundle"]["canary"]
     assert report["bundle"]["files_verified"] == 5
@@ -201,6 +248,11 @@ def test_doctor_with_a_broken_bundle_reports_the_machine_then_one_error(tiny_bun
     code, stdout, stderr = edgelalm("doctor", "--bundle", broken)
     assert "llama.cpp " in stdout  # the machine report came first
     assert "decoder.gguf does not match" in one_error_line(code, stderr)
+    # With --json the machine's report was lost: stdout stayed empty.
+    code, stdout, stderr = edgelalm("doctor", "--bundle", broken, "--json")
+    line = one_error_line(code, stderr)
+    report = json.loads(stdout)
+    assert report["machine"]["llama_cpp"] and report["bundle"] == {"ok": False, "error": line.split(": ", 2)[2]}
 
 
 def test_forcing_extra_buffers_on_where_they_crash_warns(monkeypatch, capsys):

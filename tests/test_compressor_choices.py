@@ -231,3 +231,19 @@ def test_auto_window_by_window_picks_for_a_full_window_and_answers_each_with_it(
             EdgelalmError, match="a window of 10 s gives up to 84 audio tokens with avg3, over the budget of 83"
         ):
             runtime.run(audio, max_tokens=3, compressor=AUTO, max_audio_tokens=83, windows="each")
+
+
+def test_unseg_alone_window_by_window_is_held_to_the_budget_by_what_it_gives(multi_bundle):
+    """unseg's worst case (every frame a segment) refused a short clip that fits: a 3 s clip's
+    22 tokens against a budget of 30 said "up to 72". Alone, it is held to the budget window by
+    window, by the tokens each window gives."""
+    audio = speechlike(23.0, 8)
+    with Runtime(multi_bundle) as runtime:
+        windows = split_windows(audio, runtime.features, cut_at_pauses=True)
+        alone = [runtime.run(window, max_tokens=3, compressor="unseg") for window in windows]
+        most = max(one.audio_tokens for one in alone)
+        assert most < runtime.compressors["unseg"].spec.max_audio_tokens(250)  # below the worst case
+        result = runtime.run(audio, max_tokens=3, compressor="unseg", max_audio_tokens=most, windows="each")
+        assert result.audio_tokens == sum(one.audio_tokens for one in alone)
+        with pytest.raises(EdgelalmError, match=f"gives {most} audio tokens with unseg, over the budget of {most - 1}"):
+            runtime.run(audio, max_tokens=3, compressor="unseg", max_audio_tokens=most - 1, windows="each")

@@ -81,3 +81,44 @@ def test_the_longest_name_the_file_system_allows_is_written(tmp_path):
     with atomic_folder(target, force=False) as staging:
         (staging / "manifest.json").write_text("{}")
     assert (target / "manifest.json").is_file() and sorted(p.name for p in tmp_path.iterdir()) == [target.name]
+
+
+def test_a_written_folder_has_the_umasks_permissions(tmp_path):
+    """mkdtemp makes its folder 0700 (and some writers their files 0600): a bundle exported by one
+    account could not be served by another."""
+    previous = os.umask(0o022)
+    try:
+        with atomic_folder(tmp_path / "bundle", force=False) as staging:
+            (staging / "weights.bin").write_bytes(b"w")
+            (staging / "weights.bin").chmod(0o600)
+            (staging / "tool").write_text("#!/bin/sh\n")
+            (staging / "tool").chmod(0o700)
+            (staging / "inner").mkdir(mode=0o700)
+    finally:
+        os.umask(previous)
+    modes = {path.name: path.stat().st_mode & 0o777 for path in [tmp_path / "bundle", *(tmp_path / "bundle").iterdir()]}
+    assert modes == {"bundle": 0o755, "weights.bin": 0o644, "tool": 0o755, "inner": 0o755}
+
+
+def test_the_newest_bundle_is_never_a_staging_folder(tmp_path):
+    """`run` without --bundle took an export's hidden `.name.partial-*` folder when it was newest."""
+    import time
+
+    from edgelalm.constants import MANIFEST_FILE
+    from edgelalm.runtime.pipeline import latest_bundle
+
+    for name in ("done", ".next.partial-x1y2"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / MANIFEST_FILE).write_text("{}")
+        time.sleep(0.02)
+    assert latest_bundle(tmp_path) == tmp_path / "done"
+
+
+def test_a_file_in_the_way_is_named_without_advising_force(tmp_path):
+    """`--out clip.wav` said "already exists (--force replaces it)", and --force then refused."""
+    from edgelalm.files import check_replaceable
+
+    (tmp_path / "clip.wav").write_bytes(b"RIFF")
+    for force in (False, True):
+        with pytest.raises(EdgelalmError, match=r"clip\.wav is a file, not a folder$"):
+            check_replaceable(tmp_path / "clip.wav", force)

@@ -201,3 +201,14 @@ def test_the_tiny_checkpoint_gets_rows_that_say_why_and_the_bench_goes_on(tiny_c
     )
     assert f"edgelalm: warning: {MTMD_RUNTIME} none 3 s: llama.cpp's converter" in capsys.readouterr().err
     assert (tmp_path / "results.json").is_file() and not (tmp_path / "mtmd" / "mmproj-f16.gguf").exists()
+
+
+def test_a_cache_that_is_a_file_is_one_line(tmp_path):
+    """$EDGELALM_CACHE naming a file gave a NotADirectoryError traceback after the bench's export."""
+    from edgelalm.bench.llama_cpp_source import llama_cpp_source
+    from edgelalm.errors import EdgelalmError
+
+    cache = tmp_path / "cache"
+    cache.write_text("not a folder")
+    with pytest.raises(EdgelalmError, match=r"\$EDGELALM_CACHE.* failed: Not a directory"):
+        llama_cpp_source(["convert_hf_to_gguf.py"], cache)

@@ -1,6 +1,10 @@
 """A `Runtime` shared by threads, and prompts that try to speak for the template (issue 18)."""
 
+import gc
+import os
+import re
 import threading
+import time
 
 import pytest
 
@@ -57,13 +61,6 @@ def test_runs_from_four_threads_equal_the_single_threaded_answers(tiny_bundles, 
     assert len(answers) == 12
     for (worker, round_), answer in answers.items():
         assert answer == expected[(worker + round_) % len(clips)]
-
-
-def test_a_runtime_refuses_zero_concurrent_runs(tiny_bundles):
-    from edgelalm.errors import EdgelalmError
-
-    with pytest.raises(EdgelalmError, match="max_concurrent_runs must be >= 1"):
-        Runtime(tiny_bundles("avg", 2, "f32"), max_concurrent_runs=0)
 
 
 def test_special_tokens_in_the_prompt_stay_text(runtime):
@@ -138,3 +135,172 @@ def test_a_reused_prefix_gives_the_logits_of_a_fresh_context(tiny_bundles):
         decoder.feed_tokens(decoder.tokenize("second"))
         fresh = decoder.last_logits()
     assert (reused == fresh).all()
+
+
+# -- the Runtime's life: closed, dropped, forked, re-entered (a library embedded in a server) -----
+
+
+def test_a_closed_runtime_refuses_runs(tiny_bundles):
+    """A run after close() read freed llama.cpp memory: a segfault."""
+    from edgelalm.errors import EdgelalmError
+
+    runtime = Runtime(tiny_bundles("avg", 2, "f32"))
+    runtime.close()
+    runtime.close()  # twice is harmless
+    with pytest.raises(EdgelalmError, match="this Runtime is closed"):
+        runtime.run(speechlike(1.5, 0), max_tokens=4)
+    with pytest.raises(EdgelalmError, match="is closed"):
+        runtime.decoder.tokenize("hello")
+
+
+def test_close_waits_for_the_runs_in_flight(tiny_bundles):
+    """close() from another thread during a run freed the context under it: a segfault. It now
+    waits for the run, which answers as it would have."""
+    clip = speechlike(3.0, 1)
+    bundle = tiny_bundles("avg", 2, "f32")
+    with Runtime(bundle) as alone:
+        expected = alone.run(clip, max_tokens=12).text
+    assert expected  # the run below must stream at least one piece
+    runtime = Runtime(bundle)
+    streaming = threading.Event()
+    answers: list[str] = []
+
+    def slow_reader(piece: str) -> None:
+        streaming.set()
+        time.sleep(0.05)
+
+    worker = threading.Thread(target=lambda: answers.append(runtime.run(clip, max_tokens=12, on_text=slow_reader).text))
+    worker.start()
+    assert streaming.wait(timeout=120)
+    runtime.close()
+    worker.join(timeout=120)
+    assert answers == [expected]
+    assert runtime.decoder.model is None
+
+
+def test_a_dropped_runtime_frees_llama_cpp(tiny_bundles):
+    """Without close(), a dropped Runtime kept its weights mapped for ever (14 MB each for the
+    default model, gigabytes for a 7B one)."""
+    runtime = Runtime(tiny_bundles("avg", 2, "f32"))
+    runtime.run(speechlike(1.5, 0), max_tokens=4)
+    decoder, contexts = runtime.decoder, list(runtime._contexts)
+    del runtime
+    gc.collect()
+    assert decoder.model is None and all(context.context is None for context in contexts)
+
+
+def test_a_failed_load_frees_what_it_loaded(tiny_bundles, monkeypatch):
+    """A constructor that failed after the decoder loaded kept it (20 failures: +200 MB)."""
+    from edgelalm.errors import EdgelalmError
+    from edgelalm.runtime import pipeline
+
+    loaded = []
+    real_model = pipeline.LlamaModel
+
+    def keep(*args, **kwargs):
+        loaded.append(real_model(*args, **kwargs))
+        return loaded[-1]
+
+    def fail(*args, **kwargs):
+        raise EdgelalmError("a compressor failed to load")
+
+    monkeypatch.setattr(pipeline, "LlamaModel", keep)
+    monkeypatch.setattr(pipeline, "CompressorProjector", fail)
+    with pytest.raises(EdgelalmError, match="a compressor failed to load"):
+        Runtime(tiny_bundles("avg", 2, "f32"))
+    assert len(loaded) == 1 and loaded[0].model is None
+
+
+def test_a_forked_child_is_refused(runtime):
+    """After a run, a child forked from the process hung for ever in llama.cpp's decode (its
+    threads do not survive a fork); it now gets one line."""
+    runtime.run(speechlike(1.5, 0), max_tokens=4)
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: report and leave at once, nothing of pytest's teardown
+        try:
+            runtime.run(speechlike(1.5, 0), max_tokens=4)
+            message = "ran"
+        except Exception as error:
+            message = f"{type(error).__name__}: {error}"
+        os.write(write_end, message.encode())
+        os._exit(0)
+    os.close(write_end)
+    _, status = os.waitpid(child, 0)
+    message = os.read(read_end, 4096).decode()
+    os.close(read_end)
+    assert status == 0
+    assert message.startswith("EdgelalmError: this Runtime was made before os.fork()"), message
+    assert runtime.run(speechlike(1.5, 0), max_tokens=4).audio_tokens  # the parent's still serves
+
+
+def test_a_run_from_inside_a_run_is_refused(tiny_bundles):
+    """run() from inside on_text with every context busy waited for ever."""
+    from edgelalm.errors import EdgelalmError
+
+    with Runtime(tiny_bundles("avg", 2, "f32"), max_concurrent_runs=1) as runtime:
+        expected = runtime.run(speechlike(3.0, 1), max_tokens=12).text
+        assert expected
+
+        def again(piece: str) -> None:
+            runtime.run(speechlike(1.5, 0), max_tokens=4)
+
+        with pytest.raises(EdgelalmError, match="from inside one of its own runs"):
+            runtime.run(speechlike(3.0, 1), max_tokens=12, on_text=again)
+        assert runtime.run(speechlike(3.0, 1), max_tokens=12).text == expected  # still usable
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"temperature": float("nan")}, "temperature must be a finite number >= 0"),  # printed control tokens
+        ({"temperature": -1.0}, "temperature must be a finite number >= 0"),
+        ({"temperature": 0.7, "top_p": 5.0}, "top_p must be a number above 0 and at most 1"),
+        ({"temperature": 0.7, "top_p": 0.0}, "top_p must be a number above 0 and at most 1"),
+        ({"seed": -1}, "seed must be a whole number from 0 to 4294967294"),  # llama.cpp: a random seed
+        ({"seed": 2**32}, "seed must be a whole number from 0 to 4294967294"),  # wrapped to 0
+        ({"max_tokens": 2.5}, "max_tokens must be a whole number >= 1"),
+        ({"max_tokens": True}, "max_tokens must be a whole number >= 1"),
+        ({"prompt": 123}, "prompt must be text, got int"),
+        ({"prompt": "bad \ud800"}, "the prompt is not valid Unicode text"),
+        ({"audio": None}, "no audio: pass a file's path or samples"),
+        ({"audio": "clip.wav", "sampling_rate": 8000}, "sampling_rate is for samples"),
+        ({"max_audio_tokens": "5"}, "max_audio_tokens must be a whole number >= 1"),
+    ],
+)
+def test_run_arguments_of_the_wrong_kind_are_one_line(runtime, arguments, message):
+    """Each raised a TypeError, KeyError or UnicodeEncodeError from deep inside, or was taken
+    silently (a NaN temperature answered `<|audio_eos|>` 256 times)."""
+    from edgelalm.errors import EdgelalmError
+
+    call = {"audio": speechlike(1.5, 0), "max_tokens": 4, **arguments}
+    with pytest.raises(EdgelalmError, match=re.escape(message)):
+        runtime.run(call.pop("audio"), **call)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"threads": "2"}, "threads must be from 1 to"),
+        ({"threads": 1.5}, "threads must be from 1 to"),
+        ({"threads": True}, "threads must be from 1 to"),
+        ({"max_concurrent_runs": "2"}, "max_concurrent_runs must be a whole number >= 1"),
+        ({"max_concurrent_runs": 0}, "max_concurrent_runs must be a whole number >= 1"),
+        ({"llama_extra_buffers": "maybe"}, "llama_extra_buffers must be one of auto, on, off"),
+        ({"kv_cache_type": "q8_0"}, "kv_cache_type must be one of f32, f16"),
+        ({"prefix_cache": "no"}, "prefix_cache must be True or False"),  # "no" is truthy: it stayed on
+    ],
+)
+def test_runtime_settings_of_the_wrong_kind_are_one_line(tiny_bundles, arguments, message):
+    from edgelalm.errors import EdgelalmError
+
+    with pytest.raises(EdgelalmError, match=re.escape(message)):
+        Runtime(tiny_bundles("avg", 2, "f32"), **arguments)
+
+
+def test_samples_past_full_scale_are_warned_about(runtime):
+    """int16 PCM in a float array reads 32768 times too loud: the answer is noise, so say so."""
+    clip = speechlike(1.5, 0)
+    assert not runtime.run(clip, max_tokens=4).warnings
+    warnings = runtime.run(clip * 32767, max_tokens=4).warnings
+    assert len(warnings) == 1 and "past full scale" in warnings[0], warnings

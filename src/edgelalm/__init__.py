@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-__all__ = ["Runtime", "RunResult", "__version__"]
+from edgelalm.errors import EdgelalmError
+
+__version__ = "0.1.0"  # pyproject.toml reads it from here
+__all__ = ["EdgelalmError", "RunResult", "Runtime", "__version__"]
 
 if TYPE_CHECKING:
     from edgelalm.runtime.pipeline import RunResult, Runtime

@@ -19,8 +19,9 @@ import typer.core
 from typer.exceptions import TyperException
 
 from edgelalm import interrupts
-from edgelalm.compression import COMPRESSOR_DESCRIPTIONS, FACTOR_COMPRESSORS, CompressorSpec
+from edgelalm.compression import COMPRESSOR_DESCRIPTIONS, FACTOR_COMPRESSORS, MAX_FACTOR, CompressorSpec
 from edgelalm.constants import (
+    MANIFEST_FILE,
     CompressorName,
     Device,
     EncoderPrecision,
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from edgelalm.manifest import DecoderInfo, Manifest
 
 DEFAULT_EXPORT_ROOT = Path("export")
+MAX_BENCH_SECONDS = 3600  # an hour of synthetic audio: far past any context, still a few hundred MB
 
 app = typer.Typer(
     name="edgelalm",
@@ -47,7 +49,27 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     # Plain click help: it wraps at any width without cutting defaults, and shows flags as flags.
     rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        from edgelalm import __version__
+
+        _say(f"edgelalm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", "-V", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    # Options before the command (--version); the app's help is Typer's `help=` above.
+    return None
 
 
 _EXTRA_BUFFERS_HELP = (
@@ -83,7 +105,9 @@ def export(
     factor: Annotated[
         int | None,
         typer.Option(
-            min=1, help=f"Compression factor K for {' and '.join(FACTOR_COMPRESSORS)} (integer >= 1; default 2)."
+            min=1,
+            max=MAX_FACTOR,
+            help=f"Compression factor K for {' and '.join(FACTOR_COMPRESSORS)} (1 to {MAX_FACTOR}; default 2).",
         ),
     ] = None,
     encoder_precision: Annotated[
@@ -192,7 +216,7 @@ def export(
         choices=tuple(zip(specs, adapters, strict=True)) if several else (),
     )
     written = export_bundle(options)
-    typer.echo(str(written))
+    _say(str(written))
 
 
 def _adapter_folders(
@@ -257,7 +281,7 @@ def run(
     max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens to generate.")] = 256,
     temperature: Annotated[float, typer.Option(help="0 = greedy (default); above 0 samples with llama.cpp.")] = 0.0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling threshold when --temperature > 0.")] = 1.0,
-    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 2, help="Sampling seed (with --temperature above 0).")] = 0,
     threads: Annotated[int | None, typer.Option(min=1, help=_THREADS_HELP)] = None,
     device: Annotated[
         Device, typer.Option(help="cpu, or cuda (onnxruntime's CUDA provider and llama.cpp GPU offload).")
@@ -312,6 +336,10 @@ def run(
     from edgelalm.runtime.pipeline import Runtime, latest_bundle
 
     _warn_if_extra_buffers_crash(llama_extra_buffers)
+    if prompt is not None and not prompt.strip():  # an unset shell variable, likely
+        raise EdgelalmError("--prompt is empty; leave it out for the bundle's transcription prompt")
+    if (audio / MANIFEST_FILE).is_file():
+        raise EdgelalmError(f"{audio} is a bundle folder, not audio: pass it as --bundle")
     if bundle is None:
         bundle = latest_bundle(DEFAULT_EXPORT_ROOT)
         _note(f"bundle {bundle} (the newest under {DEFAULT_EXPORT_ROOT}/; --bundle picks another)")
@@ -326,20 +354,20 @@ def run(
             temperature=temperature,
             top_p=top_p,
             seed=seed,
-            on_text=lambda piece: print(piece, end="", flush=True),
+            on_text=lambda piece: _say(piece, end=""),
             prompt_special_tokens=prompt_special_tokens,
             compressor=compressor,
             max_audio_tokens=max_audio_tokens,
             windows=windows,
             window_seconds=window_seconds,
         )
-    print(flush=True)
+    _say()
     if result.compressor_choice:
         _note(result.compressor_choice)
     for warning in result.warnings:
         _warn(warning)
     if json_output:
-        print(json.dumps(result.to_json(), ensure_ascii=False), flush=True)
+        _say(json.dumps(result.to_json(), ensure_ascii=False))
 
 
 @app.command(cls=_PlainUsageCommand)
@@ -374,7 +402,7 @@ def inspect(
     ]
     # A manifest's strings are the bundle author's: escape control characters (a terminal title, a
     # cleared screen, a forged line).
-    typer.echo("\n".join(_printable(line) for line in lines))
+    _say("\n".join(_printable(line) for line in lines))
 
 
 @app.command()
@@ -436,6 +464,9 @@ def bench(
         lengths = tuple(float(value) for value in seconds.split(","))
     except ValueError:
         raise EdgelalmError(f"--seconds takes comma-separated numbers, got {seconds!r}") from None
+    # Checked before the exports: NaN or 10^9 s failed only after them, in numpy's words.
+    if not all(0 < length <= MAX_BENCH_SECONDS for length in lengths):
+        raise EdgelalmError(f"--seconds takes clip lengths above 0 and up to {MAX_BENCH_SECONDS} s, got {seconds!r}")
     settings = target_settings(target) if target else {}
     plan = BenchPlan(
         model=model,
@@ -456,8 +487,8 @@ def bench(
     if quick:
         plan = dataclasses.replace(plan, **QUICK)
     results = run_bench(plan)
-    typer.echo((out / "summary.md").read_text())
-    typer.echo(json.dumps(results["ratios"], indent=2))
+    _say((out / "summary.md").read_text())
+    _say(json.dumps(results["ratios"], indent=2))
 
 
 @app.command()
@@ -475,7 +506,7 @@ def finetune(
     ] = None,
     compressor: Annotated[CompressorName, typer.Option(help=_COMPRESSOR_HELP)] = "avg",
     factor: Annotated[
-        int | None, typer.Option(min=1, help="Compression factor K for avg and sample (default 2).")
+        int | None, typer.Option(min=1, max=MAX_FACTOR, help="Compression factor K for avg and sample (default 2).")
     ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Adapter folder to write. Default: adapters/<model>-<compressor><K>.")
@@ -494,7 +525,9 @@ def finetune(
         ),
     ] = "q_proj,k_proj",
     device: Annotated[Device, typer.Option(help="cpu or cuda (PyTorch).")] = "cpu",
-    seed: Annotated[int, typer.Option(help="Seed for the LoRA init, batches and augmentation.")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, max=2**32 - 1, help="Seed for the LoRA init, batches and augmentation.")
+    ] = 0,
     threads: Annotated[int | None, typer.Option(min=1, help="PyTorch CPU threads.")] = None,
     force: Annotated[bool, typer.Option("--force", help=_FORCE_HELP)] = False,
 ) -> None:
@@ -526,7 +559,7 @@ def finetune(
         threads=_checked_threads(threads),
         force=force,
     )
-    typer.echo(str(run_finetune(options)))
+    _say(str(run_finetune(options)))
 
 
 def _describe_choices(manifest: Manifest) -> list[str]:
@@ -582,22 +615,26 @@ def scaffold(
             "no template)."
         ),
     ] = "tiny",
-    seed: Annotated[int, typer.Option(help="Seed for the random weights.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed for the random weights.")] = 0,
 ) -> None:
     """Write a Qwen2-Audio checkpoint with random weights (for trying the pipeline, tests, benchmarks)."""
     _require_export_extra("scaffold")
     if out.exists():
         raise EdgelalmError(f"{out} already exists")
+    from transformers.utils import logging as transformers_logging
+
     from edgelalm.files import atomic_folder, write_failed
     from edgelalm.scaffold import preset_checkpoint
 
+    if not sys.stderr.isatty():  # transformers' shard bar would fill a log with carriage returns
+        transformers_logging.disable_progress_bar()
     try:
         # Written beside `out` and renamed into place: an interrupted or failed scaffold leaves nothing.
         with atomic_folder(out, force=False) as staging:
             preset_checkpoint(staging, preset, seed=seed)
     except OSError as error:
         raise write_failed("the checkpoint", out, error) from None
-    typer.echo(str(out))
+    _say(str(out))
 
 
 @app.command()
@@ -620,12 +657,19 @@ def doctor(
 
     machine = machine_report(threads, llama_extra_buffers)
     if not json_output:
-        typer.echo(format_machine(machine))
-    report = bundle_report(bundle, threads, llama_extra_buffers, device) if bundle else None
+        _say(format_machine(machine))
+    try:
+        report = bundle_report(bundle, threads, llama_extra_buffers, device) if bundle else None
+    except EdgelalmError as error:
+        if not json_output:
+            raise
+        # The machine's report is what a bug report needs: the JSON keeps it, with the bundle's error.
+        _say(json.dumps({"machine": machine, "bundle": {"ok": False, "error": str(error)}}, indent=2))
+        raise
     if json_output:
-        typer.echo(json.dumps({"machine": machine, "bundle": report}, indent=2))
+        _say(json.dumps({"machine": machine, "bundle": report and {"ok": True, **report}}, indent=2))
     elif report:
-        typer.echo(format_bundle(report))
+        _say(format_bundle(report))
 
 
 def main() -> None:
@@ -634,6 +678,9 @@ def main() -> None:
     interrupts.install()
     # Where llama.cpp aborts in this process, its assertion line is enough: no debugger's backtrace.
     os.environ.setdefault("GGML_NO_BACKTRACE", "1")
+    # onnxruntime writes a telemetry device id under ~/.cache on every session and warns in colour
+    # where it cannot (a read-only root on a device): a command line tool has no use for it.
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     try:
         # Non-standalone, typer returns an exit code: 130 where it caught a KeyboardInterrupt.
         exit_code = app(standalone_mode=False, prog_name="edgelalm")
@@ -654,6 +701,16 @@ def main() -> None:
             _fail_interrupted()
         if isinstance(error, EdgelalmError):
             _fail(str(error), 1)
+        if isinstance(error, _StdoutFailed):
+            # The answer's reader is gone (`| head`: quietly, as Python's docs advise) or its disk
+            # is full (/dev/full): one line, not a traceback. What is still buffered goes to
+            # /dev/null, so that Python's own flush at exit does not fail a second time.
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, sys.stdout.fileno())
+            os.close(null)
+            if isinstance(error.error, BrokenPipeError):
+                sys.exit(1)
+            _fail(f"cannot write to standard output: {error.error.strerror or error.error}", 1)
         if not isinstance(error, TyperException):
             raise
         # Usage errors: unknown option, bad value. Plain `edgelalm`: the help, not an error (typer's
@@ -720,6 +777,25 @@ def _note(message: str) -> None:
 
 def _warn(message: str) -> None:
     print(f"edgelalm: warning: {_printable(message)}", file=sys.stderr)
+
+
+class _StdoutFailed(Exception):
+    """Standard output refused a write: its reader left (`| head`) or its disk is full."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _say(text: str = "", end: str = "\n") -> None:
+    """A command's result on standard output, written through at once (the answer streams)."""
+    if sys.stdout is None:  # started with it closed (`>&-`): the answer would vanish, exit 0
+        raise EdgelalmError("standard output is closed: there is nowhere to write the result")
+    try:
+        sys.stdout.write(text + end)
+        sys.stdout.flush()
+    except OSError as error:
+        raise _StdoutFailed(error) from None
 
 
 def _fail(message: str, exit_code: int) -> None:

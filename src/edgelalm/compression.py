@@ -23,6 +23,9 @@ COMPRESSOR_DESCRIPTIONS: dict[CompressorName, str] = {
     "max": "global max: one token per clip",
 }
 FACTOR_COMPRESSORS = ("avg", "sample")
+# Past a full 30 s window's 750 encoder frames every clip is one token; far past it, torch's
+# pooling overflows (K = 10^20 failed in the exporter after 25 s, a traceback).
+MAX_FACTOR = 1000
 
 
 @dataclass(frozen=True)
@@ -35,8 +38,10 @@ class CompressorSpec:
     def __post_init__(self) -> None:
         if self.name not in COMPRESSOR_DESCRIPTIONS:
             raise EdgelalmError(f"unknown compressor {self.name!r}; choose one of {', '.join(COMPRESSOR_NAMES)}")
-        if self.factor < 1:
-            raise EdgelalmError(f"the compression factor K must be an integer >= 1, got {self.factor}")
+        if not 1 <= self.factor <= MAX_FACTOR:
+            raise EdgelalmError(
+                f"the compression factor K must be an integer from 1 to {MAX_FACTOR}, got {self.factor}"
+            )
         if self.name not in FACTOR_COMPRESSORS and self.factor != 1:
             raise EdgelalmError(f"a factor applies to {' and '.join(FACTOR_COMPRESSORS)} only, not to {self.name!r}")
 

@@ -85,10 +85,10 @@ def check_replaceable(target: Path, force: bool, marker: str | None = None) -> N
         raise EdgelalmError(f"{target} is a symbolic link to nothing (remove it, or name another folder)")
     if not target.exists():
         return
+    if not target.is_dir():  # --force never replaces a file: saying it would misleads
+        raise _not_a_folder(target)
     if not force:
         raise EdgelalmError(f"{target} already exists (--force replaces it)")
-    if not target.is_dir():
-        raise _not_a_folder(target)
     if marker is not None and not (target / marker).is_file() and any(target.iterdir()):
         raise EdgelalmError(
             f"{target} holds files and no {marker}: not an earlier output, so it is not replaced even with --force"
@@ -145,6 +145,7 @@ def atomic_folder(target: Path, force: bool, marker: str | None = None) -> Itera
         except OSError as error:
             raise cannot_write_in(target.parent, error) from None
         yield staging
+        _open_to_umask(staging)
         if target.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{target.name[:_NAME_KEPT]}.old-", dir=target.parent))
             target.rename(retired / target.name)
@@ -159,6 +160,29 @@ def atomic_folder(target: Path, force: bool, marker: str | None = None) -> Itera
             shutil.rmtree(staging, ignore_errors=True)
         _remove_empty(created_parents)
         raise
+
+
+def _open_to_umask(folder: Path) -> None:
+    """The permissions any new folder and file would get (mkdtemp makes its folder 0700, and some
+    writers their files 0600): a bundle exported by one account can be served by another."""
+    umask = _umask()
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_symlink():
+            continue
+        executable = path.is_dir() or path.stat().st_mode & 0o111
+        path.chmod((0o777 if executable else 0o666) & ~umask)
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it where Linux says it (other threads may be
+    creating files)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _remove_empty(folders: list[Path]) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.markup import escape
 
 stderr_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -21,11 +22,12 @@ class Steps:
     @contextmanager
     def step(self, title: str) -> Iterator[Callable[[str], None]]:
         """Run one step; the yielded function shows a detail beside it (e.g. "12/291 tensors")."""
-        label = f"[{self.done + 1}/{self.total}] {title}"
+        # Titles and details name paths: `[exp1]` in one is text, not rich's markup.
+        label = escape(f"[{self.done + 1}/{self.total}] {title}")
         started = time.perf_counter()
         self._notes = []
         with self.console.status(label) as status:
-            yield lambda detail: status.update(f"{label}: {detail}")
+            yield lambda detail: status.update(f"{label}: {escape(detail)}")
         self.done += 1
         self.console.print(f"{label} [green]done[/green] ({time.perf_counter() - started:.1f} s)", markup=True)
         for note in self._notes:
@@ -59,9 +61,10 @@ class Bar:
             TextColumn("eta"),
             TimeRemainingColumn(),
             console=console,
+            disable=not console.is_terminal,  # a log file gets the notes, not the bar's last frame
         )
         self.title = title
-        self.task = self.progress.add_task(title, total=total)
+        self.task = self.progress.add_task(escape(title), total=total)
 
     def __enter__(self) -> Bar:
         self.progress.start()
@@ -71,7 +74,7 @@ class Bar:
         self.progress.stop()
 
     def update(self, completed: int | None = None, advance: int = 0, status: str | None = None) -> None:
-        description = f"{self.title}: {status}" if status else self.title
+        description = escape(f"{self.title}: {status}" if status else self.title)
         self.progress.update(self.task, completed=completed, advance=advance, description=description)
 
     def note(self, text: str) -> None:

@@ -22,6 +22,7 @@ from importlib import metadata
 from pathlib import Path, PurePosixPath
 
 from edgelalm.errors import EdgelalmError
+from edgelalm.files import write_failed
 
 DISTRIBUTION = "llama-cpp-python"
 VENDOR_ROOT = "vendor/llama.cpp"
@@ -53,7 +54,10 @@ def llama_cpp_source(paths: Sequence[str], cache: Path | None = None) -> Path:
     root = (cache or default_cache()) / f"{DISTRIBUTION}-{version}"
     missing = [path for path in paths if not (root / path).exists()]
     if missing:
-        _extract_from_sdist(version, missing, root)
+        try:
+            _extract_from_sdist(version, missing, root)
+        except OSError as error:  # a cache that is a file, unwritable, or full
+            raise write_failed(f"llama.cpp's converter (the cache, ${CACHE_VARIABLE}) into", root, error) from None
     return root
 
 

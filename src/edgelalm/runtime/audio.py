@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -41,11 +42,17 @@ class AudioFileInfo:
 _BLOCK_VALUES = 1 << 20
 
 
+def _native_path(path: Path) -> str | bytes:
+    """`path` as libsndfile opens it: soundfile encodes a str strictly, so a file name that is not
+    UTF-8 (latin-1 bytes, kept by Python as surrogates) could not be opened; its bytes can."""
+    return str(path) if os.name == "nt" else os.fsencode(path)
+
+
 def open_audio(path: Path) -> AudioFileInfo:
     """What `path`'s header says (no samples read): refuses what libsndfile cannot read."""
     _check_file(path)
     try:
-        info = soundfile.info(str(path))
+        info = soundfile.info(_native_path(path))
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
         raise EdgelalmError(f"cannot read audio from {path}: {error}") from None
     if info.frames <= 0:
@@ -70,7 +77,7 @@ def stream_audio(info: AudioFileInfo, sampling_rate: int) -> Iterator[np.ndarray
     )
     block = max(1, _BLOCK_VALUES // info.channels)
     try:
-        with soundfile.SoundFile(str(info.path)) as stream:
+        with soundfile.SoundFile(_native_path(info.path)) as stream:
             while True:
                 samples = stream.read(block, dtype="float32", always_2d=True)
                 last = len(samples) < block
@@ -91,7 +98,7 @@ def read_audio(path: Path, sampling_rate: int) -> np.ndarray:
     resampled with soxr to `sampling_rate`."""
     _check_file(path)
     try:
-        samples, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        samples, file_rate = soundfile.read(_native_path(path), dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
         raise EdgelalmError(f"cannot read audio from {path}: {error}") from None
     return prepare_samples(samples, file_rate, sampling_rate, str(path))
@@ -116,6 +123,18 @@ def samples_in_memory(audio: np.ndarray | Sequence[float], source: str = "the au
             "samples go [frames, channels] (transpose channels-first audio)"
         )
     return samples.astype(np.float32, copy=False)
+
+
+def loudness_warning(samples: np.ndarray, source: str = "the audio") -> str | None:
+    """A sentence when float samples go past full scale: integer PCM in a float array (or a list of
+    integers) reads 32768 times too loud, and the model hears noise."""
+    peak = float(np.abs(samples).max()) if samples.size else 0.0
+    if not peak > 1.0:  # NaN is refused later, with its own message
+        return None
+    return (
+        f"{source}: samples reach {peak:.4g}, past full scale (float samples are read in [-1, 1]; "
+        "integer PCM goes in an integer array, int16 for 16-bit)"
+    )
 
 
 def prepare_samples(samples: np.ndarray, file_rate: float, sampling_rate: int, source: str = "the audio") -> np.ndarray:

@@ -53,7 +53,11 @@ def decode_canary(
         decoder.feed_embeddings(embeddings.astype(np.float32))
         decoder.feed_tokens(token_ids[half:])
         prefilled = time.perf_counter()
-        generated = sum(1 for _ in decoder.generate(CANARY_GENERATED_TOKENS))
+        # One-token decodes after the batches, each of the greedy token: generate() would stop at an
+        # end token, which random ids or a trained model may well pick first (0 decoded).
+        for _ in range(CANARY_GENERATED_TOKENS):
+            decoder.feed_tokens([int(np.argmax(decoder.last_logits()))])
+        generated = CANARY_GENERATED_TOKENS
         finished = time.perf_counter()
         return {
             "n_vocab": decoder.n_vocab,

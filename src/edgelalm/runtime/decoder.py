@@ -21,13 +21,14 @@ import llama_cpp
 import numpy as np
 
 from edgelalm.constants import LLAMA_MAX_LAYERS
-from edgelalm.errors import EdgelalmError
+from edgelalm.errors import EdgelalmError, error_gist
 from edgelalm.runtime.llama_backend import ExtraBuffers, decide_extra_buffers, model_params, usable_cores
 
 if TYPE_CHECKING:
     from edgelalm.manifest import DecoderInfo
 
 _GGML_TYPES = {"f32": llama_cpp.GGML_TYPE_F32, "f16": llama_cpp.GGML_TYPE_F16}
+KV_CACHE_TYPES = tuple(_GGML_TYPES)
 
 
 # llama.cpp logs every load and decode to stderr; edgelalm reports for itself. While a model
@@ -35,6 +36,7 @@ _GGML_TYPES = {"f32": llama_cpp.GGML_TYPE_F32, "f16": llama_cpp.GGML_TYPE_F16}
 # (CPU_Mapped, CPU_REPACK, AMX, CUDA0, ...) hold the weights.
 _load_log: list[str] | None = None
 _BUFFER_LINE = re.compile(r"load_tensors:\s+(\S+) model buffer size")
+_LOAD_ERROR_LINE = re.compile(r"error|failed|invalid", re.IGNORECASE)
 
 
 @llama_cpp.llama_log_callback
@@ -167,6 +169,8 @@ class LlamaModel:
         `extra_buffers`: whether llama.cpp may use its extra weight buffer types (auto: not
         where its AMX buffer would crash; see `llama_backend`). `expected`: the bundle manifest's
         description of the GGUF, checked before llama.cpp reads it."""
+        if kv_cache_type not in _GGML_TYPES:
+            raise EdgelalmError(f"kv_cache_type must be one of {', '.join(KV_CACHE_TYPES)}, got {kv_cache_type!r}")
         silence_llama_logs()
         if expected is not None:
             check_gguf_header(gguf_path, expected)
@@ -179,10 +183,13 @@ class LlamaModel:
             self.model = llama_cpp.llama_model_load_from_file(str(gguf_path).encode(), params)
             # The buffer types holding the weights, as llama.cpp chose them.
             self.weight_buffers = sorted({m.group(1) for line in _load_log if (m := _BUFFER_LINE.search(line))})
+            reasons = [line.strip() for line in _load_log if _LOAD_ERROR_LINE.search(line)]
         finally:
             _load_log = None
         if not self.model:
-            raise EdgelalmError(f"llama.cpp could not load {gguf_path}")
+            # llama.cpp says why only in its log, which edgelalm keeps quiet: its first error line.
+            reason = f": {error_gist(RuntimeError(reasons[0]))}" if reasons else ""
+            raise EdgelalmError(f"llama.cpp could not load {gguf_path}{reason}")
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.n_embd = llama_cpp.llama_model_n_embd(self.model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
@@ -218,6 +225,8 @@ class LlamaModel:
         """Token ids for `text`, nothing added. With `parse_special`, special tokens written as text
         (<|im_start|> ...) become their ids: right for the template's own pieces, wrong for text a
         user supplied, which must stay text."""
+        if not self.model:  # its vocabulary went with it: llama.cpp would read freed memory
+            raise EdgelalmError(f"{self.gguf_path} is closed")
         data = text.encode()
         capacity = len(data) + 8
         buffer = (llama_cpp.llama_token * capacity)()

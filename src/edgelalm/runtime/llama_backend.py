@@ -90,7 +90,7 @@ def check_threads(threads: int | None) -> int:
     if threads is None:
         return usable_cores()
     cpus = os.cpu_count() or 1
-    if not 1 <= threads <= cpus:
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= cpus:
         raise EdgelalmError(f"threads must be from 1 to this machine's {cpus} logical CPUs, got {threads}")
     return threads
 

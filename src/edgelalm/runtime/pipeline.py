@@ -15,10 +15,13 @@ import codecs
 import contextlib
 import dataclasses
 import functools
+import math
+import numbers
 import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,13 +33,21 @@ from edgelalm.compression import CompressorSpec
 from edgelalm.constants import (
     DEVICES,
     ENCODER_FRAMES_PER_SECOND,
+    EXTRA_BUFFER_CHOICES,
     MANIFEST_FILE,
     WINDOW_MODES,
     WindowMode,
 )
 from edgelalm.errors import EdgelalmError
-from edgelalm.manifest import read_manifest
-from edgelalm.runtime.audio import open_audio, prepare_samples, samples_in_memory, stream_audio, truncation_warning
+from edgelalm.manifest import Manifest, read_manifest
+from edgelalm.runtime.audio import (
+    loudness_warning,
+    open_audio,
+    prepare_samples,
+    samples_in_memory,
+    stream_audio,
+    truncation_warning,
+)
 from edgelalm.runtime.compressor import CompressorProjector
 from edgelalm.runtime.decoder import LlamaAdapter, LlamaContext, LlamaModel
 from edgelalm.runtime.encoder import AudioEncoder
@@ -111,7 +122,11 @@ class _Tally:
 
 def latest_bundle(root: Path) -> Path:
     """The most recently written bundle folder under `root` (by its manifest's time)."""
-    manifests = sorted(root.glob(f"*/{MANIFEST_FILE}"), key=lambda path: path.stat().st_mtime)
+    # Not the hidden staging folders of an export still running (or killed): `.name.partial-*`.
+    manifests = sorted(
+        (path for path in root.glob(f"*/{MANIFEST_FILE}") if not path.parent.name.startswith(".")),
+        key=lambda path: path.stat().st_mtime,
+    )
     if not manifests:
         raise EdgelalmError(f"no bundle under {root}/: run `edgelalm export` first, or pass --bundle")
     return manifests[-1].parent
@@ -122,7 +137,7 @@ class Runtime:
 
     def __init__(
         self,
-        bundle: Path,
+        bundle: str | os.PathLike[str],
         threads: int | None = None,
         device: str = "cpu",
         kv_cache_type: str = "f16",
@@ -137,9 +152,20 @@ class Runtime:
         (its own KV cache) on the one loaded model; more callers wait for a free context.
         `prefix_cache`: keep the prompt's text before the audio (the same for every clip) in each
         context's KV cache, so a run evaluates only the audio and the text after it."""
-        if max_concurrent_runs < 1:
-            raise EdgelalmError(f"max_concurrent_runs must be >= 1, got {max_concurrent_runs}")
+        if not isinstance(bundle, (str, os.PathLike)):
+            raise EdgelalmError(f"bundle must be a folder's path, got {type(bundle).__name__}")
+        _check_whole_number("max_concurrent_runs", max_concurrent_runs, 1)
+        _check_choice("llama_extra_buffers", llama_extra_buffers, EXTRA_BUFFER_CHOICES)
+        _check_flag("prefix_cache", prefix_cache)
+        _check_flag("cpu_arena", cpu_arena)
         self.bundle = Path(bundle)
+        # Runs in flight, so that close() waits for them; after close() or in a forked child, runs
+        # are refused (llama.cpp's freed memory, or threads that did not survive the fork).
+        self._lifecycle = threading.Condition()
+        self._active_runs = 0
+        self._closed = False
+        self._process_id = os.getpid()
+        self._inside_run = threading.local()
         # A llama.cpp context (KV cache) is one sequence: two runs in one would corrupt it (a
         # segfault). Each run takes an idle context, or makes one while fewer than
         # max_concurrent_runs exist, or waits for one; the weights are loaded once and shared.
@@ -177,6 +203,18 @@ class Runtime:
             extra_buffers=llama_extra_buffers,
             expected=manifest.decoder,
         )
+        # Frees llama.cpp's memory once: at close(), on a failure below, or when the Runtime is
+        # dropped unclosed (a server making runtimes would otherwise keep every model mapped).
+        self._finalizer = weakref.finalize(self, _free_llama, self._contexts, self.decoder, os.getpid())
+        self._finalizer.atexit = False  # at exit the process's memory goes anyway
+        try:
+            self._load_rest(manifest, providers, threads, cpu_arena)
+        except BaseException:
+            self._finalizer()
+            raise
+
+    def _load_rest(self, manifest: Manifest, providers: list[str], threads: int, cpu_arena: bool) -> None:
+        """What the constructor loads once the decoder is: compressors, adapters, the first context."""
         # {label: option}: the bundle's compressors, the default first. Each graph is small; each
         # adapter is loaded once onto the shared weights (a few MB) and applied per context.
         entries = [(label, choice.compressor, choice.adapter) for label, choice in manifest.compressors.items()]
@@ -202,11 +240,40 @@ class Runtime:
         self.stop_ids = frozenset(manifest.special_tokens.end_of_turn_ids)
 
     def close(self) -> None:
-        with self._contexts_lock:
-            for context in self._contexts:
-                context.close()
-            self._contexts.clear()
-        self.decoder.close()
+        """Free the decoder's weights and contexts once the runs in flight have ended; later runs
+        are refused. Closing twice is harmless."""
+        if getattr(self._inside_run, "active", False):
+            raise EdgelalmError("Runtime.close() was called from inside one of its own runs (on_text)")
+        with self._lifecycle:
+            self._closed = True
+            self._lifecycle.wait_for(lambda: self._active_runs == 0)
+        self._finalizer()
+
+    @contextlib.contextmanager
+    def _run_slot(self) -> Iterator[None]:
+        """One run in flight: refused on a closed Runtime, in a forked child, or from inside a run."""
+        if getattr(self._inside_run, "active", False):
+            raise EdgelalmError(
+                "Runtime.run() was called from inside one of its own runs (on_text): it would wait for ever "
+                "for a context; call it after the run returns"
+            )
+        if os.getpid() != self._process_id:
+            raise EdgelalmError(
+                "this Runtime was made before os.fork(): llama.cpp's and onnxruntime's threads do not survive "
+                "a fork; make the Runtime in the process that runs it"
+            )
+        with self._lifecycle:
+            if self._closed:
+                raise EdgelalmError("this Runtime is closed")
+            self._active_runs += 1
+        self._inside_run.active = True
+        try:
+            yield
+        finally:
+            self._inside_run.active = False
+            with self._lifecycle:
+                self._active_runs -= 1
+                self._lifecycle.notify_all()
 
     @property
     def contexts_made(self) -> int:
@@ -305,17 +372,20 @@ class Runtime:
             EdgelalmError: unreadable or too short audio, a clip too long for the context,
                 max_tokens < 1; the message is one line, worded for the user.
         """
+        _check_run_arguments(audio, prompt, max_tokens, temperature, top_p, seed, sampling_rate)
         windows, window_seconds = self.windows_for(windows, window_seconds)
         cut = self._cut_settings(windows, window_seconds)
-        context = self._acquire()
-        try:
-            return self._run(
-                context,
-                audio, prompt, max_tokens, temperature, top_p, seed, sampling_rate, on_text, prompt_special_tokens,
-                self._candidates(compressor, max_audio_tokens), max_audio_tokens, windows == "each", cut,
-            )  # fmt: skip
-        finally:
-            self._release(context)
+        candidates = self._candidates(compressor, max_audio_tokens)
+        with self._run_slot():
+            context = self._acquire()
+            try:
+                return self._run(
+                    context,
+                    audio, prompt, max_tokens, temperature, top_p, seed, sampling_rate, on_text,
+                    prompt_special_tokens, candidates, max_audio_tokens, windows == "each", cut,
+                )  # fmt: skip
+            finally:
+                self._release(context)
 
     def _run(
         self,
@@ -334,8 +404,6 @@ class Runtime:
         each_window: bool,
         cut: FeatureSettings,
     ) -> RunResult:
-        if max_tokens < 1:
-            raise EdgelalmError(f"max_tokens must be >= 1, got {max_tokens}")
         started = time.perf_counter()
         timings: dict[str, float] = {}
         clock = functools.partial(_lap, timings)
@@ -344,10 +412,11 @@ class Runtime:
         with clock("features"):
             if not isinstance(audio, (str, os.PathLike)):  # samples: an array, or a list of numbers
                 file_rate = target_rate if sampling_rate is None else sampling_rate
-                samples = prepare_samples(samples_in_memory(audio), file_rate, target_rate)
+                samples = samples_in_memory(audio)
+                warnings = [note for note in [loudness_warning(samples)] if note]
+                samples = prepare_samples(samples, file_rate, target_rate)
                 total_samples = len(samples)
                 windows = iter(split_windows(samples, cut, cut_at_pauses=each_window))
-                warnings = []
             else:
                 # A file is read window by window: memory stays flat with its length, and one too
                 # long for the context is refused from its header, or at the window that overflows.
@@ -359,6 +428,11 @@ class Runtime:
             self.prompt.default_prompt if prompt is None else prompt, prompt_special_tokens
         )
         text_tokens = len(self.before_audio) + len(prompt_ids)
+        if text_tokens + max_tokens >= self.context_limit:
+            raise EdgelalmError(
+                f"{text_tokens} prompt and {max_tokens} answer tokens leave no room for audio in the decoder's "
+                f"context of {self.context_limit}; {self._advice_without_room(text_tokens, max_tokens)}"
+            )
         # A window (or a tail after full windows) shorter than 30 ms gives the encoder nothing.
         usable = [n for n in window_lengths(total_samples, self.features) if usable_window(n, self.features)]
         if not usable:
@@ -460,24 +534,20 @@ class Runtime:
         fitting = [
             label for label in candidates if self.compressors[label].spec.max_audio_tokens(window_frames) <= budget
         ]
+        # A variable-rate compressor's worst case (unseg: every frame a segment) is far above what
+        # speech gives: asked for alone, it is held to the budget window by window instead.
+        per_window = (
+            not fitting and len(candidates) == 1 and not self.compressors[candidates[0]].spec.audio_tokens_per_second
+        )
+        if per_window:
+            fitting = candidates
         if not fitting:
             tightest = min(candidates, key=lambda label: self.compressors[label].spec.max_audio_tokens(window_frames))
-            room = self.context_limit - text_tokens - max_tokens
-            limit = (
-                f"the budget of {budget}"
-                if budget < room
-                else f"the {room} the decoder's context of {self.context_limit} leaves after {text_tokens} prompt "
-                f"and {max_tokens} answer tokens"
-            )
-            advice = (
-                f"a shorter window or avg/sample with a factor K={-(-window_frames // budget)} would fit"
-                if budget > 0
-                else self._advice_without_room(text_tokens, max_tokens)
-            )
             raise EdgelalmError(
                 f"a window of {longest_window / self.features.sampling_rate:.0f} s gives up to "
                 f"{self.compressors[tightest].spec.max_audio_tokens(window_frames)} audio tokens with {tightest}, "
-                f"over {limit}; {advice}"
+                f"over {self._audio_limit(budget, text_tokens, max_tokens)}; a shorter window or avg/sample with a "
+                f"factor K={-(-window_frames // budget)} would fit"
             )
         # The least compression that fits (the earlier listed on a tie), as with joined windows.
         chosen = max(
@@ -512,6 +582,13 @@ class Runtime:
                 frames = self.encoder(features)
             with clock("compressor"):
                 embeddings = option.graph(frames)
+            if per_window and embeddings.shape[0] > budget:
+                rate = self.features.sampling_rate
+                raise EdgelalmError(
+                    f"the window ending at {tally.samples / rate:.1f} s gives {embeddings.shape[0]} audio tokens "
+                    f"with {chosen}, over {self._audio_limit(budget, text_tokens, max_tokens)}; a shorter "
+                    "window (--window-seconds) or a fixed-rate compressor would fit"
+                )
             separator, answer_started = (" " if answers else ""), False
             with clock("prefill"):
                 tally.reused_tokens += self._prefill(context, option, embeddings, prompt_ids, text_tokens, max_tokens)
@@ -640,12 +717,10 @@ class Runtime:
                 f"give {audio_tokens} audio tokens with {spec.label}, plus {text_tokens} prompt and {max_tokens} "
                 "answer tokens"
             )
-        advice = (
-            f"at that rate about {fitting_seconds:.0f} s fit"
-            if budget > 0
-            else self._advice_without_room(text_tokens, max_tokens)
+        raise EdgelalmError(
+            f"the clip ({total_samples / rate:.0f} s) does not fit {limit}; at that rate about "
+            f"{fitting_seconds:.0f} s fit"
         )
-        raise EdgelalmError(f"the clip ({total_samples / rate:.0f} s) does not fit {limit}; {advice}")
 
     def _generate(
         self,
@@ -698,16 +773,23 @@ class Runtime:
                 f"of {budget}; avg or sample with a factor K={-(-encoder_frames // budget)} would fit it"
             )
         rate = spec.audio_tokens_per_second
-        longest = f" ({spec.label} fits at most {room / rate:.0f} s)" if rate and room > 0 else ""
-        advice = (
-            f"{longest}; avg or sample with a factor K={-(-encoder_frames // room)} would fit it"
-            if room > 0
-            else "; " + self._advice_without_room(text_tokens, max_tokens)
-        )
+        # room > 0: _run refused a prompt and answer that fill the context before any audio.
+        longest = f" ({spec.label} fits at most {room / rate:.0f} s)" if rate else ""
+        advice = f"{longest}; avg or sample with a factor K={-(-encoder_frames // room)} would fit it"
         raise EdgelalmError(
             f"the clip ({seconds:.0f} s, {audio_tokens} audio tokens with "
             f"{spec.label}) plus {text_tokens} prompt and {max_tokens} answer tokens needs "
             f"{text_tokens + audio_tokens + max_tokens} tokens; the decoder's context is {self.context_limit}{advice}"
+        )
+
+    def _audio_limit(self, budget: int, text_tokens: int, max_tokens: int) -> str:
+        """What holds a run's audio tokens: the caller's budget, or what the context leaves."""
+        room = self.context_limit - text_tokens - max_tokens
+        if budget < room:
+            return f"the budget of {budget}"
+        return (
+            f"the {room} the decoder's context of {self.context_limit} leaves after {text_tokens} prompt "
+            f"and {max_tokens} answer tokens"
         )
 
     def _advice_without_room(self, text_tokens: int, max_tokens: int) -> str:
@@ -718,8 +800,8 @@ class Runtime:
 
     def _candidates(self, compressor: str | None, max_audio_tokens: int | None) -> list[str]:
         """The compressors a run may use: the one asked for, the default, or all of them for auto."""
-        if max_audio_tokens is not None and max_audio_tokens < 1:
-            raise EdgelalmError(f"max_audio_tokens must be >= 1, got {max_audio_tokens}")
+        if max_audio_tokens is not None:
+            _check_whole_number("max_audio_tokens", max_audio_tokens, 1)
         if compressor is None:
             return [self.compressor_spec.label]
         if compressor == AUTO:
@@ -729,6 +811,71 @@ class Runtime:
                 f"this bundle has no compressor {compressor!r}; it has {', '.join(self.compressors)} (or {AUTO})"
             )
         return [compressor]
+
+
+def _free_llama(contexts: list[LlamaContext], model: LlamaModel, process_id: int) -> None:
+    """A Runtime's llama.cpp memory: its contexts, then the weights they were made from. Not in a
+    forked child, whose copy of llama.cpp's state is the parent's."""
+    if os.getpid() != process_id:
+        return
+    for context in contexts:
+        context.close()
+    contexts.clear()
+    model.close()
+
+
+def _check_whole_number(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise EdgelalmError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+
+
+def _check_choice(name: str, value: object, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise EdgelalmError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _check_flag(name: str, value: object) -> None:
+    if not isinstance(value, bool):  # "no" is truthy: it would turn the option on
+        raise EdgelalmError(f"{name} must be True or False, got {value!r}")
+
+
+# llama.cpp reads a seed of 2^32 - 1 (LLAMA_DEFAULT_SEED) as "a random one" and wraps larger ones.
+_LARGEST_SEED = 2**32 - 2
+
+
+def _check_run_arguments(
+    audio: object,
+    prompt: object,
+    max_tokens: object,
+    temperature: object,
+    top_p: object,
+    seed: object,
+    sampling_rate: object,
+) -> None:
+    """Runtime.run's arguments, refused in one line before anything is read: a wrong type would
+    otherwise fail deep inside (or, as a NaN temperature, print control tokens as the answer)."""
+    if audio is None:
+        raise EdgelalmError("no audio: pass a file's path or samples")
+    if prompt is not None:
+        if not isinstance(prompt, str):
+            raise EdgelalmError(f"prompt must be text, got {type(prompt).__name__}")
+        try:
+            prompt.encode()
+        except UnicodeEncodeError as error:
+            raise EdgelalmError(f"the prompt is not valid Unicode text ({error.reason} at {error.start})") from None
+    _check_whole_number("max_tokens", max_tokens, 1)
+    if not (_is_real(temperature) and 0 <= temperature < math.inf):  # type: ignore[operator]
+        raise EdgelalmError(f"temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
+    if not (_is_real(top_p) and 0 < top_p <= 1):  # type: ignore[operator]
+        raise EdgelalmError(f"top_p must be a number above 0 and at most 1, got {top_p!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= _LARGEST_SEED:
+        raise EdgelalmError(f"seed must be a whole number from 0 to {_LARGEST_SEED}, got {seed!r}")
+    if sampling_rate is not None and isinstance(audio, (str, os.PathLike)):
+        raise EdgelalmError("sampling_rate is for samples; a file's own header says its rate")
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 @contextlib.contextmanager
@@ -769,11 +916,11 @@ def device_settings(device: str) -> tuple[list[str], int]:
 
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         raise EdgelalmError(
-            "--device cuda: this onnxruntime has no CUDA provider; install onnxruntime-gpu (see runtimes/cuda)"
+            "device cuda: this onnxruntime has no CUDA provider; install onnxruntime-gpu (see runtimes/cuda)"
         )
     if not llama_cpp.llama_supports_gpu_offload():
         raise EdgelalmError(
-            "--device cuda: llama-cpp-python was built without GPU offload; reinstall it with "
+            "device cuda: llama-cpp-python was built without GPU offload; reinstall it with "
             "CMAKE_ARGS=-DGGML_CUDA=on (see runtimes/cuda)"
         )
     return ["CUDAExecutionProvider", "CPUExecutionProvider"], 999
