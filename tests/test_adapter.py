@@ -333,6 +333,12 @@ def test_refuses_embedding_lora(tiny_checkpoint: Path, decoder: Decoder, tmp_pat
         ({"use_dora": True}, "DoRA"),
         ({"init_lora_weights": "pissa"}, "rewrites the base weights"),
         ({"r": "16"}, "r must be a positive integer"),
+        # A nested quantifier backtracked for ever on the module paths: export hung.
+        ({"rank_pattern": {"(.*)*X": 16}}, "is too complex a pattern"),
+        ({"alpha_pattern": {".*a.*b.*c": 8}}, "is too complex a pattern"),
+        # alpha 1e308 overflowed the adapter GGUF's float32 (a traceback); NaN merged as NaN.
+        ({"lora_alpha": 1e308}, r"lora_alpha must be a number above 0 and at most 1e\+06"),
+        ({"alpha_pattern": {"q_proj": float("inf")}}, "is not valid"),
     ],
 )
 def test_refuses_unsupported_config(

@@ -111,3 +111,29 @@ def test_an_adapter_for_another_model_is_refused_by_llama_cpp(ggufs, tmp_path):
         truncated.write_bytes((folder / "lora.gguf").read_bytes()[:200])
         with pytest.raises(EdgelalmError, match="could not load the LoRA adapter"):
             base.llama.load_adapter(truncated)
+
+
+def test_non_finite_factors_are_refused_in_the_adapter_gguf(ggufs, tiny_lora_adapter, tmp_path):
+    """Merged, NaN factors were refused; written as a llama.cpp adapter (--no-merge-adapter, a bundle
+    of several compressors) they were written, and `run` answered `!!!!!!!!` with exit 0."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    _, checkpoint, _ = ggufs
+    broken = tmp_path / "nan"
+    shutil.copytree(tiny_lora_adapter, broken)
+    weights = load_file(broken / "adapter_model.safetensors")
+    key = sorted(weights)[0]
+    weights[key] = torch.full_like(weights[key], float("nan"))
+    save_file(weights, broken / "adapter_model.safetensors")
+    adapter = open_checkpoint_adapter(checkpoint, broken)
+    with pytest.raises(EdgelalmError, match="hold NaN or infinite values"):
+        write_adapter_gguf(checkpoint, adapter, tmp_path / "lora.gguf")
+    # Integer factors were cast to float and merged silently.
+    weights[key] = torch.ones_like(weights[key], dtype=torch.int32)
+    save_file(weights, broken / "adapter_model.safetensors")
+    adapter = open_checkpoint_adapter(checkpoint, broken)
+    with pytest.raises(
+        EdgelalmError, match="are torch.int32 and torch.float32, not floating point|are torch.float32 and torch.int32"
+    ):
+        write_adapter_gguf(checkpoint, adapter, tmp_path / "lora.gguf")

@@ -232,10 +232,13 @@ def test_existing_out_needs_force(tiny_checkpoint, tmp_path, monkeypatch, capsys
     (out / "keep.txt").unlink()
     code, _, stderr = in_process(monkeypatch, capsys, "export", "--model", tiny_checkpoint, "--out", out, "--force")
     assert code == 0, stderr
+    code, _, stderr = in_process(monkeypatch, capsys, "export", "--model", tiny_checkpoint, "--out", out, "--force")
+    assert code == 0, stderr  # an earlier bundle, and nothing else: replaced
+    # A file the bundle does not list (the user's, beside it) is never deleted with it: it was.
     (out / "extra.txt").write_text("left by the user in a bundle")
     code, _, stderr = in_process(monkeypatch, capsys, "export", "--model", tiny_checkpoint, "--out", out, "--force")
-    assert code == 0, stderr
-    assert not (out / "extra.txt").exists() and (out / MANIFEST_FILE).exists()
+    assert_one_line_error(code, stderr, "holds extra.txt beside an earlier output", "not replaced even with --force")
+    assert (out / "extra.txt").exists() and (out / MANIFEST_FILE).exists()
     assert [p.name for p in tmp_path.iterdir()] == ["b"]
 
 
@@ -467,6 +470,10 @@ def test_help_explains_every_option():
 
 def test_complete_bundle_with_adapter_and_k_quant(tiny_checkpoint, tiny_lora_adapter, tmp_path, monkeypatch, capsys):
     out = tmp_path / "b"
+    # Realigned to unseg by its record, exported with avg3 (swapped LABEL=DIR pairs): said, not refused.
+    adapter = tmp_path / "adapter"
+    shutil.copytree(tiny_lora_adapter, adapter)
+    (adapter / "edgelalm_finetune.json").write_text('{"compressor": "unseg"}')
     code, _, stderr = in_process(
         monkeypatch,
         capsys,
@@ -474,7 +481,7 @@ def test_complete_bundle_with_adapter_and_k_quant(tiny_checkpoint, tiny_lora_ada
         "--model",
         tiny_checkpoint,
         "--adapter",
-        tiny_lora_adapter,
+        adapter,
         "--compressor",
         "avg",
         "--factor",
@@ -486,6 +493,10 @@ def test_complete_bundle_with_adapter_and_k_quant(tiny_checkpoint, tiny_lora_ada
     )
     assert code == 0, stderr
     assert "with the LoRA merged" in stderr and "decoder.gguf:" in stderr
+    assert (
+        f"edgelalm: warning: {adapter} was realigned to unseg (edgelalm_finetune.json); exporting it with avg3"
+        in stderr
+    )
     manifest = read_manifest(out)
     decoder = manifest.decoder
     assert decoder.quant == "q4_k_m" and decoder.architecture == "qwen2"

@@ -15,11 +15,33 @@ def test_a_table_is_tab_separated_text_with_a_header_and_reads_back(tmp_path):
     table = tmp_path / "transcripts.tsv"
     rows = [
         {"file": "a.wav", "transcript": "turn the lights off", "speaker": "left out"},
-        {"file": "b c.wav", "transcript": 'she said "hi"\tthen left', "speaker": "left out"},
+        {"file": "b c.wav", "transcript": 'she said "hi" then left', "speaker": "left out"},
     ]
     write_tsv(table, rows, ("file", "transcript"))
-    assert table.read_text(encoding="utf-8").splitlines()[:2] == ["file\ttranscript", "a.wav\tturn the lights off"]
+    assert table.read_text(encoding="utf-8").splitlines() == [
+        "file\ttranscript",
+        "a.wav\tturn the lights off",
+        'b c.wav\tshe said "hi" then left',
+    ]
     assert read_tsv(table) == [{key: row[key] for key in ("file", "transcript")} for row in rows]
+    with pytest.raises(EdgelalmError, match="a field holds a tab or a line break"):
+        write_tsv(tmp_path / "tab.tsv", [{"file": "a.wav", "transcript": "one\ttwo"}])
+
+
+def test_plain_tsv_reading(tmp_path):
+    """A quote at a field's start swallowed every row after it into one transcript (csv's quoting);
+    a short row gave None for a field (a traceback later); a byte-order mark hid the first column."""
+    table = tmp_path / "t.tsv"
+    table.write_text('file\ttranscript\na.wav\t"quoted start\nb.wav\ttwo\n', encoding="utf-8")
+    assert read_tsv(table) == [{"file": "a.wav", "transcript": '"quoted start'}, {"file": "b.wav", "transcript": "two"}]
+    table.write_text("file\ttranscript\na.wav\thi\nb.wav\n", encoding="utf-8")
+    with pytest.raises(EdgelalmError, match="line 3 has 1 fields; the header names 2"):
+        read_tsv(table)
+    table.write_text("\ufefffile\ttranscript\na.wav\thi\n", encoding="utf-8")
+    assert read_tsv(table) == [{"file": "a.wav", "transcript": "hi"}]
+    table.write_text("file\ttranscript\tfile\na.wav\thi\tb.wav\n", encoding="utf-8")
+    with pytest.raises(EdgelalmError, match="the header names 'file' more than once"):
+        read_tsv(table)
 
 
 def test_without_columns_the_first_row_names_them(tmp_path):

@@ -132,6 +132,16 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         ("out_exists", "already exists"),
         ("not_a_checkpoint", "config.json"),
         ("unknown_lora_module", "lm_head; choose among q_proj, k_proj"),
+        # An infinite or NaN rate trained every weight to NaN and saved it with exit 0.
+        ("learning_rate_inf", "the learning rate must be above 0 and at most 1, got inf"),
+        ("learning_rate_nan", "the learning rate must be above 0 and at most 1, got nan"),
+        ("alpha_inf", "alpha above 0 and at most 1e+06"),
+        ("rank_past_width", "--rank 100000 is past the adapted projections' smaller side"),
+        # A row short of a field gave None for its transcript: an AttributeError traceback.
+        ("short_row", "line 3 has 1 fields; the header names 2"),
+        # 100000-character transcripts trained for ever (2 GB and growing).
+        ("huge_transcript", "transcript is"),
+        ("adapter_in_a_working_folder", "holds keep.txt beside an earlier output"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(case, expected, tiny_checkpoint, paired_tsv, tmp_path):
@@ -154,7 +164,23 @@ def test_bad_input_is_one_line_and_writes_nothing(case, expected, tiny_checkpoin
         (out / "keep.txt").write_text("mine")
     elif case == "not_a_checkpoint":
         model = str(tmp_path)
-    extra = ["--lora-modules", "q_proj,lm_head"] if case == "unknown_lora_module" else []
+    elif case in ("short_row", "huge_transcript"):
+        shutil.copy(paired_tsv.parent / "clip0.wav", tmp_path / "clip0.wav")
+        second = "clip0.wav" if case == "short_row" else "clip0.wav\t" + "word " * 20000
+        (tmp_path / "pairs.tsv").write_text(f"file\ttranscript\nclip0.wav\tcall anna\n{second}\n")
+        data = str(tmp_path / "pairs.tsv")
+    elif case == "adapter_in_a_working_folder":
+        out.mkdir()
+        (out / "adapter_config.json").write_text("{}")
+        (out / "keep.txt").write_text("mine")
+    extra = {
+        "unknown_lora_module": ["--lora-modules", "q_proj,lm_head"],
+        "learning_rate_inf": ["--learning-rate", "inf"],
+        "learning_rate_nan": ["--learning-rate", "nan"],
+        "alpha_inf": ["--alpha", "inf"],
+        "rank_past_width": ["--rank", "100000"],
+        "adapter_in_a_working_folder": ["--force"],
+    }.get(case, [])
     result = run_cli("--model", model, "--data", data, "--out", str(out), "--steps", "1", "--batch-size", "1", *extra)
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
@@ -164,6 +190,8 @@ def test_bad_input_is_one_line_and_writes_nothing(case, expected, tiny_checkpoin
     assert "Traceback" not in result.stderr
     if case == "out_exists":
         assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    elif case == "adapter_in_a_working_folder":
+        assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "keep.txt"]
     else:
         assert not out.exists()
 

@@ -181,7 +181,9 @@ def test_a_file_name_that_is_not_utf8(avg2, clip, tmp_path):
     strictly. Its bytes are passed as they are."""
     latin1 = tmp_path / os.fsdecode(b"caf\xe9.wav")
     shutil.copy(clip, latin1)
-    assert assert_result(*run(avg2, latin1))["text"] == assert_result(*run(avg2, clip))["text"]
+    result = assert_result(*run(avg2, latin1))
+    assert result["text"] == assert_result(*run(avg2, clip))["text"]
+    assert result["file"] == str(tmp_path / "caf\\xe9.wav")  # as stdout can carry it
 
 
 def test_a_run_writes_nothing_in_the_home_folder(avg2, clip, tmp_path):
@@ -200,6 +202,21 @@ def test_an_empty_prompt_is_refused(avg2, clip, prompt):
     """`--prompt "$UNSET"` was used as it was and changed the answer."""
     code, _, stderr = run(avg2, clip, "--prompt", prompt)
     assert_one_line_error(code, stderr, "--prompt is empty; leave it out for the bundle's transcription prompt")
+
+
+def test_several_files_in_one_run(avg2, clip, tmp_path):
+    """The bundle loads once for several files; a bad one among them is its own error line and the
+    others are still answered (exit 1 at the end); each JSON line names its file."""
+    bad = tmp_path / "bad.wav"
+    bad.write_text("not audio")
+    alone = assert_result(*run(avg2, clip))["text"]
+    code, stdout, stderr = run(avg2, clip, bad, clip)
+    assert code == 1 and "Traceback" not in stderr
+    lines = stdout.splitlines()
+    assert lines[0] == f"{clip}: {alone}" and lines[2] == f"{bad}: " and lines[3] == lines[0]
+    assert json.loads(lines[1])["file"] == str(clip) and json.loads(lines[4])["text"] == alone
+    errors = stderr.strip().splitlines()
+    assert errors == [f"edgelalm: error: cannot read audio from {bad}: Format not recognised."], stderr
 
 
 def test_a_bundle_given_as_the_clip(avg2):

@@ -461,3 +461,69 @@ def test_the_language_model_loss_reads_plain_sentences(encoded, tiny_checkpoint,
         model, processor, encoded, None, tmp_path / "run", settings, progress=False, lm_texts=["hello there"] * 3
     )
     assert np.isfinite(log.records[-1]["lm_loss"]) and log.records[-1]["lm_loss"] > 0
+
+
+def _mutated(encoded, tmp_path, change):
+    """A copy of the encoded folder with `change(records, folder)` applied to its metadata."""
+    folder = tmp_path / "mutated"
+    shutil.copytree(encoded.directory, folder)
+    lines = (folder / "metadata.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    change(records, folder)
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    return folder
+
+
+def _set_first(key, value):
+    def change(records, folder):
+        records[0][key] = value
+
+    return change
+
+
+def _nan_frames(records, folder):
+    frames = np.load(folder / "frames-00000.npy")
+    frames[records[0]["offset"]] = np.nan
+    np.save(folder / "frames-00000.npy", frames)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_set_first("frames", 0), "clip 1's frames must be a whole number above 0"),  # trained on no audio
+        (_set_first("offset", -3), "offset must be a whole number from 0"),
+        (_set_first("offset", 10**6), "clip 1 ends at row"),
+        (_set_first("shard", 7), "shard must be a whole number from 0 to 0"),
+        (_set_first("text", None), "text must be a string"),  # trained an empty answer
+        (_set_first("seconds", float("nan")), "seconds must be a finite number above 0"),
+        (_set_first("seconds", 0.2), "but says it lasts 0.2 s"),  # past the window, unchecked
+        (lambda records, folder: records.clear(), "lists no clips"),  # numpy's zero-size error
+        (lambda records, folder: (folder / "frames-00000.npy").unlink(), "frames-00000.npy is not a plain numpy"),
+        (
+            lambda records, folder: np.save(folder / "frames-00000.npy", np.zeros(8, np.float16)),
+            "expected a 2-D array",
+        ),
+    ],
+)
+def test_an_encoded_folder_that_lies_is_one_line(encoded, tmp_path, change, message):
+    """Each trained silently on nothing, or failed with a traceback (KeyError, IndexError, torch's
+    matmul)."""
+    from edgelalm.errors import EdgelalmError
+
+    with pytest.raises(EdgelalmError, match=re.escape(message)):
+        EncodedDataset(_mutated(encoded, tmp_path, change))
+
+
+def test_non_finite_training_data_stops_training_in_one_line(encoded, tiny_checkpoint, tmp_path):
+    """A NaN frame trained every LoRA weight to NaN and saved the adapter with exit 0."""
+    from edgelalm.compression import CompressorSpec
+    from edgelalm.errors import EdgelalmError
+    from edgelalm.training.finetune import FinetuneOptions, finetune
+
+    folder = _mutated(encoded, tmp_path, _nan_frames)
+    options = FinetuneOptions(
+        tiny_checkpoint, folder, tmp_path / "nan", CompressorSpec("avg", 2), steps=20, batch_size=12
+    )
+    with pytest.raises(EdgelalmError, match=r"training diverged at step \d+: the loss is nan"):
+        finetune(options, progress=False)
+    assert not (tmp_path / "nan").exists()

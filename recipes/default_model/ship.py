@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 
+from edgelalm.constants import FINETUNE_RECORD_FILE
 from edgelalm.files import atomic_folder
 from edgelalm.manifest import WindowsInfo, write_windows_advice
 from edgelalm.pretrained import DEFAULT_MODEL_NAME, DEFAULT_MODEL_ROOT
@@ -42,7 +43,7 @@ def ship_base(checkpoint: Path) -> Path:
 
 
 def ship_adapter(folder: Path) -> Path:
-    label = json.loads((folder / "edgelalm_finetune.json").read_text())["compressor"]
+    label = json.loads((folder / FINETUNE_RECORD_FILE).read_text())["compressor"]
     target = DEFAULT_MODEL_ROOT / "adapters" / label
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -21,6 +22,7 @@ from typer.exceptions import TyperException
 from edgelalm import interrupts
 from edgelalm.compression import COMPRESSOR_DESCRIPTIONS, FACTOR_COMPRESSORS, MAX_FACTOR, CompressorSpec
 from edgelalm.constants import (
+    FINETUNE_RECORD_FILE,
     MANIFEST_FILE,
     CompressorName,
     Device,
@@ -192,6 +194,8 @@ def export(
     default_model = model is None
     model = model or default_model_dir()
     adapters = _adapter_folders(adapter, specs, several, default_model and not no_adapter)
+    for spec, folder in zip(specs, adapters, strict=True):
+        _warn_if_realigned_to_another(spec, folder)
     from edgelalm.export.bundle import ExportOptions, export_bundle
     from edgelalm.export.checkpoint import auto_encoder_precision, model_name
 
@@ -252,23 +256,36 @@ def _adapter_folders(
     return folders
 
 
+def _warn_if_realigned_to_another(spec: CompressorSpec, folder: Path | None) -> None:
+    """An adapter `edgelalm finetune` realigned to another compressor than the one it is exported
+    with (swapped LABEL=DIR pairs): it merges, and answers worse."""
+    from edgelalm.files import read_json
+
+    record = folder / FINETUNE_RECORD_FILE if folder is not None else None
+    if record is None or not record.is_file():
+        return
+    with contextlib.suppress(EdgelalmError):  # a record that is not JSON says nothing either way
+        trained = read_json(record)
+        if isinstance(trained, dict) and trained.get("compressor") not in (None, spec.label):
+            _warn(f"{folder} was realigned to {trained['compressor']} ({record.name}); exporting it with {spec.label}")
+
+
 class _PlainUsageCommand(typer.core.TyperCommand):
     """Usage lines name required arguments the POSIX way (`AUDIO`), not typer's `{AUDIO}`."""
 
     def collect_usage_pieces(self, ctx):
-        return [
-            piece[1:-1] if piece.startswith("{") and piece.endswith("}") else piece
-            for piece in super().collect_usage_pieces(ctx)
-        ]
+        return [re.sub(r"^\{(\w+)\}", r"\1", piece) for piece in super().collect_usage_pieces(ctx)]
 
 
 @app.command(cls=_PlainUsageCommand)
 def run(
     audio: Annotated[
-        Path,
+        list[Path],
         typer.Argument(
             metavar="AUDIO",
-            help="Audio file: wav, flac, ogg, mp3 (what libsndfile reads; any sample rate and channel count).",
+            help="Audio files: wav, flac, ogg, mp3 (what libsndfile reads; any sample rate and channel count). "
+            "Several are answered one after another with the bundle loaded once, each answer on a line of its own "
+            "after the file's name.",
         ),
     ],
     bundle: Annotated[
@@ -338,8 +355,9 @@ def run(
     _warn_if_extra_buffers_crash(llama_extra_buffers)
     if prompt is not None and not prompt.strip():  # an unset shell variable, likely
         raise EdgelalmError("--prompt is empty; leave it out for the bundle's transcription prompt")
-    if (audio / MANIFEST_FILE).is_file():
-        raise EdgelalmError(f"{audio} is a bundle folder, not audio: pass it as --bundle")
+    for clip in audio:
+        if (clip / MANIFEST_FILE).is_file():
+            raise EdgelalmError(f"{clip} is a bundle folder, not audio: pass it as --bundle")
     if bundle is None:
         bundle = latest_bundle(DEFAULT_EXPORT_ROOT)
         _note(f"bundle {bundle} (the newest under {DEFAULT_EXPORT_ROOT}/; --bundle picks another)")
@@ -347,27 +365,42 @@ def run(
         # Worded for the command line: the mode given, else the bundle's advice.
         if window_seconds is not None and runtime.windows_for(windows, None)[0] == "joined":
             raise EdgelalmError("--window-seconds applies to --windows each (windows answered each on its own)")
-        result = runtime.run(
-            audio,
-            prompt=prompt,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            seed=seed,
-            on_text=lambda piece: _say(piece, end=""),
-            prompt_special_tokens=prompt_special_tokens,
-            compressor=compressor,
-            max_audio_tokens=max_audio_tokens,
-            windows=windows,
-            window_seconds=window_seconds,
-        )
-    _say()
-    if result.compressor_choice:
-        _note(result.compressor_choice)
-    for warning in result.warnings:
-        _warn(warning)
-    if json_output:
-        _say(json.dumps(result.to_json(), ensure_ascii=False))
+        failed, several = 0, len(audio) > 1
+        for clip in audio:
+            if several:
+                _say(f"{_shown_path(clip)}: ", end="")
+            try:
+                result = runtime.run(
+                    clip,
+                    prompt=prompt,
+                    max_tokens=max_tokens,
+                    temperature=temperature,
+                    top_p=top_p,
+                    seed=seed,
+                    on_text=lambda piece: _say(piece, end=""),
+                    prompt_special_tokens=prompt_special_tokens,
+                    compressor=compressor,
+                    max_audio_tokens=max_audio_tokens,
+                    windows=windows,
+                    window_seconds=window_seconds,
+                )
+            except EdgelalmError as error:
+                if not several:
+                    raise
+                # One bad file among many: its line, and the others still answered.
+                _say()
+                _error_line(str(error) if str(clip) in str(error) else f"{clip}: {error}")
+                failed += 1
+                continue
+            _say()
+            if result.compressor_choice:
+                _note(result.compressor_choice)
+            for warning in result.warnings:
+                _warn(warning)
+            if json_output:
+                _say(json.dumps({"file": _shown_path(clip), **result.to_json()}, ensure_ascii=False))
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command(cls=_PlainUsageCommand)
@@ -771,6 +804,11 @@ def _printable(text: str) -> str:
     return "".join(character if character.isprintable() else repr(character)[1:-1] for character in text)
 
 
+def _shown_path(path: Path) -> str:
+    """A file's name as stdout can carry it: bytes that are not UTF-8 written as \\xe9."""
+    return _printable(os.fsencode(path).decode("utf-8", "backslashreplace"))
+
+
 def _note(message: str) -> None:
     print(f"edgelalm: {_printable(message)}", file=sys.stderr)
 
@@ -798,8 +836,12 @@ def _say(text: str = "", end: str = "\n") -> None:
         raise _StdoutFailed(error) from None
 
 
+def _error_line(message: str) -> None:
+    print(f"edgelalm: error: {_printable(message)}", file=sys.stderr, flush=True)
+
+
 def _fail(message: str, exit_code: int) -> None:
-    print(f"edgelalm: error: {_printable(message)}", file=sys.stderr)
+    _error_line(message)
     sys.exit(exit_code)
 
 

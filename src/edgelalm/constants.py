@@ -33,6 +33,11 @@ COMPRESSOR_FILE = "compressor.onnx"
 DECODER_FILE = "decoder.gguf"
 # peft's adapter config: what marks a folder as a LoRA adapter (finetune writes it, export reads it).
 ADAPTER_CONFIG_FILE = "adapter_config.json"
+# The largest LoRA alpha read or trained (export/adapter.py, training/finetune.py): past about 10^38 a
+# scaling overflows an adapter GGUF's float32; nothing trains anywhere near it.
+MAX_LORA_ALPHA = 1e6
+# What `edgelalm finetune` records beside the adapter (the compressor it was realigned to, ...).
+FINETUNE_RECORD_FILE = "edgelalm_finetune.json"
 
 
 def compressor_file(label: str) -> str:

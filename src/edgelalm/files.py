@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,21 @@ def sha256_of(path: Path) -> str:
 
 
 def read_tsv(path: Path) -> list[dict[str, str]]:
-    """The rows of a tab-separated table whose first line names its columns (UTF-8)."""
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle, delimiter="\t"))
+    """The rows of a tab-separated table whose first line names its columns (UTF-8, a byte-order
+    mark allowed). Plain TSV: a quote is text (csv's quoting let `"` at a field's start swallow
+    the rows after it into one field), and a row must have as many fields as the header names."""
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        lines = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if not lines:
+        return []
+    header, rows = lines[0], lines[1:]
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise EdgelalmError(f"{path}: the header names {', '.join(map(repr, repeated))} more than once")
+    for number, row in enumerate(rows, start=2):
+        if len(row) != len(header) and row:
+            raise EdgelalmError(f"{path}: line {number} has {len(row)} fields; the header names {len(header)}")
+    return [dict(zip(header, row, strict=True)) for row in rows if row]
 
 
 def write_tsv(path: Path, rows: Iterable[dict[str, str]], columns: Iterable[str] | None = None) -> None:
@@ -39,9 +51,21 @@ def write_tsv(path: Path, rows: Iterable[dict[str, str]], columns: Iterable[str]
     rows = list(rows)
     header = list(columns) if columns is not None else list(rows[0]) if rows else []
     with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, header, extrasaction="ignore", delimiter="\t", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+        # Plain TSV, as read_tsv reads it: a tab or a line break inside a field is refused.
+        writer = csv.DictWriter(
+            handle,
+            header,
+            extrasaction="ignore",
+            delimiter="\t",
+            lineterminator="\n",
+            quoting=csv.QUOTE_NONE,
+            quotechar=None,
+        )
+        try:
+            writer.writeheader()
+            writer.writerows(rows)
+        except csv.Error:
+            raise EdgelalmError(f"{path}: a field holds a tab or a line break, which a TSV cannot") from None
 
 
 def read_json(path: Path) -> Any:
@@ -78,7 +102,9 @@ def write_failed(what: str, out_dir: Path, error: OSError) -> EdgelalmError:
     return EdgelalmError(f"writing {what} {out_dir} failed: {reason}")
 
 
-def check_replaceable(target: Path, force: bool, marker: str | None = None) -> None:
+def check_replaceable(
+    target: Path, force: bool, marker: str | None = None, owned: Callable[[str], bool] | None = None
+) -> None:
     """Refuse, in one line, an output folder that atomic_folder would refuse (callers with a long
     load before writing check first)."""
     if target.is_symlink() and not target.exists():
@@ -92,6 +118,15 @@ def check_replaceable(target: Path, force: bool, marker: str | None = None) -> N
     if marker is not None and not (target / marker).is_file() and any(target.iterdir()):
         raise EdgelalmError(
             f"{target} holds files and no {marker}: not an earlier output, so it is not replaced even with --force"
+        )
+    # The marker alone is not enough: an adapter copied into a working folder made --force delete
+    # the folder's other files with it.
+    others = sorted(path.name for path in target.iterdir() if owned is not None and not owned(path.name))
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise EdgelalmError(
+            f"{target} holds {shown} beside an earlier output: it is not replaced even with --force "
+            "(move them, or name another folder)"
         )
 
 
@@ -127,14 +162,17 @@ _NAME_KEPT = 100  # of the target's name in its staging folder's
 
 
 @contextlib.contextmanager
-def atomic_folder(target: Path, force: bool, marker: str | None = None) -> Iterator[Path]:
+def atomic_folder(
+    target: Path, force: bool, marker: str | None = None, owned: Callable[[str], bool] | None = None
+) -> Iterator[Path]:
     """Yield an empty staging folder beside `target`; on success it becomes `target`
     (replacing it only with `force`); on any failure it, and any parent folder created for
     it, is removed. `marker`: a file every folder of this kind holds; `force` replaces an
     existing folder only if it is empty or holds it, so a mistyped --out never deletes, say,
-    the user's working folder."""
+    the user's working folder. `owned`: whether a name is one such a folder holds; with it, a
+    folder holding anything else is not replaced either."""
     target = target.absolute()
-    check_replaceable(target, force, marker)
+    check_replaceable(target, force, marker, owned)
     created_parents = [p for p in [target.parent, *target.parent.parents] if not p.exists()]
     staging: Path | None = None
     try:

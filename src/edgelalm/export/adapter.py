@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from edgelalm.constants import ADAPTER_CONFIG_FILE
+from edgelalm.constants import ADAPTER_CONFIG_FILE, MAX_LORA_ALPHA
 from edgelalm.errors import EdgelalmError
 from edgelalm.files import sha256_of
 
@@ -102,16 +102,28 @@ class LoraAdapter:
     def weights_file(self) -> Path:
         return self.path / WEIGHTS_FILE
 
+    def factors(self, tensor_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """A module's LoRA factors (A, B) in float32, refused when not finite: merged or written
+        as an adapter GGUF, NaN answers `!!!!` with exit 0."""
+        module = self.modules[tensor_name]
+        with safe_open(str(self.weights_file), framework="pt") as weights:
+            stored = weights.get_tensor(module.lora_A_key), weights.get_tensor(module.lora_B_key)
+        if not all(factor.dtype.is_floating_point for factor in stored):  # int32 or bool was cast silently
+            raise EdgelalmError(
+                f"{self.weights_file}: the LoRA factors of {tensor_name} are {stored[0].dtype} and {stored[1].dtype}, "
+                "not floating point"
+            )
+        lora_A, lora_B = (factor.to(torch.float32) for factor in stored)
+        if not (torch.isfinite(lora_A).all() and torch.isfinite(lora_B).all()):
+            raise EdgelalmError(f"{self.weights_file}: the LoRA factors of {tensor_name} hold NaN or infinite values")
+        return lora_A, lora_B
+
     def delta(self, tensor_name: str) -> torch.Tensor | None:
         """scaling * (B @ A) in float32 with the weight's shape for a canonical weight name, or None."""
         module = self.modules.get(tensor_name)
         if module is None:
             return None
-        with safe_open(str(self.weights_file), framework="pt") as weights:
-            lora_A = weights.get_tensor(module.lora_A_key).to(torch.float32)
-            lora_B = weights.get_tensor(module.lora_B_key).to(torch.float32)
-        if not (torch.isfinite(lora_A).all() and torch.isfinite(lora_B).all()):
-            raise EdgelalmError(f"{self.weights_file}: the LoRA factors of {tensor_name} hold NaN or infinite values")
+        lora_A, lora_B = self.factors(tensor_name)
         return (lora_B @ lora_A) * module.scaling  # peft's order of operations: (B @ A) * scaling
 
     def describe(self) -> dict[str, Any]:
@@ -280,9 +292,24 @@ def config_rank(config: dict[str, Any], path: Path) -> int:
 
 def config_alpha(config: dict[str, Any], path: Path) -> float:
     alpha = config.get("lora_alpha", DEFAULT_ALPHA)
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
-        raise EdgelalmError(f"{path / ADAPTER_CONFIG_FILE}: lora_alpha must be a number, not {alpha!r}")
+    if not _valid_alpha(alpha):
+        raise EdgelalmError(
+            f"{path / ADAPTER_CONFIG_FILE}: lora_alpha must be a number above 0 and at most {MAX_LORA_ALPHA:g}, "
+            f"not {alpha!r}"
+        )
     return float(alpha)
+
+
+def _valid_alpha(alpha: object) -> bool:
+    """Past about 10^38 a scaling overflows float32 (an adapter GGUF's); nothing trains near it."""
+    return isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and 0 < alpha <= MAX_LORA_ALPHA
+
+
+# peft matches a pattern with re.fullmatch: a nested quantifier (`(.*)*X`) backtracks for ever on a
+# module path, so a pattern may hold at most this many and none on a group.
+_MAX_PATTERN_QUANTIFIERS = 2
+_QUANTIFIER = re.compile(r"(?<!\\)(?:[*+{]|(?<!\()\?)")
+_QUANTIFIED_GROUP = re.compile(r"(?<!\\)\)\s*[*+?{]")
 
 
 def config_pattern(config: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
@@ -291,9 +318,18 @@ def config_pattern(config: dict[str, Any], key: str, path: Path) -> dict[str, An
     if not isinstance(pattern, dict):
         raise EdgelalmError(f"{path / ADAPTER_CONFIG_FILE}: {key} must be an object (pattern -> value)")
     for module_pattern, value in pattern.items():
-        valid = isinstance(value, int) and value > 0 if key == "rank_pattern" else isinstance(value, (int, float))
+        valid = isinstance(value, int) and value > 0 if key == "rank_pattern" else _valid_alpha(value)
         if isinstance(value, bool) or not valid:
             raise EdgelalmError(f"{path / ADAPTER_CONFIG_FILE}: {key}[{module_pattern!r}] = {value!r} is not valid")
+        if (
+            len(module_pattern) > 300
+            or len(_QUANTIFIER.findall(module_pattern)) > _MAX_PATTERN_QUANTIFIERS
+            or _QUANTIFIED_GROUP.search(module_pattern)
+        ):
+            raise EdgelalmError(
+                f"{path / ADAPTER_CONFIG_FILE}: {key} key {module_pattern!r} is too complex a pattern (at most "
+                f"{_MAX_PATTERN_QUANTIFIERS} repeats, none of a group, 300 characters): name the modules plainly"
+            )
         try:
             re.compile(module_pattern)
         except re.error as error:

@@ -19,8 +19,6 @@ from pathlib import Path
 
 import gguf
 import numpy as np
-import torch
-from safetensors import safe_open
 
 from edgelalm.constants import GGUF_ARCHITECTURE
 from edgelalm.errors import EdgelalmError
@@ -52,17 +50,18 @@ def write_adapter_gguf(checkpoint: Checkpoint, adapter: LoraAdapter, path: Path,
     writer.add_type(gguf.GGUFType.ADAPTER)
     writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
     writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha if alpha is not None else 0.0)
-    with safe_open(str(adapter.weights_file), framework="pt") as weights:
-        for weight_name, module in sorted(adapter.modules.items()):
-            gguf_name = names.get_name(weight_name, try_suffixes=(".weight", ".bias"))
-            if gguf_name is None:
-                raise EdgelalmError(f"{adapter.path}: no GGUF name for adapted weight {weight_name}")
-            lora_a = weights.get_tensor(module.lora_A_key).to(torch.float32)
-            lora_b = weights.get_tensor(module.lora_B_key).to(torch.float32)
-            if alpha is None:
-                lora_b = lora_b * module.scaling
-            writer.add_tensor(f"{gguf_name}.lora_a", lora_a.numpy().astype(dtype))
-            writer.add_tensor(f"{gguf_name}.lora_b", lora_b.numpy().astype(dtype))
+    for weight_name, module in sorted(adapter.modules.items()):
+        gguf_name = names.get_name(weight_name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            raise EdgelalmError(f"{adapter.path}: no GGUF name for adapted weight {weight_name}")
+        lora_a, lora_b = adapter.factors(weight_name)
+        if alpha is None:
+            lora_b = lora_b * module.scaling
+        for suffix, factor in (("lora_a", lora_a), ("lora_b", lora_b)):
+            data = factor.numpy().astype(dtype)
+            if not np.isfinite(data).all():  # past float16's range
+                raise EdgelalmError(f"{adapter.weights_file}: the LoRA factors of {weight_name} overflow {float_type}")
+            writer.add_tensor(f"{gguf_name}.{suffix}", data)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

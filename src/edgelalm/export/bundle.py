@@ -19,7 +19,7 @@ import logging
 import os
 import shutil
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +48,7 @@ from edgelalm.export.describe import ExportedChoice, build_manifest
 from edgelalm.export.encoder import EncoderPrecision, export_encoder_onnx
 from edgelalm.export.share import check_shared_checksums, shareable_files
 from edgelalm.export.verify import check_adapters, check_compressor, check_decoder, check_encoder
-from edgelalm.files import atomic_folder, link_or_copy, write_failed
+from edgelalm.files import atomic_folder, link_or_copy, read_json_object, write_failed
 from edgelalm.manifest import (
     PromptInfo,
     is_encoder_file,
@@ -110,11 +110,22 @@ def export_bundle(options: ExportOptions) -> Path:
     return options.out_dir
 
 
+def _listed_by_manifest(folder: Path) -> Callable[[str], bool]:
+    """Whether a name is one an earlier bundle in `folder` lists (or its manifest): --force replaces
+    that bundle, never a folder that also holds other files."""
+    listed = {MANIFEST_FILE}
+    with contextlib.suppress(EdgelalmError, OSError):
+        files = read_json_object(folder / MANIFEST_FILE).get("files")
+        listed |= set(files) if isinstance(files, dict) else set()
+    return listed.__contains__
+
+
 def _write_bundle(options: ExportOptions) -> None:
     choices = _choices(options)
     several = bool(options.choices)
     steps = Steps(total=9 if several else 8)
-    with atomic_folder(options.out_dir, options.force, marker=MANIFEST_FILE) as staging, quiet_exporter():
+    owned = _listed_by_manifest(options.out_dir)
+    with atomic_folder(options.out_dir, options.force, MANIFEST_FILE, owned) as staging, quiet_exporter():
         with steps.step(f"Reading checkpoint {options.model_dir}"):
             checkpoint = open_checkpoint(options.model_dir)
             prompt = prompt_pieces(checkpoint.processor, checkpoint.path, checkpoint.name, options.prompt_format)

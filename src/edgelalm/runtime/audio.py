@@ -42,6 +42,11 @@ class AudioFileInfo:
 _BLOCK_VALUES = 1 << 20
 
 
+def _reason(error: Exception) -> str:
+    """libsndfile's own words, without soundfile's "Error opening b'...'" (the path, as bytes)."""
+    return str(getattr(error, "error_string", None) or error)
+
+
 def _native_path(path: Path) -> str | bytes:
     """`path` as libsndfile opens it: soundfile encodes a str strictly, so a file name that is not
     UTF-8 (latin-1 bytes, kept by Python as surrogates) could not be opened; its bytes can."""
@@ -54,7 +59,7 @@ def open_audio(path: Path) -> AudioFileInfo:
     try:
         info = soundfile.info(_native_path(path))
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
-        raise EdgelalmError(f"cannot read audio from {path}: {error}") from None
+        raise EdgelalmError(f"cannot read audio from {path}: {_reason(error)}") from None
     if info.frames <= 0:
         raise EdgelalmError(f"{path} holds no audio samples")
     return AudioFileInfo(path, info.frames, info.samplerate, info.channels)
@@ -90,7 +95,7 @@ def stream_audio(info: AudioFileInfo, sampling_rate: int) -> Iterator[np.ndarray
                 if last:
                     return
     except (soundfile.LibsndfileError, RuntimeError) as error:
-        raise EdgelalmError(f"cannot read audio from {info.path}: {error}") from None
+        raise EdgelalmError(f"cannot read audio from {info.path}: {_reason(error)}") from None
 
 
 def read_audio(path: Path, sampling_rate: int) -> np.ndarray:
@@ -100,7 +105,7 @@ def read_audio(path: Path, sampling_rate: int) -> np.ndarray:
     try:
         samples, file_rate = soundfile.read(_native_path(path), dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
-        raise EdgelalmError(f"cannot read audio from {path}: {error}") from None
+        raise EdgelalmError(f"cannot read audio from {path}: {_reason(error)}") from None
     return prepare_samples(samples, file_rate, sampling_rate, str(path))
 
 

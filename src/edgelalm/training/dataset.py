@@ -20,8 +20,10 @@ Augmentation is the training loop's business (`speech.augment`); nothing augment
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import os
+import re
 import sys
 import time
 from collections.abc import Generator, Iterator
@@ -33,7 +35,7 @@ import numpy as np
 
 from edgelalm.constants import SAMPLING_RATE
 from edgelalm.errors import EdgelalmError
-from edgelalm.files import atomic_folder
+from edgelalm.files import atomic_folder, read_json_object
 from edgelalm.progress import Bar
 from edgelalm.training import speech, texts
 from edgelalm.training.texts import Split
@@ -144,7 +146,7 @@ def build_dataset(
     if out.exists() and not overwrite:
         raise EdgelalmError(f"{out} already exists (pass overwrite=True to replace it)")
     started = time.perf_counter()
-    with atomic_folder(out, force=True) as partial:
+    with atomic_folder(out, force=True, marker="dataset.json", owned=owns_dataset_file) as partial:
         info = _render_into(
             partial,
             split,
@@ -268,21 +270,99 @@ def _versions() -> dict[str, str]:
     }
 
 
+# What a dataset folder (this module's or encoded.py's) holds: replacing one deletes nothing else.
+_DATASET_FILE = re.compile(r"dataset\.json|metadata\.jsonl|(?:shard|frames|audio)-\d{5}\.npy")
+
+
+def owns_dataset_file(name: str) -> bool:
+    return _DATASET_FILE.fullmatch(name) is not None
+
+
 def read_folder(directory: Path, format_name: str, format_version: int) -> tuple[dict, list[dict]]:
     """A dataset folder's dataset.json (checked to be `format_name`, at most `format_version`)
     and its metadata.jsonl records."""
     info_path = directory / "dataset.json"
     if not info_path.is_file():
         raise EdgelalmError(f"{directory} is not a dataset (no dataset.json)")
-    info = json.loads(info_path.read_text(encoding="utf-8"))
-    if info.get("format") != format_name or info.get("format_version", 0) > format_version:
+    info = read_json_object(info_path)
+    version = info.get("format_version", 0)
+    if info.get("format") != format_name or not isinstance(version, int) or version > format_version:
         raise EdgelalmError(
-            f"{directory}: not a dataset this edgelalm reads ({info.get('format')!r} v{info.get('format_version')}; "
+            f"{directory}: not a dataset this edgelalm reads ({info.get('format')!r} v{version!r}; "
             f"expected {format_name!r} v{format_version} or older)"
         )
-    with open(directory / "metadata.jsonl", encoding="utf-8") as lines:
-        records = [json.loads(line) for line in lines if line.strip()]
+    shards, rate = info.get("shards"), info.get("sampling_rate")
+    if not isinstance(shards, list) or not shards or not all(isinstance(shard, dict) for shard in shards):
+        raise EdgelalmError(f"{info_path}: shards must be a list of objects")
+    if isinstance(rate, bool) or not isinstance(rate, int) or not 4000 <= rate <= 192000:
+        raise EdgelalmError(f"{info_path}: sampling_rate must be a whole number of Hz, got {rate!r}")
+    metadata = directory / "metadata.jsonl"
+    records = []
+    try:
+        with open(metadata, encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                if line.strip():
+                    records.append(_record(line, f"{metadata}, line {number}", len(shards)))
+    except (OSError, UnicodeDecodeError) as error:
+        raise EdgelalmError(f"cannot read {metadata}: {getattr(error, 'strerror', None) or error}") from None
+    if not records:
+        raise EdgelalmError(f"{metadata} lists no clips")
     return info, records
+
+
+def _record(line: str, where: str, shard_count: int) -> dict:
+    """One metadata line, with the fields every dataset reads checked (a record that lies trained
+    silently on nothing, or failed deep inside torch)."""
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError) as error:
+        raise EdgelalmError(f"{where} is not JSON: {error}") from None
+    if not isinstance(record, dict):
+        raise EdgelalmError(f"{where} must be a JSON object")
+    if not isinstance(record.get("text"), str):
+        raise EdgelalmError(f"{where}: text must be a string, got {record.get('text')!r}")
+    seconds = record.get("seconds")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < math.inf:
+        raise EdgelalmError(f"{where}: seconds must be a finite number above 0, got {seconds!r}")
+    for key, low, high in (("shard", 0, shard_count - 1), ("offset", 0, None)):
+        value = record.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+            raise EdgelalmError(
+                f"{where}: {key} must be a whole number from {low}"
+                + (f" to {high}" if high is not None else "")
+                + f", got {value!r}"
+            )
+    return record
+
+
+def check_spans(directory: Path, records: list[dict], shards: list[np.ndarray], length_key: str) -> None:
+    """Each record's [offset, offset + length) lies inside its shard, and is not empty."""
+    for number, record in enumerate(records, start=1):
+        length = record.get(length_key)
+        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+            raise EdgelalmError(
+                f"{directory}: clip {number}'s {length_key} must be a whole number above 0, got {length!r}"
+            )
+        rows = shards[record["shard"]].shape[0]
+        if record["offset"] + length > rows:
+            raise EdgelalmError(
+                f"{directory}: clip {number} ends at row {record['offset'] + length} of shard {record['shard']}, "
+                f"which holds {rows}"
+            )
+
+
+def map_shard(path: Path, dimensions: int, kinds: str) -> np.ndarray:
+    """A shard memory-mapped, checked to be a plain array of `dimensions` with a dtype kind in `kinds`."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise EdgelalmError(f"{path} is not a plain numpy array file: {error or 'it is empty'}") from None
+    if not isinstance(array, np.ndarray) or array.ndim != dimensions or array.dtype.kind not in kinds:
+        raise EdgelalmError(
+            f"{path}: expected a {dimensions}-D array of kind {kinds!r}, got {getattr(array, 'dtype', '?')} "
+            f"{getattr(array, 'shape', '?')}"
+        )
+    return array
 
 
 class SpeechDataset:
@@ -297,15 +377,26 @@ class SpeechDataset:
         self.info, self.records = read_folder(self.directory, FORMAT, FORMAT_VERSION)
         self.sampling_rate: int = int(self.info["sampling_rate"])
         self.texts: list[str] = [record["text"] for record in self.records]
-        self.seconds = np.array([record["seconds"] for record in self.records], dtype=np.float64)
+        shards = [self._shard_array(shard) for shard in self.info["shards"]]
+        check_spans(self.directory, self.records, shards, "length")
+        # From the samples themselves: a record's `seconds` is what build_dataset wrote, or a lie.
+        self.seconds = np.array([record["length"] for record in self.records], dtype=np.float64) / self.sampling_rate
         self._shards: list[np.ndarray] | None = None
+
+    def _shard_array(self, shard: dict) -> np.ndarray:
+        name = shard.get("file")
+        if not isinstance(name, str) or Path(name).name != name:
+            raise EdgelalmError(
+                f"{self.directory}/dataset.json: a shard's file must be a name in the folder, got {name!r}"
+            )
+        array = map_shard(self.directory / name, 1, "i")
+        if array.dtype != np.int16:  # what build_dataset writes, and what __getitem__ scales
+            raise EdgelalmError(f"{self.directory / name}: expected int16 samples, got {array.dtype}")
+        return array
 
     def _mapped(self) -> list[np.ndarray]:
         if self._shards is None:
-            self._shards = [
-                np.load(self.directory / shard["file"], mmap_mode="r", allow_pickle=False)
-                for shard in self.info["shards"]
-            ]
+            self._shards = [self._shard_array(shard) for shard in self.info["shards"]]
         return self._shards
 
     def __getstate__(self) -> dict:

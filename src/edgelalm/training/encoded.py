@@ -41,7 +41,7 @@ from edgelalm.errors import EdgelalmError
 from edgelalm.files import atomic_folder
 from edgelalm.progress import Bar
 from edgelalm.training import corpus, speech, synthesizers, texts
-from edgelalm.training.dataset import read_folder
+from edgelalm.training.dataset import check_spans, map_shard, owns_dataset_file, read_folder
 from edgelalm.training.texts import Split
 
 FORMAT = "edgelalm-encoded-dataset"
@@ -280,7 +280,7 @@ def build_encoded(
     offsets = [0, 0]
     total_seconds = 0.0
 
-    with atomic_folder(out, force=True) as partial:
+    with atomic_folder(out, force=True, marker="dataset.json", owned=owns_dataset_file) as partial:
 
         def flush() -> None:
             number = len(shards)
@@ -472,7 +472,10 @@ class _NoBar:
 def is_encoded_folder(folder: str | os.PathLike[str]) -> bool:
     """Whether `folder` holds a `build_encoded` dataset (else another kind, or none)."""
     info = Path(folder) / "dataset.json"
-    return info.is_file() and json.loads(info.read_text(encoding="utf-8")).get("format") == FORMAT
+    try:
+        return info.is_file() and json.loads(info.read_text(encoding="utf-8")).get("format") == FORMAT
+    except (ValueError, RecursionError, AttributeError, OSError):
+        return False  # then read as the other kind, whose reader says what is wrong in one line
 
 
 class EncodedDataset:
@@ -490,6 +493,7 @@ class EncodedDataset:
         self.records: list[dict] = []
         self._folder_of: list[int] = []
         self._infos: list[dict] = []
+        self.width: int | None = None  # the frames' width, the same in every folder
         for number, folder in enumerate(self.directories):
             info, records = read_folder(folder, FORMAT, FORMAT_VERSION)
             if number == 0 and first_clips is not None:
@@ -502,6 +506,7 @@ class EncodedDataset:
                 self._infos[0].get("below_layer"),
             ):
                 raise EdgelalmError(f"{folder}: another tower or split than {self.directory}; cannot be joined")
+            self._check_frames(folder, info, records)
             self._infos.append(info)
             self.records += records
             self._folder_of += [number] * len(records)
@@ -514,6 +519,34 @@ class EncodedDataset:
         # layer (50 positions/s), for training that tunes the layers above (model.encode_above).
         self.below_layer: int | None = self.info.get("below_layer")
         self._mapped: dict[Path, np.ndarray] = {}
+
+    def _check_frames(self, folder: Path, info: dict, records: list[dict]) -> None:
+        """Every frames shard a 2-D float array of one width, every clip's rows inside its shard
+        and no longer than its seconds say (a record that lied trained on nothing, or failed in
+        torch's matmul)."""
+        below_layer = info.get("below_layer")
+        if below_layer is not None and (isinstance(below_layer, bool) or not isinstance(below_layer, int)):
+            raise EdgelalmError(f"{folder}/dataset.json: below_layer must be a layer number, got {below_layer!r}")
+        shards = []
+        for shard in info["shards"]:
+            name = shard.get("frames")
+            if not isinstance(name, str) or Path(name).name != name:
+                raise EdgelalmError(
+                    f"{folder}/dataset.json: a shard's frames must be a file in the folder, got {name!r}"
+                )
+            shards.append(map_shard(folder / name, 2, "f"))
+        widths = {shard.shape[1] for shard in shards} | ({self.width} if self.width is not None else set())
+        if len(widths) != 1:
+            raise EdgelalmError(f"{folder}: frames of widths {sorted(widths)} in one dataset")
+        self.width = widths.pop()
+        check_spans(folder, records, shards, "frames")
+        rate = _stored_rate(below_layer)
+        for number, record in enumerate(records, start=1):
+            if record["frames"] > (record["seconds"] + 0.1) * rate:
+                raise EdgelalmError(
+                    f"{folder}: clip {number} has {record['frames']} rows, {record['frames'] / rate:.1f} s at "
+                    f"{rate} a second, but says it lasts {record['seconds']} s"
+                )
 
     def check_tower(self, checkpoint: str | os.PathLike[str]) -> None:
         """Refuse a checkpoint whose audio tower is not the one that encoded these frames."""

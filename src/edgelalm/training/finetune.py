@@ -17,15 +17,17 @@ from __future__ import annotations
 import csv
 import errno
 import json
+import re
 import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edgelalm.compression import CompressorSpec
-from edgelalm.constants import ADAPTER_CONFIG_FILE
+from edgelalm.constants import ADAPTER_CONFIG_FILE, ENCODER_FRAMES_PER_SECOND, FINETUNE_RECORD_FILE, MAX_LORA_ALPHA
 from edgelalm.errors import EdgelalmError
 from edgelalm.files import read_tsv
 from edgelalm.runtime.audio import audio_seconds, read_audio
@@ -113,6 +115,39 @@ def open_paired_data(path: Path, sampling_rate: int, normalize: bool, model_dir:
     return PairedAudio(path, sampling_rate, normalize)
 
 
+# What an adapter folder holds (peft's files, finetune's record, log and plot): --force replaces
+# a folder of these and nothing else.
+_ADAPTER_FILES = frozenset(
+    {ADAPTER_CONFIG_FILE, "adapter_model.safetensors", "README.md", FINETUNE_RECORD_FILE, "train_log.jsonl", "loss.png"}
+)
+
+
+def owns_adapter_file(name: str) -> bool:
+    return name in _ADAPTER_FILES
+
+
+# The chat template's text around the audio and the answer: far fewer tokens than this.
+PROMPT_TOKENS_ALLOWED = 256
+
+
+def check_fits_the_decoder(options: FinetuneOptions, data: Any, model: Any, processor: Any, window_s: float) -> None:
+    """The data's frames are the tower's width, and the longest transcript, a window's audio tokens
+    and the prompt fit the decoder's context: 100000-character transcripts trained for ever,
+    longer-than-context ones silently."""
+    width, tower_width = getattr(data, "width", None), model.config.audio_config.d_model
+    if width is not None and width != tower_width:
+        raise EdgelalmError(f"{options.data}: frames of width {width}; the model's audio tower gives {tower_width}")
+    lengths = [len(ids) for ids in processor.tokenizer(list(data.texts), add_special_tokens=False)["input_ids"]]
+    longest = int(np.argmax(lengths))
+    audio_tokens = options.compressor.max_audio_tokens(int(window_s * ENCODER_FRAMES_PER_SECOND))
+    context = model.config.text_config.max_position_embeddings
+    if lengths[longest] + audio_tokens + PROMPT_TOKENS_ALLOWED > context:
+        raise EdgelalmError(
+            f"{options.data}: clip {longest + 1}'s transcript is {lengths[longest]} tokens; with up to {audio_tokens} "
+            f"audio tokens and the prompt it does not fit the decoder's context of {context}"
+        )
+
+
 def check_paired_data_exists(path: Path) -> None:
     """Refuse missing training data in one line (before the model's load, which takes a while)."""
     if not path.is_dir() and not path.is_file():
@@ -152,14 +187,26 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
 
     if options.steps < 1 or options.batch_size < 1:
         raise EdgelalmError("steps and batch size must be at least 1")
-    if options.rank < 1 or options.alpha <= 0:
-        raise EdgelalmError("the LoRA rank must be at least 1 and alpha positive")
+    if options.rank < 1 or not 0 < options.alpha <= MAX_LORA_ALPHA:
+        raise EdgelalmError(f"the LoRA rank must be at least 1 and alpha above 0 and at most {MAX_LORA_ALPHA:g}")
+    # inf or 1e30 trained every weight to NaN and saved it with exit 0; 0 trains nothing.
+    if not 0 < options.learning_rate <= 1:
+        raise EdgelalmError(f"the learning rate must be above 0 and at most 1, got {options.learning_rate:g}")
     target_pattern = lora_target_pattern(options.lora_modules)
     # peft asks transformers a deprecated question; the user can do nothing about it.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    check_replaceable(options.out_dir.absolute(), options.force, marker=ADAPTER_CONFIG_FILE)
+    check_replaceable(options.out_dir.absolute(), options.force, ADAPTER_CONFIG_FILE, owns_adapter_file)
     check_paired_data_exists(options.data)
     model, processor = load_for_training(options.model_dir, options.device)
+    # A rank past a projection's smaller side adds nothing but memory (10^6 on the default model:
+    # about 20 GB of factors and optimizer state).
+    smallest = min(
+        (min(module.in_features, module.out_features) for name, module in model.named_modules()
+         if re.fullmatch(target_pattern, name) and hasattr(module, "in_features")),
+        default=options.rank,
+    )  # fmt: skip
+    if options.rank > smallest:
+        raise EdgelalmError(f"--rank {options.rank} is past the adapted projections' smaller side ({smallest})")
     sampling_rate = processor.feature_extractor.sampling_rate
     data = open_paired_data(options.data, sampling_rate, options.normalize, options.model_dir)
     window_s = processor.feature_extractor.n_samples / sampling_rate
@@ -169,6 +216,7 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
         )
     if len(data) < options.batch_size:
         raise EdgelalmError(f"{options.data}: {len(data)} clips, fewer than one batch of {options.batch_size}")
+    check_fits_the_decoder(options, data, model, processor, window_s)
 
     torch.manual_seed(options.seed)
     lora = LoraConfig(
@@ -188,7 +236,7 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
     )
     compressor = build_compressor(options.compressor)
     try:
-        with atomic_folder(options.out_dir, options.force, marker=ADAPTER_CONFIG_FILE) as staging:
+        with atomic_folder(options.out_dir, options.force, ADAPTER_CONFIG_FILE, owns_adapter_file) as staging:
             log = train(
                 peft_model.base_model.model,
                 processor,
@@ -213,7 +261,7 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
                 "clips": len(data),
                 "final_loss": log.records[-1]["loss"],
             }
-            (staging / "edgelalm_finetune.json").write_text(json.dumps(meta, indent=2) + "\n")
+            (staging / FINETUNE_RECORD_FILE).write_text(json.dumps(meta, indent=2) + "\n")
             try:
                 plot_losses(
                     log,

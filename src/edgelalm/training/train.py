@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from edgelalm.errors import EdgelalmError
 from edgelalm.progress import Bar
 from edgelalm.training import speech
 from edgelalm.training.dataset import SpeechDataset
@@ -500,6 +501,12 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = float(nn.utils.clip_grad_norm_(trained, settings.max_grad_norm))
+            # A NaN here would be written into every trained weight, and saved with exit 0.
+            if not (math.isfinite(float(loss.detach())) and math.isfinite(grad_norm)):
+                raise EdgelalmError(
+                    f"training diverged at step {step + 1}: the loss is {float(loss.detach()):g} and the gradient "
+                    f"norm {grad_norm:g} (a learning rate too high, or NaN or infinite values in the training data)"
+                )
             optimizer.step()
             window_loss.append(float(loss.detach()))
 
