@@ -131,7 +131,13 @@ def test_token_rates():
 
 @pytest.mark.parametrize(
     "name,factor,message",
-    [("avg", 0, ">= 1"), ("sample", -2, ">= 1"), ("pool", 1, "unknown compressor"), ("unseg", 3, "applies to")],
+    [
+        ("avg", 0, "from 1 to 1000"),
+        ("sample", -2, "from 1 to 1000"),
+        ("avg", 10**20, "from 1 to 1000"),  # torch overflowed in the exporter, a traceback
+        ("pool", 1, "unknown compressor"),
+        ("unseg", 3, "applies to"),
+    ],
 )
 def test_spec_refuses_bad_input(name, factor, message):
     with pytest.raises(EdgelalmError, match=message):
