@@ -259,15 +259,15 @@ def _adapter_folders(
 def _warn_if_realigned_to_another(spec: CompressorSpec, folder: Path | None) -> None:
     """An adapter `edgelalm finetune` realigned to another compressor than the one it is exported
     with (swapped LABEL=DIR pairs): it merges, and answers worse."""
-    from edgelalm.files import read_json
+    from edgelalm.files import read_json_object
 
     record = folder / FINETUNE_RECORD_FILE if folder is not None else None
     if record is None or not record.is_file():
         return
-    with contextlib.suppress(EdgelalmError):  # a record that is not JSON says nothing either way
-        trained = read_json(record)
-        if isinstance(trained, dict) and trained.get("compressor") not in (None, spec.label):
-            _warn(f"{folder} was realigned to {trained['compressor']} ({record.name}); exporting it with {spec.label}")
+    with contextlib.suppress(EdgelalmError):  # a record that is not a JSON object says nothing either way
+        trained = read_json_object(record).get("compressor")
+        if trained not in (None, spec.label):
+            _warn(f"{folder} was realigned to {trained} ({record.name}); exporting it with {spec.label}")
 
 
 class _PlainUsageCommand(typer.core.TyperCommand):
@@ -809,12 +809,17 @@ def _shown_path(path: Path) -> str:
     return _printable(os.fsencode(path).decode("utf-8", "backslashreplace"))
 
 
+def _stderr_line(kind: str, message: str) -> None:
+    """One line on stderr, `edgelalm: [kind: ]message`, its control characters escaped."""
+    print(f"edgelalm: {kind}{_printable(message)}", file=sys.stderr, flush=True)
+
+
 def _note(message: str) -> None:
-    print(f"edgelalm: {_printable(message)}", file=sys.stderr)
+    _stderr_line("", message)
 
 
 def _warn(message: str) -> None:
-    print(f"edgelalm: warning: {_printable(message)}", file=sys.stderr)
+    _stderr_line("warning: ", message)
 
 
 class _StdoutFailed(Exception):
@@ -837,7 +842,7 @@ def _say(text: str = "", end: str = "\n") -> None:
 
 
 def _error_line(message: str) -> None:
-    print(f"edgelalm: error: {_printable(message)}", file=sys.stderr, flush=True)
+    _stderr_line("error: ", message)
 
 
 def _fail(message: str, exit_code: int) -> None:

@@ -9,10 +9,10 @@ class EdgelalmError(Exception):
     """
 
 
-def error_gist(error: BaseException, last_line: bool = True) -> str:
-    """A library's error in one line of at most 300 characters: its last non-empty line
-    (transformers, pydantic and jinja put the cause last; onnxruntime first: `last_line=False`);
-    a KeyError's bare key says which name was unknown."""
+def error_gist(error: BaseException | str, last_line: bool = True) -> str:
+    """A library's error (or its message, as a log line gives it) in one line of at most 300
+    characters: its last non-empty line (transformers, pydantic and jinja put the cause last;
+    onnxruntime first: `last_line=False`); a KeyError's bare key says which name was unknown."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     text = (lines[-1] if last_line else lines[0]) if lines else type(error).__name__
     text = text if len(text) <= 300 else text[:297] + "..."  # transformers may list every model type

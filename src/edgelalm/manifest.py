@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal, TypeVar, Union
 
+from edgelalm.checks import is_real_number, is_whole_number
 from edgelalm.constants import (
     BUNDLE_FORMAT,
     BUNDLE_FORMAT_VERSION,
@@ -280,7 +281,7 @@ def read_manifest(bundle_dir: Path, verify_files: bool = True) -> Manifest:
     if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
         raise EdgelalmError(f"{manifest_path} is not an edgelalm bundle manifest")
     version = data.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < SINGLE_COMPRESSOR_FORMAT_VERSION:
+    if not is_whole_number(version) or version < SINGLE_COMPRESSOR_FORMAT_VERSION:
         raise EdgelalmError(
             f"{manifest_path}: format_version must be an integer from {SINGLE_COMPRESSOR_FORMAT_VERSION}, "
             f"got {_short(version)}"
@@ -519,11 +520,11 @@ def _value(hint: Any, value: Any, path: str, manifest_path: Path) -> Any:
         return value
     if hint is int or hint is FileBytes:
         limit = _MAX_FILE_BYTES if hint is FileBytes else _MAX_INT
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= limit:
+        if not is_whole_number(value) or not 0 <= value <= limit:
             raise EdgelalmError(f"{manifest_path}: {path} must be an integer from 0 to {limit}, got {_short(value)}")
         return value
     if hint is float:
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+        if not is_real_number(value) or not math.isfinite(value) or value < 0:
             raise EdgelalmError(f"{manifest_path}: {path} must be a finite number >= 0, got {_short(value)}")
         return float(value)
     if hint is str:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgelalm.checks import is_whole_number
 from edgelalm.compression import CompressorSpec
 from edgelalm.constants import (
     MANIFEST_FILE,
@@ -66,7 +67,7 @@ def target_settings(target: str) -> dict[str, Any]:
     device, threads = settings.get("device", "cpu"), settings.get("threads")
     if device not in ("cpu", "cuda"):
         raise EdgelalmError(f"{path}: device must be cpu or cuda, got {device!r}")
-    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+    if threads is not None and (not is_whole_number(threads) or threads < 1):
         raise EdgelalmError(f"{path}: threads must be a count of at least 1 or null, got {threads!r}")
     return settings
 

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from edgelalm.checks import is_real_number, is_whole_number
 from edgelalm.constants import ADAPTER_CONFIG_FILE, MAX_LORA_ALPHA
 from edgelalm.errors import EdgelalmError
 from edgelalm.files import sha256_of
@@ -285,7 +286,7 @@ def check_supported(config: dict[str, Any], path: Path) -> None:
 
 def config_rank(config: dict[str, Any], path: Path) -> int:
     rank = config.get("r", DEFAULT_RANK)
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
+    if not is_whole_number(rank) or rank <= 0:
         raise EdgelalmError(f"{path / ADAPTER_CONFIG_FILE}: r must be a positive integer, not {rank!r}")
     return rank
 
@@ -302,7 +303,7 @@ def config_alpha(config: dict[str, Any], path: Path) -> float:
 
 def _valid_alpha(alpha: object) -> bool:
     """Past about 10^38 a scaling overflows float32 (an adapter GGUF's); nothing trains near it."""
-    return isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and 0 < alpha <= MAX_LORA_ALPHA
+    return is_real_number(alpha) and 0 < alpha <= MAX_LORA_ALPHA
 
 
 # peft matches a pattern with re.fullmatch: a nested quantifier (`(.*)*X`) backtracks for ever on a
@@ -318,8 +319,8 @@ def config_pattern(config: dict[str, Any], key: str, path: Path) -> dict[str, An
     if not isinstance(pattern, dict):
         raise EdgelalmError(f"{path / ADAPTER_CONFIG_FILE}: {key} must be an object (pattern -> value)")
     for module_pattern, value in pattern.items():
-        valid = isinstance(value, int) and value > 0 if key == "rank_pattern" else _valid_alpha(value)
-        if isinstance(value, bool) or not valid:
+        valid = is_whole_number(value) and value > 0 if key == "rank_pattern" else _valid_alpha(value)
+        if not valid:
             raise EdgelalmError(f"{path / ADAPTER_CONFIG_FILE}: {key}[{module_pattern!r}] = {value!r} is not valid")
         if (
             len(module_pattern) > 300

@@ -16,6 +16,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from edgelalm.checks import is_whole_number
 from edgelalm.constants import LLAMA_MAX_LAYERS, MEL_FILTERS_FILE, EncoderPrecision
 from edgelalm.errors import EdgelalmError, error_gist
 from edgelalm.files import read_json_object
@@ -269,7 +270,7 @@ def _check_config(config_file: Path, config: Qwen2AudioConfig) -> None:
     for section_name, section, fields in sections:
         for field_name in fields:
             value = getattr(section, field_name, None)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not is_whole_number(value) or value < 1:
                 raise EdgelalmError(
                     f"{config_file}: {section_name}.{field_name} must be a positive integer, not {value!r}"
                 )
@@ -396,9 +397,7 @@ def _check_extractor_sizes(values: dict, where: str, required: bool) -> None:
     """Each of _EXTRACTOR_SIZES in `values` an integer within its bound (absent allowed unless `required`)."""
     for field_name, limit in _EXTRACTOR_SIZES.items():
         value = values.get(field_name)
-        if (value is not None or required) and (
-            not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit
-        ):
+        if (value is not None or required) and (not is_whole_number(value) or not 1 <= value <= limit):
             raise EdgelalmError(f"{where} {field_name} must be an integer from 1 to {limit}, not {value!r}")
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 import os
 import struct
 from collections.abc import Iterator, Sequence
@@ -14,6 +13,7 @@ import numpy as np
 import soundfile
 import soxr
 
+from edgelalm.checks import is_real_number
 from edgelalm.errors import EdgelalmError
 
 
@@ -144,7 +144,7 @@ def loudness_warning(samples: np.ndarray, source: str = "the audio") -> str | No
 
 def prepare_samples(samples: np.ndarray, file_rate: float, sampling_rate: int, source: str = "the audio") -> np.ndarray:
     """[frames] or [frames, channels] at `file_rate` -> mono float32 at `sampling_rate`."""
-    if isinstance(file_rate, bool) or not isinstance(file_rate, numbers.Real) or not 0 < file_rate < math.inf:
+    if not is_real_number(file_rate) or not 0 < file_rate < math.inf:
         raise EdgelalmError(
             f"{source}: the sampling rate must be a positive number of samples a second, not {file_rate!r}"
         )

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import llama_cpp
 import numpy as np
 
+from edgelalm.checks import check_choice
 from edgelalm.constants import LLAMA_MAX_LAYERS
 from edgelalm.errors import EdgelalmError, error_gist
 from edgelalm.runtime.llama_backend import ExtraBuffers, decide_extra_buffers, model_params, usable_cores
@@ -169,8 +170,7 @@ class LlamaModel:
         `extra_buffers`: whether llama.cpp may use its extra weight buffer types (auto: not
         where its AMX buffer would crash; see `llama_backend`). `expected`: the bundle manifest's
         description of the GGUF, checked before llama.cpp reads it."""
-        if kv_cache_type not in _GGML_TYPES:
-            raise EdgelalmError(f"kv_cache_type must be one of {', '.join(KV_CACHE_TYPES)}, got {kv_cache_type!r}")
+        check_choice("kv_cache_type", kv_cache_type, KV_CACHE_TYPES)
         silence_llama_logs()
         if expected is not None:
             check_gguf_header(gguf_path, expected)
@@ -188,7 +188,7 @@ class LlamaModel:
             _load_log = None
         if not self.model:
             # llama.cpp says why only in its log, which edgelalm keeps quiet: its first error line.
-            reason = f": {error_gist(RuntimeError(reasons[0]))}" if reasons else ""
+            reason = f": {error_gist(reasons[0])}" if reasons else ""
             raise EdgelalmError(f"llama.cpp could not load {gguf_path}{reason}")
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.n_embd = llama_cpp.llama_model_n_embd(self.model)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from edgelalm.checks import is_whole_number
 from edgelalm.constants import EXTRA_BUFFER_CHOICES, ExtraBuffers
 from edgelalm.errors import EdgelalmError
 
@@ -90,7 +91,7 @@ def check_threads(threads: int | None) -> int:
     if threads is None:
         return usable_cores()
     cpus = os.cpu_count() or 1
-    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= cpus:
+    if not is_whole_number(threads) or not 1 <= threads <= cpus:
         raise EdgelalmError(f"threads must be from 1 to this machine's {cpus} logical CPUs, got {threads}")
     return threads
 

@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import functools
 import math
-import numbers
 import os
 import queue
 import threading
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from edgelalm.checks import check_choice, is_real_number, is_whole_number
 from edgelalm.compression import CompressorSpec
 from edgelalm.constants import (
     DEVICES,
@@ -155,7 +155,7 @@ class Runtime:
         if not isinstance(bundle, (str, os.PathLike)):
             raise EdgelalmError(f"bundle must be a folder's path, got {type(bundle).__name__}")
         _check_whole_number("max_concurrent_runs", max_concurrent_runs, 1)
-        _check_choice("llama_extra_buffers", llama_extra_buffers, EXTRA_BUFFER_CHOICES)
+        check_choice("llama_extra_buffers", llama_extra_buffers, EXTRA_BUFFER_CHOICES)
         _check_flag("prefix_cache", prefix_cache)
         _check_flag("cpu_arena", cpu_arena)
         self.bundle = Path(bundle)
@@ -825,13 +825,8 @@ def _free_llama(contexts: list[LlamaContext], model: LlamaModel, process_id: int
 
 
 def _check_whole_number(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if not is_whole_number(value) or value < minimum:
         raise EdgelalmError(f"{name} must be a whole number >= {minimum}, got {value!r}")
-
-
-def _check_choice(name: str, value: object, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise EdgelalmError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
 
 
 def _check_flag(name: str, value: object) -> None:
@@ -864,18 +859,14 @@ def _check_run_arguments(
         except UnicodeEncodeError as error:
             raise EdgelalmError(f"the prompt is not valid Unicode text ({error.reason} at {error.start})") from None
     _check_whole_number("max_tokens", max_tokens, 1)
-    if not (_is_real(temperature) and 0 <= temperature < math.inf):  # type: ignore[operator]
+    if not (is_real_number(temperature) and 0 <= temperature < math.inf):
         raise EdgelalmError(f"temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
-    if not (_is_real(top_p) and 0 < top_p <= 1):  # type: ignore[operator]
+    if not (is_real_number(top_p) and 0 < top_p <= 1):
         raise EdgelalmError(f"top_p must be a number above 0 and at most 1, got {top_p!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= _LARGEST_SEED:
+    if not is_whole_number(seed) or not 0 <= seed <= _LARGEST_SEED:
         raise EdgelalmError(f"seed must be a whole number from 0 to {_LARGEST_SEED}, got {seed!r}")
     if sampling_rate is not None and isinstance(audio, (str, os.PathLike)):
         raise EdgelalmError("sampling_rate is for samples; a file's own header says its rate")
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 @contextlib.contextmanager

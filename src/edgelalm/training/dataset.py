@@ -33,9 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
+from edgelalm.checks import is_real_number, is_whole_number
 from edgelalm.constants import SAMPLING_RATE
 from edgelalm.errors import EdgelalmError
 from edgelalm.files import atomic_folder, read_json_object
+from edgelalm.manifest import SAMPLING_RATES
 from edgelalm.progress import Bar
 from edgelalm.training import speech, texts
 from edgelalm.training.texts import Split
@@ -294,7 +296,7 @@ def read_folder(directory: Path, format_name: str, format_version: int) -> tuple
     shards, rate = info.get("shards"), info.get("sampling_rate")
     if not isinstance(shards, list) or not shards or not all(isinstance(shard, dict) for shard in shards):
         raise EdgelalmError(f"{info_path}: shards must be a list of objects")
-    if isinstance(rate, bool) or not isinstance(rate, int) or not 4000 <= rate <= 192000:
+    if not is_whole_number(rate) or not SAMPLING_RATES[0] <= rate <= SAMPLING_RATES[1]:
         raise EdgelalmError(f"{info_path}: sampling_rate must be a whole number of Hz, got {rate!r}")
     metadata = directory / "metadata.jsonl"
     records = []
@@ -322,11 +324,11 @@ def _record(line: str, where: str, shard_count: int) -> dict:
     if not isinstance(record.get("text"), str):
         raise EdgelalmError(f"{where}: text must be a string, got {record.get('text')!r}")
     seconds = record.get("seconds")
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < math.inf:
+    if not is_real_number(seconds) or not 0 < seconds < math.inf:
         raise EdgelalmError(f"{where}: seconds must be a finite number above 0, got {seconds!r}")
     for key, low, high in (("shard", 0, shard_count - 1), ("offset", 0, None)):
         value = record.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        if not is_whole_number(value) or value < low or (high is not None and value > high):
             raise EdgelalmError(
                 f"{where}: {key} must be a whole number from {low}"
                 + (f" to {high}" if high is not None else "")
@@ -339,7 +341,7 @@ def check_spans(directory: Path, records: list[dict], shards: list[np.ndarray], 
     """Each record's [offset, offset + length) lies inside its shard, and is not empty."""
     for number, record in enumerate(records, start=1):
         length = record.get(length_key)
-        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        if not is_whole_number(length) or length < 1:
             raise EdgelalmError(
                 f"{directory}: clip {number}'s {length_key} must be a whole number above 0, got {length!r}"
             )
@@ -377,11 +379,11 @@ class SpeechDataset:
         self.info, self.records = read_folder(self.directory, FORMAT, FORMAT_VERSION)
         self.sampling_rate: int = int(self.info["sampling_rate"])
         self.texts: list[str] = [record["text"] for record in self.records]
-        shards = [self._shard_array(shard) for shard in self.info["shards"]]
-        check_spans(self.directory, self.records, shards, "length")
+        # Mapped (and checked) now; a pickled copy, as a DataLoader worker gets, maps them again.
+        self._shards: list[np.ndarray] | None = [self._shard_array(shard) for shard in self.info["shards"]]
+        check_spans(self.directory, self.records, self._shards, "length")
         # From the samples themselves: a record's `seconds` is what build_dataset wrote, or a lie.
         self.seconds = np.array([record["length"] for record in self.records], dtype=np.float64) / self.sampling_rate
-        self._shards: list[np.ndarray] | None = None
 
     def _shard_array(self, shard: dict) -> np.ndarray:
         name = shard.get("file")

@@ -30,15 +30,16 @@ import os
 import sys
 import time
 from collections.abc import Generator, Iterator
-from contextlib import closing
+from contextlib import closing, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from edgelalm.checks import is_whole_number
 from edgelalm.constants import ENCODER_FRAMES_PER_SECOND, SAMPLING_RATE
 from edgelalm.errors import EdgelalmError
-from edgelalm.files import atomic_folder
+from edgelalm.files import atomic_folder, read_json_object
 from edgelalm.progress import Bar
 from edgelalm.training import corpus, speech, synthesizers, texts
 from edgelalm.training.dataset import check_spans, map_shard, owns_dataset_file, read_folder
@@ -472,10 +473,10 @@ class _NoBar:
 def is_encoded_folder(folder: str | os.PathLike[str]) -> bool:
     """Whether `folder` holds a `build_encoded` dataset (else another kind, or none)."""
     info = Path(folder) / "dataset.json"
-    try:
-        return info.is_file() and json.loads(info.read_text(encoding="utf-8")).get("format") == FORMAT
-    except (ValueError, RecursionError, AttributeError, OSError):
-        return False  # then read as the other kind, whose reader says what is wrong in one line
+    # Unreadable: read as the other kind, whose reader says what is wrong in one line.
+    with suppress(EdgelalmError, OSError):
+        return info.is_file() and read_json_object(info).get("format") == FORMAT
+    return False
 
 
 class EncodedDataset:
@@ -494,6 +495,7 @@ class EncodedDataset:
         self._folder_of: list[int] = []
         self._infos: list[dict] = []
         self.width: int | None = None  # the frames' width, the same in every folder
+        self._mapped: dict[Path, np.ndarray] = {}  # shards mapped as they are checked, or on first use
         for number, folder in enumerate(self.directories):
             info, records = read_folder(folder, FORMAT, FORMAT_VERSION)
             if number == 0 and first_clips is not None:
@@ -518,14 +520,13 @@ class EncodedDataset:
         # None: `data[i]` is the tower's output (25 frames/s); else the hidden states entering this
         # layer (50 positions/s), for training that tunes the layers above (model.encode_above).
         self.below_layer: int | None = self.info.get("below_layer")
-        self._mapped: dict[Path, np.ndarray] = {}
 
     def _check_frames(self, folder: Path, info: dict, records: list[dict]) -> None:
         """Every frames shard a 2-D float array of one width, every clip's rows inside its shard
         and no longer than its seconds say (a record that lied trained on nothing, or failed in
         torch's matmul)."""
         below_layer = info.get("below_layer")
-        if below_layer is not None and (isinstance(below_layer, bool) or not isinstance(below_layer, int)):
+        if below_layer is not None and not is_whole_number(below_layer):
             raise EdgelalmError(f"{folder}/dataset.json: below_layer must be a layer number, got {below_layer!r}")
         shards = []
         for shard in info["shards"]:
@@ -534,7 +535,8 @@ class EncodedDataset:
                 raise EdgelalmError(
                     f"{folder}/dataset.json: a shard's frames must be a file in the folder, got {name!r}"
                 )
-            shards.append(map_shard(folder / name, 2, "f"))
+            self._mapped[folder / name] = map_shard(folder / name, 2, "f")
+            shards.append(self._mapped[folder / name])
         widths = {shard.shape[1] for shard in shards} | ({self.width} if self.width is not None else set())
         if len(widths) != 1:
             raise EdgelalmError(f"{folder}: frames of widths {sorted(widths)} in one dataset")

@@ -501,14 +501,15 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = float(nn.utils.clip_grad_norm_(trained, settings.max_grad_norm))
+            loss_value = float(loss.detach())
             # A NaN here would be written into every trained weight, and saved with exit 0.
-            if not (math.isfinite(float(loss.detach())) and math.isfinite(grad_norm)):
+            if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
                 raise EdgelalmError(
-                    f"training diverged at step {step + 1}: the loss is {float(loss.detach()):g} and the gradient "
+                    f"training diverged at step {step + 1}: the loss is {loss_value:g} and the gradient "
                     f"norm {grad_norm:g} (a learning rate too high, or NaN or infinite values in the training data)"
                 )
             optimizer.step()
-            window_loss.append(float(loss.detach()))
+            window_loss.append(loss_value)
 
             done = step + 1
             if done % 25 == 0 or done in (1, last_step):

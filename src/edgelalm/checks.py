@@ -1,0 +1,26 @@
+"""What a number read from a caller, a JSON file or a record must be before it is used: Python's
+bool is an int, and JSON gives floats for integers' places, so `isinstance` alone lets both in."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import TypeGuard
+
+from edgelalm.errors import EdgelalmError
+
+
+def is_whole_number(value: object) -> TypeGuard[int]:
+    """An int that is not a bool (True would count as 1 thread, 1 token, layer 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_real_number(value: object) -> TypeGuard[float]:
+    """An int or float (numpy's too) that is not a bool; NaN and infinities are the caller's to bound."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_choice(name: str, value: object, choices: Sequence[str]) -> None:
+    """Refuse, in one line naming the setting, a value that is not one of `choices`."""
+    if value not in choices:
+        raise EdgelalmError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
