@@ -94,3 +94,37 @@ def test_a_read_only_file_system_is_one_line(tiny_checkpoint, small_tmpfs):
     done = subprocess.run(export_command(tiny_checkpoint, disk / "bundle"), capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.strip().splitlines() == [f"edgelalm: error: cannot write to {disk}: Read-only file system"]
+
+
+def test_a_torch_too_old_to_trace_the_encoder_is_one_line_and_leaves_nothing(tiny_checkpoint, tmp_path):
+    """torch 2.11 (a GPU machine's image) fails deep inside torch.export with pages of traceback;
+    export says which torch it needs before it writes anything."""
+    out = tmp_path / "bundle"
+    script = (
+        "import sys, torch; torch.__version__ = '2.11.0+cu130'; from edgelalm.cli import main; "
+        "sys.argv = ['edgelalm', *sys.argv[1:]]; main()"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script, *export_command(tiny_checkpoint, out)[3:]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 1
+    assert completed.stderr.strip().splitlines() == [
+        "edgelalm: error: export needs torch >= 2.13 to trace the encoder; this is torch 2.11.0+cu130 "
+        "(pip install 'torch>=2.13')"
+    ], completed.stderr
+    assert leftovers(tmp_path) == []
+
+
+def test_the_torch_floor_is_the_one_pyproject_declares():
+    import tomllib
+
+    from edgelalm.export.encoder import MIN_TORCH_VERSION, check_torch_version
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    floors = [spec for spec in pyproject["project"]["optional-dependencies"]["export"] if spec.startswith("torch")]
+    assert floors == [f"torch>={'.'.join(map(str, MIN_TORCH_VERSION))}"]
+    check_torch_version("2.13.0+cpu")
+    check_torch_version("3.0")

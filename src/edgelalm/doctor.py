@@ -52,9 +52,11 @@ def _version(package: str) -> str | None:
 
 
 def machine_report(threads: int | None, extra_buffers: ExtraBuffers) -> dict[str, Any]:
-    import llama_cpp
     import onnxruntime
 
+    from edgelalm.runtime.llama_backend import import_llama_cpp
+
+    llama_cpp = import_llama_cpp()
     flags = cpu_flags()
     decision = decide_extra_buffers(extra_buffers)
     return {

@@ -5,6 +5,7 @@ mmproj. The worker reads one JSON job from argv and prints one JSON result (`pyt
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import statistics
@@ -22,7 +23,7 @@ from edgelalm.errors import EdgelalmError
 from edgelalm.isolation import run_child
 from edgelalm.manifest import DecoderInfo
 from edgelalm.runtime.features import conv_positions, encoder_output_frames
-from edgelalm.runtime.memory import peak_rss_mb
+from edgelalm.runtime.memory import GpuMemoryPeak, peak_rss_mb
 
 STAGES = ("features", "encoder", "compressor", "prefill", "decode", "time_to_first_token", "total")
 
@@ -84,6 +85,7 @@ def measure_edgelalm(
         "kv_cache_mb": kv_cache_mb(runtime.decoder_info, tokens),
         "peak_rss_mb": peak_rss_mb(),
         "weight_buffers": runtime.decoder.weight_buffers,
+        "encoder_providers": runtime.encoder.session.get_providers(),
     }
 
 
@@ -237,31 +239,39 @@ def ggml_assertion(stderr: str) -> str | None:
 
 
 def _worker(argv: list[str]) -> None:
-    """The child side of `measure_in_subprocess`: one JSON job in argv, one JSON result on stdout."""
+    """The child side of `measure_in_subprocess`: one JSON job in argv, one JSON result on stdout.
+    On a GPU target the result also holds the GPU memory the measurement took (`peak_gpu_mb`)."""
     job = json.loads(argv[0])
-    args = (job["seconds"], job["repeats"], job["max_tokens"], job["threads"])
+    gpu_memory = GpuMemoryPeak()
     try:
-        if job["runtime"] == MTMD_RUNTIME:
-            from edgelalm.bench.mtmd import measure_mtmd
-
-            result = measure_mtmd(
-                Path(job["source"]),
-                Path(job["mmproj"]),
-                *args,
-                device=job["device"],
-                llama_extra_buffers=job["llama_extra_buffers"],
-            )
-        elif job["runtime"] == "edgelalm":
-            result = measure_edgelalm(
-                Path(job["source"]),
-                *args,
-                device=job["device"],
-                cpu_arena=job["cpu_arena"],
-                llama_extra_buffers=job["llama_extra_buffers"],
-            )
-        else:
-            result = measure_reference(Path(job["source"]), job["label"], *args, device=job["device"])
+        with gpu_memory if job["device"] == "cuda" else contextlib.nullcontext():
+            result = _measure(job)
     except EdgelalmError as error:
         print(error, file=sys.stderr)
         sys.exit(1)
+    if gpu_memory.peak_mb is not None:
+        result["peak_gpu_mb"] = gpu_memory.peak_mb
     print(json.dumps(result))
+
+
+def _measure(job: dict[str, Any]) -> dict[str, Any]:
+    args = (job["seconds"], job["repeats"], job["max_tokens"], job["threads"])
+    if job["runtime"] == MTMD_RUNTIME:
+        from edgelalm.bench.mtmd import measure_mtmd
+
+        return measure_mtmd(
+            Path(job["source"]),
+            Path(job["mmproj"]),
+            *args,
+            device=job["device"],
+            llama_extra_buffers=job["llama_extra_buffers"],
+        )
+    if job["runtime"] == "edgelalm":
+        return measure_edgelalm(
+            Path(job["source"]),
+            *args,
+            device=job["device"],
+            cpu_arena=job["cpu_arena"],
+            llama_extra_buffers=job["llama_extra_buffers"],
+        )
+    return measure_reference(Path(job["source"]), job["label"], *args, device=job["device"])

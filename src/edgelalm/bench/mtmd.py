@@ -164,7 +164,9 @@ def measure_mtmd(
     a warm-up run, then `repeats` runs; the stages of `edgelalm.bench.measure.STAGES` (features:
     mtmd_tokenize, which computes the log-mel; compressor: none), the audio and prompt tokens as
     mtmd counted them, decode rate and peak RSS."""
-    import llama_cpp
+    from edgelalm.runtime.llama_backend import import_llama_cpp
+
+    llama_cpp = import_llama_cpp()
     from llama_cpp import mtmd_cpp
 
     from edgelalm.bench.measure import STAGES, kv_cache_mb, summarize, synthetic_clip

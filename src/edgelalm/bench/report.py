@@ -88,13 +88,29 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def gpu_name() -> str | None:
+    """NVML's name for GPU 0 (nvidia-ml-py), or None where there is none to ask."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0))
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:
+        return None
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
 def machine_description(plan: BenchPlan) -> dict[str, Any]:
     import platform
 
-    import llama_cpp
     import onnxruntime
 
-    from edgelalm.runtime.llama_backend import cpu_name, decide_extra_buffers, llama_system_info
+    from edgelalm.runtime.llama_backend import cpu_name, decide_extra_buffers, import_llama_cpp, llama_system_info
+
+    llama_cpp = import_llama_cpp()
 
     return {
         "target": plan.target,
@@ -105,6 +121,8 @@ def machine_description(plan: BenchPlan) -> dict[str, Any]:
         "threads": plan.threads or "default",
         "python": platform.python_version(),
         "onnxruntime": onnxruntime.__version__,
+        "onnxruntime_providers": onnxruntime.get_available_providers(),
+        "gpu": gpu_name(),
         "llama_cpp_python": llama_cpp.__version__,
     }
 
@@ -123,6 +141,7 @@ def write_results(results: dict[str, Any], out_dir: Path) -> None:
                 "decode_tokens_per_second",
                 "kv_cache_mb",
                 "peak_rss_mb",
+                "peak_gpu_mb",
                 "error",
             ]
         )
@@ -138,6 +157,7 @@ def write_results(results: dict[str, Any], out_dir: Path) -> None:
                     round(row["decode_tokens_per_second"]["median"], 2) if "decode_tokens_per_second" in row else "",
                     round(row["kv_cache_mb"], 2) if "kv_cache_mb" in row else "",
                     row.get("peak_rss_mb", ""),
+                    round(row["peak_gpu_mb"]) if "peak_gpu_mb" in row else "",
                     row.get("error", ""),
                 ]
             )
@@ -146,16 +166,19 @@ def write_results(results: dict[str, Any], out_dir: Path) -> None:
 
 
 def summary_markdown(results: dict[str, Any]) -> str:
+    """One row per measurement; a GPU target's rows add the GPU memory each took."""
+    on_gpu = any("peak_gpu_mb" in row for row in results["rows"])
     lines = [
         "| runtime | compressor | clip s | audio tokens | encoder ms | prefill ms | TTFT ms | decode tok/s | KV "
-        "MB | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "MB | peak RSS MB |" + (" peak GPU MB |" if on_gpu else ""),
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if on_gpu else ""),
     ]
     for row in results["rows"]:
+        gpu = (f" {row['peak_gpu_mb']:.0f} |" if "peak_gpu_mb" in row else " - |") if on_gpu else ""
         if "timings_ms" not in row:
             lines.append(
                 f"| {row['runtime']} | {row['compressor']} | {row['seconds']:g} | error: {row.get('error')} | | "
-                "| | | | |"
+                "| | | | |" + (" |" if on_gpu else "")
             )
             continue
         t = row["timings_ms"]
@@ -165,7 +188,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
             f"| {row['runtime']} | {row['compressor']} | {row['seconds']:g} | {row['audio_tokens']} | "
             f"{t['encoder']['median']:.0f} | {t['prefill']['median']:.0f} ({spread}) | "
             f"{t['time_to_first_token']['median']:.0f} | "
-            f"{row['decode_tokens_per_second']['median']:.1f} | {kv} | {row['peak_rss_mb']:.0f} |"
+            f"{row['decode_tokens_per_second']['median']:.1f} | {kv} | {row['peak_rss_mb']:.0f} |{gpu}"
         )
     return "\n".join(lines) + "\n"
 

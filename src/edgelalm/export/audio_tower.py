@@ -32,7 +32,9 @@ def transformer(
     mask or None). `first_layer` / `end_layer`: only layers [first, end), for training data stored
     part of the way up (the positions are added before the first layer only)."""
     if first_layer == 0:
-        hidden = hidden + tower.embed_positions.weight[: hidden.shape[1]]
+        # narrow, not a slice: a slice may be shorter than asked, and torch 2.11's export then gives
+        # every later size a data-dependent symbol (and stops at the first guard on one).
+        hidden = hidden + tower.embed_positions.weight.narrow(0, 0, hidden.shape[1])
     for layer in tower.layers[first_layer:end_layer]:
         hidden = layer(hidden, mask)
     return hidden

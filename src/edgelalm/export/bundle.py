@@ -45,7 +45,7 @@ from edgelalm.export.checkpoint import Checkpoint, open_checkpoint
 from edgelalm.export.compressor import CompressorProjector, build_compressor, export_compressor_onnx
 from edgelalm.export.decoder import write_decoder
 from edgelalm.export.describe import ExportedChoice, build_manifest
-from edgelalm.export.encoder import EncoderPrecision, export_encoder_onnx
+from edgelalm.export.encoder import EncoderPrecision, check_torch_version, export_encoder_onnx
 from edgelalm.export.share import check_shared_checksums, shareable_files
 from edgelalm.export.verify import check_adapters, check_compressor, check_decoder, check_encoder
 from edgelalm.files import atomic_folder, link_or_copy, read_json_object, write_failed
@@ -102,6 +102,7 @@ def export_bundle(options: ExportOptions) -> Path:
     """Write the bundle for `options`; returns its folder."""
     if options.quant not in QUANT_TYPES:
         raise EdgelalmError(f"unknown quant type {options.quant!r}; choose one of {', '.join(QUANT_TYPES)}")
+    check_torch_version()
     try:
         _write_bundle(options)
     except OSError as error:

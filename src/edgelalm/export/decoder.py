@@ -160,10 +160,10 @@ def add_tokenizer(writer: gguf.GGUFWriter, checkpoint: Checkpoint, chat_template
 
 def quantize_gguf(source: Path, target: Path, quant: str) -> None:
     """llama.cpp's own quantizer (K-quants included), as llama-quantize runs it."""
-    import llama_cpp
-
     from edgelalm.runtime.decoder import silence_llama_logs
+    from edgelalm.runtime.llama_backend import import_llama_cpp
 
+    llama_cpp = import_llama_cpp()
     silence_llama_logs()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, _LLAMA_FTYPE_NAMES[quant])

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -53,6 +54,9 @@ ENCODER_OPSET = 23
 # activation peak; eight blocks hold an eighth of them at once, for the same arithmetic (4 blocks:
 # 9 MB more at the int8 encoder's peak on a 29 s window of `small`).
 QUERY_BLOCKS = 8
+# The oldest torch whose torch.export traces the clip-length encoder (pyproject's floor too):
+# torch 2.11 stops at guards on the graph's data-dependent sizes (seen on a GPU machine's image).
+MIN_TORCH_VERSION = (2, 13)
 _BLOCKED_ATTENTION = "edgelalm_query_blocks"
 # The feed-forward block (fc1, GELU, fc2) over blocks of positions one after another: its
 # [positions, ffn_dim] activations (17.8 MB each in fp32 on a 29 s window of the `small` preset) are
@@ -81,7 +85,7 @@ def _query_block_attention(module, query, key, value, attention_mask, **kwargs):
     # non-empty on the shortest clips: onnxruntime refuses an empty query.
     blocks = _position_blocks(query, QUERY_BLOCKS, 2)
     outputs = [sdpa_attention_forward(module, block, key, value, None, **kwargs)[0] for block in blocks]
-    return torch.cat(outputs, dim=1)[:, :positions], None
+    return torch.cat(outputs, dim=1).narrow(1, 0, positions), None
 
 
 AttentionInterface.register(_BLOCKED_ATTENTION, _query_block_attention)
@@ -112,7 +116,7 @@ def _blocked_layer_forward(self, hidden_states, attention_mask, **kwargs):
     outputs = [
         self.fc2(self.activation_fn(self.fc1(block))) for block in _position_blocks(normed, FEED_FORWARD_BLOCKS, 1)
     ]
-    hidden_states = residual + torch.cat(outputs, dim=1)[:, : normed.shape[1]]
+    hidden_states = residual + torch.cat(outputs, dim=1).narrow(1, 0, normed.shape[1])
     if hidden_states.dtype == torch.float16:
         clamp_value = torch.finfo(hidden_states.dtype).max - 1000
         hidden_states = torch.clamp(hidden_states, min=-clamp_value, max=clamp_value)
@@ -147,8 +151,20 @@ class ClipLengthAudioEncoder(nn.Module):
         # Keep the positions transformers treats as valid: the last one only came from the
         # right context.
         conv_positions = (mel.shape[1] - 1) // 2 + 1
-        hidden = tower_steps.transformer(tower, hidden[:, :conv_positions], None)
+        hidden = tower_steps.transformer(tower, hidden.narrow(1, 0, conv_positions), None)
         return tower_steps.pooled(tower, hidden)[0].float()
+
+
+def check_torch_version(version: str | None = None) -> None:
+    """Refuse, in one line, a torch too old to trace the encoder (before minutes of export)."""
+    version = version or torch.__version__
+    numbers = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+    if numbers < MIN_TORCH_VERSION:
+        needed = ".".join(map(str, MIN_TORCH_VERSION))
+        raise EdgelalmError(
+            f"export needs torch >= {needed} to trace the encoder; this is torch {version} "
+            f"(pip install 'torch>={needed}')"
+        )
 
 
 def export_encoder_onnx(audio_tower: nn.Module, path: Path, precision: EncoderPrecision) -> None:

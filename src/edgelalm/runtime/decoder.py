@@ -17,15 +17,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import llama_cpp
 import numpy as np
 
 from edgelalm.checks import check_choice
 from edgelalm.constants import LLAMA_MAX_LAYERS
 from edgelalm.errors import EdgelalmError, error_gist
-from edgelalm.runtime.llama_backend import ExtraBuffers, decide_extra_buffers, model_params, usable_cores
+from edgelalm.runtime.llama_backend import (
+    ExtraBuffers,
+    decide_extra_buffers,
+    import_llama_cpp,
+    model_params,
+    usable_cores,
+)
+
+llama_cpp = import_llama_cpp()
 
 if TYPE_CHECKING:
+    from llama_cpp import llama_batch
+
     from edgelalm.manifest import DecoderInfo
 
 _GGML_TYPES = {"f32": llama_cpp.GGML_TYPE_F32, "f16": llama_cpp.GGML_TYPE_F16}
@@ -371,7 +380,7 @@ class LlamaContext:
             finally:
                 llama_cpp.llama_batch_free(batch)
 
-    def _decode(self, batch: llama_cpp.llama_batch, count: int) -> None:
+    def _decode(self, batch: llama_batch, count: int) -> None:
         if self.n_past + count > self.n_ctx:
             raise EdgelalmError(f"the input needs more than the decoder's context of {self.n_ctx} tokens")
         batch.n_tokens = count

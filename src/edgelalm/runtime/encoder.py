@@ -49,6 +49,12 @@ def onnx_session(
     except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph/... types
         # onnxruntime refuses, among others, external weights whose path leaves the bundle folder.
         raise EdgelalmError(f"onnxruntime cannot load {path}: {error_gist(error, last_line=False)}") from None
+    # onnxruntime falls back to the CPU, with only a log line, where its CUDA provider cannot start
+    # (a missing libcublas or cuDNN): asked for the GPU, say so instead of running slowly.
+    if providers[0] not in session.get_providers():
+        raise EdgelalmError(
+            f"onnxruntime could not start {providers[0]} for {path.name} (its CUDA libraries: see runtimes/cuda)"
+        )
     found_inputs = tuple(sorted(node.name for node in session.get_inputs()))
     found_outputs = [node.name for node in session.get_outputs()]
     if inputs is not None and found_inputs != tuple(sorted(inputs)):

@@ -13,7 +13,8 @@ version, which tensors it repacks. "auto" therefore turns the extra buffers off 
 buffer would be used, and keeps llama.cpp's stock setting everywhere else. On x86 the repack
 buffer holds only 4-bit types (q4_0, q4_k_m), so q8_0 loses nothing (measured in the README).
 
-llama_cpp is imported where it is used: the CLI reads the choices from here without loading it.
+llama_cpp is imported where it is used (the CLI reads the choices from here without loading it),
+always through `import_llama_cpp`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Literal
 
 from edgelalm.checks import is_whole_number
@@ -41,10 +43,21 @@ class ExtraBuffersDecision:
     reason: str
 
 
-def llama_system_info() -> str:
-    """llama.cpp's own line of backend features ("CPU : SSE3 = 1 | AVX2 = 1 | ... |")."""
+def import_llama_cpp() -> ModuleType:
+    """llama_cpp, imported after onnxruntime. With llama-cpp-python built for CUDA beside
+    onnxruntime-gpu 1.31 (an H200 machine, CUDA 13), importing llama_cpp first and onnxruntime
+    second segfaulted the process; the other order worked (runtimes/cuda)."""
+    import onnxruntime  # noqa: F401
+
+    # isort: split
     import llama_cpp
 
+    return llama_cpp
+
+
+def llama_system_info() -> str:
+    """llama.cpp's own line of backend features ("CPU : SSE3 = 1 | AVX2 = 1 | ... |")."""
+    llama_cpp = import_llama_cpp()
     return llama_cpp.llama_print_system_info().decode(errors="replace").strip()
 
 
@@ -126,8 +139,7 @@ def decide_extra_buffers(
 
 def model_params(extra_buffers: bool, n_gpu_layers: int = 0) -> llama_cpp.llama_model_params:
     """llama.cpp's default model parameters with edgelalm's buffer choice and GPU layers."""
-    import llama_cpp
-
+    llama_cpp = import_llama_cpp()
     params = llama_cpp.llama_model_default_params()
     params.n_gpu_layers = n_gpu_layers
     params.use_extra_bufts = extra_buffers

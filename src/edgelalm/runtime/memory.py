@@ -5,6 +5,7 @@ onnxruntime or llama.cpp to do so (they would inflate the peak it reports)."""
 from __future__ import annotations
 
 import resource
+import threading
 from pathlib import Path
 
 
@@ -18,3 +19,49 @@ def peak_rss_mb() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class GpuMemoryPeak:
+    """The peak GPU memory in use on `device_index` while the block runs, above what was in use
+    when it began, sampled by NVML (the nvidia-ml-py package, imported as pynvml) in a thread
+    every `interval_s`. Device-wide: on a GPU that runs nothing else (a benchmark's machine) it is
+    this process's CUDA context, weights, caches and activations, which no allocator's own count
+    covers for llama.cpp, onnxruntime and torch alike. `peak_mb` is None where NVML is missing."""
+
+    def __init__(self, device_index: int = 0, interval_s: float = 0.005) -> None:
+        self.device_index = device_index
+        self.interval_s = interval_s
+        self.peak_mb: float | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> GpuMemoryPeak:
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+        except Exception:  # no nvidia-ml-py, or no driver: leave peak_mb None
+            return self
+        self._nvml = pynvml
+        self._handle = pynvml.nvmlDeviceGetHandleByIndex(self.device_index)
+        self._baseline = self._used()
+        self._highest = self._baseline
+        self._thread = threading.Thread(target=self._sample, name="gpu-memory-peak", daemon=True)
+        self._thread.start()
+        return self
+
+    def _used(self) -> int:
+        return int(self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._highest = max(self._highest, self._used())
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        self._highest = max(self._highest, self._used())
+        self.peak_mb = (self._highest - self._baseline) / 2**20
+        self._nvml.nvmlShutdown()

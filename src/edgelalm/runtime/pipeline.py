@@ -902,9 +902,11 @@ def device_settings(device: str) -> tuple[list[str], int]:
         return ["CPUExecutionProvider"], 0
     if device not in DEVICES:
         raise EdgelalmError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
-    import llama_cpp
     import onnxruntime
 
+    from edgelalm.runtime.llama_backend import import_llama_cpp
+
+    llama_cpp = import_llama_cpp()
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         raise EdgelalmError(
             "device cuda: this onnxruntime has no CUDA provider; install onnxruntime-gpu (see runtimes/cuda)"
