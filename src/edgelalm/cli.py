@@ -41,7 +41,10 @@ if TYPE_CHECKING:
     from edgelalm.manifest import DecoderInfo, Manifest
 
 DEFAULT_EXPORT_ROOT = Path("export")
-MAX_BENCH_SECONDS = 3600  # an hour of synthetic audio: far past any context, still a few hundred MB
+MAX_BENCH_SECONDS = 3600  # an hour of synthetic audio: far past any context, 230 MB of samples
+# Decode speed needs a few dozen tokens; the PyTorch reference generates however many it is asked
+# for (10^9 ran for days).
+MAX_BENCH_TOKENS = 1024
 
 app = typer.Typer(
     name="edgelalm",
@@ -451,7 +454,14 @@ def bench(
     ] = "none,avg2,avg3,avg4,avg6,sample3,unseg",
     seconds: Annotated[str, typer.Option(help="Comma-separated clip lengths in seconds.")] = "5,30,120,600",
     repeats: Annotated[int, typer.Option(min=1, help="Measured runs per point, after one warm-up run.")] = 3,
-    max_tokens: Annotated[int, typer.Option(min=1, help="Tokens generated per run (decode speed).")] = 32,
+    max_tokens: Annotated[
+        int,
+        typer.Option(
+            min=2,
+            max=MAX_BENCH_TOKENS,
+            help="Tokens generated per run (decode speed: the tokens after the first, so at least 2).",
+        ),
+    ] = 32,
     quant: Annotated[QuantType, typer.Option(help="Decoder GGUF type.")] = "q8_0",
     encoder_precision: Annotated[
         EncoderPrecision,
@@ -474,7 +484,8 @@ def bench(
     target: Annotated[
         str,
         typer.Option(
-            help="A folder under runtimes/ whose settings.json applies (threads, device; with cuda the "
+            help="A folder under ./runtimes/ (the repository's, from its root) whose settings.json applies "
+            "(threads, device; with cuda the "
             "reference runs on the GPU too)."
         ),
     ] = "",
@@ -489,18 +500,28 @@ def bench(
     _require_export_extra("bench")
     _warn_if_extra_buffers_crash(llama_extra_buffers)
     from edgelalm.bench import QUICK, BenchPlan, parse_compressor, run_bench, target_settings
+    from edgelalm.bench.report import summary_markdown
 
-    labels = tuple(label.strip() for label in compressors.split(",") if label.strip())
-    for label in labels:
-        parse_compressor(label)  # refuse unknown names before any work
+    # Refuse unknown names before any work; each compressor and length once, in its own spelling
+    # (avg03 is avg3: measured twice, the ratios read the last).
+    labels = tuple(
+        dict.fromkeys(parse_compressor(label.strip()).label for label in compressors.split(",") if label.strip())
+    )
+    if not labels:
+        raise EdgelalmError(f"--compressors names no compressor, got {compressors!r}")
     try:
-        lengths = tuple(float(value) for value in seconds.split(","))
+        lengths = tuple(dict.fromkeys(float(value) for value in seconds.split(",")))
     except ValueError:
         raise EdgelalmError(f"--seconds takes comma-separated numbers, got {seconds!r}") from None
     # Checked before the exports: NaN or 10^9 s failed only after them, in numpy's words.
     if not all(0 < length <= MAX_BENCH_SECONDS for length in lengths):
         raise EdgelalmError(f"--seconds takes clip lengths above 0 and up to {MAX_BENCH_SECONDS} s, got {seconds!r}")
     settings = target_settings(target) if target else {}
+    if threads is None and settings.get("threads") is not None:
+        try:
+            threads = _checked_threads(settings["threads"])
+        except EdgelalmError as error:  # the target's file asked for it, not the command line
+            raise EdgelalmError(f"runtimes/{target}/settings.json: {error} (--threads overrides it)") from None
     plan = BenchPlan(
         model=model,
         out_dir=out,
@@ -510,7 +531,7 @@ def bench(
         max_tokens=max_tokens,
         quant=quant,
         encoder_precision=encoder_precision,
-        threads=_checked_threads(threads or settings.get("threads")),
+        threads=_checked_threads(threads),
         reference=reference,
         mtmd=mtmd,
         target=target or "cpu (default settings)",
@@ -520,7 +541,7 @@ def bench(
     if quick:
         plan = dataclasses.replace(plan, **QUICK)
     results = run_bench(plan)
-    _say((out / "summary.md").read_text())
+    _say(summary_markdown(results))
     _say(json.dumps(results["ratios"], indent=2))
 
 
@@ -654,20 +675,10 @@ def scaffold(
     _require_export_extra("scaffold")
     if out.exists():
         raise EdgelalmError(f"{out} already exists")
-    from transformers.utils import logging as transformers_logging
+    from edgelalm.scaffold import write_preset_checkpoint
 
-    from edgelalm.files import atomic_folder, write_failed
-    from edgelalm.scaffold import preset_checkpoint
-
-    if not sys.stderr.isatty():  # transformers' shard bar would fill a log with carriage returns
-        transformers_logging.disable_progress_bar()
-    try:
-        # Written beside `out` and renamed into place: an interrupted or failed scaffold leaves nothing.
-        with atomic_folder(out, force=False) as staging:
-            preset_checkpoint(staging, preset, seed=seed)
-    except OSError as error:
-        raise write_failed("the checkpoint", out, error) from None
-    _say(str(out))
+    write_preset_checkpoint(out, preset, seed=seed)
+    _say(_shown_path(out))
 
 
 @app.command()
@@ -734,6 +745,10 @@ def main() -> None:
             _fail_interrupted()
         if isinstance(error, EdgelalmError):
             _fail(str(error), 1)
+        if isinstance(error, OSError) and isinstance(error.filename, str):
+            # A path the system refuses where no stage expected it (a name longer than the file
+            # system's 255 bytes fails even Path.exists): one line naming it.
+            _fail(f"{_shown_path(Path(error.filename))}: {error.strerror or error}", 1)
         if isinstance(error, _StdoutFailed):
             # The answer's reader is gone (`| head`: quietly, as Python's docs advise) or its disk
             # is full (/dev/full): one line, not a traceback. What is still buffered goes to

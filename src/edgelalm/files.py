@@ -130,6 +130,40 @@ def check_replaceable(
         )
 
 
+@contextlib.contextmanager
+def replaced_file(path: Path) -> Iterator[Path]:
+    """Yield a hidden scratch name beside `path`; on success it replaces `path` in one rename, on
+    any failure it is removed: a reader never finds a half-written file, nor a new file beside
+    stale ones from an interrupted run."""
+    scratch = path.with_name(f".{path.name[:_NAME_KEPT]}.partial-{os.getpid()}")
+    try:
+        yield scratch
+        os.replace(scratch, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            scratch.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, user: str) -> Iterator[None]:
+    """Hold `folder` for this process while the block runs (flock on a hidden .lock file in it, let
+    go even if the process dies); one line where another process holds it. Two benchmarks into one
+    folder read each other's half-written models and reported each other's rows."""
+    import fcntl
+
+    try:
+        handle = (folder / ".lock").open("a")
+    except OSError as error:
+        raise cannot_write_in(folder, error) from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise EdgelalmError(f"{folder} is in use by another {user} (wait for it, or name another folder)") from None
+        yield
+
+
 def make_output_folder(folder: Path) -> None:
     """mkdir -p for an output folder that is filled over time (a benchmark's), refused in one line."""
     if folder.exists() and not folder.is_dir():

@@ -15,6 +15,7 @@ config.json (`published_config`), no chat template and no processor_config.json.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from pathlib import Path
@@ -35,6 +36,7 @@ from transformers import (
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX as QWEN2_SPLIT_REGEX
 
 from edgelalm.constants import SAMPLING_RATE
+from edgelalm.errors import EdgelalmError
 
 # Text the scaffold ships as data: the chat template and the tokenizer's training sentences.
 DATA = Path(__file__).parent / "data"
@@ -539,6 +541,31 @@ PRESETS: dict[str, dict[str, Any]] = {
 # published (5 bf16 shards, minimal config.json, no chat template), so benchmarks export what a
 # user downloads; small in the scaffold's own per-layer float16 layout.
 PRESET_LAYOUTS: dict[str, CheckpointLayout] = {"small": "per-layer", "qwen2-audio-7b": "published"}
+
+
+def write_preset_checkpoint(out_dir: Path, preset: str, *, seed: int = 0) -> None:
+    """`preset_checkpoint` written beside `out_dir` and renamed into place: an interrupted or
+    failed write leaves nothing (a half-written folder would be taken for a checkpoint later). A
+    full disk or a name the file system refuses is one line, whether Python or safetensors' Rust
+    writer met it."""
+    from safetensors import SafetensorError
+    from transformers.utils import logging as transformers_logging
+
+    from edgelalm.files import atomic_folder, write_failed
+
+    if not sys.stderr.isatty():  # transformers' shard bar would fill a log with carriage returns
+        transformers_logging.disable_progress_bar()
+    try:
+        str(out_dir).encode()
+    except UnicodeEncodeError:
+        raise EdgelalmError(f"{out_dir!r}: the tokenizer cannot save under a name that is not valid UTF-8") from None
+    try:
+        with atomic_folder(out_dir, force=False) as staging:
+            preset_checkpoint(staging, preset, seed=seed)
+    except OSError as error:
+        raise write_failed("the checkpoint", out_dir, error) from None
+    except SafetensorError as error:
+        raise EdgelalmError(f"writing the checkpoint {out_dir} failed: {error}") from None
 
 
 def preset_checkpoint(out_dir: Path, preset: str, *, seed: int = 0) -> Path:

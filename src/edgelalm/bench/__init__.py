@@ -71,11 +71,17 @@ __all__ = [
 
 
 def run_bench(plan: BenchPlan) -> dict[str, Any]:
-    from edgelalm.files import make_output_folder
-    from edgelalm.progress import Bar
+    from edgelalm.files import folder_lock, make_output_folder
 
     check_device(plan)
     make_output_folder(plan.out_dir.absolute())
+    with folder_lock(plan.out_dir, "edgelalm bench"):
+        return _run_bench(plan)
+
+
+def _run_bench(plan: BenchPlan) -> dict[str, Any]:
+    from edgelalm.progress import Bar
+
     model_dir = ensure_model(plan)
     bundles: dict[str, Path] = {}
     for label in plan.compressors:

@@ -57,7 +57,7 @@ def target_settings(target: str) -> dict[str, Any]:
     """runtimes/<target>/settings.json: the threads and device a target's benchmark uses
     ({"device": "cpu" or "cuda", "threads": a count or null for the usable cores})."""
     runtimes = Path("runtimes")
-    known = sorted(p.parent.name for p in runtimes.glob("*/settings.json"))
+    known = sorted(p.parent.name for p in runtimes.glob("*/settings.json") if p.is_file())
     path = runtimes / target / "settings.json"
     if Path(target).name != target or target in ("", ".", "..") or not path.is_file():
         raise EdgelalmError(
@@ -99,8 +99,8 @@ def ensure_model(plan: BenchPlan) -> Path:
 
     if plan.model in scaffold.PRESETS:
         folder = plan.out_dir / "models" / plan.model
-        if not (folder / "config.json").exists():
-            scaffold.preset_checkpoint(folder, plan.model)
+        if not folder.exists():  # written whole or not at all: a folder here is a whole checkpoint
+            scaffold.write_preset_checkpoint(folder, plan.model)
         return folder
     folder = Path(plan.model)
     if not folder.is_dir():
@@ -108,6 +108,13 @@ def ensure_model(plan: BenchPlan) -> Path:
             f"--model {plan.model} is neither a checkpoint folder nor a preset ({', '.join(scaffold.PRESETS)})"
         )
     return folder
+
+
+def changed_since(model_dir: Path, written: Path) -> bool:
+    """Whether any file of the checkpoint is newer than `written` (as make decides): a checkpoint
+    replaced under the same path was measured through its predecessor's bundle."""
+    stamp = written.stat().st_mtime
+    return any(path.stat().st_mtime > stamp for path in model_dir.rglob("*") if path.is_file())
 
 
 def ensure_bundle(model_dir: Path, label: str, plan: BenchPlan, share_from: Path | None = None) -> Path:
@@ -129,6 +136,7 @@ def ensure_bundle(model_dir: Path, label: str, plan: BenchPlan, share_from: Path
             and manifest.model.source == str(model_dir.resolve())
             and manifest.decoder.quant == plan.quant
             and manifest.encoder.precision == plan.encoder_precision
+            and not changed_since(model_dir, folder / MANIFEST_FILE)
         ):
             return folder
     export_bundle(

@@ -14,6 +14,7 @@ from edgelalm.bench.measure import STAGES
 from edgelalm.bench.mtmd import MTMD_RUNTIME
 from edgelalm.bench.plan import BenchPlan
 from edgelalm.errors import EdgelalmError
+from edgelalm.files import replaced_file, write_failed
 
 
 def check_rows(rows: list[dict[str, Any]]) -> None:
@@ -128,8 +129,18 @@ def machine_description(plan: BenchPlan) -> dict[str, Any]:
 
 
 def write_results(results: dict[str, Any], out_dir: Path) -> None:
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    with (out_dir / "results.csv").open("w", newline="") as stream:
+    """results.json, results.csv, summary.md and bench.png, each replaced whole (a full disk or an
+    interrupt leaves the earlier run's file, not half of this one's): one line if one cannot be."""
+    try:
+        _write_results(results, out_dir)
+    except OSError as error:
+        raise write_failed("the results in", out_dir, error) from None
+
+
+def _write_results(results: dict[str, Any], out_dir: Path) -> None:
+    with replaced_file(out_dir / "results.json") as scratch:
+        scratch.write_text(json.dumps(results, indent=2) + "\n")
+    with replaced_file(out_dir / "results.csv") as scratch, scratch.open("w", newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow(
             [
@@ -161,7 +172,8 @@ def write_results(results: dict[str, Any], out_dir: Path) -> None:
                     row.get("error", ""),
                 ]
             )
-    (out_dir / "summary.md").write_text(summary_markdown(results))
+    with replaced_file(out_dir / "summary.md") as scratch:
+        scratch.write_text(summary_markdown(results))
     plot(results, out_dir)
 
 
@@ -256,5 +268,6 @@ def plot(results: dict[str, Any], out_dir: Path) -> None:
         axis.legend(fontsize=8)
     figure.suptitle(f"edgelalm bench: {results['model']} ({results['quant']}), {results['machine']['target']}")
     figure.tight_layout()
-    figure.savefig(out_dir / "bench.png", dpi=110)
+    with replaced_file(out_dir / "bench.png") as scratch:
+        figure.savefig(scratch, dpi=110, format="png")
     plt.close(figure)

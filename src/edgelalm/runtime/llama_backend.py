@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Literal
 
 from edgelalm.checks import is_whole_number
 from edgelalm.constants import EXTRA_BUFFER_CHOICES, ExtraBuffers
-from edgelalm.errors import EdgelalmError
+from edgelalm.errors import EdgelalmError, error_gist
 
 if TYPE_CHECKING:
     import llama_cpp
@@ -46,12 +46,16 @@ class ExtraBuffersDecision:
 def import_llama_cpp() -> ModuleType:
     """llama_cpp, imported after onnxruntime. With llama-cpp-python built for CUDA beside
     onnxruntime-gpu 1.31 (an H200 machine, CUDA 13), importing llama_cpp first and onnxruntime
-    second segfaulted the process; the other order worked (runtimes/cuda)."""
-    import onnxruntime  # noqa: F401
-
-    # isort: split
-    import llama_cpp
-
+    second segfaulted the process; the other order worked (runtimes/cuda). Either failing to load
+    (a wheel built for another CPU or CUDA, a shared library missing) is one line naming it."""
+    try:
+        import onnxruntime  # noqa: F401
+    except Exception as error:  # ImportError, or an OSError from a missing shared library
+        raise EdgelalmError(f"onnxruntime cannot be loaded: {error_gist(error)}") from None
+    try:
+        import llama_cpp
+    except Exception as error:  # llama_cpp raises RuntimeError("Failed to load shared library ...")
+        raise EdgelalmError(f"llama-cpp-python cannot be loaded: {error_gist(error)}") from None
     return llama_cpp
 
 
