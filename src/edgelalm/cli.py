@@ -517,7 +517,9 @@ def bench(
     if not all(0 < length <= MAX_BENCH_SECONDS for length in lengths):
         raise EdgelalmError(f"--seconds takes clip lengths above 0 and up to {MAX_BENCH_SECONDS} s, got {seconds!r}")
     settings = target_settings(target) if target else {}
-    if threads is None and settings.get("threads") is not None:
+    if threads is not None:
+        threads = _checked_threads(threads)
+    elif settings.get("threads") is not None:
         try:
             threads = _checked_threads(settings["threads"])
         except EdgelalmError as error:  # the target's file asked for it, not the command line
@@ -531,7 +533,7 @@ def bench(
         max_tokens=max_tokens,
         quant=quant,
         encoder_precision=encoder_precision,
-        threads=_checked_threads(threads),
+        threads=threads,
         reference=reference,
         mtmd=mtmd,
         target=target or "cpu (default settings)",

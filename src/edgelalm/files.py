@@ -130,6 +130,16 @@ def check_replaceable(
         )
 
 
+def has_utf8_name(path: Path) -> bool:
+    """Whether `path` is valid UTF-8: Linux names are bytes, and onnxruntime and the tokenizers'
+    writer take only UTF-8 (a name read from a latin-1 disk arrives with surrogates)."""
+    try:
+        str(path).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def replaced_file(path: Path) -> Iterator[Path]:
     """Yield a hidden scratch name beside `path`; on success it replaces `path` in one rename, on

@@ -15,6 +15,7 @@ from edgelalm.bench.mtmd import MTMD_RUNTIME
 from edgelalm.bench.plan import BenchPlan
 from edgelalm.errors import EdgelalmError
 from edgelalm.files import replaced_file, write_failed
+from edgelalm.runtime.memory import gpu_name
 
 
 def check_rows(rows: list[dict[str, Any]]) -> None:
@@ -87,21 +88,6 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
             stage("edgelalm", "none", 5.0, "encoder"), stage("edgelalm", "none", 30.0, "encoder")
         )
     return out
-
-
-def gpu_name() -> str | None:
-    """NVML's name for GPU 0 (nvidia-ml-py), or None where there is none to ask."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0))
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:
-        return None
-    return name.decode() if isinstance(name, bytes) else str(name)
 
 
 def machine_description(plan: BenchPlan) -> dict[str, Any]:

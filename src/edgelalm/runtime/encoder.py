@@ -15,6 +15,7 @@ import onnxruntime
 from edgelalm import interrupts
 from edgelalm.constants import ENCODER_INPUT, ENCODER_OUTPUT, ENCODER_RIGHT_CONTEXT_INPUT
 from edgelalm.errors import EdgelalmError, error_gist
+from edgelalm.files import has_utf8_name
 from edgelalm.runtime.features import WindowFeatures
 
 
@@ -30,10 +31,8 @@ def onnx_session(
     """`config_entries`: onnxruntime session config keys (benchmarks/memory_components.py tries them).
     `inputs`, `output`: the graph's I/O names, as the export writes them (checked at load, so
     that a graph of another kind is refused in one line, not at its first run)."""
-    try:
-        str(path).encode()
-    except UnicodeEncodeError:
-        raise EdgelalmError(f"onnxruntime cannot open {path!r}: its name is not valid UTF-8 (rename it)") from None
+    if not has_utf8_name(path):
+        raise EdgelalmError(f"onnxruntime cannot open {path!r}: its name is not valid UTF-8 (rename it)")
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only
     # onnxruntime's CPU arena, kept for the life of the session, holds a long window's activations
