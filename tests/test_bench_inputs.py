@@ -2,6 +2,7 @@
 a non-zero exit before any work, outputs written whole or not at all, and a benchmark's own
 bookkeeping kept out of what it measures."""
 
+import json
 import os
 import subprocess
 import sys
@@ -39,6 +40,11 @@ def one_error_line(completed: subprocess.CompletedProcess) -> str:
         (["--compressors", " , "], 1, "--compressors names no compressor"),
         (["--max-tokens", "1"], 2, "--max-tokens"),  # decode speed needs a token after the first
         (["--max-tokens", "1025"], 2, "--max-tokens"),  # the PyTorch reference ran 10^9 for days
+        # --out was made before the model was looked for
+        (["--model", "no/such/checkpoint"], 1, "--model no/such/checkpoint is neither a checkpoint folder"),
+        # --quick replaced them without a word
+        (["--quick", "--seconds", "5,30"], 1, "--quick chooses --seconds itself: drop it, or drop --quick"),
+        (["--quick", "--repeats", "3", "--model", "small"], 1, "--quick chooses --model, --repeats itself"),
     ],
 )
 def test_a_bench_asked_for_nothing_measurable_is_refused_before_any_work(tmp_path, args, code, said):
@@ -47,6 +53,30 @@ def test_a_bench_asked_for_nothing_measurable_is_refused_before_any_work(tmp_pat
     assert completed.returncode == code
     assert said in one_error_line(completed)
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [("summary.md", "# my own notes\n"), ("results.json", '{"rows": []}'), ("bench.png", "")],
+)
+def test_result_files_no_bench_wrote_are_not_replaced(tmp_path, name, content):
+    """A user's own summary.md (or results.json) in --out was replaced after the run, unasked."""
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / name).write_text(content)
+    completed = edgelalm("bench", "--quick", "--out", str(out))
+    assert f"{out} holds {name} that no edgelalm bench wrote" in one_error_line(completed)
+    assert [path.name for path in out.iterdir()] == [name] and (out / name).read_text() == content
+
+
+def test_an_earlier_bench_s_results_may_be_replaced(tmp_path):
+    from edgelalm.bench.report import check_results_folder
+
+    results = {"machine": {"target": "cpu"}, "model": "tiny", "quant": "q8_0", "rows": [], "ratios": {}}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    (tmp_path / "summary.md").write_text("| runtime |\n")
+    check_results_folder(tmp_path)  # no error
+    check_results_folder(tmp_path / "not-yet")
 
 
 def test_a_second_bench_into_the_same_folder_is_refused(tmp_path):
@@ -154,12 +184,32 @@ def test_a_llama_cpp_that_cannot_load_is_one_line(tmp_path):
         )
     )
     env = {**os.environ, "PYTHONPATH": f"{fake.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    completed = edgelalm("doctor", env=env)
-    assert completed.returncode == 1
-    assert one_error_line(completed) == (
-        "edgelalm: error: llama-cpp-python cannot be loaded: Failed to load shared library 'libllama.so': "
+    reason = (
+        "llama-cpp-python cannot be loaded: Failed to load shared library 'libllama.so': "
         "libcuda.so.1: cannot open shared object"
     )
+    completed = edgelalm("doctor", env=env)
+    assert completed.returncode == 1
+    assert one_error_line(completed) == f"edgelalm: error: {reason}"
+    # The rest of the machine is still described: that report is what such a machine's bug needs.
+    assert "cpu features" in completed.stdout and "onnxruntime       1." in completed.stdout
+    assert "llama-cpp-python  " in completed.stdout and reason in completed.stdout
+    # --json printed nothing at all: now the report, with the part that failed, then the line.
+    completed = edgelalm("doctor", "--json", "--bundle", str(tmp_path), env=env)
+    assert completed.returncode == 1 and one_error_line(completed) == f"edgelalm: error: {reason}"
+    report = json.loads(completed.stdout)
+    assert report["machine"]["llama_cpp"] == {"error": reason} and report["machine"]["errors"] == [reason]
+    assert report["machine"]["onnxruntime"]["providers"] and report["machine"]["threads"] >= 1
+    assert report["bundle"] == {"ok": False, "error": reason}  # not run on a machine that cannot run it
+
+
+def test_doctor_json_with_more_threads_than_the_machine_has_is_still_json():
+    completed = edgelalm("doctor", "--json", "--threads", "100000")
+    line = one_error_line(completed)
+    assert "threads must be from 1 to this machine's" in line
+    report = json.loads(completed.stdout)
+    assert report["machine"]["threads"] == {"error": line.removeprefix("edgelalm: error: ")}
+    assert report["machine"]["llama_cpp"]["system_info"] and report["bundle"] is None
 
 
 def test_a_checkpoint_replaced_under_the_same_path_is_exported_again(tmp_path):

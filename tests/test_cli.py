@@ -7,6 +7,7 @@ import shlex
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -201,7 +202,7 @@ def test_bench_out_that_cannot_be_a_folder_is_one_line(tmp_path, out):
 @pytest.mark.parametrize("seconds", ["nan", "0", "-1", "inf", "1e9"])
 def test_bench_clip_lengths_are_checked_before_any_work(tmp_path, seconds):
     """Each failed only after the bench's exports, in numpy's words (`Unable to allocate 116. TiB`)."""
-    line = one_error_line(*edgelalm("bench", "--quick", "--seconds", seconds, "--out", tmp_path / "b")[::2])
+    line = one_error_line(*edgelalm("bench", "--model", "tiny", "--seconds", seconds, "--out", tmp_path / "b")[::2])
     assert "--seconds takes clip lengths above 0 and up to 3600 s" in line
     assert not (tmp_path / "b").exists()
 
@@ -333,6 +334,30 @@ def test_an_interrupt_a_library_rewraps_still_exits_130(tmp_path):
         'raise RuntimeError("Failed to export the model. See the stack trace above.") from interrupt', tmp_path
     )
     assert (done.returncode, done.stderr) == (130, "edgelalm: error: interrupted\n")
+
+
+def test_ctrl_c_while_the_cli_loads_is_one_line(tmp_path):
+    """The console script imported edgelalm.cli (typer, rich: about 0.2 s) before any handler was in
+    place: Ctrl-C then was a traceback."""
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert pyproject["project"]["scripts"] == {"edgelalm": "edgelalm.__main__:main"}
+    script = (
+        "import sys\n"
+        "class Interrupting:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'edgelalm.cli':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupting())\n"
+        "from edgelalm.__main__ import main\n"
+        "main()\n"
+    )
+    done = _python(script, tmp_path)
+    assert (done.returncode, done.stderr) == (130, "edgelalm: error: interrupted\n")
+    # python -m edgelalm is the same CLI.
+    done = subprocess.run([sys.executable, "-m", "edgelalm", "--version"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.startswith("edgelalm ")
 
 
 def test_a_second_signal_cannot_cut_the_cleanup_short(tmp_path):

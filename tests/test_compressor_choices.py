@@ -156,6 +156,20 @@ def test_bad_lists_are_one_line(tiny_checkpoint, tmp_path, monkeypatch, capsys, 
     assert not (tmp_path / "b").exists()
 
 
+def test_an_adapter_folder_whose_name_holds_an_equals_sign_is_a_folder(tmp_path):
+    """--adapter 'runs/lr=1e-3' was read as a LABEL=DIR pair naming the compressor 'runs/lr'."""
+    from edgelalm.cli import _adapter_folders
+    from edgelalm.compression import CompressorSpec
+
+    folder = tmp_path / "runs" / "lr=1e-3"
+    folder.mkdir(parents=True)
+    avg2 = [CompressorSpec.from_label("avg2")]
+    assert _adapter_folders(str(folder), avg2, several=False, default_model=False) == [folder]
+    pairs = f"avg2={folder},unseg={tmp_path}"
+    specs = [CompressorSpec.from_label("avg2"), CompressorSpec.from_label("unseg")]
+    assert _adapter_folders(pairs, specs, several=True, default_model=False) == [folder, tmp_path]
+
+
 def test_a_version_1_manifest_with_choices_is_refused(multi_bundle, tmp_path):
     copy = tmp_path / "bundle"
     shutil.copytree(multi_bundle, copy)

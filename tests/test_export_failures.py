@@ -2,6 +2,7 @@
 line, and nothing left behind (issue 18). Real signals to a real `edgelalm export` process; real
 small file systems (tmpfs, mounted by the test where the machine lets it)."""
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -87,6 +88,26 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(tiny_checkpoint, small_tmpfs
         last.startswith(f"edgelalm: error: writing the bundle {disk / 'bundle'} failed: ") and "MB free there" in last
     )
     assert leftovers(disk) == []
+
+
+def test_the_quantizer_on_a_full_disk_says_why(tiny_checkpoint, small_tmpfs, tmp_path):
+    """llama.cpp's quantizer says why it failed only in its log, which edgelalm keeps quiet: the
+    line was `could not quantize the decoder to q8_0 (status 1)`."""
+    from edgelalm.errors import EdgelalmError
+    from edgelalm.export.checkpoint import open_checkpoint
+    from edgelalm.export.decoder import quantize_gguf, write_decoder
+
+    source = tmp_path / "decoder.f16.gguf"
+    write_decoder(open_checkpoint(tiny_checkpoint), source, "f16", None)
+    disk = small_tmpfs()
+    # Filled to 40 KB short of full: the q8_0 file is about half of the f16 one's 320 KB.
+    (disk / "filler").write_bytes(bytes(shutil.disk_usage(disk).free - 40_000))
+    with pytest.raises(EdgelalmError) as caught:
+        quantize_gguf(source, disk / "decoder.gguf", "q8_0")
+    line = str(caught.value)
+    assert line.startswith("llama.cpp could not quantize the decoder to q8_0: ") and "MB free there)" in line
+    assert "status" not in line and "\n" not in line
+    assert sorted(path.name for path in disk.iterdir()) == ["filler"]
 
 
 def test_a_read_only_file_system_is_one_line(tiny_checkpoint, small_tmpfs):

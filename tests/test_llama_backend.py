@@ -66,6 +66,18 @@ def test_cpu_flags_are_read_from_cpuinfo():
     assert cpu_flags("no flags here\n") is None
 
 
+def test_the_cpu_is_named_on_x86_and_on_arm_boards():
+    from edgelalm.runtime.llama_backend import cpu_name
+
+    assert cpu_name((CPUS / "intel-xeon-amx.cpuinfo").read_text()).startswith("Intel(R) Xeon(R)")
+    # An arm64 board's /proc/cpuinfo has no "model name": a Raspberry Pi names the board at the end.
+    pi = "processor\t: 0\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd crc32 cpuid\nCPU part\t: 0xd08\n\n"
+    pi += "Revision\t: c03114\nModel\t\t: Raspberry Pi 4 Model B Rev 1.4\n"
+    assert cpu_name(pi) == "Raspberry Pi 4 Model B Rev 1.4"
+    assert cpu_name("processor\t: 0\nHardware\t: Jetson-AGX\n") == "Jetson-AGX"
+    assert cpu_name("processor\t: 0\nFeatures\t: fp asimd\n")  # the architecture, never empty
+
+
 def test_auto_keeps_extra_buffers_without_amx():
     decision = decide_extra_buffers("auto", *machine("amd-epyc"))
     assert decision.enabled and "without AMX" in decision.reason

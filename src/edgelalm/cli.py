@@ -235,7 +235,8 @@ def _adapter_folders(
 
     labels = [spec.label for spec in specs]
     if adapter is not None:
-        if "=" not in adapter:
+        # A folder whose name holds "=" is a folder, not a LABEL=DIR pair.
+        if "=" not in adapter or Path(adapter).is_dir():
             if several:
                 raise EdgelalmError("with several compressors, --adapter takes LABEL=DIR pairs (avg3=DIR,unseg=DIR)")
             return [Path(adapter)]
@@ -443,6 +444,7 @@ def inspect(
 
 @app.command()
 def bench(
+    context: typer.Context,
     model: Annotated[
         str,
         typer.Option(
@@ -504,6 +506,18 @@ def bench(
 
     # Refuse unknown names before any work; each compressor and length once, in its own spelling
     # (avg03 is avg3: measured twice, the ratios read the last).
+    if quick:
+        # --quick sets these; one also given on the command line was dropped without a word.
+        given = [
+            name
+            for name in QUICK
+            if getattr(context.get_parameter_source(name), "name", None) == "COMMANDLINE"
+            and context.params[name] != QUICK[name]
+        ]
+        if given:
+            options = ", ".join("--" + name.replace("_", "-") for name in given)
+            pronoun = "it" if len(given) == 1 else "them"
+            raise EdgelalmError(f"--quick chooses {options} itself: drop {pronoun}, or drop --quick")
     labels = tuple(
         dict.fromkeys(parse_compressor(label.strip()).label for label in compressors.split(",") if label.strip())
     )
@@ -704,18 +718,25 @@ def doctor(
     machine = machine_report(threads, llama_extra_buffers)
     if not json_output:
         _say(format_machine(machine))
-    try:
-        report = bundle_report(bundle, threads, llama_extra_buffers, device) if bundle else None
-    except EdgelalmError as error:
-        if not json_output:
-            raise
-        # The machine's report is what a bug report needs: the JSON keeps it, with the bundle's error.
-        _say(json.dumps({"machine": machine, "bundle": {"ok": False, "error": str(error)}}, indent=2))
-        raise
+    # What the machine lacks (llama.cpp that does not load, threads it does not have) is reported
+    # whole first, then fails the command; a bundle is run only on a machine that can run it.
+    failure = EdgelalmError(machine["errors"][0]) if machine["errors"] else None
+    report = None
+    if bundle and failure is None:
+        try:
+            report = bundle_report(bundle, threads, llama_extra_buffers, device)
+        except EdgelalmError as error:
+            failure = error
     if json_output:
-        _say(json.dumps({"machine": machine, "bundle": report and {"ok": True, **report}}, indent=2))
+        # The machine's report is what a bug report needs: the JSON keeps it, with the bundle's error.
+        bundle_part = report and {"ok": True, **report}
+        if bundle and report is None:
+            bundle_part = {"ok": False, "error": str(failure)}
+        _say(json.dumps({"machine": machine, "bundle": bundle_part}, indent=2))
     elif report:
         _say(format_bundle(report))
+    if failure is not None:
+        raise failure
 
 
 def main() -> None:

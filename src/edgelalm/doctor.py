@@ -8,16 +8,20 @@ from __future__ import annotations
 import importlib.util
 import platform
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from edgelalm.errors import EdgelalmError
 from edgelalm.runtime.llama_backend import (
     ExtraBuffers,
     check_threads,
     cpu_flags,
     cpu_name,
     decide_extra_buffers,
+    import_llama_cpp,
+    import_onnxruntime,
     llama_system_info,
     usable_cores,
 )
@@ -52,14 +56,33 @@ def _version(package: str) -> str | None:
 
 
 def machine_report(threads: int | None, extra_buffers: ExtraBuffers) -> dict[str, Any]:
-    import onnxruntime
+    """The machine's report. A part that cannot be found (a library that does not load, more
+    threads than the machine has) holds {"error": line} and its line is listed in "errors": a
+    machine where llama.cpp does not load is the one whose report a bug needs most."""
+    errors: list[str] = []
 
-    from edgelalm.runtime.llama_backend import import_llama_cpp
+    def part(read: Callable[[], Any]) -> Any:
+        try:
+            return read()
+        except EdgelalmError as error:
+            errors.append(str(error))
+            return {"error": str(error)}
 
-    llama_cpp = import_llama_cpp()
+    def onnxruntime_part() -> dict[str, Any]:
+        onnxruntime = import_onnxruntime()
+        return {"version": onnxruntime.__version__, "providers": onnxruntime.get_available_providers()}
+
+    def llama_part() -> dict[str, Any]:
+        llama_cpp = import_llama_cpp()
+        decision = decide_extra_buffers(extra_buffers)
+        return {
+            "system_info": llama_system_info(),
+            "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
+            "extra_buffers": {"enabled": decision.enabled, "reason": decision.reason},
+        }
+
     flags = cpu_flags()
-    decision = decide_extra_buffers(extra_buffers)
-    return {
+    report = {
         "edgelalm": _version("edgelalm"),
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -68,17 +91,15 @@ def machine_report(threads: int | None, extra_buffers: ExtraBuffers) -> dict[str
             "usable_cores": usable_cores(),
             "features": [flag for flag in NOTABLE_CPU_FLAGS if flags and flag in flags] if flags is not None else None,
         },
-        "threads": check_threads(threads),
-        "onnxruntime": {"version": onnxruntime.__version__, "providers": onnxruntime.get_available_providers()},
+        "threads": part(lambda: check_threads(threads)),
+        "onnxruntime": part(onnxruntime_part),
         "llama_cpp_python": _version("llama_cpp_python"),
-        "llama_cpp": {
-            "system_info": llama_system_info(),
-            "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
-            "extra_buffers": {"enabled": decision.enabled, "reason": decision.reason},
-        },
+        "llama_cpp": part(llama_part),
         # find_spec, not import: importing torch costs seconds and memory.
         "export_extra": {name: _version(name) if importlib.util.find_spec(name) else None for name in EXPORT_PACKAGES},
     }
+    report["errors"] = list(dict.fromkeys(errors))
+    return report
 
 
 def bundle_report(bundle: Path, threads: int | None, extra_buffers: ExtraBuffers, device: str) -> dict[str, Any]:
@@ -102,29 +123,39 @@ def bundle_report(bundle: Path, threads: int | None, extra_buffers: ExtraBuffers
 
 
 def format_machine(machine: dict[str, Any]) -> str:
-    cpu, llama = machine["cpu"], machine["llama_cpp"]
+    cpu, threads, onnxruntime, llama = (machine[key] for key in ("cpu", "threads", "onnxruntime", "llama_cpp"))
     features = " ".join(cpu["features"]) if cpu["features"] is not None else "unknown (no /proc/cpuinfo)"
     export = machine["export_extra"]
     missing = [name for name, version in export.items() if version is None]
-    extra = llama["extra_buffers"]
+
+    def failed(part: Any) -> str | None:
+        return f"error: {part['error']}" if isinstance(part, dict) and "error" in part else None
+
     lines = [
         f"edgelalm          {machine['edgelalm']}",
         f"python            {machine['python']} on {machine['platform']}",
         f"cpu               {cpu['name']}, {cpu['usable_cores']} usable cores",
         f"cpu features      {features}",
-        f"threads           {machine['threads']} (onnxruntime and llama.cpp)",
-        f"onnxruntime       {machine['onnxruntime']['version']}; providers: "
-        f"{', '.join(machine['onnxruntime']['providers'])}",
-        f"llama-cpp-python  {machine['llama_cpp_python']}; GPU offload: {'yes' if llama['gpu_offload'] else 'no'}",
-        f"llama.cpp         {llama['system_info']}",
-        f"extra buffers     {extra['reason']}",
+        "threads           " + (failed(threads) or f"{threads} (onnxruntime and llama.cpp)"),
+        "onnxruntime       "
+        + (failed(onnxruntime) or f"{onnxruntime['version']}; providers: {', '.join(onnxruntime['providers'])}"),
+    ]
+    if failed(llama):
+        lines.append(f"llama-cpp-python  {machine['llama_cpp_python']}; {failed(llama)}")
+    else:
+        lines += [
+            f"llama-cpp-python  {machine['llama_cpp_python']}; GPU offload: {'yes' if llama['gpu_offload'] else 'no'}",
+            f"llama.cpp         {llama['system_info']}",
+            f"extra buffers     {llama['extra_buffers']['reason']}",
+        ]
+    lines.append(
         "export extra      "
         + (
             ", ".join(f"{name} {version}" for name, version in export.items())
             if not missing
             else f"missing {', '.join(missing)} (pip install 'edgelalm[export]' to export bundles)"
-        ),
-    ]
+        )
+    )
     return "\n".join(lines)
 
 

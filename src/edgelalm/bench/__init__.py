@@ -32,13 +32,14 @@ from edgelalm.bench.plan import (
     QUICK,
     BenchPlan,
     check_device,
+    check_model,
     ensure_bundle,
     ensure_model,
     ensure_variant_bundles,
     parse_compressor,
     target_settings,
 )
-from edgelalm.bench.report import check_rows, machine_description, ratios, write_results
+from edgelalm.bench.report import check_results_folder, check_rows, machine_description, ratios, write_results
 from edgelalm.errors import EdgelalmError
 
 __all__ = [
@@ -49,6 +50,8 @@ __all__ = [
     "STAGES",
     "BenchPlan",
     "check_device",
+    "check_results_folder",
+    "check_model",
     "check_rows",
     "ensure_bundle",
     "ensure_mmproj",
@@ -74,6 +77,8 @@ def run_bench(plan: BenchPlan) -> dict[str, Any]:
     from edgelalm.files import folder_lock, make_output_folder
 
     check_device(plan)
+    check_model(plan)
+    check_results_folder(plan.out_dir)
     make_output_folder(plan.out_dir.absolute())
     with folder_lock(plan.out_dir, "edgelalm bench"):
         return _run_bench(plan)

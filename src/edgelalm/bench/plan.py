@@ -94,19 +94,25 @@ def check_device(plan: BenchPlan) -> None:
             )
 
 
-def ensure_model(plan: BenchPlan) -> Path:
+def check_model(plan: BenchPlan) -> None:
+    """Refuse a --model that is neither a preset nor a folder, before --out is made for it."""
     from edgelalm import scaffold
 
-    if plan.model in scaffold.PRESETS:
-        folder = plan.out_dir / "models" / plan.model
-        if not folder.exists():  # written whole or not at all: a folder here is a whole checkpoint
-            scaffold.write_preset_checkpoint(folder, plan.model)
-        return folder
-    folder = Path(plan.model)
-    if not folder.is_dir():
+    if plan.model not in scaffold.PRESETS and not Path(plan.model).is_dir():
         raise EdgelalmError(
             f"--model {plan.model} is neither a checkpoint folder nor a preset ({', '.join(scaffold.PRESETS)})"
         )
+
+
+def ensure_model(plan: BenchPlan) -> Path:
+    from edgelalm import scaffold
+
+    check_model(plan)
+    if plan.model not in scaffold.PRESETS:
+        return Path(plan.model)
+    folder = plan.out_dir / "models" / plan.model
+    if not folder.exists():  # written whole or not at all: a folder here is a whole checkpoint
+        scaffold.write_preset_checkpoint(folder, plan.model)
     return folder
 
 

@@ -17,6 +17,35 @@ from edgelalm.errors import EdgelalmError
 from edgelalm.files import replaced_file, write_failed
 from edgelalm.runtime.memory import gpu_name
 
+RESULTS_JSON = "results.json"
+RESULTS_CSV = "results.csv"
+SUMMARY_MD = "summary.md"
+PLOT_PNG = "bench.png"
+RESULT_FILES = (RESULTS_JSON, RESULTS_CSV, SUMMARY_MD, PLOT_PNG)
+# An earlier bench's results.json is a few hundred KB; past this it is not one.
+_MAX_RESULTS_BYTES = 64 * 2**20
+
+
+def check_results_folder(out_dir: Path) -> None:
+    """Refuse an --out whose result files an earlier bench did not write: a user's own
+    summary.md or results.json there was replaced, after the whole run, without a word."""
+    present = [name for name in RESULT_FILES if os.path.lexists(out_dir / name)]
+    if present and not _is_bench_results(out_dir / RESULTS_JSON):
+        raise EdgelalmError(
+            f"{out_dir} holds {', '.join(present)} that no edgelalm bench wrote (the bench writes "
+            f"{', '.join(RESULT_FILES)} there): choose another --out"
+        )
+
+
+def _is_bench_results(path: Path) -> bool:
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > _MAX_RESULTS_BYTES:
+            return False
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
+        return False
+    return isinstance(results, dict) and {"machine", "rows", "ratios"} <= results.keys()
+
 
 def check_rows(rows: list[dict[str, Any]]) -> None:
     """A bench where nothing could be measured is an error, not a report of empty rows; a partial
@@ -115,7 +144,7 @@ def machine_description(plan: BenchPlan) -> dict[str, Any]:
 
 
 def write_results(results: dict[str, Any], out_dir: Path) -> None:
-    """results.json, results.csv, summary.md and bench.png, each replaced whole (a full disk or an
+    """RESULT_FILES, each replaced whole (a full disk or an
     interrupt leaves the earlier run's file, not half of this one's): one line if one cannot be."""
     try:
         _write_results(results, out_dir)
@@ -124,9 +153,9 @@ def write_results(results: dict[str, Any], out_dir: Path) -> None:
 
 
 def _write_results(results: dict[str, Any], out_dir: Path) -> None:
-    with replaced_file(out_dir / "results.json") as scratch:
+    with replaced_file(out_dir / RESULTS_JSON) as scratch:
         scratch.write_text(json.dumps(results, indent=2) + "\n")
-    with replaced_file(out_dir / "results.csv") as scratch, scratch.open("w", newline="") as stream:
+    with replaced_file(out_dir / RESULTS_CSV) as scratch, scratch.open("w", newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow(
             [
@@ -158,7 +187,7 @@ def _write_results(results: dict[str, Any], out_dir: Path) -> None:
                     row.get("error", ""),
                 ]
             )
-    with replaced_file(out_dir / "summary.md") as scratch:
+    with replaced_file(out_dir / SUMMARY_MD) as scratch:
         scratch.write_text(summary_markdown(results))
     plot(results, out_dir)
 
@@ -254,6 +283,6 @@ def plot(results: dict[str, Any], out_dir: Path) -> None:
         axis.legend(fontsize=8)
     figure.suptitle(f"edgelalm bench: {results['model']} ({results['quant']}), {results['machine']['target']}")
     figure.tight_layout()
-    with replaced_file(out_dir / "bench.png") as scratch:
+    with replaced_file(out_dir / PLOT_PNG) as scratch:
         figure.savefig(scratch, dpi=110, format="png")
     plt.close(figure)

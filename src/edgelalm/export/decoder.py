@@ -10,7 +10,9 @@ The runtime reads what this module writes in `edgelalm.runtime.decoder`.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -160,15 +162,19 @@ def add_tokenizer(writer: gguf.GGUFWriter, checkpoint: Checkpoint, chat_template
 
 def quantize_gguf(source: Path, target: Path, quant: str) -> None:
     """llama.cpp's own quantizer (K-quants included), as llama-quantize runs it."""
-    from edgelalm.runtime.decoder import silence_llama_logs
+    from edgelalm.runtime.decoder import first_error_in, kept_llama_log
     from edgelalm.runtime.llama_backend import import_llama_cpp
 
     llama_cpp = import_llama_cpp()
-    silence_llama_logs()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, _LLAMA_FTYPE_NAMES[quant])
     params.nthread = 0  # all cores
-    status = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
+    with kept_llama_log() as log:
+        status = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
     if status != 0:
         target.unlink(missing_ok=True)
-        raise EdgelalmError(f"llama.cpp could not quantize the decoder to {quant} (status {status})")
+        # Its reason (a full disk among them) is only in llama.cpp's log.
+        reason = first_error_in(log) or f" (status {status})"
+        with contextlib.suppress(OSError):
+            reason += f" ({shutil.disk_usage(target.parent).free / 1e6:.1f} MB free there)"
+        raise EdgelalmError(f"llama.cpp could not quantize the decoder to {quant}{reason}")

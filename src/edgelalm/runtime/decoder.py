@@ -9,6 +9,7 @@ Reads what `edgelalm.export.decoder` writes.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
 import re
@@ -57,6 +58,25 @@ def _keep_load_log(level, text, user_data):
 
 def silence_llama_logs() -> None:
     llama_cpp.llama_log_set(_keep_load_log, ctypes.c_void_p())
+
+
+@contextlib.contextmanager
+def kept_llama_log() -> Iterator[list[str]]:
+    """llama.cpp's log lines while the block runs: a load or a quantization that fails says why
+    only there."""
+    global _load_log
+    silence_llama_logs()
+    _load_log = []
+    try:
+        yield _load_log
+    finally:
+        _load_log = None
+
+
+def first_error_in(log: list[str]) -> str:
+    """ ": <llama.cpp's first error line>", or "" where the log has none."""
+    reasons = [line.strip() for line in log if _LOAD_ERROR_LINE.search(line)]
+    return f": {error_gist(reasons[0])}" if reasons else ""
 
 
 # -- the GGUF's header, read before llama.cpp loads it -----------------------------------------
@@ -186,19 +206,13 @@ class LlamaModel:
         llama_cpp.llama_backend_init()
         self.extra_buffers = decide_extra_buffers(extra_buffers)
         params = model_params(self.extra_buffers.enabled, n_gpu_layers)
-        global _load_log
-        _load_log = []
-        try:
+        with kept_llama_log() as log:
             self.model = llama_cpp.llama_model_load_from_file(str(gguf_path).encode(), params)
-            # The buffer types holding the weights, as llama.cpp chose them.
-            self.weight_buffers = sorted({m.group(1) for line in _load_log if (m := _BUFFER_LINE.search(line))})
-            reasons = [line.strip() for line in _load_log if _LOAD_ERROR_LINE.search(line)]
-        finally:
-            _load_log = None
+        # The buffer types holding the weights, as llama.cpp chose them.
+        self.weight_buffers = sorted({m.group(1) for line in log if (m := _BUFFER_LINE.search(line))})
         if not self.model:
             # llama.cpp says why only in its log, which edgelalm keeps quiet: its first error line.
-            reason = f": {error_gist(reasons[0])}" if reasons else ""
-            raise EdgelalmError(f"llama.cpp could not load {gguf_path}{reason}")
+            raise EdgelalmError(f"llama.cpp could not load {gguf_path}{first_error_in(log)}")
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.n_embd = llama_cpp.llama_model_n_embd(self.model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)

@@ -43,15 +43,21 @@ class ExtraBuffersDecision:
     reason: str
 
 
+def import_onnxruntime() -> ModuleType:
+    """onnxruntime, or one line where it cannot be loaded (a wheel for another CPU or CUDA)."""
+    try:
+        import onnxruntime
+    except Exception as error:  # ImportError, or an OSError from a missing shared library
+        raise EdgelalmError(f"onnxruntime cannot be loaded: {error_gist(error)}") from None
+    return onnxruntime
+
+
 def import_llama_cpp() -> ModuleType:
     """llama_cpp, imported after onnxruntime. With llama-cpp-python built for CUDA beside
     onnxruntime-gpu 1.31 (an H200 machine, CUDA 13), importing llama_cpp first and onnxruntime
     second segfaulted the process; the other order worked (runtimes/cuda). Either failing to load
     (a wheel built for another CPU or CUDA, a shared library missing) is one line naming it."""
-    try:
-        import onnxruntime  # noqa: F401
-    except Exception as error:  # ImportError, or an OSError from a missing shared library
-        raise EdgelalmError(f"onnxruntime cannot be loaded: {error_gist(error)}") from None
+    import_onnxruntime()
     try:
         import llama_cpp
     except Exception as error:  # llama_cpp raises RuntimeError("Failed to load shared library ...")
@@ -84,10 +90,15 @@ def cpu_name(cpuinfo: str | None = None) -> str:
         cpuinfo = _CPUINFO.read_text() if cpuinfo is None else cpuinfo
     except OSError:
         cpuinfo = ""
+    # x86 names the CPU in "model name"; arm64 boards have none, and a Raspberry Pi names the
+    # board in "Model" (others, "Hardware"); past those, the architecture.
+    fields: dict[str, str] = {}
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            return value.strip()
+        fields.setdefault(key.strip(), value.strip())
+    for key in ("model name", "Model", "Hardware"):
+        if fields.get(key):
+            return fields[key]
     import platform
 
     return platform.processor() or platform.machine()

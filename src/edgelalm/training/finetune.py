@@ -134,10 +134,12 @@ def check_fits_the_decoder(options: FinetuneOptions, data: Any, model: Any, proc
     """The data's frames are the tower's width, and the longest transcript, a window's audio tokens
     and the prompt fit the decoder's context: 100000-character transcripts trained for ever,
     longer-than-context ones silently."""
+    from edgelalm.training.model import answer_token_ids
+
     width, tower_width = getattr(data, "width", None), model.config.audio_config.d_model
     if width is not None and width != tower_width:
         raise EdgelalmError(f"{options.data}: frames of width {width}; the model's audio tower gives {tower_width}")
-    lengths = [len(ids) for ids in processor.tokenizer(list(data.texts), add_special_tokens=False)["input_ids"]]
+    lengths = [len(ids) for ids in answer_token_ids(processor.tokenizer, list(data.texts))]
     longest = int(np.argmax(lengths))
     audio_tokens = options.compressor.max_audio_tokens(int(window_s * ENCODER_FRAMES_PER_SECOND))
     context = model.config.text_config.max_position_embeddings

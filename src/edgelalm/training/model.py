@@ -137,6 +137,12 @@ def compress_and_project(model: nn.Module, compressor: nn.Module, encoded: Encod
 # Decoder
 
 
+def answer_token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Each transcript's token ids, as plain text: a transcript holding "<|im_end|>" trained the
+    decoder to end its answer there (the runtime's prompts are text in the same way)."""
+    return tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+
 @dataclass(frozen=True)
 class PromptIds:
     """Token ids around the audio, tokenized piece by piece as the runtime does."""

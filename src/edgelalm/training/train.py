@@ -32,6 +32,7 @@ from edgelalm.training.model import (
     EncodedAudio,
     PromptIds,
     answer_loss,
+    answer_token_ids,
     compress_and_project,
     decoder_inputs,
     encode_above,
@@ -173,7 +174,7 @@ class TokenCtc(nn.Module):
         return (cosine * self.log_scale.exp()).log_softmax(-1)
 
     def targets(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = [[i + 1 for i in self.tokenizer(text, add_special_tokens=False)["input_ids"]] for text in texts]
+        ids = [[i + 1 for i in row] for row in answer_token_ids(self.tokenizer, texts)]
         return torch.tensor([i for row in ids for i in row], dtype=torch.long), torch.tensor([len(r) for r in ids])
 
     def loss(self, positions: torch.Tensor, position_counts: torch.Tensor, texts: list[str]) -> torch.Tensor:
@@ -237,7 +238,7 @@ def batch_loss(
     mel, mel_lengths = log_mel_batch(waveforms, feature_extractor)
     encoded = encode_batch(model.model.audio_tower, mel, mel_lengths)
     audio = compress_and_project(model, compressor, encoded)
-    answers = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    answers = answer_token_ids(tokenizer, texts)
     inputs, mask, labels = decoder_inputs(
         model, prompt, audio, answers, read_answers(answers) if read_answers else None
     )
@@ -301,7 +302,7 @@ def frames_batch_loss(
     projected audio embeddings: it is the projector (and tuned layers) that must learn to carry the
     speech's tokens."""
     audio = projected_frames(model, compressor, rows, below_layer)
-    answers = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    answers = answer_token_ids(tokenizer, texts)
     inputs, mask, labels = decoder_inputs(
         model, prompt, audio, answers, read_answers(answers) if read_answers else None
     )
