@@ -69,6 +69,17 @@ def test_result_files_no_bench_wrote_are_not_replaced(tmp_path, name, content):
     assert [path.name for path in out.iterdir()] == [name] and (out / name).read_text() == content
 
 
+@pytest.mark.parametrize("cache", ["notes.txt", "notes.txt/deeper"])
+def test_a_cache_that_cannot_be_a_folder_is_refused_before_any_work(tmp_path, cache):
+    """The bench measured every edgelalm row, then warned that mtmd's could not run, exit 0."""
+    (tmp_path / "notes.txt").write_text("mine")
+    env = {**os.environ, "EDGELALM_CACHE": str(tmp_path / cache)}
+    completed = edgelalm("bench", "--model", "tiny", "--seconds", "3", "--out", str(tmp_path / "out"), env=env)
+    said = f"$EDGELALM_CACHE {tmp_path / cache}: {tmp_path / 'notes.txt'} is a file, not a folder"
+    assert one_error_line(completed) == f"edgelalm: error: {said}"
+    assert not (tmp_path / "out").exists() and (tmp_path / "notes.txt").read_text() == "mine"
+
+
 def test_an_earlier_bench_s_results_may_be_replaced(tmp_path):
     from edgelalm.bench.report import check_results_folder
 

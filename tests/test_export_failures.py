@@ -117,12 +117,12 @@ def test_a_read_only_file_system_is_one_line(tiny_checkpoint, small_tmpfs):
     assert done.stderr.strip().splitlines() == [f"edgelalm: error: cannot write to {disk}: Read-only file system"]
 
 
-def test_a_torch_too_old_to_trace_the_encoder_is_one_line_and_leaves_nothing(tiny_checkpoint, tmp_path):
-    """torch 2.11 (a GPU machine's image) fails deep inside torch.export with pages of traceback;
+def test_a_torch_too_old_to_trace_the_graphs_is_one_line_and_leaves_nothing(tiny_checkpoint, tmp_path):
+    """torch 2.7.1 fails deep inside torch.export (a compressor's frames) with pages of traceback;
     export says which torch it needs before it writes anything."""
     out = tmp_path / "bundle"
     script = (
-        "import sys, torch; torch.__version__ = '2.11.0+cu130'; from edgelalm.cli import main; "
+        "import sys, torch; torch.__version__ = '2.7.1+cu126'; from edgelalm.cli import main; "
         "sys.argv = ['edgelalm', *sys.argv[1:]]; main()"
     )
     completed = subprocess.run(
@@ -133,8 +133,8 @@ def test_a_torch_too_old_to_trace_the_encoder_is_one_line_and_leaves_nothing(tin
     )
     assert completed.returncode == 1
     assert completed.stderr.strip().splitlines() == [
-        "edgelalm: error: export needs torch >= 2.13 to trace the encoder; this is torch 2.11.0+cu130 "
-        "(pip install 'torch>=2.13')"
+        "edgelalm: error: export needs torch >= 2.11 to trace its graphs; this is torch 2.7.1+cu126 "
+        "(pip install 'torch>=2.11')"
     ], completed.stderr
     assert leftovers(tmp_path) == []
 
@@ -147,5 +147,6 @@ def test_the_torch_floor_is_the_one_pyproject_declares():
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     floors = [spec for spec in pyproject["project"]["optional-dependencies"]["export"] if spec.startswith("torch")]
     assert floors == [f"torch>={'.'.join(map(str, MIN_TORCH_VERSION))}"]
+    check_torch_version("2.11.0+cu130")
     check_torch_version("2.13.0+cpu")
     check_torch_version("3.0")

@@ -191,3 +191,25 @@ def test_model_params_carry_the_choice():
     for enabled in (True, False):
         params = llama_backend.model_params(enabled, n_gpu_layers=0)
         assert params.use_extra_bufts is enabled and params.n_gpu_layers == 0
+
+
+def test_ctrl_c_inside_llama_cpp_s_log_callback_is_not_lost(ggufs, monkeypatch):
+    """The signal handler's KeyboardInterrupt can be raised while llama.cpp's log callback runs
+    Python inside a native call; ctypes printed and dropped it (an export interrupted in its
+    decoder check finished with exit 0). It is raised once the native call returns."""
+    from edgelalm import interrupts
+    from edgelalm.runtime import decoder
+    from edgelalm.runtime.decoder import kept_llama_log, llama_cpp
+
+    class Interrupted(list):
+        def append(self, line):  # where the handler raised: inside the callback
+            raise KeyboardInterrupt
+
+    params = llama_backend.model_params(True)
+    loaded = []
+    with pytest.raises(KeyboardInterrupt), kept_llama_log():
+        monkeypatch.setattr(decoder, "_load_log", Interrupted())
+        loaded.append(llama_cpp.llama_model_load_from_file(str(ggufs["f32"]).encode(), params))
+    assert loaded and loaded[0]  # the load itself finished; the interrupt came after it
+    llama_cpp.llama_model_free(loaded[0])
+    interrupts.deliver_swallowed()  # delivered once, not again

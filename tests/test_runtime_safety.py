@@ -281,7 +281,7 @@ def test_run_arguments_of_the_wrong_kind_are_one_line(runtime, arguments, messag
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        ({"threads": "2"}, "threads must be from 1 to"),
+        ({"threads": "2"}, "logical CPUs, got '2'"),
         ({"threads": 1.5}, "threads must be from 1 to"),
         ({"threads": True}, "threads must be from 1 to"),
         ({"max_concurrent_runs": "2"}, "max_concurrent_runs must be a whole number >= 1"),

@@ -29,6 +29,7 @@ INTERRUPTED_LINE = "edgelalm: error: interrupted\n"
 _signals_seen = 0
 _deferring = 0
 _pending = False
+_swallowed = False
 _stoppers: set[Callable[[], None]] = set()
 _stoppers_lock = threading.Lock()
 _watching = False
@@ -78,6 +79,22 @@ def _watch(read_end: int) -> None:
                 with contextlib.suppress(OSError):
                     os.write(2, INTERRUPTED_LINE.encode())
                 os._exit(130)
+
+
+def swallowed_by_native_code() -> None:
+    """Called where this module's KeyboardInterrupt was caught by code that cannot pass it on: a
+    ctypes callback (llama.cpp's log) runs Python inside a native call, the handler may raise
+    there, and ctypes prints and drops the exception (an export then finished with exit 0)."""
+    global _swallowed
+    _swallowed = True
+
+
+def deliver_swallowed() -> None:
+    """Raise, once the native call has returned, the KeyboardInterrupt a callback swallowed."""
+    global _swallowed
+    if _swallowed and not _deferring:
+        _swallowed = False
+        raise KeyboardInterrupt
 
 
 def interrupted() -> bool:

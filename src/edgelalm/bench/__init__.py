@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edgelalm.bench.llama_cpp_source import check_cache
 from edgelalm.bench.measure import (
     STAGES,
     kv_cache_mb,
@@ -79,6 +80,8 @@ def run_bench(plan: BenchPlan) -> dict[str, Any]:
     check_device(plan)
     check_model(plan)
     check_results_folder(plan.out_dir)
+    if plan.mtmd:
+        check_cache()
     make_output_folder(plan.out_dir.absolute())
     with folder_lock(plan.out_dir, "edgelalm bench"):
         return _run_bench(plan)

@@ -37,6 +37,18 @@ def default_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgelalm"
 
 
+def check_cache(cache: Path | None = None) -> None:
+    """Refuse, before any work, a cache that cannot be a folder: a file, or a path under one (the
+    bench measured everything else and then warned that its mtmd rows could not run)."""
+    path = (cache or default_cache()).absolute()
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                shown = f"${CACHE_VARIABLE}" if os.environ.get(CACHE_VARIABLE) else "the cache"
+                raise EdgelalmError(f"{shown} {path}: {folder} is a file, not a folder")
+            return
+
+
 def installed_version() -> str:
     try:
         return metadata.version(DISTRIBUTION)

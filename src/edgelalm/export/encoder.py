@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 # The graph's contract, shared with the runtime that feeds it.
 from edgelalm.constants import (
@@ -54,9 +53,10 @@ ENCODER_OPSET = 23
 # activation peak; eight blocks hold an eighth of them at once, for the same arithmetic (4 blocks:
 # 9 MB more at the int8 encoder's peak on a 29 s window of `small`).
 QUERY_BLOCKS = 8
-# The oldest torch whose torch.export traces the clip-length encoder (pyproject's floor too):
-# torch 2.11 stops at guards on the graph's data-dependent sizes (seen on a GPU machine's image).
-MIN_TORCH_VERSION = (2, 13)
+# The oldest torch whose export of the encoder and every compressor was checked (pyproject's floor
+# too; a GPU machine's image has 2.11). 2.7.1 exports the encoder but stops at a guard on a
+# compressor's frames; 2.8 exports with constraint errors logged.
+MIN_TORCH_VERSION = (2, 11)
 _BLOCKED_ATTENTION = "edgelalm_query_blocks"
 # The feed-forward block (fc1, GELU, fc2) over blocks of positions one after another: its
 # [positions, ffn_dim] activations (17.8 MB each in fp32 on a 29 s window of the `small` preset) are
@@ -70,21 +70,26 @@ def _position_blocks(hidden: torch.Tensor, blocks: int, dim: int) -> list[torch.
     pad = [0, 0] * (hidden.dim() - 1 - dim) + [0, blocks - 1]
     padded = nn.functional.pad(hidden, pad)
     size = padded.shape[dim] // blocks
-    starts = [size * number for number in range(blocks)]
-    ends = [*starts[1:], padded.shape[dim]]
-    leading = (slice(None),) * dim
-    return [padded[(*leading, slice(start, end))] for start, end in zip(starts, ends, strict=True)]
+    # narrow, not slices: a slice may be shorter than asked, so torch 2.11's export gave each block
+    # a data-dependent length, on which transformers' attention then stopped at a guard.
+    last = padded.shape[dim] - size * (blocks - 1)
+    return [padded.narrow(dim, size * number, size if number < blocks - 1 else last) for number in range(blocks)]
 
 
-def _query_block_attention(module, query, key, value, attention_mask, **kwargs):
-    """transformers' SDPA attention, QUERY_BLOCKS blocks of query positions one after another."""
+def _query_block_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """The tower's attention (no mask, not causal) over QUERY_BLOCKS blocks of query positions one
+    after another: scaled dot-product attention, the op the exporter writes as opset 23's Attention.
+    Called directly, not through transformers' SDPA function, whose causal test on the query's
+    length (`q_length > 1`) made torch 2.11's export guard the clip to at least 17 mel frames."""
     if attention_mask is not None:  # the clip-length graph attends to every position
         raise ValueError("query-block attention is for the unmasked clip-length encoder")
     positions = query.shape[2]
     # QUERY_BLOCKS - 1 rows of zeros after the queries (dropped from the output) keep every block
     # non-empty on the shortest clips: onnxruntime refuses an empty query.
-    blocks = _position_blocks(query, QUERY_BLOCKS, 2)
-    outputs = [sdpa_attention_forward(module, block, key, value, None, **kwargs)[0] for block in blocks]
+    outputs = [
+        nn.functional.scaled_dot_product_attention(block, key, value, dropout_p=dropout, scale=scaling).transpose(1, 2)
+        for block in _position_blocks(query, QUERY_BLOCKS, 2)
+    ]
     return torch.cat(outputs, dim=1).narrow(1, 0, positions), None
 
 
@@ -156,13 +161,13 @@ class ClipLengthAudioEncoder(nn.Module):
 
 
 def check_torch_version(version: str | None = None) -> None:
-    """Refuse, in one line, a torch too old to trace the encoder (before minutes of export)."""
+    """Refuse, in one line, a torch too old to trace the graphs (before minutes of export)."""
     version = version or torch.__version__
     numbers = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
     if numbers < MIN_TORCH_VERSION:
         needed = ".".join(map(str, MIN_TORCH_VERSION))
         raise EdgelalmError(
-            f"export needs torch >= {needed} to trace the encoder; this is torch {version} "
+            f"export needs torch >= {needed} to trace its graphs; this is torch {version} "
             f"(pip install 'torch>={needed}')"
         )
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgelalm import interrupts
 from edgelalm.checks import check_choice
 from edgelalm.constants import LLAMA_MAX_LAYERS
 from edgelalm.errors import EdgelalmError, error_gist
@@ -52,8 +53,11 @@ _LOAD_ERROR_LINE = re.compile(r"error|failed|invalid", re.IGNORECASE)
 
 @llama_cpp.llama_log_callback
 def _keep_load_log(level, text, user_data):
-    if _load_log is not None:
-        _load_log.append(text.decode(errors="replace"))
+    try:
+        if _load_log is not None:
+            _load_log.append(text.decode(errors="replace"))
+    except KeyboardInterrupt:  # Ctrl-C landed in the callback, where ctypes would drop it
+        interrupts.swallowed_by_native_code()
 
 
 def silence_llama_logs() -> None:
@@ -71,6 +75,7 @@ def kept_llama_log() -> Iterator[list[str]]:
         yield _load_log
     finally:
         _load_log = None
+    interrupts.deliver_swallowed()
 
 
 def first_error_in(log: list[str]) -> str:
@@ -227,6 +232,7 @@ class LlamaModel:
         """A LoRA adapter GGUF (edgelalm.export.adapter_gguf) for this model: llama.cpp checks the
         architecture and every factor's shape against the weights. Freed with the model."""
         pointer = llama_cpp.llama_adapter_lora_init(self.model, str(path).encode())
+        interrupts.deliver_swallowed()
         if not pointer:
             raise EdgelalmError(f"llama.cpp could not load the LoRA adapter {path} for {self.gguf_path}")
         adapter = LlamaAdapter(path, pointer)
@@ -310,6 +316,7 @@ class LlamaContext:
             context_params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         context_params.n_threads = context_params.n_threads_batch = self.llama.n_threads
         self.context = llama_cpp.llama_init_from_model(self.llama.model, context_params)
+        interrupts.deliver_swallowed()
         if not self.context:
             raise EdgelalmError(f"llama.cpp could not create a context of {n_ctx} tokens for {self.llama.gguf_path}")
         self.n_ctx = llama_cpp.llama_n_ctx(self.context)
@@ -407,6 +414,7 @@ class LlamaContext:
         if status != 0:
             raise EdgelalmError(f"llama.cpp failed to decode a batch (status {status})")
         self.n_past += count
+        interrupts.deliver_swallowed()
 
     def last_logits(self) -> np.ndarray:
         """Logits [n_vocab] after the last fed position."""

@@ -120,7 +120,7 @@ def check_threads(threads: int | None) -> int:
         return usable_cores()
     cpus = os.cpu_count() or 1
     if not is_whole_number(threads) or not 1 <= threads <= cpus:
-        raise EdgelalmError(f"threads must be from 1 to this machine's {cpus} logical CPUs, got {threads}")
+        raise EdgelalmError(f"threads must be from 1 to this machine's {cpus} logical CPUs, got {threads!r}")
     return threads
 
 
