@@ -24,7 +24,20 @@ pytestmark = pytest.mark.slow
 def quick_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     completed = subprocess.run(
-        [sys.executable, "-m", "edgelalm.cli", "bench", "--quick", "--out", str(out)],
+        # --quick's own clip lengths and compressors, given again in other spellings, are no conflict.
+        [
+            sys.executable,
+            "-m",
+            "edgelalm.cli",
+            "bench",
+            "--quick",
+            "--seconds",
+            "3,12.0",
+            "--compressors",
+            "none,avg03",
+            "--out",
+            str(out),
+        ],  # fmt: skip
         capture_output=True,
         text=True,
         timeout=900,

@@ -45,6 +45,8 @@ def one_error_line(completed: subprocess.CompletedProcess) -> str:
         # --quick replaced them without a word
         (["--quick", "--seconds", "5,30"], 1, "--quick chooses --seconds itself: drop it, or drop --quick"),
         (["--quick", "--repeats", "3", "--model", "small"], 1, "--quick chooses --model, --repeats itself"),
+        # what --quick sets anyway is no conflict: its own values, as parsed, are only refused when different
+        (["--quick", "--seconds", "3,12", "--compressors", "none,avg03", "--seconds", "3,4"], 1, "--seconds itself"),
     ],
 )
 def test_a_bench_asked_for_nothing_measurable_is_refused_before_any_work(tmp_path, args, code, said):
@@ -65,7 +67,7 @@ def test_result_files_no_bench_wrote_are_not_replaced(tmp_path, name, content):
     out.mkdir()
     (out / name).write_text(content)
     completed = edgelalm("bench", "--quick", "--out", str(out))
-    assert f"{out} holds {name} that no edgelalm bench wrote" in one_error_line(completed)
+    assert f"{out} holds {name} and no results.json of an edgelalm bench" in one_error_line(completed)
     assert [path.name for path in out.iterdir()] == [name] and (out / name).read_text() == content
 
 
@@ -211,7 +213,7 @@ def test_a_llama_cpp_that_cannot_load_is_one_line(tmp_path):
     report = json.loads(completed.stdout)
     assert report["machine"]["llama_cpp"] == {"error": reason} and report["machine"]["errors"] == [reason]
     assert report["machine"]["onnxruntime"]["providers"] and report["machine"]["threads"] >= 1
-    assert report["bundle"] == {"ok": False, "error": reason}  # not run on a machine that cannot run it
+    assert report["bundle"] == {"ok": False, "run": False, "error": reason}  # not on a machine that cannot
 
 
 def test_doctor_json_with_more_threads_than_the_machine_has_is_still_json():

@@ -253,7 +253,8 @@ def test_doctor_with_a_broken_bundle_reports_the_machine_then_one_error(tiny_bun
     code, stdout, stderr = edgelalm("doctor", "--bundle", broken, "--json")
     line = one_error_line(code, stderr)
     report = json.loads(stdout)
-    assert report["machine"]["llama_cpp"] and report["bundle"] == {"ok": False, "error": line.split(": ", 2)[2]}
+    assert report["machine"]["llama_cpp"]
+    assert report["bundle"] == {"ok": False, "run": True, "error": line.split(": ", 2)[2]}
 
 
 def test_forcing_extra_buffers_on_where_they_crash_warns(monkeypatch, capsys):

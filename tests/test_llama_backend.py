@@ -193,23 +193,43 @@ def test_model_params_carry_the_choice():
         assert params.use_extra_bufts is enabled and params.n_gpu_layers == 0
 
 
-def test_ctrl_c_inside_llama_cpp_s_log_callback_is_not_lost(ggufs, monkeypatch):
-    """The signal handler's KeyboardInterrupt can be raised while llama.cpp's log callback runs
-    Python inside a native call; ctypes printed and dropped it (an export interrupted in its
-    decoder check finished with exit 0). It is raised once the native call returns."""
+def test_ctrl_c_that_llama_cpp_s_log_callback_drops_is_raised_after_the_call(ggufs, monkeypatch):
+    """A signal during a native llama.cpp call runs the CLI's handler at the log callback's first
+    instruction, and ctypes printed and dropped that KeyboardInterrupt (an export interrupted in its
+    decoder check finished with exit 0). The CLI's unraisable hook keeps it; it is raised once the
+    call has returned, and at the end of a deferred block."""
+    import ctypes
+    import sys
+    from types import SimpleNamespace
+
     from edgelalm import interrupts
-    from edgelalm.runtime import decoder
-    from edgelalm.runtime.decoder import kept_llama_log, llama_cpp
+    from edgelalm.runtime.decoder import llama_cpp, silence_llama_logs
 
-    class Interrupted(list):
-        def append(self, line):  # where the handler raised: inside the callback
-            raise KeyboardInterrupt
+    @llama_cpp.llama_log_callback
+    def interrupted_at_entry(level, text, user_data):
+        raise KeyboardInterrupt  # where the handler raises: before any line of the callback
 
-    params = llama_backend.model_params(True)
-    loaded = []
-    with pytest.raises(KeyboardInterrupt), kept_llama_log():
-        monkeypatch.setattr(decoder, "_load_log", Interrupted())
-        loaded.append(llama_cpp.llama_model_load_from_file(str(ggufs["f32"]).encode(), params))
-    assert loaded and loaded[0]  # the load itself finished; the interrupt came after it
-    llama_cpp.llama_model_free(loaded[0])
-    interrupts.deliver_swallowed()  # delivered once, not again
+    monkeypatch.setattr(interrupts, "_signals_seen", 1)  # as the handler counts it
+    monkeypatch.setattr(sys, "unraisablehook", interrupts._keep_dropped_interrupt)  # as install() sets it
+    llama_cpp.llama_log_set(interrupted_at_entry, ctypes.c_void_p())
+    try:
+        model = llama_cpp.llama_model_load_from_file(str(ggufs["f32"]).encode(), llama_backend.model_params(True))
+    finally:
+        silence_llama_logs()
+    assert model  # the call itself finished: ctypes dropped the interrupt
+    llama_cpp.llama_model_free(model)
+    with pytest.raises(KeyboardInterrupt):
+        interrupts.deliver_swallowed()
+    interrupts.deliver_swallowed()  # raised once, not again
+    # Inside a deferred block (torch's tracing), it waits for the block's end.
+    dropped = SimpleNamespace(exc_type=KeyboardInterrupt)
+    with pytest.raises(KeyboardInterrupt), interrupts.deferred():
+        interrupts._keep_dropped_interrupt(dropped)
+        interrupts.deliver_swallowed()  # held
+    # Without a signal, a dropped exception goes to the hook that was there before.
+    monkeypatch.setattr(interrupts, "_signals_seen", 0)
+    seen = []
+    monkeypatch.setattr(interrupts, "_previous_unraisablehook", seen.append)
+    interrupts._keep_dropped_interrupt(dropped)
+    assert seen == [dropped]
+    interrupts.deliver_swallowed()

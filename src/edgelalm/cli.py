@@ -506,18 +506,6 @@ def bench(
 
     # Refuse unknown names before any work; each compressor and length once, in its own spelling
     # (avg03 is avg3: measured twice, the ratios read the last).
-    if quick:
-        # --quick sets these; one also given on the command line was dropped without a word.
-        given = [
-            name
-            for name in QUICK
-            if getattr(context.get_parameter_source(name), "name", None) == "COMMANDLINE"
-            and context.params[name] != QUICK[name]
-        ]
-        if given:
-            options = ", ".join("--" + name.replace("_", "-") for name in given)
-            pronoun = "it" if len(given) == 1 else "them"
-            raise EdgelalmError(f"--quick chooses {options} itself: drop {pronoun}, or drop --quick")
     labels = tuple(
         dict.fromkeys(parse_compressor(label.strip()).label for label in compressors.split(",") if label.strip())
     )
@@ -555,6 +543,18 @@ def bench(
         llama_extra_buffers=llama_extra_buffers,
     )
     if quick:
+        # --quick sets these; one also given on the command line, as something else, was dropped
+        # without a word.
+        given = [
+            name
+            for name in QUICK
+            if getattr(context.get_parameter_source(name), "name", None) == "COMMANDLINE"
+            and getattr(plan, name) != QUICK[name]
+        ]
+        if given:
+            options = ", ".join("--" + name.replace("_", "-") for name in given)
+            pronoun = "it" if len(given) == 1 else "them"
+            raise EdgelalmError(f"--quick chooses {options} itself: drop {pronoun}, or drop --quick")
         plan = dataclasses.replace(plan, **QUICK)
     results = run_bench(plan)
     _say(summary_markdown(results))
@@ -730,8 +730,8 @@ def doctor(
     if json_output:
         # The machine's report is what a bug report needs: the JSON keeps it, with the bundle's error.
         bundle_part = report and {"ok": True, **report}
-        if bundle and report is None:
-            bundle_part = {"ok": False, "error": str(failure)}
+        if bundle and report is None:  # not run where the machine lacks what runs it
+            bundle_part = {"ok": False, "run": not machine["errors"], "error": str(failure)}
         _say(json.dumps({"machine": machine, "bundle": bundle_part}, indent=2))
     elif report:
         _say(format_bundle(report))

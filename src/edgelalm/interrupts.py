@@ -30,6 +30,7 @@ _signals_seen = 0
 _deferring = 0
 _pending = False
 _swallowed = False
+_previous_unraisablehook = sys.unraisablehook
 _stoppers: set[Callable[[], None]] = set()
 _stoppers_lock = threading.Lock()
 _watching = False
@@ -41,9 +42,11 @@ def install() -> None:
     handled = [number for number in _HANDLED if signal.getsignal(number) != signal.SIG_IGN]
     for signal_number in handled:
         signal.signal(signal_number, _on_signal)
-    global _watching
+    global _watching, _previous_unraisablehook
     if handled and not _watching:  # once per process (tests call the CLI's main many times)
         _watching = True
+        _previous_unraisablehook = sys.unraisablehook
+        sys.unraisablehook = _keep_dropped_interrupt
         read_end, write_end = os.pipe()
         os.set_blocking(write_end, False)
         signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
@@ -81,16 +84,21 @@ def _watch(read_end: int) -> None:
                 os._exit(130)
 
 
-def swallowed_by_native_code() -> None:
-    """Called where this module's KeyboardInterrupt was caught by code that cannot pass it on: a
-    ctypes callback (llama.cpp's log) runs Python inside a native call, the handler may raise
-    there, and ctypes prints and drops the exception (an export then finished with exit 0)."""
+def _keep_dropped_interrupt(unraisable: sys.UnraisableHookArgs) -> None:
+    """ctypes hands the exception of a callback it cannot pass on (llama.cpp's log runs Python
+    inside native calls) to sys.unraisablehook, prints it and drops it. The handler's
+    KeyboardInterrupt lands there when a signal comes during the native call: Python runs the
+    handler at the callback's first instruction (an export then finished with exit 0). It is kept,
+    for `deliver_swallowed` to raise once the native call has returned."""
     global _swallowed
-    _swallowed = True
+    if _signals_seen and issubclass(unraisable.exc_type, KeyboardInterrupt):
+        _swallowed = True
+        return
+    _previous_unraisablehook(unraisable)
 
 
 def deliver_swallowed() -> None:
-    """Raise, once the native call has returned, the KeyboardInterrupt a callback swallowed."""
+    """Raise, once a native call has returned, the KeyboardInterrupt a callback dropped."""
     global _swallowed
     if _swallowed and not _deferring:
         _swallowed = False
@@ -106,14 +114,14 @@ def interrupted() -> bool:
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
     """Hold a first signal until the block ends (a no-op where install() was not called)."""
-    global _deferring, _pending
+    global _deferring, _pending, _swallowed
     _deferring += 1
     try:
         yield
     finally:
         _deferring -= 1
-        if not _deferring and _pending:
-            _pending = False
+        if not _deferring and (_pending or _swallowed):
+            _pending = _swallowed = False
             raise KeyboardInterrupt
 
 

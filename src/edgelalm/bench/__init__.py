@@ -80,8 +80,8 @@ def run_bench(plan: BenchPlan) -> dict[str, Any]:
     check_device(plan)
     check_model(plan)
     check_results_folder(plan.out_dir)
-    if plan.mtmd:
-        check_cache()
+    if plan.mtmd and not (plan.out_dir / "mtmd" / f"mmproj-{MMPROJ_TYPE}.gguf").is_file():
+        check_cache()  # the converter comes from it; a converted mmproj is reused without it
     make_output_folder(plan.out_dir.absolute())
     with folder_lock(plan.out_dir, "edgelalm bench"):
         return _run_bench(plan)

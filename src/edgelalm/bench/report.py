@@ -32,8 +32,8 @@ def check_results_folder(out_dir: Path) -> None:
     present = [name for name in RESULT_FILES if os.path.lexists(out_dir / name)]
     if present and not _is_bench_results(out_dir / RESULTS_JSON):
         raise EdgelalmError(
-            f"{out_dir} holds {', '.join(present)} that no edgelalm bench wrote (the bench writes "
-            f"{', '.join(RESULT_FILES)} there): choose another --out"
+            f"{out_dir} holds {', '.join(present)} and no results.json of an edgelalm bench: not its "
+            f"results, so not replaced (the bench writes {', '.join(RESULT_FILES)} there); choose another --out"
         )
 
 

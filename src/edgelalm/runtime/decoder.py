@@ -51,13 +51,12 @@ _BUFFER_LINE = re.compile(r"load_tensors:\s+(\S+) model buffer size")
 _LOAD_ERROR_LINE = re.compile(r"error|failed|invalid", re.IGNORECASE)
 
 
+# A Ctrl-C that comes while llama.cpp runs can raise inside this callback, where ctypes drops it:
+# edgelalm.interrupts keeps it, and each native call below is followed by `deliver_swallowed`.
 @llama_cpp.llama_log_callback
 def _keep_load_log(level, text, user_data):
-    try:
-        if _load_log is not None:
-            _load_log.append(text.decode(errors="replace"))
-    except KeyboardInterrupt:  # Ctrl-C landed in the callback, where ctypes would drop it
-        interrupts.swallowed_by_native_code()
+    if _load_log is not None:
+        _load_log.append(text.decode(errors="replace"))
 
 
 def silence_llama_logs() -> None:
@@ -411,10 +410,10 @@ class LlamaContext:
             batch.seq_id[i][0] = 0
             batch.logits[i] = i == count - 1
         status = llama_cpp.llama_decode(self.context, batch)
+        interrupts.deliver_swallowed()
         if status != 0:
             raise EdgelalmError(f"llama.cpp failed to decode a batch (status {status})")
         self.n_past += count
-        interrupts.deliver_swallowed()
 
     def last_logits(self) -> np.ndarray:
         """Logits [n_vocab] after the last fed position."""

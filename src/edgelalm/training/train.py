@@ -493,9 +493,7 @@ def train(
             loss, parts = rows_loss(rows, texts, training=True)
             if lm_texts and settings.lm_weight > 0:
                 drawn = [lm_texts[int(i)] for i in rng.integers(len(lm_texts), size=settings.lm_batch_size)]
-                token_rows = [
-                    ids[: settings.lm_max_tokens] for ids in tokenizer(drawn, add_special_tokens=False)["input_ids"]
-                ]
+                token_rows = [ids[: settings.lm_max_tokens] for ids in answer_token_ids(tokenizer, drawn)]
                 lm_loss = answer_loss(model, *text_inputs(model, token_rows, lm_boundary))
                 parts["lm_loss"] = float(lm_loss.detach())
                 loss = loss + settings.lm_weight * lm_loss
