@@ -96,10 +96,16 @@ def link_or_copy(source: Path, target: Path) -> None:
 def write_failed(what: str, out_dir: Path, error: OSError) -> EdgelalmError:
     """One line for an OSError while writing `out_dir` (a full disk, a file system gone read-only,
     a quota), with the space left there; atomic_folder has already removed the staging folder."""
-    reason = error.strerror or str(error)
-    with contextlib.suppress(OSError):
-        reason += f" ({shutil.disk_usage(out_dir.absolute().parent).free / 1e6:.1f} MB free there)"
+    reason = (error.strerror or str(error)) + free_space_note(out_dir.absolute().parent)
     return EdgelalmError(f"writing {what} {out_dir} failed: {reason}")
+
+
+def free_space_note(folder: Path) -> str:
+    """ " (N MB free there)" for a message about a failed write in `folder`; "" where unknown."""
+    try:
+        return f" ({shutil.disk_usage(folder).free / 1e6:.1f} MB free there)"
+    except OSError:
+        return ""
 
 
 def check_replaceable(
@@ -188,11 +194,16 @@ def _not_a_folder(path: Path) -> EdgelalmError:
     return EdgelalmError(f"{path} is a file, not a folder")
 
 
+def existing_on_the_way(path: Path) -> Path:
+    """`path`, or its nearest ancestor that exists: where a file on the way would stop a mkdir."""
+    return next(folder for folder in [path, *path.parents] if folder.exists())
+
+
 def cannot_write_in(parent: Path, error: OSError) -> EdgelalmError:
     """One line for a folder that could not be made in `parent`. /proc and the like exist but
     refuse new entries with ENOENT, which would read as "not found"; a file on the way (--out
     notes.txt/bundle) reads as "File exists" or "Not a directory"."""
-    on_the_way = next(p for p in [parent, *parent.parents] if p.exists())
+    on_the_way = existing_on_the_way(parent)
     if not on_the_way.is_dir():
         reason = f"{'it' if on_the_way == parent else on_the_way} is not a folder"
     elif parent.is_dir() and error.errno == errno.ENOENT:

@@ -26,7 +26,7 @@ from edgelalm.bench.measure import (
     summarize,
     synthetic_clip,
 )
-from edgelalm.bench.mtmd import MMPROJ_TYPE, MTMD_RUNTIME, ensure_mmproj, explain_failure
+from edgelalm.bench.mtmd import MMPROJ_TYPE, MTMD_RUNTIME, ensure_mmproj, explain_failure, mmproj_path
 from edgelalm.bench.plan import (
     DEFAULT_COMPRESSORS,
     DEFAULT_SECONDS,
@@ -80,7 +80,7 @@ def run_bench(plan: BenchPlan) -> dict[str, Any]:
     check_device(plan)
     check_model(plan)
     check_results_folder(plan.out_dir)
-    if plan.mtmd and not (plan.out_dir / "mtmd" / f"mmproj-{MMPROJ_TYPE}.gguf").is_file():
+    if plan.mtmd and not mmproj_path(plan.out_dir).is_file():
         check_cache()  # the converter comes from it; a converted mmproj is reused without it
     make_output_folder(plan.out_dir.absolute())
     with folder_lock(plan.out_dir, "edgelalm bench"):

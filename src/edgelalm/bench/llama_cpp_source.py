@@ -22,7 +22,7 @@ from importlib import metadata
 from pathlib import Path, PurePosixPath
 
 from edgelalm.errors import EdgelalmError
-from edgelalm.files import write_failed
+from edgelalm.files import existing_on_the_way, write_failed
 
 DISTRIBUTION = "llama-cpp-python"
 VENDOR_ROOT = "vendor/llama.cpp"
@@ -41,12 +41,10 @@ def check_cache(cache: Path | None = None) -> None:
     """Refuse, before any work, a cache that cannot be a folder: a file, or a path under one (the
     bench measured everything else and then warned that its mtmd rows could not run)."""
     path = (cache or default_cache()).absolute()
-    for folder in (path, *path.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                shown = f"${CACHE_VARIABLE}" if os.environ.get(CACHE_VARIABLE) else "the cache"
-                raise EdgelalmError(f"{shown} {path}: {folder} is a file, not a folder")
-            return
+    on_the_way = existing_on_the_way(path)
+    if not on_the_way.is_dir():
+        shown = f"${CACHE_VARIABLE}" if os.environ.get(CACHE_VARIABLE) else "the cache"
+        raise EdgelalmError(f"{shown} {path}: {on_the_way} is a file, not a folder")
 
 
 def installed_version() -> str:

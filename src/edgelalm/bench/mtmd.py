@@ -55,13 +55,18 @@ MTMD_ENCODER_POSITIONS = 1500
 POSITIONS_PER_SECOND = MTMD_ENCODER_POSITIONS // MTMD_WINDOW_SECONDS
 
 
+def mmproj_path(out_dir: Path) -> Path:
+    """Where a bench's --out keeps the converted mmproj."""
+    return out_dir / "mtmd" / f"mmproj-{MMPROJ_TYPE}.gguf"
+
+
 def ensure_mmproj(model_dir: Path, out_dir: Path, cache: Path | None = None) -> Path:
     """out_dir/mtmd/mmproj-f16.gguf: the checkpoint's audio tower and projector as llama.cpp's
     converter writes them (pinned to the installed llama-cpp-python), reused while the checkpoint
     folder and llama-cpp-python release are the same. EdgelalmError (one line, the converter's
     own last words) when it cannot be written."""
-    folder = out_dir / "mtmd"
-    target = folder / f"mmproj-{MMPROJ_TYPE}.gguf"
+    target = mmproj_path(out_dir)
+    folder = target.parent
     record = folder / "mmproj.json"
     wanted = {"source": str(model_dir.resolve()), "llama_cpp_python": installed_version(), "type": MMPROJ_TYPE}
     if target.is_file() and record.is_file():

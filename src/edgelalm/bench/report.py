@@ -14,7 +14,7 @@ from edgelalm.bench.measure import STAGES
 from edgelalm.bench.mtmd import MTMD_RUNTIME
 from edgelalm.bench.plan import BenchPlan
 from edgelalm.errors import EdgelalmError
-from edgelalm.files import replaced_file, write_failed
+from edgelalm.files import read_json, replaced_file, write_failed
 from edgelalm.runtime.memory import gpu_name
 
 RESULTS_JSON = "results.json"
@@ -41,8 +41,8 @@ def _is_bench_results(path: Path) -> bool:
     try:
         if path.is_symlink() or not path.is_file() or path.stat().st_size > _MAX_RESULTS_BYTES:
             return False
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
+        results = read_json(path)
+    except (OSError, EdgelalmError):
         return False
     return isinstance(results, dict) and {"machine", "rows", "ratios"} <= results.keys()
 

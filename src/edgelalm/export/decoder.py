@@ -10,9 +10,7 @@ The runtime reads what this module writes in `edgelalm.runtime.decoder`.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -162,6 +160,7 @@ def add_tokenizer(writer: gguf.GGUFWriter, checkpoint: Checkpoint, chat_template
 
 def quantize_gguf(source: Path, target: Path, quant: str) -> None:
     """llama.cpp's own quantizer (K-quants included), as llama-quantize runs it."""
+    from edgelalm.files import free_space_note
     from edgelalm.runtime.decoder import first_error_in, kept_llama_log
     from edgelalm.runtime.llama_backend import import_llama_cpp
 
@@ -174,7 +173,5 @@ def quantize_gguf(source: Path, target: Path, quant: str) -> None:
     if status != 0:
         target.unlink(missing_ok=True)
         # Its reason (a full disk among them) is only in llama.cpp's log.
-        reason = first_error_in(log) or f" (status {status})"
-        with contextlib.suppress(OSError):
-            reason += f" ({shutil.disk_usage(target.parent).free / 1e6:.1f} MB free there)"
+        reason = (first_error_in(log) or f" (status {status})") + free_space_note(target.parent)
         raise EdgelalmError(f"llama.cpp could not quantize the decoder to {quant}{reason}")
