@@ -50,10 +50,10 @@ def speechlike(seconds: float, seed: int) -> np.ndarray:
     return (0.2 * envelope * rng.standard_normal(n)).astype(np.float32)
 
 
-def reference_answer(
-    hf, audio: np.ndarray, compressor: str, factor: int, max_tokens: int, prompt: str, window_seconds: int
-):
-    """Greedy answer and audio-token count, from transformers + peft + the paper's definitions."""
+def reference_inputs(hf, audio: np.ndarray, compressor: str, factor: int, prompt: str, window_seconds: int):
+    """(inputs_embeds [1, N, H], audio embeddings [A, H], end ids), from transformers + peft + the
+    paper's definitions: each encoder window as its own clip, compressed, projected, in the chat
+    template around the prompt."""
     model, processor = hf
     tower = TransformersAudioTower(model, processor)
     base = model.get_base_model()
@@ -77,7 +77,17 @@ def reference_answer(
                 embed(torch.tensor(tokenizer(after, add_special_tokens=False).input_ids)),
             ]
         )[None]
-        end_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    end_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    return inputs_embeds, audio_embeddings, end_ids
+
+
+def reference_answer(
+    hf, audio: np.ndarray, compressor: str, factor: int, max_tokens: int, prompt: str, window_seconds: int
+):
+    """Greedy answer and audio-token count, from transformers + peft + the paper's definitions."""
+    model, processor = hf
+    inputs_embeds, audio_embeddings, end_ids = reference_inputs(hf, audio, compressor, factor, prompt, window_seconds)
+    with torch.no_grad():
         generated = model.generate(
             inputs_embeds=inputs_embeds,
             attention_mask=torch.ones(inputs_embeds.shape[:2], dtype=torch.long),
@@ -87,4 +97,4 @@ def reference_answer(
             pad_token_id=end_ids[-1],
         )[0].tolist()
     answer = [t for t in generated if t not in end_ids]
-    return tokenizer.decode(answer), audio_embeddings.shape[0]
+    return processor.tokenizer.decode(answer), audio_embeddings.shape[0]

@@ -23,8 +23,11 @@ from edgelalm.errors import EdgelalmError  # noqa: E402
 from edgelalm.export.adapter import open_adapter  # noqa: E402
 from edgelalm.export.checkpoint import open_checkpoint  # noqa: E402
 from edgelalm.export.decoder import write_decoder  # noqa: E402
+from edgelalm.runtime.ctc import CtcPrefixScorer  # noqa: E402
 from edgelalm.runtime.decoder import LlamaDecoder  # noqa: E402
 from edgelalm.runtime.llama_backend import decide_extra_buffers, model_params  # noqa: E402
+from edgelalm.runtime.search import beam_search, log_softmax  # noqa: E402
+from edgelalm.training.model import torch_advance  # noqa: E402
 
 BEFORE_AUDIO = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nAudio 1: <|audio_bos|>"
 AFTER_AUDIO = "<|audio_eos|>\nTranscribe the audio.<|im_end|>\n<|im_start|>assistant\n"
@@ -122,6 +125,65 @@ def test_greedy_continuation_is_identical(ggufs, reference, quant):
         got = list(decoder.generate(20))
     assert len(expected) >= 5
     assert got == expected
+
+
+def beam_inputs(checkpoint, seed):
+    before, audio, after = prompt_inputs(checkpoint, seed=seed)
+    end_ids = [checkpoint.processor.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    # CTC log-probabilities over the 9 audio positions that favour a few tokens, so that the joint
+    # search's answers differ from the decoder's alone.
+    generator = np.random.default_rng(seed)
+    scores = generator.normal(size=(9, 1 + checkpoint.config.text_config.vocab_size))
+    scores[:, 1 + generator.integers(0, 200, size=6)] += 6.0
+    return before, audio, after, end_ids, CtcPrefixScorer(log_softmax(scores))
+
+
+@pytest.mark.parametrize(("beam_size", "ctc_weight"), [(1, 0.0), (4, 0.0), (4, 0.5), (3, 0.8)])
+def test_beam_search_on_llama_cpp_sequences_equals_it_on_transformers(ggufs, reference, beam_size, ctc_weight):
+    """Each hypothesis a llama.cpp sequence, copied from its parent's: the same answers as the
+    same search with transformers' model evaluating every hypothesis afresh."""
+    checkpoint, paths = ggufs
+    answers = set()
+    for seed in range(3):
+        before, audio, after, end_ids, scorer = beam_inputs(checkpoint, seed)
+        embeds = reference_embeds(reference, before, audio, after)[0]
+        expected, _ = beam_search(
+            torch_advance(reference, embeds), frozenset(end_ids), 12, beam_size, scorer, ctc_weight
+        )
+        with LlamaDecoder(paths["f32"], n_ctx=128, kv_cache_type="f32") as decoder:
+            decoder.ensure_context(128, sequences=beam_size + 1)
+            decoder.feed_tokens(before)
+            decoder.feed_embeddings(audio.numpy())
+            decoder.feed_tokens(after)
+            advance, release = decoder.beams(beam_size)
+            got, _ = beam_search(advance, frozenset(end_ids), 12, beam_size, scorer, ctc_weight)
+            release()
+        assert got == expected
+        answers.add(tuple(got))
+    assert len(answers) == 3
+
+
+def test_after_a_beam_search_the_prompt_is_kept_and_only_it(ggufs):
+    """The hypotheses' cells go; sequence 0 keeps the prompt for the prefix cache, and the next
+    clip after it reads the same logits as in a fresh context."""
+    checkpoint, paths = ggufs
+    before, audio, after, end_ids, scorer = beam_inputs(checkpoint, seed=7)
+    _, other_audio, _ = prompt_inputs(checkpoint, seed=8)
+    expected = llama_logits(paths["f32"], before, other_audio, after)
+    with LlamaDecoder(paths["f32"], n_ctx=128, kv_cache_type="f32") as decoder:
+        decoder.ensure_context(128, sequences=5)
+        decoder.start_with(before)
+        decoder.feed_embeddings(audio.numpy())
+        decoder.feed_tokens(after)
+        advance, release = decoder.beams(4)
+        beam_search(advance, frozenset(end_ids), 12, 4, scorer, 0.5)
+        release()
+        memory = llama_cpp.llama_get_memory(decoder.context)
+        assert [llama_cpp.llama_memory_seq_pos_max(memory, s) for s in range(1, 5)] == [-1] * 4
+        assert decoder.start_with(before) == len(before)
+        decoder.feed_embeddings(other_audio.numpy())
+        decoder.feed_tokens(after)
+        assert np.abs(decoder.last_logits() - expected).max() <= LOGIT_BOUNDS["f32"]
 
 
 @pytest.mark.parametrize(

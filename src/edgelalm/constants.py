@@ -30,6 +30,7 @@ SINGLE_COMPRESSOR_FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 ENCODER_FILE = "encoder.onnx"
 COMPRESSOR_FILE = "compressor.onnx"
+CTC_FILE = "ctc.onnx"
 DECODER_FILE = "decoder.gguf"
 # peft's adapter config: what marks a folder as a LoRA adapter (finetune writes it, export reads it).
 ADAPTER_CONFIG_FILE = "adapter_config.json"
@@ -62,6 +63,10 @@ ENCODER_OUTPUT = "audio_frames"
 # compressor.onnx: audio_frames [L, audio_width] -> audio_embeddings [N, hidden_size]
 COMPRESSOR_INPUT = ENCODER_OUTPUT
 COMPRESSOR_OUTPUT = "audio_embeddings"
+# ctc.onnx (a checkpoint with a CTC head only): audio_embeddings [N, hidden_size] ->
+# ctc_log_probs [N, 1 + vocab_size], column 0 the blank, column i + 1 the decoder's token i
+CTC_INPUT = COMPRESSOR_OUTPUT
+CTC_OUTPUT = "ctc_log_probs"
 
 # -- choices ---------------------------------------------------------------------------------
 
@@ -88,6 +93,13 @@ WINDOW_MODES: tuple[WindowMode, ...] = get_args(WindowMode)
 # A checkpoint's own advice on how `run` cuts long clips (the windows it answers best), read by
 # export into the manifest's `windows` section: {"mode": "each", "seconds": 8}.
 WINDOWS_ADVICE_FILE = "edgelalm_windows.json"
+# A checkpoint's CTC head over its audio embeddings (a blank vector and a scale; the vocabulary is
+# the decoder's input embeddings), trained beside the decoder: export writes it as CTC_FILE and the
+# runtime decodes with it (joint CTC/attention beam search).
+CTC_HEAD_FILE = "edgelalm_ctc_head.safetensors"
+# The checkpoint's advice on how to decode with it, read by export into the manifest's `decoding`
+# section: {"beam_size": 4, "ctc_weight": 0.5}.
+DECODING_ADVICE_FILE = "edgelalm_decoding.json"
 # llama.cpp's extra weight buffers (edgelalm.runtime.llama_backend).
 ExtraBuffers = Literal["auto", "on", "off"]
 EXTRA_BUFFER_CHOICES: tuple[ExtraBuffers, ...] = get_args(ExtraBuffers)

@@ -27,6 +27,9 @@ from edgelalm.constants import (
     BUNDLE_FORMAT_VERSION,
     COMPRESSOR_INPUT,
     COMPRESSOR_OUTPUT,
+    CTC_INPUT,
+    CTC_OUTPUT,
+    DECODING_ADVICE_FILE,
     ENCODER_FILE,
     ENCODER_FRAMES_PER_SECOND,
     ENCODER_INPUT,
@@ -208,6 +211,30 @@ class WindowsInfo:
 
 
 @dataclass(frozen=True)
+class CtcInfo:
+    """A CTC head over the audio embeddings (a checkpoint's CTC_HEAD_FILE with its decoder's input
+    embeddings): log-probabilities of a blank and of each decoder token, for joint decoding."""
+
+    file: str
+    vocab_size: int = field(metadata=_AT_LEAST_ONE)  # columns after the blank: the decoder's tokens
+    inputs: dict[str, str] = field(default_factory=dict)
+    output: dict[str, str] = field(default_factory=dict)
+
+
+# Wider beams cost a sequence each in the KV cache and a row each in every decoding step.
+MAX_BEAM_SIZE = 16
+
+
+@dataclass(frozen=True)
+class DecodingInfo:
+    """How `run` decodes when the caller does not say (`run --beam-size/--ctc-weight`): the
+    checkpoint's advice (its DECODING_ADVICE_FILE). Without it: greedy, the decoder alone."""
+
+    beam_size: int = field(default=1, metadata=_AT_LEAST_ONE)
+    ctc_weight: float = 0.0  # the CTC head's share of each hypothesis's score, 0 to 1
+
+
+@dataclass(frozen=True)
 class Manifest:
     created_utc: str
     model: ModelInfo
@@ -225,14 +252,17 @@ class Manifest:
     # `compressor` is the first, the default. Empty: one compressor, its adapter (if any) merged.
     compressors: dict[str, CompressorChoice] = field(default_factory=dict)
     windows: WindowsInfo | None = None  # None: joined, the encoder's window (as bundles before it)
+    ctc: CtcInfo | None = None  # None: no CTC head (every Qwen2-Audio checkpoint; bundles before it)
+    decoding: DecodingInfo | None = None  # None: greedy
 
     def to_json(self) -> dict[str, Any]:
         header = {"format": self.format, "format_version": self.format_version}
         body = {key: value for key, value in dataclasses.asdict(self).items() if key not in header}
         if not self.compressors:
             del body["compressors"]  # a version-1 bundle, as older writers wrote it
-        if self.windows is None:
-            del body["windows"]
+        for optional in ("windows", "ctc", "decoding"):
+            if body[optional] is None:
+                del body[optional]
         return {**header, **body}
 
     def file_names(self) -> list[str]:
@@ -240,6 +270,7 @@ class Manifest:
         names = [self.features.mel_filters_file, self.encoder.file, self.compressor.file]
         for choice in self.compressors.values():
             names += [choice.compressor.file] + ([choice.adapter.file] if choice.adapter else [])
+        names += [self.ctc.file] if self.ctc else []
         return names + ([self.decoder.file] if self.decoder else [])
 
 
@@ -376,6 +407,45 @@ def _check_contract(manifest: Manifest, manifest_path: Path) -> None:
     _check_choices(manifest, manifest_path)
     if manifest.windows is not None:
         check_windows(manifest.windows, manifest.features.window_seconds, manifest_path)
+    if manifest.ctc is not None:
+        expected = {
+            "ctc.inputs": (list(manifest.ctc.inputs), [CTC_INPUT]),
+            "ctc.output": (list(manifest.ctc.output), [CTC_OUTPUT]),
+        }
+        if manifest.decoder is not None:
+            expected["ctc.vocab_size"] = (manifest.ctc.vocab_size, manifest.decoder.vocab_size)
+        _expect(expected, manifest_path)
+    if manifest.decoding is not None:
+        check_decoding(manifest.decoding, manifest.ctc is not None, manifest_path)
+
+
+def check_decoding(decoding: DecodingInfo, has_ctc_head: bool, source: Path | str) -> None:
+    """A beam of 1 to MAX_BEAM_SIZE; a CTC weight from 0 to 1, above 0 only with a CTC head."""
+    if not 1 <= decoding.beam_size <= MAX_BEAM_SIZE:
+        raise EdgelalmError(f"{source}: beam_size must be from 1 to {MAX_BEAM_SIZE}, got {decoding.beam_size}")
+    if not 0.0 <= decoding.ctc_weight <= 1.0:
+        raise EdgelalmError(f"{source}: ctc_weight must be from 0 to 1, got {decoding.ctc_weight:g}")
+    if decoding.ctc_weight > 0 and not has_ctc_head:
+        raise EdgelalmError(f"{source}: ctc_weight {decoding.ctc_weight:g} needs a CTC head, and there is none")
+
+
+def read_decoding_advice(checkpoint_dir: Path, has_ctc_head: bool) -> DecodingInfo | None:
+    """The checkpoint's DECODING_ADVICE_FILE, checked as the manifest's section is; None without one."""
+    path = checkpoint_dir / DECODING_ADVICE_FILE
+    if not path.is_file():
+        return None
+    decoding = _build(DecodingInfo, read_json(path), "decoding", path)
+    check_decoding(decoding, has_ctc_head, path)
+    return decoding
+
+
+def write_decoding_advice(checkpoint_dir: Path, decoding: DecodingInfo) -> Path:
+    return _write_advice(checkpoint_dir / DECODING_ADVICE_FILE, decoding)
+
+
+def _write_advice(path: Path, section: WindowsInfo | DecodingInfo) -> Path:
+    path.write_text(json.dumps(dataclasses.asdict(section), indent=2) + "\n", encoding="utf-8")
+    return path
 
 
 # Audio rates a feature extractor is made for (Whisper's is 16 kHz); past them, resampling a clip
@@ -430,9 +500,7 @@ def read_windows_advice(checkpoint_dir: Path, encoder_seconds: float) -> Windows
 
 
 def write_windows_advice(checkpoint_dir: Path, windows: WindowsInfo) -> Path:
-    path = checkpoint_dir / WINDOWS_ADVICE_FILE
-    path.write_text(json.dumps(dataclasses.asdict(windows), indent=2) + "\n", encoding="utf-8")
-    return path
+    return _write_advice(checkpoint_dir / WINDOWS_ADVICE_FILE, windows)
 
 
 def _expect(expected: dict[str, tuple[Any, Any]], manifest_path: Path) -> None:

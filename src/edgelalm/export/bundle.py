@@ -28,6 +28,8 @@ import numpy as np
 from edgelalm.compression import CompressorSpec
 from edgelalm.constants import (
     COMPRESSOR_FILE,
+    CTC_FILE,
+    CTC_HEAD_FILE,
     DECODER_FILE,
     ENCODER_FILE,
     MANIFEST_FILE,
@@ -43,11 +45,12 @@ from edgelalm.export.adapter import LoraAdapter, open_adapter
 from edgelalm.export.adapter_gguf import write_adapter_gguf
 from edgelalm.export.checkpoint import Checkpoint, open_checkpoint
 from edgelalm.export.compressor import CompressorProjector, build_compressor, export_compressor_onnx
+from edgelalm.export.ctc import export_ctc_onnx, has_ctc_head, load_ctc_head
 from edgelalm.export.decoder import write_decoder
 from edgelalm.export.describe import ExportedChoice, build_manifest
 from edgelalm.export.encoder import EncoderPrecision, check_torch_version, export_encoder_onnx
 from edgelalm.export.share import check_shared_checksums, shareable_files
-from edgelalm.export.verify import check_adapters, check_compressor, check_decoder, check_encoder
+from edgelalm.export.verify import check_adapters, check_compressor, check_ctc, check_decoder, check_encoder
 from edgelalm.files import atomic_folder, link_or_copy, read_json_object, write_failed
 from edgelalm.manifest import (
     PromptInfo,
@@ -153,6 +156,10 @@ def _write_bundle(options: ExportOptions) -> None:
                 choice.graph_file: CompressorProjector(build_compressor(choice.spec), projector).eval()
                 for choice in choices
             }
+            ctc_head = None
+            if has_ctc_head(checkpoint.path):
+                embeddings = checkpoint.tensor(checkpoint.decoder_tensor_keys()["model.embed_tokens.weight"])
+                ctc_head = load_ctc_head(checkpoint.path, embeddings)
         if ENCODER_FILE in shared and options.share_from:
             # Copied, not linked: onnx refuses external weights that have several hard links.
             with steps.step(f"Copying the audio encoder ({options.encoder_precision}) from {options.share_from}"):
@@ -166,6 +173,9 @@ def _write_bundle(options: ExportOptions) -> None:
         with steps.step(f"Exporting compressor {labels} + projector to ONNX"):
             for file_name, compressor in compressors.items():
                 export_compressor_onnx(compressor, tower.config.d_model, staging / file_name)
+            if ctc_head is not None:
+                export_ctc_onnx(ctc_head, checkpoint.config.text_config.hidden_size, staging / CTC_FILE)
+                steps.note(f"{CTC_FILE}: the checkpoint's CTC head ({CTC_HEAD_FILE}), for joint decoding")
         with steps.step("Checking the graphs against PyTorch on a probe clip"):
             frames, encoder_probe = check_encoder(checkpoint, tower, staging, options.encoder_precision)
             steps.note(
@@ -183,7 +193,10 @@ def _write_bundle(options: ExportOptions) -> None:
                     f"{file_name} vs PyTorch: max |diff| {probe['compressor_max_abs_diff']:.2e}, "
                     f"{probe['audio_tokens']} audio tokens from {probe['encoder_frames']} encoder frames"
                 )
-        del tower, projector, compressors
+            if ctc_head is not None:
+                difference = check_ctc(frames, next(iter(compressors.values())), ctc_head, staging)
+                steps.note(f"{CTC_FILE} vs PyTorch: max |diff| {difference:.2e}")
+        del tower, projector, compressors, ctc_head
         merged = " with the LoRA merged" if adapter else ""
         if DECODER_FILE in shared and options.share_from:
             with steps.step(f"Linking the decoder ({options.quant}){merged} from {options.share_from}"):

@@ -19,13 +19,16 @@ from torch import nn
 from edgelalm.checks import is_whole_number
 from edgelalm.constants import LLAMA_MAX_LAYERS, MEL_FILTERS_FILE, EncoderPrecision
 from edgelalm.errors import EdgelalmError, error_gist
+from edgelalm.export.ctc import has_ctc_head
 from edgelalm.files import read_json_object
 from edgelalm.manifest import (
     MAX_N_FFT,
     SAMPLING_RATES,
+    DecodingInfo,
     FeaturesInfo,
     WindowsInfo,
     check_features,
+    read_decoding_advice,
     read_windows_advice,
 )
 
@@ -61,6 +64,7 @@ class Checkpoint:
     processor: Qwen2AudioProcessor
     tensor_files: dict[str, Path]
     windows_advice: WindowsInfo | None = None  # its WINDOWS_ADVICE_FILE, for the manifest
+    decoding_advice: DecodingInfo | None = None  # its DECODING_ADVICE_FILE, for the manifest
 
     @property
     def name(self) -> str:
@@ -372,6 +376,7 @@ def open_checkpoint(path: Path) -> Checkpoint:
     checkpoint.check_shapes()
     check_features(checkpoint.features(), path)  # the extractor's window is the tower's
     checkpoint.windows_advice = read_windows_advice(path, float(extractor.chunk_length))
+    checkpoint.decoding_advice = read_decoding_advice(path, has_ctc_head(path))
     return checkpoint
 
 

@@ -13,6 +13,7 @@ The runtime reads what this module writes in `edgelalm.runtime.compressor`.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
@@ -148,16 +149,22 @@ def export_compressor_onnx(module: CompressorProjector, encoder_width: int, path
     The legacy TorchScript exporter freezes the segment count at trace time; dynamo keeps it
     data-dependent.
     """
+    export_rows_graph(module, torch.randn(40, encoder_width), COMPRESSOR_INPUT, COMPRESSOR_OUTPUT, path)
+
+
+def export_rows_graph(module: nn.Module, example: torch.Tensor, input_name: str, output_name: str, path: Path) -> None:
+    """A graph of one input of [rows, width] and one output, the row count dynamic (traced by
+    dynamo): the compressor's and the CTC head's."""
     module.eval()
-    example = torch.randn(40, encoder_width)
-    frames = torch.export.Dim("audio_frames", min=1, max=100_000)
+    rows = torch.export.Dim(input_name, min=1, max=100_000)
+    argument = next(iter(inspect.signature(module.forward).parameters))
     with deferred(), torch.no_grad():  # see edgelalm.interrupts
         program = torch.onnx.export(
             module,
             (example,),
-            dynamic_shapes={"audio_frames": {0: frames}},
-            input_names=[COMPRESSOR_INPUT],
-            output_names=[COMPRESSOR_OUTPUT],
+            dynamic_shapes={argument: {0: rows}},
+            input_names=[input_name],
+            output_names=[output_name],
             dynamo=True,
             verbose=False,
         )

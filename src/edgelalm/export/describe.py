@@ -16,6 +16,9 @@ from edgelalm.constants import (
     COMPRESSOR_FILE,
     COMPRESSOR_INPUT,
     COMPRESSOR_OUTPUT,
+    CTC_FILE,
+    CTC_INPUT,
+    CTC_OUTPUT,
     DECODER_FILE,
     ENCODER_FILE,
     ENCODER_FRAMES_PER_SECOND,
@@ -30,10 +33,12 @@ from edgelalm.constants import (
 from edgelalm.errors import EdgelalmError
 from edgelalm.export.adapter import LoraAdapter
 from edgelalm.export.checkpoint import Checkpoint
+from edgelalm.export.ctc import has_ctc_head
 from edgelalm.manifest import (
     AdapterInfo,
     CompressorChoice,
     CompressorInfo,
+    CtcInfo,
     DecoderInfo,
     EncoderInfo,
     Manifest,
@@ -132,6 +137,15 @@ def build_manifest(
         compressors=compressors,
         format_version=BUNDLE_FORMAT_VERSION if compressors else SINGLE_COMPRESSOR_FORMAT_VERSION,
         windows=checkpoint.windows_advice,
+        ctc=CtcInfo(
+            file=CTC_FILE,
+            vocab_size=text_config.vocab_size,
+            inputs={CTC_INPUT: "[N, hidden_size]"},
+            output={CTC_OUTPUT: "[N, 1 + vocab_size]"},
+        )
+        if has_ctc_head(checkpoint.path)
+        else None,
+        decoding=checkpoint.decoding_advice,
     )
 
 

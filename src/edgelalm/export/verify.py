@@ -12,6 +12,8 @@ import torch
 from edgelalm.constants import (
     COMPRESSOR_FILE,
     COMPRESSOR_INPUT,
+    CTC_FILE,
+    CTC_INPUT,
     ENCODER_FILE,
     ENCODER_INPUT,
     ENCODER_RIGHT_CONTEXT_INPUT,
@@ -20,6 +22,7 @@ from edgelalm.constants import (
 from edgelalm.errors import EdgelalmError
 from edgelalm.export.checkpoint import Checkpoint
 from edgelalm.export.compressor import CompressorProjector, UnsupervisedSegmentation, cosine_dissimilarity
+from edgelalm.export.ctc import CtcHead
 from edgelalm.export.encoder import ClipLengthAudioEncoder, EncoderPrecision
 from edgelalm.manifest import PromptInfo
 
@@ -147,22 +150,41 @@ def check_compressor(
 ) -> dict[str, Any]:
     """Run one compressor + projector graph in onnxruntime and in PyTorch on the probe's encoder
     frames (for unseg, frames without near-ties); refuse on mismatch."""
-    import onnx
-    import onnxruntime
-
     if isinstance(compressor.compressor, UnsupervisedSegmentation):
         frames = untied_probe(frames)
-    onnx.checker.check_model(str(bundle_dir / compressor_file))
-    session = onnxruntime.InferenceSession(str(bundle_dir / compressor_file), providers=["CPUExecutionProvider"])
-    embeddings = session.run(None, {COMPRESSOR_INPUT: frames})[0]
-    with torch.no_grad():
-        embeddings_ref = compressor(torch.from_numpy(frames)).numpy()
-    if embeddings.shape != embeddings_ref.shape:
-        raise EdgelalmError(
-            f"{compressor_file} disagrees with PyTorch on shapes: {embeddings.shape} vs {embeddings_ref.shape}"
-        )
+    embeddings, embeddings_ref = _graph_and_module(bundle_dir / compressor_file, COMPRESSOR_INPUT, frames, compressor)
     compressor_diff = float(np.abs(embeddings - embeddings_ref).max())
     scale = max(1.0, float(np.abs(embeddings_ref).max()))
     if compressor_diff > 1e-4 * scale:
         raise EdgelalmError(f"{compressor_file} differs from PyTorch by {compressor_diff:.2e}: export is broken")
     return {"audio_tokens": int(embeddings.shape[0]), "compressor_max_abs_diff": compressor_diff}
+
+
+def check_ctc(frames: np.ndarray, compressor: CompressorProjector, head: CtcHead, bundle_dir: Path) -> float:
+    """The CTC head's graph in onnxruntime against PyTorch on the probe's audio embeddings (the
+    probe's encoder frames through `compressor`); refuse on mismatch. Returns the largest
+    difference of a log-probability."""
+    with torch.no_grad():
+        embeddings = compressor(torch.from_numpy(frames)).numpy()
+    log_probs, expected = _graph_and_module(bundle_dir / CTC_FILE, CTC_INPUT, embeddings, head)
+    # Log-probabilities: an absolute bound, scaled by the head's largest logit (its scale).
+    difference = float(np.abs(log_probs - expected).max())
+    if difference > 1e-4 * max(1.0, float(head.scaled_vocabulary.norm(dim=-1).max())):
+        raise EdgelalmError(f"{CTC_FILE} differs from PyTorch by {difference:.2e}: export is broken")
+    return difference
+
+
+def _graph_and_module(graph: Path, input_name: str, rows: np.ndarray, module: torch.nn.Module):
+    """(the graph's output in onnxruntime, the module's in PyTorch) on the same input, the graph
+    checked by onnx first and the shapes equal."""
+    import onnx
+    import onnxruntime
+
+    onnx.checker.check_model(str(graph))
+    session = onnxruntime.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    got = session.run(None, {input_name: rows})[0]
+    with torch.no_grad():
+        expected = module(torch.from_numpy(rows)).numpy()
+    if got.shape != expected.shape:
+        raise EdgelalmError(f"{graph.name} disagrees with PyTorch on shapes: {got.shape} vs {expected.shape}")
+    return got, expected

@@ -13,7 +13,7 @@ import contextlib
 import ctypes
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +31,7 @@ from edgelalm.runtime.llama_backend import (
     model_params,
     usable_cores,
 )
+from edgelalm.runtime.search import Advance, log_softmax
 
 llama_cpp = import_llama_cpp()
 
@@ -287,6 +288,7 @@ class LlamaContext:
         self.context = None
         self.n_ctx = 0
         self.n_batch = 0
+        self.n_sequences = 1  # sequences the KV cache holds: 1, or a beam's hypotheses + the prompt's
         self.n_past = 0
         # The tokens at the start of the KV cache that `start_with` may keep for the next sequence.
         self.cached_prefix: list[int] = []
@@ -294,11 +296,12 @@ class LlamaContext:
         self.adapter_scale = 1.0
         self.ensure_context(n_ctx)
 
-    def ensure_context(self, n_ctx: int, keep_cells: bool = False) -> None:
+    def ensure_context(self, n_ctx: int, keep_cells: bool = False, sequences: int = 1) -> None:
         """A fresh, empty context of at least `n_ctx` tokens (KV memory grows with it, so
-        each clip gets what it needs, rounded up to 256). `keep_cells`: a context that is large
-        enough keeps its KV cells (for `start_with`); a new one starts empty."""
-        if self.context and self.n_ctx >= n_ctx:
+        each clip gets what it needs, rounded up to 256) and `sequences` sequences (a beam search's
+        hypotheses share the prompt's cells). `keep_cells`: a context that is large enough keeps
+        its KV cells (for `start_with`); a new one starts empty."""
+        if self.context and self.n_ctx >= n_ctx and self.n_sequences >= sequences:
             if not keep_cells:
                 self.reset()
             return
@@ -310,6 +313,11 @@ class LlamaContext:
         context_params.n_ctx = n_ctx
         context_params.n_batch = min(n_ctx, 512)
         context_params.n_ubatch = min(n_ctx, 512)
+        sequences = max(sequences, self.n_sequences)
+        context_params.n_seq_max = sequences
+        # One pool of cells for every sequence (not n_ctx / n_seq_max each), so that the
+        # hypotheses share the prompt's cells and each takes only what its own tokens need.
+        context_params.kv_unified = sequences > 1
         context_params.type_k = context_params.type_v = _GGML_TYPES[self.llama.kv_cache_type]
         if self.llama.kv_cache_type == "f32":
             context_params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
@@ -320,6 +328,7 @@ class LlamaContext:
             raise EdgelalmError(f"llama.cpp could not create a context of {n_ctx} tokens for {self.llama.gguf_path}")
         self.n_ctx = llama_cpp.llama_n_ctx(self.context)
         self.n_batch = context_params.n_batch
+        self.n_sequences = sequences
         self.n_past = 0
         self.cached_prefix = []
         if self.adapter is not None:  # a larger context keeps the adapter it had
@@ -419,6 +428,73 @@ class LlamaContext:
         """Logits [n_vocab] after the last fed position."""
         pointer = llama_cpp.llama_get_logits_ith(self.context, -1)
         return np.ctypeslib.as_array(pointer, shape=(self.llama.n_vocab,)).copy()
+
+    def beams(self, beam_size: int) -> tuple[Advance, Callable[[], None]]:
+        """A beam search's decoder over what was fed (`edgelalm.runtime.search.Advance`): each
+        hypothesis is a llama.cpp sequence of its own, copied from its parent's (the copy shares
+        the cells) and fed one token a step, all hypotheses in one batch. The prompt stays in
+        sequence 0, untouched, for the prefix cache. The second callable removes the hypotheses'
+        cells (call it when the search ends, however it ends)."""
+        if self.n_sequences < beam_size + 1:
+            raise EdgelalmError(
+                f"this context holds {self.n_sequences} sequences; a beam of {beam_size} needs {beam_size + 1}"
+            )
+        memory = llama_cpp.llama_get_memory(self.context)
+        prompt_length = self.n_past
+        hypothesis_sequences: list[int] = []
+        steps = 0
+
+        def advance(parents: list[int], tokens: list[int]) -> np.ndarray:
+            nonlocal hypothesis_sequences, steps
+            if not parents and not tokens:
+                return log_softmax(self.last_logits()[None, :])
+            if not hypothesis_sequences:  # the first step: every hypothesis continues the prompt
+                hypothesis_sequences = [1]
+                llama_cpp.llama_memory_seq_cp(memory, 0, 1, -1, -1)
+            kept: list[int | None] = [None] * len(parents)
+            taken: set[int] = set()
+            for index, parent in enumerate(parents):  # a parent's first child continues its sequence
+                if hypothesis_sequences[parent] not in taken:
+                    kept[index] = hypothesis_sequences[parent]
+                    taken.add(hypothesis_sequences[parent])
+            for sequence in set(hypothesis_sequences) - taken:  # no child: its cells go
+                llama_cpp.llama_memory_seq_rm(memory, sequence, -1, -1)
+            free = [sequence for sequence in range(1, beam_size + 1) if sequence not in taken]
+            for index, parent in enumerate(parents):  # further children: a copy of the parent's cells
+                if kept[index] is None:
+                    kept[index] = free.pop(0)
+                    llama_cpp.llama_memory_seq_cp(memory, hypothesis_sequences[parent], kept[index], -1, -1)
+            hypothesis_sequences = [sequence for sequence in kept if sequence is not None]
+            position = prompt_length + steps
+            if position >= self.n_ctx:
+                raise EdgelalmError(f"the answer needs more than the decoder's context of {self.n_ctx} tokens")
+            batch = llama_cpp.llama_batch_init(len(tokens), 0, 1)
+            try:
+                batch.n_tokens = len(tokens)
+                for i, (token, sequence) in enumerate(zip(tokens, hypothesis_sequences, strict=True)):
+                    batch.token[i] = token
+                    batch.pos[i] = position
+                    batch.n_seq_id[i] = 1
+                    batch.seq_id[i][0] = sequence
+                    batch.logits[i] = True
+                status = llama_cpp.llama_decode(self.context, batch)
+                interrupts.deliver_swallowed()
+                if status != 0:
+                    raise EdgelalmError(f"llama.cpp failed to decode a batch (status {status})")
+            finally:
+                llama_cpp.llama_batch_free(batch)
+            steps += 1
+            rows = [
+                np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.context, i), shape=(self.llama.n_vocab,))
+                for i in range(len(tokens))
+            ]
+            return log_softmax(np.stack(rows))
+
+        def release() -> None:
+            for sequence in range(1, beam_size + 1):
+                llama_cpp.llama_memory_seq_rm(memory, sequence, -1, -1)
+
+        return advance, release
 
     def generate(
         self,

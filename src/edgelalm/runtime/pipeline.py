@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from edgelalm.constants import (
     WindowMode,
 )
 from edgelalm.errors import EdgelalmError
-from edgelalm.manifest import Manifest, read_manifest
+from edgelalm.manifest import MAX_BEAM_SIZE, Manifest, read_manifest
 from edgelalm.runtime.audio import (
     loudness_warning,
     open_audio,
@@ -49,6 +49,7 @@ from edgelalm.runtime.audio import (
     truncation_warning,
 )
 from edgelalm.runtime.compressor import CompressorProjector
+from edgelalm.runtime.ctc import CtcHead, CtcPrefixScorer
 from edgelalm.runtime.decoder import LlamaAdapter, LlamaContext, LlamaModel
 from edgelalm.runtime.encoder import AudioEncoder
 from edgelalm.runtime.features import (
@@ -63,6 +64,7 @@ from edgelalm.runtime.features import (
 )
 from edgelalm.runtime.llama_backend import ExtraBuffers, check_threads
 from edgelalm.runtime.memory import peak_rss_mb
+from edgelalm.runtime.search import beam_search
 
 
 @dataclass
@@ -88,6 +90,8 @@ class RunResult:
     # "joined": one prompt held every window's audio; "each": every window was answered on its own
     # (prompt_tokens count the prompt once a window, and each window's first token is prefill's).
     window_mode: WindowMode = "joined"
+    # How the answer's tokens were picked: "greedy", "beam search of 4, CTC weight 0.3", "sampled (...)".
+    decoding: str = "greedy"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,6 +99,30 @@ class RunResult:
 
 # `Runtime.run(compressor=AUTO)`: the least compression whose audio tokens fit.
 AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How one run picks its answer's tokens: llama.cpp's sampler (greedy at temperature 0), or a
+    beam search, joint with the bundle's CTC head where `ctc_weight` > 0."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    beam_size: int = 1
+    ctc_weight: float = 0.0
+
+    @property
+    def searches(self) -> bool:
+        return self.beam_size > 1 or self.ctc_weight > 0
+
+    def describe(self) -> str:
+        if self.temperature > 0:
+            return f"sampled (temperature {self.temperature:g}, top-p {self.top_p:g}, seed {self.seed})"
+        if not self.searches:
+            return "greedy"
+        joint = f", CTC weight {self.ctc_weight:g}" if self.ctc_weight > 0 else ""
+        return f"beam search of {self.beam_size}{joint}"
 
 
 @dataclass(frozen=True)
@@ -238,6 +266,9 @@ class Runtime:
             )
         # The checkpoint's own stop tokens, beside the ones llama.cpp reads from the GGUF.
         self.stop_ids = frozenset(manifest.special_tokens.end_of_turn_ids)
+        self._end_of_answer_ids: frozenset[int] | None = None
+        # The CTC head for joint decoding, where the checkpoint had one.
+        self.ctc = CtcHead(self.bundle / manifest.ctc.file, providers, threads, cpu_arena) if manifest.ctc else None
 
     def close(self) -> None:
         """Free the decoder's weights and contexts once the runs in flight have ended; later runs
@@ -331,6 +362,8 @@ class Runtime:
         max_audio_tokens: int | None = None,
         windows: WindowMode | None = None,
         window_seconds: float | None = None,
+        beam_size: int | None = None,
+        ctc_weight: float | None = None,
     ) -> RunResult:
         """Answer a prompt about one clip. Safe to call from several threads: up to
         `max_concurrent_runs` run at once, each in its own llama.cpp context; others wait.
@@ -363,6 +396,11 @@ class Runtime:
             window_seconds: with "each", windows shorter than the encoder's (cut at a pause in
                 their second half): for a model that answers short clips better than full windows.
                 None: the bundle's advice when it advises "each", else the encoder's window.
+            beam_size: hypotheses kept by a beam search (1 to 16; 1 with no CTC weight: greedy).
+                None: the bundle's advice (`manifest.decoding`), else 1. Not with temperature > 0.
+            ctc_weight: the share of the bundle's CTC head in each hypothesis's score, 0 to 1
+                (joint CTC/attention decoding: answers must explain all of the audio); only for a
+                bundle with a CTC head (`manifest.ctc`). None: the bundle's advice, else 0.
 
         Returns:
             RunResult: the text, token counts, per-stage timings in ms, decode rate, peak RSS and
@@ -373,6 +411,7 @@ class Runtime:
                 max_tokens < 1; the message is one line, worded for the user.
         """
         _check_run_arguments(audio, prompt, max_tokens, temperature, top_p, seed, sampling_rate)
+        decoding = self.decoding_for(temperature, top_p, seed, beam_size, ctc_weight)
         windows, window_seconds = self.windows_for(windows, window_seconds)
         cut = self._cut_settings(windows, window_seconds)
         candidates = self._candidates(compressor, max_audio_tokens)
@@ -381,7 +420,7 @@ class Runtime:
             try:
                 return self._run(
                     context,
-                    audio, prompt, max_tokens, temperature, top_p, seed, sampling_rate, on_text,
+                    audio, prompt, max_tokens, decoding, sampling_rate, on_text,
                     prompt_special_tokens, candidates, max_audio_tokens, windows == "each", cut,
                 )  # fmt: skip
             finally:
@@ -393,9 +432,7 @@ class Runtime:
         audio: Path | str | np.ndarray | Sequence[float],
         prompt: str | None,
         max_tokens: int,
-        temperature: float,
-        top_p: float,
-        seed: int,
+        decoding: Decoding,
         sampling_rate: int | None,
         on_text: Callable[[str], None] | None,
         prompt_special_tokens: bool,
@@ -445,7 +482,7 @@ class Runtime:
             longest_window = min(total_samples, cut.window_samples)
             return self._run_each_window(
                 context, windows, longest_window, prompt_ids, text_tokens, max_tokens, budget, candidates,
-                temperature, top_p, seed, on_text, timings, started, warnings,
+                decoding, on_text, timings, started, warnings,
             )  # fmt: skip
         encoder_frames = sum(encoder_output_frames(mel_frames_for(n, self.features)) for n in usable)
         specs = [self.compressors[label].spec for label in candidates]
@@ -500,13 +537,15 @@ class Runtime:
             )
 
         with clock("prefill"):
-            reused_tokens = self._prefill(context, option, audio_embeddings, prompt_ids, text_tokens, max_tokens)
+            reused_tokens = self._prefill(
+                context, option, audio_embeddings, prompt_ids, text_tokens, max_tokens, decoding
+            )
         text, generated, first_token_at, decode_started = self._generate(
-            context, max_tokens, temperature, top_p, seed, on_text
+            context, max_tokens, decoding, audio_embeddings, on_text
         )
         tally = _Tally(samples_seen, audio_tokens, windows_used, text_tokens, generated, reused_tokens)
         tally.decode_seconds, tally.first_token_at = time.perf_counter() - decode_started, first_token_at
-        return self._result(text, tally, timings, started, context, warnings, chosen, choice_note, "joined")
+        return self._result(text, tally, timings, started, context, warnings, chosen, choice_note, "joined", decoding)
 
     def _run_each_window(
         self,
@@ -518,9 +557,7 @@ class Runtime:
         max_tokens: int,
         budget: int,
         candidates: list[str],
-        temperature: float,
-        top_p: float,
-        seed: int,
+        decoding: Decoding,
         on_text: Callable[[str], None] | None,
         timings: dict[str, float],
         started: float,
@@ -591,9 +628,11 @@ class Runtime:
                 )
             separator, answer_started = (" " if answers else ""), False
             with clock("prefill"):
-                tally.reused_tokens += self._prefill(context, option, embeddings, prompt_ids, text_tokens, max_tokens)
+                tally.reused_tokens += self._prefill(
+                    context, option, embeddings, prompt_ids, text_tokens, max_tokens, decoding
+                )
             text, generated, first_token_at, decode_started = self._generate(
-                context, max_tokens, temperature, top_p, seed, stream
+                context, max_tokens, decoding, embeddings, stream
             )
             tally.decode_seconds += time.perf_counter() - decode_started
             tally.first_token_at = tally.first_token_at or first_token_at
@@ -609,7 +648,9 @@ class Runtime:
             if len(candidates) > 1
             else ""
         )
-        return self._result(" ".join(answers), tally, timings, started, context, warnings, chosen, choice, "each")
+        return self._result(
+            " ".join(answers), tally, timings, started, context, warnings, chosen, choice, "each", decoding
+        )
 
     def _prefill(
         self,
@@ -619,10 +660,17 @@ class Runtime:
         prompt_ids: list[int],
         text_tokens: int,
         max_tokens: int,
+        decoding: Decoding,
     ) -> int:
         """The prompt around one span of audio embeddings into the context; returns the prompt
-        tokens before the audio that the prefix cache kept."""
-        context.ensure_context(text_tokens + embeddings.shape[0] + max_tokens, keep_cells=True)
+        tokens before the audio that the prefix cache kept. A beam search's hypotheses share the
+        prompt's cells and take `max_tokens` cells each."""
+        answers = decoding.beam_size if decoding.searches else 1
+        context.ensure_context(
+            text_tokens + embeddings.shape[0] + answers * max_tokens,
+            keep_cells=True,
+            sequences=answers + 1 if decoding.searches else 1,
+        )
         context.use_adapter(option.adapter)  # a change drops the cached prefix: its keys differ
         reused_tokens = context.start_with(self.before_audio, reuse=self.prefix_cache)
         context.feed_embeddings(embeddings)
@@ -640,6 +688,7 @@ class Runtime:
         chosen: str,
         choice: str,
         window_mode: WindowMode,
+        decoding: Decoding,
     ) -> RunResult:
         finished = time.perf_counter()
         timings["decode"] = tally.decode_seconds * 1000
@@ -667,6 +716,7 @@ class Runtime:
             compressor=chosen,
             compressor_choice=choice,
             window_mode=window_mode,
+            decoding=decoding.describe(),
         )
 
     def windows_for(self, windows: WindowMode | None, window_seconds: float | None) -> tuple[WindowMode, float | None]:
@@ -726,9 +776,8 @@ class Runtime:
         self,
         context: LlamaContext,
         max_tokens: int,
-        temperature: float,
-        top_p: float,
-        seed: int,
+        decoding: Decoding,
+        audio_embeddings: np.ndarray,
         on_text: Callable[[str], None] | None,
     ) -> tuple[str, int, float | None, float]:
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -736,7 +785,16 @@ class Runtime:
         first_token_at = None
         decode_started = time.perf_counter()
         generated = 0
-        for token_id in context.generate(max_tokens, temperature, top_p, seed, stop_ids=self.stop_ids):
+        if decoding.searches:
+            # The whole answer is known only when the search ends: its first token comes then, and
+            # the decode time is the search's (the rate: the answer's tokens over it).
+            token_ids: Iterable[int] = self._search(context, max_tokens, decoding, audio_embeddings)
+            first_token_at = time.perf_counter()
+        else:
+            token_ids = context.generate(
+                max_tokens, decoding.temperature, decoding.top_p, decoding.seed, stop_ids=self.stop_ids
+            )
+        for token_id in token_ids:
             if first_token_at is None:
                 first_token_at = decode_started = time.perf_counter()
             generated += 1
@@ -751,6 +809,59 @@ class Runtime:
             if on_text:
                 on_text(tail)
         return "".join(pieces), generated, first_token_at, decode_started
+
+    def _search(
+        self, context: LlamaContext, max_tokens: int, decoding: Decoding, audio_embeddings: np.ndarray
+    ) -> list[int]:
+        """A beam search over the prefilled prompt, joint with the CTC head where weighted."""
+        scorer = None
+        if decoding.ctc_weight > 0:
+            assert self.ctc is not None  # decoding_for refuses a weight without a head
+            scorer = CtcPrefixScorer(self.ctc(audio_embeddings))
+        advance, release = context.beams(decoding.beam_size)
+        try:
+            tokens, _ = beam_search(
+                advance, self._end_ids(), max_tokens, decoding.beam_size, scorer, decoding.ctc_weight
+            )
+        finally:
+            release()
+        return tokens
+
+    def _end_ids(self) -> frozenset[int]:
+        """Every token that ends an answer: the checkpoint's stop tokens and llama.cpp's
+        end-of-generation ones (read once: a scan of the vocabulary)."""
+        if self._end_of_answer_ids is None:
+            eog = (token for token in range(self.decoder.n_vocab) if self.decoder.is_end_of_generation(token))
+            self._end_of_answer_ids = frozenset(self.stop_ids) | frozenset(eog)
+        return self._end_of_answer_ids
+
+    def decoding_for(
+        self, temperature: float, top_p: float, seed: int, beam_size: int | None, ctc_weight: float | None
+    ) -> Decoding:
+        """How a run decodes: the caller's choices, else the bundle's advice (greedy without one).
+        Sampling (temperature > 0) is not a search: asked with a beam or a CTC weight, refused."""
+        advice = self.manifest.decoding
+        if temperature > 0:
+            if (beam_size or 1) > 1 or (ctc_weight or 0) > 0:
+                raise EdgelalmError(
+                    "sampling (temperature > 0) draws one answer; a beam search or a CTC weight decodes greedily: "
+                    "choose one"
+                )
+            return Decoding(temperature, top_p, seed)
+        if beam_size is None:
+            beam_size = advice.beam_size if advice is not None else 1
+        if ctc_weight is None:
+            ctc_weight = advice.ctc_weight if advice is not None else 0.0
+        if not is_whole_number(beam_size) or not 1 <= beam_size <= MAX_BEAM_SIZE:
+            raise EdgelalmError(f"beam_size must be a whole number from 1 to {MAX_BEAM_SIZE}, got {beam_size!r}")
+        if not (is_real_number(ctc_weight) and 0 <= ctc_weight <= 1):
+            raise EdgelalmError(f"ctc_weight must be a number from 0 to 1, got {ctc_weight!r}")
+        if ctc_weight > 0 and self.ctc is None:
+            raise EdgelalmError(
+                f"bundle {self.bundle} has no CTC head (only a checkpoint trained with one has: README, Run); "
+                "ctc_weight must be 0"
+            )
+        return Decoding(temperature, top_p, seed, int(beam_size), float(ctc_weight))
 
     def _check_context(
         self,

@@ -6,7 +6,7 @@ WER = (substitutions + deletions + insertions) / reference words, summed over th
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,15 +63,27 @@ def transcribe_torch(
     max_new_tokens: int = MAX_ANSWER_TOKENS,
     windows: WindowMode = "joined",
     window_seconds: float | None = None,
+    beam_size: int = 1,
+    ctc_weight: float = 0.0,
+    ctc_head: Callable | None = None,
 ) -> tuple[list[str], int]:
-    """Greedy transcripts from the PyTorch model with `compressor` in place; returns them and the
-    total number of audio tokens. A clip longer than the encoder's window is cut into windows as the
+    """Transcripts from the PyTorch model with `compressor` in place; returns them and the total
+    number of audio tokens. A clip longer than the encoder's window is cut into windows as the
     runtime cuts it (`windows`: their embeddings joined into one audio span, or each window, cut at
-    a pause, answered on its own and the answers joined; `window_seconds`: shorter windows)."""
+    a pause, answered on its own and the answers joined; `window_seconds`: shorter windows).
+    Greedy, or the runtime's beam search (`beam_size`), joint with `ctc_head` (the checkpoint's,
+    `edgelalm.export.ctc.load_ctc_head`) where `ctc_weight` > 0."""
     import torch
 
     from edgelalm.runtime.features import FeatureSettings, split_windows, usable_window
-    from edgelalm.training.model import PromptIds, compress_and_project, encode_batch, greedy_answer, log_mel_batch
+    from edgelalm.training.model import (
+        PromptIds,
+        compress_and_project,
+        encode_batch,
+        greedy_answer,
+        log_mel_batch,
+        search_answer,
+    )
 
     prompt = PromptIds.from_processor(processor)
     tokenizer = processor.tokenizer
@@ -87,8 +99,17 @@ def transcribe_torch(
         mel, mel_lengths = log_mel_batch([window], features)
         return compress_and_project(model, compressor, encode_batch(model.model.audio_tower, mel, mel_lengths))[0]
 
+    def ctc_log_probs(audio: torch.Tensor) -> np.ndarray:
+        assert ctc_head is not None
+        return ctc_head(audio).double().numpy()
+
     def answer(audio: torch.Tensor) -> str:
-        return tokenizer.decode(greedy_answer(model, prompt, audio, end_ids, max_new_tokens), skip_special_tokens=True)
+        if beam_size > 1 or ctc_weight > 0:
+            scores = ctc_log_probs if ctc_weight > 0 else None
+            tokens = search_answer(model, prompt, audio, end_ids, max_new_tokens, beam_size, scores, ctc_weight)
+        else:
+            tokens = greedy_answer(model, prompt, audio, end_ids, max_new_tokens)
+        return tokenizer.decode(tokens, skip_special_tokens=True)
 
     with torch.no_grad():
         for clip in clips:
@@ -111,10 +132,12 @@ def transcribe_bundle(
     max_new_tokens: int = MAX_ANSWER_TOKENS,
     windows: WindowMode = "joined",
     window_seconds: float | None = None,
+    beam_size: int | None = None,
+    ctc_weight: float | None = None,
 ) -> tuple[list[str], int]:
-    """Greedy transcripts through the torch-free runtime (onnxruntime + llama.cpp), cut into windows
-    as `transcribe_torch` cuts them; `compressor`: the entry of a bundle of several (its adapter
-    applied at run time)."""
+    """Transcripts through the torch-free runtime (onnxruntime + llama.cpp), cut into windows as
+    `transcribe_torch` cuts them; `compressor`: the entry of a bundle of several (its adapter
+    applied at run time); `beam_size`, `ctc_weight`: as `run` takes them (None: the bundle's advice)."""
     from edgelalm.runtime.pipeline import Runtime
 
     texts, audio_tokens = [], 0
@@ -131,6 +154,8 @@ def transcribe_bundle(
                 compressor=compressor,
                 windows=windows,
                 window_seconds=window_seconds,
+                beam_size=beam_size,
+                ctc_weight=ctc_weight,
             )
             texts.append(result.text)
             audio_tokens += result.audio_tokens

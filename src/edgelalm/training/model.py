@@ -12,6 +12,7 @@ the token sequence the runtime will feed it.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,9 +22,13 @@ from transformers.masking_utils import create_bidirectional_mask
 
 from edgelalm.export import audio_tower as tower_steps
 from edgelalm.prompt import DEFAULT_PROMPT, chat_template_pieces
+from edgelalm.runtime.ctc import CtcPrefixScorer
 from edgelalm.runtime.features import valid_mel_frames
+from edgelalm.runtime.search import Advance, beam_search, log_softmax
 
 IGNORE_INDEX = -100
+# A clip's audio embeddings [N, hidden] -> its CTC log-probabilities [N, 1 + vocab] (numpy).
+TokenCtcScores = Callable[[torch.Tensor], np.ndarray]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,3 +249,42 @@ def greedy_answer(
         pad_token_id=end_ids[-1],
     )[0].tolist()
     return [token for token in generated if token not in end_ids]
+
+
+def torch_advance(model: nn.Module, prompt_embeddings: torch.Tensor) -> Advance:
+    """A beam search's decoder (`edgelalm.runtime.search.Advance`) on transformers' model: every
+    hypothesis's whole sequence evaluated afresh each step, no cache to go wrong: the reference
+    for llama.cpp's sequences, and the PyTorch column of the WER tables."""
+    embed = model.get_input_embeddings()
+    answers: list[list[int]] = []
+
+    @torch.no_grad()
+    def advance(parents: list[int], tokens: list[int]) -> np.ndarray:
+        nonlocal answers
+        answers = [[]] if not parents else [[*answers[p], t] for p, t in zip(parents, tokens, strict=True)]
+        rows = [torch.cat([prompt_embeddings, embed(torch.tensor(answer, dtype=torch.long))]) for answer in answers]
+        logits = model(inputs_embeds=torch.stack(rows)).logits[:, -1]
+        return log_softmax(logits.double().numpy())
+
+    return advance
+
+
+@torch.no_grad()
+def search_answer(
+    model: nn.Module,
+    prompt: PromptIds,
+    audio_embeddings: torch.Tensor,
+    end_ids: list[int],
+    max_new_tokens: int,
+    beam_size: int,
+    ctc: TokenCtcScores | None = None,
+    ctc_weight: float = 0.0,
+) -> list[int]:
+    """One clip's answer by the runtime's beam search (joint with the CTC head's scores where
+    `ctc` gives them), on transformers' model."""
+    inputs, _, _ = decoder_inputs(model, prompt, [audio_embeddings], None)
+    scorer = CtcPrefixScorer(ctc(audio_embeddings)) if ctc is not None else None
+    tokens, _ = beam_search(
+        torch_advance(model, inputs[0]), frozenset(end_ids), max_new_tokens, beam_size, scorer, ctc_weight
+    )
+    return tokens

@@ -1,0 +1,102 @@
+"""The CTC head at run time: ctc.onnx (audio embeddings -> per-position log-probabilities over a
+blank and the decoder's tokens) and the prefix scores that joint decoding adds to the decoder's
+(Watanabe et al., "Hybrid CTC/attention architecture for end-to-end speech recognition", 2017).
+Torch-free.
+
+A decoder-only model reads its audio and then follows its own text prior; a CTC head over the
+same audio embeddings scores how well each partial answer explains all of the audio, so answers
+that skip, add or repeat words lose to ones that say what was heard. Reads what
+`edgelalm.export.ctc` writes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgelalm.constants import CTC_INPUT, CTC_OUTPUT
+from edgelalm.runtime.encoder import onnx_session, run_graph
+
+
+class CtcHead:
+    def __init__(self, path: Path, providers: list[str], threads: int | None = None, cpu_arena: bool = False) -> None:
+        self.path = path
+        self.session = onnx_session(path, providers, threads, cpu_arena, inputs=(CTC_INPUT,), output=CTC_OUTPUT)
+
+    def __call__(self, audio_embeddings: np.ndarray) -> np.ndarray:
+        """Log-probabilities [N, 1 + vocab]: column 0 the blank, column i + 1 token i."""
+        return run_graph(self.session, {CTC_INPUT: audio_embeddings}, self.path)
+
+
+@dataclass(frozen=True)
+class CtcPrefix:
+    """A partial answer's CTC state: log-probabilities that its tokens are said by position t and
+    the path there ends in its last token (`ends_in_token`) or in a blank (`ends_in_blank`)."""
+
+    ends_in_token: np.ndarray  # [T]
+    ends_in_blank: np.ndarray  # [T]
+    score: float  # log P(the audio's paths start with this prefix)
+    last_token: int | None
+
+
+class CtcPrefixScorer:
+    """Prefix scores over one span of audio embeddings' CTC log-probabilities [T, 1 + vocab].
+
+    The recursion over t is linear in probability space, so each step is a cumulative
+    log-sum-exp over t (vectorised over the candidate tokens), not a loop over positions."""
+
+    def __init__(self, log_probs: np.ndarray) -> None:
+        if log_probs.ndim != 2 or log_probs.shape[0] < 1 or log_probs.shape[1] < 2:
+            raise ValueError(f"CTC log-probabilities must be [positions, 1 + vocab], got {log_probs.shape}")
+        self.log_probs = log_probs.astype(np.float64)
+        self.vocab_size = log_probs.shape[1] - 1
+        self.blank_cumulative = np.cumsum(self.log_probs[:, 0])
+
+    def initial(self) -> CtcPrefix:
+        """The empty answer: every position so far a blank."""
+        positions = self.log_probs.shape[0]
+        return CtcPrefix(np.full(positions, -np.inf), self.blank_cumulative.copy(), 0.0, None)
+
+    def final_score(self, prefix: CtcPrefix) -> float:
+        """log P(the whole audio says exactly this prefix): the score of ending the answer here."""
+        return float(np.logaddexp(prefix.ends_in_token[-1], prefix.ends_in_blank[-1]))
+
+    def extend(self, prefix: CtcPrefix, tokens: list[int]) -> list[CtcPrefix]:
+        """The prefix with each of `tokens` appended. A token outside the head's vocabulary (none
+        where the head covers the decoder's embedding table) cannot be said: it scores -inf."""
+        known = [k for k, token in enumerate(tokens) if 0 <= token < self.vocab_size]
+        extended = [self._unsayable(token) for token in tokens]
+        if known:
+            for k, state in zip(known, self._extend_known(prefix, [tokens[k] for k in known]), strict=True):
+                extended[k] = state
+        return extended
+
+    def _unsayable(self, token: int) -> CtcPrefix:
+        nothing = np.full(self.log_probs.shape[0], -np.inf)
+        return CtcPrefix(nothing, nothing, -np.inf, token)
+
+    def _extend_known(self, prefix: CtcPrefix, tokens: list[int]) -> list[CtcPrefix]:
+        said = self.log_probs[:, np.array(tokens) + 1]  # [T, K], finite
+        # A path may move on to the new token from any path of the prefix, but after the same token
+        # only through a blank (else the two would merge into one).
+        either_end = np.logaddexp(prefix.ends_in_token, prefix.ends_in_blank)
+        repeat = np.array([token == prefix.last_token for token in tokens])
+        entering = np.where(repeat[None, :], prefix.ends_in_blank[:, None], either_end[:, None])  # [T, K]
+        first = said[0] if prefix.last_token is None else np.full(len(tokens), -np.inf)
+        # ends_in_token[t] = logaddexp(ends_in_token[t-1], entering[t-1]) + said[t]: divided by the
+        # cumulative product of `said`, a running sum.
+        said_cumulative = np.cumsum(said, axis=0)
+        steps = np.vstack([first - said_cumulative[0], entering[:-1] - said_cumulative[:-1]])
+        ends_in_token = np.logaddexp.accumulate(steps, axis=0) + said_cumulative
+        # ends_in_blank[t] = logaddexp(ends_in_token[t-1], ends_in_blank[t-1]) + blank[t], from -inf.
+        blanks = self.blank_cumulative[:, None]
+        steps = np.vstack([np.full((1, len(tokens)), -np.inf), ends_in_token[:-1] - blanks[:-1]])
+        ends_in_blank = np.logaddexp.accumulate(steps, axis=0) + blanks
+        # The prefix score: every path whose first emission of the new token is at some t.
+        scores = np.logaddexp.reduce(np.vstack([first[None, :], entering[:-1] + said[1:]]), axis=0)
+        return [
+            CtcPrefix(ends_in_token[:, k], ends_in_blank[:, k], float(scores[k]), token)
+            for k, token in enumerate(tokens)
+        ]

@@ -1,0 +1,111 @@
+"""Beam search over the decoder's answers, joint with a CTC head's prefix scores where the bundle
+has one (`edgelalm.runtime.ctc`). Torch-free and decoder-free: the decoder is a callback, so the
+same search runs on llama.cpp's sequences (`LlamaContext.beams`) and on transformers' model (the
+recipes' WER tables, and the tests' reference).
+
+Each hypothesis scores (1 - ctc_weight) * log P_decoder(answer) + ctc_weight * log P_ctc(prefix);
+an answer that ends scores its whole-audio CTC probability instead of the prefix's. Both terms only
+fall as an answer grows, so the search stops once the best ended answer beats every open one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgelalm.runtime.ctc import CtcPrefix, CtcPrefixScorer
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    tokens: list[int]
+    decoder_score: float
+    ctc: CtcPrefix | None
+    score: float
+
+
+# Given, for each hypothesis kept, the index of its parent among the previous step's and the token
+# it adds, the decoder evaluates those tokens and returns each one's next-token log-probabilities
+# [kept, vocab]. The first call has no parents: the prompt's own log-probabilities, [1, vocab].
+Advance = Callable[[list[int], list[int]], np.ndarray]
+
+
+def candidates_per_hypothesis(beam_size: int, ctc_weight: float) -> int:
+    """The decoder's best tokens rescored per hypothesis: the beam itself, or half again as many
+    where the CTC head may reorder them (ESPnet's pre-beam)."""
+    return beam_size if ctc_weight == 0 else beam_size + max(1, beam_size // 2)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    logits = logits.astype(np.float64)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def beam_search(
+    advance: Advance,
+    end_ids: frozenset[int],
+    max_tokens: int,
+    beam_size: int,
+    ctc: CtcPrefixScorer | None = None,
+    ctc_weight: float = 0.0,
+) -> tuple[list[int], bool]:
+    """The best answer (its tokens, without the end token) and whether it ended within
+    `max_tokens` (False: the best open hypothesis, cut there)."""
+    weight = ctc_weight if ctc is not None else 0.0
+    width = candidates_per_hypothesis(beam_size, weight)
+    start = ctc.initial() if ctc is not None else None
+    open_hypotheses = [Hypothesis([], 0.0, start, 0.0)]
+    ended: list[Hypothesis] = []
+    log_probs = advance([], [])
+    for _ in range(max_tokens):
+        scored: list[tuple[float, int, int, Hypothesis]] = []
+        for index, hypothesis in enumerate(open_hypotheses):
+            row = log_probs[index]
+            # The decoder's best tokens, ties broken by token id so that the search is deterministic.
+            best = np.argsort(-row, kind="stable")[:width].tolist()
+            for token, extended in zip(best, _extend(hypothesis, best, row, end_ids, ctc, weight), strict=True):
+                scored.append((extended.score, index, token, extended))
+        scored.sort(key=lambda entry: (-entry[0], entry[1], entry[2]))
+        parents, tokens, kept = [], [], []
+        for _score, index, token, hypothesis in scored[:beam_size]:
+            if token in end_ids:
+                ended.append(hypothesis)
+            else:
+                parents.append(index)
+                tokens.append(token)
+                kept.append(hypothesis)
+        open_hypotheses = kept
+        if not open_hypotheses or (ended and max(h.score for h in ended) >= open_hypotheses[0].score):
+            break
+        log_probs = advance(parents, tokens)
+    if ended:
+        return max(ended, key=lambda h: h.score).tokens, True
+    return open_hypotheses[0].tokens, False
+
+
+def _extend(
+    hypothesis: Hypothesis,
+    tokens: list[int],
+    row: np.ndarray,
+    end_ids: frozenset[int],
+    ctc: CtcPrefixScorer | None,
+    weight: float,
+) -> list[Hypothesis]:
+    """`hypothesis` followed by each of `tokens` (an end token ends it), scored."""
+    said = [token for token in tokens if token not in end_ids]
+    states = iter(ctc.extend(hypothesis.ctc, said) if ctc is not None and hypothesis.ctc is not None and said else [])
+    extended = []
+    for token in tokens:
+        decoder_score = hypothesis.decoder_score + float(row[token])
+        ends = token in end_ids
+        answer = hypothesis.tokens if ends else [*hypothesis.tokens, token]
+        if ctc is None or hypothesis.ctc is None:
+            extended.append(Hypothesis(answer, decoder_score, None, decoder_score))
+            continue
+        state = hypothesis.ctc if ends else next(states)
+        ctc_score = ctc.final_score(state) if ends else state.score
+        extended.append(Hypothesis(answer, decoder_score, state, (1 - weight) * decoder_score + weight * ctc_score))
+    return extended

@@ -1,0 +1,203 @@
+"""A checkpoint with a CTC head, end to end: export writes it as ctc.onnx with the checkpoint's
+decoding advice, and `run` decodes by a beam search joint with it. The reference is transformers'
+model (peft's adapter active) with the paper's compressors (tests/hf_reference.py), and CTC
+log-probabilities computed here in numpy from the head's definition (scaled cosine to the blank
+and to each input embedding, then a log-softmax), not from edgelalm's graph."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+
+from hf_reference import reference_answer, reference_inputs, speechlike  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+from edgelalm.compression import CompressorSpec  # noqa: E402
+from edgelalm.constants import CTC_FILE, CTC_HEAD_FILE, DECODING_ADVICE_FILE  # noqa: E402
+from edgelalm.errors import EdgelalmError  # noqa: E402
+from edgelalm.export.bundle import ExportOptions, export_bundle  # noqa: E402
+from edgelalm.manifest import read_manifest  # noqa: E402
+from edgelalm.runtime.ctc import CtcPrefixScorer  # noqa: E402
+from edgelalm.runtime.pipeline import Runtime  # noqa: E402
+from edgelalm.runtime.search import beam_search  # noqa: E402
+from edgelalm.training.model import torch_advance  # noqa: E402
+
+WINDOW_SECONDS = 10  # the tiny checkpoint's encoder window
+PROMPT = "Transcribe the audio."
+BEAM, WEIGHT = 3, 0.5
+
+
+@pytest.fixture(scope="module")
+def headed_checkpoint(tiny_checkpoint, tmp_path_factory) -> Path:
+    """The tiny checkpoint with a CTC head (random, as a trained one would be to this random
+    decoder) and the advice to decode jointly with it."""
+    folder = tmp_path_factory.mktemp("headed") / "tiny"
+    shutil.copytree(tiny_checkpoint, folder)
+    hidden = json.loads((folder / "config.json").read_text())["text_config"]["hidden_size"]
+    generator = torch.Generator().manual_seed(3)
+    save_file(
+        {"blank": torch.randn(hidden, generator=generator), "log_scale": torch.tensor(math.log(12.0))},
+        str(folder / CTC_HEAD_FILE),
+    )
+    (folder / DECODING_ADVICE_FILE).write_text(json.dumps({"beam_size": BEAM, "ctc_weight": WEIGHT}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def headed_bundle(headed_checkpoint, tiny_lora_adapter, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("headed-bundle") / "avg2-f32"
+    export_bundle(ExportOptions(headed_checkpoint, out, CompressorSpec("avg", 2), "fp32", "f32", tiny_lora_adapter))
+    return out
+
+
+@pytest.fixture(scope="module")
+def hf(headed_checkpoint, tiny_lora_adapter):
+    base = transformers.Qwen2AudioForConditionalGeneration.from_pretrained(headed_checkpoint)
+    model = peft.PeftModel.from_pretrained(base, tiny_lora_adapter).eval()
+    return model, transformers.AutoProcessor.from_pretrained(headed_checkpoint)
+
+
+def head_log_probs(checkpoint: Path, model, audio_embeddings: np.ndarray) -> np.ndarray:
+    """TokenCtc's definition, in numpy: cosine similarity to [blank, embeddings], scaled, log-softmax
+    (a zero row, as a padded vocabulary's unused ones, has cosine 0: torch's normalize divides by
+    at least 1e-12)."""
+    from safetensors.numpy import load_file
+
+    head = load_file(str(checkpoint / CTC_HEAD_FILE))
+    embeddings = model.get_input_embeddings().weight.detach().numpy().astype(np.float64)
+    vocabulary = np.vstack([head["blank"][None].astype(np.float64), embeddings])
+    vocabulary /= np.maximum(np.linalg.norm(vocabulary, axis=1, keepdims=True), 1e-12)
+    directions = audio_embeddings.astype(np.float64)
+    directions /= np.maximum(np.linalg.norm(directions, axis=1, keepdims=True), 1e-12)
+    logits = directions @ vocabulary.T * math.exp(float(head["log_scale"]))
+    logits -= logits.max(axis=1, keepdims=True)
+    return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+
+
+def reference_joint_answer(hf, checkpoint, audio, max_tokens, beam_size, ctc_weight) -> str:
+    model, processor = hf
+    inputs_embeds, audio_embeddings, end_ids = reference_inputs(hf, audio, "avg", 2, PROMPT, WINDOW_SECONDS)
+    scorer = CtcPrefixScorer(head_log_probs(checkpoint, model, audio_embeddings.numpy())) if ctc_weight else None
+    tokens, _ = beam_search(
+        torch_advance(model, inputs_embeds[0]), frozenset(end_ids), max_tokens, beam_size, scorer, ctc_weight
+    )
+    return processor.tokenizer.decode(tokens)
+
+
+def test_export_writes_the_head_and_the_advice(headed_bundle):
+    manifest = read_manifest(headed_bundle)
+    assert manifest.ctc is not None and manifest.ctc.file == CTC_FILE
+    assert manifest.ctc.vocab_size == manifest.decoder.vocab_size
+    assert (manifest.decoding.beam_size, manifest.decoding.ctc_weight) == (BEAM, WEIGHT)
+    shown = subprocess.run(
+        [sys.executable, "-m", "edgelalm", "inspect", str(headed_bundle)], capture_output=True, text=True, check=True
+    ).stdout
+    assert f"beam search of {BEAM}, CTC weight {WEIGHT:g} (the checkpoint's advice" in shown
+    assert f"CTC head {CTC_FILE}" in shown
+
+
+def test_the_bundles_head_equals_the_heads_definition(hf, headed_checkpoint, headed_bundle):
+    import onnxruntime
+
+    model, _ = hf
+    embeddings = np.random.default_rng(0).normal(size=(17, model.config.text_config.hidden_size)).astype(np.float32)
+    session = onnxruntime.InferenceSession(str(headed_bundle / CTC_FILE), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"audio_embeddings": embeddings})[0]
+    expected = head_log_probs(headed_checkpoint, model.get_base_model(), embeddings)
+    assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-4
+
+
+def test_run_decodes_as_advised_and_as_the_reference(hf, headed_checkpoint, headed_bundle):
+    """The advice (beam 3, CTC weight 0.5) by default; every choice gives the reference's answer,
+    and the joint answers differ from the decoder's alone (the head has a say)."""
+    answers = {}
+    with Runtime(headed_bundle, kv_cache_type="f32") as runtime:
+        for seconds, seed in ((3.3, 0), (14.0, 1), (6.1, 2)):  # 14 s: two windows joined
+            audio = speechlike(seconds, seed)
+            advised = runtime.run(audio, prompt=PROMPT, max_tokens=12)
+            assert advised.decoding == f"beam search of {BEAM}, CTC weight {WEIGHT:g}"
+            assert advised.text == reference_joint_answer(hf, headed_checkpoint, audio, 12, BEAM, WEIGHT)
+            beam_only = runtime.run(audio, prompt=PROMPT, max_tokens=12, ctc_weight=0)
+            assert beam_only.text == reference_joint_answer(hf, headed_checkpoint, audio, 12, BEAM, 0.0)
+            greedy = runtime.run(audio, prompt=PROMPT, max_tokens=12, beam_size=1, ctc_weight=0)
+            assert greedy.decoding == "greedy"
+            assert greedy.text == reference_answer(hf, audio, "avg", 2, 12, PROMPT, WINDOW_SECONDS)[0]
+            answers[seed] = (advised.text, beam_only.text)
+        assert runtime.contexts_made == 1, "greedy and beam runs share one context"
+    assert any(joint != alone for joint, alone in answers.values())
+
+
+def test_decoding_choices_are_refused_in_one_line(headed_bundle, tiny_bundles):
+    with Runtime(headed_bundle) as runtime:
+        for kwargs, words in (
+            ({"beam_size": 0}, "beam_size must be a whole number from 1 to 16, got 0"),
+            ({"beam_size": 2.5}, "beam_size must be a whole number"),
+            ({"ctc_weight": 1.5}, "ctc_weight must be a number from 0 to 1, got 1.5"),
+            ({"ctc_weight": float("nan")}, "ctc_weight must be a number from 0 to 1"),
+            ({"temperature": 0.8, "beam_size": 2}, "sampling (temperature > 0) draws one answer"),
+        ):
+            with pytest.raises(EdgelalmError, match=words.replace("(", r"\(").replace(")", r"\)")):
+                runtime.run(speechlike(1.0, 0), **kwargs)
+        sampled = runtime.run(speechlike(1.0, 0), max_tokens=4, temperature=0.8)  # the advice gives way
+        assert sampled.decoding.startswith("sampled")
+    with Runtime(tiny_bundles("avg", 2, "q8_0")) as runtime, pytest.raises(EdgelalmError, match="has no CTC head"):
+        runtime.run(speechlike(1.0, 0), ctc_weight=0.3)
+
+
+def test_cli_run_takes_the_choices_and_refuses_a_weight_without_a_head(headed_bundle, tiny_bundles, tmp_path):
+    clip = tmp_path / "clip.wav"
+    import soundfile
+
+    soundfile.write(clip, speechlike(2.0, 4), 16000)
+    command = [sys.executable, "-m", "edgelalm", "run", str(clip), "--max-tokens", "6", "--json"]
+    done = subprocess.run(
+        [*command, "--bundle", str(headed_bundle), "--beam-size", "2"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["decoding"] == f"beam search of 2, CTC weight {WEIGHT:g}"
+    refused = subprocess.run(
+        [*command, "--bundle", str(tiny_bundles("avg", 2, "q8_0")), "--ctc-weight", "0.4"],
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.count("\n") == 1 and "has no CTC head" in refused.stderr
+
+
+def test_a_malformed_head_or_advice_is_refused_at_export(headed_checkpoint, tmp_path):
+    for name, content, words in (
+        (CTC_HEAD_FILE, b"not safetensors", "not a readable safetensors file"),
+        (DECODING_ADVICE_FILE, b'{"beam_size": 40}', "beam_size must be from 1 to 16, got 40"),
+    ):
+        broken = tmp_path / name.split(".")[0]
+        shutil.copytree(headed_checkpoint, broken)
+        (broken / name).write_bytes(content)
+        with pytest.raises(EdgelalmError, match=words):
+            export_bundle(ExportOptions(broken, tmp_path / f"{broken.name}-out", CompressorSpec("none", 1)))
+        assert not (tmp_path / f"{broken.name}-out").exists()
+    no_head = tmp_path / "advice-without-head"
+    shutil.copytree(headed_checkpoint, no_head)
+    (no_head / CTC_HEAD_FILE).unlink()
+    with pytest.raises(EdgelalmError, match="needs a CTC head, and there is none"):
+        export_bundle(ExportOptions(no_head, tmp_path / "no-head-out", CompressorSpec("none", 1)))
+
+
+def test_a_head_of_another_vocabulary_is_refused_at_load(headed_bundle, tmp_path):
+    folder = tmp_path / "bundle"
+    shutil.copytree(headed_bundle, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["ctc"]["vocab_size"] += 3
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EdgelalmError, match=r"ctc.vocab_size is \d+; this edgelalm reads \d+"):
+        read_manifest(folder)
