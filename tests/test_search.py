@@ -117,12 +117,14 @@ class ToyDecoder:
 
 
 def exhaustive_best(decoder: ToyDecoder, scorer: CtcPrefixScorer | None, weight: float, max_tokens: int):
-    """The best ended answer over every answer of up to max_tokens tokens."""
+    """The best answer over every answer of up to max_tokens tokens: one that ends (its end token
+    scored), or one cut at max_tokens (scored as if it ended there, without an end token)."""
     best, best_score = None, -np.inf
-    for length in range(max_tokens):
+    for length in range(max_tokens + 1):
         for answer in itertools.product(range(1, decoder.vocab), repeat=length):
             decoder_score = sum(decoder.log_probs(answer[:n])[answer[n]] for n in range(length))
-            decoder_score += decoder.log_probs(answer)[END]
+            if length < max_tokens:
+                decoder_score += decoder.log_probs(answer)[END]
             score = decoder_score
             if scorer is not None:
                 score = (1 - weight) * decoder_score + weight * scorer.final_score(state_of(scorer, answer))
@@ -138,28 +140,66 @@ def test_a_wide_beam_finds_the_exhaustive_best_answer(seed: int, weight: float) 
     # The CTC head's vocabulary: the decoder's tokens but END (token 0 is never said).
     scorer = CtcPrefixScorer(random_log_probs(positions=8, vocab=4, seed=seed)) if weight else None
     answer, ended = beam_search(decoder.advance, frozenset({END}), 4, beam_size=200, ctc=scorer, ctc_weight=weight)
-    assert ended
     assert answer == exhaustive_best(decoder, scorer, weight, max_tokens=4)
+    assert ended == (len(answer) < 4)
 
 
 def test_beam_of_one_without_ctc_is_greedy() -> None:
     decoder = ToyDecoder(vocab=6, seed=7)
-    answer, ended = beam_search(decoder.advance, frozenset({END}), 10, beam_size=1)
+    answer, _ = beam_search(decoder.advance, frozenset({END}), 10, beam_size=1)
     greedy: list[int] = []
     while len(greedy) < 10:
         token = int(np.argmax(decoder.log_probs(tuple(greedy))))
         if token == END:
             break
         greedy.append(token)
-    assert answer == greedy and ended == (len(greedy) < 10 or answer != greedy)
+    assert answer == greedy
+
+
+class Endless(ToyDecoder):
+    def log_probs(self, answer: tuple[int, ...]) -> np.ndarray:
+        row = super().log_probs(answer)
+        row[END] = -np.inf
+        return row
 
 
 def test_an_answer_cut_at_max_tokens_is_the_best_open_one() -> None:
-    class Endless(ToyDecoder):
-        def log_probs(self, answer: tuple[int, ...]) -> np.ndarray:
-            row = super().log_probs(answer)
-            row[END] = -np.inf
-            return row
+    decoder = Endless(vocab=5, seed=8)
+    answer, ended = beam_search(decoder.advance, frozenset({END}), 3, beam_size=64)
+    assert not ended
+    assert answer == exhaustive_best(decoder, None, 0.0, max_tokens=3)
 
-    answer, ended = beam_search(Endless(vocab=5, seed=8).advance, frozenset({END}), 3, beam_size=3)
-    assert not ended and len(answer) == 3
+
+def test_a_long_open_answer_beats_a_short_ended_one_at_max_tokens() -> None:
+    """Ending at once is likely (0.4), but every token after the first is likelier (0.97 each): at
+    max_tokens the cut answer scores higher than the empty one, as greedy decoding would say."""
+
+    class Steady(ToyDecoder):
+        def log_probs(self, answer: tuple[int, ...]) -> np.ndarray:
+            row = np.full(self.vocab, 1e-6)
+            row[END], row[1] = (0.4, 0.6) if not answer else (0.03, 0.97)
+            return np.log(row / row.sum())
+
+    answer, ended = beam_search(Steady(vocab=3, seed=0).advance, frozenset({END}), 8, beam_size=2)
+    assert answer == [1] * 8 and not ended
+
+
+def test_a_scorer_at_weight_0_leaves_the_decoder_alone_even_where_ctc_says_minus_infinity() -> None:
+    """An audio span of 2 positions cannot say 3 tokens (CTC: -inf): at weight 0 that must not
+    turn into NaN scores (0 x -inf) and reorder the beam."""
+    for seed in range(30):
+        decoder = ToyDecoder(vocab=8, seed=seed)
+        scorer = CtcPrefixScorer(random_log_probs(positions=2, vocab=8, seed=seed))
+        alone = beam_search(decoder.advance, frozenset({END}), 6, beam_size=3)
+        assert beam_search(decoder.advance, frozenset({END}), 6, beam_size=3, ctc=scorer, ctc_weight=0.0) == alone
+
+
+def test_where_ctc_rules_every_candidate_out_the_decoder_ranks_them() -> None:
+    """Past what 2 positions can say, every open hypothesis scores -inf; the beam keeps the
+    decoder's best of them, not the lowest token ids."""
+    decoder = ToyDecoder(vocab=8, seed=3)
+    scorer = CtcPrefixScorer(random_log_probs(positions=2, vocab=8, seed=3))
+    # No end token among the candidates: the search must go on through -inf prefixes.
+    answer, _ = beam_search(decoder.advance, frozenset({99}), 4, beam_size=1, ctc=scorer, ctc_weight=0.3)
+    for n in range(2, 4):  # from the third token on, the decoder's own argmax (ties: none in random rows)
+        assert answer[n] == int(np.argmax(decoder.log_probs(tuple(answer[:n]))))

