@@ -20,6 +20,22 @@ from edgelalm.errors import EdgelalmError
 _CHUNK_BYTES = 1 << 20
 
 
+@contextlib.contextmanager
+def safetensors_file(path: Path) -> Iterator[Any]:
+    """`safetensors.safe_open(path)` (torch tensors), where a file that is not safetensors (a
+    corrupt or truncated header, a foreign file) is one EdgelalmError naming it, not safetensors'
+    own error types."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            yield weights
+    except EdgelalmError:
+        raise
+    except Exception as error:  # safetensors raises its own error types for corrupt files
+        raise EdgelalmError(f"{path} is not a readable safetensors file: {error}") from None
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as stream:

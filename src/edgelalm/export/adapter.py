@@ -27,7 +27,7 @@ from safetensors import safe_open
 from edgelalm.checks import is_real_number, is_whole_number
 from edgelalm.constants import ADAPTER_CONFIG_FILE, MAX_LORA_ALPHA
 from edgelalm.errors import EdgelalmError
-from edgelalm.files import sha256_of
+from edgelalm.files import safetensors_file, sha256_of
 
 WEIGHTS_FILE = "adapter_model.safetensors"
 PICKLE_WEIGHTS_FILES = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
@@ -353,11 +353,8 @@ def read_adapter_keys(
 ) -> tuple[dict[str, dict[str, str]], dict[str, str], dict[str, tuple[int, ...]]]:
     """From the safetensors header: trained module path -> {'A': key, 'B': key}, trained module path ->
     key of its saved base-layer copy, and key -> shape."""
-    try:
-        with safe_open(str(weights_file), framework="pt") as weights:
-            shapes = {key: tuple(weights.get_slice(key).get_shape()) for key in weights.keys()}
-    except Exception as error:  # safetensors raises its own error types for corrupt files
-        raise EdgelalmError(f"{weights_file} is not a readable safetensors file: {error}") from None
+    with safetensors_file(weights_file) as weights:
+        shapes = {key: tuple(weights.get_slice(key).get_shape()) for key in weights.keys()}
     factor_keys: dict[str, dict[str, str]] = {}
     base_layer_copies: dict[str, str] = {}
     adapter_names: set[str] = set()

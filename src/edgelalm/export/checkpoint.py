@@ -20,7 +20,7 @@ from edgelalm.checks import is_whole_number
 from edgelalm.constants import LLAMA_MAX_LAYERS, MEL_FILTERS_FILE, EncoderPrecision
 from edgelalm.errors import EdgelalmError, error_gist
 from edgelalm.export.ctc import has_ctc_head
-from edgelalm.files import read_json_object
+from edgelalm.files import read_json_object, safetensors_file
 from edgelalm.manifest import (
     MAX_N_FFT,
     SAMPLING_RATES,
@@ -465,11 +465,8 @@ def _index_safetensors(path: Path) -> dict[str, Path]:
         raise EdgelalmError(f"{path} has no *.safetensors weight files")
     tensor_files: dict[str, Path] = {}
     for file in weight_files:
-        try:
-            with safe_open(str(file), framework="pt") as weights:
-                dtypes = {key: weights.get_slice(key).get_dtype() for key in weights.keys()}
-        except Exception as error:  # safetensors raises its own error types for corrupt headers
-            raise EdgelalmError(f"{file} is not a readable safetensors file: {error}") from None
+        with safetensors_file(file) as weights:
+            dtypes = {key: weights.get_slice(key).get_dtype() for key in weights.keys()}
         for key, dtype in dtypes.items():
             if dtype not in FLOAT_DTYPES:  # an int, bool, fp8 or complex tensor would be cast silently
                 raise EdgelalmError(f"{file}: tensor {key} is {dtype}; weights are F32, F16, BF16 or F64")

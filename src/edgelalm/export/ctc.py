@@ -14,12 +14,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from edgelalm.constants import CTC_HEAD_FILE, CTC_INPUT, CTC_OUTPUT
 from edgelalm.errors import EdgelalmError
 from edgelalm.export.compressor import export_rows_graph
+from edgelalm.files import safetensors_file
 
 # The head's own tensors in CTC_HEAD_FILE.
 HEAD_TENSORS = ("blank", "log_scale")
@@ -46,18 +46,13 @@ def has_ctc_head(checkpoint_dir: Path) -> bool:
 def load_ctc_head(checkpoint_dir: Path, embeddings: torch.Tensor) -> CtcHead:
     """The checkpoint's head over its decoder's input embeddings [vocab, hidden], checked."""
     path = checkpoint_dir / CTC_HEAD_FILE
-    try:
-        with safe_open(str(path), framework="pt") as stored:
-            names = set(stored.keys())
-            if names != set(HEAD_TENSORS):
-                raise EdgelalmError(
-                    f"{path}: a CTC head holds the tensors {', '.join(HEAD_TENSORS)}; found {', '.join(sorted(names))}"
-                )
-            blank, log_scale = (stored.get_tensor(name).float() for name in HEAD_TENSORS)
-    except EdgelalmError:
-        raise
-    except Exception as error:  # safetensors' own errors: a truncated or foreign file
-        raise EdgelalmError(f"{path}: not a readable safetensors file ({error})") from None
+    with safetensors_file(path) as stored:
+        names = set(stored.keys())
+        if names != set(HEAD_TENSORS):
+            raise EdgelalmError(
+                f"{path}: a CTC head holds the tensors {', '.join(HEAD_TENSORS)}; found {', '.join(sorted(names))}"
+            )
+        blank, log_scale = (stored.get_tensor(name).float() for name in HEAD_TENSORS)
     hidden = embeddings.shape[1]
     if blank.shape != (hidden,) or log_scale.shape != ():
         raise EdgelalmError(

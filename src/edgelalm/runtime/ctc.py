@@ -30,7 +30,7 @@ class CtcHead:
         return run_graph(self.session, {CTC_INPUT: audio_embeddings}, self.path)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # its arrays have no single truth value to compare by
 class CtcPrefix:
     """A partial answer's CTC state: log-probabilities that its tokens are said by position t and
     the path there ends in its last token (`ends_in_token`) or in a blank (`ends_in_blank`)."""

@@ -18,7 +18,8 @@ import numpy as np
 from edgelalm.runtime.ctc import CtcPrefix, CtcPrefixScorer
 
 
-@dataclass(frozen=True)
+# eq=False: a hypothesis is itself, not its fields (its CTC state holds arrays, which == would compare).
+@dataclass(frozen=True, eq=False)
 class Hypothesis:
     tokens: list[int]
     decoder_score: float
@@ -101,8 +102,9 @@ def _joint(
 ) -> Hypothesis:
     """A hypothesis scored (1 - weight) x decoder + weight x CTC, a term left out at weight 0 or 1
     (so that its -inf does not make NaN)."""
-    score = (decoder_score if weight < 1 else 0.0) * (1 - weight) + (ctc_score * weight if weight > 0 else 0.0)
-    return Hypothesis(tokens, decoder_score, state, score)
+    decoder_part = (1 - weight) * decoder_score if weight < 1 else 0.0
+    ctc_part = weight * ctc_score if weight > 0 else 0.0
+    return Hypothesis(tokens, decoder_score, state, decoder_part + ctc_part)
 
 
 def _extend(
