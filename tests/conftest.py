@@ -83,3 +83,22 @@ def tiny_bundles(tiny_checkpoint: Path, tiny_lora_adapter: Path, tmp_path_factor
         return cache[key]
 
     return bundle
+
+
+# finetune's paired clips: transcripts as a user writes them (capitals, digits), normalised by it.
+PAIRED_TEXTS = ("set a timer", "call anna", "what time is it", "turn on the lights")
+
+
+@pytest.fixture(scope="session")
+def paired_tsv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A TSV of four short speech-like clips and their transcripts ("Set a timer 2." -> "... two")."""
+    import soundfile
+    from hf_reference import speechlike
+
+    folder = tmp_path_factory.mktemp("paired")
+    rows = ["file\ttranscript"]
+    for i, text in enumerate(PAIRED_TEXTS):
+        soundfile.write(folder / f"clip{i}.wav", speechlike(1.0 + 0.5 * i, seed=10 + i), 16000)
+        rows.append(f"clip{i}.wav\t{text.capitalize()} 2.")
+    (folder / "pairs.tsv").write_text("\n".join(rows) + "\n")
+    return folder / "pairs.tsv"

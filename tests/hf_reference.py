@@ -98,3 +98,25 @@ def reference_answer(
         )[0].tolist()
     answer = [t for t in generated if t not in end_ids]
     return processor.tokenizer.decode(answer), audio_embeddings.shape[0]
+
+
+def ctc_head_log_probs(head_file, model, audio_embeddings: np.ndarray) -> np.ndarray:
+    """A CTC head file's log-probabilities by TokenCtc's definition, in numpy: a realigned head's
+    residual map first (x + x @ transform.T), then the cosine similarity to [blank, the model's
+    input embeddings], scaled, log-softmax (a zero row, as a padded vocabulary's unused ones, has
+    cosine 0: torch's normalize divides by at least 1e-12)."""
+    import math
+
+    from safetensors.numpy import load_file
+
+    head = load_file(str(head_file))
+    embeddings = model.get_input_embeddings().weight.detach().numpy().astype(np.float64)
+    vocabulary = np.vstack([head["blank"][None].astype(np.float64), embeddings])
+    vocabulary /= np.maximum(np.linalg.norm(vocabulary, axis=1, keepdims=True), 1e-12)
+    directions = audio_embeddings.astype(np.float64)
+    if "transform" in head:
+        directions = directions + directions @ head["transform"].astype(np.float64).T
+    directions /= np.maximum(np.linalg.norm(directions, axis=1, keepdims=True), 1e-12)
+    logits = directions @ vocabulary.T * math.exp(float(head["log_scale"]))
+    logits -= logits.max(axis=1, keepdims=True)
+    return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))

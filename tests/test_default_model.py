@@ -125,6 +125,48 @@ def test_bundle_transcripts_equal_pytorch_transcripts(none_f16_bundle, beam_size
     )
 
 
+def test_the_unseg_bundle_decodes_with_its_realigned_head_as_pytorch_does(tmp_path):
+    """The shipped unseg adapter carries a CTC head realigned to unseg (README, "The CTC head
+    realigned to each compressor"); its f16 bundle takes it, and the example clips' joint answers
+    equal transformers' with peft's LoRA merged, the paper's unsupervised segmentation
+    (tests/reference.py) and the head as training defines it (TokenCtc with the residual map)."""
+    import numpy as np
+    import torch
+    from peft import PeftModel
+    from reference import unsupervised_segmentation
+    from safetensors.torch import load_file
+
+    from edgelalm.compression import CompressorSpec
+    from edgelalm.constants import CTC_HEAD_FILE
+    from edgelalm.pretrained import default_adapter_dir
+    from edgelalm.training.train import TokenCtc
+
+    adapter = default_adapter_dir(CompressorSpec("unseg"))
+    assert adapter is not None and set(load_file(adapter / CTC_HEAD_FILE)) == {"blank", "log_scale", "transform"}
+    bundle = tmp_path / "unseg"
+    export(bundle, "--compressor", "unseg", "--quant", "f16")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["ctc"]["realigned_to"] == "unseg" and manifest["decoding"] == {"beam_size": 4, "ctc_weight": 0.3}
+    base, processor = pytorch_default_model()
+    model = PeftModel.from_pretrained(base, adapter).merge_and_unload().eval()
+    head = TokenCtc(model.get_input_embeddings(), processor.tokenizer, realign=True)
+    head.load_head(adapter / CTC_HEAD_FILE)
+
+    def paper_unseg(frames: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(unsupervised_segmentation(frames.numpy().astype(np.float64)).astype(np.float32))
+
+    clips, references = examples()
+    reference_texts, reference_tokens = transcribe_torch(
+        model, processor, paper_unseg, clips, beam_size=4, ctc_weight=0.3,
+        ctc_head=lambda audio: head.log_probs(audio).detach(),
+    )  # fmt: skip
+    texts, tokens = transcribe_bundle(bundle, clips, 16000)
+    assert tokens == reference_tokens
+    assert [t.strip() for t in texts] == [t.strip() for t in reference_texts]
+    seconds = sum(len(c) for c in clips) / 16000
+    assert score(references, texts, tokens, seconds).wer < 0.5  # and they are mostly right
+
+
 def test_cli_run_prints_a_transcript(none_f16_bundle):
     result = subprocess.run(
         [

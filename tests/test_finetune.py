@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import soundfile
 import torch
-from hf_reference import speechlike
+from conftest import PAIRED_TEXTS
 from safetensors.torch import load_file
 from transformers import AutoConfig
 
@@ -21,18 +20,7 @@ from edgelalm.training.finetune import FinetuneOptions, finetune
 # Minutes of export, training or benchmarking: `pytest -m 'not slow'` skips them locally; CI runs all.
 pytestmark = pytest.mark.slow
 
-TEXTS = ("set a timer", "call anna", "what time is it", "turn on the lights")
-
-
-@pytest.fixture(scope="module")
-def paired_tsv(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("paired")
-    rows = ["file\ttranscript"]
-    for i, text in enumerate(TEXTS):
-        soundfile.write(folder / f"clip{i}.wav", speechlike(1.0 + 0.5 * i, seed=10 + i), 16000)
-        rows.append(f"clip{i}.wav\t{text.capitalize()} 2.")  # normalised to "... two"
-    (folder / "pairs.tsv").write_text("\n".join(rows) + "\n")
-    return folder / "pairs.tsv"
+TEXTS = PAIRED_TEXTS
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
-from hf_reference import reference_answer, reference_inputs, speechlike  # noqa: E402
+from hf_reference import ctc_head_log_probs, reference_answer, reference_inputs, speechlike  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from edgelalm.compression import CompressorSpec  # noqa: E402
@@ -69,20 +69,7 @@ def hf(headed_checkpoint, tiny_lora_adapter):
 
 
 def head_log_probs(checkpoint: Path, model, audio_embeddings: np.ndarray) -> np.ndarray:
-    """TokenCtc's definition, in numpy: cosine similarity to [blank, embeddings], scaled, log-softmax
-    (a zero row, as a padded vocabulary's unused ones, has cosine 0: torch's normalize divides by
-    at least 1e-12)."""
-    from safetensors.numpy import load_file
-
-    head = load_file(str(checkpoint / CTC_HEAD_FILE))
-    embeddings = model.get_input_embeddings().weight.detach().numpy().astype(np.float64)
-    vocabulary = np.vstack([head["blank"][None].astype(np.float64), embeddings])
-    vocabulary /= np.maximum(np.linalg.norm(vocabulary, axis=1, keepdims=True), 1e-12)
-    directions = audio_embeddings.astype(np.float64)
-    directions /= np.maximum(np.linalg.norm(directions, axis=1, keepdims=True), 1e-12)
-    logits = directions @ vocabulary.T * math.exp(float(head["log_scale"]))
-    logits -= logits.max(axis=1, keepdims=True)
-    return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    return ctc_head_log_probs(checkpoint / CTC_HEAD_FILE, model, audio_embeddings)
 
 
 def reference_joint_answer(hf, checkpoint, audio, max_tokens, beam_size, ctc_weight) -> str:

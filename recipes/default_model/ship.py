@@ -5,10 +5,10 @@
     python recipes/default_model/ship.py ctc-head recipes/default_model/stages/base14avg/ctc_head.safetensors
 
 The base checkpoint is stored in float16 (safetensors) with its processor files; an adapter keeps
-only adapter_config.json and adapter_model.safetensors, under the compressor label it was trained
-with (read from edgelalm_finetune.json). The CTC head trained beside the base checkpoint goes in
-beside it (CTC_HEAD_FILE: export writes it as the bundle's ctc.onnx), with the decoding advice
-that uses it (DECODING_ADVICE_FILE).
+only adapter_config.json, adapter_model.safetensors and its realigned CTC head (CTC_HEAD_FILE,
+where finetune made one), under the compressor label it was trained with (edgelalm_finetune.json).
+The CTC head trained beside the base checkpoint goes in beside it (CTC_HEAD_FILE: export writes it
+as the bundle's ctc.onnx), with the decoding advice that uses it (DECODING_ADVICE_FILE).
 """
 
 from __future__ import annotations
@@ -58,7 +58,9 @@ def ship_ctc_head(head: Path) -> Path:
 
 
 def ship_adapter(folder: Path) -> Path:
-    label = json.loads((folder / FINETUNE_RECORD_FILE).read_text())["compressor"]
+    """The LoRA and, where finetune realigned one, the CTC head realigned to its compressor."""
+    record = json.loads((folder / FINETUNE_RECORD_FILE).read_text())
+    label = record.get("compressor") or record["ctc_head"]["compressor"]
     target = DEFAULT_MODEL_ROOT / "adapters" / label
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
@@ -66,6 +68,8 @@ def ship_adapter(folder: Path) -> Path:
     config["base_model_name_or_path"] = DEFAULT_MODEL_NAME  # not this machine's path
     (target / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
     shutil.copy2(folder / "adapter_model.safetensors", target / "adapter_model.safetensors")
+    if (folder / CTC_HEAD_FILE).is_file():
+        shutil.copy2(folder / CTC_HEAD_FILE, target / CTC_HEAD_FILE)
     return target
 
 

@@ -51,7 +51,7 @@ from edgelalm.constants import ENCODER_PRECISIONS, SAMPLING_RATE, WINDOW_MODES
 from edgelalm.export.bundle import ExportOptions, export_bundle
 from edgelalm.export.checkpoint import auto_encoder_precision
 from edgelalm.export.compressor import build_compressor
-from edgelalm.export.ctc import has_ctc_head, load_ctc_head
+from edgelalm.export.ctc import ctc_head_folder, has_ctc_head, load_ctc_head
 from edgelalm.manifest import DecodingInfo, read_decoding_advice
 from edgelalm.pretrained import default_adapter_dir, default_model_dir
 from edgelalm.training.dataset import SpeechDataset
@@ -222,8 +222,12 @@ def main(argv: list[str] | None = None) -> int:
             if (variant == "pytorch" and adapter_dir is not None and args.lora_only) or args.bundles_only:
                 continue
             model = load_model(model_dir, adapter)
+            # With the LoRA, the head realigned beside it where the adapter has one (as its bundle has).
+            head_dir = ctc_head_folder(model_dir, adapter)
             ctc_head = (
-                load_ctc_head(model_dir, model.get_input_embeddings().weight.detach()) if ctc_weight > 0 else None
+                load_ctc_head(head_dir, model.get_input_embeddings().weight.detach())
+                if ctc_weight > 0 and head_dir is not None
+                else None
             )
 
             (texts, tokens), (silent_texts, _) = (

@@ -623,11 +623,29 @@ def finetune(
     ] = 0,
     threads: Annotated[int | None, typer.Option(min=1, help="PyTorch CPU threads.")] = None,
     force: Annotated[bool, typer.Option("--force", help=_FORCE_HELP)] = False,
+    ctc_head: Annotated[
+        bool | None,
+        typer.Option(
+            "--ctc-head/--no-ctc-head",
+            help="Realign the checkpoint's CTC head (joint decoding; the default model has one) to the "
+            "compressor too, after the LoRA, on the same data and steps: saved in the adapter folder, where "
+            "export takes it. Default: when the checkpoint has one.",
+            show_default=False,
+        ),
+    ] = None,
+    ctc_head_only: Annotated[
+        bool,
+        typer.Option(
+            "--ctc-head-only",
+            help="Realign only the CTC head, into the existing adapter folder --out (made by finetune for "
+            "this compressor); its LoRA is untouched.",
+        ),
+    ] = False,
 ) -> None:
     """Realign a checkpoint to a compressor (the paper's method): LoRA on the language model's q_proj and
     k_proj (or the projections --lora-modules names), trained on paired audio/text with the compressor
-    between the frozen encoder and projector. Writes a peft adapter folder that `edgelalm export
-    --adapter` merges."""
+    between the frozen encoder and projector, and the checkpoint's CTC head where it has one. Writes a
+    peft adapter folder that `edgelalm export --adapter` merges."""
     _require_export_extra("finetune")
     from edgelalm.pretrained import default_model_dir
     from edgelalm.training.finetune import FinetuneOptions
@@ -651,6 +669,8 @@ def finetune(
         seed=seed,
         threads=_checked_threads(threads),
         force=force,
+        ctc_head=ctc_head,
+        ctc_head_only=ctc_head_only,
     )
     _say(str(run_finetune(options)))
 
@@ -690,7 +710,11 @@ def describe_decoder(decoder: DecoderInfo | None) -> str:
 def describe_decoding(manifest: Manifest) -> str:
     """How `run` decodes when not told (`Runtime.decoding_for`), and the CTC head if there is one."""
     advice = manifest.decoding
-    head = f"; CTC head {manifest.ctc.file}" if manifest.ctc else ""
+    heads = [info for info in [manifest.ctc] + [c.ctc for c in manifest.compressors.values()] if info is not None]
+    head = "".join(
+        f"; CTC head {info.file}" + (f" (realigned to {info.realigned_to})" if info.realigned_to else "")
+        for info in heads
+    )
     if advice is None or (advice.beam_size == 1 and advice.ctc_weight == 0):
         return f"greedy (the default; run --beam-size, --ctc-weight override){head}"
     joint = f", CTC weight {advice.ctc_weight:g}" if advice.ctc_weight > 0 else ""

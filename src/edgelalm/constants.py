@@ -46,6 +46,11 @@ def compressor_file(label: str) -> str:
     return f"compressor-{label}.onnx"
 
 
+def ctc_file(label: str) -> str:
+    """A compressor choice's own CTC head (its adapter's, realigned to it): ctc-avg3.onnx."""
+    return f"ctc-{label}.onnx"
+
+
 def adapter_file(label: str) -> str:
     """A compressor choice's LoRA as a llama.cpp adapter GGUF: adapter-avg3.gguf."""
     return f"adapter-{label}.gguf"

@@ -145,6 +145,7 @@ class CompressorChoice:
 
     compressor: CompressorInfo
     adapter: AdapterInfo | None
+    ctc: CtcInfo | None = None  # its adapter's CTC head; None: the bundle's (`Manifest.ctc`), if any
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,9 @@ class CtcInfo:
     vocab_size: int = field(metadata=_AT_LEAST_ONE)  # columns after the blank: the decoder's tokens
     inputs: dict[str, str] = field(default_factory=dict)
     output: dict[str, str] = field(default_factory=dict)
+    # The compressor it was realigned to (its adapter's head); None: the checkpoint's own head,
+    # trained on uncompressed embeddings.
+    realigned_to: str | None = None
 
 
 # Wider beams cost a sequence each in the KV cache and a row each in every decoding step.
@@ -270,8 +274,17 @@ class Manifest:
         names = [self.features.mel_filters_file, self.encoder.file, self.compressor.file]
         for choice in self.compressors.values():
             names += [choice.compressor.file] + ([choice.adapter.file] if choice.adapter else [])
+            names += [choice.ctc.file] if choice.ctc else []
         names += [self.ctc.file] if self.ctc else []
         return names + ([self.decoder.file] if self.decoder else [])
+
+    def ctc_head_for(self, label: str | None) -> CtcInfo | None:
+        """The CTC head a compressor decodes with: its own (realigned), else the bundle's."""
+        choice = self.compressors.get(label) if label is not None else None
+        return choice.ctc if choice is not None and choice.ctc is not None else self.ctc
+
+    def every_compressor_has_ctc_head(self) -> bool:
+        return all(self.ctc_head_for(label) for label in self.compressors or [None])
 
 
 # -- writing -----------------------------------------------------------------------------------
@@ -407,16 +420,21 @@ def _check_contract(manifest: Manifest, manifest_path: Path) -> None:
     _check_choices(manifest, manifest_path)
     if manifest.windows is not None:
         check_windows(manifest.windows, manifest.features.window_seconds, manifest_path)
-    if manifest.ctc is not None:
+    heads = [("ctc", manifest.ctc)] + [
+        (f"compressors.{label}.ctc", choice.ctc) for label, choice in manifest.compressors.items()
+    ]
+    for where, head in heads:
+        if head is None:
+            continue
         expected = {
-            "ctc.inputs": (list(manifest.ctc.inputs), [CTC_INPUT]),
-            "ctc.output": (list(manifest.ctc.output), [CTC_OUTPUT]),
+            f"{where}.inputs": (list(head.inputs), [CTC_INPUT]),
+            f"{where}.output": (list(head.output), [CTC_OUTPUT]),
         }
         if manifest.decoder is not None:
-            expected["ctc.vocab_size"] = (manifest.ctc.vocab_size, manifest.decoder.vocab_size)
+            expected[f"{where}.vocab_size"] = (head.vocab_size, manifest.decoder.vocab_size)
         _expect(expected, manifest_path)
     if manifest.decoding is not None:
-        check_decoding(manifest.decoding, manifest.ctc is not None, manifest_path)
+        check_decoding(manifest.decoding, manifest.every_compressor_has_ctc_head(), manifest_path)
 
 
 def check_decoding(decoding: DecodingInfo, has_ctc_head: bool, source: Path | str) -> None:

@@ -39,13 +39,14 @@ from edgelalm.constants import (
     QuantType,
     adapter_file,
     compressor_file,
+    ctc_file,
 )
 from edgelalm.errors import EdgelalmError
 from edgelalm.export.adapter import LoraAdapter, open_adapter
 from edgelalm.export.adapter_gguf import write_adapter_gguf
 from edgelalm.export.checkpoint import Checkpoint, open_checkpoint
 from edgelalm.export.compressor import CompressorProjector, build_compressor, export_compressor_onnx
-from edgelalm.export.ctc import export_ctc_onnx, has_ctc_head, load_ctc_head
+from edgelalm.export.ctc import CtcHead, ctc_head_folder, export_ctc_onnx, has_ctc_head, load_ctc_head
 from edgelalm.export.decoder import write_decoder
 from edgelalm.export.describe import ExportedChoice, build_manifest
 from edgelalm.export.encoder import EncoderPrecision, check_torch_version, export_encoder_onnx
@@ -156,10 +157,7 @@ def _write_bundle(options: ExportOptions) -> None:
                 choice.graph_file: CompressorProjector(build_compressor(choice.spec), projector).eval()
                 for choice in choices
             }
-            ctc_head = None
-            if has_ctc_head(checkpoint.path):
-                embeddings = checkpoint.tensor(checkpoint.decoder_tensor_keys()["model.embed_tokens.weight"])
-                ctc_head = load_ctc_head(checkpoint.path, embeddings)
+            ctc_head_dir, ctc_heads = _ctc_heads(checkpoint, options, choices)
         if ENCODER_FILE in shared and options.share_from:
             # Copied, not linked: onnx refuses external weights that have several hard links.
             with steps.step(f"Copying the audio encoder ({options.encoder_precision}) from {options.share_from}"):
@@ -173,9 +171,9 @@ def _write_bundle(options: ExportOptions) -> None:
         with steps.step(f"Exporting compressor {labels} + projector to ONNX"):
             for file_name, compressor in compressors.items():
                 export_compressor_onnx(compressor, tower.config.d_model, staging / file_name)
-            if ctc_head is not None:
-                export_ctc_onnx(ctc_head, checkpoint.config.text_config.hidden_size, staging / CTC_FILE)
-                steps.note(f"{CTC_FILE}: the checkpoint's CTC head ({CTC_HEAD_FILE}), for joint decoding")
+            for exported in ctc_heads:
+                export_ctc_onnx(exported.head, checkpoint.config.text_config.hidden_size, staging / exported.file)
+                steps.note(f"{exported.file}: the CTC head of {exported.source} ({CTC_HEAD_FILE}), for joint decoding")
         with steps.step("Checking the graphs against PyTorch on a probe clip"):
             frames, encoder_probe = check_encoder(checkpoint, tower, staging, options.encoder_precision)
             steps.note(
@@ -193,10 +191,10 @@ def _write_bundle(options: ExportOptions) -> None:
                     f"{file_name} vs PyTorch: max |diff| {probe['compressor_max_abs_diff']:.2e}, "
                     f"{probe['audio_tokens']} audio tokens from {probe['encoder_frames']} encoder frames"
                 )
-            if ctc_head is not None:
-                difference = check_ctc(frames, next(iter(compressors.values())), ctc_head, staging)
-                steps.note(f"{CTC_FILE} vs PyTorch: max |diff| {difference:.2e}")
-        del tower, projector, compressors, ctc_head
+            for exported in ctc_heads:
+                difference = check_ctc(frames, compressors[exported.reader], exported.head, staging / exported.file)
+                steps.note(f"{exported.file} vs PyTorch: max |diff| {difference:.2e}")
+        del tower, projector, compressors, ctc_heads
         merged = " with the LoRA merged" if adapter else ""
         if DECODER_FILE in shared and options.share_from:
             with steps.step(f"Linking the decoder ({options.quant}){merged} from {options.share_from}"):
@@ -240,11 +238,50 @@ def _write_bundle(options: ExportOptions) -> None:
             )
         with steps.step("Writing the manifest"):
             manifest = write_manifest(
-                staging, build_manifest(checkpoint, options, prompt, first_probe, adapter, choices if several else [])
+                staging,
+                build_manifest(
+                    checkpoint, options, prompt, first_probe, adapter, choices if several else [], ctc_head_dir
+                ),
             )
             check_shared_checksums(manifest, shared, options.share_from)
             for name, record in manifest.files.items():
                 steps.note(f"{name}: {record.bytes / 1e6:.2f} MB")
+
+
+@dataclass(frozen=True)
+class ExportedCtcHead:
+    file: str  # in the bundle
+    reader: str  # the compressor graph whose embeddings it reads (checked on them)
+    head: CtcHead
+    source: str  # where it came from, for the export's notes
+
+
+def _ctc_heads(
+    checkpoint: Checkpoint, options: ExportOptions, choices: list[ExportedChoice]
+) -> tuple[Path | None, list[ExportedCtcHead]]:
+    """The bundle's CTC heads: its own (the merged adapter's, realigned to its compressor, else the
+    checkpoint's) and, in a bundle of several, each choice's adapter's head (its choice's `ctc_file`
+    set). Returns where the bundle's own head came from too (None: it has none)."""
+    several = bool(options.choices)
+    ctc_head_dir = ctc_head_folder(checkpoint.path, None if several else options.adapter_dir)
+    realigned = [c for c in choices if several and c.adapter_dir is not None and has_ctc_head(c.adapter_dir)]
+    if ctc_head_dir is None and not realigned:
+        return None, []
+    embeddings = checkpoint.tensor(checkpoint.decoder_tensor_keys()["model.embed_tokens.weight"])
+    heads = []
+    if ctc_head_dir is not None:
+        reader = next((choice for choice in choices if choice not in realigned), choices[0])
+        source = (
+            "the checkpoint" if ctc_head_dir == checkpoint.path else f"the adapter (realigned to {reader.spec.label})"
+        )
+        heads.append(ExportedCtcHead(CTC_FILE, reader.graph_file, load_ctc_head(ctc_head_dir, embeddings), source))
+    for choice in realigned:
+        assert choice.adapter_dir is not None
+        choice.ctc_file = ctc_file(choice.spec.label)
+        head = load_ctc_head(choice.adapter_dir, embeddings)
+        source = f"{choice.spec.label}'s adapter, realigned to it"
+        heads.append(ExportedCtcHead(choice.ctc_file, choice.graph_file, head, source))
+    return ctc_head_dir, heads
 
 
 def _adapter_summary(adapter: LoraAdapter) -> str:

@@ -3,10 +3,13 @@
 
 The head is the one `edgelalm.training.train.TokenCtc` trains beside the decoder: each audio
 embedding's cosine similarity to the blank vector and to every row of the decoder's input
-embeddings, times a learned scale, then a log-softmax. The checkpoint keeps only its two own
-parameters (CTC_HEAD_FILE: `blank` [hidden], `log_scale` []); the vocabulary is the decoder's
-embedding table, read from the checkpoint here and stored in the graph already normalised and
-scaled. The runtime reads what this module writes in `edgelalm.runtime.ctc`.
+embeddings, times a learned scale, then a log-softmax. A head file (CTC_HEAD_FILE) keeps only the
+head's own parameters: `blank` [hidden] and `log_scale` [], and in a head realigned to a compressor
+(an adapter folder's, written by `finetune`) `transform` [hidden, hidden], a residual linear map
+applied to each audio embedding first (x + x @ transform.T): an average of three frames is no
+longer close to one token's embedding, and the map learns to read it. The vocabulary is the
+decoder's embedding table, read from the checkpoint here and stored in the graph already
+normalised and scaled. The runtime reads what this module writes in `edgelalm.runtime.ctc`.
 """
 
 from __future__ import annotations
@@ -21,47 +24,71 @@ from edgelalm.errors import EdgelalmError
 from edgelalm.export.compressor import export_rows_graph
 from edgelalm.files import safetensors_file
 
-# The head's own tensors in CTC_HEAD_FILE.
+# The head's own tensors in CTC_HEAD_FILE, and the one a head realigned to a compressor adds.
 HEAD_TENSORS = ("blank", "log_scale")
+REALIGNED_HEAD_TENSOR = "transform"
 
 
 class CtcHead(nn.Module):
     """[N, hidden] -> [N, 1 + vocab]: scaled cosine similarity to the blank and each token, as
     TokenCtc.log_probs computes it."""
 
-    def __init__(self, blank: torch.Tensor, log_scale: torch.Tensor, embeddings: torch.Tensor) -> None:
+    def __init__(
+        self,
+        blank: torch.Tensor,
+        log_scale: torch.Tensor,
+        embeddings: torch.Tensor,
+        transform: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         vocabulary = nn.functional.normalize(torch.cat([blank[None], embeddings]).float(), dim=-1)
         self.register_buffer("scaled_vocabulary", vocabulary * log_scale.float().exp())
+        self.register_buffer("transform", None if transform is None else transform.float())
 
     def forward(self, audio_embeddings: torch.Tensor) -> torch.Tensor:
+        if self.transform is not None:
+            audio_embeddings = audio_embeddings + audio_embeddings @ self.transform.T
         directions = nn.functional.normalize(audio_embeddings, dim=-1)
         return (directions @ self.scaled_vocabulary.T).log_softmax(-1)
 
 
-def has_ctc_head(checkpoint_dir: Path) -> bool:
-    return (checkpoint_dir / CTC_HEAD_FILE).is_file()
+def has_ctc_head(folder: Path) -> bool:
+    """Whether a checkpoint or adapter folder holds a CTC head."""
+    return (folder / CTC_HEAD_FILE).is_file()
 
 
-def load_ctc_head(checkpoint_dir: Path, embeddings: torch.Tensor) -> CtcHead:
-    """The checkpoint's head over its decoder's input embeddings [vocab, hidden], checked."""
-    path = checkpoint_dir / CTC_HEAD_FILE
+def ctc_head_folder(checkpoint_dir: Path, adapter_dir: Path | None) -> Path | None:
+    """Where a bundle's head comes from: the adapter's (realigned to its compressor), else the
+    checkpoint's (trained on uncompressed embeddings), else none."""
+    for folder in (adapter_dir, checkpoint_dir):
+        if folder is not None and has_ctc_head(folder):
+            return folder
+    return None
+
+
+def load_ctc_head(folder: Path, embeddings: torch.Tensor) -> CtcHead:
+    """A checkpoint's or adapter's head over the decoder's input embeddings [vocab, hidden], checked."""
+    path = folder / CTC_HEAD_FILE
     with safetensors_file(path) as stored:
         names = set(stored.keys())
-        if names != set(HEAD_TENSORS):
+        if not set(HEAD_TENSORS) <= names <= {*HEAD_TENSORS, REALIGNED_HEAD_TENSOR}:
             raise EdgelalmError(
-                f"{path}: a CTC head holds the tensors {', '.join(HEAD_TENSORS)}; found {', '.join(sorted(names))}"
+                f"{path}: a CTC head holds the tensors {', '.join(HEAD_TENSORS)} (and {REALIGNED_HEAD_TENSOR} if "
+                f"realigned to a compressor); found {', '.join(sorted(names)) or 'none'}"
             )
         blank, log_scale = (stored.get_tensor(name).float() for name in HEAD_TENSORS)
+        transform = stored.get_tensor(REALIGNED_HEAD_TENSOR).float() if REALIGNED_HEAD_TENSOR in names else None
     hidden = embeddings.shape[1]
-    if blank.shape != (hidden,) or log_scale.shape != ():
+    shapes = [blank.shape, log_scale.shape] + ([transform.shape] if transform is not None else [])
+    if shapes != [(hidden,), ()] + ([(hidden, hidden)] if transform is not None else []):
         raise EdgelalmError(
-            f"{path}: blank must be [{hidden}] (the decoder's width) and log_scale a scalar; "
-            f"got {list(blank.shape)} and {list(log_scale.shape)}"
+            f"{path}: blank must be [{hidden}] (the decoder's width), log_scale a scalar and {REALIGNED_HEAD_TENSOR} "
+            f"[{hidden}, {hidden}]; got {', '.join(str(list(shape)) for shape in shapes)}"
         )
-    if not (torch.isfinite(blank).all() and torch.isfinite(log_scale)) or log_scale > 20:
+    finite = torch.isfinite(blank).all() and torch.isfinite(log_scale)
+    if not finite or log_scale > 20 or (transform is not None and not torch.isfinite(transform).all()):
         raise EdgelalmError(f"{path}: the head's values must be finite (and log_scale at most 20)")
-    return CtcHead(blank, log_scale, embeddings).eval()
+    return CtcHead(blank, log_scale, embeddings, transform).eval()
 
 
 def export_ctc_onnx(head: CtcHead, hidden_size: int, path: Path) -> None:

@@ -33,7 +33,6 @@ from edgelalm.constants import (
 from edgelalm.errors import EdgelalmError
 from edgelalm.export.adapter import LoraAdapter
 from edgelalm.export.checkpoint import Checkpoint
-from edgelalm.export.ctc import has_ctc_head
 from edgelalm.manifest import (
     AdapterInfo,
     CompressorChoice,
@@ -76,6 +75,7 @@ class ExportedChoice:
     adapter_file: str | None = None
     adapter: LoraAdapter | None = None
     gguf_alpha: float = 0.0
+    ctc_file: str | None = None  # its adapter's CTC head (realigned to it), in a bundle of several
 
 
 def build_manifest(
@@ -85,12 +85,15 @@ def build_manifest(
     probe: dict[str, Any],
     adapter: LoraAdapter | None,
     choices: list[ExportedChoice],
+    ctc_head_dir: Path | None,
 ) -> Manifest:
     """What the bundle holds (the files' checksums are added when it is written). `choices`: a
-    bundle of several compressors (format version 2), the first the default; empty for one."""
+    bundle of several compressors (format version 2), the first the default; empty for one.
+    `ctc_head_dir`: where the bundle's CTC head (CTC_FILE) came from, the checkpoint or the merged
+    adapter; None: it has none."""
     config = checkpoint.config
     text_config = config.text_config
-    compressors = {choice.spec.label: _choice(choice) for choice in choices}
+    compressors = {choice.spec.label: _choice(choice, text_config.vocab_size) for choice in choices}
     return Manifest(
         created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         model=ModelInfo(
@@ -137,15 +140,23 @@ def build_manifest(
         compressors=compressors,
         format_version=BUNDLE_FORMAT_VERSION if compressors else SINGLE_COMPRESSOR_FORMAT_VERSION,
         windows=checkpoint.windows_advice,
-        ctc=CtcInfo(
-            file=CTC_FILE,
-            vocab_size=text_config.vocab_size,
-            inputs={CTC_INPUT: "[N, hidden_size]"},
-            output={CTC_OUTPUT: "[N, 1 + vocab_size]"},
-        )
-        if has_ctc_head(checkpoint.path)
-        else None,
+        ctc=None
+        if ctc_head_dir is None
+        else _ctc_info(
+            CTC_FILE, text_config.vocab_size, None if ctc_head_dir == checkpoint.path else options.compressor.label
+        ),
         decoding=checkpoint.decoding_advice,
+    )
+
+
+def _ctc_info(file_name: str, vocab_size: int, realigned_to: str | None) -> CtcInfo:
+    """`realigned_to`: the compressor an adapter's head was realigned to; None: the checkpoint's head."""
+    return CtcInfo(
+        file=file_name,
+        vocab_size=vocab_size,
+        inputs={CTC_INPUT: "[N, hidden_size]"},
+        output={CTC_OUTPUT: "[N, 1 + vocab_size]"},
+        realigned_to=realigned_to,
     )
 
 
@@ -162,13 +173,14 @@ def _compressor_info(spec: CompressorSpec, file_name: str) -> CompressorInfo:
     )
 
 
-def _choice(choice: ExportedChoice) -> CompressorChoice:
+def _choice(choice: ExportedChoice, vocab_size: int) -> CompressorChoice:
     adapter = None
     if choice.adapter is not None and choice.adapter_file is not None:
         adapter = AdapterInfo(
             file=choice.adapter_file, description=choice.adapter.describe(), gguf_alpha=choice.gguf_alpha
         )
-    return CompressorChoice(compressor=_compressor_info(choice.spec, choice.graph_file), adapter=adapter)
+    ctc = _ctc_info(choice.ctc_file, vocab_size, choice.spec.label) if choice.ctc_file else None
+    return CompressorChoice(compressor=_compressor_info(choice.spec, choice.graph_file), adapter=adapter, ctc=ctc)
 
 
 def special_tokens(checkpoint: Checkpoint) -> SpecialTokens:

@@ -12,7 +12,6 @@ import torch
 from edgelalm.constants import (
     COMPRESSOR_FILE,
     COMPRESSOR_INPUT,
-    CTC_FILE,
     CTC_INPUT,
     ENCODER_FILE,
     ENCODER_INPUT,
@@ -160,17 +159,17 @@ def check_compressor(
     return {"audio_tokens": int(embeddings.shape[0]), "compressor_max_abs_diff": compressor_diff}
 
 
-def check_ctc(frames: np.ndarray, compressor: CompressorProjector, head: CtcHead, bundle_dir: Path) -> float:
-    """The CTC head's graph in onnxruntime against PyTorch on the probe's audio embeddings (the
-    probe's encoder frames through `compressor`); refuse on mismatch. Returns the largest
-    difference of a log-probability."""
+def check_ctc(frames: np.ndarray, compressor: CompressorProjector, head: CtcHead, graph: Path) -> float:
+    """A CTC head's graph in onnxruntime against PyTorch on the probe's audio embeddings (the
+    probe's encoder frames through `compressor`, the one it reads); refuse on mismatch. Returns
+    the largest difference of a log-probability."""
     with torch.no_grad():
         embeddings = compressor(torch.from_numpy(frames)).numpy()
-    log_probs, expected = _graph_and_module(bundle_dir / CTC_FILE, CTC_INPUT, embeddings, head)
+    log_probs, expected = _graph_and_module(graph, CTC_INPUT, embeddings, head)
     # Log-probabilities: an absolute bound, scaled by the head's largest logit (its scale).
     difference = float(np.abs(log_probs - expected).max())
     if difference > 1e-4 * max(1.0, float(head.scaled_vocabulary.norm(dim=-1).max())):
-        raise EdgelalmError(f"{CTC_FILE} differs from PyTorch by {difference:.2e}: export is broken")
+        raise EdgelalmError(f"{graph.name} differs from PyTorch by {difference:.2e}: export is broken")
     return difference
 
 

@@ -17,17 +17,33 @@ from pathlib import Path
 import numpy as np
 
 from edgelalm.constants import CTC_INPUT, CTC_OUTPUT
+from edgelalm.errors import EdgelalmError
 from edgelalm.runtime.encoder import onnx_session, run_graph
 
 
 class CtcHead:
-    def __init__(self, path: Path, providers: list[str], threads: int | None = None, cpu_arena: bool = False) -> None:
+    """A CTC head graph (ctc.onnx, or a compressor's own ctc-LABEL.onnx) over a decoder of
+    `vocab_size` tokens."""
+
+    def __init__(
+        self, path: Path, vocab_size: int, providers: list[str], threads: int | None = None, cpu_arena: bool = False
+    ) -> None:
         self.path = path
+        self.vocab_size = vocab_size
         self.session = onnx_session(path, providers, threads, cpu_arena, inputs=(CTC_INPUT,), output=CTC_OUTPUT)
 
     def __call__(self, audio_embeddings: np.ndarray) -> np.ndarray:
         """Log-probabilities [N, 1 + vocab]: column 0 the blank, column i + 1 token i."""
-        return run_graph(self.session, {CTC_INPUT: audio_embeddings}, self.path)
+        log_probs = run_graph(self.session, {CTC_INPUT: audio_embeddings}, self.path)
+        # A graph that answers other shapes or positive "log-probabilities" (a hostile bundle)
+        # would break the search's premise that scores only fall as an answer grows.
+        expected = (audio_embeddings.shape[0], 1 + self.vocab_size)
+        if log_probs.shape != expected or log_probs.max() > 1e-3:
+            raise EdgelalmError(
+                f"{self.path} gave {log_probs.shape} values up to {log_probs.max():.3g}; a CTC head gives "
+                f"log-probabilities of shape {expected}"
+            )
+        return log_probs
 
 
 @dataclass(frozen=True, eq=False)  # its arrays have no single truth value to compare by

@@ -132,6 +132,7 @@ class CompressorOption:
     spec: CompressorSpec
     graph: CompressorProjector
     adapter: LlamaAdapter | None
+    ctc: CtcHead | None = None  # the CTC head joint decoding reads its embeddings with (its own, or the bundle's)
 
 
 @dataclass
@@ -247,11 +248,21 @@ class Runtime:
         # adapter is loaded once onto the shared weights (a few MB) and applied per context.
         entries = [(label, choice.compressor, choice.adapter) for label, choice in manifest.compressors.items()]
         self.compressors: dict[str, CompressorOption] = {}
+        # The CTC heads for joint decoding, where the checkpoint or the adapters had them: a choice's
+        # own (realigned to it), else the bundle's.
+        vocab_size = manifest.decoder.vocab_size if manifest.decoder else 0
+        heads = {
+            info.file: CtcHead(self.bundle / info.file, vocab_size, providers, threads, cpu_arena)
+            for info in [manifest.ctc] + [choice.ctc for choice in manifest.compressors.values()]
+            if info is not None
+        }
         for label, info, adapter in entries or [(self.compressor_spec.label, manifest.compressor, None)]:
+            head = manifest.ctc_head_for(label)
             self.compressors[label] = CompressorOption(
                 CompressorSpec(info.name, info.factor),
                 CompressorProjector(self.bundle / info.file, providers, threads, cpu_arena),
                 self.decoder.load_adapter(self.bundle / adapter.file) if adapter else None,
+                heads[head.file] if head else None,
             )
         self._release(self._new_context())  # the first context, made now: a failure shows at load
         self.prompt = manifest.prompt
@@ -267,8 +278,6 @@ class Runtime:
         # The checkpoint's own stop tokens, beside the ones llama.cpp reads from the GGUF.
         self.stop_ids = frozenset(manifest.special_tokens.end_of_turn_ids)
         self._end_of_answer_ids: frozenset[int] | None = None
-        # The CTC head for joint decoding, where the checkpoint had one.
-        self.ctc = CtcHead(self.bundle / manifest.ctc.file, providers, threads, cpu_arena) if manifest.ctc else None
 
     def close(self) -> None:
         """Free the decoder's weights and contexts once the runs in flight have ended; later runs
@@ -541,7 +550,7 @@ class Runtime:
                 context, option, audio_embeddings, prompt_ids, text_tokens, max_tokens, decoding
             )
         text, generated, first_token_at, decode_started = self._generate(
-            context, max_tokens, decoding, audio_embeddings, on_text
+            context, option, max_tokens, decoding, audio_embeddings, on_text
         )
         tally = _Tally(samples_seen, audio_tokens, windows_used, text_tokens, generated, reused_tokens)
         tally.decode_seconds, tally.first_token_at = time.perf_counter() - decode_started, first_token_at
@@ -632,7 +641,7 @@ class Runtime:
                     context, option, embeddings, prompt_ids, text_tokens, max_tokens, decoding
                 )
             text, generated, first_token_at, decode_started = self._generate(
-                context, max_tokens, decoding, embeddings, stream
+                context, option, max_tokens, decoding, embeddings, stream
             )
             tally.decode_seconds += time.perf_counter() - decode_started
             tally.first_token_at = tally.first_token_at or first_token_at
@@ -775,6 +784,7 @@ class Runtime:
     def _generate(
         self,
         context: LlamaContext,
+        option: CompressorOption,
         max_tokens: int,
         decoding: Decoding,
         audio_embeddings: np.ndarray,
@@ -788,7 +798,7 @@ class Runtime:
         if decoding.searches:
             # The whole answer is known only when the search ends: its first token comes then, and
             # the decode time is the search's (the rate: the answer's tokens after the first over it).
-            token_ids: Iterable[int] = self._search(context, max_tokens, decoding, audio_embeddings)
+            token_ids: Iterable[int] = self._search(context, max_tokens, decoding, audio_embeddings, option.ctc)
             first_token_at = time.perf_counter()
         else:
             token_ids = context.generate(
@@ -811,22 +821,18 @@ class Runtime:
         return "".join(pieces), generated, first_token_at, decode_started
 
     def _search(
-        self, context: LlamaContext, max_tokens: int, decoding: Decoding, audio_embeddings: np.ndarray
+        self,
+        context: LlamaContext,
+        max_tokens: int,
+        decoding: Decoding,
+        audio_embeddings: np.ndarray,
+        ctc: CtcHead | None,
     ) -> list[int]:
-        """A beam search over the prefilled prompt, joint with the CTC head where weighted."""
+        """A beam search over the prefilled prompt, joint with the compressor's CTC head where weighted."""
         scorer = None
         if decoding.ctc_weight > 0:
-            assert self.ctc is not None  # decoding_for refuses a weight without a head
-            log_probs = self.ctc(audio_embeddings)
-            # A graph that answers other shapes or positive "log-probabilities" (a hostile bundle)
-            # would break the search's premise that scores only fall as an answer grows.
-            expected = (audio_embeddings.shape[0], 1 + self.manifest.ctc.vocab_size) if self.manifest.ctc else None
-            if log_probs.shape != expected or log_probs.max() > 1e-3:
-                raise EdgelalmError(
-                    f"{self.ctc.path} gave {log_probs.shape} values up to {log_probs.max():.3g}; a CTC head gives "
-                    f"log-probabilities of shape {expected}"
-                )
-            scorer = CtcPrefixScorer(log_probs)
+            assert ctc is not None  # decoding_for refuses a weight without a head
+            scorer = CtcPrefixScorer(ctc(audio_embeddings))
         advance, release = context.beams(decoding.beam_size)
         try:
             tokens, _ = beam_search(
@@ -865,9 +871,11 @@ class Runtime:
             beam_size = advice.beam_size if advice is not None else 1
         if ctc_weight is None:
             ctc_weight = advice.ctc_weight if advice is not None else 0.0
-        if ctc_weight > 0 and self.ctc is None:
+        if ctc_weight > 0 and not self.manifest.every_compressor_has_ctc_head():
+            headless = [label for label, option in self.compressors.items() if option.ctc is None]
+            which = f" for {', '.join(headless)}" if len(headless) < len(self.compressors) else ""
             raise EdgelalmError(
-                f"bundle {self.bundle} has no CTC head (only a checkpoint trained with one has: README, Run); "
+                f"bundle {self.bundle} has no CTC head{which} (only a checkpoint trained with one has: README, Run); "
                 "ctc_weight must be 0"
             )
         return Decoding(temperature, top_p, seed, int(beam_size), float(ctc_weight))

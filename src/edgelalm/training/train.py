@@ -53,9 +53,13 @@ class TrainSettings:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     ctc_weight: float = 0.3
-    # What the CTC head predicts: "characters" (its own linear head) or, encoded data only,
-    # "tokens" (the decoder's vocabulary through its input embeddings: TokenCtc).
+    # What the CTC head predicts: "characters" (its own linear head) or "tokens" (the decoder's
+    # vocabulary through its input embeddings, read from the projected audio: TokenCtc).
     ctc_target: str = "characters"
+    # "tokens" only: the head realigned to the compressor (TokenCtc's residual map; finetune).
+    ctc_realign: bool = False
+    # False: the CTC loss alone (finetune's head-only realignment: nothing on the answer path trains).
+    answer_loss: bool = True
     augment_probability: float = 0.8
     eval_every: int = 250
     eval_clips: int = 64
@@ -159,16 +163,22 @@ class TokenCtc(nn.Module):
     embedding toward the embedding of the token being said, so the decoder meets the speech as
     something close to its own text and transcribing becomes copying, for any word sequence."""
 
-    def __init__(self, embeddings: nn.Embedding, tokenizer) -> None:
+    def __init__(self, embeddings: nn.Embedding, tokenizer, realign: bool = False) -> None:
         super().__init__()
         self.embeddings = embeddings  # the decoder's, not a copy: the CTC gradient reaches them
         self.tokenizer = tokenizer
         self.blank = nn.Parameter(torch.randn(embeddings.embedding_dim) * embeddings.weight.detach().std())
         self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        # Realigned to a compressor (finetune): a residual linear map over each compressed embedding,
+        # from the identity (an average of frames is no longer close to one token's embedding).
+        width = embeddings.embedding_dim
+        self.transform = nn.Parameter(torch.zeros(width, width)) if realign else None
 
     def log_probs(self, positions: torch.Tensor) -> torch.Tensor:
         """Scaled cosine similarity: directions are matched, and the embeddings' norms (which the
         decoder reads too) are left to the answer loss."""
+        if self.transform is not None:
+            positions = positions + positions @ self.transform.T
         vocabulary = torch.cat([self.blank[None], self.embeddings.weight])  # index 0 is the blank
         cosine = nn.functional.normalize(positions, dim=-1) @ nn.functional.normalize(vocabulary, dim=-1).T
         return (cosine * self.log_scale.exp()).log_softmax(-1)
@@ -184,13 +194,19 @@ class TokenCtc(nn.Module):
 
     def save_head(self, path: Path) -> None:
         """Its own parameters (the embeddings are the model's, saved with it)."""
-        save_file({"blank": self.blank.detach(), "log_scale": self.log_scale.detach()}, str(path))
+        tensors = {"blank": self.blank.detach(), "log_scale": self.log_scale.detach()}
+        if self.transform is not None:
+            tensors["transform"] = self.transform.detach()
+        save_file(tensors, str(path))
 
     def load_head(self, path: Path) -> None:
+        """An earlier head's tensors (a realigned one's map only where this head realigns too)."""
         with torch.no_grad():
             head = load_file(str(path))
             self.blank.copy_(head["blank"])
             self.log_scale.copy_(head["log_scale"])
+            if self.transform is not None and "transform" in head:
+                self.transform.copy_(head["transform"])
 
     def greedy(self, positions: torch.Tensor) -> str:
         """The best path of one clip's [T, D] embeddings, repeats and blanks removed, as text."""
@@ -233,22 +249,57 @@ def batch_loss(
     ctc: CharacterCtc | TokenCtc | None,
     ctc_weight: float,
     read_answers: Callable[[list[list[int]]], list[list[int]]] | None = None,
+    answer: bool = True,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """`read_answers`: what the decoder reads of the answers (`corrupted`); the labels stay true."""
+    """`read_answers`: what the decoder reads of the answers (`corrupted`); the labels stay true.
+    `answer`: False for the CTC loss alone. A character CTC reads the tower's last layer, a token
+    CTC the projected audio embeddings (compressed, as the decoder reads them)."""
     mel, mel_lengths = log_mel_batch(waveforms, feature_extractor)
     encoded = encode_batch(model.model.audio_tower, mel, mel_lengths)
     audio = compress_and_project(model, compressor, encoded)
-    answers = answer_token_ids(tokenizer, texts)
-    inputs, mask, labels = decoder_inputs(
-        model, prompt, audio, answers, read_answers(answers) if read_answers else None
-    )
-    loss = answer_loss(model, inputs, mask, labels)
-    parts = {"answer_loss": float(loss.detach())}
+    loss, parts = _answer_loss(model, prompt, tokenizer, audio, texts, read_answers, answer)
+    if isinstance(ctc, TokenCtc):
+        return _with_ctc_on_embeddings(loss, parts, ctc, ctc_weight, audio, texts)
     if ctc is not None:
         ctc_loss = ctc.loss(encoded.positions, encoded.position_counts, texts)
         parts["ctc_loss"] = float(ctc_loss.detach())
         loss = loss + ctc_weight * ctc_loss
     return loss, parts
+
+
+def _answer_loss(
+    model: nn.Module,
+    prompt: PromptIds,
+    tokenizer,
+    audio: list[torch.Tensor],
+    texts: list[str],
+    read_answers: Callable[[list[list[int]]], list[list[int]]] | None,
+    answer: bool,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The decoder's loss on the answers after the audio (zero, not computed, when not `answer`)."""
+    if not answer:
+        return torch.zeros(()), {}
+    answers = answer_token_ids(tokenizer, texts)
+    inputs, mask, labels = decoder_inputs(
+        model, prompt, audio, answers, read_answers(answers) if read_answers else None
+    )
+    loss = answer_loss(model, inputs, mask, labels)
+    return loss, {"answer_loss": float(loss.detach())}
+
+
+def _with_ctc_on_embeddings(
+    loss: torch.Tensor,
+    parts: dict[str, float],
+    ctc: CharacterCtc | TokenCtc,
+    ctc_weight: float,
+    audio: list[torch.Tensor],
+    texts: list[str],
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """`loss` plus a CTC's over the audio embeddings, weighted."""
+    embedded = nn.utils.rnn.pad_sequence(audio, batch_first=True)
+    ctc_loss = ctc.loss(embedded, torch.tensor([len(a) for a in audio]), texts)
+    parts["ctc_loss"] = float(ctc_loss.detach())
+    return loss + ctc_weight * ctc_loss, parts
 
 
 def _padded(arrays: list[np.ndarray] | list[torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -296,24 +347,15 @@ def frames_batch_loss(
     ctc_weight: float = 0.0,
     read_answers: Callable[[list[list[int]]], list[list[int]]] | None = None,
     below_layer: int | None = None,
+    answer: bool = True,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """`batch_loss` from precomputed tower data (`encoded_rows`; the tower frozen, or its top layers
     run here when `below_layer` says where the data was stored). The CTC head, if any, reads the
     projected audio embeddings: it is the projector (and tuned layers) that must learn to carry the
     speech's tokens."""
     audio = projected_frames(model, compressor, rows, below_layer)
-    answers = answer_token_ids(tokenizer, texts)
-    inputs, mask, labels = decoder_inputs(
-        model, prompt, audio, answers, read_answers(answers) if read_answers else None
-    )
-    loss = answer_loss(model, inputs, mask, labels)
-    parts = {"answer_loss": float(loss.detach())}
-    if ctc is not None:
-        embedded = nn.utils.rnn.pad_sequence(audio, batch_first=True)
-        ctc_loss = ctc.loss(embedded, torch.tensor([len(a) for a in audio]), texts)
-        parts["ctc_loss"] = float(ctc_loss.detach())
-        loss = loss + ctc_weight * ctc_loss
-    return loss, parts
+    loss, parts = _answer_loss(model, prompt, tokenizer, audio, texts, read_answers, answer)
+    return _with_ctc_on_embeddings(loss, parts, ctc, ctc_weight, audio, texts) if ctc is not None else (loss, parts)
 
 
 def encoded_rows(
@@ -397,26 +439,28 @@ def train(
     def rows_loss(rows: list, texts: list[str], training: bool) -> tuple[torch.Tensor, dict[str, float]]:
         """Training: with the CTC loss and the corrupted answer inputs; else the plain answer loss."""
         head, weight, reader = (ctc, settings.ctc_weight, read_answers) if training else (None, 0.0, None)
+        answer = settings.answer_loss or not training
         if encoded:
             return frames_batch_loss(
-                model, compressor, prompt, tokenizer, rows, texts, head, weight, reader, below_layer=below_layer
+                model, compressor, prompt, tokenizer, rows, texts, head, weight, reader, below_layer, answer
             )
-        return batch_loss(model, compressor, prompt, tokenizer, feature_extractor, rows, texts, head, weight, reader)
+        return batch_loss(
+            model, compressor, prompt, tokenizer, feature_extractor, rows, texts, head, weight, reader, answer
+        )
 
     # On the tower's last layer when the tower trains; on the projected embeddings when it is frozen.
     ctc_width = model.config.text_config.hidden_size if encoded else model.config.audio_config.d_model
     ctc: CharacterCtc | TokenCtc | None = None
     if settings.ctc_target == "tokens" and settings.ctc_weight > 0:
-        if not encoded:
-            raise ValueError("ctc_target='tokens' needs encoded data (the CTC reads the projected embeddings)")
-        ctc = TokenCtc(model.get_input_embeddings(), tokenizer)
+        ctc = TokenCtc(model.get_input_embeddings(), tokenizer, realign=settings.ctc_realign)
         if ctc_head is not None:
             ctc.load_head(ctc_head)
     elif ctc_alphabet:
         ctc = CharacterCtc(ctc_width, ctc_alphabet).to(model.device)
     trained = parameters if parameters is not None else [p for p in model.parameters() if p.requires_grad]
     if ctc is not None:
-        known = {id(p) for p in trained}  # TokenCtc's embeddings are the model's, trained already
+        # TokenCtc's embeddings are the model's: trained with it where it trains, else not at all.
+        known = {id(p) for p in trained} | {id(p) for p in model.get_input_embeddings().parameters()}
         trained = trained + [p for p in ctc.parameters() if id(p) not in known]
     in_tower = {id(p) for p in tuned_tower}
     groups = []

@@ -1,0 +1,255 @@
+"""A CTC head realigned to a compressor: `finetune` trains it beside the LoRA (or alone, into an
+existing adapter folder), export takes the adapter's head over the checkpoint's (one compressor:
+ctc.onnx; several: each choice's own ctc-LABEL.onnx), and `run` decodes each compressor with its
+own. References: the head's definition in numpy (tests/hf_reference.py), transformers + peft for
+the decoder, peft's own adapter loading for the LoRA."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+
+from hf_reference import ctc_head_log_probs, reference_inputs, speechlike  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+from edgelalm.compression import CompressorSpec  # noqa: E402
+from edgelalm.constants import CTC_FILE, CTC_HEAD_FILE, DECODING_ADVICE_FILE, FINETUNE_RECORD_FILE  # noqa: E402
+from edgelalm.errors import EdgelalmError  # noqa: E402
+from edgelalm.export.bundle import ExportOptions, export_bundle  # noqa: E402
+from edgelalm.manifest import read_manifest  # noqa: E402
+from edgelalm.runtime.ctc import CtcPrefixScorer  # noqa: E402
+from edgelalm.runtime.pipeline import Runtime  # noqa: E402
+from edgelalm.runtime.search import beam_search  # noqa: E402
+from edgelalm.training.finetune import CTC_HEAD_LOG_FILE, FinetuneOptions, finetune  # noqa: E402
+from edgelalm.training.model import torch_advance  # noqa: E402
+
+# Minutes of export and training: `pytest -m 'not slow'` skips them locally; CI runs all.
+pytestmark = pytest.mark.slow
+
+WINDOW_SECONDS = 10  # the tiny checkpoint's encoder window
+PROMPT = "Transcribe the audio."
+BEAM, WEIGHT = 3, 0.5
+
+
+def random_head(hidden: int, seed: int, realigned: bool) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    head = {"blank": torch.randn(hidden, generator=generator), "log_scale": torch.tensor(math.log(12.0))}
+    if realigned:
+        head["transform"] = 0.3 * torch.randn(hidden, hidden, generator=generator)
+    return head
+
+
+@pytest.fixture(scope="module")
+def hidden(tiny_checkpoint) -> int:
+    return json.loads((tiny_checkpoint / "config.json").read_text())["text_config"]["hidden_size"]
+
+
+@pytest.fixture(scope="module")
+def headed_checkpoint(tiny_checkpoint, hidden, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("headed") / "tiny"
+    shutil.copytree(tiny_checkpoint, folder)
+    save_file(random_head(hidden, 3, realigned=False), str(folder / CTC_HEAD_FILE))
+    (folder / DECODING_ADVICE_FILE).write_text(json.dumps({"beam_size": BEAM, "ctc_weight": WEIGHT}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def realigned_adapter(tiny_lora_adapter, hidden, tmp_path_factory) -> Path:
+    """The tiny LoRA with a head realigned to avg2 (random: a map far from the identity, so a run
+    that read the checkpoint's head instead would answer otherwise)."""
+    folder = tmp_path_factory.mktemp("realigned") / "avg2"
+    shutil.copytree(tiny_lora_adapter, folder)
+    save_file(random_head(hidden, 5, realigned=True), str(folder / CTC_HEAD_FILE))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def hf(headed_checkpoint, tiny_lora_adapter):
+    base = transformers.Qwen2AudioForConditionalGeneration.from_pretrained(headed_checkpoint)
+    return peft.PeftModel.from_pretrained(base, tiny_lora_adapter).eval(), transformers.AutoProcessor.from_pretrained(
+        headed_checkpoint
+    )
+
+
+def reference_joint_answer(hf, head_file: Path, audio: np.ndarray, compressor: str, factor: int) -> str:
+    model, processor = hf
+    inputs_embeds, audio_embeddings, end_ids = reference_inputs(hf, audio, compressor, factor, PROMPT, WINDOW_SECONDS)
+    scorer = CtcPrefixScorer(ctc_head_log_probs(head_file, model, audio_embeddings.numpy()))
+    tokens, _ = beam_search(torch_advance(model, inputs_embeds[0]), frozenset(end_ids), 10, BEAM, scorer, WEIGHT)
+    return processor.tokenizer.decode(tokens)
+
+
+def test_one_compressor_bundle_decodes_with_its_adapters_head(hf, headed_checkpoint, realigned_adapter, tmp_path):
+    out = tmp_path / "avg2"
+    export_bundle(ExportOptions(headed_checkpoint, out, CompressorSpec("avg", 2), "fp32", "f32", realigned_adapter))
+    manifest = read_manifest(out)
+    assert manifest.ctc is not None and (manifest.ctc.file, manifest.ctc.realigned_to) == (CTC_FILE, "avg2")
+    shown = subprocess.run([sys.executable, "-m", "edgelalm", "inspect", str(out)], capture_output=True, text=True)
+    assert f"CTC head {CTC_FILE} (realigned to avg2)" in shown.stdout
+    answers = set()
+    with Runtime(out, kv_cache_type="f32") as runtime:
+        for seconds, seed in ((3.3, 0), (6.1, 2)):
+            audio = speechlike(seconds, seed)
+            got = runtime.run(audio, prompt=PROMPT, max_tokens=10).text
+            assert got == reference_joint_answer(hf, realigned_adapter / CTC_HEAD_FILE, audio, "avg", 2)
+            answers.add((got, reference_joint_answer(hf, headed_checkpoint / CTC_HEAD_FILE, audio, "avg", 2)))
+    assert any(realigned != unaligned for realigned, unaligned in answers)  # the heads differ in what they say
+
+
+def test_a_bundle_of_several_gives_each_compressor_its_own_head(hf, headed_checkpoint, realigned_adapter, tmp_path):
+    """avg2 with its adapter's realigned head (ctc-avg2.onnx), sample2 without an adapter on the
+    checkpoint's (ctc.onnx): each compressor's embeddings through its own head's definition."""
+    out = tmp_path / "several"
+    choices = ((CompressorSpec("avg", 2), realigned_adapter), (CompressorSpec("sample", 2), None))
+    export_bundle(ExportOptions(headed_checkpoint, out, CompressorSpec("avg", 2), "fp32", "f32", choices=choices))
+    manifest = read_manifest(out)
+    assert manifest.ctc is not None and (manifest.ctc.file, manifest.ctc.realigned_to) == (CTC_FILE, None)
+    own = manifest.compressors["avg2"].ctc
+    assert own is not None and (own.file, own.realigned_to) == ("ctc-avg2.onnx", "avg2")
+    assert manifest.compressors["sample2"].ctc is None
+    model = hf[0].get_base_model()
+    embeddings = np.random.default_rng(0).normal(size=(9, model.config.text_config.hidden_size)).astype(np.float32)
+    with Runtime(out, kv_cache_type="f32") as runtime:
+        for label, head_file in (("avg2", realigned_adapter), ("sample2", headed_checkpoint)):
+            expected = ctc_head_log_probs(head_file / CTC_HEAD_FILE, model, embeddings)
+            assert np.abs(runtime.compressors[label].ctc(embeddings) - expected).max() < 1e-4
+        audio = speechlike(4.2, 7)
+        got = runtime.run(audio, prompt=PROMPT, max_tokens=10, compressor="avg2").text
+        assert got == reference_joint_answer(hf, realigned_adapter / CTC_HEAD_FILE, audio, "avg", 2)
+
+
+def test_a_weight_needs_a_head_for_every_compressor(tiny_checkpoint, realigned_adapter, tmp_path):
+    """A checkpoint without a head: only avg2's adapter has one, so sample2 has none."""
+    out = tmp_path / "some-heads"
+    choices = ((CompressorSpec("avg", 2), realigned_adapter), (CompressorSpec("sample", 2), None))
+    export_bundle(ExportOptions(tiny_checkpoint, out, CompressorSpec("avg", 2), "fp32", "q8_0", choices=choices))
+    manifest = read_manifest(out)
+    assert manifest.ctc is None and manifest.compressors["avg2"].ctc is not None
+    with Runtime(out) as runtime, pytest.raises(EdgelalmError, match=r"has no CTC head for sample2 \("):
+        runtime.run(speechlike(1.0, 0), ctc_weight=0.3, compressor="avg2")
+
+
+@pytest.mark.parametrize(
+    ("tensors", "words"),
+    [
+        ({"transform": torch.zeros(3, 3)}, r"transform \[\d+, \d+\]; got \[\d+\], \[\], \[3, 3\]"),
+        ({"transform": torch.full((1, 1), float("nan"))}, None),  # replaced below by a NaN of the right shape
+        ({"bias": torch.zeros(2)}, "found bias, blank, log_scale"),
+    ],
+)
+def test_a_malformed_realigned_head_is_refused_at_export(
+    tensors, words, headed_checkpoint, realigned_adapter, hidden, tmp_path
+):
+    broken = tmp_path / "adapter"
+    shutil.copytree(realigned_adapter, broken)
+    head = {**random_head(hidden, 5, realigned=False), **tensors}
+    if words is None:
+        head["transform"] = torch.full((hidden, hidden), float("nan"))
+        words = "the head's values must be finite"
+    save_file(head, str(broken / CTC_HEAD_FILE))
+    out = tmp_path / "out"
+    with pytest.raises(EdgelalmError, match=words):
+        export_bundle(ExportOptions(headed_checkpoint, out, CompressorSpec("avg", 2), "fp32", "q8_0", broken))
+    assert not out.exists()
+
+
+# -- finetune ---------------------------------------------------------------------------------
+
+
+def finetune_options(checkpoint: Path, data: Path, out: Path, **more) -> FinetuneOptions:
+    return FinetuneOptions(
+        checkpoint, data, out, CompressorSpec("avg", 2), steps=16, batch_size=4, learning_rate=1e-2, **more
+    )
+
+
+@pytest.fixture(scope="module")
+def finetuned(headed_checkpoint, paired_tsv, tmp_path_factory) -> tuple[Path, Path]:
+    """The same finetune with and without the head's realignment."""
+    root = tmp_path_factory.mktemp("finetuned")
+    with_head = finetune(finetune_options(headed_checkpoint, paired_tsv, root / "with"), progress=False)
+    without = finetune(
+        finetune_options(headed_checkpoint, paired_tsv, root / "without", ctc_head=False), progress=False
+    )
+    return with_head, without
+
+
+def test_finetune_realigns_the_checkpoints_head_beside_the_lora(finetuned, headed_checkpoint, hidden):
+    with_head, without = finetuned
+    assert not (without / CTC_HEAD_FILE).exists()
+    head, start = load_file(with_head / CTC_HEAD_FILE), load_file(headed_checkpoint / CTC_HEAD_FILE)
+    assert set(head) == {"blank", "log_scale", "transform"} and head["transform"].shape == (hidden, hidden)
+    assert head["transform"].abs().max() > 0 and not torch.equal(head["blank"], start["blank"])
+    # From the checkpoint's head, toward the data: the CTC loss falls.
+    log = [json.loads(line) for line in (with_head / CTC_HEAD_LOG_FILE).read_text().splitlines()]
+    assert log[-1]["ctc_loss"] < log[0]["ctc_loss"]
+    record = json.loads((with_head / FINETUNE_RECORD_FILE).read_text())
+    assert record["ctc_head"]["compressor"] == "avg2" and record["ctc_head"]["final_ctc_loss"] == log[-1]["ctc_loss"]
+    # The head trains after the LoRA, on nothing the LoRA reads: the LoRA is the one made without it.
+    lora_with, lora_without = (load_file(folder / "adapter_model.safetensors") for folder in (with_head, without))
+    assert lora_with.keys() == lora_without.keys()
+    assert all(torch.equal(lora_with[key], lora_without[key]) for key in lora_with)
+
+
+def test_ctc_head_only_realigns_an_existing_adapter_and_nothing_else(
+    finetuned, headed_checkpoint, paired_tsv, tmp_path
+):
+    _, without = finetuned
+    folder = tmp_path / "adapter"
+    shutil.copytree(without, folder)
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    finetune(finetune_options(headed_checkpoint, paired_tsv, folder, ctc_head_only=True), progress=False)
+    after = {path.name: path.read_bytes() for path in folder.iterdir()}
+    assert set(after) == set(before) | {CTC_HEAD_FILE, CTC_HEAD_LOG_FILE}
+    changed = {name for name in before if after[name] != before[name]}
+    assert changed == {FINETUNE_RECORD_FILE}  # the LoRA, its log and plot untouched
+    record = json.loads(after[FINETUNE_RECORD_FILE])
+    assert record["compressor"] == "avg2" and record["ctc_head"]["steps"] == 16
+    assert set(load_file(folder / CTC_HEAD_FILE)) == {"blank", "log_scale", "transform"}
+
+
+def run_finetune_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgelalm", "finetune", *args], capture_output=True, text=True)
+
+
+def test_head_realignment_refusals_are_one_line_and_write_nothing(
+    finetuned, tiny_checkpoint, headed_checkpoint, paired_tsv, tmp_path
+):
+    _, without = finetuned
+    adapter = tmp_path / "adapter"
+    shutil.copytree(without, adapter)
+    stray = tmp_path / "stray"
+    shutil.copytree(without, stray)
+    (stray / "notes.txt").write_text("mine")
+    common = ["--data", str(paired_tsv), "--steps", "2", "--batch-size", "2"]
+    for model, extra, words in (
+        (tiny_checkpoint, ["--compressor", "avg", "--out", str(adapter), "--ctc-head-only"], "has no CTC head"),
+        (tiny_checkpoint, ["--compressor", "avg", "--out", str(tmp_path / "new"), "--ctc-head"], "has no CTC head"),
+        (headed_checkpoint, ["--compressor", "unseg", "--out", str(adapter), "--ctc-head-only"], "realigned to avg2"),
+        (
+            headed_checkpoint,
+            ["--compressor", "avg", "--out", str(tmp_path), "--ctc-head-only"],
+            "not an adapter folder",
+        ),
+        (headed_checkpoint, ["--compressor", "avg", "--out", str(stray), "--ctc-head-only"], "notes.txt"),
+        (
+            headed_checkpoint,
+            ["--compressor", "avg", "--out", str(adapter), "--ctc-head-only", "--no-ctc-head"],
+            "cannot be turned off",
+        ),
+    ):
+        done = run_finetune_cli("--model", str(model), *common, *extra)
+        assert done.returncode == 1, done.stderr
+        assert done.stderr.count("\n") == 1 and words in done.stderr, done.stderr
+    assert not (adapter / CTC_HEAD_FILE).exists() and not (tmp_path / "new").exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["adapter", "stray"]
