@@ -118,6 +118,19 @@ def test_a_bundle_of_several_gives_each_compressor_its_own_head(hf, headed_check
     own = manifest.compressors["avg2"].ctc
     assert own is not None and (own.file, own.realigned_to) == ("ctc-avg2.onnx", "avg2")
     assert manifest.compressors["sample2"].ctc is None
+    # The reader holds the heads to what they are: a choice's its adapter's, the bundle's the checkpoint's.
+    for edit, words in (
+        (lambda m: m["compressors"]["avg2"]["ctc"].update(realigned_to=None), "must say which compressor"),
+        (lambda m: m["ctc"].update(realigned_to="avg2"), "realigned to none of them"),
+        (lambda m: m["compressors"]["avg2"]["ctc"].update(vocab_size=3), r"compressors.avg2.ctc.vocab_size is 3"),
+    ):
+        edited = tmp_path / "edited"
+        shutil.copytree(out, edited, dirs_exist_ok=True)
+        written = json.loads((out / "manifest.json").read_text())
+        edit(written)
+        (edited / "manifest.json").write_text(json.dumps(written))
+        with pytest.raises(EdgelalmError, match=words):
+            read_manifest(edited)
     model = hf[0].get_base_model()
     embeddings = np.random.default_rng(0).normal(size=(9, model.config.text_config.hidden_size)).astype(np.float32)
     with Runtime(out, kv_cache_type="f32") as runtime:
@@ -136,28 +149,32 @@ def test_a_weight_needs_a_head_for_every_compressor(tiny_checkpoint, realigned_a
     export_bundle(ExportOptions(tiny_checkpoint, out, CompressorSpec("avg", 2), "fp32", "q8_0", choices=choices))
     manifest = read_manifest(out)
     assert manifest.ctc is None and manifest.compressors["avg2"].ctc is not None
-    with Runtime(out) as runtime, pytest.raises(EdgelalmError, match=r"has no CTC head for sample2 \("):
-        runtime.run(speechlike(1.0, 0), ctc_weight=0.3, compressor="avg2")
+    with Runtime(out) as runtime:
+        for compressor in ("sample2", "auto"):
+            with pytest.raises(EdgelalmError, match=r"has no CTC head for sample2 \("):
+                runtime.run(speechlike(1.0, 0), ctc_weight=0.3, compressor=compressor)
+        assert runtime.run(speechlike(1.0, 0), ctc_weight=0.3, compressor="avg2", max_tokens=3).decoding.endswith("0.3")
 
 
 @pytest.mark.parametrize(
-    ("tensors", "words"),
+    ("case", "words"),
     [
-        ({"transform": torch.zeros(3, 3)}, r"transform \[\d+, \d+\]; got \[\d+\], \[\], \[3, 3\]"),
-        ({"transform": torch.full((1, 1), float("nan"))}, None),  # replaced below by a NaN of the right shape
-        ({"bias": torch.zeros(2)}, "found bias, blank, log_scale"),
+        ("a transform of another shape", r"transform \[\d+, \d+\]; got \[\d+\], \[\], \[3, 3\]"),
+        ("a NaN transform", "the head's values must be finite"),
+        ("a tensor it does not know", "found bias, blank, log_scale"),
     ],
 )
 def test_a_malformed_realigned_head_is_refused_at_export(
-    tensors, words, headed_checkpoint, realigned_adapter, hidden, tmp_path
+    case, words, headed_checkpoint, realigned_adapter, hidden, tmp_path
 ):
     broken = tmp_path / "adapter"
     shutil.copytree(realigned_adapter, broken)
-    head = {**random_head(hidden, 5, realigned=False), **tensors}
-    if words is None:
-        head["transform"] = torch.full((hidden, hidden), float("nan"))
-        words = "the head's values must be finite"
-    save_file(head, str(broken / CTC_HEAD_FILE))
+    extra = {
+        "a transform of another shape": {"transform": torch.zeros(3, 3)},
+        "a NaN transform": {"transform": torch.full((hidden, hidden), float("nan"))},
+        "a tensor it does not know": {"bias": torch.zeros(2)},
+    }[case]
+    save_file({**random_head(hidden, 5, realigned=False), **extra}, str(broken / CTC_HEAD_FILE))
     out = tmp_path / "out"
     with pytest.raises(EdgelalmError, match=words):
         export_bundle(ExportOptions(headed_checkpoint, out, CompressorSpec("avg", 2), "fp32", "q8_0", broken))
@@ -193,6 +210,9 @@ def test_finetune_realigns_the_checkpoints_head_beside_the_lora(finetuned, heade
     # From the checkpoint's head, toward the data: the CTC loss falls.
     log = [json.loads(line) for line in (with_head / CTC_HEAD_LOG_FILE).read_text().splitlines()]
     assert log[-1]["ctc_loss"] < log[0]["ctc_loss"]
+    from edgelalm.export.ctc import head_realigned_to
+
+    assert head_realigned_to(with_head) == "avg2"  # in the head file's metadata, for export
     record = json.loads((with_head / FINETUNE_RECORD_FILE).read_text())
     assert record["ctc_head"]["compressor"] == "avg2" and record["ctc_head"]["final_ctc_loss"] == log[-1]["ctc_loss"]
     # The head trains after the LoRA, on nothing the LoRA reads: the LoRA is the one made without it.
@@ -225,9 +245,12 @@ def run_finetune_cli(*args: str) -> subprocess.CompletedProcess:
 def test_head_realignment_refusals_are_one_line_and_write_nothing(
     finetuned, tiny_checkpoint, headed_checkpoint, paired_tsv, tmp_path
 ):
-    _, without = finetuned
+    with_head, without = finetuned
     adapter = tmp_path / "adapter"
     shutil.copytree(without, adapter)
+    recordless = tmp_path / "recordless"  # as the shipped adapters: only the head says what it is for
+    shutil.copytree(with_head, recordless)
+    (recordless / FINETUNE_RECORD_FILE).unlink()
     stray = tmp_path / "stray"
     shutil.copytree(without, stray)
     (stray / "notes.txt").write_text("mine")
@@ -236,6 +259,11 @@ def test_head_realignment_refusals_are_one_line_and_write_nothing(
         (tiny_checkpoint, ["--compressor", "avg", "--out", str(adapter), "--ctc-head-only"], "has no CTC head"),
         (tiny_checkpoint, ["--compressor", "avg", "--out", str(tmp_path / "new"), "--ctc-head"], "has no CTC head"),
         (headed_checkpoint, ["--compressor", "unseg", "--out", str(adapter), "--ctc-head-only"], "realigned to avg2"),
+        (
+            headed_checkpoint,
+            ["--compressor", "unseg", "--out", str(recordless), "--ctc-head-only"],
+            "realigned to avg2",
+        ),
         (
             headed_checkpoint,
             ["--compressor", "avg", "--out", str(tmp_path), "--ctc-head-only"],
@@ -252,4 +280,4 @@ def test_head_realignment_refusals_are_one_line_and_write_nothing(
         assert done.returncode == 1, done.stderr
         assert done.stderr.count("\n") == 1 and words in done.stderr, done.stderr
     assert not (adapter / CTC_HEAD_FILE).exists() and not (tmp_path / "new").exists()
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["adapter", "stray"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["adapter", "recordless", "stray"]

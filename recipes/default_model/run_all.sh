@@ -383,7 +383,7 @@ done
 # 18. The CTC head realigned to each compressor, beside its LoRA (README, "The CTC head realigned to
 #     each compressor"): the head trained on uncompressed embeddings reads avg3's badly (best path 87%
 #     held out, against 38% at none). Each adapter's head: a residual linear map and the blank and
-#     scale, from base14avg's head, on step 4h's clips (1000 steps of 32, ~4 min each); shipped beside
+#     scale, from base14avg's head, on step 4h's clips (1000 steps of 32, ~3 min each); shipped beside
 #     the adapters, then the tables of step 17 for the compressors again, and each head's best path.
 for compressor in avg2 avg3 sample3 unseg; do
   name=${compressor%%[0-9]*}; factor=${compressor#"$name"}

@@ -22,11 +22,12 @@ from pathlib import Path
 import torch
 from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 
-from edgelalm.constants import CTC_HEAD_FILE, FINETUNE_RECORD_FILE
+from edgelalm.constants import CTC_HEAD_FILE
 from edgelalm.files import atomic_folder
 from edgelalm.manifest import DecodingInfo, WindowsInfo, write_decoding_advice, write_windows_advice
 from edgelalm.pretrained import DEFAULT_MODEL_NAME, DEFAULT_MODEL_ROOT
 from edgelalm.scaffold import write_processor
+from edgelalm.training.finetune import adapter_compressor
 
 # How `run` cuts long clips for this model unless told (the bundle's advice): measured on the
 # held-out 15-66 s sets (README, "Long clips through the runtime's windowing"), 8 s windows cut at
@@ -59,8 +60,9 @@ def ship_ctc_head(head: Path) -> Path:
 
 def ship_adapter(folder: Path) -> Path:
     """The LoRA and, where finetune realigned one, the CTC head realigned to its compressor."""
-    record = json.loads((folder / FINETUNE_RECORD_FILE).read_text())
-    label = record.get("compressor") or record["ctc_head"]["compressor"]
+    label = adapter_compressor(folder)
+    if label is None:
+        raise SystemExit(f"{folder}: neither its finetune record nor its CTC head says which compressor it is for")
     target = DEFAULT_MODEL_ROOT / "adapters" / label
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)

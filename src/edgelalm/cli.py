@@ -263,15 +263,14 @@ def _adapter_folders(
 def _warn_if_realigned_to_another(spec: CompressorSpec, folder: Path | None) -> None:
     """An adapter `edgelalm finetune` realigned to another compressor than the one it is exported
     with (swapped LABEL=DIR pairs): it merges, and answers worse."""
-    from edgelalm.files import read_json_object
+    from edgelalm.training.finetune import adapter_compressor
 
-    record = folder / FINETUNE_RECORD_FILE if folder is not None else None
-    if record is None or not record.is_file():
+    if folder is None:
         return
-    with contextlib.suppress(EdgelalmError):  # a record that is not a JSON object says nothing either way
-        trained = read_json_object(record).get("compressor")
+    with contextlib.suppress(EdgelalmError):  # a record or head that cannot be read says nothing either way
+        trained = adapter_compressor(folder)
         if trained not in (None, spec.label):
-            _warn(f"{folder} was realigned to {trained} ({record.name}); exporting it with {spec.label}")
+            _warn(f"{folder} was realigned to {trained} ({FINETUNE_RECORD_FILE}); exporting it with {spec.label}")
 
 
 class _PlainUsageCommand(typer.core.TyperCommand):
@@ -388,7 +387,8 @@ def run(
         # Worded for the command line: the mode given, else the bundle's advice.
         if window_seconds is not None and runtime.windows_for(windows, None)[0] == "joined":
             raise EdgelalmError("--window-seconds applies to --windows each (windows answered each on its own)")
-        runtime.decoding_for(temperature, top_p, seed, beam_size, ctc_weight)  # refused once, not per file
+        # Refused once, not per file.
+        runtime.decoding_for(temperature, top_p, seed, beam_size, ctc_weight, compressor)
         failed, several = 0, len(audio) > 1
         for clip in audio:
             if several:
@@ -710,7 +710,7 @@ def describe_decoder(decoder: DecoderInfo | None) -> str:
 def describe_decoding(manifest: Manifest) -> str:
     """How `run` decodes when not told (`Runtime.decoding_for`), and the CTC head if there is one."""
     advice = manifest.decoding
-    heads = [info for info in [manifest.ctc] + [c.ctc for c in manifest.compressors.values()] if info is not None]
+    heads = [info for _, info in manifest.ctc_heads()]
     head = "".join(
         f"; CTC head {info.file}" + (f" (realigned to {info.realigned_to})" if info.realigned_to else "")
         for info in heads

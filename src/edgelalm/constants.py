@@ -102,6 +102,8 @@ WINDOWS_ADVICE_FILE = "edgelalm_windows.json"
 # the decoder's input embeddings), trained beside the decoder: export writes it as CTC_FILE and the
 # runtime decodes with it (joint CTC/attention beam search).
 CTC_HEAD_FILE = "edgelalm_ctc_head.safetensors"
+# In a head realigned to a compressor (an adapter folder's), its metadata key naming that compressor.
+REALIGNED_TO_KEY = "edgelalm_realigned_to"
 # The checkpoint's advice on how to decode with it, read by export into the manifest's `decoding`
 # section: {"beam_size": 4, "ctc_weight": 0.5}.
 DECODING_ADVICE_FILE = "edgelalm_decoding.json"

@@ -283,8 +283,16 @@ class Manifest:
         choice = self.compressors.get(label) if label is not None else None
         return choice.ctc if choice is not None and choice.ctc is not None else self.ctc
 
-    def every_compressor_has_ctc_head(self) -> bool:
-        return all(self.ctc_head_for(label) for label in self.compressors or [None])
+    def ctc_heads(self) -> list[tuple[str, CtcInfo]]:
+        """Every CTC head the bundle holds, each with the section that names it."""
+        named = [("ctc", self.ctc)] + [(f"compressors.{label}.ctc", c.ctc) for label, c in self.compressors.items()]
+        return [(where, head) for where, head in named if head is not None]
+
+    def headless_compressors(self, labels: list[str] | None = None) -> list[str]:
+        """Those of `labels` (default: every compressor the bundle offers) with no CTC head to decode
+        with, neither their own nor the bundle's."""
+        labels = labels if labels is not None else list(self.compressors) or [self.compressor.name]
+        return [label for label in labels if self.ctc_head_for(label) is None]
 
 
 # -- writing -----------------------------------------------------------------------------------
@@ -420,12 +428,7 @@ def _check_contract(manifest: Manifest, manifest_path: Path) -> None:
     _check_choices(manifest, manifest_path)
     if manifest.windows is not None:
         check_windows(manifest.windows, manifest.features.window_seconds, manifest_path)
-    heads = [("ctc", manifest.ctc)] + [
-        (f"compressors.{label}.ctc", choice.ctc) for label, choice in manifest.compressors.items()
-    ]
-    for where, head in heads:
-        if head is None:
-            continue
+    for where, head in manifest.ctc_heads():
         expected = {
             f"{where}.inputs": (list(head.inputs), [CTC_INPUT]),
             f"{where}.output": (list(head.output), [CTC_OUTPUT]),
@@ -433,8 +436,16 @@ def _check_contract(manifest: Manifest, manifest_path: Path) -> None:
         if manifest.decoder is not None:
             expected[f"{where}.vocab_size"] = (head.vocab_size, manifest.decoder.vocab_size)
         _expect(expected, manifest_path)
+    # A choice's own head is an adapter's, realigned; the bundle's, in a bundle of several, the checkpoint's.
+    for label, choice in manifest.compressors.items():
+        if choice.ctc is not None and choice.ctc.realigned_to is None:
+            raise EdgelalmError(
+                f"{manifest_path}: compressors.{label}.ctc must say which compressor it is realigned to"
+            )
+    if manifest.compressors and manifest.ctc is not None and manifest.ctc.realigned_to is not None:
+        raise EdgelalmError(f"{manifest_path}: ctc of a bundle of several compressors is realigned to none of them")
     if manifest.decoding is not None:
-        check_decoding(manifest.decoding, manifest.every_compressor_has_ctc_head(), manifest_path)
+        check_decoding(manifest.decoding, not manifest.headless_compressors(), manifest_path)
 
 
 def check_decoding(decoding: DecodingInfo, has_ctc_head: bool, source: Path | str) -> None:

@@ -46,9 +46,9 @@ from edgelalm.export.adapter import LoraAdapter, open_adapter
 from edgelalm.export.adapter_gguf import write_adapter_gguf
 from edgelalm.export.checkpoint import Checkpoint, open_checkpoint
 from edgelalm.export.compressor import CompressorProjector, build_compressor, export_compressor_onnx
-from edgelalm.export.ctc import CtcHead, ctc_head_folder, export_ctc_onnx, has_ctc_head, load_ctc_head
+from edgelalm.export.ctc import ctc_head_folder, export_ctc_onnx, has_ctc_head, head_realigned_to, load_ctc_head
 from edgelalm.export.decoder import write_decoder
-from edgelalm.export.describe import ExportedChoice, build_manifest
+from edgelalm.export.describe import ExportedChoice, ExportedCtcHead, build_manifest
 from edgelalm.export.encoder import EncoderPrecision, check_torch_version, export_encoder_onnx
 from edgelalm.export.share import check_shared_checksums, shareable_files
 from edgelalm.export.verify import check_adapters, check_compressor, check_ctc, check_decoder, check_encoder
@@ -157,7 +157,7 @@ def _write_bundle(options: ExportOptions) -> None:
                 choice.graph_file: CompressorProjector(build_compressor(choice.spec), projector).eval()
                 for choice in choices
             }
-            ctc_head_dir, ctc_heads = _ctc_heads(checkpoint, options, choices)
+            ctc_heads = _ctc_heads(checkpoint, options, choices)
         if ENCODER_FILE in shared and options.share_from:
             # Copied, not linked: onnx refuses external weights that have several hard links.
             with steps.step(f"Copying the audio encoder ({options.encoder_precision}) from {options.share_from}"):
@@ -173,7 +173,12 @@ def _write_bundle(options: ExportOptions) -> None:
                 export_compressor_onnx(compressor, tower.config.d_model, staging / file_name)
             for exported in ctc_heads:
                 export_ctc_onnx(exported.head, checkpoint.config.text_config.hidden_size, staging / exported.file)
-                steps.note(f"{exported.file}: the CTC head of {exported.source} ({CTC_HEAD_FILE}), for joint decoding")
+                source = (
+                    f"an adapter's, realigned to {exported.realigned_to}"
+                    if exported.realigned_to
+                    else "the checkpoint's"
+                )
+                steps.note(f"{exported.file}: {source} CTC head ({CTC_HEAD_FILE}), for joint decoding")
         with steps.step("Checking the graphs against PyTorch on a probe clip"):
             frames, encoder_probe = check_encoder(checkpoint, tower, staging, options.encoder_precision)
             steps.note(
@@ -194,7 +199,7 @@ def _write_bundle(options: ExportOptions) -> None:
             for exported in ctc_heads:
                 difference = check_ctc(frames, compressors[exported.reader], exported.head, staging / exported.file)
                 steps.note(f"{exported.file} vs PyTorch: max |diff| {difference:.2e}")
-        del tower, projector, compressors, ctc_heads
+        del tower, projector, compressors  # the heads' descriptions stay for the manifest
         merged = " with the LoRA merged" if adapter else ""
         if DECODER_FILE in shared and options.share_from:
             with steps.step(f"Linking the decoder ({options.quant}){merged} from {options.share_from}"):
@@ -240,7 +245,7 @@ def _write_bundle(options: ExportOptions) -> None:
             manifest = write_manifest(
                 staging,
                 build_manifest(
-                    checkpoint, options, prompt, first_probe, adapter, choices if several else [], ctc_head_dir
+                    checkpoint, options, prompt, first_probe, adapter, choices if several else [], ctc_heads
                 ),
             )
             check_shared_checksums(manifest, shared, options.share_from)
@@ -248,40 +253,31 @@ def _write_bundle(options: ExportOptions) -> None:
                 steps.note(f"{name}: {record.bytes / 1e6:.2f} MB")
 
 
-@dataclass(frozen=True)
-class ExportedCtcHead:
-    file: str  # in the bundle
-    reader: str  # the compressor graph whose embeddings it reads (checked on them)
-    head: CtcHead
-    source: str  # where it came from, for the export's notes
-
-
-def _ctc_heads(
-    checkpoint: Checkpoint, options: ExportOptions, choices: list[ExportedChoice]
-) -> tuple[Path | None, list[ExportedCtcHead]]:
+def _ctc_heads(checkpoint: Checkpoint, options: ExportOptions, choices: list[ExportedChoice]) -> list[ExportedCtcHead]:
     """The bundle's CTC heads: its own (the merged adapter's, realigned to its compressor, else the
-    checkpoint's) and, in a bundle of several, each choice's adapter's head (its choice's `ctc_file`
-    set). Returns where the bundle's own head came from too (None: it has none)."""
+    checkpoint's) and, in a bundle of several, each choice's adapter's own."""
     several = bool(options.choices)
-    ctc_head_dir = ctc_head_folder(checkpoint.path, None if several else options.adapter_dir)
+    own_dir = ctc_head_folder(checkpoint.path, None if several else options.adapter_dir)
     realigned = [c for c in choices if several and c.adapter_dir is not None and has_ctc_head(c.adapter_dir)]
-    if ctc_head_dir is None and not realigned:
-        return None, []
+    if own_dir is None and not realigned:
+        return []
     embeddings = checkpoint.tensor(checkpoint.decoder_tensor_keys()["model.embed_tokens.weight"])
     heads = []
-    if ctc_head_dir is not None:
-        reader = next((choice for choice in choices if choice not in realigned), choices[0])
-        source = (
-            "the checkpoint" if ctc_head_dir == checkpoint.path else f"the adapter (realigned to {reader.spec.label})"
-        )
-        heads.append(ExportedCtcHead(CTC_FILE, reader.graph_file, load_ctc_head(ctc_head_dir, embeddings), source))
+    if own_dir is not None:
+        # Checked on the embeddings of a compressor that decodes with it.
+        own_labels = {choice.spec.label for choice in realigned}
+        reader = next((choice for choice in choices if choice.spec.label not in own_labels), choices[0])
+        realigned_to = None if own_dir == checkpoint.path else head_realigned_to(own_dir) or reader.spec.label
+        head = load_ctc_head(own_dir, embeddings)
+        heads.append(ExportedCtcHead(CTC_FILE, None, reader.graph_file, head, realigned_to))
     for choice in realigned:
         assert choice.adapter_dir is not None
-        choice.ctc_file = ctc_file(choice.spec.label)
+        realigned_to = head_realigned_to(choice.adapter_dir) or choice.spec.label
         head = load_ctc_head(choice.adapter_dir, embeddings)
-        source = f"{choice.spec.label}'s adapter, realigned to it"
-        heads.append(ExportedCtcHead(choice.ctc_file, choice.graph_file, head, source))
-    return ctc_head_dir, heads
+        heads.append(
+            ExportedCtcHead(ctc_file(choice.spec.label), choice.spec.label, choice.graph_file, head, realigned_to)
+        )
+    return heads
 
 
 def _adapter_summary(adapter: LoraAdapter) -> str:

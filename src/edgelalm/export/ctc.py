@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgelalm.constants import CTC_HEAD_FILE, CTC_INPUT, CTC_OUTPUT
+from edgelalm.constants import CTC_HEAD_FILE, CTC_INPUT, CTC_OUTPUT, REALIGNED_TO_KEY
 from edgelalm.errors import EdgelalmError
 from edgelalm.export.compressor import export_rows_graph
 from edgelalm.files import safetensors_file
@@ -64,6 +64,12 @@ def ctc_head_folder(checkpoint_dir: Path, adapter_dir: Path | None) -> Path | No
         if folder is not None and has_ctc_head(folder):
             return folder
     return None
+
+
+def head_realigned_to(folder: Path) -> str | None:
+    """The compressor a head was realigned to (its file's metadata, as finetune writes it)."""
+    with safetensors_file(folder / CTC_HEAD_FILE) as stored:
+        return (stored.metadata() or {}).get(REALIGNED_TO_KEY)
 
 
 def load_ctc_head(folder: Path, embeddings: torch.Tensor) -> CtcHead:

@@ -16,7 +16,6 @@ from edgelalm.constants import (
     COMPRESSOR_FILE,
     COMPRESSOR_INPUT,
     COMPRESSOR_OUTPUT,
-    CTC_FILE,
     CTC_INPUT,
     CTC_OUTPUT,
     DECODER_FILE,
@@ -62,6 +61,7 @@ TOOL_PACKAGES = (
 
 if TYPE_CHECKING:  # bundle.py imports this module
     from edgelalm.export.bundle import ExportOptions
+    from edgelalm.export.ctc import CtcHead
 
 
 @dataclass
@@ -75,7 +75,17 @@ class ExportedChoice:
     adapter_file: str | None = None
     adapter: LoraAdapter | None = None
     gguf_alpha: float = 0.0
-    ctc_file: str | None = None  # its adapter's CTC head (realigned to it), in a bundle of several
+
+
+@dataclass(frozen=True)
+class ExportedCtcHead:
+    """A CTC head as export writes it: the bundle's own (`choice` None) or a choice's."""
+
+    file: str
+    choice: str | None  # the compressor label whose own head it is; None: the bundle's
+    reader: str  # the compressor graph whose embeddings it is checked on
+    head: CtcHead
+    realigned_to: str | None  # the compressor it was realigned to; None: the checkpoint's head
 
 
 def build_manifest(
@@ -85,15 +95,14 @@ def build_manifest(
     probe: dict[str, Any],
     adapter: LoraAdapter | None,
     choices: list[ExportedChoice],
-    ctc_head_dir: Path | None,
+    ctc_heads: list[ExportedCtcHead],
 ) -> Manifest:
     """What the bundle holds (the files' checksums are added when it is written). `choices`: a
-    bundle of several compressors (format version 2), the first the default; empty for one.
-    `ctc_head_dir`: where the bundle's CTC head (CTC_FILE) came from, the checkpoint or the merged
-    adapter; None: it has none."""
+    bundle of several compressors (format version 2), the first the default; empty for one."""
     config = checkpoint.config
     text_config = config.text_config
-    compressors = {choice.spec.label: _choice(choice, text_config.vocab_size) for choice in choices}
+    heads = {exported.choice: _ctc_info(exported, text_config.vocab_size) for exported in ctc_heads}
+    compressors = {choice.spec.label: _choice(choice, heads.get(choice.spec.label)) for choice in choices}
     return Manifest(
         created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         model=ModelInfo(
@@ -140,23 +149,18 @@ def build_manifest(
         compressors=compressors,
         format_version=BUNDLE_FORMAT_VERSION if compressors else SINGLE_COMPRESSOR_FORMAT_VERSION,
         windows=checkpoint.windows_advice,
-        ctc=None
-        if ctc_head_dir is None
-        else _ctc_info(
-            CTC_FILE, text_config.vocab_size, None if ctc_head_dir == checkpoint.path else options.compressor.label
-        ),
+        ctc=heads.get(None),
         decoding=checkpoint.decoding_advice,
     )
 
 
-def _ctc_info(file_name: str, vocab_size: int, realigned_to: str | None) -> CtcInfo:
-    """`realigned_to`: the compressor an adapter's head was realigned to; None: the checkpoint's head."""
+def _ctc_info(exported: ExportedCtcHead, vocab_size: int) -> CtcInfo:
     return CtcInfo(
-        file=file_name,
+        file=exported.file,
         vocab_size=vocab_size,
         inputs={CTC_INPUT: "[N, hidden_size]"},
         output={CTC_OUTPUT: "[N, 1 + vocab_size]"},
-        realigned_to=realigned_to,
+        realigned_to=exported.realigned_to,
     )
 
 
@@ -173,13 +177,12 @@ def _compressor_info(spec: CompressorSpec, file_name: str) -> CompressorInfo:
     )
 
 
-def _choice(choice: ExportedChoice, vocab_size: int) -> CompressorChoice:
+def _choice(choice: ExportedChoice, ctc: CtcInfo | None) -> CompressorChoice:
     adapter = None
     if choice.adapter is not None and choice.adapter_file is not None:
         adapter = AdapterInfo(
             file=choice.adapter_file, description=choice.adapter.describe(), gguf_alpha=choice.gguf_alpha
         )
-    ctc = _ctc_info(choice.ctc_file, vocab_size, choice.spec.label) if choice.ctc_file else None
     return CompressorChoice(compressor=_compressor_info(choice.spec, choice.graph_file), adapter=adapter, ctc=ctc)
 
 

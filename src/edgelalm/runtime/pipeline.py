@@ -250,11 +250,9 @@ class Runtime:
         self.compressors: dict[str, CompressorOption] = {}
         # The CTC heads for joint decoding, where the checkpoint or the adapters had them: a choice's
         # own (realigned to it), else the bundle's.
-        vocab_size = manifest.decoder.vocab_size if manifest.decoder else 0
         heads = {
-            info.file: CtcHead(self.bundle / info.file, vocab_size, providers, threads, cpu_arena)
-            for info in [manifest.ctc] + [choice.ctc for choice in manifest.compressors.values()]
-            if info is not None
+            info.file: CtcHead(self.bundle / info.file, info.vocab_size, providers, threads, cpu_arena)
+            for _, info in manifest.ctc_heads()
         }
         for label, info, adapter in entries or [(self.compressor_spec.label, manifest.compressor, None)]:
             head = manifest.ctc_head_for(label)
@@ -408,8 +406,8 @@ class Runtime:
             beam_size: hypotheses kept by a beam search (1 to 16; 1 with no CTC weight: greedy).
                 None: the bundle's advice (`manifest.decoding`), else 1. Not with temperature > 0.
             ctc_weight: the share of the bundle's CTC head in each hypothesis's score, 0 to 1
-                (joint CTC/attention decoding: answers must explain all of the audio); only for a
-                bundle with a CTC head (`manifest.ctc`). None: the bundle's advice, else 0.
+                (joint CTC/attention decoding: answers must explain all of the audio); only where the
+                compressor has a CTC head (its own or the bundle's). None: the bundle's advice, else 0.
 
         Returns:
             RunResult: the text, token counts, per-stage timings in ms, decode rate, peak RSS and
@@ -420,10 +418,10 @@ class Runtime:
                 max_tokens < 1; the message is one line, worded for the user.
         """
         _check_run_arguments(audio, prompt, max_tokens, temperature, top_p, seed, sampling_rate)
-        decoding = self.decoding_for(temperature, top_p, seed, beam_size, ctc_weight)
+        candidates = self._candidates(compressor, max_audio_tokens)
+        decoding = self.decoding_for(temperature, top_p, seed, beam_size, ctc_weight, compressor)
         windows, window_seconds = self.windows_for(windows, window_seconds)
         cut = self._cut_settings(windows, window_seconds)
-        candidates = self._candidates(compressor, max_audio_tokens)
         with self._run_slot():
             context = self._acquire()
             try:
@@ -851,10 +849,17 @@ class Runtime:
         return self._end_of_answer_ids
 
     def decoding_for(
-        self, temperature: float, top_p: float, seed: int, beam_size: int | None, ctc_weight: float | None
+        self,
+        temperature: float,
+        top_p: float,
+        seed: int,
+        beam_size: int | None,
+        ctc_weight: float | None,
+        compressor: str | None = None,
     ) -> Decoding:
         """How a run decodes: the caller's choices, else the bundle's advice (greedy without one).
-        Sampling (temperature > 0) is not a search: asked with a beam or a CTC weight, refused."""
+        Sampling (temperature > 0) is not a search: asked with a beam or a CTC weight, refused. A CTC
+        weight needs a head for each compressor the run may use (`compressor`, as `run` takes it)."""
         if beam_size is not None and (not is_whole_number(beam_size) or not 1 <= beam_size <= MAX_BEAM_SIZE):
             raise EdgelalmError(f"beam_size must be a whole number from 1 to {MAX_BEAM_SIZE}, got {beam_size!r}")
         if ctc_weight is not None and not (is_real_number(ctc_weight) and 0 <= ctc_weight <= 1):
@@ -871,12 +876,12 @@ class Runtime:
             beam_size = advice.beam_size if advice is not None else 1
         if ctc_weight is None:
             ctc_weight = advice.ctc_weight if advice is not None else 0.0
-        if ctc_weight > 0 and not self.manifest.every_compressor_has_ctc_head():
-            headless = [label for label, option in self.compressors.items() if option.ctc is None]
-            which = f" for {', '.join(headless)}" if len(headless) < len(self.compressors) else ""
+        headless = self.manifest.headless_compressors(self._candidates(compressor, None))
+        if ctc_weight > 0 and headless:
+            which = f" for {', '.join(headless)}" if self.manifest.compressors else ""
             raise EdgelalmError(
-                f"bundle {self.bundle} has no CTC head{which} (only a checkpoint trained with one has: README, Run); "
-                "ctc_weight must be 0"
+                f"bundle {self.bundle} has no CTC head{which} (only a checkpoint or adapter trained with one "
+                "has: README, Run); ctc_weight must be 0"
             )
         return Decoding(temperature, top_p, seed, int(beam_size), float(ctc_weight))
 

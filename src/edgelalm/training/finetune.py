@@ -296,7 +296,11 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
         run = staging / ".ctc-head-run"
         model.requires_grad_(False)  # the head's own tensors train; it reads the frozen projector's output
         head_settings = dataclasses.replace(
-            settings, ctc_target="tokens", ctc_weight=CTC_REALIGN_WEIGHT, ctc_realign=True, answer_loss=False
+            settings,
+            ctc_target="tokens",
+            ctc_weight=CTC_REALIGN_WEIGHT,
+            ctc_realign_to=options.compressor.label,
+            answer_loss=False,
         )
         log = train(
             model, processor, data, None, run, head_settings, compressor=compressor, parameters=[],
@@ -378,13 +382,25 @@ def check_adapter_to_realign(options: FinetuneOptions) -> dict[str, Any]:
     folder = options.out_dir
     if not (folder / ADAPTER_CONFIG_FILE).is_file():
         raise EdgelalmError(f"{folder} is not an adapter folder (no {ADAPTER_CONFIG_FILE}): realign its LoRA first")
-    strays = sorted(entry.name for entry in folder.iterdir() if not owns_adapter_file(entry.name))
+    strays = sorted(entry.name for entry in folder.iterdir() if not (owns_adapter_file(entry.name) and entry.is_file()))
     if strays:
         raise EdgelalmError(f"{folder} holds files an adapter folder does not ({', '.join(strays)}); not touched")
     record = read_json_object(folder / FINETUNE_RECORD_FILE) if (folder / FINETUNE_RECORD_FILE).is_file() else {}
-    realigned_to = record.get("compressor", record.get("ctc_head", {}).get("compressor"))
+    realigned_to = adapter_compressor(folder, record)
     if realigned_to is not None and realigned_to != options.compressor.label:
         raise EdgelalmError(
             f"{folder} is realigned to {realigned_to}; its CTC head must be too (--compressor {realigned_to})"
         )
     return record
+
+
+def adapter_compressor(folder: Path, record: dict[str, Any] | None = None) -> str | None:
+    """The compressor an adapter folder was realigned to: its finetune record's, else its realigned
+    CTC head's (the shipped adapters keep no record); None where neither says."""
+    from edgelalm.export.ctc import has_ctc_head, head_realigned_to
+    from edgelalm.files import read_json_object
+
+    if record is None and (folder / FINETUNE_RECORD_FILE).is_file():
+        record = read_json_object(folder / FINETUNE_RECORD_FILE)
+    named = (record or {}).get("compressor") or (record or {}).get("ctc_head", {}).get("compressor")
+    return named or (head_realigned_to(folder) if has_ctc_head(folder) else None)

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from edgelalm.constants import REALIGNED_TO_KEY
 from edgelalm.errors import EdgelalmError
 from edgelalm.progress import Bar
 from edgelalm.training import speech
@@ -56,8 +57,8 @@ class TrainSettings:
     # What the CTC head predicts: "characters" (its own linear head) or "tokens" (the decoder's
     # vocabulary through its input embeddings, read from the projected audio: TokenCtc).
     ctc_target: str = "characters"
-    # "tokens" only: the head realigned to the compressor (TokenCtc's residual map; finetune).
-    ctc_realign: bool = False
+    # "tokens" only: the compressor the head is realigned to (TokenCtc's residual map; finetune).
+    ctc_realign_to: str | None = None
     # False: the CTC loss alone (finetune's head-only realignment: nothing on the answer path trains).
     answer_loss: bool = True
     augment_probability: float = 0.8
@@ -192,12 +193,13 @@ class TokenCtc(nn.Module):
         log_probs = self.log_probs(positions).transpose(0, 1)  # [T, B, C]
         return nn.functional.ctc_loss(log_probs, targets, position_counts, target_lengths, zero_infinity=True)
 
-    def save_head(self, path: Path) -> None:
-        """Its own parameters (the embeddings are the model's, saved with it)."""
+    def save_head(self, path: Path, realigned_to: str | None = None) -> None:
+        """Its own parameters (the embeddings are the model's, saved with it); `realigned_to`: the
+        compressor a realigned head was trained on, in the file's metadata (export reads it)."""
         tensors = {"blank": self.blank.detach(), "log_scale": self.log_scale.detach()}
         if self.transform is not None:
             tensors["transform"] = self.transform.detach()
-        save_file(tensors, str(path))
+        save_file(tensors, str(path), metadata={REALIGNED_TO_KEY: realigned_to} if realigned_to else None)
 
     def load_head(self, path: Path) -> None:
         """An earlier head's tensors (a realigned one's map only where this head realigns too)."""
@@ -452,11 +454,14 @@ def train(
     ctc_width = model.config.text_config.hidden_size if encoded else model.config.audio_config.d_model
     ctc: CharacterCtc | TokenCtc | None = None
     if settings.ctc_target == "tokens" and settings.ctc_weight > 0:
-        ctc = TokenCtc(model.get_input_embeddings(), tokenizer, realign=settings.ctc_realign)
+        ctc = TokenCtc(model.get_input_embeddings(), tokenizer, realign=bool(settings.ctc_realign_to))
+        ctc = ctc.to(model.device)
         if ctc_head is not None:
             ctc.load_head(ctc_head)
     elif ctc_alphabet:
         ctc = CharacterCtc(ctc_width, ctc_alphabet).to(model.device)
+    if not settings.answer_loss and ctc is None:
+        raise ValueError("answer_loss=False trains the CTC head alone, and there is none (ctc_weight, ctc_target)")
     trained = parameters if parameters is not None else [p for p in model.parameters() if p.requires_grad]
     if ctc is not None:
         # TokenCtc's embeddings are the model's: trained with it where it trains, else not at all.
@@ -579,10 +584,10 @@ def train(
             if save is not None and (done % settings.save_every == 0) and done < last_step:
                 save(out_dir / "last")
                 if isinstance(ctc, TokenCtc):
-                    ctc.save_head(out_dir / CTC_HEAD_FILE)
+                    ctc.save_head(out_dir / CTC_HEAD_FILE, settings.ctc_realign_to)
     model.eval()
     if isinstance(ctc, TokenCtc):  # its blank and scale: a later stage goes on from them
-        ctc.save_head(out_dir / CTC_HEAD_FILE)
+        ctc.save_head(out_dir / CTC_HEAD_FILE, settings.ctc_realign_to)
     return log
 
 
