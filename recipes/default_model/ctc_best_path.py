@@ -23,6 +23,7 @@ from edgelalm.pretrained import default_adapter_dir, default_model_dir
 from edgelalm.training.encoded import EncodedDataset
 from edgelalm.training.evaluate import score
 from edgelalm.training.finetune import load_for_training
+from edgelalm.training.train import best_path_ids
 
 COMPRESSORS = ("none", "avg2", "avg3", "sample3", "unseg")
 
@@ -34,10 +35,8 @@ def best_path_wer(model, tokenizer, compressor: torch.nn.Module, head: CtcHead, 
         for index in range(min(count, len(data))):
             frames, text = data[index]
             embeddings = projector(compressor(torch.from_numpy(np.asarray(frames, dtype=np.float32))))
-            best = head(embeddings).argmax(-1).tolist()
-            ids = [t - 1 for n, t in enumerate(best) if t != 0 and (n == 0 or best[n - 1] != t)]
             references.append(text)
-            hypotheses.append(tokenizer.decode(ids).strip())
+            hypotheses.append(tokenizer.decode(best_path_ids(head(embeddings))).strip())
     return round(100 * score(references, hypotheses, 0, 1.0).wer, 1)
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from edgelalm.training.train import CTC_HEAD_FILE  # a TokenCtc head: the next stage goes on from it
+from edgelalm.training.train import RUN_CTC_HEAD_FILE  # a TokenCtc head: the next stage goes on from it
 
 WEIGHTS = "model.safetensors"
 TRAINED = "trained-f16.safetensors"
@@ -75,7 +75,7 @@ def pack(checkpoint: Path, init: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     save_file(trained, out / TRAINED, metadata={"init_tower_tensors": str(sum(map(is_tower, weights)))})
     copy_files(KEPT_FILES, checkpoint, out)
-    copy_files((*RECORDS, CTC_HEAD_FILE), checkpoint.parent, out)  # the run's own log sits beside its final/ folder
+    copy_files((*RECORDS, RUN_CTC_HEAD_FILE), checkpoint.parent, out)  # the run's own log sits beside its final/ folder
     count = sum(t.numel() for t in trained.values())
     print(f"{out}: {len(trained)} tensors, {count / 1e6:.2f} M parameters in float16")
 
@@ -92,8 +92,8 @@ def unpack(stage: Path, init: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     save_file(weights, out / WEIGHTS, metadata={"format": "pt"})
     copy_files(KEPT_FILES, stage, out)
-    if (stage / CTC_HEAD_FILE).is_file():  # beside the checkpoint folder, where train_base.py looks
-        shutil.copy2(stage / CTC_HEAD_FILE, out.parent / CTC_HEAD_FILE)
+    if (stage / RUN_CTC_HEAD_FILE).is_file():  # beside the checkpoint folder, where train_base.py looks
+        shutil.copy2(stage / RUN_CTC_HEAD_FILE, out.parent / RUN_CTC_HEAD_FILE)
     print(f"{out}: the init's tower and {len(trained)} trained tensors")
 
 
@@ -119,10 +119,10 @@ def average(checkpoint: Path, other: Path, out: Path, share: float = 0.5) -> Non
     # Their runs' CTC heads too, beside the checkpoint as train_base.py looks for them: a stage that
     # continues the mean with a fresh head starts at a CTC loss of about 140 and loses what the
     # projected audio carried (base15, README).
-    heads = [checkpoint.parent / CTC_HEAD_FILE, other.parent / CTC_HEAD_FILE]
+    heads = [checkpoint.parent / RUN_CTC_HEAD_FILE, other.parent / RUN_CTC_HEAD_FILE]
     if all(head.is_file() for head in heads):
-        save_file(weighted_mean(*(load_file(head) for head in heads), share), out.parent / CTC_HEAD_FILE)
-        print(f"{out.parent / CTC_HEAD_FILE}: their CTC heads, weighed the same")
+        save_file(weighted_mean(*(load_file(head) for head in heads), share), out.parent / RUN_CTC_HEAD_FILE)
+        print(f"{out.parent / RUN_CTC_HEAD_FILE}: their CTC heads, weighed the same")
     else:
         missing = " or ".join(str(head.parent) for head in heads if not head.is_file())
         print(f"no CTC head beside {missing}: a stage from {out} starts a fresh one")

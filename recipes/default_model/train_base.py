@@ -26,7 +26,7 @@ from edgelalm.training import texts
 from edgelalm.training.dataset import SpeechDataset
 from edgelalm.training.encoded import EncodedDataset, is_encoded_folder
 from edgelalm.training.model import sinusoids
-from edgelalm.training.train import CTC_HEAD_FILE, TrainSettings, plot_losses, train
+from edgelalm.training.train import RUN_CTC_HEAD_FILE, TrainSettings, plot_losses, train
 
 # The default model's shape (DESIGN.md: ~0.8 s per step at batch 16 on 2 cores).
 DEFAULT_MODEL_SHAPE = dict(
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     alphabet = "".join(sorted({c for word in texts.vocabulary() for c in word} | {" "}))
     started = time.perf_counter()
     save = saver(model, processor)
-    previous_head = args.init_from.parent / CTC_HEAD_FILE if args.init_from else None
+    previous_head = args.init_from.parent / RUN_CTC_HEAD_FILE if args.init_from else None
     log = train(
         model,
         processor,

@@ -291,7 +291,7 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
     def realign_ctc_head(staging: Path) -> dict[str, Any]:
         """The checkpoint's head realigned to the compressor (CTC loss only, after the LoRA: the two
         share no parameter, and apart their gradients are not clipped together), into `staging`."""
-        from edgelalm.training.train import CTC_HEAD_FILE as RUN_CTC_HEAD_FILE
+        from edgelalm.training.train import RUN_CTC_HEAD_FILE
 
         run = staging / ".ctc-head-run"
         model.requires_grad_(False)  # the head's own tensors train; it reads the frozen projector's output
@@ -377,7 +377,6 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
 def check_adapter_to_realign(options: FinetuneOptions) -> dict[str, Any]:
     """The adapter folder a head-only realignment writes into: an adapter, and (where its record
     says) realigned to this compressor from this checkpoint. Returns its finetune record ({} if none)."""
-    from edgelalm.files import read_json_object
 
     folder = options.out_dir
     if not (folder / ADAPTER_CONFIG_FILE).is_file():
@@ -385,7 +384,7 @@ def check_adapter_to_realign(options: FinetuneOptions) -> dict[str, Any]:
     strays = sorted(entry.name for entry in folder.iterdir() if not (owns_adapter_file(entry.name) and entry.is_file()))
     if strays:
         raise EdgelalmError(f"{folder} holds files an adapter folder does not ({', '.join(strays)}); not touched")
-    record = read_json_object(folder / FINETUNE_RECORD_FILE) if (folder / FINETUNE_RECORD_FILE).is_file() else {}
+    record = read_finetune_record(folder)
     realigned_to = adapter_compressor(folder, record)
     if realigned_to is not None and realigned_to != options.compressor.label:
         raise EdgelalmError(
@@ -398,9 +397,15 @@ def adapter_compressor(folder: Path, record: dict[str, Any] | None = None) -> st
     """The compressor an adapter folder was realigned to: its finetune record's, else its realigned
     CTC head's (the shipped adapters keep no record); None where neither says."""
     from edgelalm.export.ctc import has_ctc_head, head_realigned_to
+
+    record = read_finetune_record(folder) if record is None else record
+    named = record.get("compressor") or record.get("ctc_head", {}).get("compressor")
+    return named or (head_realigned_to(folder) if has_ctc_head(folder) else None)
+
+
+def read_finetune_record(folder: Path) -> dict[str, Any]:
+    """An adapter folder's finetune record ({} where it keeps none)."""
     from edgelalm.files import read_json_object
 
-    if record is None and (folder / FINETUNE_RECORD_FILE).is_file():
-        record = read_json_object(folder / FINETUNE_RECORD_FILE)
-    named = (record or {}).get("compressor") or (record or {}).get("ctc_head", {}).get("compressor")
-    return named or (head_realigned_to(folder) if has_ctc_head(folder) else None)
+    path = folder / FINETUNE_RECORD_FILE
+    return read_json_object(path) if path.is_file() else {}

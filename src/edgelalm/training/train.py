@@ -155,7 +155,14 @@ class CharacterCtc(nn.Module):
         return nn.functional.ctc_loss(log_probs, targets, position_counts, target_lengths, zero_infinity=True)
 
 
-CTC_HEAD_FILE = "ctc_head.safetensors"  # a TokenCtc's own parameters, in the run's folder
+RUN_CTC_HEAD_FILE = "ctc_head.safetensors"  # a TokenCtc's own parameters, in the run's folder
+
+
+def best_path_ids(log_probs: torch.Tensor) -> list[int]:
+    """A token CTC's best path over [T, 1 + vocab] log-probabilities (column 0 the blank): each
+    position's most likely column, repeats merged and blanks removed, as decoder token ids."""
+    best = log_probs.argmax(-1).tolist()
+    return [i - 1 for n, i in enumerate(best) if i != 0 and (n == 0 or best[n - 1] != i)]
 
 
 class TokenCtc(nn.Module):
@@ -212,9 +219,7 @@ class TokenCtc(nn.Module):
 
     def greedy(self, positions: torch.Tensor) -> str:
         """The best path of one clip's [T, D] embeddings, repeats and blanks removed, as text."""
-        best = self.log_probs(positions).argmax(-1).tolist()
-        ids = [i - 1 for n, i in enumerate(best) if i != 0 and (n == 0 or best[n - 1] != i)]
-        return self.tokenizer.decode(ids).strip()
+        return self.tokenizer.decode(best_path_ids(self.log_probs(positions))).strip()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -584,10 +589,10 @@ def train(
             if save is not None and (done % settings.save_every == 0) and done < last_step:
                 save(out_dir / "last")
                 if isinstance(ctc, TokenCtc):
-                    ctc.save_head(out_dir / CTC_HEAD_FILE, settings.ctc_realign_to)
+                    ctc.save_head(out_dir / RUN_CTC_HEAD_FILE, settings.ctc_realign_to)
     model.eval()
     if isinstance(ctc, TokenCtc):  # its blank and scale: a later stage goes on from them
-        ctc.save_head(out_dir / CTC_HEAD_FILE, settings.ctc_realign_to)
+        ctc.save_head(out_dir / RUN_CTC_HEAD_FILE, settings.ctc_realign_to)
     return log
 
 
