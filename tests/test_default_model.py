@@ -47,6 +47,13 @@ def examples_twice_with_pauses():
     return np.concatenate([part for clip in clips + clips for part in (clip, pause)]), references * 2
 
 
+def shipped_decoding_advice() -> dict:
+    """How the shipped model advises `run` to decode (recipes/default_model/ship.py writes it)."""
+    from edgelalm.constants import DECODING_ADVICE_FILE
+
+    return json.loads((default_model_dir() / DECODING_ADVICE_FILE).read_text())
+
+
 def pytorch_default_model():
     """transformers' own model of the shipped checkpoint in float32, and its processor: the reference."""
     from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
@@ -91,11 +98,11 @@ def test_default_export_takes_the_shipped_model(none_f16_bundle):
     # Its advice for long clips and for decoding (recipes/default_model/ship.py), which `run`
     # follows unless told, and the CTC head that the decoding advice weighs.
     assert manifest["windows"] == {"mode": "each", "seconds": 8.0}
-    assert manifest["decoding"] == {"beam_size": 4, "ctc_weight": 0.3}
+    assert manifest["decoding"] == shipped_decoding_advice() and manifest["decoding"]["ctc_weight"] > 0
     assert manifest["ctc"]["file"] == "ctc.onnx" and manifest["ctc"]["vocab_size"] == manifest["decoder"]["vocab_size"]
 
 
-@pytest.mark.parametrize(("beam_size", "ctc_weight"), [(1, 0.0), (4, 0.3)])
+@pytest.mark.parametrize(("beam_size", "ctc_weight"), [(1, 0.0), (4, 0.5)])
 def test_bundle_transcripts_equal_pytorch_transcripts(none_f16_bundle, beam_size, ctc_weight):
     """Transcripts of the example clips through onnxruntime + llama.cpp (f16: the shipped weights
     exactly) equal transformers' on the same model: greedy (its own generate), and the bundle's
@@ -146,7 +153,8 @@ def test_the_unseg_bundle_decodes_with_its_realigned_head_as_pytorch_does(tmp_pa
     bundle = tmp_path / "unseg"
     export(bundle, "--compressor", "unseg", "--quant", "f16")
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert manifest["ctc"]["realigned_to"] == "unseg" and manifest["decoding"] == {"beam_size": 4, "ctc_weight": 0.3}
+    advice = shipped_decoding_advice()
+    assert manifest["ctc"]["realigned_to"] == "unseg" and manifest["decoding"] == advice
     base, processor = pytorch_default_model()
     model = PeftModel.from_pretrained(base, adapter).merge_and_unload().eval()
     head = TokenCtc(model.get_input_embeddings(), processor.tokenizer, realign=True)
@@ -157,7 +165,7 @@ def test_the_unseg_bundle_decodes_with_its_realigned_head_as_pytorch_does(tmp_pa
 
     clips, references = examples()
     reference_texts, reference_tokens = transcribe_torch(
-        model, processor, paper_unseg, clips, beam_size=4, ctc_weight=0.3,
+        model, processor, paper_unseg, clips, beam_size=advice["beam_size"], ctc_weight=advice["ctc_weight"],
         ctc_head=lambda audio: head.log_probs(audio).detach(),
     )  # fmt: skip
     texts, tokens = transcribe_bundle(bundle, clips, 16000)

@@ -6,6 +6,7 @@ the decoder, peft's own adapter loading for the LoRA."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -24,7 +25,14 @@ from hf_reference import ctc_head_log_probs, reference_inputs, speechlike  # noq
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from edgelalm.compression import CompressorSpec  # noqa: E402
-from edgelalm.constants import CTC_FILE, CTC_HEAD_FILE, DECODING_ADVICE_FILE, FINETUNE_RECORD_FILE  # noqa: E402
+from edgelalm.constants import (  # noqa: E402
+    CTC_FILE,
+    CTC_HEAD_FILE,
+    DECODING_ADVICE_FILE,
+    FINETUNE_RECORD_FILE,
+    REALIGNED_HEADS_FORMAT_VERSION,
+    REALIGNED_TO_KEY,
+)
 from edgelalm.errors import EdgelalmError  # noqa: E402
 from edgelalm.export.bundle import ExportOptions, export_bundle  # noqa: E402
 from edgelalm.manifest import read_manifest  # noqa: E402
@@ -118,11 +126,14 @@ def test_a_bundle_of_several_gives_each_compressor_its_own_head(hf, headed_check
     own = manifest.compressors["avg2"].ctc
     assert own is not None and (own.file, own.realigned_to) == ("ctc-avg2.onnx", "avg2")
     assert manifest.compressors["sample2"].ctc is None
+    # A version-2 reader would decode avg2 with the bundle's head: the bundle says it needs version 3.
+    assert manifest.format_version == REALIGNED_HEADS_FORMAT_VERSION == 3
     # The reader holds the heads to what they are: a choice's its adapter's, the bundle's the checkpoint's.
     for edit, words in (
         (lambda m: m["compressors"]["avg2"]["ctc"].update(realigned_to=None), "must say which compressor"),
         (lambda m: m["ctc"].update(realigned_to="avg2"), "realigned to none of them"),
         (lambda m: m["compressors"]["avg2"]["ctc"].update(vocab_size=3), r"compressors.avg2.ctc.vocab_size is 3"),
+        (lambda m: m.update(format_version=2), "these compressors need format version 3, got 2"),
     ):
         edited = tmp_path / "edited"
         shutil.copytree(out, edited, dirs_exist_ok=True)
@@ -142,6 +153,25 @@ def test_a_bundle_of_several_gives_each_compressor_its_own_head(hf, headed_check
         assert got == reference_joint_answer(hf, realigned_adapter / CTC_HEAD_FILE, audio, "avg", 2)
 
 
+def test_export_warns_naming_what_says_an_adapter_is_for(realigned_adapter, hidden, tmp_path, capsys):
+    """Exported with another compressor than it was realigned to: the warning names the file that
+    says so, the finetune record or (the shipped adapters keep none) the head's metadata."""
+    from edgelalm.cli import _warn_if_realigned_to_another
+    from edgelalm.training.finetune import adapter_realignment
+
+    adapter = tmp_path / "avg2"
+    shutil.copytree(realigned_adapter, adapter)
+    assert adapter_realignment(adapter) is None  # a head without metadata, no record: nothing says
+    save_file(random_head(hidden, 5, realigned=True), str(adapter / CTC_HEAD_FILE), {REALIGNED_TO_KEY: "avg2"})
+    _warn_if_realigned_to_another(CompressorSpec("unseg", 1), adapter)
+    warning = f"{adapter} was realigned to avg2 ({CTC_HEAD_FILE}); exporting it with unseg"
+    assert warning in capsys.readouterr().err
+    (adapter / FINETUNE_RECORD_FILE).write_text(json.dumps({"compressor": "avg3"}))  # the record comes first
+    assert adapter_realignment(adapter) == ("avg3", FINETUNE_RECORD_FILE)
+    _warn_if_realigned_to_another(CompressorSpec("avg", 3), adapter)
+    assert capsys.readouterr().err == ""
+
+
 def test_a_weight_needs_a_head_for_every_compressor(tiny_checkpoint, realigned_adapter, tmp_path):
     """A checkpoint without a head: only avg2's adapter has one, so sample2 has none."""
     out = tmp_path / "some-heads"
@@ -149,6 +179,10 @@ def test_a_weight_needs_a_head_for_every_compressor(tiny_checkpoint, realigned_a
     export_bundle(ExportOptions(tiny_checkpoint, out, CompressorSpec("avg", 2), "fp32", "q8_0", choices=choices))
     manifest = read_manifest(out)
     assert manifest.ctc is None and manifest.compressors["avg2"].ctc is not None
+    assert manifest.headless_compressors() == ["sample2"]
+    # A bundle of one compressor names it by its label, as a bundle of several does.
+    one = dataclasses.replace(manifest, compressors={}, ctc=None, format_version=1)
+    assert one.headless_compressors() == ["avg2"]
     with Runtime(out) as runtime:
         for compressor in ("sample2", "auto"):
             with pytest.raises(EdgelalmError, match=r"has no CTC head for sample2 \("):

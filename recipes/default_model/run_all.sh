@@ -405,3 +405,18 @@ done
 python $recipe/wer_table.py --data build/real-speech/transcripts.tsv --compressors unseg --quants q8_0 \
   --bundles-only --out $realigned/real-speech
 python $recipe/ctc_best_path.py --data data3 --sets test,unheard --count 200 > $realigned/ctc-best-path.json
+# 19. Joint decoding's CTC weight chosen on a development set (README, "Where it stands"): 200 fresh
+#     clips of the held-out texts' kind in the held-out voices and 200 in flite's (seed 41), each
+#     compressor's q8_0 bundle with its head at 0.3 / 0.5 / 0.7 (~30 min); 0.5 was best for all, so
+#     the advice is 0.5 (ship.py's DECODING_ADVICE, the same head), then the test sets' tables at it.
+python $recipe/make_encoded_data.py --init build/default-model/init --out data3dev --splits test,unheard --seed 41 \
+  --test-count 200
+python $recipe/ctc_weight_sweep.py --data data3dev/test,data3dev/unheard --weights 0.3,0.5,0.7 \
+  --out $recipe/results/ctc-weight/dev
+python $recipe/ship.py ctc-head $recipe/stages/base14avg/ctc_head.safetensors
+for set in test unheard; do
+  python $recipe/wer_table.py --data data3/$set --clips 200 --compressors none,unseg --quants q8_0 --lora-only \
+    --out $recipe/results/ctc-weight/$set
+  python $recipe/wer_table.py --data data3/$set --clips 200 --compressors avg2,avg3,sample3 --quants q8_0 \
+    --bundles-only --update --out $recipe/results/ctc-weight/$set
+done

@@ -300,10 +300,16 @@ def main(argv: list[str] | None = None) -> int:
         "words": next(iter(next(iter(results.values())).values()))["words"],
         "results": results,
     }
-    (args.out / "wer.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (args.out / "wer.md").write_text(markdown_table(summary))
-    print(markdown_table(summary))
+    write_summary(args.out, "wer", summary, markdown_table(summary))
     return 0
+
+
+def write_summary(out: Path, stem: str, summary: dict, table: str) -> None:
+    """OUT/STEM.json (every answer) and OUT/STEM.md (the README's table), and the table printed."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out / f"{stem}.md").write_text(table)
+    print(table)
 
 
 def markdown_table(summary: dict) -> str:

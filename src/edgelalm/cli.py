@@ -22,7 +22,6 @@ from typer.exceptions import TyperException
 from edgelalm import interrupts
 from edgelalm.compression import COMPRESSOR_DESCRIPTIONS, FACTOR_COMPRESSORS, MAX_FACTOR, CompressorSpec
 from edgelalm.constants import (
-    FINETUNE_RECORD_FILE,
     MANIFEST_FILE,
     CompressorName,
     Device,
@@ -263,14 +262,15 @@ def _adapter_folders(
 def _warn_if_realigned_to_another(spec: CompressorSpec, folder: Path | None) -> None:
     """An adapter `edgelalm finetune` realigned to another compressor than the one it is exported
     with (swapped LABEL=DIR pairs): it merges, and answers worse."""
-    from edgelalm.training.finetune import adapter_compressor
+    from edgelalm.training.finetune import adapter_realignment
 
     if folder is None:
         return
     with contextlib.suppress(EdgelalmError):  # a record or head that cannot be read says nothing either way
-        trained = adapter_compressor(folder)
-        if trained not in (None, spec.label):
-            _warn(f"{folder} was realigned to {trained} ({FINETUNE_RECORD_FILE}); exporting it with {spec.label}")
+        said = adapter_realignment(folder)
+        if said is not None and said[0] != spec.label:
+            trained, source = said
+            _warn(f"{folder} was realigned to {trained} ({source}); exporting it with {spec.label}")
 
 
 class _PlainUsageCommand(typer.core.TyperCommand):

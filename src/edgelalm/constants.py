@@ -25,8 +25,13 @@ BUNDLE_FORMAT = "edgelalm-bundle"
 # The newest format this edgelalm writes and reads. Version 2 adds a choice of compressors per
 # bundle, each with its LoRA as a llama.cpp adapter over one unmerged decoder (issue 19); a bundle
 # of one compressor with its adapter merged is still written as version 1, which older readers read.
-BUNDLE_FORMAT_VERSION = 2
+# Version 3: a bundle of several whose choices carry their own CTC heads (realigned beside their
+# adapters); a version-2 reader would decode every compressor with the bundle's head, so it must
+# refuse them. A bundle is written at the lowest version that holds it.
+BUNDLE_FORMAT_VERSION = 3
 SINGLE_COMPRESSOR_FORMAT_VERSION = 1
+SEVERAL_COMPRESSORS_FORMAT_VERSION = 2
+REALIGNED_HEADS_FORMAT_VERSION = 3
 MANIFEST_FILE = "manifest.json"
 ENCODER_FILE = "encoder.onnx"
 COMPRESSOR_FILE = "compressor.onnx"

@@ -37,7 +37,9 @@ from edgelalm.constants import (
     ENCODER_RIGHT_CONTEXT_INPUT,
     MANIFEST_FILE,
     MIN_MEL_FRAMES,
+    REALIGNED_HEADS_FORMAT_VERSION,
     RIGHT_CONTEXT_FRAMES,
+    SEVERAL_COMPRESSORS_FORMAT_VERSION,
     SINGLE_COMPRESSOR_FORMAT_VERSION,
     WINDOWS_ADVICE_FILE,
     CompressorName,
@@ -291,8 +293,20 @@ class Manifest:
     def headless_compressors(self, labels: list[str] | None = None) -> list[str]:
         """Those of `labels` (default: every compressor the bundle offers) with no CTC head to decode
         with, neither their own nor the bundle's."""
-        labels = labels if labels is not None else list(self.compressors) or [self.compressor.name]
+        if labels is None:
+            from edgelalm.compression import CompressorSpec
+
+            labels = list(self.compressors) or [CompressorSpec(self.compressor.name, self.compressor.factor).label]
         return [label for label in labels if self.ctc_head_for(label) is None]
+
+
+def format_version_for(compressors: dict[str, CompressorChoice]) -> int:
+    """The lowest format version that holds these choices (none: one compressor, merged)."""
+    if not compressors:
+        return SINGLE_COMPRESSOR_FORMAT_VERSION
+    if any(choice.ctc is not None for choice in compressors.values()):
+        return REALIGNED_HEADS_FORMAT_VERSION
+    return SEVERAL_COMPRESSORS_FORMAT_VERSION
 
 
 # -- writing -----------------------------------------------------------------------------------
@@ -545,11 +559,14 @@ def _check_choices(manifest: Manifest, manifest_path: Path) -> None:
 
     choices = manifest.compressors
     if not choices:
-        if manifest.format_version >= 2:
+        if manifest.format_version >= SEVERAL_COMPRESSORS_FORMAT_VERSION:
             raise EdgelalmError(f"{manifest_path}: format version {manifest.format_version} needs compressors")
         return
-    if manifest.format_version < 2:
-        raise EdgelalmError(f"{manifest_path}: compressors need format version 2, got {manifest.format_version}")
+    if manifest.format_version < format_version_for(choices):
+        raise EdgelalmError(
+            f"{manifest_path}: these compressors need format version {format_version_for(choices)}, "
+            f"got {manifest.format_version}"
+        )
     for label, choice in choices.items():
         try:
             expected_label = CompressorSpec(choice.compressor.name, choice.compressor.factor).label

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 from edgelalm.compression import COMPRESSOR_DESCRIPTIONS, CompressorSpec
 from edgelalm.constants import (
-    BUNDLE_FORMAT_VERSION,
     COMPRESSOR_FILE,
     COMPRESSOR_INPUT,
     COMPRESSOR_OUTPUT,
@@ -27,7 +26,6 @@ from edgelalm.constants import (
     GGUF_ARCHITECTURE,
     MIN_MEL_FRAMES,
     RIGHT_CONTEXT_FRAMES,
-    SINGLE_COMPRESSOR_FORMAT_VERSION,
 )
 from edgelalm.errors import EdgelalmError
 from edgelalm.export.adapter import LoraAdapter
@@ -45,6 +43,7 @@ from edgelalm.manifest import (
     PromptInfo,
     SpecialToken,
     SpecialTokens,
+    format_version_for,
 )
 
 TOOL_PACKAGES = (
@@ -147,7 +146,7 @@ def build_manifest(
         special_tokens=special_tokens(checkpoint),
         tools={name: _version(name) for name in TOOL_PACKAGES},
         compressors=compressors,
-        format_version=BUNDLE_FORMAT_VERSION if compressors else SINGLE_COMPRESSOR_FORMAT_VERSION,
+        format_version=format_version_for(compressors),
         windows=checkpoint.windows_advice,
         ctc=heads.get(None),
         decoding=checkpoint.decoding_advice,

@@ -396,11 +396,19 @@ def check_adapter_to_realign(options: FinetuneOptions) -> dict[str, Any]:
 def adapter_compressor(folder: Path, record: dict[str, Any] | None = None) -> str | None:
     """The compressor an adapter folder was realigned to: its finetune record's, else its realigned
     CTC head's (the shipped adapters keep no record); None where neither says."""
+    said = adapter_realignment(folder, record)
+    return said[0] if said else None
+
+
+def adapter_realignment(folder: Path, record: dict[str, Any] | None = None) -> tuple[str, str] | None:
+    """(compressor, the file that says so) for an adapter folder, as `adapter_compressor` reads it."""
     from edgelalm.export.ctc import has_ctc_head, head_realigned_to
 
     record = read_finetune_record(folder) if record is None else record
-    named = record.get("compressor") or record.get("ctc_head", {}).get("compressor")
-    return named or (head_realigned_to(folder) if has_ctc_head(folder) else None)
+    if named := record.get("compressor") or record.get("ctc_head", {}).get("compressor"):
+        return named, FINETUNE_RECORD_FILE
+    named = head_realigned_to(folder) if has_ctc_head(folder) else None
+    return (named, CTC_HEAD_FILE) if named else None
 
 
 def read_finetune_record(folder: Path) -> dict[str, Any]:
