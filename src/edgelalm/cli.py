@@ -439,7 +439,7 @@ def inspect(
 
     manifest = read_manifest(bundle)
     model, features, encoder, compressor = manifest.model, manifest.features, manifest.encoder, manifest.compressor
-    spec = CompressorSpec(compressor.name, compressor.factor)
+    spec = compressor.spec
     rate = compressor.audio_tokens_per_second
     lines = [
         f"bundle        {bundle}  (format {manifest.format_version}, written {manifest.created_utc})",

@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal, TypeVar, Union
 
 from edgelalm.checks import is_real_number, is_whole_number
+from edgelalm.compression import CompressorSpec
 from edgelalm.constants import (
     BUNDLE_FORMAT,
     BUNDLE_FORMAT_VERSION,
@@ -130,6 +131,11 @@ class CompressorInfo:
     includes_projector: bool
     inputs: dict[str, str]
     output: dict[str, str]
+
+    @property
+    def spec(self) -> CompressorSpec:
+        """What runs it (its label: avg3, unseg); raises for a name or factor this edgelalm lacks."""
+        return CompressorSpec(self.name, self.factor)
 
 
 @dataclass(frozen=True)
@@ -293,10 +299,7 @@ class Manifest:
     def headless_compressors(self, labels: list[str] | None = None) -> list[str]:
         """Those of `labels` (default: every compressor the bundle offers) with no CTC head to decode
         with, neither their own nor the bundle's."""
-        if labels is None:
-            from edgelalm.compression import CompressorSpec
-
-            labels = list(self.compressors) or [CompressorSpec(self.compressor.name, self.compressor.factor).label]
+        labels = labels if labels is not None else list(self.compressors) or [self.compressor.spec.label]
         return [label for label in labels if self.ctc_head_for(label) is None]
 
 
@@ -555,21 +558,19 @@ def _expect(expected: dict[str, tuple[Any, Any]], manifest_path: Path) -> None:
 def _check_choices(manifest: Manifest, manifest_path: Path) -> None:
     """A bundle of several compressors (version 2): each named by its label, the first the default,
     adapters applied at run time over a decoder with none merged."""
-    from edgelalm.compression import CompressorSpec
-
     choices = manifest.compressors
     if not choices:
         if manifest.format_version >= SEVERAL_COMPRESSORS_FORMAT_VERSION:
             raise EdgelalmError(f"{manifest_path}: format version {manifest.format_version} needs compressors")
         return
-    if manifest.format_version < format_version_for(choices):
+    needed = format_version_for(choices)
+    if manifest.format_version < needed:
         raise EdgelalmError(
-            f"{manifest_path}: these compressors need format version {format_version_for(choices)}, "
-            f"got {manifest.format_version}"
+            f"{manifest_path}: these compressors need format version {needed}, got {manifest.format_version}"
         )
     for label, choice in choices.items():
         try:
-            expected_label = CompressorSpec(choice.compressor.name, choice.compressor.factor).label
+            expected_label = choice.compressor.spec.label
         except EdgelalmError as error:
             raise EdgelalmError(f"{manifest_path}: compressors.{label}: {error}") from None
         if label != expected_label:

@@ -220,7 +220,7 @@ class Runtime:
                 self.bundle / features.mel_filters_file, features.n_fft, features.num_mel_bins
             ),
         )
-        self.compressor_spec = CompressorSpec(manifest.compressor.name, manifest.compressor.factor)
+        self.compressor_spec = manifest.compressor.spec
         self.encoder = AudioEncoder(self.bundle / manifest.encoder.file, providers, threads, cpu_arena)
         self.decoder_info = manifest.decoder
         self.context_limit = manifest.decoder.context_length
@@ -257,7 +257,7 @@ class Runtime:
         for label, info, adapter in entries or [(self.compressor_spec.label, manifest.compressor, None)]:
             head = manifest.ctc_head_for(label)
             self.compressors[label] = CompressorOption(
-                CompressorSpec(info.name, info.factor),
+                info.spec,
                 CompressorProjector(self.bundle / info.file, providers, threads, cpu_arena),
                 self.decoder.load_adapter(self.bundle / adapter.file) if adapter else None,
                 heads[head.file] if head else None,
