@@ -89,6 +89,16 @@ def test_a_token_outside_the_heads_vocabulary_cannot_be_said() -> None:
     assert np.isfinite(inside.score) and outside.score == -np.inf
 
 
+def test_the_audio_proposes_each_positions_two_likeliest_tokens_above_the_floor() -> None:
+    probs = np.full((3, 1 + 6), 1e-4)
+    probs[0, [0, 5, 2, 3]] = [0.5, 0.3, 0.15, 0.04]  # the blank aside: 5 and 2 (3 is third)
+    probs[1, [0, 4, 1]] = [0.985, 0.01, 0.005]  # 4 (0.01 >= e^-5); 1 is second but below it
+    probs[2, [0, 5]] = [0.4, 0.59]  # 5 again, and a 1e-4 token that is below the floor
+    scorer = CtcPrefixScorer(np.log(probs / probs.sum(axis=1, keepdims=True)))
+    # Column c is token c - 1.
+    assert scorer.proposals() == [1, 3, 4]
+
+
 # -- the search ---------------------------------------------------------------------------------
 
 END = 0
@@ -203,3 +213,30 @@ def test_where_ctc_rules_every_candidate_out_the_decoder_ranks_them() -> None:
     answer, _ = beam_search(decoder.advance, frozenset({99}), 4, beam_size=1, ctc=scorer, ctc_weight=0.3)
     for n in range(2, 4):  # from the third token on, the decoder's own argmax (ties: none in random rows)
         assert answer[n] == int(np.argmax(decoder.log_probs(tuple(answer[:n]))))
+
+
+class Favourites(ToyDecoder):
+    """A decoder sure of its first few tokens and of nothing else: every other token is far below
+    them, whatever the audio says (a word it rarely saw in training)."""
+
+    def log_probs(self, answer: tuple[int, ...]) -> np.ndarray:
+        row = np.full(self.vocab, -6.0)
+        row[1:7] = -1.0
+        row[END] = -1.0 if answer else -30.0
+        return row - np.logaddexp.reduce(row)
+
+
+def test_the_search_tries_the_tokens_the_audio_proposes_beside_the_decoders_best() -> None:
+    """The audio clearly says token 9, outside the decoder's best six: the joint search must find
+    the exhaustive best answer, [9], which the decoder's candidates alone never contain."""
+    decoder = Favourites(vocab=12, seed=0)
+    probs = np.full((6, 1 + 12), 1e-3)
+    probs[:, 0] = 0.9
+    probs[2:4, 1 + 9] = 0.9
+    scorer = CtcPrefixScorer(np.log(probs / probs.sum(axis=1, keepdims=True)))
+    assert 9 in scorer.proposals()
+    answer, ended = beam_search(decoder.advance, frozenset({END}), 3, beam_size=4, ctc=scorer, ctc_weight=0.5)
+    assert answer == exhaustive_best(decoder, scorer, 0.5, max_tokens=3) == [9]
+    assert ended
+    # The decoder alone answers with its favourites.
+    assert 9 not in beam_search(decoder.advance, frozenset({END}), 3, beam_size=4)[0]

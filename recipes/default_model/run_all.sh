@@ -420,3 +420,24 @@ for set in test unheard; do
   python $recipe/wer_table.py --data data3/$set --clips 200 --compressors avg2,avg3,sample3 --quants q8_0 \
     --bundles-only --update --out $recipe/results/ctc-weight/$set
 done
+# 20. The tokens the audio proposes (README, "Run": beam search, and joint CTC/attention decoding):
+#     the joint search also tries every position's two likeliest tokens under the CTC head, beside
+#     the decoder's best six. The weight chosen again on the development set (~30 min; 0.5 again,
+#     for every compressor; a beam of 8 was no better there), then the test sets, the real voices
+#     and the 15-30 s clips in the advised 8 s windows at it (~50 min; the long sets are step 9's).
+proposals=$recipe/results/proposals
+python $recipe/ctc_weight_sweep.py --data data3dev/test,data3dev/unheard --weights 0.3,0.5,0.7 --out $proposals/dev
+python $recipe/ctc_weight_sweep.py --data data3dev/test,data3dev/unheard --weights 0.5 --compressors none,unseg \
+  --beam-size 8 --out $proposals/dev-beam8
+for set in test unheard; do
+  python $recipe/wer_table.py --data data3/$set --clips 200 --compressors none,unseg --quants q8_0 --lora-only \
+    --out $proposals/$set
+  python $recipe/wer_table.py --data data3/$set --clips 200 --compressors avg2,avg3,sample3 --quants q8_0 \
+    --bundles-only --update --out $proposals/$set
+done
+python $recipe/wer_table.py --data build/real-speech/transcripts.tsv --compressors none,unseg --quants q8_0 \
+  --lora-only --out $proposals/real-speech
+for set in test unheard; do
+  python $recipe/wer_table.py --data data3/$set-long --clips 40 --compressors none,unseg --quants q8_0 --bundles-only \
+    --windows each --window-seconds 8 --out $proposals/$set-long-each-8s
+done

@@ -6,6 +6,11 @@ recipes' WER tables, and the tests' reference).
 Each hypothesis scores (1 - ctc_weight) * log P_decoder(answer) + ctc_weight * log P_ctc(prefix);
 an answer that ends scores its whole-audio CTC probability instead of the prefix's. Both terms only
 fall as an answer grows, so the search stops once the best ended answer beats every open one.
+
+The tokens tried after each hypothesis are the decoder's best few and, where the CTC head is
+weighted, the tokens the audio proposes (`CtcPrefixScorer.proposals`): a decoder that learned
+little text ranks words it rarely saw below its best few even where the audio says them clearly,
+and the joint score can only choose among the tokens tried.
 """
 
 from __future__ import annotations
@@ -62,13 +67,18 @@ def beam_search(
     open_hypotheses = [Hypothesis([], 0.0, start, 0.0)]
     ended: list[Hypothesis] = []
     log_probs = advance([], [])
+    vocab = log_probs.shape[-1]
+    proposed = [t for t in scorer.proposals() if t < vocab and t not in end_ids] if scorer is not None else []
     for _ in range(max_tokens):
         scored: list[tuple[Hypothesis, int, int]] = []
         for index, hypothesis in enumerate(open_hypotheses):
             row = log_probs[index]
-            # The decoder's best tokens, ties broken by token id so that the search is deterministic.
+            # The decoder's best tokens, ties broken by token id so that the search is deterministic,
+            # then the audio's proposals that are not among them.
             best = np.argsort(-row, kind="stable")[:width].tolist()
-            for token, extended in zip(best, _extend(hypothesis, best, row, end_ids, scorer, weight), strict=True):
+            ranked = set(best)
+            tried = best + [token for token in proposed if token not in ranked]
+            for token, extended in zip(tried, _extend(hypothesis, tried, row, end_ids, scorer, weight), strict=True):
                 scored.append((extended, index, token))
         # Equal scores (-inf where the audio cannot say a prefix) fall back on the decoder's.
         scored.sort(key=lambda entry: (-entry[0].score, -entry[0].decoder_score, entry[1], entry[2]))
