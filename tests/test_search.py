@@ -96,7 +96,14 @@ def test_the_audio_proposes_each_positions_two_likeliest_tokens_above_the_floor(
     probs[2, [0, 5]] = [0.4, 0.59]  # 5 again, and a 1e-4 token that is below the floor
     scorer = CtcPrefixScorer(np.log(probs / probs.sum(axis=1, keepdims=True)))
     # Column c is token c - 1.
-    assert scorer.proposals() == [1, 3, 4]
+    assert scorer.proposals(6) == [1, 3, 4]
+    # Tokens the search cannot take (an end token, ids past the decoder's vocabulary) make room
+    # for the position's next likeliest.
+    assert scorer.proposals(6, excluded=frozenset({4})) == [1, 2, 3]  # position 0's third, 2, comes in
+    assert scorer.proposals(4, excluded=frozenset({1})) == [2, 3]  # 4 is past the vocabulary
+    # Ties go to the lower token id.
+    even = CtcPrefixScorer(np.log(np.full((1, 1 + 4), 0.2)))
+    assert even.proposals(4) == [0, 1]
 
 
 # -- the search ---------------------------------------------------------------------------------
@@ -234,7 +241,7 @@ def test_the_search_tries_the_tokens_the_audio_proposes_beside_the_decoders_best
     probs[:, 0] = 0.9
     probs[2:4, 1 + 9] = 0.9
     scorer = CtcPrefixScorer(np.log(probs / probs.sum(axis=1, keepdims=True)))
-    assert 9 in scorer.proposals()
+    assert 9 in scorer.proposals(12)
     answer, ended = beam_search(decoder.advance, frozenset({END}), 3, beam_size=4, ctc=scorer, ctc_weight=0.5)
     assert answer == exhaustive_best(decoder, scorer, 0.5, max_tokens=3) == [9]
     assert ended

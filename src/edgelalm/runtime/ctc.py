@@ -76,14 +76,20 @@ class CtcPrefixScorer:
         self.vocab_size = log_probs.shape[1] - 1
         self.blank_cumulative = np.cumsum(self.log_probs[:, 0])
 
-    def proposals(self) -> list[int]:
+    def proposals(self, vocab_size: int, excluded: frozenset[int] = frozenset()) -> list[int]:
         """Tokens the audio may say, in token order: each position's PROPOSED_PER_POSITION likeliest
-        (the blank aside) at log-probability PROPOSAL_FLOOR or more."""
-        said = self.log_probs[:, 1:]
-        count = min(PROPOSED_PER_POSITION, said.shape[1])
-        likeliest = np.argpartition(-said, count - 1, axis=1)[:, :count]
-        likely = np.take_along_axis(said, likeliest, axis=1) >= PROPOSAL_FLOOR
-        return np.unique(likeliest[likely]).tolist()
+        (the blank, `excluded` tokens and ids from `vocab_size` on aside) at log-probability
+        PROPOSAL_FLOOR or more; ties go to the lower token id."""
+        said = self.log_probs[:, 1 : 1 + vocab_size]
+        # Only entries above the floor can be proposed: a few per position, whatever the vocabulary.
+        positions, tokens = np.nonzero(said >= PROPOSAL_FLOOR)
+        usable = ~np.isin(tokens, list(excluded))
+        positions, tokens = positions[usable], tokens[usable]
+        order = np.lexsort((tokens, -said[positions, tokens], positions))
+        positions, tokens = positions[order], tokens[order]
+        starts = np.searchsorted(positions, positions, side="left")
+        rank = np.arange(len(positions)) - starts
+        return np.unique(tokens[rank < PROPOSED_PER_POSITION]).tolist()
 
     def initial(self) -> CtcPrefix:
         """The empty answer: every position so far a blank."""

@@ -68,7 +68,7 @@ def beam_search(
     ended: list[Hypothesis] = []
     log_probs = advance([], [])
     vocab = log_probs.shape[-1]
-    proposed = [t for t in scorer.proposals() if t < vocab and t not in end_ids] if scorer is not None else []
+    proposed = scorer.proposals(vocab, end_ids) if scorer is not None else []
     for _ in range(max_tokens):
         scored: list[tuple[Hypothesis, int, int]] = []
         for index, hypothesis in enumerate(open_hypotheses):
