@@ -90,12 +90,12 @@ def test_a_token_outside_the_heads_vocabulary_cannot_be_said() -> None:
 
 
 def test_the_audio_proposes_each_positions_two_likeliest_tokens_above_the_floor() -> None:
+    # Column 0 is the blank, column c token c - 1; the comments name tokens.
     probs = np.full((3, 1 + 6), 1e-4)
-    probs[0, [0, 5, 2, 3]] = [0.5, 0.3, 0.15, 0.04]  # the blank aside: 5 and 2 (3 is third)
-    probs[1, [0, 4, 1]] = [0.985, 0.01, 0.005]  # 4 (0.01 >= e^-5); 1 is second but below it
-    probs[2, [0, 5]] = [0.4, 0.59]  # 5 again, and a 1e-4 token that is below the floor
+    probs[0, [0, 5, 2, 3]] = [0.5, 0.3, 0.15, 0.04]  # the blank aside: 4 and 1 (2 is third)
+    probs[1, [0, 4, 1]] = [0.985, 0.01, 0.005]  # 3 (0.01 >= e^-5); 0 is second but below the floor
+    probs[2, [0, 5]] = [0.4, 0.59]  # 4 again; every other token below the floor
     scorer = CtcPrefixScorer(np.log(probs / probs.sum(axis=1, keepdims=True)))
-    # Column c is token c - 1.
     assert scorer.proposals(6) == [1, 3, 4]
     # Tokens the search cannot take (an end token, ids past the decoder's vocabulary) make room
     # for the position's next likeliest.
