@@ -221,13 +221,17 @@ def test_existing_out_needs_force(tiny_checkpoint, tmp_path, monkeypatch, capsys
     out = tmp_path / "b"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    code, _, stderr = in_process(monkeypatch, capsys, "export", "--model", tiny_checkpoint, "--out", out)
-    assert_one_line_error(code, stderr, "already exists", "--force")
-    assert (out / "keep.txt").read_text() == "mine"
     # --force replaces an earlier bundle (or an empty folder), never a folder of other files: a
-    # mistyped --out (say `.`) must not delete the user's work.
-    code, _, stderr = in_process(monkeypatch, capsys, "export", "--model", tiny_checkpoint, "--out", out, "--force")
-    assert_one_line_error(code, stderr, "holds files and no manifest.json", "not replaced even with --force")
+    # mistyped --out (say `.`) must not delete the user's work. Without --force, --force is not
+    # advised there (it was, and then refused).
+    for force in ([], ["--force"]):
+        code, _, stderr = in_process(monkeypatch, capsys, "export", "--model", tiny_checkpoint, "--out", out, *force)
+        assert_one_line_error(code, stderr, "holds files and no manifest.json", "not replaced even with --force")
+    assert (out / "keep.txt").read_text() == "mine"
+    (tmp_path / "empty").mkdir()
+    code, _, stderr = in_process(monkeypatch, capsys, "export", "--model", tiny_checkpoint, "--out", tmp_path / "empty")
+    assert_one_line_error(code, stderr, "empty already exists (--force replaces it)")
+    (tmp_path / "empty").rmdir()  # untouched
     assert (out / "keep.txt").read_text() == "mine"
     (out / "keep.txt").unlink()
     code, _, stderr = in_process(monkeypatch, capsys, "export", "--model", tiny_checkpoint, "--out", out, "--force")
@@ -649,6 +653,16 @@ def test_share_from_on_the_command_line(
     assert read_manifest(out).decoder.adapter["rank"] == 16
 
 
+def _damaged_copy(bundle, path, name):
+    """A copy of `bundle` whose file `name` has its second half's bytes inverted (its size kept)."""
+    shutil.copytree(bundle, path)
+    data = bytearray((path / name).read_bytes())
+    half = len(data) // 2
+    data[half:] = bytes(255 - byte for byte in data[half:])
+    (path / name).write_bytes(bytes(data))
+    return path
+
+
 def _manifest_edit(bundle, path, edit):
     shutil.copytree(bundle, path)
     manifest = json.loads((path / MANIFEST_FILE).read_text())
@@ -685,6 +699,13 @@ def _manifest_edit(bundle, path, edit):
             lambda first, path: _manifest_edit(first, path, lambda m: m["files"]["decoder.gguf"].update(bytes=1)),
             [],
             ["decoder.gguf is missing or does not match"],
+        ),
+        (
+            # Same size, other bytes: the encoder's parity check failed first and blamed the export.
+            "encoder weights damaged",
+            lambda first, path: _damaged_copy(first, path, "encoder.onnx.data"),
+            [],
+            ["encoder.onnx.data does not match the checksum in that bundle's manifest"],
         ),
         ("not a bundle", lambda first, path: path, [], ["bundle folder not found"]),
     ],

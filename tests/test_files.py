@@ -60,15 +60,18 @@ def test_force_replaces_only_an_earlier_output_or_an_empty_folder(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     (work / "thesis.tex").write_text("years of it")
-    with pytest.raises(EdgelalmError, match="already exists"):
-        _write_into(work, False, "marker.json")
-    with pytest.raises(EdgelalmError, match="holds files and no marker.json"):
-        _write_into(work, True, "marker.json")
+    # Said without --force too: "already exists (--force replaces it)" led only to this refusal.
+    for force in (False, True):
+        with pytest.raises(EdgelalmError, match="holds files and no marker.json") as caught:
+            _write_into(work, force, "marker.json")
+        assert "--force" not in str(caught.value).replace("even with --force", "")
     assert (work / "thesis.tex").read_text() == "years of it"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]  # no staging folder left
 
     empty = tmp_path / "empty"
     empty.mkdir()
+    with pytest.raises(EdgelalmError, match=r"already exists \(--force replaces it\)"):
+        _write_into(empty, False, "marker.json")
     _write_into(empty, True, "marker.json")
     assert (empty / "new.txt").read_text() == "new"
     (empty / "new.txt").write_text("old")

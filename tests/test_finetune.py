@@ -117,7 +117,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         ("bad_tsv", "'file' and 'transcript'"),
         ("missing_clip", "audio file not found"),
         ("not_audio", "cannot read audio"),
-        ("out_exists", "already exists"),
+        # Not "already exists (--force replaces it)": --force would refuse a folder of the user's files too.
+        ("out_exists", "holds files and no adapter_config.json: not an earlier output"),
         ("not_a_checkpoint", "config.json"),
         ("unknown_lora_module", "lm_head; choose among q_proj, k_proj"),
         # An infinite or NaN rate trained every weight to NaN and saved it with exit 0.

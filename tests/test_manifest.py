@@ -199,6 +199,12 @@ MALFORMED = [
         "'ctc.onnx' is named by a section but not listed",
     ),
     (
+        # Valid JSON ("\\udcff"), but no UTF-8 text: the tokenizer raised UnicodeEncodeError, a traceback.
+        "a prompt with a lone surrogate",
+        _set("prompt.default_prompt", "Transcribe \udcff"),
+        "prompt.default_prompt is not valid Unicode text (surrogates not allowed at 11)",
+    ),
+    (
         "a file record without its checksum",
         lambda m: m["files"]["decoder.gguf"].pop("sha256"),
         "missing files.decoder.gguf.sha256",
@@ -248,6 +254,13 @@ def test_a_manifest_that_is_not_json_or_too_deep(editable, bundle, tmp_path):
     shutil.copytree(bundle, folder)
     (folder / MANIFEST_FILE).write_text("[" * 100000)
     with pytest.raises(EdgelalmError, match="is not valid JSON"):
+        read_manifest(folder)
+
+
+def test_a_manifest_of_megabytes_is_refused_before_it_is_read(editable):
+    """A 200 MB manifest (valid JSON, one padding key among the fields) was read whole: 463 MB RSS."""
+    folder = editable(lambda m: m.update(padding="x" * 2_000_000))
+    with pytest.raises(EdgelalmError, match=r"manifest\.json is 2\.0 MB; a file of its kind holds at most 1 MB$"):
         read_manifest(folder)
 
 

@@ -219,6 +219,23 @@ def test_several_files_in_one_run(avg2, clip, tmp_path):
     assert errors == [f"edgelalm: error: cannot read audio from {bad}: Format not recognised."], stderr
 
 
+def test_a_name_too_long_and_a_loop_of_links_in_a_batch(avg2, clip, tmp_path):
+    """Checking whether a clip was a bundle folder raised on a name past the file system's limit:
+    the whole batch stopped, blaming "<name>/manifest.json". A loop of links was "not found"."""
+    too_long = tmp_path / ("x" * 300 + ".wav")
+    loop = tmp_path / "loop.wav"
+    loop.symlink_to(tmp_path / "back.wav")
+    (tmp_path / "back.wav").symlink_to(loop)
+    alone = assert_result(*run(avg2, clip))["text"]
+    code, stdout, stderr = run(avg2, too_long, clip, loop)
+    assert code == 1 and "Traceback" not in stderr
+    assert f"{clip}: {alone}" in stdout.splitlines()
+    assert stderr.strip().splitlines() == [
+        f"edgelalm: error: cannot read audio from {too_long}: File name too long",
+        f"edgelalm: error: {loop} is a symbolic link to nothing (or a loop of links)",
+    ], stderr
+
+
 def test_a_bundle_given_as_the_clip(avg2):
     code, _, stderr = run(avg2, avg2)
     assert_one_line_error(code, stderr, "is a bundle folder, not audio: pass it as --bundle")
@@ -296,6 +313,22 @@ def test_non_finite_samples(avg2, tmp_path, bad):
     assert not np.isfinite(soundfile.read(str(path), dtype="float32")[0]).all()
     code, _, stderr = run(avg2, path)
     assert_one_line_error(code, stderr, "NaN or infinite")
+
+
+@pytest.mark.parametrize(("scale", "channels"), [(300.0, 1), (3e38, 6)], ids=["300", "near-float32-max-6ch"])
+def test_float_files_past_full_scale_are_warned_about(avg2, tmp_path, scale, channels):
+    """A float file of integer PCM values reads far too loud: answered, with the warning in-memory
+    samples get. Six channels near float32's largest value overflowed the channel average, which
+    printed numpy's RuntimeWarning and refused the file for "NaN or infinite samples" it did not hold."""
+    samples = speechlike(1.0, channels=channels)
+    samples = (samples / np.abs(samples).max() * scale).astype(np.float32)
+    path = write_wav(tmp_path / "loud.wav", samples, subtype="FLOAT")
+    code, stdout, stderr = run(avg2, path)
+    assert_result(code, stdout, stderr)
+    assert stderr.strip().splitlines() == [
+        f"edgelalm: warning: {path}: samples reach {float(np.abs(samples).max()):.4g}, past full scale "
+        "(float samples are read in [-1, 1]; integer PCM values stored as floats are that much too loud)"
+    ], stderr
 
 
 @pytest.mark.parametrize(

@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     weights = [float(weight) for weight in args.weights.split(",")]
     sets = {name: held_out_clips(Path(name), args.clips) for name in args.data.split(",")}
+    seconds = {name: sum(len(clip) for clip in clips) / rate for name, (clips, _, _, rate) in sets.items()}
     model_dir = args.model or default_model_dir()
     precision = auto_encoder_precision(model_dir)
     started = time.perf_counter()
@@ -52,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             for weight in weights:
                 for name, (clips, references, _silent, rate) in sets.items():
                     texts, tokens = transcribe_bundle(bundle, clips, rate, beam_size=args.beam_size, ctc_weight=weight)
-                    seconds = sum(len(clip) for clip in clips) / rate
-                    result = score(references, texts, tokens, seconds)
+                    result = score(references, texts, tokens, seconds[name])
                     results.setdefault(spec.label, {}).setdefault(f"{weight:g}", {})[name] = {
                         "wer": result.wer,
                         "errors": result.errors,

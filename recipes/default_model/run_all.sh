@@ -15,6 +15,16 @@ keep_stage() {
   python $recipe/wer_check.py build/default-model/$1/final --data data3 --sets test,unheard,test-long,unheard-long \
     --count 100 --ctc-head build/default-model/$1/ctc_head.safetensors
 }
+# The short sets' table at the model's advised decoding, into OUT/test and OUT/unheard: PyTorch and
+# q8_0 bundles for COMPRESSORS (+ LoRA; default none,unseg), q8_0 bundles for avg2, avg3, sample3.
+short_set_tables() {  # OUT [COMPRESSORS]
+  for set in test unheard; do
+    python $recipe/wer_table.py --data data3/$set --clips 200 --compressors "${2:-none,unseg}" --quants q8_0 --lora-only \
+      --out "$1/$set"
+    python $recipe/wer_table.py --data data3/$set --clips 200 --compressors avg2,avg3,sample3 --quants q8_0 \
+      --bundles-only --update --out "$1/$set"
+  done
+}
 # A checkpoint measured widely: the held-out sets, held-out prose, the real voices (step 4f), into
 # FOLDER/wer_check.json (with its run's CTC head where it has one), and the 15-30 s sets in the 8 s
 # windows a bundle uses (results/NAME/).
@@ -357,11 +367,8 @@ python $recipe/make_examples.py
 #     advise and in one window, the real voices; the head's best path; a beam alone and weight 0.5 on
 #     the none bundle; weights 0.3 and 0.5 for unseg + LoRA on the first 60 held-out clips.
 joint=$recipe/results/joint
+short_set_tables $joint
 for set in test unheard; do
-  python $recipe/wer_table.py --data data3/$set --clips 200 --compressors none,unseg --quants q8_0 --lora-only \
-    --out $joint/$set
-  python $recipe/wer_table.py --data data3/$set --clips 200 --compressors avg2,avg3,sample3 --quants q8_0 \
-    --bundles-only --update --out $joint/$set
   python $recipe/wer_table.py --data data3/$set-long --clips 40 --compressors none,unseg --quants q8_0 --bundles-only \
     --windows each --window-seconds 8 --out $joint/$set-long-each-8s
   python $recipe/wer_table.py --data data3/$set-long --clips 40 --compressors none,unseg --quants q8_0 --bundles-only \
@@ -392,11 +399,8 @@ for compressor in avg2 avg3 sample3 unseg; do
 done
 python $recipe/ship.py adapter build/default-model/adapters/{avg2,avg3,sample3,unseg}
 realigned=$recipe/results/realigned-heads
+short_set_tables $realigned unseg
 for set in test unheard; do
-  python $recipe/wer_table.py --data data3/$set --clips 200 --compressors unseg --quants q8_0 --lora-only \
-    --out $realigned/$set
-  python $recipe/wer_table.py --data data3/$set --clips 200 --compressors avg2,avg3,sample3 --quants q8_0 \
-    --bundles-only --update --out $realigned/$set
   python $recipe/wer_table.py --data data3/$set-long --clips 40 --compressors unseg --quants q8_0 --bundles-only \
     --windows each --window-seconds 8 --out $realigned/$set-long-each-8s
   python $recipe/wer_table.py --data data3/$set-long --clips 40 --compressors unseg --quants q8_0 --bundles-only \
@@ -414,12 +418,7 @@ python $recipe/make_encoded_data.py --init build/default-model/init --out data3d
 python $recipe/ctc_weight_sweep.py --data data3dev/test,data3dev/unheard --weights 0.3,0.5,0.7 \
   --out $recipe/results/ctc-weight/dev
 python $recipe/ship.py ctc-head $recipe/stages/base14avg/ctc_head.safetensors
-for set in test unheard; do
-  python $recipe/wer_table.py --data data3/$set --clips 200 --compressors none,unseg --quants q8_0 --lora-only \
-    --out $recipe/results/ctc-weight/$set
-  python $recipe/wer_table.py --data data3/$set --clips 200 --compressors avg2,avg3,sample3 --quants q8_0 \
-    --bundles-only --update --out $recipe/results/ctc-weight/$set
-done
+short_set_tables $recipe/results/ctc-weight
 # 20. The tokens the audio proposes (README, "Run": beam search, and joint CTC/attention decoding):
 #     the joint search also tries every position's two likeliest tokens under the CTC head, beside
 #     the decoder's best six. The weight chosen again on the development set (~30 min; 0.5 again,
@@ -429,12 +428,7 @@ proposals=$recipe/results/proposals
 python $recipe/ctc_weight_sweep.py --data data3dev/test,data3dev/unheard --weights 0.3,0.5,0.7 --out $proposals/dev
 python $recipe/ctc_weight_sweep.py --data data3dev/test,data3dev/unheard --weights 0.5 --compressors none,unseg \
   --beam-size 8 --out $proposals/dev-beam8
-for set in test unheard; do
-  python $recipe/wer_table.py --data data3/$set --clips 200 --compressors none,unseg --quants q8_0 --lora-only \
-    --out $proposals/$set
-  python $recipe/wer_table.py --data data3/$set --clips 200 --compressors avg2,avg3,sample3 --quants q8_0 \
-    --bundles-only --update --out $proposals/$set
-done
+short_set_tables $proposals
 python $recipe/wer_table.py --data build/real-speech/transcripts.tsv --compressors none,unseg --quants q8_0 \
   --lora-only --out $proposals/real-speech
 for set in test unheard; do

@@ -194,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     beam_size = advice.beam_size if args.beam_size is None else args.beam_size
     ctc_weight = advice.ctc_weight if args.ctc_weight is None else args.ctc_weight
     log_decoding = f"beam {beam_size}, CTC weight {ctc_weight:g}" if beam_size > 1 or ctc_weight > 0 else "greedy"
+    if ctc_weight > 0:  # from results/proposals/ on (run_all.sh step 20); the earlier files do not say it
+        log_decoding += ", the audio's proposals tried"
 
     def through_bundle(bundle: Path, audio: list, compressor: str | None = None) -> tuple[list[str], int]:
         return transcribe_bundle(
@@ -278,7 +280,6 @@ def main(argv: list[str] | None = None) -> int:
                     results[spec.label][key] = scored(texts, tokens, silent_texts)
                     log(f"{spec.label} one bundle of {len(specs)}, {quant}: WER {results[spec.label][key]['wer']:.2%}")
 
-    args.out.mkdir(parents=True, exist_ok=True)
     if args.update:
         # Only the columns measured now change: a re-realigned adapter's rows, not an hour of the rest.
         previous = json.loads((args.out / "wer.json").read_text())

@@ -1,5 +1,6 @@
-"""What a number read from a caller, a JSON file or a record must be before it is used: Python's
-bool is an int, and JSON gives floats for integers' places, so `isinstance` alone lets both in."""
+"""What a value read from a caller, a JSON file or a record must be before it is used: Python's
+bool is an int, and JSON gives floats for integers' places, so `isinstance` alone lets both in;
+JSON and Python strings may hold lone surrogates, which no UTF-8 consumer (a tokenizer) takes."""
 
 from __future__ import annotations
 
@@ -24,3 +25,11 @@ def check_choice(name: str, value: object, choices: Sequence[str]) -> None:
     """Refuse, in one line naming the setting, a value that is not one of `choices`."""
     if value not in choices:
         raise EdgelalmError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def check_unicode_text(text: str, what: str) -> None:
+    """Refuse, in one line naming `what`, a string that UTF-8 cannot encode (a lone surrogate)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError as error:
+        raise EdgelalmError(f"{what} is not valid Unicode text ({error.reason} at {error.start})") from None

@@ -378,7 +378,7 @@ def run(
     if prompt is not None and not prompt.strip():  # an unset shell variable, likely
         raise EdgelalmError("--prompt is empty; leave it out for the bundle's transcription prompt")
     for clip in audio:
-        if (clip / MANIFEST_FILE).is_file():
+        if _holds_manifest(clip):
             raise EdgelalmError(f"{clip} is a bundle folder, not audio: pass it as --bundle")
     if bundle is None:
         bundle = latest_bundle(DEFAULT_EXPORT_ROOT)
@@ -885,6 +885,14 @@ def _require_export_extra(command: str) -> None:
         raise EdgelalmError(
             f"edgelalm {command} needs the export extra ({', '.join(missing)} missing): pip install 'edgelalm[export]'"
         )
+
+
+def _holds_manifest(path: Path) -> bool:
+    """Whether `path` is a folder with a bundle manifest (a bundle given where audio goes)."""
+    try:
+        return (path / MANIFEST_FILE).is_file()
+    except OSError:  # a name too long for the file system: no bundle; reading it as audio says why
+        return False
 
 
 def _warn_if_extra_buffers_crash(choice: ExtraBuffers) -> None:

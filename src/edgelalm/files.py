@@ -84,9 +84,12 @@ def write_tsv(path: Path, rows: Iterable[dict[str, str]], columns: Iterable[str]
             raise EdgelalmError(f"{path}: a field holds a tab or a line break, which a TSV cannot") from None
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: Path, max_bytes: int | None = None) -> Any:
     """A JSON file, refused in one line when it is not (ValueError: bad JSON or UTF-8, also an
-    integer of more digits than Python converts; RecursionError: nesting too deep)."""
+    integer of more digits than Python converts; RecursionError: nesting too deep), or when it is
+    larger than `max_bytes` (read whole, a file of hundreds of MB would fill memory several times)."""
+    if max_bytes is not None and (size := path.stat().st_size) > max_bytes:
+        raise EdgelalmError(f"{path} is {size / 1e6:.1f} MB; a file of its kind holds at most {max_bytes / 1e6:g} MB")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, RecursionError) as error:
@@ -135,8 +138,7 @@ def check_replaceable(
         return
     if not target.is_dir():  # --force never replaces a file: saying it would misleads
         raise _not_a_folder(target)
-    if not force:
-        raise EdgelalmError(f"{target} already exists (--force replaces it)")
+    # What --force would refuse is said first: advising --force there would only lead to a second refusal.
     if marker is not None and not (target / marker).is_file() and any(target.iterdir()):
         raise EdgelalmError(
             f"{target} holds files and no {marker}: not an earlier output, so it is not replaced even with --force"
@@ -150,6 +152,8 @@ def check_replaceable(
             f"{target} holds {shown} beside an earlier output: it is not replaced even with --force "
             "(move them, or name another folder)"
         )
+    if not force:
+        raise EdgelalmError(f"{target} already exists (--force replaces it)")
 
 
 def has_utf8_name(path: Path) -> bool:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal, TypeVar, Union
 
-from edgelalm.checks import is_real_number, is_whole_number
+from edgelalm.checks import check_unicode_text, is_real_number, is_whole_number
 from edgelalm.compression import CompressorSpec
 from edgelalm.constants import (
     BUNDLE_FORMAT,
@@ -233,6 +233,9 @@ class CtcInfo:
     realigned_to: str | None = None
 
 
+# A manifest of several compressors with a long chat template is a few tens of kB.
+MAX_MANIFEST_BYTES = 1_000_000
+
 # Wider beams cost a sequence each in the KV cache and a row each in every decoding step.
 MAX_BEAM_SIZE = 16
 
@@ -346,7 +349,7 @@ def read_manifest(bundle_dir: Path, verify_files: bool = True) -> Manifest:
         raise EdgelalmError(f"bundle {bundle_dir}: {MANIFEST_FILE}: symbolic link (a bundle holds its own files)")
     if not manifest_path.is_file():
         raise EdgelalmError(f"{bundle_dir} is not an edgelalm bundle: it has no {MANIFEST_FILE}")
-    data = read_json(manifest_path)
+    data = read_json(manifest_path, MAX_MANIFEST_BYTES)
     if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
         raise EdgelalmError(f"{manifest_path} is not an edgelalm bundle manifest")
     version = data.get("format_version")
@@ -645,6 +648,8 @@ def _value(hint: Any, value: Any, path: str, manifest_path: Path) -> Any:
     if hint is str:
         if not isinstance(value, str):
             raise EdgelalmError(f"{manifest_path}: {path} must be a string, got {_short(value)}")
+        # JSON may escape a lone surrogate ("\udcff"); a tokenizer or a terminal cannot take it.
+        check_unicode_text(value, f"{manifest_path}: {path}")
         return value
     raise TypeError(f"manifest field {path} has a type the reader does not know: {hint}")
 

@@ -50,7 +50,7 @@ from edgelalm.export.ctc import ctc_head_folder, export_ctc_onnx, has_ctc_head, 
 from edgelalm.export.decoder import write_decoder
 from edgelalm.export.describe import ExportedChoice, ExportedCtcHead, build_manifest
 from edgelalm.export.encoder import EncoderPrecision, check_torch_version, export_encoder_onnx
-from edgelalm.export.share import check_shared_checksums, shareable_files
+from edgelalm.export.share import check_shared_copies, shareable_files
 from edgelalm.export.verify import check_adapters, check_compressor, check_ctc, check_decoder, check_encoder
 from edgelalm.files import atomic_folder, link_or_copy, read_json_object, write_failed
 from edgelalm.manifest import (
@@ -161,8 +161,10 @@ def _write_bundle(options: ExportOptions) -> None:
         if ENCODER_FILE in shared and options.share_from:
             # Copied, not linked: onnx refuses external weights that have several hard links.
             with steps.step(f"Copying the audio encoder ({options.encoder_precision}) from {options.share_from}"):
-                for name in filter(is_encoder_file, shared):
+                encoder_files = [name for name in shared if is_encoder_file(name)]
+                for name in encoder_files:
                     shutil.copy2(options.share_from / name, staging / name)
+                check_shared_copies(staging, encoder_files, shared, options.share_from)
         else:
             with steps.step(f"Exporting the audio encoder to ONNX ({options.encoder_precision})"):
                 export_encoder_onnx(tower, staging / ENCODER_FILE, options.encoder_precision)
@@ -204,6 +206,7 @@ def _write_bundle(options: ExportOptions) -> None:
         if DECODER_FILE in shared and options.share_from:
             with steps.step(f"Linking the decoder ({options.quant}){merged} from {options.share_from}"):
                 link_or_copy(options.share_from / DECODER_FILE, staging / DECODER_FILE)
+                check_shared_copies(staging, [DECODER_FILE], shared, options.share_from)
         else:
             with steps.step(f"Writing the decoder to GGUF ({options.quant}){merged}") as show:
                 write_decoder(
@@ -248,7 +251,6 @@ def _write_bundle(options: ExportOptions) -> None:
                     checkpoint, options, prompt, first_probe, adapter, choices if several else [], ctc_heads
                 ),
             )
-            check_shared_checksums(manifest, shared, options.share_from)
             for name, record in manifest.files.items():
                 steps.note(f"{name}: {record.bytes / 1e6:.2f} MB")
 

@@ -11,9 +11,9 @@ from edgelalm.constants import DECODER_FILE
 from edgelalm.errors import EdgelalmError
 from edgelalm.export.adapter import LoraAdapter
 from edgelalm.export.checkpoint import Checkpoint
+from edgelalm.files import sha256_of
 from edgelalm.manifest import (
     FileRecord,
-    Manifest,
     is_encoder_file,
     read_manifest,
 )
@@ -67,10 +67,12 @@ def shareable_files(
     return {name: earlier.files[name] for name in names}
 
 
-def check_shared_checksums(manifest: Manifest, shared: dict[str, FileRecord], share_from: Path | None) -> None:
-    """A shared file must still be the one its own bundle's manifest describes."""
-    for name, earlier in shared.items():
-        if manifest.files[name].sha256 != earlier.sha256:
+def check_shared_copies(staging: Path, names: list[str], shared: dict[str, FileRecord], share_from: Path) -> None:
+    """The files `names`, copied or linked from `share_from` into `staging`, are still the ones that
+    bundle's manifest describes (`shared`). Checked before the graphs run: a damaged encoder
+    otherwise failed the parity check, which blames the export."""
+    for name in names:
+        if sha256_of(staging / name) != shared[name].sha256.lower():
             raise EdgelalmError(
                 f"--share-from {share_from}: {name} does not match the checksum in that bundle's manifest"
             )

@@ -18,11 +18,17 @@ from edgelalm.errors import EdgelalmError
 
 
 def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise EdgelalmError(f"audio file not found: {path}")
-    if not path.is_file():
-        raise EdgelalmError(f"not an audio file: {path}")
-    if path.stat().st_size == 0:
+    try:
+        if not path.exists():
+            if path.is_symlink():
+                raise EdgelalmError(f"{path} is a symbolic link to nothing (or a loop of links)")
+            raise EdgelalmError(f"audio file not found: {path}")
+        if not path.is_file():
+            raise EdgelalmError(f"not an audio file: {path}")
+        empty = path.stat().st_size == 0
+    except OSError as error:  # what `exists` does not answer with False: a name too long, no permission
+        raise EdgelalmError(f"cannot read audio from {path}: {error.strerror or error}") from None
+    if empty:
         raise EdgelalmError(f"{path} is empty")
 
 
@@ -71,31 +77,35 @@ def audio_seconds(path: Path) -> float:
     return info.frames / info.samplerate
 
 
-def stream_audio(info: AudioFileInfo, sampling_rate: int) -> Iterator[np.ndarray]:
+def stream_audio(info: AudioFileInfo, sampling_rate: int, warnings: list[str] | None = None) -> Iterator[np.ndarray]:
     """`info.path` as consecutive mono float32 chunks at `sampling_rate`, read block by block, so
     memory stays flat with the file's length. The chunks join to exactly what `read_audio` returns
-    (soxr's stream resampler equals its one-shot one)."""
+    (soxr's stream resampler equals its one-shot one). Once the file is read, `warnings` gets
+    `loudness_warning`'s sentence if a float file's samples went past full scale."""
     resampler = (
         soxr.ResampleStream(info.samplerate, sampling_rate, 1, dtype="float32", quality="HQ")
         if info.samplerate != sampling_rate
         else None
     )
     block = max(1, _BLOCK_VALUES // info.channels)
+    peak = 0.0
     try:
         with soundfile.SoundFile(_native_path(info.path)) as stream:
             while True:
                 samples = stream.read(block, dtype="float32", always_2d=True)
                 last = len(samples) < block
-                mono = samples.mean(axis=1, dtype=np.float32) if len(samples) else np.zeros(0, np.float32)
-                if not np.isfinite(mono).all():
-                    raise EdgelalmError(f"{info.path} contains NaN or infinite samples")
+                mono = _mono(samples, str(info.path))
+                peak = max(peak, _peak(samples))
                 chunk = resampler.resample_chunk(mono, last=last) if resampler else mono
                 if len(chunk):
                     yield chunk
                 if last:
-                    return
+                    break
     except (soundfile.LibsndfileError, RuntimeError) as error:
         raise EdgelalmError(f"cannot read audio from {info.path}: {_reason(error)}") from None
+    note = _past_full_scale(peak, str(info.path), "integer PCM values stored as floats are that much too loud")
+    if note and warnings is not None:
+        warnings.append(note)
 
 
 def read_audio(path: Path, sampling_rate: int) -> np.ndarray:
@@ -133,13 +143,25 @@ def samples_in_memory(audio: np.ndarray | Sequence[float], source: str = "the au
 def loudness_warning(samples: np.ndarray, source: str = "the audio") -> str | None:
     """A sentence when float samples go past full scale: integer PCM in a float array (or a list of
     integers) reads 32768 times too loud, and the model hears noise."""
-    peak = float(np.abs(samples).max()) if samples.size else 0.0
-    if not peak > 1.0:  # NaN is refused later, with its own message
+    return _past_full_scale(_peak(samples), source, "integer PCM goes in an integer array, int16 for 16-bit")
+
+
+def _peak(samples: np.ndarray) -> float:
+    return float(np.abs(samples).max()) if samples.size else 0.0
+
+
+def _past_full_scale(peak: float, source: str, likely_cause: str) -> str | None:
+    if not peak > 1.0:  # NaN is refused, with its own message
         return None
-    return (
-        f"{source}: samples reach {peak:.4g}, past full scale (float samples are read in [-1, 1]; "
-        "integer PCM goes in an integer array, int16 for 16-bit)"
-    )
+    return f"{source}: samples reach {peak:.4g}, past full scale (float samples are read in [-1, 1]; {likely_cause})"
+
+
+def _mono(samples: np.ndarray, source: str) -> np.ndarray:
+    """[frames, channels] (or [frames]) float32 -> [frames] float32. NaN and infinities are refused first, and the
+    channels averaged in float64: float32 sums of samples near its largest value overflow to inf."""
+    if not np.isfinite(samples).all():
+        raise EdgelalmError(f"{source} contains NaN or infinite samples")
+    return samples if samples.ndim == 1 else samples.mean(axis=1, dtype=np.float64).astype(np.float32)
 
 
 def prepare_samples(samples: np.ndarray, file_rate: float, sampling_rate: int, source: str = "the audio") -> np.ndarray:
@@ -149,14 +171,11 @@ def prepare_samples(samples: np.ndarray, file_rate: float, sampling_rate: int, s
             f"{source}: the sampling rate must be a positive number of samples a second, not {file_rate!r}"
         )
     samples = np.asarray(samples, dtype=np.float32)
-    if samples.ndim == 2:
-        samples = samples.mean(axis=1)
-    if samples.ndim != 1:
+    if samples.ndim not in (1, 2):
         raise EdgelalmError(f"{source}: expected samples shaped [frames] or [frames, channels], got {samples.shape}")
     if samples.size == 0:
         raise EdgelalmError(f"{source} holds no audio samples")
-    if not np.isfinite(samples).all():
-        raise EdgelalmError(f"{source} contains NaN or infinite samples")
+    samples = _mono(samples, source)
     if file_rate != sampling_rate:
         samples = soxr.resample(samples, file_rate, sampling_rate, quality="HQ").astype(np.float32)
     return samples

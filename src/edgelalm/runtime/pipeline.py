@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from edgelalm.checks import check_choice, is_real_number, is_whole_number
+from edgelalm.checks import check_choice, check_unicode_text, is_real_number, is_whole_number
 from edgelalm.compression import CompressorSpec
 from edgelalm.constants import (
     DEVICES,
@@ -466,8 +466,9 @@ class Runtime:
                 # long for the context is refused from its header, or at the window that overflows.
                 info = open_audio(Path(audio))
                 total_samples = info.resampled_length(target_rate)
-                windows = stream_windows(stream_audio(info, target_rate), cut, cut_at_pauses=each_window)
                 warnings = [note for note in [truncation_warning(info)] if note]
+                # Read lazily: a loudness warning joins `warnings` once the last window is read.
+                windows = stream_windows(stream_audio(info, target_rate, warnings), cut, cut_at_pauses=each_window)
         prompt_ids = self.prompt_tokens_after_audio(
             self.prompt.default_prompt if prompt is None else prompt, prompt_special_tokens
         )
@@ -987,10 +988,7 @@ def _check_run_arguments(
     if prompt is not None:
         if not isinstance(prompt, str):
             raise EdgelalmError(f"prompt must be text, got {type(prompt).__name__}")
-        try:
-            prompt.encode()
-        except UnicodeEncodeError as error:
-            raise EdgelalmError(f"the prompt is not valid Unicode text ({error.reason} at {error.start})") from None
+        check_unicode_text(prompt, "the prompt")
     _check_whole_number("max_tokens", max_tokens, 1)
     if not (is_real_number(temperature) and 0 <= temperature < math.inf):
         raise EdgelalmError(f"temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
