@@ -204,6 +204,27 @@ MALFORMED = [
         _set("prompt.default_prompt", "Transcribe \udcff"),
         "prompt.default_prompt is not valid Unicode text (surrogates not allowed at 11)",
     ),
+    # Descriptions the reader did not hold to the decoder: such manifests loaded and `inspect` told of another model.
+    (
+        "a model width other than the decoder's",
+        _set("model.hidden_size", 512),
+        "model.hidden_size is 512; decoder.hidden_size is",
+    ),
+    (
+        "a vocabulary other than the decoder's",
+        _set("model.vocab_size", 9999),
+        "model.vocab_size is 9999; decoder.vocab_size is",
+    ),
+    (
+        "a special token past the vocabulary",
+        _set("special_tokens.audio.id", 10**6),
+        "special_tokens.audio.id is 1000000, past the decoder's",
+    ),
+    (
+        "an end token past the vocabulary",
+        _set("special_tokens.end_of_turn_ids", [5, 999999]),
+        "special_tokens.end_of_turn_ids[1] is 999999, past the decoder's",
+    ),
     (
         "a file record without its checksum",
         lambda m: m["files"]["decoder.gguf"].pop("sha256"),

@@ -446,6 +446,7 @@ def _check_contract(manifest: Manifest, manifest_path: Path) -> None:
         }
         _expect(expected, manifest_path)
     _check_choices(manifest, manifest_path)
+    _check_decoder_agrees(manifest, manifest_path)
     if manifest.windows is not None:
         check_windows(manifest.windows, manifest.features.window_seconds, manifest_path)
     for where, head in manifest.ctc_heads():
@@ -550,6 +551,28 @@ def read_windows_advice(checkpoint_dir: Path, encoder_seconds: float) -> Windows
 
 def write_windows_advice(checkpoint_dir: Path, windows: WindowsInfo) -> Path:
     return _write_advice(checkpoint_dir / WINDOWS_ADVICE_FILE, windows)
+
+
+def _check_decoder_agrees(manifest: Manifest, manifest_path: Path) -> None:
+    """The model section's sizes are the decoder's, and every special token is one of its tokens
+    (`inspect` prints them; the runtime stops at the end ids): a manifest edited to say otherwise
+    loaded, and described another model."""
+    decoder = manifest.decoder
+    if decoder is None:
+        return
+    for size in ("hidden_size", "vocab_size"):
+        if (found := getattr(manifest.model, size)) != (wanted := getattr(decoder, size)):
+            raise EdgelalmError(f"{manifest_path}: model.{size} is {found}; decoder.{size} is {wanted}")
+    tokens = manifest.special_tokens
+    ids = {
+        f"special_tokens.{name}.id": getattr(tokens, name).id
+        for name in (f.name for f in dataclasses.fields(SpecialTokens))
+        if name != "end_of_turn_ids"
+    }
+    ids |= {f"special_tokens.end_of_turn_ids[{index}]": token for index, token in enumerate(tokens.end_of_turn_ids)}
+    for name, token in ids.items():
+        if token >= decoder.vocab_size:
+            raise EdgelalmError(f"{manifest_path}: {name} is {token}, past the decoder's {decoder.vocab_size} tokens")
 
 
 def _expect(expected: dict[str, tuple[Any, Any]], manifest_path: Path) -> None:
