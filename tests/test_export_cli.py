@@ -707,6 +707,12 @@ def _manifest_edit(bundle, path, edit):
             [],
             ["encoder.onnx.data does not match the checksum in that bundle's manifest"],
         ),
+        (
+            "decoder damaged",
+            lambda first, path: _damaged_copy(first, path, "decoder.gguf"),
+            [],
+            ["decoder.gguf does not match the checksum in that bundle's manifest"],
+        ),
         ("not a bundle", lambda first, path: path, [], ["bundle folder not found"]),
     ],
 )

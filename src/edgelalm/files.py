@@ -89,7 +89,7 @@ def read_json(path: Path, max_bytes: int | None = None) -> Any:
     integer of more digits than Python converts; RecursionError: nesting too deep), or when it is
     larger than `max_bytes` (read whole, a file of hundreds of MB would fill memory several times)."""
     if max_bytes is not None and (size := path.stat().st_size) > max_bytes:
-        raise EdgelalmError(f"{path} is {size / 1e6:.1f} MB; a file of its kind holds at most {max_bytes / 1e6:g} MB")
+        raise EdgelalmError(f"{path} is {size:,} bytes; a file of its kind holds at most {max_bytes:,}")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, RecursionError) as error:

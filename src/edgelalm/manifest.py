@@ -318,19 +318,25 @@ def format_version_for(compressors: dict[str, CompressorChoice]) -> int:
 # -- writing -----------------------------------------------------------------------------------
 
 
-def file_records(bundle_dir: Path) -> dict[str, FileRecord]:
-    """{relative path: bytes and sha256} for every file in the bundle but the manifest."""
+def file_records(bundle_dir: Path, checked: dict[str, FileRecord] | None = None) -> dict[str, FileRecord]:
+    """{relative path: bytes and sha256} for every file in the bundle but the manifest; `checked`:
+    records of files whose checksums were just verified (an earlier bundle's shared files, which
+    hashing again would cost a 7B decoder's read)."""
     records = {}
     for path in sorted(p for p in bundle_dir.rglob("*") if p.is_file()):
         name = path.relative_to(bundle_dir).as_posix()
-        if name != MANIFEST_FILE:
-            records[name] = FileRecord(bytes=FileBytes(path.stat().st_size), sha256=sha256_of(path))
+        size = path.stat().st_size
+        if checked and name in checked and checked[name].bytes == size:
+            records[name] = checked[name]
+        elif name != MANIFEST_FILE:
+            records[name] = FileRecord(bytes=FileBytes(size), sha256=sha256_of(path))
     return records
 
 
-def write_manifest(bundle_dir: Path, manifest: Manifest) -> Manifest:
-    """Write manifest.json: `manifest` with the checksums of the files now in `bundle_dir`."""
-    manifest = dataclasses.replace(manifest, files=file_records(bundle_dir))
+def write_manifest(bundle_dir: Path, manifest: Manifest, checked: dict[str, FileRecord] | None = None) -> Manifest:
+    """Write manifest.json: `manifest` with the checksums of the files now in `bundle_dir`
+    (`checked`'s as they are: see `file_records`)."""
+    manifest = dataclasses.replace(manifest, files=file_records(bundle_dir, checked))
     (bundle_dir / MANIFEST_FILE).write_text(json.dumps(manifest.to_json(), indent=2, ensure_ascii=False) + "\n")
     return manifest
 

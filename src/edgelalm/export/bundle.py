@@ -250,6 +250,7 @@ def _write_bundle(options: ExportOptions) -> None:
                 build_manifest(
                     checkpoint, options, prompt, first_probe, adapter, choices if several else [], ctc_heads
                 ),
+                checked=shared,  # check_shared_copies verified them as they came in
             )
             for name, record in manifest.files.items():
                 steps.note(f"{name}: {record.bytes / 1e6:.2f} MB")

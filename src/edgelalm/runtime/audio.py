@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import stat
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -19,16 +21,18 @@ from edgelalm.errors import EdgelalmError
 
 def _check_file(path: Path) -> None:
     try:
-        if not path.exists():
-            if path.is_symlink():
-                raise EdgelalmError(f"{path} is a symbolic link to nothing (or a loop of links)")
-            raise EdgelalmError(f"audio file not found: {path}")
-        if not path.is_file():
-            raise EdgelalmError(f"not an audio file: {path}")
-        empty = path.stat().st_size == 0
-    except OSError as error:  # what `exists` does not answer with False: a name too long, no permission
+        status = os.stat(path)
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise EdgelalmError(f"{path} is a symbolic link to nothing") from None
+        raise EdgelalmError(f"audio file not found: {path}") from None
+    except OSError as error:  # a loop of links, a name too long, no permission
+        if error.errno == errno.ELOOP:
+            raise EdgelalmError(f"{path} is a loop of symbolic links") from None
         raise EdgelalmError(f"cannot read audio from {path}: {error.strerror or error}") from None
-    if empty:
+    if not stat.S_ISREG(status.st_mode):
+        raise EdgelalmError(f"not an audio file: {path}")
+    if status.st_size == 0:
         raise EdgelalmError(f"{path} is empty")
 
 
@@ -43,6 +47,10 @@ class AudioFileInfo:
         """Samples after resampling to `sampling_rate` (soxr gives the rounded product)."""
         return round(self.frames * sampling_rate / self.samplerate)
 
+
+# libsndfile's subtypes that store samples as floats, which may go past full scale: integer PCM
+# cannot, and the lossy codecs' small overshoots are no mistake of the file's.
+_FLOAT_SUBTYPES = frozenset({"FLOAT", "DOUBLE"})
 
 # Samples per channel read at a time: a few MB whatever the rate and channel count.
 _BLOCK_VALUES = 1 << 20
@@ -80,8 +88,9 @@ def audio_seconds(path: Path) -> float:
 def stream_audio(info: AudioFileInfo, sampling_rate: int, warnings: list[str] | None = None) -> Iterator[np.ndarray]:
     """`info.path` as consecutive mono float32 chunks at `sampling_rate`, read block by block, so
     memory stays flat with the file's length. The chunks join to exactly what `read_audio` returns
-    (soxr's stream resampler equals its one-shot one). Once the file is read, `warnings` gets
-    `loudness_warning`'s sentence if a float file's samples went past full scale."""
+    (soxr's stream resampler equals its one-shot one). Once the file is read, `warnings` gets a
+    sentence like `loudness_warning`'s if a float file's samples went past full scale (not a
+    lossy file's: MP3, Vorbis and Opus decoders overshoot 1.0 a little on loud audio)."""
     resampler = (
         soxr.ResampleStream(info.samplerate, sampling_rate, 1, dtype="float32", quality="HQ")
         if info.samplerate != sampling_rate
@@ -91,11 +100,13 @@ def stream_audio(info: AudioFileInfo, sampling_rate: int, warnings: list[str] | 
     peak = 0.0
     try:
         with soundfile.SoundFile(_native_path(info.path)) as stream:
+            stores_floats = stream.subtype in _FLOAT_SUBTYPES
             while True:
                 samples = stream.read(block, dtype="float32", always_2d=True)
                 last = len(samples) < block
                 mono = _mono(samples, str(info.path))
-                peak = max(peak, _peak(samples))
+                if stores_floats:
+                    peak = max(peak, _peak(samples))
                 chunk = resampler.resample_chunk(mono, last=last) if resampler else mono
                 if len(chunk):
                     yield chunk
@@ -157,11 +168,13 @@ def _past_full_scale(peak: float, source: str, likely_cause: str) -> str | None:
 
 
 def _mono(samples: np.ndarray, source: str) -> np.ndarray:
-    """[frames, channels] (or [frames]) float32 -> [frames] float32. NaN and infinities are refused first, and the
-    channels averaged in float64: float32 sums of samples near its largest value overflow to inf."""
-    if not np.isfinite(samples).all():
+    """[frames, channels] (or [frames]) float32 -> [frames] float32, refusing NaN and infinities.
+    Channels are averaged in float64 (float32 sums of samples near its largest value overflowed to
+    inf), and checked after: a NaN or an infinity in any channel carries into the average."""
+    mono = samples if samples.ndim == 1 else samples.mean(axis=1, dtype=np.float64)
+    if not np.isfinite(mono).all():
         raise EdgelalmError(f"{source} contains NaN or infinite samples")
-    return samples if samples.ndim == 1 else samples.mean(axis=1, dtype=np.float64).astype(np.float32)
+    return mono.astype(np.float32, copy=False)
 
 
 def prepare_samples(samples: np.ndarray, file_rate: float, sampling_rate: int, source: str = "the audio") -> np.ndarray:

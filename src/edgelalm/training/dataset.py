@@ -36,7 +36,7 @@ import numpy as np
 from edgelalm.checks import is_real_number, is_whole_number
 from edgelalm.constants import SAMPLING_RATE
 from edgelalm.errors import EdgelalmError
-from edgelalm.files import atomic_folder, read_json_object
+from edgelalm.files import atomic_folder, check_replaceable, read_json_object
 from edgelalm.manifest import SAMPLING_RATES
 from edgelalm.progress import Bar
 from edgelalm.training import speech, texts
@@ -145,6 +145,8 @@ def build_dataset(
     if grammar_version not in texts.GRAMMAR_VERSIONS:
         raise EdgelalmError(f"grammar version must be one of {texts.GRAMMAR_VERSIONS}, got {grammar_version}")
     out = Path(out_dir)
+    # What overwrite would refuse (a folder of other files) is said first, not advised past.
+    check_replaceable(out, True, "dataset.json", owns_dataset_file)
     if out.exists() and not overwrite:
         raise EdgelalmError(f"{out} already exists (pass overwrite=True to replace it)")
     started = time.perf_counter()

@@ -39,7 +39,7 @@ import numpy as np
 from edgelalm.checks import is_whole_number
 from edgelalm.constants import ENCODER_FRAMES_PER_SECOND, SAMPLING_RATE
 from edgelalm.errors import EdgelalmError
-from edgelalm.files import atomic_folder, read_json_object
+from edgelalm.files import atomic_folder, check_replaceable, read_json_object
 from edgelalm.progress import Bar
 from edgelalm.training import corpus, speech, synthesizers, texts
 from edgelalm.training.dataset import check_spans, map_shard, owns_dataset_file, read_folder
@@ -273,6 +273,8 @@ def build_encoded(
         # Whisper's positions are added before layer 0: stored there, the layers above would add them again.
         raise EdgelalmError(f"below_layer must be at least 1, got {below_layer}")
     out = Path(out_dir)
+    # What overwrite would refuse (a folder of other files) is said first, not advised past.
+    check_replaceable(out, True, "dataset.json", owns_dataset_file)
     if out.exists() and not overwrite:
         raise EdgelalmError(f"{out} already exists (pass overwrite=True to replace it)")
     started = time.perf_counter()
