@@ -128,10 +128,15 @@ def free_space_note(folder: Path) -> str:
 
 
 def check_replaceable(
-    target: Path, force: bool, marker: str | None = None, owned: Callable[[str], bool] | None = None
+    target: Path,
+    force: bool,
+    marker: str | None = None,
+    owned: Callable[[str], bool] | None = None,
+    force_option: str = "--force",
 ) -> None:
     """Refuse, in one line, an output folder that atomic_folder would refuse (callers with a long
-    load before writing check first)."""
+    load before writing check first); an earlier output without `force` is refused advising
+    `force_option` (the library's own builders: `overwrite=True`)."""
     if target.is_symlink() and not target.exists():
         raise EdgelalmError(f"{target} is a symbolic link to nothing (remove it, or name another folder)")
     if not target.exists():
@@ -153,7 +158,7 @@ def check_replaceable(
             "(move them, or name another folder)"
         )
     if not force:
-        raise EdgelalmError(f"{target} already exists (--force replaces it)")
+        raise EdgelalmError(f"{target} already exists ({force_option} replaces it)")
 
 
 def has_utf8_name(path: Path) -> bool:

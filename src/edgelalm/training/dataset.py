@@ -145,10 +145,7 @@ def build_dataset(
     if grammar_version not in texts.GRAMMAR_VERSIONS:
         raise EdgelalmError(f"grammar version must be one of {texts.GRAMMAR_VERSIONS}, got {grammar_version}")
     out = Path(out_dir)
-    # What overwrite would refuse (a folder of other files) is said first, not advised past.
-    check_replaceable(out, True, "dataset.json", owns_dataset_file)
-    if out.exists() and not overwrite:
-        raise EdgelalmError(f"{out} already exists (pass overwrite=True to replace it)")
+    check_replaceable(out, overwrite, "dataset.json", owns_dataset_file, force_option="overwrite=True")
     started = time.perf_counter()
     with atomic_folder(out, force=True, marker="dataset.json", owned=owns_dataset_file) as partial:
         info = _render_into(

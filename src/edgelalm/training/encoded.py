@@ -273,10 +273,7 @@ def build_encoded(
         # Whisper's positions are added before layer 0: stored there, the layers above would add them again.
         raise EdgelalmError(f"below_layer must be at least 1, got {below_layer}")
     out = Path(out_dir)
-    # What overwrite would refuse (a folder of other files) is said first, not advised past.
-    check_replaceable(out, True, "dataset.json", owns_dataset_file)
-    if out.exists() and not overwrite:
-        raise EdgelalmError(f"{out} already exists (pass overwrite=True to replace it)")
+    check_replaceable(out, overwrite, "dataset.json", owns_dataset_file, force_option="overwrite=True")
     started = time.perf_counter()
     shards: list[dict] = []
     pending: list[tuple[np.ndarray, np.ndarray]] = []
