@@ -132,11 +132,13 @@ def test_bundle_transcripts_equal_pytorch_transcripts(none_f16_bundle, beam_size
     )
 
 
-def test_the_unseg_bundle_decodes_with_its_realigned_head_as_pytorch_does(tmp_path):
-    """The shipped unseg adapter carries a CTC head realigned to unseg (README, "The CTC head
-    realigned to each compressor"); its f16 bundle takes it, and the example clips' joint answers
-    equal transformers' with peft's LoRA merged, the paper's unsupervised segmentation
-    (tests/reference.py) and the head as training defines it (TokenCtc with the residual map)."""
+@pytest.mark.parametrize("ctc_reads", ["frames", "audio-tokens"])
+def test_the_unseg_bundle_decodes_jointly_as_pytorch_does(tmp_path, ctc_reads):
+    """unseg's f16 bundle decodes the example clips jointly as transformers does with peft's LoRA
+    merged and the paper's unsupervised segmentation (tests/reference.py): by default with the
+    checkpoint's head over the encoder's frames, projected (README, "The CTC head over the encoder's
+    frames"); with `--ctc-reads audio-tokens` with the head the shipped adapter realigned to unseg
+    (TokenCtc with the residual map) over unseg's tokens."""
     import numpy as np
     import torch
     from peft import PeftModel
@@ -151,14 +153,16 @@ def test_the_unseg_bundle_decodes_with_its_realigned_head_as_pytorch_does(tmp_pa
     adapter = default_adapter_dir(CompressorSpec("unseg"))
     assert adapter is not None and set(load_file(adapter / CTC_HEAD_FILE)) == {"blank", "log_scale", "transform"}
     bundle = tmp_path / "unseg"
-    export(bundle, "--compressor", "unseg", "--quant", "f16")
+    export(bundle, "--compressor", "unseg", "--quant", "f16", "--ctc-reads", ctc_reads)
     manifest = json.loads((bundle / "manifest.json").read_text())
     advice = shipped_decoding_advice()
-    assert manifest["ctc"]["realigned_to"] == "unseg" and manifest["decoding"] == advice
+    reads_frames = ctc_reads == "frames"
+    assert manifest["ctc"]["realigned_to"] == (None if reads_frames else "unseg") and manifest["decoding"] == advice
+    assert list(manifest["ctc"]["inputs"]) == ["audio_frames" if reads_frames else "audio_embeddings"]
     base, processor = pytorch_default_model()
     model = PeftModel.from_pretrained(base, adapter).merge_and_unload().eval()
-    head = TokenCtc(model.get_input_embeddings(), processor.tokenizer, realign=True)
-    head.load_head(adapter / CTC_HEAD_FILE)
+    head = TokenCtc(model.get_input_embeddings(), processor.tokenizer, realign=not reads_frames)
+    head.load_head((default_model_dir() if reads_frames else adapter) / CTC_HEAD_FILE)
 
     def paper_unseg(frames: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(unsupervised_segmentation(frames.numpy().astype(np.float64)).astype(np.float32))
@@ -166,7 +170,7 @@ def test_the_unseg_bundle_decodes_with_its_realigned_head_as_pytorch_does(tmp_pa
     clips, references = examples()
     reference_texts, reference_tokens = transcribe_torch(
         model, processor, paper_unseg, clips, beam_size=advice["beam_size"], ctc_weight=advice["ctc_weight"],
-        ctc_head=lambda audio: head.log_probs(audio).detach(),
+        ctc_head=lambda audio: head.log_probs(audio).detach(), ctc_reads_frames=reads_frames,
     )  # fmt: skip
     texts, tokens = transcribe_bundle(bundle, clips, 16000)
     assert tokens == reference_tokens

@@ -1,8 +1,10 @@
 """A checkpoint with a CTC head, end to end: export writes it as ctc.onnx with the checkpoint's
-decoding advice, and `run` decodes by a beam search joint with it. The reference is transformers'
-model (peft's adapter active) with the paper's compressors (tests/hf_reference.py), and CTC
-log-probabilities computed here in numpy from the head's definition (scaled cosine to the blank
-and to each input embedding, then a log-softmax), not from edgelalm's graph."""
+decoding advice, and `run` decodes by a beam search joint with it: by default the head reads the
+encoder's frames through the projector (every compressor's audio at its full rate), with
+`ctc_reads="audio-tokens"` the compressor's tokens the decoder reads. The reference is
+transformers' model (peft's adapter active) with the paper's compressors (tests/hf_reference.py),
+and CTC log-probabilities computed here in numpy from the head's definition (scaled cosine to the
+blank and to each input embedding, then a log-softmax), not from edgelalm's graph."""
 
 from __future__ import annotations
 
@@ -56,8 +58,20 @@ def headed_checkpoint(tiny_checkpoint, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def headed_bundle(headed_checkpoint, tiny_lora_adapter, tmp_path_factory) -> Path:
+    """avg2 with its LoRA merged, the head over the encoder's frames (export's default)."""
     out = tmp_path_factory.mktemp("headed-bundle") / "avg2-f32"
     export_bundle(ExportOptions(headed_checkpoint, out, CompressorSpec("avg", 2), "fp32", "f32", tiny_lora_adapter))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tokens_headed_bundle(headed_checkpoint, tiny_lora_adapter, tmp_path_factory) -> Path:
+    """The same, the head over avg2's audio tokens."""
+    out = tmp_path_factory.mktemp("headed-bundle") / "avg2-f32-audio-tokens"
+    options = ExportOptions(
+        headed_checkpoint, out, CompressorSpec("avg", 2), "fp32", "f32", tiny_lora_adapter, ctc_reads="audio-tokens"
+    )
+    export_bundle(options)
     return out
 
 
@@ -72,9 +86,11 @@ def head_log_probs(checkpoint: Path, model, audio_embeddings: np.ndarray) -> np.
     return ctc_head_log_probs(checkpoint / CTC_HEAD_FILE, model, audio_embeddings)
 
 
-def reference_joint_answer(hf, checkpoint, audio, max_tokens, beam_size, ctc_weight) -> str:
+def reference_joint_answer(hf, checkpoint, audio, max_tokens, beam_size, ctc_weight, reads_frames=True) -> str:
     model, processor = hf
     inputs_embeds, audio_embeddings, end_ids = reference_inputs(hf, audio, "avg", 2, PROMPT, WINDOW_SECONDS)
+    if reads_frames:  # the projector over every frame: the paper's `none`
+        audio_embeddings = reference_inputs(hf, audio, "none", 1, PROMPT, WINDOW_SECONDS)[1]
     scorer = CtcPrefixScorer(head_log_probs(checkpoint, model, audio_embeddings.numpy())) if ctc_weight else None
     tokens, _ = beam_search(
         torch_advance(model, inputs_embeds[0]), frozenset(end_ids), max_tokens, beam_size, scorer, ctc_weight
@@ -91,36 +107,54 @@ def test_export_writes_the_head_and_the_advice(headed_bundle):
         [sys.executable, "-m", "edgelalm", "inspect", str(headed_bundle)], capture_output=True, text=True, check=True
     ).stdout
     assert f"beam search of {BEAM}, CTC weight {WEIGHT:g} (the checkpoint's advice" in shown
-    assert f"CTC head {CTC_FILE}" in shown
+    assert f"CTC head {CTC_FILE} (over the encoder's frames, for every compressor)" in shown
 
 
-def test_the_bundles_head_equals_the_heads_definition(hf, headed_checkpoint, headed_bundle):
+@pytest.mark.parametrize("reads_frames", [True, False], ids=["frames", "audio-tokens"])
+def test_the_bundles_head_equals_the_heads_definition(
+    hf, headed_checkpoint, headed_bundle, tokens_headed_bundle, reads_frames
+):
     import onnxruntime
 
     model, _ = hf
-    embeddings = np.random.default_rng(0).normal(size=(17, model.config.text_config.hidden_size)).astype(np.float32)
-    session = onnxruntime.InferenceSession(str(headed_bundle / CTC_FILE), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"audio_embeddings": embeddings})[0]
-    expected = head_log_probs(headed_checkpoint, model.get_base_model(), embeddings)
+    base = model.get_base_model()
+    bundle = headed_bundle if reads_frames else tokens_headed_bundle
+    width = model.config.audio_config.d_model if reads_frames else model.config.text_config.hidden_size
+    rows = np.random.default_rng(0).normal(size=(17, width)).astype(np.float32)
+    session = onnxruntime.InferenceSession(str(bundle / CTC_FILE), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"audio_frames" if reads_frames else "audio_embeddings": rows})[0]
+    embeddings = rows
+    if reads_frames:
+        with torch.no_grad():
+            embeddings = base.model.multi_modal_projector(torch.from_numpy(rows)).numpy()
+    expected = head_log_probs(headed_checkpoint, base, embeddings)
     assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-4
+    assert list(read_manifest(bundle).ctc.inputs) == ["audio_frames" if reads_frames else "audio_embeddings"]
 
 
-def test_run_decodes_as_advised_and_as_the_reference(hf, headed_checkpoint, headed_bundle):
+@pytest.mark.parametrize("reads_frames", [True, False], ids=["frames", "audio-tokens"])
+def test_run_decodes_as_advised_and_as_the_reference(
+    hf, headed_checkpoint, headed_bundle, tokens_headed_bundle, reads_frames
+):
     """The advice (beam 3, CTC weight 0.5) by default; every choice gives the reference's answer,
     and the joint answers differ from the decoder's alone (the head has a say)."""
     answers = {}
-    with Runtime(headed_bundle, kv_cache_type="f32") as runtime:
+    with Runtime(headed_bundle if reads_frames else tokens_headed_bundle, kv_cache_type="f32") as runtime:
         for seconds, seed in ((3.3, 0), (14.0, 1), (6.1, 2)):  # 14 s: two windows joined
             audio = speechlike(seconds, seed)
             advised = runtime.run(audio, prompt=PROMPT, max_tokens=12)
             assert advised.decoding == f"beam search of {BEAM}, CTC weight {WEIGHT:g}"
-            assert advised.text == reference_joint_answer(hf, headed_checkpoint, audio, 12, BEAM, WEIGHT)
+            expected = reference_joint_answer(hf, headed_checkpoint, audio, 12, BEAM, WEIGHT, reads_frames)
+            assert advised.text == expected
             beam_only = runtime.run(audio, prompt=PROMPT, max_tokens=12, ctc_weight=0)
             assert beam_only.text == reference_joint_answer(hf, headed_checkpoint, audio, 12, BEAM, 0.0)
             greedy = runtime.run(audio, prompt=PROMPT, max_tokens=12, beam_size=1, ctc_weight=0)
             assert greedy.decoding == "greedy"
             assert greedy.text == reference_answer(hf, audio, "avg", 2, 12, PROMPT, WINDOW_SECONDS)[0]
             answers[seed] = (advised.text, beam_only.text)
+            if seconds < WINDOW_SECONDS:  # one window: answered on its own, the same answer
+                each = runtime.run(audio, prompt=PROMPT, max_tokens=12, windows="each")
+                assert each.text.strip() == advised.text.strip()
             # After a search the prompt's cells are still there for the next run (the prefix cache).
             assert beam_only.reused_prompt_tokens > 0 and greedy.reused_prompt_tokens > 0
     assert any(joint != alone for joint, alone in answers.values())

@@ -48,6 +48,9 @@ pytestmark = pytest.mark.slow
 WINDOW_SECONDS = 10  # the tiny checkpoint's encoder window
 PROMPT = "Transcribe the audio."
 BEAM, WEIGHT = 3, 0.5
+# These bundles' heads read the compressor's audio tokens (realigned heads); export's default reads
+# the encoder's frames (test_by_default_the_head_reads_the_frames_and_realigned_heads_stay_out).
+TOKENS = "audio-tokens"
 
 
 def random_head(hidden: int, seed: int, realigned: bool) -> dict[str, torch.Tensor]:
@@ -98,9 +101,22 @@ def reference_joint_answer(hf, head_file: Path, audio: np.ndarray, compressor: s
     return processor.tokenizer.decode(tokens)
 
 
+def assert_edit_refused(bundle: Path, edit, words: str, edited: Path) -> None:
+    """A copy of `bundle` with its manifest edited by `edit` is refused, in words matching `words`."""
+    shutil.copytree(bundle, edited, dirs_exist_ok=True)
+    written = json.loads((bundle / "manifest.json").read_text())
+    edit(written)
+    (edited / "manifest.json").write_text(json.dumps(written))
+    with pytest.raises(EdgelalmError, match=words):
+        read_manifest(edited)
+
+
 def test_one_compressor_bundle_decodes_with_its_adapters_head(hf, headed_checkpoint, realigned_adapter, tmp_path):
     out = tmp_path / "avg2"
-    export_bundle(ExportOptions(headed_checkpoint, out, CompressorSpec("avg", 2), "fp32", "f32", realigned_adapter))
+    options = ExportOptions(
+        headed_checkpoint, out, CompressorSpec("avg", 2), "fp32", "f32", realigned_adapter, ctc_reads=TOKENS
+    )
+    export_bundle(options)
     manifest = read_manifest(out)
     assert manifest.ctc is not None and (manifest.ctc.file, manifest.ctc.realigned_to) == (CTC_FILE, "avg2")
     shown = subprocess.run([sys.executable, "-m", "edgelalm", "inspect", str(out)], capture_output=True, text=True)
@@ -120,7 +136,11 @@ def test_a_bundle_of_several_gives_each_compressor_its_own_head(hf, headed_check
     checkpoint's (ctc.onnx): each compressor's embeddings through its own head's definition."""
     out = tmp_path / "several"
     choices = ((CompressorSpec("avg", 2), realigned_adapter), (CompressorSpec("sample", 2), None))
-    export_bundle(ExportOptions(headed_checkpoint, out, CompressorSpec("avg", 2), "fp32", "f32", choices=choices))
+    export_bundle(
+        ExportOptions(
+            headed_checkpoint, out, CompressorSpec("avg", 2), "fp32", "f32", choices=choices, ctc_reads=TOKENS
+        )
+    )
     manifest = read_manifest(out)
     assert manifest.ctc is not None and (manifest.ctc.file, manifest.ctc.realigned_to) == (CTC_FILE, None)
     own = manifest.compressors["avg2"].ctc
@@ -135,13 +155,7 @@ def test_a_bundle_of_several_gives_each_compressor_its_own_head(hf, headed_check
         (lambda m: m["compressors"]["avg2"]["ctc"].update(vocab_size=3), r"compressors.avg2.ctc.vocab_size is 3"),
         (lambda m: m.update(format_version=2), "these compressors need format version 3, got 2"),
     ):
-        edited = tmp_path / "edited"
-        shutil.copytree(out, edited, dirs_exist_ok=True)
-        written = json.loads((out / "manifest.json").read_text())
-        edit(written)
-        (edited / "manifest.json").write_text(json.dumps(written))
-        with pytest.raises(EdgelalmError, match=words):
-            read_manifest(edited)
+        assert_edit_refused(out, edit, words, tmp_path / "edited")
     model = hf[0].get_base_model()
     embeddings = np.random.default_rng(0).normal(size=(9, model.config.text_config.hidden_size)).astype(np.float32)
     with Runtime(out, kv_cache_type="f32") as runtime:
@@ -151,6 +165,41 @@ def test_a_bundle_of_several_gives_each_compressor_its_own_head(hf, headed_check
         audio = speechlike(4.2, 7)
         got = runtime.run(audio, prompt=PROMPT, max_tokens=10, compressor="avg2").text
         assert got == reference_joint_answer(hf, realigned_adapter / CTC_HEAD_FILE, audio, "avg", 2)
+
+
+def test_by_default_the_head_reads_the_frames_and_realigned_heads_stay_out(
+    headed_checkpoint, realigned_adapter, tmp_path, capsys
+):
+    """export's default (the head over the encoder's frames, for every compressor): the checkpoint's
+    head in ctc.onnx, no choice's own, the adapters' realigned heads named as unused; the reader holds
+    a frames head to what it is."""
+    out = tmp_path / "several"
+    choices = ((CompressorSpec("avg", 2), realigned_adapter), (CompressorSpec("sample", 2), None))
+    export_bundle(ExportOptions(headed_checkpoint, out, CompressorSpec("avg", 2), "fp32", "q8_0", choices=choices))
+    assert f"{realigned_adapter}: its realigned CTC head is not used" in capsys.readouterr().err
+    manifest = read_manifest(out)
+    assert manifest.ctc is not None and manifest.ctc.reads_frames and manifest.ctc.realigned_to is None
+    assert all(choice.ctc is None for choice in manifest.compressors.values())
+    assert not (out / "ctc-avg2.onnx").exists() and manifest.format_version == 2
+    for edit, words in (
+        (lambda m: m["ctc"].update(realigned_to="avg2"), "realigned to none of them"),
+        (
+            lambda m: (m["compressors"]["avg2"].update(ctc=m["ctc"]), m.update(format_version=3)),
+            r"compressors.avg2.ctc.inputs is \['audio_frames'\]",
+        ),
+        (lambda m: m["ctc"].update(inputs={"audio_frames": "[L, audio_width]", "x": "[1]"}), r"ctc.inputs is"),
+    ):
+        assert_edit_refused(out, edit, words, tmp_path / "edited")
+    one = tmp_path / "one"
+    options = ExportOptions(headed_checkpoint, one, CompressorSpec("avg", 2), "fp32", "q8_0", realigned_adapter)
+    export_bundle(options)
+    single = read_manifest(one)
+    assert single.ctc is not None and single.ctc.reads_frames and single.ctc.realigned_to is None
+    written = json.loads((one / "manifest.json").read_text())
+    written["ctc"]["realigned_to"] = "avg2"
+    (one / "manifest.json").write_text(json.dumps(written))
+    with pytest.raises(EdgelalmError, match="reads the encoder's frames, so it is realigned to no compressor"):
+        read_manifest(one, verify_files=False)
 
 
 def test_export_warns_naming_what_says_an_adapter_is_for(realigned_adapter, hidden, tmp_path, capsys):
@@ -176,7 +225,9 @@ def test_a_weight_needs_a_head_for_every_compressor(tiny_checkpoint, realigned_a
     """A checkpoint without a head: only avg2's adapter has one, so sample2 has none."""
     out = tmp_path / "some-heads"
     choices = ((CompressorSpec("avg", 2), realigned_adapter), (CompressorSpec("sample", 2), None))
-    export_bundle(ExportOptions(tiny_checkpoint, out, CompressorSpec("avg", 2), "fp32", "q8_0", choices=choices))
+    export_bundle(
+        ExportOptions(tiny_checkpoint, out, CompressorSpec("avg", 2), "fp32", "q8_0", choices=choices, ctc_reads=TOKENS)
+    )
     manifest = read_manifest(out)
     assert manifest.ctc is None and manifest.compressors["avg2"].ctc is not None
     assert manifest.headless_compressors() == ["sample2"]
@@ -211,7 +262,9 @@ def test_a_malformed_realigned_head_is_refused_at_export(
     save_file({**random_head(hidden, 5, realigned=False), **extra}, str(broken / CTC_HEAD_FILE))
     out = tmp_path / "out"
     with pytest.raises(EdgelalmError, match=words):
-        export_bundle(ExportOptions(headed_checkpoint, out, CompressorSpec("avg", 2), "fp32", "q8_0", broken))
+        export_bundle(
+            ExportOptions(headed_checkpoint, out, CompressorSpec("avg", 2), "fp32", "q8_0", broken, ctc_reads=TOKENS)
+        )
     assert not out.exists()
 
 

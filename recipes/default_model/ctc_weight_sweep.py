@@ -19,6 +19,7 @@ from pathlib import Path
 
 from wer_table import COMPRESSORS, held_out_clips, write_summary
 
+from edgelalm.constants import CTC_READS
 from edgelalm.export.bundle import ExportOptions, export_bundle
 from edgelalm.export.checkpoint import auto_encoder_precision
 from edgelalm.pretrained import default_adapter_dir, default_model_dir
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compressors", default="none,avg2,avg3,sample3,unseg", help="comma-separated labels")
     parser.add_argument("--quant", default="q8_0")
     parser.add_argument("--model", type=Path, default=None, help="a candidate checkpoint (default: the shipped model)")
+    parser.add_argument("--ctc-reads", choices=CTC_READS, default="frames", help="export --ctc-reads")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
 
@@ -49,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         adapter = None if spec.name == "none" else default_adapter_dir(spec)
         with tempfile.TemporaryDirectory() as scratch:
             bundle = Path(scratch) / spec.label
-            export_bundle(ExportOptions(model_dir, bundle, spec, precision, args.quant, adapter, force=True))
+            options = ExportOptions(
+                model_dir, bundle, spec, precision, args.quant, adapter, True, ctc_reads=args.ctc_reads
+            )
+            export_bundle(options)
             for weight in weights:
                 for name, (clips, references, _silent, rate) in sets.items():
                     texts, tokens = transcribe_bundle(bundle, clips, rate, beam_size=args.beam_size, ctc_weight=weight)

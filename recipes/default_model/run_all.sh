@@ -17,12 +17,14 @@ keep_stage() {
 }
 # The short sets' table at the model's advised decoding, into OUT/test and OUT/unheard: PyTorch and
 # q8_0 bundles for COMPRESSORS (+ LoRA; default none,unseg), q8_0 bundles for avg2, avg3, sample3.
-short_set_tables() {  # OUT [COMPRESSORS]
+short_set_tables() {  # OUT [COMPRESSORS [WER_TABLE_FLAGS...]]
+  local out=$1 compressors=${2:-none,unseg}
+  shift $(($# < 2 ? $# : 2))
   for set in test unheard; do
-    python $recipe/wer_table.py --data data3/$set --clips 200 --compressors "${2:-none,unseg}" --quants q8_0 --lora-only \
-      --out "$1/$set"
-    python $recipe/wer_table.py --data data3/$set --clips 200 --compressors avg2,avg3,sample3 --quants q8_0 \
-      --bundles-only --update --out "$1/$set"
+    python $recipe/wer_table.py "$@" --data data3/$set --clips 200 --compressors "$compressors" --quants q8_0 \
+      --lora-only --out "$out/$set"
+    python $recipe/wer_table.py "$@" --data data3/$set --clips 200 --compressors avg2,avg3,sample3 --quants q8_0 \
+      --bundles-only --update --out "$out/$set"
   done
 }
 # A checkpoint measured widely: the held-out sets, held-out prose, the real voices (step 4f), into
@@ -366,25 +368,28 @@ python $recipe/make_examples.py
 #     none and unseg + LoRA, q8_0 bundles for all), the 15-30 s sets in the 8 s windows the bundles
 #     advise and in one window, the real voices; the head's best path; a beam alone and weight 0.5 on
 #     the none bundle; weights 0.3 and 0.5 for unseg + LoRA on the first 60 held-out clips.
+#     Steps 17-20 ran before bundles' heads read the encoder's frames (step 21): their heads read the
+#     compressor's audio tokens, as `--ctc-reads audio-tokens` exports them now.
+tokens="--ctc-reads audio-tokens"
 joint=$recipe/results/joint
-short_set_tables $joint
+short_set_tables $joint none,unseg $tokens
 for set in test unheard; do
-  python $recipe/wer_table.py --data data3/$set-long --clips 40 --compressors none,unseg --quants q8_0 --bundles-only \
+  python $recipe/wer_table.py $tokens --data data3/$set-long --clips 40 --compressors none,unseg --quants q8_0 --bundles-only \
     --windows each --window-seconds 8 --out $joint/$set-long-each-8s
-  python $recipe/wer_table.py --data data3/$set-long --clips 40 --compressors none,unseg --quants q8_0 --bundles-only \
+  python $recipe/wer_table.py $tokens --data data3/$set-long --clips 40 --compressors none,unseg --quants q8_0 --bundles-only \
     --out $joint/$set-long
-  python $recipe/wer_table.py --data data3/$set --clips 200 --compressors none --quants q8_0 --bundles-only \
+  python $recipe/wer_table.py $tokens --data data3/$set --clips 200 --compressors none --quants q8_0 --bundles-only \
     --beam-size 4 --ctc-weight 0 --out $joint/$set-beam4-alone
-  python $recipe/wer_table.py --data data3/$set --clips 200 --compressors none --quants q8_0 --bundles-only \
+  python $recipe/wer_table.py $tokens --data data3/$set --clips 200 --compressors none --quants q8_0 --bundles-only \
     --ctc-weight 0.5 --out $joint/$set-ctc-weight-0.5
 done
-python $recipe/wer_table.py --data build/real-speech/transcripts.tsv --compressors none,unseg --quants q8_0 \
+python $recipe/wer_table.py $tokens --data build/real-speech/transcripts.tsv --compressors none,unseg --quants q8_0 \
   --lora-only --out $joint/real-speech
 python $recipe/wer_check.py $(python -c "from edgelalm.pretrained import default_model_dir; print(default_model_dir())") \
   --data data3 --sets test,unheard --count 200 --ctc-head $recipe/stages/base14avg/ctc_head.safetensors \
   > $joint/ctc-best-path.json
 for weight in 0.3 0.5; do
-  python $recipe/wer_table.py --data data3/test --clips 60 --compressors unseg --lora-only --no-export \
+  python $recipe/wer_table.py $tokens --data data3/test --clips 60 --compressors unseg --lora-only --no-export \
     --ctc-weight $weight --out $joint/test60-unseg-ctc-weight-$weight
 done
 # 18. The CTC head realigned to each compressor, beside its LoRA (README, "The CTC head realigned to
@@ -399,14 +404,14 @@ for compressor in avg2 avg3 sample3 unseg; do
 done
 python $recipe/ship.py adapter build/default-model/adapters/{avg2,avg3,sample3,unseg}
 realigned=$recipe/results/realigned-heads
-short_set_tables $realigned unseg
+short_set_tables $realigned unseg $tokens
 for set in test unheard; do
-  python $recipe/wer_table.py --data data3/$set-long --clips 40 --compressors unseg --quants q8_0 --bundles-only \
+  python $recipe/wer_table.py $tokens --data data3/$set-long --clips 40 --compressors unseg --quants q8_0 --bundles-only \
     --windows each --window-seconds 8 --out $realigned/$set-long-each-8s
-  python $recipe/wer_table.py --data data3/$set-long --clips 40 --compressors unseg --quants q8_0 --bundles-only \
+  python $recipe/wer_table.py $tokens --data data3/$set-long --clips 40 --compressors unseg --quants q8_0 --bundles-only \
     --out $realigned/$set-long
 done
-python $recipe/wer_table.py --data build/real-speech/transcripts.tsv --compressors unseg --quants q8_0 \
+python $recipe/wer_table.py $tokens --data build/real-speech/transcripts.tsv --compressors unseg --quants q8_0 \
   --bundles-only --out $realigned/real-speech
 python $recipe/ctc_best_path.py --data data3 --sets test,unheard --count 200 > $realigned/ctc-best-path.json
 # 19. Joint decoding's CTC weight chosen on a development set (README, "Where it stands"): 200 fresh
@@ -415,23 +420,38 @@ python $recipe/ctc_best_path.py --data data3 --sets test,unheard --count 200 > $
 #     the advice is 0.5 (ship.py's DECODING_ADVICE, the same head), then the test sets' tables at it.
 python $recipe/make_encoded_data.py --init build/default-model/init --out data3dev --splits test,unheard --seed 41 \
   --test-count 200
-python $recipe/ctc_weight_sweep.py --data data3dev/test,data3dev/unheard --weights 0.3,0.5,0.7 \
+python $recipe/ctc_weight_sweep.py $tokens --data data3dev/test,data3dev/unheard --weights 0.3,0.5,0.7 \
   --out $recipe/results/ctc-weight/dev
 python $recipe/ship.py ctc-head $recipe/stages/base14avg/ctc_head.safetensors
-short_set_tables $recipe/results/ctc-weight
+short_set_tables $recipe/results/ctc-weight none,unseg $tokens
 # 20. The tokens the audio proposes (README, "Run": beam search, and joint CTC/attention decoding):
 #     the joint search also tries every position's two likeliest tokens under the CTC head, beside
 #     the decoder's best six. The weight chosen again on the development set (~30 min; 0.5 again,
 #     for every compressor; a beam of 8 was no better there), then the test sets, the real voices
 #     and the 15-30 s clips in the advised 8 s windows at it (~50 min; the long sets are step 9's).
 proposals=$recipe/results/proposals
-python $recipe/ctc_weight_sweep.py --data data3dev/test,data3dev/unheard --weights 0.3,0.5,0.7 --out $proposals/dev
-python $recipe/ctc_weight_sweep.py --data data3dev/test,data3dev/unheard --weights 0.5 --compressors none,unseg \
+python $recipe/ctc_weight_sweep.py $tokens --data data3dev/test,data3dev/unheard --weights 0.3,0.5,0.7 --out $proposals/dev
+python $recipe/ctc_weight_sweep.py $tokens --data data3dev/test,data3dev/unheard --weights 0.5 --compressors none,unseg \
   --beam-size 8 --out $proposals/dev-beam8
-short_set_tables $proposals
-python $recipe/wer_table.py --data build/real-speech/transcripts.tsv --compressors none,unseg --quants q8_0 \
+short_set_tables $proposals none,unseg $tokens
+python $recipe/wer_table.py $tokens --data build/real-speech/transcripts.tsv --compressors none,unseg --quants q8_0 \
   --lora-only --out $proposals/real-speech
 for set in test unheard; do
-  python $recipe/wer_table.py --data data3/$set-long --clips 40 --compressors none,unseg --quants q8_0 --bundles-only \
+  python $recipe/wer_table.py $tokens --data data3/$set-long --clips 40 --compressors none,unseg --quants q8_0 --bundles-only \
     --windows each --window-seconds 8 --out $proposals/$set-long-each-8s
+done
+# 21. The CTC head over the encoder's frames (README, "Run": what the head reads; export's default
+#     now): every compressor's bundle scores its hypotheses with the checkpoint's head over the
+#     projected encoder frames, at 25 a second, instead of its adapter's realigned head over its own
+#     tokens. The weight chosen again on the development set (0.5 again for every compressor; `none`
+#     reads the same values either way, so its rows are step 20's), then the tables at it (~1.5 h).
+frames=$recipe/results/frames-ctc
+python $recipe/ctc_weight_sweep.py --data data3dev/test,data3dev/unheard --weights 0.3,0.5,0.7 \
+  --compressors avg2,avg3,sample3,unseg --out $frames/dev
+short_set_tables $frames unseg
+python $recipe/wer_table.py --data build/real-speech/transcripts.tsv --compressors unseg --quants q8_0 --lora-only \
+  --out $frames/real-speech
+for set in test unheard; do
+  python $recipe/wer_table.py --data data3/$set-long --clips 40 --compressors unseg --quants q8_0 --bundles-only \
+    --windows each --window-seconds 8 --out $frames/$set-long-each-8s
 done

@@ -47,7 +47,7 @@ import torch
 from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 
 from edgelalm.compression import CompressorSpec
-from edgelalm.constants import ENCODER_PRECISIONS, SAMPLING_RATE, WINDOW_MODES
+from edgelalm.constants import CTC_READS, ENCODER_PRECISIONS, SAMPLING_RATE, WINDOW_MODES
 from edgelalm.export.bundle import ExportOptions, export_bundle
 from edgelalm.export.checkpoint import auto_encoder_precision
 from edgelalm.export.compressor import build_compressor
@@ -172,6 +172,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="joint decoding's CTC weight (default: the model's advice, else 0)",
     )
+    parser.add_argument(
+        "--ctc-reads",
+        choices=CTC_READS,
+        default="frames",
+        help="what the CTC head reads, in every column (export --ctc-reads): the encoder's frames (the "
+        "checkpoint's head, as bundles export by default) or the audio tokens (each adapter's realigned head)",
+    )
     args = parser.parse_args(argv)
 
     clips, references, silent, sampling_rate = held_out_clips(args.data, args.clips)
@@ -190,12 +197,15 @@ def main(argv: list[str] | None = None) -> int:
     limit = args.max_answer_tokens
     # The same decoding in every column: the PyTorch ones by the runtime's search on transformers'
     # model, the bundle ones by `run` with the same settings.
+    reads_frames = args.ctc_reads == "frames"
     advice = read_decoding_advice(model_dir, has_ctc_head(model_dir)) or DecodingInfo()
     beam_size = advice.beam_size if args.beam_size is None else args.beam_size
     ctc_weight = advice.ctc_weight if args.ctc_weight is None else args.ctc_weight
     log_decoding = f"beam {beam_size}, CTC weight {ctc_weight:g}" if beam_size > 1 or ctc_weight > 0 else "greedy"
     if ctc_weight > 0:  # from results/proposals/ on (run_all.sh step 20); the earlier files do not say it
         log_decoding += ", the audio's proposals tried"
+        # From results/frames-ctc/ on (step 21); the earlier files read the audio tokens and do not say it.
+        log_decoding += ", the CTC head over " + ("the encoder's frames" if reads_frames else "the audio tokens")
 
     def through_bundle(bundle: Path, audio: list, compressor: str | None = None) -> tuple[list[str], int]:
         return transcribe_bundle(
@@ -224,8 +234,9 @@ def main(argv: list[str] | None = None) -> int:
             if (variant == "pytorch" and adapter_dir is not None and args.lora_only) or args.bundles_only:
                 continue
             model = load_model(model_dir, adapter)
-            # With the LoRA, the head realigned beside it where the adapter has one (as its bundle has).
-            head_dir = ctc_head_folder(model_dir, adapter)
+            # Over the frames, the checkpoint's head; over the audio tokens, with the LoRA, the head
+            # realigned beside it where the adapter has one (as its bundle has).
+            head_dir = ctc_head_folder(model_dir, None if reads_frames else adapter)
             ctc_head = (
                 load_ctc_head(head_dir, model.get_input_embeddings().weight.detach())
                 if ctc_weight > 0 and head_dir is not None
@@ -244,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                     beam_size,
                     ctc_weight,
                     ctc_head,
+                    reads_frames,
                 )  # fmt: skip
                 for audio in (clips, silent)
             )
@@ -254,7 +266,16 @@ def main(argv: list[str] | None = None) -> int:
                 for quant in args.quants.split(","):
                     bundle = Path(scratch) / f"{spec.label}-{quant}"
                     export_bundle(
-                        ExportOptions(model_dir, bundle, spec, args.encoder_precision, quant, adapter_dir, force=True)
+                        ExportOptions(
+                            model_dir,
+                            bundle,
+                            spec,
+                            args.encoder_precision,
+                            quant,
+                            adapter_dir,
+                            force=True,
+                            ctc_reads=args.ctc_reads,
+                        )  # fmt: skip
                     )
                     texts, tokens = through_bundle(bundle, clips)
                     silent_texts, _ = through_bundle(bundle, silent)
@@ -270,8 +291,15 @@ def main(argv: list[str] | None = None) -> int:
                 bundle = Path(scratch) / f"all-{quant}"
                 export_bundle(
                     ExportOptions(
-                        model_dir, bundle, specs[0], args.encoder_precision, quant, force=True, choices=choices
-                    )
+                        model_dir,
+                        bundle,
+                        specs[0],
+                        args.encoder_precision,
+                        quant,
+                        force=True,
+                        choices=choices,
+                        ctc_reads=args.ctc_reads,
+                    )  # fmt: skip
                 )
                 for spec in specs:
                     texts, tokens = through_bundle(bundle, clips, spec.label)

@@ -24,6 +24,7 @@ from edgelalm.compression import COMPRESSOR_DESCRIPTIONS, FACTOR_COMPRESSORS, MA
 from edgelalm.constants import (
     MANIFEST_FILE,
     CompressorName,
+    CtcReads,
     Device,
     EncoderPrecision,
     EncoderPrecisionChoice,
@@ -37,7 +38,7 @@ from edgelalm.errors import EdgelalmError
 from edgelalm.manifest import MAX_BEAM_SIZE, bundle_name
 
 if TYPE_CHECKING:
-    from edgelalm.manifest import DecoderInfo, Manifest
+    from edgelalm.manifest import CtcInfo, DecoderInfo, Manifest
 
 DEFAULT_EXPORT_ROOT = Path("export")
 MAX_BENCH_SECONDS = 3600  # an hour of synthetic audio: far past any context, 230 MB of samples
@@ -180,6 +181,15 @@ def export(
             "detected (base for a template-less folder named Qwen2-Audio-7B)."
         ),
     ] = None,
+    ctc_reads: Annotated[
+        CtcReads,
+        typer.Option(
+            help="What the CTC head reads, for a checkpoint with one (joint decoding): frames, the encoder's frames at "
+            "their full rate through the projector, one head for every compressor (the decoder still reads the "
+            "compressed audio tokens); audio-tokens, the compressor's tokens, with the head its adapter realigned to "
+            "it where it has one (less CTC work; more errors on the default model, see README: Run)."
+        ),
+    ] = "frames",
 ) -> None:
     """Export a Qwen2-Audio checkpoint (default: the small model shipped with edgelalm) as one bundle
     folder: the audio encoder and the compressor + projector as ONNX (onnxruntime), the decoder with
@@ -220,6 +230,7 @@ def export(
         llama_extra_buffers,
         prompt_format,
         choices=tuple(zip(specs, adapters, strict=True)) if several else (),
+        ctc_reads=ctc_reads,
     )
     written = export_bundle(options)
     _say(str(written))
@@ -711,10 +722,13 @@ def describe_decoding(manifest: Manifest) -> str:
     """How `run` decodes when not told (`Runtime.decoding_for`), and the CTC head if there is one."""
     advice = manifest.decoding
     heads = [info for _, info in manifest.ctc_heads()]
-    head = "".join(
-        f"; CTC head {info.file}" + (f" (realigned to {info.realigned_to})" if info.realigned_to else "")
-        for info in heads
-    )
+
+    def reading(info: CtcInfo) -> str:
+        if info.reads_frames:
+            return " (over the encoder's frames, for every compressor)"
+        return f" (realigned to {info.realigned_to})" if info.realigned_to else ""
+
+    head = "".join(f"; CTC head {info.file}{reading(info)}" for info in heads)
     if advice is None or (advice.beam_size == 1 and advice.ctc_weight == 0):
         return f"greedy (the default; run --beam-size, --ctc-weight override){head}"
     joint = f", CTC weight {advice.ctc_weight:g}" if advice.ctc_weight > 0 else ""

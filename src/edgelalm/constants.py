@@ -77,6 +77,9 @@ COMPRESSOR_OUTPUT = "audio_embeddings"
 # ctc_log_probs [N, 1 + vocab_size], column 0 the blank, column i + 1 the decoder's token i
 CTC_INPUT = COMPRESSOR_OUTPUT
 CTC_OUTPUT = "ctc_log_probs"
+# ...or, a head over the encoder's frames (export's default, CtcReads "frames"): audio_frames
+# [L, audio_width] -> the projector -> the head -> ctc_log_probs [L, 1 + vocab_size].
+CTC_FRAMES_INPUT = ENCODER_OUTPUT
 
 # -- choices ---------------------------------------------------------------------------------
 
@@ -107,6 +110,12 @@ WINDOWS_ADVICE_FILE = "edgelalm_windows.json"
 # the decoder's input embeddings), trained beside the decoder: export writes it as CTC_FILE and the
 # runtime decodes with it (joint CTC/attention beam search).
 CTC_HEAD_FILE = "edgelalm_ctc_head.safetensors"
+# What a bundle's CTC head reads (`export --ctc-reads`): "frames", the encoder's frames at their full
+# rate through the projector, one head for every compressor (the decoder reads the compressed
+# tokens; the joint score, the audio before compression); "audio-tokens", the compressed tokens the
+# decoder reads, with the head realigned to the compressor beside its adapter where it has one.
+CtcReads = Literal["frames", "audio-tokens"]
+CTC_READS: tuple[CtcReads, ...] = get_args(CtcReads)
 # In a head realigned to a compressor (an adapter folder's), its metadata key naming that compressor.
 REALIGNED_TO_KEY = "edgelalm_realigned_to"
 # The checkpoint's advice on how to decode with it, read by export into the manifest's `decoding`

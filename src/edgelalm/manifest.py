@@ -28,6 +28,7 @@ from edgelalm.constants import (
     BUNDLE_FORMAT_VERSION,
     COMPRESSOR_INPUT,
     COMPRESSOR_OUTPUT,
+    CTC_FRAMES_INPUT,
     CTC_INPUT,
     CTC_OUTPUT,
     DECODING_ADVICE_FILE,
@@ -221,8 +222,9 @@ class WindowsInfo:
 
 @dataclass(frozen=True)
 class CtcInfo:
-    """A CTC head over the audio embeddings (a checkpoint's CTC_HEAD_FILE with its decoder's input
-    embeddings): log-probabilities of a blank and of each decoder token, for joint decoding."""
+    """A CTC head (a checkpoint's CTC_HEAD_FILE with its decoder's input embeddings): log-probabilities
+    of a blank and of each decoder token, for joint decoding; over the encoder's frames (its graph
+    holds the projector; `inputs` names CTC_FRAMES_INPUT) or over a compressor's audio tokens."""
 
     file: str
     vocab_size: int = field(metadata=_AT_LEAST_ONE)  # columns after the blank: the decoder's tokens
@@ -231,6 +233,11 @@ class CtcInfo:
     # The compressor it was realigned to (its adapter's head); None: the checkpoint's own head,
     # trained on uncompressed embeddings.
     realigned_to: str | None = None
+
+    @property
+    def reads_frames(self) -> bool:
+        """Whether it reads the encoder's frames (every compressor's audio, at the full rate)."""
+        return list(self.inputs) == [CTC_FRAMES_INPUT]
 
 
 # A manifest of several compressors with a long chat template is a few tens of kB.
@@ -456,8 +463,10 @@ def _check_contract(manifest: Manifest, manifest_path: Path) -> None:
     if manifest.windows is not None:
         check_windows(manifest.windows, manifest.features.window_seconds, manifest_path)
     for where, head in manifest.ctc_heads():
+        # The bundle's own head may read the encoder's frames; a choice's reads its audio tokens.
+        readable = [CTC_FRAMES_INPUT] if where == "ctc" and head.reads_frames else [CTC_INPUT]
         expected = {
-            f"{where}.inputs": (list(head.inputs), [CTC_INPUT]),
+            f"{where}.inputs": (list(head.inputs), readable),
             f"{where}.output": (list(head.output), [CTC_OUTPUT]),
         }
         if manifest.decoder is not None:
@@ -471,6 +480,13 @@ def _check_contract(manifest: Manifest, manifest_path: Path) -> None:
             )
     if manifest.compressors and manifest.ctc is not None and manifest.ctc.realigned_to is not None:
         raise EdgelalmError(f"{manifest_path}: ctc of a bundle of several compressors is realigned to none of them")
+    if manifest.ctc is not None and manifest.ctc.reads_frames:
+        if manifest.ctc.realigned_to is not None:
+            raise EdgelalmError(f"{manifest_path}: ctc reads the encoder's frames, so it is realigned to no compressor")
+        if any(choice.ctc is not None for choice in manifest.compressors.values()):
+            raise EdgelalmError(
+                f"{manifest_path}: ctc reads the encoder's frames for every compressor; none has its own"
+            )
     if manifest.decoding is not None:
         check_decoding(manifest.decoding, not manifest.headless_compressors(), manifest_path)
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 
 from edgelalm.compression import CompressorSpec
 from edgelalm.constants import (
@@ -35,6 +36,7 @@ from edgelalm.constants import (
     MANIFEST_FILE,
     MEL_FILTERS_FILE,
     QUANT_TYPES,
+    CtcReads,
     PromptFormat,
     QuantType,
     adapter_file,
@@ -46,7 +48,14 @@ from edgelalm.export.adapter import LoraAdapter, open_adapter
 from edgelalm.export.adapter_gguf import write_adapter_gguf
 from edgelalm.export.checkpoint import Checkpoint, open_checkpoint
 from edgelalm.export.compressor import CompressorProjector, build_compressor, export_compressor_onnx
-from edgelalm.export.ctc import ctc_head_folder, export_ctc_onnx, has_ctc_head, head_realigned_to, load_ctc_head
+from edgelalm.export.ctc import (
+    FramesCtcHead,
+    ctc_head_folder,
+    export_ctc_onnx,
+    has_ctc_head,
+    head_realigned_to,
+    load_ctc_head,
+)
 from edgelalm.export.decoder import write_decoder
 from edgelalm.export.describe import ExportedChoice, ExportedCtcHead, build_manifest
 from edgelalm.export.encoder import EncoderPrecision, check_torch_version, export_encoder_onnx
@@ -83,6 +92,9 @@ class ExportOptions:
     # the first the default, each adapter written as a llama.cpp LoRA GGUF and applied at run time
     # over one decoder with nothing merged. Empty: the one `compressor`, `adapter_dir` merged.
     choices: tuple[tuple[CompressorSpec, Path | None], ...] = ()
+    # What the CTC head (a checkpoint with one) reads: the encoder's frames, one head for every
+    # compressor, or each compressor's audio tokens (its adapter's realigned head, if any).
+    ctc_reads: CtcReads = "frames"
 
     def __post_init__(self) -> None:
         if self.choices:
@@ -157,7 +169,7 @@ def _write_bundle(options: ExportOptions) -> None:
                 choice.graph_file: CompressorProjector(build_compressor(choice.spec), projector).eval()
                 for choice in choices
             }
-            ctc_heads = _ctc_heads(checkpoint, options, choices)
+            ctc_heads = _ctc_heads(checkpoint, options, choices, projector, steps)
         if ENCODER_FILE in shared and options.share_from:
             # Copied, not linked: onnx refuses external weights that have several hard links.
             with steps.step(f"Copying the audio encoder ({options.encoder_precision}) from {options.share_from}"):
@@ -174,13 +186,16 @@ def _write_bundle(options: ExportOptions) -> None:
             for file_name, compressor in compressors.items():
                 export_compressor_onnx(compressor, tower.config.d_model, staging / file_name)
             for exported in ctc_heads:
-                export_ctc_onnx(exported.head, checkpoint.config.text_config.hidden_size, staging / exported.file)
+                reads_frames = exported.reader is None
+                width = tower.config.d_model if reads_frames else checkpoint.config.text_config.hidden_size
+                export_ctc_onnx(exported.head, width, staging / exported.file)
                 source = (
                     f"an adapter's, realigned to {exported.realigned_to}"
                     if exported.realigned_to
                     else "the checkpoint's"
                 )
-                steps.note(f"{exported.file}: {source} CTC head ({CTC_HEAD_FILE}), for joint decoding")
+                reads = "the encoder's frames, through the projector" if reads_frames else "the audio tokens"
+                steps.note(f"{exported.file}: {source} CTC head ({CTC_HEAD_FILE}) over {reads}, for joint decoding")
         with steps.step("Checking the graphs against PyTorch on a probe clip"):
             frames, encoder_probe = check_encoder(checkpoint, tower, staging, options.encoder_precision)
             steps.note(
@@ -199,7 +214,8 @@ def _write_bundle(options: ExportOptions) -> None:
                     f"{probe['audio_tokens']} audio tokens from {probe['encoder_frames']} encoder frames"
                 )
             for exported in ctc_heads:
-                difference = check_ctc(frames, compressors[exported.reader], exported.head, staging / exported.file)
+                reader = compressors[exported.reader] if exported.reader is not None else None
+                difference = check_ctc(frames, reader, exported.head, staging / exported.file)
                 steps.note(f"{exported.file} vs PyTorch: max |diff| {difference:.2e}")
         del tower, projector, compressors  # the heads' descriptions stay for the manifest
         merged = " with the LoRA merged" if adapter else ""
@@ -256,10 +272,27 @@ def _write_bundle(options: ExportOptions) -> None:
                 steps.note(f"{name}: {record.bytes / 1e6:.2f} MB")
 
 
-def _ctc_heads(checkpoint: Checkpoint, options: ExportOptions, choices: list[ExportedChoice]) -> list[ExportedCtcHead]:
-    """The bundle's CTC heads: its own (the merged adapter's, realigned to its compressor, else the
-    checkpoint's) and, in a bundle of several, each choice's adapter's own."""
+def _ctc_heads(
+    checkpoint: Checkpoint, options: ExportOptions, choices: list[ExportedChoice], projector: nn.Module, steps: Steps
+) -> list[ExportedCtcHead]:
+    """The bundle's CTC heads. Reading frames: the checkpoint's, over the projected encoder frames,
+    for every compressor. Reading audio tokens: its own (the merged adapter's, realigned to its
+    compressor, else the checkpoint's) and, in a bundle of several, each choice's adapter's own."""
     several = bool(options.choices)
+    if options.ctc_reads == "frames":
+        unused = [choice.adapter_dir for choice in choices if choice.adapter_dir and has_ctc_head(choice.adapter_dir)]
+        if options.adapter_dir is not None and has_ctc_head(options.adapter_dir):
+            unused.append(options.adapter_dir)
+        for folder in dict.fromkeys(unused):
+            steps.note(
+                f"{folder}: its realigned CTC head is not used: the bundle's head reads the encoder's frames "
+                "(--ctc-reads audio-tokens decodes with it)"
+            )
+        if not has_ctc_head(checkpoint.path):
+            return []
+        embeddings = checkpoint.tensor(checkpoint.decoder_tensor_keys()["model.embed_tokens.weight"])
+        frames_head = FramesCtcHead(projector, load_ctc_head(checkpoint.path, embeddings)).eval()
+        return [ExportedCtcHead(CTC_FILE, None, None, frames_head, None)]
     own_dir = ctc_head_folder(checkpoint.path, None if several else options.adapter_dir)
     realigned = [c for c in choices if several and c.adapter_dir is not None and has_ctc_head(c.adapter_dir)]
     if own_dir is None and not realigned:

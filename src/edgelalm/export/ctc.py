@@ -9,7 +9,10 @@ head's own parameters: `blank` [hidden] and `log_scale` [], and in a head realig
 applied to each audio embedding first (x + x @ transform.T): an average of three frames is no
 longer close to one token's embedding, and the map learns to read it. The vocabulary is the
 decoder's embedding table, read from the checkpoint here and stored in the graph already
-normalised and scaled. The runtime reads what this module writes in `edgelalm.runtime.ctc`.
+normalised and scaled. By default (CtcReads "frames") the graph reads the encoder's frames and
+holds the projector before the head (`FramesCtcHead`): the decoder reads a compressor's tokens,
+and the joint score reads the audio at its full rate, the head as it was trained, whatever the
+compressor. The runtime reads what this module writes in `edgelalm.runtime.ctc`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgelalm.constants import CTC_HEAD_FILE, CTC_INPUT, CTC_OUTPUT, REALIGNED_TO_KEY
+from edgelalm.constants import CTC_FRAMES_INPUT, CTC_HEAD_FILE, CTC_INPUT, CTC_OUTPUT, REALIGNED_TO_KEY
 from edgelalm.errors import EdgelalmError
 from edgelalm.export.compressor import export_rows_graph
 from edgelalm.files import safetensors_file
@@ -50,6 +53,30 @@ class CtcHead(nn.Module):
             audio_embeddings = audio_embeddings + audio_embeddings @ self.transform.T
         directions = nn.functional.normalize(audio_embeddings, dim=-1)
         return (directions @ self.scaled_vocabulary.T).log_softmax(-1)
+
+
+class FramesCtcHead(nn.Module):
+    """[L, audio_width] encoder frames -> the projector -> a checkpoint's head: the head over the
+    audio before any compressor, as it was trained (on uncompressed embeddings)."""
+
+    def __init__(self, projector: nn.Module, head: CtcHead) -> None:
+        super().__init__()
+        if head.transform is not None:
+            raise EdgelalmError("a head realigned to a compressor reads its audio tokens, not the encoder's frames")
+        self.projector = projector
+        self.head = head
+
+    @property
+    def scaled_vocabulary(self) -> torch.Tensor:
+        return self.head.scaled_vocabulary
+
+    def forward(self, audio_frames: torch.Tensor) -> torch.Tensor:
+        return self.head(self.projector(audio_frames))
+
+
+def ctc_input_name(head: CtcHead | FramesCtcHead) -> str:
+    """The graph input a head reads: the encoder's frames, or the compressor's audio tokens."""
+    return CTC_FRAMES_INPUT if isinstance(head, FramesCtcHead) else CTC_INPUT
 
 
 def has_ctc_head(folder: Path) -> bool:
@@ -97,6 +124,7 @@ def load_ctc_head(folder: Path, embeddings: torch.Tensor) -> CtcHead:
     return CtcHead(blank, log_scale, embeddings, transform).eval()
 
 
-def export_ctc_onnx(head: CtcHead, hidden_size: int, path: Path) -> None:
-    """The position count dynamic, as the compressor's output is."""
-    export_rows_graph(head, torch.randn(12, hidden_size), CTC_INPUT, CTC_OUTPUT, path)
+def export_ctc_onnx(head: CtcHead | FramesCtcHead, input_width: int, path: Path) -> None:
+    """The position count dynamic, as the encoder's and the compressor's outputs are;
+    `input_width`: the encoder's (a head over frames) or the decoder's (over audio tokens)."""
+    export_rows_graph(head, torch.randn(12, input_width), ctc_input_name(head), CTC_OUTPUT, path)

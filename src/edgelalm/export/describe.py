@@ -15,6 +15,7 @@ from edgelalm.constants import (
     COMPRESSOR_FILE,
     COMPRESSOR_INPUT,
     COMPRESSOR_OUTPUT,
+    CTC_FRAMES_INPUT,
     CTC_INPUT,
     CTC_OUTPUT,
     DECODER_FILE,
@@ -60,7 +61,7 @@ TOOL_PACKAGES = (
 
 if TYPE_CHECKING:  # bundle.py imports this module
     from edgelalm.export.bundle import ExportOptions
-    from edgelalm.export.ctc import CtcHead
+    from edgelalm.export.ctc import CtcHead, FramesCtcHead
 
 
 @dataclass
@@ -82,8 +83,8 @@ class ExportedCtcHead:
 
     file: str
     choice: str | None  # the compressor label whose own head it is; None: the bundle's
-    reader: str  # the compressor graph whose embeddings it is checked on
-    head: CtcHead
+    reader: str | None  # the compressor graph whose embeddings it reads (checked on); None: the encoder's frames
+    head: CtcHead | FramesCtcHead
     realigned_to: str | None  # the compressor it was realigned to; None: the checkpoint's head
 
 
@@ -157,7 +158,7 @@ def _ctc_info(exported: ExportedCtcHead, vocab_size: int) -> CtcInfo:
     return CtcInfo(
         file=exported.file,
         vocab_size=vocab_size,
-        inputs={CTC_INPUT: "[N, hidden_size]"},
+        inputs={CTC_FRAMES_INPUT: "[L, audio_width]"} if exported.reader is None else {CTC_INPUT: "[N, hidden_size]"},
         output={CTC_OUTPUT: "[N, 1 + vocab_size]"},
         realigned_to=exported.realigned_to,
     )

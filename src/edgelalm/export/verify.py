@@ -12,7 +12,6 @@ import torch
 from edgelalm.constants import (
     COMPRESSOR_FILE,
     COMPRESSOR_INPUT,
-    CTC_INPUT,
     ENCODER_FILE,
     ENCODER_INPUT,
     ENCODER_RIGHT_CONTEXT_INPUT,
@@ -21,7 +20,7 @@ from edgelalm.constants import (
 from edgelalm.errors import EdgelalmError
 from edgelalm.export.checkpoint import Checkpoint
 from edgelalm.export.compressor import CompressorProjector, UnsupervisedSegmentation, cosine_dissimilarity
-from edgelalm.export.ctc import CtcHead
+from edgelalm.export.ctc import CtcHead, FramesCtcHead, ctc_input_name
 from edgelalm.export.encoder import ClipLengthAudioEncoder, EncoderPrecision
 from edgelalm.manifest import PromptInfo
 
@@ -159,13 +158,18 @@ def check_compressor(
     return {"audio_tokens": int(embeddings.shape[0]), "compressor_max_abs_diff": compressor_diff}
 
 
-def check_ctc(frames: np.ndarray, compressor: CompressorProjector, head: CtcHead, graph: Path) -> float:
-    """A CTC head's graph in onnxruntime against PyTorch on the probe's audio embeddings (the
-    probe's encoder frames through `compressor`, the one it reads); refuse on mismatch. Returns
-    the largest difference of a log-probability."""
-    with torch.no_grad():
-        embeddings = compressor(torch.from_numpy(frames)).numpy()
-    log_probs, expected = _graph_and_module(graph, CTC_INPUT, embeddings, head)
+def check_ctc(
+    frames: np.ndarray, compressor: CompressorProjector | None, head: CtcHead | FramesCtcHead, graph: Path
+) -> float:
+    """A CTC head's graph in onnxruntime against PyTorch on the probe's audio: its encoder frames
+    (`compressor` None), or their audio embeddings through `compressor`, the one it reads; refuse
+    on mismatch. Returns the largest difference of a log-probability."""
+    if compressor is None:
+        rows = frames
+    else:
+        with torch.no_grad():
+            rows = compressor(torch.from_numpy(frames)).numpy()
+    log_probs, expected = _graph_and_module(graph, ctc_input_name(head), rows, head)
     # Log-probabilities: an absolute bound, scaled by the head's largest logit (its scale).
     difference = float(np.abs(log_probs - expected).max())
     if difference > 1e-4 * max(1.0, float(head.scaled_vocabulary.norm(dim=-1).max())):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgelalm.constants import CTC_INPUT, CTC_OUTPUT
+from edgelalm.constants import CTC_FRAMES_INPUT, CTC_INPUT, CTC_OUTPUT
 from edgelalm.errors import EdgelalmError
 from edgelalm.runtime.encoder import onnx_session, run_graph
 
@@ -29,21 +29,31 @@ PROPOSAL_FLOOR = -5.0
 
 class CtcHead:
     """A CTC head graph (ctc.onnx, or a compressor's own ctc-LABEL.onnx) over a decoder of
-    `vocab_size` tokens."""
+    `vocab_size` tokens; `reads_frames`: over the encoder's frames (the projector in the graph),
+    else over a compressor's audio embeddings."""
 
     def __init__(
-        self, path: Path, vocab_size: int, providers: list[str], threads: int | None = None, cpu_arena: bool = False
+        self,
+        path: Path,
+        vocab_size: int,
+        providers: list[str],
+        threads: int | None = None,
+        cpu_arena: bool = False,
+        reads_frames: bool = False,
     ) -> None:
         self.path = path
         self.vocab_size = vocab_size
-        self.session = onnx_session(path, providers, threads, cpu_arena, inputs=(CTC_INPUT,), output=CTC_OUTPUT)
+        self.reads_frames = reads_frames
+        self.input_name = CTC_FRAMES_INPUT if reads_frames else CTC_INPUT
+        self.session = onnx_session(path, providers, threads, cpu_arena, inputs=(self.input_name,), output=CTC_OUTPUT)
 
-    def __call__(self, audio_embeddings: np.ndarray) -> np.ndarray:
-        """Log-probabilities [N, 1 + vocab]: column 0 the blank, column i + 1 token i."""
-        log_probs = run_graph(self.session, {CTC_INPUT: audio_embeddings}, self.path)
+    def __call__(self, audio: np.ndarray) -> np.ndarray:
+        """Log-probabilities [N, 1 + vocab] of `audio` (frames or embeddings, as the head reads):
+        column 0 the blank, column i + 1 token i."""
+        log_probs = run_graph(self.session, {self.input_name: audio}, self.path)
         # A graph that answers other shapes or positive "log-probabilities" (a hostile bundle)
         # would break the search's premise that scores only fall as an answer grows.
-        expected = (audio_embeddings.shape[0], 1 + self.vocab_size)
+        expected = (audio.shape[0], 1 + self.vocab_size)
         if log_probs.shape != expected or not np.all(log_probs <= 1e-3):  # NaN fails too
             largest = f" values up to {np.max(log_probs):.3g}" if log_probs.size else ""
             raise EdgelalmError(

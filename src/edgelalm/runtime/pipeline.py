@@ -132,7 +132,12 @@ class CompressorOption:
     spec: CompressorSpec
     graph: CompressorProjector
     adapter: LlamaAdapter | None
-    ctc: CtcHead | None = None  # the CTC head joint decoding reads its embeddings with (its own, or the bundle's)
+    ctc: CtcHead | None = None  # the CTC head joint decoding scores with (its own, or the bundle's)
+
+    @property
+    def ctc_reads_frames(self) -> bool:
+        """Whether its CTC head reads the encoder's frames (else this compressor's embeddings)."""
+        return self.ctc is not None and self.ctc.reads_frames
 
 
 @dataclass
@@ -251,7 +256,9 @@ class Runtime:
         # The CTC heads for joint decoding, where the checkpoint or the adapters had them: a choice's
         # own (realigned to it), else the bundle's.
         heads = {
-            info.file: CtcHead(self.bundle / info.file, info.vocab_size, providers, threads, cpu_arena)
+            info.file: CtcHead(
+                self.bundle / info.file, info.vocab_size, providers, threads, cpu_arena, info.reads_frames
+            )
             for _, info in manifest.ctc_heads()
         }
         for label, info, adapter in entries or [(self.compressor_spec.label, manifest.compressor, None)]:
@@ -501,6 +508,9 @@ class Runtime:
 
         # Each candidate's embeddings; with `auto`, a candidate is dropped once its tokens overflow.
         embeddings: dict[str, list[np.ndarray]] = {label: [] for label in candidates}
+        # The encoder's frames, kept only for a CTC head that reads them.
+        keep_frames = decoding.ctc_weight > 0 and any(self.compressors[label].ctc_reads_frames for label in candidates)
+        frames_read: list[np.ndarray] = []
         tokens = dict.fromkeys(candidates, 0)
         windows_used = read_samples = 0
         while True:
@@ -515,6 +525,8 @@ class Runtime:
             with clock("encoder"):
                 frames = self.encoder(features)
             windows_used += 1
+            if keep_frames:
+                frames_read.append(frames)
             with clock("compressor"):
                 for label in list(embeddings):
                     embeddings[label].append(self.compressors[label].graph(frames))
@@ -548,8 +560,10 @@ class Runtime:
             reused_tokens = self._prefill(
                 context, option, audio_embeddings, prompt_ids, text_tokens, max_tokens, decoding
             )
+        ctc_audio = np.concatenate(frames_read) if keep_frames and option.ctc_reads_frames else audio_embeddings
+        del frames_read
         text, generated, first_token_at, decode_started = self._generate(
-            context, option, max_tokens, decoding, audio_embeddings, on_text
+            context, option, max_tokens, decoding, ctc_audio, on_text
         )
         tally = _Tally(samples_seen, audio_tokens, windows_used, text_tokens, generated, reused_tokens)
         tally.decode_seconds, tally.first_token_at = time.perf_counter() - decode_started, first_token_at
@@ -640,7 +654,7 @@ class Runtime:
                     context, option, embeddings, prompt_ids, text_tokens, max_tokens, decoding
                 )
             text, generated, first_token_at, decode_started = self._generate(
-                context, option, max_tokens, decoding, embeddings, stream
+                context, option, max_tokens, decoding, frames if option.ctc_reads_frames else embeddings, stream
             )
             tally.decode_seconds += time.perf_counter() - decode_started
             tally.first_token_at = tally.first_token_at or first_token_at
@@ -786,9 +800,12 @@ class Runtime:
         option: CompressorOption,
         max_tokens: int,
         decoding: Decoding,
-        audio_embeddings: np.ndarray,
+        ctc_audio: np.ndarray,
         on_text: Callable[[str], None] | None,
     ) -> tuple[str, int, float | None, float]:
+        """The answer after the prefilled prompt; `ctc_audio`: what the option's CTC head reads of the
+        clip (its frames where `CompressorOption.ctc_reads_frames`, else its embeddings), scored
+        where the decoding weighs it."""
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         pieces: list[str] = []
         first_token_at = None
@@ -797,7 +814,7 @@ class Runtime:
         if decoding.searches:
             # The whole answer is known only when the search ends: its first token comes then, and
             # the decode time is the search's (the rate: the answer's tokens after the first over it).
-            token_ids: Iterable[int] = self._search(context, max_tokens, decoding, audio_embeddings, option.ctc)
+            token_ids: Iterable[int] = self._search(context, max_tokens, decoding, ctc_audio, option.ctc)
             first_token_at = time.perf_counter()
         else:
             token_ids = context.generate(
@@ -824,14 +841,14 @@ class Runtime:
         context: LlamaContext,
         max_tokens: int,
         decoding: Decoding,
-        audio_embeddings: np.ndarray,
+        ctc_audio: np.ndarray,
         ctc: CtcHead | None,
     ) -> list[int]:
         """A beam search over the prefilled prompt, joint with the compressor's CTC head where weighted."""
         scorer = None
         if decoding.ctc_weight > 0:
             assert ctc is not None  # decoding_for refuses a weight without a head
-            scorer = CtcPrefixScorer(ctc(audio_embeddings))
+            scorer = CtcPrefixScorer(ctc(ctc_audio))
         advance, release = context.beams(decoding.beam_size)
         try:
             tokens, _ = beam_search(

@@ -66,13 +66,15 @@ def transcribe_torch(
     beam_size: int = 1,
     ctc_weight: float = 0.0,
     ctc_head: Callable | None = None,
+    ctc_reads_frames: bool = False,
 ) -> tuple[list[str], int]:
     """Transcripts from the PyTorch model with `compressor` in place; returns them and the total
     number of audio tokens. A clip longer than the encoder's window is cut into windows as the
     runtime cuts it (`windows`: their embeddings joined into one audio span, or each window, cut at
     a pause, answered on its own and the answers joined; `window_seconds`: shorter windows).
     Greedy, or the runtime's beam search (`beam_size`), joint with `ctc_head` (the checkpoint's,
-    `edgelalm.export.ctc.load_ctc_head`) where `ctc_weight` > 0."""
+    `edgelalm.export.ctc.load_ctc_head`) where `ctc_weight` > 0: over the projected encoder frames
+    where `ctc_reads_frames` (a bundle's head by default), else over the compressor's embeddings."""
     import torch
 
     from edgelalm.runtime.features import FeatureSettings, split_windows, usable_window
@@ -95,17 +97,19 @@ def transcribe_torch(
     end_ids = [prompt.end_of_answer, tokenizer.convert_tokens_to_ids("<|endoftext|>")]
     texts, audio_tokens = [], 0
 
-    def embedded(window: np.ndarray) -> torch.Tensor:
+    def embedded(window: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The window's audio embeddings, and what the CTC head reads of it."""
         mel, mel_lengths = log_mel_batch([window], features)
-        return compress_and_project(model, compressor, encode_batch(model.model.audio_tower, mel, mel_lengths))[0]
+        encoded = encode_batch(model.model.audio_tower, mel, mel_lengths)
+        audio = compress_and_project(model, compressor, encoded)[0]
+        return audio, compress_and_project(model, torch.nn.Identity(), encoded)[0] if ctc_reads_frames else audio
 
-    def ctc_log_probs(audio: torch.Tensor) -> np.ndarray:
-        assert ctc_head is not None
-        return ctc_head(audio).double().numpy()
-
-    def answer(audio: torch.Tensor) -> str:
+    def answer(audio: torch.Tensor, ctc_audio: torch.Tensor) -> str:
         if beam_size > 1 or ctc_weight > 0:
-            scores = ctc_log_probs if ctc_weight > 0 else None
+            scores = None
+            if ctc_weight > 0:
+                assert ctc_head is not None
+                scores = ctc_head(ctc_audio).double().numpy()
             tokens = search_answer(model, prompt, audio, end_ids, max_new_tokens, beam_size, scores, ctc_weight)
         else:
             tokens = greedy_answer(model, prompt, audio, end_ids, max_new_tokens)
@@ -115,11 +119,12 @@ def transcribe_torch(
         for clip in clips:
             cut = split_windows(clip, settings, cut_at_pauses=windows == "each")
             usable = [embedded(window) for window in cut if usable_window(len(window), settings)]
-            audio_tokens += sum(audio.shape[0] for audio in usable)
+            audio_tokens += sum(audio.shape[0] for audio, _ in usable)
             if windows == "each":
-                texts.append(" ".join(text for text in (answer(audio).strip() for audio in usable) if text))
+                answers = (answer(audio, ctc_audio).strip() for audio, ctc_audio in usable)
+                texts.append(" ".join(text for text in answers if text))
             else:
-                texts.append(answer(torch.cat(usable)))
+                texts.append(answer(torch.cat([a for a, _ in usable]), torch.cat([c for _, c in usable])))
     return texts, audio_tokens
 
 

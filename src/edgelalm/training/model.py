@@ -12,7 +12,6 @@ the token sequence the runtime will feed it.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,8 +26,6 @@ from edgelalm.runtime.features import valid_mel_frames
 from edgelalm.runtime.search import Advance, beam_search, log_softmax
 
 IGNORE_INDEX = -100
-# A clip's audio embeddings [N, hidden] -> its CTC log-probabilities [N, 1 + vocab] (numpy).
-TokenCtcScores = Callable[[torch.Tensor], np.ndarray]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,13 +274,13 @@ def search_answer(
     end_ids: list[int],
     max_new_tokens: int,
     beam_size: int,
-    ctc: TokenCtcScores | None = None,
+    ctc_log_probs: np.ndarray | None = None,
     ctc_weight: float = 0.0,
 ) -> list[int]:
-    """One clip's answer by the runtime's beam search (joint with the CTC head's scores where
-    `ctc` gives them), on transformers' model."""
+    """One clip's answer by the runtime's beam search (joint with a CTC head's log-probabilities
+    [positions, 1 + vocab] over its audio where given), on transformers' model."""
     inputs, _, _ = decoder_inputs(model, prompt, [audio_embeddings], None)
-    scorer = CtcPrefixScorer(ctc(audio_embeddings)) if ctc is not None else None
+    scorer = CtcPrefixScorer(ctc_log_probs) if ctc_log_probs is not None else None
     tokens, _ = beam_search(
         torch_advance(model, inputs[0]), frozenset(end_ids), max_new_tokens, beam_size, scorer, ctc_weight
     )
