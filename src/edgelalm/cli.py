@@ -640,7 +640,8 @@ def finetune(
             "--ctc-head/--no-ctc-head",
             help="Realign the checkpoint's CTC head (joint decoding; the default model has one) to the "
             "compressor too, after the LoRA, on the same data and steps: saved in the adapter folder, where "
-            "export takes it. Default: when the checkpoint has one.",
+            "export --ctc-reads audio-tokens takes it. Default: no (a bundle's head reads the encoder's frames "
+            "by default, and needs none).",
             show_default=False,
         ),
     ] = None,
@@ -655,7 +656,7 @@ def finetune(
 ) -> None:
     """Realign a checkpoint to a compressor (the paper's method): LoRA on the language model's q_proj and
     k_proj (or the projections --lora-modules names), trained on paired audio/text with the compressor
-    between the frozen encoder and projector, and the checkpoint's CTC head where it has one. Writes a
+    between the frozen encoder and projector (and, with --ctc-head, the checkpoint's CTC head). Writes a
     peft adapter folder that `edgelalm export --adapter` merges."""
     _require_export_extra("finetune")
     from edgelalm.pretrained import default_model_dir

@@ -6,12 +6,13 @@ model (the paper's choice; `lora_modules` can name other projections of each dec
 to read the shorter audio sequence. The result is a standard peft adapter folder
 (adapter_config.json + adapter_model.safetensors) that `edgelalm export --adapter` merges.
 
-A checkpoint with a CTC head (CTC_HEAD_FILE, for joint decoding) has it realigned too, beside the
-LoRA: the head trained on uncompressed embeddings reads an average of three frames badly (its best
-path on the default model: 87% WER at avg3 against 38% at none), so a copy learns a residual
-linear map over the compressed embeddings (CTC loss; nothing else reaches it, as the projector is
-frozen) and is saved in the adapter folder, where export takes it. `ctc_head_only` realigns the head
-alone into an existing adapter folder, its LoRA untouched.
+Asked (`ctc_head`), a checkpoint's CTC head (CTC_HEAD_FILE, for joint decoding) is realigned too,
+beside the LoRA: the head trained on uncompressed embeddings reads an average of three frames badly
+(its best path on the default model: 87% WER at avg3 against 38% at none), so a copy learns a
+residual linear map over the compressed embeddings (CTC loss; nothing else reaches it, as the
+projector is frozen) and is saved in the adapter folder, where `export --ctc-reads audio-tokens`
+takes it (by default a bundle's head reads the encoder's frames and needs none). `ctc_head_only`
+realigns the head alone into an existing adapter folder, its LoRA untouched.
 
 Paired data is a folder written by `edgelalm.training.dataset.build_dataset`, a folder of the frozen
 tower's output written by `edgelalm.training.encoded.build_encoded` (checked to come from this
@@ -81,7 +82,9 @@ class FinetuneOptions:
     threads: int | None = None
     force: bool = False
     normalize: bool = True  # lowercase and spell numbers, as the default model's transcripts are
-    # Realign the checkpoint's CTC head to the compressor (None: when the checkpoint has one).
+    # Realign the checkpoint's CTC head to the compressor too (None: no). A bundle's head reads the
+    # encoder's frames by default and needs none; a realigned head serves `export --ctc-reads
+    # audio-tokens`. None tells "not asked" from a --no-ctc-head beside ctc_head_only.
     ctc_head: bool | None = None
     # Only that, into the existing adapter folder `out_dir` (its LoRA untouched).
     ctc_head_only: bool = False
@@ -223,13 +226,13 @@ def realigns_ctc_head(options: FinetuneOptions) -> bool:
         raise EdgelalmError(f"{options.model_dir} has no CTC head ({CTC_HEAD_FILE}) to realign")
     if options.ctc_head_only and options.ctc_head is False:
         raise EdgelalmError("ctc_head_only realigns the CTC head: it cannot be turned off as well")
-    return present if options.ctc_head is None else bool(options.ctc_head)
+    return bool(asked)
 
 
 def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
-    """Train a LoRA adapter with the compressor in place, and realign the checkpoint's CTC head to
-    it where there is one; returns the adapter folder. `ctc_head_only`: the head alone, into the
-    existing adapter folder."""
+    """Train a LoRA adapter with the compressor in place, and (`ctc_head`) realign the checkpoint's
+    CTC head to it; returns the adapter folder. `ctc_head_only`: the head alone, into the existing
+    adapter folder."""
     import torch
     from peft import LoraConfig, get_peft_model
 
