@@ -181,6 +181,12 @@ def test_by_default_the_head_reads_the_frames_and_realigned_heads_stay_out(
     assert manifest.ctc is not None and manifest.ctc.reads_frames and manifest.ctc.realigned_to is None
     assert all(choice.ctc is None for choice in manifest.compressors.values())
     assert not (out / "ctc-avg2.onnx").exists() and manifest.format_version == 2
+    with Runtime(out) as runtime:  # one head over the frames for every compressor, `auto` too
+        head = runtime.compressors["avg2"].ctc
+        assert head is not None and head.reads_frames and runtime.compressors["sample2"].ctc is head
+        for compressor in ("avg2", "sample2", "auto"):
+            result = runtime.run(speechlike(4.2, 7), prompt=PROMPT, max_tokens=3, ctc_weight=0.3, compressor=compressor)
+            assert result.decoding.endswith("CTC weight 0.3")
     for edit, words in (
         (lambda m: m["ctc"].update(realigned_to="avg2"), "realigned to none of them"),
         (
