@@ -216,6 +216,52 @@ def test_a_malformed_head_or_advice_is_refused_at_export(headed_checkpoint, tmp_
     (no_head / CTC_HEAD_FILE).unlink()
     with pytest.raises(EdgelalmError, match="needs a CTC head, and there is none"):
         export_bundle(ExportOptions(no_head, tmp_path / "no-head-out", CompressorSpec("none", 1)))
+    realigned = tmp_path / "checkpoint-head-realigned"  # a transform: it reads a compressor's tokens
+    shutil.copytree(headed_checkpoint, realigned)
+    hidden = json.loads((realigned / "config.json").read_text())["text_config"]["hidden_size"]
+    save_file(
+        {"blank": torch.ones(hidden), "log_scale": torch.tensor(1.0), "transform": torch.zeros(hidden, hidden)},
+        str(realigned / CTC_HEAD_FILE),
+    )
+    with pytest.raises(EdgelalmError, match="not the encoder's frames; export it with --ctc-reads audio-tokens"):
+        export_bundle(ExportOptions(realigned, tmp_path / "realigned-out", CompressorSpec("none", 1)))
+    assert not (tmp_path / "realigned-out").exists()
+    with pytest.raises(EdgelalmError, match="ctc_reads must be one of frames, audio-tokens, got 'tokens'"):
+        export_bundle(
+            ExportOptions(headed_checkpoint, tmp_path / "typo-out", CompressorSpec("none", 1), ctc_reads="tokens")
+        )
+
+
+def test_a_head_over_frames_narrower_than_the_decoder(tmp_path):
+    """Encoder width 32, decoder width 64 (as the 7B: 1280 and 4096): the frames head's graph takes
+    the encoder's width, holds the projector, and equals the head's definition over the projected
+    frames; `run` feeds it the frames, joined and each window on its own."""
+    import onnxruntime
+    from safetensors.torch import load_file
+
+    from edgelalm.scaffold import PRESETS, SAMPLE_TEXTS, model_config, train_tokenizer, write_checkpoint
+
+    tokenizer = train_tokenizer(SAMPLE_TEXTS, vocab_size=600)
+    config = model_config(tokenizer, **{**PRESETS["tiny"], "encoder_d_model": 32})
+    checkpoint = write_checkpoint(tmp_path / "narrow", config, tokenizer)
+    save_file({"blank": torch.ones(64), "log_scale": torch.tensor(math.log(12.0))}, str(checkpoint / CTC_HEAD_FILE))
+    bundle = tmp_path / "narrow-avg2"
+    export_bundle(ExportOptions(checkpoint, bundle, CompressorSpec("avg", 2), "fp32", "f32"))
+    assert read_manifest(bundle).ctc.inputs == {"audio_frames": "[L, audio_width]"}
+    model = transformers.Qwen2AudioForConditionalGeneration.from_pretrained(checkpoint).eval()
+    frames = np.random.default_rng(1).normal(size=(17, 32)).astype(np.float32)
+    session = onnxruntime.InferenceSession(str(bundle / CTC_FILE), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"audio_frames": frames})[0]
+    weights = load_file(str(checkpoint / "model.safetensors"))
+    projector_weight = next(v for k, v in weights.items() if k.endswith("multi_modal_projector.linear.weight"))
+    projector_bias = next(v for k, v in weights.items() if k.endswith("multi_modal_projector.linear.bias"))
+    projected = frames @ projector_weight.float().numpy().T + projector_bias.float().numpy()
+    expected = head_log_probs(checkpoint, model, projected)
+    assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-4
+    with Runtime(bundle) as runtime:
+        for windows in ("joined", "each"):
+            result = runtime.run(speechlike(14.0, 3), max_tokens=4, beam_size=2, ctc_weight=0.5, windows=windows)
+            assert result.decoding == "beam search of 2, CTC weight 0.5"
 
 
 def test_a_head_of_another_vocabulary_is_refused_at_load(headed_bundle, tmp_path):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from wer_table import COMPRESSORS, held_out_clips, write_summary
 
-from edgelalm.constants import CTC_READS
+from edgelalm.constants import CTC_READS, DEFAULT_CTC_READS
 from edgelalm.export.bundle import ExportOptions, export_bundle
 from edgelalm.export.checkpoint import auto_encoder_precision
 from edgelalm.pretrained import default_adapter_dir, default_model_dir
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compressors", default="none,avg2,avg3,sample3,unseg", help="comma-separated labels")
     parser.add_argument("--quant", default="q8_0")
     parser.add_argument("--model", type=Path, default=None, help="a candidate checkpoint (default: the shipped model)")
-    parser.add_argument("--ctc-reads", choices=CTC_READS, default="frames", help="export --ctc-reads")
+    parser.add_argument("--ctc-reads", choices=CTC_READS, default=DEFAULT_CTC_READS, help="export --ctc-reads")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
 

@@ -448,6 +448,7 @@ done
 frames=$recipe/results/frames-ctc
 python $recipe/ctc_weight_sweep.py --data data3dev/test,data3dev/unheard --weights 0.3,0.5,0.7 \
   --compressors avg2,avg3,sample3,unseg --out $frames/dev
+python $recipe/ctc_cost.py --data data3dev/test --clips 60 --compressors unseg,avg3 --out $frames/cost.json
 short_set_tables $frames unseg
 python $recipe/wer_table.py --data build/real-speech/transcripts.tsv --compressors unseg --quants q8_0 --lora-only \
   --out $frames/real-speech

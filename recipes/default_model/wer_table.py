@@ -47,7 +47,7 @@ import torch
 from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 
 from edgelalm.compression import CompressorSpec
-from edgelalm.constants import CTC_READS, ENCODER_PRECISIONS, SAMPLING_RATE, WINDOW_MODES
+from edgelalm.constants import CTC_READS, DEFAULT_CTC_READS, ENCODER_PRECISIONS, SAMPLING_RATE, WINDOW_MODES
 from edgelalm.export.bundle import ExportOptions, export_bundle
 from edgelalm.export.checkpoint import auto_encoder_precision
 from edgelalm.export.compressor import build_compressor
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--ctc-reads",
         choices=CTC_READS,
-        default="frames",
+        default=DEFAULT_CTC_READS,
         help="what the CTC head reads, in every column (export --ctc-reads): the encoder's frames (the "
         "checkpoint's head, as bundles export by default) or the audio tokens (each adapter's realigned head)",
     )

@@ -22,6 +22,7 @@ from typer.exceptions import TyperException
 from edgelalm import interrupts
 from edgelalm.compression import COMPRESSOR_DESCRIPTIONS, FACTOR_COMPRESSORS, MAX_FACTOR, CompressorSpec
 from edgelalm.constants import (
+    DEFAULT_CTC_READS,
     MANIFEST_FILE,
     CompressorName,
     CtcReads,
@@ -189,7 +190,7 @@ def export(
             "compressed audio tokens); audio-tokens, the compressor's tokens, with the head its adapter realigned to "
             "it where it has one (less CTC work; more errors on the default model, see README: Run)."
         ),
-    ] = "frames",
+    ] = DEFAULT_CTC_READS,
 ) -> None:
     """Export a Qwen2-Audio checkpoint (default: the small model shipped with edgelalm) as one bundle
     folder: the audio encoder and the compressor + projector as ONNX (onnxruntime), the decoder with

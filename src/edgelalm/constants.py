@@ -116,6 +116,7 @@ CTC_HEAD_FILE = "edgelalm_ctc_head.safetensors"
 # decoder reads, with the head realigned to the compressor beside its adapter where it has one.
 CtcReads = Literal["frames", "audio-tokens"]
 CTC_READS: tuple[CtcReads, ...] = get_args(CtcReads)
+DEFAULT_CTC_READS: CtcReads = "frames"
 # In a head realigned to a compressor (an adapter folder's), its metadata key naming that compressor.
 REALIGNED_TO_KEY = "edgelalm_realigned_to"
 # The checkpoint's advice on how to decode with it, read by export into the manifest's `decoding`

@@ -31,7 +31,9 @@ from edgelalm.constants import (
     COMPRESSOR_FILE,
     CTC_FILE,
     CTC_HEAD_FILE,
+    CTC_READS,
     DECODER_FILE,
+    DEFAULT_CTC_READS,
     ENCODER_FILE,
     MANIFEST_FILE,
     MEL_FILTERS_FILE,
@@ -94,7 +96,7 @@ class ExportOptions:
     choices: tuple[tuple[CompressorSpec, Path | None], ...] = ()
     # What the CTC head (a checkpoint with one) reads: the encoder's frames, one head for every
     # compressor, or each compressor's audio tokens (its adapter's realigned head, if any).
-    ctc_reads: CtcReads = "frames"
+    ctc_reads: CtcReads = DEFAULT_CTC_READS
 
     def __post_init__(self) -> None:
         if self.choices:
@@ -118,6 +120,8 @@ def export_bundle(options: ExportOptions) -> Path:
     """Write the bundle for `options`; returns its folder."""
     if options.quant not in QUANT_TYPES:
         raise EdgelalmError(f"unknown quant type {options.quant!r}; choose one of {', '.join(QUANT_TYPES)}")
+    if options.ctc_reads not in CTC_READS:
+        raise EdgelalmError(f"ctc_reads must be one of {', '.join(CTC_READS)}, got {options.ctc_reads!r}")
     check_torch_version()
     try:
         _write_bundle(options)
@@ -186,7 +190,7 @@ def _write_bundle(options: ExportOptions) -> None:
             for file_name, compressor in compressors.items():
                 export_compressor_onnx(compressor, tower.config.d_model, staging / file_name)
             for exported in ctc_heads:
-                reads_frames = exported.reader is None
+                reads_frames = exported.reads_frames
                 width = tower.config.d_model if reads_frames else checkpoint.config.text_config.hidden_size
                 export_ctc_onnx(exported.head, width, staging / exported.file)
                 source = (
@@ -283,12 +287,17 @@ def _ctc_heads(
         unused = [choice.adapter_dir for choice in choices if choice.adapter_dir and has_ctc_head(choice.adapter_dir)]
         if options.adapter_dir is not None and has_ctc_head(options.adapter_dir):
             unused.append(options.adapter_dir)
+        checkpoint_head = has_ctc_head(checkpoint.path)
         for folder in dict.fromkeys(unused):
-            steps.note(
-                f"{folder}: its realigned CTC head is not used: the bundle's head reads the encoder's frames "
-                "(--ctc-reads audio-tokens decodes with it)"
+            instead = (
+                "the bundle's head is the checkpoint's, over the encoder's frames"
+                if checkpoint_head
+                else "the checkpoint has none to read the encoder's frames, so the bundle has no CTC head"
             )
-        if not has_ctc_head(checkpoint.path):
+            steps.note(
+                f"{folder}: its realigned CTC head is not used: {instead} (--ctc-reads audio-tokens decodes with it)"
+            )
+        if not checkpoint_head:
             return []
         embeddings = checkpoint.tensor(checkpoint.decoder_tensor_keys()["model.embed_tokens.weight"])
         frames_head = FramesCtcHead(projector, load_ctc_head(checkpoint.path, embeddings)).eval()

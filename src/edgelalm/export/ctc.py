@@ -62,7 +62,10 @@ class FramesCtcHead(nn.Module):
     def __init__(self, projector: nn.Module, head: CtcHead) -> None:
         super().__init__()
         if head.transform is not None:
-            raise EdgelalmError("a head realigned to a compressor reads its audio tokens, not the encoder's frames")
+            raise EdgelalmError(
+                f"the checkpoint's {CTC_HEAD_FILE} is realigned to a compressor (it has a transform): it reads that "
+                "compressor's audio tokens, not the encoder's frames; export it with --ctc-reads audio-tokens"
+            )
         self.projector = projector
         self.head = head
 

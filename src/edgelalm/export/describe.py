@@ -87,6 +87,10 @@ class ExportedCtcHead:
     head: CtcHead | FramesCtcHead
     realigned_to: str | None  # the compressor it was realigned to; None: the checkpoint's head
 
+    @property
+    def reads_frames(self) -> bool:
+        return self.reader is None
+
 
 def build_manifest(
     checkpoint: Checkpoint,
@@ -158,7 +162,7 @@ def _ctc_info(exported: ExportedCtcHead, vocab_size: int) -> CtcInfo:
     return CtcInfo(
         file=exported.file,
         vocab_size=vocab_size,
-        inputs={CTC_FRAMES_INPUT: "[L, audio_width]"} if exported.reader is None else {CTC_INPUT: "[N, hidden_size]"},
+        inputs={CTC_FRAMES_INPUT: "[L, audio_width]"} if exported.reads_frames else {CTC_INPUT: "[N, hidden_size]"},
         output={CTC_OUTPUT: "[N, 1 + vocab_size]"},
         realigned_to=exported.realigned_to,
     )

@@ -257,7 +257,7 @@ class Runtime:
         # own (realigned to it), else the bundle's.
         heads = {
             info.file: CtcHead(
-                self.bundle / info.file, info.vocab_size, providers, threads, cpu_arena, info.reads_frames
+                self.bundle / info.file, info.vocab_size, providers, threads, cpu_arena, reads_frames=info.reads_frames
             )
             for _, info in manifest.ctc_heads()
         }
