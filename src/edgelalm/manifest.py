@@ -463,17 +463,15 @@ def _check_contract(manifest: Manifest, manifest_path: Path) -> None:
     if manifest.windows is not None:
         check_windows(manifest.windows, manifest.features.window_seconds, manifest_path)
     for where, head in manifest.ctc_heads():
+        expected = {f"{where}.output": (list(head.output), [CTC_OUTPUT])}
         # The bundle's own head may read the encoder's frames; a choice's reads its audio tokens.
-        if where == "ctc" and head.inputs.keys() not in ({CTC_INPUT}, {CTC_FRAMES_INPUT}):
+        if where != "ctc":
+            expected = {f"{where}.inputs": (list(head.inputs), [CTC_INPUT]), **expected}
+        elif list(head.inputs) not in ([CTC_INPUT], [CTC_FRAMES_INPUT]):
             raise EdgelalmError(
                 f"{manifest_path}: ctc.inputs is {list(head.inputs)!r}; this edgelalm reads [{CTC_INPUT!r}] "
                 f"(the audio tokens) or [{CTC_FRAMES_INPUT!r}] (the encoder's frames)"
             )
-        readable = [CTC_FRAMES_INPUT] if where == "ctc" and head.reads_frames else [CTC_INPUT]
-        expected = {
-            f"{where}.inputs": (list(head.inputs), readable),
-            f"{where}.output": (list(head.output), [CTC_OUTPUT]),
-        }
         if manifest.decoder is not None:
             expected[f"{where}.vocab_size"] = (head.vocab_size, manifest.decoder.vocab_size)
         _expect(expected, manifest_path)
