@@ -13,6 +13,7 @@ pytest.importorskip("torch")
 import onnx
 import onnxruntime
 import torch
+from bundle_edits import edited_copy
 
 from edgelalm.compression import COMPRESSOR_NAMES
 from edgelalm.constants import MANIFEST_FILE, WINDOWS_ADVICE_FILE
@@ -663,14 +664,6 @@ def _damaged_copy(bundle, path, name):
     return path
 
 
-def _manifest_edit(bundle, path, edit):
-    shutil.copytree(bundle, path)
-    manifest = json.loads((path / MANIFEST_FILE).read_text())
-    edit(manifest)
-    (path / MANIFEST_FILE).write_text(json.dumps(manifest))
-    return path
-
-
 @pytest.mark.parametrize(
     "case, make, options, fragments",
     [
@@ -682,21 +675,19 @@ def _manifest_edit(bundle, path, edit):
         ),
         (
             "other checkpoint",
-            lambda first, path: _manifest_edit(first, path, lambda m: m["model"].update(source="/elsewhere")),
+            lambda first, path: edited_copy(first, path, lambda m: m["model"].update(source="/elsewhere")),
             [],
             ["exported from /elsewhere"],
         ),
         (
             "checkpoint changed",
-            lambda first, path: _manifest_edit(
-                first, path, lambda m: m.update(created_utc="2000-01-01T00:00:00+00:00")
-            ),
+            lambda first, path: edited_copy(first, path, lambda m: m.update(created_utc="2000-01-01T00:00:00+00:00")),
             [],
             ["checkpoint changed since"],
         ),
         (
             "file replaced",
-            lambda first, path: _manifest_edit(first, path, lambda m: m["files"]["decoder.gguf"].update(bytes=1)),
+            lambda first, path: edited_copy(first, path, lambda m: m["files"]["decoder.gguf"].update(bytes=1)),
             [],
             ["decoder.gguf is missing or does not match"],
         ),

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from bundle_edits import edited_copy
 
 from edgelalm.constants import DECODER_FILE, MANIFEST_FILE
 from edgelalm.errors import EdgelalmError
@@ -27,16 +28,7 @@ def bundle(tiny_bundles):
 @pytest.fixture
 def editable(bundle, tmp_path):
     """A copy of the bundle whose manifest a test edits as JSON: `edit(lambda m: ...)` -> folder."""
-    folder = tmp_path / "bundle"
-    shutil.copytree(bundle, folder)
-
-    def edit(change):
-        data = json.loads((folder / MANIFEST_FILE).read_text())
-        change(data)
-        (folder / MANIFEST_FILE).write_text(json.dumps(data))
-        return folder
-
-    return edit
+    return lambda change: edited_copy(bundle, tmp_path / "bundle", change)
 
 
 def test_what_export_writes_reads_back_equal(bundle):

@@ -21,6 +21,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
+from bundle_edits import edited_copy  # noqa: E402
 from hf_reference import ctc_head_log_probs, reference_inputs, speechlike  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
@@ -103,12 +104,8 @@ def reference_joint_answer(hf, head_file: Path, audio: np.ndarray, compressor: s
 
 def assert_edit_refused(bundle: Path, edit, words: str, edited: Path) -> None:
     """A copy of `bundle` with its manifest edited by `edit` is refused, in words matching `words`."""
-    shutil.copytree(bundle, edited, dirs_exist_ok=True)
-    written = json.loads((bundle / "manifest.json").read_text())
-    edit(written)
-    (edited / "manifest.json").write_text(json.dumps(written))
     with pytest.raises(EdgelalmError, match=words):
-        read_manifest(edited)
+        read_manifest(edited_copy(bundle, edited, edit))
 
 
 def test_one_compressor_bundle_decodes_with_its_adapters_head(hf, headed_checkpoint, realigned_adapter, tmp_path):
