@@ -31,6 +31,7 @@ from edgelalm.constants import (
 from edgelalm.errors import EdgelalmError
 from edgelalm.export.adapter import LoraAdapter
 from edgelalm.export.checkpoint import Checkpoint
+from edgelalm.export.ctc import ctc_input_name
 from edgelalm.manifest import (
     AdapterInfo,
     CompressorChoice,
@@ -89,7 +90,8 @@ class ExportedCtcHead:
 
     @property
     def reads_frames(self) -> bool:
-        return self.reader is None
+        """What the head reads is its kind's (`ctc_input_name`), the graph the export writes."""
+        return ctc_input_name(self.head) == CTC_FRAMES_INPUT
 
 
 def build_manifest(
