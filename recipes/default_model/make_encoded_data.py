@@ -16,6 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from edgelalm import interrupts
 from edgelalm.errors import EdgelalmError
 from edgelalm.training.encoded import build_encoded
 from edgelalm.training.synthesizers import UNHEARD_VOICES
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         "mixture: --splits train (its voices, --train-folder) or test (held-out voices, audio kept, test-prose)",
     )
     args = parser.parse_args(argv)
+    interrupts.install()  # SIGTERM unwinds like Ctrl-C: the half-built folder is removed
     if args.sentences and (args.splits not in ("train", "test") or args.long):
         parser.error("--sentences: one of --splits train or test, without --long")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -97,3 +99,6 @@ if __name__ == "__main__":  # the guard matters: the workers are spawned process
     except EdgelalmError as error:
         print(f"make_encoded_data: error: {error}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        print("make_encoded_data: interrupted (the unfinished folder was removed)", file=sys.stderr)
+        sys.exit(130)
