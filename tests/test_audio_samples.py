@@ -45,6 +45,9 @@ def test_a_list_of_numbers_is_samples():
         (np.zeros((4, 4, 4), np.float32), "expected samples shaped [frames] or [frames, channels]"),
         (np.zeros(0, np.float32), "holds no audio samples"),
         (np.full(RATE, np.inf, np.float32), "NaN or infinite"),
+        # numpy's default integer: int16 values in it read as 64-bit PCM were silence, answered "".
+        (np.full(RATE, 8000, np.int64), "samples of int64 are no PCM width; integer PCM goes in int16"),
+        (np.full(RATE, 8000, np.uint64), "samples of uint64 are no PCM width"),
     ],
 )
 def test_arrays_that_are_not_audio_are_one_line(samples, message):
@@ -57,6 +60,15 @@ def test_arrays_that_are_not_audio_are_one_line(samples, message):
 def test_a_sampling_rate_that_is_not_one_is_refused(rate):
     with pytest.raises(EdgelalmError, match="sampling rate must be a positive number"):
         prepare_samples(np.zeros(RATE, np.float32), rate, RATE)
+
+
+@pytest.mark.parametrize("rate", [1e-300, 1, 999.5])
+def test_a_rate_too_low_for_speech_is_refused_before_resampling(rate):
+    """Resampling multiplies the samples by 16000 / rate: 1e-300 made soxr throw bad_array_new_length,
+    1 Hz made 80 KB of samples into gigabytes."""
+    with pytest.raises(EdgelalmError, match=f"a sampling rate of {rate:g} Hz holds no speech"):
+        prepare_samples(np.zeros(20_000, np.float32), rate, RATE)
+    assert len(prepare_samples(np.zeros(1000, np.float32), 1000, RATE)) == RATE
 
 
 def test_numpy_rates_are_rates():

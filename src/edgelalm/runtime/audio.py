@@ -10,6 +10,7 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile
@@ -55,6 +56,21 @@ _FLOAT_SUBTYPES = frozenset({"FLOAT", "DOUBLE"})
 # Samples per channel read at a time: a few MB whatever the rate and channel count.
 _BLOCK_VALUES = 1 << 20
 
+# Below this rate audio holds no speech (telephone lines sample at 8000), and resampling to 16 kHz
+# multiplies the samples by 16000 / rate: a header or an argument saying 1 Hz made 80 KB of
+# samples into hours of audio and gigabytes.
+MIN_SAMPLING_RATE = 1000
+
+
+def _check_rate(rate: float, source: str) -> None:
+    if not is_real_number(rate) or not 0 < rate < math.inf:
+        raise EdgelalmError(f"{source}: the sampling rate must be a positive number of samples a second, not {rate!r}")
+    if rate < MIN_SAMPLING_RATE:
+        raise EdgelalmError(
+            f"{source}: a sampling rate of {rate:g} Hz holds no speech; edgelalm reads audio sampled at "
+            f"{MIN_SAMPLING_RATE} Hz or more"
+        )
+
 
 def _reason(error: Exception) -> str:
     """libsndfile's own words, without soundfile's "Error opening b'...'" (the path, as bytes)."""
@@ -75,7 +91,8 @@ def open_audio(path: Path) -> AudioFileInfo:
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
         raise EdgelalmError(f"cannot read audio from {path}: {_reason(error)}") from None
     if info.frames <= 0:
-        raise EdgelalmError(f"{path} holds no audio samples")
+        raise EdgelalmError(f"{path} holds no audio samples{_unfinished_header_hint(path)}")
+    _check_rate(info.samplerate, str(path))
     return AudioFileInfo(path, info.frames, info.samplerate, info.channels)
 
 
@@ -133,12 +150,19 @@ def read_audio(path: Path, sampling_rate: int) -> np.ndarray:
 def samples_in_memory(audio: np.ndarray | Sequence[float], source: str = "the audio") -> np.ndarray:
     """Samples handed to `Runtime.run` -> float32, [frames] or [frames, channels]. Float samples
     (and lists of numbers, which declare no width) are taken as they are; an integer PCM array
-    (int16, int32, uint8) is scaled to [-1, 1) as libsndfile reads it from a file."""
+    (int8, int16, int32, uint8) is scaled to [-1, 1) as libsndfile reads it from a file; a 64-bit
+    one is refused (no file stores such PCM: it is numpy's default integer, which read as 64-bit
+    PCM was silence)."""
     try:
         samples = np.asarray(audio) if isinstance(audio, np.ndarray) else np.asarray(audio, dtype=np.float32)
     except (TypeError, ValueError) as error:
         raise EdgelalmError(f"{source}: samples must be numbers ({error})") from None
     if samples.dtype.kind in "iu":
+        if samples.dtype.itemsize > 4:  # numpy's default integer: most likely a list of int16 values
+            raise EdgelalmError(
+                f"{source}: samples of {samples.dtype} are no PCM width; integer PCM goes in int16 (16-bit), int32 "
+                "or uint8 arrays (e.g. samples.astype(np.int16)), else pass floats in [-1, 1]"
+            )
         samples = pcm_to_float(samples)
     elif samples.dtype.kind != "f":
         raise EdgelalmError(f"{source}: samples must be float or integer PCM, not {samples.dtype}")
@@ -179,10 +203,7 @@ def _mono(samples: np.ndarray, source: str) -> np.ndarray:
 
 def prepare_samples(samples: np.ndarray, file_rate: float, sampling_rate: int, source: str = "the audio") -> np.ndarray:
     """[frames] or [frames, channels] at `file_rate` -> mono float32 at `sampling_rate`."""
-    if not is_real_number(file_rate) or not 0 < file_rate < math.inf:
-        raise EdgelalmError(
-            f"{source}: the sampling rate must be a positive number of samples a second, not {file_rate!r}"
-        )
+    _check_rate(file_rate, source)
     samples = np.asarray(samples, dtype=np.float32)
     if samples.ndim not in (1, 2):
         raise EdgelalmError(f"{source}: expected samples shaped [frames] or [frames, channels], got {samples.shape}")
@@ -201,23 +222,57 @@ def pcm_to_float(samples: np.ndarray) -> np.ndarray:
     return (samples.astype(np.float64) - offset) / full_scale
 
 
-def truncation_warning(info: AudioFileInfo) -> str | None:
-    """A sentence when `info.path` is a WAV whose header promises more audio than the file holds
-    (a half-downloaded or half-written file), else None. libsndfile reads what is there silently
-    (its frame count, in `info`, is what the file holds)."""
-    declared = _wav_declared_frames(info.path)
-    if declared is None or declared <= info.frames:
+def header_warning(info: AudioFileInfo) -> str | None:
+    """A sentence when `info.path` is a WAV whose header's data size disagrees with the file, else
+    None. libsndfile reads what the header declares and the file holds, silently (its frame count,
+    in `info`, is that): a size larger than the file (half-downloaded or half-written), or smaller,
+    with audio after the data chunk that is no chunk of its own (a header not rewritten when the
+    recording stopped)."""
+    data = _wav_data(info.path)
+    if data is None:
         return None
+    declared = data.declared_bytes // data.block_align
+    if declared > info.frames:
+        return (
+            f"{info.path}: the header declares {declared / info.samplerate:.2f} s of audio but the file holds "
+            f"{info.frames / info.samplerate:.2f} s (truncated?); using what is there"
+        )
+    unread_seconds = data.unexplained_bytes / data.block_align / info.samplerate
+    if unread_seconds >= 0.1:
+        return (
+            f"{info.path}: the header declares {info.frames / info.samplerate:.2f} s of audio but about "
+            f"{unread_seconds:.2f} s more follow it (a header not updated when the recording stopped?); using the "
+            f"declared {info.frames / info.samplerate:.2f} s ({_REWRITE_ADVICE})"
+        )
+    return None
+
+
+_REWRITE_ADVICE = "`sox --ignore-length in.wav out.wav` rewrites the header to hold them all"
+
+
+def _unfinished_header_hint(path: Path) -> str:
+    """Why libsndfile found no samples, where a WAV's header declares none and audio follows it."""
+    data = _wav_data(path)
+    if data is None or data.declared_bytes or not data.unexplained_bytes:
+        return ""
     return (
-        f"{info.path}: the header declares {declared / info.samplerate:.2f} s of audio but the file holds "
-        f"{info.frames / info.samplerate:.2f} s (truncated?); using what is there"
+        f": its header declares no audio, but {data.unexplained_bytes} bytes follow it (a recording whose header "
+        f"was never finished?); {_REWRITE_ADVICE}"
     )
 
 
-def _wav_declared_frames(path: Path) -> int | None:
-    """Frames the RIFF/WAVE header's data chunk declares; None for anything else (RF64, streams
-    written with a placeholder size, files too short to tell)."""
+@dataclass(frozen=True)
+class _WavData:
+    declared_bytes: int  # the data chunk's size, as the header says
+    block_align: int  # bytes a frame
+    unexplained_bytes: int  # bytes after the declared data that are no chunk: audio the size leaves out
+
+
+def _wav_data(path: Path) -> _WavData | None:
+    """The RIFF/WAVE header's data chunk; None for anything else (RF64, streams written with a
+    placeholder size, files too short to tell)."""
     with path.open("rb") as stream:
+        file_size = os.fstat(stream.fileno()).st_size
         if stream.read(4) != b"RIFF" or len(stream.read(4)) != 4 or stream.read(4) != b"WAVE":
             return None
         block_align = None
@@ -231,9 +286,23 @@ def _wav_declared_frames(path: Path) -> int | None:
                     return None
                 block_align = struct.unpack("<H", body[12:14])[0]
             elif chunk_id == b"data":
-                if not block_align or size in (0, 0xFFFFFFFF):
+                if not block_align or size == 0xFFFFFFFF:
                     return None
-                return size // block_align
+                end = _end_of_chunks(stream, stream.tell() + size + size % 2, file_size)
+                return _WavData(size, block_align, max(0, file_size - end))
             else:
                 stream.seek(size + size % 2, 1)
     return None
+
+
+def _end_of_chunks(stream: BinaryIO, position: int, file_size: int) -> int:
+    """Where the well-formed chunks from `position` end (a LIST or id3 chunk after the data is
+    common): each a four-character printable id and a size inside the file."""
+    while position + 8 <= file_size:
+        stream.seek(position)
+        header = stream.read(8)
+        chunk_id, size = header[:4], struct.unpack("<I", header[4:])[0]
+        if not all(32 <= byte < 127 for byte in chunk_id) or position + 8 + size > file_size:
+            break
+        position += 8 + size + size % 2
+    return min(position, file_size)

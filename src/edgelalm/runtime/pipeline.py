@@ -41,12 +41,12 @@ from edgelalm.constants import (
 from edgelalm.errors import EdgelalmError
 from edgelalm.manifest import MAX_BEAM_SIZE, Manifest, read_manifest
 from edgelalm.runtime.audio import (
+    header_warning,
     loudness_warning,
     open_audio,
     prepare_samples,
     samples_in_memory,
     stream_audio,
-    truncation_warning,
 )
 from edgelalm.runtime.compressor import CompressorProjector
 from edgelalm.runtime.ctc import CtcHead, CtcPrefixScorer
@@ -473,7 +473,7 @@ class Runtime:
                 # long for the context is refused from its header, or at the window that overflows.
                 info = open_audio(Path(audio))
                 total_samples = info.resampled_length(target_rate)
-                warnings = [note for note in [truncation_warning(info)] if note]
+                warnings = [note for note in [header_warning(info)] if note]
                 # Read lazily: a loudness warning joins `warnings` once the last window is read.
                 windows = stream_windows(stream_audio(info, target_rate, warnings), cut, cut_at_pauses=each_window)
         prompt_ids = self.prompt_tokens_after_audio(
