@@ -206,17 +206,21 @@ def test_an_empty_prompt_is_refused(avg2, clip, prompt):
 
 def test_several_files_in_one_run(avg2, clip, tmp_path):
     """The bundle loads once for several files; a bad one among them is its own error line and the
-    others are still answered (exit 1 at the end); each JSON line names its file."""
+    others are still answered (exit 1 at the end); each JSON line names its file, a bad one's with
+    its error. A bad file prints no "name: " on stdout (it read as a silent clip's empty answer)."""
     bad = tmp_path / "bad.wav"
     bad.write_text("not audio")
     alone = assert_result(*run(avg2, clip))["text"]
     code, stdout, stderr = run(avg2, clip, bad, clip)
     assert code == 1 and "Traceback" not in stderr
     lines = stdout.splitlines()
-    assert lines[0] == f"{clip}: {alone}" and lines[2] == f"{bad}: " and lines[3] == lines[0]
+    message = f"cannot read audio from {bad}: Format not recognised."
+    assert lines[0] == f"{clip}: {alone}" and lines[3] == lines[0] and len(lines) == 5, stdout
     assert json.loads(lines[1])["file"] == str(clip) and json.loads(lines[4])["text"] == alone
-    errors = stderr.strip().splitlines()
-    assert errors == [f"edgelalm: error: cannot read audio from {bad}: Format not recognised."], stderr
+    assert json.loads(lines[2]) == {"file": str(bad), "error": message}
+    assert stderr.strip().splitlines() == [f"edgelalm: error: {message}"], stderr
+    code, stdout, _ = edgelalm("run", clip, bad, "--bundle", avg2, "--max-tokens", MAX_TOKENS)
+    assert code == 1 and stdout.splitlines() == [f"{clip}: {alone}"], stdout
 
 
 def test_a_loud_lossy_file_is_not_warned_about(avg2, tmp_path):

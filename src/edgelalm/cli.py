@@ -403,8 +403,7 @@ def run(
         runtime.decoding_for(temperature, top_p, seed, beam_size, ctc_weight, compressor)
         failed, several = 0, len(audio) > 1
         for clip in audio:
-            if several:
-                _say(f"{_shown_path(clip)}: ", end="")
+            name = _NameBeforeAnswer(f"{_shown_path(clip)}: " if several else None)
             try:
                 result = runtime.run(
                     clip,
@@ -413,7 +412,7 @@ def run(
                     temperature=temperature,
                     top_p=top_p,
                     seed=seed,
-                    on_text=lambda piece: _say(piece, end=""),
+                    on_text=name.before_piece,
                     prompt_special_tokens=prompt_special_tokens,
                     compressor=compressor,
                     max_audio_tokens=max_audio_tokens,
@@ -426,10 +425,15 @@ def run(
                 if not several:
                     raise
                 # One bad file among many: its line, and the others still answered.
-                _say()
-                _error_line(str(error) if str(clip) in str(error) else f"{clip}: {error}")
+                if name.said:  # it failed after part of its answer was printed
+                    _say()
+                message = str(error) if str(clip) in str(error) else f"{clip}: {error}"
+                _error_line(message)
+                if json_output:
+                    _say(json.dumps({"file": _shown_path(clip), "error": message}, ensure_ascii=False))
                 failed += 1
                 continue
+            name.say()
             _say()
             if result.compressor_choice:
                 _note(result.compressor_choice)
@@ -439,6 +443,24 @@ def run(
                 _say(json.dumps({"file": _shown_path(clip), **result.to_json()}, ensure_ascii=False))
     if failed:
         raise typer.Exit(1)
+
+
+class _NameBeforeAnswer:
+    """A file's name among several, printed before its answer's first piece (or its empty answer):
+    a file that fails before answering leaves no "name: " on stdout, which reads as silence."""
+
+    def __init__(self, prefix: str | None) -> None:
+        self.prefix = prefix
+        self.said = False
+
+    def say(self) -> None:
+        if self.prefix is not None and not self.said:
+            _say(self.prefix, end="")
+            self.said = True
+
+    def before_piece(self, piece: str) -> None:
+        self.say()
+        _say(piece, end="")
 
 
 @app.command(cls=_PlainUsageCommand)
