@@ -6,6 +6,7 @@ import re
 import threading
 import time
 
+import numpy as np
 import pytest
 
 pytest.importorskip("torch")  # the tiny_bundles fixture exports with torch
@@ -266,6 +267,9 @@ def test_a_run_from_inside_a_run_is_refused(tiny_bundles):
         ({"audio": None}, "no audio: pass a file's path or samples"),
         ({"audio": "clip.wav", "sampling_rate": 8000}, "sampling_rate is for samples"),
         ({"max_audio_tokens": "5"}, "max_audio_tokens must be a whole number >= 1"),
+        ({"audio": b"clip.wav"}, "audio given as bytes: pass a file's path as str"),  # "samples must be numbers"
+        ({"on_text": 5}, "on_text must be a function called with each piece"),  # TypeError at the first piece
+        ({"windows": "each", "window_seconds": "8"}, "window_seconds must be a number of seconds, got '8'"),
     ],
 )
 def test_run_arguments_of_the_wrong_kind_are_one_line(runtime, arguments, message):
@@ -276,6 +280,13 @@ def test_run_arguments_of_the_wrong_kind_are_one_line(runtime, arguments, messag
     call = {"audio": speechlike(1.5, 0), "max_tokens": 4, **arguments}
     with pytest.raises(EdgelalmError, match=re.escape(message)):
         runtime.run(call.pop("audio"), **call)
+
+
+def test_numpy_integers_are_whole_numbers(runtime):
+    """max_tokens=np.int64(4) (an index, a value from an array) was refused as not a whole number."""
+    audio = speechlike(1.5, 0)
+    plain = runtime.run(audio, max_tokens=4, beam_size=2, seed=1).text
+    assert runtime.run(audio, max_tokens=np.int64(4), beam_size=np.int32(2), seed=np.uint16(1)).text == plain
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -96,6 +96,8 @@ class RunResult:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+
+_T = TypeVar("_T")
 
 # `Runtime.run(compressor=AUTO)`: the least compression whose audio tokens fit.
 AUTO = "auto"
@@ -424,7 +426,10 @@ class Runtime:
             EdgelalmError: unreadable or too short audio, a clip too long for the context,
                 max_tokens < 1; the message is one line, worded for the user.
         """
-        _check_run_arguments(audio, prompt, max_tokens, temperature, top_p, seed, sampling_rate)
+        # numpy's integers (an index, a value read from an array) are whole numbers too.
+        max_tokens, seed = _plain_int(max_tokens), _plain_int(seed)
+        beam_size, max_audio_tokens = _plain_int(beam_size), _plain_int(max_audio_tokens)
+        _check_run_arguments(audio, prompt, max_tokens, temperature, top_p, seed, sampling_rate, on_text)
         candidates = self._candidates(compressor, max_audio_tokens)
         decoding = self.decoding_for(temperature, top_p, seed, beam_size, ctc_weight, compressor)
         windows, window_seconds = self.windows_for(windows, window_seconds)
@@ -756,6 +761,8 @@ class Runtime:
         """The features' settings with the window a clip is cut into: the encoder's, or a shorter one."""
         if window_seconds is None:
             return self.features
+        if not is_real_number(window_seconds):
+            raise EdgelalmError(f"window_seconds must be a number of seconds, got {window_seconds!r}")
         encoder_seconds = self.features.window_seconds
         if windows != "each":
             raise EdgelalmError("window_seconds applies to windows answered each on its own (windows='each')")
@@ -989,6 +996,11 @@ def _check_flag(name: str, value: object) -> None:
 _LARGEST_SEED = 2**32 - 2
 
 
+def _plain_int(value: _T) -> _T:
+    """A numpy integer as Python's int (which the checks and llama.cpp's bindings take); else as given."""
+    return int(value) if isinstance(value, np.integer) else value  # type: ignore[return-value]
+
+
 def _check_run_arguments(
     audio: object,
     prompt: object,
@@ -997,11 +1009,19 @@ def _check_run_arguments(
     top_p: object,
     seed: object,
     sampling_rate: object,
+    on_text: object,
 ) -> None:
     """Runtime.run's arguments, refused in one line before anything is read: a wrong type would
     otherwise fail deep inside (or, as a NaN temperature, print control tokens as the answer)."""
     if audio is None:
         raise EdgelalmError("no audio: pass a file's path or samples")
+    if isinstance(audio, (bytes, bytearray, memoryview)):  # were read as samples: "must be numbers"
+        raise EdgelalmError(
+            "audio given as bytes: pass a file's path as str or pathlib.Path, or samples as an array "
+            "(a file's contents: soundfile.read(io.BytesIO(data)))"
+        )
+    if on_text is not None and not callable(on_text):
+        raise EdgelalmError(f"on_text must be a function called with each piece of the answer, got {on_text!r}")
     if prompt is not None:
         if not isinstance(prompt, str):
             raise EdgelalmError(f"prompt must be text, got {type(prompt).__name__}")
