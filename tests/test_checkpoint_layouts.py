@@ -4,6 +4,7 @@ Qwen2-Audio-7B-Instruct main branch), the base model's prompt, a tokenizer whose
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -181,3 +182,78 @@ def test_finetune_prompts_a_template_less_checkpoint_as_export_does(tiny_checkpo
     prompt = PromptIds.from_processor(processor)
     assert prompt.before_audio == _ids(processor, pieces.before_audio)
     assert prompt.after_audio == _ids(processor, pieces.after_audio + pieces.default_prompt + pieces.after_prompt)
+
+
+def _template_only_in_tokenizer_config(tiny_checkpoint: Path, target: Path, template: object) -> Path:
+    """An older fine-tune's layout: no processor template, the tokenizer's in tokenizer_config.json."""
+    folder = _copy(tiny_checkpoint, target, template=False)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["chat_template"] = template
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_a_template_kept_only_by_the_tokenizer_is_the_checkpoints(tiny_checkpoint, tmp_path):
+    """Qwen2AudioProcessor does not read the tokenizer's template: transformers' fallback took its
+    place, labelled the checkpoint's. Reference: the tokenizer's own rendering (AutoTokenizer)."""
+    from transformers import AutoTokenizer
+
+    from edgelalm.training.finetune import load_for_training
+
+    own = (
+        (tiny_checkpoint / "chat_template.jinja").read_text().replace("You are a helpful assistant.", "You are PIRATE.")
+    )
+    assert "PIRATE" in own
+    for layout, template in (
+        ("text", own),
+        ("named list", [{"name": "tools", "template": "x"}, {"name": "default", "template": own}]),
+    ):
+        folder = _template_only_in_tokenizer_config(tiny_checkpoint, tmp_path / layout.replace(" ", "-"), template)
+        checkpoint = open_checkpoint(folder)
+        pieces = prompt_pieces(checkpoint.processor, folder, checkpoint.name, None)
+        assert (pieces.template_source, pieces.chat_template) == ("checkpoint", own), layout
+        conversation = [
+            {"role": "user", "content": [{"type": "audio", "audio": "a.wav"}, {"type": "text", "text": "Hi?"}]}
+        ]
+        rendered = AutoTokenizer.from_pretrained(folder).apply_chat_template(
+            conversation, add_generation_prompt=True, tokenize=False
+        )
+        audio = "<|audio_bos|><|AUDIO|><|audio_eos|>"
+        assert "You are PIRATE." in pieces.before_audio
+        assert (
+            rendered
+            == pieces.before_audio.removesuffix("<|audio_bos|>")
+            + audio
+            + pieces.after_audio.removeprefix("<|audio_eos|>")
+            + "Hi?"
+            + pieces.after_prompt
+        )
+        _, processor = load_for_training(folder, "cpu")  # finetune trains on the prompt export feeds
+        assert processor.chat_template == own
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        (42, "chat_template must be text, got int"),
+        ({"a": 1}, "chat_template must be text, got dict"),
+        ([{"name": "tools", "template": "x"}], "a list of templates without one named 'default'"),
+        ("  ", "chat_template is empty"),
+    ],
+)
+def test_a_template_that_is_not_one_is_refused_in_one_line(tiny_checkpoint, tmp_path, template, message):
+    from edgelalm.errors import EdgelalmError
+
+    folder = _template_only_in_tokenizer_config(tiny_checkpoint, tmp_path / "odd", template)
+    checkpoint = open_checkpoint(folder)
+    with pytest.raises(EdgelalmError, match=re.escape(message)):
+        prompt_pieces(checkpoint.processor, folder, checkpoint.name, None)
+
+
+def test_an_empty_template_file_is_refused(tiny_checkpoint, tmp_path):
+    from edgelalm.errors import EdgelalmError
+
+    folder = _copy(tiny_checkpoint, tmp_path / "empty-template")
+    (folder / "chat_template.jinja").write_text("\n")
+    with pytest.raises(EdgelalmError, match=r"chat_template\.jinja is empty"):
+        prompt_pieces(open_checkpoint(folder).processor, folder, "empty-template", None)

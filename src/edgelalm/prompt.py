@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import re
 import signal
 import threading
@@ -25,6 +24,7 @@ from typing import Any
 
 from edgelalm.constants import PromptFormat, TemplateSource
 from edgelalm.errors import EdgelalmError, error_gist
+from edgelalm.files import read_json
 from edgelalm.manifest import PromptInfo
 
 DEFAULT_PROMPT = "Transcribe the audio."
@@ -36,9 +36,13 @@ TEMPLATE_SOURCE_DESCRIPTIONS: dict[TemplateSource, str] = {
     "edgelalm": "Qwen2-Audio-Instruct's template from edgelalm; the checkpoint carries none",
     "none": "no chat template",
 }
-# The files a Hugging Face checkpoint keeps its chat template in (transformers 4.4x and 5).
-_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
-_TEMPLATE_CONFIGS = ("tokenizer_config.json", "processor_config.json")
+# Where a Hugging Face checkpoint keeps its chat template, in transformers' order: the processor's
+# (transformers 4.4x and 5), then the tokenizer's (older Qwen2 fine-tunes keep it only there, which
+# Qwen2AudioProcessor.from_pretrained does not read: its fallback template took its place).
+_TEMPLATE_JINJA = "chat_template.jinja"
+_TEMPLATE_CONFIGS = ("chat_template.json", "processor_config.json", "tokenizer_config.json")
+_MAX_TEMPLATE_BYTES = 1 << 20
+_MAX_CONFIG_BYTES = 64 << 20
 # The published base model's folder or repository name: Qwen2-Audio-7B, not ...-Instruct.
 _BASE_NAME = re.compile(r"qwen2-audio-7b", re.IGNORECASE)
 
@@ -48,19 +52,46 @@ def instruct_template() -> str:
     return INSTRUCT_TEMPLATE_FILE.read_text(encoding="utf-8")
 
 
-def checkpoint_has_template(folder: Path) -> bool:
-    """Whether the checkpoint folder itself carries a chat template (not transformers' fallback)."""
-    if any((folder / name).is_file() for name in _TEMPLATE_FILES):
-        return True
+def checkpoint_template(folder: Path) -> str | None:
+    """The chat template the checkpoint folder itself carries (not transformers' fallback), None
+    where it carries none; one that is not text, or is empty, refused in one line. Of a list of
+    named templates (the tokenizer's), the "default" one, as transformers takes it."""
+    jinja = folder / _TEMPLATE_JINJA
+    if jinja.is_file():
+        if jinja.stat().st_size > _MAX_TEMPLATE_BYTES:
+            raise EdgelalmError(f"{jinja} is over {_MAX_TEMPLATE_BYTES:,} bytes: no chat template is that long")
+        try:
+            return _nonempty_template(jinja.read_text(encoding="utf-8"), str(jinja))
+        except UnicodeDecodeError:
+            raise EdgelalmError(f"{jinja} is not UTF-8 text") from None
     for name in _TEMPLATE_CONFIGS:
         path = folder / name
-        if path.is_file():
-            try:
-                if json.loads(path.read_text(encoding="utf-8")).get("chat_template"):
-                    return True
-            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-                continue
-    return False
+        if not path.is_file():
+            continue
+        config = read_json(path, _MAX_CONFIG_BYTES)
+        template = config.get("chat_template") if isinstance(config, dict) else None
+        if template is None:
+            continue
+        if isinstance(template, list):  # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
+            named = {entry.get("name"): entry.get("template") for entry in template if isinstance(entry, dict)}
+            if "default" not in named:
+                raise EdgelalmError(f"{path}: chat_template is a list of templates without one named 'default'")
+            template = named["default"]
+        if not isinstance(template, str):
+            raise EdgelalmError(f"{path}: chat_template must be text, got {type(template).__name__}")
+        return _nonempty_template(template, f"{path}: chat_template")
+    return None
+
+
+def _nonempty_template(template: str, where: str) -> str:
+    if not template.strip():
+        raise EdgelalmError(f"{where} is empty; remove it to use Qwen2-Audio-Instruct's template")
+    return template
+
+
+def checkpoint_has_template(folder: Path) -> bool:
+    """Whether the checkpoint folder itself carries a chat template (not transformers' fallback)."""
+    return checkpoint_template(folder) is not None
 
 
 def detect_prompt_format(folder: Path, name: str) -> PromptFormat:
@@ -76,8 +107,8 @@ def prompt_pieces(processor: Any, folder: Path, name: str, prompt_format: Prompt
     prompt_format = prompt_format or detect_prompt_format(folder, name)
     if prompt_format == "base":
         return base_prompt_pieces(processor)
-    if checkpoint_has_template(folder):
-        return chat_template_pieces(processor, str(folder))
+    if (template := checkpoint_template(folder)) is not None:
+        return chat_template_pieces(processor, str(folder), template=template)
     pieces = chat_template_pieces(processor, str(folder), template=instruct_template())
     return dataclasses.replace(pieces, template_source="edgelalm")
 

@@ -202,17 +202,17 @@ def load_for_training(model_dir: Path, device: str):
     from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 
     from edgelalm.export.checkpoint import open_checkpoint
-    from edgelalm.prompt import checkpoint_has_template, instruct_template
+    from edgelalm.prompt import checkpoint_template, instruct_template
 
     open_checkpoint(model_dir)  # validates: a Qwen2-Audio checkpoint with safetensors weights
     if device == "cuda" and not torch.cuda.is_available():
         raise EdgelalmError("device cuda: this torch build sees no CUDA GPU")
     model = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True)
     processor = Qwen2AudioProcessor.from_pretrained(model_dir)
-    if not checkpoint_has_template(model_dir):
-        # As export does: Qwen2-Audio-Instruct's template as edgelalm ships it, not a fallback that
-        # transformers keeps only for now (the published checkpoints carry no template file).
-        processor.chat_template = instruct_template()
+    # As export does: the checkpoint's own template (transformers' processor does not read the
+    # tokenizer's), else Qwen2-Audio-Instruct's as edgelalm ships it, not a fallback that
+    # transformers keeps only for now (the published checkpoints carry no template file).
+    processor.chat_template = checkpoint_template(model_dir) or instruct_template()
     return model.to(device).eval(), processor
 
 
