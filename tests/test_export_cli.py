@@ -288,6 +288,16 @@ def _config_edited(section, field, value):
     return make
 
 
+def _generation_config(text):
+    """A copy whose generation_config.json holds `text`."""
+
+    def make(path, source):
+        shutil.copytree(source, path)
+        (path / "generation_config.json").write_text(text)
+
+    return make
+
+
 def _extractor_edited(field, change):
     """A copy whose feature extractor's `field` becomes change(value), in every processor file."""
 
@@ -400,7 +410,49 @@ def _bad_window_advice(path, source):
             ),
             ["rope_type 'yarn': edgelalm exports plain RoPE only"],
         ),
-        ("unknown-activation", _config_edited("text_config", "hidden_act", "garbage"), ["unknown name 'garbage'"]),
+        ("unknown-activation", _config_edited("text_config", "hidden_act", "garbage"), ["hidden_act is 'garbage'"]),
+        # Exported with exit 0, and llama.cpp's qwen2 graph computed SiLU over the GELU-trained weights.
+        (
+            "gelu-activation",
+            _config_edited("text_config", "hidden_act", "gelu"),
+            ["text_config.hidden_act is 'gelu'; the GGUF's qwen2 decoder computes silu"],
+        ),
+        (
+            "no-positions",
+            _config_edited("text_config", "max_position_embeddings", 0),
+            ["text_config.max_position_embeddings must be a positive integer, not 0"],
+        ),
+        # A struct.error traceback while the GGUF was written (step 6).
+        (
+            "positions-past-int32",
+            _config_edited("text_config", "max_position_embeddings", 10**15),
+            ["max_position_embeddings must be at most 2147483647"],
+        ),
+        (
+            "rope-theta-past-float32",
+            _config_edited("text_config", "rope_parameters", {"rope_type": "default", "rope_theta": 1e300}),
+            ["rope_theta must be a positive number, not 1e+300"],
+        ),
+        (  # 0 in the float32 GGUF, exit 0
+            "eps-below-float32",
+            _config_edited("text_config", "rms_norm_eps", 1e-50),
+            ["rms_norm_eps must be a positive float32, not 1e-50"],
+        ),
+        # llama.cpp's own check_tensor_dims, at step 7, naming the deleted staging folder.
+        ("head-dim", _config_edited("text_config", "head_dim", 32), ["text_config.head_dim is 32"]),
+        # Tracebacks at step 8, or a bundle the manifest reader then refused.
+        ("generation-config-not-json", _generation_config("{not json"), ["generation_config.json is not valid JSON"]),
+        ("generation-config-list", _generation_config("[]"), ["generation_config.json must hold a JSON object"]),
+        (
+            "generation-config-names",
+            _generation_config('{"eos_token_id": ["<|im_end|>"]}'),
+            ["eos_token_id must be a token id or a list of them"],
+        ),
+        (
+            "generation-config-negative-id",
+            _generation_config('{"eos_token_id": [3, -5]}'),
+            ["eos_token_id must be a token id or a list of them, each from 0 to", "not [3, -5]"],
+        ),
         # The filterbank is computed as the extractor loads: 10^7 took gigabytes before the kernel's kill.
         ("fft-of-gigabytes", _extractor_edited("n_fft", lambda _: 10**7), ["n_fft must be an integer from 1 to 16384"]),
         ("hop-of-zero", _extractor_edited("hop_length", lambda _: 0), ["hop_length must be an integer from 1"]),

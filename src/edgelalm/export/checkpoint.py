@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from torch import nn
 
-from edgelalm.checks import is_whole_number
+from edgelalm.checks import is_real_number, is_whole_number
 from edgelalm.constants import LLAMA_MAX_LAYERS, MEL_FILTERS_FILE, EncoderPrecision
 from edgelalm.errors import EdgelalmError, error_gist
 from edgelalm.export.ctc import has_ctc_head
@@ -65,6 +66,7 @@ class Checkpoint:
     tensor_files: dict[str, Path]
     windows_advice: WindowsInfo | None = None  # its WINDOWS_ADVICE_FILE, for the manifest
     decoding_advice: DecodingInfo | None = None  # its DECODING_ADVICE_FILE, for the manifest
+    generation_eos_ids: list[int] | None = None  # generation_config.json's eos_token_id, checked
 
     @property
     def name(self) -> str:
@@ -262,7 +264,10 @@ POSITIVE_TEXT_FIELDS = (
     "num_key_value_heads",
     "intermediate_size",
     "vocab_size",
+    "max_position_embeddings",
 )
+# The manifest's decoder.context_length (the GGUF's, an int32 in llama.cpp) holds at most this.
+MAX_CONTEXT_LENGTH = 2**31 - 1
 
 
 def _check_config(config_file: Path, config: Qwen2AudioConfig) -> None:
@@ -292,15 +297,35 @@ def _check_config(config_file: Path, config: Qwen2AudioConfig) -> None:
     for whole_name, whole, part_name, part in divisions:
         if whole % part:
             raise EdgelalmError(f"{config_file}: {whole_name} ({whole}) is not a multiple of {part_name} ({part})")
-    if not text.rms_norm_eps > 0:
-        raise EdgelalmError(f"{config_file}: text_config.rms_norm_eps must be positive, not {text.rms_norm_eps!r}")
+    if text.max_position_embeddings > MAX_CONTEXT_LENGTH:
+        raise EdgelalmError(
+            f"{config_file}: text_config.max_position_embeddings must be at most {MAX_CONTEXT_LENGTH}, "
+            f"not {text.max_position_embeddings}"
+        )
+    # The GGUF stores these as float32: 1e-50 became 0, 1e300 did not fit (a traceback at step 6).
+    if not (is_real_number(text.rms_norm_eps) and np.float32(text.rms_norm_eps) > 0):
+        raise EdgelalmError(
+            f"{config_file}: text_config.rms_norm_eps must be a positive float32, not {text.rms_norm_eps!r}"
+        )
+    # llama.cpp's qwen2 graph computes SiLU (SwiGLU) and a head size of hidden_size / heads: another
+    # activation exported with exit 0 and answered from other logits.
+    if getattr(text, "hidden_act", "silu") != "silu":
+        raise EdgelalmError(
+            f"{config_file}: text_config.hidden_act is {text.hidden_act!r}; the GGUF's qwen2 decoder computes silu"
+        )
+    head_dim = getattr(text, "head_dim", None)
+    if head_dim is not None and head_dim != text.hidden_size // text.num_attention_heads:
+        raise EdgelalmError(
+            f"{config_file}: text_config.head_dim is {head_dim!r}, not hidden_size / num_attention_heads "
+            f"({text.hidden_size // text.num_attention_heads}); edgelalm's GGUF writes that head size only"
+        )
     # The GGUF carries plain RoPE and full attention (edgelalm.export.decoder): a decoder trained
     # with scaled RoPE or sliding windows would export with exit 0 and answer wrongly in llama.cpp.
     rope = getattr(text, "rope_parameters", None) or {}
     rope_type, rope_theta = rope.get("rope_type", "default"), rope.get("rope_theta", getattr(text, "rope_theta", 1.0))
     if rope_type != "default":
         raise EdgelalmError(f"{config_file}: text_config's rope_type {rope_type!r}: edgelalm exports plain RoPE only")
-    if not isinstance(rope_theta, int | float) or not 0 < rope_theta < float("inf"):
+    if not is_real_number(rope_theta) or not 0 < rope_theta <= np.finfo(np.float32).max:
         raise EdgelalmError(f"{config_file}: text_config's rope_theta must be a positive number, not {rope_theta!r}")
     if getattr(text, "use_sliding_window", False) or "sliding_attention" in (getattr(text, "layer_types", None) or []):
         raise EdgelalmError(
@@ -375,9 +400,30 @@ def open_checkpoint(path: Path) -> Checkpoint:
         )
     checkpoint.check_shapes()
     check_features(checkpoint.features(), path)  # the extractor's window is the tower's
+    checkpoint.generation_eos_ids = read_generation_eos_ids(path, config.text_config.vocab_size)
     checkpoint.windows_advice = read_windows_advice(path, float(extractor.chunk_length))
     checkpoint.decoding_advice = read_decoding_advice(path, has_ctc_head(path))
     return checkpoint
+
+
+def read_generation_eos_ids(path: Path, vocab_size: int) -> list[int] | None:
+    """generation_config.json's eos_token_id (one id or a list): the tokens that end an answer,
+    checked here, before any export step (bad JSON, a list of names or an id of -5 failed at the
+    manifest, after the graphs, or exported a bundle its reader refused). None: the file or the
+    field is absent."""
+    file = path / "generation_config.json"
+    if not file.is_file():
+        return None
+    eos = read_json_object(file).get("eos_token_id")
+    if eos is None:
+        return None
+    ids = eos if isinstance(eos, list) else [eos]
+    if not ids or not all(is_whole_number(token) and 0 <= token < vocab_size for token in ids):
+        raise EdgelalmError(
+            f"{file}: eos_token_id must be a token id or a list of them, each from 0 to {vocab_size - 1} "
+            f"(text_config.vocab_size), not {_short(eos)}"
+        )
+    return list(ids)
 
 
 # The feature extractor's sizes, checked in its files before it loads and after.

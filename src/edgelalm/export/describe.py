@@ -4,7 +4,6 @@ tokens and the tools that wrote it (edgelalm.manifest holds the types; this fill
 from __future__ import annotations
 
 import datetime
-import json
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -216,13 +215,8 @@ def special_tokens(checkpoint: Checkpoint) -> SpecialTokens:
 
 
 def _end_of_turn_ids(checkpoint: Checkpoint, tokens: dict[str, SpecialToken]) -> list[int]:
-    generation_file = checkpoint.path / "generation_config.json"
-    if generation_file.is_file():
-        eos = json.loads(generation_file.read_text()).get("eos_token_id")
-        if isinstance(eos, int):
-            return [eos]
-        if isinstance(eos, list) and eos:
-            return [int(i) for i in eos]
+    if checkpoint.generation_eos_ids is not None:
+        return checkpoint.generation_eos_ids
     return [tokens["im_end"].id, tokens["endoftext"].id]
 
 
