@@ -147,3 +147,35 @@ def test_a_file_in_the_way_is_named_without_advising_force(tmp_path):
     for force in (False, True):
         with pytest.raises(EdgelalmError, match=r"clip\.wav is a file, not a folder$"):
             check_replaceable(tmp_path / "clip.wav", force)
+
+
+def test_staging_folders_of_a_killed_write_are_removed_by_the_next(tmp_path):
+    """SIGKILL (the OOM killer) leaves a staging folder no handler removes, hidden, gigabytes for a
+    7B; a later export to the same target left it for good. Only a dead process's on this host go:
+    a live one's is another export still running, and an unrecognised name is left alone."""
+    import socket
+    import subprocess
+    import sys
+
+    host = socket.gethostname()
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(finished.stdout)
+    names = {
+        "dead": f".bundle.partial-{host}-{dead}-abc123",
+        "alive": f".bundle.partial-{host}-{os.getpid()}-def456",
+        "other host": f".bundle.partial-elsewhere.example-{dead}-ghi789",
+        "unrecognised": ".bundle.partial-x1y2",
+        "another target": f".bundle2.partial-{host}-{dead}-jkl012",
+        "retired, no target": f".bundle.old-{host}-{dead}-mno345",
+    }
+    for name in names.values():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "decoder.gguf").write_bytes(b"x")
+    with atomic_folder(tmp_path / "bundle", force=False) as staging:
+        (staging / "manifest.json").write_text("{}")
+    left = {path.name for path in tmp_path.iterdir()}
+    assert left == {"bundle"} | set(names.values()) - {names["dead"]}, left
+    # Once the target exists, a dead process's retired folder is the old copy, replaced: removed too.
+    with atomic_folder(tmp_path / "bundle", force=True) as staging:
+        (staging / "manifest.json").write_text("{}")
+    assert names["retired, no target"] not in {path.name for path in tmp_path.iterdir()}

@@ -6,10 +6,12 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import glob
 import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -253,19 +255,20 @@ def atomic_folder(
     folder holding anything else is not replaced either."""
     target = target.absolute()
     check_replaceable(target, force, marker, owned)
+    _remove_abandoned(target)
     created_parents = [p for p in [target.parent, *target.parent.parents] if not p.exists()]
     staging: Path | None = None
     try:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             # A name as long as the file system allows leaves no room for more: the staging name takes part of it.
-            staging = Path(tempfile.mkdtemp(prefix=f".{target.name[:_NAME_KEPT]}.partial-", dir=target.parent))
+            staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(target, "partial") + _owner(), dir=target.parent))
         except OSError as error:
             raise cannot_write_in(target.parent, error) from None
         yield staging
         _open_to_umask(staging)
         if target.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{target.name[:_NAME_KEPT]}.old-", dir=target.parent))
+            retired = Path(tempfile.mkdtemp(prefix=_staging_prefix(target, "old") + _owner(), dir=target.parent))
             target.rename(retired / target.name)
             staging.rename(target)
             shutil.rmtree(retired, ignore_errors=True)
@@ -278,6 +281,41 @@ def atomic_folder(
             shutil.rmtree(staging, ignore_errors=True)
         _remove_empty(created_parents)
         raise
+
+
+def _staging_prefix(target: Path, kind: str) -> str:
+    """Hidden, so that nothing takes it for the folder (`run`'s newest bundle skips dot names)."""
+    return f".{target.name[:_NAME_KEPT]}.{kind}-"
+
+
+def _owner() -> str:
+    """The host and process a staging folder belongs to, in its name: a later write to the same
+    target removes it once that process is gone (killed by SIGKILL or the OOM killer, which no
+    handler sees: a 7B's staging folder is gigabytes, hidden)."""
+    return f"{socket.gethostname()}-{os.getpid()}-"
+
+
+def _remove_abandoned(target: Path) -> None:
+    """Staging folders an earlier write to `target` on this host left behind when its process died.
+    A retired (`.old-`) folder only where `target` exists: killed between its two renames, the
+    retired folder holds the previous `target`, the only copy."""
+    kinds = ("partial", "old") if target.exists() else ("partial",)
+    for kind in kinds:
+        prefix = _staging_prefix(target, kind) + f"{socket.gethostname()}-"
+        for path in target.parent.glob(glob.escape(prefix) + "*"):
+            pid = path.name[len(prefix) :].split("-", 1)[0]
+            if pid.isdigit() and not _process_alive(int(pid)) and path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's: alive
+        return True
+    return True
 
 
 def _open_to_umask(folder: Path) -> None:
