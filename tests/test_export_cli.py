@@ -276,6 +276,25 @@ def _wrong_shapes(path, source):
     (path / "config.json").write_text(json.dumps(config))
 
 
+def _two_layouts(copied_prefix, as_prefix):
+    """A copy whose weights also hold every `copied_prefix` tensor again under `as_prefix`, zeroed:
+    the zeros were exported (the last name read won), exit 0."""
+
+    def make(path, source):
+        from safetensors.torch import load_file, save_file
+
+        shutil.copytree(source, path)
+        weights = load_file(path / "model.safetensors")
+        copies = {
+            as_prefix + k.removeprefix(copied_prefix): torch.zeros_like(v)
+            for k, v in weights.items()
+            if k.startswith(copied_prefix)
+        }
+        save_file({**weights, **copies}, path / "model.safetensors", metadata={"format": "pt"})
+
+    return make
+
+
 def _config_edited(section, field, value):
     """A copy whose config.json gives `field` of `section` the value `value`."""
 
@@ -469,6 +488,16 @@ def _bad_window_advice(path, source):
         ),
         ("index-naming-a-pickle", _shards_with_a_pickle, ["'00-weights.bin' is not a .safetensors file in the folder"]),
         ("integer-weights", _integer_tensor, ["is I32; weights are F32, F16, BF16 or F64"]),
+        (
+            "two-decoders",
+            _two_layouts("language_model.model.", "model.language_model."),
+            ["is stored twice, as", "two copies of the decoder (keep one layout)"],
+        ),
+        (
+            "two-towers",
+            _two_layouts("audio_tower.", "model.audio_tower."),
+            ["tensors named both audio_tower.* and model.audio_tower.*: two copies of one part"],
+        ),
         # Refused in the decoder's own words, not as a GGUF that llama.cpp cannot load.
         (
             "decoder-heads",

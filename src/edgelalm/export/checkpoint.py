@@ -87,10 +87,17 @@ class Checkpoint:
         )
 
     def _first_prefix(self, prefixes: tuple[str, ...]) -> str:
-        prefix = next((p for p in prefixes if any(k.startswith(p) for k in self.tensor_files)), None)
-        if prefix is None:
+        """The one of `prefixes` the stored names use; both (two copies of a part, say a save of
+        each layout in one folder) refused: which copy is the model is not for export to guess."""
+        present = [p for p in prefixes if any(k.startswith(p) for k in self.tensor_files)]
+        if not present:
             raise EdgelalmError(f"{self.path}: no tensors named {' or '.join(p + '*' for p in prefixes)}")
-        return prefix
+        if len(present) > 1:
+            raise EdgelalmError(
+                f"{self.path}: its weights hold tensors named both {' and '.join(p + '*' for p in present)}: two "
+                "copies of one part (keep one layout)"
+            )
+        return present[0]
 
     def tensors(self, prefixes: tuple[str, ...]) -> Iterator[tuple[str, torch.Tensor]]:
         """(name without prefix, tensor) for every tensor under the first prefix present."""
@@ -107,11 +114,17 @@ class Checkpoint:
     def decoder_tensor_keys(self) -> dict[str, str]:
         """Canonical decoder tensor name (model.layers.0.self_attn.q_proj.weight, lm_head.weight,
         ...) -> the name stored in the checkpoint."""
-        keys = {}
+        keys: dict[str, str] = {}
         for stored in self.tensor_files:
             for prefix, canonical_prefix in DECODER_RENAMES:
                 if stored.startswith(prefix):
-                    keys[canonical_prefix + stored[len(prefix) :]] = stored
+                    canonical = canonical_prefix + stored[len(prefix) :]
+                    if canonical in keys:  # the last one read had won, silently
+                        raise EdgelalmError(
+                            f"{self.path}: the decoder tensor {canonical} is stored twice, as {keys[canonical]} and "
+                            f"{stored}: two copies of the decoder (keep one layout)"
+                        )
+                    keys[canonical] = stored
                     break
         if not keys:
             raise EdgelalmError(f"{self.path}: no language-model tensors (language_model.*) in its weights")
