@@ -257,3 +257,31 @@ def test_an_empty_template_file_is_refused(tiny_checkpoint, tmp_path):
     (folder / "chat_template.jinja").write_text("\n")
     with pytest.raises(EdgelalmError, match=r"chat_template\.jinja is empty"):
         prompt_pieces(open_checkpoint(folder).processor, folder, "empty-template", None)
+
+
+def test_sliding_window_flags_that_leave_every_layer_full_are_full_attention(tiny_checkpoint, tmp_path):
+    """use_sliding_window with max_window_layers past the last layer, or every layer_types entry
+    full_attention: transformers builds no sliding layer, and export refused them as sliding."""
+    from transformers import Qwen2AudioConfig
+
+    from edgelalm.errors import EdgelalmError
+
+    def edited(name: str, **fields) -> Path:
+        folder = _copy(tiny_checkpoint, tmp_path / name)
+        config = json.loads((folder / "config.json").read_text())
+        config["text_config"].pop("layer_types", None)  # recomputed from the flags where not given
+        config["text_config"].update(fields, sliding_window=16)
+        (folder / "config.json").write_text(json.dumps(config))
+        return folder
+
+    layers = json.loads((tiny_checkpoint / "config.json").read_text())["text_config"]["num_hidden_layers"]
+    for name, fields in (
+        ("window-past-the-layers", {"use_sliding_window": True, "max_window_layers": layers}),
+        ("every-layer-full", {"use_sliding_window": True, "layer_types": ["full_attention"] * layers}),
+    ):
+        folder = edited(name, **fields)
+        assert "sliding_attention" not in Qwen2AudioConfig.from_pretrained(folder).text_config.layer_types
+        open_checkpoint(folder)
+    folder = edited("sliding", use_sliding_window=True, max_window_layers=0)
+    with pytest.raises(EdgelalmError, match="uses sliding-window attention"):
+        open_checkpoint(folder)

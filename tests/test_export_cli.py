@@ -295,6 +295,16 @@ def _two_layouts(copied_prefix, as_prefix):
     return make
 
 
+def _without_lm_head(path, source):
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(source, path)
+    weights = load_file(path / "model.safetensors")
+    save_file(
+        {k: v for k, v in weights.items() if "lm_head" not in k}, path / "model.safetensors", metadata={"format": "pt"}
+    )
+
+
 def _config_edited(section, field, value):
     """A copy whose config.json gives `field` of `section` the value `value`."""
 
@@ -488,6 +498,13 @@ def _bad_window_advice(path, source):
         ),
         ("index-naming-a-pickle", _shards_with_a_pickle, ["'00-weights.bin' is not a .safetensors file in the folder"]),
         ("integer-weights", _integer_tensor, ["is I32; weights are F32, F16, BF16 or F64"]),
+        # Tied silently before: llama.cpp read the embeddings as the output layer, transformers' model had its own.
+        ("no-lm-head", _without_lm_head, ["hold no lm_head.weight and text_config.tie_word_embeddings is false"]),
+        (
+            "llama-decoder",
+            _config_edited("text_config", "model_type", "llama"),
+            ["text_config.model_type is 'llama'; Qwen2-Audio's decoder is qwen2"],
+        ),
         (
             "two-decoders",
             _two_layouts("language_model.model.", "model.language_model."),

@@ -169,7 +169,13 @@ class Checkpoint:
         projector_shapes = {k.removeprefix("linear."): v for k, v in self._stored_shapes(PROJECTOR_PREFIXES).items()}
         _check_shapes(projector, projector_shapes, self.path, "projector")
         decoder_shapes = {canonical: self.tensor_shape(key) for canonical, key in self.decoder_tensor_keys().items()}
-        # Without its own lm_head llama.cpp reads the embeddings as the output layer (tied).
+        # Without its own lm_head llama.cpp reads the embeddings as the output layer (tied): what the
+        # config must say, else transformers' model has an output layer of its own that is missing.
+        if "lm_head.weight" not in decoder_shapes and not self.config.text_config.tie_word_embeddings:
+            raise EdgelalmError(
+                f"{self.path}: its weights hold no lm_head.weight and text_config.tie_word_embeddings is false: the "
+                "decoder's output layer is missing"
+            )
         decoder_shapes.setdefault("lm_head.weight", decoder_shapes.get("model.embed_tokens.weight", ()))
         _check_shapes(decoder, decoder_shapes, self.path, "decoder")
 
@@ -320,6 +326,10 @@ def _check_config(config_file: Path, config: Qwen2AudioConfig) -> None:
         raise EdgelalmError(
             f"{config_file}: text_config.rms_norm_eps must be a positive float32, not {text.rms_norm_eps!r}"
         )
+    if getattr(text, "model_type", "qwen2") != "qwen2":  # transformers would build that model instead
+        raise EdgelalmError(
+            f"{config_file}: text_config.model_type is {_short(text.model_type)}; Qwen2-Audio's decoder is qwen2"
+        )
     # llama.cpp's qwen2 graph computes SiLU (SwiGLU) and a head size of hidden_size / heads: another
     # activation exported with exit 0 and answered from other logits.
     if getattr(text, "hidden_act", "silu") != "silu":
@@ -340,7 +350,10 @@ def _check_config(config_file: Path, config: Qwen2AudioConfig) -> None:
         raise EdgelalmError(f"{config_file}: text_config's rope_type {rope_type!r}: edgelalm exports plain RoPE only")
     if not is_real_number(rope_theta) or not 0 < rope_theta <= np.finfo(np.float32).max:
         raise EdgelalmError(f"{config_file}: text_config's rope_theta must be a positive number, not {rope_theta!r}")
-    if getattr(text, "use_sliding_window", False) or "sliding_attention" in (getattr(text, "layer_types", None) or []):
+    # transformers' own reading: layer_types decides (use_sliding_window with max_window_layers past
+    # the last layer, or every layer "full_attention", is full attention, refused before).
+    layer_types = getattr(text, "layer_types", None)
+    if "sliding_attention" in layer_types if layer_types is not None else getattr(text, "use_sliding_window", False):
         raise EdgelalmError(
             f"{config_file}: text_config uses sliding-window attention; edgelalm exports full attention only"
         )
