@@ -387,3 +387,26 @@ def test_a_signal_the_parent_ignores_stays_ignored(tmp_path):
     """A background job of a shell ignores SIGTERM/SIGINT from its parent: the CLI keeps that."""
     done = _run_signalled_app("pass", tmp_path, preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN))
     assert done.returncode != 130 and "the signal did not interrupt" in done.stderr
+
+
+def test_a_signal_after_the_command_cannot_change_its_status(tmp_path):
+    """Python's shutdown puts its signal handlers back to the default: a Ctrl-C there ended a
+    complete `inspect` by SIGINT (status -2, no line; 9 of 24 tries at the right moment). Once the
+    status is chosen the CLI ignores them; a later main() in the same process handles them again."""
+    script = (
+        "import os, signal, sys\n"
+        "from edgelalm import interrupts\n"
+        "from edgelalm.cli import main\n"
+        "sys.argv = ['edgelalm', '--version']\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as done:\n"
+        "    assert not done.code, done.code\n"
+        "os.kill(os.getpid(), signal.SIGINT)  # as a Ctrl-C during Python's shutdown\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "interrupts.install()\n"
+        "assert signal.getsignal(signal.SIGINT) is interrupts._on_signal, signal.getsignal(signal.SIGINT)\n"
+        "print('status kept')\n"
+    )
+    done = _python(script, tmp_path)
+    assert (done.returncode, done.stdout.splitlines()[-1]) == (0, "status kept"), done.stderr

@@ -849,6 +849,7 @@ def main() -> None:
         exit_code = app(standalone_mode=False, prog_name="edgelalm")
         if exit_code == 130:
             _fail_interrupted()
+        interrupts.settle()
         if isinstance(exit_code, int) and exit_code:
             sys.exit(exit_code)
     except SystemExit:
@@ -989,6 +990,7 @@ def _error_line(message: str) -> None:
 
 def _fail(message: str, exit_code: int) -> None:
     _error_line(message)
+    interrupts.settle()  # the status is chosen: a signal during Python's shutdown must not change it
     sys.exit(exit_code)
 
 
