@@ -630,6 +630,11 @@ def test_unusual_formats_give_a_result(avg2, tmp_path, case, rate, subtype, chan
     assert result["audio_seconds"] == pytest.approx(seconds, abs=0.01)
 
 
+def test_a_dash_is_no_standard_input(avg2, tmp_path):
+    code, _, stderr = run(avg2, "-", cwd=tmp_path)
+    assert_one_line_error(code, stderr, "audio file not found: - (audio is read from files, not standard input")
+
+
 @pytest.mark.parametrize("kind", ["fifo", "/dev/zero"])
 def test_a_stream_is_refused_in_one_line(avg2, tmp_path, kind):
     path = tmp_path / "fifo.wav"

@@ -26,6 +26,10 @@ def _check_file(path: Path) -> None:
     except FileNotFoundError:
         if path.is_symlink():
             raise EdgelalmError(f"{path} is a symbolic link to nothing") from None
+        if str(path) == "-":
+            raise EdgelalmError(
+                "audio file not found: - (audio is read from files, not standard input: save it first)"
+            ) from None
         raise EdgelalmError(f"audio file not found: {path}") from None
     except OSError as error:  # a loop of links, a name too long, no permission
         if error.errno == errno.ELOOP:
