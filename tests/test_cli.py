@@ -290,7 +290,7 @@ import edgelalm.cli as cli
 
 def app(**_):
     try:
-        os.kill(os.getpid(), signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)  # this thread: os.kill may reach another, later
         raise AssertionError("the signal did not interrupt")
     except KeyboardInterrupt as interrupt:
         {unwinding}
@@ -308,7 +308,7 @@ from edgelalm.interrupts import deferred
 
 def app(**_):
     with deferred():
-        os.kill(os.getpid(), signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)  # this thread: os.kill may reach another, later
         Path("block").write_text("finished")
     Path("after").write_text("the interrupt did not come")
 
@@ -365,7 +365,7 @@ def test_a_second_signal_cannot_cut_the_cleanup_short(tmp_path):
     """A scheduler's repeated SIGTERM or an impatient second Ctrl-C arrives while the unwinding
     removes the half-written output: it is ignored, the cleanup finishes, the exit is 130."""
     done = _run_signalled_app(
-        'os.kill(os.getpid(), signal.SIGINT)\nPath("cleaned").write_text("yes")\nraise interrupt', tmp_path
+        'signal.raise_signal(signal.SIGINT)\nPath("cleaned").write_text("yes")\nraise interrupt', tmp_path
     )
     assert (done.returncode, done.stderr) == (130, "edgelalm: error: interrupted\n")
     assert (tmp_path / "cleaned").read_text() == "yes"
@@ -402,8 +402,8 @@ def test_a_signal_after_the_command_cannot_change_its_status(tmp_path):
         "    main()\n"
         "except SystemExit as done:\n"
         "    assert not done.code, done.code\n"
-        "os.kill(os.getpid(), signal.SIGINT)  # as a Ctrl-C during Python's shutdown\n"
-        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "signal.raise_signal(signal.SIGINT)  # as a Ctrl-C during Python's shutdown\n"
+        "signal.raise_signal(signal.SIGTERM)\n"
         "interrupts.install()\n"
         "assert signal.getsignal(signal.SIGINT) is interrupts._on_signal, signal.getsignal(signal.SIGINT)\n"
         "print('status kept')\n"
