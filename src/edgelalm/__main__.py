@@ -10,11 +10,11 @@ from edgelalm.interrupts import INTERRUPTED_LINE
 
 def main() -> None:
     try:
-        from edgelalm.cli import main as cli_main
+        from edgelalm.cli import program
     except KeyboardInterrupt:
         sys.stderr.write(INTERRUPTED_LINE)
         sys.exit(130)
-    cli_main()
+    program()
 
 
 if __name__ == "__main__":

@@ -837,19 +837,19 @@ def doctor(
 
 def main() -> None:
     """Console entry point: every failure the user can act on is one line on stderr."""
-    # SIGTERM unwinds like Ctrl-C, so an interrupted export removes its staging folder.
-    interrupts.install()
     # Where llama.cpp aborts in this process, its assertion line is enough: no debugger's backtrace.
     os.environ.setdefault("GGML_NO_BACKTRACE", "1")
     # onnxruntime writes a telemetry device id under ~/.cache on every session and warns in colour
     # where it cannot (a read-only root on a device): a command line tool has no use for it.
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     try:
+        # SIGTERM unwinds like Ctrl-C, so an interrupted export removes its staging folder. Inside the
+        # try: a signal while the watcher thread starts raised from install() itself, a traceback.
+        interrupts.install()
         # Non-standalone, typer returns an exit code: 130 where it caught a KeyboardInterrupt.
         exit_code = app(standalone_mode=False, prog_name="edgelalm")
         if exit_code == 130:
             _fail_interrupted()
-        interrupts.settle()
         if isinstance(exit_code, int) and exit_code:
             sys.exit(exit_code)
     except SystemExit:
@@ -990,9 +990,19 @@ def _error_line(message: str) -> None:
 
 def _fail(message: str, exit_code: int) -> None:
     _error_line(message)
-    interrupts.settle()  # the status is chosen: a signal during Python's shutdown must not change it
     sys.exit(exit_code)
 
 
+def program() -> None:
+    """main() for a process that ends with it (the console script, python -m): once the status is
+    chosen, signals are ignored (edgelalm.interrupts.settle), so that a Ctrl-C during Python's
+    shutdown cannot end a finished command by SIGINT. Not main() itself: in a process that goes on
+    (tests run the CLI in theirs), ignored signals would stay ignored, children's too."""
+    try:
+        main()
+    finally:
+        interrupts.settle()
+
+
 if __name__ == "__main__":
-    main()
+    program()

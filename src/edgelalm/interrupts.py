@@ -32,7 +32,6 @@ _pending = False
 _swallowed = False
 _previous_unraisablehook = sys.unraisablehook
 _stoppers: set[Callable[[], None]] = set()
-_settled: set[int] = set()  # signals settle() ignores, which install() handles again
 _stoppers_lock = threading.Lock()
 _watching = False
 
@@ -40,8 +39,7 @@ _watching = False
 def install() -> None:
     """Handle SIGINT and SIGTERM so; a signal the parent ignores (a shell's background job
     ignores SIGINT) stays ignored."""
-    handled = [number for number in _HANDLED if signal.getsignal(number) != signal.SIG_IGN or number in _settled]
-    _settled.clear()
+    handled = [number for number in _HANDLED if signal.getsignal(number) != signal.SIG_IGN]
     for signal_number in handled:
         signal.signal(signal_number, _on_signal)
     global _watching, _previous_unraisablehook
@@ -128,14 +126,13 @@ def deferred() -> Iterator[None]:
 
 
 def settle() -> None:
-    """The command's work is done and its exit status chosen: signals from now on are ignored.
-    Python's shutdown puts its own handlers back to the default, and a Ctrl-C there ended the
-    process by SIGINT (status -2, no line) after a complete answer; an ignored signal it leaves
-    ignored. (install() takes these back: tests run the CLI many times in one process.)"""
+    """The command's work is done and its exit status chosen, and the process is about to end:
+    signals from now on are ignored. Python's shutdown puts its own handlers back to the default,
+    and a Ctrl-C there ended the process by SIGINT (status -2, no line) after a complete answer;
+    an ignored signal it leaves ignored."""
     for signal_number in _HANDLED:
         if signal.getsignal(signal_number) is _on_signal:
             signal.signal(signal_number, signal.SIG_IGN)
-            _settled.add(signal_number)
 
 
 def _on_signal(signum: int, frame: object) -> None:
