@@ -1,4 +1,5 @@
-"""Experiment: a CTC head with its own transformer layers over the projected frames (residual,
+"""Experiment (kept with its results, not part of the recipe; run from the repository root): a CTC
+head with its own transformer layers over the projected frames (residual,
 zero-initialised, so step 0 is the shipped head). Best-path WER on the development sets."""
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ class Body(nn.Module):
             nn.init.zeros_(self.conv.weight)
             nn.init.zeros_(self.conv.bias)
         self.layers = nn.ModuleList(
-            nn.TransformerEncoderLayer(width, heads, ff, dropout=0.1, activation="gelu", batch_first=True, norm_first=True)
+            nn.TransformerEncoderLayer(
+                width, heads, ff, dropout=0.1, activation="gelu", batch_first=True, norm_first=True
+            )
             for _ in range(layers)
         )
         for layer in self.layers:
@@ -51,7 +54,9 @@ class Body(nn.Module):
 
 
 class Head(nn.Module):
-    def __init__(self, embeddings: torch.Tensor, blank: torch.Tensor, log_scale: torch.Tensor, body: Body, untied: bool = False) -> None:
+    def __init__(
+        self, embeddings: torch.Tensor, blank: torch.Tensor, log_scale: torch.Tensor, body: Body, untied: bool = False
+    ) -> None:
         super().__init__()
         self.register_buffer("embeddings", embeddings)
         self.output = nn.Parameter(embeddings.clone()) if untied else None
@@ -130,7 +135,13 @@ def main() -> int:
     embeddings = model.get_input_embeddings().weight.detach().float()
     stored = load_file(str(model_dir / CTC_HEAD_FILE))
     width = embeddings.shape[1]
-    head = Head(embeddings, stored["blank"].float(), stored["log_scale"].float(), Body(width, args.layers, 6, args.ff, args.conv), args.untied)
+    head = Head(
+        embeddings,
+        stored["blank"].float(),
+        stored["log_scale"].float(),
+        Body(width, args.layers, 6, args.ff, args.conv),
+        args.untied,
+    )
     print("trainable", sum(p.numel() for p in head.parameters() if p.requires_grad), file=sys.stderr)
     train = EncodedDataset(*args.train.split(","))
     dev = {name: EncodedDataset(f"data3dev/{name}") for name in ("test", "unheard")}
@@ -163,7 +174,10 @@ def main() -> int:
                 result = {name: evaluate(head, projector, tokenizer, d, args.eval_count) for name, d in dev.items()}
                 print(json.dumps({"step": step, "loss": loss.item(), **result}), file=log, flush=True)
                 print(step, result, file=sys.stderr, flush=True)
-                save_file({k: v.contiguous() for k, v in head.state_dict().items() if k != "embeddings"}, str(args.out / "head.safetensors"))
+                save_file(
+                    {k: v.contiguous() for k, v in head.state_dict().items() if k != "embeddings"},
+                    str(args.out / "head.safetensors"),
+                )
             if step >= args.steps:
                 break
     return 0
