@@ -262,13 +262,13 @@ def atomic_folder(
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             # A name as long as the file system allows leaves no room for more: the staging name takes part of it.
-            staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(target, "partial") + _owner(), dir=target.parent))
+            staging = Path(tempfile.mkdtemp(prefix=_owned_prefix(target, "partial"), dir=target.parent))
         except OSError as error:
             raise cannot_write_in(target.parent, error) from None
         yield staging
         _open_to_umask(staging)
         if target.exists():
-            retired = Path(tempfile.mkdtemp(prefix=_staging_prefix(target, "old") + _owner(), dir=target.parent))
+            retired = Path(tempfile.mkdtemp(prefix=_owned_prefix(target, "old"), dir=target.parent))
             target.rename(retired / target.name)
             staging.rename(target)
             shutil.rmtree(retired, ignore_errors=True)
@@ -284,15 +284,16 @@ def atomic_folder(
 
 
 def _staging_prefix(target: Path, kind: str) -> str:
-    """Hidden, so that nothing takes it for the folder (`run`'s newest bundle skips dot names)."""
-    return f".{target.name[:_NAME_KEPT]}.{kind}-"
+    """Hidden, so that nothing takes it for the folder (`run`'s newest bundle skips dot names), and
+    named for this host; the process's id follows (`_owned_prefix`)."""
+    return f".{target.name[:_NAME_KEPT]}.{kind}-{socket.gethostname()}-"
 
 
-def _owner() -> str:
+def _owned_prefix(target: Path, kind: str) -> str:
     """The host and process a staging folder belongs to, in its name: a later write to the same
     target removes it once that process is gone (killed by SIGKILL or the OOM killer, which no
     handler sees: a 7B's staging folder is gigabytes, hidden)."""
-    return f"{socket.gethostname()}-{os.getpid()}-"
+    return f"{_staging_prefix(target, kind)}{os.getpid()}-"
 
 
 def _remove_abandoned(target: Path) -> None:
@@ -301,7 +302,7 @@ def _remove_abandoned(target: Path) -> None:
     retired folder holds the previous `target`, the only copy."""
     kinds = ("partial", "old") if target.exists() else ("partial",)
     for kind in kinds:
-        prefix = _staging_prefix(target, kind) + f"{socket.gethostname()}-"
+        prefix = _staging_prefix(target, kind)
         for path in target.parent.glob(glob.escape(prefix) + "*"):
             pid = path.name[len(prefix) :].split("-", 1)[0]
             if pid.isdigit() and not _process_alive(int(pid)) and path.is_dir() and not path.is_symlink():

@@ -97,17 +97,19 @@ def checkpoint_has_template(folder: Path) -> bool:
 def detect_prompt_format(folder: Path, name: str) -> PromptFormat:
     """ "instruct" for a checkpoint with its own template or not named as the base release;
     "base" for a template-less checkpoint named Qwen2-Audio-7B (the base model's layout)."""
-    if checkpoint_has_template(folder):
-        return "instruct"
-    return "base" if _BASE_NAME.fullmatch(name) else "instruct"
+    return _format_for(checkpoint_template(folder), name)
+
+
+def _format_for(template: str | None, name: str) -> PromptFormat:
+    return "base" if template is None and _BASE_NAME.fullmatch(name) else "instruct"
 
 
 def prompt_pieces(processor: Any, folder: Path, name: str, prompt_format: PromptFormat | None) -> PromptInfo:
     """The pieces for a checkpoint in `prompt_format` (None: detected)."""
-    prompt_format = prompt_format or detect_prompt_format(folder, name)
-    if prompt_format == "base":
+    template = checkpoint_template(folder)  # read once: the format and the pieces both ask
+    if (prompt_format or _format_for(template, name)) == "base":
         return base_prompt_pieces(processor)
-    if (template := checkpoint_template(folder)) is not None:
+    if template is not None:
         return chat_template_pieces(processor, str(folder), template=template)
     pieces = chat_template_pieces(processor, str(folder), template=instruct_template())
     return dataclasses.replace(pieces, template_source="edgelalm")
