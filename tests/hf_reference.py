@@ -50,20 +50,30 @@ def speechlike(seconds: float, seed: int) -> np.ndarray:
     return (0.2 * envelope * rng.standard_normal(n)).astype(np.float32)
 
 
-def reference_inputs(hf, audio: np.ndarray, compressor: str, factor: int, prompt: str, window_seconds: int):
-    """(inputs_embeds [1, N, H], audio embeddings [A, H], end ids), from transformers + peft + the
-    paper's definitions: each encoder window as its own clip, compressed, projected, in the chat
-    template around the prompt."""
+def reference_window_embeddings(
+    hf, audio: np.ndarray, compressor: str, factor: int, window_seconds: int
+) -> list[torch.Tensor]:
+    """Each encoder window's audio embeddings [A_w, H], from transformers + peft + the paper's
+    definitions: each window as its own clip, compressed, projected."""
     model, processor = hf
     tower = TransformersAudioTower(model, processor)
     base = model.get_base_model()
     window = window_seconds * 16000
-    tokens = []
-    for start in range(0, len(audio), window):  # each encoder window as its own clip
+    embeddings = []
+    for start in range(0, len(audio), window):
         frames, _, _ = tower(audio[start : start + window])
-        tokens.append(reference.compress(compressor, factor, frames))
-    with torch.no_grad():
-        audio_embeddings = base.model.multi_modal_projector(torch.from_numpy(np.concatenate(tokens)))
+        with torch.no_grad():
+            tokens = torch.from_numpy(reference.compress(compressor, factor, frames))
+            embeddings.append(base.model.multi_modal_projector(tokens))
+    return embeddings
+
+
+def reference_inputs(hf, audio: np.ndarray, compressor: str, factor: int, prompt: str, window_seconds: int):
+    """(inputs_embeds [1, N, H], audio embeddings [A, H], end ids): every window's embeddings
+    (`reference_window_embeddings`) in the chat template around the prompt."""
+    model, processor = hf
+    base = model.get_base_model()
+    audio_embeddings = torch.cat(reference_window_embeddings(hf, audio, compressor, factor, window_seconds))
     messages = [{"role": "user", "content": [{"type": "audio", "audio": "clip"}, {"type": "text", "text": prompt}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     before, after = text.split(processor.audio_token)
@@ -100,20 +110,60 @@ def reference_answer(
     return processor.tokenizer.decode(answer), audio_embeddings.shape[0]
 
 
-def ctc_head_log_probs(head_file, model, audio_embeddings: np.ndarray) -> np.ndarray:
-    """A CTC head file's log-probabilities by TokenCtc's definition, in numpy: a realigned head's
-    residual map first (x + x @ transform.T), then the cosine similarity to [blank, the model's
-    input embeddings], scaled, log-softmax (a zero row, as a padded vocabulary's unused ones, has
-    cosine 0: torch's normalize divides by at least 1e-12)."""
+def transformer_layers(head_file, rows: np.ndarray) -> np.ndarray:
+    """A head file's own layers over `rows` [T, H] (one window), by torch's own pre-norm
+    TransformerEncoderLayer (GELU, no dropout) loaded with the file's tensors; `rows` unchanged
+    where the file has none."""
+    from safetensors import safe_open
+
+    with safe_open(str(head_file), framework="pt") as stored:
+        names, metadata = list(stored.keys()), stored.metadata() or {}
+        tensors = {name: stored.get_tensor(name).float() for name in names if name.startswith("layers.")}
+    count = len({name.split(".")[2] for name in tensors})
+    hidden = torch.from_numpy(rows.astype(np.float32))[None]
+    for index in range(count):
+        prefix = f"layers.stack.{index}."
+        own = {name[len(prefix) :]: value for name, value in tensors.items() if name.startswith(prefix)}
+        feed_forward, width = own["feed_forward_up.weight"].shape
+        layer = torch.nn.TransformerEncoderLayer(
+            width, int(metadata["edgelalm_ctc_attention_heads"]), feed_forward, dropout=0.0, activation="gelu",
+            batch_first=True, norm_first=True,
+        ).eval()  # fmt: skip
+        torch_names = {
+            "self_attn.in_proj": "qkv", "self_attn.out_proj": "attention_output", "norm1": "attention_norm",
+            "norm2": "feed_forward_norm", "linear1": "feed_forward_up", "linear2": "feed_forward_down",
+        }  # fmt: skip
+        layer.load_state_dict(
+            {
+                (f"{torch_name}_{kind}" if torch_name == "self_attn.in_proj" else f"{torch_name}.{kind}"): own[
+                    f"{name}.{kind}"
+                ]
+                for torch_name, name in torch_names.items()
+                for kind in ("weight", "bias")
+            }
+        )
+        with torch.no_grad():
+            hidden = layer(hidden)
+    return hidden[0].numpy() if count else rows
+
+
+def ctc_head_log_probs(head_file, model, audio_embeddings: np.ndarray | list[np.ndarray]) -> np.ndarray:
+    """A CTC head file's log-probabilities by TokenCtc's definition, in numpy: each window's rows
+    (`audio_embeddings`: one window, or a list of them) through the head's own layers if it has
+    any (torch's TransformerEncoderLayer, `transformer_layers`), a realigned head's residual map
+    (x + x @ transform.T), then the cosine similarity to [blank, the model's input embeddings],
+    scaled, log-softmax (a zero row, as a padded vocabulary's unused ones, has cosine 0: torch's
+    normalize divides by at least 1e-12)."""
     import math
 
     from safetensors.numpy import load_file
 
+    windows = audio_embeddings if isinstance(audio_embeddings, list) else [audio_embeddings]
     head = load_file(str(head_file))
     embeddings = model.get_input_embeddings().weight.detach().numpy().astype(np.float64)
     vocabulary = np.vstack([head["blank"][None].astype(np.float64), embeddings])
     vocabulary /= np.maximum(np.linalg.norm(vocabulary, axis=1, keepdims=True), 1e-12)
-    directions = audio_embeddings.astype(np.float64)
+    directions = np.concatenate([transformer_layers(head_file, window) for window in windows]).astype(np.float64)
     if "transform" in head:
         directions = directions + directions @ head["transform"].astype(np.float64).T
     directions /= np.maximum(np.linalg.norm(directions, axis=1, keepdims=True), 1e-12)

@@ -3,8 +3,9 @@ decoding advice, and `run` decodes by a beam search joint with it: by default th
 encoder's frames through the projector (every compressor's audio at its full rate), with
 `ctc_reads="audio-tokens"` the compressor's tokens the decoder reads. The reference is
 transformers' model (peft's adapter active) with the paper's compressors (tests/hf_reference.py),
-and CTC log-probabilities computed here in numpy from the head's definition (scaled cosine to the
-blank and to each input embedding, then a log-softmax), not from edgelalm's graph."""
+and CTC log-probabilities computed here from the head's definition (its own transformer layers by
+torch's TransformerEncoderLayer, each window on its own; then, in numpy, scaled cosine to the blank
+and to each input embedding and a log-softmax), not from edgelalm's graph."""
 
 from __future__ import annotations
 
@@ -22,13 +23,20 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
-from hf_reference import ctc_head_log_probs, reference_answer, reference_inputs, speechlike  # noqa: E402
+from hf_reference import (  # noqa: E402
+    ctc_head_log_probs,
+    reference_answer,
+    reference_inputs,
+    reference_window_embeddings,
+    speechlike,
+)
 from safetensors.torch import save_file  # noqa: E402
 
 from edgelalm.compression import CompressorSpec  # noqa: E402
 from edgelalm.constants import CTC_FILE, CTC_HEAD_FILE, DECODING_ADVICE_FILE  # noqa: E402
 from edgelalm.errors import EdgelalmError  # noqa: E402
 from edgelalm.export.bundle import ExportOptions, export_bundle  # noqa: E402
+from edgelalm.export.ctc import CtcLayers  # noqa: E402
 from edgelalm.manifest import read_manifest  # noqa: E402
 from edgelalm.runtime.ctc import CtcPrefixScorer  # noqa: E402
 from edgelalm.runtime.pipeline import Runtime  # noqa: E402
@@ -43,14 +51,22 @@ BEAM, WEIGHT = 3, 0.5
 @pytest.fixture(scope="module")
 def headed_checkpoint(tiny_checkpoint, tmp_path_factory) -> Path:
     """The tiny checkpoint with a CTC head (random, as a trained one would be to this random
-    decoder) and the advice to decode jointly with it."""
+    decoder) that has two transformer layers of its own, and the advice to decode jointly with it."""
     folder = tmp_path_factory.mktemp("headed") / "tiny"
     shutil.copytree(tiny_checkpoint, folder)
     hidden = json.loads((folder / "config.json").read_text())["text_config"]["hidden_size"]
     generator = torch.Generator().manual_seed(3)
+    layers = CtcLayers(hidden, 2, 4, 2 * hidden)
+    for values in layers.parameters():  # the output projections too: a new stack is the identity
+        values.data = 0.2 * torch.randn(values.shape, generator=generator) + (values.data if values.ndim == 1 else 0)
     save_file(
-        {"blank": torch.randn(hidden, generator=generator), "log_scale": torch.tensor(math.log(12.0))},
+        {
+            "blank": torch.randn(hidden, generator=generator),
+            "log_scale": torch.tensor(math.log(12.0)),
+            **layers.tensors(),
+        },
         str(folder / CTC_HEAD_FILE),
+        layers.metadata(),
     )
     (folder / DECODING_ADVICE_FILE).write_text(json.dumps({"beam_size": BEAM, "ctc_weight": WEIGHT}))
     return folder
@@ -82,16 +98,17 @@ def hf(headed_checkpoint, tiny_lora_adapter):
     return model, transformers.AutoProcessor.from_pretrained(headed_checkpoint)
 
 
-def head_log_probs(checkpoint: Path, model, audio_embeddings: np.ndarray) -> np.ndarray:
+def head_log_probs(checkpoint: Path, model, audio_embeddings: np.ndarray | list[np.ndarray]) -> np.ndarray:
     return ctc_head_log_probs(checkpoint / CTC_HEAD_FILE, model, audio_embeddings)
 
 
 def reference_joint_answer(hf, checkpoint, audio, max_tokens, beam_size, ctc_weight, reads_frames=True) -> str:
     model, processor = hf
-    inputs_embeds, audio_embeddings, end_ids = reference_inputs(hf, audio, "avg", 2, PROMPT, WINDOW_SECONDS)
-    if reads_frames:  # the projector over every frame: the paper's `none`
-        audio_embeddings = reference_inputs(hf, audio, "none", 1, PROMPT, WINDOW_SECONDS)[1]
-    scorer = CtcPrefixScorer(head_log_probs(checkpoint, model, audio_embeddings.numpy())) if ctc_weight else None
+    inputs_embeds, _, end_ids = reference_inputs(hf, audio, "avg", 2, PROMPT, WINDOW_SECONDS)
+    # The projector over every frame (the paper's `none`) or avg2's tokens, each window on its own.
+    read = ("none", 1) if reads_frames else ("avg", 2)
+    windows = [window.numpy() for window in reference_window_embeddings(hf, audio, *read, WINDOW_SECONDS)]
+    scorer = CtcPrefixScorer(head_log_probs(checkpoint, model, windows)) if ctc_weight else None
     tokens, _ = beam_search(
         torch_advance(model, inputs_embeds[0]), frozenset(end_ids), max_tokens, beam_size, scorer, ctc_weight
     )

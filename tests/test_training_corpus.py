@@ -289,6 +289,8 @@ def test_token_ctc_scores_the_decoders_own_embeddings_and_decodes_its_best_path(
         rows = torch.randn(embeddings.weight.shape, generator=torch.Generator().manual_seed(0))
         embeddings.weight.copy_(rows / rows.norm(dim=-1, keepdim=True))
     ctc = TokenCtc(embeddings, processor.tokenizer)
+    with torch.no_grad():  # a blank of its own (drawn from torch's global generator, it equals row 0 after a seed of 0)
+        ctc.blank.copy_(torch.randn(ctc.blank.shape, generator=torch.Generator().manual_seed(1)))
     assert ctc.embeddings.weight is embeddings.weight
     text = texts.utterances("test", 1, 3)[0]
     ids = processor.tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -20,10 +20,12 @@ import sys
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 
 from edgelalm.constants import CTC_HEAD_FILE
-from edgelalm.files import atomic_folder
+from edgelalm.export.ctc import LAYERS_PREFIX
+from edgelalm.files import atomic_folder, safetensors_file
 from edgelalm.manifest import DecodingInfo, WindowsInfo, write_decoding_advice, write_windows_advice
 from edgelalm.pretrained import DEFAULT_MODEL_NAME, DEFAULT_MODEL_ROOT
 from edgelalm.scaffold import write_processor
@@ -52,9 +54,16 @@ def ship_base(checkpoint: Path) -> Path:
 
 
 def ship_ctc_head(head: Path) -> Path:
-    """The head (a training run's ctc_head.safetensors: blank and log_scale) and the decoding advice."""
+    """The head (a training run's head file: blank and log_scale, and its layers' tensors, stored
+    in float16 as the model's are) and the decoding advice."""
     target = DEFAULT_MODEL_ROOT / DEFAULT_MODEL_NAME
-    shutil.copy2(head, target / CTC_HEAD_FILE)
+    with safetensors_file(head) as stored:
+        tensors = {
+            name: stored.get_tensor(name).to(torch.float16 if name.startswith(LAYERS_PREFIX) else torch.float32)
+            for name in stored.keys()
+        }
+        metadata = stored.metadata()
+    save_file(tensors, str(target / CTC_HEAD_FILE), metadata=metadata)
     write_decoding_advice(target, DECODING_ADVICE)
     return target / CTC_HEAD_FILE
 

@@ -119,6 +119,9 @@ CTC_READS: tuple[CtcReads, ...] = get_args(CtcReads)
 DEFAULT_CTC_READS: CtcReads = "frames"
 # In a head realigned to a compressor (an adapter folder's), its metadata key naming that compressor.
 REALIGNED_TO_KEY = "edgelalm_realigned_to"
+# In a head with transformer layers of its own (tensors "layers.N.*"), its metadata key giving
+# their attention heads (the layer count and widths are in the tensors' names and shapes).
+CTC_ATTENTION_HEADS_KEY = "edgelalm_ctc_attention_heads"
 # The checkpoint's advice on how to decode with it, read by export into the manifest's `decoding`
 # section: {"beam_size": 4, "ctc_weight": 0.5}.
 DECODING_ADVICE_FILE = "edgelalm_decoding.json"

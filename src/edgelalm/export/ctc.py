@@ -7,7 +7,10 @@ embeddings, times a learned scale, then a log-softmax. A head file (CTC_HEAD_FIL
 head's own parameters: `blank` [hidden] and `log_scale` [], and in a head realigned to a compressor
 (an adapter folder's, written by `finetune`) `transform` [hidden, hidden], a residual linear map
 applied to each audio embedding first (x + x @ transform.T): an average of three frames is no
-longer close to one token's embedding, and the map learns to read it. The vocabulary is the
+longer close to one token's embedding, and the map learns to read it. A head may also have
+transformer layers of its own (`CtcLayers`: tensors `layers.N.*`, their attention heads in the
+file's metadata) that read the whole clip before each position is scored: the similarity alone
+reads each position by itself. The vocabulary is the
 decoder's embedding table, read from the checkpoint here and stored in the graph already
 normalised and scaled. By default (CtcReads "frames") the graph reads the encoder's frames and
 holds the projector before the head (`FramesCtcHead`): the decoder reads a compressor's tokens,
@@ -17,12 +20,22 @@ compressor. The runtime reads what this module writes in `edgelalm.runtime.ctc`.
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from edgelalm.constants import CTC_FRAMES_INPUT, CTC_HEAD_FILE, CTC_INPUT, CTC_OUTPUT, REALIGNED_TO_KEY
+from edgelalm.constants import (
+    CTC_ATTENTION_HEADS_KEY,
+    CTC_FRAMES_INPUT,
+    CTC_HEAD_FILE,
+    CTC_INPUT,
+    CTC_OUTPUT,
+    REALIGNED_TO_KEY,
+)
 from edgelalm.errors import EdgelalmError
 from edgelalm.export.compressor import export_rows_graph
 from edgelalm.files import safetensors_file
@@ -30,11 +43,118 @@ from edgelalm.files import safetensors_file
 # The head's own tensors in CTC_HEAD_FILE, and the one a head realigned to a compressor adds.
 HEAD_TENSORS = ("blank", "log_scale")
 REALIGNED_HEAD_TENSOR = "transform"
+# A head's own transformer layers: CtcLayers' state dict under this prefix.
+LAYERS_PREFIX = "layers."
+LAYER_NAME = re.compile(re.escape(LAYERS_PREFIX) + r"stack\.(\d{1,3})\.")
+# Beyond this many layers or attention heads a file is not a head this project trains.
+MOST_CTC_LAYERS = 64
+
+
+class CtcLayer(nn.Module):
+    """A pre-norm transformer layer over a clip's positions: self-attention, then a GELU
+    feed-forward, each added to its input. Both outputs start at zero, so a new layer is the
+    identity and a head given layers starts as the head it was."""
+
+    def __init__(self, width: int, attention_heads: int, feed_forward_width: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if width % attention_heads:
+            raise EdgelalmError(f"a CTC layer's width {width} is not a multiple of its {attention_heads} heads")
+        self.attention_heads = attention_heads
+        self.attention_norm = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.attention_output = nn.Linear(width, width)
+        self.feed_forward_norm = nn.LayerNorm(width)
+        self.feed_forward_up = nn.Linear(width, feed_forward_width)
+        self.feed_forward_down = nn.Linear(feed_forward_width, width)
+        self.dropout = nn.Dropout(dropout)
+        for output in (self.attention_output, self.feed_forward_down):
+            nn.init.zeros_(output.weight)
+            nn.init.zeros_(output.bias)
+
+    def forward(self, positions: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, T, width] -> [B, T, width]; `padding` [B, T], True where a row has no position."""
+        batch, count, width = positions.shape
+        head_width = width // self.attention_heads
+        qkv = self.qkv(self.attention_norm(positions)).reshape(batch, count, 3, self.attention_heads, head_width)
+        queries, keys, values = qkv.permute(2, 0, 3, 1, 4)  # each [B, heads, T, head_width]
+        scores = queries @ keys.transpose(-1, -2) / math.sqrt(head_width)
+        if padding is not None:
+            scores = scores.masked_fill(padding[:, None, None, :], float("-inf"))
+        attended = (scores.softmax(-1) @ values).transpose(1, 2).reshape(batch, count, width)
+        positions = positions + self.dropout(self.attention_output(attended))
+        hidden = nn.functional.gelu(self.feed_forward_up(self.feed_forward_norm(positions)))
+        return positions + self.dropout(self.feed_forward_down(self.dropout(hidden)))
+
+
+class CtcLayers(nn.Module):
+    """A CTC head's own layers, in order."""
+
+    def __init__(
+        self, width: int, layer_count: int, attention_heads: int, feed_forward_width: int, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.attention_heads = attention_heads
+        self.stack = nn.ModuleList(
+            CtcLayer(width, attention_heads, feed_forward_width, dropout) for _ in range(layer_count)
+        )
+
+    def forward(self, positions: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
+        for layer in self.stack:
+            positions = layer(positions, padding)
+        return positions
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """What a head file holds of them (beside the head's own tensors)."""
+        return {LAYERS_PREFIX + name: value.detach().contiguous() for name, value in self.state_dict().items()}
+
+    def metadata(self) -> dict[str, str]:
+        return {CTC_ATTENTION_HEADS_KEY: str(self.attention_heads)}
+
+
+def read_ctc_layers(stored: Any, path: Path, width: int) -> CtcLayers | None:
+    """A head file's layers (`stored`: the open safetensors file), checked against the names and
+    shapes `CtcLayers` gives them; None where it has none."""
+    names = sorted(name for name in stored.keys() if name.startswith(LAYERS_PREFIX))
+    if not names:
+        return None
+    indices = {int(match.group(1)) for name in names if (match := LAYER_NAME.match(name))}
+    heads = (stored.metadata() or {}).get(CTC_ATTENTION_HEADS_KEY, "")
+    feed_forward = f"{LAYERS_PREFIX}stack.0.feed_forward_up.weight"
+    if not heads.isdigit() or not 0 < int(heads) <= MOST_CTC_LAYERS or width % int(heads):
+        raise EdgelalmError(
+            f"{path}: a head with layers names their attention heads in its metadata ({CTC_ATTENTION_HEADS_KEY}: "
+            f"a count that divides the width {width}); found {heads or 'none'}"
+        )
+    counted = bool(indices) and indices == set(range(len(indices))) and len(indices) <= MOST_CTC_LAYERS
+    if not counted or feed_forward not in names:
+        raise EdgelalmError(f"{path}: its layer tensors are not {LAYERS_PREFIX}stack.0.* to .N.*")
+    # The feed-forward width as stored (so the layers built here are no larger than the file).
+    feed_forward_shape = stored.get_slice(feed_forward).get_shape()
+    if len(feed_forward_shape) != 2 or feed_forward_shape[1] != width or feed_forward_shape[0] < 1:
+        raise EdgelalmError(f"{path}: {feed_forward} must be [feed-forward width, {width}]")
+    shape = (width, len(indices), int(heads), feed_forward_shape[0])
+    with torch.device("meta"):  # names and shapes only: nothing is allocated before they match the file
+        expected = CtcLayers(*shape).tensors()
+    if names != sorted(expected):
+        unknown = sorted(set(names) - set(expected)) or sorted(set(expected) - set(names))
+        raise EdgelalmError(f"{path}: its layers' tensors are not a CTC head's (first odd one: {unknown[0]})")
+    for name, like in expected.items():
+        if stored.get_slice(name).get_shape() != list(like.shape):
+            raise EdgelalmError(f"{path}: {name} must be of shape {list(like.shape)}")
+    loaded = {}
+    for name in expected:
+        value = stored.get_tensor(name)
+        if not value.is_floating_point() or not torch.isfinite(value).all():
+            raise EdgelalmError(f"{path}: {name} must hold finite numbers")
+        loaded[name[len(LAYERS_PREFIX) :]] = value.float()
+    layers = CtcLayers(*shape)
+    layers.load_state_dict(loaded)
+    return layers.eval()
 
 
 class CtcHead(nn.Module):
-    """[N, hidden] -> [N, 1 + vocab]: scaled cosine similarity to the blank and each token, as
-    TokenCtc.log_probs computes it."""
+    """[N, hidden] -> [N, 1 + vocab]: the head's layers over all N positions (if it has any), then
+    scaled cosine similarity to the blank and each token, as TokenCtc.log_probs computes it."""
 
     def __init__(
         self,
@@ -42,13 +162,17 @@ class CtcHead(nn.Module):
         log_scale: torch.Tensor,
         embeddings: torch.Tensor,
         transform: torch.Tensor | None = None,
+        layers: CtcLayers | None = None,
     ) -> None:
         super().__init__()
         vocabulary = nn.functional.normalize(torch.cat([blank[None], embeddings]).float(), dim=-1)
         self.register_buffer("scaled_vocabulary", vocabulary * log_scale.float().exp())
         self.register_buffer("transform", None if transform is None else transform.float())
+        self.layers = layers
 
     def forward(self, audio_embeddings: torch.Tensor) -> torch.Tensor:
+        if self.layers is not None:
+            audio_embeddings = self.layers(audio_embeddings[None])[0]
         if self.transform is not None:
             audio_embeddings = audio_embeddings + audio_embeddings @ self.transform.T
         directions = nn.functional.normalize(audio_embeddings, dim=-1)
@@ -105,16 +229,18 @@ def head_realigned_to(folder: Path) -> str | None:
 def load_ctc_head(folder: Path, embeddings: torch.Tensor) -> CtcHead:
     """A checkpoint's or adapter's head over the decoder's input embeddings [vocab, hidden], checked."""
     path = folder / CTC_HEAD_FILE
+    hidden = embeddings.shape[1]
     with safetensors_file(path) as stored:
-        names = set(stored.keys())
+        names = {name for name in stored.keys() if not name.startswith(LAYERS_PREFIX)}
         if not set(HEAD_TENSORS) <= names <= {*HEAD_TENSORS, REALIGNED_HEAD_TENSOR}:
             raise EdgelalmError(
                 f"{path}: a CTC head holds the tensors {', '.join(HEAD_TENSORS)} (and {REALIGNED_HEAD_TENSOR} if "
-                f"realigned to a compressor); found {', '.join(sorted(names)) or 'none'}"
+                f"realigned to a compressor, {LAYERS_PREFIX}* if it has layers of its own); found "
+                f"{', '.join(sorted(names)) or 'none'}"
             )
         blank, log_scale = (stored.get_tensor(name).float() for name in HEAD_TENSORS)
         transform = stored.get_tensor(REALIGNED_HEAD_TENSOR).float() if REALIGNED_HEAD_TENSOR in names else None
-    hidden = embeddings.shape[1]
+        layers = read_ctc_layers(stored, path, hidden)
     shapes = [blank.shape, log_scale.shape] + ([transform.shape] if transform is not None else [])
     if shapes != [(hidden,), ()] + ([(hidden, hidden)] if transform is not None else []):
         raise EdgelalmError(
@@ -124,7 +250,7 @@ def load_ctc_head(folder: Path, embeddings: torch.Tensor) -> CtcHead:
     finite = torch.isfinite(blank).all() and torch.isfinite(log_scale)
     if not finite or log_scale > 20 or (transform is not None and not torch.isfinite(transform).all()):
         raise EdgelalmError(f"{path}: the head's values must be finite (and log_scale at most 20)")
-    return CtcHead(blank, log_scale, embeddings, transform).eval()
+    return CtcHead(blank, log_scale, embeddings, transform, layers).eval()
 
 
 def export_ctc_onnx(head: CtcHead | FramesCtcHead, input_width: int, path: Path) -> None:

@@ -565,8 +565,7 @@ class Runtime:
             reused_tokens = self._prefill(
                 context, option, audio_embeddings, prompt_ids, text_tokens, max_tokens, decoding
             )
-        ctc_audio = np.concatenate(frames_read) if keep_frames and option.ctc_reads_frames else audio_embeddings
-        del frames_read
+        ctc_audio = frames_read if keep_frames and option.ctc_reads_frames else embeddings[chosen]
         text, generated, first_token_at, decode_started = self._generate(
             context, option, max_tokens, decoding, ctc_audio, on_text
         )
@@ -659,7 +658,7 @@ class Runtime:
                     context, option, embeddings, prompt_ids, text_tokens, max_tokens, decoding
                 )
             text, generated, first_token_at, decode_started = self._generate(
-                context, option, max_tokens, decoding, frames if option.ctc_reads_frames else embeddings, stream
+                context, option, max_tokens, decoding, [frames if option.ctc_reads_frames else embeddings], stream
             )
             tally.decode_seconds += time.perf_counter() - decode_started
             tally.first_token_at = tally.first_token_at or first_token_at
@@ -807,12 +806,12 @@ class Runtime:
         option: CompressorOption,
         max_tokens: int,
         decoding: Decoding,
-        ctc_audio: np.ndarray,
+        ctc_audio: list[np.ndarray],
         on_text: Callable[[str], None] | None,
     ) -> tuple[str, int, float | None, float]:
         """The answer after the prefilled prompt; `ctc_audio`: what the option's CTC head reads of the
-        clip (its frames where `CompressorOption.ctc_reads_frames`, else its embeddings), scored
-        where the decoding weighs it."""
+        clip, window by window (its frames where `CompressorOption.ctc_reads_frames`, else its
+        embeddings), scored where the decoding weighs it."""
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         pieces: list[str] = []
         first_token_at = None
@@ -848,14 +847,16 @@ class Runtime:
         context: LlamaContext,
         max_tokens: int,
         decoding: Decoding,
-        ctc_audio: np.ndarray,
+        ctc_audio: list[np.ndarray],
         ctc: CtcHead | None,
     ) -> list[int]:
         """A beam search over the prefilled prompt, joint with the compressor's CTC head where weighted."""
         scorer = None
         if decoding.ctc_weight > 0:
             assert ctc is not None  # decoding_for refuses a weight without a head
-            scorer = CtcPrefixScorer(ctc(ctc_audio))
+            # Each window on its own, as the head was trained (a head with layers attends within
+            # one window: over a long joined clip its attention would grow with the square).
+            scorer = CtcPrefixScorer(np.concatenate([ctc(window) for window in ctc_audio]))
         advance, release = context.beams(decoding.beam_size)
         try:
             tokens, _ = beam_search(

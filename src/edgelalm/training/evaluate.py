@@ -104,12 +104,13 @@ def transcribe_torch(
         audio = compress_and_project(model, compressor, encoded)[0]
         return audio, compress_and_project(model, torch.nn.Identity(), encoded)[0] if ctc_reads_frames else audio
 
-    def answer(audio: torch.Tensor, ctc_audio: torch.Tensor) -> str:
+    def answer(audio: torch.Tensor, ctc_audio: list[torch.Tensor]) -> str:
+        """`ctc_audio`: what the CTC head reads, window by window (as the runtime runs it)."""
         if beam_size > 1 or ctc_weight > 0:
             scores = None
             if ctc_weight > 0:
                 assert ctc_head is not None
-                scores = ctc_head(ctc_audio).double().numpy()
+                scores = torch.cat([ctc_head(window) for window in ctc_audio]).double().numpy()
             tokens = search_answer(model, prompt, audio, end_ids, max_new_tokens, beam_size, scores, ctc_weight)
         else:
             tokens = greedy_answer(model, prompt, audio, end_ids, max_new_tokens)
@@ -121,10 +122,10 @@ def transcribe_torch(
             usable = [embedded(window) for window in cut if usable_window(len(window), settings)]
             audio_tokens += sum(audio.shape[0] for audio, _ in usable)
             if windows == "each":
-                answers = (answer(audio, ctc_audio).strip() for audio, ctc_audio in usable)
+                answers = (answer(audio, [ctc_audio]).strip() for audio, ctc_audio in usable)
                 texts.append(" ".join(text for text in answers if text))
             else:
-                texts.append(answer(torch.cat([a for a, _ in usable]), torch.cat([c for _, c in usable])))
+                texts.append(answer(torch.cat([a for a, _ in usable]), [c for _, c in usable]))
     return texts, audio_tokens
 
 

@@ -19,11 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from edgelalm.constants import REALIGNED_TO_KEY
 from edgelalm.errors import EdgelalmError
+from edgelalm.export.ctc import CtcLayers, read_ctc_layers
+from edgelalm.files import safetensors_file
 from edgelalm.progress import Bar
 from edgelalm.training import speech
 from edgelalm.training.dataset import SpeechDataset
@@ -59,6 +61,11 @@ class TrainSettings:
     ctc_target: str = "characters"
     # "tokens" only: the compressor the head is realigned to (TokenCtc's residual map; finetune).
     ctc_realign_to: str | None = None
+    # "tokens" only: transformer layers of the head's own (CtcLayers: a head of width/64 attention
+    # heads, a feed-forward 4x wide) before the similarity, from the identity; a head loaded from a
+    # file keeps the layers it has.
+    ctc_layers: int = 0
+    ctc_layers_dropout: float = 0.1
     # False: the CTC loss alone (finetune's head-only realignment: nothing on the answer path trains).
     answer_loss: bool = True
     augment_probability: float = 0.8
@@ -171,7 +178,9 @@ class TokenCtc(nn.Module):
     embedding toward the embedding of the token being said, so the decoder meets the speech as
     something close to its own text and transcribing becomes copying, for any word sequence."""
 
-    def __init__(self, embeddings: nn.Embedding, tokenizer, realign: bool = False) -> None:
+    def __init__(
+        self, embeddings: nn.Embedding, tokenizer, realign: bool = False, layers: CtcLayers | None = None
+    ) -> None:
         super().__init__()
         self.embeddings = embeddings  # the decoder's, not a copy: the CTC gradient reaches them
         self.tokenizer = tokenizer
@@ -181,10 +190,17 @@ class TokenCtc(nn.Module):
         # from the identity (an average of frames is no longer close to one token's embedding).
         width = embeddings.embedding_dim
         self.transform = nn.Parameter(torch.zeros(width, width)) if realign else None
+        # Layers of its own (edgelalm.export.ctc.CtcLayers) read the whole clip before each
+        # position is scored; they start as the identity.
+        self.layers = layers
 
-    def log_probs(self, positions: torch.Tensor) -> torch.Tensor:
+    def log_probs(self, positions: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
         """Scaled cosine similarity: directions are matched, and the embeddings' norms (which the
-        decoder reads too) are left to the answer loss."""
+        decoder reads too) are left to the answer loss. `positions`: [T, D] or [B, T, D] (with
+        `padding` [B, T], True after each row's positions, for the layers' attention)."""
+        if self.layers is not None:
+            batched = positions if positions.dim() == 3 else positions[None]
+            positions = self.layers(batched, padding).reshape(positions.shape)
         if self.transform is not None:
             positions = positions + positions @ self.transform.T
         vocabulary = torch.cat([self.blank[None], self.embeddings.weight])  # index 0 is the blank
@@ -197,7 +213,8 @@ class TokenCtc(nn.Module):
 
     def loss(self, positions: torch.Tensor, position_counts: torch.Tensor, texts: list[str]) -> torch.Tensor:
         targets, target_lengths = self.targets(texts)
-        log_probs = self.log_probs(positions).transpose(0, 1)  # [T, B, C]
+        padding = torch.arange(positions.shape[1], device=positions.device)[None] >= position_counts[:, None]
+        log_probs = self.log_probs(positions, padding.to(positions.device)).transpose(0, 1)  # [T, B, C]
         return nn.functional.ctc_loss(log_probs, targets, position_counts, target_lengths, zero_infinity=True)
 
     def save_head(self, path: Path, realigned_to: str | None = None) -> None:
@@ -206,16 +223,23 @@ class TokenCtc(nn.Module):
         tensors = {"blank": self.blank.detach(), "log_scale": self.log_scale.detach()}
         if self.transform is not None:
             tensors["transform"] = self.transform.detach()
-        save_file(tensors, str(path), metadata={REALIGNED_TO_KEY: realigned_to} if realigned_to else None)
+        metadata = {REALIGNED_TO_KEY: realigned_to} if realigned_to else {}
+        if self.layers is not None:
+            tensors |= self.layers.tensors()
+            metadata |= self.layers.metadata()
+        save_file(tensors, str(path), metadata=metadata or None)
 
     def load_head(self, path: Path) -> None:
-        """An earlier head's tensors (a realigned one's map only where this head realigns too)."""
-        with torch.no_grad():
-            head = load_file(str(path))
-            self.blank.copy_(head["blank"])
-            self.log_scale.copy_(head["log_scale"])
-            if self.transform is not None and "transform" in head:
-                self.transform.copy_(head["transform"])
+        """An earlier head's tensors (a realigned one's map only where this head realigns too); its
+        layers, where it has any, replace this head's."""
+        with torch.no_grad(), safetensors_file(path) as stored:
+            self.blank.copy_(stored.get_tensor("blank"))
+            self.log_scale.copy_(stored.get_tensor("log_scale"))
+            if self.transform is not None and "transform" in stored.keys():
+                self.transform.copy_(stored.get_tensor("transform"))
+            layers = read_ctc_layers(stored, path, self.embeddings.embedding_dim)
+        if layers is not None:
+            self.layers = layers.to(self.blank.device).train(self.training)
 
     def greedy(self, positions: torch.Tensor) -> str:
         """The best path of one clip's [T, D] embeddings, repeats and blanks removed, as text."""
@@ -459,7 +483,12 @@ def train(
     ctc_width = model.config.text_config.hidden_size if encoded else model.config.audio_config.d_model
     ctc: CharacterCtc | TokenCtc | None = None
     if settings.ctc_target == "tokens" and settings.ctc_weight > 0:
-        ctc = TokenCtc(model.get_input_embeddings(), tokenizer, realign=bool(settings.ctc_realign_to))
+        embeddings = model.get_input_embeddings()
+        width = embeddings.embedding_dim
+        layers = None
+        if settings.ctc_layers:
+            layers = CtcLayers(width, settings.ctc_layers, width // 64, 4 * width, settings.ctc_layers_dropout)
+        ctc = TokenCtc(embeddings, tokenizer, realign=bool(settings.ctc_realign_to), layers=layers)
         ctc = ctc.to(model.device)
         if ctc_head is not None:
             ctc.load_head(ctc_head)
@@ -498,6 +527,8 @@ def train(
         projected audio carry the words, whatever the decoder makes of them?)."""
         assert test_data is not None  # only called when there is a test split
         model.eval()
+        if ctc is not None:
+            ctc.eval()  # its layers' dropout off
         losses, references, hypotheses = [], [], []
         with torch.no_grad():
             for start in range(0, len(eval_indices), settings.batch_size):
@@ -512,6 +543,8 @@ def train(
                         references.append(text)
                         hypotheses.append(ctc.greedy(audio))
         model.train()
+        if ctc is not None:
+            ctc.train()
         result = {"test_loss": sum(losses) / len(eval_indices)}
         if references:
             result["test_ctc_wer"] = score(references, hypotheses, 0, 1.0).wer

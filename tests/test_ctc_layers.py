@@ -1,0 +1,175 @@
+"""A CTC head with transformer layers of its own (edgelalm.export.ctc.CtcLayers): the layers
+against torch's own TransformerEncoderLayer (pre-norm, GELU) loaded with the same tensors
+(tests/hf_reference.py), a new stack as the identity, the head file written by training and read by
+export and training alike, and every malformed file refused in one line before anything is built.
+End to end through export and `run`: tests/test_joint_decoding.py (its checkpoint's head has two
+layers)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from hf_reference import transformer_layers  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+from edgelalm.constants import CTC_ATTENTION_HEADS_KEY, CTC_HEAD_FILE  # noqa: E402
+from edgelalm.errors import EdgelalmError  # noqa: E402
+from edgelalm.export.ctc import CtcLayers, load_ctc_head  # noqa: E402
+from edgelalm.training.train import TokenCtc  # noqa: E402
+
+WIDTH, HEADS, FEED_FORWARD, VOCAB = 32, 4, 48, 50
+
+
+def random_layers(count: int = 2, seed: int = 0) -> CtcLayers:
+    """Layers with every tensor random (a new stack's outputs are zero: it would test nothing)."""
+    generator = torch.Generator().manual_seed(seed)
+    layers = CtcLayers(WIDTH, count, HEADS, FEED_FORWARD)
+    for values in layers.parameters():
+        values.data = 0.3 * torch.randn(values.shape, generator=generator) + (values.data if values.ndim == 1 else 0)
+    return layers.eval()
+
+
+def head_tensors(layers: CtcLayers | None, seed: int = 1) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {"blank": torch.randn(WIDTH, generator=generator), "log_scale": torch.tensor(math.log(8.0))}
+    return tensors | (layers.tensors() if layers is not None else {})
+
+
+def write_head(folder: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(folder / CTC_HEAD_FILE), metadata=metadata)
+    return folder
+
+
+def test_the_layers_are_torchs_transformer_encoder_layers(tmp_path):
+    layers = random_layers()
+    folder = write_head(tmp_path / "head", head_tensors(layers), layers.metadata())
+    rows = np.random.default_rng(0).normal(size=(23, WIDTH)).astype(np.float32)
+    with torch.no_grad():
+        got = layers(torch.from_numpy(rows)[None])[0].numpy()
+    expected = transformer_layers(folder / CTC_HEAD_FILE, rows)
+    assert np.abs(got - expected).max() < 1e-5 and np.abs(got - rows).max() > 0.1
+    # In a batch, padded positions are not attended to: each row as if alone.
+    short = rows[:9]
+    batch = torch.from_numpy(np.stack([rows, np.pad(short, ((0, 14), (0, 0)), constant_values=7.0)]))
+    padding = torch.arange(23)[None] >= torch.tensor([23, 9])[:, None]
+    with torch.no_grad():
+        batched = layers(batch, padding).numpy()
+    assert np.abs(batched[0] - expected).max() < 1e-5
+    assert np.abs(batched[1, :9] - transformer_layers(folder / CTC_HEAD_FILE, short)).max() < 1e-5
+
+
+def test_new_layers_start_as_the_head_they_were_given():
+    """Zero outputs: step 0 of training a head's layers is the head as it was."""
+    embeddings = torch.nn.Embedding(VOCAB, WIDTH)
+    plain = TokenCtc(embeddings, tokenizer=None)
+    layered = TokenCtc(embeddings, tokenizer=None, layers=CtcLayers(WIDTH, 2, HEADS, FEED_FORWARD, dropout=0.1))
+    layered.load_state_dict(plain.state_dict(), strict=False)
+    rows = torch.randn(2, 11, WIDTH)
+    padding = torch.zeros(2, 11, dtype=torch.bool)
+    assert torch.allclose(layered.log_probs(rows, padding), plain.log_probs(rows))
+    assert sum(p.numel() for p in layered.layers.parameters()) == 2 * (
+        4 * WIDTH * WIDTH + 4 * WIDTH + 2 * WIDTH * FEED_FORWARD + FEED_FORWARD + 5 * WIDTH
+    )
+
+
+@pytest.mark.parametrize("realigned", [False, True], ids=["checkpoint", "realigned"])
+def test_training_writes_a_head_that_export_reads_as_training_computes_it(tmp_path, realigned):
+    """TokenCtc.save_head with layers -> load_ctc_head (export's graph module) and
+    TokenCtc.load_head (a later stage, wer_check.py; finetune realigning it) give the same
+    log-probabilities as the head that was saved, one window [T, D] at a time; a head realigned
+    to a compressor applies its map after the layers."""
+    embeddings = torch.nn.Embedding(VOCAB, WIDTH)
+    trained = TokenCtc(embeddings, tokenizer=None, realign=realigned, layers=random_layers(3)).eval()
+    if realigned:
+        with torch.no_grad():
+            trained.transform.normal_(std=0.2, generator=torch.Generator().manual_seed(5))
+    trained.save_head(tmp_path / CTC_HEAD_FILE, "avg3" if realigned else None)
+    stored = load_file(str(tmp_path / CTC_HEAD_FILE))
+    assert len([name for name in stored if name.startswith("layers.")]) == 3 * 12
+    rows = torch.randn(17, WIDTH)
+    with torch.no_grad():
+        expected = trained.log_probs(rows)
+        exported = load_ctc_head(tmp_path, embeddings.weight.detach())(rows)
+        later = TokenCtc(embeddings, tokenizer=None, realign=realigned)
+        later.load_head(tmp_path / CTC_HEAD_FILE)
+        again = later.eval().log_probs(rows)
+    assert later.layers is not None and len(later.layers.stack) == 3
+    assert torch.allclose(exported, expected, atol=1e-5) and torch.allclose(again, expected, atol=1e-6)
+    plain = TokenCtc(embeddings, tokenizer=None, realign=realigned)
+    plain.load_state_dict(trained.state_dict(), strict=False)
+    assert not torch.allclose(plain.log_probs(rows), expected, atol=1e-2)  # the layers have a say
+
+
+def _broken(tensors: dict, name: str, value) -> dict:
+    return {**tensors, name: value}
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (lambda t, m: (t, {}), "names their attention heads in its metadata"),
+        (lambda t, m: (t, {CTC_ATTENTION_HEADS_KEY: "5"}), "a count that divides the width 32); found 5"),
+        (lambda t, m: (t, {CTC_ATTENTION_HEADS_KEY: "-4"}), "found -4"),
+        (
+            lambda t, m: ({k: v for k, v in t.items() if not k.startswith("layers.stack.0.")}, m),
+            "its layer tensors are not layers.stack.0.* to .N.*",
+        ),
+        (
+            lambda t, m: (_broken(t, "layers.stack.7.qkv.weight", torch.zeros(3 * WIDTH, WIDTH)), m),
+            "its layer tensors are not layers.stack.0.* to .N.*",
+        ),
+        (lambda t, m: (_broken(t, "layers.stack.1.extra", torch.zeros(1)), m), "first odd one: layers.stack.1.extra"),
+        (
+            lambda t, m: ({k: v for k, v in t.items() if k != "layers.stack.1.qkv.bias"}, m),
+            "first odd one: layers.stack.1.qkv.bias",
+        ),
+        (
+            lambda t, m: (_broken(t, "layers.stack.1.qkv.weight", torch.zeros(WIDTH, WIDTH)), m),
+            "layers.stack.1.qkv.weight must be of shape [96, 32]",
+        ),
+        (
+            lambda t, m: (_broken(t, "layers.stack.0.feed_forward_up.weight", torch.zeros(FEED_FORWARD)), m),
+            "feed_forward_up.weight must be [feed-forward width, 32]",
+        ),
+        (
+            lambda t, m: (_broken(t, "layers.stack.1.attention_norm.bias", torch.full((WIDTH,), math.nan)), m),
+            "layers.stack.1.attention_norm.bias must hold finite numbers",
+        ),
+        (
+            lambda t, m: (_broken(t, "layers.stack.1.attention_norm.bias", torch.zeros(WIDTH, dtype=torch.int32)), m),
+            "layers.stack.1.attention_norm.bias must hold finite numbers",
+        ),
+    ],
+)
+def test_a_malformed_layered_head_is_refused_in_one_line(tmp_path, change, words):
+    layers = random_layers()
+    tensors, metadata = change(head_tensors(layers), layers.metadata())
+    folder = write_head(tmp_path / "head", tensors, metadata)
+    embeddings = torch.nn.Embedding(VOCAB, WIDTH)
+    for read in (
+        lambda: load_ctc_head(folder, embeddings.weight.detach()),
+        lambda: TokenCtc(embeddings, tokenizer=None).load_head(folder / CTC_HEAD_FILE),
+    ):
+        with pytest.raises(EdgelalmError) as refused:
+            read()
+        assert str(refused.value).startswith(f"{folder / CTC_HEAD_FILE}: ") and "\n" not in str(refused.value)
+        assert words in str(refused.value)
+
+
+def test_a_file_claiming_many_wide_layers_is_refused_before_they_are_built(tmp_path):
+    """64 layer indices of one small tensor each: the names are checked against empty (meta)
+    layers first, so 64 whole layers are never built for a file that holds almost nothing."""
+    tensors = head_tensors(None)
+    tensors |= {f"layers.stack.{index}.qkv.bias": torch.zeros(3 * WIDTH) for index in range(64)}
+    tensors["layers.stack.0.feed_forward_up.weight"] = torch.zeros(1, WIDTH)
+    folder = write_head(tmp_path / "head", tensors, {CTC_ATTENTION_HEADS_KEY: "4"})
+    with pytest.raises(EdgelalmError, match="first odd one"):
+        load_ctc_head(folder, torch.zeros(VOCAB, WIDTH))
