@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -497,6 +498,16 @@ def test_bundle_folder_missing(clip, tmp_path):
 def test_bundle_given_as_its_manifest_file(avg2, clip):
     code, _, stderr = run(avg2 / MANIFEST_FILE, clip)
     assert_one_line_error(code, stderr, "is a file", "the folder that holds manifest.json")
+
+
+def test_bundle_given_as_a_device_or_with_a_manifest_folder(clip, tmp_path):
+    """/dev/null exists (it was "not found"); a manifest.json that is a folder is one (it was "has
+    no manifest.json")."""
+    code, _, stderr = run(Path("/dev/null"), clip)
+    assert_one_line_error(code, stderr, "/dev/null is not a folder; a bundle is the folder that holds manifest.json")
+    (tmp_path / "odd" / MANIFEST_FILE).mkdir(parents=True)
+    code, _, stderr = run(tmp_path / "odd", clip)
+    assert_one_line_error(code, stderr, f"{tmp_path / 'odd' / MANIFEST_FILE} is not a file")
 
 
 @pytest.fixture(scope="module")

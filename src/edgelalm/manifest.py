@@ -354,12 +354,15 @@ def write_manifest(bundle_dir: Path, manifest: Manifest, checked: dict[str, File
 def read_manifest(bundle_dir: Path, verify_files: bool = True) -> Manifest:
     """The manifest of `bundle_dir`, validated; with `verify_files`, every listed file must match it."""
     manifest_path = bundle_dir / MANIFEST_FILE
-    if bundle_dir.is_file():
-        raise EdgelalmError(f"{bundle_dir} is a file; a bundle is the folder that holds {MANIFEST_FILE}")
+    if bundle_dir.exists() and not bundle_dir.is_dir():  # a file, a device (/dev/null), a pipe
+        kind = "a file" if bundle_dir.is_file() else "not a folder"
+        raise EdgelalmError(f"{bundle_dir} is {kind}; a bundle is the folder that holds {MANIFEST_FILE}")
     if not bundle_dir.is_dir():
         raise EdgelalmError(f"bundle folder not found: {bundle_dir}")
     if manifest_path.is_symlink():
         raise EdgelalmError(f"bundle {bundle_dir}: {MANIFEST_FILE}: symbolic link (a bundle holds its own files)")
+    if manifest_path.exists() and not manifest_path.is_file():
+        raise EdgelalmError(f"{manifest_path} is not a file: a bundle's manifest is a JSON file")
     if not manifest_path.is_file():
         raise EdgelalmError(f"{bundle_dir} is not an edgelalm bundle: it has no {MANIFEST_FILE}")
     data = read_json(manifest_path, MAX_MANIFEST_BYTES)
