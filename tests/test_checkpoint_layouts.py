@@ -259,6 +259,29 @@ def test_an_empty_template_file_is_refused(tiny_checkpoint, tmp_path):
         prompt_pieces(open_checkpoint(folder).processor, folder, "empty-template", None)
 
 
+@pytest.mark.parametrize(
+    ("removed", "opens"),
+    [
+        (("tokenizer.json",), True),  # vocab.json + merges.txt
+        (("vocab.json", "merges.txt"), True),  # tokenizer.json
+        (("tokenizer.json", "vocab.json", "merges.txt"), False),
+    ],
+)
+def test_a_checkpoint_without_tokenizer_files_is_refused_when_opened(tiny_checkpoint, tmp_path, removed, opens):
+    """Without them transformers built a tokenizer of the added tokens alone, and export failed at
+    step 6 of 8 (no BPE merges), after the encoder's export."""
+    from edgelalm.errors import EdgelalmError
+
+    folder = _copy(tiny_checkpoint, tmp_path / "no-tokenizer")
+    for name in removed:
+        (folder / name).unlink()
+    if opens:
+        assert open_checkpoint(folder).processor.tokenizer("call mom").input_ids
+        return
+    with pytest.raises(EdgelalmError, match=r"no tokenizer: a checkpoint holds tokenizer\.json \(or vocab\.json and"):
+        open_checkpoint(folder)
+
+
 def test_sliding_window_flags_that_leave_every_layer_full_are_full_attention(tiny_checkpoint, tmp_path):
     """use_sliding_window with max_window_layers past the last layer, or every layer_types entry
     full_attention: transformers builds no sliding layer, and export refused them as sliding."""

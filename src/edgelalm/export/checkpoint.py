@@ -369,6 +369,10 @@ def model_name(path: Path) -> str:
     return path.name
 
 
+# A byte-level BPE tokenizer's own files, where a checkpoint has no tokenizer.json.
+BPE_FILES = ("vocab.json", "merges.txt")
+
+
 def open_checkpoint(path: Path) -> Checkpoint:
     """Validate `path` as a Qwen2-Audio checkpoint; every refusal names its cause."""
     if not path.exists():
@@ -406,6 +410,10 @@ def open_checkpoint(path: Path) -> Checkpoint:
     for file_name in ("preprocessor_config.json", "processor_config.json"):
         if (path / file_name).is_file():
             _check_extractor_file(path / file_name)
+    # Without its files transformers builds a tokenizer of the added tokens alone, and the GGUF
+    # step (6 of 8) found no merges after minutes of encoder export.
+    if not (path / "tokenizer.json").is_file() and not all((path / name).is_file() for name in BPE_FILES):
+        raise EdgelalmError(f"{path}: no tokenizer: a checkpoint holds tokenizer.json (or {' and '.join(BPE_FILES)})")
     try:
         processor = Qwen2AudioProcessor.from_pretrained(path)
     except Exception as error:  # a tokenizer file of the wrong shape, a garbled BPE, ...
