@@ -53,10 +53,10 @@ def ship_base(checkpoint: Path) -> Path:
     return target
 
 
-def ship_ctc_head(head: Path) -> Path:
+def ship_ctc_head(head: Path, target: Path = DEFAULT_MODEL_ROOT / DEFAULT_MODEL_NAME) -> Path:
     """The head (a training run's head file: blank and log_scale, and its layers' tensors, stored
-    in float16 as the model's are) and the decoding advice."""
-    target = DEFAULT_MODEL_ROOT / DEFAULT_MODEL_NAME
+    in float16 as the model's are) and the decoding advice, into the shipped model (or a copy of
+    it: `target`, a candidate to measure before shipping)."""
     with safetensors_file(head) as stored:
         tensors = {
             name: stored.get_tensor(name).to(torch.float16 if name.startswith(LAYERS_PREFIX) else torch.float32)
