@@ -214,7 +214,7 @@ class TokenCtc(nn.Module):
     def loss(self, positions: torch.Tensor, position_counts: torch.Tensor, texts: list[str]) -> torch.Tensor:
         targets, target_lengths = self.targets(texts)
         padding = torch.arange(positions.shape[1], device=positions.device)[None] >= position_counts[:, None]
-        log_probs = self.log_probs(positions, padding.to(positions.device)).transpose(0, 1)  # [T, B, C]
+        log_probs = self.log_probs(positions, padding).transpose(0, 1)  # [T, B, C]
         return nn.functional.ctc_loss(log_probs, targets, position_counts, target_lengths, zero_infinity=True)
 
     def save_head(self, path: Path, realigned_to: str | None = None) -> None:
