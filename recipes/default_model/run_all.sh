@@ -456,3 +456,23 @@ for set in test unheard; do
   python $recipe/wer_table.py --data data3/$set-long --clips 40 --compressors unseg --quants q8_0 --bundles-only \
     --windows each --window-seconds 8 --out $frames/$set-long-each-8s
 done
+# 22. A CTC head with two transformer layers of its own (README, "The default model": the head with
+#     layers): 16000 fresh clips of a new seed beside step 4h's 8000, the shipped head trained again
+#     with the layers, the model frozen, CTC loss only (1500 steps of 48, ~45 min on 2 cores), kept
+#     as a stage (its layers in float16, as ship.py stores them); then the development set's joint
+#     decoding at 0.3 / 0.5 / 0.7 against the shipped head at 0.5 (~15 min).
+python $recipe/make_encoded_data.py --init build/default-model/init --out data3 --splits train \
+  --train-folder train-seed31 --seed 31 --train-count 16000
+python $recipe/train_ctc_head.py --data data3/train-seed23,data3/train-seed31 --dev data3dev/test \
+  --steps 1500 --batch-size 48 --eval-every 250 --eval-clips 200 --out build/default-model/ctc-layers
+layers=$recipe/stages/base14avg-ctc-layers
+mkdir -p $layers build/exp/candidate
+cp -r src/edgelalm/default_model/edgelalm-default/. build/exp/candidate
+python -c "import sys; sys.path.insert(0, '$recipe'); from pathlib import Path; from ship import ship_ctc_head; \
+ship_ctc_head(Path('build/default-model/ctc-layers/edgelalm_ctc_head.safetensors'), Path('build/exp/candidate'))"
+cp build/exp/candidate/edgelalm_ctc_head.safetensors $layers/ctc_head.safetensors
+cp build/default-model/ctc-layers/{train_log.jsonl,train_settings.json} $layers/
+python $recipe/ctc_weight_sweep.py --model build/exp/candidate --data data3dev/test,data3dev/unheard \
+  --weights 0.5,0.7,0.3 --compressors none --out $recipe/results/ctc-head-layers/dev-layers
+python $recipe/ctc_weight_sweep.py --data data3dev/test,data3dev/unheard --weights 0.5 --compressors none \
+  --out $recipe/results/ctc-head-layers/dev-shipped

@@ -9,7 +9,8 @@ start as the identity, so step 0 is the checkpoint's head, and only the head tra
 scale and layers; the decoder's embeddings, the projector and the tower stay as they are), on
 encoded clips (make_encoded_data.py) through the projector, CTC loss alone. Writes
 OUT/edgelalm_ctc_head.safetensors (a head file that export, wer_check.py and ship.py read),
-OUT/train_log.jsonl (with the best path's WER on --dev every --eval-every steps) and OUT/loss.png.
+and OUT/train_log.jsonl (the CTC loss, and the best path's WER on --dev every --eval-every steps;
+its test_loss is the frozen decoder's answer loss, the same throughout).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from edgelalm.constants import CTC_HEAD_FILE
 from edgelalm.pretrained import default_model_dir
 from edgelalm.training.encoded import EncodedDataset
 from edgelalm.training.finetune import load_for_training
-from edgelalm.training.train import RUN_CTC_HEAD_FILE, TrainSettings, plot_losses, train
+from edgelalm.training.train import RUN_CTC_HEAD_FILE, TrainSettings, train
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,7 +69,6 @@ def main(argv: list[str] | None = None) -> int:
         save=lambda folder: None, ctc_head=model_dir / CTC_HEAD_FILE,
     )  # fmt: skip
     shutil.move(args.out / RUN_CTC_HEAD_FILE, args.out / CTC_HEAD_FILE)
-    plot_losses(log, args.out / "loss.png", f"CTC head with {args.layers} layers, {len(train_data)} clips")
     print(f"{args.out / CTC_HEAD_FILE}: last {log.records[-1]}", file=sys.stderr)
     return 0
 
