@@ -460,7 +460,7 @@ done
 #     layers): 16000 fresh clips of a new seed beside step 4h's 8000, the shipped head trained again
 #     with the layers, the model frozen, CTC loss only (1500 steps of 48, ~45 min on 2 cores), kept
 #     as a stage (its layers in float16, as ship.py stores them); then the development set's joint
-#     decoding at 0.3 / 0.5 / 0.7 against the shipped head at 0.5 (~15 min).
+#     decoding at 0.3 / 0.5 / 0.7 against the shipped head at 0.5 (~15 min), and its run-time cost.
 python $recipe/make_encoded_data.py --init build/default-model/init --out data3 --splits train \
   --train-folder train-seed31 --seed 31 --train-count 16000
 python $recipe/train_ctc_head.py --data data3/train-seed23,data3/train-seed31 --dev data3dev/test \
@@ -476,3 +476,5 @@ python $recipe/ctc_weight_sweep.py --model build/exp/candidate --data data3dev/t
   --weights 0.5,0.7,0.3 --compressors none --out $recipe/results/ctc-head-layers/dev-layers
 python $recipe/ctc_weight_sweep.py --data data3dev/test,data3dev/unheard --weights 0.5 --compressors none \
   --out $recipe/results/ctc-head-layers/dev-shipped
+python $recipe/ctc_cost.py --data data3dev/test --clips 60 --compressors none --models shipped,build/exp/candidate \
+  --ctc-reads frames --out $recipe/results/ctc-head-layers/cost.json
