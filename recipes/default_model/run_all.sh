@@ -478,3 +478,7 @@ python $recipe/ctc_weight_sweep.py --data data3dev/test,data3dev/unheard --weigh
   --out $recipe/results/ctc-head-layers/dev-shipped
 python $recipe/ctc_cost.py --data data3dev/test --clips 60 --compressors none --models shipped,build/exp/candidate \
   --ctc-reads frames --out $recipe/results/ctc-head-layers/cost.json
+for model in build/exp/candidate shipped; do
+  python $recipe/ctc_weight_sweep.py $([ $model = shipped ] || echo --model $model) --data data3/test,data3/unheard \
+    --clips 200 --weights 0.5 --compressors none --out $recipe/results/ctc-head-layers/test-${model##*/}
+done
