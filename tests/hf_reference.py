@@ -110,18 +110,16 @@ def reference_answer(
     return processor.tokenizer.decode(answer), audio_embeddings.shape[0]
 
 
-def transformer_layers(head_file, rows: np.ndarray) -> np.ndarray:
-    """A head file's own layers over `rows` [T, H] (one window), by torch's own pre-norm
-    TransformerEncoderLayer (GELU, no dropout) loaded with the file's tensors; `rows` unchanged
-    where the file has none."""
+def torch_encoder_layers(head_file) -> list:
+    """A head file's own layers as torch's own pre-norm TransformerEncoderLayer (GELU, no
+    dropout), each loaded with the file's tensors; none where the file has none."""
     from safetensors import safe_open
 
     with safe_open(str(head_file), framework="pt") as stored:
         names, metadata = list(stored.keys()), stored.metadata() or {}
         tensors = {name: stored.get_tensor(name).float() for name in names if name.startswith("layers.")}
-    count = len({name.split(".")[2] for name in tensors})
-    hidden = torch.from_numpy(rows.astype(np.float32))[None]
-    for index in range(count):
+    layers = []
+    for index in range(len({name.split(".")[2] for name in tensors})):
         prefix = f"layers.stack.{index}."
         own = {name[len(prefix) :]: value for name, value in tensors.items() if name.startswith(prefix)}
         feed_forward, width = own["feed_forward_up.weight"].shape
@@ -142,15 +140,30 @@ def transformer_layers(head_file, rows: np.ndarray) -> np.ndarray:
                 for kind in ("weight", "bias")
             }
         )
-        with torch.no_grad():
+        layers.append(layer)
+    return layers
+
+
+def run_layers(layers: list, rows: np.ndarray) -> np.ndarray:
+    """`torch_encoder_layers` over `rows` [T, H] (one window); `rows` unchanged where there are none."""
+    if not layers:
+        return rows
+    hidden = torch.from_numpy(rows.astype(np.float32))[None]
+    with torch.no_grad():
+        for layer in layers:
             hidden = layer(hidden)
-    return hidden[0].numpy() if count else rows
+    return hidden[0].numpy()
+
+
+def transformer_layers(head_file, rows: np.ndarray) -> np.ndarray:
+    """A head file's own layers over `rows` [T, H] (one window), by torch's TransformerEncoderLayer."""
+    return run_layers(torch_encoder_layers(head_file), rows)
 
 
 def ctc_head_log_probs(head_file, model, audio_embeddings: np.ndarray | list[np.ndarray]) -> np.ndarray:
     """A CTC head file's log-probabilities by TokenCtc's definition, in numpy: each window's rows
     (`audio_embeddings`: one window, or a list of them) through the head's own layers if it has
-    any (torch's TransformerEncoderLayer, `transformer_layers`), a realigned head's residual map
+    any (torch's TransformerEncoderLayer, `torch_encoder_layers`), a realigned head's residual map
     (x + x @ transform.T), then the cosine similarity to [blank, the model's input embeddings],
     scaled, log-softmax (a zero row, as a padded vocabulary's unused ones, has cosine 0: torch's
     normalize divides by at least 1e-12)."""
@@ -163,7 +176,8 @@ def ctc_head_log_probs(head_file, model, audio_embeddings: np.ndarray | list[np.
     embeddings = model.get_input_embeddings().weight.detach().numpy().astype(np.float64)
     vocabulary = np.vstack([head["blank"][None].astype(np.float64), embeddings])
     vocabulary /= np.maximum(np.linalg.norm(vocabulary, axis=1, keepdims=True), 1e-12)
-    directions = np.concatenate([transformer_layers(head_file, window) for window in windows]).astype(np.float64)
+    layers = torch_encoder_layers(head_file)  # read once, run on each window
+    directions = np.concatenate([run_layers(layers, window) for window in windows]).astype(np.float64)
     if "transform" in head:
         directions = directions + directions @ head["transform"].astype(np.float64).T
     directions /= np.maximum(np.linalg.norm(directions, axis=1, keepdims=True), 1e-12)

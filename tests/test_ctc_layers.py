@@ -17,6 +17,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from hf_reference import transformer_layers  # noqa: E402
+from random_layers import randomised  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from edgelalm.constants import CTC_ATTENTION_HEADS_KEY, CTC_HEAD_FILE  # noqa: E402
@@ -28,12 +29,7 @@ WIDTH, HEADS, FEED_FORWARD, VOCAB = 32, 4, 48, 50
 
 
 def random_layers(count: int = 2, seed: int = 0) -> CtcLayers:
-    """Layers with every tensor random (a new stack's outputs are zero: it would test nothing)."""
-    generator = torch.Generator().manual_seed(seed)
-    layers = CtcLayers(WIDTH, count, HEADS, FEED_FORWARD)
-    for values in layers.parameters():
-        values.data = 0.3 * torch.randn(values.shape, generator=generator) + (values.data if values.ndim == 1 else 0)
-    return layers.eval()
+    return randomised(CtcLayers(WIDTH, count, HEADS, FEED_FORWARD), torch.Generator().manual_seed(seed), 0.3)
 
 
 def head_tensors(layers: CtcLayers | None, seed: int = 1) -> dict[str, torch.Tensor]:

@@ -30,6 +30,7 @@ from hf_reference import (  # noqa: E402
     reference_window_embeddings,
     speechlike,
 )
+from random_layers import randomised  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from edgelalm.compression import CompressorSpec  # noqa: E402
@@ -56,9 +57,7 @@ def headed_checkpoint(tiny_checkpoint, tmp_path_factory) -> Path:
     shutil.copytree(tiny_checkpoint, folder)
     hidden = json.loads((folder / "config.json").read_text())["text_config"]["hidden_size"]
     generator = torch.Generator().manual_seed(3)
-    layers = CtcLayers(hidden, 2, 4, 2 * hidden)
-    for values in layers.parameters():  # the output projections too: a new stack is the identity
-        values.data = 0.2 * torch.randn(values.shape, generator=generator) + (values.data if values.ndim == 1 else 0)
+    layers = randomised(CtcLayers(hidden, 2, 4, 2 * hidden), generator, 0.2)
     save_file(
         {
             "blank": torch.randn(hidden, generator=generator),
