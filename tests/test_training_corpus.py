@@ -330,6 +330,41 @@ def test_a_token_ctc_head_goes_on_in_the_next_stage(tiny_checkpoint, tmp_path):
     assert fresh.embeddings is trained.embeddings  # the model's own, never saved with the head
 
 
+def test_a_head_trains_layers_of_its_own_alone_and_saves_them(encoded, tiny_checkpoint, tmp_path):
+    """train_ctc_head.py's settings: the model frozen, the CTC loss alone, layers added to a
+    checkpoint's head; the run's head file holds them, the model is untouched, and the layers
+    moved from the identity they started as."""
+    import dataclasses
+
+    from safetensors.torch import load_file
+
+    from edgelalm.constants import CTC_HEAD_FILE
+    from edgelalm.export.ctc import load_ctc_head
+    from edgelalm.training.train import RUN_CTC_HEAD_FILE, TokenCtc, TrainSettings, train
+
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(tiny_checkpoint)
+    processor = Qwen2AudioProcessor.from_pretrained(tiny_checkpoint)
+    model.requires_grad_(False)
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    start = TokenCtc(model.get_input_embeddings(), processor.tokenizer)
+    start.save_head(tmp_path / "start.safetensors")
+    settings = dataclasses.replace(
+        TrainSettings(), steps=3, batch_size=4, bucket_batches=2, warmup_steps=1, ctc_target="tokens",
+        ctc_weight=1.0, ctc_layers=1, answer_loss=False, augment_probability=0.0, eval_every=3, eval_clips=4,
+    )  # fmt: skip
+    train(
+        model, processor, encoded, encoded, tmp_path / "run", settings, parameters=[], progress=False,
+        ctc_head=tmp_path / "start.safetensors",
+    )  # fmt: skip
+    head = load_file(str(tmp_path / "run" / RUN_CTC_HEAD_FILE))
+    assert {name for name in head if name.startswith("layers.stack.0.")} and not any(".1." in n for n in head)
+    assert head["layers.stack.0.attention_output.weight"].abs().max() > 0  # trained away from zero
+    assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
+    (tmp_path / "run" / RUN_CTC_HEAD_FILE).rename(tmp_path / "run" / CTC_HEAD_FILE)  # as train_ctc_head.py does
+    read = load_ctc_head(tmp_path / "run", model.get_input_embeddings().weight.detach())
+    assert read.layers is not None and read.layers.attention_heads == 1  # width 64: one head of 64
+
+
 # ---------------------------------------------------------------------------------------------
 # Stored below a tower layer: the layers above train (train_base.py --tune-tower-from)
 

@@ -61,8 +61,8 @@ class TrainSettings:
     ctc_target: str = "characters"
     # "tokens" only: the compressor the head is realigned to (TokenCtc's residual map; finetune).
     ctc_realign_to: str | None = None
-    # "tokens" only: transformer layers of the head's own (CtcLayers: a head of width/64 attention
-    # heads, a feed-forward 4x wide) before the similarity, from the identity; a head loaded from a
+    # "tokens" only: transformer layers of the head's own (CtcLayers: width/64 attention heads, at
+    # least one, a feed-forward 4x wide) before the similarity, from the identity; a head loaded from a
     # file keeps the layers it has.
     ctc_layers: int = 0
     ctc_layers_dropout: float = 0.1
@@ -487,7 +487,8 @@ def train(
         width = embeddings.embedding_dim
         layers = None
         if settings.ctc_layers:
-            layers = CtcLayers(width, settings.ctc_layers, width // 64, 4 * width, settings.ctc_layers_dropout)
+            heads = max(1, width // 64)  # a head 64 wide, as Whisper's and Qwen2's; a narrower model one head
+            layers = CtcLayers(width, settings.ctc_layers, heads, 4 * width, settings.ctc_layers_dropout)
         ctc = TokenCtc(embeddings, tokenizer, realign=bool(settings.ctc_realign_to), layers=layers)
         ctc = ctc.to(model.device)
         if ctc_head is not None:
