@@ -51,15 +51,18 @@ def test_the_layers_are_torchs_transformer_encoder_layers(tmp_path):
     with torch.no_grad():
         got = layers(torch.from_numpy(rows)[None])[0].numpy()
     expected = transformer_layers(folder / CTC_HEAD_FILE, rows)
-    assert np.abs(got - expected).max() < 1e-5 and np.abs(got - rows).max() > 0.1
+    # float32 rounding, relative to the values (up to ~13 here): summation order varies with torch's
+    # thread count and kernels, 8e-7 of the largest value seen; a wrong layer is off by O(1).
+    bound = 4e-6 * np.abs(expected).max()
+    assert np.abs(got - expected).max() < bound and np.abs(got - rows).max() > 0.1
     # In a batch, padded positions are not attended to: each row as if alone.
     short = rows[:9]
     batch = torch.from_numpy(np.stack([rows, np.pad(short, ((0, 14), (0, 0)), constant_values=7.0)]))
     padding = torch.arange(23)[None] >= torch.tensor([23, 9])[:, None]
     with torch.no_grad():
         batched = layers(batch, padding).numpy()
-    assert np.abs(batched[0] - expected).max() < 1e-5
-    assert np.abs(batched[1, :9] - transformer_layers(folder / CTC_HEAD_FILE, short)).max() < 1e-5
+    assert np.abs(batched[0] - expected).max() < bound
+    assert np.abs(batched[1, :9] - transformer_layers(folder / CTC_HEAD_FILE, short)).max() < bound
 
 
 def test_new_layers_start_as_the_head_they_were_given():
