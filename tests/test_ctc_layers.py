@@ -107,6 +107,51 @@ def test_training_writes_a_head_that_export_reads_as_training_computes_it(tmp_pa
     assert not torch.allclose(plain.log_probs(rows), expected, atol=1e-2)  # the layers have a say
 
 
+def test_layers_read_back_train_with_the_dropout_asked_for(tmp_path):
+    """A later stage realigning a layered head (finetune) trains its layers with the run's dropout;
+    evaluation and export read them without (the same values every call)."""
+    layers = random_layers()
+    folder = write_head(tmp_path / "head", head_tensors(layers), layers.metadata())
+    embeddings = torch.nn.Embedding(VOCAB, WIDTH)
+    rows = torch.randn(1, 13, WIDTH)
+    for dropout in (0.0, 0.5):
+        head = TokenCtc(embeddings, tokenizer=None).train()
+        head.load_head(folder / CTC_HEAD_FILE, layers_dropout=dropout)
+        assert {module.p for module in head.layers.modules() if isinstance(module, torch.nn.Dropout)} == {dropout}
+        with torch.no_grad():
+            first, second = head.log_probs(rows), head.log_probs(rows)
+        assert torch.equal(first, second) == (dropout == 0.0)
+        with torch.no_grad():
+            assert torch.equal(head.eval().log_probs(rows), head.log_probs(rows))
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (lambda t: _broken(t, "blank", torch.zeros(WIDTH + 1)), "blank must be [32] (the decoder's width)"),
+        (lambda t: _broken(t, "log_scale", torch.zeros(1)), "log_scale a scalar"),
+        (lambda t: _broken(t, "log_scale", torch.tensor(math.nan)), "the head's values must be finite"),
+        (lambda t: _broken(t, "log_scale", torch.tensor(25.0)), "log_scale at most 20"),
+        (lambda t: {k: v for k, v in t.items() if k != "log_scale"}, "found blank"),
+        (lambda t: _broken(t, "scale", torch.zeros(())), "found blank, log_scale, scale"),
+        (lambda t: _broken(t, "transform", torch.zeros(WIDTH, 3)), "transform [32, 32]"),
+    ],
+)
+def test_a_malformed_head_is_refused_in_one_line_by_export_and_by_training(tmp_path, change, words):
+    """The head's own tensors: training's reader (a later stage, wer_check.py, finetune) checks
+    them as export's does, one line naming the file, never a torch shape error."""
+    folder = write_head(tmp_path / "head", change(head_tensors(None)), None)
+    embeddings = torch.nn.Embedding(VOCAB, WIDTH)
+    for read in (
+        lambda: load_ctc_head(folder, embeddings.weight.detach()),
+        lambda: TokenCtc(embeddings, tokenizer=None, realign=True).load_head(folder / CTC_HEAD_FILE),
+    ):
+        with pytest.raises(EdgelalmError) as refused:
+            read()
+        assert str(refused.value).startswith(f"{folder / CTC_HEAD_FILE}: ") and "\n" not in str(refused.value)
+        assert words in str(refused.value)
+
+
 def _broken(tensors: dict, name: str, value) -> dict:
     return {**tensors, name: value}
 

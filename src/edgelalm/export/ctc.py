@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -111,9 +112,9 @@ class CtcLayers(nn.Module):
         return {CTC_ATTENTION_HEADS_KEY: str(self.attention_heads)}
 
 
-def read_ctc_layers(stored: Any, path: Path, width: int) -> CtcLayers | None:
+def read_ctc_layers(stored: Any, path: Path, width: int, dropout: float = 0.0) -> CtcLayers | None:
     """A head file's layers (`stored`: the open safetensors file), checked against the names and
-    shapes `CtcLayers` gives them; None where it has none."""
+    shapes `CtcLayers` gives them; None where it has none. `dropout`: where they go on training."""
     names = sorted(name for name in stored.keys() if name.startswith(LAYERS_PREFIX))
     if not names:
         return None
@@ -147,7 +148,7 @@ def read_ctc_layers(stored: Any, path: Path, width: int) -> CtcLayers | None:
         if not value.is_floating_point() or not torch.isfinite(value).all():
             raise EdgelalmError(f"{path}: {name} must hold finite numbers")
         loaded[name[len(LAYERS_PREFIX) :]] = value.float()
-    layers = CtcLayers(*shape)
+    layers = CtcLayers(*shape, dropout)
     layers.load_state_dict(loaded)
     return layers.eval()
 
@@ -226,10 +227,19 @@ def head_realigned_to(folder: Path) -> str | None:
         return (stored.metadata() or {}).get(REALIGNED_TO_KEY)
 
 
-def load_ctc_head(folder: Path, embeddings: torch.Tensor) -> CtcHead:
-    """A checkpoint's or adapter's head over the decoder's input embeddings [vocab, hidden], checked."""
-    path = folder / CTC_HEAD_FILE
-    hidden = embeddings.shape[1]
+@dataclass
+class HeadTensors:
+    """What a head file holds, checked: the head's own tensors, a realigned head's map, its layers."""
+
+    blank: torch.Tensor
+    log_scale: torch.Tensor
+    transform: torch.Tensor | None
+    layers: CtcLayers | None
+
+
+def read_ctc_head(path: Path, hidden: int, layers_dropout: float = 0.0) -> HeadTensors:
+    """A head file (CTC_HEAD_FILE, or a training run's) for a decoder `hidden` wide, every tensor
+    checked before any is used: export builds its graph from it, training goes on from it."""
     with safetensors_file(path) as stored:
         names = {name for name in stored.keys() if not name.startswith(LAYERS_PREFIX)}
         if not set(HEAD_TENSORS) <= names <= {*HEAD_TENSORS, REALIGNED_HEAD_TENSOR}:
@@ -240,7 +250,7 @@ def load_ctc_head(folder: Path, embeddings: torch.Tensor) -> CtcHead:
             )
         blank, log_scale = (stored.get_tensor(name).float() for name in HEAD_TENSORS)
         transform = stored.get_tensor(REALIGNED_HEAD_TENSOR).float() if REALIGNED_HEAD_TENSOR in names else None
-        layers = read_ctc_layers(stored, path, hidden)
+        layers = read_ctc_layers(stored, path, hidden, layers_dropout)
     shapes = [blank.shape, log_scale.shape] + ([transform.shape] if transform is not None else [])
     if shapes != [(hidden,), ()] + ([(hidden, hidden)] if transform is not None else []):
         raise EdgelalmError(
@@ -250,7 +260,13 @@ def load_ctc_head(folder: Path, embeddings: torch.Tensor) -> CtcHead:
     finite = torch.isfinite(blank).all() and torch.isfinite(log_scale)
     if not finite or log_scale > 20 or (transform is not None and not torch.isfinite(transform).all()):
         raise EdgelalmError(f"{path}: the head's values must be finite (and log_scale at most 20)")
-    return CtcHead(blank, log_scale, embeddings, transform, layers).eval()
+    return HeadTensors(blank, log_scale, transform, layers)
+
+
+def load_ctc_head(folder: Path, embeddings: torch.Tensor) -> CtcHead:
+    """A checkpoint's or adapter's head over the decoder's input embeddings [vocab, hidden], checked."""
+    read = read_ctc_head(folder / CTC_HEAD_FILE, embeddings.shape[1])
+    return CtcHead(read.blank, read.log_scale, embeddings, read.transform, read.layers).eval()
 
 
 def export_ctc_onnx(head: CtcHead | FramesCtcHead, input_width: int, path: Path) -> None:

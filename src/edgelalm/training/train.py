@@ -24,8 +24,7 @@ from torch import nn
 
 from edgelalm.constants import REALIGNED_TO_KEY
 from edgelalm.errors import EdgelalmError
-from edgelalm.export.ctc import CtcLayers, read_ctc_layers
-from edgelalm.files import safetensors_file
+from edgelalm.export.ctc import CtcLayers, read_ctc_head
 from edgelalm.progress import Bar
 from edgelalm.training import speech
 from edgelalm.training.dataset import SpeechDataset
@@ -229,17 +228,18 @@ class TokenCtc(nn.Module):
             metadata |= self.layers.metadata()
         save_file(tensors, str(path), metadata=metadata or None)
 
-    def load_head(self, path: Path) -> None:
-        """An earlier head's tensors (a realigned one's map only where this head realigns too); its
-        layers, where it has any, replace this head's."""
-        with torch.no_grad(), safetensors_file(path) as stored:
-            self.blank.copy_(stored.get_tensor("blank"))
-            self.log_scale.copy_(stored.get_tensor("log_scale"))
-            if self.transform is not None and "transform" in stored.keys():
-                self.transform.copy_(stored.get_tensor("transform"))
-            layers = read_ctc_layers(stored, path, self.embeddings.embedding_dim)
-        if layers is not None:
-            self.layers = layers.to(self.blank.device).train(self.training)
+    def load_head(self, path: Path, layers_dropout: float = 0.0) -> None:
+        """An earlier head's tensors, checked as export checks them (a realigned one's map only
+        where this head realigns too); its layers, where it has any, replace this head's, with
+        `layers_dropout` where they train on."""
+        read = read_ctc_head(path, self.embeddings.embedding_dim, layers_dropout)
+        with torch.no_grad():
+            self.blank.copy_(read.blank)
+            self.log_scale.copy_(read.log_scale)
+            if self.transform is not None and read.transform is not None:
+                self.transform.copy_(read.transform)
+        if read.layers is not None:
+            self.layers = read.layers.to(self.blank.device).train(self.training)
 
     def greedy(self, positions: torch.Tensor) -> str:
         """The best path of one clip's [T, D] embeddings, repeats and blanks removed, as text."""
@@ -492,7 +492,7 @@ def train(
         ctc = TokenCtc(embeddings, tokenizer, realign=bool(settings.ctc_realign_to), layers=layers)
         ctc = ctc.to(model.device)
         if ctc_head is not None:
-            ctc.load_head(ctc_head)
+            ctc.load_head(ctc_head, settings.ctc_layers_dropout)
     elif ctc_alphabet:
         ctc = CharacterCtc(ctc_width, ctc_alphabet).to(model.device)
     if not settings.answer_loss and ctc is None:
