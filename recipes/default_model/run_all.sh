@@ -482,3 +482,24 @@ for model in build/exp/candidate shipped; do
   python $recipe/ctc_weight_sweep.py $([ $model = shipped ] || echo --model $model) --data data3/test,data3/unheard \
     --clips 200 --weights 0.5 --compressors none --out $recipe/results/ctc-head-layers/test-${model##*/}
 done
+# 23. The head with layers measured widely before shipping (README, "The default model": the head
+#     with layers): every table of steps 20-21 with it, on the candidate (the shipped model with
+#     step 22's head; the shipped adapters; ~35 min), and the real speaker (Asterisk's prompts) with
+#     it and with the shipped head. Better on every synthetic set, worse on people's speech (the real
+#     speaker's 2919 words and the 19 recordings): not shipped. The heads' best paths on both.
+layered=$recipe/results/ctc-head-layers
+short_set_tables $layered none,unseg --model build/exp/candidate
+python $recipe/wer_table.py --model build/exp/candidate --data build/real-speech/transcripts.tsv --compressors none,unseg \
+  --quants q8_0 --lora-only --out $layered/real-speech
+for set in test unheard; do
+  python $recipe/wer_table.py --model build/exp/candidate --data data3/$set-long --clips 40 --compressors none,unseg \
+    --quants q8_0 --bundles-only --windows each --window-seconds 8 --out $layered/$set-long-each-8s
+done
+for model in build/exp/candidate shipped; do
+  python $recipe/wer_table.py $([ $model = shipped ] || echo --model $model) --data build/asterisk-prompts/transcripts.tsv \
+    --clips 600 --compressors none,unseg --quants q8_0 --bundles-only --out $layered/asterisk-prompts-${model##*/}
+done
+for head in src/edgelalm/default_model/edgelalm-default/edgelalm_ctc_head.safetensors $layers/ctc_head.safetensors; do
+  python $recipe/wer_check.py src/edgelalm/default_model/edgelalm-default --sets "" --tsv build/asterisk-prompts/transcripts.tsv \
+    --tsv build/real-speech/transcripts.tsv --ctc-head $head --show 0  # results/ctc-head-layers/real-best-path.json
+done
