@@ -110,9 +110,10 @@ def reference_answer(
     return processor.tokenizer.decode(answer), audio_embeddings.shape[0]
 
 
-def torch_encoder_layers(head_file) -> list:
+def torch_encoder_layers(head_file) -> tuple[list, int]:
     """A head file's own layers as torch's own pre-norm TransformerEncoderLayer (GELU, no
-    dropout), each loaded with the file's tensors; none where the file has none."""
+    dropout), each loaded with the file's tensors (none where the file has none), and the
+    positions each side they attend to (its metadata; 0: the whole window)."""
     from safetensors import safe_open
 
     with safe_open(str(head_file), framework="pt") as stored:
@@ -141,17 +142,21 @@ def torch_encoder_layers(head_file) -> list:
             }
         )
         layers.append(layer)
-    return layers
+    return layers, int(metadata.get("edgelalm_ctc_attention_span", "0"))
 
 
-def run_layers(layers: list, rows: np.ndarray) -> np.ndarray:
-    """`torch_encoder_layers` over `rows` [T, H] (one window); `rows` unchanged where there are none."""
-    if not layers:
+def run_layers(layers: tuple[list, int], rows: np.ndarray) -> np.ndarray:
+    """`torch_encoder_layers` over `rows` [T, H] (one window), a span as torch's own attention
+    mask (True: not attended); `rows` unchanged where there are none."""
+    stack, span = layers
+    if not stack:
         return rows
     hidden = torch.from_numpy(rows.astype(np.float32))[None]
+    offsets = np.arange(len(rows))
+    mask = torch.from_numpy(np.abs(offsets[None] - offsets[:, None]) > span) if span else None
     with torch.no_grad():
-        for layer in layers:
-            hidden = layer(hidden)
+        for layer in stack:
+            hidden = layer(hidden, src_mask=mask)
     return hidden[0].numpy()
 
 

@@ -20,7 +20,7 @@ from hf_reference import transformer_layers  # noqa: E402
 from random_layers import randomised  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from edgelalm.constants import CTC_ATTENTION_HEADS_KEY, CTC_HEAD_FILE  # noqa: E402
+from edgelalm.constants import CTC_ATTENTION_HEADS_KEY, CTC_ATTENTION_SPAN_KEY, CTC_HEAD_FILE  # noqa: E402
 from edgelalm.errors import EdgelalmError  # noqa: E402
 from edgelalm.export.ctc import CtcLayers, load_ctc_head  # noqa: E402
 from edgelalm.training.train import TokenCtc  # noqa: E402
@@ -28,8 +28,9 @@ from edgelalm.training.train import TokenCtc  # noqa: E402
 WIDTH, HEADS, FEED_FORWARD, VOCAB = 32, 4, 48, 50
 
 
-def random_layers(count: int = 2, seed: int = 0) -> CtcLayers:
-    return randomised(CtcLayers(WIDTH, count, HEADS, FEED_FORWARD), torch.Generator().manual_seed(seed), 0.3)
+def random_layers(count: int = 2, seed: int = 0, span: int = 0) -> CtcLayers:
+    layers = CtcLayers(WIDTH, count, HEADS, FEED_FORWARD, attention_span=span)
+    return randomised(layers, torch.Generator().manual_seed(seed), 0.3)
 
 
 def head_tensors(layers: CtcLayers | None, seed: int = 1) -> dict[str, torch.Tensor]:
@@ -44,8 +45,10 @@ def write_head(folder: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
     return folder
 
 
-def test_the_layers_are_torchs_transformer_encoder_layers(tmp_path):
-    layers = random_layers()
+@pytest.mark.parametrize("span", [0, 3], ids=["whole-window", "span-3"])
+def test_the_layers_are_torchs_transformer_encoder_layers(tmp_path, span):
+    """With a span, torch's layers get it as their attention mask (tests/hf_reference.py)."""
+    layers = random_layers(span=span)
     folder = write_head(tmp_path / "head", head_tensors(layers), layers.metadata())
     rows = np.random.default_rng(0).normal(size=(23, WIDTH)).astype(np.float32)
     with torch.no_grad():
@@ -65,6 +68,46 @@ def test_the_layers_are_torchs_transformer_encoder_layers(tmp_path):
     assert np.abs(batched[1, :9] - transformer_layers(folder / CTC_HEAD_FILE, short)).max() < bound
 
 
+def test_a_span_limits_what_each_position_reads():
+    """Two layers of span 3: position 0 reads positions up to 6 and no further (a change at 7 leaves
+    it as it was, a change at 6 does not); over the whole window, any change reaches it."""
+    rows, change = torch.randn(1, 20, WIDTH), torch.randn(WIDTH)  # not a constant: LayerNorm removes one
+    for span, reach in ((3, 6), (0, 19)):
+        layers = random_layers(span=span).eval()
+        with torch.no_grad():
+            before = layers(rows)[0, 0]
+            for position in range(1, 20):
+                changed = rows.clone()
+                changed[0, position] += change
+                moved = not torch.allclose(layers(changed)[0, 0], before, atol=1e-6)
+                assert moved == (position <= reach), (span, position)
+
+
+def test_the_exported_graph_reads_the_span_as_torch_does(tmp_path):
+    """export's ctc.onnx for a head whose layers have a span, run by onnxruntime on windows shorter
+    and longer than the span, against torch's own layers with the span as their mask and the
+    head's definition in numpy (tests/hf_reference.py)."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from hf_reference import ctc_head_log_probs
+
+    from edgelalm.export.ctc import export_ctc_onnx
+
+    layers = random_layers(span=2)
+    folder = write_head(tmp_path / "head", head_tensors(layers), layers.metadata())
+    embeddings = torch.nn.Embedding(VOCAB, WIDTH)
+    export_ctc_onnx(load_ctc_head(folder, embeddings.weight.detach()), WIDTH, tmp_path / "ctc.onnx")
+    session = onnxruntime.InferenceSession(str(tmp_path / "ctc.onnx"), providers=["CPUExecutionProvider"])
+
+    class Model:
+        def get_input_embeddings(self):
+            return embeddings
+
+    for count in (1, 4, 31):
+        rows = np.random.default_rng(count).normal(size=(count, WIDTH)).astype(np.float32)
+        got = session.run(None, {session.get_inputs()[0].name: rows})[0]
+        assert np.abs(got - ctc_head_log_probs(folder / CTC_HEAD_FILE, Model(), rows)).max() < 1e-4
+
+
 def test_new_layers_start_as_the_head_they_were_given():
     """Zero outputs: step 0 of training a head's layers is the head as it was."""
     embeddings = torch.nn.Embedding(VOCAB, WIDTH)
@@ -79,14 +122,14 @@ def test_new_layers_start_as_the_head_they_were_given():
     )
 
 
-@pytest.mark.parametrize("realigned", [False, True], ids=["checkpoint", "realigned"])
-def test_training_writes_a_head_that_export_reads_as_training_computes_it(tmp_path, realigned):
+@pytest.mark.parametrize(("realigned", "span"), [(False, 0), (True, 4)], ids=["checkpoint", "realigned-span"])
+def test_training_writes_a_head_that_export_reads_as_training_computes_it(tmp_path, realigned, span):
     """TokenCtc.save_head with layers -> load_ctc_head (export's graph module) and
     TokenCtc.load_head (a later stage, wer_check.py; finetune realigning it) give the same
     log-probabilities as the head that was saved, one window [T, D] at a time; a head realigned
     to a compressor applies its map after the layers."""
     embeddings = torch.nn.Embedding(VOCAB, WIDTH)
-    trained = TokenCtc(embeddings, tokenizer=None, realign=realigned, layers=random_layers(3)).eval()
+    trained = TokenCtc(embeddings, tokenizer=None, realign=realigned, layers=random_layers(3, span=span)).eval()
     if realigned:
         with torch.no_grad():
             trained.transform.normal_(std=0.2, generator=torch.Generator().manual_seed(5))
@@ -100,7 +143,7 @@ def test_training_writes_a_head_that_export_reads_as_training_computes_it(tmp_pa
         later = TokenCtc(embeddings, tokenizer=None, realign=realigned)
         later.load_head(tmp_path / CTC_HEAD_FILE)
         again = later.eval().log_probs(rows)
-    assert later.layers is not None and len(later.layers.stack) == 3
+    assert later.layers is not None and len(later.layers.stack) == 3 and later.layers.attention_span == span
     assert torch.allclose(exported, expected, atol=1e-5) and torch.allclose(again, expected, atol=1e-6)
     plain = TokenCtc(embeddings, tokenizer=None, realign=realigned)
     plain.load_state_dict(trained.state_dict(), strict=False)
@@ -162,6 +205,9 @@ def _broken(tensors: dict, name: str, value) -> dict:
         (lambda t, m: (t, {}), "names their attention heads in its metadata"),
         (lambda t, m: (t, {CTC_ATTENTION_HEADS_KEY: "5"}), "a count that divides the width 32); found 5"),
         (lambda t, m: (t, {CTC_ATTENTION_HEADS_KEY: "-4"}), "found -4"),
+        (lambda t, m: (t, m | {CTC_ATTENTION_SPAN_KEY: "-1"}), "a count of positions from 0 (the whole window)"),
+        (lambda t, m: (t, m | {CTC_ATTENTION_SPAN_KEY: "near"}), "to 100000; found near"),
+        (lambda t, m: (t, m | {CTC_ATTENTION_SPAN_KEY: "100001"}), "found 100001"),
         (
             lambda t, m: ({k: v for k, v in t.items() if not k.startswith("layers.stack.0.")}, m),
             "its layer tensors are not layers.stack.0.* to .N.*",

@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dev", type=Path, required=True, help="an encoded development folder (best-path WER)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument(
+        "--attention-span", type=int, default=0, help="positions each side the layers attend to (0: the whole window)"
+    )
     parser.add_argument("--steps", type=int, default=1600)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
@@ -55,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         ctc_target="tokens",
         ctc_weight=1.0,
         ctc_layers=args.layers,
+        ctc_layers_attention_span=args.attention_span,
         answer_loss=False,
         augment_probability=0.0,
         eval_every=args.eval_every,

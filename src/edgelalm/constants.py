@@ -122,6 +122,8 @@ REALIGNED_TO_KEY = "edgelalm_realigned_to"
 # In a head with transformer layers of its own (tensors "layers.N.*"), its metadata key giving
 # their attention heads (the layer count and widths are in the tensors' names and shapes).
 CTC_ATTENTION_HEADS_KEY = "edgelalm_ctc_attention_heads"
+# ... and how many positions each side a position attends to (absent or 0: the whole window).
+CTC_ATTENTION_SPAN_KEY = "edgelalm_ctc_attention_span"
 # The checkpoint's advice on how to decode with it, read by export into the manifest's `decoding`
 # section: {"beam_size": 4, "ctc_weight": 0.5}.
 DECODING_ADVICE_FILE = "edgelalm_decoding.json"

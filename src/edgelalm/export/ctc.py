@@ -31,6 +31,7 @@ from torch import nn
 
 from edgelalm.constants import (
     CTC_ATTENTION_HEADS_KEY,
+    CTC_ATTENTION_SPAN_KEY,
     CTC_FRAMES_INPUT,
     CTC_HEAD_FILE,
     CTC_INPUT,
@@ -49,6 +50,8 @@ LAYERS_PREFIX = "layers."
 LAYER_NAME = re.compile(re.escape(LAYERS_PREFIX) + r"stack\.(\d{1,3})\.")
 # Beyond this many layers or attention heads a file is not a head this project trains.
 MOST_CTC_LAYERS = 64
+# An attention span past the longest window (the encoder's 1500 positions) is the whole window.
+MOST_CTC_ATTENTION_SPAN = 100_000
 
 
 class CtcLayer(nn.Module):
@@ -56,11 +59,17 @@ class CtcLayer(nn.Module):
     feed-forward, each added to its input. Both outputs start at zero, so a new layer is the
     identity and a head given layers starts as the head it was."""
 
-    def __init__(self, width: int, attention_heads: int, feed_forward_width: int, dropout: float = 0.0) -> None:
+    def __init__(
+        self, width: int, attention_heads: int, feed_forward_width: int, dropout: float = 0.0, attention_span: int = 0
+    ) -> None:
         super().__init__()
         if width % attention_heads:
             raise EdgelalmError(f"a CTC layer's width {width} is not a multiple of its {attention_heads} heads")
         self.attention_heads = attention_heads
+        # Positions each side a position attends to (0: the whole window). A short span reads the
+        # sounds around a position, not the sentence it is in: a head that reads whole windows
+        # can learn the training texts' word order, which people's speech does not follow.
+        self.attention_span = attention_span
         self.attention_norm = nn.LayerNorm(width)
         self.qkv = nn.Linear(width, 3 * width)
         self.attention_output = nn.Linear(width, width)
@@ -79,8 +88,16 @@ class CtcLayer(nn.Module):
         qkv = self.qkv(self.attention_norm(positions)).reshape(batch, count, 3, self.attention_heads, head_width)
         queries, keys, values = qkv.permute(2, 0, 3, 1, 4)  # each [B, heads, T, head_width]
         scores = queries @ keys.transpose(-1, -2) / math.sqrt(head_width)
-        if padding is not None:
-            scores = scores.masked_fill(padding[:, None, None, :], float("-inf"))
+        blocked = None if padding is None else padding[:, None, None, :]
+        if self.attention_span:
+            offsets = torch.arange(count, device=positions.device)
+            far = (offsets[None, :] - offsets[:, None]).abs() > self.attention_span
+            blocked = far if blocked is None else blocked | far
+        if blocked is not None:
+            # A position always sees itself: a padded row past every real one's span keeps one key.
+            scores = scores.masked_fill(
+                blocked & ~torch.eye(count, dtype=torch.bool, device=positions.device), float("-inf")
+            )
         attended = (scores.softmax(-1) @ values).transpose(1, 2).reshape(batch, count, width)
         positions = positions + self.dropout(self.attention_output(attended))
         hidden = nn.functional.gelu(self.feed_forward_up(self.feed_forward_norm(positions)))
@@ -91,12 +108,19 @@ class CtcLayers(nn.Module):
     """A CTC head's own layers, in order."""
 
     def __init__(
-        self, width: int, layer_count: int, attention_heads: int, feed_forward_width: int, dropout: float = 0.0
+        self,
+        width: int,
+        layer_count: int,
+        attention_heads: int,
+        feed_forward_width: int,
+        dropout: float = 0.0,
+        attention_span: int = 0,
     ) -> None:
         super().__init__()
         self.attention_heads = attention_heads
+        self.attention_span = attention_span
         self.stack = nn.ModuleList(
-            CtcLayer(width, attention_heads, feed_forward_width, dropout) for _ in range(layer_count)
+            CtcLayer(width, attention_heads, feed_forward_width, dropout, attention_span) for _ in range(layer_count)
         )
 
     def forward(self, positions: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
@@ -109,7 +133,8 @@ class CtcLayers(nn.Module):
         return {LAYERS_PREFIX + name: value.detach().contiguous() for name, value in self.state_dict().items()}
 
     def metadata(self) -> dict[str, str]:
-        return {CTC_ATTENTION_HEADS_KEY: str(self.attention_heads)}
+        span = {CTC_ATTENTION_SPAN_KEY: str(self.attention_span)} if self.attention_span else {}
+        return {CTC_ATTENTION_HEADS_KEY: str(self.attention_heads)} | span
 
 
 def read_ctc_layers(stored: Any, path: Path, width: int, dropout: float = 0.0) -> CtcLayers | None:
@@ -119,7 +144,14 @@ def read_ctc_layers(stored: Any, path: Path, width: int, dropout: float = 0.0) -
     if not names:
         return None
     indices = {int(match.group(1)) for name in names if (match := LAYER_NAME.match(name))}
-    heads = (stored.metadata() or {}).get(CTC_ATTENTION_HEADS_KEY, "")
+    metadata = stored.metadata() or {}
+    heads = metadata.get(CTC_ATTENTION_HEADS_KEY, "")
+    span = metadata.get(CTC_ATTENTION_SPAN_KEY, "0")
+    if not span.isdigit() or int(span) > MOST_CTC_ATTENTION_SPAN:
+        raise EdgelalmError(
+            f"{path}: {CTC_ATTENTION_SPAN_KEY} in its metadata must be a count of positions from 0 (the whole "
+            f"window) to {MOST_CTC_ATTENTION_SPAN}; found {span}"
+        )
     feed_forward = f"{LAYERS_PREFIX}stack.0.feed_forward_up.weight"
     if not heads.isdigit() or not 0 < int(heads) <= MOST_CTC_LAYERS or width % int(heads):
         raise EdgelalmError(
@@ -148,7 +180,7 @@ def read_ctc_layers(stored: Any, path: Path, width: int, dropout: float = 0.0) -
         if not value.is_floating_point() or not torch.isfinite(value).all():
             raise EdgelalmError(f"{path}: {name} must hold finite numbers")
         loaded[name[len(LAYERS_PREFIX) :]] = value.float()
-    layers = CtcLayers(*shape, dropout)
+    layers = CtcLayers(*shape, dropout, int(span))
     layers.load_state_dict(loaded)
     return layers.eval()
 

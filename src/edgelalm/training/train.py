@@ -65,6 +65,7 @@ class TrainSettings:
     # file keeps the layers it has.
     ctc_layers: int = 0
     ctc_layers_dropout: float = 0.1
+    ctc_layers_attention_span: int = 0  # positions each side (0: the whole window)
     # False: the CTC loss alone (finetune's head-only realignment: nothing on the answer path trains).
     answer_loss: bool = True
     augment_probability: float = 0.8
@@ -488,7 +489,10 @@ def train(
         layers = None
         if settings.ctc_layers:
             heads = max(1, width // 64)  # a head 64 wide, as Whisper's and Qwen2's; a narrower model one head
-            layers = CtcLayers(width, settings.ctc_layers, heads, 4 * width, settings.ctc_layers_dropout)
+            layers = CtcLayers(
+                width, settings.ctc_layers, heads, 4 * width, settings.ctc_layers_dropout,
+                settings.ctc_layers_attention_span,
+            )  # fmt: skip
         ctc = TokenCtc(embeddings, tokenizer, realign=bool(settings.ctc_realign_to), layers=layers)
         ctc = ctc.to(model.device)
         if ctc_head is not None:
