@@ -71,7 +71,9 @@ def test_the_layers_are_torchs_transformer_encoder_layers(tmp_path, span):
 def test_a_span_limits_what_each_position_reads():
     """Two layers of span 3: position 0 reads positions up to 6 and no further (a change at 7 leaves
     it as it was, a change at 6 does not); over the whole window, any change reaches it."""
-    rows, change = torch.randn(1, 20, WIDTH), torch.randn(WIDTH)  # not a constant: LayerNorm removes one
+    generator = torch.Generator().manual_seed(3)
+    rows = torch.randn(1, 20, WIDTH, generator=generator)
+    change = torch.randn(WIDTH, generator=generator)  # not a constant: LayerNorm removes one
     for span, reach in ((3, 6), (0, 19)):
         layers = random_layers(span=span).eval()
         with torch.no_grad():
@@ -122,7 +124,8 @@ def test_new_layers_start_as_the_head_they_were_given():
     )
 
 
-@pytest.mark.parametrize(("realigned", "span"), [(False, 0), (True, 4)], ids=["checkpoint", "realigned-span"])
+@pytest.mark.parametrize("span", [0, 4], ids=["whole-window", "span-4"])
+@pytest.mark.parametrize("realigned", [False, True], ids=["checkpoint", "realigned"])
 def test_training_writes_a_head_that_export_reads_as_training_computes_it(tmp_path, realigned, span):
     """TokenCtc.save_head with layers -> load_ctc_head (export's graph module) and
     TokenCtc.load_head (a later stage, wer_check.py; finetune realigning it) give the same
@@ -152,20 +155,38 @@ def test_training_writes_a_head_that_export_reads_as_training_computes_it(tmp_pa
 
 def test_layers_read_back_train_with_the_dropout_asked_for(tmp_path):
     """A later stage realigning a layered head (finetune) trains its layers with the run's dropout;
-    evaluation and export read them without (the same values every call)."""
+    evaluation and export read them without (the same values as a head read with none)."""
     layers = random_layers()
     folder = write_head(tmp_path / "head", head_tensors(layers), layers.metadata())
     embeddings = torch.nn.Embedding(VOCAB, WIDTH)
-    rows = torch.randn(1, 13, WIDTH)
+    rows = torch.randn(1, 13, WIDTH, generator=torch.Generator().manual_seed(4))
+    evaluated = {}
     for dropout in (0.0, 0.5):
         head = TokenCtc(embeddings, tokenizer=None).train()
         head.load_head(folder / CTC_HEAD_FILE, layers_dropout=dropout)
         assert {module.p for module in head.layers.modules() if isinstance(module, torch.nn.Dropout)} == {dropout}
         with torch.no_grad():
             first, second = head.log_probs(rows), head.log_probs(rows)
+            evaluated[dropout] = head.eval().log_probs(rows)
         assert torch.equal(first, second) == (dropout == 0.0)
-        with torch.no_grad():
-            assert torch.equal(head.eval().log_probs(rows), head.log_probs(rows))
+    assert torch.equal(evaluated[0.0], evaluated[0.5])
+
+
+def test_a_realigned_head_is_not_read_as_a_plain_one(tmp_path):
+    """A head realigned to a compressor read by a TokenCtc that does not realign (wer_check.py
+    --ctc-head over uncompressed frames): refused, not scored without its map."""
+    tensors = head_tensors(None) | {"transform": torch.zeros(WIDTH, WIDTH)}
+    folder = write_head(tmp_path / "head", tensors, {"edgelalm_realigned_to": "avg3"})
+    with pytest.raises(EdgelalmError, match="realigned to a compressor"):
+        TokenCtc(torch.nn.Embedding(VOCAB, WIDTH), tokenizer=None).load_head(folder / CTC_HEAD_FILE)
+
+
+def test_a_span_that_is_not_a_count_is_refused_when_layers_are_made():
+    """Before anything trains: a span of -1 would block every other position, and its file could
+    not be read back."""
+    for span in (-1, 100_001):
+        with pytest.raises(EdgelalmError, match="attention span is a count of positions"):
+            CtcLayers(WIDTH, 1, HEADS, FEED_FORWARD, attention_span=span)
 
 
 @pytest.mark.parametrize(
@@ -203,11 +224,15 @@ def _broken(tensors: dict, name: str, value) -> dict:
     ("change", "words"),
     [
         (lambda t, m: (t, {}), "names their attention heads in its metadata"),
-        (lambda t, m: (t, {CTC_ATTENTION_HEADS_KEY: "5"}), "a count that divides the width 32); found 5"),
-        (lambda t, m: (t, {CTC_ATTENTION_HEADS_KEY: "-4"}), "found -4"),
+        (lambda t, m: (t, {CTC_ATTENTION_HEADS_KEY: "5"}), "a count that divides the width 32); found '5'"),
+        (lambda t, m: (t, {CTC_ATTENTION_HEADS_KEY: "-4"}), "found '-4'"),
+        (lambda t, m: (t, {CTC_ATTENTION_HEADS_KEY: "\u00b2"}), "found '\u00b2'"),
         (lambda t, m: (t, m | {CTC_ATTENTION_SPAN_KEY: "-1"}), "a count of positions from 0 (the whole window)"),
-        (lambda t, m: (t, m | {CTC_ATTENTION_SPAN_KEY: "near"}), "to 100000; found near"),
-        (lambda t, m: (t, m | {CTC_ATTENTION_SPAN_KEY: "100001"}), "found 100001"),
+        (lambda t, m: (t, m | {CTC_ATTENTION_SPAN_KEY: "near"}), "to 100000; found 'near'"),
+        (lambda t, m: (t, m | {CTC_ATTENTION_SPAN_KEY: "100001"}), "found '100001'"),
+        (lambda t, m: (t, m | {CTC_ATTENTION_SPAN_KEY: "\u00b2"}), "found '\u00b2'"),
+        (lambda t, m: (t, m | {CTC_ATTENTION_SPAN_KEY: "1\n2"}), "found '1\\n2'"),
+        (lambda t, m: (t, m | {CTC_ATTENTION_SPAN_KEY: "9" * 5000}), "found '9999"),
         (
             lambda t, m: ({k: v for k, v in t.items() if not k.startswith("layers.stack.0.")}, m),
             "its layer tensors are not layers.stack.0.* to .N.*",

@@ -350,7 +350,8 @@ def test_a_head_trains_layers_of_its_own_alone_and_saves_them(encoded, tiny_chec
     start.save_head(tmp_path / "start.safetensors")
     settings = dataclasses.replace(
         TrainSettings(), steps=3, batch_size=4, bucket_batches=2, warmup_steps=1, ctc_target="tokens",
-        ctc_weight=1.0, ctc_layers=1, answer_loss=False, augment_probability=0.0, eval_every=3, eval_clips=4,
+        ctc_weight=1.0, ctc_layers=1, ctc_layers_attention_span=2, answer_loss=False, augment_probability=0.0,
+        eval_every=3, eval_clips=4,
     )  # fmt: skip
     train(
         model, processor, encoded, encoded, tmp_path / "run", settings, parameters=[], progress=False,
@@ -363,6 +364,18 @@ def test_a_head_trains_layers_of_its_own_alone_and_saves_them(encoded, tiny_chec
     (tmp_path / "run" / RUN_CTC_HEAD_FILE).rename(tmp_path / "run" / CTC_HEAD_FILE)  # as train_ctc_head.py does
     read = load_ctc_head(tmp_path / "run", model.get_input_embeddings().weight.detach())
     assert read.layers is not None and read.layers.attention_heads == 1  # width 64: one head of 64
+    assert read.layers.attention_span == 2
+    # New layers asked of a head that has some: refused (the file's would have trained in their place).
+    with pytest.raises(EdgelalmError, match="has layers of its own already"):
+        train(
+            model, processor, encoded, encoded, tmp_path / "again", settings, parameters=[], progress=False,
+            ctc_head=tmp_path / "run" / CTC_HEAD_FILE,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="ctc_layers asks for none"):
+        train(
+            model, processor, encoded, encoded, tmp_path / "none", dataclasses.replace(settings, ctc_layers=0),
+            parameters=[], progress=False,
+        )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------

@@ -152,11 +152,15 @@ def export_compressor_onnx(module: CompressorProjector, encoder_width: int, path
     export_rows_graph(module, torch.randn(40, encoder_width), COMPRESSOR_INPUT, COMPRESSOR_OUTPUT, path)
 
 
+# The most rows (frames or audio tokens) a rows graph is exported for.
+MOST_GRAPH_ROWS = 100_000
+
+
 def export_rows_graph(module: nn.Module, example: torch.Tensor, input_name: str, output_name: str, path: Path) -> None:
     """A graph of one input of [rows, width] and one output, the row count dynamic (traced by
     dynamo): the compressor's and the CTC head's."""
     module.eval()
-    rows = torch.export.Dim(input_name, min=1, max=100_000)
+    rows = torch.export.Dim(input_name, min=1, max=MOST_GRAPH_ROWS)
     argument = next(iter(inspect.signature(module.forward).parameters))
     with deferred(), torch.no_grad():  # see edgelalm.interrupts
         program = torch.onnx.export(

@@ -9,7 +9,8 @@ head's own parameters: `blank` [hidden] and `log_scale` [], and in a head realig
 applied to each audio embedding first (x + x @ transform.T): an average of three frames is no
 longer close to one token's embedding, and the map learns to read it. A head may also have
 transformer layers of its own (`CtcLayers`: tensors `layers.N.*`, their attention heads in the
-file's metadata) that read the whole clip before each position is scored: the similarity alone
+file's metadata, and how far each position reads) that read the window around each position
+before it is scored: the similarity alone
 reads each position by itself. The vocabulary is the
 decoder's embedding table, read from the checkpoint here and stored in the graph already
 normalised and scaled. By default (CtcReads "frames") the graph reads the encoder's frames and
@@ -39,7 +40,7 @@ from edgelalm.constants import (
     REALIGNED_TO_KEY,
 )
 from edgelalm.errors import EdgelalmError
-from edgelalm.export.compressor import export_rows_graph
+from edgelalm.export.compressor import MOST_GRAPH_ROWS, export_rows_graph
 from edgelalm.files import safetensors_file
 
 # The head's own tensors in CTC_HEAD_FILE, and the one a head realigned to a compressor adds.
@@ -50,8 +51,8 @@ LAYERS_PREFIX = "layers."
 LAYER_NAME = re.compile(re.escape(LAYERS_PREFIX) + r"stack\.(\d{1,3})\.")
 # Beyond this many layers or attention heads a file is not a head this project trains.
 MOST_CTC_LAYERS = 64
-# An attention span past the longest window (the encoder's 1500 positions) is the whole window.
-MOST_CTC_ATTENTION_SPAN = 100_000
+# A span as long as a graph's most rows is the whole window.
+MOST_CTC_ATTENTION_SPAN = MOST_GRAPH_ROWS
 
 
 class CtcLayer(nn.Module):
@@ -59,17 +60,11 @@ class CtcLayer(nn.Module):
     feed-forward, each added to its input. Both outputs start at zero, so a new layer is the
     identity and a head given layers starts as the head it was."""
 
-    def __init__(
-        self, width: int, attention_heads: int, feed_forward_width: int, dropout: float = 0.0, attention_span: int = 0
-    ) -> None:
+    def __init__(self, width: int, attention_heads: int, feed_forward_width: int, dropout: float = 0.0) -> None:
         super().__init__()
         if width % attention_heads:
             raise EdgelalmError(f"a CTC layer's width {width} is not a multiple of its {attention_heads} heads")
         self.attention_heads = attention_heads
-        # Positions each side a position attends to (0: the whole window). A short span reads the
-        # sounds around a position, not the sentence it is in: a head that reads whole windows
-        # can learn the training texts' word order, which people's speech does not follow.
-        self.attention_span = attention_span
         self.attention_norm = nn.LayerNorm(width)
         self.qkv = nn.Linear(width, 3 * width)
         self.attention_output = nn.Linear(width, width)
@@ -81,23 +76,16 @@ class CtcLayer(nn.Module):
             nn.init.zeros_(output.weight)
             nn.init.zeros_(output.bias)
 
-    def forward(self, positions: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, T, width] -> [B, T, width]; `padding` [B, T], True where a row has no position."""
+    def forward(self, positions: torch.Tensor, blocked: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, T, width] -> [B, T, width]; `blocked` [B or 1, 1, T, T], True where a position (row)
+        may not attend to another (column): `CtcLayers.blocked`."""
         batch, count, width = positions.shape
         head_width = width // self.attention_heads
         qkv = self.qkv(self.attention_norm(positions)).reshape(batch, count, 3, self.attention_heads, head_width)
         queries, keys, values = qkv.permute(2, 0, 3, 1, 4)  # each [B, heads, T, head_width]
         scores = queries @ keys.transpose(-1, -2) / math.sqrt(head_width)
-        blocked = None if padding is None else padding[:, None, None, :]
-        if self.attention_span:
-            offsets = torch.arange(count, device=positions.device)
-            far = (offsets[None, :] - offsets[:, None]).abs() > self.attention_span
-            blocked = far if blocked is None else blocked | far
         if blocked is not None:
-            # A position always sees itself: a padded row past every real one's span keeps one key.
-            scores = scores.masked_fill(
-                blocked & ~torch.eye(count, dtype=torch.bool, device=positions.device), float("-inf")
-            )
+            scores = scores.masked_fill(blocked, float("-inf"))
         attended = (scores.softmax(-1) @ values).transpose(1, 2).reshape(batch, count, width)
         positions = positions + self.dropout(self.attention_output(attended))
         hidden = nn.functional.gelu(self.feed_forward_up(self.feed_forward_norm(positions)))
@@ -105,7 +93,10 @@ class CtcLayer(nn.Module):
 
 
 class CtcLayers(nn.Module):
-    """A CTC head's own layers, in order."""
+    """A CTC head's own layers, in order. `attention_span`: the positions each side a position
+    attends to (0: the whole window). A short span reads the sounds around a position, not the
+    sentence it is in: layers that read whole windows can learn the training texts' word order,
+    which people's speech does not follow."""
 
     def __init__(
         self,
@@ -117,15 +108,35 @@ class CtcLayers(nn.Module):
         attention_span: int = 0,
     ) -> None:
         super().__init__()
+        if not 0 <= attention_span <= MOST_CTC_ATTENTION_SPAN:
+            raise EdgelalmError(
+                f"a CTC head's attention span is a count of positions from 0 (the whole window) to "
+                f"{MOST_CTC_ATTENTION_SPAN}, got {attention_span}"
+            )
         self.attention_heads = attention_heads
         self.attention_span = attention_span
         self.stack = nn.ModuleList(
-            CtcLayer(width, attention_heads, feed_forward_width, dropout, attention_span) for _ in range(layer_count)
+            CtcLayer(width, attention_heads, feed_forward_width, dropout) for _ in range(layer_count)
         )
 
+    def blocked(self, count: int, padding: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+        """Which position may not attend to which: padded positions (`padding` [B, T], True past a
+        row's length), and those beyond the span. A padded position keeps itself, so that no row
+        is left with nothing to attend to (a NaN that the next layer would spread)."""
+        blocked = None
+        if padding is not None:
+            blocked = padding[:, None, None, :] & ~torch.eye(count, dtype=torch.bool, device=device)
+        if self.attention_span:
+            offsets = torch.arange(count, device=device)
+            far = (offsets[None, :] - offsets[:, None]).abs() > self.attention_span
+            blocked = far if blocked is None else blocked | far
+        return blocked
+
     def forward(self, positions: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, T, width] -> [B, T, width]; `padding` [B, T], True where a row has no position."""
+        blocked = self.blocked(positions.shape[1], padding, positions.device)
         for layer in self.stack:
-            positions = layer(positions, padding)
+            positions = layer(positions, blocked)
         return positions
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -147,16 +158,16 @@ def read_ctc_layers(stored: Any, path: Path, width: int, dropout: float = 0.0) -
     metadata = stored.metadata() or {}
     heads = metadata.get(CTC_ATTENTION_HEADS_KEY, "")
     span = metadata.get(CTC_ATTENTION_SPAN_KEY, "0")
-    if not span.isdigit() or int(span) > MOST_CTC_ATTENTION_SPAN:
+    if not re.fullmatch(r"[0-9]{1,6}", span) or int(span) > MOST_CTC_ATTENTION_SPAN:
         raise EdgelalmError(
             f"{path}: {CTC_ATTENTION_SPAN_KEY} in its metadata must be a count of positions from 0 (the whole "
-            f"window) to {MOST_CTC_ATTENTION_SPAN}; found {span}"
+            f"window) to {MOST_CTC_ATTENTION_SPAN}; found {span[:40]!r}"
         )
     feed_forward = f"{LAYERS_PREFIX}stack.0.feed_forward_up.weight"
-    if not heads.isdigit() or not 0 < int(heads) <= MOST_CTC_LAYERS or width % int(heads):
+    if not re.fullmatch(r"[0-9]{1,2}", heads) or not 0 < int(heads) <= MOST_CTC_LAYERS or width % int(heads):
         raise EdgelalmError(
             f"{path}: a head with layers names their attention heads in its metadata ({CTC_ATTENTION_HEADS_KEY}: "
-            f"a count that divides the width {width}); found {heads or 'none'}"
+            f"a count that divides the width {width}); found {repr(heads[:40]) if heads else 'none'}"
         )
     counted = bool(indices) and indices == set(range(len(indices))) and len(indices) <= MOST_CTC_LAYERS
     if not counted or feed_forward not in names:
@@ -280,15 +291,16 @@ def read_ctc_head(path: Path, hidden: int, layers_dropout: float = 0.0) -> HeadT
                 f"realigned to a compressor, {LAYERS_PREFIX}* if it has layers of its own); found "
                 f"{', '.join(sorted(names)) or 'none'}"
             )
+        own = [*HEAD_TENSORS, *([REALIGNED_HEAD_TENSOR] if REALIGNED_HEAD_TENSOR in names else [])]
+        shapes = [stored.get_slice(name).get_shape() for name in own]  # before anything is read
+        if shapes != [[hidden], [], [hidden, hidden]][: len(own)]:
+            raise EdgelalmError(
+                f"{path}: blank must be [{hidden}] (the decoder's width), log_scale a scalar and "
+                f"{REALIGNED_HEAD_TENSOR} [{hidden}, {hidden}]; got {', '.join(str(shape) for shape in shapes)}"
+            )
         blank, log_scale = (stored.get_tensor(name).float() for name in HEAD_TENSORS)
         transform = stored.get_tensor(REALIGNED_HEAD_TENSOR).float() if REALIGNED_HEAD_TENSOR in names else None
         layers = read_ctc_layers(stored, path, hidden, layers_dropout)
-    shapes = [blank.shape, log_scale.shape] + ([transform.shape] if transform is not None else [])
-    if shapes != [(hidden,), ()] + ([(hidden, hidden)] if transform is not None else []):
-        raise EdgelalmError(
-            f"{path}: blank must be [{hidden}] (the decoder's width), log_scale a scalar and {REALIGNED_HEAD_TENSOR} "
-            f"[{hidden}, {hidden}]; got {', '.join(str(list(shape)) for shape in shapes)}"
-        )
     finite = torch.isfinite(blank).all() and torch.isfinite(log_scale)
     if not finite or log_scale > 20 or (transform is not None and not torch.isfinite(transform).all()):
         raise EdgelalmError(f"{path}: the head's values must be finite (and log_scale at most 20)")

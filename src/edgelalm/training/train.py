@@ -190,8 +190,8 @@ class TokenCtc(nn.Module):
         # from the identity (an average of frames is no longer close to one token's embedding).
         width = embeddings.embedding_dim
         self.transform = nn.Parameter(torch.zeros(width, width)) if realign else None
-        # Layers of its own (edgelalm.export.ctc.CtcLayers) read the whole clip before each
-        # position is scored; they start as the identity.
+        # Layers of its own (edgelalm.export.ctc.CtcLayers) read the window around each position
+        # before it is scored; they start as the identity.
         self.layers = layers
 
     def log_probs(self, positions: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
@@ -234,6 +234,12 @@ class TokenCtc(nn.Module):
         where this head realigns too); its layers, where it has any, replace this head's, with
         `layers_dropout` where they train on."""
         read = read_ctc_head(path, self.embeddings.embedding_dim, layers_dropout)
+        if read.transform is not None and self.transform is None:
+            # Dropping the map would score a head that neither export nor the runtime computes.
+            raise EdgelalmError(
+                f"{path}: this head is realigned to a compressor ({REALIGNED_TO_KEY} in its metadata); it reads that "
+                "compressor's audio tokens, not this run's"
+            )
         with torch.no_grad():
             self.blank.copy_(read.blank)
             self.log_scale.copy_(read.log_scale)
@@ -483,6 +489,8 @@ def train(
     # On the tower's last layer when the tower trains; on the projected embeddings when it is frozen.
     ctc_width = model.config.text_config.hidden_size if encoded else model.config.audio_config.d_model
     ctc: CharacterCtc | TokenCtc | None = None
+    if settings.ctc_layers_attention_span and not settings.ctc_layers:
+        raise ValueError("ctc_layers_attention_span is the span of new CTC head layers, and ctc_layers asks for none")
     if settings.ctc_target == "tokens" and settings.ctc_weight > 0:
         embeddings = model.get_input_embeddings()
         width = embeddings.embedding_dim
@@ -497,6 +505,11 @@ def train(
         ctc = ctc.to(model.device)
         if ctc_head is not None:
             ctc.load_head(ctc_head, settings.ctc_layers_dropout)
+            if layers is not None and ctc.layers is not layers:
+                raise EdgelalmError(
+                    f"{ctc_head}: has layers of its own already, which this run would train on in place of the "
+                    f"{settings.ctc_layers} new ones it asks for; start from a head without layers"
+                )
     elif ctc_alphabet:
         ctc = CharacterCtc(ctc_width, ctc_alphabet).to(model.device)
     if not settings.answer_loss and ctc is None:
