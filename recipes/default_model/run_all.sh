@@ -503,3 +503,27 @@ for head in src/edgelalm/default_model/edgelalm-default/edgelalm_ctc_head.safete
   python $recipe/wer_check.py src/edgelalm/default_model/edgelalm-default --sets "" --tsv build/asterisk-prompts/transcripts.tsv \
     --tsv build/real-speech/transcripts.tsv --ctc-head $head --show 0  # results/ctc-head-layers/real-best-path.json
 done
+# 24. The head's layers with an attention span of 8 positions each side (0.32 s at 25 frames a
+#     second; README, "How it is made": layers that read near each position): step 22's training
+#     with --attention-span 8 (~77 min, the machine shared), kept as a stage; then the real speaker
+#     and the 19 recordings first, the development set at 0.5, the heads' best paths, the test sets.
+span8=$recipe/results/ctc-head-layers-span8
+python $recipe/train_ctc_head.py --data data3/train-seed23,data3/train-seed31 --dev data3dev/test --steps 1500 \
+  --batch-size 48 --eval-every 250 --eval-clips 200 --attention-span 8 --out build/default-model/ctc-layers-span8
+mkdir -p $recipe/stages/base14avg-ctc-layers-span8 build/exp/candidate-span8
+cp -r src/edgelalm/default_model/edgelalm-default/. build/exp/candidate-span8
+python -c "import sys; sys.path.insert(0, '$recipe'); from pathlib import Path; from ship import ship_ctc_head; \
+ship_ctc_head(Path('build/default-model/ctc-layers-span8/edgelalm_ctc_head.safetensors'), Path('build/exp/candidate-span8'))"
+cp build/exp/candidate-span8/edgelalm_ctc_head.safetensors $recipe/stages/base14avg-ctc-layers-span8/ctc_head.safetensors
+cp build/default-model/ctc-layers-span8/{train_log.jsonl,train_settings.json} $recipe/stages/base14avg-ctc-layers-span8/
+python $recipe/wer_table.py --model build/exp/candidate-span8 --data build/asterisk-prompts/transcripts.tsv \
+  --clips 600 --compressors none,unseg --quants q8_0 --bundles-only --out $span8/asterisk-prompts
+python $recipe/wer_table.py --model build/exp/candidate-span8 --data build/real-speech/transcripts.tsv --compressors none,unseg \
+  --quants q8_0 --bundles-only --out $span8/real-speech
+python $recipe/ctc_weight_sweep.py --model build/exp/candidate-span8 --data data3dev/test,data3dev/unheard \
+  --weights 0.5 --compressors none --out $span8/dev
+python $recipe/wer_check.py src/edgelalm/default_model/edgelalm-default --sets "" --tsv build/asterisk-prompts/transcripts.tsv \
+  --tsv build/real-speech/transcripts.tsv --ctc-head build/exp/candidate-span8/edgelalm_ctc_head.safetensors --show 0 \
+  > $span8/real-best-path.json
+python $recipe/ctc_weight_sweep.py --model build/exp/candidate-span8 --data data3/test,data3/unheard \
+  --clips 200 --weights 0.5 --compressors none --out $span8/test-candidate
