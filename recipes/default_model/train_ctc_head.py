@@ -4,7 +4,8 @@
         --dev data3dev/test --out build/default-model/ctc-layers
 
 The head the model was trained with scores each projected frame by its similarity to each token's
-embedding, one frame at a time. `CtcLayers` (edgelalm.export.ctc) read the whole clip first; they
+embedding, one frame at a time. `CtcLayers` (edgelalm.export.ctc) read the clip first (the whole
+window, or with --attention-span N the N positions each side of each: run_all.sh step 24); they
 start as the identity, so step 0 is the checkpoint's head, and only the head trains (its blank,
 scale and layers; the decoder's embeddings, the projector and the tower stay as they are), on
 encoded clips (make_encoded_data.py) through the projector, CTC loss alone. Writes
