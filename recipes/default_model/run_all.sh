@@ -506,7 +506,8 @@ done
 # 24. The head's layers with an attention span of 8 positions each side (0.32 s at 25 frames a
 #     second; README, "How it is made": layers that read near each position): step 22's training
 #     with --attention-span 8 (~77 min, the machine shared), kept as a stage; then the real speaker
-#     and the 19 recordings first, the development set at 0.5, the heads' best paths, the test sets.
+#     and the 19 recordings first, the development set at 0.5, the heads' best paths, the test sets,
+#     then every table of step 23 with it (~35 min).
 span8=$recipe/results/ctc-head-layers-span8
 python $recipe/train_ctc_head.py --data data3/train-seed23,data3/train-seed31 --dev data3dev/test --steps 1500 \
   --batch-size 48 --eval-every 250 --eval-clips 200 --attention-span 8 --out build/default-model/ctc-layers-span8
@@ -527,3 +528,10 @@ python $recipe/wer_check.py src/edgelalm/default_model/edgelalm-default --sets "
   > $span8/real-best-path.json
 python $recipe/ctc_weight_sweep.py --model build/exp/candidate-span8 --data data3/test,data3/unheard \
   --clips 200 --weights 0.5 --compressors none --out $span8/test-candidate
+short_set_tables $span8 none,unseg --model build/exp/candidate-span8
+for set in test unheard; do
+  python $recipe/wer_table.py --model build/exp/candidate-span8 --data data3/$set-long --clips 40 --compressors none,unseg \
+    --quants q8_0 --bundles-only --windows each --window-seconds 8 --out $span8/$set-long-each-8s
+done
+python $recipe/wer_table.py --model build/exp/candidate-span8 --data build/real-speech/transcripts.tsv \
+  --compressors none,unseg --quants q8_0 --lora-only --out $span8/real-speech-pytorch
