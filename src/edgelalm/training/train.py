@@ -62,7 +62,7 @@ class TrainSettings:
     ctc_realign_to: str | None = None
     # "tokens" only: transformer layers of the head's own (CtcLayers: width/64 attention heads, at
     # least one, a feed-forward 4x wide) before the similarity, from the identity; a head loaded from a
-    # file keeps the layers it has.
+    # file keeps the layers it has (asking for new ones over them is refused).
     ctc_layers: int = 0
     ctc_layers_dropout: float = 0.1
     ctc_layers_attention_span: int = 0  # positions each side (0: the whole window)
@@ -230,9 +230,9 @@ class TokenCtc(nn.Module):
         save_file(tensors, str(path), metadata=metadata or None)
 
     def load_head(self, path: Path, layers_dropout: float = 0.0) -> None:
-        """An earlier head's tensors, checked as export checks them (a realigned one's map only
-        where this head realigns too); its layers, where it has any, replace this head's, with
-        `layers_dropout` where they train on."""
+        """An earlier head's tensors, checked as export checks them (a realigned one's map where
+        this head realigns too; a head that does not realign refuses one); its layers, where it
+        has any, replace this head's, with `layers_dropout` where they train on."""
         read = read_ctc_head(path, self.embeddings.embedding_dim, layers_dropout)
         if read.transform is not None and self.transform is None:
             # Dropping the map would score a head that neither export nor the runtime computes.
