@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import soundfile
 import soxr
+from debian_packages import unpacked
 
 from edgelalm.files import write_tsv
 
@@ -51,15 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
-        root = Path(scratch)
-        subprocess.run(["apt-get", "download", *PACKAGES], cwd=root, check=True, capture_output=True)
-        for deb in root.glob("*.deb"):
-            subprocess.run(["dpkg-deb", "-x", str(deb), str(root / "tree")], check=True)
-        prompts = spoken_prompts(root / "tree" / TRANSCRIPTS)
+        tree = unpacked(PACKAGES, Path(scratch))
+        prompts = spoken_prompts(tree / TRANSCRIPTS)
         args.out.mkdir(parents=True, exist_ok=True)
         rows, seconds = [], 0.0
         for name, text in sorted(prompts.items()):
-            source = root / "tree" / SOUNDS / f"{name}.wav"
+            source = tree / SOUNDS / f"{name}.wav"
             if not source.is_file():
                 continue
             audio, rate = soundfile.read(source, dtype="float32")
