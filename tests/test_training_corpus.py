@@ -15,7 +15,7 @@ from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 
 from edgelalm.errors import EdgelalmError
 from edgelalm.training import corpus, synthesizers, texts
-from edgelalm.training.encoded import EncodedDataset, build_encoded, plan
+from edgelalm.training.encoded import EncodedDataset, build_encoded, build_encoded_recordings, plan
 from edgelalm.training.train import encoded_rows
 
 COUNT = 3000
@@ -208,6 +208,57 @@ def test_folders_of_more_seeds_read_as_one_and_other_splits_are_refused(encoded,
         EncodedDataset(encoded.directory, train)
     with pytest.raises(EdgelalmError, match="keeps no audio"):
         EncodedDataset(train).audio(0)
+
+
+def test_recordings_are_the_towers_frames_of_their_audio_and_join_the_synthetic_clips(
+    encoded, tiny_checkpoint, tmp_path
+):
+    """build_encoded_recordings: each recorded clip (any rate, read as the runtime reads audio) as
+    transformers' tower encodes it, its transcript in the normal form; clips past max_seconds and
+    transcripts with nothing to say left out; the folder joins build_encoded's of its split."""
+    import soundfile
+
+    rng = np.random.default_rng(5)
+    clips = {
+        "a.wav": (rng.standard_normal(16000 * 2) * 0.1, 16000, "SET THE KIDS ROOM TO 25 DEGREES!"),
+        "b.wav": (rng.standard_normal(8000 * 1) * 0.1, 8000, "Hello, world."),
+        "long.wav": (rng.standard_normal(16000 * 12) * 0.1, 16000, "too long for the bound below"),
+        "cue.wav": (rng.standard_normal(16000) * 0.1, 16000, "..."),
+        "c.flac": (rng.standard_normal(24000 * 3) * 0.1, 24000, "what's that?"),
+    }
+    rows = ["file\ttranscript\tspeaker"]
+    for name, (samples, rate, transcript) in clips.items():
+        soundfile.write(tmp_path / name, samples.astype(np.float32), rate)
+        rows.append(f"{name}\t{transcript}\tjoe")
+    (tmp_path / "transcripts.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    out = build_encoded_recordings(
+        tmp_path / "recorded", tmp_path / "transcripts.tsv", tiny_checkpoint, split="test", keep_audio=True,
+        max_seconds=10, progress=False,
+    )  # fmt: skip
+    recorded = EncodedDataset(out)
+    assert recorded.texts == ["set the kids room to twenty five degrees", "hello world", "what's that"]
+    assert [r["file"] for r in recorded.records] == ["a.wav", "b.wav", "c.flac"]
+    assert {r["kind"] for r in recorded.records} == {"recording"} and recorded.records[0]["voice"] == "recording:joe"
+    assert recorded.info["count"] == 3 and recorded.seconds.tolist() == [2.0, 1.0, 3.0]
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(tiny_checkpoint).eval()
+    tower = TransformersAudioTower(model, Qwen2AudioProcessor.from_pretrained(tiny_checkpoint))
+    for index in range(len(recorded)):
+        with torch.no_grad():
+            reference, _, _ = tower(recorded.audio(index))
+        frames = recorded[index][0].astype(np.float32)
+        assert frames.shape == reference.shape
+        np.testing.assert_allclose(frames, reference, atol=5e-3 * np.abs(reference).max())
+    joined = EncodedDataset(encoded.directory, out)
+    assert len(joined) == len(encoded) + 3 and joined.texts[-3:] == recorded.texts
+    trained = build_encoded_recordings(
+        tmp_path / "train", tmp_path / "transcripts.tsv", tiny_checkpoint, progress=False
+    )
+    with pytest.raises(EdgelalmError, match="cannot be joined"):
+        EncodedDataset(encoded.directory, trained)
+    (tmp_path / "bad.tsv").write_text("path\ttext\nx.wav\thello\n", encoding="utf-8")
+    with pytest.raises(EdgelalmError, match="'file' and 'transcript'"):
+        build_encoded_recordings(tmp_path / "bad", tmp_path / "bad.tsv", tiny_checkpoint, progress=False)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_joined_rows_join_frames_and_answers(encoded):

@@ -6,6 +6,9 @@ Writes OUT/test (held-out texts and espeak-ng voices, festival's voices; audio k
 table), OUT/unheard (held-out texts spoken by flite, a synthesizer never trained on; audio kept)
 and OUT/train. A split already built is kept. `--sentences FILE` makes the clips say a file's
 sentences (make_lm_text.py's prose) instead of the mixture: OUT/<train-folder>, or OUT/test-prose.
+`--recordings TSV` encodes recorded clips instead (a table of file and transcript, as
+amazon_queen_speech.py writes), not augmented: OUT/<train-folder>, joined to the synthetic clips in
+training.
 Needs espeak-ng, festival with its English voices and flite (Debian/Ubuntu: apt-get install
 espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts).
 """
@@ -18,7 +21,7 @@ from pathlib import Path
 
 from edgelalm import interrupts
 from edgelalm.errors import EdgelalmError
-from edgelalm.training.encoded import build_encoded
+from edgelalm.training.encoded import build_encoded, build_encoded_recordings
 from edgelalm.training.synthesizers import UNHEARD_VOICES
 
 
@@ -56,12 +59,25 @@ def main(argv: list[str] | None = None) -> int:
         help="the clips say these sentences (one per line, e.g. make_lm_text.py's prose) instead of the "
         "mixture: --splits train (its voices, --train-folder) or test (held-out voices, audio kept, test-prose)",
     )
+    parser.add_argument(
+        "--recordings",
+        type=Path,
+        default=None,
+        help="encode these recorded clips (a TSV of file and transcript, paths relative to it) into OUT/<train-folder>",
+    )
     args = parser.parse_args(argv)
     interrupts.install()  # SIGTERM unwinds like Ctrl-C: the half-built folder is removed
     if args.sentences and (args.splits not in ("train", "test") or args.long):
         parser.error("--sentences: one of --splits train or test, without --long")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / ".gitignore").write_text("# rendered by recipes/default_model/make_encoded_data.py\n*\n")
+    if args.recordings is not None:
+        target = args.out / args.train_folder
+        if (target / "dataset.json").is_file():
+            print(f"{target}: already built, kept", file=sys.stderr)
+        else:
+            build_encoded_recordings(target, args.recordings, args.init)
+        return 0
     splits = (
         ("test", "test", args.test_count, None, True),
         ("unheard", "test", args.test_count, UNHEARD_VOICES, True),

@@ -158,23 +158,26 @@ _TOWER: dict[str, object] = {}
 
 
 def _tower(checkpoint: str):
+    """A worker's tower and feature extractor, loaded once; one thread a worker."""
     if checkpoint not in _TOWER:
         import torch
-        from transformers import Qwen2AudioForConditionalGeneration, WhisperFeatureExtractor
 
         torch.set_num_threads(1)
-        model = Qwen2AudioForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32)
-        _TOWER[checkpoint] = (model.model.audio_tower.eval(), WhisperFeatureExtractor.from_pretrained(checkpoint))
+        _TOWER[checkpoint] = _load_tower(checkpoint)
     return _TOWER[checkpoint]
+
+
+def _load_tower(checkpoint: str):
+    import torch
+    from transformers import Qwen2AudioForConditionalGeneration, WhisperFeatureExtractor
+
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32, use_safetensors=True)
+    return model.model.audio_tower.eval(), WhisperFeatureExtractor.from_pretrained(checkpoint)
 
 
 def _work(
     job: tuple[list[Clip], int, str, float, int | None],
 ) -> list[tuple[Clip, np.ndarray, np.ndarray, list[str]]]:
-    import torch
-
-    from edgelalm.training.model import encode_batch, encode_below, log_mel_batch
-
     clips, seed, checkpoint, max_seconds, below_layer = job
     tower, extractor = _tower(checkpoint)
     speaking = [clip for clip in clips if clip.kind != "silence"]
@@ -195,11 +198,27 @@ def _work(
         if len(samples) > max_seconds * SAMPLING_RATE:
             continue
         results.append((clip, samples, applied))
-    out = []
     results.sort(key=lambda item: len(item[1]))
-    for start in range(0, len(results), 8):
-        group = results[start : start + 8]
-        mel, lengths = log_mel_batch([samples for _, samples, _ in group], extractor)
+    stored = _tower_frames(tower, extractor, [samples for _, samples, _ in results], below_layer)
+    out = [
+        (clip, frames, np.round(samples * _INT16_SCALE).astype(np.int16), applied)
+        for (clip, samples, applied), frames in zip(results, stored, strict=True)
+    ]
+    out.sort(key=lambda item: item[0].index)
+    return out
+
+
+def _tower_frames(tower, extractor, clips: list[np.ndarray], below_layer: int | None) -> list[np.ndarray]:
+    """Each clip through the tower at its own length (8 a batch, in the order given: sorted by
+    length, a batch pads little): float16 frames, or the positions entering `below_layer`."""
+    import torch
+
+    from edgelalm.training.model import encode_batch, encode_below, log_mel_batch
+
+    out = []
+    for start in range(0, len(clips), 8):
+        group = clips[start : start + 8]
+        mel, lengths = log_mel_batch(group, extractor)
         with torch.no_grad():
             if below_layer is None:
                 encoded = encode_batch(tower, mel, lengths)
@@ -207,11 +226,7 @@ def _work(
             else:
                 stored, position_counts = encode_below(tower, mel, lengths, below_layer)
                 counts = [int(count) for count in position_counts]
-        for row, (clip, samples, applied) in enumerate(group):
-            frames = stored[row, : counts[row]].numpy().astype(np.float16)
-            audio = np.round(samples * _INT16_SCALE).astype(np.int16)
-            out.append((clip, frames, audio, applied))
-    out.sort(key=lambda item: item[0].index)
+        out += [stored[row, : counts[row]].numpy().astype(np.float16) for row in range(len(group))]
     return out
 
 
@@ -275,11 +290,51 @@ def build_encoded(
     out = Path(out_dir)
     check_replaceable(out, overwrite, "dataset.json", owns_dataset_file, force_option="overwrite=True")
     started = time.perf_counter()
+    info = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "split": split,
+        "count": count,
+        "seed": seed,
+        "corpus_version": corpus.CORPUS_VERSION,
+        "long": long,
+        "sentences": str(sentences) if sentences else None,
+        "voices": list(voices or synthesizers.training_voices(split)),
+        "checkpoint": str(checkpoint),
+        "tower_digest": tower_digest(checkpoint, below_layer),
+        "below_layer": below_layer,
+        "frames_per_second": _stored_rate(below_layer),
+        "sampling_rate": SAMPLING_RATE,
+    }
+    clips = plan(split, seed, voices, long, Path(sentences) if sentences else None)
+    with closing(_encoded(clips, seed, str(checkpoint), max_seconds, workers, 32, below_layer)) as stream:
+        records = (
+            {**asdict(clip), "augment": applied} | {"frames": frames, "audio": audio}
+            for clip, frames, audio, applied in stream
+        )
+        _, total_seconds = _write_folder(
+            out, records, count, info, keep_audio, f"{split} ({count})" if progress else None
+        )
+    if progress:
+        took = time.perf_counter() - started
+        print(
+            f"{out}: {count} clips, {total_seconds / 3600:.2f} h of audio, {took:.0f} s "
+            f"({1000 * took / count:.0f} ms per clip)",
+            file=sys.stderr,
+        )
+    return out
+
+
+def _write_folder(
+    out: Path, clips: Iterator[dict], count: int, info: dict, keep_audio: bool, progress: str | None
+) -> tuple[int, float]:
+    """The first `count` of `clips` (each its metadata record, its "frames" and int16 "audio")
+    into `out` atomically: shards of SHARD_CLIPS, metadata.jsonl, and dataset.json (`info`, the
+    total seconds and the shards). Returns the clips and seconds written; `progress`: the bar's label."""
     shards: list[dict] = []
     pending: list[tuple[np.ndarray, np.ndarray]] = []
     offsets = [0, 0]
     total_seconds = 0.0
-
     with atomic_folder(out, force=True, marker="dataset.json", owned=owns_dataset_file) as partial:
 
         def flush() -> None:
@@ -299,24 +354,13 @@ def build_encoded(
         written = 0
         with (
             open(partial / "metadata.jsonl", "w", encoding="utf-8") as metadata,
-            Bar(count, f"{split} ({count})") if progress else _NoBar() as bar,
-            closing(
-                _encoded(
-                    plan(split, seed, voices, long, Path(sentences) if sentences else None),
-                    seed,
-                    str(checkpoint),
-                    max_seconds,
-                    workers,
-                    32,
-                    below_layer,
-                )
-            ) as stream,
+            Bar(count, progress) if progress is not None else _NoBar() as bar,
         ):
-            for clip, frames, audio, applied in stream:
+            for clip in clips:
+                frames, audio = clip.pop("frames"), clip.pop("audio")
                 seconds = audio.size / SAMPLING_RATE
                 record = {
-                    **asdict(clip),
-                    "augment": applied,
+                    **clip,
                     "seconds": round(seconds, 4),
                     "shard": len(shards),
                     "offset": offsets[0],
@@ -337,32 +381,83 @@ def build_encoded(
                     break
         if pending:
             flush()
-        info = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "split": split,
-            "count": count,
-            "seed": seed,
-            "corpus_version": corpus.CORPUS_VERSION,
-            "long": long,
-            "sentences": str(sentences) if sentences else None,
-            "voices": list(voices or synthesizers.training_voices(split)),
-            "checkpoint": str(checkpoint),
-            "tower_digest": tower_digest(checkpoint, below_layer),
-            "below_layer": below_layer,
-            "frames_per_second": _stored_rate(below_layer),
-            "sampling_rate": SAMPLING_RATE,
-            "total_seconds": round(total_seconds, 2),
-            "shards": shards,
-        }
-        (partial / "dataset.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        folder = {**info, "count": written, "total_seconds": round(total_seconds, 2), "shards": shards}
+        (partial / "dataset.json").write_text(json.dumps(folder, indent=2) + "\n", encoding="utf-8")
+    return written, total_seconds
+
+
+def build_encoded_recordings(
+    out_dir: str | os.PathLike[str],
+    transcripts: str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str],
+    *,
+    split: Split = "train",
+    keep_audio: bool = False,
+    max_seconds: float | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> Path:
+    """Recorded clips encoded by `checkpoint`'s tower into `out_dir`, a folder that reads and
+    joins as `build_encoded`'s of the same split: people's voices beside the synthesizers'.
+    `transcripts`: a TSV with 'file' and 'transcript' columns, paths relative to it (and
+    optionally 'speaker'), as wer_table.py and finetune read. Not augmented (a recording brings its
+    own room and line); transcripts in the normal form (texts.normalize_transcript); clips longer
+    than `max_seconds` (default: past the tower's window), or with nothing to say once normalised,
+    left out."""
+    from edgelalm.files import read_tsv
+    from edgelalm.runtime.audio import read_audio
+    from edgelalm.runtime.features import valid_mel_frames
+
+    texts.check_split(split)
+    table = Path(transcripts)
+    rows = read_tsv(table)
+    if not rows or not {"file", "transcript"} <= rows[0].keys():
+        raise EdgelalmError(f"{table}: needs rows with 'file' and 'transcript' columns")
+    out = Path(out_dir)
+    check_replaceable(out, overwrite, "dataset.json", owns_dataset_file, force_option="overwrite=True")
+    tower, extractor = _load_tower(str(checkpoint))  # in this process, its threads
+    kept = [(index, row) for index, row in enumerate(rows) if texts.normalize_transcript(row["transcript"])]
+    info = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "split": split,
+        "count": len(kept),  # less the clips too long, once written
+        "recordings": str(table),
+        "checkpoint": str(checkpoint),
+        "tower_digest": tower_digest(checkpoint),
+        "below_layer": None,
+        "frames_per_second": _stored_rate(None),
+        "sampling_rate": SAMPLING_RATE,
+    }
+
+    def clips() -> Iterator[dict]:
+        for start in range(0, len(kept), 64):  # read, encode and hand on 64 at a time
+            batch = []
+            for index, row in kept[start : start + 64]:
+                samples = read_audio(table.parent / row["file"], SAMPLING_RATE)
+                in_window = valid_mel_frames(len(samples), extractor.hop_length) <= extractor.nb_max_frames
+                if in_window and (max_seconds is None or len(samples) <= max_seconds * SAMPLING_RATE):
+                    batch.append((index, row, samples))
+            batch.sort(key=lambda item: len(item[2]))
+            stored = _tower_frames(tower, extractor, [samples for _, _, samples in batch], None)
+            for (index, row, samples), frames in sorted(zip(batch, stored, strict=True), key=lambda item: item[0][0]):
+                yield {
+                    "index": index,
+                    "kind": "recording",
+                    "spoken": row["transcript"],
+                    "text": texts.normalize_transcript(row["transcript"]),
+                    "voice": f"recording:{row.get('speaker', '')}",
+                    "file": row["file"],
+                    "augment": [],
+                    "frames": frames,
+                    "audio": np.round(np.clip(samples, -1.0, 1.0) * _INT16_SCALE).astype(np.int16),
+                }
+
+    written, total_seconds = _write_folder(
+        out, clips(), len(kept), info, keep_audio, f"{table.name} ({len(kept)})" if progress else None
+    )
     if progress:
-        took = time.perf_counter() - started
-        print(
-            f"{out}: {count} clips, {total_seconds / 3600:.2f} h of audio, {took:.0f} s "
-            f"({1000 * took / count:.0f} ms per clip)",
-            file=sys.stderr,
-        )
+        print(f"{out}: {written} recordings, {total_seconds / 3600:.2f} h of audio", file=sys.stderr)
     return out
 
 
