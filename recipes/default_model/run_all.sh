@@ -538,3 +538,13 @@ python $recipe/wer_table.py --model build/exp/candidate-span8 --data build/real-
 # Shipped: every table measured, it is better on every synthetic set and no worse on people's
 # speech (README, "Where it stands"; tests/test_default_model.py reads $span8's tables).
 python $recipe/ship.py ctc-head $recipe/stages/base14avg-ctc-layers-span8/ctc_head.safetensors
+# 25. People's voices from Debian main's voice-acted freeware games (README, "The default model"):
+#     Drascula's 740 lines (46 min) as a test set, measured with the shipped model as its bundles
+#     decode (~45 min); Flight of the Amazon Queen's 6551 lines (270 min, about 120 characters)
+#     encoded by the frozen tower as training data (make_encoded_data.py --recordings).
+python $recipe/drascula_speech.py build/drascula-speech
+python $recipe/wer_table.py --data build/drascula-speech/transcripts.tsv --clips 800 --compressors none,unseg \
+  --quants q8_0 --bundles-only --out $recipe/results/drascula-speech
+python $recipe/amazon_queen_speech.py build/amazon-queen-speech
+python $recipe/make_encoded_data.py --init build/default-model/init --out data3 \
+  --recordings build/amazon-queen-speech/transcripts.tsv --train-folder train-amazon-queen
