@@ -548,3 +548,33 @@ python $recipe/wer_table.py --data build/drascula-speech/transcripts.tsv --clips
 python $recipe/amazon_queen_speech.py build/amazon-queen-speech
 python $recipe/make_encoded_data.py --init build/default-model/init --out data3 \
   --recordings build/amazon-queen-speech/transcripts.tsv --train-folder train-amazon-queen
+# 26. The shipped head (step 24's) trained further on people's voices (README, "How it is made":
+#     people's voices for the head): Amazon Queen's 6551 lines beside step 4h's 8000 clips, 600
+#     steps of 48 at 2.5e-4 (its layers, blank and scale; the model frozen; ~32 min, the machine
+#     shared), Drascula's first 300 lines as the development set (best path, not chosen on); kept as
+#     a stage; then the development set, the 19 recordings, the real speaker and Drascula's first
+#     300 lines through the none bundle as advised (~25 min).
+python $recipe/make_encoded_data.py --init build/default-model/init --out data3 \
+  --recordings build/drascula-speech/transcripts.tsv --train-folder drascula
+python $recipe/train_ctc_head.py --data data3/train-amazon-queen,data3/train-seed23 --dev data3/drascula --layers 0 \
+  --steps 600 --batch-size 48 --learning-rate 2.5e-4 --warmup-steps 50 --eval-every 150 --eval-clips 300 \
+  --out build/default-model/ctc-span8-amazon
+people=$recipe/results/ctc-head-amazon-queen
+mkdir -p $recipe/stages/base14avg-ctc-span8-amazon-queen build/exp/candidate-ctc-head-amazon-queen
+cp -r src/edgelalm/default_model/edgelalm-default/. build/exp/candidate-ctc-head-amazon-queen
+python -c "import sys; sys.path.insert(0, '$recipe'); from pathlib import Path; from ship import ship_ctc_head; \
+ship_ctc_head(Path('build/default-model/ctc-span8-amazon/edgelalm_ctc_head.safetensors'), \
+Path('build/exp/candidate-ctc-head-amazon-queen'))"
+cp build/exp/candidate-ctc-head-amazon-queen/edgelalm_ctc_head.safetensors \
+  $recipe/stages/base14avg-ctc-span8-amazon-queen/ctc_head.safetensors
+cp build/default-model/ctc-span8-amazon/{train_log.jsonl,train_settings.json} $recipe/stages/base14avg-ctc-span8-amazon-queen/
+python $recipe/ctc_weight_sweep.py --model build/exp/candidate-ctc-head-amazon-queen \
+  --data data3dev/test,data3dev/unheard --weights 0.5 --compressors none --out $people/dev
+python $recipe/wer_table.py --model build/exp/candidate-ctc-head-amazon-queen --data build/real-speech/transcripts.tsv \
+  --compressors none --quants q8_0 --bundles-only --out $people/real-speech
+python $recipe/wer_table.py --model build/exp/candidate-ctc-head-amazon-queen --data build/asterisk-prompts/transcripts.tsv \
+  --clips 600 --compressors none --quants q8_0 --bundles-only --out $people/asterisk-prompts
+python $recipe/wer_table.py --model build/exp/candidate-ctc-head-amazon-queen --data build/drascula-speech/transcripts.tsv \
+  --clips 300 --compressors none --quants q8_0 --bundles-only --out $people/drascula-300
+python $recipe/ctc_weight_sweep.py --model build/exp/candidate-ctc-head-amazon-queen --data data3/test,data3/unheard \
+  --clips 200 --weights 0.5 --compressors none --out $people/test-candidate
