@@ -578,3 +578,23 @@ python $recipe/wer_table.py --model build/exp/candidate-ctc-head-amazon-queen --
   --clips 300 --compressors none --quants q8_0 --bundles-only --out $people/drascula-300
 python $recipe/ctc_weight_sweep.py --model build/exp/candidate-ctc-head-amazon-queen --data data3/test,data3/unheard \
   --clips 200 --weights 0.5 --compressors none --out $people/test-candidate
+# 27. The same with step 22's 24000 synthetic clips beside the recordings (21% of the clips
+#     recorded, not 45%): does the head keep more of the synthetic sets? (~13 min; then the same
+#     measurements as step 26 but Drascula, ~12 min).
+python $recipe/train_ctc_head.py --data data3/train-amazon-queen,data3/train-seed23,data3/train-seed31 --dev data3/drascula \
+  --layers 0 --steps 600 --batch-size 48 --learning-rate 2.5e-4 --warmup-steps 50 --eval-every 300 --eval-clips 300 \
+  --out build/default-model/ctc-span8-amazon-mix
+mix=$recipe/results/ctc-head-amazon-queen-mix
+mkdir -p build/exp/candidate-ctc-head-amazon-queen-mix
+cp -r src/edgelalm/default_model/edgelalm-default/. build/exp/candidate-ctc-head-amazon-queen-mix
+python -c "import sys; sys.path.insert(0, '$recipe'); from pathlib import Path; from ship import ship_ctc_head; \
+ship_ctc_head(Path('build/default-model/ctc-span8-amazon-mix/edgelalm_ctc_head.safetensors'), \
+Path('build/exp/candidate-ctc-head-amazon-queen-mix'))"
+python $recipe/ctc_weight_sweep.py --model build/exp/candidate-ctc-head-amazon-queen-mix \
+  --data data3dev/test,data3dev/unheard --weights 0.5 --compressors none --out $mix/dev
+for set in real-speech asterisk-prompts; do
+  python $recipe/wer_table.py --model build/exp/candidate-ctc-head-amazon-queen-mix --data build/$set/transcripts.tsv \
+    --clips 600 --compressors none --quants q8_0 --bundles-only --out $mix/$set
+done
+python $recipe/ctc_weight_sweep.py --model build/exp/candidate-ctc-head-amazon-queen-mix --data data3/test,data3/unheard \
+  --clips 200 --weights 0.5 --compressors none --out $mix/test-candidate
