@@ -75,10 +75,12 @@ from typing import NamedTuple
 
 import numpy as np
 import soundfile
-import soxr
 from debian_packages import unpacked
 
+from edgelalm.constants import SAMPLING_RATE
+from edgelalm.errors import EdgelalmError
 from edgelalm.files import write_tsv
+from edgelalm.runtime.audio import prepare_samples
 
 PACKAGE = "flight-of-the-amazon-queen"  # Debian main: the CD release, speech MP3-compressed
 BUNDLE = Path("usr/share/scummvm/flight-of-the-amazon-queen/queen.1c")  # every game file, in one bundle
@@ -116,7 +118,6 @@ SOUND_CUE = re.compile(r"\([^)]*\)|<[^>]*>")  # (sigh), <gulp>
 # A line holding any of these is dropped: digits (how they are read out is unknown), '/' (menu
 # prompts and alternatives) and the '&', '#', '$' of censored swearing ("&#$").
 UNSAYABLE = re.compile(r"[0-9/#$&]")
-SAMPLING_RATE = 16000
 
 
 def read_word(data: bytes, offset: int, *, signed: bool = True) -> int:
@@ -509,13 +510,10 @@ def pair_voices(bundle: Bundle) -> Pairing:
     return Pairing(rows, len(reached), ambiguous, unusable)
 
 
-def decode_voice(mp3: bytes) -> np.ndarray:
+def decode_voice(mp3: bytes, name: str = "a voice file") -> np.ndarray:
     """An MP3's samples, mono, at SAMPLING_RATE, in [-1, 1]."""
     samples, rate = soundfile.read(io.BytesIO(mp3), dtype="float32", always_2d=True)
-    mono = samples.mean(axis=1)
-    if rate != SAMPLING_RATE:
-        mono = soxr.resample(mono, rate, SAMPLING_RATE, quality="HQ")
-    return np.clip(mono, -1.0, 1.0)
+    return np.clip(prepare_samples(samples, rate, SAMPLING_RATE, name), -1.0, 1.0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -531,8 +529,8 @@ def main(argv: list[str] | None = None) -> int:
     rows, undecodable = [], 0
     for row in pairing.rows:
         try:
-            samples = decode_voice(bundle.read(row["voice"]))
-        except (RuntimeError, ValueError) as error:  # libsndfile's errors are RuntimeErrors
+            samples = decode_voice(bundle.read(row["voice"]), row["voice"])
+        except (RuntimeError, ValueError, EdgelalmError) as error:  # libsndfile's errors are RuntimeErrors
             print(f"{row['voice']}: {error}", file=sys.stderr)
             undecodable += 1
             continue

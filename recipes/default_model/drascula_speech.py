@@ -27,14 +27,16 @@ import re
 import struct
 import sys
 import tempfile
+import unicodedata
 from pathlib import Path
 
 import numpy as np
 import soundfile
-import soxr
 from debian_packages import unpacked
 
+from edgelalm.constants import SAMPLING_RATE
 from edgelalm.files import write_tsv
+from edgelalm.runtime.audio import prepare_samples
 
 PACKAGE = "drascula"
 GAME = Path("usr/share/scummvm/drascula/en")
@@ -56,7 +58,7 @@ SPEAKERS = {
     "T": ("textt", "bartender"),
     "VB": ("textvb", "von-braun"),
 }
-SOURCE_RATE, SAMPLING_RATE = 11025, 16000
+SOURCE_RATE = 11025
 # The engine plays only part of the English 3.ALS (long silences around the line): its size, the
 # first byte played and the bytes left off the end.
 TRIMMED = {"3": (145166, 73959, 26306)}
@@ -111,8 +113,6 @@ def read_texts(dat: bytes) -> dict[str, list[list[bytes]]]:
 def decode(line: bytes) -> str:
     """A line as the game prints it, upper case: ASCII, and code page 850 for the few accented
     letters (English has one, 0x90, "TOUPÉ"), the accent dropped as a speaker does."""
-    import unicodedata
-
     text = "".join(chr(byte) if byte < 0x80 else bytes([byte]).decode("cp850") for byte in line)
     plain = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
     return " ".join(plain.split())
@@ -155,7 +155,7 @@ def spoken_lines(game: Path) -> list[dict]:
                 "transcript": text,
                 "speaker": SPEAKERS[prefix][1],
                 "seconds": f"{len(samples) / SOURCE_RATE:.2f}",
-                "samples": soxr.resample(samples, SOURCE_RATE, SAMPLING_RATE),
+                "samples": prepare_samples(samples, SOURCE_RATE, SAMPLING_RATE, name),
             }
         )
     return rows

@@ -404,19 +404,16 @@ def build_encoded_recordings(
     own room and line); transcripts in the normal form (texts.normalize_transcript); clips longer
     than `max_seconds` (default: past the tower's window), or with nothing to say once normalised,
     left out."""
-    from edgelalm.files import read_tsv
-    from edgelalm.runtime.audio import read_audio
     from edgelalm.runtime.features import valid_mel_frames
+    from edgelalm.training.finetune import PairedAudio
 
     texts.check_split(split)
     table = Path(transcripts)
-    rows = read_tsv(table)
-    if not rows or not {"file", "transcript"} <= rows[0].keys():
-        raise EdgelalmError(f"{table}: needs rows with 'file' and 'transcript' columns")
+    recordings = PairedAudio(table, SAMPLING_RATE, normalize=True)  # every file checked before any work
     out = Path(out_dir)
     check_replaceable(out, overwrite, "dataset.json", owns_dataset_file, force_option="overwrite=True")
     tower, extractor = _load_tower(str(checkpoint))  # in this process, its threads
-    kept = [(index, row) for index, row in enumerate(rows) if texts.normalize_transcript(row["transcript"])]
+    kept = [index for index, text in enumerate(recordings.texts) if text]
     info = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -433,19 +430,20 @@ def build_encoded_recordings(
     def clips() -> Iterator[dict]:
         for start in range(0, len(kept), 64):  # read, encode and hand on 64 at a time
             batch = []
-            for index, row in kept[start : start + 64]:
-                samples = read_audio(table.parent / row["file"], SAMPLING_RATE)
+            for index in kept[start : start + 64]:
+                samples, _ = recordings[index]
                 in_window = valid_mel_frames(len(samples), extractor.hop_length) <= extractor.nb_max_frames
                 if in_window and (max_seconds is None or len(samples) <= max_seconds * SAMPLING_RATE):
-                    batch.append((index, row, samples))
-            batch.sort(key=lambda item: len(item[2]))
-            stored = _tower_frames(tower, extractor, [samples for _, _, samples in batch], None)
-            for (index, row, samples), frames in sorted(zip(batch, stored, strict=True), key=lambda item: item[0][0]):
+                    batch.append((index, samples))
+            batch.sort(key=lambda item: len(item[1]))
+            stored = _tower_frames(tower, extractor, [samples for _, samples in batch], None)
+            for (index, samples), frames in sorted(zip(batch, stored, strict=True), key=lambda item: item[0][0]):
+                row = recordings.rows[index]
                 yield {
                     "index": index,
                     "kind": "recording",
                     "spoken": row["transcript"],
-                    "text": texts.normalize_transcript(row["transcript"]),
+                    "text": recordings.texts[index],
                     "voice": f"recording:{row.get('speaker', '')}",
                     "file": row["file"],
                     "augment": [],

@@ -107,6 +107,7 @@ class PairedAudio:
             raise EdgelalmError(
                 f"{manifest}: expected a TSV with a header naming 'file' and 'transcript' columns and at least one row"
             )
+        self.rows = rows  # every column, as the manifest has them
         self.files = [manifest.parent / row["file"] for row in rows]
         self.texts = [normalize_transcript(row["transcript"]) if normalize else row["transcript"] for row in rows]
         self.seconds = np.array([audio_seconds(file) for file in self.files])
