@@ -22,13 +22,13 @@ pytestmark = pytest.mark.slow
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 # The shipped model's WER table on its held-out voices and texts, decoded as its bundles advise
-# (recipes/default_model/wer_table.py; run_all.sh step 24: its CTC head with two layers, span 8).
+# (recipes/default_model/wer_table.py; run_all.sh step 28: its CTC head trained on people's voices too).
 HELD_OUT_WER = (
     Path(__file__).resolve().parents[1]
     / "recipes"
     / "default_model"
     / "results"
-    / "ctc-head-layers-span8"
+    / "ctc-head-amazon-queen"
     / "test"
     / "wer.json"
 )
@@ -228,7 +228,7 @@ def test_a_clip_past_the_window_comes_back_whole_in_the_windows_the_model_advise
     --windows: the shipped model's advice in the bundle (edgelalm_windows.json: each, 8 s) cuts it
     at pauses into windows of 4-8 s, each answered on its own. The joined transcript scores no worse
     than the shipped model's measured WER in 8 s windows on held-out clips of several sentences
-    (15-30 s, results/ctc-head-layers-span8/test-long-each-8s, README): the windowing loses nothing
+    (15-30 s, results/ctc-head-amazon-queen/test-long-each-8s, README): the windowing loses nothing
     it was measured with."""
     import soundfile
 
