@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 SCRIPT = Path(__file__).resolve().parents[1] / "recipes" / "default_model" / "stage_weights.py"
@@ -71,6 +72,18 @@ def test_a_stage_packs_unpacks_and_two_average(tiny_checkpoint, tmp_path):
     for name, tensor in heads[0].items():
         torch.testing.assert_close(mean_head[name], 0.3 * tensor + 0.7 * heads[1][name])
     assert mean_head["log_scale"].shape == ()  # as TokenCtc saves and loads it
+    # a head with layers keeps the metadata that says their shape; heads of two shapes are refused
+    shape = {"edgelalm_ctc_attention_span": "8", "edgelalm_ctc_attention_heads": "2"}
+    for run, head in zip(("run-a", "run-b"), heads, strict=True):
+        save_file({**head, "layers.norm.weight": torch.ones(8)}, tmp_path / run / "ctc_head.safetensors", shape)
+    assert stage_weights("average", tmp_path / "run-a" / "final", *both).returncode == 0
+    with safe_open(tmp_path / "run-w" / "ctc_head.safetensors", "pt") as layered:
+        assert layered.metadata() == shape and "layers.norm.weight" in layered.keys()
+    save_file(heads[1], tmp_path / "run-b" / "ctc_head.safetensors")
+    unlike = ("--with", tmp_path / "run-b" / "final", "--out", tmp_path / "run-x" / "final")
+    refused_heads = stage_weights("average", tmp_path / "run-a" / "final", *unlike)
+    assert refused_heads.returncode != 0 and "different shapes" in refused_heads.stderr
+    assert not (tmp_path / "run-x").exists()
     headless = stage_weights("average", tmp_path / "a", *both[:2], "--out", tmp_path / "half" / "final")
     assert headless.returncode == 0 and "starts a fresh one" in headless.stdout
     assert not (tmp_path / "half" / "ctc_head.safetensors").exists()

@@ -42,8 +42,10 @@ WINDOWS_ADVICE = WindowsInfo(mode="each", seconds=8.0)
 DECODING_ADVICE = DecodingInfo(beam_size=4, ctc_weight=0.5)
 
 
-def ship_base(checkpoint: Path) -> Path:
-    target = DEFAULT_MODEL_ROOT / DEFAULT_MODEL_NAME
+def ship_base(checkpoint: Path, target: Path = DEFAULT_MODEL_ROOT / DEFAULT_MODEL_NAME) -> Path:
+    """The checkpoint in float16 with its processor files and windows advice, replacing `target`
+    whole (the shipped model, or a candidate folder to measure before shipping): its CTC head and
+    decoding advice go in after it (`ship_ctc_head`)."""
     model = Qwen2AudioForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32, use_safetensors=True)
     processor = Qwen2AudioProcessor.from_pretrained(checkpoint)
     with atomic_folder(target, force=True) as staging:

@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from edgelalm.training.train import RUN_CTC_HEAD_FILE  # a TokenCtc head: the next stage goes on from it
@@ -111,17 +112,25 @@ def average(checkpoint: Path, other: Path, out: Path, share: float = 0.5) -> Non
     for name in TOKENIZER_FILES:
         if (checkpoint / name).read_bytes() != (other / name).read_bytes():
             raise SystemExit(f"{checkpoint} and {other} have different tokenizers ({name})")
+    # Their runs' CTC heads too, beside the checkpoint as train_base.py looks for them: a stage that
+    # continues the mean with a fresh head starts at a CTC loss of about 140 and loses what the
+    # projected audio carried (base15, README).
+    heads = [checkpoint.parent / RUN_CTC_HEAD_FILE, other.parent / RUN_CTC_HEAD_FILE]
+    mean_head = None
+    if all(head.is_file() for head in heads):
+        # A head with layers states their shape in its metadata (attention span, heads): kept.
+        shapes = [safe_open(head, "pt").metadata() or {} for head in heads]
+        first_head, second_head = (load_file(head) for head in heads)
+        if shapes[0] != shapes[1] or set(first_head) != set(second_head):
+            raise SystemExit(f"{heads[0]} and {heads[1]} are CTC heads of different shapes: not to be averaged")
+        mean_head = weighted_mean(first_head, second_head, share), shapes[0]
     weights = weighted_mean(first, second, share)
     out.mkdir(parents=True, exist_ok=True)
     save_file(weights, out / WEIGHTS, metadata={"format": "pt"})
     copy_files(KEPT_FILES, checkpoint, out)
     print(f"{out}: {share:g} of {checkpoint} and {1 - share:g} of {other}, {len(weights)} tensors")
-    # Their runs' CTC heads too, beside the checkpoint as train_base.py looks for them: a stage that
-    # continues the mean with a fresh head starts at a CTC loss of about 140 and loses what the
-    # projected audio carried (base15, README).
-    heads = [checkpoint.parent / RUN_CTC_HEAD_FILE, other.parent / RUN_CTC_HEAD_FILE]
-    if all(head.is_file() for head in heads):
-        save_file(weighted_mean(*(load_file(head) for head in heads), share), out.parent / RUN_CTC_HEAD_FILE)
+    if mean_head is not None:
+        save_file(mean_head[0], out.parent / RUN_CTC_HEAD_FILE, metadata=mean_head[1])
         print(f"{out.parent / RUN_CTC_HEAD_FILE}: their CTC heads, weighed the same")
     else:
         missing = " or ".join(str(head.parent) for head in heads if not head.is_file())
