@@ -27,6 +27,22 @@ short_set_tables() {  # OUT [COMPRESSORS [WER_TABLE_FLAGS...]]
       --bundles-only --update --out "$out/$set"
   done
 }
+# A candidate model folder (MODEL: a copy of the shipped one with a new head or base) through its
+# none q8_0 bundle as advised, into OUT/: the 19 recordings, the real speaker, Drascula's first 300
+# lines, the development set at weight 0.5 and the short test sets.
+people_tables() {  # MODEL OUT
+  local model=$1 out=$2
+  for set in real-speech asterisk-prompts; do
+    python $recipe/wer_table.py --model $model --data build/$set/transcripts.tsv --clips 600 --compressors none \
+      --quants q8_0 --bundles-only --out $out/$set
+  done
+  python $recipe/wer_table.py --model $model --data build/drascula-speech/transcripts.tsv --clips 300 --compressors none \
+    --quants q8_0 --bundles-only --out $out/drascula-300
+  python $recipe/ctc_weight_sweep.py --model $model --data data3dev/test,data3dev/unheard --weights 0.5 --compressors none \
+    --out $out/dev
+  python $recipe/ctc_weight_sweep.py --model $model --data data3/test,data3/unheard --clips 200 --weights 0.5 \
+    --compressors none --out $out/test-candidate
+}
 # A checkpoint measured widely: the held-out sets, held-out prose, the real voices (step 4f), into
 # FOLDER/wer_check.json (with its run's CTC head where it has one), and the 15-30 s sets in the 8 s
 # windows a bundle uses (results/NAME/).
@@ -468,8 +484,7 @@ python $recipe/train_ctc_head.py --data data3/train-seed23,data3/train-seed31 --
 layers=$recipe/stages/base14avg-ctc-layers
 mkdir -p $layers build/exp/candidate
 cp -r src/edgelalm/default_model/edgelalm-default/. build/exp/candidate
-python -c "import sys; sys.path.insert(0, '$recipe'); from pathlib import Path; from ship import ship_ctc_head; \
-ship_ctc_head(Path('build/default-model/ctc-layers/edgelalm_ctc_head.safetensors'), Path('build/exp/candidate'))"
+python $recipe/ship.py ctc-head build/default-model/ctc-layers/edgelalm_ctc_head.safetensors --into build/exp/candidate
 cp build/exp/candidate/edgelalm_ctc_head.safetensors $layers/ctc_head.safetensors
 cp build/default-model/ctc-layers/{train_log.jsonl,train_settings.json} $layers/
 python $recipe/ctc_weight_sweep.py --model build/exp/candidate --data data3dev/test,data3dev/unheard \
@@ -513,8 +528,7 @@ python $recipe/train_ctc_head.py --data data3/train-seed23,data3/train-seed31 --
   --batch-size 48 --eval-every 250 --eval-clips 200 --attention-span 8 --out build/default-model/ctc-layers-span8
 mkdir -p $recipe/stages/base14avg-ctc-layers-span8 build/exp/candidate-span8
 cp -r src/edgelalm/default_model/edgelalm-default/. build/exp/candidate-span8
-python -c "import sys; sys.path.insert(0, '$recipe'); from pathlib import Path; from ship import ship_ctc_head; \
-ship_ctc_head(Path('build/default-model/ctc-layers-span8/edgelalm_ctc_head.safetensors'), Path('build/exp/candidate-span8'))"
+python $recipe/ship.py ctc-head build/default-model/ctc-layers-span8/edgelalm_ctc_head.safetensors --into build/exp/candidate-span8
 cp build/exp/candidate-span8/edgelalm_ctc_head.safetensors $recipe/stages/base14avg-ctc-layers-span8/ctc_head.safetensors
 cp build/default-model/ctc-layers-span8/{train_log.jsonl,train_settings.json} $recipe/stages/base14avg-ctc-layers-span8/
 python $recipe/wer_table.py --model build/exp/candidate-span8 --data build/asterisk-prompts/transcripts.tsv \
@@ -562,22 +576,11 @@ python $recipe/train_ctc_head.py --data data3/train-amazon-queen,data3/train-see
 people=$recipe/results/ctc-head-amazon-queen
 mkdir -p $recipe/stages/base14avg-ctc-span8-amazon-queen build/exp/candidate-ctc-head-amazon-queen
 cp -r src/edgelalm/default_model/edgelalm-default/. build/exp/candidate-ctc-head-amazon-queen
-python -c "import sys; sys.path.insert(0, '$recipe'); from pathlib import Path; from ship import ship_ctc_head; \
-ship_ctc_head(Path('build/default-model/ctc-span8-amazon/edgelalm_ctc_head.safetensors'), \
-Path('build/exp/candidate-ctc-head-amazon-queen'))"
+python $recipe/ship.py ctc-head build/default-model/ctc-span8-amazon/edgelalm_ctc_head.safetensors --into build/exp/candidate-ctc-head-amazon-queen
 cp build/exp/candidate-ctc-head-amazon-queen/edgelalm_ctc_head.safetensors \
   $recipe/stages/base14avg-ctc-span8-amazon-queen/ctc_head.safetensors
 cp build/default-model/ctc-span8-amazon/{train_log.jsonl,train_settings.json} $recipe/stages/base14avg-ctc-span8-amazon-queen/
-python $recipe/ctc_weight_sweep.py --model build/exp/candidate-ctc-head-amazon-queen \
-  --data data3dev/test,data3dev/unheard --weights 0.5 --compressors none --out $people/dev
-python $recipe/wer_table.py --model build/exp/candidate-ctc-head-amazon-queen --data build/real-speech/transcripts.tsv \
-  --compressors none --quants q8_0 --bundles-only --out $people/real-speech
-python $recipe/wer_table.py --model build/exp/candidate-ctc-head-amazon-queen --data build/asterisk-prompts/transcripts.tsv \
-  --clips 600 --compressors none --quants q8_0 --bundles-only --out $people/asterisk-prompts
-python $recipe/wer_table.py --model build/exp/candidate-ctc-head-amazon-queen --data build/drascula-speech/transcripts.tsv \
-  --clips 300 --compressors none --quants q8_0 --bundles-only --out $people/drascula-300
-python $recipe/ctc_weight_sweep.py --model build/exp/candidate-ctc-head-amazon-queen --data data3/test,data3/unheard \
-  --clips 200 --weights 0.5 --compressors none --out $people/test-candidate
+people_tables build/exp/candidate-ctc-head-amazon-queen $people
 # 27. The same with step 22's 24000 synthetic clips beside the recordings (21% of the clips
 #     recorded, not 45%): does the head keep more of the synthetic sets? (~13 min; then the same
 #     measurements as step 26 but Drascula, ~12 min).
@@ -587,9 +590,7 @@ python $recipe/train_ctc_head.py --data data3/train-amazon-queen,data3/train-see
 mix=$recipe/results/ctc-head-amazon-queen-mix
 mkdir -p build/exp/candidate-ctc-head-amazon-queen-mix
 cp -r src/edgelalm/default_model/edgelalm-default/. build/exp/candidate-ctc-head-amazon-queen-mix
-python -c "import sys; sys.path.insert(0, '$recipe'); from pathlib import Path; from ship import ship_ctc_head; \
-ship_ctc_head(Path('build/default-model/ctc-span8-amazon-mix/edgelalm_ctc_head.safetensors'), \
-Path('build/exp/candidate-ctc-head-amazon-queen-mix'))"
+python $recipe/ship.py ctc-head build/default-model/ctc-span8-amazon-mix/edgelalm_ctc_head.safetensors --into build/exp/candidate-ctc-head-amazon-queen-mix
 python $recipe/ctc_weight_sweep.py --model build/exp/candidate-ctc-head-amazon-queen-mix \
   --data data3dev/test,data3dev/unheard --weights 0.5 --compressors none --out $mix/dev
 for set in real-speech asterisk-prompts; do
@@ -631,41 +632,17 @@ python $recipe/train_base.py --data build/default-model/people-data --more-train
   --out build/default-model/base14avg-people --init-from build/default-model/base14avg-with-people-head/final \
   --steps 1000 --warmup-steps 50 --learning-rate 1e-4 --ctc-weight 1.0 --ctc-target tokens --threads 2 --seed 29
 python $recipe/stage_weights.py pack build/default-model/base14avg-people/final --out $recipe/stages/base14avg-people
-decoder=$recipe/results/decoder-amazon-queen
 mkdir -p build/exp/candidate-decoder-amazon-queen
-python -c "import sys; sys.path.insert(0, '$recipe'); from pathlib import Path; from ship import ship_base, ship_ctc_head; \
-ship_base(Path('build/default-model/base14avg-people/final'), Path('build/exp/candidate-decoder-amazon-queen')); \
-ship_ctc_head(Path('build/default-model/base14avg-people/ctc_head.safetensors'), Path('build/exp/candidate-decoder-amazon-queen'))"
+python $recipe/ship.py base build/default-model/base14avg-people/final --into build/exp/candidate-decoder-amazon-queen
+python $recipe/ship.py ctc-head build/default-model/base14avg-people/ctc_head.safetensors --into build/exp/candidate-decoder-amazon-queen
 cp build/exp/candidate-decoder-amazon-queen/edgelalm_ctc_head.safetensors $recipe/stages/base14avg-people/ctc_head.safetensors
-for set in real-speech asterisk-prompts; do
-  python $recipe/wer_table.py --model build/exp/candidate-decoder-amazon-queen --data build/$set/transcripts.tsv \
-    --clips 600 --compressors none --quants q8_0 --bundles-only --out $decoder/$set
-done
-python $recipe/wer_table.py --model build/exp/candidate-decoder-amazon-queen --data build/drascula-speech/transcripts.tsv \
-  --clips 300 --compressors none --quants q8_0 --bundles-only --out $decoder/drascula-300
-python $recipe/ctc_weight_sweep.py --model build/exp/candidate-decoder-amazon-queen --data data3dev/test,data3dev/unheard \
-  --weights 0.5 --compressors none --out $decoder/dev
-python $recipe/ctc_weight_sweep.py --model build/exp/candidate-decoder-amazon-queen --data data3/test,data3/unheard \
-  --clips 200 --weights 0.5 --compressors none --out $decoder/test-candidate
+people_tables build/exp/candidate-decoder-amazon-queen $recipe/results/decoder-amazon-queen
 # 30. Step 29's checkpoint and head averaged with base14avg and the shipped head, tensor by tensor
 #     (stage_weights.py average keeps a layered head's shape), measured as step 29 (~15 min). The
 #     candidate to ship next, once its four adapters are realigned and every table measured.
 python $recipe/stage_weights.py average build/default-model/base14avg-people/final \
   --with build/default-model/base14avg-with-people-head/final --out build/default-model/base14avg-people-avg/final
-averaged=$recipe/results/decoder-amazon-queen-averaged
 mkdir -p build/exp/candidate-decoder-amazon-queen-averaged
-python -c "import sys; sys.path.insert(0, '$recipe'); from pathlib import Path; from ship import ship_base, ship_ctc_head; \
-ship_base(Path('build/default-model/base14avg-people-avg/final'), Path('build/exp/candidate-decoder-amazon-queen-averaged')); \
-ship_ctc_head(Path('build/default-model/base14avg-people-avg/ctc_head.safetensors'), \
-Path('build/exp/candidate-decoder-amazon-queen-averaged'))"
-for set in real-speech asterisk-prompts; do
-  python $recipe/wer_table.py --model build/exp/candidate-decoder-amazon-queen-averaged --data build/$set/transcripts.tsv \
-    --clips 600 --compressors none --quants q8_0 --bundles-only --out $averaged/$set
-done
-python $recipe/wer_table.py --model build/exp/candidate-decoder-amazon-queen-averaged \
-  --data build/drascula-speech/transcripts.tsv --clips 300 --compressors none --quants q8_0 --bundles-only \
-  --out $averaged/drascula-300
-python $recipe/ctc_weight_sweep.py --model build/exp/candidate-decoder-amazon-queen-averaged \
-  --data data3dev/test,data3dev/unheard --weights 0.5 --compressors none --out $averaged/dev
-python $recipe/ctc_weight_sweep.py --model build/exp/candidate-decoder-amazon-queen-averaged --data data3/test,data3/unheard \
-  --clips 200 --weights 0.5 --compressors none --out $averaged/test-candidate
+python $recipe/ship.py base build/default-model/base14avg-people-avg/final --into build/exp/candidate-decoder-amazon-queen-averaged
+python $recipe/ship.py ctc-head build/default-model/base14avg-people-avg/ctc_head.safetensors --into build/exp/candidate-decoder-amazon-queen-averaged
+people_tables build/exp/candidate-decoder-amazon-queen-averaged $recipe/results/decoder-amazon-queen-averaged

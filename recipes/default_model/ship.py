@@ -3,6 +3,7 @@
     python recipes/default_model/ship.py base build/default-model/base/final
     python recipes/default_model/ship.py adapter build/default-model/adapters/avg2 [avg3 ...]
     python recipes/default_model/ship.py ctc-head recipes/default_model/stages/base14avg/ctc_head.safetensors
+    python recipes/default_model/ship.py ctc-head HEAD --into build/exp/candidate   # a candidate, not the package
 
 The base checkpoint is stored in float16 (safetensors) with its processor files; an adapter keeps
 only adapter_config.json, adapter_model.safetensors and its realigned CTC head (CTC_HEAD_FILE,
@@ -91,9 +92,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("kind", choices=("base", "adapter", "ctc-head"))
     parser.add_argument("folders", nargs="+", type=Path)
+    parser.add_argument(
+        "--into",
+        type=Path,
+        default=None,
+        help="base, ctc-head: the model folder to write instead of the package's (a candidate to measure "
+        "before shipping; wer_table.py --model takes it with the package's adapters)",
+    )
     args = parser.parse_args(argv)
+    if args.kind == "adapter" and args.into is not None:
+        parser.error("--into names a model folder; adapters go into the package's adapters/")
+    target = args.into or DEFAULT_MODEL_ROOT / DEFAULT_MODEL_NAME
     for folder in args.folders:
-        shipped = {"base": ship_base, "adapter": ship_adapter, "ctc-head": ship_ctc_head}[args.kind](folder)
+        if args.kind == "adapter":
+            shipped = ship_adapter(folder)
+        else:
+            shipped = {"base": ship_base, "ctc-head": ship_ctc_head}[args.kind](folder, target)
         size = sum(p.stat().st_size for p in [shipped, *shipped.rglob("*")] if p.is_file())
         print(f"{folder} -> {shipped} ({size / 1e6:.1f} MB)", file=sys.stderr)
     return 0

@@ -30,9 +30,9 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from edgelalm.files import safetensors_file
 from edgelalm.training.train import RUN_CTC_HEAD_FILE  # a TokenCtc head: the next stage goes on from it
 
 WEIGHTS = "model.safetensors"
@@ -105,6 +105,12 @@ def weighted_mean(
     return {n: (share * t.float() + (1 - share) * second[n].float()).to(t.dtype) for n, t in first.items()}
 
 
+def read_head(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A run's CTC head: its tensors and its metadata (empty for a head without layers)."""
+    with safetensors_file(path) as stored:
+        return {name: stored.get_tensor(name) for name in stored.keys()}, stored.metadata() or {}
+
+
 def average(checkpoint: Path, other: Path, out: Path, share: float = 0.5) -> None:
     first, second = load_file(checkpoint / WEIGHTS), load_file(other / WEIGHTS)
     if set(first) != set(second):
@@ -119,11 +125,10 @@ def average(checkpoint: Path, other: Path, out: Path, share: float = 0.5) -> Non
     mean_head = None
     if all(head.is_file() for head in heads):
         # A head with layers states their shape in its metadata (attention span, heads): kept.
-        shapes = [safe_open(head, "pt").metadata() or {} for head in heads]
-        first_head, second_head = (load_file(head) for head in heads)
-        if shapes[0] != shapes[1] or set(first_head) != set(second_head):
+        (first_head, first_shape), (second_head, second_shape) = map(read_head, heads)
+        if first_shape != second_shape or set(first_head) != set(second_head):
             raise SystemExit(f"{heads[0]} and {heads[1]} are CTC heads of different shapes: not to be averaged")
-        mean_head = weighted_mean(first_head, second_head, share), shapes[0]
+        mean_head = weighted_mean(first_head, second_head, share), first_shape
     weights = weighted_mean(first, second, share)
     out.mkdir(parents=True, exist_ok=True)
     save_file(weights, out / WEIGHTS, metadata={"format": "pt"})
