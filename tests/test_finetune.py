@@ -131,6 +131,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         # 100000-character transcripts trained for ever (2 GB and growing).
         ("huge_transcript", "transcript is"),
         ("adapter_in_a_working_folder", "holds keep.txt beside an earlier output"),
+        # only folders of the frozen tower's output join (a TSV's audio would need the tower)
+        ("more_data_beside_a_tsv", "--more-data joins folders of the frozen tower's output"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(case, expected, tiny_checkpoint, paired_tsv, tmp_path):
@@ -169,12 +171,13 @@ def test_bad_input_is_one_line_and_writes_nothing(case, expected, tiny_checkpoin
         "alpha_inf": ["--alpha", "inf"],
         "rank_past_width": ["--rank", "100000"],
         "adapter_in_a_working_folder": ["--force"],
+        "more_data_beside_a_tsv": ["--more-data", str(paired_tsv)],
     }.get(case, [])
     result = run_cli("--model", model, "--data", data, "--out", str(out), "--steps", "1", "--batch-size", "1", *extra)
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("edgelalm: error:") and expected in lines[-1], result.stderr
-    if case == "missing_data":  # refused before the model's load and its progress bar
+    if case in ("missing_data", "more_data_beside_a_tsv"):  # refused before the model's load and its progress bar
         assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.stderr
     if case == "out_exists":
@@ -195,3 +198,21 @@ def test_word_errors_counts_substitutions_insertions_and_deletions():
         ["Set a timer for 20 minutes."], ["set a timer for twenty minutes"], audio_tokens=50, audio_seconds=2.0
     )
     assert (result.errors, result.words, result.wer, result.audio_tokens_per_second) == (0, 6, 0.0, 25.0)
+
+
+def test_more_data_trains_on_the_folders_as_one_set(tiny_checkpoint, tmp_path):
+    """--more-data: folders of the frozen tower's output (recorded voices beside synthetic clips, say)
+    read as one set: every clip of both counted, both folders recorded."""
+    from edgelalm.training.encoded import build_encoded
+
+    options = {"workers": 1, "progress": False, "max_seconds": 10}
+    first = build_encoded(tmp_path / "first", "train", 3, 0, tiny_checkpoint, **options)
+    second = build_encoded(tmp_path / "second", "train", 2, 1, tiny_checkpoint, **options)
+    out = tmp_path / "adapter"
+    result = run_cli(
+        "--model", str(tiny_checkpoint), "--data", str(first), "--more-data", str(second), "--out", str(out),
+        "--steps", "1", "--batch-size", "5", "--compressor", "unseg",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    record = json.loads((out / "edgelalm_finetune.json").read_text())
+    assert record["clips"] == 5 and record["data"] == [str(first), str(second)]

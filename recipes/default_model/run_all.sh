@@ -638,11 +638,45 @@ python $recipe/ship.py ctc-head build/default-model/base14avg-people/ctc_head.sa
 cp build/exp/candidate-decoder-amazon-queen/edgelalm_ctc_head.safetensors $recipe/stages/base14avg-people/ctc_head.safetensors
 people_tables build/exp/candidate-decoder-amazon-queen $recipe/results/decoder-amazon-queen
 # 30. Step 29's checkpoint and head averaged with base14avg and the shipped head, tensor by tensor
-#     (stage_weights.py average keeps a layered head's shape), measured as step 29 (~15 min). The
-#     candidate to ship next, once its four adapters are realigned and every table measured.
+#     (stage_weights.py average keeps a layered head's shape), measured as step 29 (~15 min);
+#     shipped by step 31, with its four adapters realigned and every table measured.
 python $recipe/stage_weights.py average build/default-model/base14avg-people/final \
   --with build/default-model/base14avg-with-people-head/final --out build/default-model/base14avg-people-avg/final
 mkdir -p build/exp/candidate-decoder-amazon-queen-averaged
 python $recipe/ship.py base build/default-model/base14avg-people-avg/final --into build/exp/candidate-decoder-amazon-queen-averaged
 python $recipe/ship.py ctc-head build/default-model/base14avg-people-avg/ctc_head.safetensors --into build/exp/candidate-decoder-amazon-queen-averaged
 people_tables build/exp/candidate-decoder-amazon-queen-averaged $recipe/results/decoder-amazon-queen-averaged
+# 31. The four adapters realigned to step 30's averaged decoder, on people's voices too: LoRA as
+#     step 13 on Amazon Queen's 6551 lines beside step 4h's 8000 clips (finetune --more-data; 45%
+#     recorded, as the decoder's own step 29; 0.34-0.4 s a step, ~35 min), each one's head as step
+#     18; then step 28's tables for every compressor through the candidate (~80 min), and shipped:
+#     the averaged decoder, its head and the four adapters (README, "Where it stands").
+averaged=$recipe/results/decoder-amazon-queen-averaged
+candidate="--model build/exp/candidate-decoder-amazon-queen-averaged --adapters build/default-model/adapters-people"
+for compressor in avg2 avg3 sample3 unseg; do
+  name=${compressor%%[0-9]*}; factor=${compressor#"$name"}
+  steps=1000; case $compressor in avg3) steps=2000 ;; esac
+  edgelalm finetune --data data3/train-seed23 --more-data data3/train-amazon-queen \
+    --model build/default-model/base14avg-people-avg/final --compressor "$name" ${factor:+--factor "$factor"} \
+    --steps $steps --threads 2 --out build/default-model/adapters-people/$compressor --force --no-ctc-head
+  edgelalm finetune --data data3/train-seed23 --model build/exp/candidate-decoder-amazon-queen-averaged \
+    --compressor "$name" ${factor:+--factor "$factor"} --ctc-head-only --steps 1000 --batch-size 32 --threads 2 \
+    --out build/default-model/adapters-people/$compressor
+  cp build/default-model/adapters-people/$compressor/edgelalm_finetune.json $recipe/results/lora-$compressor.json
+  cp build/default-model/adapters-people/$compressor/train_log.jsonl $recipe/results/train_log_lora_$compressor.jsonl
+  cp build/default-model/adapters-people/$compressor/loss.png $recipe/results/loss-lora-$compressor.png
+done
+for set in real-speech asterisk-prompts; do
+  python $recipe/wer_table.py $candidate --data build/$set/transcripts.tsv --clips 600 --compressors unseg --quants q8_0 \
+    --bundles-only --update --out $averaged/$set
+done
+short_set_tables $averaged none,unseg $candidate
+for set in test unheard; do
+  python $recipe/wer_table.py $candidate --data data3/$set-long --clips 40 --compressors none,unseg --quants q8_0 \
+    --bundles-only --windows each --window-seconds 8 --out $averaged/$set-long-each-8s
+done
+python $recipe/wer_table.py $candidate --data build/real-speech/transcripts.tsv --compressors none,unseg --quants q8_0 \
+  --lora-only --out $averaged/real-speech-pytorch
+python $recipe/ship.py base build/default-model/base14avg-people-avg/final
+python $recipe/ship.py ctc-head build/default-model/base14avg-people-avg/ctc_head.safetensors
+python $recipe/ship.py adapter build/default-model/adapters-people/{avg2,avg3,sample3,unseg}

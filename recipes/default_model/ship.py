@@ -7,7 +7,8 @@
 
 The base checkpoint is stored in float16 (safetensors) with its processor files; an adapter keeps
 only adapter_config.json, adapter_model.safetensors and its realigned CTC head (CTC_HEAD_FILE,
-where finetune made one), under the compressor label it was trained with (edgelalm_finetune.json).
+where finetune made one; its layers in float16, as the base head's), under the compressor label it
+was trained with (edgelalm_finetune.json).
 The CTC head trained beside the base checkpoint goes in beside it (CTC_HEAD_FILE: export writes it
 as the bundle's ctc.onnx), with the decoding advice that uses it (DECODING_ADVICE_FILE).
 """
@@ -60,15 +61,21 @@ def ship_ctc_head(head: Path, target: Path = DEFAULT_MODEL_ROOT / DEFAULT_MODEL_
     """The head (a training run's head file: blank and log_scale, and its layers' tensors, stored
     in float16 as the model's are) and the decoding advice, into the shipped model (or a copy of
     it: `target`, a candidate to measure before shipping)."""
+    write_head(head, target / CTC_HEAD_FILE)
+    write_decoding_advice(target, DECODING_ADVICE)
+    return target / CTC_HEAD_FILE
+
+
+def write_head(head: Path, out: Path) -> None:
+    """A CTC head file as shipped: its layers' tensors in float16, as the model's are (half the
+    size), the rest (blank, log_scale, a realigned head's map) in float32; its metadata kept."""
     with safetensors_file(head) as stored:
         tensors = {
             name: stored.get_tensor(name).to(torch.float16 if name.startswith(LAYERS_PREFIX) else torch.float32)
             for name in stored.keys()
         }
         metadata = stored.metadata()
-    save_file(tensors, str(target / CTC_HEAD_FILE), metadata=metadata)
-    write_decoding_advice(target, DECODING_ADVICE)
-    return target / CTC_HEAD_FILE
+    save_file(tensors, str(out), metadata=metadata)
 
 
 def ship_adapter(folder: Path) -> Path:
@@ -84,7 +91,7 @@ def ship_adapter(folder: Path) -> Path:
     (target / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
     shutil.copy2(folder / "adapter_model.safetensors", target / "adapter_model.safetensors")
     if (folder / CTC_HEAD_FILE).is_file():
-        shutil.copy2(folder / CTC_HEAD_FILE, target / CTC_HEAD_FILE)
+        write_head(folder / CTC_HEAD_FILE, target / CTC_HEAD_FILE)
     return target
 
 

@@ -628,6 +628,14 @@ def finetune(
             "file with 'file' and 'transcript' columns (audio paths relative to it)."
         ),
     ],
+    more_data: Annotated[
+        list[Path] | None,
+        typer.Option(
+            metavar="<path>",
+            help="Another folder of the frozen audio tower's output to train on beside --data (one too), as "
+            "one set (e.g. recorded voices beside synthetic clips). Repeatable.",
+        ),
+    ] = None,
     model: Annotated[
         Path | None, typer.Option(help="Qwen2-Audio checkpoint folder. Default: the model shipped with edgelalm.")
     ] = None,
@@ -706,6 +714,7 @@ def finetune(
         force=force,
         ctc_head=ctc_head,
         ctc_head_only=ctc_head_only,
+        more_data=tuple(more_data or ()),
     )
     _say(str(run_finetune(options)))
 

@@ -88,6 +88,8 @@ class FinetuneOptions:
     ctc_head: bool | None = None
     # Only that, into the existing adapter folder `out_dir` (its LoRA untouched).
     ctc_head_only: bool = False
+    # More folders of the frozen tower's output trained on beside `data` (one too), read as one set.
+    more_data: tuple[Path, ...] = ()
 
 
 class PairedAudio:
@@ -119,23 +121,24 @@ class PairedAudio:
         return read_audio(self.files[index], self.sampling_rate), self.texts[index]
 
 
-def open_paired_data(path: Path, sampling_rate: int, normalize: bool, model_dir: Path):
+def open_paired_data(path: Path, sampling_rate: int, normalize: bool, model_dir: Path, more: tuple[Path, ...] = ()):
+    """`path` (a dataset folder, a folder of the frozen tower's output or a TSV) as paired data; `more`:
+    further folders of the tower's output, read as one set with `path` (check_paired_data: one too)."""
     from edgelalm.training.dataset import SpeechDataset
     from edgelalm.training.encoded import EncodedDataset, is_encoded_folder
 
-    if path.is_dir():
-        folder = path / "train" if (path / "train" / "dataset.json").is_file() else path
-        if is_encoded_folder(folder):
-            # The frozen tower's output, stored: the compressor reads it as it reads the tower's.
-            encoded = EncodedDataset(folder)
-            encoded.check_tower(model_dir)
-            return encoded
-        dataset = SpeechDataset(folder)
-        if dataset.sampling_rate != sampling_rate:
-            raise EdgelalmError(f"{path} is sampled at {dataset.sampling_rate} Hz; the model takes {sampling_rate} Hz")
-        return dataset
-    check_paired_data_exists(path)
-    return PairedAudio(path, sampling_rate, normalize)
+    if not path.is_dir():
+        check_paired_data(path)
+        return PairedAudio(path, sampling_rate, normalize)
+    if is_encoded_folder(_dataset_folder(path)):
+        # The frozen tower's output, stored: the compressor reads it as it reads the tower's.
+        encoded = EncodedDataset(_dataset_folder(path), *map(_dataset_folder, more))
+        encoded.check_tower(model_dir)
+        return encoded
+    dataset = SpeechDataset(_dataset_folder(path))
+    if dataset.sampling_rate != sampling_rate:
+        raise EdgelalmError(f"{path} is sampled at {dataset.sampling_rate} Hz; the model takes {sampling_rate} Hz")
+    return dataset
 
 
 # The head-only realignment's training log, in the adapter folder.
@@ -189,12 +192,25 @@ def check_fits_the_decoder(options: FinetuneOptions, data: Any, model: Any, proc
         )
 
 
-def check_paired_data_exists(path: Path) -> None:
-    """Refuse missing training data in one line (before the model's load, which takes a while)."""
-    if not path.is_dir() and not path.is_file():
-        raise EdgelalmError(
-            f"training data not found: {path} (a dataset folder or a TSV file with file/transcript columns)"
-        )
+def _dataset_folder(path: Path) -> Path:
+    """A dataset folder, or its train split where it holds one."""
+    return path / "train" if (path / "train" / "dataset.json").is_file() else path
+
+
+def check_paired_data(data: Path, more: tuple[Path, ...] = ()) -> None:
+    """Refuse missing training data, or --more-data beside anything but folders of the frozen
+    tower's output, in one line (before the model's load, which takes a while)."""
+    from edgelalm.training.encoded import is_encoded_folder
+
+    for path in (data, *more):
+        if not path.is_dir() and not path.is_file():
+            raise EdgelalmError(
+                f"training data not found: {path} (a dataset folder or a TSV file with file/transcript columns)"
+            )
+        if more and not (path.is_dir() and is_encoded_folder(_dataset_folder(path))):
+            raise EdgelalmError(
+                f"--more-data joins folders of the frozen tower's output (make_encoded_data.py): {path} is not one"
+            )
 
 
 def load_for_training(model_dir: Path, device: str):
@@ -256,7 +272,7 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
         record = check_adapter_to_realign(options)
     else:
         check_replaceable(options.out_dir.absolute(), options.force, ADAPTER_CONFIG_FILE, owns_adapter_file)
-    check_paired_data_exists(options.data)
+    check_paired_data(options.data, options.more_data)
     model, processor = load_for_training(options.model_dir, options.device)
     # A rank past a projection's smaller side adds nothing but memory (10^6 on the default model:
     # about 20 GB of factors and optimizer state).
@@ -268,7 +284,7 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
     if options.rank > smallest:
         raise EdgelalmError(f"--rank {options.rank} is past the adapted projections' smaller side ({smallest})")
     sampling_rate = processor.feature_extractor.sampling_rate
-    data = open_paired_data(options.data, sampling_rate, options.normalize, options.model_dir)
+    data = open_paired_data(options.data, sampling_rate, options.normalize, options.model_dir, options.more_data)
     window_s = processor.feature_extractor.n_samples / sampling_rate
     if float(np.max(data.seconds)) > window_s:
         raise EdgelalmError(
@@ -319,7 +335,9 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
             "batch_size": options.batch_size,
             "learning_rate": options.learning_rate,
             "seed": options.seed,
-            "data": str(options.data),
+            "data": [str(path) for path in (options.data, *options.more_data)]
+            if options.more_data
+            else str(options.data),
             "clips": len(data),
             "final_ctc_loss": log.records[-1]["ctc_loss"],
         }
@@ -359,7 +377,9 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
                 "learning_rate": options.learning_rate,
                 "seed": options.seed,
                 "lora_modules": list(dict.fromkeys(options.lora_modules)),
-                "data": str(options.data),
+                "data": [str(path) for path in (options.data, *options.more_data)]
+                if options.more_data
+                else str(options.data),
                 "clips": len(data),
                 "final_loss": log.records[-1]["loss"],
             }
