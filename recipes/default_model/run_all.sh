@@ -681,7 +681,7 @@ python $recipe/ship.py base build/default-model/base14avg-people-avg/final
 python $recipe/ship.py ctc-head build/default-model/base14avg-people-avg/ctc_head.safetensors
 python $recipe/ship.py adapter build/default-model/adapters-people/{avg2,avg3,sample3,unseg}
 # Tried: unseg realigned on step 4h's synthetic clips alone (results/unseg-adapter-synthetic-only/):
-# never heard 28.2% (the shipped adapter 29.3%), held out 28.4% (28.5), the 19 recordings 48.1% (44.7),
+# never heard 28.2% (the shipped adapter 29.3%), held out 28.4% (28.5), the 19 recordings 48.0% (44.7),
 # the real speaker 46.9% (46.3).
 edgelalm finetune --data data3/train-seed23 --model build/default-model/base14avg-people-avg/final --compressor unseg \
   --steps 1000 --threads 2 --out build/default-model/adapters-synthetic/unseg --force --no-ctc-head

@@ -127,8 +127,8 @@ def open_paired_data(path: Path, sampling_rate: int, normalize: bool, model_dir:
     from edgelalm.training.dataset import SpeechDataset
     from edgelalm.training.encoded import EncodedDataset, is_encoded_folder
 
+    check_paired_data(path, more)
     if not path.is_dir():
-        check_paired_data(path)
         return PairedAudio(path, sampling_rate, normalize)
     if is_encoded_folder(_dataset_folder(path)):
         # The frozen tower's output, stored: the compressor reads it as it reads the tower's.
