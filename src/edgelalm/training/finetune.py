@@ -285,6 +285,8 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
         raise EdgelalmError(f"--rank {options.rank} is past the adapted projections' smaller side ({smallest})")
     sampling_rate = processor.feature_extractor.sampling_rate
     data = open_paired_data(options.data, sampling_rate, options.normalize, options.model_dir, options.more_data)
+    # The record names every folder trained on (one path, as before, where there is one).
+    data_record = [str(path) for path in (options.data, *options.more_data)] if options.more_data else str(options.data)
     window_s = processor.feature_extractor.n_samples / sampling_rate
     if float(np.max(data.seconds)) > window_s:
         raise EdgelalmError(
@@ -335,9 +337,7 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
             "batch_size": options.batch_size,
             "learning_rate": options.learning_rate,
             "seed": options.seed,
-            "data": [str(path) for path in (options.data, *options.more_data)]
-            if options.more_data
-            else str(options.data),
+            "data": data_record,
             "clips": len(data),
             "final_ctc_loss": log.records[-1]["ctc_loss"],
         }
@@ -377,9 +377,7 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
                 "learning_rate": options.learning_rate,
                 "seed": options.seed,
                 "lora_modules": list(dict.fromkeys(options.lora_modules)),
-                "data": [str(path) for path in (options.data, *options.more_data)]
-                if options.more_data
-                else str(options.data),
+                "data": data_record,
                 "clips": len(data),
                 "final_loss": log.records[-1]["loss"],
             }
