@@ -216,3 +216,28 @@ def test_more_data_trains_on_the_folders_as_one_set(tiny_checkpoint, tmp_path):
     assert result.returncode == 0, result.stderr
     record = json.loads((out / "edgelalm_finetune.json").read_text())
     assert record["clips"] == 5 and record["data"] == [str(first), str(second)]
+
+
+def test_more_data_that_cannot_join_is_refused_before_the_model_loads(tiny_checkpoint, paired_tsv, tmp_path):
+    """--more-data beside an encoded --data: a TSV, the same folder again (each clip trained twice)
+    and another split's folder are each refused in one line, before the model's load."""
+    from edgelalm.training.encoded import build_encoded
+
+    options = {"workers": 1, "progress": False, "max_seconds": 10}
+    first = build_encoded(tmp_path / "first", "train", 2, 0, tiny_checkpoint, **options)
+    other_split = build_encoded(tmp_path / "other", "test", 2, 1, tiny_checkpoint, **options)
+    out = tmp_path / "adapter"
+    cases = {
+        str(paired_tsv): "--more-data joins folders of the frozen tower's output",
+        str(first): "given twice",
+        str(other_split): "another tower or split",
+    }
+    for more, expected in cases.items():
+        result = run_cli(
+            "--model", str(tiny_checkpoint), "--data", str(first), "--more-data", more, "--out", str(out),
+            "--steps", "1", "--batch-size", "1",
+        )  # fmt: skip
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode != 0 and len(lines) == 1, result.stderr
+        assert lines[0].startswith("edgelalm: error:") and expected in lines[0], result.stderr
+        assert not out.exists()

@@ -206,6 +206,8 @@ def test_folders_of_more_seeds_read_as_one_and_other_splits_are_refused(encoded,
     train = build_encoded(tmp_path / "train", "train", 2, 0, tiny_checkpoint, **options)
     with pytest.raises(EdgelalmError, match="cannot be joined"):
         EncodedDataset(encoded.directory, train)
+    with pytest.raises(EdgelalmError, match="given twice"):  # each clip would train twice, unwarned
+        EncodedDataset(encoded.directory, more, tmp_path / ".." / tmp_path.name / more.name)
     with pytest.raises(EdgelalmError, match="keeps no audio"):
         EncodedDataset(train).audio(0)
 

@@ -29,7 +29,7 @@ import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import closing, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -571,6 +571,29 @@ def is_encoded_folder(folder: str | os.PathLike[str]) -> bool:
     return False
 
 
+def _join_key(info: dict) -> tuple[object, object, object]:
+    """What folders read as one set share: the tower that wrote them, the split, the layer."""
+    return info.get("tower_digest"), info.get("split"), info.get("below_layer")
+
+
+def check_joinable(folders: Sequence[Path]) -> None:
+    """Refuse, in one line, folders that cannot be read as one set: one given twice (its clips
+    would train twice, unwarned), or one of another tower, split or layer than the first. Reads only
+    each folder's dataset.json: finetune calls it before the model's load."""
+    seen: set[Path] = set()
+    first: tuple[object, object, object] | None = None
+    for folder in folders:
+        if folder.resolve() in seen:
+            raise EdgelalmError(f"{folder}: given twice; its clips would be read twice")
+        seen.add(folder.resolve())
+        if not (folder / "dataset.json").is_file():
+            continue  # read_folder says what is missing
+        key = _join_key(read_json_object(folder / "dataset.json"))
+        if first is not None and key != first:
+            raise EdgelalmError(f"{folder}: another tower or split than {folders[0]}; cannot be joined")
+        first = key if first is None else first
+
+
 class EncodedDataset:
     """Folders written by `build_encoded`, read as one: `data[i]` -> (float16 frames [F, D], text);
     `data.audio(i)` -> float32 samples where the audio was kept. Several folders (the same split,
@@ -588,18 +611,14 @@ class EncodedDataset:
         self._infos: list[dict] = []
         self.width: int | None = None  # the frames' width, the same in every folder
         self._mapped: dict[Path, np.ndarray] = {}  # shards mapped as they are checked, or on first use
+        if more:
+            check_joinable(self.directories)
         for number, folder in enumerate(self.directories):
             info, records = read_folder(folder, FORMAT, FORMAT_VERSION)
             if number == 0 and first_clips is not None:
                 if not 1 <= first_clips <= len(records):
                     raise EdgelalmError(f"{folder}: first_clips must be 1-{len(records)}, got {first_clips}")
                 records = records[:first_clips]
-            if self._infos and (info.get("tower_digest"), info["split"], info.get("below_layer")) != (
-                self._infos[0].get("tower_digest"),
-                self._infos[0]["split"],
-                self._infos[0].get("below_layer"),
-            ):
-                raise EdgelalmError(f"{folder}: another tower or split than {self.directory}; cannot be joined")
             self._check_frames(folder, info, records)
             self._infos.append(info)
             self.records += records

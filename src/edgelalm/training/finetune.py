@@ -91,6 +91,11 @@ class FinetuneOptions:
     # More folders of the frozen tower's output trained on beside `data` (one too), read as one set.
     more_data: tuple[Path, ...] = ()
 
+    @property
+    def data_name(self) -> str:
+        """What errors about the training set name: every folder read as one."""
+        return " + ".join(str(path) for path in (self.data, *self.more_data))
+
 
 class PairedAudio:
     """(samples, text) pairs from a TSV manifest: `dataset[i]`, `len`, `seconds`, `sampling_rate`.
@@ -180,15 +185,17 @@ def check_fits_the_decoder(options: FinetuneOptions, data: Any, model: Any, proc
 
     width, tower_width = getattr(data, "width", None), model.config.audio_config.d_model
     if width is not None and width != tower_width:
-        raise EdgelalmError(f"{options.data}: frames of width {width}; the model's audio tower gives {tower_width}")
+        raise EdgelalmError(
+            f"{options.data_name}: frames of width {width}; the model's audio tower gives {tower_width}"
+        )
     lengths = [len(ids) for ids in answer_token_ids(processor.tokenizer, list(data.texts))]
     longest = int(np.argmax(lengths))
     audio_tokens = options.compressor.max_audio_tokens(int(window_s * ENCODER_FRAMES_PER_SECOND))
     context = model.config.text_config.max_position_embeddings
     if lengths[longest] + audio_tokens + PROMPT_TOKENS_ALLOWED > context:
         raise EdgelalmError(
-            f"{options.data}: clip {longest + 1}'s transcript is {lengths[longest]} tokens; with up to {audio_tokens} "
-            f"audio tokens and the prompt it does not fit the decoder's context of {context}"
+            f"{options.data_name}: clip {longest + 1}'s transcript is {lengths[longest]} tokens; with up to "
+            f"{audio_tokens} audio tokens and the prompt it does not fit the decoder's context of {context}"
         )
 
 
@@ -199,8 +206,9 @@ def _dataset_folder(path: Path) -> Path:
 
 def check_paired_data(data: Path, more: tuple[Path, ...] = ()) -> None:
     """Refuse missing training data, or --more-data beside anything but folders of the frozen
-    tower's output, in one line (before the model's load, which takes a while)."""
-    from edgelalm.training.encoded import is_encoded_folder
+    tower's output that join (check_joinable), in one line (before the model's load, which takes a
+    while)."""
+    from edgelalm.training.encoded import check_joinable, is_encoded_folder
 
     for path in (data, *more):
         if not path.is_dir() and not path.is_file():
@@ -211,6 +219,8 @@ def check_paired_data(data: Path, more: tuple[Path, ...] = ()) -> None:
             raise EdgelalmError(
                 f"--more-data joins folders of the frozen tower's output (make_encoded_data.py): {path} is not one"
             )
+    if more:
+        check_joinable([_dataset_folder(path) for path in (data, *more)])
 
 
 def load_for_training(model_dir: Path, device: str):
@@ -290,10 +300,10 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
     window_s = processor.feature_extractor.n_samples / sampling_rate
     if float(np.max(data.seconds)) > window_s:
         raise EdgelalmError(
-            f"{options.data}: clips up to {np.max(data.seconds):.1f} s; the encoder window is {window_s:g} s"
+            f"{options.data_name}: clips up to {np.max(data.seconds):.1f} s; the encoder window is {window_s:g} s"
         )
     if len(data) < options.batch_size:
-        raise EdgelalmError(f"{options.data}: {len(data)} clips, fewer than one batch of {options.batch_size}")
+        raise EdgelalmError(f"{options.data_name}: {len(data)} clips, fewer than one batch of {options.batch_size}")
     check_fits_the_decoder(options, data, model, processor, window_s)
 
     torch.manual_seed(options.seed)
