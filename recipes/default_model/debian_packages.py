@@ -1,5 +1,6 @@
 """Files of Debian packages, not installed: `apt-get download` then `dpkg-deb -x`, for the recipes
-that read recordings Debian ships (asterisk_prompts.py, drascula_speech.py, amazon_queen_speech.py)."""
+that read recordings Debian ships (asterisk_prompts.py, drascula_speech.py, amazon_queen_speech.py,
+steel_sky_speech.py)."""
 
 from __future__ import annotations
 

@@ -171,14 +171,25 @@ def load_whisper(model_dir: Path):
 
 def transcribe(whisper, audio: np.ndarray, max_new_tokens: int = 40) -> str:
     """Greedy, no timestamps, one 30 s window: Whisper's own decoder on 16 kHz samples."""
+    return transcribe_scored(whisper, audio, max_new_tokens)[0]
+
+
+def transcribe_scored(whisper, audio: np.ndarray, max_new_tokens: int = 40) -> tuple[str, float, bool]:
+    """`transcribe`'s answer, its mean log-probability per token (the end token counted, as
+    Whisper's avg_logprob) and whether it ended before `max_new_tokens` (else it looped or ran on)."""
     import torch
 
     model, tokenizer, extractor = whisper
     features = extractor(audio, sampling_rate=16000, return_tensors="pt").input_features
     with torch.no_grad():
-        ids = model.generate(features, decoder_input_ids=torch.tensor([[START_OF_TRANSCRIPT, NO_TIMESTAMPS]]),
-                             max_new_tokens=max_new_tokens, do_sample=False)  # fmt: skip
-    return tokenizer.decode(ids[0], skip_special_tokens=True).strip()
+        out = model.generate(features, decoder_input_ids=torch.tensor([[START_OF_TRANSCRIPT, NO_TIMESTAMPS]]),
+                             max_new_tokens=max_new_tokens, do_sample=False, return_dict_in_generate=True,
+                             output_scores=True)  # fmt: skip
+        scores = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)[0]
+    generated = out.sequences[0, -len(scores) :]
+    ended = bool(generated[-1] == model.generation_config.eos_token_id)
+    text = tokenizer.decode(out.sequences[0], skip_special_tokens=True).strip()
+    return text, float(scores.mean()), ended
 
 
 def check(model_dir: Path) -> None:
