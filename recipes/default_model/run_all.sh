@@ -737,3 +737,20 @@ python $recipe/ship.py base build/default-model/base14avg-people-sky-avg/final -
 python $recipe/ship.py ctc-head build/default-model/base14avg-people-sky-avg/ctc_head.safetensors \
   --into build/exp/candidate-decoder-steel-sky-averaged
 people_tables build/exp/candidate-decoder-steel-sky-averaged $recipe/results/decoder-steel-sky-averaged
+# 34. Step 33's four adapters realigned as step 31's, with Beneath a Steel Sky's lines beside Amazon
+#     Queen's (56% recorded of 18085), each one's head as step 18; the first measurement through
+#     them (unseg on the 19 recordings: 41.4%, shipped 44.7%). Every table of step 31 to follow
+#     before shipping.
+candidate_sky="--model build/exp/candidate-decoder-steel-sky-averaged --adapters build/default-model/adapters-people-sky"
+for compressor in unseg avg2 sample3 avg3; do
+  name=${compressor%%[0-9]*}; factor=${compressor#"$name"}
+  steps=1000; case $compressor in avg3) steps=2000 ;; esac
+  edgelalm finetune --data data3/train-seed23 --more-data data3/train-amazon-queen --more-data data3/train-steel-sky \
+    --model build/default-model/base14avg-people-sky-avg/final --compressor "$name" ${factor:+--factor "$factor"} \
+    --steps $steps --threads 2 --out build/default-model/adapters-people-sky/$compressor --force --no-ctc-head
+  edgelalm finetune --data data3/train-seed23 --model build/exp/candidate-decoder-steel-sky-averaged \
+    --compressor "$name" ${factor:+--factor "$factor"} --ctc-head-only --steps 1000 --batch-size 32 --threads 2 \
+    --out build/default-model/adapters-people-sky/$compressor
+done
+python $recipe/wer_table.py $candidate_sky --data build/real-speech/transcripts.tsv --clips 600 --compressors unseg \
+  --quants q8_0 --bundles-only --out $recipe/results/decoder-steel-sky-averaged/real-speech-unseg
