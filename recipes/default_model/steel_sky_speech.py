@@ -180,28 +180,15 @@ def _unpack_m1(body: bytes, chunks: int, unpacked_size: int) -> bytes:
         return window & ((1 << n) - 1)
 
     def decode(table: Huffman | None) -> int:
-        nonlocal bits, count, pos
         if table is None:
             raise RncError("a value read with an empty Huffman table")
-        window = bits | words[pos] << count
-        index = window & ((1 << table.bits) - 1)
+        index = (bits | words[pos] << count) & ((1 << table.bits) - 1)  # the next bits, not read yet
         code_length = table.lengths[index]
         if not code_length:
             raise RncError("a bit pattern no code of the table matches")
-        if code_length > count:
-            pos += 2
-            count += 16
-        bits, count = window >> code_length, count - code_length
+        read(code_length)
         symbol = table.symbols[index]
-        if symbol < 2:
-            return symbol
-        extra = symbol - 1
-        window = bits | words[pos] << count
-        if extra > count:
-            pos += 2
-            count += 16
-        bits, count = window >> extra, count - extra
-        return (1 << extra) | (window & ((1 << extra) - 1))
+        return symbol if symbol < 2 else (1 << (symbol - 1)) | read(symbol - 1)
 
     def read_table(previous: Huffman | None) -> Huffman | None:
         symbols = read(5)

@@ -22,11 +22,13 @@ import argparse
 import math
 import random
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from whisper_tiny_en import load_whisper, transcribe_scored
 
+from edgelalm.constants import SAMPLING_RATE
 from edgelalm.files import read_tsv, write_tsv
 from edgelalm.progress import Bar
 from edgelalm.runtime.audio import read_audio
@@ -46,19 +48,26 @@ def label(whisper, audio: np.ndarray) -> tuple[str, float, bool]:
     return text, avg_logprob, keep
 
 
+def labelled(
+    whisper, listing: Path, rows: list[dict[str, str]]
+) -> Iterator[tuple[dict[str, str], tuple[str, float, bool]]]:
+    """Each row of `listing` with `label`'s answer for its clip, a progress bar beside."""
+    with Bar(len(rows), f"labels of {listing}") as bar:
+        for row in rows:
+            yield row, label(whisper, read_audio(listing.parent / row["file"], SAMPLING_RATE))
+            bar.update(advance=1)
+
+
 def check(whisper, listing: Path, clips: int, seed: int) -> None:
     """The labels' WER against true transcripts, kept and dropped answers apart."""
     rows = read_tsv(listing)
     rows = random.Random(seed).sample(rows, min(clips, len(rows)))
     counts = {True: [0, 0, 0], False: [0, 0, 0]}  # kept: [clips, errors, words]
-    with Bar(len(rows), f"labels of {listing}") as bar:
-        for row in rows:
-            text, _, keep = label(whisper, read_audio(listing.parent / row["file"], 16000))
-            reference = normalize_transcript(row["transcript"])
-            counts[keep][0] += 1
-            counts[keep][1] += word_errors(reference, normalize_transcript(text))
-            counts[keep][2] += len(reference.split())
-            bar.update(advance=1)
+    for row, (text, _, keep) in labelled(whisper, listing, rows):
+        reference = normalize_transcript(row["transcript"])
+        counts[keep][0] += 1
+        counts[keep][1] += word_errors(reference, normalize_transcript(text))
+        counts[keep][2] += len(reference.split())
     for keep, (count, errors, words) in counts.items():
         wer = 100 * errors / words if words else math.nan
         print(f"{'kept' if keep else 'dropped'}: {count} clips, WER {wer:.1f}% ({errors} of {words} words)")
@@ -66,13 +75,11 @@ def check(whisper, listing: Path, clips: int, seed: int) -> None:
 
 def write_labels(whisper, listing: Path, out: Path) -> None:
     rows = read_tsv(listing)
-    kept = []
-    with Bar(len(rows), f"labels of {listing}") as bar:
-        for row in rows:
-            text, avg_logprob, keep = label(whisper, read_audio(listing.parent / row["file"], 16000))
-            if keep:
-                kept.append({**row, "transcript": text, "avg_logprob": f"{avg_logprob:.3f}"})
-            bar.update(advance=1)
+    kept = [
+        {**row, "transcript": text, "avg_logprob": f"{avg_logprob:.3f}"}
+        for row, (text, avg_logprob, keep) in labelled(whisper, listing, rows)
+        if keep
+    ]
     write_tsv(out, kept)
     seconds = sum(float(row["seconds"]) for row in kept)
     print(f"{out}: {len(kept)} of {len(rows)} clips kept ({seconds / 60:.1f} min)")

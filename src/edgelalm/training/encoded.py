@@ -583,15 +583,17 @@ def check_joinable(folders: Sequence[Path]) -> None:
     seen: set[Path] = set()
     first: tuple[object, object, object] | None = None
     for folder in folders:
-        if folder.resolve() in seen:
+        resolved = folder.resolve()
+        if resolved in seen:
             raise EdgelalmError(f"{folder}: given twice; its clips would be read twice")
-        seen.add(folder.resolve())
+        seen.add(resolved)
         if not (folder / "dataset.json").is_file():
             continue  # read_folder says what is missing
         key = _join_key(read_json_object(folder / "dataset.json"))
-        if first is not None and key != first:
+        if first is None:
+            first = key
+        elif key != first:
             raise EdgelalmError(f"{folder}: another tower or split than {folders[0]}; cannot be joined")
-        first = key if first is None else first
 
 
 class EncodedDataset:
