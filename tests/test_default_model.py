@@ -22,14 +22,14 @@ pytestmark = pytest.mark.slow
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 # The shipped model's WER table on its held-out voices and texts, decoded as its bundles advise
-# (recipes/default_model/wer_table.py; run_all.sh step 31: its decoder and CTC head trained on people's
-# voices too, averaged with the synthetic-only ones, and its adapters realigned to it).
+# (recipes/default_model/wer_table.py; run_all.sh steps 33-34: its decoder and CTC head trained on two
+# games' recorded lines too, averaged with the synthetic-only ones, and its adapters realigned to it).
 HELD_OUT_WER = (
     Path(__file__).resolve().parents[1]
     / "recipes"
     / "default_model"
     / "results"
-    / "decoder-amazon-queen-averaged"
+    / "decoder-steel-sky-averaged"
     / "test"
     / "wer.json"
 )
@@ -231,7 +231,7 @@ def test_a_clip_past_the_window_comes_back_whole_in_the_windows_the_model_advise
     --windows: the shipped model's advice in the bundle (edgelalm_windows.json: each, 8 s) cuts it
     at pauses into windows of 4-8 s, each answered on its own. The joined transcript scores no worse
     than the shipped model's measured WER in 8 s windows on held-out clips of several sentences
-    (15-30 s, results/decoder-amazon-queen-averaged/test-long-each-8s, README): the windowing loses nothing
+    (15-30 s, results/decoder-steel-sky-averaged/test-long-each-8s, README): the windowing loses nothing
     it was measured with."""
     import soundfile
 

@@ -43,6 +43,36 @@ people_tables() {  # MODEL OUT
   python $recipe/ctc_weight_sweep.py --model $model --data data3/test,data3/unheard --clips 200 --weights 0.5 \
     --compressors none --out $out/test-candidate
 }
+# Every other table of "Where it stands" through a candidate and its adapters (CANDIDATE: --model M
+# --adapters A), into OUT/: unseg on the 19 recordings and the real speaker (beside people_tables'
+# none), the short sets, the 15-30 s sets in 8 s windows, the 19 recordings in PyTorch too.
+candidate_tables() {  # OUT CANDIDATE...
+  local out=$1
+  shift
+  for set in real-speech asterisk-prompts; do
+    python $recipe/wer_table.py "$@" --data build/$set/transcripts.tsv --clips 600 --compressors unseg --quants q8_0 \
+      --bundles-only --update --out $out/$set
+  done
+  short_set_tables $out none,unseg "$@"
+  for set in test unheard; do
+    python $recipe/wer_table.py "$@" --data data3/$set-long --clips 40 --compressors none,unseg --quants q8_0 \
+      --bundles-only --windows each --window-seconds 8 --out $out/$set-long-each-8s
+  done
+  python $recipe/wer_table.py "$@" --data build/real-speech/transcripts.tsv --compressors none,unseg --quants q8_0 \
+    --lora-only --out $out/real-speech-pytorch
+}
+# A base stage (STAGE/final and STAGE/ctc_head.safetensors) and its four adapters (ADAPTERS/<compressor>)
+# shipped into the package, the adapters' realignment records, logs and loss plots into results/.
+ship_model() {  # STAGE ADAPTERS
+  for compressor in avg2 avg3 sample3 unseg; do
+    cp $2/$compressor/edgelalm_finetune.json $recipe/results/lora-$compressor.json
+    cp $2/$compressor/train_log.jsonl $recipe/results/train_log_lora_$compressor.jsonl
+    cp $2/$compressor/loss.png $recipe/results/loss-lora-$compressor.png
+  done
+  python $recipe/ship.py base $1/final
+  python $recipe/ship.py ctc-head $1/ctc_head.safetensors
+  python $recipe/ship.py adapter $2/{avg2,avg3,sample3,unseg}
+}
 # A checkpoint measured widely: the held-out sets, held-out prose, the real voices (step 4f), into
 # FOLDER/wer_check.json (with its run's CTC head where it has one), and the 15-30 s sets in the 8 s
 # windows a bundle uses (results/NAME/).
@@ -662,24 +692,9 @@ for compressor in avg2 avg3 sample3 unseg; do
   edgelalm finetune --data data3/train-seed23 --model build/exp/candidate-decoder-amazon-queen-averaged \
     --compressor "$name" ${factor:+--factor "$factor"} --ctc-head-only --steps 1000 --batch-size 32 --threads 2 \
     --out build/default-model/adapters-people/$compressor
-  cp build/default-model/adapters-people/$compressor/edgelalm_finetune.json $recipe/results/lora-$compressor.json
-  cp build/default-model/adapters-people/$compressor/train_log.jsonl $recipe/results/train_log_lora_$compressor.jsonl
-  cp build/default-model/adapters-people/$compressor/loss.png $recipe/results/loss-lora-$compressor.png
 done
-for set in real-speech asterisk-prompts; do
-  python $recipe/wer_table.py $candidate --data build/$set/transcripts.tsv --clips 600 --compressors unseg --quants q8_0 \
-    --bundles-only --update --out $averaged/$set
-done
-short_set_tables $averaged none,unseg $candidate
-for set in test unheard; do
-  python $recipe/wer_table.py $candidate --data data3/$set-long --clips 40 --compressors none,unseg --quants q8_0 \
-    --bundles-only --windows each --window-seconds 8 --out $averaged/$set-long-each-8s
-done
-python $recipe/wer_table.py $candidate --data build/real-speech/transcripts.tsv --compressors none,unseg --quants q8_0 \
-  --lora-only --out $averaged/real-speech-pytorch
-python $recipe/ship.py base build/default-model/base14avg-people-avg/final
-python $recipe/ship.py ctc-head build/default-model/base14avg-people-avg/ctc_head.safetensors
-python $recipe/ship.py adapter build/default-model/adapters-people/{avg2,avg3,sample3,unseg}
+candidate_tables $averaged $candidate
+ship_model build/default-model/base14avg-people-avg build/default-model/adapters-people
 # Tried: unseg realigned on step 4h's synthetic clips alone (results/unseg-adapter-synthetic-only/):
 # never heard 28.2% (the shipped adapter 29.3%), held out 28.4% (28.5), the 19 recordings 48.0% (44.7),
 # the real speaker 46.9% (46.3).
@@ -738,9 +753,9 @@ python $recipe/ship.py ctc-head build/default-model/base14avg-people-sky-avg/ctc
   --into build/exp/candidate-decoder-steel-sky-averaged
 people_tables build/exp/candidate-decoder-steel-sky-averaged $recipe/results/decoder-steel-sky-averaged
 # 34. Step 33's four adapters realigned as step 31's, with Beneath a Steel Sky's lines beside Amazon
-#     Queen's (56% recorded of 18085), each one's head as step 18; the first measurement through
-#     them (unseg on the 19 recordings: 41.4%, shipped 44.7%). Every table of step 31 to follow
-#     before shipping.
+#     Queen's (56% recorded of 18085; ~75 min), each one's head as step 18; then step 31's tables
+#     for every compressor through the candidate (~70 min), and shipped: step 33's averaged decoder,
+#     its head and the four adapters (README, "Where it stands").
 candidate_sky="--model build/exp/candidate-decoder-steel-sky-averaged --adapters build/default-model/adapters-people-sky"
 for compressor in unseg avg2 sample3 avg3; do
   name=${compressor%%[0-9]*}; factor=${compressor#"$name"}
@@ -752,5 +767,5 @@ for compressor in unseg avg2 sample3 avg3; do
     --compressor "$name" ${factor:+--factor "$factor"} --ctc-head-only --steps 1000 --batch-size 32 --threads 2 \
     --out build/default-model/adapters-people-sky/$compressor
 done
-python $recipe/wer_table.py $candidate_sky --data build/real-speech/transcripts.tsv --clips 600 --compressors unseg \
-  --quants q8_0 --bundles-only --out $recipe/results/decoder-steel-sky-averaged/real-speech-unseg
+candidate_tables $recipe/results/decoder-steel-sky-averaged $candidate_sky
+ship_model build/default-model/base14avg-people-sky-avg build/default-model/adapters-people-sky
