@@ -263,6 +263,52 @@ def test_recordings_are_the_towers_frames_of_their_audio_and_join_the_synthetic_
     assert not (tmp_path / "bad").exists()
 
 
+def test_recordings_variations_are_seeded_speed_changed_copies_the_tower_encodes(tiny_checkpoint, tmp_path):
+    """build_encoded_recordings(augment_seed=N): each recording once more, never left clean and
+    always played faster or slower (speed perturbation) before the rest, with the plain folder's
+    texts; its frames are transformers' tower's for recording_variation's audio, which the folder
+    keeps; another seed gives another folder."""
+    import soundfile
+
+    from edgelalm.runtime.audio import read_audio
+    from edgelalm.training.encoded import recording_variation
+
+    rng = np.random.default_rng(9)
+    rows = ["file\ttranscript"]
+    for name, seconds, transcript in (("a.wav", 2.0, "Call Anna at 6."), ("b.wav", 1.5, "stop the vacuum")):
+        soundfile.write(tmp_path / name, (rng.standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32), 16000)
+        rows.append(f"{name}\t{transcript}")
+    (tmp_path / "transcripts.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+    def build(name: str, seed: int | None) -> EncodedDataset:
+        return EncodedDataset(
+            build_encoded_recordings(
+                tmp_path / name, tmp_path / "transcripts.tsv", tiny_checkpoint, split="test", keep_audio=True,
+                progress=False, augment_seed=seed,
+            )
+        )  # fmt: skip
+
+    plain, varied, other = build("plain", None), build("v3", 3), build("v4", 4)
+    assert varied.texts == plain.texts == ["call anna at six", "stop the vacuum"]
+    assert varied.info["augment_seed"] == 3 and plain.info["augment_seed"] is None
+    assert [r["augment"] for r in plain.records] == [[], []]
+    for record in varied.records + other.records:
+        assert record["augment"][:2] == ["speed", "augment"] and "clean" not in record["augment"]
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(tiny_checkpoint).eval()
+    tower = TransformersAudioTower(model, Qwen2AudioProcessor.from_pretrained(tiny_checkpoint))
+    for index, name in enumerate(["a.wav", "b.wav"]):
+        samples, applied = recording_variation(read_audio(tmp_path / name, 16000), 3, index)
+        assert applied == varied.records[index]["augment"]
+        np.testing.assert_allclose(varied.audio(index), samples, atol=1 / 32767)  # kept as int16
+        assert not np.array_equal(varied.audio(index)[: len(plain.audio(index))], plain.audio(index))
+        assert not np.array_equal(varied.audio(index), other.audio(index))
+        with torch.no_grad():
+            reference, _, _ = tower(samples)
+        frames = varied[index][0].astype(np.float32)
+        assert frames.shape == reference.shape
+        np.testing.assert_allclose(frames, reference, atol=5e-3 * np.abs(reference).max())
+
+
 def test_joined_rows_join_frames_and_answers(encoded):
     rng = np.random.default_rng(0)
     frames, answers = encoded_rows(encoded, [0, 1, 2], rng, joined=True, max_frames=10_000)

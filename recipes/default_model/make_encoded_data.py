@@ -7,7 +7,8 @@ table), OUT/unheard (held-out texts spoken by flite, a synthesizer never trained
 and OUT/train. A split already built is kept. `--sentences FILE` makes the clips say a file's
 sentences (make_lm_text.py's prose) instead of the mixture: OUT/<train-folder>, or OUT/test-prose.
 `--recordings TSV` encodes recorded clips instead (a table of file and transcript, as
-amazon_queen_speech.py writes), not augmented: OUT/<train-folder>, joined to the synthetic clips in
+amazon_queen_speech.py writes), as recorded, or with `--augment-seed N` each one's seeded variation
+(speed, gain, reverb, noise, telephone line): OUT/<train-folder>, joined to the synthetic clips in
 training.
 Needs espeak-ng, festival with its English voices and flite (Debian/Ubuntu: apt-get install
 espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts).
@@ -65,10 +66,19 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="encode these recorded clips (a TSV of file and transcript, paths relative to it) into OUT/<train-folder>",
     )
+    parser.add_argument(
+        "--augment-seed",
+        type=int,
+        default=None,
+        help="with --recordings: each recording's seeded variation (played 0.9-1.1x as fast, gain, maybe reverb, "
+        "noise, a telephone line), to train on beside the recordings as recorded",
+    )
     args = parser.parse_args(argv)
     interrupts.install()  # SIGTERM unwinds like Ctrl-C: the half-built folder is removed
     if args.sentences and (args.splits not in ("train", "test") or args.long):
         parser.error("--sentences: one of --splits train or test, without --long")
+    if args.augment_seed is not None and args.recordings is None:
+        parser.error("--augment-seed: only with --recordings (synthetic clips are augmented by --seed)")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / ".gitignore").write_text("# rendered by recipes/default_model/make_encoded_data.py\n*\n")
     if args.recordings is not None:
@@ -76,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         if (target / "dataset.json").is_file():
             print(f"{target}: already built, kept", file=sys.stderr)
         else:
-            build_encoded_recordings(target, args.recordings, args.init)
+            build_encoded_recordings(target, args.recordings, args.init, augment_seed=args.augment_seed)
         return 0
     splits = (
         ("test", "test", args.test_count, None, True),

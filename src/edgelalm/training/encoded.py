@@ -134,13 +134,14 @@ def plan(
         yield Clip(index, text.kind, text.spoken, text.transcript, voice, tempo, pitch)
 
 
-def augmented(samples: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
-    """One seeded variation of a rendered clip and the names of what was applied."""
+def augmented(samples: np.ndarray, rng: np.random.Generator, always: bool = False) -> tuple[np.ndarray, list[str]]:
+    """One seeded variation of a rendered clip and the names of what was applied. `always`: never
+    left clean and always speed-perturbed (a recording's variation, beside the recording itself)."""
     applied = []
-    if rng.random() < CLEAN_PROBABILITY:
+    if not always and rng.random() < CLEAN_PROBABILITY:
         quiet = speech.pad_silence(samples, int(rng.integers(0, 4000)), int(rng.integers(0, 4000)))
         return quiet, ["clean"]
-    if rng.random() < SPEED_PERTURB_PROBABILITY:
+    if always or rng.random() < SPEED_PERTURB_PROBABILITY:
         samples = speech.speed_perturb(samples, float(rng.uniform(*SPEED_FACTORS)))
         applied.append("speed")
     samples = speech.augment(samples, rng)
@@ -149,6 +150,12 @@ def augmented(samples: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray
         samples = speech.telephone_band(samples)
         applied.append("telephone")
     return np.clip(samples, -1.0, 1.0).astype(np.float32), applied
+
+
+def recording_variation(samples: np.ndarray, augment_seed: int, index: int) -> tuple[np.ndarray, list[str]]:
+    """Recording `index`'s variation under `augment_seed` (build_encoded_recordings): `augmented`,
+    never left clean, always speed-perturbed, seeded by the pair."""
+    return augmented(samples, np.random.default_rng([augment_seed, index, 0x2EC]), always=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,14 +403,17 @@ def build_encoded_recordings(
     max_seconds: float | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    augment_seed: int | None = None,
 ) -> Path:
     """Recorded clips encoded by `checkpoint`'s tower into `out_dir`, a folder that reads and
     joins as `build_encoded`'s of the same split: people's voices beside the synthesizers'.
     `transcripts`: a TSV with 'file' and 'transcript' columns, paths relative to it (and
-    optionally 'speaker'), as wer_table.py and finetune read. Not augmented (a recording brings its
-    own room and line); transcripts in the normal form (texts.normalize_transcript); clips longer
-    than `max_seconds` (default: past the tower's window), or with nothing to say once normalised,
-    left out."""
+    optionally 'speaker'), as wer_table.py and finetune read. As recorded (a recording brings its
+    own room and line), or with `augment_seed` each one's seeded variation (`recording_variation`:
+    played 0.9-1.1x as fast, gain, maybe reverb, noise and a telephone line), a folder to train on
+    beside the recordings' own; transcripts in the normal form (texts.normalize_transcript); clips
+    longer than `max_seconds` (default: past the tower's window), or with nothing to say once
+    normalised, left out."""
     from edgelalm.runtime.features import valid_mel_frames
     from edgelalm.training.finetune import PairedAudio
 
@@ -420,6 +430,7 @@ def build_encoded_recordings(
         "split": split,
         "count": len(kept),  # less the clips too long, once written
         "recordings": str(table),
+        "augment_seed": augment_seed,
         "checkpoint": str(checkpoint),
         "tower_digest": tower_digest(checkpoint),
         "below_layer": None,
@@ -432,12 +443,17 @@ def build_encoded_recordings(
             batch = []
             for index in kept[start : start + 64]:
                 samples, _ = recordings[index]
+                applied: list[str] = []
+                if augment_seed is not None:
+                    samples, applied = recording_variation(samples, augment_seed, index)
                 in_window = valid_mel_frames(len(samples), extractor.hop_length) <= extractor.nb_max_frames
                 if in_window and (max_seconds is None or len(samples) <= max_seconds * SAMPLING_RATE):
-                    batch.append((index, samples))
+                    batch.append((index, samples, applied))
             batch.sort(key=lambda item: len(item[1]))
-            stored = _tower_frames(tower, extractor, [samples for _, samples in batch], None)
-            for (index, samples), frames in sorted(zip(batch, stored, strict=True), key=lambda item: item[0][0]):
+            stored = _tower_frames(tower, extractor, [samples for _, samples, _ in batch], None)
+            for (index, samples, applied), frames in sorted(
+                zip(batch, stored, strict=True), key=lambda item: item[0][0]
+            ):
                 row = recordings.rows[index]
                 yield {
                     "index": index,
@@ -446,7 +462,7 @@ def build_encoded_recordings(
                     "text": recordings.texts[index],
                     "voice": f"recording:{row.get('speaker', '')}",
                     "file": row["file"],
-                    "augment": [],
+                    "augment": applied,
                     "frames": frames,
                     "audio": np.round(np.clip(samples, -1.0, 1.0) * _INT16_SCALE).astype(np.int16),
                 }
