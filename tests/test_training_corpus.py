@@ -267,7 +267,8 @@ def test_recordings_variations_are_seeded_speed_changed_copies_the_tower_encodes
     """build_encoded_recordings(augment_seed=N): each recording once more, never left clean and
     always played faster or slower (speed perturbation) before the rest, with the plain folder's
     texts; its frames are transformers' tower's for recording_variation's audio, which the folder
-    keeps; another seed gives another folder."""
+    keeps, seeded by the clip's row in the table (a row with nothing to say comes first, so that the
+    row is not the clip's place in the folder) and the seed; another seed gives another folder."""
     import soundfile
 
     from edgelalm.runtime.audio import read_audio
@@ -275,7 +276,11 @@ def test_recordings_variations_are_seeded_speed_changed_copies_the_tower_encodes
 
     rng = np.random.default_rng(9)
     rows = ["file\ttranscript"]
-    for name, seconds, transcript in (("a.wav", 2.0, "Call Anna at 6."), ("b.wav", 1.5, "stop the vacuum")):
+    for name, seconds, transcript in (
+        ("cue.wav", 1.0, "..."),
+        ("a.wav", 2.0, "Call Anna at 6."),
+        ("b.wav", 1.5, "stop"),
+    ):
         soundfile.write(tmp_path / name, (rng.standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32), 16000)
         rows.append(f"{name}\t{transcript}")
     (tmp_path / "transcripts.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
@@ -289,24 +294,29 @@ def test_recordings_variations_are_seeded_speed_changed_copies_the_tower_encodes
         )  # fmt: skip
 
     plain, varied, other = build("plain", None), build("v3", 3), build("v4", 4)
-    assert varied.texts == plain.texts == ["call anna at six", "stop the vacuum"]
+    assert varied.texts == plain.texts == ["call anna at six", "stop"]
     assert varied.info["augment_seed"] == 3 and plain.info["augment_seed"] is None
     assert [r["augment"] for r in plain.records] == [[], []]
     for record in varied.records + other.records:
         assert record["augment"][:2] == ["speed", "augment"] and "clean" not in record["augment"]
     model = Qwen2AudioForConditionalGeneration.from_pretrained(tiny_checkpoint).eval()
     tower = TransformersAudioTower(model, Qwen2AudioProcessor.from_pretrained(tiny_checkpoint))
-    for index, name in enumerate(["a.wav", "b.wav"]):
-        samples, applied = recording_variation(read_audio(tmp_path / name, 16000), 3, index)
+    for index, (row, name) in enumerate([(1, "a.wav"), (2, "b.wav")]):
+        recorded = read_audio(tmp_path / name, 16000)
+        samples, applied = recording_variation(recorded, 3, row)
         assert applied == varied.records[index]["augment"]
         np.testing.assert_allclose(varied.audio(index), samples, atol=1 / 32767)  # kept as int16
-        assert not np.array_equal(varied.audio(index)[: len(plain.audio(index))], plain.audio(index))
+        np.testing.assert_array_equal(recording_variation(recorded, 3, row)[0], samples)
+        assert not np.array_equal(recording_variation(recorded, 3, row + 1)[0], samples)
         assert not np.array_equal(varied.audio(index), other.audio(index))
         with torch.no_grad():
             reference, _, _ = tower(samples)
         frames = varied[index][0].astype(np.float32)
         assert frames.shape == reference.shape
         np.testing.assert_allclose(frames, reference, atol=5e-3 * np.abs(reference).max())
+    with pytest.raises(EdgelalmError, match="augment_seed must be 0 or more"):
+        build("negative", -1)
+    assert not (tmp_path / "negative").exists()
 
 
 def test_joined_rows_join_frames_and_answers(encoded):

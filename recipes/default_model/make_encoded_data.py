@@ -17,6 +17,7 @@ espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -84,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.recordings is not None:
         target = args.out / args.train_folder
         if (target / "dataset.json").is_file():
+            built = json.loads((target / "dataset.json").read_text(encoding="utf-8"))
+            if (built.get("recordings"), built.get("augment_seed")) != (str(args.recordings), args.augment_seed):
+                parser.error(
+                    f"{target} holds {built.get('recordings')} with augment seed {built.get('augment_seed')}: "
+                    "name another --train-folder"
+                )
             print(f"{target}: already built, kept", file=sys.stderr)
         else:
             build_encoded_recordings(target, args.recordings, args.init, augment_seed=args.augment_seed)

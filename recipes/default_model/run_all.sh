@@ -774,7 +774,9 @@ ship_model build/default-model/base14avg-people-sky-avg build/default-model/adap
 #     --augment-seed: played 0.9-1.1x as fast, then gain, maybe reverb, noise and a telephone line;
 #     ~25 min), step 33 again with them beside the plain ones (65% recorded of 31170), 1950 steps
 #     (about one pass, as step 33's 1300; ~39 min), averaged as step 33 and measured as step 29.
-#     Not shipped: its adapters are not realigned (unseg's first, below).
+#     Both games take seed 1: the variation is seeded by (seed, row), so row i of each table draws
+#     the same settings (a later run may give each game its own seed). Not shipped: of its adapters
+#     only unseg is realigned, as step 34's (on the plain lines, not the varied ones).
 python $recipe/make_encoded_data.py --init build/default-model/init --out data3 \
   --recordings build/steel-sky-speech/labelled.tsv --augment-seed 1 --train-folder train-steel-sky-varied
 python $recipe/make_encoded_data.py --init build/default-model/init --out data3 \

@@ -418,6 +418,8 @@ def build_encoded_recordings(
     from edgelalm.training.finetune import PairedAudio
 
     texts.check_split(split)
+    if augment_seed is not None and augment_seed < 0:
+        raise EdgelalmError(f"augment_seed must be 0 or more, not {augment_seed}")
     table = Path(transcripts)
     recordings = PairedAudio(table, SAMPLING_RATE, normalize=True)  # every file checked before any work
     out = Path(out_dir)
