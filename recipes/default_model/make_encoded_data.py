@@ -17,12 +17,12 @@ espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from edgelalm import interrupts
 from edgelalm.errors import EdgelalmError
+from edgelalm.files import read_json_object
 from edgelalm.training.encoded import build_encoded, build_encoded_recordings
 from edgelalm.training.synthesizers import UNHEARD_VOICES
 
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.recordings is not None:
         target = args.out / args.train_folder
         if (target / "dataset.json").is_file():
-            built = json.loads((target / "dataset.json").read_text(encoding="utf-8"))
+            built = read_json_object(target / "dataset.json")
             if (built.get("recordings"), built.get("augment_seed")) != (str(args.recordings), args.augment_seed):
                 parser.error(
                     f"{target} holds {built.get('recordings')} with augment seed {built.get('augment_seed')}: "

@@ -61,16 +61,23 @@ candidate_tables() {  # OUT CANDIDATE...
   python $recipe/wer_table.py "$@" --data build/real-speech/transcripts.tsv --compressors none,unseg --quants q8_0 \
     --lora-only --out $out/real-speech-pytorch
 }
-# A base stage (STAGE/final and STAGE/ctc_head.safetensors) and its four adapters (ADAPTERS/<compressor>)
-# shipped into the package, the adapters' realignment records, logs and loss plots into results/.
+# A base stage (STAGE/final and STAGE/ctc_head.safetensors) shipped into the package, or with
+# OUT into a candidate folder to measure first.
+ship_stage() {  # STAGE [OUT]
+  local into=()
+  [ -z "${2:-}" ] || { mkdir -p "$2"; into=(--into "$2"); }
+  python $recipe/ship.py base $1/final "${into[@]}"
+  python $recipe/ship.py ctc-head $1/ctc_head.safetensors "${into[@]}"
+}
+# A base stage and its four adapters (ADAPTERS/<compressor>) shipped into the package, the adapters'
+# realignment records, logs and loss plots into results/.
 ship_model() {  # STAGE ADAPTERS
   for compressor in avg2 avg3 sample3 unseg; do
     cp $2/$compressor/edgelalm_finetune.json $recipe/results/lora-$compressor.json
     cp $2/$compressor/train_log.jsonl $recipe/results/train_log_lora_$compressor.jsonl
     cp $2/$compressor/loss.png $recipe/results/loss-lora-$compressor.png
   done
-  python $recipe/ship.py base $1/final
-  python $recipe/ship.py ctc-head $1/ctc_head.safetensors
+  ship_stage $1
   python $recipe/ship.py adapter $2/{avg2,avg3,sample3,unseg}
 }
 # A checkpoint measured widely: the held-out sets, held-out prose, the real voices (step 4f), into
@@ -662,9 +669,7 @@ python $recipe/train_base.py --data build/default-model/people-data --more-train
   --out build/default-model/base14avg-people --init-from build/default-model/base14avg-with-people-head/final \
   --steps 1000 --warmup-steps 50 --learning-rate 1e-4 --ctc-weight 1.0 --ctc-target tokens --threads 2 --seed 29
 python $recipe/stage_weights.py pack build/default-model/base14avg-people/final --out $recipe/stages/base14avg-people
-mkdir -p build/exp/candidate-decoder-amazon-queen
-python $recipe/ship.py base build/default-model/base14avg-people/final --into build/exp/candidate-decoder-amazon-queen
-python $recipe/ship.py ctc-head build/default-model/base14avg-people/ctc_head.safetensors --into build/exp/candidate-decoder-amazon-queen
+ship_stage build/default-model/base14avg-people build/exp/candidate-decoder-amazon-queen
 cp build/exp/candidate-decoder-amazon-queen/edgelalm_ctc_head.safetensors $recipe/stages/base14avg-people/ctc_head.safetensors
 people_tables build/exp/candidate-decoder-amazon-queen $recipe/results/decoder-amazon-queen
 # 30. Step 29's checkpoint and head averaged with base14avg and the shipped head, tensor by tensor
@@ -672,9 +677,7 @@ people_tables build/exp/candidate-decoder-amazon-queen $recipe/results/decoder-a
 #     shipped by step 31, with its four adapters realigned and every table measured.
 python $recipe/stage_weights.py average build/default-model/base14avg-people/final \
   --with build/default-model/base14avg-with-people-head/final --out build/default-model/base14avg-people-avg/final
-mkdir -p build/exp/candidate-decoder-amazon-queen-averaged
-python $recipe/ship.py base build/default-model/base14avg-people-avg/final --into build/exp/candidate-decoder-amazon-queen-averaged
-python $recipe/ship.py ctc-head build/default-model/base14avg-people-avg/ctc_head.safetensors --into build/exp/candidate-decoder-amazon-queen-averaged
+ship_stage build/default-model/base14avg-people-avg build/exp/candidate-decoder-amazon-queen-averaged
 people_tables build/exp/candidate-decoder-amazon-queen-averaged $recipe/results/decoder-amazon-queen-averaged
 # 31. The four adapters realigned to step 30's averaged decoder, on people's voices too: LoRA as
 #     step 13 on Amazon Queen's 6551 lines beside step 4h's 8000 clips (finetune --more-data; 45%
@@ -741,16 +744,11 @@ python $recipe/train_base.py --data build/default-model/people-data-31 --train-c
   --out build/default-model/base14avg-people-sky --init-from build/default-model/base14avg-with-people-head/final \
   --steps 1300 --warmup-steps 50 --learning-rate 1e-4 --ctc-weight 1.0 --ctc-target tokens --threads 2 --seed 32
 python $recipe/stage_weights.py pack build/default-model/base14avg-people-sky/final --out $recipe/stages/base14avg-people-sky
-mkdir -p build/exp/candidate-decoder-steel-sky
-python $recipe/ship.py base build/default-model/base14avg-people-sky/final --into build/exp/candidate-decoder-steel-sky
-python $recipe/ship.py ctc-head build/default-model/base14avg-people-sky/ctc_head.safetensors --into build/exp/candidate-decoder-steel-sky
+ship_stage build/default-model/base14avg-people-sky build/exp/candidate-decoder-steel-sky
 cp build/exp/candidate-decoder-steel-sky/edgelalm_ctc_head.safetensors $recipe/stages/base14avg-people-sky/ctc_head.safetensors
 python $recipe/stage_weights.py average build/default-model/base14avg-people-sky/final \
   --with build/default-model/base14avg-with-people-head/final --out build/default-model/base14avg-people-sky-avg/final
-mkdir -p build/exp/candidate-decoder-steel-sky-averaged
-python $recipe/ship.py base build/default-model/base14avg-people-sky-avg/final --into build/exp/candidate-decoder-steel-sky-averaged
-python $recipe/ship.py ctc-head build/default-model/base14avg-people-sky-avg/ctc_head.safetensors \
-  --into build/exp/candidate-decoder-steel-sky-averaged
+ship_stage build/default-model/base14avg-people-sky-avg build/exp/candidate-decoder-steel-sky-averaged
 people_tables build/exp/candidate-decoder-steel-sky-averaged $recipe/results/decoder-steel-sky-averaged
 # 34. Step 33's four adapters realigned as step 31's, with Beneath a Steel Sky's lines beside Amazon
 #     Queen's (56% recorded of 18085; ~75 min), each one's head as step 18; then step 31's tables
@@ -787,16 +785,11 @@ python $recipe/train_base.py --data build/default-model/people-data-31 --train-c
   --out build/default-model/base14avg-people-varied --init-from build/default-model/base14avg-with-people-head/final \
   --steps 1950 --warmup-steps 50 --learning-rate 1e-4 --ctc-weight 1.0 --ctc-target tokens --threads 2 --seed 35
 python $recipe/stage_weights.py pack build/default-model/base14avg-people-varied/final --out $recipe/stages/base14avg-people-varied
-mkdir -p build/exp/candidate-decoder-varied
-python $recipe/ship.py base build/default-model/base14avg-people-varied/final --into build/exp/candidate-decoder-varied
-python $recipe/ship.py ctc-head build/default-model/base14avg-people-varied/ctc_head.safetensors --into build/exp/candidate-decoder-varied
+ship_stage build/default-model/base14avg-people-varied build/exp/candidate-decoder-varied
 cp build/exp/candidate-decoder-varied/edgelalm_ctc_head.safetensors $recipe/stages/base14avg-people-varied/ctc_head.safetensors
 python $recipe/stage_weights.py average build/default-model/base14avg-people-varied/final \
   --with build/default-model/base14avg-with-people-head/final --out build/default-model/base14avg-people-varied-avg/final
-mkdir -p build/exp/candidate-decoder-varied-averaged
-python $recipe/ship.py base build/default-model/base14avg-people-varied-avg/final --into build/exp/candidate-decoder-varied-averaged
-python $recipe/ship.py ctc-head build/default-model/base14avg-people-varied-avg/ctc_head.safetensors \
-  --into build/exp/candidate-decoder-varied-averaged
+ship_stage build/default-model/base14avg-people-varied-avg build/exp/candidate-decoder-varied-averaged
 people_tables build/exp/candidate-decoder-varied-averaged $recipe/results/decoder-varied-averaged
 edgelalm finetune --data data3/train-seed23 --more-data data3/train-amazon-queen --more-data data3/train-steel-sky \
   --model build/default-model/base14avg-people-varied-avg/final --compressor unseg \
