@@ -90,6 +90,17 @@ def kokoro_files(folder: Path) -> tuple[Path, Path]:
     return model, voices
 
 
+def mono_wav(pcm: bytes, rate: int) -> bytes:
+    """16-bit mono PCM samples as WAV bytes."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(pcm)
+    return buffer.getvalue()
+
+
 def synthesizer(voice: str, kokoro_folder: Path) -> Speak:
     """A function from text, speaker and speed to WAV bytes at the voice's own rate."""
     if voice == "kokoro":
@@ -105,13 +116,7 @@ def synthesizer(voice: str, kokoro_folder: Path) -> Speak:
 
         def speak_kokoro(text: str, speaker: str, speed: float) -> bytes:
             samples, rate = kokoro.create(text, voice=speaker, speed=speed, lang=KOKORO_LANGUAGES[speaker[0]])
-            buffer = io.BytesIO()
-            with wave.open(buffer, "wb") as wav:
-                wav.setnchannels(1)
-                wav.setsampwidth(2)
-                wav.setframerate(rate)
-                wav.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
-            return buffer.getvalue()
+            return mono_wav((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes(), rate)
 
         return speak_kokoro
     if voice == "piper-joe":
@@ -132,14 +137,9 @@ def synthesizer(voice: str, kokoro_folder: Path) -> Speak:
     pico, language = NanoTTS(), voice.removeprefix("pico-")
 
     def speak_pico(text: str, speaker: str, speed: float) -> bytes:
-        buffer = io.BytesIO()
-        with wave.open(buffer, "wb") as wav:
-            wav.setnchannels(1)
-            wav.setsampwidth(2)
-            wav.setframerate(16000)  # Pico speaks 16 kHz, 16-bit mono PCM
-            # Pico's default volume saturates hundreds of samples a sentence; at half it does not.
-            wav.writeframes(pico.speak(text, voice=language, volume=0.5))
-        return buffer.getvalue()
+        # Pico speaks 16 kHz, 16-bit mono PCM; its default volume saturates hundreds of samples a
+        # sentence, at half it does not.
+        return mono_wav(pico.speak(text, voice=language, volume=0.5), 16000)
 
     return speak_pico
 
