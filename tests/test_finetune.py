@@ -133,6 +133,9 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         ("adapter_in_a_working_folder", "holds keep.txt beside an earlier output"),
         # only folders of the frozen tower's output join (a TSV's audio would need the tower)
         ("more_data_beside_a_tsv", "--more-data joins folders of the frozen tower's output"),
+        # export takes a list of compressors (one bundle, several adapters); an adapter realigns to one
+        ("compressor_list", "finetune realigns to one compressor at a time"),
+        ("compressor_factor_conflict", "compressor 'avg3' says K=3 but the factor given is 2"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(case, expected, tiny_checkpoint, paired_tsv, tmp_path):
@@ -172,12 +175,15 @@ def test_bad_input_is_one_line_and_writes_nothing(case, expected, tiny_checkpoin
         "rank_past_width": ["--rank", "100000"],
         "adapter_in_a_working_folder": ["--force"],
         "more_data_beside_a_tsv": ["--more-data", str(paired_tsv)],
+        "compressor_list": ["--compressor", "avg3,unseg"],
+        "compressor_factor_conflict": ["--compressor", "avg3", "--factor", "2"],
     }.get(case, [])
     result = run_cli("--model", model, "--data", data, "--out", str(out), "--steps", "1", "--batch-size", "1", *extra)
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("edgelalm: error:") and expected in lines[-1], result.stderr
-    if case in ("missing_data", "more_data_beside_a_tsv"):  # refused before the model's load and its progress bar
+    if case in ("missing_data", "more_data_beside_a_tsv", "compressor_list", "compressor_factor_conflict"):
+        # refused before the model's load and its progress bar
         assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.stderr
     if case == "out_exists":
@@ -186,6 +192,17 @@ def test_bad_input_is_one_line_and_writes_nothing(case, expected, tiny_checkpoin
         assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "keep.txt"]
     else:
         assert not out.exists()
+
+
+def test_a_factor_written_in_the_compressor_name_as_export_takes_it(tiny_checkpoint, paired_tsv, tmp_path):
+    """`finetune --compressor avg3` is avg with K=3, as `export --compressor avg3` (it was refused)."""
+    out = tmp_path / "adapter"
+    result = run_cli(
+        "--model", str(tiny_checkpoint), "--data", str(paired_tsv), "--out", str(out),
+        "--steps", "1", "--batch-size", "4", "--compressor", "avg3",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "edgelalm_finetune.json").read_text())["compressor"] == "avg3"
 
 
 def test_word_errors_counts_substitutions_insertions_and_deletions():

@@ -24,7 +24,6 @@ from edgelalm.compression import COMPRESSOR_DESCRIPTIONS, FACTOR_COMPRESSORS, MA
 from edgelalm.constants import (
     DEFAULT_CTC_READS,
     MANIFEST_FILE,
-    CompressorName,
     CtcReads,
     Device,
     EncoderPrecision,
@@ -80,7 +79,8 @@ def _options(
 
 _EXTRA_BUFFERS_HELP = (
     "llama.cpp's extra weight buffers (CPU repack, AMX). auto: on, except where llama.cpp was built with AMX and "
-    "the CPU has it (its AMX path crashes decoding batches of more than one token, llama.cpp issue 20824); "
+    "the CPU has it or its flags cannot be read (its AMX path crashes decoding batches of more than one token, "
+    "llama.cpp issue 20824); "
     "on: llama.cpp's stock setting; off: plain CPU buffers."
 )
 _THREADS_HELP = (
@@ -139,9 +139,10 @@ def export(
         str | None,
         typer.Option(
             help="peft LoRA adapter folder (adapter_config.json + adapter_model.safetensors) on the language model, "
-            "merged into the decoder before export (W' = W + alpha/r * B @ A). With several compressors: "
-            "LABEL=DIR pairs, comma-separated (avg3=adapters/avg3,unseg=adapters/unseg). With the default model, the "
-            "adapter realigned to each compressor is used unless --no-adapter."
+            "merged into the decoder before export (W' = W + alpha/r * B @ A; with --no-merge-adapter or several "
+            "compressors, written as a llama.cpp adapter applied at run time). With several compressors: LABEL=DIR "
+            "pairs, comma-separated (avg3=adapters/avg3,unseg=adapters/unseg). With the default model, the adapter "
+            "realigned to each compressor is used unless --no-adapter."
         ),
     ] = None,
     merge_adapter: Annotated[
@@ -193,8 +194,9 @@ def export(
     ] = DEFAULT_CTC_READS,
 ) -> None:
     """Export a Qwen2-Audio checkpoint (default: the small model shipped with edgelalm) as one bundle
-    folder: the audio encoder and the compressor + projector as ONNX (onnxruntime), the decoder with
-    any LoRA merged as GGUF (llama.cpp), and a manifest with every file's checksum."""
+    folder: the audio encoder and the compressor + projector as ONNX (onnxruntime), the decoder as GGUF
+    (llama.cpp) with any LoRA merged into it or beside it as a llama.cpp adapter, and a manifest with
+    every file's checksum."""
     _require_export_extra("export")
     from edgelalm.pretrained import default_model_dir
 
@@ -313,7 +315,14 @@ def run(
     max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens to generate.")] = 256,
     temperature: Annotated[float, typer.Option(help="0 = greedy (default); above 0 samples with llama.cpp.")] = 0.0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling threshold when --temperature > 0.")] = 1.0,
-    seed: Annotated[int, typer.Option(min=0, max=2**32 - 2, help="Sampling seed (with --temperature above 0).")] = 0,
+    seed: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=2**32 - 2,
+            help="Sampling seed (with --temperature above 0; 4294967295 is llama.cpp's 'random', so not a seed).",
+        ),
+    ] = 0,
     threads: Annotated[int | None, typer.Option(min=1, help=_THREADS_HELP)] = None,
     device: Annotated[
         Device, typer.Option(help="cpu, or cuda (onnxruntime's CUDA provider and llama.cpp GPU offload).")
@@ -346,8 +355,9 @@ def run(
     windows: Annotated[
         WindowMode | None,
         typer.Option(
-            help="A clip longer than the encoder's window (30 s): joined = all its audio tokens in one prompt (a "
-            "question about the whole recording; the context must hold them); each = cut at pauses into windows, "
+            help="A clip longer than the encoder's window (30 s for Qwen2-Audio; `edgelalm inspect` shows it): "
+            "joined = all its audio tokens in one prompt (a question about the whole recording; the context must "
+            "hold them); each = cut at pauses into windows, "
             "each answered on its own and the answers joined (transcripts of any length; --max-tokens and "
             "--max-audio-tokens then count per window). Default: what the bundle advises (`edgelalm inspect`: "
             "the default model answers 8 s windows best), else joined."
@@ -357,8 +367,9 @@ def run(
         float | None,
         typer.Option(
             help="With --windows each: shorter windows than the encoder's (each cut at a pause in its second "
-            "half), for a model that answers short clips better than full windows (the default model: README, "
-            "long clips). Default: the bundle's advice with each, else the encoder's window."
+            "half), for a model that answers short clips better than full windows (the default model: "
+            "recipes/default_model/README.md, long clips). Default: the bundle's advice with each, else the "
+            "encoder's window."
         ),
     ] = None,
     beam_size: Annotated[
@@ -632,16 +643,24 @@ def finetune(
         list[Path] | None,
         typer.Option(
             metavar="<path>",
-            help="Another folder of the frozen audio tower's output to train on beside --data (one too), as "
-            "one set (e.g. recorded voices beside synthetic clips). Repeatable.",
+            help="Another folder of the frozen audio tower's output to train on beside --data, as one set (e.g. "
+            "recorded voices beside synthetic clips); --data must then be such a folder too. Repeatable.",
         ),
     ] = None,
     model: Annotated[
         Path | None, typer.Option(help="Qwen2-Audio checkpoint folder. Default: the model shipped with edgelalm.")
     ] = None,
-    compressor: Annotated[CompressorName, typer.Option(help=_COMPRESSOR_HELP)] = "avg",
+    compressor: Annotated[
+        str,
+        typer.Option(help=_COMPRESSOR_HELP + ". A factor may be written in the name (avg3, sample2); one compressor."),
+    ] = "avg",
     factor: Annotated[
-        int | None, typer.Option(min=1, max=MAX_FACTOR, help="Compression factor K for avg and sample (default 2).")
+        int | None,
+        typer.Option(
+            min=1,
+            max=MAX_FACTOR,
+            help=f"Compression factor K for {' and '.join(FACTOR_COMPRESSORS)} (1 to {MAX_FACTOR}; default 2).",
+        ),
     ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Adapter folder to write. Default: adapters/<model>-<compressor><K>.")
@@ -663,7 +682,10 @@ def finetune(
     seed: Annotated[
         int, typer.Option(min=0, max=2**32 - 1, help="Seed for the LoRA init, batches and augmentation.")
     ] = 0,
-    threads: Annotated[int | None, typer.Option(min=1, help="PyTorch CPU threads.")] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(min=1, help="PyTorch CPU threads, at most this machine's CPUs. Default: PyTorch's own."),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help=_FORCE_HELP)] = False,
     ctc_head: Annotated[
         bool | None,
@@ -694,7 +716,9 @@ def finetune(
     from edgelalm.training.finetune import FinetuneOptions
     from edgelalm.training.finetune import finetune as run_finetune
 
-    spec = _compressor_spec(compressor, factor)
+    if "," in compressor:
+        raise EdgelalmError("finetune realigns to one compressor at a time; export takes a list")
+    spec = CompressorSpec.from_label(compressor, factor)
     model = model or default_model_dir()
     out = out or Path("adapters") / f"{model.resolve().name}-{spec.label}"
     options = FinetuneOptions(
@@ -915,13 +939,6 @@ def _checked_threads(threads: int | None) -> int | None:
     from edgelalm.runtime.llama_backend import check_threads
 
     return None if threads is None else check_threads(threads)
-
-
-def _compressor_spec(compressor: CompressorName, factor: int | None) -> CompressorSpec:
-    """--compressor and --factor as one spec; K defaults to 2 where the compressor takes one."""
-    if factor is None:
-        factor = 2 if compressor in FACTOR_COMPRESSORS else 1
-    return CompressorSpec(compressor, factor)
 
 
 def _require_export_extra(command: str) -> None:
