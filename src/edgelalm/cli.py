@@ -159,7 +159,7 @@ def export(
     out: Annotated[
         Path | None,
         typer.Option(
-            help="Bundle folder to write. Default: export/<model>-<compressor><K>-<quant>, with "
+            help="Bundle folder to write. Default: export/<model>-<label>-<quant> (label: avg2, unseg), with "
             "-encoder-<precision> when the encoder is not the checkpoint's own width (auto)."
         ),
     ] = None,
@@ -663,7 +663,7 @@ def finetune(
         ),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option(help="Adapter folder to write. Default: adapters/<model>-<compressor><K>.")
+        Path | None, typer.Option(help="Adapter folder to write. Default: adapters/<model>-<label> (avg2, unseg).")
     ] = None,
     steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 600,
     batch_size: Annotated[int, typer.Option(min=1, help="Clips per step.")] = 16,
@@ -710,7 +710,7 @@ def finetune(
     """Realign a checkpoint to a compressor (the paper's method): LoRA on the language model's q_proj and
     k_proj (or the projections --lora-modules names), trained on paired audio/text with the compressor
     between the frozen encoder and projector (and, with --ctc-head, the checkpoint's CTC head). Writes a
-    peft adapter folder that `edgelalm export --adapter` merges."""
+    peft adapter folder that `edgelalm export --adapter` merges (or applies at run time)."""
     _require_export_extra("finetune")
     from edgelalm.pretrained import default_model_dir
     from edgelalm.training.finetune import FinetuneOptions
