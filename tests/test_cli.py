@@ -52,7 +52,7 @@ def test_help_at_80_columns_is_whole(command):
 
 def test_help_shows_defaults_and_flags_as_a_user_types_them():
     _, export_help, _ = edgelalm("export", "--help", columns=80)
-    assert "export/<model>-<compressor><K>-<quant>" in export_help and "-encoder-<precision>" in export_help
+    assert "export/<model>-<label>-<quant>" in export_help and "-encoder-<precision>" in export_help
     assert "--llama-extra-buffers" in export_help
     _, run_help, _ = edgelalm("run", "--help", columns=80)
     assert run_help.startswith("Usage: edgelalm run [OPTIONS] AUDIO...\n")
