@@ -207,11 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.voice == "kokoro":
         import numpy as np
 
+        if not args.speakers:  # before the model's files are joined and hashed
+            parser.error("--speakers: name Kokoro's English speakers, such as af_sarah,bm_fable")
         with np.load(kokoro_files(args.kokoro_folder)[1]) as voices:  # made once, before the workers load them
             known = list(voices.files)
         unknown = sorted(set(speakers) - set(known))
-        if not args.speakers:
-            parser.error("--speakers: name Kokoro's English speakers, such as af_sarah,bm_fable")
         if unknown:
             parser.error(
                 f"--speakers: {', '.join(unknown)} is not among Kokoro's English speakers ({', '.join(known)})"
