@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgelalm.files import read_tsv
@@ -47,8 +48,6 @@ def examples() -> tuple[list, list[str]]:
 
 def examples_twice_with_pauses():
     """46 s: the example clips twice over, 0.8 s of silence after each (past the 30 s window)."""
-    import numpy as np
-
     clips, references = examples()
     pause = np.zeros(int(0.8 * 16000), np.float32)
     return np.concatenate([part for clip in clips + clips for part in (clip, pause)]), references * 2
@@ -147,7 +146,6 @@ def test_the_unseg_bundle_decodes_jointly_as_pytorch_does(tmp_path, ctc_reads):
     is made": the CTC head over the encoder's frames); with `--ctc-reads audio-tokens` with the head
     the shipped adapter realigned to unseg (TokenCtc with its layers and the residual map) over
     unseg's tokens."""
-    import numpy as np
     import torch
     from peft import PeftModel
     from reference import unsupervised_segmentation
@@ -251,6 +249,16 @@ def test_a_clip_past_the_window_comes_back_whole_in_the_windows_the_model_advise
     in_8s_windows = json.loads(HELD_OUT_WER.parent.with_name("test-long-each-8s").joinpath("wer.json").read_text())
     assert scored.words == 106
     assert scored.wer <= in_8s_windows["results"]["none"]["bundle_q8_0"]["wer"], record["text"]
+    # Each window's answer is timed from the clip's start to its cut, and every cut falls in one of
+    # the 0.8 s pauses between the clips (what `run --subtitles` writes as cue times).
+    clips, _ = examples()
+    clip_ends = np.cumsum([len(clip) / 16000 + 0.8 for clip in clips + clips]) - 0.8
+    pauses = [(end, end + 0.8) for end in clip_ends]
+    spans = record["timed_text"]
+    cuts = [span["end_seconds"] for span in spans[:-1]]
+    assert [span["start_seconds"] for span in spans] == [0.0, *cuts], spans
+    assert all(any(start <= cut <= end for start, end in pauses) for cut in cuts), (cuts, pauses)
+    assert spans[-1]["end_seconds"] == record["audio_seconds"] == round(len(samples) / 16000, 3)
 
 
 def test_bundle_windows_each_cut_as_pytorch_cuts_not_as_the_bundle_advises(none_f16_bundle):

@@ -6,6 +6,8 @@ traceback, never a hang. The audio is synthesised here (numpy + soundfile).
 """
 
 import dataclasses
+import html
+import itertools
 import json
 import math
 import os
@@ -19,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+import srt
+import webvtt
 
 pytest.importorskip("torch")  # the tiny_bundles fixture exports with torch
 
@@ -40,6 +44,7 @@ RESULT_FIELDS = {
     "generated_tokens": int,
     "warnings": list,
     "window_mode": str,
+    "timed_text": list,
 }
 _ENV = {**os.environ, "PYTHONIOENCODING": "utf-8"}
 
@@ -100,7 +105,23 @@ def assert_result(code, stdout, stderr):
         assert after_first == pytest.approx(result["generated_tokens"] - first_tokens, rel=0.05)
     # The streamed answer, then the JSON line.
     assert stdout == result["text"] + "\n" + json_line + "\n"
+    assert_timed_text(result)
     return result
+
+
+def assert_timed_text(result):
+    """Each answer's span: one for the whole clip when joined; with each, one per window answered,
+    end to end from 0 (a tail too short for the encoder, under 30 ms, is not answered), their
+    answers joined the text."""
+    timed = result["timed_text"]
+    if result["window_mode"] == "joined":
+        assert timed == [{"start_seconds": 0.0, "end_seconds": result["audio_seconds"], "text": result["text"].strip()}]
+        return
+    assert len(timed) == result["windows"] and timed[0]["start_seconds"] == 0.0, timed
+    assert all(earlier["end_seconds"] == later["start_seconds"] for earlier, later in itertools.pairwise(timed))
+    assert all(span["end_seconds"] > span["start_seconds"] for span in timed)
+    assert 0 <= result["audio_seconds"] - timed[-1]["end_seconds"] < 0.03, (timed, result["audio_seconds"])
+    assert " ".join(span["text"] for span in timed if span["text"]) == result["text"]
 
 
 def assert_result_or_error(code, stdout, stderr):
@@ -429,6 +450,66 @@ def test_shorter_windows_each_answered_apart(avg2, tmp_path):
         *run(avg2, write_wav(tmp_path / "clip.wav", speechlike(12.0)), "--windows", "each", "--window-seconds", 4)
     )
     assert 3 <= result["windows"] <= 6 and result["audio_seconds"] == 12.0
+
+
+@pytest.mark.parametrize("subtitle_format", ["srt", "vtt"])
+def test_subtitles_are_the_windows_answers_at_their_times(avg2, tmp_path, subtitle_format):
+    """`--subtitles` on a 12 s clip in windows of 2-4 s: read back by an independent parser (the
+    `srt` package, webvtt-py), a cue for each window that answered something, at the times and with
+    the answers the same run gives with --json (greedy: the same answers)."""
+    clip = write_wav(tmp_path / "clip.wav", speechlike(12.0))
+    windows = ("--windows", "each", "--window-seconds", 4)
+    spans = assert_result(*run(avg2, clip, *windows))["timed_text"]
+    code, stdout, stderr = edgelalm(
+        "run", clip, "--bundle", avg2, "--max-tokens", MAX_TOKENS, *windows, "--subtitles", subtitle_format
+    )
+    assert code == 0 and "Traceback" not in stderr, stderr
+    if subtitle_format == "srt":
+        cues = [(cue.start.total_seconds(), cue.end.total_seconds(), cue.content) for cue in srt.parse(stdout)]
+    else:
+        cues = [
+            (cue.start_time.in_milliseconds() / 1000, cue.end_time.in_milliseconds() / 1000, html.unescape(cue.text))
+            for cue in webvtt.from_string(stdout)
+        ]
+
+    def cue_text(text):  # SubRip: one line, no "-->" (it has no escapes); WebVTT: the lines, unescaped
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        return " ".join(lines).replace("-->", "->") if subtitle_format == "srt" else "\n".join(lines)
+
+    expected = [
+        (span["start_seconds"], span["end_seconds"], cue_text(span["text"])) for span in spans if cue_text(span["text"])
+    ]
+    assert cues and len(cues) == len(expected), (stdout, spans)
+    for cue, want in zip(cues, expected, strict=True):
+        assert cue[:2] == pytest.approx(want[:2], abs=5e-4) and cue[2] == want[2], (cue, want)
+
+
+def test_subtitles_without_windows_cut_the_clip_at_pauses(avg2, tmp_path):
+    """`--subtitles` alone implies --windows each (a bundle that advises nothing is answered joined,
+    one cue for the whole clip); --windows joined keeps one cue."""
+    clip = write_wav(tmp_path / "clip.wav", speechlike(25.0))
+    code, stdout, stderr = edgelalm("run", clip, "--bundle", avg2, "--max-tokens", MAX_TOKENS, "--subtitles", "srt")
+    assert code == 0, stderr
+    starts = [cue.start.total_seconds() for cue in srt.parse(stdout)]
+    assert starts[0] == 0 and len(starts) >= 3, stdout  # the tiny model's 10 s window: at least three
+    code, stdout, stderr = edgelalm(
+        "run", clip, "--bundle", avg2, "--max-tokens", MAX_TOKENS, "--subtitles", "srt", "--windows", "joined"
+    )
+    assert code == 0, stderr
+    assert [(cue.start.total_seconds(), cue.end.total_seconds()) for cue in srt.parse(stdout)] == [(0, 25)]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--json",), "--subtitles and --json both print to standard output: choose one"),
+        (("SECOND",), "--subtitles writes one clip's subtitles; got 2 files: give one"),
+    ],
+)
+def test_subtitles_for_one_clip_alone(avg2, clip, extra, message):
+    extra = tuple(clip if arg == "SECOND" else arg for arg in extra)
+    code, _, stderr = edgelalm("run", clip, "--bundle", avg2, "--subtitles", "vtt", *extra)
+    assert_one_line_error(code, stderr, message)
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,7 @@ from edgelalm.constants import (
     PromptFormat,
     QuantType,
     ScaffoldPreset,
+    SubtitleFormat,
     WindowMode,
 )
 from edgelalm.errors import EdgelalmError
@@ -92,6 +93,14 @@ _EXPORT_PACKAGES = ("torch", "transformers", "safetensors", "peft", "onnx", "onn
 _COMPRESSOR_HELP = "Compressor between the audio encoder and the projector: " + "; ".join(
     f"{name} = {text}" for name, text in COMPRESSOR_DESCRIPTIONS.items()
 )
+_FactorOption = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        max=MAX_FACTOR,
+        help=f"Compression factor K for {' and '.join(FACTOR_COMPRESSORS)} (1 to {MAX_FACTOR}; default 2).",
+    ),
+]
 
 
 @app.command()
@@ -108,14 +117,7 @@ def export(
             "compressor's LoRA as a llama.cpp adapter applied at run time (edgelalm run --compressor)."
         ),
     ] = "avg",
-    factor: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            max=MAX_FACTOR,
-            help=f"Compression factor K for {' and '.join(FACTOR_COMPRESSORS)} (1 to {MAX_FACTOR}; default 2).",
-        ),
-    ] = None,
+    factor: _FactorOption = None,
     encoder_precision: Annotated[
         EncoderPrecisionChoice,
         typer.Option(
@@ -330,8 +332,20 @@ def run(
     llama_extra_buffers: Annotated[ExtraBuffers, typer.Option(help=_EXTRA_BUFFERS_HELP)] = "auto",
     json_output: Annotated[
         bool,
-        typer.Option("--json", help="After the answer, print one JSON line: text, token counts, timings, memory."),
+        typer.Option(
+            "--json",
+            help="After the answer, print one JSON line: text, each window's answer with its times, token counts, "
+            "timings, memory.",
+        ),
     ] = False,
+    subtitles: Annotated[
+        SubtitleFormat | None,
+        typer.Option(
+            help="Print the transcript as subtitles (srt: SubRip, vtt: WebVTT) instead of streaming it: one cue per "
+            "window, timed from the clip's start; windows that heard nothing have none. Implies --windows each "
+            "unless --windows is given (joined: one cue for the whole clip). One file at a time.",
+        ),
+    ] = None,
     prompt_special_tokens: Annotated[
         bool,
         typer.Option(
@@ -396,6 +410,7 @@ def run(
     import json
 
     from edgelalm.runtime.pipeline import Runtime, latest_bundle
+    from edgelalm.runtime.subtitles import to_subtitles
 
     _warn_if_extra_buffers_crash(llama_extra_buffers)
     if prompt is not None and not prompt.strip():  # an unset shell variable, likely
@@ -403,6 +418,15 @@ def run(
     for clip in audio:
         if _holds_manifest(clip):
             raise EdgelalmError(f"{clip} is a bundle folder, not audio: pass it as --bundle")
+    if subtitles is not None:
+        if len(audio) > 1:
+            raise EdgelalmError(f"--subtitles writes one clip's subtitles; got {len(audio)} files: give one")
+        if json_output:
+            raise EdgelalmError(
+                "--subtitles and --json both print to standard output: choose one (--json's "
+                "timed_text holds the same times and answers)"
+            )
+        windows = windows or "each"  # a cue per window: one for a whole long recording says little
     if bundle is None:
         bundle = latest_bundle(DEFAULT_EXPORT_ROOT)
         _note(f"bundle {bundle} (the newest under {DEFAULT_EXPORT_ROOT}/; --bundle picks another)")
@@ -423,7 +447,7 @@ def run(
                     temperature=temperature,
                     top_p=top_p,
                     seed=seed,
-                    on_text=name.before_piece,
+                    on_text=None if subtitles else name.before_piece,
                     prompt_special_tokens=prompt_special_tokens,
                     compressor=compressor,
                     max_audio_tokens=max_audio_tokens,
@@ -444,8 +468,11 @@ def run(
                     _say(json.dumps({"file": _shown_path(clip), "error": message}, ensure_ascii=False))
                 failed += 1
                 continue
-            name.say()
-            _say()
+            if subtitles:
+                _say(to_subtitles(result.timed_text, subtitles), end="")
+            else:
+                name.say()
+                _say()
             if result.compressor_choice:
                 _note(result.compressor_choice)
             for warning in result.warnings:
@@ -654,14 +681,7 @@ def finetune(
         str,
         typer.Option(help=_COMPRESSOR_HELP + ". A factor may be written in the name (avg3, sample2); one compressor."),
     ] = "avg",
-    factor: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            max=MAX_FACTOR,
-            help=f"Compression factor K for {' and '.join(FACTOR_COMPRESSORS)} (1 to {MAX_FACTOR}; default 2).",
-        ),
-    ] = None,
+    factor: _FactorOption = None,
     out: Annotated[
         Path | None, typer.Option(help="Adapter folder to write. Default: adapters/<model>-<label> (avg2, unseg).")
     ] = None,

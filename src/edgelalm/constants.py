@@ -103,6 +103,8 @@ DEVICES: tuple[Device, ...] = get_args(Device)
 # on its own and the answers joined (a long transcript from a model trained on single windows).
 WindowMode = Literal["joined", "each"]
 WINDOW_MODES: tuple[WindowMode, ...] = get_args(WindowMode)
+# `run --subtitles`: SubRip (.srt) or WebVTT (.vtt), a cue per answered window.
+SubtitleFormat = Literal["srt", "vtt"]
 # A checkpoint's own advice on how `run` cuts long clips (the windows it answers best), read by
 # export into the manifest's `windows` section: {"mode": "each", "seconds": 8}.
 WINDOWS_ADVICE_FILE = "edgelalm_windows.json"

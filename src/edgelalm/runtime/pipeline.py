@@ -65,6 +65,7 @@ from edgelalm.runtime.features import (
 from edgelalm.runtime.llama_backend import ExtraBuffers, check_threads
 from edgelalm.runtime.memory import peak_rss_mb
 from edgelalm.runtime.search import beam_search
+from edgelalm.runtime.subtitles import TimedText
 
 
 @dataclass
@@ -92,6 +93,9 @@ class RunResult:
     window_mode: WindowMode = "joined"
     # How the answer's tokens were picked: "greedy", "beam search of 4, CTC weight 0.3", "sampled (...)".
     decoding: str = "greedy"
+    # Each answer with the audio it answers: a window's with "each" (empty where it heard nothing),
+    # the whole clip's with "joined". What `run --subtitles` writes.
+    timed_text: list[TimedText] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -154,6 +158,7 @@ class _Tally:
     reused_tokens: int = 0
     decode_seconds: float = 0.0
     first_token_at: float | None = None
+    timed_text: list[TimedText] = field(default_factory=list)
 
 
 def latest_bundle(root: Path) -> Path:
@@ -419,8 +424,9 @@ class Runtime:
                 compressor has a CTC head (its own or the bundle's). None: the bundle's advice, else 0.
 
         Returns:
-            RunResult: the text, token counts, per-stage timings in ms, decode rate, peak RSS and
-            warnings about the input (a truncated file).
+            RunResult: the text, each window's answer with its span of audio (`timed_text`),
+            token counts, per-stage timings in ms, decode rate, peak RSS and warnings about the
+            input (a truncated file).
 
         Raises:
             EdgelalmError: unreadable or too short audio, a clip too long for the context,
@@ -571,6 +577,7 @@ class Runtime:
         )
         tally = _Tally(samples_seen, audio_tokens, windows_used, text_tokens, generated, reused_tokens)
         tally.decode_seconds, tally.first_token_at = time.perf_counter() - decode_started, first_token_at
+        tally.timed_text.append(TimedText(0.0, round(samples_seen / target_rate, 3), text.strip()))
         return self._result(text, tally, timings, started, context, warnings, chosen, choice_note, "joined", decoding)
 
     def _run_each_window(
@@ -635,7 +642,9 @@ class Runtime:
                 piece, answer_started = separator + piece, True
             on_text(piece)
 
+        rate = self.features.sampling_rate
         for window in windows:
+            window_start = tally.samples
             tally.samples += len(window)
             if not usable_window(len(window), self.features):
                 continue
@@ -646,7 +655,6 @@ class Runtime:
             with clock("compressor"):
                 embeddings = option.graph(frames)
             if per_window and embeddings.shape[0] > budget:
-                rate = self.features.sampling_rate
                 raise EdgelalmError(
                     f"the window ending at {tally.samples / rate:.1f} s gives {embeddings.shape[0]} audio tokens "
                     f"with {chosen}, over {self._audio_limit(budget, text_tokens, max_tokens)}; a shorter "
@@ -668,6 +676,9 @@ class Runtime:
             tally.generated += generated
             if text.strip():
                 answers.append(text.strip())
+            tally.timed_text.append(
+                TimedText(round(window_start / rate, 3), round(tally.samples / rate, 3), text.strip())
+            )
         choice = (
             f"auto chose {chosen} for each window: at most {option.spec.max_audio_tokens(window_frames)} audio "
             f"tokens a window, the least compression within {budget}"
@@ -743,6 +754,7 @@ class Runtime:
             compressor_choice=choice,
             window_mode=window_mode,
             decoding=decoding.describe(),
+            timed_text=tally.timed_text,
         )
 
     def windows_for(self, windows: WindowMode | None, window_seconds: float | None) -> tuple[WindowMode, float | None]:

@@ -1,0 +1,70 @@
+"""A run's answers with the span of audio each answers, written as subtitles: SubRip (.srt) and
+WebVTT (.vtt). Torch-free."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import get_args
+
+from edgelalm.constants import SubtitleFormat
+
+
+@dataclass(frozen=True)
+class TimedText:
+    """An answer and the audio it answers, in seconds from the clip's start: one window with
+    `--windows each`, the whole clip when its windows were answered joined."""
+
+    start_seconds: float
+    end_seconds: float
+    text: str
+
+
+def _timestamp(seconds: float, decimal_mark: str) -> str:
+    # SubRip writes 00:01:02,500 and WebVTT 00:01:02.500; both count hours past 99.
+    milliseconds = max(0, round(seconds * 1000))
+    hours, rest = divmod(milliseconds, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    whole_seconds, rest = divmod(rest, 1000)
+    return f"{hours:02d}:{minutes:02d}:{whole_seconds:02d}{decimal_mark}{rest:03d}"
+
+
+def _cue_lines(text: str) -> list[str]:
+    # A blank line ends a cue in both formats: an answer's empty lines would end it early and let
+    # the rest read as a cue of its own.
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _srt_lines(lines: list[str]) -> list[str]:
+    # SubRip has no escapes, and lenient readers (players, the `srt` package) take a line of digits
+    # followed by a timing-like line for the next cue even without a blank line, and some any line
+    # holding "-->": an answer's lines become one, its arrows "->".
+    return [" ".join(lines).replace("-->", "->")]
+
+
+def _vtt_lines(lines: list[str]) -> list[str]:
+    return [_vtt_text(line) for line in lines]
+
+
+def _vtt_text(line: str) -> str:
+    # WebVTT cue text is markup: & and < start entities and tags; with > as &gt; too, "-->", which
+    # may not appear in a cue, cannot either.
+    return line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def to_subtitles(timed_text: Sequence[TimedText], subtitle_format: SubtitleFormat) -> str:
+    """One cue per answer that says something: numbered from 1 (SubRip), or after a WEBVTT header
+    (WebVTT)."""
+    if subtitle_format not in get_args(SubtitleFormat):
+        raise ValueError(f"subtitle_format must be one of {get_args(SubtitleFormat)}, got {subtitle_format!r}")
+    decimal_mark, cue_text = (",", _srt_lines) if subtitle_format == "srt" else (".", _vtt_lines)
+    cues: list[str] = []
+    for answer in timed_text:
+        lines = _cue_lines(answer.text)
+        if not lines:  # a window of silence: no cue
+            continue
+        span = f"{_timestamp(answer.start_seconds, decimal_mark)} --> {_timestamp(answer.end_seconds, decimal_mark)}"
+        number = [str(len(cues) + 1)] if subtitle_format == "srt" else []
+        cues.append("\n".join([*number, span, *cue_text(lines)]))
+    blocks = cues if subtitle_format == "srt" else ["WEBVTT", *cues]
+    return "".join(block + "\n\n" for block in blocks)  # each block ends with a blank line
