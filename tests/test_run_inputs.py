@@ -52,24 +52,29 @@ _ENV = {**os.environ, "PYTHONIOENCODING": "utf-8"}
 # -- helpers ------------------------------------------------------------------------------
 
 
-def edgelalm(*args, cwd=None, python_args=("-m", "edgelalm.cli")):
-    """Run the CLI as a user would; returns (exit code, stdout, stderr)."""
+def edgelalm(*args, cwd=None, python_args=("-m", "edgelalm.cli"), stdin=subprocess.DEVNULL, env=None):
+    """Run the CLI as a user would; returns (exit code, stdout, stderr). `stdin`: bytes piped in, or
+    a file descriptor."""
+    piped = isinstance(stdin, bytes)
     result = subprocess.run(
         [sys.executable, *python_args, *map(str, args)],
         capture_output=True,
         cwd=cwd,
-        env=_ENV,
+        env=env or _ENV,
         timeout=TIMEOUT_S,
+        input=stdin if piped else None,
+        stdin=None if piped else stdin,
     )
     decode = lambda data: data.decode("utf-8", errors="replace")  # noqa: E731
     return result.returncode, decode(result.stdout), decode(result.stderr)
 
 
-def run(bundle, audio, *extra, cwd=None, python_args=("-m", "edgelalm.cli")):
+def run(bundle, audio, *extra, cwd=None, python_args=("-m", "edgelalm.cli"), **options):
     bundle_args = () if bundle is None else ("--bundle", bundle)
     return edgelalm(
-        "run", audio, *bundle_args, "--max-tokens", MAX_TOKENS, "--json", *extra, cwd=cwd, python_args=python_args
-    )
+        "run", audio, *bundle_args, "--max-tokens", MAX_TOKENS, "--json", *extra, cwd=cwd, python_args=python_args,
+        **options,
+    )  # fmt: skip
 
 
 def assert_one_line_error(code, stderr, *fragments):
@@ -722,9 +727,113 @@ def test_unusual_formats_give_a_result(avg2, tmp_path, case, rate, subtype, chan
     assert result["audio_seconds"] == pytest.approx(seconds, abs=0.01)
 
 
-def test_a_dash_is_no_standard_input(avg2, tmp_path):
-    code, _, stderr = run(avg2, "-", cwd=tmp_path)
-    assert_one_line_error(code, stderr, "audio file not found: - (audio is read from files, not standard input")
+# WAV headers as writers that cannot seek back leave them in a pipe: RIFF and data sizes of
+# 0xFFFFFFFF (ffmpeg's WAV muxer), 0x7FFFF000 (sox), 0 (a placeholder never filled in).
+STREAMED_SIZES = {"streamed wav ffffffff": 0xFFFFFFFF, "streamed wav 7ffff000": 0x7FFFF000, "streamed wav 0": 0}
+
+
+@pytest.mark.parametrize("kind", ["wav", "flac", "ogg", *STREAMED_SIZES])
+def test_standard_input_is_answered_as_the_same_file(avg2, tmp_path, kind):
+    """`-` reads a clip piped in (saved to a private temporary file first, which goes away), and
+    answers it as the file itself, without a warning, also where the WAV's sizes are a streaming
+    writer's placeholders; among other files it is named `-`, as the user typed it."""
+    suffix = ".wav" if "wav" in kind else f".{kind}"
+    clip = write_wav(tmp_path / f"clip{suffix}", speechlike(3.0), subtype="VORBIS" if kind == "ogg" else "PCM_16")
+    piped_bytes = bytearray(clip.read_bytes())
+    if kind in STREAMED_SIZES:
+        data_chunk = piped_bytes.index(b"data")
+        size = STREAMED_SIZES[kind].to_bytes(4, "little")
+        piped_bytes[4:8] = piped_bytes[data_chunk + 4 : data_chunk + 8] = size
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    env = {**_ENV, "TMPDIR": str(temporary)}
+    from_file = assert_result(*run(avg2, clip))
+    code, stdout, stderr = run(avg2, "-", stdin=bytes(piped_bytes), env=env)
+    piped = assert_result(code, stdout, stderr)
+    assert stderr == ""
+    assert (piped["text"], piped["audio_tokens"], piped["audio_seconds"]) == (
+        from_file["text"], from_file["audio_tokens"], from_file["audio_seconds"]
+    )  # fmt: skip
+    code, stdout, stderr = run(avg2, clip, "-", stdin=bytes(piped_bytes), env=env)
+    assert code == 0, stderr
+    assert [json.loads(line)["file"] for line in stdout.splitlines() if line.startswith("{")] == [str(clip), "-"]
+    assert list(temporary.iterdir()) == []
+
+
+@pytest.mark.parametrize("size", [*STREAMED_SIZES.values(), "list chunk after the data", "flac"])
+def test_a_streamed_header_is_finished_as_libsndfile_reads_it(tmp_path, size):
+    """finish_streamed_wav_header on a pipe's bytes: libsndfile then reads every sample the writer
+    sent (an odd byte at the end, half a frame, left out); a whole WAV with a LIST chunk after its
+    data, or a FLAC, is left byte for byte."""
+    from edgelalm.runtime.audio import finish_streamed_wav_header
+
+    samples = speechlike(1.0, channels=2)
+    original = write_wav(tmp_path / ("clip.flac" if size == "flac" else "clip.wav"), samples)
+    expected, _ = soundfile.read(original, dtype="int16")
+    piped = bytearray(original.read_bytes())
+    if isinstance(size, int):
+        data_chunk = piped.index(b"data")
+        piped[4:8] = piped[data_chunk + 4 : data_chunk + 8] = size.to_bytes(4, "little")
+        piped += b"\x01"
+    elif size == "list chunk after the data":
+        piped += b"LIST" + (4).to_bytes(4, "little") + b"INFO"
+        piped[4:8] = (len(piped) - 8).to_bytes(4, "little")
+    saved = tmp_path / "audio"
+    saved.write_bytes(piped)
+    changed = finish_streamed_wav_header(saved)
+    assert changed == (isinstance(size, int) and size != 0xFFFFFFFF)
+    if not changed:
+        assert saved.read_bytes() == piped
+    read, rate = soundfile.read(saved, dtype="int16")
+    assert rate == RATE and np.array_equal(read, expected)
+
+
+def test_standard_input_is_named_in_warnings(avg2, tmp_path):
+    loud = write_wav(tmp_path / "loud.wav", speechlike(2.0) * 300, subtype="FLOAT").read_bytes()
+    code, stdout, stderr = run(avg2, "-", stdin=loud)
+    assert code == 0, stderr
+    assert stderr.startswith("edgelalm: warning: standard input: samples reach"), stderr
+    assert json.loads(stdout.splitlines()[-1])["warnings"] == [stderr.strip().removeprefix("edgelalm: warning: ")]
+
+
+@pytest.mark.parametrize(
+    ("stdin", "extra", "message"),
+    [
+        (b"", (), "standard input is empty"),
+        (b"not audio", (), "cannot read audio from standard input: Format not recognised."),
+        (b"", ("-",), "- (standard input) is named more than once; it can be read once"),
+        ("terminal", (), "- reads audio from standard input, which is a terminal: pipe audio in"),
+        ("closed", (), "- reads audio from standard input, which is closed"),
+    ],
+)
+def test_standard_input_that_holds_no_audio_is_one_line(avg2, tmp_path, stdin, extra, message):
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    env = {**_ENV, "TMPDIR": str(temporary)}
+    if stdin == "terminal":
+        import pty
+
+        parent, child = pty.openpty()
+        try:
+            code, _, stderr = run(avg2, "-", *extra, stdin=child, env=env)
+        finally:
+            os.close(parent)
+            os.close(child)
+    elif stdin == "closed":
+        command = [sys.executable, "-m", "edgelalm.cli", "run", "-", "--bundle", str(avg2)]
+        result = subprocess.run(
+            command,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            env=env,
+            timeout=TIMEOUT_S,
+            preexec_fn=lambda: os.close(0),
+        )
+        code, stderr = result.returncode, result.stderr.decode()
+    else:
+        code, _, stderr = run(avg2, "-", *extra, stdin=stdin, env=env)
+    assert_one_line_error(code, stderr, message)
+    assert list(temporary.iterdir()) == []
 
 
 @pytest.mark.parametrize("kind", ["fifo", "/dev/zero"])

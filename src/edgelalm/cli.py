@@ -39,6 +39,8 @@ from edgelalm.errors import EdgelalmError
 from edgelalm.manifest import MAX_BEAM_SIZE, bundle_name
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from edgelalm.manifest import CtcInfo, DecoderInfo, Manifest
 
 DEFAULT_EXPORT_ROOT = Path("export")
@@ -302,9 +304,9 @@ def run(
         list[Path],
         typer.Argument(
             metavar="AUDIO",
-            help="Audio files: wav, flac, ogg, mp3 (what libsndfile reads; any sample rate and channel count). "
-            "Several are answered one after another with the bundle loaded once, each answer on a line of its own "
-            "after the file's name.",
+            help="Audio files: wav, flac, ogg, mp3 (what libsndfile reads; any sample rate and channel count); - "
+            "reads one from standard input. Several are answered one after another with the bundle loaded once, "
+            "each answer on a line of its own after the file's name.",
         ),
     ],
     bundle: Annotated[
@@ -430,7 +432,10 @@ def run(
     if bundle is None:
         bundle = latest_bundle(DEFAULT_EXPORT_ROOT)
         _note(f"bundle {bundle} (the newest under {DEFAULT_EXPORT_ROOT}/; --bundle picks another)")
-    with Runtime(bundle, threads=threads, device=device, llama_extra_buffers=llama_extra_buffers) as runtime:
+    with (
+        _StandardInput.saved_if_named(audio) as standard_input,
+        Runtime(bundle, threads=threads, device=device, llama_extra_buffers=llama_extra_buffers) as runtime,
+    ):
         # Worded for the command line: the mode given, else the bundle's advice.
         if window_seconds is not None and runtime.windows_for(windows, None)[0] == "joined":
             raise EdgelalmError("--window-seconds applies to --windows each (windows answered each on its own)")
@@ -441,7 +446,7 @@ def run(
             name = _NameBeforeAnswer(f"{_shown_path(clip)}: " if several else None)
             try:
                 result = runtime.run(
-                    clip,
+                    standard_input.source(clip),
                     prompt=prompt,
                     max_tokens=max_tokens,
                     temperature=temperature,
@@ -457,12 +462,16 @@ def run(
                     ctc_weight=ctc_weight,
                 )
             except EdgelalmError as error:
+                message = standard_input.worded(str(error))
                 if not several:
+                    if message != str(error):  # about the saved copy of standard input
+                        raise EdgelalmError(message) from None
                     raise
                 # One bad file among many: its line, and the others still answered.
                 if name.said:  # it failed after part of its answer was printed
                     _say()
-                message = str(error) if str(clip) in str(error) else f"{clip}: {error}"
+                shown = standard_input.name(clip)
+                message = message if shown in message else f"{shown}: {message}"
                 _error_line(message)
                 if json_output:
                     _say(json.dumps({"file": _shown_path(clip), "error": message}, ensure_ascii=False))
@@ -476,11 +485,69 @@ def run(
             if result.compressor_choice:
                 _note(result.compressor_choice)
             for warning in result.warnings:
-                _warn(warning)
+                _warn(standard_input.worded(warning))
             if json_output:
-                _say(json.dumps({"file": _shown_path(clip), **result.to_json()}, ensure_ascii=False))
+                record = {"file": _shown_path(clip), **result.to_json()}
+                record["warnings"] = [standard_input.worded(warning) for warning in result.warnings]
+                _say(json.dumps(record, ensure_ascii=False))
     if failed:
         raise typer.Exit(1)
+
+
+class _StandardInput:
+    """`-` among run's clips: standard input, saved whole to a private temporary file first
+    (libsndfile reads a header, then seeks, which a pipe cannot), and named "standard input" in
+    what is said about it."""
+
+    DASH = Path("-")
+    NAME = "standard input"
+
+    def __init__(self, saved: Path | None = None) -> None:
+        self.saved = saved
+
+    @classmethod
+    @contextlib.contextmanager
+    def saved_if_named(cls, audio: list[Path]) -> Iterator[_StandardInput]:
+        if cls.DASH not in audio:
+            yield cls()
+            return
+        if audio.count(cls.DASH) > 1:
+            raise EdgelalmError("- (standard input) is named more than once; it can be read once")
+        if sys.stdin is None:
+            raise EdgelalmError("- reads audio from standard input, which is closed")
+        if sys.stdin.isatty():
+            raise EdgelalmError(
+                "- reads audio from standard input, which is a terminal: pipe audio in "
+                "(sox clip.mp3 -t wav - | edgelalm run -)"
+            )
+        import shutil
+        import tempfile
+
+        from edgelalm.files import free_space_note
+        from edgelalm.runtime.audio import finish_streamed_wav_header
+
+        with tempfile.TemporaryDirectory(prefix="edgelalm-stdin-") as folder:
+            saved = Path(folder) / "audio"
+            try:
+                with saved.open("wb") as file:
+                    shutil.copyfileobj(sys.stdin.buffer, file, 1 << 20)
+            except OSError as error:
+                raise EdgelalmError(
+                    f"cannot save standard input in {folder}: {error.strerror or error}{free_space_note(Path(folder))}"
+                ) from None
+            finish_streamed_wav_header(saved)
+            yield cls(saved)
+
+    def source(self, clip: Path) -> Path:
+        """Where a clip is read from."""
+        return self.saved if self.saved is not None and clip == self.DASH else clip
+
+    def name(self, clip: Path) -> str:
+        return self.NAME if clip == self.DASH else str(clip)
+
+    def worded(self, message: str) -> str:
+        """A message about the saved file, about standard input instead."""
+        return message if self.saved is None else message.replace(str(self.saved), self.NAME)
 
 
 class _NameBeforeAnswer:

@@ -270,6 +270,7 @@ class _WavData:
     declared_bytes: int  # the data chunk's size, as the header says
     block_align: int  # bytes a frame
     unexplained_bytes: int  # bytes after the declared data that are no chunk: audio the size leaves out
+    start: int  # where the data chunk's samples start in the file
 
 
 def _wav_data(path: Path) -> _WavData | None:
@@ -292,11 +293,35 @@ def _wav_data(path: Path) -> _WavData | None:
             elif chunk_id == b"data":
                 if not block_align or size == 0xFFFFFFFF:
                     return None
-                end = _end_of_chunks(stream, stream.tell() + size + size % 2, file_size)
-                return _WavData(size, block_align, max(0, file_size - end))
+                start = stream.tell()
+                end = _end_of_chunks(stream, start + size + size % 2, file_size)
+                return _WavData(size, block_align, max(0, file_size - end), start)
             else:
                 stream.seek(size + size % 2, 1)
     return None
+
+
+def finish_streamed_wav_header(path: Path) -> bool:
+    """Give a WAV written into a pipe the sizes its writer could not go back and fill in: a data
+    size of 0 with audio after it, or one past the end (sox and arecord write 0x7FFFF000 and the
+    like), becomes what follows the header, to the end, in whole frames. Only for a file that holds
+    a pipe's bytes (`run -`): there a placeholder and a writer that stopped early look the same.
+    Whether the header was changed; anything but such a WAV is left as it is."""
+    data = _wav_data(path)
+    if data is None:
+        return False
+    file_size = path.stat().st_size
+    following = file_size - data.start
+    if following > 0xFFFFFFFF or not (
+        data.declared_bytes > following or (data.declared_bytes == 0 and data.unexplained_bytes)
+    ):
+        return False
+    with path.open("r+b") as stream:
+        stream.seek(4)
+        stream.write(struct.pack("<I", min(file_size - 8, 0xFFFFFFFF)))
+        stream.seek(data.start - 4)
+        stream.write(struct.pack("<I", following - following % data.block_align))
+    return True
 
 
 def _end_of_chunks(stream: BinaryIO, position: int, file_size: int) -> int:
