@@ -760,32 +760,99 @@ def test_standard_input_is_answered_as_the_same_file(avg2, tmp_path, kind):
     assert list(temporary.iterdir()) == []
 
 
-@pytest.mark.parametrize("size", [*STREAMED_SIZES.values(), "list chunk after the data", "flac"])
-def test_a_streamed_header_is_finished_as_libsndfile_reads_it(tmp_path, size):
-    """finish_streamed_wav_header on a pipe's bytes: libsndfile then reads every sample the writer
-    sent (an odd byte at the end, half a frame, left out); a whole WAV with a LIST chunk after its
-    data, or a FLAC, is left byte for byte."""
-    from edgelalm.runtime.audio import finish_streamed_wav_header
+@pytest.mark.parametrize(
+    "header",
+    [*STREAMED_SIZES.values(), "short of what follows", "odd placeholder", "list chunk after the data", "flac"],
+)
+def test_a_streamed_header_is_finished_as_libsndfile_reads_it(tmp_path, header):
+    """finish_streamed_wav_header on a pipe's bytes: the RIFF size becomes the file's less 8, the
+    data size what follows the header in whole frames (an odd byte at the end, half a frame, left
+    out), and libsndfile then reads every sample the writer sent, without the header warnings a
+    file gets. "short of what follows": a placeholder on a stream longer than it (sox's 0x7FFFF000
+    past 2 GiB); "odd placeholder": sox's 24-bit 0x7FFFEFFF, past the end. 0xFFFFFFFF libsndfile
+    reads to the end itself; a whole WAV with a LIST chunk after its data, or a FLAC, stays byte for
+    byte."""
+    from edgelalm.runtime.audio import finish_streamed_wav_header, header_warning, open_audio
 
     samples = speechlike(1.0, channels=2)
-    original = write_wav(tmp_path / ("clip.flac" if size == "flac" else "clip.wav"), samples)
+    original = write_wav(tmp_path / ("clip.flac" if header == "flac" else "clip.wav"), samples)
     expected, _ = soundfile.read(original, dtype="int16")
     piped = bytearray(original.read_bytes())
-    if isinstance(size, int):
-        data_chunk = piped.index(b"data")
-        piped[4:8] = piped[data_chunk + 4 : data_chunk + 8] = size.to_bytes(4, "little")
+    data_size_at = piped.find(b"data") + 4
+    placeholder = {"short of what follows": 4000, "odd placeholder": 0x7FFFEFFF}.get(header, header)
+    if isinstance(placeholder, int):
+        piped[4:8] = piped[data_size_at : data_size_at + 4] = placeholder.to_bytes(4, "little")
         piped += b"\x01"
-    elif size == "list chunk after the data":
+    elif header == "list chunk after the data":
         piped += b"LIST" + (4).to_bytes(4, "little") + b"INFO"
         piped[4:8] = (len(piped) - 8).to_bytes(4, "little")
     saved = tmp_path / "audio"
     saved.write_bytes(piped)
     changed = finish_streamed_wav_header(saved)
-    assert changed == (isinstance(size, int) and size != 0xFFFFFFFF)
-    if not changed:
+    assert changed == (isinstance(placeholder, int) and placeholder != 0xFFFFFFFF)
+    if changed:
+        finished = saved.read_bytes()
+        following = len(piped) - (data_size_at + 4)
+        assert int.from_bytes(finished[4:8], "little") == len(piped) - 8
+        assert int.from_bytes(finished[data_size_at : data_size_at + 4], "little") == following - following % 4
+        assert (
+            finished[8:data_size_at] == piped[8:data_size_at]
+            and finished[data_size_at + 4 :] == piped[data_size_at + 4 :]
+        )
+    else:
         assert saved.read_bytes() == piped
     read, rate = soundfile.read(saved, dtype="int16")
     assert rate == RATE and np.array_equal(read, expected)
+    if header != "flac":
+        assert header_warning(open_audio(saved)) is None
+
+
+def test_a_streamed_wav_past_4_gib_is_refused(tmp_path):
+    """A WAV stream longer than a RIFF size can count: refused in one line, not cut at 4 GiB (a
+    sparse file: nothing is written but the header)."""
+    from edgelalm.errors import EdgelalmError
+    from edgelalm.runtime.audio import finish_streamed_wav_header
+
+    saved = tmp_path / "audio"
+    saved.write_bytes(write_wav(tmp_path / "clip.wav", speechlike(0.1)).read_bytes()[:44])
+    with saved.open("r+b") as stream:
+        stream.truncate(2**32 + 100)
+    with pytest.raises(EdgelalmError, match=r"standard input holds 4\.0 GiB of WAV, more than a WAV header can count"):
+        finish_streamed_wav_header(saved)
+
+
+def test_dash_alone_is_standard_input_and_dot_slash_dash_a_file(avg2, tmp_path):
+    """`./-` is the file named - (libsndfile reads a bare `-` from standard input: it is opened as
+    ./-); `-` is standard input; each named as typed, and standard input failing among several
+    files is its own line naming it."""
+    soundfile.write(tmp_path / "-", speechlike(3.0), RATE, format="WAV", subtype="PCM_16")
+    piped = write_wav(tmp_path / "piped.wav", speechlike(2.0)).read_bytes()
+    code, stdout, stderr = run(avg2, "./-", "-", stdin=piped, cwd=tmp_path)
+    assert code == 0, stderr
+    records = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    assert [(record["file"], record["audio_seconds"]) for record in records] == [("./-", 3.0), ("-", 2.0)]
+    code, stdout, stderr = run(avg2, "-", "./-", stdin=b"not audio", cwd=tmp_path)
+    assert code == 1 and "Traceback" not in stderr
+    message = "cannot read audio from standard input: Format not recognised."
+    assert stderr.strip().splitlines() == [f"edgelalm: error: {message}"]
+    assert json.loads(stdout.splitlines()[0]) == {"file": "-", "error": message}
+
+
+def test_the_bundle_is_checked_before_standard_input_is_read(tmp_path):
+    """A pipe whose writer has not finished (a recording still running) does not hold up a
+    mistake in the command: a missing bundle is said at once, standard input left unread."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgelalm.cli", "run", "-", "--bundle", str(tmp_path / "missing")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_ENV,
+    )  # fmt: skip
+    try:
+        process.wait(timeout=TIMEOUT_S)  # standard input stays open: reading it first would hang
+        stderr = process.stderr.read().decode()
+    finally:
+        process.kill()
+        for stream in (process.stdin, process.stdout, process.stderr):
+            stream.close()
+    assert_one_line_error(process.returncode, stderr, "bundle folder not found")
 
 
 def test_standard_input_is_named_in_warnings(avg2, tmp_path):

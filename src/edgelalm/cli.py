@@ -301,7 +301,7 @@ class _PlainUsageCommand(typer.core.TyperCommand):
 @app.command(cls=_PlainUsageCommand)
 def run(
     audio: Annotated[
-        list[Path],
+        list[str],
         typer.Argument(
             metavar="AUDIO",
             help="Audio files: wav, flac, ogg, mp3 (what libsndfile reads; any sample rate and channel count); - "
@@ -417,8 +417,11 @@ def run(
     _warn_if_extra_buffers_crash(llama_extra_buffers)
     if prompt is not None and not prompt.strip():  # an unset shell variable, likely
         raise EdgelalmError("--prompt is empty; leave it out for the bundle's transcription prompt")
-    for clip in audio:
-        if _holds_manifest(clip):
+    # `-` is standard input as typed (a file named - is ./-): checked now, read once the bundle loads.
+    standard_input = _StandardInput(audio)
+    clips = [Path(argument) for argument in audio]
+    for index, clip in enumerate(clips):
+        if not standard_input.reads(index) and _holds_manifest(clip):
             raise EdgelalmError(f"{clip} is a bundle folder, not audio: pass it as --bundle")
     if subtitles is not None:
         if len(audio) > 1:
@@ -433,8 +436,8 @@ def run(
         bundle = latest_bundle(DEFAULT_EXPORT_ROOT)
         _note(f"bundle {bundle} (the newest under {DEFAULT_EXPORT_ROOT}/; --bundle picks another)")
     with (
-        _StandardInput.saved_if_named(audio) as standard_input,
         Runtime(bundle, threads=threads, device=device, llama_extra_buffers=llama_extra_buffers) as runtime,
+        standard_input.saved(),
     ):
         # Worded for the command line: the mode given, else the bundle's advice.
         if window_seconds is not None and runtime.windows_for(windows, None)[0] == "joined":
@@ -442,11 +445,12 @@ def run(
         # Refused once, not per file.
         runtime.decoding_for(temperature, top_p, seed, beam_size, ctc_weight, compressor)
         failed, several = 0, len(audio) > 1
-        for clip in audio:
-            name = _NameBeforeAnswer(f"{_shown_path(clip)}: " if several else None)
+        for index, clip in enumerate(clips):
+            shown = _shown_path(audio[index])  # as typed: ./- is not standard input
+            name = _NameBeforeAnswer(f"{shown}: " if several else None)
             try:
                 result = runtime.run(
-                    standard_input.source(clip),
+                    standard_input.source(index, clip),
                     prompt=prompt,
                     max_tokens=max_tokens,
                     temperature=temperature,
@@ -470,11 +474,11 @@ def run(
                 # One bad file among many: its line, and the others still answered.
                 if name.said:  # it failed after part of its answer was printed
                     _say()
-                shown = standard_input.name(clip)
-                message = message if shown in message else f"{shown}: {message}"
+                named = standard_input.NAME if standard_input.reads(index) else str(clip)
+                message = message if named in message else f"{shown}: {message}"
                 _error_line(message)
                 if json_output:
-                    _say(json.dumps({"file": _shown_path(clip), "error": message}, ensure_ascii=False))
+                    _say(json.dumps({"file": shown, "error": message}, ensure_ascii=False))
                 failed += 1
                 continue
             if subtitles:
@@ -487,7 +491,7 @@ def run(
             for warning in result.warnings:
                 _warn(standard_input.worded(warning))
             if json_output:
-                record = {"file": _shown_path(clip), **result.to_json()}
+                record = {"file": shown, **result.to_json()}
                 record["warnings"] = [standard_input.worded(warning) for warning in result.warnings]
                 _say(json.dumps(record, ensure_ascii=False))
     if failed:
@@ -495,59 +499,73 @@ def run(
 
 
 class _StandardInput:
-    """`-` among run's clips: standard input, saved whole to a private temporary file first
-    (libsndfile reads a header, then seeks, which a pipe cannot), and named "standard input" in
-    what is said about it."""
+    """`-` among run's clips: standard input, saved whole to a private temporary file once the
+    bundle has loaded (libsndfile reads a header, then seeks, which a pipe cannot), and named
+    "standard input" in what is said about it. What can be refused without reading it is refused
+    at once, before the bundle loads."""
 
-    DASH = Path("-")
+    DASH = "-"
     NAME = "standard input"
 
-    def __init__(self, saved: Path | None = None) -> None:
-        self.saved = saved
-
-    @classmethod
-    @contextlib.contextmanager
-    def saved_if_named(cls, audio: list[Path]) -> Iterator[_StandardInput]:
-        if cls.DASH not in audio:
-            yield cls()
-            return
-        if audio.count(cls.DASH) > 1:
+    def __init__(self, arguments: list[str]) -> None:
+        self.positions = [index for index, argument in enumerate(arguments) if argument == self.DASH]
+        self.copy: Path | None = None
+        if len(self.positions) > 1:
             raise EdgelalmError("- (standard input) is named more than once; it can be read once")
-        if sys.stdin is None:
+        if self.positions and sys.stdin is None:
             raise EdgelalmError("- reads audio from standard input, which is closed")
-        if sys.stdin.isatty():
+        if self.positions and sys.stdin.isatty():
             raise EdgelalmError(
                 "- reads audio from standard input, which is a terminal: pipe audio in "
                 "(sox clip.mp3 -t wav - | edgelalm run -)"
             )
-        import shutil
+
+    def reads(self, index: int) -> bool:
+        return index in self.positions
+
+    @contextlib.contextmanager
+    def saved(self) -> Iterator[None]:
+        """Standard input in a temporary folder (TMPDIR's) while the block runs, if `-` was named."""
+        if not self.positions:
+            yield
+            return
         import tempfile
 
         from edgelalm.files import free_space_note
         from edgelalm.runtime.audio import finish_streamed_wav_header
 
         with tempfile.TemporaryDirectory(prefix="edgelalm-stdin-") as folder:
-            saved = Path(folder) / "audio"
+            copy = Path(folder) / "audio"
             try:
-                with saved.open("wb") as file:
-                    shutil.copyfileobj(sys.stdin.buffer, file, 1 << 20)
-            except OSError as error:
+                with copy.open("wb") as file:
+                    while block := _read_standard_input():
+                        file.write(block)
+            except OSError as error:  # the write's (a full disk); the read's are worded apart
                 raise EdgelalmError(
-                    f"cannot save standard input in {folder}: {error.strerror or error}{free_space_note(Path(folder))}"
+                    f"cannot save standard input in {Path(folder).parent}: {error.strerror or error}"
+                    f"{free_space_note(Path(folder))}"
                 ) from None
-            finish_streamed_wav_header(saved)
-            yield cls(saved)
+            finish_streamed_wav_header(copy, self.NAME)
+            self.copy = copy
+            try:
+                yield
+            finally:
+                self.copy = None
 
-    def source(self, clip: Path) -> Path:
+    def source(self, index: int, clip: Path) -> Path:
         """Where a clip is read from."""
-        return self.saved if self.saved is not None and clip == self.DASH else clip
-
-    def name(self, clip: Path) -> str:
-        return self.NAME if clip == self.DASH else str(clip)
+        return self.copy if self.copy is not None and self.reads(index) else clip
 
     def worded(self, message: str) -> str:
-        """A message about the saved file, about standard input instead."""
-        return message if self.saved is None else message.replace(str(self.saved), self.NAME)
+        """A message about the saved copy, about standard input instead."""
+        return message if self.copy is None else message.replace(str(self.copy), self.NAME)
+
+
+def _read_standard_input() -> bytes:
+    try:
+        return sys.stdin.buffer.read(1 << 20)
+    except OSError as error:  # a descriptor opened for writing only, an I/O error
+        raise EdgelalmError(f"cannot read standard input: {error.strerror or error}") from None
 
 
 class _NameBeforeAnswer:
@@ -1060,7 +1078,7 @@ def _printable(text: str) -> str:
     return "".join(character if character.isprintable() else repr(character)[1:-1] for character in text)
 
 
-def _shown_path(path: Path) -> str:
+def _shown_path(path: Path | str) -> str:
     """A file's name as stdout can carry it: bytes that are not UTF-8 written as \\xe9."""
     return _printable(os.fsencode(path).decode("utf-8", "backslashreplace"))
 

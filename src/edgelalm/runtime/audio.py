@@ -83,8 +83,11 @@ def _reason(error: Exception) -> str:
 
 def _native_path(path: Path) -> str | bytes:
     """`path` as libsndfile opens it: soundfile encodes a str strictly, so a file name that is not
-    UTF-8 (latin-1 bytes, kept by Python as surrogates) could not be opened; its bytes can."""
-    return str(path) if os.name == "nt" else os.fsencode(path)
+    UTF-8 (latin-1 bytes, kept by Python as surrogates) could not be opened; its bytes can. A file
+    named `-` goes as `./-`: libsndfile reads `-` from standard input."""
+    if os.name == "nt":
+        return ".\\-" if str(path) == "-" else str(path)
+    return b"./-" if os.fsencode(path) == b"-" else os.fsencode(path)
 
 
 def open_audio(path: Path) -> AudioFileInfo:
@@ -301,24 +304,34 @@ def _wav_data(path: Path) -> _WavData | None:
     return None
 
 
-def finish_streamed_wav_header(path: Path) -> bool:
-    """Give a WAV written into a pipe the sizes its writer could not go back and fill in: a data
-    size of 0 with audio after it, or one past the end (sox and arecord write 0x7FFFF000 and the
-    like), becomes what follows the header, to the end, in whole frames. Only for a file that holds
-    a pipe's bytes (`run -`): there a placeholder and a writer that stopped early look the same.
-    Whether the header was changed; anything but such a WAV is left as it is."""
-    data = _wav_data(path)
-    if data is None:
-        return False
+# The most a RIFF size field counts: a WAV stream past it cannot say how long it is.
+_MAX_RIFF_BYTES = 0xFFFFFFFF
+
+
+def finish_streamed_wav_header(path: Path, source: str = "standard input") -> bool:
+    """Give a WAV written into a pipe the sizes its writer could not go back and fill in, so that
+    it is read to its end: a data size of 0, past what follows (sox writes 0x7FFFF000, arecord
+    0x80000000), or short of audio that follows it (the same placeholder on a longer stream)
+    becomes what follows the header, in whole frames. 0xFFFFFFFF (ffmpeg's) libsndfile reads to the
+    end itself. Only for a pipe's bytes saved to a file (`run -`): there a placeholder and a writer
+    that stopped early look the same, and so do a writer's pad byte and one more 8-bit frame.
+    Whether the header was changed; anything but such a WAV is left as it is. A RIFF stream past
+    4 GiB, which no WAV header can count, is refused."""
+    with path.open("rb") as stream:
+        is_riff = stream.read(4) == b"RIFF"
     file_size = path.stat().st_size
-    following = file_size - data.start
-    if following > 0xFFFFFFFF or not (
-        data.declared_bytes > following or (data.declared_bytes == 0 and data.unexplained_bytes)
-    ):
+    if is_riff and file_size - 8 > _MAX_RIFF_BYTES:
+        raise EdgelalmError(
+            f"{source} holds {file_size / 2**30:.1f} GiB of WAV, more than a WAV header can count (4 GiB); "
+            "pipe FLAC instead (sox ... -t flac -, ffmpeg ... -f flac -)"
+        )
+    data = _wav_data(path)
+    if data is None or not (data.declared_bytes > file_size - data.start or data.unexplained_bytes):
         return False
+    following = file_size - data.start
     with path.open("r+b") as stream:
         stream.seek(4)
-        stream.write(struct.pack("<I", min(file_size - 8, 0xFFFFFFFF)))
+        stream.write(struct.pack("<I", file_size - 8))
         stream.seek(data.start - 4)
         stream.write(struct.pack("<I", following - following % data.block_align))
     return True
