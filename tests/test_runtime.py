@@ -120,11 +120,35 @@ def test_each_window_is_answered_as_transformers_answers_it_alone(hf, tiny_bundl
     expected = [reference_answer(hf, w, "avg", 2, 8, PROMPT, WINDOW_SECONDS) for w in windows]
     assert all(text.strip() for text, _ in expected)
     pieces: list[str] = []
+    events: list[object] = []  # the streamed pieces and each window's answer with its span, in order
     with Runtime(tiny_bundles("avg", 2, "f32"), kv_cache_type="f32") as runtime:
-        result = runtime.run(audio, prompt=PROMPT, max_tokens=8, windows="each", on_text=pieces.append)
-        joined = runtime.run(audio, prompt=PROMPT, max_tokens=8)
+        result = runtime.run(
+            audio,
+            prompt=PROMPT,
+            max_tokens=8,
+            windows="each",
+            on_text=lambda piece: (pieces.append(piece), events.append(piece)),
+            on_timed_text=events.append,
+        )
+        joined = runtime.run(audio, prompt=PROMPT, max_tokens=8, on_timed_text=events.append)
     assert result.windows == 3 and joined.windows == 3
     assert result.audio_tokens == sum(tokens for _, tokens in expected)
     assert result.text == " ".join(text.strip() for text, _ in expected if text.strip())
     assert "".join(pieces) == result.text
+    # Each window's answer is timed from its first sample to its last (the cuts above), and is
+    # handed over as soon as it is complete: after its own streamed pieces, before the next window's.
+    ends = np.cumsum([len(window) for window in windows]) / 16000
+    spans = [
+        (round(start, 3), round(end, 3), text.strip())
+        for start, end, (text, _) in zip([0.0, *ends[:-1]], ends, expected, strict=True)
+    ]
+    assert [(t.start_seconds, t.end_seconds, t.text) for t in result.timed_text] == spans
+    handed = [index for index, event in enumerate(events) if not isinstance(event, str)]
+    assert [events[index] for index in handed] == [*result.timed_text, *joined.timed_text]
+    streamed_before = [
+        "".join(e for e in events[start + 1 : end] if isinstance(e, str)).strip()
+        for start, end in zip([-1, *handed[:2]], handed[:3], strict=True)
+    ]
+    assert streamed_before == [text for _, _, text in spans]
+    assert [(t.start_seconds, t.end_seconds, t.text) for t in joined.timed_text] == [(0.0, 23.0, joined.text.strip())]
     assert result.reused_prompt_tokens > 0, "windows after the first reuse the prompt's cached prefix"

@@ -8,7 +8,7 @@ import pytest
 import srt
 import webvtt
 
-from edgelalm.runtime.subtitles import TimedText, to_subtitles
+from edgelalm.runtime.subtitles import SubtitleWriter, TimedText, to_subtitles
 
 ANSWERS = [
     TimedText(0.0, 7.99, "set a timer for twenty minutes"),
@@ -74,3 +74,30 @@ def test_nothing_heard_is_an_empty_file(subtitle_format):
     assert text == ("" if subtitle_format == "srt" else "WEBVTT\n\n")
     parsed = list(srt.parse(text)) if subtitle_format == "srt" else list(webvtt.from_string(text))
     assert parsed == []
+
+
+@pytest.mark.parametrize("subtitle_format", ["srt", "vtt"])
+def test_cues_are_written_as_the_answers_come(subtitle_format):
+    """`run --subtitles` writes each cue once its window is answered: nothing before the first
+    answer that says something (a run that fails early leaves no half file), then after every
+    answer a file that reads whole, one more cue each time."""
+    written: list[str] = []
+    writer = SubtitleWriter(subtitle_format, written.append)
+    parse = (
+        (lambda text: list(srt.parse(text)))
+        if subtitle_format == "srt"
+        else (lambda text: list(webvtt.from_string(text, strict=True)))
+    )
+    cues = 0
+    for answer in ANSWERS:
+        writer.add(answer)
+        cues += bool(answer.text.strip())
+        if cues == 0:
+            assert written == []
+        else:
+            assert len(parse("".join(written))) == cues
+    writer.finish()
+    assert "".join(written) == to_subtitles(ANSWERS, subtitle_format)
+    empty: list[str] = []
+    SubtitleWriter(subtitle_format, empty.append).finish()
+    assert "".join(empty) == ("" if subtitle_format == "srt" else "WEBVTT\n\n")

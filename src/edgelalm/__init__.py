@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 from edgelalm.errors import EdgelalmError
 
 __version__ = "0.1.0"  # pyproject.toml reads it from here
-__all__ = ["EdgelalmError", "RunResult", "Runtime", "__version__"]
+__all__ = ["EdgelalmError", "RunResult", "Runtime", "TimedText", "__version__"]
 
 if TYPE_CHECKING:
     from edgelalm.runtime.pipeline import RunResult, Runtime
+    from edgelalm.runtime.subtitles import TimedText
 
 
 def __getattr__(name: str) -> Any:
@@ -28,4 +29,8 @@ def __getattr__(name: str) -> Any:
         from edgelalm.runtime import pipeline
 
         return getattr(pipeline, name)
+    if name == "TimedText":
+        from edgelalm.runtime.subtitles import TimedText
+
+        return TimedText
     raise AttributeError(f"module 'edgelalm' has no attribute {name!r}")

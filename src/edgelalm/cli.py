@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -412,7 +413,7 @@ def run(
     import json
 
     from edgelalm.runtime.pipeline import Runtime, latest_bundle
-    from edgelalm.runtime.subtitles import to_subtitles
+    from edgelalm.runtime.subtitles import SubtitleWriter
 
     _warn_if_extra_buffers_crash(llama_extra_buffers)
     if prompt is not None and not prompt.strip():  # an unset shell variable, likely
@@ -448,6 +449,8 @@ def run(
         for index, clip in enumerate(clips):
             shown = _shown_path(audio[index])  # as typed: ./- is not standard input
             name = _NameBeforeAnswer(f"{shown}: " if several else None)
+            # Cue by cue as each window is answered: a long recording's subtitles grow as it is read.
+            cues = SubtitleWriter(subtitles, functools.partial(_say, end="")) if subtitles else None
             try:
                 result = runtime.run(
                     standard_input.source(index, clip),
@@ -456,7 +459,8 @@ def run(
                     temperature=temperature,
                     top_p=top_p,
                     seed=seed,
-                    on_text=None if subtitles else name.before_piece,
+                    on_text=None if cues else name.before_piece,
+                    on_timed_text=cues.add if cues else None,
                     prompt_special_tokens=prompt_special_tokens,
                     compressor=compressor,
                     max_audio_tokens=max_audio_tokens,
@@ -481,8 +485,8 @@ def run(
                     _say(json.dumps({"file": shown, "error": message}, ensure_ascii=False))
                 failed += 1
                 continue
-            if subtitles:
-                _say(to_subtitles(result.timed_text, subtitles), end="")
+            if cues:
+                cues.finish()
             else:
                 name.say()
                 _say()

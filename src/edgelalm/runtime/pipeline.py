@@ -378,6 +378,7 @@ class Runtime:
         seed: int = 0,
         sampling_rate: int | None = None,
         on_text: Callable[[str], None] | None = None,
+        on_timed_text: Callable[[TimedText], None] | None = None,
         prompt_special_tokens: bool = False,
         compressor: str | None = None,
         max_audio_tokens: int | None = None,
@@ -403,6 +404,9 @@ class Runtime:
             seed: the sampler's seed when sampling.
             sampling_rate: the rate of `audio` when it is samples (default: the bundle's, 16 kHz).
             on_text: called with each piece of the answer as it is decoded (streaming).
+            on_timed_text: called with each answer and its span of audio as soon as it is complete:
+                a window's with "each" (a long recording's subtitles, cue by cue), the whole
+                clip's with "joined"; the same entries as the result's `timed_text`.
             prompt_special_tokens: read `<|im_end|>` and the like in `prompt` as control tokens
                 (default: as text, so a prompt cannot end the user's turn).
             compressor: which of the bundle's compressors (`Runtime.compressors`: avg3, unseg, ...)
@@ -435,7 +439,7 @@ class Runtime:
         # numpy's integers (an index, a value read from an array) are whole numbers too.
         max_tokens, seed = _plain_int(max_tokens), _plain_int(seed)
         beam_size, max_audio_tokens = _plain_int(beam_size), _plain_int(max_audio_tokens)
-        _check_run_arguments(audio, prompt, max_tokens, temperature, top_p, seed, sampling_rate, on_text)
+        _check_run_arguments(audio, prompt, max_tokens, temperature, top_p, seed, sampling_rate, on_text, on_timed_text)
         candidates = self._candidates(compressor, max_audio_tokens)
         decoding = self.decoding_for(temperature, top_p, seed, beam_size, ctc_weight, compressor)
         windows, window_seconds = self.windows_for(windows, window_seconds)
@@ -445,7 +449,7 @@ class Runtime:
             try:
                 return self._run(
                     context,
-                    audio, prompt, max_tokens, decoding, sampling_rate, on_text,
+                    audio, prompt, max_tokens, decoding, sampling_rate, on_text, on_timed_text,
                     prompt_special_tokens, candidates, max_audio_tokens, windows == "each", cut,
                 )  # fmt: skip
             finally:
@@ -460,6 +464,7 @@ class Runtime:
         decoding: Decoding,
         sampling_rate: int | None,
         on_text: Callable[[str], None] | None,
+        on_timed_text: Callable[[TimedText], None] | None,
         prompt_special_tokens: bool,
         candidates: list[str],
         max_audio_tokens: int | None,
@@ -508,7 +513,7 @@ class Runtime:
             longest_window = min(total_samples, cut.window_samples)
             return self._run_each_window(
                 context, windows, longest_window, prompt_ids, text_tokens, max_tokens, budget, candidates,
-                decoding, on_text, timings, started, warnings,
+                decoding, on_text, on_timed_text, timings, started, warnings,
             )  # fmt: skip
         encoder_frames = sum(encoder_output_frames(mel_frames_for(n, self.features)) for n in usable)
         specs = [self.compressors[label].spec for label in candidates]
@@ -578,6 +583,8 @@ class Runtime:
         tally = _Tally(samples_seen, audio_tokens, windows_used, text_tokens, generated, reused_tokens)
         tally.decode_seconds, tally.first_token_at = time.perf_counter() - decode_started, first_token_at
         tally.timed_text.append(TimedText(0.0, round(samples_seen / target_rate, 3), text.strip()))
+        if on_timed_text is not None:
+            on_timed_text(tally.timed_text[-1])
         return self._result(text, tally, timings, started, context, warnings, chosen, choice_note, "joined", decoding)
 
     def _run_each_window(
@@ -592,6 +599,7 @@ class Runtime:
         candidates: list[str],
         decoding: Decoding,
         on_text: Callable[[str], None] | None,
+        on_timed_text: Callable[[TimedText], None] | None,
         timings: dict[str, float],
         started: float,
         warnings: list[str],
@@ -679,6 +687,8 @@ class Runtime:
             tally.timed_text.append(
                 TimedText(round(window_start / rate, 3), round(tally.samples / rate, 3), text.strip())
             )
+            if on_timed_text is not None:
+                on_timed_text(tally.timed_text[-1])
         choice = (
             f"auto chose {chosen} for each window: at most {option.spec.max_audio_tokens(window_frames)} audio "
             f"tokens a window, the least compression within {budget}"
@@ -1023,6 +1033,7 @@ def _check_run_arguments(
     seed: object,
     sampling_rate: object,
     on_text: object,
+    on_timed_text: object,
 ) -> None:
     """Runtime.run's arguments, refused in one line before anything is read: a wrong type would
     otherwise fail deep inside (or, as a NaN temperature, print control tokens as the answer)."""
@@ -1035,6 +1046,10 @@ def _check_run_arguments(
         )
     if on_text is not None and not callable(on_text):
         raise EdgelalmError(f"on_text must be a function called with each piece of the answer, got {on_text!r}")
+    if on_timed_text is not None and not callable(on_timed_text):
+        raise EdgelalmError(
+            f"on_timed_text must be a function called with each answer and its span, got {on_timed_text!r}"
+        )
     if prompt is not None:
         if not isinstance(prompt, str):
             raise EdgelalmError(f"prompt must be text, got {type(prompt).__name__}")

@@ -3,7 +3,7 @@ WebVTT (.vtt). Torch-free."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import get_args
 
@@ -52,19 +52,47 @@ def _vtt_text(line: str) -> str:
     return line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def to_subtitles(timed_text: Sequence[TimedText], subtitle_format: SubtitleFormat) -> str:
-    """One cue per answer that says something: numbered from 1 (SubRip), or after a WEBVTT header
-    (WebVTT)."""
-    if subtitle_format not in get_args(SubtitleFormat):
-        raise ValueError(f"subtitle_format must be one of {get_args(SubtitleFormat)}, got {subtitle_format!r}")
-    decimal_mark, cue_text = (",", _srt_lines) if subtitle_format == "srt" else (".", _vtt_lines)
-    cues: list[str] = []
-    for answer in timed_text:
+class SubtitleWriter:
+    """Cues written as the answers come, numbered from 1 (SubRip) or after a WEBVTT header
+    (WebVTT), so that a long recording's subtitles grow window by window; an answer that says
+    nothing gets no cue. The header is written with the first cue, or by `finish` (a file without
+    cues is still WebVTT), so that a run that fails before any answer writes nothing."""
+
+    def __init__(self, subtitle_format: SubtitleFormat, write: Callable[[str], None]) -> None:
+        if subtitle_format not in get_args(SubtitleFormat):
+            raise ValueError(f"subtitle_format must be one of {get_args(SubtitleFormat)}, got {subtitle_format!r}")
+        self.subtitle_format = subtitle_format
+        self.write = write
+        self.cues = 0
+        self.started = False
+
+    def add(self, answer: TimedText) -> None:
         lines = _cue_lines(answer.text)
         if not lines:  # a window of silence: no cue
-            continue
+            return
+        srt = self.subtitle_format == "srt"
+        decimal_mark = "," if srt else "."
         span = f"{_timestamp(answer.start_seconds, decimal_mark)} --> {_timestamp(answer.end_seconds, decimal_mark)}"
-        number = [str(len(cues) + 1)] if subtitle_format == "srt" else []
-        cues.append("\n".join([*number, span, *cue_text(lines)]))
-    blocks = cues if subtitle_format == "srt" else ["WEBVTT", *cues]
-    return "".join(block + "\n\n" for block in blocks)  # each block ends with a blank line
+        number = [str(self.cues + 1)] if srt else []
+        self._start()
+        self.write("\n".join([*number, span, *(_srt_lines(lines) if srt else _vtt_lines(lines))]) + "\n\n")
+        self.cues += 1
+
+    def finish(self) -> None:
+        self._start()
+
+    def _start(self) -> None:
+        if not self.started:
+            self.started = True
+            if self.subtitle_format == "vtt":
+                self.write("WEBVTT\n\n")
+
+
+def to_subtitles(timed_text: Sequence[TimedText], subtitle_format: SubtitleFormat) -> str:
+    """A whole file's subtitles at once (`SubtitleWriter`'s cues, joined)."""
+    parts: list[str] = []
+    writer = SubtitleWriter(subtitle_format, parts.append)
+    for answer in timed_text:
+        writer.add(answer)
+    writer.finish()
+    return "".join(parts)
