@@ -26,7 +26,7 @@ import webvtt
 
 pytest.importorskip("torch")  # the tiny_bundles fixture exports with torch
 
-from edgelalm.constants import MANIFEST_FILE
+from edgelalm.constants import MANIFEST_FILE, SUBTITLE_FORMATS
 
 RATE = 16_000
 MAX_TOKENS = 4
@@ -457,7 +457,7 @@ def test_shorter_windows_each_answered_apart(avg2, tmp_path):
     assert 3 <= result["windows"] <= 6 and result["audio_seconds"] == 12.0
 
 
-@pytest.mark.parametrize("subtitle_format", ["srt", "vtt"])
+@pytest.mark.parametrize("subtitle_format", SUBTITLE_FORMATS)
 def test_subtitles_are_the_windows_answers_at_their_times(avg2, tmp_path, subtitle_format):
     """`--subtitles` on a 12 s clip in windows of 2-4 s: read back by an independent parser (the
     `srt` package, webvtt-py), a cue for each window that answered something, at the times and with
@@ -487,6 +487,39 @@ def test_subtitles_are_the_windows_answers_at_their_times(avg2, tmp_path, subtit
     assert cues and len(cues) == len(expected), (stdout, spans)
     for cue, want in zip(cues, expected, strict=True):
         assert cue[:2] == pytest.approx(want[:2], abs=5e-4) and cue[2] == want[2], (cue, want)
+
+
+def test_each_cue_is_written_before_the_next_window_is_answered(avg2, tmp_path):
+    """`--subtitles` writes a window's cue once it is answered: at each window's prefill, standard
+    output (a file) already holds exactly the cues of the windows before it, as the same run's
+    --json spans make them."""
+    from edgelalm.runtime.subtitles import TimedText, to_subtitles
+
+    clip = write_wav(tmp_path / "clip.wav", speechlike(12.0))
+    windows = ("--windows", "each", "--window-seconds", 4, "--max-tokens", MAX_TOKENS)
+    spans = [TimedText(**span) for span in assert_result(*run(avg2, clip, *windows))["timed_text"]]
+    script = (
+        "import os, sys\n"
+        "from edgelalm.runtime import pipeline\n"
+        "prefill = pipeline.Runtime._prefill\n"
+        "def noting_prefill(self, *args):\n"
+        "    print(os.lseek(1, 0, os.SEEK_CUR), file=sys.stderr)  # bytes on standard output so far\n"
+        "    return prefill(self, *args)\n"
+        "pipeline.Runtime._prefill = noting_prefill\n"
+        "sys.argv = ['edgelalm'] + sys.argv[1:]\n"
+        "from edgelalm.cli import main; main()\n"
+    )
+    with (tmp_path / "cues.srt").open("wb") as stdout:
+        args = ["run", clip, "--bundle", avg2, *windows, "--subtitles", "srt"]
+        result = subprocess.run(
+            [sys.executable, "-c", script, *map(str, args)], stdout=stdout, stderr=subprocess.PIPE, env=_ENV,
+            timeout=TIMEOUT_S,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    written_at_prefill = [int(line) for line in result.stderr.decode().split()]
+    assert len(written_at_prefill) == len(spans) >= 3
+    assert written_at_prefill == [len(to_subtitles(spans[:index], "srt").encode()) for index in range(len(spans))]
+    assert (tmp_path / "cues.srt").read_text() == to_subtitles(spans, "srt")
 
 
 def test_subtitles_without_windows_cut_the_clip_at_pauses(avg2, tmp_path):
@@ -788,7 +821,7 @@ def test_a_streamed_header_is_finished_as_libsndfile_reads_it(tmp_path, header):
         piped[4:8] = (len(piped) - 8).to_bytes(4, "little")
     saved = tmp_path / "audio"
     saved.write_bytes(piped)
-    changed = finish_streamed_wav_header(saved)
+    changed = finish_streamed_wav_header(saved, "standard input")
     assert changed == (isinstance(placeholder, int) and placeholder != 0xFFFFFFFF)
     if changed:
         finished = saved.read_bytes()
@@ -818,7 +851,7 @@ def test_a_streamed_wav_past_4_gib_is_refused(tmp_path):
     with saved.open("r+b") as stream:
         stream.truncate(2**32 + 100)
     with pytest.raises(EdgelalmError, match=r"standard input holds 4\.0 GiB of WAV, more than a WAV header can count"):
-        finish_streamed_wav_header(saved)
+        finish_streamed_wav_header(saved, "standard input")
 
 
 def test_dash_alone_is_standard_input_and_dot_slash_dash_a_file(avg2, tmp_path):
@@ -836,6 +869,9 @@ def test_dash_alone_is_standard_input_and_dot_slash_dash_a_file(avg2, tmp_path):
     message = "cannot read audio from standard input: Format not recognised."
     assert stderr.strip().splitlines() == [f"edgelalm: error: {message}"]
     assert json.loads(stdout.splitlines()[0]) == {"file": "-", "error": message}
+    (tmp_path / "-").unlink()
+    code, _, stderr = run(avg2, "./-", cwd=tmp_path)
+    assert_one_line_error(code, stderr, "audio file not found: ./- (a file named -)")
 
 
 def test_the_bundle_is_checked_before_standard_input_is_read(tmp_path):

@@ -243,11 +243,13 @@ def test_a_run_from_inside_a_run_is_refused(tiny_bundles):
         expected = runtime.run(speechlike(3.0, 1), max_tokens=12).text
         assert expected
 
-        def again(piece: str) -> None:
+        def again(_: object) -> None:
             runtime.run(speechlike(1.5, 0), max_tokens=4)
 
         with pytest.raises(EdgelalmError, match="from inside one of its own runs"):
             runtime.run(speechlike(3.0, 1), max_tokens=12, on_text=again)
+        with pytest.raises(EdgelalmError, match="from inside one of its own runs"):
+            runtime.run(speechlike(3.0, 1), max_tokens=12, on_timed_text=again)
         assert runtime.run(speechlike(3.0, 1), max_tokens=12).text == expected  # still usable
 
 
@@ -269,6 +271,7 @@ def test_a_run_from_inside_a_run_is_refused(tiny_bundles):
         ({"max_audio_tokens": "5"}, "max_audio_tokens must be a whole number >= 1"),
         ({"audio": b"clip.wav"}, "audio given as bytes: pass a file's path as str"),  # "samples must be numbers"
         ({"on_text": 5}, "on_text must be a function called with each piece"),  # TypeError at the first piece
+        ({"on_timed_text": 5}, "on_timed_text must be a function called with each answer and its span"),
         ({"windows": "each", "window_seconds": "8"}, "window_seconds must be a number of seconds, got '8'"),
     ],
 )

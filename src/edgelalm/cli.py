@@ -344,9 +344,10 @@ def run(
     subtitles: Annotated[
         SubtitleFormat | None,
         typer.Option(
-            help="Print the transcript as subtitles (srt: SubRip, vtt: WebVTT) instead of streaming it: one cue per "
-            "window, timed from the clip's start; windows that heard nothing have none. Implies --windows each "
-            "unless --windows is given (joined: one cue for the whole clip). One file at a time.",
+            help="Print the transcript as subtitles (srt: SubRip, vtt: WebVTT) instead of the streamed text: one cue "
+            "per window, timed from the clip's start and written once its window is answered; windows that heard "
+            "nothing have none. Implies --windows each unless --windows is given (joined: one cue for the whole "
+            "clip). One file at a time.",
         ),
     ] = None,
     prompt_special_tokens: Annotated[
@@ -450,7 +451,7 @@ def run(
             shown = _shown_path(audio[index])  # as typed: ./- is not standard input
             name = _NameBeforeAnswer(f"{shown}: " if several else None)
             # Cue by cue as each window is answered: a long recording's subtitles grow as it is read.
-            cues = SubtitleWriter(subtitles, functools.partial(_say, end="")) if subtitles else None
+            subtitle_writer = SubtitleWriter(subtitles, functools.partial(_say, end="")) if subtitles else None
             try:
                 result = runtime.run(
                     standard_input.source(index, clip),
@@ -459,8 +460,8 @@ def run(
                     temperature=temperature,
                     top_p=top_p,
                     seed=seed,
-                    on_text=None if cues else name.before_piece,
-                    on_timed_text=cues.add if cues else None,
+                    on_text=None if subtitle_writer else name.before_piece,
+                    on_timed_text=subtitle_writer.add if subtitle_writer else None,
                     prompt_special_tokens=prompt_special_tokens,
                     compressor=compressor,
                     max_audio_tokens=max_audio_tokens,
@@ -478,15 +479,18 @@ def run(
                 # One bad file among many: its line, and the others still answered.
                 if name.said:  # it failed after part of its answer was printed
                     _say()
-                named = standard_input.NAME if standard_input.reads(index) else str(clip)
-                message = message if named in message else f"{shown}: {message}"
+                # Named once: standard input as such, a file as the runtime's messages name it, else as typed.
+                reads_standard_input = standard_input.reads(index)
+                named = standard_input.NAME if reads_standard_input else str(clip)
+                if named not in message:
+                    message = f"{standard_input.NAME if reads_standard_input else shown}: {message}"
                 _error_line(message)
                 if json_output:
                     _say(json.dumps({"file": shown, "error": message}, ensure_ascii=False))
                 failed += 1
                 continue
-            if cues:
-                cues.finish()
+            if subtitle_writer:
+                subtitle_writer.finish()
             else:
                 name.say()
                 _say()
@@ -515,12 +519,12 @@ class _StandardInput:
         self.positions = [index for index, argument in enumerate(arguments) if argument == self.DASH]
         self.copy: Path | None = None
         if len(self.positions) > 1:
-            raise EdgelalmError("- (standard input) is named more than once; it can be read once")
+            raise EdgelalmError(f"- ({self.NAME}) is named more than once; it can be read once")
         if self.positions and sys.stdin is None:
-            raise EdgelalmError("- reads audio from standard input, which is closed")
+            raise EdgelalmError(f"- reads audio from {self.NAME}, which is closed")
         if self.positions and sys.stdin.isatty():
             raise EdgelalmError(
-                "- reads audio from standard input, which is a terminal: pipe audio in "
+                f"- reads audio from {self.NAME}, which is a terminal: pipe audio in "
                 "(sox clip.mp3 -t wav - | edgelalm run -)"
             )
 
@@ -546,7 +550,7 @@ class _StandardInput:
                         file.write(block)
             except OSError as error:  # the write's (a full disk); the read's are worded apart
                 raise EdgelalmError(
-                    f"cannot save standard input in {Path(folder).parent}: {error.strerror or error}"
+                    f"cannot save {self.NAME} in {Path(folder).parent}: {error.strerror or error}"
                     f"{free_space_note(Path(folder))}"
                 ) from None
             finish_streamed_wav_header(copy, self.NAME)
@@ -569,7 +573,7 @@ def _read_standard_input() -> bytes:
     try:
         return sys.stdin.buffer.read(1 << 20)
     except OSError as error:  # a descriptor opened for writing only, an I/O error
-        raise EdgelalmError(f"cannot read standard input: {error.strerror or error}") from None
+        raise EdgelalmError(f"cannot read {_StandardInput.NAME}: {error.strerror or error}") from None
 
 
 class _NameBeforeAnswer:

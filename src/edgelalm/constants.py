@@ -105,6 +105,7 @@ WindowMode = Literal["joined", "each"]
 WINDOW_MODES: tuple[WindowMode, ...] = get_args(WindowMode)
 # `run --subtitles`: SubRip (.srt) or WebVTT (.vtt), a cue per answered window.
 SubtitleFormat = Literal["srt", "vtt"]
+SUBTITLE_FORMATS: tuple[SubtitleFormat, ...] = get_args(SubtitleFormat)
 # A checkpoint's own advice on how `run` cuts long clips (the windows it answers best), read by
 # export into the manifest's `windows` section: {"mode": "each", "seconds": 8}.
 WINDOWS_ADVICE_FILE = "edgelalm_windows.json"

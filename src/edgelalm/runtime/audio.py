@@ -26,10 +26,8 @@ def _check_file(path: Path) -> None:
     except FileNotFoundError:
         if path.is_symlink():
             raise EdgelalmError(f"{path} is a symbolic link to nothing") from None
-        if str(path) == "-":
-            raise EdgelalmError(
-                "audio file not found: - (audio is read from files, not standard input: save it first)"
-            ) from None
+        if str(path) == "-":  # `edgelalm run -` reads standard input; this is a file named -
+            raise EdgelalmError("audio file not found: ./- (a file named -)") from None
         raise EdgelalmError(f"audio file not found: {path}") from None
     except OSError as error:  # a loop of links, a name too long, no permission
         if error.errno == errno.ELOOP:
@@ -308,7 +306,7 @@ def _wav_data(path: Path) -> _WavData | None:
 _MAX_RIFF_BYTES = 0xFFFFFFFF
 
 
-def finish_streamed_wav_header(path: Path, source: str = "standard input") -> bool:
+def finish_streamed_wav_header(path: Path, source: str) -> bool:
     """Give a WAV written into a pipe the sizes its writer could not go back and fill in, so that
     it is read to its end: a data size of 0, past what follows (sox writes 0x7FFFF000, arecord
     0x80000000), or short of audio that follows it (the same placeholder on a longer stream)

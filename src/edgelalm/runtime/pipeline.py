@@ -295,7 +295,7 @@ class Runtime:
         """Free the decoder's weights and contexts once the runs in flight have ended; later runs
         are refused. Closing twice is harmless."""
         if getattr(self._inside_run, "active", False):
-            raise EdgelalmError("Runtime.close() was called from inside one of its own runs (on_text)")
+            raise EdgelalmError("Runtime.close() was called from inside one of its own runs (on_text, on_timed_text)")
         with self._lifecycle:
             self._closed = True
             self._lifecycle.wait_for(lambda: self._active_runs == 0)
@@ -306,7 +306,8 @@ class Runtime:
         """One run in flight: refused on a closed Runtime, in a forked child, or from inside a run."""
         if getattr(self._inside_run, "active", False):
             raise EdgelalmError(
-                "Runtime.run() was called from inside one of its own runs (on_text): it would wait for ever "
+                "Runtime.run() was called from inside one of its own runs (on_text, on_timed_text): it would wait "
+                "for ever "
                 "for a context; call it after the run returns"
             )
         if os.getpid() != self._process_id:
@@ -406,7 +407,9 @@ class Runtime:
             on_text: called with each piece of the answer as it is decoded (streaming).
             on_timed_text: called with each answer and its span of audio as soon as it is complete:
                 a window's with "each" (a long recording's subtitles, cue by cue), the whole
-                clip's with "joined"; the same entries as the result's `timed_text`.
+                clip's with "joined"; the same entries as the result's `timed_text`. Both callbacks
+                run on the caller's thread while the run holds its context (a slow one delays the
+                next window); one that raises ends the run, its exception passed on unchanged.
             prompt_special_tokens: read `<|im_end|>` and the like in `prompt` as control tokens
                 (default: as text, so a prompt cannot end the user's turn).
             compressor: which of the bundle's compressors (`Runtime.compressors`: avg3, unseg, ...)

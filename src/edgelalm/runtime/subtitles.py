@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import get_args
 
-from edgelalm.constants import SubtitleFormat
+from edgelalm.constants import SUBTITLE_FORMATS, SubtitleFormat
 
 
+# Here rather than beside RunResult: the writer and `edgelalm.TimedText` load without onnxruntime
+# and llama.cpp.
 @dataclass(frozen=True)
 class TimedText:
     """An answer and the audio it answers, in seconds from the clip's start: one window with
@@ -59,12 +60,12 @@ class SubtitleWriter:
     cues is still WebVTT), so that a run that fails before any answer writes nothing."""
 
     def __init__(self, subtitle_format: SubtitleFormat, write: Callable[[str], None]) -> None:
-        if subtitle_format not in get_args(SubtitleFormat):
-            raise ValueError(f"subtitle_format must be one of {get_args(SubtitleFormat)}, got {subtitle_format!r}")
+        if subtitle_format not in SUBTITLE_FORMATS:
+            raise ValueError(f"subtitle_format must be one of {SUBTITLE_FORMATS}, got {subtitle_format!r}")
         self.subtitle_format = subtitle_format
         self.write = write
-        self.cues = 0
-        self.started = False
+        self.cues_written = 0
+        self.header_written = False
 
     def add(self, answer: TimedText) -> None:
         lines = _cue_lines(answer.text)
@@ -73,23 +74,23 @@ class SubtitleWriter:
         srt = self.subtitle_format == "srt"
         decimal_mark = "," if srt else "."
         span = f"{_timestamp(answer.start_seconds, decimal_mark)} --> {_timestamp(answer.end_seconds, decimal_mark)}"
-        number = [str(self.cues + 1)] if srt else []
-        self._start()
+        number = [str(self.cues_written + 1)] if srt else []
+        self._write_header()
         self.write("\n".join([*number, span, *(_srt_lines(lines) if srt else _vtt_lines(lines))]) + "\n\n")
-        self.cues += 1
+        self.cues_written += 1
 
     def finish(self) -> None:
-        self._start()
+        self._write_header()
 
-    def _start(self) -> None:
-        if not self.started:
-            self.started = True
+    def _write_header(self) -> None:
+        if not self.header_written:
+            self.header_written = True
             if self.subtitle_format == "vtt":
                 self.write("WEBVTT\n\n")
 
 
 def to_subtitles(timed_text: Sequence[TimedText], subtitle_format: SubtitleFormat) -> str:
-    """A whole file's subtitles at once (`SubtitleWriter`'s cues, joined)."""
+    """A whole file's subtitles at once, from a `RunResult.timed_text` (`SubtitleWriter`'s cues)."""
     parts: list[str] = []
     writer = SubtitleWriter(subtitle_format, parts.append)
     for answer in timed_text:
