@@ -522,6 +522,74 @@ def test_each_cue_is_written_before_the_next_window_is_answered(avg2, tmp_path):
     assert (tmp_path / "cues.srt").read_text() == to_subtitles(spans, "srt")
 
 
+def test_out_dir_writes_each_clips_subtitles_to_a_file_of_its_own(avg2, tmp_path):
+    """`--subtitles --out-dir`: several clips (standard input among them), a file each named after
+    its clip, equal to what the clip alone prints on standard output; the paths on stdout; a clip
+    that fails among them leaves no file, not even a hidden half one, and the others are written."""
+    short = write_wav(tmp_path / "short.wav", speechlike(3.0))
+    long = write_wav(tmp_path / "long.flac", speechlike(12.0, seed=1))
+    piped = write_wav(tmp_path / "piped.wav", speechlike(2.0, seed=2))
+    bad = tmp_path / "bad.wav"
+    bad.write_text("not audio")
+    options = ("--bundle", avg2, "--max-tokens", MAX_TOKENS, "--window-seconds", 4, "--subtitles", "vtt")
+    alone = {}
+    for clip in (short, long, piped):
+        code, stdout, stderr = edgelalm("run", clip, *options)
+        assert code == 0, stderr
+        alone[clip] = stdout
+    out = tmp_path / "subtitles"
+    code, stdout, stderr = edgelalm(
+        "run", short, bad, "-", long, *options, "--out-dir", out, stdin=piped.read_bytes()
+    )  # fmt: skip
+    assert code == 1 and stderr.strip().splitlines() == [
+        f"edgelalm: error: cannot read audio from {bad}: Format not recognised."
+    ], stderr
+    written = [out / "short.vtt", out / "standard-input.vtt", out / "long.vtt"]
+    assert stdout.splitlines() == [str(path) for path in written]
+    assert sorted(out.iterdir()) == sorted(written)
+    for path, clip in zip(written, (short, piped, long), strict=True):
+        assert path.read_text() == alone[clip]
+        assert len(webvtt.from_string(path.read_text(), strict=True)) >= 1
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("no --subtitles", "--out-dir writes subtitle files: give --subtitles srt or vtt"),
+        ("one name for two", "would both be written to"),
+        ("a file there", "clip.srt exists already; remove it, or give another --out-dir"),
+        ("out-dir is a file", "is a file, not a folder"),
+        ("several to stdout", "--subtitles writes one clip's subtitles to standard output; got 2 files"),
+    ],
+)
+def test_out_dir_refusals_come_before_any_work(avg2, clip, tmp_path, case, message):
+    out = tmp_path / "out"
+    extra: tuple = ("--subtitles", "srt", "--out-dir", out)
+    clips: tuple = (clip,)
+    if case == "no --subtitles":
+        extra = ("--out-dir", out)
+    elif case == "one name for two":
+        other = tmp_path / "elsewhere"
+        other.mkdir()
+        clips = (clip, shutil.copy(clip, other / clip.name))
+    elif case == "a file there":
+        out.mkdir()
+        (out / "clip.srt").write_text("the user's own\n")
+    elif case == "out-dir is a file":
+        out.write_text("")
+    else:
+        clips, extra = (clip, clip), ("--subtitles", "srt")
+    code, stdout, stderr = edgelalm("run", *clips, "--bundle", avg2, *extra)
+    assert_one_line_error(code, stderr, message)
+    assert stdout == ""
+    if case == "a file there":
+        assert [path.name for path in out.iterdir()] == ["clip.srt"] and (
+            out / "clip.srt"
+        ).read_text() == "the user's own\n"
+    elif case != "out-dir is a file":
+        assert not out.exists()
+
+
 def test_subtitles_without_windows_cut_the_clip_at_pauses(avg2, tmp_path):
     """`--subtitles` alone implies --windows each (a bundle that advises nothing is answered joined,
     one cue for the whole clip); --windows joined keeps one cue."""
@@ -541,7 +609,10 @@ def test_subtitles_without_windows_cut_the_clip_at_pauses(avg2, tmp_path):
     ("extra", "message"),
     [
         (("--json",), "--subtitles and --json both print to standard output: choose one"),
-        (("SECOND",), "--subtitles writes one clip's subtitles; got 2 files: give one"),
+        (
+            ("SECOND",),
+            "--subtitles writes one clip's subtitles to standard output; got 2 files: give one, or --out-dir",
+        ),
     ],
 )
 def test_subtitles_for_one_clip_alone(avg2, clip, extra, message):

@@ -41,6 +41,7 @@ from edgelalm.manifest import MAX_BEAM_SIZE, bundle_name
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from typing import TextIO
 
     from edgelalm.manifest import CtcInfo, DecoderInfo, Manifest
 
@@ -347,7 +348,15 @@ def run(
             help="Print the transcript as subtitles (srt: SubRip, vtt: WebVTT) instead of the streamed text: one cue "
             "per window, timed from the clip's start and written once its window is answered; windows that heard "
             "nothing have none. Implies --windows each unless --windows is given (joined: one cue for the whole "
-            "clip). One file at a time.",
+            "clip). One clip at a time on standard output; several with --out-dir.",
+        ),
+    ] = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --subtitles: write each clip's subtitles to a file of its own in this folder, named after "
+            "the clip (talk.wav: talk.srt; -: standard-input.srt), and print its path; a file already there is "
+            "not replaced. Each file appears whole once its clip is answered.",
         ),
     ] = None,
     prompt_special_tokens: Annotated[
@@ -425,9 +434,13 @@ def run(
     for index, clip in enumerate(clips):
         if not standard_input.reads(index) and _holds_manifest(clip):
             raise EdgelalmError(f"{clip} is a bundle folder, not audio: pass it as --bundle")
+    subtitle_files = _subtitle_files(audio, subtitles, out_dir) if out_dir is not None else None
     if subtitles is not None:
-        if len(audio) > 1:
-            raise EdgelalmError(f"--subtitles writes one clip's subtitles; got {len(audio)} files: give one")
+        if len(audio) > 1 and subtitle_files is None:
+            raise EdgelalmError(
+                f"--subtitles writes one clip's subtitles to standard output; got {len(audio)} files: give one, or "
+                "--out-dir for a file each"
+            )
         if json_output:
             raise EdgelalmError(
                 "--subtitles and --json both print to standard output: choose one (--json's "
@@ -451,25 +464,30 @@ def run(
             shown = _shown_path(audio[index])  # as typed: ./- is not standard input
             name = _NameBeforeAnswer(f"{shown}: " if several else None)
             # Cue by cue as each window is answered: a long recording's subtitles grow as it is read.
-            subtitle_writer = SubtitleWriter(subtitles, functools.partial(_say, end="")) if subtitles else None
+            cues_out = contextlib.nullcontext(None) if subtitle_files is None else _written_whole(subtitle_files[index])
             try:
-                result = runtime.run(
-                    standard_input.source(index, clip),
-                    prompt=prompt,
-                    max_tokens=max_tokens,
-                    temperature=temperature,
-                    top_p=top_p,
-                    seed=seed,
-                    on_text=None if subtitle_writer else name.before_piece,
-                    on_timed_text=subtitle_writer.add if subtitle_writer else None,
-                    prompt_special_tokens=prompt_special_tokens,
-                    compressor=compressor,
-                    max_audio_tokens=max_audio_tokens,
-                    windows=windows,
-                    window_seconds=window_seconds,
-                    beam_size=beam_size,
-                    ctc_weight=ctc_weight,
-                )
+                with cues_out as cue_file:
+                    write = functools.partial(_say, end="") if cue_file is None else cue_file.write
+                    subtitle_writer = SubtitleWriter(subtitles, write) if subtitles else None
+                    result = runtime.run(
+                        standard_input.source(index, clip),
+                        prompt=prompt,
+                        max_tokens=max_tokens,
+                        temperature=temperature,
+                        top_p=top_p,
+                        seed=seed,
+                        on_text=None if subtitle_writer else name.before_piece,
+                        on_timed_text=subtitle_writer.add if subtitle_writer else None,
+                        prompt_special_tokens=prompt_special_tokens,
+                        compressor=compressor,
+                        max_audio_tokens=max_audio_tokens,
+                        windows=windows,
+                        window_seconds=window_seconds,
+                        beam_size=beam_size,
+                        ctc_weight=ctc_weight,
+                    )
+                    if subtitle_writer:
+                        subtitle_writer.finish()
             except EdgelalmError as error:
                 message = standard_input.worded(str(error))
                 if not several:
@@ -489,9 +507,9 @@ def run(
                     _say(json.dumps({"file": shown, "error": message}, ensure_ascii=False))
                 failed += 1
                 continue
-            if subtitle_writer:
-                subtitle_writer.finish()
-            else:
+            if subtitle_files is not None:
+                _say(_shown_path(subtitle_files[index]))
+            elif not subtitle_writer:
                 name.say()
                 _say()
             if result.compressor_choice:
@@ -567,6 +585,39 @@ class _StandardInput:
     def worded(self, message: str) -> str:
         """A message about the saved copy, about standard input instead."""
         return message if self.copy is None else message.replace(str(self.copy), self.NAME)
+
+
+def _subtitle_files(audio: list[str], subtitles: SubtitleFormat | None, out_dir: Path) -> list[Path]:
+    """Where `--out-dir` writes each clip's subtitles, checked before the bundle loads: named after
+    the clip, none already there (a user's edited file is not replaced), no two clips to one name."""
+    if subtitles is None:
+        raise EdgelalmError("--out-dir writes subtitle files: give --subtitles srt or vtt")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EdgelalmError(f"--out-dir {out_dir} is a file, not a folder")
+    stems = ["standard-input" if argument == _StandardInput.DASH else Path(argument).stem for argument in audio]
+    files = [out_dir / f"{stem}.{subtitles}" for stem in stems]
+    for index, file in enumerate(files):
+        if files.index(file) != index:
+            raise EdgelalmError(
+                f"{audio[files.index(file)]} and {audio[index]} would both be written to {file}: give them apart"
+            )
+        if file.exists() or file.is_symlink():
+            raise EdgelalmError(f"{file} exists already; remove it, or give another --out-dir")
+    return files
+
+
+@contextlib.contextmanager
+def _written_whole(path: Path) -> Iterator[TextIO]:
+    """A text file written under a hidden name beside `path` and renamed into place when the block
+    ends; removed if it fails (no half file for a clip that failed part-way)."""
+    from edgelalm.files import make_output_folder, replaced_file, write_failed
+
+    make_output_folder(path.parent)
+    try:
+        with replaced_file(path) as scratch, scratch.open("w", encoding="utf-8") as file:
+            yield file
+    except OSError as error:
+        raise write_failed("subtitles", path, error) from None
 
 
 def _read_standard_input() -> bytes:

@@ -59,7 +59,7 @@ class SubtitleWriter:
     nothing gets no cue. The header is written with the first cue, or by `finish` (a file without
     cues is still WebVTT), so that a run that fails before any answer writes nothing."""
 
-    def __init__(self, subtitle_format: SubtitleFormat, write: Callable[[str], None]) -> None:
+    def __init__(self, subtitle_format: SubtitleFormat, write: Callable[[str], object]) -> None:
         if subtitle_format not in SUBTITLE_FORMATS:
             raise ValueError(f"subtitle_format must be one of {SUBTITLE_FORMATS}, got {subtitle_format!r}")
         self.subtitle_format = subtitle_format
