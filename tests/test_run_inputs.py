@@ -548,7 +548,7 @@ def test_out_dir_writes_each_clips_subtitles_to_a_file_of_its_own(avg2, tmp_path
     assert stdout.splitlines() == [str(path) for path in written]
     assert sorted(out.iterdir()) == sorted(written)
     for path, clip in zip(written, (short, piped, long), strict=True):
-        assert path.read_text() == alone[clip]
+        assert path.read_bytes() == alone[clip].encode()
         assert len(webvtt.from_string(path.read_text(), strict=True)) >= 1
 
 
@@ -556,38 +556,77 @@ def test_out_dir_writes_each_clips_subtitles_to_a_file_of_its_own(avg2, tmp_path
     ("case", "message"),
     [
         ("no --subtitles", "--out-dir writes subtitle files: give --subtitles srt or vtt"),
-        ("one name for two", "would both be written to"),
+        ("one name in two folders", "would both be written to"),
+        ("one name but its case", "would both be written to"),
+        ("standard input and its file name", "would both be written to"),
         ("a file there", "clip.srt exists already; remove it, or give another --out-dir"),
+        ("a link to nothing there", "clip.srt exists already; remove it, or give another --out-dir"),
         ("out-dir is a file", "is a file, not a folder"),
+        ("out-dir under a file", "is a file, not a folder"),
+        ("out-dir a link to nothing", "is a link to nothing"),
+        ("a clip with no name", "has no name to call its subtitle file by"),
         ("several to stdout", "--subtitles writes one clip's subtitles to standard output; got 2 files"),
     ],
 )
-def test_out_dir_refusals_come_before_any_work(avg2, clip, tmp_path, case, message):
+def test_out_dir_refusals_come_before_the_bundle_loads(clip, tmp_path, case, message):
+    """Each is refused in one line before the bundle loads (the bundle named does not exist, and
+    its error would come first otherwise), nothing made or replaced."""
     out = tmp_path / "out"
     extra: tuple = ("--subtitles", "srt", "--out-dir", out)
     clips: tuple = (clip,)
     if case == "no --subtitles":
         extra = ("--out-dir", out)
-    elif case == "one name for two":
-        other = tmp_path / "elsewhere"
-        other.mkdir()
-        clips = (clip, shutil.copy(clip, other / clip.name))
-    elif case == "a file there":
+    elif case == "one name in two folders":
+        (tmp_path / "elsewhere").mkdir()
+        clips = (clip, shutil.copy(clip, tmp_path / "elsewhere" / clip.name))
+    elif case == "one name but its case":
+        clips = (clip, shutil.copy(clip, tmp_path / "CLIP.flac"))
+    elif case == "standard input and its file name":
+        clips = ("-", shutil.copy(clip, tmp_path / "standard-input.wav"))
+    elif case in ("a file there", "a link to nothing there"):
         out.mkdir()
-        (out / "clip.srt").write_text("the user's own\n")
+        if case == "a file there":
+            (out / "clip.srt").write_text("the user's own\n")
+        else:
+            (out / "clip.srt").symlink_to(tmp_path / "nothing")
     elif case == "out-dir is a file":
         out.write_text("")
+    elif case == "out-dir under a file":
+        extra = ("--subtitles", "srt", "--out-dir", clip / "out")
+    elif case == "out-dir a link to nothing":
+        out.symlink_to(tmp_path / "nothing")
+    elif case == "a clip with no name":
+        clips = (shutil.copy(clip, tmp_path / ".wav"),)
     else:
         clips, extra = (clip, clip), ("--subtitles", "srt")
-    code, stdout, stderr = edgelalm("run", *clips, "--bundle", avg2, *extra)
+    before = sorted(tmp_path.rglob("*"))
+    code, stdout, stderr = edgelalm("run", *clips, "--bundle", tmp_path / "no-bundle", *extra, stdin=clip.read_bytes())
     assert_one_line_error(code, stderr, message)
-    assert stdout == ""
+    assert stdout == "" and sorted(tmp_path.rglob("*")) == before
     if case == "a file there":
-        assert [path.name for path in out.iterdir()] == ["clip.srt"] and (
-            out / "clip.srt"
-        ).read_text() == "the user's own\n"
-    elif case != "out-dir is a file":
-        assert not out.exists()
+        assert (out / "clip.srt").read_text() == "the user's own\n"
+
+
+def test_a_subtitle_file_is_published_only_where_none_appeared(tmp_path):
+    """files.new_file: the scratch becomes the file when the block ends; a file that appeared
+    meanwhile is kept (FileExistsError) and the scratch removed; a block that fails leaves nothing."""
+    from edgelalm.files import new_file
+
+    target = tmp_path / "talk.srt"
+    with new_file(target) as scratch:
+        scratch.write_text("ours")
+    assert target.read_text() == "ours" and [path.name for path in tmp_path.iterdir()] == ["talk.srt"]
+    other = tmp_path / "other.srt"
+    with pytest.raises(FileExistsError), new_file(other) as scratch:
+        scratch.write_text("ours")
+        other.write_text("the user's own")
+    assert other.read_text() == "the user's own" and sorted(path.name for path in tmp_path.iterdir()) == [
+        "other.srt", "talk.srt"
+    ]  # fmt: skip
+    with pytest.raises(RuntimeError), new_file(tmp_path / "failed.srt") as scratch:
+        scratch.write_text("half")
+        raise RuntimeError("the clip failed")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["other.srt", "talk.srt"]
 
 
 def test_subtitles_without_windows_cut_the_clip_at_pauses(avg2, tmp_path):
@@ -608,7 +647,7 @@ def test_subtitles_without_windows_cut_the_clip_at_pauses(avg2, tmp_path):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (("--json",), "--subtitles and --json both print to standard output: choose one"),
+        (("--json",), "--subtitles and --json: choose one"),
         (
             ("SECOND",),
             "--subtitles writes one clip's subtitles to standard output; got 2 files: give one, or --out-dir",

@@ -40,8 +40,7 @@ from edgelalm.errors import EdgelalmError
 from edgelalm.manifest import MAX_BEAM_SIZE, bundle_name
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-    from typing import TextIO
+    from collections.abc import Callable, Iterator
 
     from edgelalm.manifest import CtcInfo, DecoderInfo, Manifest
 
@@ -443,8 +442,7 @@ def run(
             )
         if json_output:
             raise EdgelalmError(
-                "--subtitles and --json both print to standard output: choose one (--json's "
-                "timed_text holds the same times and answers)"
+                "--subtitles and --json: choose one (--json's timed_text holds the same times and answers)"
             )
         windows = windows or "each"  # a cue per window: one for a whole long recording says little
     if bundle is None:
@@ -454,6 +452,10 @@ def run(
         Runtime(bundle, threads=threads, device=device, llama_extra_buffers=llama_extra_buffers) as runtime,
         standard_input.saved(),
     ):
+        if subtitle_files is not None and out_dir is not None:
+            from edgelalm.files import make_output_folder
+
+            make_output_folder(out_dir)
         # Worded for the command line: the mode given, else the bundle's advice.
         if window_seconds is not None and runtime.windows_for(windows, None)[0] == "joined":
             raise EdgelalmError("--window-seconds applies to --windows each (windows answered each on its own)")
@@ -466,8 +468,8 @@ def run(
             # Cue by cue as each window is answered: a long recording's subtitles grow as it is read.
             cues_out = contextlib.nullcontext(None) if subtitle_files is None else _written_whole(subtitle_files[index])
             try:
-                with cues_out as cue_file:
-                    write = functools.partial(_say, end="") if cue_file is None else cue_file.write
+                with cues_out as write_to_file:
+                    write = functools.partial(_say, end="") if write_to_file is None else write_to_file
                     subtitle_writer = SubtitleWriter(subtitles, write) if subtitles else None
                     result = runtime.run(
                         standard_input.source(index, clip),
@@ -490,7 +492,7 @@ def run(
                         subtitle_writer.finish()
             except EdgelalmError as error:
                 message = standard_input.worded(str(error))
-                if not several:
+                if not several or isinstance(error, _SubtitleFileFailed):
                     if message != str(error):  # about the saved copy of standard input
                         raise EdgelalmError(message) from None
                     raise
@@ -589,35 +591,75 @@ class _StandardInput:
 
 def _subtitle_files(audio: list[str], subtitles: SubtitleFormat | None, out_dir: Path) -> list[Path]:
     """Where `--out-dir` writes each clip's subtitles, checked before the bundle loads: named after
-    the clip, none already there (a user's edited file is not replaced), no two clips to one name."""
+    the clip, none already there (a user's edited file is not replaced), no two clips to one name
+    (compared as a case-insensitive file system would), a folder that can be made."""
+    import unicodedata
+
+    from edgelalm.files import existing_on_the_way
+
     if subtitles is None:
         raise EdgelalmError("--out-dir writes subtitle files: give --subtitles srt or vtt")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise EdgelalmError(f"--out-dir {out_dir} is a file, not a folder")
-    stems = ["standard-input" if argument == _StandardInput.DASH else Path(argument).stem for argument in audio]
-    files = [out_dir / f"{stem}.{subtitles}" for stem in stems]
-    for index, file in enumerate(files):
-        if files.index(file) != index:
+    on_the_way = existing_on_the_way(out_dir) if not out_dir.is_symlink() else out_dir
+    if not on_the_way.is_dir():
+        what = "a link to nothing" if out_dir.is_symlink() else "a file, not a folder"
+        raise EdgelalmError(f"--out-dir {out_dir}: {on_the_way} is {what}")
+    name_max = os.pathconf(on_the_way, "PC_NAME_MAX")
+    files: list[Path] = []
+    first_by_name: dict[str, int] = {}
+    for index, argument in enumerate(audio):
+        stem = "standard-input" if argument == _StandardInput.DASH else Path(argument).stem
+        if not stem.strip(".").strip() or stem.startswith("."):  # none, or a hidden file's
+            raise EdgelalmError(f"{_shown_path(argument)} has no name to call its subtitle file by")
+        file = out_dir / f"{stem}.{subtitles}"
+        key = unicodedata.normalize("NFC", os.fsdecode(file.name)).casefold()
+        if key in first_by_name:
             raise EdgelalmError(
-                f"{audio[files.index(file)]} and {audio[index]} would both be written to {file}: give them apart"
+                f"{_shown_path(audio[first_by_name[key]])} and {_shown_path(argument)} would both be written to "
+                f"{_shown_path(file)}: give them apart"
             )
+        first_by_name[key] = index
+        if len(os.fsencode(f".{file.name}.partial-{os.getpid()}")) > name_max:
+            raise EdgelalmError(f"{_shown_path(argument)}: its subtitle file's name is too long for {out_dir}")
         if file.exists() or file.is_symlink():
-            raise EdgelalmError(f"{file} exists already; remove it, or give another --out-dir")
+            raise EdgelalmError(f"{_shown_path(file)} exists already; remove it, or give another --out-dir")
+        files.append(file)
     return files
 
 
-@contextlib.contextmanager
-def _written_whole(path: Path) -> Iterator[TextIO]:
-    """A text file written under a hidden name beside `path` and renamed into place when the block
-    ends; removed if it fails (no half file for a clip that failed part-way)."""
-    from edgelalm.files import make_output_folder, replaced_file, write_failed
+class _SubtitleFileFailed(EdgelalmError):
+    """A subtitle file that could not be written: the folder's problem, so every later clip would
+    meet it too; the run stops."""
 
-    make_output_folder(path.parent)
-    try:
-        with replaced_file(path) as scratch, scratch.open("w", encoding="utf-8") as file:
-            yield file
-    except OSError as error:
-        raise write_failed("subtitles", path, error) from None
+
+@contextlib.contextmanager
+def _written_whole(path: Path) -> Iterator[Callable[[str], object]]:
+    """Yield a writer into a hidden file beside `path`, which becomes `path` when the block ends
+    (never replacing a file that appeared meanwhile); removed if the clip fails part-way."""
+    from edgelalm.files import new_file, write_failed
+
+    def failed(error: OSError) -> EdgelalmError:
+        if isinstance(error, FileExistsError):  # this clip's alone
+            return EdgelalmError(f"{_shown_path(path)} appeared while its clip was answered; it is left as it is")
+        return _SubtitleFileFailed(str(write_failed("subtitles", path, error)))
+
+    with contextlib.ExitStack() as stack:
+        try:
+            scratch = stack.enter_context(new_file(path))
+            file = stack.enter_context(scratch.open("w", encoding="utf-8"))
+        except OSError as error:
+            raise failed(error) from None
+
+        def write(text: str) -> None:
+            try:
+                file.write(text)
+            except OSError as error:
+                raise failed(error) from None
+
+        yield write
+        try:
+            stack.close()  # closes the file, then publishes it
+        except OSError as error:
+            raise failed(error) from None
 
 
 def _read_standard_input() -> bytes:

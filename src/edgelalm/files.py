@@ -189,6 +189,27 @@ def replaced_file(path: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def new_file(path: Path) -> Iterator[Path]:
+    """Yield a hidden scratch name beside `path`; on success it becomes `path` only if nothing is
+    there by then (a hard link, which never replaces, then the scratch name unlinked): a file that
+    appeared meanwhile is not lost (FileExistsError); on any failure the scratch is removed."""
+    scratch = path.with_name(f".{path.name[:_NAME_KEPT]}.partial-{os.getpid()}")
+    try:
+        yield scratch
+        try:
+            os.link(scratch, path)
+        except FileExistsError:
+            raise
+        except OSError:  # a file system without hard links: the check, then the rename
+            if path.exists() or path.is_symlink():
+                raise FileExistsError(errno.EEXIST, "File exists", str(path)) from None
+            os.replace(scratch, path)
+    finally:
+        with contextlib.suppress(OSError):
+            scratch.unlink()
+
+
+@contextlib.contextmanager
 def folder_lock(folder: Path, user: str) -> Iterator[None]:
     """Hold `folder` for this process while the block runs (flock on a hidden .lock file in it, let
     go even if the process dies); one line where another process holds it. Two benchmarks into one
