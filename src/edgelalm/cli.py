@@ -516,12 +516,11 @@ def run(
                 _say()
             if result.compressor_choice:
                 _note(result.compressor_choice)
-            for warning in result.warnings:
-                _warn(standard_input.worded(warning))
+            warnings = [standard_input.worded(warning) for warning in result.warnings]
+            for warning in warnings:
+                _warn(warning)
             if json_output:
-                record = {"file": shown, **result.to_json()}
-                record["warnings"] = [standard_input.worded(warning) for warning in result.warnings]
-                _say(json.dumps(record, ensure_ascii=False))
+                _say(json.dumps({"file": shown, **result.to_json(), "warnings": warnings}, ensure_ascii=False))
     if failed:
         raise typer.Exit(1)
 

@@ -178,7 +178,7 @@ def replaced_file(path: Path) -> Iterator[Path]:
     """Yield a hidden scratch name beside `path`; on success it replaces `path` in one rename, on
     any failure it is removed: a reader never finds a half-written file, nor a new file beside
     stale ones from an interrupted run."""
-    scratch = path.with_name(f".{path.name[:_NAME_KEPT]}.partial-{os.getpid()}")
+    scratch = _scratch_beside(path)
     try:
         yield scratch
         os.replace(scratch, path)
@@ -193,7 +193,7 @@ def new_file(path: Path) -> Iterator[Path]:
     """Yield a hidden scratch name beside `path`; on success it becomes `path` only if nothing is
     there by then (a hard link, which never replaces, then the scratch name unlinked): a file that
     appeared meanwhile is not lost (FileExistsError); on any failure the scratch is removed."""
-    scratch = path.with_name(f".{path.name[:_NAME_KEPT]}.partial-{os.getpid()}")
+    scratch = _scratch_beside(path)
     try:
         yield scratch
         try:
@@ -207,6 +207,11 @@ def new_file(path: Path) -> Iterator[Path]:
     finally:
         with contextlib.suppress(OSError):
             scratch.unlink()
+
+
+def _scratch_beside(path: Path) -> Path:
+    """The hidden name a file is written under before it takes `path`'s place, this process's own."""
+    return path.with_name(f".{path.name[:_NAME_KEPT]}.partial-{os.getpid()}")
 
 
 @contextlib.contextmanager

@@ -44,13 +44,9 @@ def _srt_lines(lines: list[str]) -> list[str]:
 
 
 def _vtt_lines(lines: list[str]) -> list[str]:
-    return [_vtt_text(line) for line in lines]
-
-
-def _vtt_text(line: str) -> str:
     # WebVTT cue text is markup: & and < start entities and tags; with > as &gt; too, "-->", which
     # may not appear in a cue, cannot either.
-    return line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return [line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") for line in lines]
 
 
 class SubtitleWriter:
