@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edgelalm.errors import EdgelalmError
-from edgelalm.files import atomic_folder, read_tsv, write_tsv
+from edgelalm.files import atomic_folder, new_file, read_tsv, replaced_file, write_tsv
 
 
 def test_a_table_is_tab_separated_text_with_a_header_and_reads_back(tmp_path):
@@ -106,6 +106,23 @@ def test_the_longest_name_the_file_system_allows_is_written(tmp_path):
     with atomic_folder(target, force=False) as staging:
         (staging / "manifest.json").write_text("{}")
     assert (target / "manifest.json").is_file() and sorted(p.name for p in tmp_path.iterdir()) == [target.name]
+
+
+def test_hidden_scratch_names_fit_wherever_their_files_name_fits(tmp_path):
+    """A name of multi-byte characters within the file system's limit (85 CJK characters are 255
+    bytes) could not be written: its scratch and staging names kept 100 characters, not bytes."""
+    name_max = os.pathconf(tmp_path, "PC_NAME_MAX")
+    for writer in (new_file, replaced_file):
+        suffix = f".{writer.__name__}"
+        target = tmp_path / ("字" * ((name_max - len(suffix)) // 3) + suffix)  # within 2 bytes of the limit
+        with writer(target) as scratch:
+            scratch.write_text("whole")
+        assert target.read_text() == "whole"
+    folder = tmp_path / ("夹" * (name_max // 3))
+    with atomic_folder(folder, force=False) as staging:
+        (staging / "manifest.json").write_text("{}")
+    assert (folder / "manifest.json").is_file()
+    assert not [path for path in tmp_path.iterdir() if path.name.startswith(".")]
 
 
 def test_a_written_folder_has_the_umasks_permissions(tmp_path):

@@ -607,6 +607,29 @@ def test_out_dir_refusals_come_before_the_bundle_loads(clip, tmp_path, case, mes
         assert (out / "clip.srt").read_text() == "the user's own\n"
 
 
+def test_out_dir_refuses_a_subtitle_name_longer_than_the_file_system_allows_and_no_other(clip, tmp_path):
+    """A name is refused only where the subtitle file's own name would not fit: its hidden scratch
+    name is cut to fit (files._kept_name), where the check measured the whole scratch name and
+    refused names within ~20 bytes of the limit, or of 85 CJK characters (255 bytes)."""
+    name_max = os.pathconf(tmp_path, "PC_NAME_MAX")
+    fits = [
+        shutil.copy(clip, tmp_path / ("a" * (name_max - 4) + ".wav")),
+        shutil.copy(clip, tmp_path / ("語" * 83 + ".wav")),
+    ]
+    for long_clip in fits:  # 251 bytes for `.srt`: past this bundle's missing folder, the next check
+        code, stdout, stderr = edgelalm(
+            "run", long_clip, "--bundle", tmp_path / "no-bundle", "--subtitles", "srt", "--out-dir", tmp_path / "out"
+        )
+        assert_one_line_error(code, stderr, "no-bundle")
+        assert "too long" not in stderr
+    too_long = shutil.copy(clip, tmp_path / ("b" * (name_max - 2) + ".w"))  # its stem + `.srt`: 2 bytes past the limit
+    code, stdout, stderr = edgelalm(
+        "run", too_long, "--bundle", tmp_path / "no-bundle", "--subtitles", "srt", "--out-dir", tmp_path / "out"
+    )
+    assert_one_line_error(code, stderr, "its subtitle file's name is too long for")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_subtitle_file_is_published_only_where_none_appeared(tmp_path):
     """files.new_file: the scratch becomes the file when the block ends; a file that appeared
     meanwhile is kept (FileExistsError) and the scratch removed; a block that fails leaves nothing."""

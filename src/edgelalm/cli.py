@@ -617,7 +617,7 @@ def _subtitle_files(audio: list[str], subtitles: SubtitleFormat | None, out_dir:
                 f"{_shown_path(file)}: give them apart"
             )
         first_by_name[key] = index
-        if len(os.fsencode(f".{file.name}.partial-{os.getpid()}")) > name_max:
+        if len(os.fsencode(file.name)) > name_max:  # its hidden scratch name is shorter (files.new_file)
             raise EdgelalmError(f"{_shown_path(argument)}: its subtitle file's name is too long for {out_dir}")
         if file.exists() or file.is_symlink():
             raise EdgelalmError(f"{_shown_path(file)} exists already; remove it, or give another --out-dir")

@@ -211,7 +211,7 @@ def new_file(path: Path) -> Iterator[Path]:
 
 def _scratch_beside(path: Path) -> Path:
     """The hidden name a file is written under before it takes `path`'s place, this process's own."""
-    return path.with_name(f".{path.name[:_NAME_KEPT]}.partial-{os.getpid()}")
+    return path.with_name(f".{_kept_name(path.name)}.partial-{os.getpid()}")
 
 
 @contextlib.contextmanager
@@ -266,7 +266,11 @@ def cannot_write_in(parent: Path, error: OSError) -> EdgelalmError:
     return EdgelalmError(f"cannot write to {parent}: {reason}")
 
 
-_NAME_KEPT = 100  # of the target's name in its staging folder's
+def _kept_name(name: str) -> str:
+    """The first 100 bytes of `name` (not characters: 100 CJK characters are 300 bytes), cut at a
+    character, for the hidden names a file or folder is written under: with a prefix and a suffix
+    they must fit wherever the name itself fits (255 bytes on most file systems)."""
+    return os.fsencode(name)[:100].decode("utf-8", errors="ignore")
 
 
 @contextlib.contextmanager
@@ -312,7 +316,7 @@ def atomic_folder(
 def _staging_prefix(target: Path, kind: str) -> str:
     """Hidden, so that nothing takes it for the folder (`run`'s newest bundle skips dot names), and
     named for this host; the process's id follows (`_owned_prefix`)."""
-    return f".{target.name[:_NAME_KEPT]}.{kind}-{socket.gethostname()}-"
+    return f".{_kept_name(target.name)}.{kind}-{socket.gethostname()}-"
 
 
 def _owned_prefix(target: Path, kind: str) -> str:
