@@ -187,6 +187,48 @@ def test_a_file_llama_cpp_cannot_load_is_the_childs_own_error(tmp_path):
 # -- the stock API with the same choice --------------------------------------------------------
 
 
+def test_the_installed_llama_cpp_python_has_the_api_edgelalm_calls():
+    llama_backend.check_llama_cpp_api(llama_cpp)  # passes: CI installs the pinned release
+
+
+@pytest.mark.parametrize("missing", ["llama_memory_clear", "llama_set_adapters_lora", "use_extra_bufts"])
+def test_an_older_llama_cpp_python_is_one_line_naming_the_floor(missing):
+    """llama-cpp-python 0.3.8 (pyproject's floor before) ran the model load, then failed in the
+    middle of a run: `module 'llama_cpp' has no attribute 'llama_memory_clear'`, a traceback."""
+    import ctypes
+    import types
+
+    older = types.ModuleType("llama_cpp")
+    older.__dict__.update({name: getattr(llama_cpp, name) for name in llama_backend._NEWEST_API})
+    older.__version__ = "0.3.9"
+    fields = [field for field in llama_cpp.llama_model_params._fields_ if field[0] != missing]
+    older.llama_model_params = type("llama_model_params", (ctypes.Structure,), {"_fields_": fields})
+    if hasattr(older, missing):
+        delattr(older, missing)
+    with pytest.raises(EdgelalmError) as raised:
+        llama_backend.check_llama_cpp_api(older)
+    floor = llama_backend.LLAMA_CPP_PYTHON_FLOOR
+    assert str(raised.value) == (
+        f"llama-cpp-python 0.3.9 is older than edgelalm needs ({floor} or newer): "
+        f"pip install -U 'llama-cpp-python>={floor}'"
+    )
+
+
+def test_pyprojects_floors_are_the_ones_checked():
+    """The floor pip enforces is the one the runtime names, and llama-cpp-python's own __version__
+    is at least it. typer >= 0.28: the CLI imports typer.exceptions, which older typer lacks."""
+    import re
+
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    assert f'"llama-cpp-python>={llama_backend.LLAMA_CPP_PYTHON_FLOOR}"' in pyproject
+    assert '"typer>=0.28"' in pyproject
+
+    def version(text: str) -> tuple[int, ...]:
+        return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+    assert version(llama_cpp.__version__) >= version(llama_backend.LLAMA_CPP_PYTHON_FLOOR)
+
+
 def test_model_params_carry_the_choice():
     for enabled in (True, False):
         params = llama_backend.model_params(enabled, n_gpu_layers=0)

@@ -62,7 +62,28 @@ def import_llama_cpp() -> ModuleType:
         import llama_cpp
     except Exception as error:  # llama_cpp raises RuntimeError("Failed to load shared library ...")
         raise EdgelalmError(f"llama-cpp-python cannot be loaded: {error_gist(error)}") from None
+    check_llama_cpp_api(llama_cpp)
     return llama_cpp
+
+
+# The oldest llama-cpp-python edgelalm runs on (pyproject.toml's floor; tests/test_llama_backend.py
+# holds the two equal): its runtime tests and the example clips pass on it, Python 3.10 and 3.11.
+LLAMA_CPP_PYTHON_FLOOR = "0.3.17"
+# What edgelalm calls that older releases lack: llama.cpp's memory API (0.3.10), the extra
+# buffers switch (0.3.15), the flash-attention type and the adapters' setter (0.3.17).
+_NEWEST_API = ("llama_memory_clear", "llama_set_adapters_lora", "LLAMA_FLASH_ATTN_TYPE_DISABLED")
+
+
+def check_llama_cpp_api(module: ModuleType) -> None:
+    """One line where the installed llama-cpp-python predates what edgelalm calls (an environment
+    installed without the floor: an AttributeError in the middle of a run before)."""
+    absent = [name for name in _NEWEST_API if not hasattr(module, name)]
+    if absent or not any(name == "use_extra_bufts" for name, *_ in module.llama_model_params._fields_):
+        version = getattr(module, "__version__", "of unknown version")
+        raise EdgelalmError(
+            f"llama-cpp-python {version} is older than edgelalm needs ({LLAMA_CPP_PYTHON_FLOOR} or newer): "
+            f"pip install -U 'llama-cpp-python>={LLAMA_CPP_PYTHON_FLOOR}'"
+        )
 
 
 def llama_system_info() -> str:
