@@ -213,6 +213,17 @@ def test_a_file_name_that_is_not_utf8(avg2, clip, tmp_path):
     assert result["file"] == str(tmp_path / "caf\\xe9.wav")  # as stdout can carry it
 
 
+def test_a_backslash_in_a_name_is_shown_apart_from_an_escaped_character(avg2, clip, tmp_path):
+    """`a\\nb.wav` (a backslash and an n) and `a<line break>b.wav` were both shown `a\\nb.wav`."""
+    backslash, line_break = shutil.copy(clip, tmp_path / "a\\nb.wav"), shutil.copy(clip, tmp_path / "a\nb.wav")
+    code, stdout, stderr = edgelalm(
+        "run", backslash, line_break, "--bundle", avg2, "--max-tokens", MAX_TOKENS, "--json"
+    )
+    assert code == 0, stderr
+    files = [json.loads(line)["file"] for line in stdout.splitlines() if line.startswith("{")]
+    assert files == [f"{tmp_path}/a\\\\nb.wav", f"{tmp_path}/a\\nb.wav"]
+
+
 def test_a_run_writes_nothing_in_the_home_folder(avg2, clip, tmp_path):
     """onnxruntime wrote a telemetry id under ~/.cache on every run (and warned in colour on a
     read-only home)."""
@@ -318,6 +329,112 @@ def test_mp3(avg2, tmp_path):
     path = tmp_path / "clip.mp3"
     soundfile.write(path, speechlike(2.0), RATE, format="MP3")
     assert 1.9 <= assert_result(*run(avg2, path))["audio_seconds"] <= 2.2
+
+
+def _flac_of_unknown_length(path, samples):
+    """A FLAC whose STREAMINFO gives no total (0): what sox and ffmpeg write into a pipe."""
+    soundfile.write(path, samples, RATE, format="FLAC")
+    data = bytearray(path.read_bytes())
+    assert data[:4] == b"fLaC" and data[4] & 0x7F == 0  # STREAMINFO first
+    # Its 36-bit total of samples ends the 8 bytes after the block and frame sizes (bytes 18-25).
+    packed = int.from_bytes(data[18:26], "big")
+    data[18:26] = (packed & ~((1 << 36) - 1)).to_bytes(8, "big")
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_flac_of_unknown_length_is_answered_as_the_whole_file(avg2, tmp_path):
+    """libsndfile counts 2**63 - 1 frames for it: the run built a list of windows that long
+    (MemoryError, the batch stopped), and soundfile's own reads failed on it."""
+    samples = speechlike(12.0)
+    whole = tmp_path / "whole.flac"
+    soundfile.write(whole, samples, RATE, format="FLAC")
+    unknown = _flac_of_unknown_length(tmp_path / "piped.flac", samples)
+    assert soundfile.info(unknown).frames == 2**63 - 1  # what the fix is for
+    from edgelalm.runtime.audio import open_audio, read_audio
+
+    assert open_audio(unknown).frames == len(samples)
+    assert np.array_equal(read_audio(unknown, RATE), read_audio(whole, RATE))
+    expected = assert_result(*run(avg2, whole))
+    for extra in ((), ("--windows", "joined")):
+        got = assert_result(*run(avg2, unknown, *extra))
+        assert got["audio_seconds"] == 12.0 and got["warnings"] == []
+        if not extra:
+            assert got["text"] == expected["text"] and got["timed_text"] == expected["timed_text"]
+    code, stdout, stderr = edgelalm(
+        "run", "-", "--bundle", avg2, "--max-tokens", MAX_TOKENS, "--json", stdin=unknown.read_bytes()
+    )
+    assert json.loads(stdout.strip().splitlines()[-1])["text"] == expected["text"], stderr
+
+
+@pytest.mark.parametrize("kept_bytes", ["half", 1000])
+def test_an_mp3_cut_short_of_its_header_is_said(avg2, tmp_path, kept_bytes):
+    """An MP3's Xing header counts the whole length; a cut file decodes to less. Half: the rest
+    was answered without a word; nearly nothing: `need at least one array to concatenate` (joined),
+    or an empty answer and exit 0 (each)."""
+    if "MP3" not in soundfile.available_formats():
+        pytest.skip("this libsndfile has no mp3")
+    whole = tmp_path / "whole.mp3"
+    soundfile.write(whole, speechlike(10.0), RATE, format="MP3")
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mp3"
+    cut.write_bytes(data[: len(data) // 2] if kept_bytes == "half" else data[:kept_bytes])
+    assert soundfile.info(cut).frames == soundfile.info(whole).frames  # the header's count
+    for windows in ("each", "joined"):
+        code, stdout, stderr = run(avg2, cut, "--windows", windows)
+        ours = [line for line in stderr.splitlines() if line.startswith("edgelalm")]  # not libmpg123's own
+        assert "Traceback" not in stderr, stderr
+        if kept_bytes != "half":
+            assert code == 1 and len(ours) == 1, stderr
+            assert ours[0].startswith("edgelalm: error: the clip is too short (") and "could be decoded" in ours[0]
+            continue
+        result = json.loads(stdout.strip().splitlines()[-1])
+        assert code == 0 and 4.0 < result["audio_seconds"] < 6.0, stderr
+        assert ours == [f"edgelalm: warning: {warning}" for warning in result["warnings"]], stderr
+        assert result["warnings"] == [
+            f"{cut}: the header declares 10.00 s of audio but only {result['audio_seconds']:.2f} s could be "
+            "decoded (truncated?); using what is there"
+        ]
+
+
+def test_an_mp3_cut_after_its_first_frame_is_one_line_that_does_not_say_it_is_missing(avg2, tmp_path):
+    """libsndfile said "File does not exist or is not a regular file (possibly a pipe?)"."""
+    if "MP3" not in soundfile.available_formats():
+        pytest.skip("this libsndfile has no mp3")
+    whole = tmp_path / "whole.mp3"
+    soundfile.write(whole, speechlike(10.0), RATE, format="MP3")
+    cut = tmp_path / "cut.mp3"
+    cut.write_bytes(whole.read_bytes()[:200])
+    code, _, stderr = run(avg2, cut)
+    ours = [line for line in stderr.splitlines() if line.startswith("edgelalm")]  # not libmpg123's own
+    assert code == 1 and ours == [
+        f"edgelalm: error: cannot read audio from {cut}: its decoder found no audio it could read "
+        "(a damaged or cut file?)"
+    ], stderr
+
+
+@pytest.mark.parametrize("subtype", ["IMA_ADPCM", "MS_ADPCM", "GSM610"])
+def test_block_coded_wavs_get_the_header_warnings_pcm_gets(avg2, tmp_path, subtype):
+    """The header's data size was read as bytes a frame; in ADPCM and GSM 6.10 a block holds
+    hundreds of frames: a WAV cut in half, or one whose header counts half its data, said nothing."""
+    import struct
+
+    rate = 8000 if subtype == "GSM610" else RATE
+    whole = tmp_path / "whole.wav"
+    soundfile.write(whole, speechlike(4.0, rate=rate), rate, subtype=subtype)
+    data = whole.read_bytes()
+    start = data.index(b"data") + 8
+    size = struct.unpack("<I", data[start - 4 : start])[0]
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(data[: start + size // 2])
+    code, stdout, stderr = run(avg2, cut)
+    assert code == 0 and "the header declares 4.0" in stderr and "(truncated?)" in stderr, stderr
+    short = tmp_path / "short.wav"
+    short.write_bytes(data[: start - 4] + struct.pack("<I", size // 2) + data[start:])
+    code, stdout, stderr = run(avg2, short)
+    assert code == 0 and "more follow it" in stderr, stderr
+    code, stdout, stderr = run(avg2, whole)
+    assert code == 0 and stderr == "", stderr
 
 
 def test_whole_wav_has_no_warning(avg2, tmp_path):
@@ -550,6 +667,32 @@ def test_out_dir_writes_each_clips_subtitles_to_a_file_of_its_own(avg2, tmp_path
     for path, clip in zip(written, (short, piped, long), strict=True):
         assert path.read_bytes() == alone[clip].encode()
         assert len(webvtt.from_string(path.read_text(), strict=True)) >= 1
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (("--temperature", "nan"), "temperature must be a finite number >= 0 (0: greedy), got nan"),
+        (("--top-p", "0", "--temperature", "0.5"), "top_p must be a number above 0 and at most 1, got 0.0"),
+        (("--prompt", "bad \udcff"), "the prompt is not valid Unicode text"),
+    ],
+)
+def test_options_are_refused_once_before_the_bundle_loads(clip, tmp_path, option, message):
+    """They were refused file by file, after the bundle loaded, each blaming a file
+    (`{"file": "a.wav", "error": "a.wav: temperature must be ..."}` once per file)."""
+    args = ["run", clip, clip, "--bundle", tmp_path / "no-bundle", "--json", *option]
+    if "\udcff" in option[-1]:  # a command line's undecodable byte, as Python hands it over
+        code, stdout, stderr = edgelalm(*args[:-1], os.fsdecode(b"bad \xff"))
+    else:
+        code, stdout, stderr = edgelalm(*args)
+    assert_one_line_error(code, stderr, message)
+    assert stdout == ""
+
+
+def test_a_prompt_that_leaves_no_room_is_refused_once(avg2, clip):
+    code, stdout, stderr = edgelalm("run", clip, clip, "--bundle", avg2, "--max-tokens", 8190, "--json")
+    assert_one_line_error(code, stderr, "answer tokens leave no room for audio in the decoder's context")
+    assert stdout == ""
 
 
 @pytest.mark.parametrize(

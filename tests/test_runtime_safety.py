@@ -273,6 +273,11 @@ def test_a_run_from_inside_a_run_is_refused(tiny_bundles):
         ({"on_text": 5}, "on_text must be a function called with each piece"),  # TypeError at the first piece
         ({"on_timed_text": 5}, "on_timed_text must be a function called with each answer and its span"),
         ({"windows": "each", "window_seconds": "8"}, "window_seconds must be a number of seconds, got '8'"),
+        ({"prompt_special_tokens": "no"}, "prompt_special_tokens must be True or False"),  # "no" turned it on
+        ({"compressor": ["avg2"]}, "compressor must be one compressor's name, or auto; got ['avg2']"),  # TypeError
+        ({"compressor": {}}, "compressor must be one compressor's name, or auto; got {}"),
+        ({"sampling_rate": 1e15}, "a sampling rate of 1e+15 Hz is past any audio's"),  # soxr never returned
+        ({"sampling_rate": 10**400}, "a sampling rate of more than 1e300 Hz is past any audio's"),  # soxr's TypeError
     ],
 )
 def test_run_arguments_of_the_wrong_kind_are_one_line(runtime, arguments, message):
@@ -283,6 +288,16 @@ def test_run_arguments_of_the_wrong_kind_are_one_line(runtime, arguments, messag
     call = {"audio": speechlike(1.5, 0), "max_tokens": 4, **arguments}
     with pytest.raises(EdgelalmError, match=re.escape(message)):
         runtime.run(call.pop("audio"), **call)
+
+
+def test_fractions_are_numbers_too(runtime):
+    """temperature=Fraction(1, 2) ran, then failed formatting the result's description (TypeError)."""
+    from fractions import Fraction
+
+    audio = speechlike(1.5, 0)
+    plain = runtime.run(audio, max_tokens=4, temperature=0.5, top_p=0.9, seed=3)
+    given = runtime.run(audio, max_tokens=4, temperature=Fraction(1, 2), top_p=Fraction(9, 10), seed=3)
+    assert given.text == plain.text and given.decoding == plain.decoding
 
 
 def test_numpy_integers_are_whole_numbers(runtime):

@@ -421,7 +421,7 @@ def run(
     """Answer a prompt about an audio clip (default: transcribe it) with a bundle, streaming the answer."""
     import json
 
-    from edgelalm.runtime.pipeline import Runtime, latest_bundle
+    from edgelalm.runtime.pipeline import Runtime, check_run_options, latest_bundle
     from edgelalm.runtime.subtitles import SubtitleWriter
 
     _warn_if_extra_buffers_crash(llama_extra_buffers)
@@ -445,6 +445,7 @@ def run(
                 "--subtitles and --json: choose one (--json's timed_text holds the same times and answers)"
             )
         windows = windows or "each"  # a cue per window: one for a whole long recording says little
+    check_run_options(prompt, max_tokens, temperature, top_p, seed)  # once, not per file
     if bundle is None:
         bundle = latest_bundle(DEFAULT_EXPORT_ROOT)
         _note(f"bundle {bundle} (the newest under {DEFAULT_EXPORT_ROOT}/; --bundle picks another)")
@@ -461,6 +462,7 @@ def run(
             raise EdgelalmError("--window-seconds applies to --windows each (windows answered each on its own)")
         # Refused once, not per file.
         runtime.decoding_for(temperature, top_p, seed, beam_size, ctc_weight, compressor)
+        runtime.prompt_fitting(prompt, max_tokens, prompt_special_tokens)
         failed, several = 0, len(audio) > 1
         for index, clip in enumerate(clips):
             shown = _shown_path(audio[index])  # as typed: ./- is not standard input
@@ -1179,8 +1181,10 @@ def _printable(text: str) -> str:
 
 
 def _shown_path(path: Path | str) -> str:
-    """A file's name as stdout can carry it: bytes that are not UTF-8 written as \\xe9."""
-    return _printable(os.fsencode(path).decode("utf-8", "backslashreplace"))
+    """A file's name as stdout can carry it: bytes that are not UTF-8 written as \\xe9, control
+    characters as \\n, and so a backslash of its own as \\\\ (`a\\nb.wav` and a name holding a line
+    break were shown alike)."""
+    return _printable(os.fsencode(path).replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace"))
 
 
 def _stderr_line(kind: str, message: str) -> None:

@@ -62,6 +62,9 @@ _BLOCK_VALUES = 1 << 20
 # multiplies the samples by 16000 / rate: a header or an argument saying 1 Hz made 80 KB of
 # samples into hours of audio and gigabytes.
 MIN_SAMPLING_RATE = 1000
+# The most a WAV or AIFF header that libsndfile reads can say; past it (1e15 as an argument) soxr
+# did not return, or raised its own TypeError (10**400).
+MAX_SAMPLING_RATE = 2**31 - 1
 
 
 def _check_rate(rate: float, source: str) -> None:
@@ -72,11 +75,22 @@ def _check_rate(rate: float, source: str) -> None:
             f"{source}: a sampling rate of {rate:g} Hz holds no speech; edgelalm reads audio sampled at "
             f"{MIN_SAMPLING_RATE} Hz or more"
         )
+    if rate > MAX_SAMPLING_RATE:
+        shown = f"{rate:g}" if rate < 1e300 else "more than 1e300"  # an int past a float's range
+        raise EdgelalmError(
+            f"{source}: a sampling rate of {shown} Hz is past any audio's; edgelalm reads rates up to "
+            f"{MAX_SAMPLING_RATE} Hz"
+        )
 
 
 def _reason(error: Exception) -> str:
-    """libsndfile's own words, without soundfile's "Error opening b'...'" (the path, as bytes)."""
-    return str(getattr(error, "error_string", None) or error)
+    """libsndfile's own words, without soundfile's "Error opening b'...'" (the path, as bytes).
+    Its "File does not exist or is not a regular file" also answers a file that exists but whose
+    decoder gave up at once (an MP3 cut after its first frame); the file was checked before."""
+    reason = str(getattr(error, "error_string", None) or error)
+    if reason.startswith("File does not exist or is not a regular file"):
+        return "its decoder found no audio it could read (a damaged or cut file?)"
+    return reason
 
 
 def _native_path(path: Path) -> str | bytes:
@@ -98,7 +112,41 @@ def open_audio(path: Path) -> AudioFileInfo:
     if info.frames <= 0:
         raise EdgelalmError(f"{path} holds no audio samples{_unfinished_header_hint(path)}")
     _check_rate(info.samplerate, str(path))
-    return AudioFileInfo(path, info.frames, info.samplerate, info.channels)
+    frames = _count_frames(path, info.channels) if info.frames == _UNKNOWN_LENGTH else info.frames
+    if frames == 0:
+        raise EdgelalmError(f"{path} holds no audio samples")
+    return AudioFileInfo(path, frames, info.samplerate, info.channels)
+
+
+# libsndfile's frame count for a file that does not say how long it is: a FLAC written into a pipe
+# (sox, ffmpeg), whose header gives no total. Counted by reading it once (it was a MemoryError).
+_UNKNOWN_LENGTH = 2**63 - 1
+
+
+def _count_frames(path: Path, channels: int) -> int:
+    block = max(1, _BLOCK_VALUES // channels)
+    frames = 0
+    try:
+        with soundfile.SoundFile(_native_path(path)) as stream:
+            while (read := len(_read_block(stream, block))) == block:
+                frames += read
+            return frames + read
+    except (soundfile.LibsndfileError, RuntimeError) as error:
+        raise EdgelalmError(f"cannot read audio from {path}: {_reason(error)}") from None
+
+
+def _read_block(stream: soundfile.SoundFile, frames: int) -> np.ndarray:
+    """Up to `frames` frames, float32 [n, channels]. Where the file does not say its length,
+    libsndfile is asked directly: soundfile's own read first asks for the position, a seek that
+    fails there and leaves an error that soundfile then raises after a good read ("Internal
+    psf_fseek() failed")."""
+    if stream.frames != _UNKNOWN_LENGTH:
+        return stream.read(frames, dtype="float32", always_2d=True)
+    out = np.empty((frames, stream.channels), dtype=np.float32)
+    read = soundfile._snd.sf_readf_float(stream._file, soundfile._ffi.cast("float *", out.ctypes.data), frames)
+    if soundfile._snd.sf_error(stream._file):
+        raise soundfile.LibsndfileError(soundfile._snd.sf_error(stream._file))
+    return out[:read]
 
 
 def audio_seconds(path: Path) -> float:
@@ -109,8 +157,7 @@ def audio_seconds(path: Path) -> float:
 
 def stream_audio(info: AudioFileInfo, sampling_rate: int, warnings: list[str] | None = None) -> Iterator[np.ndarray]:
     """`info.path` as consecutive mono float32 chunks at `sampling_rate`, read block by block, so
-    memory stays flat with the file's length. The chunks join to exactly what `read_audio` returns
-    (soxr's stream resampler equals its one-shot one). Once the file is read, `warnings` gets a
+    memory stays flat with the file's length. Once the file is read, `warnings` gets a
     sentence like `loudness_warning`'s if a float file's samples went past full scale (not a
     lossy file's: MP3, Vorbis and Opus decoders overshoot 1.0 a little on loud audio)."""
     resampler = (
@@ -120,11 +167,13 @@ def stream_audio(info: AudioFileInfo, sampling_rate: int, warnings: list[str] | 
     )
     block = max(1, _BLOCK_VALUES // info.channels)
     peak = 0.0
+    frames_read = 0
     try:
         with soundfile.SoundFile(_native_path(info.path)) as stream:
             stores_floats = stream.subtype in _FLOAT_SUBTYPES
             while True:
-                samples = stream.read(block, dtype="float32", always_2d=True)
+                samples = _read_block(stream, block)
+                frames_read += len(samples)
                 last = len(samples) < block
                 mono = _mono(samples, str(info.path))
                 if stores_floats:
@@ -136,20 +185,33 @@ def stream_audio(info: AudioFileInfo, sampling_rate: int, warnings: list[str] | 
                     break
     except (soundfile.LibsndfileError, RuntimeError) as error:
         raise EdgelalmError(f"cannot read audio from {info.path}: {_reason(error)}") from None
-    note = _past_full_scale(peak, str(info.path), "integer PCM values stored as floats are that much too loud")
-    if note and warnings is not None:
-        warnings.append(note)
+    notes = [
+        _past_full_scale(peak, str(info.path), "integer PCM values stored as floats are that much too loud"),
+        _shortfall_warning(info, frames_read),
+    ]
+    if warnings is not None:
+        warnings.extend(note for note in notes if note)
+
+
+def _shortfall_warning(info: AudioFileInfo, frames_read: int) -> str | None:
+    """A sentence where fewer frames could be decoded than the header counts: a cut MP3 whose Xing
+    header gives the whole length (libsndfile's count is the header's; whole files decode to it
+    exactly, every format libsndfile reads)."""
+    if info.frames - frames_read <= info.samplerate // 100:  # 10 ms
+        return None
+    return (
+        f"{info.path}: the header declares {info.frames / info.samplerate:.2f} s of audio but only "
+        f"{frames_read / info.samplerate:.2f} s could be decoded (truncated?); using what is there"
+    )
 
 
 def read_audio(path: Path, sampling_rate: int) -> np.ndarray:
     """Samples of `path` (wav, flac, ogg, ... whatever libsndfile reads), averaged to mono and
-    resampled with soxr to `sampling_rate`."""
-    _check_file(path)
-    try:
-        samples, file_rate = soundfile.read(_native_path(path), dtype="float32", always_2d=True)
-    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
-        raise EdgelalmError(f"cannot read audio from {path}: {_reason(error)}") from None
-    return prepare_samples(samples, file_rate, sampling_rate, str(path))
+    resampled with soxr to `sampling_rate`: `stream_audio`'s chunks, joined."""
+    chunks = list(stream_audio(open_audio(path), sampling_rate))
+    if not chunks:
+        raise EdgelalmError(f"{path}: no audio could be decoded from it (truncated?)")
+    return np.concatenate(chunks)
 
 
 def samples_in_memory(audio: np.ndarray | Sequence[float], source: str = "the audio") -> np.ndarray:
@@ -236,13 +298,13 @@ def header_warning(info: AudioFileInfo) -> str | None:
     data = _wav_data(info.path)
     if data is None:
         return None
-    declared = data.declared_bytes // data.block_align
+    declared = data.frames(data.declared_bytes)
     if declared > info.frames:
         return (
             f"{info.path}: the header declares {declared / info.samplerate:.2f} s of audio but the file holds "
             f"{info.frames / info.samplerate:.2f} s (truncated?); using what is there"
         )
-    unread_seconds = data.unexplained_bytes / data.block_align / info.samplerate
+    unread_seconds = data.frames(data.unexplained_bytes) / info.samplerate
     if unread_seconds >= 0.1:
         return (
             f"{info.path}: the header declares {info.frames / info.samplerate:.2f} s of audio but about "
@@ -269,9 +331,19 @@ def _unfinished_header_hint(path: Path) -> str:
 @dataclass(frozen=True)
 class _WavData:
     declared_bytes: int  # the data chunk's size, as the header says
-    block_align: int  # bytes a frame
+    block_align: int  # bytes a block: one frame in PCM, float, A-law and mu-law
+    frames_per_block: int  # 1, or hundreds in ADPCM and GSM 6.10 (their fmt chunk says)
     unexplained_bytes: int  # bytes after the declared data that are no chunk: audio the size leaves out
     start: int  # where the data chunk's samples start in the file
+
+    def frames(self, size: int) -> int:
+        """The frames `size` bytes of the data hold (whole blocks)."""
+        return size // self.block_align * self.frames_per_block
+
+
+# WAVE format tags whose block is one frame: PCM, IEEE float, A-law, mu-law, and the extensible
+# header (whose subformats are these); any other (ADPCM, GSM 6.10) says its frames a block.
+_FRAME_BLOCK_FORMATS = frozenset({0x0001, 0x0003, 0x0006, 0x0007, 0xFFFE})
 
 
 def _wav_data(path: Path) -> _WavData | None:
@@ -281,7 +353,7 @@ def _wav_data(path: Path) -> _WavData | None:
         file_size = os.fstat(stream.fileno()).st_size
         if stream.read(4) != b"RIFF" or len(stream.read(4)) != 4 or stream.read(4) != b"WAVE":
             return None
-        block_align = None
+        block_align = frames_per_block = None
         while header := stream.read(8):
             if len(header) < 8:
                 return None
@@ -290,13 +362,17 @@ def _wav_data(path: Path) -> _WavData | None:
                 body = stream.read(size + size % 2)
                 if len(body) < 14:
                     return None
-                block_align = struct.unpack("<H", body[12:14])[0]
+                format_tag, block_align = struct.unpack("<H", body[:2])[0], struct.unpack("<H", body[12:14])[0]
+                if format_tag in _FRAME_BLOCK_FORMATS:
+                    frames_per_block = 1
+                elif len(body) >= 20:  # cbSize, then wSamplesPerBlock
+                    frames_per_block = struct.unpack("<H", body[18:20])[0]
             elif chunk_id == b"data":
-                if not block_align or size == 0xFFFFFFFF:
+                if not block_align or not frames_per_block or size == 0xFFFFFFFF:
                     return None
                 start = stream.tell()
                 end = _end_of_chunks(stream, start + size + size % 2, file_size)
-                return _WavData(size, block_align, max(0, file_size - end), start)
+                return _WavData(size, block_align, frames_per_block, max(0, file_size - end), start)
             else:
                 stream.seek(size + size % 2, 1)
     return None

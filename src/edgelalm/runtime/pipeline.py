@@ -443,6 +443,7 @@ class Runtime:
         max_tokens, seed = _plain_int(max_tokens), _plain_int(seed)
         beam_size, max_audio_tokens = _plain_int(beam_size), _plain_int(max_audio_tokens)
         _check_run_arguments(audio, prompt, max_tokens, temperature, top_p, seed, sampling_rate, on_text, on_timed_text)
+        _check_flag("prompt_special_tokens", prompt_special_tokens)
         candidates = self._candidates(compressor, max_audio_tokens)
         decoding = self.decoding_for(temperature, top_p, seed, beam_size, ctc_weight, compressor)
         windows, window_seconds = self.windows_for(windows, window_seconds)
@@ -495,21 +496,11 @@ class Runtime:
                 warnings = [note for note in [header_warning(info)] if note]
                 # Read lazily: a loudness warning joins `warnings` once the last window is read.
                 windows = stream_windows(stream_audio(info, target_rate, warnings), cut, cut_at_pauses=each_window)
-        prompt_ids = self.prompt_tokens_after_audio(
-            self.prompt.default_prompt if prompt is None else prompt, prompt_special_tokens
-        )
-        text_tokens = len(self.before_audio) + len(prompt_ids)
-        if text_tokens + max_tokens >= self.context_limit:
-            raise EdgelalmError(
-                f"{text_tokens} prompt and {max_tokens} answer tokens leave no room for audio in the decoder's "
-                f"context of {self.context_limit}; {self._advice_without_room(text_tokens, max_tokens)}"
-            )
+        prompt_ids, text_tokens = self.prompt_fitting(prompt, max_tokens, prompt_special_tokens)
         # A window (or a tail after full windows) shorter than 30 ms gives the encoder nothing.
         usable = [n for n in window_lengths(total_samples, self.features) if usable_window(n, self.features)]
         if not usable:
-            raise EdgelalmError(
-                f"the clip is too short ({total_samples / target_rate * 1000:.0f} ms): the encoder needs at least 30 ms"
-            )
+            raise _too_short(total_samples, target_rate)
         room = self.context_limit - text_tokens - max_tokens
         budget = min(room, max_audio_tokens) if max_audio_tokens is not None else room
         if each_window:
@@ -559,6 +550,8 @@ class Runtime:
                             )  # fmt: skip
                         del embeddings[label]
         samples_seen = read_samples
+        if not windows_used:  # a file that decodes to less than its header counts (a cut MP3)
+            raise _too_short(samples_seen, target_rate, decoded=True)
         # The least compression that fits: the most tokens (the earlier listed on a tie).
         chosen = max(embeddings, key=lambda label: (tokens[label], -candidates.index(label)))
         option, audio_tokens = self.compressors[chosen], tokens[chosen]
@@ -692,6 +685,8 @@ class Runtime:
             )
             if on_timed_text is not None:
                 on_timed_text(tally.timed_text[-1])
+        if not tally.windows:  # a file that decodes to less than its header counts (a cut MP3)
+            raise _too_short(tally.samples, rate, decoded=True)
         choice = (
             f"auto chose {chosen} for each window: at most {option.spec.max_audio_tokens(window_frames)} audio "
             f"tokens a window, the least compression within {budget}"
@@ -921,7 +916,7 @@ class Runtime:
                     "sampling (temperature > 0) draws one answer; a beam search or a CTC weight decodes greedily: "
                     "choose one"
                 )
-            return Decoding(temperature, top_p, seed)
+            return Decoding(float(temperature), float(top_p), seed)  # a Fraction is a real number too
         advice = self.manifest.decoding
         if beam_size is None:
             beam_size = advice.beam_size if advice is not None else 1
@@ -934,7 +929,7 @@ class Runtime:
                 f"bundle {self.bundle} has no CTC head{which} (only a checkpoint or adapter trained with one "
                 "has: README, Run); ctc_weight must be 0"
             )
-        return Decoding(temperature, top_p, seed, int(beam_size), float(ctc_weight))
+        return Decoding(float(temperature), float(top_p), seed, int(beam_size), float(ctc_weight))
 
     def _check_context(
         self,
@@ -976,6 +971,20 @@ class Runtime:
             f"and {max_tokens} answer tokens"
         )
 
+    def prompt_fitting(self, prompt: str | None, max_tokens: int, prompt_special_tokens: bool) -> tuple[list[int], int]:
+        """The prompt's tokens after the audio and the text tokens around it, refused in one line
+        where they and `max_tokens` leave no room for audio (the CLI asks once for all its files)."""
+        prompt_ids = self.prompt_tokens_after_audio(
+            self.prompt.default_prompt if prompt is None else prompt, prompt_special_tokens
+        )
+        text_tokens = len(self.before_audio) + len(prompt_ids)
+        if text_tokens + max_tokens >= self.context_limit:
+            raise EdgelalmError(
+                f"{text_tokens} prompt and {max_tokens} answer tokens leave no room for audio in the decoder's "
+                f"context of {self.context_limit}; {self._advice_without_room(text_tokens, max_tokens)}"
+            )
+        return prompt_ids, text_tokens
+
     def _advice_without_room(self, text_tokens: int, max_tokens: int) -> str:
         """What to change when the prompt and the answer leave no room for audio: the larger of them."""
         if text_tokens >= self.context_limit:
@@ -988,6 +997,8 @@ class Runtime:
             _check_whole_number("max_audio_tokens", max_audio_tokens, 1)
         if compressor is None:
             return [self.compressor_spec.label]
+        if not isinstance(compressor, str):  # a list or a dict: unhashable, a TypeError below
+            raise EdgelalmError(f"compressor must be one compressor's name, or {AUTO}; got {compressor!r}")
         if compressor == AUTO:
             return list(self.compressors)
         if compressor not in self.compressors:
@@ -1053,6 +1064,14 @@ def _check_run_arguments(
         raise EdgelalmError(
             f"on_timed_text must be a function called with each answer and its span, got {on_timed_text!r}"
         )
+    check_run_options(prompt, max_tokens, temperature, top_p, seed)
+    if sampling_rate is not None and isinstance(audio, (str, os.PathLike)):
+        raise EdgelalmError("sampling_rate is for samples; a file's own header says its rate")
+
+
+def check_run_options(prompt: object, max_tokens: object, temperature: object, top_p: object, seed: object) -> None:
+    """The options every run of `Runtime.run` checks that need no bundle: the CLI checks them once
+    before the bundle loads (they were refused file by file, after it)."""
     if prompt is not None:
         if not isinstance(prompt, str):
             raise EdgelalmError(f"prompt must be text, got {type(prompt).__name__}")
@@ -1064,8 +1083,14 @@ def _check_run_arguments(
         raise EdgelalmError(f"top_p must be a number above 0 and at most 1, got {top_p!r}")
     if not is_whole_number(seed) or not 0 <= seed <= _LARGEST_SEED:
         raise EdgelalmError(f"seed must be a whole number from 0 to {_LARGEST_SEED}, got {seed!r}")
-    if sampling_rate is not None and isinstance(audio, (str, os.PathLike)):
-        raise EdgelalmError("sampling_rate is for samples; a file's own header says its rate")
+
+
+def _too_short(samples: int, sampling_rate: int, decoded: bool = False) -> EdgelalmError:
+    """A clip with no window of 30 ms or more; `decoded`: counted from what was read, not the header."""
+    what = " could be decoded" if decoded else ""
+    return EdgelalmError(
+        f"the clip is too short ({samples / sampling_rate * 1000:.0f} ms{what}): the encoder needs at least 30 ms"
+    )
 
 
 @contextlib.contextmanager
