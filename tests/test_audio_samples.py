@@ -94,3 +94,16 @@ def test_the_runtime_answers_int16_samples_as_it_answers_their_file(tiny_bundles
             runtime.run(pcm, sampling_rate=0)
     assert from_samples.audio_tokens == from_file.audio_tokens == from_list.audio_tokens
     assert from_samples.text == from_file.text == from_list.text
+
+
+def test_a_file_name_holding_a_nul_is_one_line():
+    """A finetune TSV's file column can hold a NUL byte: os.stat raised ValueError, a traceback
+    after the model had loaded."""
+    from pathlib import Path
+
+    from edgelalm.errors import EdgelalmError
+    from edgelalm.runtime.audio import open_audio, read_audio
+
+    for reader in (open_audio, lambda path: read_audio(path, 16000)):
+        with pytest.raises(EdgelalmError, match="a file name cannot hold a NUL character"):
+            reader(Path("sun\0set.wav"))

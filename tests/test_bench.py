@@ -60,6 +60,9 @@ def test_every_point_is_measured(quick_results):
         assert row["timings_ms"]["total"]["median"] >= row["timings_ms"]["time_to_first_token"]["median"] > 0
         assert row["peak_rss_mb"] > 10
         assert row["decode_tokens_per_second"]["median"] > 0
+        # every runtime decodes --max-tokens, past the end of an answer (a trained model ends its
+        # answer to a synthetic clip at once: 0 tokens and 0.0 tokens/s, against the reference's 4)
+        assert row["generated_tokens"] == 4, row
 
 
 def test_token_counts_follow_the_compressor(quick_results):

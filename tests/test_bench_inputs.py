@@ -42,6 +42,8 @@ def one_error_line(completed: subprocess.CompletedProcess) -> str:
         (["--max-tokens", "1025"], 2, "--max-tokens"),  # the PyTorch reference ran 10^9 for days
         # --out was made before the model was looked for
         (["--model", "no/such/checkpoint"], 1, "--model no/such/checkpoint is neither a checkpoint folder"),
+        # a folder of something else: --out was made (holding .lock) before config.json was missed
+        (["--model", "."], 1, "--model . is a folder without config.json: no checkpoint, and no preset"),
         # --quick replaced them without a word
         (["--quick", "--seconds", "5,30"], 1, "--quick chooses --seconds itself: drop it, or drop --quick"),
         (["--quick", "--repeats", "3", "--model", "small"], 1, "--quick chooses --model, --repeats itself"),
@@ -242,3 +244,23 @@ def test_a_checkpoint_replaced_under_the_same_path_is_exported_again(tmp_path):
     assert not changed_since(model, manifest)
     os.utime(model / "nested" / "weights.safetensors", (3_000, 3_000))
     assert changed_since(model, manifest)
+
+
+def test_a_bench_folder_inside_the_checkpoint_is_not_a_change_of_it(tmp_path):
+    """`bench --out model/bench`: its own bundles and results, newer than each manifest, made every
+    run export every bundle again."""
+    from edgelalm.bench.plan import changed_since
+
+    model = tmp_path / "model"
+    (model / "bench" / "bundles" / "none-q8_0").mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    manifest = model / "bench" / "bundles" / "none-q8_0" / "manifest.json"
+    manifest.write_text("{}")
+    (model / "bench" / "results.json").write_text("{}")
+    os.utime(model / "config.json", (1_000, 1_000))
+    os.utime(manifest, (2_000, 2_000))
+    os.utime(model / "bench" / "results.json", (3_000, 3_000))
+    assert changed_since(model, manifest)  # without the bench folder named: its results are newer
+    assert not changed_since(model, manifest, model / "bench")
+    os.utime(model / "config.json", (3_000, 3_000))
+    assert changed_since(model, manifest, model / "bench")  # the checkpoint itself still counts

@@ -15,6 +15,7 @@ pytest.importorskip("torch")
 
 from transformers import Qwen2AudioProcessor
 
+from edgelalm.errors import EdgelalmError
 from edgelalm.export.checkpoint import model_name, open_checkpoint
 from edgelalm.export.describe import special_tokens
 from edgelalm.prompt import (
@@ -109,6 +110,46 @@ def test_a_hugging_face_cache_snapshot_is_named_after_its_repository(tiny_checkp
     assert checkpoint.name == model_name(snapshot) == "Qwen2-Audio-7B-Instruct"
     assert model_name(tiny_checkpoint) == tiny_checkpoint.name
     assert special_tokens(checkpoint).audio.text == "<|AUDIO|>"
+
+
+def test_a_snapshot_with_a_link_to_nothing_is_one_line(tiny_checkpoint, tmp_path):
+    """An interrupted download leaves links to blobs that never came: a tokenizer.json linked to
+    nothing was read as absent, and the special tokens were numbered otherwise (the answers
+    changed, the export succeeded); a chat template's link, as a checkpoint without one."""
+    for name in ("tokenizer.json", "chat_template.jinja"):
+        snapshot = tmp_path / name / "snapshots" / "0a095220c30b7b31434169c3086508ef3ea5bf0a"
+        shutil.copytree(tiny_checkpoint, snapshot)
+        (snapshot / name).unlink(missing_ok=True)
+        (snapshot / name).symlink_to("../../blobs/never-downloaded")
+        with pytest.raises(EdgelalmError, match=re.escape(f"{name} is a link to nothing (an interrupted download?)")):
+            open_checkpoint(snapshot)
+
+
+def test_special_tokens_with_no_ids_recorded_are_refused(tiny_checkpoint, tmp_path):
+    """vocab.json and merges.txt alone, and a tokenizer config without added_tokens_decoder (as
+    transformers 5 saves it): transformers numbers the special tokens in the order it adds them,
+    <|im_start|> and <|im_end|> swapped against the model's. With added_tokens.json it is read."""
+    folder = shutil.copytree(tiny_checkpoint, tmp_path / "ck")
+    tokenizer = open_checkpoint(folder).processor.tokenizer
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in tokenizer.all_special_tokens}
+    (folder / "tokenizer.json").unlink()
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("added_tokens_decoder", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(EdgelalmError, match=re.escape("have no ids recorded: no tokenizer.json, added_tokens.json")):
+        open_checkpoint(folder)
+    vocabulary = json.loads((folder / "vocab.json").read_text())
+    (folder / "added_tokens.json").write_text(json.dumps({t: i for t, i in ids.items() if t not in vocabulary}))
+    tokenizer = open_checkpoint(folder).processor.tokenizer
+    assert {token: tokenizer.convert_tokens_to_ids(token) for token in ids} == ids
+
+
+def test_a_link_to_a_checkpoint_is_named_as_the_checkpoint(tiny_checkpoint, tmp_path):
+    """Detection read the link's name (`mybase`: an Instruct model) and the bundle's default name
+    the folder's (Qwen2-Audio-7B: a base model), both exports into the same folder."""
+    link = tmp_path / "mybase"
+    link.symlink_to(tiny_checkpoint)
+    assert open_checkpoint(link).name == model_name(link) == tiny_checkpoint.name
 
 
 @pytest.mark.parametrize(
@@ -260,25 +301,28 @@ def test_an_empty_template_file_is_refused(tiny_checkpoint, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("removed", "opens"),
+    ("removed", "refusal"),
     [
-        (("tokenizer.json",), True),  # vocab.json + merges.txt
-        (("vocab.json", "merges.txt"), True),  # tokenizer.json
-        (("tokenizer.json", "vocab.json", "merges.txt"), False),
+        # vocab.json + merges.txt, with no record of the special tokens' ids (this tokenizer config,
+        # as transformers 5 writes it, has no added_tokens_decoder; see the test of that below)
+        (("tokenizer.json",), "have no ids recorded"),
+        (("vocab.json", "merges.txt"), None),  # tokenizer.json
+        (
+            ("tokenizer.json", "vocab.json", "merges.txt"),
+            "no tokenizer: a checkpoint holds tokenizer.json (or vocab.json and",
+        ),
     ],
 )
-def test_a_checkpoint_without_tokenizer_files_is_refused_when_opened(tiny_checkpoint, tmp_path, removed, opens):
+def test_a_checkpoint_without_tokenizer_files_is_refused_when_opened(tiny_checkpoint, tmp_path, removed, refusal):
     """Without them transformers built a tokenizer of the added tokens alone, and export failed at
     step 6 of 8 (no BPE merges), after the encoder's export."""
-    from edgelalm.errors import EdgelalmError
-
     folder = _copy(tiny_checkpoint, tmp_path / "no-tokenizer")
     for name in removed:
         (folder / name).unlink()
-    if opens:
+    if refusal is None:
         assert open_checkpoint(folder).processor.tokenizer("call mom").input_ids
         return
-    with pytest.raises(EdgelalmError, match=r"no tokenizer: a checkpoint holds tokenizer\.json \(or vocab\.json and"):
+    with pytest.raises(EdgelalmError, match=re.escape(refusal)):
         open_checkpoint(folder)
 
 

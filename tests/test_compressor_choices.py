@@ -144,6 +144,9 @@ def test_the_cli_exports_a_list_and_runs_a_choice(tiny_checkpoint, tiny_lora_ada
         (["--compressor", "avg2,unseg", "--adapter", "DIR"], "LABEL=DIR pairs"),
         (["--compressor", "avg2,unseg", "--adapter", "avg3=DIR"], "names avg3, not among the compressors avg2, unseg"),
         (["--compressor", "avg2,pool"], "compressor 'pool' is not one of"),
+        # A traceback (dict() of a one-item split); the last pair silently won, avg2 got avg3's adapter.
+        (["--compressor", "avg2,unseg", "--adapter", "avg2=A,B"], "--adapter 'B' is not a LABEL=DIR pair"),
+        (["--compressor", "avg2,unseg", "--adapter", "avg2=A,avg2=B"], "--adapter names avg2 twice"),
     ],
 )
 def test_bad_lists_are_one_line(tiny_checkpoint, tmp_path, monkeypatch, capsys, args, message):

@@ -95,6 +95,23 @@ def none_f16_bundle(tmp_path_factory) -> Path:
     return out
 
 
+def test_measurements_decode_max_tokens_where_the_model_ends_its_answer_at_once(none_f16_bundle):
+    """The bench's and doctor's synthetic clip is no speech: the default model ends its answer at
+    once, and both reported 0 tokens, a decode rate of 0.0 (the PyTorch reference decodes all)."""
+    from edgelalm.bench import synthetic_clip
+    from edgelalm.runtime.canary import bundle_canary
+    from edgelalm.runtime.pipeline import Runtime
+
+    with Runtime(none_f16_bundle) as runtime:
+        answer = runtime.run(synthetic_clip(3.0), max_tokens=8, beam_size=1, ctc_weight=0.0)
+        assert answer.generated_tokens == 0  # the case: an answer ended at once
+        runtime.stop_at_end_of_answer = False
+        measured = runtime.run(synthetic_clip(3.0), max_tokens=8, beam_size=1, ctc_weight=0.0)
+        assert measured.generated_tokens == 8 and measured.decode_tokens_per_second > 0
+    canary = bundle_canary(none_f16_bundle)
+    assert canary["generated_tokens"] == 8 and canary["decode_tokens_per_second"] > 0
+
+
 def test_default_export_takes_the_shipped_model(none_f16_bundle):
     manifest = json.loads((none_f16_bundle / "manifest.json").read_text())
     assert manifest["model"]["name"] == DEFAULT_MODEL_NAME

@@ -373,6 +373,13 @@ def _shards_with_a_pickle(path, source):
     (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
 
 
+def _empty_index(path, source):
+    """An index whose weight_map is empty beside the one shard: "has no *.safetensors weight files"."""
+    shutil.copytree(source, path)
+    (path / "model.safetensors").rename(path / "model-00001-of-00001.safetensors")
+    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": {}}))
+
+
 def _integer_tensor(path, source):
     from safetensors.torch import load_file, save_file
 
@@ -497,6 +504,7 @@ def _bad_window_advice(path, source):
             ["its chat template cannot be rendered: rendering took more than 5 s"],
         ),
         ("index-naming-a-pickle", _shards_with_a_pickle, ["'00-weights.bin' is not a .safetensors file in the folder"]),
+        ("empty-index", _empty_index, ["weight_map is empty; it must name the shard of each tensor"]),
         ("integer-weights", _integer_tensor, ["is I32; weights are F32, F16, BF16 or F64"]),
         # Tied silently before: llama.cpp read the embeddings as the output layer, transformers' model had its own.
         ("no-lm-head", _without_lm_head, ["hold no lm_head.weight and text_config.tie_word_embeddings is false"]),

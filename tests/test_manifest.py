@@ -4,6 +4,7 @@ and nothing it names can lead the reader outside the bundle folder."""
 
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -373,6 +374,50 @@ def test_a_number_of_more_digits_than_python_reads_is_one_line(bundle, tmp_path)
     (folder / MANIFEST_FILE).write_text(text.replace('"n_fft": 400', '"n_fft": ' + "9" * 5001, 1))
     with pytest.raises(EdgelalmError, match="is not valid JSON: Exceeds the limit"):
         read_manifest(folder)
+
+
+@pytest.mark.parametrize("field", ["compressor.audio_tokens_per_second", "features.window_seconds"])
+def test_a_number_too_large_for_a_float_is_one_line(editable, field):
+    """JSON reads 10**400 as an int, which math.isfinite cannot take: an OverflowError traceback
+    (inspect, doctor, run), where a 5000-digit number was already one line."""
+    with pytest.raises(EdgelalmError, match=re.escape(f"{field} must be a finite number >= 0, got 1000000")):
+        read_manifest(editable(_set(field, 10**400)))
+
+
+def test_an_adapters_alpha_too_large_for_a_float_is_shown(editable):
+    """decoder.adapter is the exporter's record, read as it is: inspect formatted its alpha as a
+    float and ended in OverflowError."""
+    folder = editable(_set("decoder.adapter", {"rank": 4, "alpha": 10**400}))
+    completed = subprocess.run(
+        [sys.executable, "-m", "edgelalm.cli", "inspect", str(folder)], capture_output=True, text=True, timeout=300
+    )
+    assert completed.returncode == 0 and "Traceback" not in completed.stderr, completed.stderr
+    assert "LoRA merged (rank 4, alpha 1000000000" in completed.stdout
+
+
+def test_doctor_prints_a_bundles_strings_escaped():
+    """inspect escaped the model's name; doctor printed it raw: a cleared screen, a window title,
+    a line break forging a line of its own report."""
+    from edgelalm.doctor import format_bundle
+
+    canary = {
+        "timings_ms": {"encoder": 1.0, "prefill": 1.0, "time_to_first_token": 1.0},
+        "audio_seconds": 3.0, "audio_tokens": 9, "generated_tokens": 8, "weight_buffers": ["CPU\x1b[2J"],
+        "load_ms": 1.0, "decode_tokens_per_second": 1.0, "peak_rss_mb": 1.0,
+    }  # fmt: skip
+    shown = format_bundle(
+        {
+            "path": "b\nundle",
+            "model": "evil\x1b[2J\x1b]0;TITLE\x07\nbundle            FORGED",
+            "compressor": "unseg",
+            "quant": "q8_0",
+            "files_verified": 6,
+            "verify_ms": 1.0,
+            "canary": canary,
+        }  # fmt: skip
+    )
+    assert "\x1b" not in shown and "\x07" not in shown and len(shown.splitlines()) == 3
+    assert "evil\\x1b[2J\\x1b]0;TITLE\\x07\\nbundle            FORGED" in shown and "b\\nundle" in shown
 
 
 def test_checksums_in_capitals_are_the_same_checksums(editable):

@@ -370,3 +370,18 @@ def test_head_realignment_refusals_are_one_line_and_write_nothing(
         assert done.stderr.count("\n") == 1 and words in done.stderr, done.stderr
     assert not (adapter / CTC_HEAD_FILE).exists() and not (tmp_path / "new").exists()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["adapter", "recordless", "stray"]
+
+
+def test_a_head_that_could_align_no_clip_is_refused(headed_checkpoint, paired_tsv, tmp_path):
+    """At avg25 the clips (1 to 2.5 s: 1 or 2 audio tokens) are shorter than their transcripts'
+    tokens; CTC's loss was infinite on each, zero_infinity made it 0, and the head "realigned" on
+    nothing: loss 0.0 at every step, exit 0, the head saved as it was."""
+    out = tmp_path / "avg25"
+    done = run_finetune_cli(
+        "--model", str(headed_checkpoint), "--data", str(paired_tsv), "--steps", "2", "--batch-size", "2",
+        "--compressor", "avg25", "--ctc-head", "--out", str(out),
+    )  # fmt: skip
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    last = done.stderr.strip().splitlines()[-1]  # after transformers' own loading bar
+    assert last.startswith("edgelalm: error: ") and "4 of 4 clips have fewer audio tokens with avg25" in last
+    assert "a smaller factor, or --no-ctc-head" in last and not out.exists()

@@ -21,6 +21,7 @@ import typer.core
 from typer.exceptions import TyperException
 
 from edgelalm import interrupts
+from edgelalm.checks import is_finite_number, short_repr
 from edgelalm.compression import COMPRESSOR_DESCRIPTIONS, FACTOR_COMPRESSORS, MAX_FACTOR, CompressorSpec
 from edgelalm.constants import (
     DEFAULT_CTC_READS,
@@ -36,7 +37,7 @@ from edgelalm.constants import (
     SubtitleFormat,
     WindowMode,
 )
-from edgelalm.errors import EdgelalmError
+from edgelalm.errors import EdgelalmError, printable
 from edgelalm.manifest import MAX_BEAM_SIZE, bundle_name
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 
 DEFAULT_EXPORT_ROOT = Path("export")
 MAX_BENCH_SECONDS = 3600  # an hour of synthetic audio: far past any context, 230 MB of samples
+MIN_BENCH_SECONDS = 0.05  # the encoder needs 30 ms: shorter clips failed after every export
 # Decode speed needs a few dozen tokens; the PyTorch reference generates however many it is asked
 # for (10^9 ran for days).
 MAX_BENCH_TOKENS = 1024
@@ -223,9 +225,7 @@ def export(
     own_precision = auto_encoder_precision(model)
     precision = own_precision if encoder_precision == "auto" else encoder_precision
     if out is None:
-        out = (
-            DEFAULT_EXPORT_ROOT / f"{model_name(model.resolve())}-{bundle_name(label, quant, precision, own_precision)}"
-        )
+        out = DEFAULT_EXPORT_ROOT / f"{model_name(model)}-{bundle_name(label, quant, precision, own_precision)}"
     options = ExportOptions(
         model,
         out,
@@ -258,7 +258,14 @@ def _adapter_folders(
             if several:
                 raise EdgelalmError("with several compressors, --adapter takes LABEL=DIR pairs (avg3=DIR,unseg=DIR)")
             return [Path(adapter)]
-        pairs = dict(item.split("=", 1) for item in adapter.split(",") if item)
+        pairs: dict[str, str] = {}
+        for item in filter(None, adapter.split(",")):
+            label, equals, named = item.partition("=")
+            if not equals:
+                raise EdgelalmError(f"--adapter {item!r} is not a LABEL=DIR pair (avg3=DIR,unseg=DIR)")
+            if label in pairs:  # the last would win, the first dropped without a word
+                raise EdgelalmError(f"--adapter names {label} twice: give one folder each")
+            pairs[label] = named
         unknown = sorted(set(pairs) - set(labels))
         if unknown:
             raise EdgelalmError(f"--adapter names {', '.join(unknown)}, not among the compressors {', '.join(labels)}")
@@ -721,7 +728,7 @@ def inspect(
     ]
     # A manifest's strings are the bundle author's: escape control characters (a terminal title, a
     # cleared screen, a forged line).
-    _say("\n".join(_printable(line) for line in lines))
+    _say("\n".join(printable(line) for line in lines))
 
 
 @app.command()
@@ -798,8 +805,11 @@ def bench(
     except ValueError:
         raise EdgelalmError(f"--seconds takes comma-separated numbers, got {seconds!r}") from None
     # Checked before the exports: NaN or 10^9 s failed only after them, in numpy's words.
-    if not all(0 < length <= MAX_BENCH_SECONDS for length in lengths):
-        raise EdgelalmError(f"--seconds takes clip lengths above 0 and up to {MAX_BENCH_SECONDS} s, got {seconds!r}")
+    if not all(MIN_BENCH_SECONDS <= length <= MAX_BENCH_SECONDS for length in lengths):
+        raise EdgelalmError(
+            f"--seconds takes clip lengths from {MIN_BENCH_SECONDS} s (the encoder needs 30 ms) up to "
+            f"{MAX_BENCH_SECONDS} s, got {seconds!r}"
+        )
     settings = target_settings(target) if target else {}
     if threads is not None:
         threads = _checked_threads(threads)
@@ -974,7 +984,7 @@ def describe_decoder(decoder: DecoderInfo | None) -> str:
         return "none"
     adapter = decoder.adapter
     alpha = adapter.get("alpha") if adapter else None
-    alpha_text = f"{alpha:g}" if isinstance(alpha, (int, float)) else alpha
+    alpha_text = f"{alpha:g}" if is_finite_number(alpha) else short_repr(alpha)  # read unchecked: any JSON
     merged = f", LoRA merged (rank {adapter.get('rank')}, alpha {alpha_text})" if adapter else ", no LoRA"
     return (
         f"{decoder.file}  {decoder.architecture} {decoder.quant}, {decoder.layers} layers, "
@@ -1175,21 +1185,16 @@ def _warn_if_extra_buffers_crash(choice: ExtraBuffers) -> None:
         _warn(f"--llama-extra-buffers on: {auto.reason.removeprefix('off: ')}")
 
 
-def _printable(text: str) -> str:
-    """`text` with control and other unprintable characters escaped (\\n, \\x1b): one line, as written."""
-    return "".join(character if character.isprintable() else repr(character)[1:-1] for character in text)
-
-
 def _shown_path(path: Path | str) -> str:
     """A file's name as stdout can carry it: bytes that are not UTF-8 written as \\xe9, control
     characters as \\n, and so a backslash of its own as \\\\ (`a\\nb.wav` and a name holding a line
     break were shown alike)."""
-    return _printable(os.fsencode(path).replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace"))
+    return printable(os.fsencode(path).replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace"))
 
 
 def _stderr_line(kind: str, message: str) -> None:
     """One line on stderr, `edgelalm: [kind: ]message`, its control characters escaped."""
-    print(f"edgelalm: {kind}{_printable(message)}", file=sys.stderr, flush=True)
+    print(f"edgelalm: {kind}{printable(message)}", file=sys.stderr, flush=True)
 
 
 def _note(message: str) -> None:

@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from edgelalm.errors import EdgelalmError
+from edgelalm.errors import EdgelalmError, printable
 from edgelalm.runtime.llama_backend import (
     ExtraBuffers,
     check_threads,
@@ -162,12 +162,14 @@ def format_machine(machine: dict[str, Any]) -> str:
 def format_bundle(bundle: dict[str, Any]) -> str:
     canary = bundle["canary"]
     timings = canary["timings_ms"]
+    # The manifest's strings and the path as text, not as terminal codes (`inspect` escapes them too).
+    path, model, compressor, quant = (printable(str(bundle[key])) for key in ("path", "model", "compressor", "quant"))
     lines = [
-        f"bundle            {bundle['path']}: {bundle['model']}, {bundle['compressor']}, {bundle['quant']}; "
+        f"bundle            {path}: {model}, {compressor}, {quant}; "
         f"{bundle['files_verified']} files match the manifest ({bundle['verify_ms']:.0f} ms)",
         f"canary run        ok in a child process: {canary['audio_seconds']:g} s synthetic clip -> "
         f"{canary['audio_tokens']} audio tokens, {canary['generated_tokens']} tokens generated; weights in "
-        f"{', '.join(canary['weight_buffers'])}",
+        f"{printable(', '.join(canary['weight_buffers']))}",
         f"canary timings    load {canary['load_ms']:.0f} ms, encoder {timings['encoder']:.0f} ms, prefill "
         f"{timings['prefill']:.0f} ms, first token {timings['time_to_first_token']:.0f} ms, decode "
         f"{canary['decode_tokens_per_second']:.1f} tokens/s, peak RSS {canary['peak_rss_mb']:.0f} MB",

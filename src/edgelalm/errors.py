@@ -17,3 +17,10 @@ def error_gist(error: BaseException | str, last_line: bool = True) -> str:
     text = (lines[-1] if last_line else lines[0]) if lines else type(error).__name__
     text = text if len(text) <= 300 else text[:297] + "..."  # transformers may list every model type
     return f"unknown name {text}" if isinstance(error, KeyError) else text
+
+
+def printable(text: str) -> str:
+    """`text` with control and other unprintable characters escaped (\\n, \\x1b): one line, as
+    written, whatever a manifest, a file name or an error holds (a terminal title, a cleared screen,
+    a forged line)."""
+    return "".join(character if character.isprintable() else repr(character)[1:-1] for character in text)

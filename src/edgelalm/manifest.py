@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import types
 import typing
@@ -21,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal, TypeVar, Union
 
-from edgelalm.checks import check_unicode_text, is_real_number, is_whole_number
+from edgelalm.checks import check_unicode_text, is_finite_number, is_whole_number, short_repr
 from edgelalm.compression import CompressorSpec
 from edgelalm.constants import (
     BUNDLE_FORMAT,
@@ -372,7 +371,7 @@ def read_manifest(bundle_dir: Path, verify_files: bool = True) -> Manifest:
     if not is_whole_number(version) or version < SINGLE_COMPRESSOR_FORMAT_VERSION:
         raise EdgelalmError(
             f"{manifest_path}: format_version must be an integer from {SINGLE_COMPRESSOR_FORMAT_VERSION}, "
-            f"got {_short(version)}"
+            f"got {short_repr(version)}"
         )
     if version > BUNDLE_FORMAT_VERSION:
         raise EdgelalmError(
@@ -680,7 +679,7 @@ def _value(hint: Any, value: Any, path: str, manifest_path: Path) -> Any:
     if origin is Literal:
         if value not in args:
             raise EdgelalmError(
-                f"{manifest_path}: {path} must be one of {', '.join(map(str, args))}, got {_short(value)}"
+                f"{manifest_path}: {path} must be one of {', '.join(map(str, args))}, got {short_repr(value)}"
             )
         return value
     if hint is bool:
@@ -690,21 +689,18 @@ def _value(hint: Any, value: Any, path: str, manifest_path: Path) -> Any:
     if hint is int or hint is FileBytes:
         limit = _MAX_FILE_BYTES if hint is FileBytes else _MAX_INT
         if not is_whole_number(value) or not 0 <= value <= limit:
-            raise EdgelalmError(f"{manifest_path}: {path} must be an integer from 0 to {limit}, got {_short(value)}")
+            raise EdgelalmError(
+                f"{manifest_path}: {path} must be an integer from 0 to {limit}, got {short_repr(value)}"
+            )
         return value
     if hint is float:
-        if not is_real_number(value) or not math.isfinite(value) or value < 0:
-            raise EdgelalmError(f"{manifest_path}: {path} must be a finite number >= 0, got {_short(value)}")
+        if not is_finite_number(value) or value < 0:
+            raise EdgelalmError(f"{manifest_path}: {path} must be a finite number >= 0, got {short_repr(value)}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
-            raise EdgelalmError(f"{manifest_path}: {path} must be a string, got {_short(value)}")
+            raise EdgelalmError(f"{manifest_path}: {path} must be a string, got {short_repr(value)}")
         # JSON may escape a lone surrogate ("\udcff"); a tokenizer or a terminal cannot take it.
         check_unicode_text(value, f"{manifest_path}: {path}")
         return value
     raise TypeError(f"manifest field {path} has a type the reader does not know: {hint}")
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."

@@ -79,6 +79,7 @@ def measure_edgelalm(
         bundle, threads=threads, device=device, cpu_arena=cpu_arena, llama_extra_buffers=llama_extra_buffers
     )
     load_ms = (time.perf_counter() - started) * 1000
+    runtime.stop_at_end_of_answer = False  # max_tokens decoded, as the PyTorch reference does
     audio = synthetic_clip(seconds)
     # One prompt for the whole clip and greedy decoding, whatever the bundle advises: the bench
     # measures a clip's tokens, each token's decode and the first one's time, as mtmd's rows do.

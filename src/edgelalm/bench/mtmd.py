@@ -222,7 +222,6 @@ def measure_mtmd(
     text_input = mtmd_cpp.mtmd_input_text(text, len(text), False, True)
     audio = synthetic_clip(seconds)
     samples = audio.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-    stop_ids = frozenset(manifest.special_tokens.end_of_turn_ids)
     no_callback = mtmd_cpp.mtmd_helper_post_decode_callback()
 
     def tokenize() -> Any:
@@ -294,7 +293,7 @@ def measure_mtmd(
         generated = 0
         first_token_at = None
         decode_started = time.perf_counter()
-        for _ in context.generate(max_tokens, stop_ids=stop_ids):
+        for _ in context.generate(max_tokens, stop_at_end=False):  # max_tokens, as edgelalm's rows
             if first_token_at is None:
                 first_token_at = decode_started = time.perf_counter()
             generated += 1

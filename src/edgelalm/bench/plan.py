@@ -98,10 +98,13 @@ def check_model(plan: BenchPlan) -> None:
     """Refuse a --model that is neither a preset nor a folder, before --out is made for it."""
     from edgelalm import scaffold
 
-    if plan.model not in scaffold.PRESETS and not Path(plan.model).is_dir():
-        raise EdgelalmError(
-            f"--model {plan.model} is neither a checkpoint folder nor a preset ({', '.join(scaffold.PRESETS)})"
+    if plan.model not in scaffold.PRESETS and not (Path(plan.model) / "config.json").is_file():
+        what = (
+            "a folder without config.json: no checkpoint, and no preset"
+            if Path(plan.model).is_dir()
+            else "neither a checkpoint folder nor a preset"
         )
+        raise EdgelalmError(f"--model {plan.model} is {what} ({', '.join(scaffold.PRESETS)})")
 
 
 def ensure_model(plan: BenchPlan) -> Path:
@@ -116,11 +119,18 @@ def ensure_model(plan: BenchPlan) -> Path:
     return folder
 
 
-def changed_since(model_dir: Path, written: Path) -> bool:
+def changed_since(model_dir: Path, written: Path, out_dir: Path | None = None) -> bool:
     """Whether any file of the checkpoint is newer than `written` (as make decides): a checkpoint
-    replaced under the same path was measured through its predecessor's bundle."""
+    replaced under the same path was measured through its predecessor's bundle. Not the files of
+    `out_dir` where it lies inside the checkpoint: its own bundles made every run export again."""
     stamp = written.stat().st_mtime
-    return any(path.stat().st_mtime > stamp for path in model_dir.rglob("*") if path.is_file())
+    skipped = out_dir.resolve() if out_dir is not None else None
+    for path in model_dir.rglob("*"):
+        if skipped is not None and path.resolve().is_relative_to(skipped):
+            continue
+        if path.is_file() and path.stat().st_mtime > stamp:
+            return True
+    return False
 
 
 def ensure_bundle(model_dir: Path, label: str, plan: BenchPlan, share_from: Path | None = None) -> Path:
@@ -142,7 +152,7 @@ def ensure_bundle(model_dir: Path, label: str, plan: BenchPlan, share_from: Path
             and manifest.model.source == str(model_dir.resolve())
             and manifest.decoder.quant == plan.quant
             and manifest.encoder.precision == plan.encoder_precision
-            and not changed_since(model_dir, folder / MANIFEST_FILE)
+            and not changed_since(model_dir, folder / MANIFEST_FILE, plan.out_dir)
         ):
             return folder
     export_bundle(

@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from edgelalm.checks import is_real_number, is_whole_number
+from edgelalm.checks import is_real_number, is_whole_number, short_repr
 from edgelalm.constants import LLAMA_MAX_LAYERS, MEL_FILTERS_FILE, EncoderPrecision
 from edgelalm.errors import EdgelalmError, error_gist
 from edgelalm.export.ctc import has_ctc_head
@@ -245,11 +245,6 @@ class Checkpoint:
 _LAYER_NAME = re.compile(r"(?:model\.)?layers\.(\d+)\.")
 
 
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _check_shapes(module: nn.Module, stored_shapes: dict[str, tuple[int, ...]], path: Path, what: str) -> None:
     """The stored tensors are exactly the module's, shape for shape; else one line naming the first."""
     expected = module.state_dict()
@@ -328,7 +323,8 @@ def _check_config(config_file: Path, config: Qwen2AudioConfig) -> None:
         )
     if getattr(text, "model_type", "qwen2") != "qwen2":  # transformers would build that model instead
         raise EdgelalmError(
-            f"{config_file}: text_config.model_type is {_short(text.model_type)}; Qwen2-Audio's decoder is qwen2"
+            f"{config_file}: text_config.model_type is {short_repr(text.model_type, 60)}; "
+            "Qwen2-Audio's decoder is qwen2"
         )
     # llama.cpp's qwen2 graph computes SiLU (SwiGLU) and a head size of hidden_size / heads: another
     # activation exported with exit 0 and answered from other logits.
@@ -363,7 +359,10 @@ def model_name(path: Path) -> str:
     """The model's name for a checkpoint folder: the folder's own name, or for a Hugging Face cache
     snapshot (.../models--Qwen--Qwen2-Audio-7B-Instruct/snapshots/<commit>) the repository's name,
     not the commit hash."""
-    path = Path(path).absolute()
+    # Resolved: a link to a folder is named as the folder is, by the prompt format's detection and
+    # by the bundle's default name alike (they differed: `mybase` -> Qwen2-Audio-7B was detected as
+    # an Instruct model under one name and exported under the other).
+    path = Path(path).resolve()
     if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
         return path.parent.parent.name.split("--")[-1]
     return path.name
@@ -386,7 +385,7 @@ def open_checkpoint(path: Path) -> Checkpoint:
     model_type = config_data.get("model_type")
     if model_type != QWEN2_AUDIO_MODEL_TYPE:
         raise EdgelalmError(
-            f"{path} holds a {_short(model_type) if model_type else 'unknown'} model, not Qwen2-Audio "
+            f"{path} holds a {short_repr(model_type, 60) if model_type else 'unknown'} model, not Qwen2-Audio "
             "(model_type 'qwen2_audio')"
         )
     # Before transformers reads them: its config makes a list entry per layer (10^9 layers hung).
@@ -397,6 +396,7 @@ def open_checkpoint(path: Path) -> Checkpoint:
             raise EdgelalmError(
                 f"{config_file}: {section_name}.{field_name} is {value}; llama.cpp loads up to {LLAMA_MAX_LAYERS}"
             )
+    _refuse_dangling_links(path)
     tensor_files = _index_safetensors(path)
 
     from transformers import Qwen2AudioConfig, Qwen2AudioProcessor
@@ -414,6 +414,7 @@ def open_checkpoint(path: Path) -> Checkpoint:
     # step (6 of 8) found no merges after minutes of encoder export.
     if not (path / "tokenizer.json").is_file() and not all((path / name).is_file() for name in BPE_FILES):
         raise EdgelalmError(f"{path}: no tokenizer: a checkpoint holds tokenizer.json (or {' and '.join(BPE_FILES)})")
+    _refuse_unnumbered_special_tokens(path)
     try:
         processor = Qwen2AudioProcessor.from_pretrained(path)
     except Exception as error:  # a tokenizer file of the wrong shape, a garbled BPE, ...
@@ -440,6 +441,51 @@ def open_checkpoint(path: Path) -> Checkpoint:
     return checkpoint
 
 
+def _refuse_dangling_links(path: Path) -> None:
+    """A file of the folder that is a link to nothing (a Hugging Face cache snapshot whose download
+    was interrupted: its files link to blobs) was read as absent: a missing tokenizer.json
+    renumbered the special tokens, a missing chat template changed the prompt, silently."""
+    dangling = sorted(entry.name for entry in path.iterdir() if entry.is_symlink() and not entry.exists())
+    if dangling:
+        raise EdgelalmError(
+            f"{path}: {', '.join(dangling)} {'is a link' if len(dangling) == 1 else 'are links'} to nothing "
+            "(an interrupted download?); download the checkpoint again"
+        )
+
+
+def _refuse_unnumbered_special_tokens(path: Path) -> None:
+    """Without tokenizer.json, the special tokens' ids come from added_tokens.json or the
+    tokenizer config's added_tokens_decoder; with neither, transformers numbers them in the order
+    it adds them, which need not be the model's (<|im_start|> became <|im_end|>'s id: the answers
+    changed, the export succeeded)."""
+    if (path / "tokenizer.json").is_file() or (path / "added_tokens.json").is_file():
+        return
+    tokenizer_config = path / "tokenizer_config.json"
+    if tokenizer_config.is_file() and read_json_object(tokenizer_config).get("added_tokens_decoder"):
+        return
+    vocabulary = read_json_object(path / "vocab.json")
+    special = {
+        token
+        for token in _special_token_texts(read_json_object(tokenizer_config) if tokenizer_config.is_file() else {})
+        if token not in vocabulary
+    }
+    if special:
+        raise EdgelalmError(
+            f"{path}: its special tokens ({', '.join(sorted(special))}) have no ids recorded: no tokenizer.json, "
+            "added_tokens.json or added_tokens_decoder in tokenizer_config.json (files missing from the download?)"
+        )
+
+
+def _special_token_texts(tokenizer_config: dict) -> list[str]:
+    """The special tokens a tokenizer config names: its eos/bos/pad/unk tokens and the additional ones."""
+    named = [tokenizer_config.get(field) for field in ("eos_token", "bos_token", "pad_token", "unk_token")]
+    for field in ("additional_special_tokens", "extra_special_tokens"):  # transformers 4's name, 5's
+        extra = tokenizer_config.get(field) or []
+        named += list(extra.values() if isinstance(extra, dict) else extra if isinstance(extra, list) else [])
+    texts = [token.get("content") if isinstance(token, dict) else token for token in named]
+    return [text for text in texts if isinstance(text, str)]
+
+
 def read_generation_eos_ids(path: Path, vocab_size: int) -> list[int] | None:
     """generation_config.json's eos_token_id (one id or a list): the tokens that end an answer,
     checked here, before any export step (bad JSON, a list of names or an id of -5 failed at the
@@ -455,7 +501,7 @@ def read_generation_eos_ids(path: Path, vocab_size: int) -> list[int] | None:
     if not ids or not all(is_whole_number(token) and 0 <= token < vocab_size for token in ids):
         raise EdgelalmError(
             f"{file}: eos_token_id must be a token id or a list of them, each from 0 to {vocab_size - 1} "
-            f"(text_config.vocab_size), not {_short(eos)}"
+            f"(text_config.vocab_size), not {short_repr(eos, 60)}"
         )
     return list(ids)
 
@@ -522,6 +568,8 @@ def _weight_files(path: Path) -> list[Path]:
     weight_map = read_json_object(index_file).get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(name, str) for name in weight_map.values()):
         raise EdgelalmError(f"{index_file}: weight_map must map tensor names to shard file names")
+    if not weight_map:  # else: "no *.safetensors weight files", beside the shards it leaves out
+        raise EdgelalmError(f"{index_file}: weight_map is empty; it must name the shard of each tensor")
     shard_names = sorted(set(weight_map.values()))
     for name in shard_names:
         if Path(name).name != name or not name.endswith(".safetensors") or name.startswith("."):

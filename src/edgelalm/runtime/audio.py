@@ -21,6 +21,8 @@ from edgelalm.errors import EdgelalmError
 
 
 def _check_file(path: Path) -> None:
+    if "\0" in str(path):  # a TSV's or a caller's text: os.stat raised ValueError
+        raise EdgelalmError(f"cannot read audio from {path}: a file name cannot hold a NUL character")
     try:
         status = os.stat(path)
     except FileNotFoundError:

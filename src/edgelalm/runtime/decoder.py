@@ -504,9 +504,11 @@ class LlamaContext:
         top_p: float = 1.0,
         seed: int = 0,
         stop_ids: frozenset[int] = frozenset(),
+        stop_at_end: bool = True,
     ) -> Iterator[int]:
         """Sample up to `max_tokens` ids with llama.cpp's sampler chain (greedy at
-        temperature 0), stopping before an end-of-generation token (llama.cpp's, or one of `stop_ids`)."""
+        temperature 0), stopping before an end-of-generation token (llama.cpp's, or one of
+        `stop_ids`); `stop_at_end` False: all `max_tokens`, as a decode measurement needs."""
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         if temperature <= 0:
             llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
@@ -517,7 +519,7 @@ class LlamaContext:
         try:
             for _ in range(max_tokens):
                 token_id = llama_cpp.llama_sampler_sample(chain, self.context, -1)
-                if self.llama.is_end_of_generation(token_id) or token_id in stop_ids:
+                if stop_at_end and (self.llama.is_end_of_generation(token_id) or token_id in stop_ids):
                     return
                 yield token_id
                 self.feed_tokens([token_id])

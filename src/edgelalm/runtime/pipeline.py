@@ -15,7 +15,6 @@ import codecs
 import contextlib
 import dataclasses
 import functools
-import math
 import os
 import queue
 import threading
@@ -28,7 +27,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from edgelalm.checks import check_choice, check_unicode_text, is_real_number, is_whole_number
+from edgelalm.checks import check_choice, check_unicode_text, is_finite_number, is_real_number, is_whole_number
 from edgelalm.compression import CompressorSpec
 from edgelalm.constants import (
     DEVICES,
@@ -290,6 +289,10 @@ class Runtime:
         # The checkpoint's own stop tokens, beside the ones llama.cpp reads from the GGUF.
         self.stop_ids = frozenset(manifest.special_tokens.end_of_turn_ids)
         self._end_of_answer_ids: frozenset[int] | None = None
+        # Measurements (bench, doctor's canary) set it False: greedy and sampled answers then run to
+        # max_tokens past the end of the answer, so that a decode rate is measured (a trained model
+        # ends its answer to a synthetic clip at once: 0 tokens, 0.0 tokens/s). Not for answers.
+        self.stop_at_end_of_answer = True
 
     def close(self) -> None:
         """Free the decoder's weights and contexts once the runs in flight have ended; later runs
@@ -844,8 +847,9 @@ class Runtime:
             first_token_at = time.perf_counter()
         else:
             token_ids = context.generate(
-                max_tokens, decoding.temperature, decoding.top_p, decoding.seed, stop_ids=self.stop_ids
-            )
+                max_tokens, decoding.temperature, decoding.top_p, decoding.seed, self.stop_ids,
+                stop_at_end=self.stop_at_end_of_answer,
+            )  # fmt: skip
         for token_id in token_ids:
             if first_token_at is None:
                 first_token_at = decode_started = time.perf_counter()
@@ -1077,7 +1081,7 @@ def check_run_options(prompt: object, max_tokens: object, temperature: object, t
             raise EdgelalmError(f"prompt must be text, got {type(prompt).__name__}")
         check_unicode_text(prompt, "the prompt")
     _check_whole_number("max_tokens", max_tokens, 1)
-    if not (is_real_number(temperature) and 0 <= temperature < math.inf):
+    if not (is_finite_number(temperature) and temperature >= 0):
         raise EdgelalmError(f"temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
     if not (is_real_number(top_p) and 0 < top_p <= 1):
         raise EdgelalmError(f"top_p must be a number above 0 and at most 1, got {top_p!r}")

@@ -20,7 +20,6 @@ Augmentation is the training loop's business (`speech.augment`); nothing augment
 from __future__ import annotations
 
 import json
-import math
 import multiprocessing
 import os
 import re
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgelalm.checks import is_real_number, is_whole_number
+from edgelalm.checks import is_finite_number, is_whole_number
 from edgelalm.constants import SAMPLING_RATE
 from edgelalm.errors import EdgelalmError
 from edgelalm.files import atomic_folder, check_replaceable, read_json_object
@@ -323,7 +322,7 @@ def _record(line: str, where: str, shard_count: int) -> dict:
     if not isinstance(record.get("text"), str):
         raise EdgelalmError(f"{where}: text must be a string, got {record.get('text')!r}")
     seconds = record.get("seconds")
-    if not is_real_number(seconds) or not 0 < seconds < math.inf:
+    if not is_finite_number(seconds) or seconds <= 0:
         raise EdgelalmError(f"{where}: seconds must be a finite number above 0, got {seconds!r}")
     for key, low, high in (("shard", 0, shard_count - 1), ("offset", 0, None)):
         value = record.get(key)

@@ -199,6 +199,28 @@ def check_fits_the_decoder(options: FinetuneOptions, data: Any, model: Any, proc
         )
 
 
+def check_ctc_alignable(options: FinetuneOptions, data: Any, processor: Any) -> None:
+    """A CTC path needs an audio token for each token of the transcript: with a large factor most
+    clips have fewer, CTC's loss is infinite there, and PyTorch's zero_infinity makes it 0. With
+    most clips so, the head "realigned" on nothing: loss 0.0 at every step, exit 0, the head as it
+    was. Known ahead for fixed-rate compressors (unseg's tokens follow the audio)."""
+    from edgelalm.training.model import answer_token_ids
+
+    spec = options.compressor
+    if not spec.audio_tokens_per_second:
+        return
+    lengths = [len(ids) for ids in answer_token_ids(processor.tokenizer, list(data.texts))]
+    positions = [spec.max_audio_tokens(int(seconds * ENCODER_FRAMES_PER_SECOND)) for seconds in data.seconds]
+    short = [index for index, (length, count) in enumerate(zip(lengths, positions, strict=True)) if length > count]
+    if 2 * len(short) > len(lengths):
+        first = short[0]
+        raise EdgelalmError(
+            f"{options.data_name}: {len(short)} of {len(lengths)} clips have fewer audio tokens with {spec.label} "
+            f"than their transcript has tokens (clip {first + 1}: {positions[first]} against {lengths[first]}), "
+            "so the CTC head cannot be realigned on them: a smaller factor, or --no-ctc-head"
+        )
+
+
 def _dataset_folder(path: Path) -> Path:
     """A dataset folder, or its train split where it holds one."""
     return path / "train" if (path / "train" / "dataset.json").is_file() else path
@@ -299,12 +321,16 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
     data_record = [str(path) for path in (options.data, *options.more_data)] if options.more_data else str(options.data)
     window_s = processor.feature_extractor.n_samples / sampling_rate
     if float(np.max(data.seconds)) > window_s:
+        longest = int(np.argmax(data.seconds))
         raise EdgelalmError(
-            f"{options.data_name}: clips up to {np.max(data.seconds):.1f} s; the encoder window is {window_s:g} s"
+            f"{options.data_name}: clip {longest + 1} is {data.seconds[longest]:.1f} s; the encoder window is "
+            f"{window_s:g} s (cut longer clips, or leave them out)"
         )
     if len(data) < options.batch_size:
         raise EdgelalmError(f"{options.data_name}: {len(data)} clips, fewer than one batch of {options.batch_size}")
     check_fits_the_decoder(options, data, model, processor, window_s)
+    if realign_head:
+        check_ctc_alignable(options, data, processor)
 
     torch.manual_seed(options.seed)
     settings = TrainSettings(
