@@ -177,21 +177,35 @@ def owns_adapter_file(name: str) -> bool:
 PROMPT_TOKENS_ALLOWED = 256
 
 
-def check_fits_the_decoder(options: FinetuneOptions, data: Any, model: Any, processor: Any, window_s: float) -> None:
+def transcript_lengths(processor: Any, data: Any) -> list[int]:
+    """Each transcript's answer tokens, counted without transformers' warning that a sequence is
+    longer than the model takes (it is only counted here; a line on stderr beside the one error)."""
+    from transformers.utils import logging as transformers_logging
+
+    from edgelalm.training.model import answer_token_ids
+
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        return [len(ids) for ids in answer_token_ids(processor.tokenizer, list(data.texts))]
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+
+
+def check_fits_the_decoder(options: FinetuneOptions, data: Any, config: Any, processor: Any, window_s: float) -> None:
     """The data's frames are the tower's width, and the longest transcript, a window's audio tokens
     and the prompt fit the decoder's context: 100000-character transcripts trained for ever,
     longer-than-context ones silently."""
-    from edgelalm.training.model import answer_token_ids
 
-    width, tower_width = getattr(data, "width", None), model.config.audio_config.d_model
+    width, tower_width = getattr(data, "width", None), config.audio_config.d_model
     if width is not None and width != tower_width:
         raise EdgelalmError(
             f"{options.data_name}: frames of width {width}; the model's audio tower gives {tower_width}"
         )
-    lengths = [len(ids) for ids in answer_token_ids(processor.tokenizer, list(data.texts))]
+    lengths = transcript_lengths(processor, data)
     longest = int(np.argmax(lengths))
     audio_tokens = options.compressor.max_audio_tokens(int(window_s * ENCODER_FRAMES_PER_SECOND))
-    context = model.config.text_config.max_position_embeddings
+    context = config.text_config.max_position_embeddings
     if lengths[longest] + audio_tokens + PROMPT_TOKENS_ALLOWED > context:
         raise EdgelalmError(
             f"{options.data_name}: clip {longest + 1}'s transcript is {lengths[longest]} tokens; with up to "
@@ -204,12 +218,11 @@ def check_ctc_alignable(options: FinetuneOptions, data: Any, processor: Any) -> 
     clips have fewer, CTC's loss is infinite there, and PyTorch's zero_infinity makes it 0. With
     most clips so, the head "realigned" on nothing: loss 0.0 at every step, exit 0, the head as it
     was. Known ahead for fixed-rate compressors (unseg's tokens follow the audio)."""
-    from edgelalm.training.model import answer_token_ids
 
     spec = options.compressor
     if not spec.audio_tokens_per_second:
         return
-    lengths = [len(ids) for ids in answer_token_ids(processor.tokenizer, list(data.texts))]
+    lengths = transcript_lengths(processor, data)
     positions = [spec.max_audio_tokens(int(seconds * ENCODER_FRAMES_PER_SECOND)) for seconds in data.seconds]
     short = [index for index, (length, count) in enumerate(zip(lengths, positions, strict=True)) if length > count]
     if 2 * len(short) > len(lengths):
@@ -234,9 +247,8 @@ def check_paired_data(data: Path, more: tuple[Path, ...] = ()) -> None:
 
     for path in (data, *more):
         if not path.is_dir() and not path.is_file():
-            raise EdgelalmError(
-                f"training data not found: {path} (a dataset folder or a TSV file with file/transcript columns)"
-            )
+            what = f"{path} is no file or folder" if path.exists() else f"training data not found: {path}"
+            raise EdgelalmError(f"{what} (a dataset folder or a TSV file with file/transcript columns)")
         if more and not (path.is_dir() and is_encoded_folder(_dataset_folder(path))):
             raise EdgelalmError(
                 f"--more-data joins folders of the frozen tower's output (make_encoded_data.py): {path} is not one"
@@ -245,24 +257,42 @@ def check_paired_data(data: Path, more: tuple[Path, ...] = ()) -> None:
         check_joinable([_dataset_folder(path) for path in (data, *more)])
 
 
-def load_for_training(model_dir: Path, device: str):
-    """The checkpoint in float32 through safetensors (never pickles, never remote code)."""
+def open_for_training(model_dir: Path, device: str):
+    """The checkpoint's config and processor, validated, before its weights load (minutes for a
+    7B): the data is checked against them first."""
     import torch
-    from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
+    from transformers import Qwen2AudioProcessor
 
     from edgelalm.export.checkpoint import open_checkpoint
     from edgelalm.prompt import checkpoint_template, instruct_template
 
-    open_checkpoint(model_dir)  # validates: a Qwen2-Audio checkpoint with safetensors weights
+    checkpoint = open_checkpoint(model_dir)  # validates: a Qwen2-Audio checkpoint with safetensors weights
     if device == "cuda" and not torch.cuda.is_available():
         raise EdgelalmError("device cuda: this torch build sees no CUDA GPU")
-    model = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True)
     processor = Qwen2AudioProcessor.from_pretrained(model_dir)
     # As export does: the checkpoint's own template (transformers' processor does not read the
     # tokenizer's), else Qwen2-Audio-Instruct's as edgelalm ships it, not a fallback that
     # transformers keeps only for now (the published checkpoints carry no template file).
     processor.chat_template = checkpoint_template(model_dir) or instruct_template()
-    return model.to(device).eval(), processor
+    return checkpoint.config, processor
+
+
+def load_weights(model_dir: Path, device: str):
+    """The model in float32 through safetensors (never pickles, never remote code)."""
+    import torch
+    from transformers import Qwen2AudioForConditionalGeneration
+    from transformers.utils import logging as transformers_logging
+
+    if not sys.stderr.isatty():  # transformers' loading bar would fill a log with carriage returns
+        transformers_logging.disable_progress_bar()
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True)
+    return model.to(device).eval()
+
+
+def load_for_training(model_dir: Path, device: str):
+    """The checkpoint, validated, and its processor (open_for_training, load_weights)."""
+    _, processor = open_for_training(model_dir, device)
+    return load_weights(model_dir, device), processor
 
 
 def realigns_ctc_head(options: FinetuneOptions) -> bool:
@@ -305,16 +335,7 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
     else:
         check_replaceable(options.out_dir.absolute(), options.force, ADAPTER_CONFIG_FILE, owns_adapter_file)
     check_paired_data(options.data, options.more_data)
-    model, processor = load_for_training(options.model_dir, options.device)
-    # A rank past a projection's smaller side adds nothing but memory (10^6 on the default model:
-    # about 20 GB of factors and optimizer state).
-    smallest = min(
-        (min(module.in_features, module.out_features) for name, module in model.named_modules()
-         if re.fullmatch(target_pattern, name) and hasattr(module, "in_features")),
-        default=options.rank,
-    )  # fmt: skip
-    if options.rank > smallest:
-        raise EdgelalmError(f"--rank {options.rank} is past the adapted projections' smaller side ({smallest})")
+    config, processor = open_for_training(options.model_dir, options.device)
     sampling_rate = processor.feature_extractor.sampling_rate
     data = open_paired_data(options.data, sampling_rate, options.normalize, options.model_dir, options.more_data)
     # The record names every folder trained on (one path, as before, where there is one).
@@ -328,9 +349,21 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
         )
     if len(data) < options.batch_size:
         raise EdgelalmError(f"{options.data_name}: {len(data)} clips, fewer than one batch of {options.batch_size}")
-    check_fits_the_decoder(options, data, model, processor, window_s)
+    check_fits_the_decoder(options, data, config, processor, window_s)
     if realign_head:
         check_ctc_alignable(options, data, processor)
+    # The data holds up: now the weights (they were loaded first, minutes for a 7B, before a
+    # header-only TSV or a missing clip was found).
+    model = load_weights(options.model_dir, options.device)
+    # A rank past a projection's smaller side adds nothing but memory (10^6 on the default model:
+    # about 20 GB of factors and optimizer state).
+    smallest = min(
+        (min(module.in_features, module.out_features) for name, module in model.named_modules()
+         if re.fullmatch(target_pattern, name) and hasattr(module, "in_features")),
+        default=options.rank,
+    )  # fmt: skip
+    if options.rank > smallest:
+        raise EdgelalmError(f"--rank {options.rank} is past the adapted projections' smaller side ({smallest})")
 
     torch.manual_seed(options.seed)
     settings = TrainSettings(
