@@ -264,3 +264,25 @@ def test_a_bench_folder_inside_the_checkpoint_is_not_a_change_of_it(tmp_path):
     assert not changed_since(model, manifest, model / "bench")
     os.utime(model / "config.json", (3_000, 3_000))
     assert changed_since(model, manifest, model / "bench")  # the checkpoint itself still counts
+
+
+def test_a_presets_checkpoint_inside_the_bench_folder_still_counts(tmp_path):
+    """A preset is written to out/models/<preset>, inside --out: skipping --out's files (meant for
+    an --out inside the checkpoint) skipped every file of the preset, a rewritten one included."""
+    from edgelalm.bench.plan import changed_since
+
+    out = tmp_path / "out"
+    model = out / "models" / "tiny"
+    model.mkdir(parents=True)
+    (model / "model.safetensors").write_bytes(b"")
+    manifest = out / "bundles" / "none-q8_0" / "manifest.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text("{}")
+    os.utime(manifest, (2_000, 2_000))
+    os.utime(model / "model.safetensors", (1_000, 1_000))
+    assert not changed_since(model, manifest, out)
+    os.utime(model / "model.safetensors", (3_000, 3_000))
+    assert changed_since(model, manifest, out)
+    (model / "sub").mkdir()
+    (model / "sub" / "loop").symlink_to(model / "sub" / "loop")  # resolve() raised RuntimeError on it
+    assert changed_since(model, manifest, out)

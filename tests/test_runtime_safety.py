@@ -290,6 +290,15 @@ def test_run_arguments_of_the_wrong_kind_are_one_line(runtime, arguments, messag
         runtime.run(call.pop("audio"), **call)
 
 
+def test_numpy_bools_are_flags(runtime):
+    """prompt_special_tokens=np.True_ (a value read from an array) worked before the flag was checked."""
+    audio = speechlike(1.5, 0)
+    prompt = "<|im_end|> say it"
+    plain = runtime.run(audio, max_tokens=4, prompt=prompt, prompt_special_tokens=True)
+    given = runtime.run(audio, max_tokens=4, prompt=prompt, prompt_special_tokens=np.True_)
+    assert given.prompt_tokens == plain.prompt_tokens and given.text == plain.text
+
+
 def test_fractions_are_numbers_too(runtime):
     """temperature=Fraction(1, 2) ran, then failed formatting the result's description (TypeError)."""
     from fractions import Fraction

@@ -3,6 +3,7 @@ needs (exported or reused)."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,11 +123,15 @@ def ensure_model(plan: BenchPlan) -> Path:
 def changed_since(model_dir: Path, written: Path, out_dir: Path | None = None) -> bool:
     """Whether any file of the checkpoint is newer than `written` (as make decides): a checkpoint
     replaced under the same path was measured through its predecessor's bundle. Not the files of
-    `out_dir` where it lies inside the checkpoint: its own bundles made every run export again."""
+    `out_dir` where it lies inside the checkpoint: its own bundles made every run export again (a
+    preset's checkpoint, inside `out_dir`, is the checkpoint: all of its files count)."""
     stamp = written.stat().st_mtime
-    skipped = out_dir.resolve() if out_dir is not None else None
+    skipped: tuple[str, ...] | None = None
+    if out_dir is not None and out_dir.resolve() != model_dir.resolve():
+        with contextlib.suppress(ValueError):  # ValueError: not inside
+            skipped = out_dir.resolve().relative_to(model_dir.resolve()).parts
     for path in model_dir.rglob("*"):
-        if skipped is not None and path.resolve().is_relative_to(skipped):
+        if skipped is not None and path.relative_to(model_dir).parts[: len(skipped)] == skipped:
             continue
         if path.is_file() and path.stat().st_mtime > stamp:
             return True

@@ -1029,7 +1029,7 @@ def _check_whole_number(name: str, value: object, minimum: int) -> None:
 
 
 def _check_flag(name: str, value: object) -> None:
-    if not isinstance(value, bool):  # "no" is truthy: it would turn the option on
+    if not isinstance(value, (bool, np.bool_)):  # "no" is truthy: it would turn the option on
         raise EdgelalmError(f"{name} must be True or False, got {value!r}")
 
 
