@@ -3,7 +3,6 @@ needs (exported or reused)."""
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,9 +126,10 @@ def changed_since(model_dir: Path, written: Path, out_dir: Path | None = None) -
     preset's checkpoint, inside `out_dir`, is the checkpoint: all of its files count)."""
     stamp = written.stat().st_mtime
     skipped: tuple[str, ...] | None = None
-    if out_dir is not None and out_dir.resolve() != model_dir.resolve():
-        with contextlib.suppress(ValueError):  # ValueError: not inside
-            skipped = out_dir.resolve().relative_to(model_dir.resolve()).parts
+    if out_dir is not None:
+        inside, checkpoint = out_dir.resolve(), model_dir.resolve()
+        if inside != checkpoint and inside.is_relative_to(checkpoint):
+            skipped = inside.relative_to(checkpoint).parts
     for path in model_dir.rglob("*"):
         if skipped is not None and path.relative_to(model_dir).parts[: len(skipped)] == skipped:
             continue

@@ -460,15 +460,12 @@ def _refuse_unnumbered_special_tokens(path: Path) -> None:
     changed, the export succeeded)."""
     if (path / "tokenizer.json").is_file() or (path / "added_tokens.json").is_file():
         return
-    tokenizer_config = path / "tokenizer_config.json"
-    if tokenizer_config.is_file() and read_json_object(tokenizer_config).get("added_tokens_decoder"):
+    tokenizer_file = path / "tokenizer_config.json"
+    tokenizer_config = read_json_object(tokenizer_file) if tokenizer_file.is_file() else {}
+    if tokenizer_config.get("added_tokens_decoder"):
         return
     vocabulary = read_json_object(path / "vocab.json")
-    special = {
-        token
-        for token in _special_token_texts(read_json_object(tokenizer_config) if tokenizer_config.is_file() else {})
-        if token not in vocabulary
-    }
+    special = {token for token in _special_token_texts(tokenizer_config) if token not in vocabulary}
     if special:
         raise EdgelalmError(
             f"{path}: its special tokens ({', '.join(sorted(special))}) have no ids recorded: no tokenizer.json, "

@@ -192,17 +192,17 @@ def transcript_lengths(processor: Any, data: Any) -> list[int]:
         transformers_logging.set_verbosity(verbosity)
 
 
-def check_fits_the_decoder(options: FinetuneOptions, data: Any, config: Any, processor: Any, window_s: float) -> None:
-    """The data's frames are the tower's width, and the longest transcript, a window's audio tokens
-    and the prompt fit the decoder's context: 100000-character transcripts trained for ever,
-    longer-than-context ones silently."""
-
+def check_fits_the_decoder(
+    options: FinetuneOptions, data: Any, config: Any, lengths: list[int], window_s: float
+) -> None:
+    """The data's frames are the tower's width, and the longest transcript (`lengths`: each one's
+    tokens), a window's audio tokens and the prompt fit the decoder's context: 100000-character
+    transcripts trained for ever, longer-than-context ones silently."""
     width, tower_width = getattr(data, "width", None), config.audio_config.d_model
     if width is not None and width != tower_width:
         raise EdgelalmError(
             f"{options.data_name}: frames of width {width}; the model's audio tower gives {tower_width}"
         )
-    lengths = transcript_lengths(processor, data)
     longest = int(np.argmax(lengths))
     audio_tokens = options.compressor.max_audio_tokens(int(window_s * ENCODER_FRAMES_PER_SECOND))
     context = config.text_config.max_position_embeddings
@@ -213,16 +213,14 @@ def check_fits_the_decoder(options: FinetuneOptions, data: Any, config: Any, pro
         )
 
 
-def check_ctc_alignable(options: FinetuneOptions, data: Any, processor: Any) -> None:
-    """A CTC path needs an audio token for each token of the transcript: with a large factor most
-    clips have fewer, CTC's loss is infinite there, and PyTorch's zero_infinity makes it 0. With
-    most clips so, the head "realigned" on nothing: loss 0.0 at every step, exit 0, the head as it
-    was. Known ahead for fixed-rate compressors (unseg's tokens follow the audio)."""
-
+def check_ctc_alignable(options: FinetuneOptions, data: Any, lengths: list[int]) -> None:
+    """A CTC path needs an audio token for each token of the transcript (`lengths`): with a large
+    factor most clips have fewer, CTC's loss is infinite there, and PyTorch's zero_infinity makes
+    it 0. With most clips so, the head "realigned" on nothing: loss 0.0 at every step, exit 0, the
+    head as it was. Known ahead for fixed-rate compressors (unseg's tokens follow the audio)."""
     spec = options.compressor
     if not spec.audio_tokens_per_second:
         return
-    lengths = transcript_lengths(processor, data)
     positions = [spec.max_audio_tokens(int(seconds * ENCODER_FRAMES_PER_SECOND)) for seconds in data.seconds]
     short = [index for index, (length, count) in enumerate(zip(lengths, positions, strict=True)) if length > count]
     if 2 * len(short) > len(lengths):
@@ -349,9 +347,10 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
         )
     if len(data) < options.batch_size:
         raise EdgelalmError(f"{options.data_name}: {len(data)} clips, fewer than one batch of {options.batch_size}")
-    check_fits_the_decoder(options, data, config, processor, window_s)
+    lengths = transcript_lengths(processor, data)  # tokenized once, for both checks
+    check_fits_the_decoder(options, data, config, lengths, window_s)
     if realign_head:
-        check_ctc_alignable(options, data, processor)
+        check_ctc_alignable(options, data, lengths)
     # The data holds up: now the weights (they were loaded first, minutes for a 7B, before a
     # header-only TSV or a missing clip was found).
     model = load_weights(options.model_dir, options.device)
