@@ -43,7 +43,7 @@ class Bar:
     printed above it (`note`): what dataset rendering, training and `bench` show. Where stderr is
     not a terminal (a log file), only the notes are written."""
 
-    def __init__(self, total: int, title: str, console: Console = stderr_console) -> None:
+    def __init__(self, total: float, title: str, console: Console = stderr_console) -> None:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -73,7 +73,7 @@ class Bar:
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
-    def update(self, completed: int | None = None, advance: int = 0, status: str | None = None) -> None:
+    def update(self, completed: float | None = None, advance: float = 0, status: str | None = None) -> None:
         description = escape(f"{self.title}: {status}" if status else self.title)
         self.progress.update(self.task, completed=completed, advance=advance, description=description)
 

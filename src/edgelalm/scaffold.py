@@ -37,6 +37,7 @@ from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX as QW
 
 from edgelalm.constants import SAMPLING_RATE
 from edgelalm.errors import EdgelalmError
+from edgelalm.progress import Bar
 
 # Text the scaffold ships as data: the chat template and the tokenizer's training sentences.
 DATA = Path(__file__).parent / "data"
@@ -294,14 +295,17 @@ def write_dummy_checkpoint(
     groups = _per_layer_shards(list(shapes)) if layout == "per-layer" else _sized_shards(sizes, shards)
     generator = torch.Generator().manual_seed(seed)
     weight_map, total_bytes = {}, 0
-    for index, names in enumerate(groups, start=1):
-        file_name = f"model-{index:05d}-of-{len(groups):05d}.safetensors"
-        entries = [
-            (_release_name(name), shapes[name], partial(_dummy_tensor, name, shapes[name], generator, dtype))
-            for name in names
-        ]
-        total_bytes += _save_streamed(out_dir / file_name, entries, dtype)
-        weight_map.update({_release_name(name): file_name for name in names})
+    with Bar(sum(sizes.values()) / 2**20, "random weights, MiB") as bar:
+
+        def make(name: str) -> torch.Tensor:
+            bar.update(advance=sizes[name] / 2**20)
+            return _dummy_tensor(name, shapes[name], generator, dtype)
+
+        for index, names in enumerate(groups, start=1):
+            file_name = f"model-{index:05d}-of-{len(groups):05d}.safetensors"
+            entries = [(_release_name(name), shapes[name], partial(make, name)) for name in names]
+            total_bytes += _save_streamed(out_dir / file_name, entries, dtype)
+            weight_map.update({_release_name(name): file_name for name in names})
     index_file = {"metadata": {"total_size": total_bytes}, "weight_map": weight_map}
     (out_dir / "model.safetensors.index.json").write_text(json.dumps(index_file, indent=2))
     generation_config(tokenizer).save_pretrained(out_dir)

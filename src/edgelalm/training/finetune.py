@@ -293,6 +293,24 @@ def load_for_training(model_dir: Path, device: str):
     return load_weights(model_dir, device), processor
 
 
+def check_rank(rank: int, config: Any, target_pattern: str) -> None:
+    """A rank past an adapted projection's smaller side adds nothing but memory (10^6 on the
+    default model: about 20 GB of factors and optimizer state). The projections' sides come from
+    the model built on the meta device (shapes only, no memory), before the weights load."""
+    import torch
+    from transformers import Qwen2AudioForConditionalGeneration
+
+    with torch.device("meta"):
+        modules = Qwen2AudioForConditionalGeneration(config).named_modules()
+        smallest = min(
+            (min(module.in_features, module.out_features) for name, module in modules
+             if re.fullmatch(target_pattern, name) and hasattr(module, "in_features")),
+            default=rank,
+        )  # fmt: skip
+    if rank > smallest:
+        raise EdgelalmError(f"--rank {rank} is past the adapted projections' smaller side ({smallest})")
+
+
 def realigns_ctc_head(options: FinetuneOptions) -> bool:
     """Whether `finetune` realigns the checkpoint's CTC head (refused where asked for and absent)."""
     from edgelalm.export.ctc import has_ctc_head
@@ -351,18 +369,10 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
     check_fits_the_decoder(options, data, config, lengths, window_s)
     if realign_head:
         check_ctc_alignable(options, data, lengths)
-    # The data holds up: now the weights (they were loaded first, minutes for a 7B, before a
-    # header-only TSV or a missing clip was found).
+    check_rank(options.rank, config, target_pattern)
+    # The data and options hold up: now the weights (they were loaded first, minutes for a 7B,
+    # before a header-only TSV, a missing clip or a rank too large was found).
     model = load_weights(options.model_dir, options.device)
-    # A rank past a projection's smaller side adds nothing but memory (10^6 on the default model:
-    # about 20 GB of factors and optimizer state).
-    smallest = min(
-        (min(module.in_features, module.out_features) for name, module in model.named_modules()
-         if re.fullmatch(target_pattern, name) and hasattr(module, "in_features")),
-        default=options.rank,
-    )  # fmt: skip
-    if options.rank > smallest:
-        raise EdgelalmError(f"--rank {options.rank} is past the adapted projections' smaller side ({smallest})")
 
     torch.manual_seed(options.seed)
     settings = TrainSettings(
