@@ -62,8 +62,7 @@ def peak_rss_child(bundle: Path, labels: list[str], clip: Path, max_tokens: int)
 
 def switch_ms(runtime: Runtime, first: str, second: str, repeats: int) -> float:
     """Median time of `use_adapter` from `first`'s adapter to `second`'s on a context of the runtime."""
-    context = runtime._acquire()  # the benchmark times the context's own switch
-    try:
+    with runtime._run_slot() as context:  # the benchmark times the context's own switch
         times = []
         for _ in range(repeats):
             for label in (first, second):
@@ -71,8 +70,6 @@ def switch_ms(runtime: Runtime, first: str, second: str, repeats: int) -> float:
                 context.use_adapter(runtime.compressors[label].adapter)
                 times.append((time.perf_counter() - started) * 1000)
         return statistics.median(times)
-    finally:
-        runtime._release(context)
 
 
 def random_adapters(checkpoint: Path, out: Path, labels: tuple[str, ...] = ("avg2", "avg3", "unseg")) -> None:
@@ -106,8 +103,7 @@ def adapter_overhead(runtime: Runtime, label: str, prompt_tokens: int, decode_to
     prefilled (then decoded one at a time) with `label`'s adapter applied and with none,
     alternating, medians. Without the adapter the decoder computes what a merged one does (the same
     shapes), so this is the overhead against merged without a second model competing for the cache."""
-    context = runtime._acquire()  # the benchmark drives the context directly
-    try:
+    with runtime._run_slot() as context:  # the benchmark drives the context directly
         # Ordinary tokens of this vocabulary (past the first 100: bytes and specials in small ones).
         highest = min(20000, runtime.decoder.n_vocab)
         tokens = [int(t) for t in np.random.default_rng(0).integers(100, highest, prompt_tokens + decode_tokens)]
@@ -135,8 +131,6 @@ def adapter_overhead(runtime: Runtime, label: str, prompt_tokens: int, decode_to
             "prefill_adapter_over_none": medians["adapter"]["prefill"] / medians["none"]["prefill"],
             "decode_none_over_adapter": medians["none"]["decode"] / medians["adapter"]["decode"],
         }
-    finally:
-        runtime._release(context)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -352,3 +352,50 @@ def test_sliding_window_flags_that_leave_every_layer_full_are_full_attention(tin
     folder = edited("sliding", use_sliding_window=True, max_window_layers=0)
     with pytest.raises(EdgelalmError, match="uses sliding-window attention"):
         open_checkpoint(folder)
+
+
+@pytest.mark.parametrize(
+    "sources",
+    [
+        ("chat_template.jinja", "chat_template.json"),
+        ("chat_template.jinja", "processor_config.json"),
+        ("chat_template.json", "processor_config.json"),
+        ("chat_template.jinja", "tokenizer_config.json"),
+    ],
+)
+def test_a_folder_with_several_templates_exports_the_one_transformers_renders(tiny_checkpoint, tmp_path, sources):
+    """A newer transformers' files saved over an older folder leave two templates: export took
+    chat_template.jinja first, transformers' processor the legacy chat_template.json or
+    processor_config.json's key first, and the bundle's system prompt differed (exit 0).
+    Reference: Qwen2AudioProcessor.from_pretrained's own template."""
+    folder = _copy(tiny_checkpoint, tmp_path / "two-templates", template=False)
+    own = (tiny_checkpoint / "chat_template.jinja").read_text()
+    for number, name in enumerate(sources):
+        template = own.replace("You are a helpful assistant.", f"You are assistant {number}.")
+        if name == "chat_template.jinja":
+            (folder / name).write_text(template)
+        elif name == "chat_template.json":
+            (folder / name).write_text(json.dumps({"chat_template": template}))
+        else:
+            config = json.loads((folder / name).read_text())
+            (folder / name).write_text(json.dumps({**config, "chat_template": template}))
+    checkpoint = open_checkpoint(folder)
+    pieces = prompt_pieces(checkpoint.processor, folder, checkpoint.name, None)
+    reference = Qwen2AudioProcessor.from_pretrained(folder).chat_template
+    if sources[1] == "tokenizer_config.json":  # the processor does not read the tokenizer's
+        reference = (folder / "chat_template.jinja").read_text()
+    assert "You are assistant" in reference and pieces.chat_template == reference
+
+
+def test_a_template_with_the_text_before_the_audio_is_refused_in_one_line(tiny_checkpoint, tmp_path):
+    """transformers renders it; a bundle feeds the text after the audio (it was a ValueError traceback)."""
+    folder = _copy(tiny_checkpoint, tmp_path / "text-first", template=False)
+    (folder / "chat_template.jinja").write_text(
+        "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+        "{% for part in message['content'] if part['type'] == 'text' %}{{ part['text'] }}{% endfor %}"
+        "{% for part in message['content'] if part['type'] == 'audio' %}<|audio_bos|><|AUDIO|><|audio_eos|>{% endfor %}"
+        "<|im_end|>\n{% endfor %}<|im_start|>assistant\n"
+    )
+    checkpoint = open_checkpoint(folder)
+    with pytest.raises(EdgelalmError, match="puts the text before the audio"):
+        prompt_pieces(checkpoint.processor, folder, checkpoint.name, None)

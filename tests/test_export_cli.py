@@ -1,6 +1,8 @@
 """`edgelalm export` and `edgelalm inspect` through the console entry point."""
 
+import datetime
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -758,6 +760,42 @@ def test_share_from_on_the_command_line(
     assert sha256_of(out / "encoder.onnx.data") == sha256_of(first / "encoder.onnx.data")
     assert not (out / "decoder.gguf").samefile(first / "decoder.gguf")
     assert read_manifest(out).decoder.adapter["rank"] == 16
+
+
+def test_share_from_shares_nothing_that_a_changed_config_or_prompt_format_wrote(tiny_checkpoint, tmp_path):
+    """config.json, the tokenizer and the chat template are written into the decoder's GGUF too:
+    only the weights' times were checked, and a rope_theta changed since was shared stale (the
+    answers changed, exit 0). Another prompt format writes another template into the GGUF."""
+    import gguf
+
+    from edgelalm.compression import CompressorSpec
+    from edgelalm.errors import EdgelalmError
+    from edgelalm.export.bundle import ExportOptions, export_bundle
+
+    model = shutil.copytree(tiny_checkpoint, tmp_path / "model")
+    first = export_bundle(ExportOptions(model, tmp_path / "first", CompressorSpec("none", 1)))
+    base = export_bundle(
+        ExportOptions(model, tmp_path / "base", CompressorSpec("avg", 3), share_from=first, prompt_format="base")
+    )
+    assert sha256_of(base / "encoder.onnx.data") == sha256_of(first / "encoder.onnx.data")
+    assert not (base / "decoder.gguf").samefile(first / "decoder.gguf")
+    templates = [
+        gguf.GGUFReader(bundle / "decoder.gguf").get_field("tokenizer.chat_template") for bundle in (first, base)
+    ]
+    assert templates[0] is not None and templates[1] is None  # the base format has none
+    config = json.loads((model / "config.json").read_text())
+    config["text_config"]["rope_parameters"]["rope_theta"] = 1e6
+    (model / "config.json").write_text(json.dumps(config))
+    created = read_manifest(first).created_utc
+    later = datetime.datetime.fromisoformat(created).timestamp() + 5
+    os.utime(model / "config.json", (later, later))
+    with pytest.raises(EdgelalmError, match=r"checkpoint changed since that bundle was exported \(config.json\)"):
+        export_bundle(ExportOptions(model, tmp_path / "stale", CompressorSpec("avg", 3), share_from=first))
+    assert not (tmp_path / "stale").exists()
+    # A bundle exported inside the checkpoint folder is not a change of the checkpoint.
+    inside = export_bundle(ExportOptions(model, model / "bundles" / "none", CompressorSpec("none", 1)))
+    export_bundle(ExportOptions(model, model / "bundles" / "avg3", CompressorSpec("avg", 3), share_from=inside))
+    assert (model / "bundles" / "avg3" / "decoder.gguf").samefile(inside / "decoder.gguf")
 
 
 def _damaged_copy(bundle, path, name):

@@ -46,6 +46,25 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def files_newer_than(folder: Path, stamp: float, skipped: Iterable[Path | None] = ()) -> list[Path]:
+    """The files under `folder` modified after `stamp` (as make decides whether to rebuild), not
+    those under a `skipped` folder that lies inside `folder` (outputs kept in the checkpoint)."""
+    root = folder.resolve()
+    skipped_parts = [
+        inside.relative_to(root).parts
+        for inside in (path.resolve() for path in skipped if path is not None)
+        if inside != root and inside.is_relative_to(root)
+    ]
+    newer = []
+    for path in folder.rglob("*"):
+        parts = path.relative_to(folder).parts
+        if any(parts[: len(skipped)] == skipped for skipped in skipped_parts):
+            continue
+        if path.is_file() and path.stat().st_mtime > stamp:
+            newer.append(path)
+    return newer
+
+
 def read_tsv(path: Path) -> list[dict[str, str]]:
     """The rows of a tab-separated table whose first line names its columns (UTF-8, a byte-order
     mark allowed). Plain TSV: a quote is text (csv's quoting let `"` at a field's start swallow

@@ -36,11 +36,17 @@ TEMPLATE_SOURCE_DESCRIPTIONS: dict[TemplateSource, str] = {
     "edgelalm": "Qwen2-Audio-Instruct's template from edgelalm; the checkpoint carries none",
     "none": "no chat template",
 }
-# Where a Hugging Face checkpoint keeps its chat template, in transformers' order: the processor's
-# (transformers 4.4x and 5), then the tokenizer's (older Qwen2 fine-tunes keep it only there, which
-# Qwen2AudioProcessor.from_pretrained does not read: its fallback template took its place).
-_TEMPLATE_JINJA = "chat_template.jinja"
-_TEMPLATE_CONFIGS = ("chat_template.json", "processor_config.json", "tokenizer_config.json")
+# Where a Hugging Face checkpoint keeps its chat template, in the order transformers 5's processor
+# takes it where a folder has several (an older one's files saved over by a newer transformers):
+# processor_config.json's key, then the legacy chat_template.json, then chat_template.jinja; then
+# the tokenizer's (older Qwen2 fine-tunes keep it only there, which Qwen2AudioProcessor.from_pretrained
+# does not read: its fallback template took its place). None: the file is the template itself.
+_TEMPLATE_FILES: tuple[tuple[str, str | None], ...] = (
+    ("processor_config.json", "chat_template"),
+    ("chat_template.json", "chat_template"),
+    ("chat_template.jinja", None),
+    ("tokenizer_config.json", "chat_template"),
+)
 _MAX_TEMPLATE_BYTES = 1 << 20
 _MAX_CONFIG_BYTES = 64 << 20
 # The published base model's folder or repository name: Qwen2-Audio-7B, not ...-Instruct.
@@ -56,20 +62,19 @@ def checkpoint_template(folder: Path) -> str | None:
     """The chat template the checkpoint folder itself carries (not transformers' fallback), None
     where it carries none; one that is not text, or is empty, refused in one line. Of a list of
     named templates (the tokenizer's), the "default" one, as transformers takes it."""
-    jinja = folder / _TEMPLATE_JINJA
-    if jinja.is_file():
-        if jinja.stat().st_size > _MAX_TEMPLATE_BYTES:
-            raise EdgelalmError(f"{jinja} is over {_MAX_TEMPLATE_BYTES:,} bytes: no chat template is that long")
-        try:
-            return _nonempty_template(jinja.read_text(encoding="utf-8"), str(jinja))
-        except UnicodeDecodeError:
-            raise EdgelalmError(f"{jinja} is not UTF-8 text") from None
-    for name in _TEMPLATE_CONFIGS:
+    for name, key in _TEMPLATE_FILES:
         path = folder / name
         if not path.is_file():
             continue
+        if key is None:
+            if path.stat().st_size > _MAX_TEMPLATE_BYTES:
+                raise EdgelalmError(f"{path} is over {_MAX_TEMPLATE_BYTES:,} bytes: no chat template is that long")
+            try:
+                return _nonempty_template(path.read_text(encoding="utf-8"), str(path))
+            except UnicodeDecodeError:
+                raise EdgelalmError(f"{path} is not UTF-8 text") from None
         config = read_json(path, _MAX_CONFIG_BYTES)
-        template = config.get("chat_template") if isinstance(config, dict) else None
+        template = config.get(key) if isinstance(config, dict) else None
         if template is None:
             continue
         if isinstance(template, list):  # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
@@ -185,6 +190,10 @@ def chat_template_pieces(processor: Any, source: str, template: str | None = Non
             f"{source}: the chat template does not render one audio as {audio_block} followed by the text"
         )
     before_audio, after_audio = rendered.split(audio_block)
+    if _PROMPT_SENTINEL not in after_audio:  # a bundle feeds the prompt's text after the audio
+        raise EdgelalmError(
+            f"{source}: the chat template puts the text before the audio; edgelalm's bundles need it after"
+        )
     between, after_prompt = after_audio.split(_PROMPT_SENTINEL)
     return PromptInfo(
         chat_template=template,

@@ -17,7 +17,7 @@ from edgelalm.constants import (
     QuantType,
 )
 from edgelalm.errors import EdgelalmError
-from edgelalm.files import read_json_object
+from edgelalm.files import files_newer_than, read_json_object
 from edgelalm.manifest import bundle_name, read_manifest
 
 DEFAULT_COMPRESSORS = ("none", "avg2", "avg3", "avg4", "avg6", "sample3", "unseg")
@@ -120,22 +120,11 @@ def ensure_model(plan: BenchPlan) -> Path:
 
 
 def changed_since(model_dir: Path, written: Path, out_dir: Path | None = None) -> bool:
-    """Whether any file of the checkpoint is newer than `written` (as make decides): a checkpoint
-    replaced under the same path was measured through its predecessor's bundle. Not the files of
-    `out_dir` where it lies inside the checkpoint: its own bundles made every run export again (a
-    preset's checkpoint, inside `out_dir`, is the checkpoint: all of its files count)."""
-    stamp = written.stat().st_mtime
-    skipped: tuple[str, ...] | None = None
-    if out_dir is not None:
-        inside, checkpoint = out_dir.resolve(), model_dir.resolve()
-        if inside != checkpoint and inside.is_relative_to(checkpoint):
-            skipped = inside.relative_to(checkpoint).parts
-    for path in model_dir.rglob("*"):
-        if skipped is not None and path.relative_to(model_dir).parts[: len(skipped)] == skipped:
-            continue
-        if path.is_file() and path.stat().st_mtime > stamp:
-            return True
-    return False
+    """Whether any file of the checkpoint is newer than `written`: a checkpoint replaced under the
+    same path was measured through its predecessor's bundle. Not the files of `out_dir` where it
+    lies inside the checkpoint: its own bundles made every run export again (a preset's
+    checkpoint, inside `out_dir`, is the checkpoint: all of its files count)."""
+    return bool(files_newer_than(model_dir, written.stat().st_mtime, skipped=[out_dir]))
 
 
 def ensure_bundle(model_dir: Path, label: str, plan: BenchPlan, share_from: Path | None = None) -> Path:

@@ -165,7 +165,7 @@ def _write_bundle(options: ExportOptions) -> None:
                             else "no adapter"
                         )
                     )
-            shared = shareable_files(checkpoint, options, adapter)
+            shared = shareable_files(checkpoint, options, adapter, prompt.chat_template, staging)
         with steps.step("Loading the audio tower and projector"):
             tower = checkpoint.load_audio_tower()
             projector = checkpoint.load_projector()

@@ -11,7 +11,7 @@ from edgelalm.constants import DECODER_FILE
 from edgelalm.errors import EdgelalmError
 from edgelalm.export.adapter import LoraAdapter
 from edgelalm.export.checkpoint import Checkpoint
-from edgelalm.files import sha256_of
+from edgelalm.files import files_newer_than, sha256_of
 from edgelalm.manifest import (
     FileRecord,
     is_encoder_file,
@@ -23,12 +23,13 @@ if TYPE_CHECKING:  # bundle.py imports this module
 
 
 def shareable_files(
-    checkpoint: Checkpoint, options: ExportOptions, adapter: LoraAdapter | None
+    checkpoint: Checkpoint, options: ExportOptions, adapter: LoraAdapter | None, chat_template: str, staging: Path
 ) -> dict[str, FileRecord]:
     """The files of `options.share_from` that this export would otherwise write again, with their
     records in that bundle's manifest: the encoder (graph and external weights) when the encoder
-    precision matches, the decoder when the quant and the merged adapter match.
-    Both bundles must come from this checkpoint, unchanged since the earlier export."""
+    precision matches, the decoder when the quant, the merged adapter and the chat template match.
+    Both bundles must come from this checkpoint, unchanged since the earlier export (outside
+    this export's own folder and `staging`, where it writes them inside the checkpoint)."""
     if options.share_from is None:
         return {}
     where = f"--share-from {options.share_from}"
@@ -43,21 +44,27 @@ def shareable_files(
         created = datetime.datetime.fromisoformat(earlier.created_utc).timestamp() + 1
     except ValueError:
         raise EdgelalmError(f"{where}: its manifest's created_utc is not a time: {earlier.created_utc!r}") from None
-    changed = [file.name for file in set(checkpoint.tensor_files.values()) if file.stat().st_mtime > created]
+    # Every file counts, not only the weights: config.json's numbers, the tokenizer and the chat
+    # template are written into the decoder's GGUF too (a rope_theta changed since was shared stale).
+    changed = files_newer_than(checkpoint.path, created, skipped=[options.out_dir, staging])
     if changed:
-        raise EdgelalmError(
-            f"{where}: the checkpoint changed since that bundle was exported ({', '.join(sorted(changed))})"
-        )
+        listed = ", ".join(sorted(str(path.relative_to(checkpoint.path)) for path in changed)[:5])
+        raise EdgelalmError(f"{where}: the checkpoint changed since that bundle was exported ({listed})")
     names = []
     if earlier.encoder.precision == options.encoder_precision:
         names += [name for name in earlier.files if is_encoder_file(name)]
     decoder = earlier.decoder
-    if decoder and decoder.quant == options.quant and decoder.adapter == (adapter.describe() if adapter else None):
+    if (
+        decoder
+        and decoder.quant == options.quant
+        and decoder.adapter == (adapter.describe() if adapter else None)
+        and earlier.prompt.chat_template == chat_template  # the GGUF carries the template
+    ):
         names.append(DECODER_FILE)
     if not names:
         raise EdgelalmError(
             f"{where}: nothing to share (encoder {earlier.encoder.precision} vs {options.encoder_precision}; "
-            f"decoder {decoder.quant if decoder else 'none'} vs {options.quant}, or another adapter)"
+            f"decoder {decoder.quant if decoder else 'none'} vs {options.quant}, or another adapter or prompt format)"
         )
     for name in names:
         path = options.share_from / name

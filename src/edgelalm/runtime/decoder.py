@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import math
 import re
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,12 +43,16 @@ if TYPE_CHECKING:
 
 _GGML_TYPES = {"f32": llama_cpp.GGML_TYPE_F32, "f16": llama_cpp.GGML_TYPE_F16}
 KV_CACHE_TYPES = tuple(_GGML_TYPES)
+# A context this many times larger than a run asks for, and past this many cells, is made again
+# at the run's size (LlamaContext.ensure_context): beam searches of ordinary sizes keep theirs.
+SHRINK_PAST_TIMES, SHRINK_FLOOR_CELLS = 4, 4096
 
 
 # llama.cpp logs every load and decode to stderr; edgelalm reports for itself. While a model
 # loads, the lines are kept instead: they are the only place llama.cpp says which buffer types
 # (CPU_Mapped, CPU_REPACK, AMX, CUDA0, ...) hold the weights.
 _load_log: list[str] | None = None
+_load_log_lock = threading.Lock()
 _BUFFER_LINE = re.compile(r"load_tensors:\s+(\S+) model buffer size")
 _LOAD_ERROR_LINE = re.compile(r"error|failed|invalid", re.IGNORECASE)
 
@@ -67,14 +72,16 @@ def silence_llama_logs() -> None:
 @contextlib.contextmanager
 def kept_llama_log() -> Iterator[list[str]]:
     """llama.cpp's log lines while the block runs: a load or a quantization that fails says why
-    only there."""
+    only there. One block at a time: llama.cpp's log callback is one per process, and two
+    threads loading at once each lost the other's lines."""
     global _load_log
-    silence_llama_logs()
-    _load_log = []
-    try:
-        yield _load_log
-    finally:
-        _load_log = None
+    with _load_log_lock:
+        silence_llama_logs()
+        _load_log = []
+        try:
+            yield _load_log
+        finally:
+            _load_log = None
     interrupts.deliver_swallowed()
 
 
@@ -186,6 +193,10 @@ class LlamaAdapter:
     pointer: Any
 
 
+# What a context records while its adapter is being changed: equal to no adapter a run asks for.
+_UNKNOWN_ADAPTER = LlamaAdapter(Path(), None)
+
+
 class LlamaModel:
     """A GGUF's weights and vocabulary in llama.cpp, shared by every `LlamaContext` made from it.
     Tokenizing is read-only and safe from any thread."""
@@ -292,6 +303,8 @@ class LlamaContext:
         self.n_past = 0
         # The tokens at the start of the KV cache that `start_with` may keep for the next sequence.
         self.cached_prefix: list[int] = []
+        # The adapter llama.cpp applies in this context (None: the base weights; _UNKNOWN_ADAPTER
+        # while a change is under way, so that a change cut short is made again).
         self.adapter: LlamaAdapter | None = None
         self.adapter_scale = 1.0
         self.ensure_context(n_ctx)
@@ -300,20 +313,21 @@ class LlamaContext:
         """A fresh, empty context of at least `n_ctx` tokens (KV memory grows with it, so
         each clip gets what it needs, rounded up to 256) and `sequences` sequences (a beam search's
         hypotheses share the prompt's cells). `keep_cells`: a context that is large enough keeps
-        its KV cells (for `start_with`); a new one starts empty."""
-        if self.context and self.n_ctx >= n_ctx and self.n_sequences >= sequences:
+        its KV cells (for `start_with`); a new one starts empty. A context far larger than asked
+        for (one long beam search's) is made again at the size asked: a server would otherwise
+        hold the largest request's KV memory for as long as it runs."""
+        n_ctx = -(-n_ctx // 256) * 256
+        oversized = self.n_ctx > max(SHRINK_PAST_TIMES * n_ctx, SHRINK_FLOOR_CELLS)
+        if self.context and self.n_ctx >= n_ctx and self.n_sequences >= sequences and not oversized:
             if not keep_cells:
                 self.reset()
             return
-        if self.context:
-            llama_cpp.llama_free(self.context)
-            self.context = None
-        n_ctx = -(-n_ctx // 256) * 256
+        self._free_context()
         context_params = llama_cpp.llama_context_default_params()
         context_params.n_ctx = n_ctx
         context_params.n_batch = min(n_ctx, 512)
         context_params.n_ubatch = min(n_ctx, 512)
-        sequences = max(sequences, self.n_sequences)
+        sequences = sequences if oversized else max(sequences, self.n_sequences)
         context_params.n_seq_max = sequences
         # One pool of cells for every sequence (not n_ctx / n_seq_max each), so that the
         # hypotheses share the prompt's cells and each takes only what its own tokens need.
@@ -329,15 +343,26 @@ class LlamaContext:
         self.n_ctx = llama_cpp.llama_n_ctx(self.context)
         self.n_batch = context_params.n_batch
         self.n_sequences = sequences
-        self.n_past = 0
-        self.cached_prefix = []
-        if self.adapter is not None:  # a larger context keeps the adapter it had
-            self._apply_adapter()
 
     def close(self) -> None:
-        if self.context:
-            llama_cpp.llama_free(self.context)
-            self.context = None
+        self._free_context()
+
+    def _free_context(self) -> None:
+        """What records the context is cleared before it is freed: a Ctrl-C that lands as the free
+        returns (Python raises it there) must not leave a pointer to freed memory behind."""
+        context, self.context = self.context, None
+        self.n_ctx = self.n_past = 0
+        self.cached_prefix = []
+        self.adapter, self.adapter_scale = None, 1.0  # a new context starts with the base weights
+        if context:
+            llama_cpp.llama_free(context)
+
+    def forget(self) -> None:
+        """Trust nothing this context records about its cells and adapter: after a run that
+        raised (a Ctrl-C may land between a native call and the line that records it), the next
+        run evaluates the prompt again and applies its adapter again."""
+        self.cached_prefix = []
+        self.adapter = _UNKNOWN_ADAPTER
 
     # -- evaluation ---------------------------------------------------------------------
 
@@ -347,12 +372,12 @@ class LlamaContext:
         without it are dropped."""
         if adapter is self.adapter and scale == self.adapter_scale:
             return
-        self.adapter, self.adapter_scale = adapter, scale
-        self._apply_adapter()
+        self.forget()  # until the change is made whole
+        self._apply_adapter(adapter, scale)
         self.reset()
+        self.adapter, self.adapter_scale = adapter, scale
 
-    def _apply_adapter(self) -> None:
-        adapter, scale = self.adapter, self.adapter_scale
+    def _apply_adapter(self, adapter: LlamaAdapter | None, scale: float) -> None:
         if adapter is None:
             status = llama_cpp.llama_set_adapters_lora(self.context, None, 0, None)
         else:
@@ -363,9 +388,9 @@ class LlamaContext:
             raise EdgelalmError(f"llama.cpp could not apply the adapter {adapter.path if adapter else None}")
 
     def reset(self) -> None:
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.context), True)
-        self.n_past = 0
+        self.n_past = 0  # before the clear: cut short after it, nothing stale is taken as kept
         self.cached_prefix = []
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.context), True)
 
     def start_with(self, prefix: Sequence[int], reuse: bool = True) -> int:
         """Begin a new sequence with `prefix` (the text before the audio, the same for every clip):

@@ -15,8 +15,8 @@ import codecs
 import contextlib
 import dataclasses
 import functools
+import itertools
 import os
-import queue
 import threading
 import time
 import weakref
@@ -211,9 +211,14 @@ class Runtime:
         # max_concurrent_runs exist, or waits for one; the weights are loaded once and shared.
         self.max_concurrent_runs = max_concurrent_runs
         self.prefix_cache = prefix_cache
-        self._idle: queue.LifoQueue[LlamaContext] = queue.LifoQueue()
         self._contexts: list[LlamaContext] = []
-        self._contexts_lock = threading.Lock()
+        # Which run holds each context, and when each was last given back (the latest is taken
+        # first: its prefix cache is warm). A run's token is stored in one step, so a Ctrl-C
+        # anywhere in the taking leaves the context either taken and given back, or never taken.
+        self._holders: dict[LlamaContext, object] = {}
+        self._given_back: dict[LlamaContext, int] = {}
+        self._give_back_count = itertools.count(1)
+        self._contexts_changed = threading.Condition()
         # One count for onnxruntime and llama.cpp: the cores this process may use (llama.cpp's own
         # default of 4 oversubscribed 2 cores; onnxruntime's counts the host's, not the container's).
         threads = check_threads(threads)
@@ -275,7 +280,7 @@ class Runtime:
                 self.decoder.load_adapter(self.bundle / adapter.file) if adapter else None,
                 heads[head.file] if head else None,
             )
-        self._release(self._new_context())  # the first context, made now: a failure shows at load
+        self._new_context()  # the first, made now: a failure shows at load
         self.prompt = manifest.prompt
         self.before_audio = self.decoder.tokenize(self.prompt.before_audio)
         # The bundle's own text must leave room for audio and an answer: a run would otherwise
@@ -305,8 +310,11 @@ class Runtime:
         self._finalizer()
 
     @contextlib.contextmanager
-    def _run_slot(self) -> Iterator[None]:
-        """One run in flight: refused on a closed Runtime, in a forked child, or from inside a run."""
+    def _run_slot(self) -> Iterator[LlamaContext]:
+        """One run in flight, with the llama.cpp context it runs in: refused on a closed Runtime, in
+        a forked child, or from inside a run. A run that raises leaves its context trusting
+        nothing it recorded (`LlamaContext.forget`): a Ctrl-C can land between a native call and
+        the line that records what it did (a notebook's interrupted cell, then the next)."""
         if getattr(self._inside_run, "active", False):
             raise EdgelalmError(
                 "Runtime.run() was called from inside one of its own runs (on_text, on_timed_text): it would wait "
@@ -318,18 +326,26 @@ class Runtime:
                 "this Runtime was made before os.fork(): llama.cpp's and onnxruntime's threads do not survive "
                 "a fork; make the Runtime in the process that runs it"
             )
-        with self._lifecycle:
-            if self._closed:
-                raise EdgelalmError("this Runtime is closed")
-            self._active_runs += 1
-        self._inside_run.active = True
+        run_token, counted = object(), False
         try:
-            yield
+            with self._lifecycle:
+                if self._closed:
+                    raise EdgelalmError("this Runtime is closed")
+                self._active_runs, counted = self._active_runs + 1, True
+            self._inside_run.active = True
+            context = self._take_context(run_token)
+            try:
+                yield context
+            except BaseException:
+                context.forget()
+                raise
         finally:
             self._inside_run.active = False
-            with self._lifecycle:
-                self._active_runs -= 1
-                self._lifecycle.notify_all()
+            self._give_back(run_token)
+            if counted:
+                with self._lifecycle:
+                    self._active_runs -= 1
+                    self._lifecycle.notify_all()
 
     @property
     def contexts_made(self) -> int:
@@ -341,18 +357,29 @@ class Runtime:
         self._contexts.append(context)
         return context
 
-    def _acquire(self) -> LlamaContext:
-        try:
-            return self._idle.get_nowait()
-        except queue.Empty:
-            pass
-        with self._contexts_lock:
-            if len(self._contexts) < self.max_concurrent_runs:
-                return self._new_context()
-        return self._idle.get()
+    def _take_context(self, run_token: object) -> LlamaContext:
+        """An idle context (the last given back), or a new one while fewer than
+        max_concurrent_runs exist, or the first to be given back; held by `run_token`."""
+        with self._contexts_changed:
+            while True:
+                idle = [context for context in self._contexts if context not in self._holders]
+                if idle:
+                    context = max(idle, key=lambda context: self._given_back.get(context, 0))
+                elif len(self._contexts) < self.max_concurrent_runs:
+                    context = self._new_context()
+                else:
+                    self._contexts_changed.wait()
+                    continue
+                self._holders[context] = run_token
+                return context
 
-    def _release(self, context: LlamaContext) -> None:
-        self._idle.put(context)
+    def _give_back(self, run_token: object) -> None:
+        with self._contexts_changed:
+            for context, holder in list(self._holders.items()):
+                if holder is run_token:
+                    self._given_back[context] = next(self._give_back_count)
+                    del self._holders[context]
+            self._contexts_changed.notify()
 
     def __enter__(self) -> Runtime:
         return self
@@ -451,16 +478,12 @@ class Runtime:
         decoding = self.decoding_for(temperature, top_p, seed, beam_size, ctc_weight, compressor)
         windows, window_seconds = self.windows_for(windows, window_seconds)
         cut = self._cut_settings(windows, window_seconds)
-        with self._run_slot():
-            context = self._acquire()
-            try:
-                return self._run(
-                    context,
-                    audio, prompt, max_tokens, decoding, sampling_rate, on_text, on_timed_text,
-                    prompt_special_tokens, candidates, max_audio_tokens, windows == "each", cut,
-                )  # fmt: skip
-            finally:
-                self._release(context)
+        with self._run_slot() as context:
+            return self._run(
+                context,
+                audio, prompt, max_tokens, decoding, sampling_rate, on_text, on_timed_text,
+                prompt_special_tokens, candidates, max_audio_tokens, windows == "each", cut,
+            )  # fmt: skip
 
     def _run(
         self,
