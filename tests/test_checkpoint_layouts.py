@@ -399,3 +399,46 @@ def test_a_template_with_the_text_before_the_audio_is_refused_in_one_line(tiny_c
     checkpoint = open_checkpoint(folder)
     with pytest.raises(EdgelalmError, match="puts the text before the audio"):
         prompt_pieces(checkpoint.processor, folder, checkpoint.name, None)
+
+
+def test_a_tied_decoder_saved_without_lm_head_is_trained_and_measured_on_its_embeddings(
+    tiny_checkpoint, tmp_path, capfd
+):
+    """text_config.tie_word_embeddings (as Qwen2-0.5B's) and no lm_head in the weights: export and
+    llama.cpp read the embeddings as the output layer, but transformers 5 ties only where the
+    top-level config says so, and gave finetune (and bench's PyTorch reference) a random lm_head,
+    reported as MISSING."""
+    from safetensors.torch import load_file, save_file
+
+    from edgelalm.export.checkpoint import load_model
+
+    folder = _copy(tiny_checkpoint, tmp_path / "tied")
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("tie_word_embeddings", None)
+    config["text_config"]["tie_word_embeddings"] = True
+    (folder / "config.json").write_text(json.dumps(config))
+    tensors = load_file(folder / "model.safetensors")
+    dropped = [name for name in tensors if name.endswith("lm_head.weight")]
+    assert len(dropped) == 1
+    save_file({name: t for name, t in tensors.items() if name not in dropped}, folder / "model.safetensors")
+    capfd.readouterr()
+    model = load_model(folder)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert "MISSING" not in capfd.readouterr().err
+    # a checkpoint with its own lm_head keeps it
+    untied = load_model(tiny_checkpoint)
+    assert untied.get_output_embeddings().weight.data_ptr() != untied.get_input_embeddings().weight.data_ptr()
+
+
+def test_a_decoder_whose_activation_is_named_swish_exports(tiny_checkpoint, tmp_path):
+    """transformers computes "swish" as SiLU, what llama.cpp's qwen2 graph computes: it was refused."""
+    import torch
+    from transformers.activations import ACT2FN
+
+    folder = _copy(tiny_checkpoint, tmp_path / "swish")
+    config = json.loads((folder / "config.json").read_text())
+    config["text_config"]["hidden_act"] = "swish"
+    (folder / "config.json").write_text(json.dumps(config))
+    assert open_checkpoint(folder).config.text_config.hidden_act == "swish"
+    values = torch.linspace(-8, 8, 101)
+    torch.testing.assert_close(ACT2FN["swish"](values), torch.nn.functional.silu(values), rtol=0, atol=0)

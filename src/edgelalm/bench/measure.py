@@ -111,9 +111,10 @@ def measure_reference(
     the projector, and greedy decoding with the KV cache; on the target's device, so that a GPU
     target compares GPU with GPU."""
     import torch
-    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+    from transformers import AutoProcessor
     from transformers.masking_utils import create_bidirectional_mask
 
+    from edgelalm.export.checkpoint import load_model
     from edgelalm.export.compressor import build_compressor
 
     if threads:
@@ -126,7 +127,7 @@ def measure_reference(
         return (time.perf_counter() - since) * 1000
 
     started = time.perf_counter()
-    model = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval().to(device)
+    model = load_model(model_dir, device)
     processor = AutoProcessor.from_pretrained(model_dir)
     load_ms = elapsed_ms(started)
     compressor = build_compressor(parse_compressor(label))

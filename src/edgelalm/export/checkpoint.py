@@ -7,10 +7,11 @@ needs: exporting the audio half of a 7B never loads its 7B decoder.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -328,7 +329,7 @@ def _check_config(config_file: Path, config: Qwen2AudioConfig) -> None:
         )
     # llama.cpp's qwen2 graph computes SiLU (SwiGLU) and a head size of hidden_size / heads: another
     # activation exported with exit 0 and answered from other logits.
-    if getattr(text, "hidden_act", "silu") != "silu":
+    if getattr(text, "hidden_act", "silu") not in ("silu", "swish"):  # transformers computes both as SiLU
         raise EdgelalmError(
             f"{config_file}: text_config.hidden_act is {text.hidden_act!r}; the GGUF's qwen2 decoder computes silu"
         )
@@ -600,3 +601,27 @@ def _index_safetensors(path: Path) -> dict[str, Path]:
                 raise EdgelalmError(f"{path}: tensor {key} is in both {tensor_files[key].name} and {file.name}")
             tensor_files[key] = file
     return tensor_files
+
+
+def load_model(model_dir: Path, device: str = "cpu") -> Any:
+    """The whole model in transformers, float32, through safetensors (never pickles, never remote
+    code), in eval mode: what finetune trains and bench's PyTorch reference runs. A decoder
+    whose weights hold no lm_head (text_config.tie_word_embeddings, as Qwen2-0.5B's) reads its
+    embeddings as the output layer, as export and llama.cpp do: transformers 5 ties only where
+    the top-level config says so, and otherwise gave it a random lm_head to train the LoRA against."""
+    from transformers import Qwen2AudioForConditionalGeneration
+    from transformers.utils import logging as transformers_logging
+
+    if not sys.stderr.isatty():  # transformers' loading bar would fill a log with carriage returns
+        transformers_logging.disable_progress_bar()
+    tied = "lm_head.weight" not in open_checkpoint(model_dir).decoder_tensor_keys()
+    verbosity = transformers_logging.get_verbosity()
+    if tied:  # its report of lm_head as MISSING, newly initialized, is not so
+        transformers_logging.set_verbosity_error()
+    try:
+        model = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    if tied:
+        model.get_output_embeddings().weight = model.get_input_embeddings().weight
+    return model.to(device).eval()

@@ -276,15 +276,10 @@ def open_for_training(model_dir: Path, device: str):
 
 
 def load_weights(model_dir: Path, device: str):
-    """The model in float32 through safetensors (never pickles, never remote code)."""
-    import torch
-    from transformers import Qwen2AudioForConditionalGeneration
-    from transformers.utils import logging as transformers_logging
+    """The model in float32 through safetensors (`checkpoint.load_model`)."""
+    from edgelalm.export.checkpoint import load_model
 
-    if not sys.stderr.isatty():  # transformers' loading bar would fill a log with carriage returns
-        transformers_logging.disable_progress_bar()
-    model = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True)
-    return model.to(device).eval()
+    return load_model(model_dir, device)
 
 
 def load_for_training(model_dir: Path, device: str):
