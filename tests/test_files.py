@@ -196,3 +196,60 @@ def test_staging_folders_of_a_killed_write_are_removed_by_the_next(tmp_path):
     with atomic_folder(tmp_path / "bundle", force=True) as staging:
         (staging / "manifest.json").write_text("{}")
     assert names["retired, no target"] not in {path.name for path in tmp_path.iterdir()}
+
+
+def test_a_scratch_file_is_made_exclusively_and_a_dead_process_s_is_removed(tmp_path):
+    """The scratch name was `.name.partial-<pid>`, opened with "w": a link planted under it (or a
+    stale file of an earlier process with the same id, common in containers) was written through,
+    the file it pointed to replaced and then hard-linked as the output. A scratch file left by a
+    killed process stayed for ever."""
+    import socket
+    import stat
+
+    precious = tmp_path / "precious.txt"
+    precious.write_text("mine")
+    target = tmp_path / "talk.srt"
+    planted = tmp_path / f".talk.srt.partial-{os.getpid()}"
+    planted.symlink_to(precious)
+    dead = 2**22 + 12345  # past pid_max's default: no such process
+    abandoned = tmp_path / f".talk.srt.partial-{socket.gethostname()}-{dead}-abcd1234"
+    abandoned.write_text("half")
+    previous = os.umask(0o022)
+    try:
+        with new_file(target) as scratch:
+            assert not scratch.is_symlink() and scratch.read_text() == ""
+            assert stat.S_IMODE(scratch.stat().st_mode) == 0o644  # the umask's, not mkstemp's 0600
+            scratch.write_text("subtitles")
+    finally:
+        os.umask(previous)
+    assert precious.read_text() == "mine" and target.read_text() == "subtitles"
+    assert not target.samefile(precious) and not abandoned.exists() and planted.is_symlink()
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_what_appears_at_the_target_while_it_is_written_is_judged_as_at_the_start(tmp_path, force):
+    """Two exports of one name at once: the second replaced the first's bundle with exit 0 and no
+    --force, and a folder of the user's made meanwhile was deleted even with it (the check ran
+    only before the minutes of writing)."""
+    target = tmp_path / "bundle"
+
+    def write_while(appears: dict[str, str]) -> None:
+        with atomic_folder(target, force, marker="marker.json") as staging:
+            (staging / "marker.json").write_text('{"second": true}')
+            target.mkdir()
+            for name, text in appears.items():
+                (target / name).write_text(text)
+
+    with pytest.raises(EdgelalmError, match="holds files and no marker.json"):
+        write_while({"notes.txt": "mine"})  # the user's folder
+    assert (target / "notes.txt").read_text() == "mine" and [p.name for p in tmp_path.iterdir()] == ["bundle"]
+    (target / "notes.txt").unlink()
+    target.rmdir()
+    if force:  # another export's, finished first: replaced, as it would have been at the start
+        write_while({"marker.json": '{"first": true}'})
+        assert (target / "marker.json").read_text() == '{"second": true}'
+    else:
+        with pytest.raises(EdgelalmError, match="already exists"):
+            write_while({"marker.json": '{"first": true}'})
+        assert (target / "marker.json").read_text() == '{"first": true}'
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]

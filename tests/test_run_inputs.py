@@ -27,6 +27,7 @@ import webvtt
 pytest.importorskip("torch")  # the tiny_bundles fixture exports with torch
 
 from edgelalm.constants import MANIFEST_FILE, SUBTITLE_FORMATS
+from edgelalm.runtime.subtitles import TimedText
 
 RATE = 16_000
 MAX_TOKENS = 4
@@ -90,7 +91,7 @@ def assert_one_line_error(code, stderr, *fragments):
 
 
 def assert_result(code, stdout, stderr):
-    """Exit 0, the answer streamed on stdout, and a last stdout line of JSON with every field."""
+    """Exit 0, and stdout one line of JSON with every field (--json)."""
     assert code == 0, stderr
     assert "Traceback" not in stderr, stderr
     assert stdout.endswith("\n"), stdout
@@ -108,8 +109,8 @@ def assert_result(code, stdout, stderr):
     if result["generated_tokens"] > first_tokens and result["timings_ms"]["decode"] > 1:
         after_first = result["decode_tokens_per_second"] * result["timings_ms"]["decode"] / 1000
         assert after_first == pytest.approx(result["generated_tokens"] - first_tokens, rel=0.05)
-    # The streamed answer, then the JSON line.
-    assert stdout == result["text"] + "\n" + json_line + "\n"
+    # The JSON line alone (JSON Lines: the answer is in it, not streamed beside it).
+    assert stdout == json_line + "\n"
     assert_timed_text(result)
     return result
 
@@ -119,8 +120,12 @@ def assert_timed_text(result):
     end to end from 0 (a tail too short for the encoder, under 30 ms, is not answered), their
     answers joined the text."""
     timed = result["timed_text"]
+    for span in timed:  # where its speech is, within it (None: nothing stood out)
+        speech = (span["speech_start_seconds"], span["speech_end_seconds"])
+        assert speech == (None, None) or span["start_seconds"] <= speech[0] < speech[1] <= span["end_seconds"], span
     if result["window_mode"] == "joined":
-        assert timed == [{"start_seconds": 0.0, "end_seconds": result["audio_seconds"], "text": result["text"].strip()}]
+        spans = [(span["start_seconds"], span["end_seconds"], span["text"]) for span in timed]
+        assert spans == [(0.0, result["audio_seconds"], result["text"].strip())]
         return
     assert len(timed) == result["windows"] and timed[0]["start_seconds"] == 0.0, timed
     assert all(earlier["end_seconds"] == later["start_seconds"] for earlier, later in itertools.pairwise(timed))
@@ -210,7 +215,8 @@ def test_a_file_name_that_is_not_utf8(avg2, clip, tmp_path):
     shutil.copy(clip, latin1)
     result = assert_result(*run(avg2, latin1))
     assert result["text"] == assert_result(*run(avg2, clip))["text"]
-    assert result["file"] == str(tmp_path / "caf\\xe9.wav")  # as stdout can carry it
+    # the name as given: JSON's \\udce9 escape reads back to it, and os.fsencode to its bytes
+    assert os.fsencode(result["file"]) == os.fsencode(latin1)
 
 
 def test_a_backslash_in_a_name_is_shown_apart_from_an_escaped_character(avg2, clip, tmp_path):
@@ -220,8 +226,8 @@ def test_a_backslash_in_a_name_is_shown_apart_from_an_escaped_character(avg2, cl
         "run", backslash, line_break, "--bundle", avg2, "--max-tokens", MAX_TOKENS, "--json"
     )
     assert code == 0, stderr
-    files = [json.loads(line)["file"] for line in stdout.splitlines() if line.startswith("{")]
-    assert files == [f"{tmp_path}/a\\\\nb.wav", f"{tmp_path}/a\\nb.wav"]
+    files = [json.loads(line)["file"] for line in stdout.splitlines()]
+    assert files == [str(backslash), str(line_break)]  # JSON escapes each as it must
 
 
 def test_a_run_writes_nothing_in_the_home_folder(avg2, clip, tmp_path):
@@ -251,11 +257,11 @@ def test_several_files_in_one_run(avg2, clip, tmp_path):
     alone = assert_result(*run(avg2, clip))["text"]
     code, stdout, stderr = run(avg2, clip, bad, clip)
     assert code == 1 and "Traceback" not in stderr
-    lines = stdout.splitlines()
+    lines = stdout.splitlines()  # JSON Lines: nothing else on stdout
     message = f"cannot read audio from {bad}: Format not recognised."
-    assert lines[0] == f"{clip}: {alone}" and lines[3] == lines[0] and len(lines) == 5, stdout
-    assert json.loads(lines[1])["file"] == str(clip) and json.loads(lines[4])["text"] == alone
-    assert json.loads(lines[2]) == {"file": str(bad), "error": message}
+    assert len(lines) == 3, stdout
+    assert json.loads(lines[0])["file"] == str(clip) and json.loads(lines[2])["text"] == alone
+    assert json.loads(lines[1]) == {"file": str(bad), "error": message}
     assert stderr.strip().splitlines() == [f"edgelalm: error: {message}"], stderr
     code, stdout, _ = edgelalm("run", clip, bad, "--bundle", avg2, "--max-tokens", MAX_TOKENS)
     assert code == 1 and stdout.splitlines() == [f"{clip}: {alone}"], stdout
@@ -284,7 +290,7 @@ def test_a_name_too_long_and_a_loop_of_links_in_a_batch(avg2, clip, tmp_path):
     alone = assert_result(*run(avg2, clip))["text"]
     code, stdout, stderr = run(avg2, too_long, clip, loop)
     assert code == 1 and "Traceback" not in stderr
-    assert f"{clip}: {alone}" in stdout.splitlines()
+    assert [json.loads(line).get("text") for line in stdout.splitlines()] == [None, alone, None]
     assert stderr.strip().splitlines() == [
         f"edgelalm: error: cannot read audio from {too_long}: File name too long",
         f"edgelalm: error: {loop} is a loop of symbolic links",
@@ -598,12 +604,26 @@ def test_subtitles_are_the_windows_answers_at_their_times(avg2, tmp_path, subtit
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         return " ".join(lines).replace("-->", "->") if subtitle_format == "srt" else "\n".join(lines)
 
-    expected = [
-        (span["start_seconds"], span["end_seconds"], cue_text(span["text"])) for span in spans if cue_text(span["text"])
-    ]
+    # a cue spans its window's speech (TimedText.cue_seconds), the window where none stood out
+    expected = [(*TimedText(**span).cue_seconds, cue_text(span["text"])) for span in spans if cue_text(span["text"])]
     assert cues and len(cues) == len(expected), (stdout, spans)
     for cue, want in zip(cues, expected, strict=True):
         assert cue[:2] == pytest.approx(want[:2], abs=5e-4) and cue[2] == want[2], (cue, want)
+
+
+def test_a_cue_shows_when_its_window_speaks_not_when_its_silence_starts(avg2, tmp_path):
+    """5 s of near silence, 3 s of sound, 2 s of near silence, in one window: the cue ran from 0 s
+    (the window's start), 5 s before anything was said."""
+    rng = np.random.default_rng(3)
+    quiet = lambda seconds: 1e-4 * rng.standard_normal(int(seconds * RATE)).astype(np.float32)  # noqa: E731
+    clip = write_wav(tmp_path / "late.wav", np.concatenate([quiet(5.0), speechlike(3.0), quiet(2.0)]))
+    code, stdout, stderr = edgelalm(
+        "run", clip, "--bundle", avg2, "--max-tokens", MAX_TOKENS, "--windows", "each", "--subtitles", "srt"
+    )
+    assert code == 0 and "Traceback" not in stderr, stderr
+    [cue] = list(srt.parse(stdout))
+    # the sound's edges, padded by 0.2 s (features.SPEECH_PAD_SECONDS) and a 20 ms frame
+    assert 4.78 <= cue.start.total_seconds() <= 5.0 and 8.0 <= cue.end.total_seconds() <= 8.22, stdout
 
 
 def test_each_cue_is_written_before_the_next_window_is_answered(avg2, tmp_path):
@@ -708,6 +728,12 @@ def test_a_prompt_that_leaves_no_room_is_refused_once(avg2, clip):
         ("out-dir under a file", "is a file, not a folder"),
         ("out-dir a link to nothing", "is a link to nothing"),
         ("a clip with no name", "has no name to call its subtitle file by"),
+        # it said "has no name": its subtitle file would be hidden (and take a scratch file's form)
+        ("a hidden clip", "its subtitle file would be a hidden file; rename the clip"),
+        # an unset shell variable: the subtitle files were written into the working folder
+        ("an empty out-dir", "--out-dir is empty; give the folder for the subtitle files"),
+        # it said "a link to nothing"
+        ("out-dir a link to a file", "is a file, not a folder"),
         ("several to stdout", "--subtitles writes one clip's subtitles to standard output; got 2 files"),
     ],
 )
@@ -740,6 +766,13 @@ def test_out_dir_refusals_come_before_the_bundle_loads(clip, tmp_path, case, mes
         out.symlink_to(tmp_path / "nothing")
     elif case == "a clip with no name":
         clips = (shutil.copy(clip, tmp_path / ".wav"),)
+    elif case == "a hidden clip":
+        clips = (shutil.copy(clip, tmp_path / ".take1.wav"),)
+    elif case == "an empty out-dir":
+        extra = ("--subtitles", "srt", "--out-dir", "")
+    elif case == "out-dir a link to a file":
+        (tmp_path / "a-file").write_text("")
+        out.symlink_to(tmp_path / "a-file")
     else:
         clips, extra = (clip, clip), ("--subtitles", "srt")
     before = sorted(tmp_path.rglob("*"))
@@ -1126,8 +1159,28 @@ def test_a_streamed_wav_past_4_gib_is_refused(tmp_path):
     saved.write_bytes(write_wav(tmp_path / "clip.wav", speechlike(0.1)).read_bytes()[:44])
     with saved.open("r+b") as stream:
         stream.truncate(2**32 + 100)
-    with pytest.raises(EdgelalmError, match=r"standard input holds 4\.0 GiB of WAV, more than a WAV header can count"):
+    with pytest.raises(EdgelalmError, match=r"standard input holds more than 4\.0 GiB of WAV, more than a WAV header"):
         finish_streamed_wav_header(saved, "standard input")
+
+
+def test_a_wav_stream_past_what_a_header_counts_is_refused_as_it_arrives(avg2, tmp_path):
+    """It was refused only once saved whole: `- < /dev/zero` behind a WAV header filled $TMPDIR
+    (RAM, on a tmpfs) first. The limit is lowered to 1 MiB here, the stream endless."""
+    header = write_wav(tmp_path / "clip.wav", speechlike(0.1)).read_bytes()[:44]
+    (tmp_path / "header").write_bytes(header)
+    script = (
+        "import sys\n"
+        "from edgelalm.runtime import audio\n"
+        "audio._MAX_RIFF_BYTES = 2**20\n"
+        "sys.argv = ['edgelalm', 'run', '-', '--bundle', sys.argv[1]]\n"
+        "from edgelalm.cli import main; main()\n"
+    )
+    command = f'cat {tmp_path / "header"} /dev/zero | {sys.executable} -c "$SCRIPT" {avg2}'
+    result = subprocess.run(
+        ["bash", "-c", command], capture_output=True, env={**_ENV, "SCRIPT": script, "TMPDIR": str(tmp_path)},
+        timeout=TIMEOUT_S,
+    )  # fmt: skip
+    assert_one_line_error(result.returncode, result.stderr.decode(), "standard input holds more than 0.0 GiB of WAV")
 
 
 def test_dash_alone_is_standard_input_and_dot_slash_dash_a_file(avg2, tmp_path):
@@ -1353,3 +1406,98 @@ def test_a_header_claiming_18_hours_holding_half_a_second(avg2, tmp_path):
     code, stdout, stderr = run(avg2, path)
     assert code == 0 and "declares 67108.86 s of audio but the file holds 0.50 s" in stderr
     assert json.loads(stdout.strip().splitlines()[-1])["audio_seconds"] == 0.5
+
+
+def _run_with_streams(args, stderr=None, close_stderr=False, close_stdout=False, env=None):
+    """The CLI with its stderr sent to `stderr` (a path, e.g. /dev/full), or closed (`2>&-`), or
+    its stdout closed (`>&-`); returns (exit code, stdout)."""
+
+    def close_streams():
+        if close_stderr:
+            os.close(2)
+        if close_stdout:
+            os.close(1)
+
+    with open(stderr or os.devnull, "w") as error_stream:
+        result = subprocess.run(
+            [sys.executable, "-m", "edgelalm.cli", *map(str, args)],
+            stdout=subprocess.PIPE,
+            stderr=error_stream,
+            stdin=subprocess.DEVNULL,
+            env=env or _ENV,
+            timeout=TIMEOUT_S,
+            preexec_fn=close_streams,
+        )
+    return result.returncode, result.stdout.decode("utf-8", errors="replace")
+
+
+@pytest.mark.parametrize("stderr", ["full", "closed"])
+def test_a_stderr_that_cannot_be_written_stops_no_answer_and_mixes_none_into_stdout(avg2, clip, tmp_path, stderr):
+    """stderr on a full disk (/dev/full) or a pipe whose reader left: the first error line ended
+    the batch silently (exit 1, later files never answered). Closed (`2>&-`): error lines were
+    printed on stdout among the answers."""
+    bad = tmp_path / "bad.wav"
+    bad.write_text("not audio")
+    args = ("run", clip, bad, clip, "--bundle", avg2, "--max-tokens", MAX_TOKENS, "--json")
+    code, stdout = _run_with_streams(
+        args, stderr="/dev/full" if stderr == "full" else None, close_stderr=stderr == "closed"
+    )
+    lines = stdout.splitlines()
+    assert code == 1 and len(lines) == 3, stdout
+    assert [sorted(json.loads(line)) for line in lines][1] == ["error", "file"]
+    assert json.loads(lines[0])["text"] == json.loads(lines[2])["text"]
+
+
+def test_a_stdout_whose_encoding_cannot_hold_a_name_or_an_answer(avg2, clip, tmp_path):
+    """PYTHONIOENCODING=latin-1 (Windows' cp1252 when redirected): a Cyrillic name was a
+    UnicodeEncodeError traceback that stopped the batch."""
+    named = shutil.copy(clip, tmp_path / "закат.wav")
+    env = {**_ENV, "PYTHONIOENCODING": "latin-1"}
+    code, stdout, stderr = edgelalm("run", clip, named, "--bundle", avg2, "--max-tokens", MAX_TOKENS, env=env)
+    assert code == 0 and "Traceback" not in stderr, stderr
+    assert stdout.splitlines()[1].startswith(f"{tmp_path}/\\u0437\\u0430"), stdout
+    code, stdout, stderr = edgelalm("run", named, "--bundle", avg2, "--max-tokens", MAX_TOKENS, "--json", env=env)
+    assert code == 0 and json.loads(stdout)["file"] == str(named), stderr
+
+
+def test_a_closed_stdout_is_refused_before_a_subtitle_file_is_written(avg2, clip, tmp_path):
+    """`>&-` with --out-dir: the first clip's file was written, then the run stopped."""
+    out = tmp_path / "subs"
+    args = (
+        "run",
+        clip,
+        shutil.copy(clip, tmp_path / "b.wav"),
+        "--bundle",
+        avg2,
+        "--subtitles",
+        "srt",
+        "--out-dir",
+        out,
+    )
+    error = tmp_path / "stderr.txt"
+    code, _ = _run_with_streams(args, stderr=error, close_stdout=True)
+    assert (
+        code == 1
+        and error.read_text() == "edgelalm: error: standard output is closed: there is nowhere to write the result\n"
+    )
+    assert not out.exists()
+
+
+def test_an_out_dir_made_for_clips_that_all_failed_is_not_left_behind(avg2, tmp_path):
+    bad = tmp_path / "bad.wav"
+    bad.write_text("not audio")
+    out = tmp_path / "new" / "subs"
+    code, stdout, stderr = edgelalm(
+        "run", bad, bad.with_name("also.wav"), "--bundle", avg2, "--subtitles", "srt", "--out-dir", out
+    )
+    assert code == 1 and stdout == "" and "Traceback" not in stderr, stderr
+    assert not (tmp_path / "new").exists()
+
+
+def test_one_file_that_fails_under_json_gets_its_json_line(avg2, tmp_path):
+    """With several files a failing one had its JSON line; alone, it had only the stderr line."""
+    bad = tmp_path / "bad.wav"
+    bad.write_text("not audio")
+    code, stdout, stderr = run(avg2, bad)
+    line = assert_one_line_error(code, stderr, "cannot read audio")
+    assert json.loads(stdout) == {"file": str(bad), "error": line.removeprefix("edgelalm: error: ")}

@@ -15,7 +15,8 @@ from edgelalm.runtime.subtitles import SubtitleWriter, to_subtitles
 ANSWERS = [
     TimedText(0.0, 7.99, "set a timer for twenty minutes"),
     TimedText(7.99, 14.78, ""),  # a window of silence: no cue
-    TimedText(14.78, 22.77, "first line\n\n  second line after a blank one  \n"),
+    # its speech from 15.5 s to 19.25 s: the cue shows then, not over the window's silence
+    TimedText(14.78, 22.77, "first line\n\n  second line after a blank one  \n", 15.5, 19.25),
     TimedText(22.77, 26.483, "a <b> tag, an & and an arrow --> in the text"),
     TimedText(26.483, 30.0, "windows\r\nline ends\rand a number line\n2\n00:00:05,000 --> 00:00:06,000\nas text"),
     TimedText(3725.5, 3731.25, "past an hour"),
@@ -31,7 +32,7 @@ def expected_cues(subtitle_format):
         lines = [line.strip() for line in answer.text.splitlines() if line.strip()]
         if lines:
             text = " ".join(lines).replace("-->", "->") if subtitle_format == "srt" else "\n".join(lines)
-            cues.append((answer.start_seconds, answer.end_seconds, text))
+            cues.append((*answer.cue_seconds, text))
     return cues
 
 

@@ -9,7 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from edgelalm.runtime.features import FeatureSettings, split_windows, stream_windows
+from edgelalm.runtime.features import FeatureSettings, speech_span, split_windows, stream_windows
 
 RATE = 16000
 SETTINGS = FeatureSettings(RATE, 400, 160, 10 * RATE, np.zeros((201, 80), np.float32))
@@ -83,3 +83,20 @@ def test_a_shorter_window_is_cut_at_a_pause_in_its_second_half():
     for end, (start, stop) in zip(ends[:2], gaps, strict=True):
         assert start * RATE < end < stop * RATE
     assert all(2 * RATE <= len(window) <= 4 * RATE for window in windows[:-1])
+
+
+def test_speech_span_is_where_the_sound_stands_out_of_its_silence_or_noise():
+    """Where a subtitle cue shows: the first to the last 20 ms louder than the window's quiet,
+    padded by 0.2 s; None where nothing stands out (the cue is then the whole window)."""
+    rng = np.random.default_rng(0)
+    floor = 1e-3 * rng.standard_normal(8 * RATE).astype(np.float32)  # -60 dBFS of noise
+    tone = 0.3 * np.sin(2 * np.pi * 220 * np.arange(2 * RATE) / RATE).astype(np.float32)
+    window = floor.copy()
+    window[3 * RATE : 5 * RATE] += tone
+    start, end = speech_span(window, SETTINGS)
+    assert (start, end) == (round(2.8 * RATE), round(5.2 * RATE))
+    assert speech_span(floor, SETTINGS) is None  # steady noise alone
+    assert speech_span(np.zeros(RATE, np.float32), SETTINGS) is None  # digital silence
+    assert speech_span(tone, SETTINGS) is None  # steady sound throughout: its cue is the whole window
+    speech_first = np.concatenate([tone[: RATE // 2], floor[: 2 * RATE]])
+    assert speech_span(speech_first, SETTINGS) == (0, round(0.7 * RATE))  # the padding clipped at the start

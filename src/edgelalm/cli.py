@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import io
 import json
 import os
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import typer.core
@@ -344,8 +345,9 @@ def run(
         bool,
         typer.Option(
             "--json",
-            help="After the answer, print one JSON line: text, each window's answer with its times, token counts, "
-            "timings, memory.",
+            help="Print one JSON line per clip instead of the streamed answer (JSON Lines, nothing else on stdout): "
+            "file, text, each window's answer with its times, token counts, timings, memory; a clip that failed, "
+            "its error.",
         ),
     ] = False,
     subtitles: Annotated[
@@ -357,9 +359,10 @@ def run(
             "clip). One clip at a time on standard output; several with --out-dir.",
         ),
     ] = None,
-    out_dir: Annotated[
-        Path | None,
+    out_dir_given: Annotated[
+        str | None,  # as typed: an empty one (an unset shell variable) is not the working folder
         typer.Option(
+            "--out-dir",
             help="With --subtitles: write each clip's subtitles to a file of its own in this folder, named after "
             "the clip (talk.wav: talk.srt; -: standard-input.srt), and print its path; a file already there is "
             "not replaced. Each file appears whole once its clip is answered.",
@@ -426,8 +429,6 @@ def run(
     ] = None,
 ) -> None:
     """Answer a prompt about an audio clip (default: transcribe it) with a bundle, streaming the answer."""
-    import json
-
     from edgelalm.runtime.pipeline import Runtime, check_run_options, latest_bundle
     from edgelalm.runtime.subtitles import SubtitleWriter
 
@@ -440,6 +441,11 @@ def run(
     for index, clip in enumerate(clips):
         if not standard_input.reads(index) and _holds_manifest(clip):
             raise EdgelalmError(f"{clip} is a bundle folder, not audio: pass it as --bundle")
+    if sys.stdout is None:  # started with it closed (`>&-`): refused before any clip is answered
+        raise EdgelalmError("standard output is closed: there is nowhere to write the result")
+    if out_dir_given is not None and not out_dir_given.strip():  # an unset shell variable, likely
+        raise EdgelalmError("--out-dir is empty; give the folder for the subtitle files")
+    out_dir = Path(out_dir_given) if out_dir_given is not None else None
     subtitle_files = _subtitle_files(audio, subtitles, out_dir) if out_dir is not None else None
     if subtitles is not None:
         if len(audio) > 1 and subtitle_files is None:
@@ -459,11 +465,12 @@ def run(
     with (
         Runtime(bundle, threads=threads, device=device, llama_extra_buffers=llama_extra_buffers) as runtime,
         standard_input.saved(),
+        contextlib.ExitStack() as outputs,
     ):
         if subtitle_files is not None and out_dir is not None:
-            from edgelalm.files import make_output_folder
+            from edgelalm.files import output_folder
 
-            make_output_folder(out_dir)
+            outputs.enter_context(output_folder(out_dir))
         # Worded for the command line: the mode given, else the bundle's advice.
         if window_seconds is not None and runtime.windows_for(windows, None)[0] == "joined":
             raise EdgelalmError("--window-seconds applies to --windows each (windows answered each on its own)")
@@ -487,7 +494,8 @@ def run(
                         temperature=temperature,
                         top_p=top_p,
                         seed=seed,
-                        on_text=None if subtitle_writer else name.before_piece,
+                        # --json's stdout is its lines alone (JSON Lines): the answer is in them
+                        on_text=None if subtitle_writer or json_output else name.before_piece,
                         on_timed_text=subtitle_writer.add if subtitle_writer else None,
                         prompt_special_tokens=prompt_special_tokens,
                         compressor=compressor,
@@ -502,6 +510,8 @@ def run(
             except EdgelalmError as error:
                 message = standard_input.worded(str(error))
                 if not several or isinstance(error, _SubtitleFileFailed):
+                    if json_output:
+                        _say(_json_line({"file": audio[index], "error": message}))
                     if message != str(error):  # about the saved copy of standard input
                         raise EdgelalmError(message) from None
                     raise
@@ -515,12 +525,12 @@ def run(
                     message = f"{standard_input.NAME if reads_standard_input else shown}: {message}"
                 _error_line(message)
                 if json_output:
-                    _say(json.dumps({"file": shown, "error": message}, ensure_ascii=False))
+                    _say(_json_line({"file": audio[index], "error": message}))
                 failed += 1
                 continue
             if subtitle_files is not None:
                 _say(_shown_path(subtitle_files[index]))
-            elif not subtitle_writer:
+            elif not subtitle_writer and not json_output:
                 name.say()
                 _say()
             if result.compressor_choice:
@@ -529,7 +539,7 @@ def run(
             for warning in warnings:
                 _warn(warning)
             if json_output:
-                _say(json.dumps({"file": shown, **result.to_json(), "warnings": warnings}, ensure_ascii=False))
+                _say(_json_line({"file": audio[index], **result.to_json(), "warnings": warnings}))
     if failed:
         raise typer.Exit(1)
 
@@ -568,14 +578,17 @@ class _StandardInput:
         import tempfile
 
         from edgelalm.files import free_space_note
-        from edgelalm.runtime.audio import finish_streamed_wav_header
+        from edgelalm.runtime.audio import check_wav_stream_size, finish_streamed_wav_header
 
         with tempfile.TemporaryDirectory(prefix="edgelalm-stdin-") as folder:
             copy = Path(folder) / "audio"
             try:
                 with copy.open("wb") as file:
+                    first_bytes, size = b"", 0
                     while block := _read_standard_input():
                         file.write(block)
+                        first_bytes, size = (first_bytes + block)[:4], size + len(block)
+                        check_wav_stream_size(first_bytes, size, self.NAME)  # before it fills $TMPDIR
             except OSError as error:  # the write's (a full disk); the read's are worded apart
                 raise EdgelalmError(
                     f"cannot save {self.NAME} in {Path(folder).parent}: {error.strerror or error}"
@@ -609,15 +622,18 @@ def _subtitle_files(audio: list[str], subtitles: SubtitleFormat | None, out_dir:
         raise EdgelalmError("--out-dir writes subtitle files: give --subtitles srt or vtt")
     on_the_way = existing_on_the_way(out_dir) if not out_dir.is_symlink() else out_dir
     if not on_the_way.is_dir():
-        what = "a link to nothing" if out_dir.is_symlink() else "a file, not a folder"
+        what = "a link to nothing" if not on_the_way.exists() else "a file, not a folder"
         raise EdgelalmError(f"--out-dir {out_dir}: {on_the_way} is {what}")
     name_max = os.pathconf(on_the_way, "PC_NAME_MAX")
     files: list[Path] = []
     first_by_name: dict[str, int] = {}
     for index, argument in enumerate(audio):
         stem = "standard-input" if argument == _StandardInput.DASH else Path(argument).stem
-        if not stem.strip(".").strip() or stem.startswith("."):  # none, or a hidden file's
+        name = Path(argument).name
+        if not stem.strip(".").strip() or (name.startswith(".") and "." not in name[1:]):  # `.wav`: an extension
             raise EdgelalmError(f"{_shown_path(argument)} has no name to call its subtitle file by")
+        if stem.startswith("."):  # its subtitle file would be hidden, and take a scratch file's form
+            raise EdgelalmError(f"{_shown_path(argument)}: its subtitle file would be a hidden file; rename the clip")
         file = out_dir / f"{stem}.{subtitles}"
         key = unicodedata.normalize("NFC", os.fsdecode(file.name)).casefold()
         if key in first_by_name:
@@ -1092,6 +1108,10 @@ def main() -> None:
     # onnxruntime writes a telemetry device id under ~/.cache on every session and warns in colour
     # where it cannot (a read-only root on a device): a command line tool has no use for it.
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    # A stdout whose encoding cannot hold a name or an answer (Windows' cp1252 when redirected,
+    # PYTHONIOENCODING=latin-1) writes \u escapes instead of failing part-way through a batch.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
     try:
         # SIGTERM unwinds like Ctrl-C, so an interrupted export removes its staging folder. Inside the
         # try: a signal while the watcher thread starts raised from install() itself, a traceback.
@@ -1192,9 +1212,38 @@ def _shown_path(path: Path | str) -> str:
     return printable(os.fsencode(path).replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace"))
 
 
+def _json_line(record: dict[str, Any]) -> str:
+    """One JSON object on one line. `file` is the name as given, which JSON escapes as it must (a
+    name that is not UTF-8 holds surrogate escapes: written as \\udcXX, read back by json to the
+    same name, os.fsencode gives its bytes). Non-ASCII text as itself where stdout can hold it,
+    \\u escapes otherwise."""
+    line = json.dumps(record, ensure_ascii=False)
+    try:
+        line.encode(getattr(sys.stdout, "encoding", None) or "utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(record)
+    return line
+
+
 def _stderr_line(kind: str, message: str) -> None:
-    """One line on stderr, `edgelalm: [kind: ]message`, its control characters escaped."""
-    print(f"edgelalm: {kind}{printable(message)}", file=sys.stderr, flush=True)
+    """One line on stderr, `edgelalm: [kind: ]message`, its control characters escaped. Best
+    effort: a stderr closed (`2>&-`: print would have written to stdout), gone (its reader left)
+    or full must not stop the answers, which go to stdout."""
+    if sys.stderr is None:
+        return
+    try:
+        sys.stderr.write(f"edgelalm: {kind}{printable(message)}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        _discard_stderr()
+
+
+def _discard_stderr() -> None:
+    """stderr to /dev/null, so that what is still buffered cannot fail again (at exit)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stderr.fileno())
+        os.close(null)
 
 
 def _note(message: str) -> None:

@@ -229,8 +229,17 @@ def new_file(path: Path) -> Iterator[Path]:
 
 
 def _scratch_beside(path: Path) -> Path:
-    """The hidden name a file is written under before it takes `path`'s place, this process's own."""
-    return path.with_name(f".{_kept_name(path.name)}.partial-{os.getpid()}")
+    """The hidden file `path` is written as before it takes `path`'s place, made now, empty and
+    exclusively (a link planted under a predictable name was written through: the file it pointed
+    to replaced), with the umask's mode. Named for this host and process, as staging folders are:
+    the next write to `path` removes it once this process is gone (killed by SIGKILL)."""
+    _remove_abandoned(path.absolute())
+    descriptor, name = tempfile.mkstemp(prefix=_owned_prefix(path, "partial"), dir=path.parent)
+    try:
+        os.fchmod(descriptor, 0o666 & ~_umask())
+    finally:
+        os.close(descriptor)
+    return Path(name)
 
 
 @contextlib.contextmanager
@@ -260,6 +269,18 @@ def make_output_folder(folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise cannot_write_in(folder.parent, error) from None
+
+
+@contextlib.contextmanager
+def output_folder(folder: Path) -> Iterator[None]:
+    """make_output_folder for the block; the folders it made are removed again where the block
+    left them empty (every clip failed, a full disk at the first file)."""
+    made = [path for path in [folder, *folder.parents] if not path.exists()]  # deepest first
+    make_output_folder(folder)
+    try:
+        yield
+    finally:
+        _remove_empty(made)
 
 
 def _not_a_folder(path: Path) -> EdgelalmError:
@@ -316,6 +337,9 @@ def atomic_folder(
             raise cannot_write_in(target.parent, error) from None
         yield staging
         _open_to_umask(staging)
+        # Again: what appeared at `target` while this was written (another export of the same name,
+        # a folder of the user's) is judged as it would have been at the start, not replaced unseen.
+        check_replaceable(target, force, marker, owned)
         if target.exists():
             retired = Path(tempfile.mkdtemp(prefix=_owned_prefix(target, "old"), dir=target.parent))
             target.rename(retired / target.name)
@@ -354,8 +378,13 @@ def _remove_abandoned(target: Path) -> None:
         prefix = _staging_prefix(target, kind)
         for path in target.parent.glob(glob.escape(prefix) + "*"):
             pid = path.name[len(prefix) :].split("-", 1)[0]
-            if pid.isdigit() and not _process_alive(int(pid)) and path.is_dir() and not path.is_symlink():
+            if not pid.isdigit() or _process_alive(int(pid)) or path.is_symlink():
+                continue
+            if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
+            elif path.is_file():  # a scratch file (_scratch_beside)
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
 
 def _process_alive(pid: int) -> bool:

@@ -384,6 +384,16 @@ def _wav_data(path: Path) -> _WavData | None:
 _MAX_RIFF_BYTES = 0xFFFFFFFF
 
 
+def check_wav_stream_size(first_bytes: bytes, size: int, source: str) -> None:
+    """A RIFF stream (its first bytes) of `size` bytes past 4 GiB, which no WAV header can count,
+    refused in one line: checked as a pipe is saved, not after gigabytes of it fill $TMPDIR."""
+    if first_bytes[:4] == b"RIFF" and size - 8 > _MAX_RIFF_BYTES:
+        raise EdgelalmError(
+            f"{source} holds more than {size / 2**30:.1f} GiB of WAV, more than a WAV header can count (4 GiB); "
+            "pipe FLAC instead (sox ... -t flac -, ffmpeg ... -f flac -)"
+        )
+
+
 def finish_streamed_wav_header(path: Path, source: str) -> bool:
     """Give a WAV written into a pipe the sizes its writer could not go back and fill in, so that
     it is read to its end: a data size of 0, past what follows (sox writes 0x7FFFF000, arecord
@@ -394,13 +404,9 @@ def finish_streamed_wav_header(path: Path, source: str) -> bool:
     Whether the header was changed; anything but such a WAV is left as it is. A RIFF stream past
     4 GiB, which no WAV header can count, is refused."""
     with path.open("rb") as stream:
-        is_riff = stream.read(4) == b"RIFF"
+        first_bytes = stream.read(4)
     file_size = path.stat().st_size
-    if is_riff and file_size - 8 > _MAX_RIFF_BYTES:
-        raise EdgelalmError(
-            f"{source} holds {file_size / 2**30:.1f} GiB of WAV, more than a WAV header can count (4 GiB); "
-            "pipe FLAC instead (sox ... -t flac -, ffmpeg ... -f flac -)"
-        )
+    check_wav_stream_size(first_bytes, file_size, source)
     data = _wav_data(path)
     if data is None or not (data.declared_bytes > file_size - data.start or data.unexplained_bytes):
         return False

@@ -75,6 +75,30 @@ def pause_cut(window: np.ndarray, settings: FeatureSettings) -> int:
     return len(window) - (frames - latest_quietest) * frame + frame // 2
 
 
+# A window's speech (`speech_span`): its 20 ms frames louder than both 15 dB above the window's
+# quiet (its 10th percentile) and 40 dB below its loudest, padded by 0.2 s. Where a subtitle cue
+# shows: a window is cut at pauses, not at speech, and 5 s of silence before a sentence showed it
+# 5 s early.
+SPEECH_OVER_QUIET_DB, SPEECH_UNDER_LOUDEST_DB, SPEECH_PAD_SECONDS = 15.0, 40.0, 0.2
+
+
+def speech_span(window: np.ndarray, settings: FeatureSettings) -> tuple[int, int] | None:
+    """The samples of `window` from its first to its last frame of speech (padded); None where
+    nothing stands out (silence, steady noise, a steady sound throughout)."""
+    frame = max(1, round(PAUSE_FRAME_SECONDS * settings.sampling_rate))
+    frames = len(window) // frame
+    if frames < 2:
+        return None
+    energy = (window[: frames * frame].astype(np.float64).reshape(frames, frame) ** 2).mean(axis=1)
+    quiet, loudest = float(np.percentile(energy, 10)), float(energy.max())
+    threshold = max(quiet * 10 ** (SPEECH_OVER_QUIET_DB / 10), loudest * 10 ** (-SPEECH_UNDER_LOUDEST_DB / 10))
+    loud = np.flatnonzero(energy > threshold)
+    if loudest <= 0 or len(loud) == 0:
+        return None
+    pad = round(SPEECH_PAD_SECONDS * settings.sampling_rate)
+    return max(0, int(loud[0]) * frame - pad), min(len(window), (int(loud[-1]) + 1) * frame + pad)
+
+
 def split_windows(samples: np.ndarray, settings: FeatureSettings, cut_at_pauses: bool = False) -> list[np.ndarray]:
     """Consecutive windows of at most `window_samples` (each but the last ended at a pause, with
     `cut_at_pauses`)."""

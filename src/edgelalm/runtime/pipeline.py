@@ -56,6 +56,7 @@ from edgelalm.runtime.features import (
     encoder_output_frames,
     log_mel_window,
     mel_frames_for,
+    speech_span,
     split_windows,
     stream_windows,
     usable_window,
@@ -549,6 +550,8 @@ class Runtime:
         frames_read: list[np.ndarray] = []
         tokens = dict.fromkeys(candidates, 0)
         windows_used = read_samples = 0
+        speech_from: int | None = None  # the clip's speech, from its windows' (one cue for it all)
+        speech_to = 0
         while True:
             with clock("features"):
                 window = next(windows, None)
@@ -557,6 +560,10 @@ class Runtime:
                 read_samples += len(window)
                 if not usable_window(len(window), self.features):
                     continue
+                if (speech := speech_span(window, self.features)) is not None:
+                    window_start = read_samples - len(window)
+                    speech_from = window_start + speech[0] if speech_from is None else speech_from
+                    speech_to = window_start + speech[1]
                 features = log_mel_window(window, self.features)
             with clock("encoder"):
                 frames = self.encoder(features)
@@ -604,7 +611,8 @@ class Runtime:
         )
         tally = _Tally(samples_seen, audio_tokens, windows_used, text_tokens, generated, reused_tokens)
         tally.decode_seconds, tally.first_token_at = time.perf_counter() - decode_started, first_token_at
-        tally.timed_text.append(TimedText(0.0, round(samples_seen / target_rate, 3), text.strip()))
+        speech_samples = None if speech_from is None else (speech_from, speech_to)
+        tally.timed_text.append(_timed_text(0, samples_seen, text, speech_samples, target_rate))
         if on_timed_text is not None:
             on_timed_text(tally.timed_text[-1])
         return self._result(text, tally, timings, started, context, warnings, chosen, choice_note, "joined", decoding)
@@ -706,9 +714,11 @@ class Runtime:
             tally.generated += generated
             if text.strip():
                 answers.append(text.strip())
+            speech = speech_span(window, self.features)
             tally.timed_text.append(
-                TimedText(round(window_start / rate, 3), round(tally.samples / rate, 3), text.strip())
-            )
+                _timed_text(window_start, tally.samples, text, None if speech is None else (
+                    window_start + speech[0], window_start + speech[1]), rate)
+            )  # fmt: skip
             if on_timed_text is not None:
                 on_timed_text(tally.timed_text[-1])
         if not tally.windows:  # a file that decodes to less than its header counts (a cut MP3)
@@ -1033,6 +1043,12 @@ class Runtime:
                 f"this bundle has no compressor {compressor!r}; it has {', '.join(self.compressors)} (or {AUTO})"
             )
         return [compressor]
+
+
+def _timed_text(start: int, end: int, text: str, speech: tuple[int, int] | None, rate: int) -> TimedText:
+    """An answer and its span of samples (and its speech's, where some stands out), in seconds."""
+    seconds = [round(sample / rate, 3) for sample in (start, end, *(speech or ()))]
+    return TimedText(seconds[0], seconds[1], text.strip(), *seconds[2:])
 
 
 def _free_llama(contexts: list[LlamaContext], model: LlamaModel, process_id: int) -> None:

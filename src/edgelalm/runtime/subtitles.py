@@ -14,11 +14,22 @@ from edgelalm.constants import SUBTITLE_FORMATS, SubtitleFormat
 @dataclass(frozen=True)
 class TimedText:
     """An answer and the audio it answers, in seconds from the clip's start: one window with
-    `--windows each`, the whole clip when its windows were answered joined."""
+    `--windows each`, the whole clip when its windows were answered joined; and where in it the
+    speech is (its first to its last loud 20 ms, padded by 0.2 s: `features.speech_span`), which a
+    subtitle cue spans. None where nothing stands out of its silence or noise: the whole span."""
 
     start_seconds: float
     end_seconds: float
     text: str
+    speech_start_seconds: float | None = None
+    speech_end_seconds: float | None = None
+
+    @property
+    def cue_seconds(self) -> tuple[float, float]:
+        """When a subtitle shows this answer: its speech, else its whole span."""
+        if self.speech_start_seconds is None or self.speech_end_seconds is None:
+            return self.start_seconds, self.end_seconds
+        return self.speech_start_seconds, self.speech_end_seconds
 
 
 def _timestamp(seconds: float, decimal_mark: str) -> str:
@@ -69,7 +80,8 @@ class SubtitleWriter:
             return
         srt = self.subtitle_format == "srt"
         decimal_mark = "," if srt else "."
-        span = f"{_timestamp(answer.start_seconds, decimal_mark)} --> {_timestamp(answer.end_seconds, decimal_mark)}"
+        start, end = answer.cue_seconds
+        span = f"{_timestamp(start, decimal_mark)} --> {_timestamp(end, decimal_mark)}"
         number = [str(self.cues_written + 1)] if srt else []
         self._write_header()
         self.write("\n".join([*number, span, *(_srt_lines(lines) if srt else _vtt_lines(lines))]) + "\n\n")
