@@ -792,8 +792,14 @@ def test_share_from_shares_nothing_that_a_changed_config_or_prompt_format_wrote(
     with pytest.raises(EdgelalmError, match=r"checkpoint changed since that bundle was exported \(config.json\)"):
         export_bundle(ExportOptions(model, tmp_path / "stale", CompressorSpec("avg", 3), share_from=first))
     assert not (tmp_path / "stale").exists()
-    # A bundle exported inside the checkpoint folder is not a change of the checkpoint.
+    os.utime(model / "config.json", (later - 100, later - 100))  # back before the bundles below
+    # Bundles exported inside the checkpoint folder are no change of it: the one shared from (its
+    # manifest is written after created_utc, seconds later for a 7B's hashing) nor the others.
     inside = export_bundle(ExportOptions(model, model / "bundles" / "none", CompressorSpec("none", 1)))
+    export_bundle(ExportOptions(model, model / "bundles" / "avg2", CompressorSpec("avg", 2), share_from=inside))
+    later = datetime.datetime.fromisoformat(read_manifest(inside).created_utc).timestamp() + 5
+    for path in [inside / MANIFEST_FILE, *(model / "bundles" / "avg2").iterdir()]:
+        os.utime(path, (later, later))
     export_bundle(ExportOptions(model, model / "bundles" / "avg3", CompressorSpec("avg", 3), share_from=inside))
     assert (model / "bundles" / "avg3" / "decoder.gguf").samefile(inside / "decoder.gguf")
 

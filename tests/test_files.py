@@ -253,3 +253,17 @@ def test_what_appears_at_the_target_while_it_is_written_is_judged_as_at_the_star
             write_while({"marker.json": '{"first": true}'})
         assert (target / "marker.json").read_text() == '{"first": true}'
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
+
+
+def test_force_replaces_an_earlier_output_that_another_export_finished_meanwhile(tmp_path):
+    """The re-check before the swap judged the bundle another export wrote meanwhile by the names
+    its manifest listed at the start (none): every file of it was "beside an earlier output"."""
+    from edgelalm.export.bundle import _listed_by_manifest
+
+    target = tmp_path / "bundle"
+    with atomic_folder(target, True, "manifest.json", _listed_by_manifest(target)) as staging:
+        (staging / "manifest.json").write_text('{"files": {"decoder.gguf": {}}}')
+        target.mkdir()  # another export's bundle, finished first
+        (target / "manifest.json").write_text('{"files": {"decoder.gguf": {}}}')
+        (target / "decoder.gguf").write_text("theirs")
+    assert sorted(p.name for p in target.iterdir()) == ["manifest.json"]

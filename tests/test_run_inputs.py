@@ -626,6 +626,22 @@ def test_a_cue_shows_when_its_window_speaks_not_when_its_silence_starts(avg2, tm
     assert 4.78 <= cue.start.total_seconds() <= 5.0 and 8.0 <= cue.end.total_seconds() <= 8.22, stdout
 
 
+def test_a_joined_cue_spans_every_window_that_speaks_or_sounds_throughout(avg2, tmp_path):
+    """--windows joined: one cue for the clip, from its first window's speech to the end of a later
+    window of sound throughout (speech over music; it was taken for silence and the cue ended
+    with the first window)."""
+    rng = np.random.default_rng(4)
+    quiet = lambda seconds: 1e-4 * rng.standard_normal(int(seconds * RATE)).astype(np.float32)  # noqa: E731
+    music = 0.2 * np.sin(2 * np.pi * 330 * np.arange(6 * RATE) / RATE).astype(np.float32) + speechlike(6.0)
+    clip = write_wav(tmp_path / "joined.wav", np.concatenate([quiet(5.0), speechlike(3.0), quiet(2.0), music]))
+    code, stdout, stderr = edgelalm(
+        "run", clip, "--bundle", avg2, "--max-tokens", MAX_TOKENS, "--windows", "joined", "--subtitles", "srt"
+    )
+    assert code == 0 and "Traceback" not in stderr, stderr
+    [cue] = list(srt.parse(stdout))
+    assert 4.78 <= cue.start.total_seconds() <= 5.0 and cue.end.total_seconds() == 16.0, stdout
+
+
 def test_each_cue_is_written_before_the_next_window_is_answered(avg2, tmp_path):
     """`--subtitles` writes a window's cue once it is answered: at each window's prefill, standard
     output (a file) already holds exactly the cues of the windows before it, as the same run's

@@ -87,7 +87,8 @@ def test_a_shorter_window_is_cut_at_a_pause_in_its_second_half():
 
 def test_speech_span_is_where_the_sound_stands_out_of_its_silence_or_noise():
     """Where a subtitle cue shows: the first to the last 20 ms louder than the window's quiet,
-    padded by 0.2 s; None where nothing stands out (the cue is then the whole window)."""
+    padded by 0.2 s; the whole window where its quiet is itself loud; None where nothing stands out
+    of a low quiet (the cue is then the whole window)."""
     rng = np.random.default_rng(0)
     floor = 1e-3 * rng.standard_normal(8 * RATE).astype(np.float32)  # -60 dBFS of noise
     tone = 0.3 * np.sin(2 * np.pi * 220 * np.arange(2 * RATE) / RATE).astype(np.float32)
@@ -97,6 +98,7 @@ def test_speech_span_is_where_the_sound_stands_out_of_its_silence_or_noise():
     assert (start, end) == (round(2.8 * RATE), round(5.2 * RATE))
     assert speech_span(floor, SETTINGS) is None  # steady noise alone
     assert speech_span(np.zeros(RATE, np.float32), SETTINGS) is None  # digital silence
-    assert speech_span(tone, SETTINGS) is None  # steady sound throughout: its cue is the whole window
+    assert speech_span(tone, SETTINGS) == (0, len(tone))  # sound throughout (speech over music): all of it
+    assert speech_span(tone + 1e-3 * rng.standard_normal(len(tone)).astype(np.float32), SETTINGS) == (0, len(tone))
     speech_first = np.concatenate([tone[: RATE // 2], floor[: 2 * RATE]])
     assert speech_span(speech_first, SETTINGS) == (0, round(0.7 * RATE))  # the padding clipped at the start

@@ -132,13 +132,18 @@ def export_bundle(options: ExportOptions) -> Path:
 
 
 def _listed_by_manifest(folder: Path) -> Callable[[str], bool]:
-    """Whether a name is one an earlier bundle in `folder` lists (or its manifest): --force replaces
-    that bundle, never a folder that also holds other files."""
-    listed = {MANIFEST_FILE}
-    with contextlib.suppress(EdgelalmError, OSError):
-        files = read_json_object(folder / MANIFEST_FILE).get("files")
-        listed |= set(files) if isinstance(files, dict) else set()
-    return listed.__contains__
+    """Whether a name is one the bundle in `folder` lists (or its manifest): --force replaces that
+    bundle, never a folder that also holds other files. Read when asked: atomic_folder asks again
+    before its swap, when another export may have written the folder meanwhile."""
+
+    def listed(name: str) -> bool:
+        names = {MANIFEST_FILE}
+        with contextlib.suppress(EdgelalmError, OSError):
+            files = read_json_object(folder / MANIFEST_FILE).get("files")
+            names |= set(files) if isinstance(files, dict) else set()
+        return name in names
+
+    return listed
 
 
 def _write_bundle(options: ExportOptions) -> None:
@@ -165,7 +170,7 @@ def _write_bundle(options: ExportOptions) -> None:
                             else "no adapter"
                         )
                     )
-            shared = shareable_files(checkpoint, options, adapter, prompt.chat_template, staging)
+            shared = shareable_files(checkpoint, options, adapter, prompt.chat_template)
         with steps.step("Loading the audio tower and projector"):
             tower = checkpoint.load_audio_tower()
             projector = checkpoint.load_projector()

@@ -11,7 +11,7 @@ from edgelalm.constants import DECODER_FILE
 from edgelalm.errors import EdgelalmError
 from edgelalm.export.adapter import LoraAdapter
 from edgelalm.export.checkpoint import Checkpoint
-from edgelalm.files import files_newer_than, sha256_of
+from edgelalm.files import sha256_of
 from edgelalm.manifest import (
     FileRecord,
     is_encoder_file,
@@ -23,13 +23,12 @@ if TYPE_CHECKING:  # bundle.py imports this module
 
 
 def shareable_files(
-    checkpoint: Checkpoint, options: ExportOptions, adapter: LoraAdapter | None, chat_template: str, staging: Path
+    checkpoint: Checkpoint, options: ExportOptions, adapter: LoraAdapter | None, chat_template: str
 ) -> dict[str, FileRecord]:
     """The files of `options.share_from` that this export would otherwise write again, with their
     records in that bundle's manifest: the encoder (graph and external weights) when the encoder
     precision matches, the decoder when the quant, the merged adapter and the chat template match.
-    Both bundles must come from this checkpoint, unchanged since the earlier export (outside
-    this export's own folder and `staging`, where it writes them inside the checkpoint)."""
+    Both bundles must come from this checkpoint, unchanged since the earlier export."""
     if options.share_from is None:
         return {}
     where = f"--share-from {options.share_from}"
@@ -44,12 +43,16 @@ def shareable_files(
         created = datetime.datetime.fromisoformat(earlier.created_utc).timestamp() + 1
     except ValueError:
         raise EdgelalmError(f"{where}: its manifest's created_utc is not a time: {earlier.created_utc!r}") from None
-    # Every file counts, not only the weights: config.json's numbers, the tokenizer and the chat
-    # template are written into the decoder's GGUF too (a rope_theta changed since was shared stale).
-    changed = files_newer_than(checkpoint.path, created, skipped=[options.out_dir, staging])
+    # Every file the export reads counts, not only the weights: config.json's numbers, the tokenizer
+    # and the chat template are written into the decoder's GGUF too (a rope_theta changed since was
+    # shared stale). The checkpoint's own files: bundles, runs and caches kept in folders inside it
+    # are not (a bundle exported there, the one shared from among them, is newer than itself).
+    read = {*(path for path in checkpoint.path.iterdir() if path.is_file()), *checkpoint.tensor_files.values()}
+    changed = sorted(path.name for path in read if path.stat().st_mtime > created)
     if changed:
-        listed = ", ".join(sorted(str(path.relative_to(checkpoint.path)) for path in changed)[:5])
-        raise EdgelalmError(f"{where}: the checkpoint changed since that bundle was exported ({listed})")
+        raise EdgelalmError(
+            f"{where}: the checkpoint changed since that bundle was exported ({', '.join(changed[:5])})"
+        )
     names = []
     if earlier.encoder.precision == options.encoder_precision:
         names += [name for name in earlier.files if is_encoder_file(name)]

@@ -322,6 +322,7 @@ class LlamaContext:
             if not keep_cells:
                 self.reset()
             return
+        adapter, scale = self.adapter, self.adapter_scale  # a new context keeps the adapter
         self._free_context()
         context_params = llama_cpp.llama_context_default_params()
         context_params.n_ctx = n_ctx
@@ -343,6 +344,8 @@ class LlamaContext:
         self.n_ctx = llama_cpp.llama_n_ctx(self.context)
         self.n_batch = context_params.n_batch
         self.n_sequences = sequences
+        if adapter is not None and adapter is not _UNKNOWN_ADAPTER:
+            self.use_adapter(adapter, scale)
 
     def close(self) -> None:
         self._free_context()

@@ -78,13 +78,16 @@ def pause_cut(window: np.ndarray, settings: FeatureSettings) -> int:
 # A window's speech (`speech_span`): its 20 ms frames louder than both 15 dB above the window's
 # quiet (its 10th percentile) and 40 dB below its loudest, padded by 0.2 s. Where a subtitle cue
 # shows: a window is cut at pauses, not at speech, and 5 s of silence before a sentence showed it
-# 5 s early.
+# 5 s early. A window whose quiet is itself above -50 dBFS (speech over music, a loud room) is
+# sound throughout.
 SPEECH_OVER_QUIET_DB, SPEECH_UNDER_LOUDEST_DB, SPEECH_PAD_SECONDS = 15.0, 40.0, 0.2
+SOUND_THROUGHOUT_DBFS = -50.0
 
 
 def speech_span(window: np.ndarray, settings: FeatureSettings) -> tuple[int, int] | None:
-    """The samples of `window` from its first to its last frame of speech (padded); None where
-    nothing stands out (silence, steady noise, a steady sound throughout)."""
+    """The samples of `window` from its first to its last frame of speech (padded); the whole
+    window where it is sound throughout; None where nothing stands out of its quiet (silence, a
+    low hiss)."""
     frame = max(1, round(PAUSE_FRAME_SECONDS * settings.sampling_rate))
     frames = len(window) // frame
     if frames < 2:
@@ -93,6 +96,8 @@ def speech_span(window: np.ndarray, settings: FeatureSettings) -> tuple[int, int
     quiet, loudest = float(np.percentile(energy, 10)), float(energy.max())
     threshold = max(quiet * 10 ** (SPEECH_OVER_QUIET_DB / 10), loudest * 10 ** (-SPEECH_UNDER_LOUDEST_DB / 10))
     loud = np.flatnonzero(energy > threshold)
+    if quiet > 10 ** (SOUND_THROUGHOUT_DBFS / 10):
+        return 0, len(window)
     if loudest <= 0 or len(loud) == 0:
         return None
     pad = round(SPEECH_PAD_SECONDS * settings.sampling_rate)
