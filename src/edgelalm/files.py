@@ -46,19 +46,17 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def files_newer_than(folder: Path, stamp: float, skipped: Iterable[Path | None] = ()) -> list[Path]:
+def files_newer_than(folder: Path, stamp: float, skipped: Path | None = None) -> list[Path]:
     """The files under `folder` modified after `stamp` (as make decides whether to rebuild), not
-    those under a `skipped` folder that lies inside `folder` (outputs kept in the checkpoint)."""
-    root = folder.resolve()
-    skipped_parts = [
-        inside.relative_to(root).parts
-        for inside in (path.resolve() for path in skipped if path is not None)
-        if inside != root and inside.is_relative_to(root)
-    ]
+    those under `skipped` where it lies inside `folder` (outputs kept in the checkpoint)."""
+    skipped_parts: tuple[str, ...] | None = None
+    if skipped is not None:
+        inside, root = skipped.resolve(), folder.resolve()
+        if inside != root and inside.is_relative_to(root):
+            skipped_parts = inside.relative_to(root).parts
     newer = []
     for path in folder.rglob("*"):
-        parts = path.relative_to(folder).parts
-        if any(parts[: len(skipped)] == skipped for skipped in skipped_parts):
+        if skipped_parts is not None and path.relative_to(folder).parts[: len(skipped_parts)] == skipped_parts:
             continue
         if path.is_file() and path.stat().st_mtime > stamp:
             newer.append(path)

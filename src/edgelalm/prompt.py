@@ -40,13 +40,9 @@ TEMPLATE_SOURCE_DESCRIPTIONS: dict[TemplateSource, str] = {
 # takes it where a folder has several (an older one's files saved over by a newer transformers):
 # processor_config.json's key, then the legacy chat_template.json, then chat_template.jinja; then
 # the tokenizer's (older Qwen2 fine-tunes keep it only there, which Qwen2AudioProcessor.from_pretrained
-# does not read: its fallback template took its place). None: the file is the template itself.
-_TEMPLATE_FILES: tuple[tuple[str, str | None], ...] = (
-    ("processor_config.json", "chat_template"),
-    ("chat_template.json", "chat_template"),
-    ("chat_template.jinja", None),
-    ("tokenizer_config.json", "chat_template"),
-)
+# does not read: its fallback template took its place). The .jinja file is the template itself;
+# the others hold it under "chat_template".
+_TEMPLATE_FILES = ("processor_config.json", "chat_template.json", "chat_template.jinja", "tokenizer_config.json")
 _MAX_TEMPLATE_BYTES = 1 << 20
 _MAX_CONFIG_BYTES = 64 << 20
 # The published base model's folder or repository name: Qwen2-Audio-7B, not ...-Instruct.
@@ -62,11 +58,11 @@ def checkpoint_template(folder: Path) -> str | None:
     """The chat template the checkpoint folder itself carries (not transformers' fallback), None
     where it carries none; one that is not text, or is empty, refused in one line. Of a list of
     named templates (the tokenizer's), the "default" one, as transformers takes it."""
-    for name, key in _TEMPLATE_FILES:
+    for name in _TEMPLATE_FILES:
         path = folder / name
         if not path.is_file():
             continue
-        if key is None:
+        if path.suffix == ".jinja":
             if path.stat().st_size > _MAX_TEMPLATE_BYTES:
                 raise EdgelalmError(f"{path} is over {_MAX_TEMPLATE_BYTES:,} bytes: no chat template is that long")
             try:
@@ -74,7 +70,7 @@ def checkpoint_template(folder: Path) -> str | None:
             except UnicodeDecodeError:
                 raise EdgelalmError(f"{path} is not UTF-8 text") from None
         config = read_json(path, _MAX_CONFIG_BYTES)
-        template = config.get(key) if isinstance(config, dict) else None
+        template = config.get("chat_template") if isinstance(config, dict) else None
         if template is None:
             continue
         if isinstance(template, list):  # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]

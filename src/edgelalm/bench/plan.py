@@ -124,7 +124,7 @@ def changed_since(model_dir: Path, written: Path, out_dir: Path | None = None) -
     same path was measured through its predecessor's bundle. Not the files of `out_dir` where it
     lies inside the checkpoint: its own bundles made every run export again (a preset's
     checkpoint, inside `out_dir`, is the checkpoint: all of its files count)."""
-    return bool(files_newer_than(model_dir, written.stat().st_mtime, skipped=[out_dir]))
+    return bool(files_newer_than(model_dir, written.stat().st_mtime, skipped=out_dir))
 
 
 def ensure_bundle(model_dir: Path, label: str, plan: BenchPlan, share_from: Path | None = None) -> Path:

@@ -63,14 +63,23 @@ PAUSE_SEARCH_SECONDS = 5.0
 PAUSE_FRAME_SECONDS = 0.02
 
 
+def _frame_samples(settings: FeatureSettings) -> int:
+    return max(1, round(PAUSE_FRAME_SECONDS * settings.sampling_rate))
+
+
+def _frame_energy(samples: np.ndarray, frame: int) -> np.ndarray:
+    """The mean square of each whole `frame` of `samples`."""
+    frames = len(samples) // frame
+    return (samples[: frames * frame].astype(np.float64).reshape(frames, frame) ** 2).mean(axis=1)
+
+
 def pause_cut(window: np.ndarray, settings: FeatureSettings) -> int:
     """Where to end `window` (a full one, with audio after it): the sample count to keep."""
-    frame = max(1, round(PAUSE_FRAME_SECONDS * settings.sampling_rate))
+    frame = _frame_samples(settings)
     frames = min(len(window) // 2, round(PAUSE_SEARCH_SECONDS * settings.sampling_rate)) // frame
     if frames == 0:
         return len(window)
-    tail = window[len(window) - frames * frame :].astype(np.float64).reshape(frames, frame)
-    energy = (tail**2).sum(axis=1)
+    energy = _frame_energy(window[len(window) - frames * frame :], frame)
     latest_quietest = frames - 1 - int(np.argmin(energy[::-1]))  # the latest on a tie: longer windows
     return len(window) - (frames - latest_quietest) * frame + frame // 2
 
@@ -88,16 +97,15 @@ def speech_span(window: np.ndarray, settings: FeatureSettings) -> tuple[int, int
     """The samples of `window` from its first to its last frame of speech (padded); the whole
     window where it is sound throughout; None where nothing stands out of its quiet (silence, a
     low hiss)."""
-    frame = max(1, round(PAUSE_FRAME_SECONDS * settings.sampling_rate))
-    frames = len(window) // frame
-    if frames < 2:
+    frame = _frame_samples(settings)
+    energy = _frame_energy(window, frame)
+    if len(energy) < 2:
         return None
-    energy = (window[: frames * frame].astype(np.float64).reshape(frames, frame) ** 2).mean(axis=1)
     quiet, loudest = float(np.percentile(energy, 10)), float(energy.max())
-    threshold = max(quiet * 10 ** (SPEECH_OVER_QUIET_DB / 10), loudest * 10 ** (-SPEECH_UNDER_LOUDEST_DB / 10))
-    loud = np.flatnonzero(energy > threshold)
     if quiet > 10 ** (SOUND_THROUGHOUT_DBFS / 10):
         return 0, len(window)
+    threshold = max(quiet * 10 ** (SPEECH_OVER_QUIET_DB / 10), loudest * 10 ** (-SPEECH_UNDER_LOUDEST_DB / 10))
+    loud = np.flatnonzero(energy > threshold)
     if loudest <= 0 or len(loud) == 0:
         return None
     pad = round(SPEECH_PAD_SECONDS * settings.sampling_rate)
