@@ -264,3 +264,41 @@ def test_unseg_alone_window_by_window_is_held_to_the_budget_by_what_it_gives(mul
         assert result.audio_tokens == sum(one.audio_tokens for one in alone)
         with pytest.raises(EdgelalmError, match=f"gives {most} audio tokens with unseg, over the budget of {most - 1}"):
             runtime.run(audio, max_tokens=3, compressor="unseg", max_audio_tokens=most - 1, windows="each")
+
+
+def test_an_adapter_is_held_to_the_manifest_s_alpha_and_refused_with_llama_cpp_s_reason(multi_bundle, tmp_path):
+    """An adapter's alpha is how much of its delta llama.cpp adds: one edited to NaN (checksum
+    fixed) answered "!!!!" with exit 0, and one llama.cpp refused was refused without its reason."""
+    from edgelalm.files import sha256_of
+
+    folder = tmp_path / "bundle"
+    shutil.copytree(multi_bundle, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    adapter = manifest["compressors"]["avg3"]["adapter"]
+    written = adapter["gguf_alpha"]
+    adapter["gguf_alpha"] = written * 2
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EdgelalmError, match=rf"adapter.lora.alpha is {written}; the manifest says {written * 2}$"):
+        Runtime(folder)
+    adapter["gguf_alpha"] = written
+    adapter_file = folder / adapter["file"]
+    adapter_file.write_bytes(adapter_file.read_bytes()[:-1000])  # its last factor cut short
+    manifest["files"][adapter["file"]] = {"bytes": adapter_file.stat().st_size, "sha256": sha256_of(adapter_file)}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EdgelalmError, match=r"could not load the LoRA adapter .*: .*not within the file bounds"):
+        Runtime(folder)
+
+
+def test_doctor_s_canary_runs_every_compressor_as_run_decodes(multi_bundle):
+    """The canary ran the default compressor greedily: another compressor's adapter, or the
+    bundle's advised decoding (beam, CTC head), could fail in `run` after doctor said ok."""
+    from edgelalm.doctor import format_bundle
+    from edgelalm.runtime.canary import run_bundle_canary
+
+    canary = run_bundle_canary(multi_bundle)
+    assert list(canary["compressors_run"]) == ["none", "avg3", "unseg", "sample3"]
+    assert set(canary["compressors_run"].values()) == {"greedy"}  # what this bundle advises (nothing)
+    report = {"path": "b", "model": "m", "compressor": "none", "quant": "f32", "files_verified": 9, "verify_ms": 1.0}
+    assert "canary answers    ok as `run` decodes: none (greedy); avg3 (greedy); unseg (greedy); sample3 (greedy)" in (
+        format_bundle({**report, "canary": canary})
+    )

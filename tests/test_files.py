@@ -170,11 +170,12 @@ def test_staging_folders_of_a_killed_write_are_removed_by_the_next(tmp_path):
     """SIGKILL (the OOM killer) leaves a staging folder no handler removes, hidden, gigabytes for a
     7B; a later export to the same target left it for good. Only a dead process's on this host go:
     a live one's is another export still running, and an unrecognised name is left alone."""
-    import socket
     import subprocess
     import sys
 
-    host = socket.gethostname()
+    from edgelalm.files import host_tag
+
+    host = host_tag()
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead = int(finished.stdout)
     names = {
@@ -203,8 +204,9 @@ def test_a_scratch_file_is_made_exclusively_and_a_dead_process_s_is_removed(tmp_
     stale file of an earlier process with the same id, common in containers) was written through,
     the file it pointed to replaced and then hard-linked as the output. A scratch file left by a
     killed process stayed for ever."""
-    import socket
     import stat
+
+    from edgelalm.files import host_tag
 
     precious = tmp_path / "precious.txt"
     precious.write_text("mine")
@@ -212,7 +214,7 @@ def test_a_scratch_file_is_made_exclusively_and_a_dead_process_s_is_removed(tmp_
     planted = tmp_path / f".talk.srt.partial-{os.getpid()}"
     planted.symlink_to(precious)
     dead = 2**22 + 12345  # past pid_max's default: no such process
-    abandoned = tmp_path / f".talk.srt.partial-{socket.gethostname()}-{dead}-abcd1234"
+    abandoned = tmp_path / f".talk.srt.partial-{host_tag()}-{dead}-abcd1234"
     abandoned.write_text("half")
     previous = os.umask(0o022)
     try:
@@ -224,6 +226,29 @@ def test_a_scratch_file_is_made_exclusively_and_a_dead_process_s_is_removed(tmp_
         os.umask(previous)
     assert precious.read_text() == "mine" and target.read_text() == "subtitles"
     assert not target.samefile(precious) and not abandoned.exists() and planted.is_symlink()
+
+
+def test_scratch_names_fit_ecryptfs_whatever_the_host_name(tmp_path, monkeypatch):
+    """A scratch or staging name is the target's first 100 bytes, the host, the process and 8
+    random letters: with a 64-byte host name (the most Linux allows) it was 191 bytes, past
+    eCryptfs's 143, where the target's own name fits. Two long host names that share their start
+    still get different tags: a folder shared between them is not cleaned of the other's files."""
+    import socket
+
+    from edgelalm.files import host_tag
+
+    long_host = "build-runner-" + "x" * 40 + "-eu-west-1a"
+    monkeypatch.setattr(socket, "gethostname", lambda: long_host)
+    first_tag = host_tag()
+    monkeypatch.setattr(socket, "gethostname", lambda: long_host[:-1] + "b")
+    assert first_tag != host_tag() and len(first_tag) <= 16 and first_tag.startswith("build-r")
+    target = tmp_path / ("語" * 40 + ".srt")  # 124 bytes
+    with new_file(target) as scratch:
+        assert len(os.fsencode(scratch.name)) <= 143, scratch.name
+    with atomic_folder(tmp_path / ("b" * 140), force=False) as staging:
+        assert len(os.fsencode(staging.name)) <= 143, staging.name
+    monkeypatch.setattr(socket, "gethostname", lambda: "pi")
+    assert host_tag() == "pi"
 
 
 @pytest.mark.parametrize("force", [False, True])

@@ -585,3 +585,113 @@ def test_a_signal_stops_a_graph_that_runs_for_ever(bundle, tmp_path):
     finally:
         process.kill()
     assert process.returncode == 130 and stderr.strip().splitlines() == ["edgelalm: error: interrupted"], stderr
+
+
+def _projection_graph(manifest, nodes, name, output_type=None):
+    """A compressor graph: `nodes` make `rows` from audio_frames, then a random projection to the
+    decoder's width (output `audio_embeddings`, float unless `output_type`)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    width, hidden = manifest.model.audio_width, manifest.model.hidden_size
+    weights = numpy_helper.from_array(
+        0.02 * np.random.default_rng(0).standard_normal((width, hidden)).astype(np.float32), "weights"
+    )
+    cast = [helper.make_node("Cast", ["projected"], ["audio_embeddings"], to=output_type)] if output_type else []
+    last = "projected" if output_type else "audio_embeddings"
+    return helper.make_graph(
+        [*nodes, helper.make_node("MatMul", ["rows", "weights"], [last]), *cast],
+        name,
+        [helper.make_tensor_value_info("audio_frames", TensorProto.FLOAT, ["frames", width])],
+        [helper.make_tensor_value_info("audio_embeddings", output_type or TensorProto.FLOAT, None)],
+        [weights, numpy_helper.from_array(np.array([0], np.int64), "zero")],
+    )
+
+
+def test_a_compressor_graph_is_held_to_its_compressor_s_token_count(bundle, tmp_path):
+    """A graph giving 4 tokens a frame (avg3 gives one per 3) had the decoder's context grown to
+    whatever arrived, past its trained length (14400 audio tokens, exit 0); one giving none ran
+    with the decoder hearing nothing; one giving integers was a TypeError traceback."""
+    from onnx import TensorProto, helper
+
+    manifest = read_manifest(bundle)
+    folder = _copy(bundle, tmp_path)
+    tiled = [helper.make_node("Concat", ["audio_frames"] * 4, ["rows"], axis=0)]
+    _replace_compressor(folder, _projection_graph(manifest, tiled, "tiled"))
+    line = _run_cli(folder, tmp_path)
+    assert re.search(r"compressor\.onnx gave (\d+) audio tokens for (\d+) encoder frames; avg3 gives 1 to \d+", line)
+    found, frames = map(int, re.search(r"gave (\d+) audio tokens for (\d+)", line).groups())
+    assert found == 4 * frames, line
+    emptied = [helper.make_node("Slice", ["audio_frames", "zero", "zero", "zero"], ["rows"])]
+    _replace_compressor(folder, _projection_graph(manifest, emptied, "empty"))
+    assert "gave 0 audio tokens for" in _run_cli(folder, tmp_path)
+    kept = [helper.make_node("Identity", ["audio_frames"], ["rows"])]
+    _replace_compressor(folder, _projection_graph(manifest, kept, "integers", TensorProto.INT32))
+    assert "compressor.onnx gave an output of int32 values; expected floating-point numbers" in _run_cli(
+        folder, tmp_path
+    )
+
+
+def test_nan_decoder_weights_are_one_line_not_an_answer_of_exclamation_marks(bundle, tmp_path):
+    """output_norm.weight set to NaN, checksum fixed: the answer was "!!!!..." (token 0 over and
+    over) with exit 0, and doctor's canary passed it."""
+    import numpy as np
+    from gguf import GGUFReader
+
+    folder = _copy(bundle, tmp_path)
+    reader = GGUFReader(folder / DECODER_FILE, "r+")
+    (norm,) = [tensor for tensor in reader.tensors if tensor.name == "output_norm.weight"]
+    norm.data[...] = np.nan
+    reader.data.flush()
+    del reader
+    _refresh_checksum(folder, DECODER_FILE)
+    assert "decoder.gguf gave logits that are not finite (NaN or infinity)" in _run_cli(folder, tmp_path)
+    completed = subprocess.run(
+        [sys.executable, "-m", "edgelalm.cli", "doctor", "--bundle", str(folder)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 1 and "gave logits that are not finite" in completed.stderr, completed.stderr
+
+
+def test_a_decoder_whose_tokens_are_not_the_manifest_s_is_refused(editable, tmp_path):
+    """The audio's place, the turns and the stop tokens are found by id: a GGUF with tokens moved
+    (or of another vocabulary size) answered other words with exit 0."""
+
+    def audio_bos_moved(manifest):
+        manifest["special_tokens"]["audio_bos"]["id"] = manifest["special_tokens"]["audio"]["id"]
+
+    line = _run_cli(editable(audio_bos_moved), tmp_path)
+    assert re.search(r"decoder\.gguf: token \d+ is '<\|AUDIO\|>'; the manifest says '<\|audio_bos\|>'", line), line
+
+    def grown(manifest):
+        manifest["special_tokens"]["audio_bos"]["id"] = manifest["special_tokens"]["audio"]["id"] + 1
+        for section in ("model", "decoder", *(["ctc"] if manifest.get("ctc") else [])):
+            manifest[section]["vocab_size"] += 1
+
+    assert re.search(r"decoder\.gguf holds (\d+) tokens; the manifest says \d+$", _run_cli(editable(grown), tmp_path))
+
+
+def test_mel_filters_of_another_kind_are_refused_before_they_are_read(bundle, tmp_path):
+    """A .npz named .npy (np.load opens it as an archive: an AttributeError traceback) and a header
+    declaring 10**11 rows (a MemoryError traceback for 58 TiB) are one line each."""
+    import io
+
+    import numpy as np
+
+    folder = _copy(bundle, tmp_path)
+    filters = np.load(bundle / "mel_filters.npy")
+    with (folder / "mel_filters.npy").open("wb") as stream:
+        np.savez(stream, filters)
+    _refresh_checksum(folder, "mel_filters.npy")
+    line = _run_cli(folder, tmp_path)
+    assert "mel_filters.npy is not a numpy array file: the magic string is not correct" in line
+    assert "allow_pickle" not in line
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (10**11, filters.shape[1])}
+    )
+    (folder / "mel_filters.npy").write_bytes(header.getvalue() + bytes(64))
+    _refresh_checksum(folder, "mel_filters.npy")
+    assert f"expected finite mel filters of shape {filters.shape}, got float32 (100000000000, {filters.shape[1]})" in (
+        _run_cli(folder, tmp_path)
+    )

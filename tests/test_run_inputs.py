@@ -1286,12 +1286,134 @@ def test_standard_input_that_holds_no_audio_is_one_line(avg2, tmp_path, stdin, e
 
 @pytest.mark.parametrize("kind", ["fifo", "/dev/zero"])
 def test_a_stream_is_refused_in_one_line(avg2, tmp_path, kind):
+    """A pipe by name (`run <(sox ...)`) is pointed to `-`, which reads one."""
     path = tmp_path / "fifo.wav"
     if kind == "fifo":
         os.mkfifo(path)
+        assert_one_line_error(*run(avg2, path)[::2], "fifo.wav is a pipe; give it as - to read it")
     else:
-        path = "/dev/zero"
-    assert_one_line_error(*run(avg2, path)[::2], "not an audio file")
+        assert_one_line_error(*run(avg2, "/dev/zero")[::2], "not an audio file")
+
+
+def test_standard_input_that_is_no_audio_is_refused_as_it_arrives(avg2, tmp_path):
+    """`run - < /dev/zero` saved the endless stream in $TMPDIR (269 MB in 7 s) and would have
+    filled it before libsndfile said "Format not recognised"."""
+    with open("/dev/zero", "rb") as zeros:
+        code, stdout, stderr = run(avg2, "-", stdin=zeros, env={**_ENV, "TMPDIR": str(tmp_path)})
+    assert_one_line_error(code, stderr, "cannot read audio from standard input: Format not recognised")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _damaged(path, share=0.3, count=2000):
+    """`path` with `count` random bytes written over it at `share` of its length."""
+    data = bytearray(path.read_bytes())
+    at = int(len(data) * share)
+    data[at : at + count] = np.random.default_rng(1).integers(0, 256, count, dtype=np.uint8).tobytes()
+    damaged = path.with_name("damaged-" + path.name)
+    damaged.write_bytes(bytes(data))
+    return damaged
+
+
+@pytest.mark.parametrize("container", ["MP3", "FLAC"])
+def test_a_damaged_stretch_keeps_what_decodes(avg2, tmp_path, container):
+    """A read that failed raised, and every frame decoded before it was lost: a FLAC with a damaged
+    stretch at 30% was refused whole ("flac decoder lost sync"), an MP3 too, though its decoder
+    finds the stream again after the damage and decodes the rest."""
+    if container not in soundfile.available_formats():
+        pytest.skip(f"this libsndfile has no {container}")
+    whole = tmp_path / f"whole.{container.lower()}"
+    soundfile.write(whole, speechlike(60.0), RATE, format=container)
+    code, stdout, stderr = run(avg2, _damaged(whole))
+    result = assert_result(code, stdout, stderr)
+    (warning,) = result["warnings"]
+    worded = r".*damaged-whole\.\w+: damaged from (\d+\.\d\d) s \(.+\); using the [\d.]+ s that could be decoded"
+    assert re.fullmatch(worded, warning), warning
+    damaged_at = float(re.fullmatch(worded, warning).group(1))
+    assert 15 < damaged_at < 20 and result["audio_seconds"] >= damaged_at
+    if container == "MP3":  # found again past the damage
+        assert result["audio_seconds"] > 55
+
+
+def test_mp3_files_joined_say_what_libsndfile_leaves_out(avg2, tmp_path):
+    """`cat a.mp3 b.mp3`: libsndfile reads as far as the first file's length header counts and
+    stops, silently; the frames themselves say how long the whole is."""
+    if "MP3" not in soundfile.available_formats():
+        pytest.skip("this libsndfile has no mp3")
+    part = tmp_path / "part.mp3"
+    soundfile.write(part, speechlike(5.0), RATE, format="MP3")
+    joined = tmp_path / "joined.mp3"
+    joined.write_bytes(part.read_bytes() * 3)
+    result = assert_result(*run(avg2, joined))
+    assert 4.9 < result["audio_seconds"] < 5.1
+    (warning,) = result["warnings"]
+    assert re.search(
+        r"only the first 5\.00 s of this MP3's 15\.\d\d s can be read .*ffmpeg -i in\.mp3 out\.flac", warning
+    )
+    assert assert_result(*run(avg2, part))["warnings"] == []
+
+
+def test_an_mp3_s_frames_count_it_whatever_its_length_header_says(avg2, tmp_path):
+    """mpeg_length against libsndfile's own decoding of a file with its Xing header (the count
+    libsndfile trusts), then of the same frames without it, behind an ID3v2 tag: libsndfile then
+    guesses the length from the first frame's bitrate, reads 5.5 s of this VBR file's 7 s and
+    stops, silently."""
+    from edgelalm.runtime.mpeg import mpeg_length
+
+    if "MP3" not in soundfile.available_formats():
+        pytest.skip("this libsndfile has no mp3")
+    tagged = tmp_path / "tagged.mp3"
+    soundfile.write(tagged, speechlike(7.0), RATE, format="MP3")
+    decoded = len(soundfile.read(tagged)[0])
+    length = mpeg_length(tagged, RATE)
+    # Within two frames: the encoder's delay and padding, which the decoder trims.
+    assert length.has_length_tag and abs(length.frames - decoded) <= 2 * 1152, (length, decoded)
+    data = tagged.read_bytes()
+    first = next(at for at in range(len(data)) if _frame(data[at : at + 4], RATE))
+    xing_bytes = _frame(data[first : first + 4], RATE)[0]
+    tag = b"ID3\x04\x00\x00\x00\x00\x01\x00" + bytes(128)  # a 128-byte ID3v2 tag
+    untagged = tmp_path / "untagged.mp3"
+    untagged.write_bytes(tag + data[first + xing_bytes :])  # the Xing frame dropped
+    assert mpeg_length(untagged, RATE) == dataclasses.replace(length, has_length_tag=False)
+    assert mpeg_length(untagged, 44100) is None  # no frame of that rate
+    guessed = len(soundfile.read(untagged)[0])
+    assert guessed < decoded - RATE  # what this test is about: libsndfile's guess is short
+    result = assert_result(*run(avg2, untagged))
+    assert result["audio_seconds"] == pytest.approx(guessed / RATE, abs=0.01)
+    (warning,) = result["warnings"]
+    assert f"only the first {guessed / RATE:.2f} s of this MP3's {length.frames / RATE:.2f} s can be read" in warning
+
+
+def _frame(header, rate):
+    from edgelalm.runtime.mpeg import _frame
+
+    return _frame(header, rate) if len(header) == 4 else None
+
+
+def test_a_wav_s_block_align_and_a_trailing_id3_tag_are_no_truncation(avg2, tmp_path):
+    """nBlockAlign written wrong (2 for 16-bit stereo: libsndfile takes channels x bytes) gave
+    "declares 6.97 s ... but the file holds 3.48 s (truncated?)" on a whole file; an ID3 tag
+    appended after the data (tagging tools) gave "4.63 s more follow it", advice to rewrite the
+    header that would have made the tag into noise."""
+    stereo = write_wav(tmp_path / "stereo.wav", speechlike(3.0, channels=2))
+    data = bytearray(stereo.read_bytes())
+    assert data[32:34] == (4).to_bytes(2, "little")  # nBlockAlign in the canonical 44-byte header
+    data[32:34] = (2).to_bytes(2, "little")
+    wrong_align = tmp_path / "wrong-align.wav"
+    wrong_align.write_bytes(bytes(data))
+    tagged = tmp_path / "tagged.wav"
+    tagged.write_bytes(stereo.read_bytes() + b"ID3\x04\x00\x00\x00\x01\x00\x00" + bytes(128 * 100))
+    for path in (wrong_align, tagged):
+        result = assert_result(*run(avg2, path))
+        assert result["warnings"] == [] and 2.9 < result["audio_seconds"] < 3.1, result
+
+
+def test_a_header_with_a_sampling_rate_of_0_is_worded(avg2, tmp_path):
+    """libsndfile's "Internal error : SF_INFO struct incomplete." said nothing a user could act on."""
+    data = bytearray(write_wav(tmp_path / "clip.wav", speechlike(1.0)).read_bytes())
+    data[24:28] = bytes(4)  # the fmt chunk's sampling rate
+    zero_rate = tmp_path / "zero-rate.wav"
+    zero_rate.write_bytes(bytes(data))
+    assert_one_line_error(*run(avg2, zero_rate)[::2], "its header declares no usable format (a sampling rate")
 
 
 @pytest.mark.parametrize(("samples", "windows"), [(10 * RATE, 1), (10 * RATE + 1, 1), (10 * RATE + 480, 2)])

@@ -3,6 +3,7 @@
 import gc
 import os
 import re
+import shutil
 import threading
 import time
 
@@ -342,3 +343,37 @@ def test_samples_past_full_scale_are_warned_about(runtime):
     assert not runtime.run(clip, max_tokens=4).warnings
     warnings = runtime.run(clip * 32767, max_tokens=4).warnings
     assert len(warnings) == 1 and "past full scale" in warnings[0], warnings
+
+
+def test_a_bundle_replaced_while_it_loads_is_refused(tiny_bundles, tmp_path, monkeypatch):
+    """Another export renames its new folder into the bundle's place while a Runtime loads: files
+    read before the swap and after it made one Runtime of two bundles, with no error."""
+    from edgelalm.errors import EdgelalmError
+    from edgelalm.runtime import pipeline
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundles("avg", 2, "f32"), bundle)
+    real_load_rest = pipeline.Runtime._load_rest
+
+    def swap_then_load(self, *args):
+        replacement = tmp_path / "replacement"
+        shutil.copytree(bundle, replacement)
+        bundle.rename(tmp_path / "retired")
+        replacement.rename(bundle)
+        return real_load_rest(self, *args)
+
+    monkeypatch.setattr(pipeline.Runtime, "_load_rest", swap_then_load)
+    with pytest.raises(EdgelalmError, match=r"was replaced while it was loading .*; load it again$"):
+        Runtime(bundle)
+
+
+def test_a_link_to_a_bundle_is_followed_once(tiny_bundles, tmp_path):
+    """A `current` link moved to another bundle while a Runtime loaded mixed both bundles' files:
+    the Runtime reads the folder the link led to when it started."""
+    target = tiny_bundles("avg", 2, "f32")
+    link = tmp_path / "current"
+    link.symlink_to(target)
+    with Runtime(link) as runtime:
+        assert runtime.bundle == target.resolve()
+    with Runtime(target) as runtime:  # no link on the way: the path as given
+        assert runtime.bundle == target

@@ -578,23 +578,29 @@ class _StandardInput:
         import tempfile
 
         from edgelalm.files import free_space_note
-        from edgelalm.runtime.audio import check_wav_stream_size, finish_streamed_wav_header
+        from edgelalm.runtime import audio
 
         with tempfile.TemporaryDirectory(prefix="edgelalm-stdin-") as folder:
             copy = Path(folder) / "audio"
             try:
                 with copy.open("wb") as file:
-                    first_bytes, size = b"", 0
+                    first_bytes, size, judged = b"", 0, False
                     while block := _read_standard_input():
                         file.write(block)
-                        first_bytes, size = (first_bytes + block)[:4], size + len(block)
-                        check_wav_stream_size(first_bytes, size, self.NAME)  # before it fills $TMPDIR
+                        first_bytes, size = (first_bytes + block)[:10], size + len(block)
+                        # Before it fills $TMPDIR: a WAV past what its header can count, and bytes
+                        # of no format libsndfile reads (`run - < /dev/zero`).
+                        audio.check_wav_stream_size(first_bytes, size, self.NAME)
+                        if not judged and size >= audio.recognition_point(first_bytes):
+                            file.flush()
+                            audio.refuse_unrecognised(copy, self.NAME)
+                            judged = True
             except OSError as error:  # the write's (a full disk); the read's are worded apart
                 raise EdgelalmError(
                     f"cannot save {self.NAME} in {Path(folder).parent}: {error.strerror or error}"
                     f"{free_space_note(Path(folder))}"
                 ) from None
-            finish_streamed_wav_header(copy, self.NAME)
+            audio.finish_streamed_wav_header(copy, self.NAME)
             self.copy = copy
             try:
                 yield

@@ -173,5 +173,7 @@ def format_bundle(bundle: dict[str, Any]) -> str:
         f"canary timings    load {canary['load_ms']:.0f} ms, encoder {timings['encoder']:.0f} ms, prefill "
         f"{timings['prefill']:.0f} ms, first token {timings['time_to_first_token']:.0f} ms, decode "
         f"{canary['decode_tokens_per_second']:.1f} tokens/s, peak RSS {canary['peak_rss_mb']:.0f} MB",
+        "canary answers    ok as `run` decodes: "
+        + "; ".join(f"{printable(label)} ({how})" for label, how in canary["compressors_run"].items()),
     ]
     return "\n".join(lines)

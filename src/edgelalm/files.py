@@ -357,7 +357,21 @@ def atomic_folder(
 def _staging_prefix(target: Path, kind: str) -> str:
     """Hidden, so that nothing takes it for the folder (`run`'s newest bundle skips dot names), and
     named for this host; the process's id follows (`_owned_prefix`)."""
-    return f".{_kept_name(target.name)}.{kind}-{socket.gethostname()}-"
+    return f".{_kept_name(target.name)}.{kind}-{host_tag()}-"
+
+
+def host_tag() -> str:
+    """This host's name in at most 16 bytes (longer ones cut, with a digest of the whole): with
+    `_kept_name`'s 100 bytes, a 7-digit process id and mkstemp's 8 letters, a scratch name fits
+    143 bytes, eCryptfs's limit (a 64-byte host name made 191)."""
+    host = socket.gethostname()
+    if len(os.fsencode(host)) <= _HOST_TAG_BYTES:
+        return host
+    digest = hashlib.sha256(os.fsencode(host)).hexdigest()[:8]
+    return os.fsencode(host)[: _HOST_TAG_BYTES - 9].decode("utf-8", errors="ignore") + "~" + digest
+
+
+_HOST_TAG_BYTES = 16
 
 
 def _owned_prefix(target: Path, kind: str) -> str:

@@ -203,6 +203,10 @@ class SpecialTokens:
     endoftext: SpecialToken
     end_of_turn_ids: list[int]  # the checkpoint's own stop tokens (generation_config.json)
 
+    def named(self) -> dict[str, SpecialToken]:
+        """{role: token} for the named tokens (audio, audio_bos, ..., endoftext)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "end_of_turn_ids"}
+
 
 @dataclass(frozen=True)
 class FileRecord:
@@ -591,11 +595,7 @@ def _check_decoder_agrees(manifest: Manifest, manifest_path: Path) -> None:
         if (found := getattr(manifest.model, size)) != (wanted := getattr(decoder, size)):
             raise EdgelalmError(f"{manifest_path}: model.{size} is {found}; decoder.{size} is {wanted}")
     tokens = manifest.special_tokens
-    ids = {
-        f"special_tokens.{name}.id": getattr(tokens, name).id
-        for name in (f.name for f in dataclasses.fields(SpecialTokens))
-        if name != "end_of_turn_ids"
-    }
+    ids = {f"special_tokens.{name}.id": token.id for name, token in tokens.named().items()}
     ids |= {f"special_tokens.end_of_turn_ids[{index}]": token for index, token in enumerate(tokens.end_of_turn_ids)}
     for name, token in ids.items():
         if token >= decoder.vocab_size:

@@ -18,6 +18,7 @@ import soxr
 
 from edgelalm.checks import is_real_number
 from edgelalm.errors import EdgelalmError
+from edgelalm.runtime.mpeg import id3v2_bytes, mpeg_length
 
 
 def _check_file(path: Path) -> None:
@@ -35,6 +36,8 @@ def _check_file(path: Path) -> None:
         if error.errno == errno.ELOOP:
             raise EdgelalmError(f"{path} is a loop of symbolic links") from None
         raise EdgelalmError(f"cannot read audio from {path}: {error.strerror or error}") from None
+    if stat.S_ISFIFO(status.st_mode):  # `run <(sox ...)`, /dev/stdin from a pipe: read once, cannot seek
+        raise EdgelalmError(f"{path} is a pipe; give it as - to read it from standard input (... | edgelalm run -)")
     if not stat.S_ISREG(status.st_mode):
         raise EdgelalmError(f"not an audio file: {path}")
     if status.st_size == 0:
@@ -47,6 +50,11 @@ class AudioFileInfo:
     frames: int
     samplerate: int
     channels: int
+    # Frames past `frames` that libsndfile will not read (an MP3 whose length header counts less).
+    unread_frames: int = 0
+    # Whether `frames` is a count the file states (a header), so that decoding fewer means a cut
+    # file; an MP3 without a length header is counted by its frames instead.
+    stated_length: bool = True
 
     def resampled_length(self, sampling_rate: int) -> int:
         """Samples after resampling to `sampling_rate` (soxr gives the rounded product)."""
@@ -57,8 +65,9 @@ class AudioFileInfo:
 # cannot, and the lossy codecs' small overshoots are no mistake of the file's.
 _FLOAT_SUBTYPES = frozenset({"FLOAT", "DOUBLE"})
 
-# Samples per channel read at a time: a few MB whatever the rate and channel count.
-_BLOCK_VALUES = 1 << 20
+# Samples read at a time, over every channel: 2 s at 16 kHz mono, a few hundred KB. Small, as a
+# read that fails in an MP3's damaged stretch gives none of the block it was decoding.
+_BLOCK_VALUES = 1 << 15
 
 # Below this rate audio holds no speech (telephone lines sample at 8000), and resampling to 16 kHz
 # multiplies the samples by 16000 / rate: a header or an argument saying 1 Hz made 80 KB of
@@ -92,6 +101,8 @@ def _reason(error: Exception) -> str:
     reason = str(getattr(error, "error_string", None) or error)
     if reason.startswith("File does not exist or is not a regular file"):
         return "its decoder found no audio it could read (a damaged or cut file?)"
+    if "SF_INFO struct incomplete" in reason:  # what libsndfile says of a header's impossible numbers
+        return "its header declares no usable format (a sampling rate or channel count of 0?)"
     return reason
 
 
@@ -117,6 +128,12 @@ def open_audio(path: Path) -> AudioFileInfo:
     frames = _count_frames(path, info.channels) if info.frames == _UNKNOWN_LENGTH else info.frames
     if frames == 0:
         raise EdgelalmError(f"{path} holds no audio samples")
+    if info.format == "MP3" and (walked := mpeg_length(path, info.samplerate)) is not None:
+        # libsndfile reads up to its own count; a count that was a guess gives way to the frames'.
+        stated = walked.has_length_tag
+        frames = frames if stated else min(frames, walked.frames)
+        unread = walked.frames - frames if walked.frames - frames > info.samplerate else 0  # past 1 s
+        return AudioFileInfo(path, frames, info.samplerate, info.channels, unread, stated)
     return AudioFileInfo(path, frames, info.samplerate, info.channels)
 
 
@@ -127,28 +144,46 @@ _UNKNOWN_LENGTH = 2**63 - 1
 
 def _count_frames(path: Path, channels: int) -> int:
     block = max(1, _BLOCK_VALUES // channels)
-    frames = 0
     try:
         with soundfile.SoundFile(_native_path(path)) as stream:
-            while (read := len(_read_block(stream, block))) == block:
-                frames += read
-            return frames + read
+            return sum(len(samples) for samples in _blocks(stream, block, []))
     except (soundfile.LibsndfileError, RuntimeError) as error:
         raise EdgelalmError(f"cannot read audio from {path}: {_reason(error)}") from None
 
 
-def _read_block(stream: soundfile.SoundFile, frames: int) -> np.ndarray:
-    """Up to `frames` frames, float32 [n, channels]. Where the file does not say its length,
-    libsndfile is asked directly: soundfile's own read first asks for the position, a seek that
-    fails there and leaves an error that soundfile then raises after a good read ("Internal
-    psf_fseek() failed")."""
-    if stream.frames != _UNKNOWN_LENGTH:
-        return stream.read(frames, dtype="float32", always_2d=True)
+# Reads in a row that fail and give nothing before the file counts as ended (an MP3 decoder
+# resyncs after a damaged stretch: one failed read, then audio again).
+_FAILED_READS_IN_A_ROW = 3
+
+
+def _blocks(stream: soundfile.SoundFile, frames: int, errors: list[tuple[int, str]]) -> Iterator[np.ndarray]:
+    """The stream's blocks of up to `frames` frames, float32 [n, channels], to its end: until a read
+    gives nothing. A short read is no end (a decoder returns short reads at a damaged stretch and
+    then more), and a read that fails keeps what it decoded: `errors` gets (frames before it,
+    libsndfile's words) and reading goes on (a damaged FLAC lost everything decoded before)."""
+    position = failed_in_a_row = 0
+    while True:
+        samples, error = _read_block(stream, frames)
+        if error is not None:  # after the frames this read gave
+            errors.append((position + len(samples), error))
+        if len(samples):
+            failed_in_a_row = 0
+            position += len(samples)
+            yield samples
+        elif error is None or (failed_in_a_row := failed_in_a_row + 1) >= _FAILED_READS_IN_A_ROW:
+            return
+
+
+def _read_block(stream: soundfile.SoundFile, frames: int) -> tuple[np.ndarray, str | None]:
+    """Up to `frames` frames and libsndfile's error for the read, if any. libsndfile is asked
+    directly: soundfile's own read raises on an error and drops the frames decoded before it, and
+    where the file does not say its length it first asks for the position, a seek that fails there
+    ("Internal psf_fseek() failed")."""
     out = np.empty((frames, stream.channels), dtype=np.float32)
     read = soundfile._snd.sf_readf_float(stream._file, soundfile._ffi.cast("float *", out.ctypes.data), frames)
-    if soundfile._snd.sf_error(stream._file):
-        raise soundfile.LibsndfileError(soundfile._snd.sf_error(stream._file))
-    return out[:read]
+    code = soundfile._snd.sf_error(stream._file)
+    error = soundfile._ffi.string(soundfile._snd.sf_error_number(code)).decode(errors="replace") if code else None
+    return out[:read], error
 
 
 def audio_seconds(path: Path) -> float:
@@ -161,7 +196,8 @@ def stream_audio(info: AudioFileInfo, sampling_rate: int, warnings: list[str] | 
     """`info.path` as consecutive mono float32 chunks at `sampling_rate`, read block by block, so
     memory stays flat with the file's length. Once the file is read, `warnings` gets a
     sentence like `loudness_warning`'s if a float file's samples went past full scale (not a
-    lossy file's: MP3, Vorbis and Opus decoders overshoot 1.0 a little on loud audio)."""
+    lossy file's: MP3, Vorbis and Opus decoders overshoot 1.0 a little on loud audio), and one
+    where part of it could not be decoded."""
     resampler = (
         soxr.ResampleStream(info.samplerate, sampling_rate, 1, dtype="float32", quality="HQ")
         if info.samplerate != sampling_rate
@@ -170,36 +206,57 @@ def stream_audio(info: AudioFileInfo, sampling_rate: int, warnings: list[str] | 
     block = max(1, _BLOCK_VALUES // info.channels)
     peak = 0.0
     frames_read = 0
+    errors: list[tuple[int, str]] = []
     try:
         with soundfile.SoundFile(_native_path(info.path)) as stream:
             stores_floats = stream.subtype in _FLOAT_SUBTYPES
-            while True:
-                samples = _read_block(stream, block)
+            for samples in _blocks(stream, block, errors):
                 frames_read += len(samples)
-                last = len(samples) < block
                 mono = _mono(samples, str(info.path))
                 if stores_floats:
                     peak = max(peak, _peak(samples))
-                chunk = resampler.resample_chunk(mono, last=last) if resampler else mono
+                chunk = resampler.resample_chunk(mono, last=False) if resampler else mono
                 if len(chunk):
                     yield chunk
-                if last:
-                    break
     except (soundfile.LibsndfileError, RuntimeError) as error:
         raise EdgelalmError(f"cannot read audio from {info.path}: {_reason(error)}") from None
+    if errors and not frames_read:
+        raise EdgelalmError(f"cannot read audio from {info.path}: {errors[0][1]}")
+    if resampler and len(tail := resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)):
+        yield tail
     notes = [
         _past_full_scale(peak, str(info.path), "integer PCM values stored as floats are that much too loud"),
-        _shortfall_warning(info, frames_read),
+        _damage_warning(info, errors, frames_read) if errors else _shortfall_warning(info, frames_read),
+        _unread_warning(info),
     ]
     if warnings is not None:
         warnings.extend(note for note in notes if note)
+
+
+def _damage_warning(info: AudioFileInfo, errors: list[tuple[int, str]], frames_read: int) -> str:
+    """A sentence where the decoder failed part-way (a damaged or cut FLAC, MP3 or Ogg file)."""
+    position, reason = errors[0]
+    return (
+        f"{info.path}: damaged from {position / info.samplerate:.2f} s ({reason}); using the "
+        f"{frames_read / info.samplerate:.2f} s that could be decoded"
+    )
+
+
+def _unread_warning(info: AudioFileInfo) -> str | None:
+    if not info.unread_frames:
+        return None
+    return (
+        f"{info.path}: only the first {info.frames / info.samplerate:.2f} s of this MP3's "
+        f"{(info.frames + info.unread_frames) / info.samplerate:.2f} s can be read (its length header counts less: "
+        "a VBR file without one, or MP3 files joined); convert it to read it all (`ffmpeg -i in.mp3 out.flac`)"
+    )
 
 
 def _shortfall_warning(info: AudioFileInfo, frames_read: int) -> str | None:
     """A sentence where fewer frames could be decoded than the header counts: a cut MP3 whose Xing
     header gives the whole length (libsndfile's count is the header's; whole files decode to it
     exactly, every format libsndfile reads)."""
-    if info.frames - frames_read <= info.samplerate // 100:  # 10 ms
+    if not info.stated_length or info.frames - frames_read <= info.samplerate // 100:  # 10 ms
         return None
     return (
         f"{info.path}: the header declares {info.frames / info.samplerate:.2f} s of audio but only "
@@ -367,6 +424,9 @@ def _wav_data(path: Path) -> _WavData | None:
                 format_tag, block_align = struct.unpack("<H", body[:2])[0], struct.unpack("<H", body[12:14])[0]
                 if format_tag in _FRAME_BLOCK_FORMATS:
                     frames_per_block = 1
+                    if len(body) >= 16:  # a frame as libsndfile takes it, whatever nBlockAlign says
+                        channels, bits = struct.unpack("<HxxxxxxxxxxH", body[2:16])
+                        block_align = channels * -(-bits // 8)
                 elif len(body) >= 20:  # cbSize, then wSamplesPerBlock
                     frames_per_block = struct.unpack("<H", body[18:20])[0]
             elif chunk_id == b"data":
@@ -394,6 +454,31 @@ def check_wav_stream_size(first_bytes: bytes, size: int, source: str) -> None:
         )
 
 
+# libsndfile's "Format not recognised" (SF_ERR_UNRECOGNISED_FORMAT).
+_UNRECOGNISED_FORMAT = 1
+# How much of a stream libsndfile is given to recognise its format by: every format it reads says
+# what it is in its first bytes (past an ID3v2 tag, which may hold megabytes of cover art).
+_RECOGNITION_BYTES = 1 << 20
+
+
+def recognition_point(first_bytes: bytes) -> int:
+    """How many bytes of a stream starting with `first_bytes` (10 or more) to save before
+    `refuse_unrecognised` can judge it."""
+    return id3v2_bytes(first_bytes[:10]) + _RECOGNITION_BYTES
+
+
+def refuse_unrecognised(path: Path, source: str) -> None:
+    """One line where the start of a stream being saved at `path` is no format libsndfile reads:
+    checked as a pipe is saved (`run - < /dev/zero` filled $TMPDIR before it was refused)."""
+    try:
+        soundfile.info(_native_path(path))
+    except soundfile.LibsndfileError as error:
+        if error.code == _UNRECOGNISED_FORMAT:
+            raise EdgelalmError(f"cannot read audio from {source}: {_reason(error)}") from None
+    except (RuntimeError, TypeError, ValueError):  # anything else is judged when the whole is there
+        pass
+
+
 def finish_streamed_wav_header(path: Path, source: str) -> bool:
     """Give a WAV written into a pipe the sizes its writer could not go back and fill in, so that
     it is read to its end: a data size of 0, past what follows (sox writes 0x7FFFF000, arecord
@@ -419,12 +504,18 @@ def finish_streamed_wav_header(path: Path, source: str) -> bool:
     return True
 
 
+_TRAILING_TAGS = (b"ID3", b"TAG")
+
+
 def _end_of_chunks(stream: BinaryIO, position: int, file_size: int) -> int:
     """Where the well-formed chunks from `position` end (a LIST or id3 chunk after the data is
-    common): each a four-character printable id and a size inside the file."""
+    common): each a four-character printable id and a size inside the file. An ID3 tag written
+    after the RIFF chunks as it is (ID3v2 or ID3v1, by tagging tools) explains the rest."""
     while position + 8 <= file_size:
         stream.seek(position)
         header = stream.read(8)
+        if header[:3] in _TRAILING_TAGS:
+            return file_size
         chunk_id, size = header[:4], struct.unpack("<I", header[4:])[0]
         if not all(32 <= byte < 127 for byte in chunk_id) or position + 8 + size > file_size:
             break

@@ -86,12 +86,20 @@ def bundle_canary(
         # Greedy whatever the bundle advises, 8 tokens whatever they are: the decode rate it reports
         # is per token (the default model ends its answer to the synthetic clip at once: 0 decoded).
         runtime.stop_at_end_of_answer = False
-        result = runtime.run(synthetic_clip(CANARY_CLIP_SECONDS), max_tokens=8, beam_size=1, ctc_weight=0.0)
+        clip = synthetic_clip(CANARY_CLIP_SECONDS)
+        result = runtime.run(clip, max_tokens=8, beam_size=1, ctc_weight=0.0)
+        # Then every compressor as `run` would answer with it (its adapter, the bundle's advised
+        # decoding and CTC head): the greedy run above reaches none of those.
+        decodings = {}
+        for label in runtime.compressors:
+            runtime.run(clip, compressor=label, max_tokens=CANARY_GENERATED_TOKENS)
+            decodings[label] = runtime.decoding_for(0.0, 1.0, 0, None, None, label).describe()
         return {
             "load_ms": round(load_ms, 1),
             "weight_buffers": runtime.decoder.weight_buffers,
             "extra_buffers": runtime.decoder.extra_buffers.enabled,
             "threads": runtime.decoder.n_threads,
+            "compressors_run": decodings,
             **result.to_json(),
         }
 

@@ -98,6 +98,7 @@ def first_error_in(log: list[str]) -> str:
 # Its own GGUF reader (ggml's gguf_* API, no tensors loaded) reads them first, and they must be
 # what the manifest says the export wrote (edgelalm.export.decoder.add_model_metadata).
 
+_ADAPTER_ALPHA_KEY = "adapter.lora.alpha"
 _GGUF_UINTS = {0: ctypes.c_uint8, 2: ctypes.c_uint16, 4: ctypes.c_uint32, 10: ctypes.c_uint64}
 _GGUF_FLOATS = {6: ctypes.c_float, 12: ctypes.c_double}
 _GGUF_STRING = 8
@@ -239,13 +240,21 @@ class LlamaModel:
         self.gguf_path = gguf_path
         self.adapters: list[LlamaAdapter] = []
 
-    def load_adapter(self, path: Path) -> LlamaAdapter:
+    def load_adapter(self, path: Path, expected_alpha: float | None = None) -> LlamaAdapter:
         """A LoRA adapter GGUF (edgelalm.export.adapter_gguf) for this model: llama.cpp checks the
-        architecture and every factor's shape against the weights. Freed with the model."""
-        pointer = llama_cpp.llama_adapter_lora_init(self.model, str(path).encode())
+        architecture and every factor's shape against the weights; `expected_alpha`, the alpha the
+        manifest says was written (llama.cpp scales each delta by it). Freed with the model."""
+        if expected_alpha is not None:
+            found = read_gguf_header(path, [_ADAPTER_ALPHA_KEY]).get(_ADAPTER_ALPHA_KEY, expected_alpha)
+            if found != np.float32(expected_alpha):
+                raise EdgelalmError(f"{path}: {_ADAPTER_ALPHA_KEY} is {found}; the manifest says {expected_alpha}")
+        with kept_llama_log() as log:
+            pointer = llama_cpp.llama_adapter_lora_init(self.model, str(path).encode())
         interrupts.deliver_swallowed()
         if not pointer:
-            raise EdgelalmError(f"llama.cpp could not load the LoRA adapter {path} for {self.gguf_path}")
+            raise EdgelalmError(
+                f"llama.cpp could not load the LoRA adapter {path} for {self.gguf_path}{first_error_in(log)}"
+            )
         adapter = LlamaAdapter(path, pointer)
         self.adapters.append(adapter)
         return adapter
@@ -454,8 +463,21 @@ class LlamaContext:
 
     def last_logits(self) -> np.ndarray:
         """Logits [n_vocab] after the last fed position."""
-        pointer = llama_cpp.llama_get_logits_ith(self.context, -1)
-        return np.ctypeslib.as_array(pointer, shape=(self.llama.n_vocab,)).copy()
+        return self._logits(-1).copy()
+
+    def _logits(self, index: int) -> np.ndarray:
+        """llama.cpp's logits at batch position `index` (a view), checked finite: NaN weights (a
+        damaged decoder or adapter, or a broken CPU path) otherwise become an answer of "!!!!",
+        token 0 over and over, with exit 0."""
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.context, index), shape=(self.llama.n_vocab,))
+        if not np.isfinite(logits).all():
+            adapter = self.adapter if self.adapter is not _UNKNOWN_ADAPTER else None
+            raise EdgelalmError(
+                f"{self.llama.gguf_path}{f' with the adapter {adapter.path.name}' if adapter else ''} gave logits "
+                "that are not finite (NaN or infinity): its weights are damaged (export it again), or llama.cpp "
+                "computes wrongly on this CPU (try --llama-extra-buffers off)"
+            )
+        return logits
 
     def beams(self, beam_size: int) -> tuple[Advance, Callable[[], None]]:
         """A beam search's decoder over what was fed (`edgelalm.runtime.search.Advance`): each
@@ -513,11 +535,7 @@ class LlamaContext:
             finally:
                 llama_cpp.llama_batch_free(batch)
             steps += 1
-            rows = [
-                np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.context, i), shape=(self.llama.n_vocab,))
-                for i in range(len(tokens))
-            ]
-            return log_softmax(np.stack(rows))
+            return log_softmax(np.stack([self._logits(i) for i in range(len(tokens))]))
 
         def release() -> None:
             for sequence in range(1, beam_size + 1):
@@ -546,6 +564,7 @@ class LlamaContext:
             llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed))
         try:
             for _ in range(max_tokens):
+                self._logits(-1)
                 token_id = llama_cpp.llama_sampler_sample(chain, self.context, -1)
                 if stop_at_end and (self.llama.is_end_of_generation(token_id) or token_id in stop_ids):
                     return

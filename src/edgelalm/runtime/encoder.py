@@ -6,6 +6,7 @@ Reads what `edgelalm.export.encoder` writes.
 from __future__ import annotations
 
 import ctypes
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,7 +33,8 @@ def onnx_session(
     `inputs`, `output`: the graph's I/O names, as the export writes them (checked at load, so
     that a graph of another kind is refused in one line, not at its first run)."""
     if not has_utf8_name(path):
-        raise EdgelalmError(f"onnxruntime cannot open {path!r}: its name is not valid UTF-8 (rename it)")
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        raise EdgelalmError(f"onnxruntime cannot open {shown}: its name is not valid UTF-8 (rename it)")
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only
     # onnxruntime's CPU arena, kept for the life of the session, holds a long window's activations
@@ -84,6 +86,8 @@ def run_graph(
         raise EdgelalmError(f"onnxruntime failed running {path}: {error_gist(error, last_line=False)}") from None
     if not isinstance(result, np.ndarray) or result.ndim != 2:
         raise EdgelalmError(f"{path} gave an output of shape {np.shape(result)}; expected [rows, width]")
+    if result.dtype.kind != "f":
+        raise EdgelalmError(f"{path} gave an output of {result.dtype} values; expected floating-point numbers")
     if not np.isfinite(result).all():
         raise EdgelalmError(f"{path} gave values that are not finite (NaN or infinity) for this audio")
     return result

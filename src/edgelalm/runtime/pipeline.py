@@ -199,7 +199,8 @@ class Runtime:
         check_choice("llama_extra_buffers", llama_extra_buffers, EXTRA_BUFFER_CHOICES)
         _check_flag("prefix_cache", prefix_cache)
         _check_flag("cpu_arena", cpu_arena)
-        self.bundle = Path(bundle)
+        self.bundle = _real_folder(Path(bundle))
+        loading = _bundle_identity(self.bundle)
         # Runs in flight, so that close() waits for them; after close() or in a forked child, runs
         # are refused (llama.cpp's freed memory, or threads that did not survive the fork).
         self._lifecycle = threading.Condition()
@@ -254,7 +255,13 @@ class Runtime:
         self._finalizer = weakref.finalize(self, _free_llama, self._contexts, self.decoder, os.getpid())
         self._finalizer.atexit = False  # at exit the process's memory goes anyway
         try:
+            _check_vocabulary(self.decoder, manifest)
             self._load_rest(manifest, providers, threads, cpu_arena)
+            if _bundle_identity(self.bundle) != loading:
+                raise EdgelalmError(
+                    f"bundle {self.bundle} was replaced while it was loading (by another export?): "
+                    "its parts may be of two bundles; load it again"
+                )
         except BaseException:
             self._finalizer()
             raise
@@ -277,8 +284,8 @@ class Runtime:
             head = manifest.ctc_head_for(label)
             self.compressors[label] = CompressorOption(
                 info.spec,
-                CompressorProjector(self.bundle / info.file, providers, threads, cpu_arena),
-                self.decoder.load_adapter(self.bundle / adapter.file) if adapter else None,
+                CompressorProjector(self.bundle / info.file, info.spec, providers, threads, cpu_arena),
+                self.decoder.load_adapter(self.bundle / adapter.file, adapter.gguf_alpha) if adapter else None,
                 heads[head.file] if head else None,
             )
         self._new_context()  # the first, made now: a failure shows at load
@@ -1051,6 +1058,43 @@ def _timed_text(start: int, end: int, text: str, speech: tuple[int, int] | None,
     return TimedText(seconds[0], seconds[1], text.strip(), *seconds[2:])
 
 
+def _real_folder(bundle: Path) -> Path:
+    """`bundle`, or where it leads when a link is on its way: a link switched to another bundle
+    while this one loads (a `current` link moved by a deployment) mixed the files of both."""
+    try:
+        real = bundle.resolve()
+    except (OSError, RuntimeError):  # a loop of links (RuntimeError before Python 3.13): read_manifest says so
+        return bundle
+    return bundle if real == bundle.absolute() else real
+
+
+def _bundle_identity(bundle: Path) -> tuple[int, ...] | None:
+    """The folder's and its manifest's identity on disk: export replaces a bundle by renaming a
+    new folder into its place, so a Runtime that read some files before the swap and some after
+    sees a different folder at the end of its load."""
+    try:
+        folder, manifest = bundle.stat(), (bundle / MANIFEST_FILE).stat()
+    except OSError:
+        return None
+    return folder.st_dev, folder.st_ino, manifest.st_ino, manifest.st_size, manifest.st_mtime_ns
+
+
+def _check_vocabulary(decoder: LlamaModel, manifest: Manifest) -> None:
+    """The GGUF's vocabulary is the one the manifest's token ids are of: the audio's place, the
+    turns and the stop tokens are found by id. Another decoder's GGUF (or one with tokens moved)
+    answered other words with exit 0."""
+    expected = manifest.decoder.vocab_size  # type: ignore[union-attr]  # checked by the caller
+    if decoder.n_vocab != expected:
+        raise EdgelalmError(f"{decoder.gguf_path} holds {decoder.n_vocab} tokens; the manifest says {expected}")
+    for token in manifest.special_tokens.named().values():
+        if (found := decoder.token_bytes(token.id)) != token.text.encode():
+            raise EdgelalmError(
+                f"{decoder.gguf_path}: token {token.id} is {found.decode(errors='backslashreplace')!r}; the manifest "
+                f"says {token.text!r} "
+                "(is it this bundle's decoder?)"
+            )
+
+
 def _free_llama(contexts: list[LlamaContext], model: LlamaModel, process_id: int) -> None:
     """A Runtime's llama.cpp memory: its contexts, then the weights they were made from. Not in a
     forked child, whose copy of llama.cpp's state is the parent's."""
@@ -1146,17 +1190,27 @@ def _lap(timings: dict[str, float], stage: str) -> Iterator[None]:
         timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - started) * 1000
 
 
+_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
 def load_mel_filters(path: Path, n_fft: int, num_mel_bins: int) -> np.ndarray:
-    """The bundle's mel filterbank, checked against the manifest's feature settings."""
-    try:
-        filters = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as error:  # EOFError: an empty file
-        raise EdgelalmError(f"{path} is not a numpy array file: {error or 'it is empty'}") from None
+    """The bundle's mel filterbank, checked against the manifest's feature settings: its .npy
+    header first, so that a header declaring terabytes (or a .npz, which np.load opens as an
+    archive) is refused before anything is read."""
     expected = (n_fft // 2 + 1, num_mel_bins)
-    if filters.shape != expected or not np.issubdtype(filters.dtype, np.floating):
-        raise EdgelalmError(
-            f"{path}: expected finite mel filters of shape {expected}, got {filters.dtype} {filters.shape}"
-        )
+    try:
+        with path.open("rb") as stream:
+            version = np.lib.format.read_magic(stream)
+            if version not in _NPY_HEADER_READERS:  # 3.0 is for UTF-8 field names: never filters
+                raise ValueError(f".npy format {version[0]}.{version[1]}, where np.save writes 1.0 for floats")
+            shape, _, dtype = _NPY_HEADER_READERS[version](stream)
+            if shape != expected or not np.issubdtype(dtype, np.floating):
+                raise EdgelalmError(f"{path}: expected finite mel filters of shape {expected}, got {dtype} {shape}")
+            stream.seek(0)
+            filters = np.lib.format.read_array(stream, allow_pickle=False)
+    except (OSError, ValueError, EOFError, TypeError) as error:  # EOFError: an empty file
+        reason = str(error).split(". If you trust", 1)[0] if str(error) else "it is empty"
+        raise EdgelalmError(f"{path} is not a numpy array file: {reason}") from None
     # Triangular weights (Whisper's peak at about 0.03): anything else overflows the log-mel.
     if not (np.isfinite(filters).all() and filters.min() >= 0 and filters.max() <= 1):
         raise EdgelalmError(f"{path}: mel filters must be finite weights from 0 to 1")
