@@ -81,6 +81,24 @@ def test_standard_output_that_refuses_writes_is_one_line(tiny_bundles):
     """A full disk under stdout gave a traceback; stdout closed lost the answer with exit 0."""
     bundle = tiny_bundles("avg", 3)
     command = [sys.executable, "-m", "edgelalm.cli", "inspect", str(bundle)]
+    _assert_full_and_closed_stdout_are_one_line(command)
+    # A reader that leaves (`| head -c 5`): quietly, no traceback.
+    result = subprocess.run(
+        " ".join(map(shlex.quote, command)) + " | head -c 5 >/dev/null; exit ${PIPESTATUS[0]}",
+        shell=True, executable="/bin/bash", stderr=subprocess.PIPE, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode in (0, 1) and result.stderr == "", result.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("arguments", [["--help"], ["export", "--help"], []])
+def test_help_into_a_full_or_closed_standard_output_is_one_line(arguments):
+    """`edgelalm --help >/dev/full` was a traceback (click's own write); `>&-` printed nothing with
+    exit 0, where --version said standard output was closed."""
+    _assert_full_and_closed_stdout_are_one_line([sys.executable, "-m", "edgelalm.cli", *arguments])
+
+
+def _assert_full_and_closed_stdout_are_one_line(command: list[str]) -> None:
     with open("/dev/full", "w") as full:
         result = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
     assert one_error_line(result.returncode, result.stderr) == (
@@ -90,12 +108,15 @@ def test_standard_output_that_refuses_writes_is_one_line(tiny_bundles):
         " ".join(map(shlex.quote, command)) + " >&-", shell=True, stderr=subprocess.PIPE, text=True, timeout=300
     )
     assert "standard output is closed" in one_error_line(result.returncode, result.stderr)
-    # A reader that leaves (`| head -c 5`): quietly, no traceback.
-    result = subprocess.run(
-        " ".join(map(shlex.quote, command)) + " | head -c 5 >/dev/null; exit ${PIPESTATUS[0]}",
-        shell=True, executable="/bin/bash", stderr=subprocess.PIPE, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode in (0, 1) and result.stderr == "", result.stderr
+
+
+@pytest.mark.parametrize("weight", ["nan", "1.5", "-0.1"])
+def test_a_ctc_weight_outside_0_to_1_is_said_so(weight):
+    """typer's range check answered NaN with "Input should be less than or equal to 1"."""
+    code, _, stderr = edgelalm("run", "clip.wav", "--ctc-weight", weight)
+    assert one_error_line(code, stderr) == (
+        f"edgelalm: error: Invalid value for '--ctc-weight': must be a number from 0 to 1, got {float(weight):g}"
+    )
 
 
 def test_an_unknown_compressor_is_worded_plainly():
@@ -378,10 +399,21 @@ def test_an_interrupt_waits_for_a_deferred_block_to_end(tmp_path):
     done = _python(_DEFERRED_APP, tmp_path)
     assert done.returncode == 130, done.stderr
     assert done.stderr.splitlines() == [
-        "edgelalm: interrupting once the current export call returns",
+        "edgelalm: interrupting once the current export call returns (a third signal stops it at once, leaving "
+        "its hidden staging folder for the next export to remove)",
         "edgelalm: error: interrupted",
     ]
     assert (tmp_path / "block").read_text() == "finished" and not (tmp_path / "after").exists()
+
+
+def test_a_closed_terminal_unwinds_as_ctrl_c_does(tmp_path):
+    """SIGHUP (a terminal closed, an ssh session dropped) ended the process at once: a bundle's
+    staging folder, a subtitle file's scratch and the saved copy of standard input stayed."""
+    unwinding = 'Path("cleaned").write_text("yes")\nraise interrupt'.replace("\n", "\n        ")
+    script = _SIGNALLED_APP.replace("signal.SIGTERM", "signal.SIGHUP").format(unwinding=unwinding)
+    done = _python(script, tmp_path)
+    assert (done.returncode, done.stderr) == (130, "edgelalm: error: interrupted\n")
+    assert (tmp_path / "cleaned").read_text() == "yes"
 
 
 def test_a_signal_the_parent_ignores_stays_ignored(tmp_path):

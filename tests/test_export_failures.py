@@ -2,6 +2,8 @@
 line, and nothing left behind (issue 18). Real signals to a real `edgelalm export` process; real
 small file systems (tmpfs, mounted by the test where the machine lets it)."""
 
+import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -150,3 +152,25 @@ def test_the_torch_floor_is_the_one_pyproject_declares():
     check_torch_version("2.11.0+cu130")
     check_torch_version("2.13.0+cpu")
     check_torch_version("3.0")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_progress_that_cannot_be_written_does_not_stop_the_export(tiny_checkpoint, tmp_path):
+    """stderr full (`2>/dev/full`) or its reader gone (`2>&1 | head -1`): the export stopped at its
+    first progress line, exit 1, blaming the bundle's disk ("writing the bundle ... failed: No
+    space left on device")."""
+    out = tmp_path / "bundle"
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(export_command(tiny_checkpoint, out), stdout=subprocess.PIPE, stderr=full, timeout=600)
+    assert done.returncode == 0 and (out / "manifest.json").is_file()
+    assert done.stdout.decode().strip() == str(out)
+
+
+def test_an_export_with_standard_output_closed_is_refused_before_its_work(tiny_checkpoint, tmp_path):
+    """`>&-`: the whole bundle was written, then `standard output is closed`, exit 1."""
+    command = " ".join(map(shlex.quote, export_command(tiny_checkpoint, tmp_path / "bundle"))) + " >&-"
+    done = subprocess.run(command, shell=True, stderr=subprocess.PIPE, text=True, timeout=600)
+    assert done.returncode == 1 and done.stderr == (
+        "edgelalm: error: standard output is closed: there is nowhere to write the result\n"
+    )
+    assert not (tmp_path / "bundle").exists()

@@ -1639,3 +1639,18 @@ def test_one_file_that_fails_under_json_gets_its_json_line(avg2, tmp_path):
     code, stdout, stderr = run(avg2, bad)
     line = assert_one_line_error(code, stderr, "cannot read audio")
     assert json.loads(stdout) == {"file": str(bad), "error": line.removeprefix("edgelalm: error: ")}
+
+
+def test_subtitles_of_a_non_ascii_name_in_the_c_locale(avg2, clip, tmp_path):
+    """Under LC_ALL=C (ASCII file names to Python) the scratch name of `kïds room.srt` was made of
+    the name decoded as UTF-8, which ASCII could not write back: a traceback once the clip was
+    answered. Export's staging folder is named the same way."""
+    named = shutil.copy(clip, tmp_path / "kïds room.wav")
+    env = {**_ENV, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    env.pop("PYTHONIOENCODING")
+    code, stdout, stderr = edgelalm(
+        "run", named, "--bundle", avg2, "--max-tokens", MAX_TOKENS, "--subtitles", "srt", "--out-dir", tmp_path / "out",
+        env=env,
+    )  # fmt: skip
+    assert code == 0 and "Traceback" not in stderr, stderr
+    assert [path.name for path in (tmp_path / "out").iterdir()] == ["kïds room.srt"]

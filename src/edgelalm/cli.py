@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import io
 import json
@@ -63,6 +64,13 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _share_option(name: str, value: float | None) -> float | None:
+    """A share from 0 to 1 (typer's own range check said NaN was "more than 1")."""
+    if value is not None and not 0 <= value <= 1:
+        raise typer.BadParameter(f"must be a number from 0 to 1, got {value:g}", param_hint=f"'{name}'")
+    return value
 
 
 def _print_version(asked: bool) -> None:
@@ -420,11 +428,10 @@ def run(
     ctc_weight: Annotated[
         float | None,
         typer.Option(
-            min=0.0,
-            max=1.0,
-            help="Joint CTC/attention decoding: the share of the bundle's CTC head in each hypothesis's score, so "
-            "that answers must account for all of the audio (0 = the decoder alone). Only for a bundle with a CTC "
-            "head (the default model has one). Default: the bundle's advice, else 0.",
+            callback=lambda value: _share_option("--ctc-weight", value),
+            help="Joint CTC/attention decoding: the share of the bundle's CTC head in each hypothesis's score, "
+            "from 0 to 1, so that answers must account for all of the audio (0 = the decoder alone). Only for a "
+            "bundle with a CTC head (the default model has one). Default: the bundle's advice, else 0.",
         ),
     ] = None,
 ) -> None:
@@ -1118,6 +1125,8 @@ def main() -> None:
     # PYTHONIOENCODING=latin-1) writes \u escapes instead of failing part-way through a batch.
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(errors="backslashreplace")
+    if sys.stdout is None:  # `>&-`: every command's result (help too) would vanish after its work, exit 0
+        _fail("standard output is closed: there is nowhere to write the result", 1)
     try:
         # SIGTERM unwinds like Ctrl-C, so an interrupted export removes its staging folder. Inside the
         # try: a signal while the watcher thread starts raised from install() itself, a traceback.
@@ -1145,32 +1154,45 @@ def main() -> None:
             # A path the system refuses where no stage expected it (a name longer than the file
             # system's 255 bytes fails even Path.exists): one line naming it.
             _fail(f"{_shown_path(Path(error.filename))}: {error.strerror or error}", 1)
+        if isinstance(error, OSError) and error.filename is None and error.errno in _STREAM_ERRNOS:
+            error = _StdoutFailed(error)  # click's own writes (--help into /dev/full)
         if isinstance(error, _StdoutFailed):
-            # The answer's reader is gone (`| head`: quietly, as Python's docs advise) or its disk
-            # is full (/dev/full): one line, not a traceback. What is still buffered goes to
-            # /dev/null, so that Python's own flush at exit does not fail a second time.
-            null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, sys.stdout.fileno())
-            os.close(null)
-            if isinstance(error.error, BrokenPipeError):
-                sys.exit(1)
-            _fail(f"cannot write to standard output: {error.error.strerror or error.error}", 1)
+            _stdout_failed(error.error)
         if not isinstance(error, TyperException):
             raise
         # Usage errors: unknown option, bad value. Plain `edgelalm`: the help, not an error (typer's
         # vendored click class, matched by name as typer does).
         if type(error).__name__ == "NoArgsIsHelpError":
-            typer.echo(error.format_message())
+            try:
+                typer.echo(error.format_message())
+            except OSError as failed:
+                _stdout_failed(failed)
             return
         # Typer validates choices through pydantic, whose wording leaks in.
         _fail(getattr(error, "format_message", error.__str__)().replace("Value error, ", ""), 2)
+
+
+def _stdout_failed(error: OSError) -> None:
+    """The answer's reader is gone (`| head`: quietly, as Python's docs advise) or its disk is full
+    (/dev/full): one line, not a traceback. What is still buffered goes to /dev/null, so that
+    Python's own flush at exit does not fail a second time."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, sys.stdout.fileno())
+    os.close(null)
+    if isinstance(error, BrokenPipeError):
+        sys.exit(1)
+    _fail(f"cannot write to standard output: {error.strerror or error}", 1)
+
+
+# What a write to a stream that failed says (a reader gone, a full disk, a terminal hung up).
+_STREAM_ERRNOS = frozenset({errno.EPIPE, errno.ENOSPC, errno.EIO})
 
 
 def _fail_interrupted() -> None:
     """Exit 130 after one line. os._exit, because CI once saw this process end by SIGINT (status
     -2) after printing this line: CPython may re-raise at exit an interrupt it saw unhandled in
     native code. The unwinding has already removed any half-written output."""
-    for stream, text in ((sys.stdout, ""), (sys.stderr, interrupts.INTERRUPTED_LINE)):
+    for stream, text in ((sys.stdout, "\n" if _stdout_line_open else ""), (sys.stderr, interrupts.INTERRUPTED_LINE)):
         with contextlib.suppress(OSError, ValueError):  # a reader gone (`| head`), a stream closed
             stream.write(text)
             stream.flush()
@@ -1270,6 +1292,7 @@ class _StdoutFailed(Exception):
 
 def _say(text: str = "", end: str = "\n") -> None:
     """A command's result on standard output, written through at once (the answer streams)."""
+    global _stdout_line_open
     if sys.stdout is None:  # started with it closed (`>&-`): the answer would vanish, exit 0
         raise EdgelalmError("standard output is closed: there is nowhere to write the result")
     try:
@@ -1277,6 +1300,19 @@ def _say(text: str = "", end: str = "\n") -> None:
         sys.stdout.flush()
     except OSError as error:
         raise _StdoutFailed(error) from None
+    if text + end:
+        _stdout_line_open = not (text + end).endswith("\n")
+
+
+# Whether stdout's last line is unfinished (an answer streamed in part): an error or an
+# interrupt ends it first, so that the next line read from it is not glued to half an answer.
+_stdout_line_open = False
+
+
+def _end_stdout_line() -> None:
+    if _stdout_line_open:
+        with contextlib.suppress(OSError, ValueError, AttributeError, EdgelalmError, _StdoutFailed):
+            _say()
 
 
 def _error_line(message: str) -> None:
@@ -1284,6 +1320,7 @@ def _error_line(message: str) -> None:
 
 
 def _fail(message: str, exit_code: int) -> None:
+    _end_stdout_line()
     _error_line(message)
     sys.exit(exit_code)
 

@@ -158,6 +158,13 @@ def check_replaceable(
     `force_option` (the library's own builders: `overwrite=True`)."""
     if target.is_symlink() and not target.exists():
         raise EdgelalmError(f"{target} is a symbolic link to nothing (remove it, or name another folder)")
+    if target.is_symlink():  # replaced, the link became a folder and what it led to stayed as it was
+        raise EdgelalmError(f"{target} is a symbolic link to {os.path.realpath(target)}: name that folder, or another")
+    if marker is not None and (holder := next((p for p in target.parents if (p / marker).is_file()), None)):
+        # Its own listing would not hold the new folder: the earlier output was refused from then on.
+        raise EdgelalmError(
+            f"{target} is inside {holder}, an earlier output (it holds {marker}): name a folder outside it"
+        )
     if not target.exists():
         return
     if not target.is_dir():  # --force never replaces a file: saying it would misleads
@@ -188,6 +195,18 @@ def has_utf8_name(path: Path) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def not_utf8_reason(path: Path) -> str:
+    """Why `path` (not `has_utf8_name`) cannot be given to a writer that takes UTF-8, shown readably."""
+    data = os.fsencode(path)
+    shown = data.decode("utf-8", "backslashreplace")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"{shown}: its name is not valid UTF-8 (rename it)"
+    # UTF-8 bytes that a C or POSIX locale hands Python as undecodable (`ü` as two surrogates).
+    return f"{shown}: its name is not ASCII and this locale's encoding is ASCII (set LC_ALL=C.UTF-8)"
 
 
 @contextlib.contextmanager
@@ -308,7 +327,14 @@ def _kept_name(name: str) -> str:
     """The first 100 bytes of `name` (not characters: 100 CJK characters are 300 bytes), cut at a
     character, for the hidden names a file or folder is written under: with a prefix and a suffix
     they must fit wherever the name itself fits (255 bytes on most file systems)."""
-    return os.fsencode(name)[:100].decode("utf-8", errors="ignore")
+    kept = os.fsencode(name)[:100]
+    for cut in range(len(kept), max(len(kept) - 4, 0) - 1, -1):  # a UTF-8 character cut in two is left out
+        with contextlib.suppress(UnicodeDecodeError):
+            kept[:cut].decode("utf-8")
+            return os.fsdecode(kept[:cut])
+    # Bytes as the file system has them, through the locale's encoding (a UTF-8 name decoded as
+    # UTF-8 became characters that a C locale's ASCII could not write back: a traceback).
+    return os.fsdecode(kept)
 
 
 @contextlib.contextmanager

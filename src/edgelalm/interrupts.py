@@ -1,4 +1,5 @@
-"""SIGINT and SIGTERM for the CLI: unwind like Ctrl-C, so half-written outputs are removed.
+"""SIGINT, SIGTERM and SIGHUP for the CLI: unwind like Ctrl-C, so half-written outputs are removed
+(SIGHUP: the terminal closed, an ssh session dropped).
 
 The first signal raises KeyboardInterrupt, except inside `deferred()`: torch's exporter traces
 under C++ dispatch-mode guards, and an exception raised in the middle of one left torch's state
@@ -23,7 +24,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 
-_HANDLED = (signal.SIGINT, signal.SIGTERM)
+_HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # What the CLI prints when a signal ends it (cli._fail_interrupted, and the watcher's third signal).
 INTERRUPTED_LINE = "edgelalm: error: interrupted\n"
 _signals_seen = 0
@@ -37,8 +38,8 @@ _watching = False
 
 
 def install() -> None:
-    """Handle SIGINT and SIGTERM so; a signal the parent ignores (a shell's background job
-    ignores SIGINT) stays ignored."""
+    """Handle SIGINT, SIGTERM and SIGHUP so; a signal the parent ignores (a shell's background job
+    ignores SIGINT, nohup SIGHUP) stays ignored."""
     handled = [number for number in _HANDLED if signal.getsignal(number) != signal.SIG_IGN]
     for signal_number in handled:
         signal.signal(signal_number, _on_signal)
@@ -139,11 +140,18 @@ def _on_signal(signum: int, frame: object) -> None:
     global _signals_seen, _pending
     _signals_seen += 1
     if _signals_seen >= 2:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for signal_number in _HANDLED:
+            if signal.getsignal(signal_number) is _on_signal:
+                signal.signal(signal_number, signal.SIG_DFL)
         return
     if _deferring:
         _pending = True
-        print("edgelalm: interrupting once the current export call returns", file=sys.stderr, flush=True)
+        with contextlib.suppress(OSError, ValueError):  # a closed terminal (SIGHUP) takes stderr with it
+            print(
+                "edgelalm: interrupting once the current export call returns (a third signal stops it at "
+                "once, leaving its hidden staging folder for the next export to remove)",
+                file=sys.stderr,
+                flush=True,
+            )
         return
     raise KeyboardInterrupt

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -9,7 +10,51 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.markup import escape
 
-stderr_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+class _BestEffortStderr:
+    """sys.stderr, as progress writes it: a write that fails (a reader gone, `2>&1 | head -1`; a
+    full disk, `2>/dev/full`) ends the progress silently. It ended the export, blaming the disk
+    its bundle was written to."""
+
+    def __init__(self) -> None:
+        self.broken = False
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                sys.stderr.write(text)
+            except (OSError, ValueError, AttributeError):  # AttributeError: stderr closed (None)
+                self.broken = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                sys.stderr.flush()
+            except (OSError, ValueError, AttributeError):
+                self.broken = True
+
+    def isatty(self) -> bool:
+        try:
+            return not self.broken and sys.stderr.isatty()
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    def fileno(self) -> int:
+        return sys.stderr.fileno()
+
+    @property
+    def encoding(self) -> str:
+        return getattr(sys.stderr, "encoding", None) or "utf-8"
+
+
+stderr_console = Console(file=_BestEffortStderr(), highlight=False, soft_wrap=True)  # type: ignore[arg-type]
+
+
+def _spinner(console: Console) -> str:
+    """Braille dots where the terminal's encoding holds them, else - \\ | / (a latin-1 terminal
+    printed every frame as the text `\\u2839`)."""
+    return "dots" if console.encoding.lower().replace("-", "").startswith("utf") else "line"
 
 
 class Steps:
@@ -26,7 +71,7 @@ class Steps:
         label = escape(f"[{self.done + 1}/{self.total}] {title}")
         started = time.perf_counter()
         self._notes = []
-        with self.console.status(label) as status:
+        with self.console.status(label, spinner=_spinner(self.console)) as status:
             yield lambda detail: status.update(f"{label}: {escape(detail)}")
         self.done += 1
         self.console.print(f"{label} [green]done[/green] ({time.perf_counter() - started:.1f} s)", markup=True)

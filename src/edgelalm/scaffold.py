@@ -555,12 +555,12 @@ def write_preset_checkpoint(out_dir: Path, preset: str, *, seed: int = 0) -> Non
     from safetensors import SafetensorError
     from transformers.utils import logging as transformers_logging
 
-    from edgelalm.files import atomic_folder, has_utf8_name, write_failed
+    from edgelalm.files import atomic_folder, has_utf8_name, not_utf8_reason, write_failed
 
     if not sys.stderr.isatty():  # transformers' shard bar would fill a log with carriage returns
         transformers_logging.disable_progress_bar()
     if not has_utf8_name(out_dir):
-        raise EdgelalmError(f"{out_dir!r}: the tokenizer cannot save under a name that is not valid UTF-8")
+        raise EdgelalmError(f"the tokenizer cannot save under {not_utf8_reason(out_dir)}")
     try:
         with atomic_folder(out_dir, force=False) as staging:
             preset_checkpoint(staging, preset, seed=seed)

@@ -6,7 +6,6 @@ Reads what `edgelalm.export.encoder` writes.
 from __future__ import annotations
 
 import ctypes
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import onnxruntime
 from edgelalm import interrupts
 from edgelalm.constants import ENCODER_INPUT, ENCODER_OUTPUT, ENCODER_RIGHT_CONTEXT_INPUT
 from edgelalm.errors import EdgelalmError, error_gist
-from edgelalm.files import has_utf8_name
+from edgelalm.files import has_utf8_name, not_utf8_reason
 from edgelalm.runtime.features import WindowFeatures
 
 
@@ -33,8 +32,7 @@ def onnx_session(
     `inputs`, `output`: the graph's I/O names, as the export writes them (checked at load, so
     that a graph of another kind is refused in one line, not at its first run)."""
     if not has_utf8_name(path):
-        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
-        raise EdgelalmError(f"onnxruntime cannot open {shown}: its name is not valid UTF-8 (rename it)")
+        raise EdgelalmError(f"onnxruntime cannot open {not_utf8_reason(path)}")
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only
     # onnxruntime's CPU arena, kept for the life of the session, holds a long window's activations
