@@ -416,6 +416,23 @@ def test_a_closed_terminal_unwinds_as_ctrl_c_does(tmp_path):
     assert (tmp_path / "cleaned").read_text() == "yes"
 
 
+@pytest.mark.parametrize("ending", ["raise KeyboardInterrupt", "raise EdgelalmError('the window failed')"])
+def test_an_answer_cut_short_has_its_line_ended_before_the_error(tmp_path, ending):
+    """`...i'll call you lateredgelalm: error: interrupted` on a terminal: the half answer's line
+    was left open, and the next line read from stdout was glued to it."""
+    script = (
+        "import edgelalm.cli as cli\n"
+        "from edgelalm.errors import EdgelalmError\n"
+        "def app(**_):\n"
+        "    cli._say('half an answer', end='')\n"
+        f"    {ending}\n"
+        "cli.app = app\n"
+        "cli.main()\n"
+    )
+    done = _python(script, tmp_path)
+    assert done.stdout == "half an answer\n" and done.stderr.count("\n") == 1, (done.stdout, done.stderr)
+
+
 def test_a_signal_the_parent_ignores_stays_ignored(tmp_path):
     """A background job of a shell ignores SIGTERM/SIGINT from its parent: the CLI keeps that."""
     done = _run_signalled_app("pass", tmp_path, preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN))
