@@ -1,6 +1,7 @@
 """The command line as a first-time user meets it: help at 80 columns, plain `edgelalm`, usage
 errors, a runtime-only install, `doctor`, and `inspect`'s wording."""
 
+import contextlib
 import json
 import os
 import shlex
@@ -465,3 +466,48 @@ def test_a_signal_after_the_command_cannot_change_its_status(tmp_path):
     assert done.returncode == 0, done.stderr
     said = [line for line in done.stdout.splitlines() if not line.startswith("edgelalm ")]
     assert said == ["main handled", "program ignored", "status kept"], done.stdout
+
+
+_PROGRESS_SCRIPT = """
+import time
+from edgelalm.progress import Bar, Steps
+
+steps = Steps(total=1)
+with steps.step("a step") as detail:
+    detail("half way")
+    time.sleep(0.3)
+with Bar(2, "a bar") as bar:
+    for number in range(2):
+        bar.update(advance=1)
+        bar.note(f"note {number}")
+print("finished", flush=True)
+"""
+
+
+def test_progress_on_a_terminal_finishes():
+    """On a terminal rich puts a proxy in sys.stderr while a spinner or a bar runs; progress that
+    wrote to sys.stderr as it found it wrote to the proxy, which prints through the console
+    again: every export, dataset and bench hung at its first step (tests never gave stderr a
+    terminal)."""
+    import pty
+    import threading
+
+    leader, follower = pty.openpty()
+    seen = bytearray()
+
+    def drain() -> None:
+        with contextlib.suppress(OSError):
+            while chunk := os.read(leader, 4096):
+                seen.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _PROGRESS_SCRIPT], stdout=follower, stderr=follower, stdin=follower, timeout=60
+        )
+    finally:
+        os.close(follower)
+    reader.join(timeout=10)
+    os.close(leader)
+    assert done.returncode == 0 and b"finished" in seen and b"note 1" in seen, bytes(seen)

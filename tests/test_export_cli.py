@@ -921,3 +921,24 @@ def test_non_finite_weights_are_named(tiny_checkpoint, tmp_path, part, stored, n
     short = key.split("audio_tower.")[-1].split("multi_modal_projector.")[-1]
     assert_one_line_error(code, stderr, named.format(key=key, short=short) + " holds NaN or infinite values")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_bundle_inside_another_is_refused_and_a_web_app_s_manifest_is_no_bundle(
+    tiny_checkpoint, tmp_path, monkeypatch, capsys
+):
+    """`export --out bundle/inner` exited 0, and the outer bundle was refused from then on (its
+    manifest does not list inner/). Only an edgelalm manifest makes a folder a bundle: a project
+    holding a web app's manifest.json, and `--out ../sibling` from inside a bundle, export."""
+    common = ("export", "--model", tiny_checkpoint, "--compressor", "none", "--out")
+    outer = tmp_path / "outer"
+    assert in_process(monkeypatch, capsys, *common, outer)[0] == 0
+    code, _, stderr = in_process(monkeypatch, capsys, *common, outer / "deeper" / "inner")
+    assert_one_line_error(code, stderr, f"inner is inside the bundle {outer}: name a folder outside it")
+    assert not (outer / "deeper").exists()
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / MANIFEST_FILE).write_text('{"name": "my web app", "start_url": "/"}')
+    assert in_process(monkeypatch, capsys, *common, project / "export" / "bundle")[0] == 0
+    monkeypatch.chdir(outer)
+    assert in_process(monkeypatch, capsys, *common, "../sibling")[0] == 0
+    assert read_manifest(tmp_path / "sibling").files and read_manifest(outer).files

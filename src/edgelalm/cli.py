@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import functools
 import io
 import json
@@ -1154,7 +1153,7 @@ def main() -> None:
             # A path the system refuses where no stage expected it (a name longer than the file
             # system's 255 bytes fails even Path.exists): one line naming it.
             _fail(f"{_shown_path(Path(error.filename))}: {error.strerror or error}", 1)
-        if isinstance(error, OSError) and error.filename is None and error.errno in _STREAM_ERRNOS:
+        if isinstance(error, OSError) and _raised_by_click_echo(error):
             error = _StdoutFailed(error)  # click's own writes (--help into /dev/full)
         if isinstance(error, _StdoutFailed):
             _stdout_failed(error.error)
@@ -1184,8 +1183,15 @@ def _stdout_failed(error: OSError) -> None:
     _fail(f"cannot write to standard output: {error.strerror or error}", 1)
 
 
-# What a write to a stream that failed says (a reader gone, a full disk, a terminal hung up).
-_STREAM_ERRNOS = frozenset({errno.EPIPE, errno.ENOSPC, errno.EIO})
+def _raised_by_click_echo(error: OSError) -> bool:
+    """Whether `error` came from click's `echo` (the help, a usage line), which writes to the
+    standard streams and nothing else."""
+    import traceback
+
+    return any(
+        frame.f_code.co_name == "echo" and "click" in frame.f_code.co_filename
+        for frame, _ in traceback.walk_tb(error.__traceback__)
+    )
 
 
 def _fail_interrupted() -> None:

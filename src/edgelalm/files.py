@@ -160,11 +160,6 @@ def check_replaceable(
         raise EdgelalmError(f"{target} is a symbolic link to nothing (remove it, or name another folder)")
     if target.is_symlink():  # replaced, the link became a folder and what it led to stayed as it was
         raise EdgelalmError(f"{target} is a symbolic link to {os.path.realpath(target)}: name that folder, or another")
-    if marker is not None and (holder := next((p for p in target.parents if (p / marker).is_file()), None)):
-        # Its own listing would not hold the new folder: the earlier output was refused from then on.
-        raise EdgelalmError(
-            f"{target} is inside {holder}, an earlier output (it holds {marker}): name a folder outside it"
-        )
     if not target.exists():
         return
     if not target.is_dir():  # --force never replaces a file: saying it would misleads
@@ -327,14 +322,10 @@ def _kept_name(name: str) -> str:
     """The first 100 bytes of `name` (not characters: 100 CJK characters are 300 bytes), cut at a
     character, for the hidden names a file or folder is written under: with a prefix and a suffix
     they must fit wherever the name itself fits (255 bytes on most file systems)."""
-    kept = os.fsencode(name)[:100]
-    for cut in range(len(kept), max(len(kept) - 4, 0) - 1, -1):  # a UTF-8 character cut in two is left out
-        with contextlib.suppress(UnicodeDecodeError):
-            kept[:cut].decode("utf-8")
-            return os.fsdecode(kept[:cut])
-    # Bytes as the file system has them, through the locale's encoding (a UTF-8 name decoded as
-    # UTF-8 became characters that a C locale's ASCII could not write back: a traceback).
-    return os.fsdecode(kept)
+    # Bytes that are not UTF-8 (a latin-1 name) left out, as onnxruntime reads the staging folder
+    # by a UTF-8 name; the rest through the locale's encoding, as the file system has them (decoded
+    # as UTF-8 text, a C locale's ASCII could not write the name back: a traceback).
+    return os.fsdecode(os.fsencode(name)[:100].decode("utf-8", errors="ignore").encode())
 
 
 @contextlib.contextmanager

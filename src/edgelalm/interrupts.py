@@ -24,7 +24,8 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 
-_HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# SIGHUP where the platform has one (Windows has none).
+_HANDLED = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 # What the CLI prints when a signal ends it (cli._fail_interrupted, and the watcher's third signal).
 INTERRUPTED_LINE = "edgelalm: error: interrupted\n"
 _signals_seen = 0

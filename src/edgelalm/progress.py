@@ -6,9 +6,17 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+
+
+def _stderr() -> Any:
+    """sys.stderr as it is now, under the proxy rich puts in its place while a live display runs
+    (writing to the proxy prints through the console again: a loop that hung every spinner on a
+    terminal)."""
+    return getattr(sys.stderr, "rich_proxied_file", sys.stderr)
 
 
 class _BestEffortStderr:
@@ -22,7 +30,7 @@ class _BestEffortStderr:
     def write(self, text: str) -> int:
         if not self.broken:
             try:
-                sys.stderr.write(text)
+                _stderr().write(text)
             except (OSError, ValueError, AttributeError):  # AttributeError: stderr closed (None)
                 self.broken = True
         return len(text)
@@ -30,22 +38,22 @@ class _BestEffortStderr:
     def flush(self) -> None:
         if not self.broken:
             try:
-                sys.stderr.flush()
+                _stderr().flush()
             except (OSError, ValueError, AttributeError):
                 self.broken = True
 
     def isatty(self) -> bool:
         try:
-            return not self.broken and sys.stderr.isatty()
+            return not self.broken and bool(_stderr().isatty())
         except (OSError, ValueError, AttributeError):
             return False
 
     def fileno(self) -> int:
-        return sys.stderr.fileno()
+        return int(_stderr().fileno())
 
     @property
     def encoding(self) -> str:
-        return getattr(sys.stderr, "encoding", None) or "utf-8"
+        return getattr(_stderr(), "encoding", None) or "utf-8"
 
 
 stderr_console = Console(file=_BestEffortStderr(), highlight=False, soft_wrap=True)  # type: ignore[arg-type]

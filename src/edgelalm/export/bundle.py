@@ -146,7 +146,21 @@ def _listed_by_manifest(folder: Path) -> Callable[[str], bool]:
     return listed
 
 
+def _refuse_inside_a_bundle(out_dir: Path) -> None:
+    """A bundle written inside another: the outer one's manifest does not list it, so the outer
+    bundle was refused from then on (`run`, `inspect`: files not listed in manifest.json). Only
+    an edgelalm manifest makes a bundle (a web app's manifest.json above is none of its business)."""
+    for folder in Path(os.path.normpath(out_dir.absolute())).parents:
+        try:
+            manifest = read_json_object(folder / MANIFEST_FILE)
+        except (EdgelalmError, OSError):
+            continue
+        if {"format_version", "files"} <= manifest.keys():
+            raise EdgelalmError(f"{out_dir} is inside the bundle {folder}: name a folder outside it")
+
+
 def _write_bundle(options: ExportOptions) -> None:
+    _refuse_inside_a_bundle(options.out_dir)
     choices = _choices(options)
     several = bool(options.choices)
     steps = Steps(total=9 if several else 8)

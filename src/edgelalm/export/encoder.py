@@ -329,10 +329,21 @@ def _widen_float16_weights_lazily(model: onnx.ModelProto) -> None:
 def _save_with_external_data(model: onnx.ModelProto, path: Path) -> None:
     """`path` and its weights beside it in `<name>.data`, replacing both."""
     import onnx
+    from onnx.external_data_helper import _get_initializer_tensors, set_external_data
 
     data = path.with_name(path.name + ".data")
     data.unlink(missing_ok=True)  # onnx appends to an existing external data file
-    onnx.save(model, str(path), save_as_external_data=True, location=data.name)
+    # What onnx.save(save_as_external_data=True) does, without its check that `location` does not
+    # exist, which it makes relative to the working folder, not the model's: an export run from
+    # inside a bundle folder (which holds an encoder.onnx.data) failed, "External data file exists".
+    for tensor in _get_initializer_tensors(model):
+        if tensor.HasField("raw_data") and len(tensor.raw_data) >= _EXTERNAL_DATA_FROM_BYTES:
+            set_external_data(tensor, data.name)
+    onnx.save(model, str(path))  # writes each marked tensor to `data`, beside `path`
+
+
+# onnx.save's own threshold for external data (size_threshold).
+_EXTERNAL_DATA_FROM_BYTES = 1024
 
 
 def _widening_matmul(activation: str, weight: str, output: str, label: str) -> onnx.GraphProto:
