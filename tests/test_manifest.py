@@ -404,6 +404,7 @@ def test_doctor_prints_a_bundles_strings_escaped():
         "timings_ms": {"encoder": 1.0, "prefill": 1.0, "time_to_first_token": 1.0},
         "audio_seconds": 3.0, "audio_tokens": 9, "generated_tokens": 8, "weight_buffers": ["CPU\x1b[2J"],
         "load_ms": 1.0, "decode_tokens_per_second": 1.0, "peak_rss_mb": 1.0,
+        "compressors_run": {"unseg\x1b[2J": "greedy"},
     }  # fmt: skip
     shown = format_bundle(
         {
@@ -416,7 +417,7 @@ def test_doctor_prints_a_bundles_strings_escaped():
             "canary": canary,
         }  # fmt: skip
     )
-    assert "\x1b" not in shown and "\x07" not in shown and len(shown.splitlines()) == 3
+    assert "\x1b" not in shown and "\x07" not in shown and len(shown.splitlines()) == 4
     assert "evil\\x1b[2J\\x1b]0;TITLE\\x07\\nbundle            FORGED" in shown and "b\\nundle" in shown
 
 
