@@ -1326,6 +1326,8 @@ def test_a_damaged_stretch_keeps_what_decodes(avg2, tmp_path, container):
     code, stdout, stderr = run(avg2, _damaged(whole))
     result = assert_result(code, stdout, stderr)
     (warning,) = result["warnings"]
+    # Its one line, not also the decoder's own (libmpg123: "Note: Illegal Audio-MPEG-Header ...").
+    assert stderr.splitlines() == [f"edgelalm: warning: {warning}"], stderr
     worded = r".*damaged-whole\.\w+: damaged from (\d+\.\d\d) s \(.+\); using the [\d.]+ s that could be decoded"
     assert re.fullmatch(worded, warning), warning
     damaged_at = float(re.fullmatch(worded, warning).group(1))

@@ -441,6 +441,10 @@ def run(
     _warn_if_extra_buffers_crash(llama_extra_buffers)
     if prompt is not None and not prompt.strip():  # an unset shell variable, likely
         raise EdgelalmError("--prompt is empty; leave it out for the bundle's transcription prompt")
+    # The decoders' own stderr lines (libmpg123's notes on a damaged MP3) beside edgelalm's one-line warnings.
+    from edgelalm.runtime.audio import mute_decoder_messages
+
+    mute_decoder_messages()
     # `-` is standard input as typed (a file named - is ./-): checked now, read once the bundle loads.
     standard_input = _StandardInput(audio)
     clips = [Path(argument) for argument in audio]

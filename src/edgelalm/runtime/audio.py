@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import os
 import stat
 import struct
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,7 +121,8 @@ def open_audio(path: Path) -> AudioFileInfo:
     """What `path`'s header says (no samples read): refuses what libsndfile cannot read."""
     _check_file(path)
     try:
-        info = soundfile.info(_native_path(path))
+        with _decoder_messages_muted():
+            info = soundfile.info(_native_path(path))
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
         raise EdgelalmError(f"cannot read audio from {path}: {_reason(error)}") from None
     if info.frames <= 0:
@@ -142,10 +145,56 @@ def open_audio(path: Path) -> AudioFileInfo:
 _UNKNOWN_LENGTH = 2**63 - 1
 
 
+# Whether the decoders' own lines on stderr are dropped (`mute_decoder_messages`).
+_muted = False
+
+
+def mute_decoder_messages() -> None:
+    """Drop what libsndfile's decoders write to stderr themselves while they open and read a file
+    (libmpg123: `Note: Illegal Audio-MPEG-Header ... at offset 15948.`, `Warning: Xing stream size
+    off ...`): the command line's stderr carries its own one-line warnings, which say what the
+    damage means. For a process of its own (the command line): stderr's descriptor is pointed
+    at /dev/null while a decoder runs, which would also hide another thread's lines."""
+    global _muted
+    _muted = True
+
+
+@contextlib.contextmanager
+def _decoder_messages_muted() -> Iterator[None]:
+    if not _muted:
+        yield
+        return
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no descriptor 2 to quiet (started with stderr closed)
+        saved = None
+    if saved is None:
+        yield
+        return
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@contextlib.contextmanager
+def _opened(path: Path) -> Iterator[soundfile.SoundFile]:
+    with _decoder_messages_muted():
+        stream = soundfile.SoundFile(_native_path(path))
+    with stream:
+        yield stream
+
+
 def _count_frames(path: Path, channels: int) -> int:
     block = max(1, _BLOCK_VALUES // channels)
     try:
-        with soundfile.SoundFile(_native_path(path)) as stream:
+        with _opened(path) as stream:
             return sum(len(samples) for samples in _blocks(stream, block, []))
     except (soundfile.LibsndfileError, RuntimeError) as error:
         raise EdgelalmError(f"cannot read audio from {path}: {_reason(error)}") from None
@@ -180,7 +229,8 @@ def _read_block(stream: soundfile.SoundFile, frames: int) -> tuple[np.ndarray, s
     where the file does not say its length it first asks for the position, a seek that fails there
     ("Internal psf_fseek() failed")."""
     out = np.empty((frames, stream.channels), dtype=np.float32)
-    read = soundfile._snd.sf_readf_float(stream._file, soundfile._ffi.cast("float *", out.ctypes.data), frames)
+    with _decoder_messages_muted():
+        read = soundfile._snd.sf_readf_float(stream._file, soundfile._ffi.cast("float *", out.ctypes.data), frames)
     code = soundfile._snd.sf_error(stream._file)
     error = soundfile._ffi.string(soundfile._snd.sf_error_number(code)).decode(errors="replace") if code else None
     return out[:read], error
@@ -208,7 +258,7 @@ def stream_audio(info: AudioFileInfo, sampling_rate: int, warnings: list[str] | 
     frames_read = 0
     errors: list[tuple[int, str]] = []
     try:
-        with soundfile.SoundFile(_native_path(info.path)) as stream:
+        with _opened(info.path) as stream:
             stores_floats = stream.subtype in _FLOAT_SUBTYPES
             for samples in _blocks(stream, block, errors):
                 frames_read += len(samples)
@@ -471,7 +521,8 @@ def refuse_unrecognised(path: Path, source: str) -> None:
     """One line where the start of a stream being saved at `path` is no format libsndfile reads:
     checked as a pipe is saved (`run - < /dev/zero` filled $TMPDIR before it was refused)."""
     try:
-        soundfile.info(_native_path(path))
+        with _decoder_messages_muted():
+            soundfile.info(_native_path(path))
     except soundfile.LibsndfileError as error:
         if error.code == _UNRECOGNISED_FORMAT:
             raise EdgelalmError(f"cannot read audio from {source}: {_reason(error)}") from None
