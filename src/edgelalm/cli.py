@@ -1202,7 +1202,8 @@ def _fail_interrupted() -> None:
     """Exit 130 after one line. os._exit, because CI once saw this process end by SIGINT (status
     -2) after printing this line: CPython may re-raise at exit an interrupt it saw unhandled in
     native code. The unwinding has already removed any half-written output."""
-    for stream, text in ((sys.stdout, "\n" if _stdout_line_open else ""), (sys.stderr, interrupts.INTERRUPTED_LINE)):
+    _end_stdout_line()
+    for stream, text in ((sys.stdout, ""), (sys.stderr, interrupts.INTERRUPTED_LINE)):
         with contextlib.suppress(OSError, ValueError):  # a reader gone (`| head`), a stream closed
             stream.write(text)
             stream.flush()

@@ -382,10 +382,11 @@ def host_tag() -> str:
     `_kept_name`'s 100 bytes, a 7-digit process id and mkstemp's 8 letters, a scratch name fits
     143 bytes, eCryptfs's limit (a 64-byte host name made 191)."""
     host = socket.gethostname()
-    if len(os.fsencode(host)) <= _HOST_TAG_BYTES:
+    encoded = os.fsencode(host)
+    if len(encoded) <= _HOST_TAG_BYTES:
         return host
-    digest = hashlib.sha256(os.fsencode(host)).hexdigest()[:8]
-    return os.fsencode(host)[: _HOST_TAG_BYTES - 9].decode("utf-8", errors="ignore") + "~" + digest
+    digest = hashlib.sha256(encoded).hexdigest()[:8]
+    return encoded[: _HOST_TAG_BYTES - 9].decode("utf-8", errors="ignore") + "~" + digest
 
 
 _HOST_TAG_BYTES = 16

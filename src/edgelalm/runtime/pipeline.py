@@ -1090,8 +1090,7 @@ def _check_vocabulary(decoder: LlamaModel, manifest: Manifest) -> None:
         if (found := decoder.token_bytes(token.id)) != token.text.encode():
             raise EdgelalmError(
                 f"{decoder.gguf_path}: token {token.id} is {found.decode(errors='backslashreplace')!r}; the manifest "
-                f"says {token.text!r} "
-                "(is it this bundle's decoder?)"
+                f"says {token.text!r} (is it this bundle's decoder?)"
             )
 
 
