@@ -340,6 +340,7 @@ def atomic_folder(
     folder holding anything else is not replaced either."""
     target = target.absolute()
     check_replaceable(target, force, marker, owned)
+    _refuse_a_second_writer(target)
     _remove_abandoned(target)
     created_parents = [p for p in [target.parent, *target.parent.parents] if not p.exists()]
     staging: Path | None = None
@@ -350,7 +351,8 @@ def atomic_folder(
             staging = Path(tempfile.mkdtemp(prefix=_owned_prefix(target, "partial"), dir=target.parent))
         except OSError as error:
             raise cannot_write_in(target.parent, error) from None
-        yield staging
+        with _held(staging):
+            yield staging
         _open_to_umask(staging)
         # Again: what appeared at `target` while this was written (another export of the same name,
         # a folder of the user's) is judged as it would have been at the start, not replaced unseen.
@@ -369,6 +371,45 @@ def atomic_folder(
             shutil.rmtree(staging, ignore_errors=True)
         _remove_empty(created_parents)
         raise
+
+
+@contextlib.contextmanager
+def _held(staging: Path) -> Iterator[None]:
+    """An exclusive flock on the staging folder while it is written (let go when the process ends,
+    even by SIGKILL): what `_refuse_a_second_writer` looks for."""
+    import fcntl
+
+    descriptor = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def _refuse_a_second_writer(target: Path) -> None:
+    """One line where another process is writing `target` now (its staging folder held), before any
+    work: two exports of one new folder both ran to the end, and the second then failed. Two
+    starting in the same instant both go on, and the later to finish is judged at its end."""
+    import fcntl
+
+    prefix = f".{_kept_name(target.name)}.partial-"
+    for path in target.parent.glob(glob.escape(prefix) + "*"):
+        try:
+            descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:  # gone meanwhile, a link, a scratch file
+            continue
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise EdgelalmError(
+                f"{target} is being written by another process now (its staging folder {path.name}): "
+                "wait for it to finish, or name another folder"
+            ) from None
+        except OSError:  # a file system without locks: nothing to learn
+            continue
+        finally:
+            os.close(descriptor)
 
 
 def _staging_prefix(target: Path, kind: str) -> str:
