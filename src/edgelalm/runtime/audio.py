@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import math
 import os
 import stat
 import struct
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -21,6 +22,7 @@ import soxr
 from edgelalm.checks import is_real_number
 from edgelalm.errors import EdgelalmError
 from edgelalm.runtime.mpeg import id3v2_bytes, mpeg_length
+from edgelalm.runtime.ogg import OggLinks, ogg_links
 
 
 def _check_file(path: Path) -> None:
@@ -52,11 +54,16 @@ class AudioFileInfo:
     frames: int
     samplerate: int
     channels: int
-    # Frames past `frames` that libsndfile will not read (an MP3 whose length header counts less).
+    # Frames past `frames` that libsndfile will not read (an MP3 whose length header counts less,
+    # Ogg files joined), and why, with the way to read them all.
     unread_frames: int = 0
+    unread_cause: str = ""
     # Whether `frames` is a count the file states (a header), so that decoding fewer means a cut
     # file; an MP3 without a length header is counted by its frames instead.
     stated_length: bool = True
+    # What the file's structure shows libsndfile does not read (an Ogg file cut before its last
+    # page, WAV files joined), said once it is read.
+    structure_note: str = ""
 
     def resampled_length(self, sampling_rate: int) -> int:
         """Samples after resampling to `sampling_rate` (soxr gives the rounded product)."""
@@ -67,9 +74,18 @@ class AudioFileInfo:
 # cannot, and the lossy codecs' small overshoots are no mistake of the file's.
 _FLOAT_SUBTYPES = frozenset({"FLOAT", "DOUBLE"})
 
-# Samples read at a time, over every channel: 2 s at 16 kHz mono, a few hundred KB. Small, as a
-# read that fails in an MP3's damaged stretch gives none of the block it was decoding.
+# Samples read at a time, over every channel: 2 s at 16 kHz mono, a few hundred KB. An MP3 is
+# read two MPEG-1 frames at a time (0.05 s at 44.1 kHz): a read that fails in a damaged stretch
+# gives none of the block it was decoding (0.74 s of good audio was lost before the damage).
 _BLOCK_VALUES = 1 << 15
+_MP3_BLOCK_FRAMES = 2 * 1152
+
+
+def _block_frames(stream: soundfile.SoundFile) -> int:
+    if stream.format == "MP3":
+        return _MP3_BLOCK_FRAMES
+    return max(1, _BLOCK_VALUES // stream.channels)
+
 
 # Below this rate audio holds no speech (telephone lines sample at 8000), and resampling to 16 kHz
 # multiplies the samples by 16000 / rate: a header or an argument saying 1 Hz made 80 KB of
@@ -108,6 +124,79 @@ def _reason(error: Exception) -> str:
     return reason
 
 
+# Formats libsndfile does not read, by their first bytes (past any ID3v2 tag): what phones and
+# browsers record (an iPhone's voice memo is M4A, a browser's MediaRecorder WebM), and a file
+# extension for the advice to convert it. libsndfile only says "Format not recognised".
+_UNREAD_FORMATS: tuple[tuple[Callable[[bytes], bool], str, str], ...] = (
+    (lambda head: head[4:8] == b"ftyp", "an MP4/M4A file (AAC or ALAC audio)", "m4a"),
+    (lambda head: head[:4] == b"\x1a\x45\xdf\xa3", "a WebM/Matroska file", "webm"),
+    (lambda head: head[:5] == b"#!AMR", "an AMR voice recording", "amr"),
+    (lambda head: head[:16] == bytes.fromhex("3026b2758e66cf11a6d900aa0062ce6c"), "a WMA (ASF) file", "wma"),
+    # ADTS: a 12-bit sync and MPEG layer 0, which no MP3 frame has (libsndfile reads those).
+    (lambda head: len(head) > 1 and head[0] == 0xFF and head[1] & 0xF6 == 0xF0, "raw AAC audio (ADTS)", "aac"),
+    (lambda head: head[:2] == b"\x0b\x77", "AC-3 audio", "ac3"),
+    (
+        lambda head: head[:4] == b"OggS",
+        "an Ogg file behind an ID3 tag (libsndfile skips one only before MP3, FLAC and WAV)",
+        "ogg",
+    ),
+)
+
+
+def _unreadable_reason(path: Path, error: Exception) -> str:
+    """Why `path` cannot be read: the format by its first bytes where it is one libsndfile does not
+    read, with the way to convert it; else libsndfile's words."""
+    with contextlib.suppress(OSError):
+        with path.open("rb") as stream:
+            head = stream.read(10)
+            stream.seek(id3v2_bytes(head))
+            head = stream.read(16)
+            joined = _files_joined(stream, head)
+        for matches, name, extension in _UNREAD_FORMATS:
+            if matches(head):
+                convert = f"ffmpeg -i in.{extension} out.flac"
+                return f"it is {name}, which libsndfile does not read; convert it first (`{convert}`)"
+        if joined:
+            return f"{joined}, which libsndfile does not read"
+    return _reason(error)
+
+
+def _joined_note(path: Path) -> str:
+    """The sentence for WAV or AIFF files joined with `cat` that libsndfile opens: it reads the first."""
+    with contextlib.suppress(OSError), path.open("rb") as stream:
+        joined = _files_joined(stream, stream.read(4))
+        if joined:
+            return f"{joined}, and libsndfile reads the first"
+    return ""
+
+
+def _files_joined(stream: BinaryIO, head: bytes) -> str:
+    """What `stream` is where RIFF (WAV) or FORM (AIFF) files follow each other from its start
+    (`head` its first bytes; each one's size says where the next starts), with how to join them;
+    empty where it is one file."""
+    if head[:4] not in (b"RIFF", b"FORM"):
+        return ""
+    order, count, position = ("<I" if head[:4] == b"RIFF" else ">I"), 0, 0
+    while count < 1000:
+        stream.seek(position)
+        header = stream.read(8)
+        if len(header) < 8 or header[:4] != head[:4]:
+            break
+        count += 1
+        size = struct.unpack(order, header[4:8])[0]
+        position += 8 + size
+        if size % 2:  # the pad byte an odd size asks for, where the writer wrote one
+            stream.seek(position)
+            position += stream.read(5)[1:5] == head[:4]
+    if count < 2:
+        return ""
+    kind, extension = ("WAV", "wav") if head[:4] == b"RIFF" else ("AIFF", "aiff")
+    return (
+        f"it is {count} {kind} files one after another (joined with cat?; `sox a.{extension} b.{extension} "
+        f"out.{extension}` joins them)"
+    )
+
+
 def _native_path(path: Path) -> str | bytes:
     """`path` as libsndfile opens it: soundfile encodes a str strictly, so a file name that is not
     UTF-8 (latin-1 bytes, kept by Python as surrogates) could not be opened; its bytes can. A file
@@ -124,20 +213,45 @@ def open_audio(path: Path) -> AudioFileInfo:
         with _decoder_messages_muted():
             info = soundfile.info(_native_path(path))
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
-        raise EdgelalmError(f"cannot read audio from {path}: {_reason(error)}") from None
+        raise EdgelalmError(f"cannot read audio from {path}: {_unreadable_reason(path, error)}") from None
     if info.frames <= 0:
         raise EdgelalmError(f"{path} holds no audio samples{_unfinished_header_hint(path)}")
     _check_rate(info.samplerate, str(path))
-    frames = _count_frames(path, info.channels) if info.frames == _UNKNOWN_LENGTH else info.frames
+    frames = _count_frames(path) if info.frames == _UNKNOWN_LENGTH else info.frames
     if frames == 0:
         raise EdgelalmError(f"{path} holds no audio samples")
     if info.format == "MP3" and (walked := mpeg_length(path, info.samplerate)) is not None:
         # libsndfile reads up to its own count; a count that was a guess gives way to the frames'.
         stated = walked.has_length_tag
         frames = frames if stated else min(frames, walked.frames)
-        unread = walked.frames - frames if walked.frames - frames > info.samplerate else 0  # past 1 s
-        return AudioFileInfo(path, frames, info.samplerate, info.channels, unread, stated)
-    return AudioFileInfo(path, frames, info.samplerate, info.channels)
+        unread = walked.frames - frames if walked.frames - frames > _MP3_UNCOUNTED_FRAMES else 0
+        cause = "its length header counts less: a VBR file without one, or MP3 files joined"
+        return AudioFileInfo(path, frames, info.samplerate, info.channels, unread, f"{cause}; {_MP3_ADVICE}", stated)
+    if info.format == "OGG" and (links := ogg_links(path)) is not None:
+        return _ogg_file(AudioFileInfo(path, frames, info.samplerate, info.channels), links)
+    return AudioFileInfo(path, frames, info.samplerate, info.channels, structure_note=_joined_note(path))
+
+
+# The samples an MP3's frames hold beyond what its decoder gives: the encoder's delay and padding
+# (LAME's 576 + 529 and up to a frame), which gapless decoding leaves out. More than that past
+# libsndfile's count is audio it does not read.
+_MP3_UNCOUNTED_FRAMES = 4096
+_MP3_ADVICE = "`ffmpeg -i in.mp3 out.flac` reads it all"
+# Tools that play an Ogg file's links through, by codec (each checked on two joined files).
+_OGG_ADVICE = {
+    "vorbis": "`sox in.ogg out.flac` reads them all",
+    "opus": "`opusdec in.opus out.wav` reads them all",
+}
+
+
+def _ogg_file(info: AudioFileInfo, links: OggLinks) -> AudioFileInfo:
+    """`info` with what libsndfile leaves out of an Ogg file: every link past the first (files
+    joined with `cat`), and the end of one cut short."""
+    unread = round(sum(links.seconds[1:]) * info.samplerate)
+    advice = _OGG_ADVICE.get(links.codec, "`ffmpeg -i in.ogg out.flac` reads them all")
+    cause = f"it is {len(links.seconds)} Ogg files joined, and libsndfile reads the first; {advice}"
+    cut = "" if links.ended else "its last Ogg page has no end-of-stream mark (truncated?)"
+    return dataclasses.replace(info, unread_frames=unread, unread_cause=cause if unread else "", structure_note=cut)
 
 
 # libsndfile's frame count for a file that does not say how long it is: a FLAC written into a pipe
@@ -191,18 +305,18 @@ def _opened(path: Path) -> Iterator[soundfile.SoundFile]:
         yield stream
 
 
-def _count_frames(path: Path, channels: int) -> int:
-    block = max(1, _BLOCK_VALUES // channels)
+def _count_frames(path: Path) -> int:
     try:
         with _opened(path) as stream:
-            return sum(len(samples) for samples in _blocks(stream, block, []))
+            return sum(len(samples) for samples in _blocks(stream, _block_frames(stream), []))
     except (soundfile.LibsndfileError, RuntimeError) as error:
         raise EdgelalmError(f"cannot read audio from {path}: {_reason(error)}") from None
 
 
-# Reads in a row that fail and give nothing before the file counts as ended (an MP3 decoder
-# resyncs after a damaged stretch: one failed read, then audio again).
-_FAILED_READS_IN_A_ROW = 3
+# Reads in a row that fail and give nothing before the file counts as ended. An MP3 decoder
+# resyncs after a damaged stretch, giving up 1 KB at a time (libmpg123's resync limit): a failed
+# read for each KB of it, then audio again (after 3, the 1.5 s past 5 KB of zeros were lost).
+_FAILED_READS_IN_A_ROW = 64
 
 
 def _blocks(stream: soundfile.SoundFile, frames: int, errors: list[tuple[int, str]]) -> Iterator[np.ndarray]:
@@ -253,16 +367,17 @@ def stream_audio(info: AudioFileInfo, sampling_rate: int, warnings: list[str] | 
         if info.samplerate != sampling_rate
         else None
     )
-    block = max(1, _BLOCK_VALUES // info.channels)
     peak = 0.0
+    cancelled = False
     frames_read = 0
     errors: list[tuple[int, str]] = []
     try:
         with _opened(info.path) as stream:
             stores_floats = stream.subtype in _FLOAT_SUBTYPES
-            for samples in _blocks(stream, block, errors):
+            for samples in _blocks(stream, _block_frames(stream), errors):
                 frames_read += len(samples)
-                mono = _mono(samples, str(info.path))
+                mono, block_cancelled = _mono(samples, str(info.path))
+                cancelled = cancelled or block_cancelled
                 if stores_floats:
                     peak = max(peak, _peak(samples))
                 chunk = resampler.resample_chunk(mono, last=False) if resampler else mono
@@ -278,6 +393,8 @@ def stream_audio(info: AudioFileInfo, sampling_rate: int, warnings: list[str] | 
         _past_full_scale(peak, str(info.path), "integer PCM values stored as floats are that much too loud"),
         _damage_warning(info, errors, frames_read) if errors else _shortfall_warning(info, frames_read),
         _unread_warning(info),
+        None if errors else _structure_warning(info, frames_read),
+        _cancelled_warning(str(info.path)) if cancelled else None,
     ]
     if warnings is not None:
         warnings.extend(note for note in notes if note)
@@ -296,10 +413,15 @@ def _unread_warning(info: AudioFileInfo) -> str | None:
     if not info.unread_frames:
         return None
     return (
-        f"{info.path}: only the first {info.frames / info.samplerate:.2f} s of this MP3's "
-        f"{(info.frames + info.unread_frames) / info.samplerate:.2f} s can be read (its length header counts less: "
-        "a VBR file without one, or MP3 files joined); convert it to read it all (`ffmpeg -i in.mp3 out.flac`)"
+        f"{info.path}: only the first {info.frames / info.samplerate:.2f} s of its "
+        f"{(info.frames + info.unread_frames) / info.samplerate:.2f} s can be read ({info.unread_cause})"
     )
+
+
+def _structure_warning(info: AudioFileInfo, frames_read: int) -> str | None:
+    if not info.structure_note:
+        return None
+    return f"{info.path}: {info.structure_note}; using the {frames_read / info.samplerate:.2f} s read"
 
 
 def _shortfall_warning(info: AudioFileInfo, frames_read: int) -> str | None:
@@ -336,8 +458,8 @@ def samples_in_memory(audio: np.ndarray | Sequence[float], source: str = "the au
     if samples.dtype.kind in "iu":
         if samples.dtype.itemsize > 4:  # numpy's default integer: most likely a list of int16 values
             raise EdgelalmError(
-                f"{source}: samples of {samples.dtype} are no PCM width; integer PCM goes in int16 (16-bit), int32 "
-                "or uint8 arrays (e.g. samples.astype(np.int16)), else pass floats in [-1, 1]"
+                f"{source}: samples of {samples.dtype} are no PCM width; integer PCM goes in int16 (16-bit), int32, "
+                "int8 or uint8 arrays (e.g. samples.astype(np.int16)), else pass floats in [-1, 1]"
             )
         samples = pcm_to_float(samples)
     elif samples.dtype.kind != "f":
@@ -361,31 +483,68 @@ def _peak(samples: np.ndarray) -> float:
     return float(np.abs(samples).max()) if samples.size else 0.0
 
 
+# Float samples past full scale by this factor (6 dB) are a mistake: integer PCM stored or passed
+# as floats reaches hundreds or more. A float mix a little past 1.0 (1.12, as an editor leaves
+# it) is heard as it is, no warning.
+_PAST_FULL_SCALE = 2.0
+
+
 def _past_full_scale(peak: float, source: str, likely_cause: str) -> str | None:
-    if not peak > 1.0:  # NaN is refused, with its own message
+    if not peak > _PAST_FULL_SCALE:  # NaN is refused, with its own message
         return None
     return f"{source}: samples reach {peak:.4g}, past full scale (float samples are read in [-1, 1]; {likely_cause})"
 
 
-def _mono(samples: np.ndarray, source: str) -> np.ndarray:
-    """[frames, channels] (or [frames]) float32 -> [frames] float32, refusing NaN and infinities.
+# Channels whose average keeps less than this share of their energy cancel each other out: one
+# of them wired with its polarity inverted (a mono microphone on a stereo input), whose average
+# is silence (an empty answer, with no warning). Below _SILENT_ENERGY (-80 dBFS) a block is
+# silence either way.
+_CANCELLED_ENERGY = 1e-3
+_SILENT_ENERGY = 1e-8
+
+
+def _mono(samples: np.ndarray, source: str) -> tuple[np.ndarray, bool]:
+    """[frames, channels] (or [frames]) float32 -> [frames] float32, refusing NaN and infinities,
+    and whether the channels cancelled out (then the loudest one is taken instead of the average).
     Channels are averaged in float64 (float32 sums of samples near its largest value overflowed to
     inf), and checked after: a NaN or an infinity in any channel carries into the average."""
     mono = samples if samples.ndim == 1 else samples.mean(axis=1, dtype=np.float64)
     if not np.isfinite(mono).all():
         raise EdgelalmError(f"{source} contains NaN or infinite samples")
-    return mono.astype(np.float32, copy=False)
+    cancelled = False
+    if samples.ndim == 2 and samples.shape[1] > 1 and len(samples):
+        channel_energy = np.square(samples, dtype=np.float64).mean(axis=0)
+        mean_energy = float(channel_energy.mean())
+        if mean_energy > _SILENT_ENERGY and float(np.square(mono).mean()) < _CANCELLED_ENERGY * mean_energy:
+            mono, cancelled = samples[:, int(channel_energy.argmax())], True
+    return mono.astype(np.float32, copy=False), cancelled
 
 
-def prepare_samples(samples: np.ndarray, file_rate: float, sampling_rate: int, source: str = "the audio") -> np.ndarray:
-    """[frames] or [frames, channels] at `file_rate` -> mono float32 at `sampling_rate`."""
+def _cancelled_warning(source: str) -> str:
+    return (
+        f"{source}: its channels cancel each other out when averaged to mono (one with its polarity inverted?); "
+        "the loudest channel was used where they did"
+    )
+
+
+def prepare_samples(
+    samples: np.ndarray,
+    file_rate: float,
+    sampling_rate: int,
+    source: str = "the audio",
+    warnings: list[str] | None = None,
+) -> np.ndarray:
+    """[frames] or [frames, channels] at `file_rate` -> mono float32 at `sampling_rate`; `warnings`
+    gets a sentence where the channels cancelled out."""
     _check_rate(file_rate, source)
     samples = np.asarray(samples, dtype=np.float32)
     if samples.ndim not in (1, 2):
         raise EdgelalmError(f"{source}: expected samples shaped [frames] or [frames, channels], got {samples.shape}")
     if samples.size == 0:
         raise EdgelalmError(f"{source} holds no audio samples")
-    samples = _mono(samples, source)
+    samples, cancelled = _mono(samples, source)
+    if cancelled and warnings is not None:
+        warnings.append(_cancelled_warning(source))
     if file_rate != sampling_rate:
         samples = soxr.resample(samples, file_rate, sampling_rate, quality="HQ").astype(np.float32)
     return samples
@@ -406,13 +565,10 @@ def header_warning(info: AudioFileInfo) -> str | None:
     recording stopped)."""
     data = _wav_data(info.path)
     if data is None:
-        return None
+        return _cut_container_warning(info)
     declared = data.frames(data.declared_bytes)
     if declared > info.frames:
-        return (
-            f"{info.path}: the header declares {declared / info.samplerate:.2f} s of audio but the file holds "
-            f"{info.frames / info.samplerate:.2f} s (truncated?); using what is there"
-        )
+        return _cut_warning_of(info, data.declared_bytes, declared / info.samplerate)
     unread_seconds = data.frames(data.unexplained_bytes) / info.samplerate
     if unread_seconds >= 0.1:
         return (
@@ -423,7 +579,85 @@ def header_warning(info: AudioFileInfo) -> str | None:
     return None
 
 
+def _cut_container_warning(info: AudioFileInfo) -> str | None:
+    """The sentence `header_warning` gives a cut WAV for a cut AIFF, AU, Wave64 or RF64 file, whose
+    header also says how many bytes of audio follow it (libsndfile reads what is there, silently)."""
+    declared = _declared_audio(info.path)
+    if declared is None:
+        return None
+    declared_bytes, start = declared
+    present_bytes = info.path.stat().st_size - start
+    if present_bytes <= 0 or declared_bytes <= present_bytes:
+        return None
+    return _cut_warning_of(info, declared_bytes, info.frames / info.samplerate * declared_bytes / present_bytes)
+
+
+def _cut_warning_of(info: AudioFileInfo, declared_bytes: int, declared_seconds: float) -> str:
+    """The sentence for a file whose header declares more audio than it holds: cut, or written into
+    a pipe, where the writer could not go back to fill in the size it left as a placeholder."""
+    held = f"{info.frames / info.samplerate:.2f} s"
+    if declared_bytes in _PLACEHOLDER_SIZES:
+        return (
+            f"{info.path}: its header's data size is a placeholder a writer leaves in a pipe "
+            f"(0x{declared_bytes:X}, never filled in); using the {held} the file holds"
+        )
+    return (
+        f"{info.path}: the header declares {declared_seconds:.2f} s of audio but the file holds {held} "
+        "(truncated?); using what is there"
+    )
+
+
+# Wave64's chunks are named by GUIDs; their first four bytes say which.
+_W64_RIFF = bytes.fromhex("726966662e91cf11a5d628db04c10000")
+
+
+def _declared_audio(path: Path) -> tuple[int, int] | None:
+    """(bytes of audio the header declares, where they start) in an AIFF/AIFC, AU, Wave64 or RF64
+    file; None for any other, or a header that says no size (AU's unknown size, a pipe's RF64)."""
+    with path.open("rb") as stream:
+        head = stream.read(16)
+        if head[:4] == b".snd" and len(head) >= 12:  # AU: the data's offset and size
+            start, size = struct.unpack(">II", head[4:12])
+            return None if size == 0xFFFFFFFF else (size, start)
+        if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+            return _chunk_data(stream, 12, b"SSND", ">I", 8, skip=8)  # SSND: offset and block size first
+        if head == _W64_RIFF:
+            return _chunk_data(stream, 40, b"data", "<Q", 24, align=8)
+        if head[:4] == b"RF64" and head[8:12] == b"WAVE":
+            stream.seek(12)
+            ds64 = stream.read(36)
+            if ds64[:4] != b"ds64" or len(ds64) < 28:
+                return None
+            found = _chunk_data(stream, 12, b"data", "<I", 8)
+            return None if found is None else (struct.unpack("<Q", ds64[16:24])[0], found[1])
+    return None
+
+
+def _chunk_data(
+    stream: BinaryIO, position: int, name: bytes, size_format: str, header_bytes: int, skip: int = 0, align: int = 2
+) -> tuple[int, int] | None:
+    """(declared size, start) of the first chunk called `name` from `position`: chunks of a
+    `header_bytes` header whose size field (`size_format`, after the name) counts the body
+    (Wave64's counts its header too); `skip` bytes of the body are no audio."""
+    counts_header = header_bytes == 24
+    for _ in range(1000):
+        stream.seek(position)
+        header = stream.read(header_bytes)
+        if len(header) < header_bytes:
+            return None
+        size = struct.unpack(size_format, header[header_bytes - struct.calcsize(size_format) :])[0]
+        body = size - header_bytes if counts_header else size
+        if header[:4] == name:
+            return body - skip, position + header_bytes + skip
+        position += header_bytes + body + (-(header_bytes + body) % align if counts_header else body % align)
+    return None
+
+
 _REWRITE_ADVICE = "`sox --ignore-length in.wav out.wav` rewrites the header to hold them all"
+# Data sizes writers put in a header they cannot go back to fill in (writing into a pipe): sox's
+# and arecord's in a WAV, sox's in an AIFF (its SSND chunk's 0x7F000008, less the chunk's offset
+# and block size). ffmpeg's 0xFFFFFFFF in a WAV libsndfile reads as "to the end".
+_PLACEHOLDER_SIZES = frozenset({0x7FFFF000, 0x80000000, 0x7F000000})
 
 
 def _unfinished_header_hint(path: Path) -> str:
@@ -483,7 +717,11 @@ def _wav_data(path: Path) -> _WavData | None:
                 if not block_align or not frames_per_block or size == 0xFFFFFFFF:
                     return None
                 start = stream.tell()
-                end = _end_of_chunks(stream, start + size + size % 2, file_size)
+                pad = size % 2
+                if pad:  # WAV files joined after one whose writer left out the pad byte (_joined_note)
+                    stream.seek(start + size)
+                    pad = 0 if stream.read(4) == b"RIFF" else pad
+                end = _end_of_chunks(stream, start + size + pad, file_size)
                 return _WavData(size, block_align, frames_per_block, max(0, file_size - end), start)
             else:
                 stream.seek(size + size % 2, 1)
@@ -525,7 +763,7 @@ def refuse_unrecognised(path: Path, source: str) -> None:
             soundfile.info(_native_path(path))
     except soundfile.LibsndfileError as error:
         if error.code == _UNRECOGNISED_FORMAT:
-            raise EdgelalmError(f"cannot read audio from {source}: {_reason(error)}") from None
+            raise EdgelalmError(f"cannot read audio from {source}: {_unreadable_reason(path, error)}") from None
     except (RuntimeError, TypeError, ValueError):  # anything else is judged when the whole is there
         pass
 
@@ -565,7 +803,7 @@ def _end_of_chunks(stream: BinaryIO, position: int, file_size: int) -> int:
     while position + 8 <= file_size:
         stream.seek(position)
         header = stream.read(8)
-        if header[:3] in _TRAILING_TAGS:
+        if header[:3] in _TRAILING_TAGS or header[:4] == b"RIFF":  # a tag, or WAV files joined (_joined_note)
             return file_size
         chunk_id, size = header[:4], struct.unpack("<I", header[4:])[0]
         if not all(32 <= byte < 127 for byte in chunk_id) or position + 8 + size > file_size:

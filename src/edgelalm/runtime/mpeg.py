@@ -38,9 +38,9 @@ class MpegLength:
     has_length_tag: bool  # whether the first frame is a Xing, Info or VBRI header counting the file
 
 
-def _frame(header: bytes, sampling_rate: int) -> tuple[int, int] | None:
-    """(bytes, samples) of the frame whose 4-byte header this is, or None where it is no frame
-    header of a stream at `sampling_rate`."""
+def _frame(header: bytes) -> tuple[int, int, int] | None:
+    """(bytes, samples, sampling rate) of the frame whose 4-byte header this is, or None where it
+    is no frame header."""
     if header[0] != 0xFF or header[1] & 0xE0 != 0xE0:
         return None
     version, layer_bits = (header[1] >> 3) & 3, (header[1] >> 1) & 3
@@ -48,14 +48,12 @@ def _frame(header: bytes, sampling_rate: int) -> tuple[int, int] | None:
     if version == 1 or layer_bits == 0 or bitrate_index in (0, 15) or rate_index == 3:
         return None
     rate = _RATES[version][rate_index]
-    if rate != sampling_rate:
-        return None
     layer, mpeg1 = 4 - layer_bits, version == 3
     bitrate = _BITRATES[(mpeg1, layer)][bitrate_index] * 1000
     if layer == 1:
-        return (12 * bitrate // rate + padding) * 4, 384
+        return (12 * bitrate // rate + padding) * 4, 384, rate
     per_frame = 1152 if layer == 2 or mpeg1 else 576
-    return per_frame // 8 * bitrate // rate + padding, per_frame
+    return per_frame // 8 * bitrate // rate + padding, per_frame, rate
 
 
 def id3v2_bytes(header: bytes) -> int:
@@ -71,7 +69,8 @@ def id3v2_bytes(header: bytes) -> int:
 
 def mpeg_length(path: Path, sampling_rate: int) -> MpegLength | None:
     """The length of the MP3 at `path` (libsndfile said it is one, at `sampling_rate`) by its
-    frame headers, skipping ID3v2 tags and junk between frames; None where no frame is found."""
+    frame headers, skipping ID3v2 tags and junk between frames, in samples at `sampling_rate`
+    (MP3s of other rates joined after it count by their duration); None where no frame is found."""
     if path.stat().st_size == 0:  # mmap refuses an empty file
         return None
     with path.open("rb") as stream, mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data:
@@ -80,12 +79,13 @@ def mpeg_length(path: Path, sampling_rate: int) -> MpegLength | None:
             position += tag_bytes
         frames, found, has_length_tag, in_step = 0, False, False, False
         while position + 4 <= size:
-            frame = _frame(data[position : position + 4], sampling_rate)
+            frame = _frame(data[position : position + 4])
             if frame is not None and not in_step:
                 # Found by searching (the first frame, or past junk): a frame only where the next
-                # one follows it, as decoders resync; audio data holds chance headers.
+                # one of its rate follows it, as decoders resync; audio data holds chance headers.
                 following = position + frame[0]
-                in_step = following + 4 > size or _frame(data[following : following + 4], sampling_rate) is not None
+                after = _frame(data[following : following + 4]) if following + 4 <= size else None
+                in_step = following + 4 > size or (after is not None and after[2] == frame[2])
                 frame = frame if in_step else None
             if frame is None:  # junk, a damaged stretch or an ID3v1 tag: the next possible header
                 in_step = False
@@ -94,7 +94,7 @@ def mpeg_length(path: Path, sampling_rate: int) -> MpegLength | None:
                     break
                 position = following
                 continue
-            frame_bytes, samples = frame
+            frame_bytes, samples, rate = frame
             if position + frame_bytes > size:  # cut inside its last frame, which no decoder gives
                 break
             if not found:
@@ -103,6 +103,6 @@ def mpeg_length(path: Path, sampling_rate: int) -> MpegLength | None:
                 if has_length_tag:  # a frame of silence holding the count: decoders skip it
                     position += frame_bytes
                     continue
-            frames += samples
+            frames += samples if rate == sampling_rate else samples * sampling_rate // rate
             position += frame_bytes
     return MpegLength(frames, has_length_tag) if found else None

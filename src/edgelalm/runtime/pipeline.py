@@ -519,7 +519,7 @@ class Runtime:
                 file_rate = target_rate if sampling_rate is None else sampling_rate
                 samples = samples_in_memory(audio)
                 warnings = [note for note in [loudness_warning(samples)] if note]
-                samples = prepare_samples(samples, file_rate, target_rate)
+                samples = prepare_samples(samples, file_rate, target_rate, warnings=warnings)
                 total_samples = len(samples)
                 windows = iter(split_windows(samples, cut, cut_at_pauses=each_window))
             else:
