@@ -137,7 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None and len(sys.argv) == 4 and sys.argv[1] == "--random-adapters":
         random_adapters(Path(sys.argv[2]), Path(sys.argv[3]))
         return 0
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Also: --random-adapters CHECKPOINT OUT (as its only arguments) writes rank-16 q/k LoRA adapters "
+        "with random factors for avg2, avg3 and unseg, for a preset that has no realigned ones.",
+    )
     parser.add_argument("bundle", type=Path, help="a bundle of several compressors")
     parser.add_argument("--merged", action="append", default=[], help="LABEL=BUNDLE: that compressor merged")
     parser.add_argument("--clip", type=Path, default=CLIP)
