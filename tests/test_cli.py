@@ -180,6 +180,58 @@ def test_a_runtime_only_install_names_the_extra_to_install(command, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("raised", "said"),
+    [
+        ("MemoryError()", "out of memory (a memory or address-space limit? ulimit -v, a container's)"),
+        ('RuntimeError("can\'t start new thread")', "cannot start a thread (a limit on processes or threads?"),
+        (
+            'ImportError("libtorch_cpu.so: failed to map segment from shared object", name="torch")',
+            "cannot load torch: libtorch_cpu.so: failed to map segment from shared object",
+        ),
+    ],
+    ids=["memory", "threads", "import"],
+)
+def test_what_a_machine_s_limits_raise_is_one_line(tmp_path, raised, said):
+    """`prlimit --as` (an address-space limit), a container's pids limit: MemoryError, a thread that
+    cannot start (the signal watcher's, as the command starts) and a library that cannot be mapped
+    were tracebacks."""
+    script = (
+        "import sys; import edgelalm.cli as cli\n"
+        f"def app(**kwargs): raise {raised}\n"
+        "cli.app = app\n"
+        "sys.argv = ['edgelalm', 'doctor']\n"
+        "cli.main()\n"
+    )
+    done = _python(script, tmp_path)
+    line = one_error_line(done.returncode, done.stderr)
+    assert line.startswith(f"edgelalm: error: {said}"), line
+
+
+def test_export_from_a_deleted_folder_or_without_docstrings_is_one_line(tmp_path):
+    """A working folder deleted under the shell: torch's MKL then failed to load (`Intel oneMKL FATAL
+    ERROR`, exit 2), whatever --out said. Docstrings stripped (python -OO): transformers' 81-line
+    traceback, as it builds its output classes from their docstrings."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    command = [sys.executable, "-m", "edgelalm.cli", "export", "--out", str(tmp_path / "bundle")]
+    done = subprocess.run(
+        ["sh", "-c", 'cd "$1" && rmdir "$1" && shift && exec "$@"', "sh", str(gone), *command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert one_error_line(done.returncode, done.stderr) == (
+        "edgelalm: error: the current folder no longer exists (deleted?): cd to one that does"
+    )
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**os.environ, "PYTHONOPTIMIZE": "2"}
+    )
+    line = one_error_line(done.returncode, done.stderr)
+    assert "cannot run with docstrings stripped (python -OO, PYTHONOPTIMIZE=2)" in line
+    assert sorted(path.name for path in tmp_path.iterdir()) == []
+
+
 def test_inspect_names_the_compressor_by_its_label(tiny_bundles):
     _, unseg, _ = edgelalm("inspect", tiny_bundles("unseg", 1))
     _, avg3, _ = edgelalm("inspect", tiny_bundles("avg", 3))

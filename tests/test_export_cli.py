@@ -119,6 +119,32 @@ def test_a_decoder_that_crashes_llama_cpp_fails_export_in_one_line(tiny_checkpoi
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("stderr", "advice"),
+    [
+        (
+            "terminate called after throwing an instance of 'std::bad_alloc'\n  what():  std::bad_alloc\n",
+            "out of memory",
+        ),
+        ("ggml.c:1644: GGML_ASSERT(ctx->mem_buffer != NULL) failed\n", "out of memory"),
+        ("", "try --llama-extra-buffers off"),
+    ],
+    ids=["bad_alloc", "ggml-buffer", "no-words"],
+)
+def test_a_canary_that_ran_out_of_memory_is_not_sent_to_the_extra_buffers(monkeypatch, stderr, advice):
+    """Under a memory limit the child aborts (SIGABRT after std::bad_alloc): `doctor` advised
+    --llama-extra-buffers off, the advice for the AMX crash."""
+    from edgelalm.errors import EdgelalmError
+    from edgelalm.isolation import ChildResult
+    from edgelalm.runtime import canary
+
+    monkeypatch.setattr(canary, "run_child", lambda command, timeout=None: ChildResult(-6, "", stderr))
+    with pytest.raises(EdgelalmError) as failed:
+        canary._in_child("decode", {}, "llama.cpp {failure} decoding decoder.gguf", "auto", 10.0)
+    assert str(failed.value).startswith("llama.cpp crashed (SIGABRT) decoding decoder.gguf in a test run")
+    assert advice in str(failed.value)
+
+
 def test_manifest_describes_the_model(tiny_checkpoint, tmp_path, monkeypatch, capsys):
     out = tmp_path / "b"
     code, _, stderr = in_process(

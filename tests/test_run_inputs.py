@@ -309,6 +309,18 @@ def test_text_file_named_wav(avg2, tmp_path):
     assert_one_line_error(code, stderr, "cannot read audio from", "notes.wav")
 
 
+def test_an_onnxruntime_that_cannot_load_is_one_line(avg2, clip, tmp_path):
+    """A wheel for another CPU or glibc, or an address-space limit (`failed to map segment`): the
+    runtime's encoder imported onnxruntime directly, and `run` printed 50 lines of traceback."""
+    fake = tmp_path / "fake" / "onnxruntime"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('raise ImportError("libonnxruntime.so.1: cannot open shared object file")\n')
+    env = {**_ENV, "PYTHONPATH": os.pathsep.join([str(fake.parent), _ENV.get("PYTHONPATH", "")])}
+    code, stdout, stderr = run(avg2, clip, env=env)
+    assert_one_line_error(code, stderr, "onnxruntime cannot be loaded: libonnxruntime.so.1: cannot open shared object")
+    assert stdout == ""
+
+
 def test_a_phone_s_voice_memo_is_named_with_the_way_to_convert_it(avg2, tmp_path):
     """An M4A (an iPhone's voice memo), from a file and from standard input: libsndfile's "Format not
     recognised" left the user to guess; the other formats are in test_audio_containers."""
@@ -1255,6 +1267,28 @@ def test_standard_input_is_named_in_warnings(avg2, tmp_path):
     assert code == 0, stderr
     assert stderr.startswith("edgelalm: warning: standard input: samples reach"), stderr
     assert json.loads(stdout.splitlines()[-1])["warnings"] == [stderr.strip().removeprefix("edgelalm: warning: ")]
+
+
+def test_a_killed_run_s_copy_of_standard_input_is_removed_by_the_next(avg2, clip, tmp_path):
+    """An OOM kill or a native exit (OpenBLAS, libgomp under a pids limit) left the user's audio in
+    $TMPDIR/edgelalm-stdin-* for good, and later runs left it there. A dead process's copy on this
+    host goes; a live process's, another host's and an unrecognised name stay."""
+    from edgelalm.files import host_tag
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True).stdout)
+    names = {
+        "dead": f"edgelalm-stdin-{host_tag()}-{dead}-abc123",
+        "alive": f"edgelalm-stdin-{host_tag()}-{os.getpid()}-def456",
+        "other host": f"edgelalm-stdin-elsewhere.example-{dead}-ghi789",
+        "unrecognised": "edgelalm-stdin-x1y2",
+    }
+    scratch = tmp_path / "tmp"
+    for name in names.values():
+        (scratch / name).mkdir(parents=True)
+        (scratch / name / "audio").write_bytes(b"someone's audio")
+    code, stdout, stderr = run(avg2, "-", stdin=Path(clip).read_bytes(), env={**_ENV, "TMPDIR": str(scratch)})
+    assert_result(code, stdout, stderr)
+    assert {path.name for path in scratch.iterdir()} == set(names.values()) - {names["dead"]}
 
 
 @pytest.mark.parametrize(

@@ -97,6 +97,25 @@ def test_the_cpu_arena_is_a_memory_setting_only(tiny_bundles):
     assert with_arena.text == without.text and with_arena.audio_tokens == without.audio_tokens
 
 
+def test_onnxruntime_s_fallback_banner_stays_off_stdout_and_its_cause_is_kept(tiny_bundles, capfd):
+    """A session onnxruntime cannot create (here two threads with an affinity it cannot parse; under a pids limit,
+    a thread it cannot start) made its Python side print a five-line "EP Error" banner on stdout,
+    which carries answers and --json lines; and the one line, cut at 300 characters, lost the cause
+    that onnxruntime puts last."""
+    from edgelalm.errors import EdgelalmError, error_gist
+    from edgelalm.runtime.encoder import onnx_session
+
+    encoder = tiny_bundles("avg", 2, "q8_0") / "encoder.onnx"
+    with pytest.raises(EdgelalmError, match="Processor id must consist of only digits: garbage$"):
+        onnx_session(
+            encoder, ["CPUExecutionProvider"], 2, config_entries={"session.intra_op_thread_affinities": "garbage"}
+        )
+    assert capfd.readouterr().out == ""
+    location = "/onnxruntime_src/onnxruntime/core/platform/posix/env.cc:" + "x" * 300
+    gist = error_gist(f"{location} pthread_create failed, error code: 11 error msg: Resource temporarily unavailable")
+    assert len(gist) <= 300 and gist.endswith("error code: 11 error msg: Resource temporarily unavailable")
+
+
 def test_sampling_uses_the_seed(tiny_bundles):
     with Runtime(tiny_bundles("avg", 2, "q8_0")) as runtime:
         audio = speechlike(2.0, 5)

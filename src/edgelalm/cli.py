@@ -38,7 +38,7 @@ from edgelalm.constants import (
     SubtitleFormat,
     WindowMode,
 )
-from edgelalm.errors import EdgelalmError, printable
+from edgelalm.errors import EdgelalmError, error_gist, printable
 from edgelalm.manifest import MAX_BEAM_SIZE, bundle_name
 
 if TYPE_CHECKING:
@@ -585,13 +585,12 @@ class _StandardInput:
         if not self.positions:
             yield
             return
-        import tempfile
 
-        from edgelalm.files import free_space_note
+        from edgelalm.files import free_space_note, private_scratch_folder
         from edgelalm.runtime import audio
 
-        with tempfile.TemporaryDirectory(prefix="edgelalm-stdin-") as folder:
-            copy = Path(folder) / "audio"
+        with private_scratch_folder("stdin") as folder:
+            copy = folder / "audio"
             try:
                 with copy.open("wb") as file:
                     first_bytes, size, judged = b"", 0, False
@@ -1161,6 +1160,8 @@ def main() -> None:
             error = _StdoutFailed(error)  # click's own writes (--help into /dev/full)
         if isinstance(error, _StdoutFailed):
             _stdout_failed(error.error)
+        if (limit := _limit_reached(error)) is not None:
+            _fail(limit, 1)
         if not isinstance(error, TyperException):
             raise
         # Usage errors: unknown option, bad value. Plain `edgelalm`: the help, not an error (typer's
@@ -1173,6 +1174,19 @@ def main() -> None:
             return
         # Typer validates choices through pydantic, whose wording leaks in.
         _fail(getattr(error, "format_message", error.__str__)().replace("Value error, ", ""), 2)
+
+
+def _limit_reached(error: BaseException) -> str | None:
+    """One line for what a machine's limits raise in Python (an address-space limit, a container's
+    memory or pids limit: `ulimit -v`, `docker --pids-limit`), where they are not the user's input:
+    tracebacks before."""
+    if isinstance(error, MemoryError):
+        return "out of memory (a memory or address-space limit? ulimit -v, a container's): free some or lift it"
+    if isinstance(error, RuntimeError) and "can't start new thread" in str(error):
+        return "cannot start a thread (a limit on processes or threads? ulimit -u, a container's pids limit)"
+    if isinstance(error, ImportError):  # a library that cannot be mapped under a limit, or a broken install
+        return f"cannot load {error.name or 'a library'}: {error_gist(error)}"
+    return None
 
 
 def _stdout_failed(error: OSError) -> None:
@@ -1218,13 +1232,24 @@ def _checked_threads(threads: int | None) -> int | None:
 
 
 def _require_export_extra(command: str) -> None:
-    """The commands that write bundles or train need the export extra; a runtime-only install lacks it."""
+    """The commands that write bundles or train need the export extra (a runtime-only install lacks
+    it), and a process torch and transformers can run in: one line each, before they fail natively
+    or with a traceback."""
     import importlib.util
 
     missing = [name for name in _EXPORT_PACKAGES if importlib.util.find_spec(name) is None]
     if missing:
         raise EdgelalmError(
             f"edgelalm {command} needs the export extra ({', '.join(missing)} missing): pip install 'edgelalm[export]'"
+        )
+    try:
+        os.getcwd()
+    except FileNotFoundError:  # torch's MKL then failed to load it: "Intel oneMKL FATAL ERROR", exit 2
+        raise EdgelalmError("the current folder no longer exists (deleted?): cd to one that does") from None
+    if sys.flags.optimize >= 2:  # transformers builds its output classes from their docstrings
+        raise EdgelalmError(
+            f"edgelalm {command} cannot run with docstrings stripped (python -OO, PYTHONOPTIMIZE=2), which "
+            "transformers reads: unset PYTHONOPTIMIZE"
         )
 
 

@@ -15,7 +15,10 @@ def error_gist(error: BaseException | str, last_line: bool = True) -> str:
     onnxruntime first: `last_line=False`); a KeyError's bare key says which name was unknown."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     text = (lines[-1] if last_line else lines[0]) if lines else type(error).__name__
-    text = text if len(text) <= 300 else text[:297] + "..."  # transformers may list every model type
+    # At most 300 characters, the end kept: transformers may list every model type, and
+    # onnxruntime puts its source location first and the cause last ("... error msg: Resource
+    # temporarily unavailable", which a cut at 300 left out).
+    text = text if len(text) <= 300 else text[:120] + " ... " + text[-175:]
     return f"unknown name {text}" if isinstance(error, KeyError) else text
 
 

@@ -35,6 +35,9 @@ def safetensors_file(path: Path) -> Iterator[Any]:
     except EdgelalmError:
         raise
     except Exception as error:  # safetensors raises its own error types for corrupt files
+        if "unable to mmap" in str(error) or "(os error" in str(error):
+            # The system refused (memory or open files under a limit), not the file's content.
+            raise EdgelalmError(f"cannot read {path}: {error}") from None
         raise EdgelalmError(f"{path} is not a readable safetensors file: {error}") from None
 
 
@@ -446,16 +449,32 @@ def _remove_abandoned(target: Path) -> None:
     retired folder holds the previous `target`, the only copy."""
     kinds = ("partial", "old") if target.exists() else ("partial",)
     for kind in kinds:
-        prefix = _staging_prefix(target, kind)
-        for path in target.parent.glob(glob.escape(prefix) + "*"):
-            pid = path.name[len(prefix) :].split("-", 1)[0]
-            if not pid.isdigit() or _process_alive(int(pid)) or path.is_symlink():
-                continue
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            elif path.is_file():  # a scratch file (_scratch_beside)
-                with contextlib.suppress(OSError):
-                    path.unlink()
+        _remove_dead_processes_own(target.parent, _staging_prefix(target, kind))
+
+
+def _remove_dead_processes_own(folder: Path, prefix: str) -> None:
+    """The folders and files in `folder` named `prefix` + a process id + "-...", whose process is
+    gone."""
+    for path in folder.glob(glob.escape(prefix) + "*"):
+        pid = path.name[len(prefix) :].split("-", 1)[0]
+        if not pid.isdigit() or _process_alive(int(pid)) or path.is_symlink():
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.is_file():  # a scratch file (_scratch_beside)
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+@contextlib.contextmanager
+def private_scratch_folder(kind: str) -> Iterator[Path]:
+    """A folder of this process's in $TMPDIR while the block runs (`run -`'s copy of standard
+    input), named for its host and process: one that a process killed by SIGKILL or the OOM killer
+    left (the user's audio, for good, in a /tmp that may be memory) is removed by the next."""
+    prefix = f"edgelalm-{kind}-{host_tag()}-"
+    _remove_dead_processes_own(Path(tempfile.gettempdir()), prefix)
+    with tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-") as folder:
+        yield Path(folder)
 
 
 def _process_alive(pid: int) -> bool:

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from edgelalm.checks import is_real_number, is_whole_number, short_repr
@@ -108,7 +107,7 @@ class Checkpoint:
             if key.startswith(prefix):
                 by_file.setdefault(file, []).append(key)
         for file, keys in by_file.items():
-            with safe_open(str(file), framework="pt") as weights:
+            with safetensors_file(file) as weights:
                 for key in keys:
                     yield key[len(prefix) :], weights.get_tensor(key)
 
@@ -206,11 +205,11 @@ class Checkpoint:
 
     def tensor_shape(self, stored_key: str) -> tuple[int, ...]:
         """Shape from the safetensors header, without reading the tensor."""
-        with safe_open(str(self.tensor_files[stored_key]), framework="pt") as weights:
+        with safetensors_file(self.tensor_files[stored_key]) as weights:
             return tuple(weights.get_slice(stored_key).get_shape())
 
     def tensor(self, stored_key: str) -> torch.Tensor:
-        with safe_open(str(self.tensor_files[stored_key]), framework="pt") as weights:
+        with safetensors_file(self.tensor_files[stored_key]) as weights:
             return weights.get_tensor(stored_key)
 
     def finite_float_tensors(self, prefixes: tuple[str, ...], what: str) -> dict[str, torch.Tensor]:
@@ -542,7 +541,7 @@ def auto_encoder_precision(path: Path) -> EncoderPrecision:
         return "fp32"
     dtypes = set()
     for file in set(tensor_files.values()):
-        with safe_open(str(file), framework="pt") as weights:
+        with safetensors_file(file) as weights:
             dtypes |= {
                 weights.get_slice(key).get_dtype() for key in weights.keys() if key.startswith(AUDIO_TOWER_PREFIXES)
             }

@@ -133,6 +133,10 @@ def run_bundle_canary(
     return _in_child("bundle", arguments, f"the runtime {{failure}} running bundle {bundle}", extra_buffers, timeout)
 
 
+# What a child that ran out of memory left on stderr: C++'s, llama.cpp's and the C library's words.
+_OUT_OF_MEMORY = ("std::bad_alloc", "mem_buffer != NULL", "Cannot allocate memory", "failed to allocate")
+
+
 def _in_child(
     kind: str, arguments: dict[str, Any], what: str, extra_buffers: ExtraBuffers, timeout: float
 ) -> dict[str, Any]:
@@ -145,11 +149,12 @@ def _in_child(
         raise EdgelalmError(
             result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"the canary {result.failure()}"
         )
-    advice = (
-        "try --llama-extra-buffers off"
-        if extra_buffers != "off"
-        else "run `edgelalm doctor` and include its output in a bug report"
-    )
+    if any(sign in result.stderr for sign in _OUT_OF_MEMORY):  # an address-space or container limit
+        advice = "it ran out of memory (a memory limit? ulimit -v, a container's): free some or lift it"
+    elif extra_buffers != "off":
+        advice = "try --llama-extra-buffers off"
+    else:
+        advice = "run `edgelalm doctor` and include its output in a bug report"
     raise EdgelalmError(f"{what.format(failure=result.failure())} in a test run in a child process; {advice}")
 
 

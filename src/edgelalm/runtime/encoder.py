@@ -5,18 +5,24 @@ Reads what `edgelalm.export.encoder` writes.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import io
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnxruntime
 
 from edgelalm import interrupts
 from edgelalm.constants import ENCODER_INPUT, ENCODER_OUTPUT, ENCODER_RIGHT_CONTEXT_INPUT
 from edgelalm.errors import EdgelalmError, error_gist
 from edgelalm.files import has_utf8_name, not_utf8_reason
 from edgelalm.runtime.features import WindowFeatures
+from edgelalm.runtime.llama_backend import import_onnxruntime
+
+if TYPE_CHECKING:
+    import onnxruntime
 
 
 def onnx_session(
@@ -33,6 +39,7 @@ def onnx_session(
     that a graph of another kind is refused in one line, not at its first run)."""
     if not has_utf8_name(path):
         raise EdgelalmError(f"onnxruntime cannot open {not_utf8_reason(path)}")
+    onnxruntime = import_onnxruntime()
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only
     # onnxruntime's CPU arena, kept for the life of the session, holds a long window's activations
@@ -44,7 +51,11 @@ def onnx_session(
     for key, value in (config_entries or {}).items():
         options.add_session_config_entry(key, value)
     try:
-        session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
+        # onnxruntime's Python side prints its provider fallback's banner ("EP Error", where a
+        # thread cannot be started) on stdout, which carries answers and --json lines; its reason
+        # is the error raised (or the provider missing from the session), said below in one line.
+        with contextlib.redirect_stdout(io.StringIO()):
+            session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph/... types
         # onnxruntime refuses, among others, external weights whose path leaves the bundle folder.
         raise EdgelalmError(f"onnxruntime cannot load {path}: {error_gist(error, last_line=False)}") from None
@@ -69,7 +80,7 @@ def run_graph(
     """The graph's first output for `feeds`: a finite [rows, width] array, or one line saying why
     not. A signal stops the run part-way (interrupts.stoppable), where Python's own handler would
     wait for it to end. `shrink_arena`: hand the run's activations back to onnxruntime's arena."""
-    run_options = onnxruntime.RunOptions()
+    run_options = import_onnxruntime().RunOptions()
     run_options.log_severity_level = 4  # a failed run is raised, and said once, below
     if shrink_arena:
         run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")

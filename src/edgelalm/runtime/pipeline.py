@@ -1222,10 +1222,9 @@ def device_settings(device: str) -> tuple[list[str], int]:
         return ["CPUExecutionProvider"], 0
     if device not in DEVICES:
         raise EdgelalmError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
-    import onnxruntime
+    from edgelalm.runtime.llama_backend import import_llama_cpp, import_onnxruntime
 
-    from edgelalm.runtime.llama_backend import import_llama_cpp
-
+    onnxruntime = import_onnxruntime()
     llama_cpp = import_llama_cpp()
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         raise EdgelalmError(
