@@ -10,15 +10,15 @@ class EdgelalmError(Exception):
 
 
 def error_gist(error: BaseException | str, last_line: bool = True) -> str:
-    """A library's error (or its message, as a log line gives it) in one line of at most 300
+    """A library's error (or its message, as a log line gives it) in one line of at most 500
     characters: its last non-empty line (transformers, pydantic and jinja put the cause last;
     onnxruntime first: `last_line=False`); a KeyError's bare key says which name was unknown."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     text = (lines[-1] if last_line else lines[0]) if lines else type(error).__name__
-    # At most 300 characters, the end kept: transformers may list every model type, and
-    # onnxruntime puts its source location first and the cause last ("... error msg: Resource
-    # temporarily unavailable", which a cut at 300 left out).
-    text = text if len(text) <= 300 else text[:120] + " ... " + text[-175:]
+    # Its start and its end past 500 characters: transformers may list every model type, and
+    # onnxruntime puts a source location and a signature before the cause ("... error msg: Resource
+    # temporarily unavailable", which a cut at 300 left out), or paths after it.
+    text = text if len(text) <= 500 else text[:200] + " ... " + text[-295:]
     return f"unknown name {text}" if isinstance(error, KeyError) else text
 
 
