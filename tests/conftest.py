@@ -102,3 +102,33 @@ def paired_tsv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         rows.append(f"clip{i}.wav\t{text.capitalize()} 2.")
     (folder / "pairs.tsv").write_text("\n".join(rows) + "\n")
     return folder / "pairs.tsv"
+
+
+_HOLDER = (
+    "import sys, time; from pathlib import Path; from edgelalm.files import atomic_folder\n"
+    "with atomic_folder(Path(sys.argv[1]), force=True) as staging:\n"
+    "    print(staging, flush=True); time.sleep(600)\n"
+)
+
+
+@pytest.fixture
+def another_writer():
+    """`hold(target)` starts a process that writes `target` (holds its staging folder) until
+    `stop()`, or the test's end, kills it by SIGKILL; it returns (the staging folder, stop)."""
+    import sys
+
+    processes: list[subprocess.Popen[str]] = []
+
+    def stop(process: subprocess.Popen[str]) -> None:
+        process.kill()
+        process.wait(timeout=60)
+
+    def hold(target: Path) -> tuple[Path, object]:
+        process = subprocess.Popen([sys.executable, "-c", _HOLDER, str(target)], stdout=subprocess.PIPE, text=True)
+        processes.append(process)
+        assert process.stdout is not None
+        return Path(process.stdout.readline().strip()), lambda: stop(process)
+
+    yield hold
+    for process in processes:
+        stop(process)

@@ -51,8 +51,11 @@ def joined(path: Path, *parts: Path) -> Path:
 @pytest.mark.parametrize(
     ("head", "said"),
     [
-        (b"\x00\x00\x00\x1cftypM4A \x00\x00\x00\x00M4A mp42isom", "an MP4/M4A file (AAC or ALAC audio)"),
-        (b"\x00\x00\x00\x20ftyp3gp4\x00\x00\x00\x00", "an MP4/M4A file"),
+        (
+            b"\x00\x00\x00\x1cftypM4A \x00\x00\x00\x00M4A mp42isom",
+            "an MP4 file (M4A, 3GP, MOV: AAC, ALAC or AMR audio)",
+        ),
+        (b"\x00\x00\x00\x20ftyp3gp4\x00\x00\x00\x00", "an MP4 file"),
         (bytes.fromhex("1a45dfa39f4286810142f7810142f2810442f381084282847765626d"), "a WebM/Matroska file"),
         (b"#!AMR\n\x3c", "an AMR voice recording"),
         (bytes.fromhex("3026b2758e66cf11a6d900aa0062ce6c"), "a WMA (ASF) file"),
@@ -71,6 +74,17 @@ def test_formats_libsndfile_does_not_read_are_named_with_the_way_to_convert_them
     message = str(refused.value)
     assert message.startswith(f"cannot read audio from {path}: it is {said}")
     assert "which libsndfile does not read; convert it first (`ffmpeg -i in." in message
+
+
+def test_an_ogg_file_libsndfile_cannot_open_is_not_said_to_be_behind_an_id3_tag(tmp_path):
+    """Only an ID3 tag before it makes an Ogg file one "behind an ID3 tag": a cut one that
+    libsndfile cannot open keeps libsndfile's words."""
+    whole = write(tmp_path / "a.ogg", speech(), format="OGG").read_bytes()
+    cut = tmp_path / "cut.ogg"
+    cut.write_bytes(whole[:3000])
+    with pytest.raises(EdgelalmError) as refused:
+        open_audio(cut)
+    assert "ID3" not in str(refused.value) and "ffmpeg" not in str(refused.value)
 
 
 def test_an_ogg_file_behind_an_id3_tag_is_said(tmp_path):
@@ -122,9 +136,62 @@ def test_a_cut_ogg_file_is_said(tmp_path):
     cut = tmp_path / "cut.ogg"
     cut.write_bytes(whole[: len(whole) // 2])
     samples, warnings = read(cut)
-    assert warnings == [
-        f"{cut}: its last Ogg page has no end-of-stream mark (truncated?); using the {len(samples) / RATE:.2f} s read"
-    ]
+    assert warnings == [f"{cut}: it ends inside an Ogg page (truncated?); using the {len(samples) / RATE:.2f} s read"]
+
+
+def _ogg_crc(page: bytes) -> int:
+    """Ogg's page checksum: CRC-32 of polynomial 0x04C11DB7, unreflected, from 0, its field zeroed."""
+    crc = 0
+    for byte in page[:22] + bytes(4) + page[26:]:
+        crc ^= byte << 24
+        for _ in range(8):
+            crc = (crc << 1 ^ 0x04C11DB7 if crc & 0x80000000 else crc << 1) & 0xFFFFFFFF
+    return crc
+
+
+def _rewritten_pages(data: bytes, change) -> bytes:
+    """`data`'s Ogg pages, each passed through `change(page) -> page` and given its checksum again."""
+    pages, position = [], 0
+    while position < len(data):
+        segments = data[position + 26]
+        end = position + 27 + segments + sum(data[position + 27 : position + 27 + segments])
+        page = bytearray(change(bytearray(data[position:end])))
+        page[22:26] = struct.pack("<I", _ogg_crc(bytes(page)))
+        pages.append(bytes(page))
+        position = end
+    return b"".join(pages)
+
+
+def test_a_whole_ogg_file_without_an_end_of_stream_mark_is_not_called_cut(tmp_path):
+    """Streaming recorders stopped between pages leave no end-of-stream mark: the file is whole."""
+    whole = write(tmp_path / "a.ogg", speech(), format="OGG")
+
+    def unmarked(page):
+        page[5] &= ~0x04
+        return page
+
+    path = tmp_path / "unmarked.ogg"
+    path.write_bytes(_rewritten_pages(whole.read_bytes(), unmarked))
+    samples, warnings = read(path)
+    assert warnings == [] and len(samples) == len(read(whole)[0])
+
+
+def test_a_joined_ogg_link_whose_header_says_rate_0_is_no_traceback(tmp_path):
+    """A second link whose Vorbis header gives rate 0 (libsndfile reads only the first, which is
+    fine): its length divided by 0 was a ZeroDivisionError."""
+    first = write(tmp_path / "a.ogg", speech(), format="OGG")
+
+    def broken(page):
+        page[14:18] = struct.pack("<I", 0x5EED)  # another serial: another link
+        if page[5] & 0x02:  # the identification header's rate, at 12 in the first packet
+            body = 27 + page[26]
+            page[body + 12 : body + 16] = bytes(4)
+        return page
+
+    path = joined(tmp_path / "joined.ogg", first, first)
+    path.write_bytes(first.read_bytes() + _rewritten_pages(first.read_bytes(), broken))
+    samples, warnings = read(path)
+    assert len(samples) == len(read(first)[0]) and warnings == []
 
 
 def _mp3(path: Path, samples: np.ndarray, rate: int = RATE, **kwargs) -> Path:

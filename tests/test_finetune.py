@@ -238,6 +238,24 @@ def test_more_data_trains_on_the_folders_as_one_set(tiny_checkpoint, tmp_path):
     assert record["clips"] == 5 and record["data"] == [str(first), str(second)]
 
 
+def test_a_second_finetune_into_one_folder_is_refused_before_the_model_loads(
+    tiny_checkpoint, paired_tsv, tmp_path, another_writer
+):
+    """finetune reached its staging folder after the weights loaded (minutes at 7B sizes): a second
+    one into the folder another process is writing is refused first, in one line."""
+    from edgelalm.files import atomic_folder
+
+    out = tmp_path / "adapter"
+    _, stop = another_writer(out)
+    result = run_cli("--model", str(tiny_checkpoint), "--data", str(paired_tsv), "--out", str(out), "--steps", "1")
+    stop()
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"edgelalm: error: {out} is being written by another process now"), lines
+    with atomic_folder(out, force=True):  # its process gone, the folder is free
+        pass
+
+
 def test_more_data_that_cannot_join_is_refused_before_the_model_loads(tiny_checkpoint, paired_tsv, tmp_path):
     """--more-data beside an encoded --data: a TSV, the same folder again (each clip trained twice)
     and another split's folder are each refused in one line, before the model's load."""

@@ -326,7 +326,9 @@ def test_a_phone_s_voice_memo_is_named_with_the_way_to_convert_it(avg2, tmp_path
     recognised" left the user to guess; the other formats are in test_audio_containers."""
     memo = tmp_path / "memo.m4a"
     memo.write_bytes(b"\x00\x00\x00\x1cftypM4A \x00\x00\x00\x00M4A mp42isom" + bytes(range(256)) * (1 << 13))
-    expected = "it is an MP4/M4A file (AAC or ALAC audio), which libsndfile does not read; convert it first"
+    expected = (
+        "it is an MP4 file (M4A, 3GP, MOV: AAC, ALAC or AMR audio), which libsndfile does not read; convert it first"
+    )
     code, _, stderr = run(avg2, memo)
     assert_one_line_error(code, stderr, f"cannot read audio from {memo}: {expected} (`ffmpeg -i in.m4a out.flac`)")
     with memo.open("rb") as stdin:  # past the 1 MiB at which a stream is judged as it arrives

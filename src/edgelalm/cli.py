@@ -1184,7 +1184,11 @@ def _limit_reached(error: BaseException) -> str | None:
         return "out of memory (a memory or address-space limit? ulimit -v, a container's): free some or lift it"
     if isinstance(error, RuntimeError) and "can't start new thread" in str(error):
         return "cannot start a thread (a limit on processes or threads? ulimit -u, a container's pids limit)"
-    if isinstance(error, ImportError):  # a library that cannot be mapped under a limit, or a broken install
+    if (
+        isinstance(error, ImportError)
+        and not isinstance(error, ModuleNotFoundError)  # a package missing, or a bug: the traceback says which
+        and not (error.name or "").startswith("edgelalm")
+    ):  # a library's shared object that cannot be mapped under a limit, or is broken
         return f"cannot load {error.name or 'a library'}: {error_gist(error)}"
     return None
 

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 import soundfile
@@ -124,22 +124,19 @@ def _reason(error: Exception) -> str:
     return reason
 
 
+_Walk = TypeVar("_Walk")
+
 # Formats libsndfile does not read, by their first bytes (past any ID3v2 tag): what phones and
 # browsers record (an iPhone's voice memo is M4A, a browser's MediaRecorder WebM), and a file
 # extension for the advice to convert it. libsndfile only says "Format not recognised".
 _UNREAD_FORMATS: tuple[tuple[Callable[[bytes], bool], str, str], ...] = (
-    (lambda head: head[4:8] == b"ftyp", "an MP4/M4A file (AAC or ALAC audio)", "m4a"),
+    (lambda head: head[4:8] == b"ftyp", "an MP4 file (M4A, 3GP, MOV: AAC, ALAC or AMR audio)", "m4a"),
     (lambda head: head[:4] == b"\x1a\x45\xdf\xa3", "a WebM/Matroska file", "webm"),
     (lambda head: head[:5] == b"#!AMR", "an AMR voice recording", "amr"),
     (lambda head: head[:16] == bytes.fromhex("3026b2758e66cf11a6d900aa0062ce6c"), "a WMA (ASF) file", "wma"),
     # ADTS: a 12-bit sync and MPEG layer 0, which no MP3 frame has (libsndfile reads those).
     (lambda head: len(head) > 1 and head[0] == 0xFF and head[1] & 0xF6 == 0xF0, "raw AAC audio (ADTS)", "aac"),
     (lambda head: head[:2] == b"\x0b\x77", "AC-3 audio", "ac3"),
-    (
-        lambda head: head[:4] == b"OggS",
-        "an Ogg file behind an ID3 tag (libsndfile skips one only before MP3, FLAC and WAV)",
-        "ogg",
-    ),
 )
 
 
@@ -148,10 +145,13 @@ def _unreadable_reason(path: Path, error: Exception) -> str:
     read, with the way to convert it; else libsndfile's words."""
     with contextlib.suppress(OSError):
         with path.open("rb") as stream:
-            head = stream.read(10)
-            stream.seek(id3v2_bytes(head))
+            tag_bytes = id3v2_bytes(stream.read(10))
+            stream.seek(tag_bytes)
             head = stream.read(16)
             joined = _files_joined(stream, head)
+        if tag_bytes and head[:4] == b"OggS":
+            name = "an Ogg file behind an ID3 tag (libsndfile skips one only before MP3, FLAC and WAV)"
+            return f"it is {name}; convert it first (`ffmpeg -i in.ogg out.flac`)"
         for matches, name, extension in _UNREAD_FORMATS:
             if matches(head):
                 convert = f"ffmpeg -i in.{extension} out.flac"
@@ -174,7 +174,7 @@ def _files_joined(stream: BinaryIO, head: bytes) -> str:
     """What `stream` is where RIFF (WAV) or FORM (AIFF) files follow each other from its start
     (`head` its first bytes; each one's size says where the next starts), with how to join them;
     empty where it is one file."""
-    if head[:4] not in (b"RIFF", b"FORM"):
+    if head[:4] != b"RIFF" and not (head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC")):
         return ""
     order, count, position = ("<I" if head[:4] == b"RIFF" else ">I"), 0, 0
     while count < 1000:
@@ -220,16 +220,25 @@ def open_audio(path: Path) -> AudioFileInfo:
     frames = _count_frames(path) if info.frames == _UNKNOWN_LENGTH else info.frames
     if frames == 0:
         raise EdgelalmError(f"{path} holds no audio samples")
-    if info.format == "MP3" and (walked := mpeg_length(path, info.samplerate)) is not None:
+    if info.format == "MP3" and (walked := _walked(mpeg_length, path, info.samplerate)) is not None:
         # libsndfile reads up to its own count; a count that was a guess gives way to the frames'.
         stated = walked.has_length_tag
         frames = frames if stated else min(frames, walked.frames)
         unread = walked.frames - frames if walked.frames - frames > _MP3_UNCOUNTED_FRAMES else 0
         cause = "its length header counts less: a VBR file without one, or MP3 files joined"
         return AudioFileInfo(path, frames, info.samplerate, info.channels, unread, f"{cause}; {_MP3_ADVICE}", stated)
-    if info.format == "OGG" and (links := ogg_links(path)) is not None:
+    if info.format == "OGG" and (links := _walked(ogg_links, path)) is not None:
         return _ogg_file(AudioFileInfo(path, frames, info.samplerate, info.channels), links)
     return AudioFileInfo(path, frames, info.samplerate, info.channels, structure_note=_joined_note(path))
+
+
+def _walked(walker: Callable[..., _Walk | None], *arguments: Any) -> _Walk | None:
+    """A walker's account of the file, or None where the file cannot be mapped (a file system that
+    refuses mmap): then libsndfile's own count stands, as before the walkers."""
+    try:
+        return walker(*arguments)
+    except OSError:
+        return None
 
 
 # The samples an MP3's frames hold beyond what its decoder gives: the encoder's delay and padding
@@ -250,7 +259,7 @@ def _ogg_file(info: AudioFileInfo, links: OggLinks) -> AudioFileInfo:
     unread = round(sum(links.seconds[1:]) * info.samplerate)
     advice = _OGG_ADVICE.get(links.codec, "`ffmpeg -i in.ogg out.flac` reads them all")
     cause = f"it is {len(links.seconds)} Ogg files joined, and libsndfile reads the first; {advice}"
-    cut = "" if links.ended else "its last Ogg page has no end-of-stream mark (truncated?)"
+    cut = "it ends inside an Ogg page (truncated?)" if links.cut and len(links.seconds) == 1 else ""
     return dataclasses.replace(info, unread_frames=unread, unread_cause=cause if unread else "", structure_note=cut)
 
 
@@ -513,9 +522,12 @@ def _mono(samples: np.ndarray, source: str) -> tuple[np.ndarray, bool]:
         raise EdgelalmError(f"{source} contains NaN or infinite samples")
     cancelled = False
     if samples.ndim == 2 and samples.shape[1] > 1 and len(samples):
-        channel_energy = np.square(samples, dtype=np.float64).mean(axis=0)
+        # Sums of squares by einsum (a fraction of the average's own cost); float32 sums past its
+        # range (samples near its largest value) are no cancellation to judge.
+        channel_energy = np.einsum("ij,ij->j", samples, samples) / len(samples)
         mean_energy = float(channel_energy.mean())
-        if mean_energy > _SILENT_ENERGY and float(np.square(mono).mean()) < _CANCELLED_ENERGY * mean_energy:
+        mono_energy = float(np.einsum("i,i->", mono, mono)) / len(mono)
+        if _SILENT_ENERGY < mean_energy < math.inf and mono_energy < _CANCELLED_ENERGY * mean_energy:
             mono, cancelled = samples[:, int(channel_energy.argmax())], True
     return mono.astype(np.float32, copy=False), cancelled
 
@@ -613,7 +625,8 @@ _W64_RIFF = bytes.fromhex("726966662e91cf11a5d628db04c10000")
 
 def _declared_audio(path: Path) -> tuple[int, int] | None:
     """(bytes of audio the header declares, where they start) in an AIFF/AIFC, AU, Wave64 or RF64
-    file; None for any other, or a header that says no size (AU's unknown size, a pipe's RF64)."""
+    file; None for any other, or a header that says no size (AU's unknown size, an RF64 without
+    its ds64 chunk)."""
     with path.open("rb") as stream:
         head = stream.read(16)
         if head[:4] == b".snd" and len(head) >= 12:  # AU: the data's offset and size

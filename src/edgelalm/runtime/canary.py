@@ -134,7 +134,7 @@ def run_bundle_canary(
 
 
 # What a child that ran out of memory left on stderr: C++'s, llama.cpp's and the C library's words.
-_OUT_OF_MEMORY = ("std::bad_alloc", "mem_buffer != NULL", "Cannot allocate memory", "failed to allocate")
+_OUT_OF_MEMORY = ("std::bad_alloc", "mem_buffer != NULL", "Cannot allocate memory")
 
 
 def _in_child(

@@ -327,7 +327,7 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
     from peft import LoraConfig, get_peft_model
 
     from edgelalm.export.compressor import build_compressor
-    from edgelalm.files import atomic_folder, check_replaceable, write_failed
+    from edgelalm.files import atomic_folder, check_replaceable, refuse_a_second_writer, write_failed
     from edgelalm.training.train import TrainSettings, plot_losses, train
 
     if options.steps < 1 or options.batch_size < 1:
@@ -345,6 +345,7 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
         record = check_adapter_to_realign(options)
     else:
         check_replaceable(options.out_dir.absolute(), options.force, ADAPTER_CONFIG_FILE, owns_adapter_file)
+    refuse_a_second_writer(options.out_dir)  # before the weights load: minutes at 7B sizes
     check_paired_data(options.data, options.more_data)
     config, processor = open_for_training(options.model_dir, options.device)
     sampling_rate = processor.feature_extractor.sampling_rate
