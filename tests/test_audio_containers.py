@@ -129,6 +129,21 @@ def test_ogg_files_joined_say_what_libsndfile_leaves_out(tmp_path, subtype):
     assert alone == []
 
 
+def test_flac_files_joined_say_what_libsndfile_leaves_out(tmp_path):
+    """`cat a.flac b.flac`: libsndfile reads the first stream and fails on the second's header,
+    which was said as damage ("flac decoder lost sync")."""
+    first = write(tmp_path / "a.flac", speech(), format="FLAC")
+    second = write(tmp_path / "b.flac", prepare_samples(speech("sunset.wav"), RATE, 44_100), 44_100, format="FLAC")
+    path = joined(tmp_path / "joined.flac", first, second, second)
+    samples, warnings = read(path)
+    assert len(samples) == len(read(first)[0])
+    assert warnings == [
+        f"{path}: only the first {seconds(first):.2f} s of its {seconds(first) + 2 * seconds(second):.2f} s can be "
+        "read (it is 3 FLAC files joined, and libsndfile reads the first)"
+    ]
+    assert read(first)[1] == []
+
+
 def test_a_cut_ogg_file_is_said(tmp_path):
     """Cut inside its pages, an Ogg file reads to the cut with no word; its last page has no
     end-of-stream mark."""

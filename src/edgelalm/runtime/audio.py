@@ -21,6 +21,7 @@ import soxr
 
 from edgelalm.checks import is_real_number
 from edgelalm.errors import EdgelalmError
+from edgelalm.runtime.flac import flac_stream_seconds
 from edgelalm.runtime.mpeg import id3v2_bytes, mpeg_length
 from edgelalm.runtime.ogg import OggLinks, ogg_links
 
@@ -229,6 +230,11 @@ def open_audio(path: Path) -> AudioFileInfo:
         return AudioFileInfo(path, frames, info.samplerate, info.channels, unread, f"{cause}; {_MP3_ADVICE}", stated)
     if info.format == "OGG" and (links := _walked(ogg_links, path)) is not None:
         return _ogg_file(AudioFileInfo(path, frames, info.samplerate, info.channels), links)
+    if info.format == "FLAC" and len(streams := _walked(flac_stream_seconds, path) or []) > 1:
+        # libsndfile reads the first stream, then fails on the next one's header as on damage.
+        unread = round(sum(streams[1:]) * info.samplerate)
+        cause = f"it is {len(streams)} FLAC files joined, and libsndfile reads the first"
+        return AudioFileInfo(path, frames, info.samplerate, info.channels, unread, cause)
     return AudioFileInfo(path, frames, info.samplerate, info.channels, structure_note=_joined_note(path))
 
 
@@ -400,13 +406,19 @@ def stream_audio(info: AudioFileInfo, sampling_rate: int, warnings: list[str] | 
         yield tail
     notes = [
         _past_full_scale(peak, str(info.path), "integer PCM values stored as floats are that much too loud"),
-        _damage_warning(info, errors, frames_read) if errors else _shortfall_warning(info, frames_read),
+        _damage_warning(info, errors, frames_read) if _damaged(info, errors) else _shortfall_warning(info, frames_read),
         _unread_warning(info),
         None if errors else _structure_warning(info, frames_read),
         _cancelled_warning(str(info.path)) if cancelled else None,
     ]
     if warnings is not None:
         warnings.extend(note for note in notes if note)
+
+
+def _damaged(info: AudioFileInfo, errors: list[tuple[int, str]]) -> bool:
+    """Whether a read failed before the end of what libsndfile can read (past it, in files joined,
+    the failure is the next file's header, which `_unread_warning` says)."""
+    return bool(errors) and not (info.unread_frames and errors[0][0] >= info.frames)
 
 
 def _damage_warning(info: AudioFileInfo, errors: list[tuple[int, str]], frames_read: int) -> str:
