@@ -403,7 +403,7 @@ def refuse_a_second_writer(target: Path) -> None:
     target = target.absolute()
     if _kept_name(target.name) != target.name:
         return
-    prefix = f".{target.name}.partial-"
+    prefix = _staging_stem(target, "partial")  # on any host
     for path in target.parent.glob(glob.escape(prefix) + "*"):
         try:
             descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
@@ -425,7 +425,11 @@ def refuse_a_second_writer(target: Path) -> None:
 def _staging_prefix(target: Path, kind: str) -> str:
     """Hidden, so that nothing takes it for the folder (`run`'s newest bundle skips dot names), and
     named for this host; the process's id follows (`_owned_prefix`)."""
-    return f".{_kept_name(target.name)}.{kind}-{host_tag()}-"
+    return f"{_staging_stem(target, kind)}{host_tag()}-"
+
+
+def _staging_stem(target: Path, kind: str) -> str:
+    return f".{_kept_name(target.name)}.{kind}-"
 
 
 def host_tag() -> str:

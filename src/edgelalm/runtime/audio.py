@@ -185,10 +185,7 @@ def _files_joined(stream: BinaryIO, head: bytes) -> str:
             break
         count += 1
         size = struct.unpack(order, header[4:8])[0]
-        position += 8 + size
-        if size % 2:  # the pad byte an odd size asks for, where the writer wrote one
-            stream.seek(position)
-            position += stream.read(5)[1:5] == head[:4]
+        position = _past_pad(stream, position + 8 + size, size, head[:4])
     if count < 2:
         return ""
     kind, extension = ("WAV", "wav") if head[:4] == b"RIFF" else ("AIFF", "aiff")
@@ -196,6 +193,16 @@ def _files_joined(stream: BinaryIO, head: bytes) -> str:
         f"it is {count} {kind} files one after another (joined with cat?; `sox a.{extension} b.{extension} "
         f"out.{extension}` joins them)"
     )
+
+
+def _past_pad(stream: BinaryIO, end: int, size: int, next_file: bytes) -> int:
+    """Where what follows a chunk of `size` bytes ending at `end` starts: past the pad byte an odd
+    size asks for, unless the next of WAV or AIFF files joined (`next_file`, its first bytes) starts
+    at `end` (its writer left the pad out)."""
+    if not size % 2:
+        return end
+    stream.seek(end)
+    return end if stream.read(len(next_file)) == next_file else end + 1
 
 
 def _native_path(path: Path) -> str | bytes:
@@ -232,9 +239,8 @@ def open_audio(path: Path) -> AudioFileInfo:
         return _ogg_file(AudioFileInfo(path, frames, info.samplerate, info.channels), links)
     if info.format == "FLAC" and len(streams := _walked(flac_stream_seconds, path) or []) > 1:
         # libsndfile reads the first stream, then fails on the next one's header as on damage.
-        unread = round(sum(streams[1:]) * info.samplerate)
         cause = f"it is {len(streams)} FLAC files joined, and libsndfile reads the first"
-        return AudioFileInfo(path, frames, info.samplerate, info.channels, unread, cause)
+        return _joined_parts(AudioFileInfo(path, frames, info.samplerate, info.channels), streams, cause)
     return AudioFileInfo(path, frames, info.samplerate, info.channels, structure_note=_joined_note(path))
 
 
@@ -262,11 +268,17 @@ _OGG_ADVICE = {
 def _ogg_file(info: AudioFileInfo, links: OggLinks) -> AudioFileInfo:
     """`info` with what libsndfile leaves out of an Ogg file: every link past the first (files
     joined with `cat`), and the end of one cut short."""
-    unread = round(sum(links.seconds[1:]) * info.samplerate)
     advice = _OGG_ADVICE.get(links.codec, "`ffmpeg -i in.ogg out.flac` reads them all")
     cause = f"it is {len(links.seconds)} Ogg files joined, and libsndfile reads the first; {advice}"
     cut = "it ends inside an Ogg page (truncated?)" if links.cut and len(links.seconds) == 1 else ""
-    return dataclasses.replace(info, unread_frames=unread, unread_cause=cause if unread else "", structure_note=cut)
+    return _joined_parts(dataclasses.replace(info, structure_note=cut), links.seconds, cause)
+
+
+def _joined_parts(info: AudioFileInfo, seconds: Sequence[float], cause: str) -> AudioFileInfo:
+    """`info` where its file is parts of `seconds` each, joined, of which libsndfile reads the
+    first: the rest unread, for `cause`."""
+    unread = round(sum(seconds[1:]) * info.samplerate)
+    return dataclasses.replace(info, unread_frames=unread, unread_cause=cause if unread else "")
 
 
 # libsndfile's frame count for a file that does not say how long it is: a FLAC written into a pipe
@@ -742,11 +754,7 @@ def _wav_data(path: Path) -> _WavData | None:
                 if not block_align or not frames_per_block or size == 0xFFFFFFFF:
                     return None
                 start = stream.tell()
-                pad = size % 2
-                if pad:  # WAV files joined after one whose writer left out the pad byte (_joined_note)
-                    stream.seek(start + size)
-                    pad = 0 if stream.read(4) == b"RIFF" else pad
-                end = _end_of_chunks(stream, start + size + pad, file_size)
+                end = _end_of_chunks(stream, _past_pad(stream, start + size, size, b"RIFF"), file_size)
                 return _WavData(size, block_align, frames_per_block, max(0, file_size - end), start)
             else:
                 stream.seek(size + size % 2, 1)

@@ -11,7 +11,8 @@ import mmap
 from pathlib import Path
 
 # "fLaC", then a metadata block header of type 0 (STREAMINFO), 34 bytes long, last block or not.
-_STREAM_STARTS = (b"fLaC\x00\x00\x00\x22", b"fLaC\x80\x00\x00\x22")
+_MARKER = b"fLaC"
+_STREAMINFO_HEADERS = (b"\x00\x00\x00\x22", b"\x80\x00\x00\x22")
 _STREAMINFO_BYTES = 34
 
 
@@ -22,16 +23,12 @@ def flac_stream_seconds(path: Path) -> list[float]:
         return []
     seconds = []
     with path.open("rb") as stream, mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        position = 0
-        while True:
-            found = [at for at in (data.find(start, position) for start in _STREAM_STARTS) if at >= 0]
-            if not found:
-                break
-            position = min(found)
-            info = data[position + 8 : position + 8 + _STREAMINFO_BYTES]
-            position += 8
-            if len(info) < _STREAMINFO_BYTES:
-                break
+        position = data.find(_MARKER)
+        while position >= 0:  # one pass over the file (a marker's chance bytes in audio are skipped)
+            header, info = data[position + 4 : position + 8], data[position + 8 : position + 8 + _STREAMINFO_BYTES]
+            position = data.find(_MARKER, position + 4)
+            if header not in _STREAMINFO_HEADERS or len(info) < _STREAMINFO_BYTES:
+                continue
             # Sampling rate: 20 bits from byte 10; total samples: the low 4 bits of byte 13, then 4 bytes.
             rate = info[10] << 12 | info[11] << 4 | info[12] >> 4
             samples = (info[13] & 0x0F) << 32 | int.from_bytes(info[14:18], "big")
