@@ -5,6 +5,7 @@ the speech). The command line's side of the same reader is test_run_inputs."""
 
 from __future__ import annotations
 
+import shutil
 import struct
 import subprocess
 from pathlib import Path
@@ -154,6 +155,21 @@ def test_a_cut_ogg_file_is_said(tmp_path):
     assert warnings == [f"{cut}: it ends inside an Ogg page (truncated?); using the {len(samples) / RATE:.2f} s read"]
 
 
+def test_an_ogg_file_damaged_inside_is_not_said_to_be_cut(tmp_path):
+    """Zeros over a stretch in its middle: the pages after it decode, and the file ends on a whole
+    page; it was said "(truncated?)"."""
+    whole = write(tmp_path / "a.ogg", np.concatenate([speech(), speech("sunset.wav")]), format="OGG").read_bytes()
+    middle = len(whole) // 2
+    damaged = tmp_path / "damaged.ogg"
+    damaged.write_bytes(whole[:middle] + bytes(3000) + whole[middle + 3000 :])
+    samples, warnings = read(damaged)
+    (warning,) = warnings
+    assert f"only {len(samples) / RATE:.2f} s could be decoded (damaged inside?); using what is there" in warning
+    # The pages past the damage were read: more than its first half (a fifth of the file's bytes
+    # lost, with the pages they break).
+    assert seconds(tmp_path / "a.ogg") / 2 < len(samples) / RATE < seconds(tmp_path / "a.ogg") - 0.1
+
+
 def _ogg_crc(page: bytes) -> int:
     """Ogg's page checksum: CRC-32 of polynomial 0x04C11DB7, unreflected, from 0, its field zeroed."""
     crc = 0
@@ -264,6 +280,48 @@ def test_a_damaged_stretch_in_an_mp3_loses_only_itself(tmp_path):
     at = float(warning.split("damaged from ")[1].split(" s")[0])
     assert seconds(whole) / 2 - 0.3 <= at <= seconds(whole) / 2
     assert len(samples) / RATE >= seconds(whole) - 0.1
+
+
+def test_a_file_of_few_mpeg_frames_named_mp3_is_said_to_be_no_mp3(tmp_path):
+    """libsndfile takes any file named .mp3 for one: where its decoder found nothing, the line was
+    libsndfile's "Unspecified internal error."; a program named .mp3 (/bin/ls here) decoded to
+    0.05 s of silence, an empty answer with no word."""
+    frames = _mp3(tmp_path / "a.mp3", speech()).read_bytes()[:1000]
+    path = tmp_path / "not-an.mp3"
+    path.write_bytes(frames + bytes(100_000))
+    with pytest.raises(EdgelalmError, match=r"only 1% of its bytes are MPEG audio frames \(is it an MP3 file\?\)"):
+        read(path)
+
+
+def test_a_program_named_mp3_that_decodes_to_a_moment_is_said_to_be_no_mp3(tmp_path):
+    """Debian's /bin/ls holds chance MPEG frames that libsndfile decodes, without an error, to 0.05 s
+    of silence: the answer was empty, with no word why."""
+    path = tmp_path / "ls.mp3"
+    path.write_bytes(Path(shutil.which("ls") or "/bin/ls").read_bytes())
+    try:
+        _, warnings = read(path)
+    except EdgelalmError as error:  # another build of ls may hold no frames libsndfile decodes
+        assert "is it an MP3 file?" in str(error) or "found no audio" in str(error)
+        return
+    (warning,) = warnings
+    assert "of its bytes are MPEG audio frames (is it an MP3 file?); using the" in warning
+
+
+@pytest.mark.parametrize("tags", ["none", "ID3v1", "ID3v2 of 100 KB"])
+def test_whole_mp3s_are_not_said_to_be_no_mp3(tmp_path, tags):
+    """A cover picture in an ID3v2 tag is no audio and counts for nothing: the share is of the
+    bytes past it."""
+    data = _mp3(tmp_path / "a.mp3", speech()[: RATE // 2]).read_bytes()
+    if tags == "ID3v1":
+        data += b"TAG" + bytes(125)
+    elif tags == "ID3v2 of 100 KB":
+        size = 100_000
+        syncsafe = bytes((size >> shift) & 0x7F for shift in (21, 14, 7, 0))
+        data = b"ID3\x03\x00\x00" + syncsafe + bytes(size) + data
+    path = tmp_path / "tagged.mp3"
+    path.write_bytes(data)
+    assert open_audio(path).structure_note == ""
+    assert read(path)[1] == []
 
 
 @pytest.mark.parametrize("container", ["AIFF", "AU", "W64", "RF64"])

@@ -22,7 +22,7 @@ import soxr
 from edgelalm.checks import is_real_number
 from edgelalm.errors import EdgelalmError
 from edgelalm.runtime.flac import flac_stream_seconds
-from edgelalm.runtime.mpeg import id3v2_bytes, mpeg_length
+from edgelalm.runtime.mpeg import MpegLength, id3v2_bytes, mpeg_length
 from edgelalm.runtime.ogg import OggLinks, ogg_links
 
 
@@ -62,6 +62,9 @@ class AudioFileInfo:
     # Whether `frames` is a count the file states (a header), so that decoding fewer means a cut
     # file; an MP3 without a length header is counted by its frames instead.
     stated_length: bool = True
+    # Why fewer frames than stated could be decoded: an Ogg file that does not end inside a page
+    # is whole, and its count is its last page's position, so what is missing was damaged inside.
+    shortfall_cause: str = "truncated?"
     # What the file's structure shows libsndfile does not read (an Ogg file cut before its last
     # page, WAV files joined), said once it is read.
     structure_note: str = ""
@@ -234,7 +237,16 @@ def open_audio(path: Path) -> AudioFileInfo:
         frames = frames if stated else min(frames, walked.frames)
         unread = walked.frames - frames if walked.frames - frames > _MP3_UNCOUNTED_FRAMES else 0
         cause = "its length header counts less: a VBR file without one, or MP3 files joined"
-        return AudioFileInfo(path, frames, info.samplerate, info.channels, unread, f"{cause}; {_MP3_ADVICE}", stated)
+        return AudioFileInfo(
+            path,
+            frames,
+            info.samplerate,
+            info.channels,
+            unread,
+            f"{cause}; {_MP3_ADVICE}",
+            stated_length=stated,
+            structure_note=_no_mp3_note(walked),
+        )
     if info.format == "OGG" and (links := _walked(ogg_links, path)) is not None:
         return _ogg_file(AudioFileInfo(path, frames, info.samplerate, info.channels), links)
     if info.format == "FLAC" and len(streams := _walked(flac_stream_seconds, path) or []) > 1:
@@ -258,6 +270,20 @@ def _walked(walker: Callable[..., _Walk | None], *arguments: Any) -> _Walk | Non
 # libsndfile's count is audio it does not read.
 _MP3_UNCOUNTED_FRAMES = 4096
 _MP3_ADVICE = "`ffmpeg -i in.mp3 out.flac` reads it all"
+# The least share of an MP3's bytes (past its ID3v2 tags) its frames hold: a whole or damaged
+# file holds 47% or more (5000 zero bytes inside 4 KB of frames), a program named .mp3 10%.
+_MP3_LEAST_FRAME_SHARE = 0.25
+
+
+def _no_mp3_note(walked: MpegLength) -> str:
+    """A sentence where few of the file's bytes are MPEG frames: libsndfile decodes the chance
+    frames of a file that is no MP3 to a moment of silence, and the answer was empty."""
+    share = walked.frame_bytes / max(walked.untagged_bytes, 1)
+    if share >= _MP3_LEAST_FRAME_SHARE:
+        return ""
+    return f"only {share:.0%} of its bytes are MPEG audio frames (is it an MP3 file?)"
+
+
 # Tools that play an Ogg file's links through, by codec (each checked on two joined files).
 _OGG_ADVICE = {
     "vorbis": "`sox in.ogg out.flac` reads them all",
@@ -271,7 +297,10 @@ def _ogg_file(info: AudioFileInfo, links: OggLinks) -> AudioFileInfo:
     advice = _OGG_ADVICE.get(links.codec, "`ffmpeg -i in.ogg out.flac` reads them all")
     cause = f"it is {len(links.seconds)} Ogg files joined, and libsndfile reads the first; {advice}"
     cut = "it ends inside an Ogg page (truncated?)" if links.cut and len(links.seconds) == 1 else ""
-    return _joined_parts(dataclasses.replace(info, structure_note=cut), links.seconds, cause)
+    shortfall_cause = "truncated?" if links.cut else "damaged inside?"
+    return _joined_parts(
+        dataclasses.replace(info, structure_note=cut, shortfall_cause=shortfall_cause), links.seconds, cause
+    )
 
 
 def _joined_parts(info: AudioFileInfo, seconds: Sequence[float], cause: str) -> AudioFileInfo:
@@ -412,8 +441,8 @@ def stream_audio(info: AudioFileInfo, sampling_rate: int, warnings: list[str] | 
                     yield chunk
     except (soundfile.LibsndfileError, RuntimeError) as error:
         raise EdgelalmError(f"cannot read audio from {info.path}: {_reason(error)}") from None
-    if errors and not frames_read:
-        raise EdgelalmError(f"cannot read audio from {info.path}: {errors[0][1]}")
+    if errors and not frames_read:  # libsndfile's words are "Unspecified internal error." for an MP3
+        raise EdgelalmError(f"cannot read audio from {info.path}: {info.structure_note or errors[0][1]}")
     if resampler and len(tail := resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)):
         yield tail
     notes = [
@@ -465,7 +494,7 @@ def _shortfall_warning(info: AudioFileInfo, frames_read: int) -> str | None:
         return None
     return (
         f"{info.path}: the header declares {info.frames / info.samplerate:.2f} s of audio but only "
-        f"{frames_read / info.samplerate:.2f} s could be decoded (truncated?); using what is there"
+        f"{frames_read / info.samplerate:.2f} s could be decoded ({info.shortfall_cause}); using what is there"
     )
 
 

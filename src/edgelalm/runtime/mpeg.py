@@ -36,6 +36,10 @@ _TAG_SEARCH_BYTES = 48
 class MpegLength:
     frames: int  # samples per channel in the audio frames walked (a Xing/Info frame is no audio)
     has_length_tag: bool  # whether the first frame is a Xing, Info or VBRI header counting the file
+    # Bytes in the frames walked, and in the file past its leading ID3v2 tags: a file that is no
+    # MP3 (a program named .mp3) holds a few chance frames, which libsndfile decodes to silence.
+    frame_bytes: int = 0
+    untagged_bytes: int = 0
 
 
 def _frame(header: bytes) -> tuple[int, int, int] | None:
@@ -77,7 +81,8 @@ def mpeg_length(path: Path, sampling_rate: int) -> MpegLength | None:
         size, position = len(data), 0
         while tag_bytes := id3v2_bytes(data[position : position + 10]):
             position += tag_bytes
-        frames, found, has_length_tag, in_step = 0, False, False, False
+        untagged_bytes = size - position
+        frames, frame_bytes_walked, found, has_length_tag, in_step = 0, 0, False, False, False
         while position + 4 <= size:
             frame = _frame(data[position : position + 4])
             if frame is not None and not in_step:
@@ -97,6 +102,7 @@ def mpeg_length(path: Path, sampling_rate: int) -> MpegLength | None:
             frame_bytes, samples, rate = frame
             if position + frame_bytes > size:  # cut inside its last frame, which no decoder gives
                 break
+            frame_bytes_walked += frame_bytes
             if not found:
                 found = True
                 has_length_tag = any(tag in data[position + 4 : position + _TAG_SEARCH_BYTES] for tag in _LENGTH_TAGS)
@@ -105,4 +111,4 @@ def mpeg_length(path: Path, sampling_rate: int) -> MpegLength | None:
                     continue
             frames += samples if rate == sampling_rate else samples * sampling_rate // rate
             position += frame_bytes
-    return MpegLength(frames, has_length_tag) if found else None
+    return MpegLength(frames, has_length_tag, frame_bytes_walked, untagged_bytes) if found else None
