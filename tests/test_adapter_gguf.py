@@ -45,7 +45,7 @@ def ggufs(request, tiny_checkpoint, tiny_lora_adapter, tmp_path_factory):
         adapter_dir = tiny_lora_adapter
     else:
         adapter_dir = random_lora_adapter(tiny_checkpoint, folder / "peft", ALL_PROJECTIONS)
-    adapter = open_checkpoint_adapter(checkpoint, adapter_dir)
+    adapter = open_checkpoint_adapter(checkpoint, adapter_dir, "instruct")
     write_decoder(checkpoint, folder / "base.gguf", "f32", None)
     write_decoder(checkpoint, folder / "merged.gguf", "f32", adapter)
     write_adapter_gguf(checkpoint, adapter, folder / "lora.gguf")
@@ -88,7 +88,7 @@ def test_per_module_scaling_is_folded_into_b(ggufs, tiny_lora_adapter, tmp_path)
     config = json.loads((patterned / "adapter_config.json").read_text())
     config["alpha_pattern"] = {"layers.0.self_attn.q_proj": 8}
     (patterned / "adapter_config.json").write_text(json.dumps(config))
-    adapter = open_checkpoint_adapter(checkpoint, patterned)
+    adapter = open_checkpoint_adapter(checkpoint, patterned, "instruct")
     assert uniform_alpha(adapter) is None
     write_decoder(checkpoint, tmp_path / "merged.gguf", "f32", adapter)
     write_adapter_gguf(checkpoint, adapter, tmp_path / "lora.gguf")
@@ -126,13 +126,13 @@ def test_non_finite_factors_are_refused_in_the_adapter_gguf(ggufs, tiny_lora_ada
     key = sorted(weights)[0]
     weights[key] = torch.full_like(weights[key], float("nan"))
     save_file(weights, broken / "adapter_model.safetensors")
-    adapter = open_checkpoint_adapter(checkpoint, broken)
+    adapter = open_checkpoint_adapter(checkpoint, broken, "instruct")
     with pytest.raises(EdgelalmError, match="hold NaN or infinite values"):
         write_adapter_gguf(checkpoint, adapter, tmp_path / "lora.gguf")
     # Integer factors were cast to float and merged silently.
     weights[key] = torch.ones_like(weights[key], dtype=torch.int32)
     save_file(weights, broken / "adapter_model.safetensors")
-    adapter = open_checkpoint_adapter(checkpoint, broken)
+    adapter = open_checkpoint_adapter(checkpoint, broken, "instruct")
     with pytest.raises(
         EdgelalmError, match="are torch.int32 and torch.float32, not floating point|are torch.float32 and torch.int32"
     ):

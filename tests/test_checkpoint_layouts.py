@@ -225,6 +225,40 @@ def test_finetune_prompts_a_template_less_checkpoint_as_export_does(tiny_checkpo
     assert prompt.after_audio == _ids(processor, pieces.after_audio + pieces.default_prompt + pieces.after_prompt)
 
 
+def test_finetune_prompts_the_base_model_in_the_base_format_as_export_does(tiny_checkpoint, tmp_path):
+    """A template-less folder named Qwen2-Audio-7B: export prompts it in the base format (the audio,
+    then the task text), and finetune trained it on the instruct chat template, a prompt its
+    bundle never feeds. Reference: transformers' processor on the model card's text."""
+    from edgelalm.training.finetune import open_for_training
+    from edgelalm.training.model import PromptIds
+
+    folder = _copy(tiny_checkpoint, tmp_path / "Qwen2-Audio-7B", template=False)
+    _, processor, pieces = open_for_training(folder, "cpu")
+    prompt = PromptIds.from_pieces(processor.tokenizer, pieces)
+    clip = np.random.default_rng(0).standard_normal(16000 * 2).astype(np.float32) * 0.1
+    text = "<|audio_bos|><|AUDIO|><|audio_eos|>" + BASE_DEFAULT_PROMPT
+    ids = processor(text=text, audio=[clip], sampling_rate=16000, return_tensors="np")["input_ids"][0].tolist()
+    audio_id = processor.tokenizer.convert_tokens_to_ids("<|AUDIO|>")
+    first, last = ids.index(audio_id), len(ids) - ids[::-1].index(audio_id)
+    assert (prompt.before_audio, prompt.after_audio) == (ids[:first], ids[last:])
+    assert prompt.end_of_answer == processor.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    # asked for, as export's --prompt-format
+    _, _, instruct = open_for_training(folder, "cpu", "instruct")
+    assert PromptIds.from_pieces(processor.tokenizer, instruct) == PromptIds.from_processor(processor)
+
+
+@pytest.mark.parametrize(("trained_with", "bundle_format"), [("instruct", "base"), ("base", "instruct")])
+def test_an_adapter_trained_on_another_prompt_format_is_refused(tiny_checkpoint, tmp_path, trained_with, bundle_format):
+    from edgelalm.constants import FINETUNE_RECORD_FILE
+    from edgelalm.export.bundle import open_checkpoint_adapter
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / FINETUNE_RECORD_FILE).write_text(json.dumps({"compressor": "avg2", "prompt_format": trained_with}))
+    with pytest.raises(EdgelalmError, match=f"trained on the {trained_with} prompt format .* --prompt-format"):
+        open_checkpoint_adapter(open_checkpoint(tiny_checkpoint), adapter, bundle_format)
+
+
 def _template_only_in_tokenizer_config(tiny_checkpoint: Path, target: Path, template: object) -> Path:
     """An older fine-tune's layout: no processor template, the tokenizer's in tokenizer_config.json."""
     folder = _copy(tiny_checkpoint, target, template=False)

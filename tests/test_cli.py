@@ -299,6 +299,25 @@ def test_doctor_describes_this_machine():
     assert "torch 2" in stdout  # the export extra is installed here
 
 
+def test_doctor_reports_every_package_export_needs(monkeypatch):
+    """doctor's list lacked safetensors and onnxscript: it reported a whole export extra where
+    export refused for a missing onnxscript."""
+    import importlib.util
+
+    from edgelalm import cli
+    from edgelalm.doctor import machine_report
+    from edgelalm.errors import EdgelalmError
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else find_spec(name, *a)
+    )
+    with pytest.raises(EdgelalmError, match=r"\(onnxscript missing\)"):
+        cli._require_export_extra("export")
+    report = machine_report(None, "auto")["export_extra"]
+    assert report["onnxscript"] is None and report["safetensors"] and report["torch"]
+
+
 def test_doctor_runs_a_bundle_in_a_child_process(tiny_bundles):
     bundle = tiny_bundles("avg", 3)
     code, stdout, stderr = edgelalm("doctor", "--bundle", bundle, "--json")

@@ -41,6 +41,7 @@ def test_finetune_writes_a_peft_adapter_on_language_model_q_and_k(adapter):
     assert any(float(t.abs().max()) > 0 for name, t in tensors.items() if "lora_B" in name)
     meta = json.loads((adapter / "edgelalm_finetune.json").read_text())
     assert meta["compressor"] == "unseg" and meta["clips"] == len(TEXTS)
+    assert meta["prompt_format"] == "instruct"  # what export checks the bundle's against
 
 
 def test_finetune_adapts_the_named_projections_of_the_language_model_only(tiny_checkpoint, paired_tsv, tmp_path):

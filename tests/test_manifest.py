@@ -4,6 +4,7 @@ and nothing it names can lead the reader outside the bundle folder."""
 
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -38,6 +39,31 @@ def test_what_export_writes_reads_back_equal(bundle):
     assert manifest.to_json() == json.loads((bundle / MANIFEST_FILE).read_text())
     assert manifest.compressor.name == "avg" and manifest.compressor.factor == 3
     assert manifest.special_tokens.im_end.text == "<|im_end|>"
+
+
+def test_a_manifest_is_written_in_utf_8_whatever_the_locale(bundle, tmp_path):
+    """A prompt outside ASCII was written in the locale's encoding: a UnicodeEncodeError where it is
+    ASCII (C locale, its UTF-8 coercion off), Latin-1 bytes that `read_manifest` (UTF-8) refuses where
+    it is Latin-1."""
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    script = (
+        "import dataclasses, sys; from pathlib import Path; "
+        "from edgelalm.manifest import read_manifest, write_manifest; "
+        "folder = Path(sys.argv[1]); manifest = read_manifest(folder); "
+        f"prompt = dataclasses.replace(manifest.prompt, default_prompt={FRENCH.encode('ascii', 'backslashreplace')!r}"
+        ".decode('unicode_escape')); "
+        "write_manifest(folder, dataclasses.replace(manifest, prompt=prompt), manifest.files)"
+    )
+    environment = {**os.environ, "LC_ALL": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    done = subprocess.run(
+        [sys.executable, "-X", "utf8=0", "-c", script, str(copy)], env=environment, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert read_manifest(copy).prompt.default_prompt == FRENCH
+
+
+FRENCH = "Transcris l\u2019audio, s\u2019il te pla\u00eet."
 
 
 def test_a_manifest_written_before_the_typed_reader_still_loads(tmp_path):

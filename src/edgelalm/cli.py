@@ -26,6 +26,7 @@ from edgelalm.checks import is_finite_number, short_repr
 from edgelalm.compression import COMPRESSOR_DESCRIPTIONS, FACTOR_COMPRESSORS, MAX_FACTOR, CompressorSpec
 from edgelalm.constants import (
     DEFAULT_CTC_READS,
+    EXPORT_PACKAGES,
     MANIFEST_FILE,
     CtcReads,
     Device,
@@ -102,10 +103,18 @@ _THREADS_HELP = (
     "Default: the cores this process may use."
 )
 _FORCE_HELP = "Replace --out if it is an earlier output or empty (never other files)."
-_EXPORT_PACKAGES = ("torch", "transformers", "safetensors", "peft", "onnx", "onnxscript", "gguf")
 _COMPRESSOR_HELP = "Compressor between the audio encoder and the projector: " + "; ".join(
     f"{name} = {text}" for name, text in COMPRESSOR_DESCRIPTIONS.items()
 )
+_PromptFormatOption = Annotated[
+    PromptFormat | None,
+    typer.Option(
+        help="How the model is prompted: instruct (a chat template around the audio and the prompt; a checkpoint "
+        "without one gets Qwen2-Audio-Instruct's) or base (Qwen2-Audio-7B: the audio, then a task text). Default: "
+        "detected (base for a template-less folder named Qwen2-Audio-7B). finetune and export of one model must "
+        "agree."
+    ),
+]
 _FactorOption = Annotated[
     int | None,
     typer.Option(
@@ -190,14 +199,7 @@ def export(
     llama_extra_buffers: Annotated[
         ExtraBuffers, typer.Option(help="For the decode check after writing the decoder. " + _EXTRA_BUFFERS_HELP)
     ] = "auto",
-    prompt_format: Annotated[
-        PromptFormat | None,
-        typer.Option(
-            help="How the model is prompted: instruct (a chat template around the audio and the prompt; a checkpoint "
-            "without one gets Qwen2-Audio-Instruct's) or base (Qwen2-Audio-7B: the audio, then a task text). Default: "
-            "detected (base for a template-less folder named Qwen2-Audio-7B)."
-        ),
-    ] = None,
+    prompt_format: _PromptFormatOption = None,
     ctc_reads: Annotated[
         CtcReads,
         typer.Option(
@@ -954,6 +956,7 @@ def finetune(
             "this compressor); its LoRA is untouched.",
         ),
     ] = False,
+    prompt_format: _PromptFormatOption = None,
 ) -> None:
     """Realign a checkpoint to a compressor (the paper's method): LoRA on the language model's q_proj and
     k_proj (or the projections --lora-modules names), trained on paired audio/text with the compressor
@@ -987,6 +990,7 @@ def finetune(
         ctc_head=ctc_head,
         ctc_head_only=ctc_head_only,
         more_data=tuple(more_data or ()),
+        prompt_format=prompt_format,
     )
     _say(str(run_finetune(options)))
 
@@ -1241,7 +1245,7 @@ def _require_export_extra(command: str) -> None:
     or with a traceback."""
     import importlib.util
 
-    missing = [name for name in _EXPORT_PACKAGES if importlib.util.find_spec(name) is None]
+    missing = [name for name in EXPORT_PACKAGES if importlib.util.find_spec(name) is None]
     if missing:
         raise EdgelalmError(
             f"edgelalm {command} needs the export extra ({', '.join(missing)} missing): pip install 'edgelalm[export]'"

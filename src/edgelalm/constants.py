@@ -42,6 +42,9 @@ ADAPTER_CONFIG_FILE = "adapter_config.json"
 # The largest LoRA alpha read or trained (export/adapter.py, training/finetune.py): past about 10^38 a
 # scaling overflows an adapter GGUF's float32; nothing trains anywhere near it.
 MAX_LORA_ALPHA = 1e6
+# The export extra's packages, by the names they import as: what `export`, `finetune` and the
+# other torch commands need, and what `doctor` reports.
+EXPORT_PACKAGES = ("torch", "transformers", "safetensors", "peft", "onnx", "onnxscript", "gguf")
 # What `edgelalm finetune` records beside the adapter (the compressor it was realigned to, ...).
 FINETUNE_RECORD_FILE = "edgelalm_finetune.json"
 

@@ -13,6 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from edgelalm.constants import EXPORT_PACKAGES
 from edgelalm.errors import EdgelalmError, printable
 from edgelalm.runtime.llama_backend import (
     ExtraBuffers,
@@ -45,10 +46,10 @@ NOTABLE_CPU_FLAGS = (
     "i8mm",
     "sve",
 )
-EXPORT_PACKAGES = ("torch", "transformers", "peft", "onnx", "gguf")
 
 
-def _version(package: str) -> str | None:
+def package_version(package: str) -> str | None:
+    """The installed distribution's version; None where it is not installed."""
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
@@ -83,7 +84,7 @@ def machine_report(threads: int | None, extra_buffers: ExtraBuffers) -> dict[str
 
     flags = cpu_flags()
     report = {
-        "edgelalm": _version("edgelalm"),
+        "edgelalm": package_version("edgelalm"),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": {
@@ -93,10 +94,12 @@ def machine_report(threads: int | None, extra_buffers: ExtraBuffers) -> dict[str
         },
         "threads": part(lambda: check_threads(threads)),
         "onnxruntime": part(onnxruntime_part),
-        "llama_cpp_python": _version("llama_cpp_python"),
+        "llama_cpp_python": package_version("llama_cpp_python"),
         "llama_cpp": part(llama_part),
         # find_spec, not import: importing torch costs seconds and memory.
-        "export_extra": {name: _version(name) if importlib.util.find_spec(name) else None for name in EXPORT_PACKAGES},
+        "export_extra": {
+            name: package_version(name) if importlib.util.find_spec(name) else None for name in EXPORT_PACKAGES
+        },
     }
     report["errors"] = list(dict.fromkeys(errors))
     return report

@@ -126,6 +126,12 @@ def read_json_object(path: Path) -> dict[str, Any]:
     return data
 
 
+def write_json(path: Path, data: Any) -> None:
+    """`data` as indented JSON in UTF-8, whatever the locale (`read_json` reads UTF-8: a name
+    outside ASCII written in a Latin-1 locale was a manifest no reader could take)."""
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def link_or_copy(source: Path, target: Path) -> None:
     """A hard link (no second copy on disk); a copy where the file system refuses one."""
     try:

@@ -51,7 +51,7 @@ from edgelalm.constants import (
     WindowMode,
 )
 from edgelalm.errors import EdgelalmError
-from edgelalm.files import read_json, sha256_of
+from edgelalm.files import read_json, sha256_of, write_json
 
 # Larger than any real width, count or length; small enough for llama.cpp's int32 parameters.
 _MAX_INT = 2**31 - 1
@@ -347,7 +347,7 @@ def write_manifest(bundle_dir: Path, manifest: Manifest, checked: dict[str, File
     """Write manifest.json: `manifest` with the checksums of the files now in `bundle_dir`
     (`checked`'s as they are: see `file_records`)."""
     manifest = dataclasses.replace(manifest, files=file_records(bundle_dir, checked))
-    (bundle_dir / MANIFEST_FILE).write_text(json.dumps(manifest.to_json(), indent=2, ensure_ascii=False) + "\n")
+    write_json(bundle_dir / MANIFEST_FILE, manifest.to_json())
     return manifest
 
 

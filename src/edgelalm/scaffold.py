@@ -37,6 +37,7 @@ from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX as QW
 
 from edgelalm.constants import SAMPLING_RATE
 from edgelalm.errors import EdgelalmError
+from edgelalm.files import write_json
 from edgelalm.progress import Bar
 
 # Text the scaffold ships as data: the chat template and the tokenizer's training sentences.
@@ -307,10 +308,10 @@ def write_dummy_checkpoint(
             total_bytes += _save_streamed(out_dir / file_name, entries, dtype)
             weight_map.update({_release_name(name): file_name for name in names})
     index_file = {"metadata": {"total_size": total_bytes}, "weight_map": weight_map}
-    (out_dir / "model.safetensors.index.json").write_text(json.dumps(index_file, indent=2))
+    write_json(out_dir / "model.safetensors.index.json", index_file)
     generation_config(tokenizer).save_pretrained(out_dir)
     if layout == "published":
-        (out_dir / "config.json").write_text(json.dumps(published_config(config), indent=2) + "\n")
+        write_json(out_dir / "config.json", published_config(config))
         write_published_processor(out_dir, config, tokenizer)
     else:
         # As a model's save_pretrained writes it: converters (llama.cpp's) pick their code by it.
@@ -397,13 +398,13 @@ def write_published_processor(out_dir: Path, config: Qwen2AudioConfig, tokenizer
         }
         for token_id, token in sorted(tokenizer.added_tokens_decoder.items())
     }
-    config_file.write_text(json.dumps(dict(sorted(tokenizer_config.items())), indent=2, ensure_ascii=False) + "\n")
+    write_json(config_file, dict(sorted(tokenizer_config.items())))
     extractor = feature_extractor(window_seconds_of(config), config.audio_config.num_mel_bins)
     extractor.save_pretrained(out_dir)
     preprocessor_file = out_dir / "preprocessor_config.json"
     preprocessor = json.loads(preprocessor_file.read_text(encoding="utf-8"))
     preprocessor["processor_class"] = "Qwen2AudioProcessor"  # how AutoProcessor finds the processor
-    preprocessor_file.write_text(json.dumps(dict(sorted(preprocessor.items())), indent=2) + "\n")
+    write_json(preprocessor_file, dict(sorted(preprocessor.items())))
     _write_vocab_and_merges(out_dir, tokenizer)
 
 

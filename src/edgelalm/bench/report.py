@@ -4,7 +4,6 @@ summary.md and bench.png (edgelalm per compressor, llama.cpp mtmd as dashed line
 from __future__ import annotations
 
 import csv
-import json
 import os
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from edgelalm.bench.measure import STAGES
 from edgelalm.bench.mtmd import MTMD_RUNTIME
 from edgelalm.bench.plan import BenchPlan
 from edgelalm.errors import EdgelalmError
-from edgelalm.files import read_json, replaced_file, write_failed
+from edgelalm.files import read_json, replaced_file, write_failed, write_json
 from edgelalm.runtime.memory import gpu_name
 
 RESULTS_JSON = "results.json"
@@ -154,7 +153,7 @@ def write_results(results: dict[str, Any], out_dir: Path) -> None:
 
 def _write_results(results: dict[str, Any], out_dir: Path) -> None:
     with replaced_file(out_dir / RESULTS_JSON) as scratch:
-        scratch.write_text(json.dumps(results, indent=2) + "\n")
+        write_json(scratch, results)
     with replaced_file(out_dir / RESULTS_CSV) as scratch, scratch.open("w", newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow(

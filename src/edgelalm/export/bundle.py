@@ -170,11 +170,11 @@ def _write_bundle(options: ExportOptions) -> None:
             checkpoint = open_checkpoint(options.model_dir)
             prompt = prompt_pieces(checkpoint.processor, checkpoint.path, checkpoint.name, options.prompt_format)
             steps.note(_prompt_note(prompt, options.prompt_format))
-            adapter = open_checkpoint_adapter(checkpoint, options.adapter_dir)
+            adapter = open_checkpoint_adapter(checkpoint, options.adapter_dir, prompt.format)
             if adapter:
                 steps.note(f"LoRA adapter {options.adapter_dir}: {_adapter_summary(adapter)}")
             for choice in choices:
-                choice.adapter = open_checkpoint_adapter(checkpoint, choice.adapter_dir)
+                choice.adapter = open_checkpoint_adapter(checkpoint, choice.adapter_dir, prompt.format)
                 if several:
                     steps.note(
                         f"{choice.spec.label}: "
@@ -348,9 +348,21 @@ def _adapter_summary(adapter: LoraAdapter) -> str:
     return f"rank {adapter.rank}, alpha {adapter.alpha:g}, {len(adapter.target_modules)} modules"
 
 
-def open_checkpoint_adapter(checkpoint: Checkpoint, adapter_dir: Path | None) -> LoraAdapter | None:
+def open_checkpoint_adapter(
+    checkpoint: Checkpoint, adapter_dir: Path | None, prompt_format: PromptFormat
+) -> LoraAdapter | None:
+    """The adapter at `adapter_dir` checked against the checkpoint's tensors, and against the
+    bundle's prompt format where its finetune record names the one it was trained with."""
+    from edgelalm.training.finetune import read_finetune_record
+
     if adapter_dir is None:
         return None
+    trained_with = read_finetune_record(adapter_dir).get("prompt_format") if adapter_dir.is_dir() else None
+    if trained_with is not None and trained_with != prompt_format:
+        raise EdgelalmError(
+            f"{adapter_dir} was trained on the {trained_with} prompt format and this bundle prompts in the "
+            f"{prompt_format} one (--prompt-format {trained_with}, or finetune with --prompt-format {prompt_format})"
+        )
     stored_keys = checkpoint.decoder_tensor_keys()
     shapes = {name: checkpoint.tensor_shape(key) for name, key in stored_keys.items()}
     return open_adapter(adapter_dir, shapes)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +26,7 @@ from edgelalm.constants import (
     MIN_MEL_FRAMES,
     RIGHT_CONTEXT_FRAMES,
 )
+from edgelalm.doctor import package_version
 from edgelalm.errors import EdgelalmError
 from edgelalm.export.adapter import LoraAdapter
 from edgelalm.export.checkpoint import Checkpoint
@@ -150,7 +150,7 @@ def build_manifest(
         ),
         prompt=prompt,
         special_tokens=special_tokens(checkpoint),
-        tools={name: _version(name) for name in TOOL_PACKAGES},
+        tools={name: package_version(name) for name in TOOL_PACKAGES},
         compressors=compressors,
         format_version=format_version_for(compressors),
         windows=checkpoint.windows_advice,
@@ -218,10 +218,3 @@ def _end_of_turn_ids(checkpoint: Checkpoint, tokens: dict[str, SpecialToken]) ->
     if checkpoint.generation_eos_ids is not None:
         return checkpoint.generation_eos_ids
     return [tokens["im_end"].id, tokens["endoftext"].id]
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None

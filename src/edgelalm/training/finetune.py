@@ -25,7 +25,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import errno
-import json
 import re
 import shutil
 import sys
@@ -43,9 +42,10 @@ from edgelalm.constants import (
     ENCODER_FRAMES_PER_SECOND,
     FINETUNE_RECORD_FILE,
     MAX_LORA_ALPHA,
+    PromptFormat,
 )
 from edgelalm.errors import EdgelalmError
-from edgelalm.files import read_tsv
+from edgelalm.files import read_tsv, write_json
 from edgelalm.runtime.audio import audio_seconds, read_audio
 from edgelalm.training.texts import normalize_transcript
 
@@ -90,6 +90,8 @@ class FinetuneOptions:
     ctc_head_only: bool = False
     # More folders of the frozen tower's output trained on beside `data` (one too), read as one set.
     more_data: tuple[Path, ...] = ()
+    # The prompt around the audio, as export's --prompt-format (None: detected as export does).
+    prompt_format: PromptFormat | None = None
 
     @property
     def data_name(self) -> str:
@@ -255,24 +257,28 @@ def check_paired_data(data: Path, more: tuple[Path, ...] = ()) -> None:
         check_joinable([_dataset_folder(path) for path in (data, *more)])
 
 
-def open_for_training(model_dir: Path, device: str):
-    """The checkpoint's config and processor, validated, before its weights load (minutes for a
-    7B): the data is checked against them first."""
+def open_for_training(model_dir: Path, device: str, prompt_format: PromptFormat | None = None):
+    """The checkpoint's config, processor and prompt pieces, validated, before its weights load
+    (minutes for a 7B): the data is checked against them first. The pieces are export's for the
+    same checkpoint and `prompt_format` (None: detected as export detects it), so an adapter
+    learns the prompt its bundle feeds: a template-less folder named Qwen2-Audio-7B is prompted in
+    the base format, which the instruct chat template trained against before."""
     import torch
     from transformers import Qwen2AudioProcessor
 
     from edgelalm.export.checkpoint import open_checkpoint
-    from edgelalm.prompt import checkpoint_template, instruct_template
+    from edgelalm.prompt import checkpoint_template, instruct_template, prompt_pieces
 
     checkpoint = open_checkpoint(model_dir)  # validates: a Qwen2-Audio checkpoint with safetensors weights
     if device == "cuda" and not torch.cuda.is_available():
         raise EdgelalmError("device cuda: this torch build sees no CUDA GPU")
     processor = Qwen2AudioProcessor.from_pretrained(model_dir)
+    pieces = prompt_pieces(processor, model_dir, checkpoint.name, prompt_format)
     # As export does: the checkpoint's own template (transformers' processor does not read the
     # tokenizer's), else Qwen2-Audio-Instruct's as edgelalm ships it, not a fallback that
     # transformers keeps only for now (the published checkpoints carry no template file).
     processor.chat_template = checkpoint_template(model_dir) or instruct_template()
-    return checkpoint.config, processor
+    return checkpoint.config, processor, pieces
 
 
 def load_weights(model_dir: Path, device: str):
@@ -284,7 +290,7 @@ def load_weights(model_dir: Path, device: str):
 
 def load_for_training(model_dir: Path, device: str):
     """The checkpoint, validated, and its processor (open_for_training, load_weights)."""
-    _, processor = open_for_training(model_dir, device)
+    _, processor, _ = open_for_training(model_dir, device)
     return load_weights(model_dir, device), processor
 
 
@@ -328,6 +334,7 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
 
     from edgelalm.export.compressor import build_compressor
     from edgelalm.files import atomic_folder, check_replaceable, refuse_a_second_writer, write_failed
+    from edgelalm.training.model import PromptIds
     from edgelalm.training.train import TrainSettings, plot_losses, train
 
     if options.steps < 1 or options.batch_size < 1:
@@ -347,7 +354,8 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
         check_replaceable(options.out_dir.absolute(), options.force, ADAPTER_CONFIG_FILE, owns_adapter_file)
     refuse_a_second_writer(options.out_dir)  # before the weights load: minutes at 7B sizes
     check_paired_data(options.data, options.more_data)
-    config, processor = open_for_training(options.model_dir, options.device)
+    config, processor, prompt_info = open_for_training(options.model_dir, options.device, options.prompt_format)
+    prompt = PromptIds.from_pieces(processor.tokenizer, prompt_info)
     sampling_rate = processor.feature_extractor.sampling_rate
     data = open_paired_data(options.data, sampling_rate, options.normalize, options.model_dir, options.more_data)
     # The record names every folder trained on (one path, as before, where there is one).
@@ -400,7 +408,7 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
         )
         log = train(
             model, processor, data, None, run, head_settings, compressor=compressor, parameters=[],
-            progress=progress, ctc_head=options.model_dir / CTC_HEAD_FILE,
+            progress=progress, ctc_head=options.model_dir / CTC_HEAD_FILE, prompt=prompt,
         )  # fmt: skip
         (run / RUN_CTC_HEAD_FILE).replace(staging / CTC_HEAD_FILE)
         log.path.replace(staging / CTC_HEAD_LOG_FILE)
@@ -423,7 +431,7 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
                     if kept.name != CTC_HEAD_FILE:
                         shutil.copy2(kept, staging / kept.name)
                 record["ctc_head"] = realign_ctc_head(staging)
-                (staging / FINETUNE_RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+                write_json(staging / FINETUNE_RECORD_FILE, record)
             return options.out_dir
         lora = LoraConfig(
             r=options.rank, lora_alpha=options.alpha, lora_dropout=0.0, bias="none", target_modules=target_pattern
@@ -441,6 +449,7 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
                 compressor=compressor,
                 parameters=trained,
                 progress=progress,
+                prompt=prompt,
             )
             peft_model.save_pretrained(staging, safe_serialization=True)
             meta = {
@@ -451,6 +460,7 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
                 "learning_rate": options.learning_rate,
                 "seed": options.seed,
                 "lora_modules": list(dict.fromkeys(options.lora_modules)),
+                "prompt_format": prompt_info.format,
                 "data": data_record,
                 "clips": len(data),
                 "final_loss": log.records[-1]["loss"],
@@ -461,7 +471,7 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
                 print("matplotlib is not installed: no loss.png (pip install 'edgelalm[bench]')", file=sys.stderr)
             if realign_head:
                 meta["ctc_head"] = realign_ctc_head(staging)
-            (staging / FINETUNE_RECORD_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+            write_json(staging / FINETUNE_RECORD_FILE, meta)
     except OSError as error:
         # Only what writing can cause: any other OSError (a clip that cannot be read) is not this.
         if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):

@@ -20,6 +20,7 @@ from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
 
 from edgelalm.export import audio_tower as tower_steps
+from edgelalm.manifest import PromptInfo
 from edgelalm.prompt import DEFAULT_PROMPT, chat_template_pieces
 from edgelalm.runtime.ctc import CtcPrefixScorer
 from edgelalm.runtime.features import valid_mel_frames
@@ -151,20 +152,27 @@ class PromptIds:
 
     before_audio: list[int]  # ... <|audio_bos|>
     after_audio: list[int]  # <|audio_eos|> ... prompt ... <|im_start|>assistant\n
-    end_of_answer: int  # <|im_end|>: the answer's last label, where generation stops
+    end_of_answer: int  # <|im_end|> (base format: <|endoftext|>): the answer's last label, where generation stops
 
     @classmethod
     def from_processor(cls, processor, prompt: str = DEFAULT_PROMPT, source: str = "checkpoint") -> PromptIds:
-        pieces = chat_template_pieces(processor, source)
-        tokenizer = processor.tokenizer
+        """The processor's chat template around `prompt` (the instruct format)."""
+        return cls.from_pieces(processor.tokenizer, chat_template_pieces(processor, source), prompt)
+
+    @classmethod
+    def from_pieces(cls, tokenizer, pieces: PromptInfo, prompt: str | None = None) -> PromptIds:
+        """The pieces export writes into the manifest (`prompt.prompt_pieces`), around `prompt`
+        (None: the format's default, as the runtime's), ending as that format's answers end."""
+        end = "<|endoftext|>" if pieces.format == "base" else "<|im_end|>"
 
         def ids(text: str) -> list[int]:
             return tokenizer(text, add_special_tokens=False)["input_ids"]
 
+        prompt = pieces.default_prompt if prompt is None else prompt
         return cls(
             before_audio=ids(pieces.before_audio),
             after_audio=ids(pieces.after_audio + prompt + pieces.after_prompt),
-            end_of_answer=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+            end_of_answer=tokenizer.convert_tokens_to_ids(end),
         )
 
 

@@ -25,6 +25,7 @@ from torch import nn
 from edgelalm.constants import REALIGNED_TO_KEY
 from edgelalm.errors import EdgelalmError
 from edgelalm.export.ctc import CtcLayers, read_ctc_head
+from edgelalm.files import write_json
 from edgelalm.progress import Bar
 from edgelalm.training import speech
 from edgelalm.training.dataset import SpeechDataset
@@ -432,19 +433,21 @@ def train(
     progress: bool = True,
     ctc_head: Path | None = None,
     lm_texts: list[str] | None = None,
+    prompt: PromptIds | None = None,
 ) -> TrainLog:
     """Train `model` (in place, left in eval mode) and return the log; the caller saves it.
     `parameters` limits what is trained (LoRA); `save(folder)`, if given, writes a snapshot to
     out_dir/last every save_every steps (something to fall back on if a long run is stopped).
     `ctc_head`: a TokenCtc's blank and scale from an earlier stage (else they start afresh, and
-    the first steps' CTC gradient is large)."""
+    the first steps' CTC gradient is large). `prompt`: the ids around the audio (else the
+    processor's chat template around the default prompt)."""
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     log = TrainLog(out_dir / "train_log.jsonl")
     log.path.write_text("")
-    (out_dir / "train_settings.json").write_text(json.dumps(asdict(settings), indent=2) + "\n")
+    write_json(out_dir / "train_settings.json", asdict(settings))
 
     compressor = compressor if compressor is not None else nn.Identity()
     encoded = isinstance(train_data, EncodedDataset)
@@ -464,7 +467,7 @@ def train(
         for module in [*tower.layers[settings.tune_tower_from :], tower.layer_norm]:
             module.requires_grad_(True)
             tuned_tower += list(module.parameters())
-    prompt = PromptIds.from_processor(processor)
+    prompt = prompt or PromptIds.from_processor(processor)
     tokenizer = processor.tokenizer
     lm_boundary = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     feature_extractor = processor.feature_extractor
