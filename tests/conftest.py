@@ -132,3 +132,21 @@ def another_writer():
     yield hold
     for process in processes:
         stop(process)
+
+
+@pytest.fixture
+def unprivileged():
+    """A command as a user whom file permissions bind: root reads and writes any file, so its right
+    to is dropped (setpriv), where the tests run as root."""
+    import os
+    import shutil
+
+    def command(*arguments: str) -> list[str]:
+        if os.geteuid() != 0:
+            return list(arguments)
+        if shutil.which("setpriv") is None:
+            pytest.skip("root, and no setpriv to drop its right to read any file")
+        drop = "-dac_override,-dac_read_search"
+        return ["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}", *arguments]
+
+    return command

@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -322,6 +323,36 @@ def test_whole_mp3s_are_not_said_to_be_no_mp3(tmp_path, tags):
     path.write_bytes(data)
     assert open_audio(path).structure_note == ""
     assert read(path)[1] == []
+
+
+@pytest.mark.parametrize("name", ["clip.wav", "clip.mp3", "clip.ogg"])
+def test_a_path_past_libsndfile_s_1024_bytes_is_read(tmp_path, name):
+    """libsndfile keeps a name in 1024 bytes: "Supplied filename too long.", where Linux takes 4095."""
+    deep = tmp_path.joinpath(*["p" * 100] * 10)
+    deep.mkdir(parents=True)
+    short = tmp_path / name
+    soundfile.write(short, speech(), RATE, **({"format": "MP3"} if name.endswith("mp3") else {}))
+    long = deep / name
+    long.write_bytes(short.read_bytes())
+    assert len(bytes(long)) > 1024
+    samples, warnings = read(long)
+    assert np.array_equal(samples, read(short)[0]) and warnings == []
+
+
+def test_an_audio_file_that_may_not_be_read_says_so(tmp_path, unprivileged):
+    """libsndfile's words were "System error."."""
+    path = write(tmp_path / "private.wav", speech())
+    path.chmod(0)
+    code = "import sys, pathlib, edgelalm.runtime.audio as audio; audio.open_audio(pathlib.Path(sys.argv[1]))"
+    done = subprocess.run(unprivileged(sys.executable, "-c", code, str(path)), capture_output=True, text=True)
+    assert f"cannot read audio from {path}: Permission denied" in done.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize("path", ["/proc/self/status", "/proc/cpuinfo"])
+def test_a_system_file_that_says_it_is_empty_is_no_audio(path):
+    """procfs gives its files a size of 0: they were said to be empty."""
+    with pytest.raises(EdgelalmError, match=f"^not an audio file: {path} "):
+        open_audio(Path(path))
 
 
 @pytest.mark.parametrize("container", ["AIFF", "AU", "W64", "RF64"])

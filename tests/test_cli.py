@@ -282,6 +282,25 @@ def test_bench_clip_lengths_are_checked_before_any_work(tmp_path, seconds):
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.parametrize(
+    ("arguments", "said"),
+    [
+        # "not an audio file: .": in a batch, which argument was it?
+        (["run", "", "b.wav"], "edgelalm run's argument 1 is empty (an unset variable?)"),
+        (["run", "a.wav", "--json", ""], "edgelalm run's argument 3 is empty"),  # --json takes no value
+        (["run", "a.wav", "--bundle", ""], "--bundle is empty; give it a value"),  # was the working folder
+        (["export", "--model=", "--compressor", "none"], "--model is empty; give it a value"),
+        # it exported into the working folder, and left the shell in a deleted one
+        (["export", "--compressor", "none", "--out", "", "--force"], "--out is empty; give it a value"),
+        (["run", "a.wav", "--prompt", ""], "--prompt is empty; leave it out for the bundle's transcription prompt"),
+    ],
+)
+def test_an_empty_argument_is_refused_naming_it(tmp_path, arguments, said):
+    code, stdout, stderr = edgelalm(*arguments, cwd=tmp_path)
+    assert said in one_error_line(code, stderr) and stdout == ""
+    assert list(tmp_path.iterdir()) == []
+
+
 # -- doctor --------------------------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ from bundle_edits import edited_copy
 
 from edgelalm.compression import COMPRESSOR_NAMES
 from edgelalm.constants import MANIFEST_FILE, WINDOWS_ADVICE_FILE
+from edgelalm.errors import printable
 from edgelalm.files import sha256_of
 from edgelalm.manifest import read_manifest
 
@@ -29,6 +30,33 @@ def edgelalm(*args, cwd=None):
         [sys.executable, "-m", "edgelalm.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600
     )
     return result.returncode, result.stdout, result.stderr
+
+
+@pytest.mark.parametrize("private", ["config.json", "model.safetensors"])
+def test_an_input_export_may_not_read_is_named_not_the_output(tiny_checkpoint, tmp_path, unprivileged, private):
+    """A config.json that may not be read was "writing the bundle ... failed: Permission denied",
+    the weights "not a readable safetensors file: No such file or directory" (safetensors' words)."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint, model)
+    (model / private).chmod(0)
+    out = tmp_path / "bundle"
+    command = unprivileged(sys.executable, "-m", "edgelalm.cli", "export", "--model", str(model), "--out", str(out))
+    done = subprocess.run([*command, "--compressor", "none"], capture_output=True, text=True, timeout=600)
+    assert_one_line_error(done.returncode, done.stderr, f"cannot read {model / private}: Permission denied")
+    assert not out.exists()
+
+
+def test_names_with_control_characters_are_shown_escaped(tiny_checkpoint, tmp_path):
+    """The bundle's path went to stdout as it is (a terminal obeyed its escape code) and a line
+    break split its progress line in two; `run` shows them escaped."""
+    model = tmp_path / "mo\nd\x1b[31mel"
+    shutil.copytree(tiny_checkpoint, model)
+    out = tmp_path / "b\x1b[2Jundle"
+    code, stdout, stderr = edgelalm("export", "--model", model, "--compressor", "none", "--out", out)
+    assert code == 0, stderr
+    assert stdout == printable(str(out)) + "\n" and printable(str(out)) == str(out).replace("\x1b", "\\x1b")
+    assert "\x1b" not in stdout + stderr and f"Reading checkpoint {printable(str(model))} done" in stderr
+    assert read_manifest(out).model.name == model.name
 
 
 def in_process(monkeypatch, capsys, *args):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edgelalm.errors import EdgelalmError
-from edgelalm.files import atomic_folder, new_file, read_tsv, replaced_file, write_tsv
+from edgelalm.files import atomic_folder, link_or_copy, new_file, read_tsv, replaced_file, write_tsv
 
 
 def test_a_table_is_tab_separated_text_with_a_header_and_reads_back(tmp_path):
@@ -140,6 +140,27 @@ def test_a_written_folder_has_the_umasks_permissions(tmp_path):
         os.umask(previous)
     modes = {path.name: path.stat().st_mode & 0o777 for path in [tmp_path / "bundle", *(tmp_path / "bundle").iterdir()]}
     assert modes == {"bundle": 0o755, "weights.bin": 0o644, "tool": 0o755, "inner": 0o755}
+
+
+def test_a_file_linked_into_a_written_folder_keeps_its_own_permissions(tmp_path):
+    """export --share-from links another bundle's files: the chmod above made the other bundle's
+    0600 decoder 0644 (the same inode), or failed the export at its end on another account's file."""
+    shared = tmp_path / "decoder.gguf"
+    shared.write_bytes(b"GGUF")
+    shared.chmod(0o600)
+    with atomic_folder(tmp_path / "bundle", force=False) as staging:
+        link_or_copy(shared, staging / shared.name)
+        (staging / "manifest.json").write_text("{}")
+        (staging / "manifest.json").chmod(0o600)
+    assert os.path.samefile(shared, tmp_path / "bundle" / shared.name)
+    assert shared.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "bundle" / "manifest.json").stat().st_mode & 0o777 == 0o666 & ~_current_umask()
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def test_the_newest_bundle_is_never_a_staging_folder(tmp_path):

@@ -251,7 +251,7 @@ def export(
         ctc_reads=ctc_reads,
     )
     written = export_bundle(options)
-    _say(str(written))
+    _say(_shown_path(written))
 
 
 def _adapter_folders(
@@ -634,9 +634,15 @@ def _subtitle_files(audio: list[str], subtitles: SubtitleFormat | None, out_dir:
     import unicodedata
 
     from edgelalm.files import existing_on_the_way
+    from edgelalm.manifest import enclosing_bundle
 
     if subtitles is None:
         raise EdgelalmError("--out-dir writes subtitle files: give --subtitles srt or vtt")
+    if (bundle := enclosing_bundle(out_dir, itself=True)) is not None:
+        raise EdgelalmError(
+            f"--out-dir {_shown_path(out_dir)} is in the bundle {_shown_path(bundle)}, which files it does not "
+            "list would break: name a folder outside it"
+        )
     on_the_way = existing_on_the_way(out_dir) if not out_dir.is_symlink() else out_dir
     if not on_the_way.is_dir():
         what = "a link to nothing" if not on_the_way.exists() else "a file, not a folder"
@@ -992,7 +998,7 @@ def finetune(
         more_data=tuple(more_data or ()),
         prompt_format=prompt_format,
     )
-    _say(str(run_finetune(options)))
+    _say(_shown_path(run_finetune(options)))
 
 
 def _describe_choices(manifest: Manifest) -> list[str]:
@@ -1133,6 +1139,8 @@ def main() -> None:
         sys.stdout.reconfigure(errors="backslashreplace")
     if sys.stdout is None:  # `>&-`: every command's result (help too) would vanish after its work, exit 0
         _fail("standard output is closed: there is nowhere to write the result", 1)
+    if (empty := _empty_argument(sys.argv[1:])) is not None:
+        _fail(empty, 2)
     try:
         # SIGTERM unwinds like Ctrl-C, so an interrupted export removes its staging folder. Inside the
         # try: a signal while the watcher thread starts raised from install() itself, a traceback.
@@ -1207,6 +1215,44 @@ def _stdout_failed(error: OSError) -> None:
     if isinstance(error, BrokenPipeError):
         sys.exit(1)
     _fail(f"cannot write to standard output: {error.strerror or error}", 1)
+
+
+# What to do about an option given empty, where there is more to say than to give it a value.
+_EMPTY_OPTION_ADVICE = {
+    "--prompt": "leave it out for the bundle's transcription prompt",
+    "--out-dir": "give the folder for the subtitle files",
+}
+
+
+def _empty_argument(arguments: list[str]) -> str | None:
+    """The line for an empty argument, an unset shell variable most likely: a path given empty is
+    the working folder to Python (`run ""` said "not an audio file: .", `export --out ""` wrote
+    into the working folder and left the shell in a deleted one)."""
+    if "" not in arguments and not any(re.fullmatch(r"--[\w-]+=", argument) for argument in arguments):
+        return None
+    group = typer.main.get_command(app)
+    command = group.commands.get(arguments[0]) if isinstance(group, typer.core.TyperGroup) and arguments else None
+    flags = {"--help"} | {
+        name
+        for parameter in [*group.params, *(command.params if command else [])]
+        if getattr(parameter, "is_flag", False) or getattr(parameter, "count", False)
+        for name in (*parameter.opts, *parameter.secondary_opts)
+    }
+    for index, argument in enumerate(arguments):
+        if "--" in arguments[:index]:  # past it, every argument is one of the command's own
+            option = None
+        elif re.fullmatch(r"--[\w-]+=", argument):
+            option = argument[:-1]
+        elif argument == "" and index and arguments[index - 1].startswith("-") and arguments[index - 1] not in flags:
+            option = arguments[index - 1] if "=" not in arguments[index - 1] else None
+        else:
+            option = None
+        if option is not None:
+            return f"{option} is empty; {_EMPTY_OPTION_ADVICE.get(option, 'give it a value (an unset variable?)')}"
+        if argument == "":
+            where = f"edgelalm {arguments[0]}'s argument {index}" if command else f"argument {index + 1}"
+            return f"{where} is empty (an unset variable?); give it a value or leave it out"
+    return None
 
 
 def _raised_by_click_echo(error: OSError) -> bool:

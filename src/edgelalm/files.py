@@ -29,6 +29,10 @@ def safetensors_file(path: Path) -> Iterator[Any]:
     own error types."""
     from safetensors import safe_open
 
+    try:  # safetensors says "No such file or directory" of a file that may not be read
+        path.open("rb").close()
+    except OSError as error:
+        raise EdgelalmError(f"cannot read {path}: {error.strerror or error}") from None
     try:
         with safe_open(str(path), framework="pt") as weights:
             yield weights
@@ -142,9 +146,33 @@ def link_or_copy(source: Path, target: Path) -> None:
 
 def write_failed(what: str, out_dir: Path, error: OSError) -> EdgelalmError:
     """One line for an OSError while writing `out_dir` (a full disk, a file system gone read-only,
-    a quota), with the space left there; atomic_folder has already removed the staging folder."""
+    a quota), with the space left there; atomic_folder has already removed the staging folder.
+    One about a file outside it (an input that may not be read) names that file instead: it was
+    said as a failure to write the output."""
+    if (
+        error.errno not in _WRITING_ERRNOS
+        and error.filename is not None
+        and not _written_by_atomic_folder(Path(os.fsdecode(error.filename)), out_dir)
+    ):
+        return EdgelalmError(f"cannot read {os.fsdecode(error.filename)}: {error.strerror or error}")
     reason = (error.strerror or str(error)) + free_space_note(out_dir.absolute().parent)
     return EdgelalmError(f"writing {what} {out_dir} failed: {reason}")
+
+
+# What only writing causes: a full disk, a quota, a read-only file system, a file past ulimit -f.
+_WRITING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+
+
+def _written_by_atomic_folder(path: Path, out_dir: Path) -> bool:
+    """Whether `path` is `out_dir`, a folder above it, or in the folders `atomic_folder` stages it
+    in and moves an older one aside to."""
+    path, target = path.absolute(), out_dir.absolute()
+    if path == target or path in target.parents:
+        return True
+    if not path.is_relative_to(target.parent):
+        return False
+    first = path.relative_to(target.parent).parts[0]
+    return any(first.startswith(_staging_stem(target, kind)) for kind in ("partial", "old"))
 
 
 def free_space_note(folder: Path) -> str:
@@ -506,12 +534,17 @@ def _process_alive(pid: int) -> bool:
 
 def _open_to_umask(folder: Path) -> None:
     """The permissions any new folder and file would get (mkdtemp makes its folder 0700, and some
-    writers their files 0600): a bundle exported by one account can be served by another."""
+    writers their files 0600): a bundle exported by one account can be served by another. A file
+    linked from elsewhere keeps its own: its mode is the other folder's too (a bundle shared from
+    lost its 0600, or the export failed at its end on a file of another account's)."""
     umask = _umask()
     for path in [folder, *folder.rglob("*")]:
         if path.is_symlink():
             continue
-        executable = path.is_dir() or path.stat().st_mode & 0o111
+        status = path.stat()
+        if not path.is_dir() and status.st_nlink > 1:  # linked from another bundle (--share-from): its file
+            continue
+        executable = path.is_dir() or status.st_mode & 0o111
         path.chmod((0o777 if executable else 0o666) & ~umask)
 
 

@@ -354,6 +354,22 @@ def write_manifest(bundle_dir: Path, manifest: Manifest, checked: dict[str, File
 # -- reading -----------------------------------------------------------------------------------
 
 
+def enclosing_bundle(path: Path, itself: bool = False) -> Path | None:
+    """The bundle folder that holds `path` (or is it, with `itself`): what is written there is not
+    listed in its manifest, and the bundle is refused from then on (files not listed in
+    manifest.json). Only an edgelalm manifest makes a bundle (a web app's manifest.json above is
+    none of its business)."""
+    absolute = Path(os.path.normpath(path.absolute()))
+    for folder in [absolute, *absolute.parents] if itself else absolute.parents:
+        try:
+            manifest = read_json(folder / MANIFEST_FILE)
+        except (EdgelalmError, OSError):
+            continue
+        if isinstance(manifest, dict) and {"format_version", "files"} <= manifest.keys():
+            return folder
+    return None
+
+
 def read_manifest(bundle_dir: Path, verify_files: bool = True) -> Manifest:
     """The manifest of `bundle_dir`, validated; with `verify_files`, every listed file must match it."""
     manifest_path = bundle_dir / MANIFEST_FILE

@@ -11,6 +11,8 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from edgelalm.errors import printable
+
 
 def _stderr() -> Any:
     """sys.stderr as it is now, under the proxy rich puts in its place while a live display runs
@@ -75,16 +77,17 @@ class Steps:
     @contextmanager
     def step(self, title: str) -> Iterator[Callable[[str], None]]:
         """Run one step; the yielded function shows a detail beside it (e.g. "12/291 tensors")."""
-        # Titles and details name paths: `[exp1]` in one is text, not rich's markup.
-        label = escape(f"[{self.done + 1}/{self.total}] {title}")
+        # Titles and details name paths: `[exp1]` in one is text, not rich's markup, and a line
+        # break or a terminal's escape code in one is shown, not obeyed.
+        label = escape(printable(f"[{self.done + 1}/{self.total}] {title}"))
         started = time.perf_counter()
         self._notes = []
         with self.console.status(label, spinner=_spinner(self.console)) as status:
-            yield lambda detail: status.update(f"{label}: {escape(detail)}")
+            yield lambda detail: status.update(f"{label}: {escape(printable(detail))}")
         self.done += 1
         self.console.print(f"{label} [green]done[/green] ({time.perf_counter() - started:.1f} s)", markup=True)
         for note in self._notes:
-            self.console.print(f"      {note}", markup=False)
+            self.console.print(f"      {printable(note)}", markup=False)
 
     def note(self, text: str) -> None:
         """A result line, printed under the current step when it ends."""
@@ -127,8 +130,8 @@ class Bar:
         self.progress.stop()
 
     def update(self, completed: float | None = None, advance: float = 0, status: str | None = None) -> None:
-        description = escape(f"{self.title}: {status}" if status else self.title)
+        description = escape(printable(f"{self.title}: {status}" if status else self.title))
         self.progress.update(self.task, completed=completed, advance=advance, description=description)
 
     def note(self, text: str) -> None:
-        self.progress.console.print(text, markup=False, highlight=False)
+        self.progress.console.print(printable(text), markup=False, highlight=False)

@@ -14,8 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edgelalm.bench.mtmd import MTMD_RUNTIME
 from edgelalm.bench.plan import BenchPlan, parse_compressor
 from edgelalm.constants import SAMPLING_RATE, Device, ExtraBuffers
@@ -24,32 +22,9 @@ from edgelalm.isolation import run_child
 from edgelalm.manifest import DecoderInfo
 from edgelalm.runtime.features import conv_positions, encoder_output_frames
 from edgelalm.runtime.memory import GpuMemoryPeak, peak_rss_mb
+from edgelalm.runtime.synthetic_audio import synthetic_clip
 
 STAGES = ("features", "encoder", "compressor", "prefill", "decode", "time_to_first_token", "total")
-
-
-def synthetic_clip(seconds: float, seed: int = 0) -> np.ndarray:
-    """Speech-like 16 kHz audio (harmonics with a gliding pitch under a syllable-rate envelope,
-    plus noise): random-weights models give the same cost for any audio, and unseg sees a
-    realistic amount of change between frames. Made a block at a time: float64 arrays of the
-    whole clip took 0.5 GB at 600 s, counted in the peak RSS of the runtime measured beside it."""
-    rng = np.random.default_rng(seed)
-    n = int(round(seconds * SAMPLING_RATE))
-    clip = np.empty(n, np.float32)
-    phase_sum = 0.0  # the running sum of the pitch, carried from block to block
-    for start in range(0, n, _CLIP_BLOCK):
-        times = np.arange(start, min(start + _CLIP_BLOCK, n)) / SAMPLING_RATE
-        pitch = 140 + 40 * np.sin(2 * np.pi * 0.3 * times)
-        sums = phase_sum + np.cumsum(pitch)
-        phase_sum = float(sums[-1])
-        phase = 2 * np.pi * sums / SAMPLING_RATE
-        voiced = sum(np.sin(k * phase) / k for k in range(1, 6))
-        envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 4 * times) ** 2
-        clip[start : start + len(times)] = 0.2 * envelope * voiced + 0.01 * rng.standard_normal(len(times))
-    return clip
-
-
-_CLIP_BLOCK = 2**18  # samples (16 s): a few MB of float64 at a time
 
 
 def summarize(values: list[float]) -> dict[str, float]:

@@ -66,6 +66,7 @@ from edgelalm.export.verify import check_adapters, check_compressor, check_ctc, 
 from edgelalm.files import atomic_folder, link_or_copy, read_json_object, write_failed
 from edgelalm.manifest import (
     PromptInfo,
+    enclosing_bundle,
     is_encoder_file,
     write_manifest,
 )
@@ -147,16 +148,9 @@ def _listed_by_manifest(folder: Path) -> Callable[[str], bool]:
 
 
 def _refuse_inside_a_bundle(out_dir: Path) -> None:
-    """A bundle written inside another: the outer one's manifest does not list it, so the outer
-    bundle was refused from then on (`run`, `inspect`: files not listed in manifest.json). Only
-    an edgelalm manifest makes a bundle (a web app's manifest.json above is none of its business)."""
-    for folder in Path(os.path.normpath(out_dir.absolute())).parents:
-        try:
-            manifest = read_json_object(folder / MANIFEST_FILE)
-        except (EdgelalmError, OSError):
-            continue
-        if {"format_version", "files"} <= manifest.keys():
-            raise EdgelalmError(f"{out_dir} is inside the bundle {folder}: name a folder outside it")
+    """A bundle written inside another (`run`, `inspect` refused the outer one from then on)."""
+    if (folder := enclosing_bundle(out_dir)) is not None:
+        raise EdgelalmError(f"{out_dir} is inside the bundle {folder}: name a folder outside it")
 
 
 def _write_bundle(options: ExportOptions) -> None:

@@ -45,6 +45,13 @@ def _check_file(path: Path) -> None:
         raise EdgelalmError(f"{path} is a pipe; give it as - to read it from standard input (... | edgelalm run -)")
     if not stat.S_ISREG(status.st_mode):
         raise EdgelalmError(f"not an audio file: {path}")
+    try:  # libsndfile says "System error." of a file it may not read
+        with path.open("rb") as stream:
+            first_byte = stream.read(1) if status.st_size == 0 else b""
+    except OSError as error:
+        raise EdgelalmError(f"cannot read audio from {path}: {error.strerror or error}") from None
+    if first_byte:  # /proc and /sys files say they are empty and are not
+        raise EdgelalmError(f"not an audio file: {path} (a file of the system's, not of audio)")
     if status.st_size == 0:
         raise EdgelalmError(f"{path} is empty")
 
@@ -208,21 +215,36 @@ def _past_pad(stream: BinaryIO, end: int, size: int, next_file: bytes) -> int:
     return end if stream.read(len(next_file)) == next_file else end + 1
 
 
-def _native_path(path: Path) -> str | bytes:
+# libsndfile keeps a file's name in 1024 bytes: a longer one ("Supplied filename too long.", at
+# 1024 "System error.") is opened through a descriptor's name in /proc (Linux allows 4095).
+_LIBSNDFILE_NAME_BYTES = 1024
+
+
+@contextlib.contextmanager
+def _libsndfile_name(path: Path) -> Iterator[str | bytes]:
     """`path` as libsndfile opens it: soundfile encodes a str strictly, so a file name that is not
     UTF-8 (latin-1 bytes, kept by Python as surrogates) could not be opened; its bytes can. A file
     named `-` goes as `./-`: libsndfile reads `-` from standard input."""
     if os.name == "nt":
-        return ".\\-" if str(path) == "-" else str(path)
-    return b"./-" if os.fsencode(path) == b"-" else os.fsencode(path)
+        yield ".\\-" if str(path) == "-" else str(path)
+        return
+    name = b"./-" if os.fsencode(path) == b"-" else os.fsencode(path)
+    if len(name) < _LIBSNDFILE_NAME_BYTES or not os.path.isdir("/proc/self/fd"):
+        yield name
+        return
+    descriptor = os.open(path, os.O_RDONLY)
+    try:  # libsndfile opens the same file again by that name, and keeps its own descriptor
+        yield f"/proc/self/fd/{descriptor}".encode()
+    finally:
+        os.close(descriptor)
 
 
 def open_audio(path: Path) -> AudioFileInfo:
     """What `path`'s header says (no samples read): refuses what libsndfile cannot read."""
     _check_file(path)
     try:
-        with _decoder_messages_muted():
-            info = soundfile.info(_native_path(path))
+        with _decoder_messages_muted(), _libsndfile_name(path) as name:
+            info = soundfile.info(name)
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
         raise EdgelalmError(f"cannot read audio from {path}: {_unreadable_reason(path, error)}") from None
     if info.frames <= 0:
@@ -355,8 +377,8 @@ def _decoder_messages_muted() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _opened(path: Path) -> Iterator[soundfile.SoundFile]:
-    with _decoder_messages_muted():
-        stream = soundfile.SoundFile(_native_path(path))
+    with _decoder_messages_muted(), _libsndfile_name(path) as name:
+        stream = soundfile.SoundFile(name)
     with stream:
         yield stream
 
@@ -821,8 +843,8 @@ def refuse_unrecognised(path: Path, source: str) -> None:
     """One line where the start of a stream being saved at `path` is no format libsndfile reads:
     checked as a pipe is saved (`run - < /dev/zero` filled $TMPDIR before it was refused)."""
     try:
-        with _decoder_messages_muted():
-            soundfile.info(_native_path(path))
+        with _decoder_messages_muted(), _libsndfile_name(path) as name:
+            soundfile.info(name)
     except soundfile.LibsndfileError as error:
         if error.code == _UNRECOGNISED_FORMAT:
             raise EdgelalmError(f"cannot read audio from {source}: {_unreadable_reason(path, error)}") from None

@@ -77,8 +77,8 @@ def bundle_canary(
     bundle: Path, threads: int | None = None, extra_buffers: ExtraBuffers = "auto", device: str = "cpu"
 ) -> dict[str, Any]:
     """The bundle canary in this process: load the bundle, answer on a synthetic clip."""
-    from edgelalm.bench import synthetic_clip
     from edgelalm.runtime.pipeline import Runtime
+    from edgelalm.runtime.synthetic_audio import synthetic_clip
 
     started = time.perf_counter()
     with Runtime(bundle, threads=threads, device=device, llama_extra_buffers=extra_buffers) as runtime:
