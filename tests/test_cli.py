@@ -497,6 +497,80 @@ def test_an_interrupt_waits_for_a_deferred_block_to_end(tmp_path):
     assert (tmp_path / "block").read_text() == "finished" and not (tmp_path / "after").exists()
 
 
+# An output folder committed by atomic_folder, the process signalling itself during one of the
+# commit's renames (`at`: the first of them, or the last).
+_COMMITTING_APP = """
+import signal
+from pathlib import Path
+import edgelalm.cli as cli
+from edgelalm.files import atomic_folder
+
+renames = []
+rename = Path.rename
+
+def signalling_rename(self, target):
+    result = rename(self, target)
+    renames.append(target)
+    if len(renames) == {at}:
+        signal.raise_signal(signal.SIGINT)
+    return result
+
+def app(**_):
+    Path.rename = signalling_rename
+    with atomic_folder(Path("bundle"), force=True, marker="manifest.json") as staging:
+        (staging / "manifest.json").write_text("new")
+    Path("after").write_text("the interrupt did not come")
+
+cli.app = app
+cli.main()
+"""
+
+
+@pytest.mark.parametrize("replacing", [False, True])
+def test_an_interrupt_while_an_output_is_committed_waits_for_it_and_says_it_is_kept(tmp_path, replacing):
+    """After the last rename it said "interrupted" of a whole folder (a re-run then refused it as
+    existing); between --force's two, the user's older folder was left only in a hidden one."""
+    if replacing:
+        (tmp_path / "bundle").mkdir()
+        (tmp_path / "bundle" / "manifest.json").write_text("old")
+    done = _python(_COMMITTING_APP.format(at=1), tmp_path)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.splitlines() == [
+        "edgelalm: interrupting once the output folder is in place",
+        f"edgelalm: error: interrupted; {tmp_path / 'bundle'} had been written whole, and is kept",
+    ]
+    assert (tmp_path / "bundle" / "manifest.json").read_text() == "new"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["bundle"]
+
+
+def test_an_interrupt_ends_the_process_while_stdout_waits_for_a_reader(tmp_path):
+    """A pipe whose reader does not read (a pager at its prompt): the interrupt's unwinding flushed
+    what stdout still buffered and waited with it, for as long as the reader did (for ever)."""
+    import fcntl
+
+    script = (
+        "import os, signal, threading\n"
+        "import edgelalm.cli as cli\n"
+        "def app(**_):\n"
+        "    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()\n"
+        "    for _ in range(100_000):\n"
+        "        cli._say('x' * 100)\n"
+        "cli.app = app\n"
+        "cli.main()\n"
+    )
+    environment = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, env=environment
+    )
+    fcntl.fcntl(child.stdout, 1031, 4096)  # F_SETPIPE_SZ: a small pipe, full at once; never read
+    try:
+        code = child.wait(timeout=30)
+    finally:
+        child.kill()
+    assert code == 130
+    assert child.stderr.read().decode().endswith("edgelalm: error: interrupted\n")
+
+
 def test_a_closed_terminal_unwinds_as_ctrl_c_does(tmp_path):
     """SIGHUP (a terminal closed, an ssh session dropped) ended the process at once: a bundle's
     staging folder, a subtitle file's scratch and the saved copy of standard input stayed."""

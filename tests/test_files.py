@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -140,6 +141,26 @@ def test_a_written_folder_has_the_umasks_permissions(tmp_path):
         os.umask(previous)
     modes = {path.name: path.stat().st_mode & 0o777 for path in [tmp_path / "bundle", *(tmp_path / "bundle").iterdir()]}
     assert modes == {"bundle": 0o755, "weights.bin": 0o644, "tool": 0o755, "inner": 0o755}
+
+
+def test_an_older_folder_is_put_back_where_the_new_one_cannot_be_moved_in(tmp_path, monkeypatch):
+    """--force moves the older folder aside, then the new one in: where that failed, the older one
+    was left only in a hidden folder."""
+    target = tmp_path / "bundle"
+    target.mkdir()
+    (target / "manifest.json").write_text("old")
+    rename = Path.rename
+
+    def failing_rename(self, destination):
+        if Path(destination) == target and self.name.startswith(".bundle.partial"):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return rename(self, destination)
+
+    monkeypatch.setattr(Path, "rename", failing_rename)
+    with pytest.raises(OSError), atomic_folder(target, force=True, marker="manifest.json") as staging:
+        (staging / "manifest.json").write_text("new")
+    assert (target / "manifest.json").read_text() == "old"
+    assert [path.name for path in tmp_path.iterdir()] == ["bundle"]
 
 
 def test_a_file_linked_into_a_written_folder_keeps_its_own_permissions(tmp_path):

@@ -275,3 +275,27 @@ def test_ctrl_c_that_llama_cpp_s_log_callback_drops_is_raised_after_the_call(ggu
     interrupts._keep_dropped_interrupt(dropped)
     assert seen == [dropped]
     interrupts.deliver_swallowed()
+
+
+def test_an_interrupt_during_a_native_import_is_the_interrupt_not_a_library_that_cannot_load(monkeypatch):
+    """Ctrl-C while onnxruntime's native initialisation imports numpy comes out as its ImportError
+    ("import numpy failed"): doctor reported onnxruntime unloadable, went on, then said interrupted."""
+    import builtins
+    import sys
+
+    from edgelalm import interrupts
+
+    real_import = builtins.__import__
+
+    def failing_import(name, *arguments, **keywords):
+        if name == "onnxruntime":
+            raise ImportError("import numpy failed")
+        return real_import(name, *arguments, **keywords)
+
+    monkeypatch.delitem(sys.modules, "onnxruntime", raising=False)
+    monkeypatch.setattr(builtins, "__import__", failing_import)
+    with pytest.raises(EdgelalmError, match="onnxruntime cannot be loaded: import numpy failed"):
+        llama_backend.import_onnxruntime()  # no signal: a library that cannot load
+    monkeypatch.setattr(interrupts, "_signals_seen", 1)
+    with pytest.raises(KeyboardInterrupt):
+        llama_backend.import_onnxruntime()

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import stat
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -25,6 +26,8 @@ from edgelalm import interrupts
 from edgelalm.checks import is_finite_number, short_repr
 from edgelalm.compression import COMPRESSOR_DESCRIPTIONS, FACTOR_COMPRESSORS, MAX_FACTOR, CompressorSpec
 from edgelalm.constants import (
+    BENCH_COMPRESSORS,
+    BENCH_SECONDS,
     DEFAULT_CTC_READS,
     EXPORT_PACKAGES,
     MANIFEST_FILE,
@@ -781,8 +784,10 @@ def bench(
     ] = "small",
     compressors: Annotated[
         str, typer.Option(help="Comma-separated compressors: none, avgK, sampleK, unseg, mean, max.")
-    ] = "none,avg2,avg3,avg4,avg6,sample3,unseg",
-    seconds: Annotated[str, typer.Option(help="Comma-separated clip lengths in seconds.")] = "5,30,120,600",
+    ] = ",".join(BENCH_COMPRESSORS),
+    seconds: Annotated[str, typer.Option(help="Comma-separated clip lengths in seconds.")] = ",".join(
+        f"{seconds:g}" for seconds in BENCH_SECONDS
+    ),
     repeats: Annotated[int, typer.Option(min=1, help="Measured runs per point, after one warm-up run.")] = 3,
     max_tokens: Annotated[
         int,
@@ -1269,9 +1274,15 @@ def _raised_by_click_echo(error: OSError) -> bool:
 def _fail_interrupted() -> None:
     """Exit 130 after one line. os._exit, because CI once saw this process end by SIGINT (status
     -2) after printing this line: CPython may re-raise at exit an interrupt it saw unhandled in
-    native code. The unwinding has already removed any half-written output."""
+    native code. The unwinding has already removed any half-written output. What stdout still
+    buffers for a pipe goes only where the pipe takes it at once: a reader that does not read
+    held the flush, and the process with it, for as long (Ctrl-C and SIGTERM did nothing)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # closed, or no file (a test's capture)
+        mode = os.fstat(sys.stdout.fileno()).st_mode
+        if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+            os.set_blocking(sys.stdout.fileno(), False)
     _end_stdout_line()
-    for stream, text in ((sys.stdout, ""), (sys.stderr, interrupts.INTERRUPTED_LINE)):
+    for stream, text in ((sys.stdout, ""), (sys.stderr, interrupts.interrupted_line())):
         with contextlib.suppress(OSError, ValueError):  # a reader gone (`| head`), a stream closed
             stream.write(text)
             stream.flush()

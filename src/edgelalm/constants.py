@@ -39,12 +39,30 @@ CTC_FILE = "ctc.onnx"
 DECODER_FILE = "decoder.gguf"
 # peft's adapter config: what marks a folder as a LoRA adapter (finetune writes it, export reads it).
 ADAPTER_CONFIG_FILE = "adapter_config.json"
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+# What training writes beside its weights (finetune's adapter folder: --force replaces a folder
+# of these), and the plot of its losses.
+TRAIN_LOG_FILE = "train_log.jsonl"
+TRAIN_SETTINGS_FILE = "train_settings.json"
+LOSS_PLOT_FILE = "loss.png"
 # The largest LoRA alpha read or trained (export/adapter.py, training/finetune.py): past about 10^38 a
 # scaling overflows an adapter GGUF's float32; nothing trains anywhere near it.
 MAX_LORA_ALPHA = 1e6
 # The export extra's packages, by the names they import as: what `export`, `finetune` and the
 # other torch commands need, and what `doctor` reports.
 EXPORT_PACKAGES = ("torch", "transformers", "safetensors", "peft", "onnx", "onnxscript", "gguf")
+# Qwen2-Audio's added tokens' texts, in the order Qwen numbers them (151643 .. 151648 in the 7B
+# tokenizer): what scaffold writes, export names in the manifest and training ends answers with.
+ENDOFTEXT = "<|endoftext|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+AUDIO_TOKEN = "<|AUDIO|>"
+AUDIO_BOS = "<|audio_bos|>"
+AUDIO_EOS = "<|audio_eos|>"
+SPECIAL_TOKENS: tuple[str, ...] = (ENDOFTEXT, IM_START, IM_END, AUDIO_TOKEN, AUDIO_BOS, AUDIO_EOS)
+# What `edgelalm bench` measures when not told: its compressors and clip lengths (s).
+BENCH_COMPRESSORS = ("none", "avg2", "avg3", "avg4", "avg6", "sample3", "unseg")
+BENCH_SECONDS = (5.0, 30.0, 120.0, 600.0)
 # What `edgelalm finetune` records beside the adapter (the compressor it was realigned to, ...).
 FINETUNE_RECORD_FILE = "edgelalm_finetune.json"
 

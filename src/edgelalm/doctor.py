@@ -70,6 +70,10 @@ def machine_report(threads: int | None, extra_buffers: ExtraBuffers) -> dict[str
             return {"error": str(error)}
 
     def onnxruntime_part() -> dict[str, Any]:
+        # numpy first: onnxruntime's native initialisation imports it, and a Ctrl-C there printed
+        # a traceback of its own before edgelalm's line.
+        import numpy  # noqa: F401
+
         onnxruntime = import_onnxruntime()
         return {"version": onnxruntime.__version__, "providers": onnxruntime.get_available_providers()}
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from edgelalm import interrupts
 from edgelalm.errors import EdgelalmError
 
 _CHUNK_BYTES = 1 << 20
@@ -164,10 +165,10 @@ _WRITING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBI
 
 
 def _written_by_atomic_folder(path: Path, out_dir: Path) -> bool:
-    """Whether `path` is `out_dir`, a folder above it, or in the folders `atomic_folder` stages it
-    in and moves an older one aside to."""
+    """Whether `path` is `out_dir`, in it (results written there), a folder above it, or in the
+    folders `atomic_folder` stages it in and moves an older one aside to."""
     path, target = path.absolute(), out_dir.absolute()
-    if path == target or path in target.parents:
+    if path.is_relative_to(target) or path in target.parents:
         return True
     if not path.is_relative_to(target.parent):
         return False
@@ -394,13 +395,18 @@ def atomic_folder(
         # Again: what appeared at `target` while this was written (another export of the same name,
         # a folder of the user's) is judged as it would have been at the start, not replaced unseen.
         check_replaceable(target, force, marker, owned)
-        if target.exists():
-            retired = Path(tempfile.mkdtemp(prefix=_owned_prefix(target, "old"), dir=target.parent))
-            target.rename(retired / target.name)
-            staging.rename(target)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            staging.rename(target)
+        retired = None
+        # A signal between the renames left the older folder only in a hidden one (--force), and
+        # one after the last said "interrupted" of a whole folder: it waits for them.
+        try:
+            with interrupts.deferred(_COMMIT_NOTE), interrupts.kept_if_interrupted(target):
+                if target.exists():
+                    retired = Path(tempfile.mkdtemp(prefix=_owned_prefix(target, "old"), dir=target.parent))
+                    target.rename(retired / target.name)
+                staging.rename(target)
+        finally:  # the held signal too: the older folder goes before it unwinds
+            if retired is not None:
+                _settle_retired(retired, target)
     except BaseException:
         # One handler from the staging folder's creation on: a signal that lands between its
         # creation and the yield removes it too.
@@ -408,6 +414,20 @@ def atomic_folder(
             shutil.rmtree(staging, ignore_errors=True)
         _remove_empty(created_parents)
         raise
+
+
+_COMMIT_NOTE = "edgelalm: interrupting once the output folder is in place"
+
+
+def _settle_retired(retired: Path, target: Path) -> None:
+    """The older folder moved aside into `retired`: removed once the new one is at `target`, put
+    back where the new one could not be moved there."""
+    if target.exists():
+        shutil.rmtree(retired, ignore_errors=True)
+        return
+    with contextlib.suppress(OSError):
+        (retired / target.name).rename(target)
+        retired.rmdir()
 
 
 @contextlib.contextmanager

@@ -23,6 +23,9 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from edgelalm.errors import printable
 
 # SIGHUP where the platform has one (Windows has none).
 _HANDLED = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
@@ -30,6 +33,12 @@ _HANDLED = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP
 INTERRUPTED_LINE = "edgelalm: error: interrupted\n"
 _signals_seen = 0
 _deferring = 0
+_EXPORT_CALL_NOTE = (
+    "edgelalm: interrupting once the current export call returns (a third signal stops it at once, leaving its "
+    "hidden staging folder for the next export to remove)"
+)
+_deferred_note = _EXPORT_CALL_NOTE
+_kept: Path | None = None
 _pending = False
 _swallowed = False
 _previous_unraisablehook = sys.unraisablehook
@@ -114,17 +123,37 @@ def interrupted() -> bool:
 
 
 @contextlib.contextmanager
-def deferred() -> Iterator[None]:
-    """Hold a first signal until the block ends (a no-op where install() was not called)."""
-    global _deferring, _pending, _swallowed
+def deferred(note: str = _EXPORT_CALL_NOTE) -> Iterator[None]:
+    """Hold a first signal until the block ends, saying `note` when one comes (a no-op where
+    install() was not called)."""
+    global _deferring, _pending, _swallowed, _deferred_note
     _deferring += 1
+    outer_note, _deferred_note = _deferred_note, note
     try:
         yield
     finally:
         _deferring -= 1
+        _deferred_note = outer_note
         if not _deferring and (_pending or _swallowed):
             _pending = _swallowed = False
             raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def kept_if_interrupted(output: Path) -> Iterator[None]:
+    """`output` is whole once the block ends: a signal held until then (`deferred`) says so in the
+    interrupted line, where the command's result would have named it."""
+    global _kept
+    yield
+    if _pending:
+        _kept = output
+
+
+def interrupted_line() -> str:
+    """The line a command ended by a signal prints: with what was already written whole, if any."""
+    if _kept is None:
+        return INTERRUPTED_LINE
+    return f"edgelalm: error: interrupted; {printable(os.fsdecode(_kept))} had been written whole, and is kept\n"
 
 
 def settle() -> None:
@@ -148,11 +177,6 @@ def _on_signal(signum: int, frame: object) -> None:
     if _deferring:
         _pending = True
         with contextlib.suppress(OSError, ValueError):  # a closed terminal (SIGHUP) takes stderr with it
-            print(
-                "edgelalm: interrupting once the current export call returns (a third signal stops it at "
-                "once, leaving its hidden staging folder for the next export to remove)",
-                file=sys.stderr,
-                flush=True,
-            )
+            print(_deferred_note, file=sys.stderr, flush=True)
         return
     raise KeyboardInterrupt

@@ -35,7 +35,13 @@ from transformers import (
 )
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX as QWEN2_SPLIT_REGEX
 
-from edgelalm.constants import SAMPLING_RATE
+from edgelalm.constants import (
+    AUDIO_TOKEN,
+    ENDOFTEXT,
+    IM_END,
+    SAMPLING_RATE,
+    SPECIAL_TOKENS,
+)
 from edgelalm.errors import EdgelalmError
 from edgelalm.files import write_json
 from edgelalm.progress import Bar
@@ -43,15 +49,6 @@ from edgelalm.progress import Bar
 # Text the scaffold ships as data: the chat template and the tokenizer's training sentences.
 DATA = Path(__file__).parent / "data"
 
-ENDOFTEXT = "<|endoftext|>"
-IM_START = "<|im_start|>"
-IM_END = "<|im_end|>"
-AUDIO_TOKEN = "<|AUDIO|>"
-AUDIO_BOS = "<|audio_bos|>"
-AUDIO_EOS = "<|audio_eos|>"
-
-# Qwen2-Audio's added tokens, in the order Qwen numbers them (151643 .. 151648 in the 7B tokenizer).
-SPECIAL_TOKENS: tuple[str, ...] = (ENDOFTEXT, IM_START, IM_END, AUDIO_TOKEN, AUDIO_BOS, AUDIO_EOS)
 
 MEL_BINS = 128
 HOP_LENGTH = 160

@@ -28,8 +28,6 @@ from edgelalm.bench.measure import (
 )
 from edgelalm.bench.mtmd import MMPROJ_TYPE, MTMD_RUNTIME, ensure_mmproj, explain_failure, mmproj_path
 from edgelalm.bench.plan import (
-    DEFAULT_COMPRESSORS,
-    DEFAULT_SECONDS,
     QUICK,
     BenchPlan,
     check_device,
@@ -44,8 +42,6 @@ from edgelalm.bench.report import check_results_folder, check_rows, machine_desc
 from edgelalm.errors import EdgelalmError
 
 __all__ = [
-    "DEFAULT_COMPRESSORS",
-    "DEFAULT_SECONDS",
     "MTMD_RUNTIME",
     "QUICK",
     "STAGES",

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from edgelalm.bench.llama_cpp_source import installed_version, llama_cpp_source
-from edgelalm.constants import Device, ExtraBuffers
+from edgelalm.constants import AUDIO_BOS, AUDIO_EOS, Device, ExtraBuffers
 from edgelalm.errors import EdgelalmError
 from edgelalm.isolation import run_child
 from edgelalm.manifest import PromptInfo, read_manifest
@@ -46,8 +46,8 @@ CONVERTER = "convert_hf_to_gguf.py"
 CONVERTER_PATHS = (CONVERTER, "conversion", "gguf-py")
 CONVERT_TIMEOUT_S = 3600
 # What mtmd.cpp puts around a qwen2a projector's audio (so the prompt text must not carry them).
-AUDIO_BEGIN = "<|audio_bos|>"
-AUDIO_END = "<|audio_eos|>"
+AUDIO_BEGIN = AUDIO_BOS
+AUDIO_END = AUDIO_EOS
 # mtmd's Whisper preprocessing: whole 30 s windows, 3000 mel frames -> 1500 encoder positions
 # (50 a second).
 MTMD_WINDOW_SECONDS = 30

@@ -10,6 +10,8 @@ from typing import Any
 from edgelalm.checks import is_whole_number
 from edgelalm.compression import CompressorSpec
 from edgelalm.constants import (
+    BENCH_COMPRESSORS,
+    BENCH_SECONDS,
     MANIFEST_FILE,
     SCAFFOLD_PRESETS,
     EncoderPrecision,
@@ -20,8 +22,6 @@ from edgelalm.errors import EdgelalmError
 from edgelalm.files import files_newer_than, read_json_object
 from edgelalm.manifest import bundle_name, read_manifest
 
-DEFAULT_COMPRESSORS = ("none", "avg2", "avg3", "avg4", "avg6", "sample3", "unseg")
-DEFAULT_SECONDS = (5.0, 30.0, 120.0, 600.0)
 # `bench --quick`: what it changes in the plan. No llama.cpp mtmd column: mtmd cannot run the tiny
 # preset (llama.cpp's converter needs 3 or more tower layers, mtmd a 30 s window).
 QUICK: dict[str, Any] = {
@@ -38,8 +38,8 @@ QUICK: dict[str, Any] = {
 class BenchPlan:
     model: str  # a checkpoint folder or a preset name
     out_dir: Path
-    compressors: tuple[str, ...] = DEFAULT_COMPRESSORS
-    seconds: tuple[float, ...] = DEFAULT_SECONDS
+    compressors: tuple[str, ...] = BENCH_COMPRESSORS
+    seconds: tuple[float, ...] = BENCH_SECONDS
     repeats: int = 3
     max_tokens: int = 32
     quant: QuantType = "q8_0"

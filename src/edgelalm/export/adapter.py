@@ -25,11 +25,10 @@ import torch
 from safetensors import safe_open
 
 from edgelalm.checks import is_real_number, is_whole_number
-from edgelalm.constants import ADAPTER_CONFIG_FILE, MAX_LORA_ALPHA
+from edgelalm.constants import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, MAX_LORA_ALPHA
 from edgelalm.errors import EdgelalmError
 from edgelalm.files import safetensors_file, sha256_of
 
-WEIGHTS_FILE = "adapter_model.safetensors"
 PICKLE_WEIGHTS_FILES = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
 # peft's LoraConfig defaults, used when adapter_config.json leaves a field out.
 DEFAULT_RANK = 8
@@ -101,7 +100,7 @@ class LoraAdapter:
 
     @property
     def weights_file(self) -> Path:
-        return self.path / WEIGHTS_FILE
+        return self.path / ADAPTER_WEIGHTS_FILE
 
     def factors(self, tensor_name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """A module's LoRA factors (A, B) in float32, refused when not finite: merged or written
@@ -139,7 +138,7 @@ class LoraAdapter:
             "alpha_pattern": dict(self.alpha_pattern),
             "target_modules": summarize_modules(self.target_modules),
             "base_model": self.base_model_name,
-            "file": WEIGHTS_FILE,
+            "file": ADAPTER_WEIGHTS_FILE,
             "sha256": self.sha256,
         }
 
@@ -238,7 +237,7 @@ def check_adapter_files(path: Path) -> Path:
         raise EdgelalmError(
             f"{path} is a file; an adapter is a peft folder (adapter_config.json, adapter_model.safetensors)"
         )
-    weights_file = path / WEIGHTS_FILE
+    weights_file = path / ADAPTER_WEIGHTS_FILE
     if not weights_file.is_file():
         pickles = [name for name in PICKLE_WEIGHTS_FILES if (path / name).is_file()]
         if pickles:
@@ -247,7 +246,7 @@ def check_adapter_files(path: Path) -> Path:
                 "only, since unpickling can run arbitrary code. Re-save the adapter with peft's "
                 "save_pretrained(..., safe_serialization=True) from a source you trust"
             )
-        raise EdgelalmError(f"{path} is not a peft adapter folder: it has no {WEIGHTS_FILE}")
+        raise EdgelalmError(f"{path} is not a peft adapter folder: it has no {ADAPTER_WEIGHTS_FILE}")
     if not (path / ADAPTER_CONFIG_FILE).is_file():
         raise EdgelalmError(f"{path} is not a peft adapter folder: it has no {ADAPTER_CONFIG_FILE}")
     return weights_file

@@ -22,7 +22,10 @@ from edgelalm.constants import (
     ENCODER_INPUT,
     ENCODER_OUTPUT,
     ENCODER_RIGHT_CONTEXT_INPUT,
+    ENDOFTEXT,
     GGUF_ARCHITECTURE,
+    IM_END,
+    IM_START,
     MIN_MEL_FRAMES,
     RIGHT_CONTEXT_FRAMES,
 )
@@ -198,9 +201,9 @@ def special_tokens(checkpoint: Checkpoint) -> SpecialTokens:
         "audio": processor.audio_token,
         "audio_bos": processor.audio_bos_token,
         "audio_eos": processor.audio_eos_token,
-        "im_start": "<|im_start|>",
-        "im_end": "<|im_end|>",
-        "endoftext": "<|endoftext|>",
+        "im_start": IM_START,
+        "im_end": IM_END,
+        "endoftext": ENDOFTEXT,
     }
     tokens: dict[str, SpecialToken] = {}
     vocabulary = tokenizer.get_vocab()  # added tokens included

@@ -48,8 +48,18 @@ def import_onnxruntime() -> ModuleType:
     try:
         import onnxruntime
     except Exception as error:  # ImportError, or an OSError from a missing shared library
+        _raise_if_interrupted()
         raise EdgelalmError(f"onnxruntime cannot be loaded: {error_gist(error)}") from None
     return onnxruntime
+
+
+def _raise_if_interrupted() -> None:
+    """A signal during a native module's initialisation comes out as its ImportError (onnxruntime's
+    import of numpy: "import numpy failed"): it is the interrupt, not a library that cannot load."""
+    from edgelalm import interrupts
+
+    if interrupts.interrupted():
+        raise KeyboardInterrupt
 
 
 def import_llama_cpp() -> ModuleType:
@@ -61,6 +71,7 @@ def import_llama_cpp() -> ModuleType:
     try:
         import llama_cpp
     except Exception as error:  # llama_cpp raises RuntimeError("Failed to load shared library ...")
+        _raise_if_interrupted()
         raise EdgelalmError(f"llama-cpp-python cannot be loaded: {error_gist(error)}") from None
     check_llama_cpp_api(llama_cpp)
     return llama_cpp

@@ -39,7 +39,7 @@ import numpy as np
 from edgelalm.checks import is_whole_number
 from edgelalm.constants import ENCODER_FRAMES_PER_SECOND, SAMPLING_RATE
 from edgelalm.errors import EdgelalmError
-from edgelalm.files import atomic_folder, check_replaceable, read_json_object
+from edgelalm.files import atomic_folder, check_replaceable, link_or_copy, read_json_object
 from edgelalm.progress import Bar
 from edgelalm.training import corpus, speech, synthesizers, texts
 from edgelalm.training.dataset import check_spans, map_shard, owns_dataset_file, read_folder
@@ -542,7 +542,7 @@ def encode_further(
             np.save(partial / frames_file, np.concatenate([carried[i] for i in members]), allow_pickle=False)
             entry = {**shard, "frames": frames_file, "frame_count": offset}
             if "audio" in shard:
-                _link_or_copy(Path(source) / shard["audio"], partial / shard["audio"])
+                link_or_copy(Path(source) / shard["audio"], partial / shard["audio"])
             shards.append(entry)
         with open(partial / "metadata.jsonl", "w", encoding="utf-8") as metadata:
             for record in records:
@@ -558,15 +558,6 @@ def encode_further(
         }
         (partial / "dataset.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return out
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    import shutil
-
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
 
 
 class _NoBar:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgelalm.constants import WindowMode
+from edgelalm.constants import ENDOFTEXT, WindowMode
 from edgelalm.training.texts import normalize_transcript
 
 # Enough for three requests in one clip (the default model's longest held-out answers, ~60 tokens).
@@ -94,7 +94,7 @@ def transcribe_torch(
     settings = FeatureSettings(
         features.sampling_rate, features.n_fft, features.hop_length, window_samples, features.mel_filters
     )
-    end_ids = [prompt.end_of_answer, tokenizer.convert_tokens_to_ids("<|endoftext|>")]
+    end_ids = [prompt.end_of_answer, tokenizer.convert_tokens_to_ids(ENDOFTEXT)]
     texts, audio_tokens = [], 0
 
     def embedded(window: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -38,10 +38,14 @@ import numpy as np
 from edgelalm.compression import CompressorSpec
 from edgelalm.constants import (
     ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE,
     CTC_HEAD_FILE,
     ENCODER_FRAMES_PER_SECOND,
     FINETUNE_RECORD_FILE,
+    LOSS_PLOT_FILE,
     MAX_LORA_ALPHA,
+    TRAIN_LOG_FILE,
+    TRAIN_SETTINGS_FILE,
     PromptFormat,
 )
 from edgelalm.errors import EdgelalmError
@@ -159,12 +163,12 @@ CTC_REALIGN_WEIGHT = 1.0
 _ADAPTER_FILES = frozenset(
     {
         ADAPTER_CONFIG_FILE,
-        "adapter_model.safetensors",
+        ADAPTER_WEIGHTS_FILE,
         "README.md",
         FINETUNE_RECORD_FILE,
-        "train_log.jsonl",
-        "train_settings.json",
-        "loss.png",
+        TRAIN_LOG_FILE,
+        TRAIN_SETTINGS_FILE,
+        LOSS_PLOT_FILE,
         CTC_HEAD_FILE,
         CTC_HEAD_LOG_FILE,
     }
@@ -466,7 +470,7 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
                 "final_loss": log.records[-1]["loss"],
             }
             try:
-                plot_losses(log, staging / "loss.png", title)
+                plot_losses(log, staging / LOSS_PLOT_FILE, title)
             except ImportError:
                 print("matplotlib is not installed: no loss.png (pip install 'edgelalm[bench]')", file=sys.stderr)
             if realign_head:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
 
+from edgelalm.constants import ENDOFTEXT, IM_END
 from edgelalm.export import audio_tower as tower_steps
 from edgelalm.manifest import PromptInfo
 from edgelalm.prompt import DEFAULT_PROMPT, chat_template_pieces
@@ -163,7 +164,7 @@ class PromptIds:
     def from_pieces(cls, tokenizer, pieces: PromptInfo, prompt: str | None = None) -> PromptIds:
         """The pieces export writes into the manifest (`prompt.prompt_pieces`), around `prompt`
         (None: the format's default, as the runtime's), ending as that format's answers end."""
-        end = "<|endoftext|>" if pieces.format == "base" else "<|im_end|>"
+        end = ENDOFTEXT if pieces.format == "base" else IM_END
 
         def ids(text: str) -> list[int]:
             return tokenizer(text, add_special_tokens=False)["input_ids"]

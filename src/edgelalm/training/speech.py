@@ -12,7 +12,6 @@ others. The plain voices (no variant) are always train.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import re
 import shutil
@@ -107,11 +106,6 @@ def voice_variants() -> tuple[str, ...]:
     return tuple(sorted(found))
 
 
-def _voice_bucket(voice: str) -> float:
-    digest = hashlib.blake2b(voice.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
-
-
 def voice_split(voice: str) -> Split:
     """The split a voice ("en-us" or "en-us+f3") belongs to."""
     _, _, variant = voice.partition("+")
@@ -119,7 +113,7 @@ def voice_split(voice: str) -> Split:
         return "train"
     if variant in HELD_OUT_VARIANTS:
         return "test"
-    return "test" if _voice_bucket(voice) < TEST_VOICE_FRACTION else "train"
+    return "test" if texts.stable_fraction(voice) < TEST_VOICE_FRACTION else "train"
 
 
 @lru_cache(maxsize=2)

@@ -385,8 +385,10 @@ def sample_sentence(split: Split, rng: random.Random, grammar_version: int = GRA
     return " ".join(_expand(_compiled(split, grammar_version), "sentence", rng).split())
 
 
-def _bucket(sentence: str) -> float:
-    digest = hashlib.blake2b(sentence.encode("utf-8"), digest_size=8).digest()
+def stable_fraction(text: str) -> float:
+    """A fraction in [0, 1) fixed by `text` alone, on any machine and Python (hash() is salted per
+    process): what puts a sentence or a voice in its split."""
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
 
 
@@ -396,7 +398,7 @@ def split_of(sentence: str) -> Split | None:
         return None
     if any(word.removesuffix("'s") in HELD_OUT_WORDS for word in sentence.split()):
         return "test"
-    return "test" if _bucket(sentence) < TEST_FRACTION else "train"
+    return "test" if stable_fraction(sentence) < TEST_FRACTION else "train"
 
 
 def iter_utterances(split: Split, seed: int, grammar_version: int = GRAMMAR_VERSION) -> Iterator[str]:

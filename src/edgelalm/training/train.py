@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from edgelalm.constants import REALIGNED_TO_KEY
+from edgelalm.constants import ENDOFTEXT, REALIGNED_TO_KEY, TRAIN_LOG_FILE, TRAIN_SETTINGS_FILE
 from edgelalm.errors import EdgelalmError
 from edgelalm.export.ctc import CtcLayers, read_ctc_head
 from edgelalm.files import write_json
@@ -445,9 +445,9 @@ def train(
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
-    log = TrainLog(out_dir / "train_log.jsonl")
+    log = TrainLog(out_dir / TRAIN_LOG_FILE)
     log.path.write_text("")
-    write_json(out_dir / "train_settings.json", asdict(settings))
+    write_json(out_dir / TRAIN_SETTINGS_FILE, asdict(settings))
 
     compressor = compressor if compressor is not None else nn.Identity()
     encoded = isinstance(train_data, EncodedDataset)
@@ -469,7 +469,7 @@ def train(
             tuned_tower += list(module.parameters())
     prompt = prompt or PromptIds.from_processor(processor)
     tokenizer = processor.tokenizer
-    lm_boundary = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    lm_boundary = tokenizer.convert_tokens_to_ids(ENDOFTEXT)
     feature_extractor = processor.feature_extractor
     window_samples = processor.feature_extractor.n_samples
     sampling_rate = train_data.sampling_rate
