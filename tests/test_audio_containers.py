@@ -325,13 +325,16 @@ def test_whole_mp3s_are_not_said_to_be_no_mp3(tmp_path, tags):
     assert read(path)[1] == []
 
 
-@pytest.mark.parametrize("name", ["clip.wav", "clip.mp3", "clip.ogg"])
+@pytest.mark.parametrize("name", ["clip.wav", "clip.mp3", "clip.ogg", "behind-junk.mp3"])
 def test_a_path_past_libsndfile_s_1024_bytes_is_read(tmp_path, name):
-    """libsndfile keeps a name in 1024 bytes: "Supplied filename too long.", where Linux takes 4095."""
+    """libsndfile keeps a name in 1024 bytes: "Supplied filename too long.", where Linux takes 4095.
+    It knows an MP3 behind a few stray bytes by its name's extension, which the name it opens keeps."""
     deep = tmp_path.joinpath(*["p" * 100] * 10)
     deep.mkdir(parents=True)
     short = tmp_path / name
     soundfile.write(short, speech(), RATE, **({"format": "MP3"} if name.endswith("mp3") else {}))
+    if name == "behind-junk.mp3":
+        short.write_bytes(bytes(3) + short.read_bytes())
     long = deep / name
     long.write_bytes(short.read_bytes())
     assert len(bytes(long)) > 1024

@@ -259,6 +259,18 @@ def test_an_adapter_trained_on_another_prompt_format_is_refused(tiny_checkpoint,
         open_checkpoint_adapter(open_checkpoint(tiny_checkpoint), adapter, bundle_format)
 
 
+def test_an_adapter_whose_record_cannot_be_read_is_exported_as_before(tiny_checkpoint, tiny_lora_adapter, tmp_path):
+    """The prompt format check read the record strictly: a truncated one stopped an export that
+    worked before (the compressor check says nothing of such a record either)."""
+    from edgelalm.constants import FINETUNE_RECORD_FILE
+    from edgelalm.export.bundle import open_checkpoint_adapter
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(tiny_lora_adapter, adapter)
+    (adapter / FINETUNE_RECORD_FILE).write_text('{"compressor": "avg2", "prompt_form')
+    assert open_checkpoint_adapter(open_checkpoint(tiny_checkpoint), adapter, "base") is not None
+
+
 def _template_only_in_tokenizer_config(tiny_checkpoint: Path, target: Path, template: object) -> Path:
     """An older fine-tune's layout: no processor template, the tokenizer's in tokenizer_config.json."""
     folder = _copy(tiny_checkpoint, target, template=False)

@@ -293,6 +293,11 @@ def test_bench_clip_lengths_are_checked_before_any_work(tmp_path, seconds):
         # it exported into the working folder, and left the shell in a deleted one
         (["export", "--compressor", "none", "--out", "", "--force"], "--out is empty; give it a value"),
         (["run", "a.wav", "--prompt", ""], "--prompt is empty; leave it out for the bundle's transcription prompt"),
+        # an argument before it that starts with - is no option: "- is empty", "-1 is empty"
+        (["run", "-", ""], "edgelalm run's argument 2 is empty"),
+        (["run", "a.wav", "--seed", "-1", ""], "edgelalm run's argument 4 is empty"),
+        # an option's value that ends in = is no empty option ("--note is empty")
+        (["run", "--prompt", "--note=", "a.wav", "--bundle", "no-bundle"], "bundle folder not found: no-bundle"),
     ],
 )
 def test_an_empty_argument_is_refused_naming_it(tmp_path, arguments, said):
@@ -569,6 +574,28 @@ def test_an_interrupt_ends_the_process_while_stdout_waits_for_a_reader(tmp_path)
         child.kill()
     assert code == 130
     assert child.stderr.read().decode().endswith("edgelalm: error: interrupted\n")
+
+
+def test_an_interrupted_run_leaves_a_shared_pipe_blocking(tmp_path):
+    """The unwinding made stdout's pipe non-blocking, and the pipe's mode is every writer's: the
+    next command writing into the same pipe (`{ edgelalm run ...; next; } | tee log`) had its
+    output cut."""
+    script = tmp_path / "interrupted.py"
+    script.write_text(
+        "import os, signal\n"
+        "import edgelalm.cli as cli\n"
+        "def app(**_):\n"
+        "    cli._say('part of an answer', end='')\n"
+        "    signal.raise_signal(signal.SIGTERM)\n"
+        "cli.app = app\n"
+        "cli.main()\n"
+    )
+    after = "import os; print(os.get_blocking(1))"
+    group = (
+        f"{{ {shlex.quote(sys.executable)} {script}; {shlex.quote(sys.executable)} -c {shlex.quote(after)}; }} | cat"
+    )
+    done = subprocess.run(["bash", "-c", group], capture_output=True, text=True, timeout=120)
+    assert done.stdout == "part of an answer\nTrue\n", done.stderr
 
 
 def test_a_closed_terminal_unwinds_as_ctrl_c_does(tmp_path):

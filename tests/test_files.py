@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 
 from edgelalm.errors import EdgelalmError
-from edgelalm.files import atomic_folder, link_or_copy, new_file, read_tsv, replaced_file, write_tsv
+from edgelalm.files import (
+    atomic_folder,
+    link_or_copy,
+    new_file,
+    read_json,
+    read_tsv,
+    replaced_file,
+    write_json,
+    write_tsv,
+)
 
 
 def test_a_table_is_tab_separated_text_with_a_header_and_reads_back(tmp_path):
@@ -141,6 +150,14 @@ def test_a_written_folder_has_the_umasks_permissions(tmp_path):
         os.umask(previous)
     modes = {path.name: path.stat().st_mode & 0o777 for path in [tmp_path / "bundle", *(tmp_path / "bundle").iterdir()]}
     assert modes == {"bundle": 0o755, "weights.bin": 0o644, "tool": 0o755, "inner": 0o755}
+
+
+def test_json_holding_a_name_that_is_not_utf_8_is_written_and_reads_back(tmp_path):
+    """A finetune record naming a data folder of Latin-1 bytes: written as UTF-8 text, its
+    surrogates failed the write after the whole training run."""
+    name = os.fsdecode(b"/data/donn\xe9es")
+    write_json(tmp_path / "record.json", {"data": name, "note": "caf\u00e9"})
+    assert read_json(tmp_path / "record.json") == {"data": name, "note": "caf\u00e9"}
 
 
 def test_an_older_folder_is_put_back_where_the_new_one_cannot_be_moved_in(tmp_path, monkeypatch):

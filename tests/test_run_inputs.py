@@ -781,6 +781,7 @@ def test_a_prompt_that_leaves_no_room_is_refused_once(avg2, clip):
         # the bundle then refused to run: "sunset.srt: not listed in manifest.json"
         ("out-dir a bundle", "is in the bundle"),
         ("out-dir inside a bundle", "is in the bundle"),
+        ("out-dir a link into a bundle", "is in the bundle"),
     ],
 )
 def test_out_dir_refusals_come_before_the_bundle_loads(clip, tmp_path, case, message):
@@ -816,10 +817,14 @@ def test_out_dir_refusals_come_before_the_bundle_loads(clip, tmp_path, case, mes
         clips = (shutil.copy(clip, tmp_path / ".take1.wav"),)
     elif case == "an empty out-dir":
         extra = ("--subtitles", "srt", "--out-dir", "")
-    elif case in ("out-dir a bundle", "out-dir inside a bundle"):
+    elif case in ("out-dir a bundle", "out-dir inside a bundle", "out-dir a link into a bundle"):
         out.mkdir()
         (out / MANIFEST_FILE).write_text(json.dumps({"format_version": 3, "files": {}}))
-        extra = ("--subtitles", "srt", "--out-dir", out if case == "out-dir a bundle" else out / "subtitles")
+        (out / "subtitles").mkdir()
+        given = {"out-dir a bundle": out, "out-dir inside a bundle": out / "subtitles"}.get(case, tmp_path / "link")
+        if case == "out-dir a link into a bundle":
+            given.symlink_to(out / "subtitles")
+        extra = ("--subtitles", "srt", "--out-dir", given)
     elif case == "out-dir a link to a file":
         (tmp_path / "a-file").write_text("")
         out.symlink_to(tmp_path / "a-file")

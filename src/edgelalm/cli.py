@@ -1233,31 +1233,43 @@ def _empty_argument(arguments: list[str]) -> str | None:
     """The line for an empty argument, an unset shell variable most likely: a path given empty is
     the working folder to Python (`run ""` said "not an audio file: .", `export --out ""` wrote
     into the working folder and left the shell in a deleted one)."""
-    if "" not in arguments and not any(re.fullmatch(r"--[\w-]+=", argument) for argument in arguments):
+    if "" not in arguments and not any(argument.endswith("=") for argument in arguments):
         return None
     group = typer.main.get_command(app)
     command = group.commands.get(arguments[0]) if isinstance(group, typer.core.TyperGroup) and arguments else None
-    flags = {"--help"} | {
+    taking_values = {
         name
         for parameter in [*group.params, *(command.params if command else [])]
-        if getattr(parameter, "is_flag", False) or getattr(parameter, "count", False)
-        for name in (*parameter.opts, *parameter.secondary_opts)
+        if parameter.param_type_name == "option" and not getattr(parameter, "is_flag", False)
+        for name in parameter.opts
     }
-    for index, argument in enumerate(arguments):
-        if "--" in arguments[:index]:  # past it, every argument is one of the command's own
-            option = None
-        elif re.fullmatch(r"--[\w-]+=", argument):
-            option = argument[:-1]
-        elif argument == "" and index and arguments[index - 1].startswith("-") and arguments[index - 1] not in flags:
-            option = arguments[index - 1] if "=" not in arguments[index - 1] else None
-        else:
-            option = None
-        if option is not None:
-            return f"{option} is empty; {_EMPTY_OPTION_ADVICE.get(option, 'give it a value (an unset variable?)')}"
+    index = 0
+    while index < len(arguments):
+        argument = arguments[index]
+        if argument == "--":  # past it, every argument is one of the command's own
+            break
+        if argument in taking_values:
+            if index + 1 < len(arguments) and arguments[index + 1] == "":
+                return _empty_option_line(argument)
+            index += 2  # the option's value, whatever it looks like (a prompt "--note=")
+            continue
+        if argument.endswith("=") and argument[:-1] in taking_values:
+            return _empty_option_line(argument[:-1])
         if argument == "":
-            where = f"edgelalm {arguments[0]}'s argument {index}" if command else f"argument {index + 1}"
-            return f"{where} is empty (an unset variable?); give it a value or leave it out"
+            return _empty_argument_line(arguments, index, command is not None)
+        index += 1
+    if "" in arguments[index:]:
+        return _empty_argument_line(arguments, arguments.index("", index), command is not None)
     return None
+
+
+def _empty_option_line(option: str) -> str:
+    return f"{option} is empty; {_EMPTY_OPTION_ADVICE.get(option, 'give it a value (an unset variable?)')}"
+
+
+def _empty_argument_line(arguments: list[str], index: int, in_command: bool) -> str:
+    where = f"edgelalm {arguments[0]}'s argument {index}" if in_command else f"argument {index + 1}"
+    return f"{where} is empty (an unset variable?); give it a value or leave it out"
 
 
 def _raised_by_click_echo(error: OSError) -> bool:
@@ -1277,15 +1289,21 @@ def _fail_interrupted() -> None:
     native code. The unwinding has already removed any half-written output. What stdout still
     buffers for a pipe goes only where the pipe takes it at once: a reader that does not read
     held the flush, and the process with it, for as long (Ctrl-C and SIGTERM did nothing)."""
+    unblocked = None
     with contextlib.suppress(OSError, ValueError, AttributeError):  # closed, or no file (a test's capture)
-        mode = os.fstat(sys.stdout.fileno()).st_mode
-        if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
-            os.set_blocking(sys.stdout.fileno(), False)
+        descriptor = sys.stdout.fileno()
+        mode = os.fstat(descriptor).st_mode
+        if (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)) and os.get_blocking(descriptor):
+            os.set_blocking(descriptor, False)
+            unblocked = descriptor
     _end_stdout_line()
     for stream, text in ((sys.stdout, ""), (sys.stderr, interrupts.interrupted_line())):
         with contextlib.suppress(OSError, ValueError):  # a reader gone (`| head`), a stream closed
             stream.write(text)
             stream.flush()
+    if unblocked is not None:  # the pipe's mode is every writer's: the next command's output was cut
+        with contextlib.suppress(OSError):
+            os.set_blocking(unblocked, True)
     os._exit(130)
 
 
@@ -1338,7 +1356,10 @@ def _shown_path(path: Path | str) -> str:
     """A file's name as stdout can carry it: bytes that are not UTF-8 written as \\xe9, control
     characters as \\n, and so a backslash of its own as \\\\ (`a\\nb.wav` and a name holding a line
     break were shown alike)."""
-    return printable(os.fsencode(path).replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace"))
+    name = os.fsencode(path)
+    if os.sep != "\\":  # on Windows it is the separator, in no name
+        name = name.replace(b"\\", b"\\\\")
+    return printable(name.decode("utf-8", "backslashreplace"))
 
 
 def _json_line(record: dict[str, Any]) -> str:

@@ -133,8 +133,14 @@ def read_json_object(path: Path) -> dict[str, Any]:
 
 def write_json(path: Path, data: Any) -> None:
     """`data` as indented JSON in UTF-8, whatever the locale (`read_json` reads UTF-8: a name
-    outside ASCII written in a Latin-1 locale was a manifest no reader could take)."""
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    outside ASCII written in a Latin-1 locale was a manifest no reader could take). A file name
+    that is not UTF-8 (its bytes kept as surrogates) goes as \\udcXX escapes, as json writes it."""
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    try:
+        encoded = text.encode("utf-8")
+    except UnicodeEncodeError:
+        encoded = json.dumps(data, indent=2).encode("ascii")
+    path.write_bytes(encoded + b"\n")
 
 
 def link_or_copy(source: Path, target: Path) -> None:

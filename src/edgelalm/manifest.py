@@ -360,7 +360,9 @@ def enclosing_bundle(path: Path, itself: bool = False) -> Path | None:
     manifest.json). Only an edgelalm manifest makes a bundle (a web app's manifest.json above is
     none of its business)."""
     absolute = Path(os.path.normpath(path.absolute()))
-    for folder in [absolute, *absolute.parents] if itself else absolute.parents:
+    resolved = path.resolve()  # through a link into a bundle, too
+    folders = dict.fromkeys([*absolute.parents, *resolved.parents])
+    for folder in [absolute, resolved, *folders] if itself else folders:
         try:
             manifest = read_json(folder / MANIFEST_FILE)
         except (EdgelalmError, OSError):

@@ -351,7 +351,9 @@ def open_checkpoint_adapter(
 
     if adapter_dir is None:
         return None
-    trained_with = read_finetune_record(adapter_dir).get("prompt_format") if adapter_dir.is_dir() else None
+    trained_with = None
+    with contextlib.suppress(EdgelalmError, OSError):  # a record that cannot be read says nothing either way
+        trained_with = read_finetune_record(adapter_dir).get("prompt_format") if adapter_dir.is_dir() else None
     if trained_with is not None and trained_with != prompt_format:
         raise EdgelalmError(
             f"{adapter_dir} was trained on the {trained_with} prompt format and this bundle prompts in the "

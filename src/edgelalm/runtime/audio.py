@@ -10,6 +10,7 @@ import os
 import stat
 import struct
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,14 +47,26 @@ def _check_file(path: Path) -> None:
     if not stat.S_ISREG(status.st_mode):
         raise EdgelalmError(f"not an audio file: {path}")
     try:  # libsndfile says "System error." of a file it may not read
-        with path.open("rb") as stream:
-            first_byte = stream.read(1) if status.st_size == 0 else b""
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # /proc/kmsg waits for a line
     except OSError as error:
         raise EdgelalmError(f"cannot read audio from {path}: {error.strerror or error}") from None
-    if first_byte:  # /proc and /sys files say they are empty and are not
+    try:
+        holds_more = status.st_size == 0 and _reads_a_byte(descriptor)
+    finally:
+        os.close(descriptor)
+    if holds_more:  # /proc and /sys files say they are empty and are not
         raise EdgelalmError(f"not an audio file: {path} (a file of the system's, not of audio)")
     if status.st_size == 0:
         raise EdgelalmError(f"{path} is empty")
+
+
+def _reads_a_byte(descriptor: int) -> bool:
+    try:
+        return bool(os.read(descriptor, 1))
+    except BlockingIOError:  # a file of the system's that has nothing yet
+        return True
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -216,7 +229,7 @@ def _past_pad(stream: BinaryIO, end: int, size: int, next_file: bytes) -> int:
 
 
 # libsndfile keeps a file's name in 1024 bytes: a longer one ("Supplied filename too long.", at
-# 1024 "System error.") is opened through a descriptor's name in /proc (Linux allows 4095).
+# 1024 "System error.") is opened through a short link to it (Linux allows 4095).
 _LIBSNDFILE_NAME_BYTES = 1024
 
 
@@ -229,14 +242,14 @@ def _libsndfile_name(path: Path) -> Iterator[str | bytes]:
         yield ".\\-" if str(path) == "-" else str(path)
         return
     name = b"./-" if os.fsencode(path) == b"-" else os.fsencode(path)
-    if len(name) < _LIBSNDFILE_NAME_BYTES or not os.path.isdir("/proc/self/fd"):
+    if len(name) < _LIBSNDFILE_NAME_BYTES:
         yield name
         return
-    descriptor = os.open(path, os.O_RDONLY)
-    try:  # libsndfile opens the same file again by that name, and keeps its own descriptor
-        yield f"/proc/self/fd/{descriptor}".encode()
-    finally:
-        os.close(descriptor)
+    with tempfile.TemporaryDirectory(prefix="edgelalm-audio-") as folder:
+        # The extension kept: libsndfile knows an MP3 behind junk, or headerless audio, by it.
+        link = Path(folder) / f"audio{path.suffix if len(path.suffix) < 16 else ''}"
+        link.symlink_to(path.absolute())
+        yield os.fsencode(link)
 
 
 def open_audio(path: Path) -> AudioFileInfo:
