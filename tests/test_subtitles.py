@@ -10,6 +10,7 @@ import webvtt
 
 from edgelalm import TimedText
 from edgelalm.constants import SUBTITLE_FORMATS
+from edgelalm.errors import EdgelalmError
 from edgelalm.runtime.subtitles import SubtitleWriter, to_subtitles
 
 ANSWERS = [
@@ -67,7 +68,7 @@ def test_vtt_reads_back_as_the_answers_and_their_times():
 
 
 def test_an_unknown_format_is_refused():
-    with pytest.raises(ValueError, match="subtitle_format must be one of"):
+    with pytest.raises(EdgelalmError, match="subtitle_format must be one of"):
         to_subtitles(ANSWERS, "SRT")
 
 

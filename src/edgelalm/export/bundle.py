@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from edgelalm.checks import check_choice
 from edgelalm.compression import CompressorSpec
 from edgelalm.constants import (
     COMPRESSOR_FILE,
@@ -119,10 +120,8 @@ def _choices(options: ExportOptions) -> list[ExportedChoice]:
 
 def export_bundle(options: ExportOptions) -> Path:
     """Write the bundle for `options`; returns its folder."""
-    if options.quant not in QUANT_TYPES:
-        raise EdgelalmError(f"unknown quant type {options.quant!r}; choose one of {', '.join(QUANT_TYPES)}")
-    if options.ctc_reads not in CTC_READS:
-        raise EdgelalmError(f"ctc_reads must be one of {', '.join(CTC_READS)}, got {options.ctc_reads!r}")
+    check_choice("quant", options.quant, QUANT_TYPES)  # before the checkpoint loads
+    check_choice("ctc_reads", options.ctc_reads, CTC_READS)
     check_torch_version()
     try:
         _write_bundle(options)

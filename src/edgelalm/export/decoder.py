@@ -19,6 +19,7 @@ import gguf
 import numpy as np
 import torch
 
+from edgelalm.checks import check_choice
 from edgelalm.constants import GGUF_ARCHITECTURE, QUANT_TYPES
 from edgelalm.errors import EdgelalmError
 from edgelalm.export.checkpoint import Checkpoint
@@ -47,8 +48,7 @@ def write_decoder(
     """Write the decoder GGUF at `path` in `quant`; `on_tensor(done, total)` reports progress.
     `chat_template`: the one the bundle's prompt uses ("" for none: the base format); None: the
     checkpoint's."""
-    if quant not in QUANT_TYPES:
-        raise EdgelalmError(f"unknown quant type {quant!r}; choose one of {', '.join(QUANT_TYPES)}")
+    check_choice("quant", quant, QUANT_TYPES)
     if quant in ("f32", "f16"):
         write_float_gguf(checkpoint, path, quant, adapter, on_tensor, chat_template)
         return

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Literal
 
-from edgelalm.checks import is_whole_number
+from edgelalm.checks import check_choice, is_whole_number
 from edgelalm.constants import EXTRA_BUFFER_CHOICES, ExtraBuffers
 from edgelalm.errors import EdgelalmError, error_gist
 
@@ -165,8 +165,7 @@ def decide_extra_buffers(
 ) -> ExtraBuffersDecision:
     """Whether llama.cpp may place weights in its extra buffer types; `system_info` and `flags`
     default to this machine's (tests pass fakes to cover every CPU on any CPU)."""
-    if choice not in EXTRA_BUFFER_CHOICES:
-        raise ValueError(f"extra buffers must be one of {', '.join(EXTRA_BUFFER_CHOICES)}, got {choice!r}")
+    check_choice("llama_extra_buffers", choice, EXTRA_BUFFER_CHOICES)
     if choice == "on":
         return ExtraBuffersDecision(True, "on as asked (llama.cpp's stock setting)")
     if choice == "off":

@@ -813,8 +813,7 @@ class Runtime:
         advice = self.manifest.windows
         if windows is None:
             windows = advice.mode if advice is not None else "joined"
-        if windows not in WINDOW_MODES:
-            raise EdgelalmError(f"windows must be one of {', '.join(WINDOW_MODES)}, got {windows!r}")
+        check_choice("windows", windows, WINDOW_MODES)
         if window_seconds is None and windows == "each" and advice is not None and advice.mode == "each":
             window_seconds = advice.seconds
         return windows, window_seconds
@@ -1220,8 +1219,7 @@ def device_settings(device: str) -> tuple[list[str], int]:
     """onnxruntime providers and llama.cpp GPU layers for `device`, or a clear refusal."""
     if device == "cpu":
         return ["CPUExecutionProvider"], 0
-    if device not in DEVICES:
-        raise EdgelalmError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    check_choice("device", device, DEVICES)
     from edgelalm.runtime.llama_backend import import_llama_cpp, import_onnxruntime
 
     onnxruntime = import_onnxruntime()

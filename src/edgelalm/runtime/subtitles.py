@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from edgelalm.checks import check_choice
 from edgelalm.constants import SUBTITLE_FORMATS, SubtitleFormat
 
 
@@ -67,8 +68,7 @@ class SubtitleWriter:
     cues is still WebVTT), so that a run that fails before any answer writes nothing."""
 
     def __init__(self, subtitle_format: SubtitleFormat, write: Callable[[str], object]) -> None:
-        if subtitle_format not in SUBTITLE_FORMATS:
-            raise ValueError(f"subtitle_format must be one of {SUBTITLE_FORMATS}, got {subtitle_format!r}")
+        check_choice("subtitle_format", subtitle_format, SUBTITLE_FORMATS)
         self.subtitle_format = subtitle_format
         self.write = write
         self.cues_written = 0
