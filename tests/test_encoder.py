@@ -27,8 +27,8 @@ from edgelalm.export.encoder import (  # noqa: E402
     ClipLengthAudioEncoder,
     export_encoder_onnx,
 )
-from edgelalm.runtime.encoder import release_freed_heap  # noqa: E402
 from edgelalm.runtime.features import encoder_output_frames  # noqa: E402
+from edgelalm.runtime.onnx_backend import release_freed_heap  # noqa: E402
 
 FP32_TOLERANCE = 5e-5
 

@@ -80,7 +80,7 @@ def test_a_cuda_session_that_falls_back_to_the_cpu_is_refused(tmp_path):
     onnx = pytest.importorskip("onnx")
     import onnxruntime
 
-    from edgelalm.runtime.encoder import onnx_session
+    from edgelalm.runtime.onnx_backend import onnx_session
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this onnxruntime has a CUDA provider")

@@ -18,7 +18,7 @@ from edgelalm.errors import EdgelalmError  # noqa: E402
 from edgelalm.export.checkpoint import open_checkpoint  # noqa: E402
 from edgelalm.export.decoder import QUANT_TYPES, write_decoder  # noqa: E402
 from edgelalm.isolation import ChildResult  # noqa: E402
-from edgelalm.runtime import canary, llama_backend  # noqa: E402
+from edgelalm.runtime import canary, llama_backend, onnx_backend  # noqa: E402
 from edgelalm.runtime.decoder import LlamaDecoder  # noqa: E402
 from edgelalm.runtime.llama_backend import cpu_flags, decide_extra_buffers  # noqa: E402
 
@@ -107,7 +107,7 @@ def test_on_and_off_are_obeyed_on_every_machine(name):
 
 
 def test_an_unknown_choice_is_refused():
-    with pytest.raises(ValueError, match="auto, on, off"):
+    with pytest.raises(EdgelalmError, match="llama_extra_buffers must be one of auto, on, off"):
         decide_extra_buffers("maybe")  # type: ignore[arg-type]
 
 
@@ -295,7 +295,7 @@ def test_an_interrupt_during_a_native_import_is_the_interrupt_not_a_library_that
     monkeypatch.delitem(sys.modules, "onnxruntime", raising=False)
     monkeypatch.setattr(builtins, "__import__", failing_import)
     with pytest.raises(EdgelalmError, match="onnxruntime cannot be loaded: import numpy failed"):
-        llama_backend.import_onnxruntime()  # no signal: a library that cannot load
+        onnx_backend.import_onnxruntime()  # no signal: a library that cannot load
     monkeypatch.setattr(interrupts, "_signals_seen", 1)
     with pytest.raises(KeyboardInterrupt):
-        llama_backend.import_onnxruntime()
+        onnx_backend.import_onnxruntime()

@@ -103,7 +103,7 @@ def test_onnxruntime_s_fallback_banner_stays_off_stdout_and_its_cause_is_kept(ti
     which carries answers and --json lines; and the one line, cut at 300 characters, lost the cause
     that onnxruntime puts last."""
     from edgelalm.errors import EdgelalmError, error_gist
-    from edgelalm.runtime.encoder import onnx_session
+    from edgelalm.runtime.onnx_backend import onnx_session
 
     encoder = tiny_bundles("avg", 2, "q8_0") / "encoder.onnx"
     with pytest.raises(EdgelalmError, match="Processor id must consist of only digits: garbage$"):

@@ -22,10 +22,10 @@ from edgelalm.runtime.llama_backend import (
     cpu_name,
     decide_extra_buffers,
     import_llama_cpp,
-    import_onnxruntime,
     llama_system_info,
     usable_cores,
 )
+from edgelalm.runtime.onnx_backend import import_onnxruntime
 
 # CPU flags (as /proc/cpuinfo spells them) that decide which kernels llama.cpp and onnxruntime run.
 NOTABLE_CPU_FLAGS = (

@@ -122,6 +122,13 @@ def interrupted() -> bool:
     return _signals_seen > 0
 
 
+def raise_if_interrupted() -> None:
+    """For an error that a signal can cause: a native module's initialisation interrupted comes out
+    as its ImportError, which is the interrupt, not a library that cannot load."""
+    if interrupted():
+        raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
 def deferred(note: str = _EXPORT_CALL_NOTE) -> Iterator[None]:
     """Hold a first signal until the block ends, saying `note` when one comes (a no-op where

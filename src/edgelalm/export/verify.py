@@ -92,7 +92,7 @@ def check_encoder(
     numbers."""
     import onnx
 
-    from edgelalm.runtime.encoder import onnx_session  # the runtime's own settings (and quiet log)
+    from edgelalm.runtime.onnx_backend import onnx_session  # the runtime's own settings (and quiet log)
 
     onnx.checker.check_model(str(bundle_dir / ENCODER_FILE))
     mel, right_context = probe_features(checkpoint, PROBE_SECONDS)

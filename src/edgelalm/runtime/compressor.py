@@ -12,7 +12,7 @@ import numpy as np
 from edgelalm.compression import CompressorSpec
 from edgelalm.constants import COMPRESSOR_INPUT, COMPRESSOR_OUTPUT
 from edgelalm.errors import EdgelalmError
-from edgelalm.runtime.encoder import onnx_session, run_graph
+from edgelalm.runtime.onnx_backend import onnx_session, run_graph
 
 
 class CompressorProjector:

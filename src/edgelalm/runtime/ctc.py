@@ -18,7 +18,7 @@ import numpy as np
 
 from edgelalm.constants import CTC_FRAMES_INPUT, CTC_INPUT, CTC_OUTPUT
 from edgelalm.errors import EdgelalmError
-from edgelalm.runtime.encoder import onnx_session, run_graph
+from edgelalm.runtime.onnx_backend import onnx_session, run_graph
 
 # The tokens a clip's audio proposes to the search (`CtcPrefixScorer.proposals`): each position's
 # two likeliest, where the head gives them at least e^-5 (0.7%). On the default model's development

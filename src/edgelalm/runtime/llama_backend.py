@@ -25,9 +25,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Literal
 
+from edgelalm import interrupts
 from edgelalm.checks import check_choice, is_whole_number
 from edgelalm.constants import EXTRA_BUFFER_CHOICES, ExtraBuffers
 from edgelalm.errors import EdgelalmError, error_gist
+from edgelalm.runtime.onnx_backend import import_onnxruntime
 
 if TYPE_CHECKING:
     import llama_cpp
@@ -43,25 +45,6 @@ class ExtraBuffersDecision:
     reason: str
 
 
-def import_onnxruntime() -> ModuleType:
-    """onnxruntime, or one line where it cannot be loaded (a wheel for another CPU or CUDA)."""
-    try:
-        import onnxruntime
-    except Exception as error:  # ImportError, or an OSError from a missing shared library
-        _raise_if_interrupted()
-        raise EdgelalmError(f"onnxruntime cannot be loaded: {error_gist(error)}") from None
-    return onnxruntime
-
-
-def _raise_if_interrupted() -> None:
-    """A signal during a native module's initialisation comes out as its ImportError (onnxruntime's
-    import of numpy: "import numpy failed"): it is the interrupt, not a library that cannot load."""
-    from edgelalm import interrupts
-
-    if interrupts.interrupted():
-        raise KeyboardInterrupt
-
-
 def import_llama_cpp() -> ModuleType:
     """llama_cpp, imported after onnxruntime. With llama-cpp-python built for CUDA beside
     onnxruntime-gpu 1.31 (an H200 machine, CUDA 13), importing llama_cpp first and onnxruntime
@@ -71,7 +54,7 @@ def import_llama_cpp() -> ModuleType:
     try:
         import llama_cpp
     except Exception as error:  # llama_cpp raises RuntimeError("Failed to load shared library ...")
-        _raise_if_interrupted()
+        interrupts.raise_if_interrupted()
         raise EdgelalmError(f"llama-cpp-python cannot be loaded: {error_gist(error)}") from None
     check_llama_cpp_api(llama_cpp)
     return llama_cpp

@@ -1220,7 +1220,8 @@ def device_settings(device: str) -> tuple[list[str], int]:
     if device == "cpu":
         return ["CPUExecutionProvider"], 0
     check_choice("device", device, DEVICES)
-    from edgelalm.runtime.llama_backend import import_llama_cpp, import_onnxruntime
+    from edgelalm.runtime.llama_backend import import_llama_cpp
+    from edgelalm.runtime.onnx_backend import import_onnxruntime
 
     onnxruntime = import_onnxruntime()
     llama_cpp = import_llama_cpp()
