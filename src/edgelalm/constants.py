@@ -82,6 +82,8 @@ def adapter_file(label: str) -> str:
     return f"adapter-{label}.gguf"
 
 
+# The one kind of features a bundle's encoder reads (runtime/features.py computes them).
+FEATURES_KIND = "whisper_log_mel"
 # The checkpoint's own mel filterbank [n_fft // 2 + 1, n_mels] (as whisper ships mel_filters.npz).
 MEL_FILTERS_FILE = "mel_filters.npy"
 

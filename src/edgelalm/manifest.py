@@ -36,6 +36,7 @@ from edgelalm.constants import (
     ENCODER_INPUT,
     ENCODER_OUTPUT,
     ENCODER_RIGHT_CONTEXT_INPUT,
+    FEATURES_KIND,
     MANIFEST_FILE,
     MIN_MEL_FRAMES,
     REALIGNED_HEADS_FORMAT_VERSION,
@@ -462,7 +463,7 @@ def _check_contract(manifest: Manifest, manifest_path: Path) -> None:
     """The graphs' names and the encoder's arithmetic are what this runtime feeds and reads."""
     encoder = manifest.encoder
     expected = {
-        "features.kind": (manifest.features.kind, "whisper_log_mel"),
+        "features.kind": (manifest.features.kind, FEATURES_KIND),
         "encoder.inputs": (sorted(encoder.inputs), sorted([ENCODER_INPUT, ENCODER_RIGHT_CONTEXT_INPUT])),
         "encoder.output": (list(encoder.output), [ENCODER_OUTPUT]),
         "encoder.right_context_frames": (encoder.right_context_frames, RIGHT_CONTEXT_FRAMES),

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from edgelalm.checks import is_real_number, is_whole_number, short_repr
-from edgelalm.constants import LLAMA_MAX_LAYERS, MEL_FILTERS_FILE, EncoderPrecision
+from edgelalm.constants import FEATURES_KIND, LLAMA_MAX_LAYERS, MEL_FILTERS_FILE, EncoderPrecision
 from edgelalm.errors import EdgelalmError, error_gist
 from edgelalm.export.ctc import has_ctc_head
 from edgelalm.files import read_json_object, safetensors_file
@@ -76,7 +76,7 @@ class Checkpoint:
         """The manifest's feature settings: the feature extractor's, and the tower's window."""
         extractor = self.processor.feature_extractor
         return FeaturesInfo(
-            kind="whisper_log_mel",
+            kind=FEATURES_KIND,
             sampling_rate=extractor.sampling_rate,
             num_mel_bins=extractor.feature_size,
             n_fft=extractor.n_fft,

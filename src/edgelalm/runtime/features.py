@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from edgelalm.constants import MIN_MEL_FRAMES, RIGHT_CONTEXT_FRAMES
+from edgelalm.errors import EdgelalmError
 
 STFT_BLOCK_FRAMES = 256
 
@@ -198,3 +200,30 @@ def log_mel_window(samples: np.ndarray, settings: FeatureSettings) -> WindowFeat
     available = normalized[:, valid_frames : valid_frames + RIGHT_CONTEXT_FRAMES]
     context[:, : available.shape[1]] = available
     return WindowFeatures(mel=normalized[:, :valid_frames], right_context=context)
+
+
+_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def load_mel_filters(path: Path, n_fft: int, num_mel_bins: int) -> np.ndarray:
+    """The bundle's mel filterbank, checked against the manifest's feature settings: its .npy
+    header first, so that a header declaring terabytes (or a .npz, which np.load opens as an
+    archive) is refused before anything is read."""
+    expected = (n_fft // 2 + 1, num_mel_bins)
+    try:
+        with path.open("rb") as stream:
+            version = np.lib.format.read_magic(stream)
+            if version not in _NPY_HEADER_READERS:  # 3.0 is for UTF-8 field names: never filters
+                raise ValueError(f".npy format {version[0]}.{version[1]}, where np.save writes 1.0 for floats")
+            shape, _, dtype = _NPY_HEADER_READERS[version](stream)
+            if shape != expected or not np.issubdtype(dtype, np.floating):
+                raise EdgelalmError(f"{path}: expected finite mel filters of shape {expected}, got {dtype} {shape}")
+            stream.seek(0)
+            filters = np.lib.format.read_array(stream, allow_pickle=False)
+    except (OSError, ValueError, EOFError, TypeError) as error:  # EOFError: an empty file
+        reason = str(error).split(". If you trust", 1)[0] if str(error) else "it is empty"
+        raise EdgelalmError(f"{path} is not a numpy array file: {reason}") from None
+    # Triangular weights (Whisper's peak at about 0.03): anything else overflows the log-mel.
+    if not (np.isfinite(filters).all() and filters.min() >= 0 and filters.max() <= 1):
+        raise EdgelalmError(f"{path}: mel filters must be finite weights from 0 to 1")
+    return filters

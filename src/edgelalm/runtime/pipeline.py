@@ -54,6 +54,7 @@ from edgelalm.runtime.encoder import AudioEncoder
 from edgelalm.runtime.features import (
     FeatureSettings,
     encoder_output_frames,
+    load_mel_filters,
     log_mel_window,
     mel_frames_for,
     speech_span,
@@ -1186,33 +1187,6 @@ def _lap(timings: dict[str, float], stage: str) -> Iterator[None]:
         yield
     finally:
         timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - started) * 1000
-
-
-_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-
-
-def load_mel_filters(path: Path, n_fft: int, num_mel_bins: int) -> np.ndarray:
-    """The bundle's mel filterbank, checked against the manifest's feature settings: its .npy
-    header first, so that a header declaring terabytes (or a .npz, which np.load opens as an
-    archive) is refused before anything is read."""
-    expected = (n_fft // 2 + 1, num_mel_bins)
-    try:
-        with path.open("rb") as stream:
-            version = np.lib.format.read_magic(stream)
-            if version not in _NPY_HEADER_READERS:  # 3.0 is for UTF-8 field names: never filters
-                raise ValueError(f".npy format {version[0]}.{version[1]}, where np.save writes 1.0 for floats")
-            shape, _, dtype = _NPY_HEADER_READERS[version](stream)
-            if shape != expected or not np.issubdtype(dtype, np.floating):
-                raise EdgelalmError(f"{path}: expected finite mel filters of shape {expected}, got {dtype} {shape}")
-            stream.seek(0)
-            filters = np.lib.format.read_array(stream, allow_pickle=False)
-    except (OSError, ValueError, EOFError, TypeError) as error:  # EOFError: an empty file
-        reason = str(error).split(". If you trust", 1)[0] if str(error) else "it is empty"
-        raise EdgelalmError(f"{path} is not a numpy array file: {reason}") from None
-    # Triangular weights (Whisper's peak at about 0.03): anything else overflows the log-mel.
-    if not (np.isfinite(filters).all() and filters.min() >= 0 and filters.max() <= 1):
-        raise EdgelalmError(f"{path}: mel filters must be finite weights from 0 to 1")
-    return filters
 
 
 def device_settings(device: str) -> tuple[list[str], int]:
