@@ -5,6 +5,7 @@ the speech). The command line's side of the same reader is test_run_inputs."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import struct
 import subprocess
@@ -340,6 +341,31 @@ def test_a_path_past_libsndfile_s_1024_bytes_is_read(tmp_path, name):
     assert len(bytes(long)) > 1024
     samples, warnings = read(long)
     assert np.array_equal(samples, read(short)[0]) and warnings == []
+
+
+def test_a_long_path_is_read_where_its_absolute_form_is_past_4095_bytes_or_no_temporary_folder_is_writable(
+    tmp_path, monkeypatch
+):
+    """The short link pointed at the absolute path (ENAMETOOLONG past 4095 bytes), and needed a
+    writable temporary folder (a traceback without one)."""
+    import tempfile
+
+    source = write(tmp_path / "clip.wav", speech())
+    monkeypatch.chdir(tmp_path)
+    for _ in range(30):  # made step by step: the absolute form is past what one call takes
+        os.mkdir("d" * 100)
+        os.chdir("d" * 100)
+    relative = Path(*["e" * 100] * 12, "clip.wav")
+    base = Path.cwd()
+    for part in relative.parent.parts:
+        os.mkdir(part)
+        os.chdir(part)
+    Path("clip.wav").write_bytes(source.read_bytes())
+    os.chdir(base)
+    assert 1024 < len(bytes(relative)) and len(os.fsencode(os.getcwd())) + len(bytes(relative)) > 4096
+    assert np.array_equal(read(relative)[0], read(source)[0])
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-folder"))
+    assert np.array_equal(read(relative)[0], read(source)[0])
 
 
 def test_an_audio_file_that_may_not_be_read_says_so(tmp_path, unprivileged):

@@ -156,7 +156,7 @@ def test_json_holding_a_name_that_is_not_utf_8_is_written_and_reads_back(tmp_pat
     """A finetune record naming a data folder of Latin-1 bytes: written as UTF-8 text, its
     surrogates failed the write after the whole training run."""
     name = os.fsdecode(b"/data/donn\xe9es")
-    write_json(tmp_path / "record.json", {"data": name, "note": "caf\u00e9"})
+    write_json(tmp_path / "record.json", {"data": name, "note": "caf\u00e9"}, escape_undecodable=True)
     assert read_json(tmp_path / "record.json") == {"data": name, "note": "caf\u00e9"}
 
 

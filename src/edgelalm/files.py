@@ -131,14 +131,18 @@ def read_json_object(path: Path) -> dict[str, Any]:
     return data
 
 
-def write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any, escape_undecodable: bool = False) -> None:
     """`data` as indented JSON in UTF-8, whatever the locale (`read_json` reads UTF-8: a name
-    outside ASCII written in a Latin-1 locale was a manifest no reader could take). A file name
-    that is not UTF-8 (its bytes kept as surrogates) goes as \\udcXX escapes, as json writes it."""
+    outside ASCII written in a Latin-1 locale was a manifest no reader could take).
+    `escape_undecodable`: a file name that is not UTF-8 (its bytes kept as surrogates) goes as
+    \\udcXX escapes, which Python reads back (a record); else it raises, as a manifest's
+    readers refuse such text."""
     text = json.dumps(data, indent=2, ensure_ascii=False)
     try:
         encoded = text.encode("utf-8")
     except UnicodeEncodeError:
+        if not escape_undecodable:
+            raise
         encoded = json.dumps(data, indent=2).encode("ascii")
     path.write_bytes(encoded + b"\n")
 

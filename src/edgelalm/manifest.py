@@ -361,7 +361,10 @@ def enclosing_bundle(path: Path, itself: bool = False) -> Path | None:
     manifest.json). Only an edgelalm manifest makes a bundle (a web app's manifest.json above is
     none of its business)."""
     absolute = Path(os.path.normpath(path.absolute()))
-    resolved = path.resolve()  # through a link into a bundle, too
+    try:  # through a link into a bundle, too
+        resolved = path.resolve()
+    except (OSError, RuntimeError):  # a loop of links (RuntimeError before Python 3.13): said where it is used
+        resolved = absolute
     folders = dict.fromkeys([*absolute.parents, *resolved.parents])
     for folder in [absolute, resolved, *folders] if itself else folders:
         try:

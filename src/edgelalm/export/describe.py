@@ -4,6 +4,7 @@ tokens and the tools that wrote it (edgelalm.manifest holds the types; this fill
 from __future__ import annotations
 
 import datetime
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -115,7 +116,8 @@ def build_manifest(
         created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         model=ModelInfo(
             name=checkpoint.name,
-            source=str(checkpoint.path.resolve()),
+            # A folder name that is not UTF-8 shown as \\xe8: the manifest holds Unicode text only.
+            source=os.fsencode(checkpoint.path.resolve()).decode("utf-8", "backslashreplace"),
             architecture="Qwen2AudioForConditionalGeneration",
             audio_width=config.audio_config.d_model,
             hidden_size=text_config.hidden_size,

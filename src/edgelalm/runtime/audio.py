@@ -52,6 +52,8 @@ def _check_file(path: Path) -> None:
         raise EdgelalmError(f"cannot read audio from {path}: {error.strerror or error}") from None
     try:
         holds_more = status.st_size == 0 and _reads_a_byte(descriptor)
+    except OSError as error:  # /proc/self/mem: Input/output error
+        raise EdgelalmError(f"cannot read audio from {path}: {error.strerror or error}") from None
     finally:
         os.close(descriptor)
     if holds_more:  # /proc and /sys files say they are empty and are not
@@ -65,8 +67,6 @@ def _reads_a_byte(descriptor: int) -> bool:
         return bool(os.read(descriptor, 1))
     except BlockingIOError:  # a file of the system's that has nothing yet
         return True
-    except OSError:
-        return False
 
 
 @dataclass(frozen=True)
@@ -245,11 +245,23 @@ def _libsndfile_name(path: Path) -> Iterator[str | bytes]:
     if len(name) < _LIBSNDFILE_NAME_BYTES:
         yield name
         return
-    with tempfile.TemporaryDirectory(prefix="edgelalm-audio-") as folder:
-        # The extension kept: libsndfile knows an MP3 behind junk, or headerless audio, by it.
-        link = Path(folder) / f"audio{path.suffix if len(path.suffix) < 16 else ''}"
-        link.symlink_to(path.absolute())
-        yield os.fsencode(link)
+    if not os.path.isdir("/proc/self/fd"):
+        yield name  # libsndfile's own line says it
+        return
+    descriptor = os.open(path, os.O_RDONLY)  # whatever the path's absolute form, past 4095 bytes too
+    try:
+        with contextlib.ExitStack() as scratch:
+            opened = f"/proc/self/fd/{descriptor}"
+            try:  # a short link that keeps the extension: libsndfile knows an MP3 behind junk by it
+                folder = scratch.enter_context(tempfile.TemporaryDirectory(prefix="edgelalm-audio-"))
+                link = Path(folder) / f"audio{path.suffix if len(path.suffix) < 16 else ''}"
+                link.symlink_to(opened)
+                opened = str(link)
+            except OSError:  # no writable temporary folder, or one that holds no links
+                pass
+            yield os.fsencode(opened)
+    finally:
+        os.close(descriptor)
 
 
 def open_audio(path: Path) -> AudioFileInfo:

@@ -114,7 +114,7 @@ def _heap_release() -> Callable[[], None]:
     """glibc's malloc_trim(0); nothing where the C library has none (musl, macOS)."""
     try:
         trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # TypeError: Windows has no CDLL(None)
         return lambda: None
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     return lambda: trim(0)

@@ -435,7 +435,7 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
                     if kept.name != CTC_HEAD_FILE:
                         shutil.copy2(kept, staging / kept.name)
                 record["ctc_head"] = realign_ctc_head(staging)
-                write_json(staging / FINETUNE_RECORD_FILE, record)
+                write_json(staging / FINETUNE_RECORD_FILE, record, escape_undecodable=True)
             return options.out_dir
         lora = LoraConfig(
             r=options.rank, lora_alpha=options.alpha, lora_dropout=0.0, bias="none", target_modules=target_pattern
@@ -475,7 +475,7 @@ def finetune(options: FinetuneOptions, progress: bool = True) -> Path:
                 print("matplotlib is not installed: no loss.png (pip install 'edgelalm[bench]')", file=sys.stderr)
             if realign_head:
                 meta["ctc_head"] = realign_ctc_head(staging)
-            write_json(staging / FINETUNE_RECORD_FILE, meta)
+            write_json(staging / FINETUNE_RECORD_FILE, meta, escape_undecodable=True)
     except OSError as error:
         # Only what writing can cause: any other OSError (a clip that cannot be read) is not this.
         if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
