@@ -18,9 +18,9 @@ import sys
 import tarfile
 import tempfile
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path, PurePosixPath
 
+from edgelalm.doctor import package_version
 from edgelalm.errors import EdgelalmError
 from edgelalm.files import existing_on_the_way, write_failed
 
@@ -48,10 +48,9 @@ def check_cache(cache: Path | None = None) -> None:
 
 
 def installed_version() -> str:
-    try:
-        return metadata.version(DISTRIBUTION)
-    except metadata.PackageNotFoundError:
-        raise EdgelalmError(f"{DISTRIBUTION} is not installed") from None
+    if (version := package_version(DISTRIBUTION)) is None:
+        raise EdgelalmError(f"{DISTRIBUTION} is not installed")
+    return version
 
 
 def llama_cpp_source(paths: Sequence[str], cache: Path | None = None) -> Path:

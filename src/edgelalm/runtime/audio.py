@@ -46,16 +46,14 @@ def _check_file(path: Path) -> None:
         raise EdgelalmError(f"{path} is a pipe; give it as - to read it from standard input (... | edgelalm run -)")
     if not stat.S_ISREG(status.st_mode):
         raise EdgelalmError(f"not an audio file: {path}")
-    try:  # libsndfile says "System error." of a file it may not read
+    try:  # libsndfile says "System error." of a file it may not read (/proc/self/mem: Input/output error)
         descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # /proc/kmsg waits for a line
+        try:
+            holds_more = status.st_size == 0 and _reads_a_byte(descriptor)
+        finally:
+            os.close(descriptor)
     except OSError as error:
         raise EdgelalmError(f"cannot read audio from {path}: {error.strerror or error}") from None
-    try:
-        holds_more = status.st_size == 0 and _reads_a_byte(descriptor)
-    except OSError as error:  # /proc/self/mem: Input/output error
-        raise EdgelalmError(f"cannot read audio from {path}: {error.strerror or error}") from None
-    finally:
-        os.close(descriptor)
     if holds_more:  # /proc and /sys files say they are empty and are not
         raise EdgelalmError(f"not an audio file: {path} (a file of the system's, not of audio)")
     if status.st_size == 0:

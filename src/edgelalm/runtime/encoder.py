@@ -6,17 +6,12 @@ Reads what `edgelalm.export.encoder` writes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgelalm.constants import ENCODER_INPUT, ENCODER_OUTPUT, ENCODER_RIGHT_CONTEXT_INPUT
 from edgelalm.runtime.features import WindowFeatures
 from edgelalm.runtime.onnx_backend import onnx_session, release_freed_heap, run_graph
-
-if TYPE_CHECKING:
-    pass
-
 
 ENCODER_INPUTS = (ENCODER_INPUT, ENCODER_RIGHT_CONTEXT_INPUT)
 

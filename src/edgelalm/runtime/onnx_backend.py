@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import io
 from collections.abc import Callable
 from pathlib import Path
@@ -110,8 +111,10 @@ def run_graph(
     return result
 
 
+@functools.cache
 def _heap_release() -> Callable[[], None]:
-    """glibc's malloc_trim(0); nothing where the C library has none (musl, macOS)."""
+    """glibc's malloc_trim(0); nothing where the C library has none (musl, macOS). Looked up at
+    the first release, not when llama_backend (doctor, the thread check) imports this module."""
     try:
         trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError, TypeError):  # TypeError: Windows has no CDLL(None)
@@ -120,8 +123,9 @@ def _heap_release() -> Callable[[], None]:
     return lambda: trim(0)
 
 
-# Hands freed heap pages back to the system. With the arena off, a window's activations are
-# freed after the run, but glibc keeps blocks under its (self-raising) mmap threshold in the heap:
-# the decoder's buffers then come on top of the encoder's peak (30 s on `small`: 1261 MB against
-# 1214 MB with this, benchmarks/memory_components.py).
-release_freed_heap = _heap_release()
+def release_freed_heap() -> None:
+    """Hand freed heap pages back to the system. With the arena off, a window's activations are
+    freed after the run, but glibc keeps blocks under its (self-raising) mmap threshold in the
+    heap: the decoder's buffers then come on top of the encoder's peak (30 s on `small`: 1261 MB
+    against 1214 MB with this, benchmarks/memory_components.py)."""
+    _heap_release()()
