@@ -245,6 +245,9 @@ def test_finetune_prompts_the_base_model_in_the_base_format_as_export_does(tiny_
     # asked for, as export's --prompt-format
     _, _, instruct = open_for_training(folder, "cpu", "instruct")
     assert PromptIds.from_pieces(processor.tokenizer, instruct) == PromptIds.from_processor(processor)
+    # and as the WER checks prompt it (transcribe_torch's prompt: the instruct one, before)
+    assert PromptIds.for_checkpoint(processor, folder) == prompt
+    assert PromptIds.for_checkpoint(processor, folder, "instruct") == PromptIds.from_processor(processor)
 
 
 @pytest.mark.parametrize(("trained_with", "bundle_format"), [("instruct", "base"), ("base", "instruct")])

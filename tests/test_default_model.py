@@ -61,12 +61,16 @@ def shipped_decoding_advice() -> dict:
 
 
 def pytorch_default_model():
-    """transformers' own model of the shipped checkpoint in float32, and its processor: the reference."""
+    """transformers' own model of the shipped checkpoint in float32, its processor, and the prompt
+    its bundles feed: the reference."""
     from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
+
+    from edgelalm.training.model import PromptIds
 
     model_dir = default_model_dir()
     model = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir).float().eval()
-    return model, Qwen2AudioProcessor.from_pretrained(model_dir)
+    processor = Qwen2AudioProcessor.from_pretrained(model_dir)
+    return model, processor, PromptIds.for_checkpoint(processor, model_dir)
 
 
 def export(out: Path, *args: str) -> subprocess.CompletedProcess:
@@ -136,12 +140,12 @@ def test_bundle_transcripts_equal_pytorch_transcripts(none_f16_bundle, beam_size
     from edgelalm.constants import CTC_HEAD_FILE
     from edgelalm.training.train import TokenCtc
 
-    model, processor = pytorch_default_model()
+    model, processor, prompt = pytorch_default_model()
     head = TokenCtc(model.get_input_embeddings(), processor.tokenizer)
     head.load_head(default_model_dir() / CTC_HEAD_FILE)
     clips, references = examples()
     reference_texts, reference_tokens = transcribe_torch(
-        model, processor, nn.Identity(), clips, beam_size=beam_size, ctc_weight=ctc_weight,
+        model, processor, prompt, nn.Identity(), clips, beam_size=beam_size, ctc_weight=ctc_weight,
         ctc_head=lambda audio: head.log_probs(audio).detach(),
     )  # fmt: skip
     texts, tokens = transcribe_bundle(none_f16_bundle, clips, 16000, beam_size=beam_size, ctc_weight=ctc_weight)
@@ -184,7 +188,7 @@ def test_the_unseg_bundle_decodes_jointly_as_pytorch_does(tmp_path, ctc_reads):
     reads_frames = ctc_reads == "frames"
     assert manifest["ctc"]["realigned_to"] == (None if reads_frames else "unseg") and manifest["decoding"] == advice
     assert list(manifest["ctc"]["inputs"]) == ["audio_frames" if reads_frames else "audio_embeddings"]
-    base, processor = pytorch_default_model()
+    base, processor, prompt = pytorch_default_model()
     model = PeftModel.from_pretrained(base, adapter).merge_and_unload().eval()
     head = TokenCtc(model.get_input_embeddings(), processor.tokenizer, realign=not reads_frames)
     head.load_head((default_model_dir() if reads_frames else adapter) / CTC_HEAD_FILE)
@@ -194,7 +198,7 @@ def test_the_unseg_bundle_decodes_jointly_as_pytorch_does(tmp_path, ctc_reads):
 
     clips, references = examples()
     reference_texts, reference_tokens = transcribe_torch(
-        model, processor, paper_unseg, clips, beam_size=advice["beam_size"], ctc_weight=advice["ctc_weight"],
+        model, processor, prompt, paper_unseg, clips, beam_size=advice["beam_size"], ctc_weight=advice["ctc_weight"],
         ctc_head=lambda audio: head.log_probs(audio).detach(), ctc_reads_frames=reads_frames,
     )  # fmt: skip
     texts, tokens = transcribe_bundle(bundle, clips, 16000)
@@ -284,9 +288,9 @@ def test_bundle_windows_each_cut_as_pytorch_cuts_not_as_the_bundle_advises(none_
     it. 46 s of the example clips with pauses: the same windows give the same transcripts."""
     from torch import nn
 
-    model, processor = pytorch_default_model()
+    model, processor, prompt = pytorch_default_model()
     samples, _ = examples_twice_with_pauses()
-    expected, expected_tokens = transcribe_torch(model, processor, nn.Identity(), [samples], 320, "each")
+    expected, expected_tokens = transcribe_torch(model, processor, prompt, nn.Identity(), [samples], 320, "each")
     texts, tokens = transcribe_bundle(
         none_f16_bundle, [samples], 16000, max_new_tokens=320, windows="each", beam_size=1, ctc_weight=0
     )

@@ -224,6 +224,43 @@ def test_export_warns_naming_what_says_an_adapter_is_for(realigned_adapter, hidd
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.parametrize(
+    "record", [{"ctc_head": "avg2"}, {"compressor": ["avg2"]}, {"compressor": "avg3", "ctc_head": 1}]
+)
+def test_a_record_from_elsewhere_neither_warns_nor_stops_export(realigned_adapter, record, tmp_path, capsys):
+    """A finetune record edited by hand or written by another tool: finetune's realignment refuses
+    it in one line; export's warning has nothing to say and the export goes on (AttributeError
+    before: `"ctc_head": "avg2"` stopped the export with a traceback)."""
+    from edgelalm.cli import _warn_if_realigned_to_another
+    from edgelalm.training.finetune import adapter_realignment
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(realigned_adapter, adapter)
+    (adapter / FINETUNE_RECORD_FILE).write_text(json.dumps(record))
+    with pytest.raises(EdgelalmError, match=f"{FINETUNE_RECORD_FILE} is not a finetune record"):
+        adapter_realignment(adapter)
+    _warn_if_realigned_to_another(CompressorSpec("unseg", 1), adapter)
+    assert capsys.readouterr().err == ""
+
+
+def test_a_record_that_may_not_be_read_does_not_stop_export(realigned_adapter, unprivileged, tmp_path):
+    """An adapter whose finetune record its reader may not open: the warning cannot say, and the
+    export goes on (a PermissionError traceback before)."""
+    adapter = tmp_path / "adapter"
+    shutil.copytree(realigned_adapter, adapter)
+    record = adapter / FINETUNE_RECORD_FILE
+    record.write_text(json.dumps({"compressor": "avg2"}))
+    record.chmod(0)
+    code = (
+        "import sys; from pathlib import Path; from edgelalm.cli import _warn_if_realigned_to_another;"
+        "from edgelalm.compression import CompressorSpec;"
+        "_warn_if_realigned_to_another(CompressorSpec('unseg', 1), Path(sys.argv[1])); print('went on')"
+    )
+    done = subprocess.run(unprivileged(sys.executable, "-c", code, str(adapter)), capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout == "went on\n", done.stderr
+    assert done.stderr == ""
+
+
 def test_a_weight_needs_a_head_for_every_compressor(tiny_checkpoint, realigned_adapter, tmp_path):
     """A checkpoint without a head: only avg2's adapter has one, so sample2 has none."""
     out = tmp_path / "some-heads"

@@ -29,16 +29,16 @@ from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 from edgelalm.training.encoded import EncodedDataset
 from edgelalm.training.evaluate import score, transcribe_torch
 from edgelalm.training.finetune import PairedAudio
-from edgelalm.training.model import encode_batch, log_mel_batch
+from edgelalm.training.model import PromptIds, encode_batch, log_mel_batch
 from edgelalm.training.train import TokenCtc, projected_frames
 
 
-def check_tsv(model, processor, ctc: TokenCtc | None, manifest: Path) -> dict[str, str]:
+def check_tsv(model, processor, prompt: PromptIds, ctc: TokenCtc | None, manifest: Path) -> dict[str, str]:
     """The decoder's WER on a TSV set's clips and, with a CTC head, its best path's: the audio
     through the whole tower here, as there are no stored frames."""
     paired = PairedAudio(manifest, processor.feature_extractor.sampling_rate, normalize=True)
     clips = [paired[i][0] for i in range(len(paired))]
-    hypotheses, _ = transcribe_torch(model, processor, nn.Identity(), clips)
+    hypotheses, _ = transcribe_torch(model, processor, prompt, nn.Identity(), clips)
     rows = {"speech": f"{100 * score(paired.texts, hypotheses, 0, 1.0).wer:.1f}% WER ({len(clips)} clips)"}
     if ctc is not None:
         paths = []
@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(2)
     model = Qwen2AudioForConditionalGeneration.from_pretrained(args.checkpoint, dtype=torch.float32).eval()
     processor = Qwen2AudioProcessor.from_pretrained(args.checkpoint)
+    prompt = PromptIds.for_checkpoint(processor, args.checkpoint)
     ctc = None
     if args.ctc_head:
         ctc = TokenCtc(model.get_input_embeddings(), processor.tokenizer)
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in filter(None, args.sets.split(",")):
         data = EncodedDataset(args.data / name)
         indices = range(min(args.count, len(data)))
-        hypotheses, _ = transcribe_torch(model, processor, nn.Identity(), (data.audio(i) for i in indices))
+        hypotheses, _ = transcribe_torch(model, processor, prompt, nn.Identity(), (data.audio(i) for i in indices))
         groups: dict[str, list[int]] = defaultdict(list)
         for i in indices:
             record = data.records[i]
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
         if args.long:
             clips, references = long_clips(data, args.long)
-            answers, _ = transcribe_torch(model, processor, nn.Identity(), clips, max_new_tokens=256)
+            answers, _ = transcribe_torch(model, processor, prompt, nn.Identity(), clips, max_new_tokens=256)
             result = score(references, answers, 0, 1.0)
             rows["long 25-29 s"] = f"{100 * result.wer:.1f}% WER ({len(clips)} clips)"
             print(f"  long: {references[0]!r} -> {answers[0]!r}", file=sys.stderr)
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {data.records[i]['voice']}: {data.texts[i]!r} -> {hypotheses[i]!r}", file=sys.stderr)
                 shown += 1
     for manifest in args.tsv:
-        report[manifest.parent.name] = check_tsv(model, processor, ctc, manifest)
+        report[manifest.parent.name] = check_tsv(model, processor, prompt, ctc, manifest)
         print(f"{manifest.parent.name}: " + json.dumps(report[manifest.parent.name], indent=1), file=sys.stderr)
     print(json.dumps(report))
     return 0

@@ -58,6 +58,7 @@ from edgelalm.training.dataset import SpeechDataset
 from edgelalm.training.encoded import EncodedDataset, is_encoded_folder
 from edgelalm.training.evaluate import MAX_ANSWER_TOKENS, WerResult, score, transcribe_bundle, transcribe_torch
 from edgelalm.training.finetune import PairedAudio
+from edgelalm.training.model import PromptIds
 
 COMPRESSORS = (
     CompressorSpec("none", 1),
@@ -217,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         return row(score(references, texts, tokens, seconds), silent_texts)
 
     processor = Qwen2AudioProcessor.from_pretrained(model_dir)
+    prompt = PromptIds.for_checkpoint(processor, model_dir)
     results: dict[str, dict] = {}
     started = time.perf_counter()
 
@@ -247,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                 transcribe_torch(
                     model,
                     processor,
+                    prompt,
                     build_compressor(spec),
                     audio,
                     limit,

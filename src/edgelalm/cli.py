@@ -305,7 +305,7 @@ def _warn_if_realigned_to_another(spec: CompressorSpec, folder: Path | None) -> 
 
     if folder is None:
         return
-    with contextlib.suppress(EdgelalmError):  # a record or head that cannot be read says nothing either way
+    with contextlib.suppress(EdgelalmError, OSError):  # a record or head that cannot be read says nothing either way
         said = adapter_realignment(folder)
         if said is not None and said[0] != spec.label:
             trained, source = said

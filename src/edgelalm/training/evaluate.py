@@ -9,11 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgelalm.constants import ENDOFTEXT, WindowMode
 from edgelalm.training.texts import normalize_transcript
+
+if TYPE_CHECKING:
+    from edgelalm.training.model import PromptIds
 
 # Enough for three requests in one clip (the default model's longest held-out answers, ~60 tokens).
 MAX_ANSWER_TOKENS = 128
@@ -58,6 +62,7 @@ def score(references: Sequence[str], hypotheses: Sequence[str], audio_tokens: in
 def transcribe_torch(
     model,
     processor,
+    prompt: PromptIds,
     compressor,
     clips: Iterable[np.ndarray],
     max_new_tokens: int = MAX_ANSWER_TOKENS,
@@ -68,18 +73,18 @@ def transcribe_torch(
     ctc_head: Callable | None = None,
     ctc_reads_frames: bool = False,
 ) -> tuple[list[str], int]:
-    """Transcripts from the PyTorch model with `compressor` in place; returns them and the total
-    number of audio tokens. A clip longer than the encoder's window is cut into windows as the
-    runtime cuts it (`windows`: their embeddings joined into one audio span, or each window, cut at
-    a pause, answered on its own and the answers joined; `window_seconds`: shorter windows).
-    Greedy, or the runtime's beam search (`beam_size`), joint with `ctc_head` (the checkpoint's,
+    """Transcripts from the PyTorch model with `compressor` in place, prompted with `prompt` (the
+    bundle's: `PromptIds.for_checkpoint`); returns them and the total number of audio tokens. A
+    clip longer than the encoder's window is cut into windows as the runtime cuts it (`windows`:
+    their embeddings joined into one audio span, or each window, cut at a pause, answered on its
+    own and the answers joined; `window_seconds`: shorter windows). Greedy, or the runtime's beam
+    search (`beam_size`), joint with `ctc_head` (the checkpoint's,
     `edgelalm.export.ctc.load_ctc_head`) where `ctc_weight` > 0: over the projected encoder frames
     where `ctc_reads_frames` (a bundle's head by default), else over the compressor's embeddings."""
     import torch
 
     from edgelalm.runtime.features import FeatureSettings, split_windows, usable_window
     from edgelalm.training.model import (
-        PromptIds,
         compress_and_project,
         encode_batch,
         greedy_answer,
@@ -87,7 +92,6 @@ def transcribe_torch(
         search_answer,
     )
 
-    prompt = PromptIds.from_processor(processor)
     tokenizer = processor.tokenizer
     features = processor.feature_extractor
     window_samples = features.n_samples if window_seconds is None else round(window_seconds * features.sampling_rate)

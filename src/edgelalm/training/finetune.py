@@ -515,7 +515,11 @@ def adapter_realignment(folder: Path, record: dict[str, Any] | None = None) -> t
     from edgelalm.export.ctc import has_ctc_head, head_realigned_to
 
     record = read_finetune_record(folder) if record is None else record
-    if named := record.get("compressor") or record.get("ctc_head", {}).get("compressor"):
+    head = record.get("ctc_head") or {}
+    named = record.get("compressor") or (head.get("compressor") if isinstance(head, dict) else None)
+    if not isinstance(head, dict) or (named and not isinstance(named, str)):  # hand-edited, or another tool's
+        raise EdgelalmError(f"{folder / FINETUNE_RECORD_FILE} is not a finetune record (its compressor or ctc_head)")
+    if named:
         return named, FINETUNE_RECORD_FILE
     named = head_realigned_to(folder) if has_ctc_head(folder) else None
     return (named, CTC_HEAD_FILE) if named else None

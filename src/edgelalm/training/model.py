@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
 
-from edgelalm.constants import ENDOFTEXT, IM_END
+from edgelalm.constants import ENDOFTEXT, IM_END, PromptFormat
 from edgelalm.export import audio_tower as tower_steps
 from edgelalm.manifest import PromptInfo
-from edgelalm.prompt import DEFAULT_PROMPT, chat_template_pieces
+from edgelalm.prompt import DEFAULT_PROMPT, chat_template_pieces, prompt_pieces
 from edgelalm.runtime.ctc import CtcPrefixScorer
 from edgelalm.runtime.features import valid_mel_frames
 from edgelalm.runtime.search import Advance, beam_search, log_softmax
@@ -159,6 +160,14 @@ class PromptIds:
     def from_processor(cls, processor, prompt: str = DEFAULT_PROMPT, source: str = "checkpoint") -> PromptIds:
         """The processor's chat template around `prompt` (the instruct format)."""
         return cls.from_pieces(processor.tokenizer, chat_template_pieces(processor, source), prompt)
+
+    @classmethod
+    def for_checkpoint(cls, processor, folder: Path, prompt_format: PromptFormat | None = None) -> PromptIds:
+        """The prompt export feeds the checkpoint at `folder` in `prompt_format` (None: detected as
+        export detects it: a template-less Qwen2-Audio-7B is prompted in the base format)."""
+        from edgelalm.export.checkpoint import model_name
+
+        return cls.from_pieces(processor.tokenizer, prompt_pieces(processor, folder, model_name(folder), prompt_format))
 
     @classmethod
     def from_pieces(cls, tokenizer, pieces: PromptInfo, prompt: str | None = None) -> PromptIds:
