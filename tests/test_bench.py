@@ -177,7 +177,7 @@ def test_a_worker_killed_by_a_signal_is_reported_as_such(tmp_path, monkeypatch):
     from edgelalm.errors import EdgelalmError
     from edgelalm.isolation import ChildResult
 
-    monkeypatch.setattr(bench.measure, "run_child", lambda command, timeout=None: ChildResult(-11, "", ""))
+    monkeypatch.setattr(bench.measure, "run_json_job", lambda module, job, timeout=None: ChildResult(-11, "", ""))
     plan = bench.BenchPlan(
         model="tiny",
         out_dir=tmp_path,

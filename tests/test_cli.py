@@ -2,6 +2,7 @@
 errors, a runtime-only install, `doctor`, and `inspect`'s wording."""
 
 import contextlib
+import io
 import json
 import os
 import shlex
@@ -702,3 +703,22 @@ def test_progress_on_a_terminal_finishes():
     reader.join(timeout=10)
     os.close(leader)
     assert done.returncode == 0 and b"finished" in seen and b"note 1" in seen, bytes(seen)
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_a_bar_turned_off_writes_nothing(terminal):
+    """progress=False (finetune's, the datasets'): one Bar that shows nothing, neither the bar on a
+    terminal nor its notes in a log, where each caller had its own stand-in."""
+    from rich.console import Console
+
+    from edgelalm.progress import Bar
+
+    written = {}
+    for shown in (True, False):
+        console = Console(file=io.StringIO(), force_terminal=terminal, width=80)
+        with Bar(2, "a bar", console=console, shown=shown) as bar:
+            bar.update(advance=1, status="half")
+            bar.note("a note")
+        written[shown] = console.file.getvalue()
+    assert "a note" in written[True] and ("a bar" in written[True]) == terminal
+    assert written[False] == ""

@@ -132,7 +132,7 @@ def test_a_decoder_that_crashes_llama_cpp_fails_export_in_one_line(tiny_checkpoi
     from edgelalm.isolation import ChildResult
     from edgelalm.runtime import canary
 
-    monkeypatch.setattr(canary, "run_child", lambda command, timeout=None: ChildResult(-11, "", ""))
+    monkeypatch.setattr(canary, "run_json_job", lambda module, job, timeout=None: ChildResult(-11, "", ""))
     out = tmp_path / "bundle"
     code, _, stderr = in_process(
         monkeypatch, capsys, "export", "--model", tiny_checkpoint, "--compressor", "none", "--out", out
@@ -166,7 +166,7 @@ def test_a_canary_that_ran_out_of_memory_is_not_sent_to_the_extra_buffers(monkey
     from edgelalm.isolation import ChildResult
     from edgelalm.runtime import canary
 
-    monkeypatch.setattr(canary, "run_child", lambda command, timeout=None: ChildResult(-6, "", stderr))
+    monkeypatch.setattr(canary, "run_json_job", lambda module, job, timeout=None: ChildResult(-6, "", stderr))
     with pytest.raises(EdgelalmError) as failed:
         canary._in_child("decode", {}, "llama.cpp {failure} decoding decoder.gguf", "auto", 10.0)
     assert str(failed.value).startswith("llama.cpp crashed (SIGABRT) decoding decoder.gguf in a test run")

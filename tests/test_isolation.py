@@ -94,3 +94,40 @@ def test_a_hang_ends_at_the_timeout_and_leaves_nothing(tmp_path):
     result = run_child(python(code), timeout=2)
     assert result.returncode is None and result.failure() == "timed out"
     assert not pid_alive(int(pid_file.read_text()))
+
+
+_JOB_MODULE = """
+import os
+import sys
+
+from edgelalm.errors import EdgelalmError
+from edgelalm.isolation import serve_json_job
+
+
+def work(job):
+    print("a native library's line before", flush=True)
+    if job["ending"] == "error":
+        raise EdgelalmError("the job's own line")
+    if job["ending"] == "silent":
+        os._exit(0)
+    return {"doubled": job["number"] * 2, "name": job["name"]}
+
+
+serve_json_job(work)
+print("and one after", flush=True)
+"""
+
+
+def test_a_json_job_comes_back_whatever_else_the_child_prints(tmp_path, monkeypatch):
+    """The canary's and bench's children: a result among a native library's stdout lines (it was
+    the last line, whatever it held), an error's own line, and a child that printed no result."""
+    from edgelalm.isolation import run_json_job
+
+    (tmp_path / "job_child.py").write_text(_JOB_MODULE)
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{':'.join(sys.path)}")
+    done = run_json_job("job_child", {"ending": "result", "number": 2, "name": 'caf\u00e9 "x"\n'}, timeout=BOUND_S)
+    assert done.job_result() == {"doubled": 4, "name": 'caf\u00e9 "x"\n'}
+    failed = run_json_job("job_child", {"ending": "error"}, timeout=BOUND_S)
+    assert failed.job_result() is None and failed.failure() == "exited with status 1: the job's own line"
+    silent = run_json_job("job_child", {"ending": "silent"}, timeout=BOUND_S)
+    assert silent.ok and silent.job_result() is None and silent.failure() == "gave no result: no output"

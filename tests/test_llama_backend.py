@@ -163,7 +163,7 @@ def test_every_quant_type_decodes_multi_token_batches_in_a_child(ggufs, quant):
     [("auto", "try --llama-extra-buffers off"), ("off", "edgelalm doctor")],
 )
 def test_a_crashed_canary_is_one_line_naming_what_to_try(ggufs, monkeypatch, setting, advice):
-    monkeypatch.setattr(canary, "run_child", lambda command, timeout=None: ChildResult(-11, "", ""))
+    monkeypatch.setattr(canary, "run_json_job", lambda module, job, timeout=None: ChildResult(-11, "", ""))
     with pytest.raises(EdgelalmError) as caught:
         canary.run_canary(ggufs["q8_0"], extra_buffers=setting)
     message = str(caught.value)
@@ -172,7 +172,7 @@ def test_a_crashed_canary_is_one_line_naming_what_to_try(ggufs, monkeypatch, set
 
 
 def test_a_hung_canary_is_reported(ggufs, monkeypatch):
-    monkeypatch.setattr(canary, "run_child", lambda command, timeout=None: ChildResult(None, "", ""))
+    monkeypatch.setattr(canary, "run_json_job", lambda module, job, timeout=None: ChildResult(None, "", ""))
     with pytest.raises(EdgelalmError, match="llama.cpp timed out decoding"):
         canary.run_canary(ggufs["q8_0"])
 

@@ -289,6 +289,21 @@ def test_a_symlink_in_the_bundle_is_refused(bundle, tmp_path):
         read_manifest(folder)
 
 
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a_listed_file_that_is_not_a_regular_file_is_named_so(bundle, tmp_path, kind):
+    """decoder.gguf replaced by a FIFO or a folder: there, but not a file ('missing' before)."""
+    folder = tmp_path / "bundle"
+    shutil.copytree(bundle, folder)
+    (folder / "decoder.gguf").unlink()
+    if kind == "fifo":
+        os.mkfifo(folder / "decoder.gguf")
+    else:
+        (folder / "decoder.gguf").mkdir()
+    with pytest.raises(EdgelalmError, match=r"decoder\.gguf: not a regular file") as refused:
+        read_manifest(folder)
+    assert "missing" not in str(refused.value)
+
+
 def test_a_manifest_that_is_not_json_or_too_deep(editable, bundle, tmp_path):
     folder = tmp_path / "b"
     shutil.copytree(bundle, folder)

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from edgelalm.manifest import CtcInfo, DecoderInfo, Manifest
+    from edgelalm.runtime.pipeline import RunResult
 
 DEFAULT_EXPORT_ROOT = Path("export")
 MAX_BENCH_SECONDS = 3600  # an hour of synthetic audio: far past any context, 230 MB of samples
@@ -441,7 +442,6 @@ def run(
 ) -> None:
     """Answer a prompt about an audio clip (default: transcribe it) with a bundle, streaming the answer."""
     from edgelalm.runtime.pipeline import Runtime, check_run_options, latest_bundle
-    from edgelalm.runtime.subtitles import SubtitleWriter
 
     _warn_if_extra_buffers_crash(llama_extra_buffers)
     if prompt is not None and not prompt.strip():  # an unset shell variable, likely
@@ -452,26 +452,13 @@ def run(
     mute_decoder_messages()
     # `-` is standard input as typed (a file named - is ./-): checked now, read once the bundle loads.
     standard_input = _StandardInput(audio)
-    clips = [Path(argument) for argument in audio]
-    for index, clip in enumerate(clips):
+    for index, clip in enumerate(map(Path, audio)):
         if not standard_input.reads(index) and _holds_manifest(clip):
             raise EdgelalmError(f"{clip} is a bundle folder, not audio: pass it as --bundle")
     if sys.stdout is None:  # started with it closed (`>&-`): refused before any clip is answered
         raise EdgelalmError("standard output is closed: there is nowhere to write the result")
-    if out_dir_given is not None and not out_dir_given.strip():  # an unset shell variable, likely
-        raise EdgelalmError("--out-dir is empty; give the folder for the subtitle files")
-    out_dir = Path(out_dir_given) if out_dir_given is not None else None
-    subtitle_files = _subtitle_files(audio, subtitles, out_dir) if out_dir is not None else None
+    output = _RunOutput.chosen(audio, json_output, subtitles, out_dir_given)
     if subtitles is not None:
-        if len(audio) > 1 and subtitle_files is None:
-            raise EdgelalmError(
-                f"--subtitles writes one clip's subtitles to standard output; got {len(audio)} files: give one, or "
-                "--out-dir for a file each"
-            )
-        if json_output:
-            raise EdgelalmError(
-                "--subtitles and --json: choose one (--json's timed_text holds the same times and answers)"
-            )
         windows = windows or "each"  # a cue per window: one for a whole long recording says little
     check_run_options(prompt, max_tokens, temperature, top_p, seed)  # once, not per file
     if bundle is None:
@@ -482,81 +469,125 @@ def run(
         standard_input.saved(),
         contextlib.ExitStack() as outputs,
     ):
-        if subtitle_files is not None and out_dir is not None:
+        if output.out_dir is not None:
             from edgelalm.files import output_folder
 
-            outputs.enter_context(output_folder(out_dir))
+            outputs.enter_context(output_folder(output.out_dir))
         # Worded for the command line: the mode given, else the bundle's advice.
         if window_seconds is not None and runtime.windows_for(windows, None)[0] == "joined":
             raise EdgelalmError("--window-seconds applies to --windows each (windows answered each on its own)")
         # Refused once, not per file.
         runtime.decoding_for(temperature, top_p, seed, beam_size, ctc_weight, compressor)
         runtime.prompt_fitting(prompt, max_tokens, prompt_special_tokens)
-        failed, several = 0, len(audio) > 1
-        for index, clip in enumerate(clips):
-            shown = _shown_path(audio[index])  # as typed: ./- is not standard input
-            name = _NameBeforeAnswer(f"{shown}: " if several else None)
-            # Cue by cue as each window is answered: a long recording's subtitles grow as it is read.
-            cues_out = contextlib.nullcontext(None) if subtitle_files is None else _written_whole(subtitle_files[index])
-            try:
-                with cues_out as write_to_file:
-                    write = functools.partial(_say, end="") if write_to_file is None else write_to_file
-                    subtitle_writer = SubtitleWriter(subtitles, write) if subtitles else None
-                    result = runtime.run(
-                        standard_input.source(index, clip),
-                        prompt=prompt,
-                        max_tokens=max_tokens,
-                        temperature=temperature,
-                        top_p=top_p,
-                        seed=seed,
-                        # --json's stdout is its lines alone (JSON Lines): the answer is in them
-                        on_text=None if subtitle_writer or json_output else name.before_piece,
-                        on_timed_text=subtitle_writer.add if subtitle_writer else None,
-                        prompt_special_tokens=prompt_special_tokens,
-                        compressor=compressor,
-                        max_audio_tokens=max_audio_tokens,
-                        windows=windows,
-                        window_seconds=window_seconds,
-                        beam_size=beam_size,
-                        ctc_weight=ctc_weight,
-                    )
-                    if subtitle_writer:
-                        subtitle_writer.finish()
-            except EdgelalmError as error:
-                message = standard_input.worded(str(error))
-                if not several or isinstance(error, _SubtitleFileFailed):
-                    if json_output:
-                        _say(_json_line({"file": audio[index], "error": message}))
-                    if message != str(error):  # about the saved copy of standard input
-                        raise EdgelalmError(message) from None
-                    raise
-                # One bad file among many: its line, and the others still answered.
-                if name.said:  # it failed after part of its answer was printed
-                    _say()
-                # Named once: standard input as such, a file as the runtime's messages name it, else as typed.
-                reads_standard_input = standard_input.reads(index)
-                named = standard_input.NAME if reads_standard_input else str(clip)
-                if named not in message:
-                    message = f"{standard_input.NAME if reads_standard_input else shown}: {message}"
-                _error_line(message)
-                if json_output:
-                    _say(_json_line({"file": audio[index], "error": message}))
-                failed += 1
-                continue
-            if subtitle_files is not None:
-                _say(_shown_path(subtitle_files[index]))
-            elif not subtitle_writer and not json_output:
-                name.say()
-                _say()
-            if result.compressor_choice:
-                _note(result.compressor_choice)
-            warnings = [standard_input.worded(warning) for warning in result.warnings]
-            for warning in warnings:
-                _warn(warning)
-            if json_output:
-                _say(_json_line({"file": audio[index], **result.to_json(), "warnings": warnings}))
+        answer = functools.partial(
+            runtime.run,
+            prompt=prompt,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            prompt_special_tokens=prompt_special_tokens,
+            compressor=compressor,
+            max_audio_tokens=max_audio_tokens,
+            windows=windows,
+            window_seconds=window_seconds,
+            beam_size=beam_size,
+            ctc_weight=ctc_weight,
+        )
+        failed = sum(not _answer_clip(answer, audio, index, standard_input, output) for index in range(len(audio)))
     if failed:
         raise typer.Exit(1)
+
+
+@dataclasses.dataclass(frozen=True)
+class _RunOutput:
+    """Where run's answers go: streamed text, JSON lines, or subtitles (on standard output, or a
+    file per clip in `out_dir`)."""
+
+    json_lines: bool
+    subtitles: SubtitleFormat | None
+    out_dir: Path | None
+    subtitle_files: list[Path] | None  # with out_dir: each clip's, checked before the bundle loads
+
+    @classmethod
+    def chosen(
+        cls, audio: list[str], json_lines: bool, subtitles: SubtitleFormat | None, out_dir_given: str | None
+    ) -> _RunOutput:
+        """The choice of run's options, refused in one line where they contradict each other."""
+        if out_dir_given is not None and not out_dir_given.strip():  # an unset shell variable, likely
+            raise EdgelalmError("--out-dir is empty; give the folder for the subtitle files")
+        out_dir = Path(out_dir_given) if out_dir_given is not None else None
+        subtitle_files = _subtitle_files(audio, subtitles, out_dir) if out_dir is not None else None
+        if subtitles is not None:
+            if len(audio) > 1 and subtitle_files is None:
+                raise EdgelalmError(
+                    f"--subtitles writes one clip's subtitles to standard output; got {len(audio)} files: give one, "
+                    "or --out-dir for a file each"
+                )
+            if json_lines:
+                raise EdgelalmError(
+                    "--subtitles and --json: choose one (--json's timed_text holds the same times and answers)"
+                )
+        return cls(json_lines, subtitles, out_dir, subtitle_files)
+
+
+def _answer_clip(
+    answer: Callable[..., RunResult], audio: list[str], index: int, standard_input: _StandardInput, output: _RunOutput
+) -> bool:
+    """Clip `index` of run's `audio` answered into `output`; False where it failed among several
+    (its line said, the others still answered). Fails the command where it is the only clip, or
+    where its subtitle file cannot be written (every later clip would meet the same folder)."""
+    from edgelalm.runtime.subtitles import SubtitleWriter
+
+    clip, shown = Path(audio[index]), _shown_path(audio[index])  # shown as typed: ./- is not standard input
+    several = len(audio) > 1
+    name = _NameBeforeAnswer(f"{shown}: " if several else None)
+    files = output.subtitle_files
+    # Cue by cue as each window is answered: a long recording's subtitles grow as it is read.
+    cues_out = contextlib.nullcontext(None) if files is None else _written_whole(files[index])
+    try:
+        with cues_out as write_to_file:
+            write = functools.partial(_say, end="") if write_to_file is None else write_to_file
+            subtitle_writer = SubtitleWriter(output.subtitles, write) if output.subtitles else None
+            result = answer(
+                standard_input.source(index, clip),
+                # --json's stdout is its lines alone (JSON Lines): the answer is in them
+                on_text=None if subtitle_writer or output.json_lines else name.before_piece,
+                on_timed_text=subtitle_writer.add if subtitle_writer else None,
+            )
+            if subtitle_writer:
+                subtitle_writer.finish()
+    except EdgelalmError as error:
+        message = standard_input.worded(str(error))
+        if not several or isinstance(error, _SubtitleFileFailed):
+            if output.json_lines:
+                _say(_json_line({"file": audio[index], "error": message}))
+            if message != str(error):  # about the saved copy of standard input
+                raise EdgelalmError(message) from None
+            raise
+        if name.said:  # it failed after part of its answer was printed
+            _say()
+        # Named once: standard input as such, a file as the runtime's messages name it, else as typed.
+        reads_standard_input = standard_input.reads(index)
+        if (standard_input.NAME if reads_standard_input else str(clip)) not in message:
+            message = f"{standard_input.NAME if reads_standard_input else shown}: {message}"
+        _error_line(message)
+        if output.json_lines:
+            _say(_json_line({"file": audio[index], "error": message}))
+        return False
+    if files is not None:
+        _say(_shown_path(files[index]))
+    elif not subtitle_writer and not output.json_lines:
+        name.say()
+        _say()
+    if result.compressor_choice:
+        _note(result.compressor_choice)
+    warnings = [standard_input.worded(warning) for warning in result.warnings]
+    for warning in warnings:
+        _warn(warning)
+    if output.json_lines:
+        _say(_json_line({"file": audio[index], **result.to_json(), "warnings": warnings}))
+    return True
 
 
 class _StandardInput:

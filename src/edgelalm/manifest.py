@@ -414,14 +414,17 @@ def read_manifest(bundle_dir: Path, verify_files: bool = True) -> Manifest:
 
 def verify_bundle_files(bundle_dir: Path, manifest: Manifest) -> None:
     """Raise, naming every file that is missing or differs from its checksum. Only regular files
-    inside the folder count: a symlink could point anywhere."""
-    missing, links, altered = [], [], []
+    inside the folder count: a symlink could point anywhere, and a FIFO blocks its reader."""
+    missing: list[str] = []
+    links: list[str] = []
+    irregular: list[str] = []  # there, but not a regular file
+    altered: list[str] = []
     for name, record in manifest.files.items():
         path = bundle_dir / name
         if any(parent.is_symlink() for parent in [path, *path.parents][: len(PurePosixPath(name).parts)]):
             links.append(name)
         elif not path.is_file():
-            missing.append(name)
+            (irregular if path.exists() else missing).append(name)
         elif path.stat().st_size != record.bytes or sha256_of(path) != record.sha256.lower():
             altered.append(name)
     problems = [f"missing {', '.join(missing)}"] if missing else []
@@ -430,6 +433,8 @@ def verify_bundle_files(bundle_dir: Path, manifest: Manifest) -> None:
         problems.append(f"{', '.join(unlisted)}: not listed in {MANIFEST_FILE} (a bundle holds only its own files)")
     if links:
         problems.append(f"{', '.join(links)}: symbolic link (a bundle holds its own files)")
+    if irregular:
+        problems.append(f"{', '.join(irregular)}: not a regular file (a folder, a FIFO or a device)")
     if altered:
         problems.append(
             f"{', '.join(altered)} {'does' if len(altered) == 1 else 'do'} not match the checksums in {MANIFEST_FILE}"

@@ -97,9 +97,10 @@ class Steps:
 class Bar:
     """A bar on stderr for `total` items with elapsed time and ETA, a status beside it, and lines
     printed above it (`note`): what dataset rendering, training and `bench` show. Where stderr is
-    not a terminal (a log file), only the notes are written."""
+    not a terminal (a log file), only the notes are written; not `shown` (progress turned off),
+    nothing is."""
 
-    def __init__(self, total: float, title: str, console: Console = stderr_console) -> None:
+    def __init__(self, total: float, title: str, console: Console = stderr_console, shown: bool = True) -> None:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -117,8 +118,9 @@ class Bar:
             TextColumn("eta"),
             TimeRemainingColumn(),
             console=console,
-            disable=not console.is_terminal,  # a log file gets the notes, not the bar's last frame
+            disable=not (shown and console.is_terminal),  # a log file gets the notes, not the bar's last frame
         )
+        self.shown = shown
         self.title = title
         self.task = self.progress.add_task(escape(title), total=total)
 
@@ -134,4 +136,5 @@ class Bar:
         self.progress.update(self.task, completed=completed, advance=advance, description=description)
 
     def note(self, text: str) -> None:
-        self.progress.console.print(printable(text), markup=False, highlight=False)
+        if self.shown:
+            self.progress.console.print(printable(text), markup=False, highlight=False)

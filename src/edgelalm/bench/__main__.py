@@ -1,7 +1,6 @@
 """`python -m edgelalm.bench JOB`: the measurement worker (edgelalm.bench.measure)."""
 
-import sys
+from edgelalm.bench.measure import worker
+from edgelalm.isolation import serve_json_job
 
-from edgelalm.bench.measure import _worker
-
-_worker(sys.argv[1:])
+serve_json_job(worker)

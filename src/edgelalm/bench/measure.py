@@ -6,10 +6,8 @@ mmproj. The worker reads one JSON job from argv and prints one JSON result (`pyt
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,8 +15,7 @@ from typing import Any
 from edgelalm.bench.mtmd import MTMD_RUNTIME
 from edgelalm.bench.plan import BenchPlan, parse_compressor
 from edgelalm.constants import SAMPLING_RATE, Device, ExtraBuffers
-from edgelalm.errors import EdgelalmError
-from edgelalm.isolation import run_child
+from edgelalm.isolation import run_json_job
 from edgelalm.manifest import DecoderInfo
 from edgelalm.runtime.features import conv_positions, encoder_output_frames
 from edgelalm.runtime.memory import GpuMemoryPeak, peak_rss_mb
@@ -194,7 +191,7 @@ def measure_in_subprocess(
     cpu_arena: bool = False,
     mmproj: Path | None = None,
 ) -> dict[str, Any]:
-    """One (runtime, compressor, clip length) measured in a fresh process (`_worker`), so its peak
+    """One (runtime, compressor, clip length) measured in a fresh process (`worker`), so its peak
     RSS is its own; {"error": how it ended} if it failed (a crash is named by its signal, and by
     ggml's assertion where one aborted it). `mmproj`: llama.cpp's audio GGUF, for the mtmd runtime."""
     job = {
@@ -210,12 +207,12 @@ def measure_in_subprocess(
         "llama_extra_buffers": plan.llama_extra_buffers,
         "mmproj": str(mmproj) if mmproj else None,
     }
-    result = run_child([sys.executable, "-m", "edgelalm.bench", json.dumps(job)])
-    if not result.ok:
-        error = f"the {runtime} worker {result.failure()}"
-        assertion = ggml_assertion(result.stderr) if result.returncode is not None and result.returncode < 0 else None
-        return {"error": f"{error}: {assertion}" if assertion else error}
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    result = run_json_job("edgelalm.bench", job)
+    if (measured := result.job_result()) is not None:
+        return measured
+    error = f"the {runtime} worker {result.failure()}"
+    assertion = ggml_assertion(result.stderr) if result.returncode is not None and result.returncode < 0 else None
+    return {"error": f"{error}: {assertion}" if assertion else error}
 
 
 _ASSERTION = re.compile(r"(?:[\w.-]+:\d+: )?GGML_(?:ASSERT\(.*\) failed|ABORT.*)")
@@ -228,20 +225,15 @@ def ggml_assertion(stderr: str) -> str | None:
     return found[-1] if found else None
 
 
-def _worker(argv: list[str]) -> None:
-    """The child side of `measure_in_subprocess`: one JSON job in argv, one JSON result on stdout.
-    On a GPU target the result also holds the GPU memory the measurement took (`peak_gpu_mb`)."""
-    job = json.loads(argv[0])
+def worker(job: dict[str, Any]) -> dict[str, Any]:
+    """The child side of `measure_in_subprocess` (`python -m edgelalm.bench JOB`). On a GPU target
+    the result also holds the GPU memory the measurement took (`peak_gpu_mb`)."""
     gpu_memory = GpuMemoryPeak()
-    try:
-        with gpu_memory if job["device"] == "cuda" else contextlib.nullcontext():
-            result = _measure(job)
-    except EdgelalmError as error:
-        print(error, file=sys.stderr)
-        sys.exit(1)
+    with gpu_memory if job["device"] == "cuda" else contextlib.nullcontext():
+        result = _measure(job)
     if gpu_memory.peak_mb is not None:
         result["peak_gpu_mb"] = gpu_memory.peak_mb
-    print(json.dumps(result))
+    return result
 
 
 def _measure(job: dict[str, Any]) -> dict[str, Any]:

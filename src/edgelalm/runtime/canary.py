@@ -8,13 +8,11 @@ one line naming what to try, never a dead process.
 - the bundle canary runs a whole bundle on a few seconds of synthetic speech-like audio
   (`doctor --bundle`).
 
-Both run through `edgelalm.isolation.run_child`. Torch-free.
+Both run through `edgelalm.isolation.run_json_job`. Torch-free.
 """
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from edgelalm.errors import EdgelalmError
-from edgelalm.isolation import run_child
+from edgelalm.isolation import run_json_job, serve_json_job
 from edgelalm.runtime.llama_backend import ExtraBuffers
 
 # Batches of several tokens are what crashed; one-token decodes never did.
@@ -141,10 +139,9 @@ def _in_child(
     kind: str, arguments: dict[str, Any], what: str, extra_buffers: ExtraBuffers, timeout: float
 ) -> dict[str, Any]:
     """Run `_child` with `kind` and `arguments`; `what` words a crash ({failure} filled in)."""
-    command = [sys.executable, "-m", "edgelalm.runtime.canary", kind, json.dumps(arguments)]
-    result = run_child(command, timeout=timeout)
-    if result.ok:
-        return json.loads(result.stdout.strip().splitlines()[-1])
+    result = run_json_job("edgelalm.runtime.canary", {"kind": kind, **arguments}, timeout=timeout)
+    if (answer := result.job_result()) is not None:
+        return answer
     if result.returncode is not None and result.returncode > 0:  # an error the child worded itself
         raise EdgelalmError(
             result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"the canary {result.failure()}"
@@ -158,18 +155,12 @@ def _in_child(
     raise EdgelalmError(f"{what.format(failure=result.failure())} in a test run in a child process; {advice}")
 
 
-def _child(argv: list[str]) -> None:
-    kind, arguments = argv[0], json.loads(argv[1])
-    try:
-        if kind == "decoder":
-            result = decode_canary(Path(arguments.pop("gguf_path")), **arguments)
-        else:
-            result = bundle_canary(Path(arguments.pop("bundle")), **arguments)
-    except EdgelalmError as error:
-        print(error, file=sys.stderr)
-        sys.exit(1)
-    print(json.dumps(result), flush=True)
+def _child(job: dict[str, Any]) -> dict[str, Any]:
+    """The canary `_in_child` asked for, in this child process."""
+    if job.pop("kind") == "decoder":
+        return decode_canary(Path(job.pop("gguf_path")), **job)
+    return bundle_canary(Path(job.pop("bundle")), **job)
 
 
 if __name__ == "__main__":
-    _child(sys.argv[1:])
+    serve_json_job(_child)

@@ -79,11 +79,18 @@ def _render(item: tuple[Utterance, int]) -> tuple[Utterance, np.ndarray]:
 class _RenderProgress:
     """The rendering's bar, and a line per `every` utterances with the time they took."""
 
-    def __init__(self, total: int, title: str, every: int = 100) -> None:
-        self.bar = Bar(total, title).__enter__()
+    def __init__(self, total: int, title: str, shown: bool, every: int = 100) -> None:
+        self.bar = Bar(total, title, shown=shown)
         self.total, self.every = total, every
         self.last = time.perf_counter()
         self.last_audio_s = 0.0
+
+    def __enter__(self) -> _RenderProgress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__()
 
     def update(self, done: int, audio_s: float) -> None:
         self.bar.update(completed=done)
@@ -97,9 +104,6 @@ class _RenderProgress:
                 f"({audio:.0f} s of audio, {speed:.0f}x real time)"
             )
             self.last, self.last_audio_s = now, audio_s
-
-    def close(self) -> None:
-        self.bar.__exit__()
 
 
 def _rendered(
@@ -184,7 +188,6 @@ def _render_into(
     grammar_version: int,
 ) -> dict:
     """Render the utterances into the (staging) folder `partial`; returns dataset.json's content."""
-    bar = _RenderProgress(count, f"{split} ({count})") if progress else None
     shards: list[dict] = []
     records: list[dict] = []
     pending: list[np.ndarray] = []
@@ -200,8 +203,8 @@ def _render_into(
         shards.append({"file": name, "utterances": len(pending), "samples": int(audio.size)})
         pending, pending_samples = [], 0
 
-    try:
-        batch = max(16, min(256, count))
+    batch = max(16, min(256, count))
+    with _RenderProgress(count, f"{split} ({count})", shown=progress) as bar:
         with (
             open(partial / "metadata.jsonl", "w", encoding="utf-8") as metadata,
             closing(_rendered(plan(split, seed, grammar_version), sampling_rate, workers, batch)) as rendered,
@@ -225,15 +228,11 @@ def _render_into(
                 total_seconds += seconds
                 if len(pending) == shard_utterances:
                     flush()
-                if bar:
-                    bar.update(len(records), total_seconds)
+                bar.update(len(records), total_seconds)
                 if len(records) == count:
                     break
         if pending:
             flush()
-    finally:
-        if bar:
-            bar.close()
 
     info = {
         "format": FORMAT,

@@ -361,7 +361,7 @@ def _write_folder(
         written = 0
         with (
             open(partial / "metadata.jsonl", "w", encoding="utf-8") as metadata,
-            Bar(count, progress) if progress is not None else _NoBar() as bar,
+            Bar(count, progress or "", shown=progress is not None) as bar,
         ):
             for clip in clips:
                 frames, audio = clip.pop("frames"), clip.pop("audio")
@@ -513,7 +513,7 @@ def encode_further(
     shards: list[dict] = []
     with (
         atomic_folder(out, force=False) as partial,
-        Bar(len(data), f"{source} -> {out}") if progress else _NoBar() as bar,
+        Bar(len(data), f"{source} -> {out}", shown=progress) as bar,
     ):
         for number, shard in enumerate(data.info["shards"]):
             members = [i for i, record in enumerate(data.records) if record["shard"] == number]
@@ -558,17 +558,6 @@ def encode_further(
         }
         (partial / "dataset.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return out
-
-
-class _NoBar:
-    def __enter__(self) -> _NoBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-    def update(self, **_: object) -> None:
-        pass
 
 
 def is_encoded_folder(folder: str | os.PathLike[str]) -> bool:

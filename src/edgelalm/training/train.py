@@ -9,7 +9,6 @@ comes from the seed, so the same arguments give the same model.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -575,7 +574,7 @@ def train(
     started = time.perf_counter()
     window_loss: list[float] = []
     last_step = min(settings.steps, settings.stop_after or settings.steps)
-    with Bar(last_step, "training") if progress else contextlib.nullcontext() as bar:
+    with Bar(last_step, "training", shown=progress) as bar:
         for step in range(last_step):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate_at(step, settings) * group.get("share", 1.0)
@@ -633,13 +632,12 @@ def train(
                 if eval_indices and (done % settings.eval_every == 0 or done == last_step):
                     record.update(evaluate())
                 log.write(record)
-                if bar:
-                    test = f" test {record['test_loss']:.3f}" if "test_loss" in record else ""
-                    bar.update(completed=done, status=f"loss {record['loss']:.3f}")
-                    bar.note(
-                        f"step {done}/{last_step} loss {record['loss']:.3f}{test} lr {record['learning_rate']:.2e} "
-                        f"{elapsed / done:.2f} s/step"
-                    )
+                test = f" test {record['test_loss']:.3f}" if "test_loss" in record else ""
+                bar.update(completed=done, status=f"loss {record['loss']:.3f}")
+                bar.note(
+                    f"step {done}/{last_step} loss {record['loss']:.3f}{test} lr {record['learning_rate']:.2e} "
+                    f"{elapsed / done:.2f} s/step"
+                )
             if save is not None and (done % settings.save_every == 0) and done < last_step:
                 save(out_dir / "last")
                 if isinstance(ctc, TokenCtc):
