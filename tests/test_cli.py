@@ -352,10 +352,12 @@ def test_doctor_runs_a_bundle_in_a_child_process(tiny_bundles):
     assert report["machine"]["llama_cpp"]["extra_buffers"]["enabled"] == decide_extra_buffers("auto").enabled
     canary = report["bundle"]["canary"]
     assert report["bundle"]["files_verified"] == 5
+    assert report["bundle"]["compressor"] == "avg3" and list(canary["compressors_run"]) == ["avg3"]  # "avg" before
     assert canary["audio_tokens"] == 25 and canary["generated_tokens"] == 8  # 3 s at avg3; 8 whatever they are
     assert canary["weight_buffers"] and canary["timings_ms"]["prefill"] > 0
     code, stdout, _ = edgelalm("doctor", "--bundle", bundle)
     assert code == 0 and "canary run        ok in a child process" in stdout
+    assert f"bundle            {bundle}: {report['bundle']['model']}, avg3, q8_0; 5 files match" in stdout
 
 
 def test_doctor_with_a_broken_bundle_reports_the_machine_then_one_error(tiny_bundles, tmp_path):

@@ -62,6 +62,25 @@ def test_the_manifest_lists_each_choice_with_its_adapter(multi_bundle):
     assert adapters < 0.5 * manifest.files["decoder.gguf"].bytes
 
 
+def test_a_clip_too_long_for_the_compressor_asked_names_the_bundle_s_own_that_fits(multi_bundle):
+    """Ten minutes asked of `none` in a bundle that holds avg3: its advice was only to export a
+    bundle with avg or sample K=2, where `--compressor avg3` (or the windows) would do."""
+    clip = np.tile(speechlike(10.0, 3), 60)  # 15000 encoder frames, over the 8192-token context at none
+    with Runtime(multi_bundle) as runtime:
+        with pytest.raises(EdgelalmError) as refused:
+            runtime.run(clip, compressor="none", max_tokens=8)
+        assert str(refused.value).endswith(
+            "; --compressor avg3, --windows each (window by window) or a bundle exported with avg or sample and a "
+            "factor K=2 would fit it"
+        )
+        assert runtime.run(clip, compressor="avg3", max_tokens=1).compressor == "avg3"  # and it does
+        # Within one window: no windows to name; avg3 over the budget, so no compressor either.
+        assert runtime.features.window_seconds > 5
+        with pytest.raises(EdgelalmError) as refused:  # 5 s: 125 tokens at none, 42 at avg3 and sample3
+            runtime.run(clip[: 16000 * 5], compressor="none", max_tokens=8, max_audio_tokens=30)
+        assert str(refused.value).endswith("; a bundle exported with avg or sample and a factor K=5 would fit it")
+
+
 @pytest.mark.parametrize("label,name,factor", [("none", "none", 1), ("avg3", "avg", 3), ("unseg", "unseg", 1)])
 def test_each_adapted_choice_equals_transformers_with_peft_unmerged_and_the_merged_bundle(
     hf, multi_bundle, tiny_bundles, label, name, factor

@@ -567,6 +567,7 @@ def test_ten_minutes_do_not_fit_uncompressed(tiny_bundles, ten_minutes):
     """600 s = 15000 encoder frames: with `none`, more than the 8192-token context."""
     code, _, stderr = run(tiny_bundles("none", 1), ten_minutes)
     line = assert_one_line_error(code, stderr, "context is 8192", "600 s", "15000 audio tokens", "factor K=")
+    assert "; --windows each (window by window) or a bundle exported with avg or sample" in line
     factor = int(re.search(r"factor K=(\d+)", line).group(1))
     prompt_tokens = int(re.search(r"plus (\d+) prompt", line).group(1))
     assert factor >= 2 and math.ceil(15000 / factor) + prompt_tokens + MAX_TOKENS <= 8192

@@ -120,7 +120,8 @@ def bundle_report(bundle: Path, threads: int | None, extra_buffers: ExtraBuffers
     report: dict[str, Any] = {
         "path": str(bundle),
         "model": manifest.model.name,
-        "compressor": manifest.compressor.name,
+        # Labels as `run --compressor` takes them (avg3, not avg), every one of a bundle of several.
+        "compressor": "+".join(manifest.compressors) or manifest.compressor.spec.label,
         "quant": manifest.decoder.quant if manifest.decoder else None,
         "files_verified": len(manifest.files),
         "verify_ms": round(verified_ms, 1),

@@ -985,7 +985,7 @@ class Runtime:
         budget: int,
     ) -> None:
         """Refuse a clip the decoder's context (or the audio-token budget) cannot hold, naming the
-        limit and a factor that fits."""
+        limit and what would fit it."""
         if audio_tokens <= budget:
             return
         room = self.context_limit - text_tokens - max_tokens
@@ -993,17 +993,34 @@ class Runtime:
         if budget < room:
             raise EdgelalmError(
                 f"the clip ({seconds:.0f} s) gives {audio_tokens} audio tokens with {spec.label}, over the budget "
-                f"of {budget}; avg or sample with a factor K={-(-encoder_frames // budget)} would fit it"
+                f"of {budget}; {self._fitting_advice(encoder_frames, budget)}"
             )
         rate = spec.audio_tokens_per_second
         # room > 0: _run refused a prompt and answer that fill the context before any audio.
         longest = f" ({spec.label} fits at most {room / rate:.0f} s)" if rate else ""
-        advice = f"{longest}; avg or sample with a factor K={-(-encoder_frames // room)} would fit it"
+        advice = f"{longest}; {self._fitting_advice(encoder_frames, room)}"
         raise EdgelalmError(
             f"the clip ({seconds:.0f} s, {audio_tokens} audio tokens with "
             f"{spec.label}) plus {text_tokens} prompt and {max_tokens} answer tokens needs "
             f"{text_tokens + audio_tokens + max_tokens} tokens; the decoder's context is {self.context_limit}{advice}"
         )
+
+    def _fitting_advice(self, encoder_frames: int, limit: int) -> str:
+        """What would hold a clip of `encoder_frames` in `limit` audio tokens: the least compression
+        among the bundle's other fixed-rate compressors that fits, `--windows each` for a clip of
+        several windows, and a bundle exported with a factor that fits (the only way named before,
+        where the bundle had one already)."""
+        tokens = {
+            label: option.spec.max_audio_tokens(encoder_frames)
+            for label, option in self.compressors.items()
+            if option.spec.audio_tokens_per_second
+        }
+        fitting = [label for label in tokens if tokens[label] <= limit]
+        ways = [f"--compressor {max(fitting, key=tokens.__getitem__)}"] if fitting else []
+        if encoder_frames > self.features.window_seconds * ENCODER_FRAMES_PER_SECOND:
+            ways.append("--windows each (window by window)")
+        ways.append(f"a bundle exported with avg or sample and a factor K={-(-encoder_frames // limit)}")
+        return (f"{', '.join(ways[:-1])} or {ways[-1]}" if len(ways) > 1 else ways[0]) + " would fit it"
 
     def _audio_limit(self, budget: int, text_tokens: int, max_tokens: int) -> str:
         """What holds a run's audio tokens: the caller's budget, or what the context leaves."""
