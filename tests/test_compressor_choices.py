@@ -74,6 +74,10 @@ def test_a_clip_too_long_for_the_compressor_asked_names_the_bundle_s_own_that_fi
             "factor K=2 would fit it"
         )
         assert runtime.run(clip, compressor="avg3", max_tokens=1).compressor == "avg3"  # and it does
+        # No window of it fits a budget of 100 either: --windows each would be refused as well.
+        with pytest.raises(EdgelalmError) as refused:
+            runtime.run(clip, compressor="none", max_tokens=8, max_audio_tokens=100)
+        assert str(refused.value).endswith("; a bundle exported with avg or sample and a factor K=150 would fit it")
         # Within one window: no windows to name; avg3 over the budget, so no compressor either.
         assert runtime.features.window_seconds > 5
         with pytest.raises(EdgelalmError) as refused:  # 5 s: 125 tokens at none, 42 at avg3 and sample3

@@ -171,6 +171,18 @@ def test_a_crashed_canary_is_one_line_naming_what_to_try(ggufs, monkeypatch, set
     assert advice in message and "\n" not in message
 
 
+def test_a_canary_without_a_result_blames_no_buffers(ggufs, monkeypatch):
+    """A child that ends well without its result line: not llama.cpp's crash, so no advice about
+    its extra buffers (an IndexError traceback before the result line was marked)."""
+    monkeypatch.setattr(canary, "run_json_job", lambda module, job, timeout=None: ChildResult(0, "a line\n", ""))
+    with pytest.raises(EdgelalmError) as caught:
+        canary.run_canary(ggufs["q8_0"])
+    assert (
+        str(caught.value)
+        == "the canary's child process gave no result: no output (a bug in edgelalm: please report it)"
+    )
+
+
 def test_a_hung_canary_is_reported(ggufs, monkeypatch):
     monkeypatch.setattr(canary, "run_json_job", lambda module, job, timeout=None: ChildResult(None, "", ""))
     with pytest.raises(EdgelalmError, match="llama.cpp timed out decoding"):

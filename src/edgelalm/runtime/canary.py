@@ -142,6 +142,8 @@ def _in_child(
     result = run_json_job("edgelalm.runtime.canary", {"kind": kind, **arguments}, timeout=timeout)
     if (answer := result.job_result()) is not None:
         return answer
+    if result.ok:  # no crash to blame on llama.cpp or its buffers: edgelalm's own fault
+        raise EdgelalmError(f"the canary's child process {result.failure()} (a bug in edgelalm: please report it)")
     if result.returncode is not None and result.returncode > 0:  # an error the child worded itself
         raise EdgelalmError(
             result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"the canary {result.failure()}"

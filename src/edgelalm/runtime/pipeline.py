@@ -993,23 +993,23 @@ class Runtime:
         if budget < room:
             raise EdgelalmError(
                 f"the clip ({seconds:.0f} s) gives {audio_tokens} audio tokens with {spec.label}, over the budget "
-                f"of {budget}; {self._fitting_advice(encoder_frames, budget)}"
+                f"of {budget}; {self._fitting_advice(spec, encoder_frames, budget)}"
             )
         rate = spec.audio_tokens_per_second
         # room > 0: _run refused a prompt and answer that fill the context before any audio.
         longest = f" ({spec.label} fits at most {room / rate:.0f} s)" if rate else ""
-        advice = f"{longest}; {self._fitting_advice(encoder_frames, room)}"
+        advice = f"{longest}; {self._fitting_advice(spec, encoder_frames, room)}"
         raise EdgelalmError(
             f"the clip ({seconds:.0f} s, {audio_tokens} audio tokens with "
             f"{spec.label}) plus {text_tokens} prompt and {max_tokens} answer tokens needs "
             f"{text_tokens + audio_tokens + max_tokens} tokens; the decoder's context is {self.context_limit}{advice}"
         )
 
-    def _fitting_advice(self, encoder_frames: int, limit: int) -> str:
+    def _fitting_advice(self, spec: CompressorSpec, encoder_frames: int, limit: int) -> str:
         """What would hold a clip of `encoder_frames` in `limit` audio tokens: the least compression
-        among the bundle's other fixed-rate compressors that fits, `--windows each` for a clip of
-        several windows, and a bundle exported with a factor that fits (the only way named before,
-        where the bundle had one already)."""
+        among the bundle's other fixed-rate compressors that fits, `--windows each` where the clip
+        is longer than a window and a window of it with `spec` fits, and a bundle exported with a
+        factor that fits (the only way named before, where the bundle had one already)."""
         tokens = {
             label: option.spec.max_audio_tokens(encoder_frames)
             for label, option in self.compressors.items()
@@ -1017,7 +1017,12 @@ class Runtime:
         }
         fitting = [label for label in tokens if tokens[label] <= limit]
         ways = [f"--compressor {max(fitting, key=tokens.__getitem__)}"] if fitting else []
-        if encoder_frames > self.features.window_seconds * ENCODER_FRAMES_PER_SECOND:
+        _, each_seconds = self.windows_for("each", None)  # the bundle's advised window, else the encoder's
+        window_samples = (
+            self.features.window_samples if each_seconds is None else round(each_seconds * self.features.sampling_rate)
+        )
+        window_frames = encoder_output_frames(mel_frames_for(window_samples, self.features))
+        if encoder_frames > window_frames and spec.max_audio_tokens(window_frames) <= limit:
             ways.append("--windows each (window by window)")
         ways.append(f"a bundle exported with avg or sample and a factor K={-(-encoder_frames // limit)}")
         return (f"{', '.join(ways[:-1])} or {ways[-1]}" if len(ways) > 1 else ways[0]) + " would fit it"
