@@ -162,6 +162,18 @@ class _Tally:
     timed_text: list[TimedText] = field(default_factory=list)
 
 
+@dataclass
+class _JoinedAudio:
+    """A clip read as one audio span (`Runtime._read_joined`)."""
+
+    embeddings: dict[str, list[np.ndarray]]  # each candidate still within the budget: its windows' embeddings
+    tokens: dict[str, int]  # each candidate's audio tokens (over the budget for one dropped)
+    frames: list[np.ndarray] = field(default_factory=list)  # the encoder's, where a CTC head reads them
+    samples: int = 0  # read from the clip
+    windows: int = 0  # encoded (a window too short for the encoder is not)
+    speech: tuple[int, int] | None = None  # the clip's speech span in samples, where it has one
+
+
 def latest_bundle(root: Path) -> Path:
     """The most recently written bundle folder under `root` (by its manifest's time)."""
     # Not the hidden staging folders of an export still running (or killed): `.name.partial-*`.
@@ -516,21 +528,7 @@ class Runtime:
 
         target_rate = self.features.sampling_rate
         with clock("features"):
-            if not isinstance(audio, (str, os.PathLike)):  # samples: an array, or a list of numbers
-                file_rate = target_rate if sampling_rate is None else sampling_rate
-                samples = samples_in_memory(audio)
-                warnings = [note for note in [loudness_warning(samples)] if note]
-                samples = prepare_samples(samples, file_rate, target_rate, warnings=warnings)
-                total_samples = len(samples)
-                windows = iter(split_windows(samples, cut, cut_at_pauses=each_window))
-            else:
-                # A file is read window by window: memory stays flat with its length, and one too
-                # long for the context is refused from its header, or at the window that overflows.
-                info = open_audio(Path(audio))
-                total_samples = info.resampled_length(target_rate)
-                warnings = [note for note in [header_warning(info)] if note]
-                # Read lazily: a loudness warning joins `warnings` once the last window is read.
-                windows = stream_windows(stream_audio(info, target_rate, warnings), cut, cut_at_pauses=each_window)
+            windows, total_samples, warnings = self._windows_of(audio, sampling_rate, cut, each_window)
         prompt_ids, text_tokens = self.prompt_fitting(prompt, max_tokens, prompt_special_tokens)
         # A window (or a tail after full windows) shorter than 30 ms gives the encoder nothing.
         usable = [n for n in window_lengths(total_samples, self.features) if usable_window(n, self.features)]
@@ -551,56 +549,19 @@ class Runtime:
             needed = tightest.max_audio_tokens(encoder_frames)
             self._check_context(tightest, encoder_frames, needed, text_tokens, max_tokens, budget)
 
-        # Each candidate's embeddings; with `auto`, a candidate is dropped once its tokens overflow.
-        embeddings: dict[str, list[np.ndarray]] = {label: [] for label in candidates}
-        # The encoder's frames, kept only for a CTC head that reads them.
+        # The encoder's frames are kept only for a CTC head that reads them.
         keep_frames = decoding.ctc_weight > 0 and any(self.compressors[label].ctc_reads_frames for label in candidates)
-        frames_read: list[np.ndarray] = []
-        tokens = dict.fromkeys(candidates, 0)
-        windows_used = read_samples = 0
-        speech_from: int | None = None  # the clip's speech, from its windows' (one cue for it all)
-        speech_to = 0
-        while True:
-            with clock("features"):
-                window = next(windows, None)
-                if window is None:
-                    break
-                read_samples += len(window)
-                if not usable_window(len(window), self.features):
-                    continue
-                if (speech := speech_span(window, self.features)) is not None:
-                    window_start = read_samples - len(window)
-                    speech_from = window_start + speech[0] if speech_from is None else speech_from
-                    speech_to = window_start + speech[1]
-                features = log_mel_window(window, self.features)
-            with clock("encoder"):
-                frames = self.encoder(features)
-            windows_used += 1
-            if keep_frames:
-                frames_read.append(frames)
-            with clock("compressor"):
-                for label in list(embeddings):
-                    embeddings[label].append(self.compressors[label].graph(frames))
-                    tokens[label] += embeddings[label][-1].shape[0]
-                    # Variable-rate compressors are known only now: stop at the first window that overflows.
-                    if tokens[label] > budget:
-                        if len(embeddings) == 1:
-                            self._refuse_partway(
-                                self.compressors[label].spec, tokens[label], read_samples, total_samples,
-                                text_tokens, max_tokens, budget,
-                            )  # fmt: skip
-                        del embeddings[label]
-        samples_seen = read_samples
-        if not windows_used:  # a file that decodes to less than its header counts (a cut MP3)
-            raise _too_short(samples_seen, target_rate, decoded=True)
+        read = self._read_joined(
+            windows, candidates, keep_frames, clock, total_samples, text_tokens, max_tokens, budget
+        )
         # The least compression that fits: the most tokens (the earlier listed on a tie).
-        chosen = max(embeddings, key=lambda label: (tokens[label], -candidates.index(label)))
-        option, audio_tokens = self.compressors[chosen], tokens[chosen]
-        audio_embeddings = np.concatenate(embeddings[chosen])
+        chosen = max(read.embeddings, key=lambda label: (read.tokens[label], -candidates.index(label)))
+        option, audio_tokens = self.compressors[chosen], read.tokens[chosen]
+        audio_embeddings = np.concatenate(read.embeddings[chosen])
         choice_note = ""
         if len(candidates) > 1:
             others = ", ".join(
-                f"{label} {tokens[label]}" + ("" if label in embeddings else " (too many)")
+                f"{label} {read.tokens[label]}" + ("" if label in read.embeddings else " (too many)")
                 for label in candidates
                 if label != chosen
             )
@@ -613,17 +574,88 @@ class Runtime:
             reused_tokens = self._prefill(
                 context, option, audio_embeddings, prompt_ids, text_tokens, max_tokens, decoding
             )
-        ctc_audio = frames_read if keep_frames and option.ctc_reads_frames else embeddings[chosen]
+        ctc_audio = read.frames if keep_frames and option.ctc_reads_frames else read.embeddings[chosen]
         text, generated, first_token_at, decode_started = self._generate(
             context, option, max_tokens, decoding, ctc_audio, on_text
         )
-        tally = _Tally(samples_seen, audio_tokens, windows_used, text_tokens, generated, reused_tokens)
+        tally = _Tally(read.samples, audio_tokens, read.windows, text_tokens, generated, reused_tokens)
         tally.decode_seconds, tally.first_token_at = time.perf_counter() - decode_started, first_token_at
-        speech_samples = None if speech_from is None else (speech_from, speech_to)
-        tally.timed_text.append(_timed_text(0, samples_seen, text, speech_samples, target_rate))
+        tally.timed_text.append(_timed_text(0, read.samples, text, read.speech, target_rate))
         if on_timed_text is not None:
             on_timed_text(tally.timed_text[-1])
         return self._result(text, tally, timings, started, context, warnings, chosen, choice_note, "joined", decoding)
+
+    def _windows_of(
+        self, audio: Path | str | np.ndarray | Sequence[float], sampling_rate: int | None, cut: FeatureSettings,
+        each_window: bool,
+    ) -> tuple[Iterator[np.ndarray], int, list[str]]:  # fmt: skip
+        """The clip's windows as `cut` cuts them (at pauses where `each_window`), its length in
+        samples at the features' rate, and the warnings about it so far."""
+        target_rate = self.features.sampling_rate
+        if not isinstance(audio, (str, os.PathLike)):  # samples: an array, or a list of numbers
+            file_rate = target_rate if sampling_rate is None else sampling_rate
+            samples = samples_in_memory(audio)
+            warnings = [note for note in [loudness_warning(samples)] if note]
+            samples = prepare_samples(samples, file_rate, target_rate, warnings=warnings)
+            return iter(split_windows(samples, cut, cut_at_pauses=each_window)), len(samples), warnings
+        # A file is read window by window: memory stays flat with its length, and one too long
+        # for the context is refused from its header, or at the window that overflows.
+        info = open_audio(Path(audio))
+        warnings = [note for note in [header_warning(info)] if note]
+        # Read lazily: a loudness warning joins `warnings` once the last window is read.
+        windows = stream_windows(stream_audio(info, target_rate, warnings), cut, cut_at_pauses=each_window)
+        return windows, info.resampled_length(target_rate), warnings
+
+    def _read_joined(
+        self,
+        windows: Iterator[np.ndarray],
+        candidates: list[str],
+        keep_frames: bool,
+        clock: Callable[[str], contextlib.AbstractContextManager[None]],
+        total_samples: int,
+        text_tokens: int,
+        max_tokens: int,
+        budget: int,
+    ) -> _JoinedAudio:
+        """Every window encoded and compressed by each candidate, for one audio span; with `auto`,
+        a candidate is dropped once its tokens overflow `budget` (the last one left is refused)."""
+        read = _JoinedAudio({label: [] for label in candidates}, dict.fromkeys(candidates, 0))
+        speech_from: int | None = None  # the clip's speech, from its windows' (one cue for it all)
+        speech_to = 0
+        while True:
+            with clock("features"):
+                window = next(windows, None)
+                if window is None:
+                    break
+                read.samples += len(window)
+                if not usable_window(len(window), self.features):
+                    continue
+                if (speech := speech_span(window, self.features)) is not None:
+                    window_start = read.samples - len(window)
+                    speech_from = window_start + speech[0] if speech_from is None else speech_from
+                    speech_to = window_start + speech[1]
+                features = log_mel_window(window, self.features)
+            with clock("encoder"):
+                frames = self.encoder(features)
+            read.windows += 1
+            if keep_frames:
+                read.frames.append(frames)
+            with clock("compressor"):
+                for label in list(read.embeddings):
+                    read.embeddings[label].append(self.compressors[label].graph(frames))
+                    read.tokens[label] += read.embeddings[label][-1].shape[0]
+                    # Variable-rate compressors are known only now: stop at the first window that overflows.
+                    if read.tokens[label] > budget:
+                        if len(read.embeddings) == 1:
+                            self._refuse_partway(
+                                self.compressors[label].spec, read.tokens[label], read.samples, total_samples,
+                                text_tokens, max_tokens, budget,
+                            )  # fmt: skip
+                        del read.embeddings[label]
+        if not read.windows:  # a file that decodes to less than its header counts (a cut MP3)
+            raise _too_short(read.samples, self.features.sampling_rate, decoded=True)
+        read.speech = None if speech_from is None else (speech_from, speech_to)
+        return read
 
     def _run_each_window(
         self,
