@@ -1049,11 +1049,9 @@ class Runtime:
         }
         fitting = [label for label in tokens if tokens[label] <= limit]
         ways = [f"--compressor {max(fitting, key=tokens.__getitem__)}"] if fitting else []
-        _, each_seconds = self.windows_for("each", None)  # the bundle's advised window, else the encoder's
-        window_samples = (
-            self.features.window_samples if each_seconds is None else round(each_seconds * self.features.sampling_rate)
-        )
-        window_frames = encoder_output_frames(mel_frames_for(window_samples, self.features))
+        # The window `--windows each` would cut: the bundle's advised one, else the encoder's.
+        each_cut = self._cut_settings(*self.windows_for("each", None))
+        window_frames = encoder_output_frames(mel_frames_for(each_cut.window_samples, self.features))
         if encoder_frames > window_frames and spec.max_audio_tokens(window_frames) <= limit:
             ways.append("--windows each (window by window)")
         ways.append(f"a bundle exported with avg or sample and a factor K={-(-encoder_frames // limit)}")
